@@ -1,0 +1,176 @@
+"""Composition root: builds the store, registry, upstreams, pipeline and both listeners from config."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+from pathlib import Path
+
+from .admin import AdminApi, AdminAuth
+from .core import config as cfgmod
+from .core.config import Config
+from .core.errors import ConfigError
+from .core.exchange import Exchange, Reply
+from .http import Listener
+from .identity import CredentialRegistry, Hasher, IdentityService
+from .pipeline import DataPlane
+from .routing import RouteTable
+from .store import Store, StoreUnavailable, open_store
+from .telemetry import Metrics, UsageLedger, configure
+from .telemetry.metrics import CONTENT_TYPE as METRICS_TYPE
+from .upstream import OpenAITransport, Transport
+
+log = logging.getLogger("sluice")
+
+
+def load_pepper(security: cfgmod.Security) -> bytes:
+    """The server pepper: from config (``${ENV}``), or a file created on first start."""
+    if security.pepper:
+        if len(security.pepper) < 16:
+            raise ConfigError("the pepper must be at least 16 characters - at `$.security.pepper`")
+        return security.pepper.encode()
+    path = Path(security.pepper_file)
+    if path.exists():
+        value = path.read_text().strip()
+        if len(value) < 16:
+            raise ConfigError(f"the pepper file {path} holds fewer than 16 characters")
+        return value.encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    log.warning("created a new pepper in %s; set security.pepper from a secret store in production", path)
+    return path.read_text().strip().encode()
+
+
+class Gateway:
+    """One sluice process: data plane, control plane, and what they share."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store: Store | None = None
+        self.ledger: UsageLedger | None = None
+        self.data: Listener | None = None
+        self.control: Listener | None = None
+        self._transports: dict[str, Transport] = {}
+        self._sim_runner = None
+        self._ready_cache: tuple[float, bool] = (0.0, False)
+
+    def secrets(self) -> list[str]:
+        c = self.config
+        out = list(c.admin.keys) + [k for i in c.identities for k in i.keys]
+        out += [u.api_key for u in c.upstreams if u.api_key]
+        if c.security.pepper:
+            out.append(c.security.pepper)
+        return out
+
+    async def start(self) -> None:
+        c = self.config
+        configure(c.logging.level, c.logging.format, self.secrets())
+        hasher = Hasher(load_pepper(c.security))
+        self.store = store = open_store(c.store.url)
+        await store.open()
+        registry = CredentialRegistry(hasher)
+        identities = IdentityService(store, registry, hasher, c.security)
+        await identities.sync_declared(c.identities)
+        await identities.load()
+
+        if c.sim is not None:
+            from .sim import serve as serve_sim
+
+            self._sim_runner, sim_port = await serve_sim(c.sim)
+            log.info("simulated backend on %s:%d", c.sim.host, sim_port)
+
+        for u in c.upstreams:
+            t = OpenAITransport(u)
+            await t.start()
+            self._transports[u.name] = t
+
+        metrics = Metrics()
+        self.ledger = ledger = UsageLedger(c.usage, metrics, store.write_usage, store.touch_keys, registry.take_last_used)
+        ledger.start()
+
+        data_plane = DataPlane(registry=registry, routes=RouteTable(c.models), transports=self._transports,
+                               ledger=ledger, limits=c.requests)
+        health = [("GET", "/healthz", self._healthz), ("GET", "/readyz", self._readyz)]
+
+        async def metrics_handler(_: Exchange) -> Reply:
+            ledger.fold_metrics()
+            return Reply(200, metrics.render(), METRICS_TYPE)
+
+        admin = AdminApi(AdminAuth(hasher, c.admin.keys), identities, store, ledger.flush)
+        self.data = Listener("data", c.data_plane.host, c.data_plane.port, data_plane.routes() + health,
+                             max_body_bytes=c.requests.max_body_bytes, access_log=c.logging.access_log)
+        self.control = Listener("control", c.control_plane.host, c.control_plane.port,
+                                admin.routes() + health + [("GET", "/metrics", metrics_handler)],
+                                max_body_bytes=1024 * 1024, access_log=c.logging.access_log)
+        await self.data.start()
+        await self.control.start()
+        log.info("data plane on %s:%d, control plane on %s:%d, %d models, %d live keys",
+                 self.data.host, self.data.port, self.control.host, self.control.port, len(c.models), len(registry))
+
+    async def _healthz(self, _: Exchange) -> Reply:
+        return Reply.json({"status": "ok"})
+
+    async def _readyz(self, _: Exchange) -> Reply:
+        """Ready when the store answers within a second and usage is being written."""
+        loop = asyncio.get_running_loop()
+        at, ok = self._ready_cache
+        if loop.time() - at > 1.0:
+            try:
+                await asyncio.wait_for(self.store.ping(), 1.0)  # type: ignore[union-attr]
+                ok = True
+            except (StoreUnavailable, asyncio.TimeoutError):
+                ok = False
+            self._ready_cache = (loop.time(), ok)
+        ok = ok and self.ledger is not None and self.ledger.healthy
+        body = {"status": "ready" if ok else "not ready", "store": "ok" if ok else "unavailable"}
+        return Reply.json(body, status=200 if ok else 503, headers=None if ok else {"Retry-After": "1"})
+
+    async def stop(self) -> None:
+        """Graceful: stop taking requests, finish those in flight, flush usage, close everything."""
+        if self.data is not None:
+            await self.data.stop()
+        if self.ledger is not None:
+            await self.ledger.close()
+        if self.control is not None:
+            await self.control.stop()
+        for t in self._transports.values():
+            await t.close()
+        if self._sim_runner is not None:
+            await self._sim_runner.cleanup()
+        if self.store is not None:
+            await self.store.close()
+
+
+async def serve_until_signalled(gateway: Gateway, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGINT or SIGTERM, then shut down gracefully."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await gateway.start()
+    except BaseException:
+        await gateway.stop()
+        raise
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await gateway.stop()
+
+
+def run(config: Config) -> None:
+    """Blocking entry point for ``sluice serve``: uvloop when available."""
+    try:
+        import uvloop
+
+        uvloop.run(serve_until_signalled(Gateway(config)))
+    except ImportError:
+        asyncio.run(serve_until_signalled(Gateway(config)))

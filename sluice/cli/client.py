@@ -1,0 +1,36 @@
+"""A small control-plane client for the CLI: ``SLUICE_ADMIN_URL`` and ``SLUICE_ADMIN_KEY``."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import httpx
+import typer
+from rich.console import Console
+
+err = Console(stderr=True)
+
+
+def admin_call(method: str, path: str, body: dict | None = None) -> Any:
+    base = os.environ.get("SLUICE_ADMIN_URL", "http://127.0.0.1:8081").rstrip("/")
+    key = os.environ.get("SLUICE_ADMIN_KEY")
+    if not key:
+        err.print("[red]set SLUICE_ADMIN_KEY[/red] to an admin key (and SLUICE_ADMIN_URL if not http://127.0.0.1:8081)")
+        raise typer.Exit(2)
+    try:
+        r = httpx.request(method, base + path, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    except httpx.HTTPError as exc:
+        err.print(f"[red]cannot reach the control plane at {base}:[/red] {type(exc).__name__}")
+        raise typer.Exit(1) from None
+    data = r.json() if r.content else {}
+    if r.status_code >= 400:
+        msg = data.get("error", {}).get("message", r.text) if isinstance(data, dict) else r.text
+        err.print(f"[red]{r.status_code}[/red] {msg}")
+        raise typer.Exit(1)
+    return data
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))

@@ -1,0 +1,81 @@
+"""``sluice serve``, ``sluice demo`` and ``sluice sim``: processes that listen."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ..core import config as cfgmod
+from ..core.errors import ConfigError
+
+err = Console(stderr=True)
+
+
+def _load(path: Path) -> cfgmod.Config:
+    try:
+        return cfgmod.load(path)
+    except ConfigError as exc:
+        err.print(f"[red]config error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def serve(config: Path = typer.Option(..., "--config", "-c", help="YAML config file.", exists=False)) -> None:
+    """Start the gateway: data plane and control plane, as the config says."""
+    from ..app import run
+    from ..store import StoreUnavailable
+
+    cfg = _load(config)
+    try:
+        run(cfg)
+    except ConfigError as exc:
+        err.print(f"[red]config error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    except (StoreUnavailable, OSError) as exc:
+        err.print(f"[red]cannot start:[/red] {escape(type(exc).__name__ + ': ' + str(exc))}", soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def sim(
+    port: int = typer.Option(8090, help="Port to listen on (0 = any free port)."),
+    host: str = typer.Option("127.0.0.1"),
+    decode_ms: float = typer.Option(2.0, help="Decode delay per output token, ms."),
+    prefill_ms: float = typer.Option(0.05, help="Prefill time per uncached prompt token, ms."),
+    base_ms: float = typer.Option(1.0, help="Fixed latency per request, ms."),
+    max_concurrency: int = typer.Option(0, help="Requests served at once (0 = unbounded)."),
+    model: list[str] = typer.Option(["sim-small", "sim-embed"], help="Model names to serve."),
+) -> None:
+    """Run the simulated backend (vLLM-compatible wire) as its own process."""
+    from ..sim import run as run_sim
+
+    run_sim(cfgmod.Sim(host=host, port=port, decode_ms_per_token=decode_ms, prefill_ms_per_token=prefill_ms,
+                       base_latency_ms=base_ms, max_concurrency=max_concurrency, models=model))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def demo(
+    port: int = typer.Option(8080, help="Data-plane port."),
+    admin_port: int = typer.Option(8081, help="Control-plane port."),
+    once: bool = typer.Option(False, help="Serve one example request, then exit."),
+) -> None:
+    """Start sluice on the embedded default with the simulated backend, and show a working request."""
+    from .demo import run_demo
+
+    sys.exit(run_demo(port, admin_port, _free_port(), once))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(demo)
+    app.command()(sim)
+
+

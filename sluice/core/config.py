@@ -1,0 +1,229 @@
+"""The one typed configuration schema: YAML file, ``${ENV}`` interpolation, validation, JSON Schema.
+
+Errors name the field (as a ``$.path``) and the reason, and start-up stops on the first one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+from .errors import ConfigError
+from .types import Environment
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class _Strict(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base for config sections: unknown keys are an error, not a silent typo."""
+
+
+class Listener(_Strict):
+    """Where one plane listens."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8080
+
+
+class Upstream(_Strict):
+    """One model backend speaking the OpenAI wire protocol (vLLM, Ollama, llama.cpp, OpenAI)."""
+
+    name: str
+    base_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
+    api_key: str | None = None
+    connect_timeout: Seconds = 5.0
+    read_timeout: Seconds = 120.0
+    total_timeout: Seconds = 600.0
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 512
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class Model(_Strict):
+    """A model name callers use, mapped to an upstream and that upstream's model name."""
+
+    name: str
+    upstream: str
+    upstream_model: str | None = None
+    environment: Environment | None = None
+
+    @property
+    def target_model(self) -> str:
+        return self.upstream_model or self.name
+
+
+class DeclaredIdentity(_Strict):
+    """An identity declared in the file (GitOps); its keys usually come from ``${ENV}``."""
+
+    name: str
+    owner: str
+    environment: Environment = "dev"
+    models: list[str] = msgspec.field(default_factory=list)
+    keys: list[str] = msgspec.field(default_factory=list)
+    expires_at: float | None = None
+
+
+class Admin(_Strict):
+    """Control-plane credentials. Keys are compared as HMACs, never logged."""
+
+    keys: list[str] = msgspec.field(default_factory=list)
+
+
+class Security(_Strict):
+    """Server secrets. The pepper keys the HMAC under which API keys are stored."""
+
+    pepper: str | None = None
+    pepper_file: str = ".sluice/pepper"
+    default_key_ttl_days: Annotated[float, msgspec.Meta(gt=0)] = 90.0
+    max_key_ttl_days: Annotated[float, msgspec.Meta(gt=0)] = 365.0
+
+
+class Store(_Strict):
+    """Where identities, keys and usage live: ``sqlite:///path`` or ``postgresql://...``."""
+
+    url: str = "sqlite:///.sluice/sluice.db"
+
+
+class Usage(_Strict):
+    """The usage ledger writer: batched, off the request path."""
+
+    flush_interval: Seconds = 0.5
+    batch_size: Annotated[int, msgspec.Meta(ge=1)] = 2000
+    queue_max: Annotated[int, msgspec.Meta(ge=1)] = 200_000
+
+
+class RequestLimits(_Strict):
+    """Guards on what a request may be, before any parsing work is spent on it."""
+
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 4 * 1024 * 1024
+    max_json_depth: Annotated[int, msgspec.Meta(ge=2, le=256)] = 32
+
+
+class Logging(_Strict):
+    """Structured logs; secrets are masked before anything is written."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+    access_log: bool = False
+
+
+class Sim(_Strict):
+    """The simulated backend: deterministic text, a latency model, a prefix cache, faults."""
+
+    host: str = "127.0.0.1"
+    port: Port = 0
+    models: list[str] = msgspec.field(default_factory=lambda: ["sim-small", "sim-embed"])
+    prefill_ms_per_token: Annotated[float, msgspec.Meta(ge=0)] = 0.05
+    decode_ms_per_token: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    base_latency_ms: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 64
+    prefix_cache_blocks: Annotated[int, msgspec.Meta(ge=0)] = 4096
+    block_tokens: Annotated[int, msgspec.Meta(ge=1)] = 16
+    embedding_dimensions: Annotated[int, msgspec.Meta(ge=1)] = 64
+    max_concurrency: Annotated[int, msgspec.Meta(ge=0)] = 0
+    seed: int = 0
+
+
+class Config(_Strict):
+    """The whole gateway configuration."""
+
+    data_plane: Listener = msgspec.field(default_factory=lambda: Listener(port=8080))
+    control_plane: Listener = msgspec.field(default_factory=lambda: Listener(port=8081))
+    upstreams: list[Upstream] = msgspec.field(default_factory=list)
+    models: list[Model] = msgspec.field(default_factory=list)
+    identities: list[DeclaredIdentity] = msgspec.field(default_factory=list)
+    admin: Admin = msgspec.field(default_factory=Admin)
+    security: Security = msgspec.field(default_factory=Security)
+    store: Store = msgspec.field(default_factory=Store)
+    usage: Usage = msgspec.field(default_factory=Usage)
+    requests: RequestLimits = msgspec.field(default_factory=RequestLimits)
+    logging: Logging = msgspec.field(default_factory=Logging)
+    sim: Sim | None = None
+
+    def __post_init__(self) -> None:
+        _check_unique("upstreams", [u.name for u in self.upstreams])
+        _check_unique("models", [m.name for m in self.models])
+        _check_unique("identities", [i.name for i in self.identities])
+        known = {u.name for u in self.upstreams}
+        for i, model in enumerate(self.models):
+            if model.upstream not in known:
+                raise msgspec.ValidationError(
+                    f"upstream {model.upstream!r} is not declared in `upstreams` - at `$.models[{i}].upstream`"
+                )
+        for i, ident in enumerate(self.identities):
+            for j, key in enumerate(ident.keys):
+                if len(key) < 20:
+                    raise msgspec.ValidationError(
+                        f"a key must be at least 20 characters - at `$.identities[{i}].keys[{j}]`"
+                    )
+        for j, key in enumerate(self.admin.keys):
+            if len(key) < 20:
+                raise msgspec.ValidationError(f"a key must be at least 20 characters - at `$.admin.keys[{j}]`")
+
+
+def _check_unique(section: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            raise msgspec.ValidationError(f"duplicate name {name!r} - at `$.{section}[{i}].name`")
+        seen.add(name)
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(value: Any, path: str = "$") -> Any:
+    """Replace ``${NAME}`` and ``${NAME:-default}`` in every string, naming the field of a missing one."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            got = os.environ.get(name)
+            if got is None or got == "":
+                if default is not None:
+                    return default
+                raise ConfigError(f"environment variable {name} is not set - at `{path}`")
+            return got
+
+        return _ENV.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: interpolate(v, f"{path}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def parse(raw: Any) -> Config:
+    """Validate an already-loaded document (after interpolation) into a Config."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("the configuration must be a mapping at the top level - at `$`")
+    try:
+        return msgspec.convert(interpolate(raw), Config, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read, interpolate and validate a YAML config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+    return parse(raw)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the config file, for editors."""
+    return msgspec.json.schema(Config)

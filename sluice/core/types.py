@@ -1,0 +1,87 @@
+"""Domain records shared by the store and the packages that own their behaviour.
+
+They are msgspec structs so they decode, encode and compare cheaply; timestamps are
+UNIX seconds as floats (UTC), which both SQLite and Postgres store without surprises.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+Environment = Literal["dev", "prod"]
+
+
+class Identity(msgspec.Struct, kw_only=True):
+    """A service identity: a non-human caller with an owner and narrow model scopes."""
+
+    id: str
+    name: str
+    owner: str
+    environment: Environment = "dev"
+    models: list[str] = msgspec.field(default_factory=list)
+    created_at: float
+    created_by: str = "system"
+    expires_at: float | None = None
+    disabled_at: float | None = None
+    source: Literal["api", "config"] = "api"
+
+
+class ApiKey(msgspec.Struct, kw_only=True):
+    """One credential of an identity. Only the HMAC of the secret is ever stored."""
+
+    id: str
+    identity_id: str
+    hash: str  # hex HMAC-SHA256(pepper, secret)
+    display: str  # first characters and last four, safe to show in listings
+    created_at: float
+    created_by: str = "system"
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    last_used_at: float | None = None
+    source: Literal["api", "config"] = "api"
+
+
+class UsageRecord(msgspec.Struct, kw_only=True, gc=False):
+    """What one data-plane request cost and how it ended, written in batches."""
+
+    request_id: str
+    ts: float
+    identity_id: str | None
+    key_id: str | None
+    endpoint: str
+    model: str | None
+    upstream: str | None
+    status: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    upstream_ms: float | None = None
+    stream: bool = False
+    usage_source: Literal["upstream", "estimated", "none"] = "none"
+    error_code: str | None = None
+
+
+class ChangeEvent(msgspec.Struct, kw_only=True):
+    """One control-plane change: who did what to which object, when and from where."""
+
+    id: str
+    ts: float
+    actor: str
+    action: str
+    target: str
+    source_ip: str | None = None
+    detail: dict = msgspec.field(default_factory=dict)
+
+
+class UsageSummaryRow(msgspec.Struct, kw_only=True):
+    """Usage aggregated per identity and model over a time window."""
+
+    identity_id: str | None
+    model: str | None
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int

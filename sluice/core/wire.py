@@ -1,0 +1,109 @@
+"""The OpenAI wire schema of what callers send, as typed structs decoded once.
+
+Top-level unknown fields are refused, as OpenAI refuses them; nested objects whose shape
+OpenAI extends often (content parts, tools, response formats) are typed loosely. Absent
+fields stay absent (``UNSET``) when the request is re-encoded for the upstream.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
+class _Wire(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Base of wire structs: absent stays absent when re-encoded."""
+
+
+class Message(_Wire):
+    role: Role
+    content: str | list[dict[str, Any]] | None | UnsetType = UNSET
+    name: str | UnsetType = UNSET
+    tool_calls: list[dict[str, Any]] | UnsetType = UNSET
+    tool_call_id: str | UnsetType = UNSET
+    function_call: dict[str, Any] | None | UnsetType = UNSET
+    refusal: str | None | UnsetType = UNSET
+    audio: dict[str, Any] | None | UnsetType = UNSET
+
+
+class StreamOptions(_Wire, forbid_unknown_fields=True):
+    include_usage: bool | UnsetType = UNSET
+    include_obfuscation: bool | UnsetType = UNSET
+
+
+class ChatCompletionRequest(_Wire, forbid_unknown_fields=True):
+    """``POST /v1/chat/completions``."""
+
+    model: NonEmpty
+    messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
+    stream: bool | None | UnsetType = UNSET
+    stream_options: StreamOptions | None | UnsetType = UNSET
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None | UnsetType = UNSET
+    max_completion_tokens: Annotated[int, msgspec.Meta(ge=1)] | None | UnsetType = UNSET
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None | UnsetType = UNSET
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None | UnsetType = UNSET
+    n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None | UnsetType = UNSET
+    stop: str | Annotated[list[str], msgspec.Meta(max_length=4)] | None | UnsetType = UNSET
+    presence_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] | None | UnsetType = UNSET
+    frequency_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] | None | UnsetType = UNSET
+    logit_bias: dict[str, float] | None | UnsetType = UNSET
+    logprobs: bool | None | UnsetType = UNSET
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None | UnsetType = UNSET
+    seed: int | None | UnsetType = UNSET
+    user: str | UnsetType = UNSET
+    tools: list[dict[str, Any]] | UnsetType = UNSET
+    tool_choice: str | dict[str, Any] | UnsetType = UNSET
+    parallel_tool_calls: bool | UnsetType = UNSET
+    response_format: dict[str, Any] | UnsetType = UNSET
+    metadata: dict[str, str] | None | UnsetType = UNSET
+    store: bool | None | UnsetType = UNSET
+    service_tier: str | None | UnsetType = UNSET
+    modalities: list[str] | None | UnsetType = UNSET
+    audio: dict[str, Any] | None | UnsetType = UNSET
+    prediction: dict[str, Any] | None | UnsetType = UNSET
+    reasoning_effort: str | None | UnsetType = UNSET
+    verbosity: str | None | UnsetType = UNSET
+    web_search_options: dict[str, Any] | UnsetType = UNSET
+    prompt_cache_key: str | UnsetType = UNSET
+    safety_identifier: str | UnsetType = UNSET
+    functions: list[dict[str, Any]] | UnsetType = UNSET
+    function_call: str | dict[str, Any] | UnsetType = UNSET
+
+
+class EmbeddingRequest(_Wire, forbid_unknown_fields=True):
+    """``POST /v1/embeddings``."""
+
+    model: NonEmpty
+    input: str | Annotated[list[str | int | list[int]], msgspec.Meta(min_length=1, max_length=2048)]
+    encoding_format: Literal["float", "base64"] | UnsetType = UNSET
+    dimensions: Annotated[int, msgspec.Meta(ge=1)] | UnsetType = UNSET
+    user: str | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        # One of: a string, strings, token ids, or lists of token ids; never a mix.
+        inp = self.input
+        if isinstance(inp, list):
+            kinds = {type(x) for x in inp}
+            if len(kinds) > 1:
+                raise ValueError("must be a string, an array of strings, an array of token ids, "
+                                 "or an array of token-id arrays - at `$.input`")
+            if str in kinds and any(not x for x in inp):
+                raise ValueError("must not contain empty strings - at `$.input`")
+
+
+class TokenUsage(msgspec.Struct, gc=False):
+    """Token counts as an upstream reports them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class UsageEnvelope(msgspec.Struct, gc=False):
+    """The part of a completion, chunk or embedding reply that carries usage."""
+
+    usage: TokenUsage | None = None

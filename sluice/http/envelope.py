@@ -1,0 +1,28 @@
+"""The OpenAI error envelope as HTTP: status, JSON body, ``Retry-After`` where it applies."""
+
+from __future__ import annotations
+
+import math
+
+from aiohttp import web
+
+from ..core.errors import GatewayError, error_body
+from ..core.exchange import JSON_TYPE, Reply
+
+import msgspec
+
+_encode = msgspec.json.encode
+
+
+def error_reply(exc: GatewayError) -> Reply:
+    headers = None
+    if exc.retry_after is not None:
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    return Reply(exc.status, _encode(error_body(exc)), JSON_TYPE, headers)
+
+
+def to_response(reply: Reply, request_id: str) -> web.Response:
+    headers = {"Content-Type": reply.content_type, "x-request-id": request_id}
+    if reply.headers:
+        headers.update(reply.headers)
+    return web.Response(status=reply.status, body=reply.body, headers=headers)

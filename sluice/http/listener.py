@@ -1,0 +1,136 @@
+"""One HTTP listener (aiohttp on uvloop): routes to handlers that speak ``Exchange``/``Reply``.
+
+Every answer, including 404, 405, 413 and anything unexpected, is an OpenAI-shaped error
+with an ``x-request-id``; nothing unexpected leaves as a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from ..core.errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+from ..core.exchange import Exchange, Reply, StreamReply
+from .envelope import error_reply, to_response
+
+log = logging.getLogger("sluice.http")
+
+Handler = Callable[[Exchange], Awaitable[Reply | StreamReply]]
+Route = tuple[str, str, Handler]
+
+_BOOT = os.urandom(4).hex()
+_counter = itertools.count(1)
+
+
+def next_request_id() -> str:
+    """Unique per process run and cheap: a random boot prefix and a counter."""
+    return f"req_{_BOOT}{next(_counter):x}"
+
+
+class Listener:
+    """A named plane (data or control) on its own host and port."""
+
+    def __init__(self, name: str, host: str, port: int, routes: list[Route], *, max_body_bytes: int,
+                 access_log: bool = False, shutdown_timeout: float = 10.0) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self._routes = routes
+        self._max_body = max_body_bytes
+        self._access_log = access_log
+        self._shutdown_timeout = shutdown_timeout
+        self._runner: web.AppRunner | None = None
+
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=self._max_body + 1, handler_args={"max_field_size": 16384})
+        allowed: dict[str, list[str]] = {}
+        for method, path, handler in self._routes:
+            app.router.add_route(method, path, self._wrap(handler))
+            allowed.setdefault(path, []).append(method)
+
+        async def fallback(request: web.Request) -> web.Response:
+            rid = next_request_id()
+            methods = allowed.get(request.path)
+            if methods:
+                exc: GatewayError = MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}.")
+                reply = error_reply(exc)
+                reply.headers = {"Allow": ", ".join(methods)}
+            else:
+                reply = error_reply(NotFound(f"Unknown request URL: {request.method} {request.path[:200]}.", code="unknown_url"))
+            return to_response(reply, rid)
+
+        app.router.add_route("*", "/{tail:.*}", fallback)
+        return app
+
+    def _wrap(self, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        max_body = self._max_body
+
+        async def serve(request: web.Request) -> web.StreamResponse:
+            rid = next_request_id()
+            try:
+                if request.body_exists:
+                    if request.content_length is not None and request.content_length > max_body:
+                        raise PayloadTooLarge(f"The request body exceeds {max_body} bytes.")
+                    try:
+                        body = await request.read()
+                    except web.HTTPRequestEntityTooLarge:
+                        raise PayloadTooLarge(f"The request body exceeds {max_body} bytes.") from None
+                else:
+                    body = b""
+                exchange = Exchange(request.method, request.path, request.match_info, request.query,
+                                    request.headers, body, request.remote, rid)
+                reply = await handler(exchange)
+            except GatewayError as exc:
+                return to_response(error_reply(exc), rid)
+            except (asyncio.CancelledError, ConnectionResetError):
+                raise
+            except Exception as exc:  # the last line of defence: log the type, show nothing inside
+                log.error("unhandled error on %s %s: %s", request.method, request.path, type(exc).__name__)
+                return to_response(error_reply(GatewayError("The server had an error processing your request.", code="internal_error")), rid)
+            if isinstance(reply, StreamReply):
+                return await self._stream(request, reply, rid)
+            return to_response(reply, rid)
+
+        return serve
+
+    async def _stream(self, request: web.Request, reply: StreamReply, rid: str) -> web.StreamResponse:
+        headers = {"Content-Type": reply.content_type, "x-request-id": rid}
+        if reply.headers:
+            headers.update(reply.headers)
+        resp = web.StreamResponse(status=reply.status, headers=headers)
+        chunks = reply.chunks
+        started = False
+        try:
+            await resp.prepare(request)
+            async for piece in chunks:
+                started = True
+                await resp.write(piece)
+            await resp.write_eof()
+        except ConnectionError:
+            pass  # the client left; closing the producer below stops the upstream
+        finally:
+            if not started and reply.abandon is not None:
+                reply.abandon()
+            await chunks.aclose()
+        return resp
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(
+            self._app(), access_log=log if self._access_log else None, shutdown_timeout=self._shutdown_timeout,
+            handle_signals=False,
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=4096, reuse_address=True)
+        await site.start()
+        server = site._server  # the bound port when 0 was asked for
+        if server is not None and server.sockets:  # type: ignore[union-attr]
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

@@ -1,0 +1,43 @@
+"""The per-request context that flows through the stages; stages talk only through it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..core import clock
+from ..core.exchange import Exchange
+
+if TYPE_CHECKING:
+    from ..identity import Principal
+    from ..routing import Target
+    from ..upstream import Transport
+
+
+class RequestContext:
+    """What is known about one data-plane request so far."""
+
+    __slots__ = (
+        "exchange", "endpoint", "started", "principal", "request", "target", "transport",
+        "status", "prompt_tokens", "completion_tokens", "usage_source", "ttft_ms",
+        "upstream_ms", "error_code", "stream",
+    )
+
+    def __init__(self, exchange: Exchange, endpoint: str) -> None:
+        self.exchange = exchange
+        self.endpoint = endpoint
+        self.started = clock.monotonic()
+        self.principal: Principal | None = None
+        self.request: Any = None
+        self.target: Target | None = None
+        self.transport: Transport | None = None
+        self.status = 200
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.usage_source = "none"
+        self.ttft_ms: float | None = None
+        self.upstream_ms: float | None = None
+        self.error_code: str | None = None
+        self.stream = False
+
+    def elapsed_ms(self) -> float:
+        return (clock.monotonic() - self.started) * 1000.0

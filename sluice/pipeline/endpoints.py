@@ -1,0 +1,70 @@
+"""Data-plane endpoints: each runs the ordered stages, then the upstream leg, then accounting."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from ..core.errors import GatewayError
+from ..core.exchange import Exchange, Reply, StreamReply
+from ..routing import RouteTable
+from .context import RequestContext
+from .forward import Forward, is_stream
+
+Stage = Callable[[RequestContext], Awaitable[None]]
+
+
+class ModelCall:
+    """An endpoint that calls a model: chat completions (streaming or not) and embeddings."""
+
+    __slots__ = ("_name", "_stages", "_forward", "_account")
+
+    def __init__(self, name: str, stages: Sequence[Stage], forward: Forward, account: Callable[[RequestContext], None]) -> None:
+        self._name = name
+        self._stages = tuple(stages)
+        self._forward = forward
+        self._account = account
+
+    async def __call__(self, exchange: Exchange) -> Reply | StreamReply:
+        ctx = RequestContext(exchange, self._name)
+        streaming = False
+        try:
+            for stage in self._stages:
+                await stage(ctx)
+            if is_stream(ctx.request):
+                ctx.stream = streaming = True
+                return await self._forward.stream(ctx)
+            return await self._forward.complete(ctx)
+        except GatewayError as exc:
+            ctx.status, ctx.error_code = exc.status, exc.code
+            streaming = False
+            raise
+        except BaseException:
+            ctx.status, ctx.error_code, streaming = 500, "internal_error", False
+            raise
+        finally:
+            # A stream is accounted when it ends; everything else here.
+            if not streaming:
+                self._account(ctx)
+
+
+class ListModels:
+    """``GET /v1/models``: only the models the caller may use."""
+
+    __slots__ = ("_authenticate", "_routes", "_created")
+
+    def __init__(self, authenticate: Stage, routes: RouteTable) -> None:
+        self._authenticate = authenticate
+        self._routes = routes
+        self._created = int(time.time())
+
+    async def __call__(self, exchange: Exchange) -> Reply:
+        ctx = RequestContext(exchange, "models")
+        await self._authenticate(ctx)
+        p = ctx.principal
+        data = []
+        for name in self._routes.names():
+            target = self._routes.get(name)
+            if p.scopes.allows(name) and (target.environment is None or target.environment == p.environment):  # type: ignore[union-attr]
+                data.append({"id": name, "object": "model", "created": self._created, "owned_by": "sluice"})
+        return Reply.json({"object": "list", "data": data})

@@ -1,0 +1,39 @@
+"""Stage: what did it cost? One usage record per request, appended to the ledger queue."""
+
+from __future__ import annotations
+
+from ...core import clock
+from ...core.types import UsageRecord
+from ...telemetry import UsageLedger
+from ..context import RequestContext
+
+
+class Account:
+    """Turns a finished context into a usage record; never blocks, never fails the request."""
+
+    __slots__ = ("_ledger",)
+
+    def __init__(self, ledger: UsageLedger) -> None:
+        self._ledger = ledger
+
+    def __call__(self, ctx: RequestContext) -> None:
+        p = ctx.principal
+        t = ctx.target
+        self._ledger.record(UsageRecord(
+            request_id=ctx.exchange.request_id,
+            ts=clock.now(),
+            identity_id=p.identity_id if p else None,
+            key_id=p.key_id if p else None,
+            endpoint=ctx.endpoint,
+            model=t.model if t else None,
+            upstream=t.upstream if t else None,
+            status=ctx.status,
+            prompt_tokens=ctx.prompt_tokens,
+            completion_tokens=ctx.completion_tokens,
+            latency_ms=ctx.elapsed_ms(),
+            ttft_ms=ctx.ttft_ms,
+            upstream_ms=ctx.upstream_ms,
+            stream=ctx.stream,
+            usage_source=ctx.usage_source,  # type: ignore[arg-type]
+            error_code=ctx.error_code,
+        ))

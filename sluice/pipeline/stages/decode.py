@@ -1,0 +1,73 @@
+"""Stage: validate the body before any model sees it: media type, size, depth, schema."""
+
+from __future__ import annotations
+
+import re
+from itertools import accumulate
+from typing import Any
+
+import msgspec
+
+from ...core.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from ..context import RequestContext
+
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+_BRACKETS = re.compile(rb"[\[\]{}]")
+_UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`(?: - at `\$\.?([^`]*)`)?")
+_AT = re.compile(r" - at `\$\.?([^`]*)`$")
+
+
+def json_depth(body: bytes) -> int:
+    """The deepest nesting of arrays and objects, ignoring brackets inside strings."""
+    marks = _BRACKETS.findall(_STRINGS.sub(b"", body))
+    return max(accumulate(1 if m in (b"[", b"{") else -1 for m in marks), default=0)
+
+
+def describe(exc: msgspec.ValidationError) -> tuple[str, str | None]:
+    """A caller-facing message and the offending parameter for a schema error."""
+    text = str(exc)
+    m = _UNKNOWN.match(text)
+    if m:
+        field = m.group(1) if not m.group(2) else f"{m.group(2)}.{m.group(1)}"
+        return f"Unrecognized request argument supplied: {field}", field
+    at = _AT.search(text)
+    param = at.group(1) if at else None
+    if text.startswith("Object missing required field"):
+        name = text.split("`")[1]
+        param = f"{param}.{name}" if param else name
+        return f"Missing required parameter: '{param}'.", param
+    return f"Invalid value for '{param or 'body'}': {_AT.sub('', text)}.", param
+
+
+class Decode:
+    """Decodes the JSON body into the endpoint's typed request, or stops with 400/413/415."""
+
+    __slots__ = ("_decoder", "_max_bytes", "_max_depth")
+
+    def __init__(self, request_type: type, *, max_bytes: int, max_depth: int) -> None:
+        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(request_type)
+        self._max_bytes = max_bytes
+        self._max_depth = max_depth
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        ex = ctx.exchange
+        ctype = ex.headers.get("Content-Type")
+        if ctype is not None and not ctype.lower().startswith("application/json"):
+            raise UnsupportedMediaType("Send the request body as JSON with 'Content-Type: application/json'.")
+        body = ex.body
+        if len(body) > self._max_bytes:
+            raise PayloadTooLarge(f"The request body exceeds {self._max_bytes} bytes.")
+        if not body:
+            raise InvalidRequest("The request body is empty; send a JSON object.")
+        # Cheap bound first: depth cannot exceed the number of opening brackets.
+        if body.count(b"[") + body.count(b"{") > self._max_depth and json_depth(body) > self._max_depth:
+            raise InvalidRequest(f"The JSON body is nested deeper than {self._max_depth} levels.", code="json_too_deep")
+        try:
+            ctx.request = self._decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            message, param = describe(exc)
+            raise InvalidRequest(message, param=param) from None
+        except msgspec.DecodeError:
+            raise InvalidRequest(
+                "We could not parse the JSON body of your request. Send a valid JSON object.", code="invalid_json"
+            ) from None

@@ -1,0 +1,166 @@
+"""The vLLM OpenAI-compatible wire shapes the sim reads and writes, as msgspec structs.
+
+Requests are lenient the way vLLM is (unknown fields are ignored, extensions such as
+``ignore_eos`` are read); replies carry vLLM's fields, ``null`` where vLLM writes null.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+# Requests --------------------------------------------------------------------------------
+
+
+class ChatMessage(msgspec.Struct, kw_only=True):
+    """One prompt message; only role and content matter to the sim."""
+
+    role: str
+    content: str | list[Any] | None = None
+
+
+class StreamOptions(msgspec.Struct, kw_only=True):
+    """``stream_options``: whether a final usage chunk is sent."""
+
+    include_usage: bool | None = None
+
+
+class ChatRequest(msgspec.Struct, kw_only=True):
+    """``POST /v1/chat/completions``, the fields the sim acts on."""
+
+    model: str
+    messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1)]
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    max_tokens: PositiveInt | None = None
+    max_completion_tokens: PositiveInt | None = None
+    n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None = None
+    seed: int | None = None
+    ignore_eos: bool | None = None
+
+
+class EmbeddingRequest(msgspec.Struct, kw_only=True):
+    """``POST /v1/embeddings``; ``input`` is checked for one of the four accepted shapes after decoding."""
+
+    model: str
+    # msgspec unions allow one array type, so the item type is a union and homogeneity is checked by hand.
+    input: str | list[str | int | list[int]]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: PositiveInt | None = None
+
+
+# Replies ---------------------------------------------------------------------------------
+
+
+class PromptTokensDetails(msgspec.Struct, gc=False):
+    """How much of the prompt the prefix cache served."""
+
+    cached_tokens: int = 0
+
+
+class Usage(msgspec.Struct, gc=False):
+    """Token usage, vLLM's ``UsageInfo``."""
+
+    prompt_tokens: int
+    total_tokens: int
+    completion_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+
+class AssistantMessage(msgspec.Struct, kw_only=True, gc=False):
+    """The generated message of a non-streaming choice."""
+
+    role: str = "assistant"
+    content: str
+    tool_calls: list[Any] = msgspec.field(default_factory=list)
+
+
+class Choice(msgspec.Struct, kw_only=True):
+    """One non-streaming choice."""
+
+    index: int
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: str
+    stop_reason: None = None
+
+
+class ChatCompletion(msgspec.Struct, kw_only=True):
+    """A whole non-streaming reply."""
+
+    id: str
+    object: str = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+
+
+class Delta(msgspec.Struct, omit_defaults=True):
+    """What a chunk adds; absent fields are left out, as vLLM leaves them out."""
+
+    role: str | UnsetType = UNSET
+    content: str | UnsetType = UNSET
+
+
+class ChunkChoice(msgspec.Struct):
+    """One choice of a streamed chunk; ``logprobs`` and ``finish_reason`` are written even when null."""
+
+    index: int
+    delta: Delta
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(msgspec.Struct, omit_defaults=True):
+    """One server-sent event of a streamed reply."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | UnsetType = UNSET
+
+
+class EmbeddingData(msgspec.Struct, kw_only=True):
+    """One input's vector, as floats or base64 of little-endian float32."""
+
+    index: int
+    object: str = "embedding"
+    embedding: list[float] | str
+
+
+class EmbeddingResponse(msgspec.Struct, kw_only=True):
+    """A whole embeddings reply."""
+
+    id: str
+    object: str = "list"
+    created: int
+    model: str
+    data: list[EmbeddingData]
+    usage: Usage
+
+
+class ModelCard(msgspec.Struct, kw_only=True):
+    """One entry of ``GET /v1/models``."""
+
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str = "sluice-sim"
+    root: str | None = None
+    parent: None = None
+    max_model_len: int
+
+
+class ModelList(msgspec.Struct, kw_only=True):
+    """``GET /v1/models``."""
+
+    object: str = "list"
+    data: list[ModelCard]

@@ -1,0 +1,70 @@
+"""Table definitions, shared by the store's queries and by the migrations' autogenerate."""
+
+from __future__ import annotations
+
+from sqlalchemy import Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+identities = Table(
+    "identities", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("owner", String(256), nullable=False),
+    Column("environment", String(16), nullable=False),
+    Column("models", Text, nullable=False),  # JSON array
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("expires_at", Float),
+    Column("disabled_at", Float),
+    Column("source", String(16), nullable=False),
+)
+
+api_keys = Table(
+    "api_keys", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("identity_id", String(64), nullable=False, index=True),
+    Column("hash", String(64), nullable=False, unique=True),
+    Column("display", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("expires_at", Float),
+    Column("revoked_at", Float),
+    Column("last_used_at", Float),
+    Column("source", String(16), nullable=False),
+)
+
+usage = Table(
+    "usage", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("identity_id", String(64)),
+    Column("key_id", String(64)),
+    Column("endpoint", String(64), nullable=False),
+    Column("model", String(256)),
+    Column("upstream", String(128)),
+    Column("status", Integer, nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("ttft_ms", Float),
+    Column("upstream_ms", Float),
+    Column("stream", Boolean, nullable=False),
+    Column("usage_source", String(16), nullable=False),
+    Column("error_code", String(64)),
+    Index("ix_usage_ts", "ts"),
+    Index("ix_usage_identity_ts", "identity_id", "ts"),
+)
+
+changes = Table(
+    "changes", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("ts", Float, nullable=False, index=True),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(128), nullable=False),
+    Column("source_ip", String(64)),
+    Column("detail", Text, nullable=False),  # JSON object
+)

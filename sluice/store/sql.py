@@ -1,0 +1,266 @@
+"""The SQL store: one implementation over SQLAlchemy Core for SQLite (embedded) and Postgres.
+
+Every statement uses bound parameters; every call is bounded in time and turns driver and
+connection failures into ``StoreUnavailable`` so no caller can hang on a dead database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import msgspec
+from sqlalchemy import event, func, select, text, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from ..core.errors import Conflict
+from ..core.types import ApiKey, ChangeEvent, Identity, UsageRecord, UsageSummaryRow
+from . import schema as t
+from .base import Store, StoreUnavailable
+
+P = ParamSpec("P")
+R = TypeVar("R")
+_MIGRATIONS = Path(__file__).parent / "migrations"
+_MIGRATION_LOCK = 0x51_1C_E0  # pg advisory lock id: replicas starting together migrate once
+
+
+def engine_url(url: str) -> str:
+    """Map ``sqlite:///path`` and ``postgresql://...`` to their async drivers."""
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url[len("sqlite:///"):]
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix):]
+    if url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        return url
+    raise ValueError("store.url must start with sqlite:/// or postgresql://")
+
+
+def _guarded(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Bound a store call in time and translate infrastructure failures."""
+
+    @functools.wraps(fn)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        self = args[0]
+        try:
+            return await asyncio.wait_for(fn(*args, **kwargs), self._timeout)  # type: ignore[attr-defined]
+        except IntegrityError:
+            raise Conflict("the record conflicts with an existing one") from None
+        except (SQLAlchemyError, OSError, asyncio.TimeoutError, ConnectionError) as exc:
+            raise StoreUnavailable(f"store unavailable: {type(exc).__name__}") from None
+
+    return call
+
+
+def _identity(row: Any) -> Identity:
+    return Identity(id=row.id, name=row.name, owner=row.owner, environment=row.environment,
+                    models=msgspec.json.decode(row.models), created_at=row.created_at, created_by=row.created_by,
+                    expires_at=row.expires_at, disabled_at=row.disabled_at, source=row.source)
+
+
+def _key(row: Any) -> ApiKey:
+    return ApiKey(id=row.id, identity_id=row.identity_id, hash=row.hash, display=row.display,
+                  created_at=row.created_at, created_by=row.created_by, expires_at=row.expires_at,
+                  revoked_at=row.revoked_at, last_used_at=row.last_used_at, source=row.source)
+
+
+_USAGE_FIELDS = tuple(f for f in UsageRecord.__struct_fields__)
+
+
+def _usage(row: Any) -> UsageRecord:
+    return UsageRecord(**{f: getattr(row, f) for f in _USAGE_FIELDS})
+
+
+class SqlStore(Store):
+    """SQLite through aiosqlite, or Postgres through asyncpg; migrated by Alembic at open."""
+
+    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+        self._url = engine_url(url)
+        self._timeout = timeout
+        self._engine: AsyncEngine | None = None
+        self.dialect = "sqlite" if self._url.startswith("sqlite") else "postgresql"
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise StoreUnavailable("the store is not open")
+        return self._engine
+
+    def _create_engine(self) -> AsyncEngine:
+        if self.dialect == "sqlite":
+            path = self._url.split(":///", 1)[1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_async_engine(self._url, connect_args={"timeout": self._timeout})
+
+            @event.listens_for(engine.sync_engine, "connect")
+            def _pragmas(dbapi_conn: Any, _: Any) -> None:
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+                cur.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
+                cur.close()
+
+            return engine
+        return create_async_engine(
+            self._url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_timeout=self._timeout,
+            connect_args={"timeout": self._timeout, "command_timeout": self._timeout},
+        )
+
+    async def open(self) -> None:
+        self._engine = self._create_engine()
+        await self._migrate()
+
+    @_guarded
+    async def _migrate(self) -> None:
+        async with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK})
+            await conn.run_sync(_upgrade)
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    @_guarded
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    @_guarded
+    async def schema_version(self) -> str | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one_or_none()
+
+    # identities
+    def _upsert(self, table: Any, values: dict[str, Any]) -> Any:
+        if self.dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
+        stmt = insert(table).values(**values)
+        return stmt.on_conflict_do_update(index_elements=[table.c.id], set_={k: v for k, v in values.items() if k != "id"})
+
+    @_guarded
+    async def put_identity(self, identity: Identity) -> None:
+        values = msgspec.structs.asdict(identity)
+        values["models"] = msgspec.json.encode(identity.models).decode()
+        async with self.engine.begin() as conn:
+            await conn.execute(self._upsert(t.identities, values))
+
+    @_guarded
+    async def get_identity(self, identity_id: str) -> Identity | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(t.identities).where(t.identities.c.id == identity_id))).first()
+        return _identity(row) if row else None
+
+    @_guarded
+    async def find_identity(self, name: str) -> Identity | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(t.identities).where(t.identities.c.name == name))).first()
+        return _identity(row) if row else None
+
+    @_guarded
+    async def list_identities(self, *, include_disabled: bool = False) -> list[Identity]:
+        q = select(t.identities).order_by(t.identities.c.name)
+        if not include_disabled:
+            q = q.where(t.identities.c.disabled_at.is_(None))
+        async with self.engine.connect() as conn:
+            return [_identity(r) for r in await conn.execute(q)]
+
+    # credentials
+    @_guarded
+    async def put_key(self, key: ApiKey) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(self._upsert(t.api_keys, msgspec.structs.asdict(key)))
+
+    @_guarded
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(t.api_keys).where(t.api_keys.c.id == key_id))).first()
+        return _key(row) if row else None
+
+    @_guarded
+    async def list_keys(self, identity_id: str | None = None) -> list[ApiKey]:
+        q = select(t.api_keys).order_by(t.api_keys.c.created_at)
+        if identity_id is not None:
+            q = q.where(t.api_keys.c.identity_id == identity_id)
+        async with self.engine.connect() as conn:
+            return [_key(r) for r in await conn.execute(q)]
+
+    @_guarded
+    async def revoke_key(self, key_id: str, at: float) -> bool:
+        async with self.engine.begin() as conn:
+            found = (await conn.execute(select(t.api_keys.c.id).where(t.api_keys.c.id == key_id))).first()
+            await conn.execute(update(t.api_keys).where(t.api_keys.c.id == key_id, t.api_keys.c.revoked_at.is_(None))
+                               .values(revoked_at=at))
+        return found is not None
+
+    @_guarded
+    async def touch_keys(self, last_used: dict[str, float]) -> None:
+        if not last_used:
+            return
+        from sqlalchemy import bindparam
+
+        stmt = update(t.api_keys).where(t.api_keys.c.id == bindparam("kid")).values(last_used_at=bindparam("at"))
+        async with self.engine.begin() as conn:
+            await conn.execute(stmt, [{"kid": k, "at": v} for k, v in last_used.items()])
+
+    # ledger
+    @_guarded
+    async def write_usage(self, records: Iterable[UsageRecord]) -> None:
+        rows = [msgspec.structs.asdict(r) for r in records]
+        if not rows:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(t.usage.insert(), rows)
+
+    @_guarded
+    async def list_usage(self, *, since: float = 0.0, limit: int = 1000) -> list[UsageRecord]:
+        q = select(t.usage).where(t.usage.c.ts >= since).order_by(t.usage.c.ts.desc(), t.usage.c.seq.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            return [_usage(r) for r in await conn.execute(q)]
+
+    @_guarded
+    async def summarize_usage(self, *, since: float = 0.0) -> list[UsageSummaryRow]:
+        u = t.usage.c
+        errors = func.sum(func.cast(u.status >= 400, t.usage.c.prompt_tokens.type))
+        q = (select(u.identity_id, u.model, func.count().label("requests"), errors.label("errors"),
+                    func.sum(u.prompt_tokens).label("prompt_tokens"), func.sum(u.completion_tokens).label("completion_tokens"))
+             .where(u.ts >= since).group_by(u.identity_id, u.model).order_by(u.identity_id, u.model))
+        async with self.engine.connect() as conn:
+            return [UsageSummaryRow(identity_id=r.identity_id, model=r.model, requests=int(r.requests),
+                                    errors=int(r.errors or 0), prompt_tokens=int(r.prompt_tokens or 0),
+                                    completion_tokens=int(r.completion_tokens or 0))
+                    for r in await conn.execute(q)]
+
+    # change log
+    @_guarded
+    async def record_change(self, event: ChangeEvent) -> None:
+        values = msgspec.structs.asdict(event)
+        values["detail"] = msgspec.json.encode(event.detail).decode()
+        async with self.engine.begin() as conn:
+            await conn.execute(t.changes.insert().values(**values))
+
+    @_guarded
+    async def list_changes(self, *, limit: int = 1000) -> list[ChangeEvent]:
+        q = select(t.changes).order_by(t.changes.c.seq.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            return [ChangeEvent(id=r.id, ts=r.ts, actor=r.actor, action=r.action, target=r.target,
+                                source_ip=r.source_ip, detail=msgspec.json.decode(r.detail))
+                    for r in await conn.execute(q)]
+
+
+def _upgrade(connection: Any) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, "head")

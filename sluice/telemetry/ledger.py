@@ -1,0 +1,103 @@
+"""The usage ledger writer: requests append a record; a background task folds records into
+metrics and writes them to the store in batches, retrying while the store is down and
+flushing everything on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from ..core.config import Usage
+from ..core.types import UsageRecord
+from .metrics import Metrics
+
+log = logging.getLogger("sluice.usage")
+
+WriteUsage = Callable[[list[UsageRecord]], Awaitable[None]]
+TouchKeys = Callable[[dict[str, float]], Awaitable[None]]
+TakeLastUsed = Callable[[], dict[str, float]]
+
+
+class UsageLedger:
+    """Bounded queue of usage records, drained off the request path."""
+
+    def __init__(self, cfg: Usage, metrics: Metrics, write: WriteUsage, touch: TouchKeys, take_last_used: TakeLastUsed) -> None:
+        self._cfg = cfg
+        self._metrics = metrics
+        self._write = write
+        self._touch = touch
+        self._take_last_used = take_last_used
+        self._unobserved: list[UsageRecord] = []
+        self._unwritten: list[UsageRecord] = []
+        self._task: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+        self.healthy = True
+
+    def record(self, rec: UsageRecord) -> None:
+        """Called once per request; costs one list append."""
+        self._unobserved.append(rec)
+
+    def fold_metrics(self) -> None:
+        """Observe pending records in the metrics, then queue them for the store."""
+        if self._unobserved:
+            batch, self._unobserved = self._unobserved, []
+            self._metrics.observe(batch)
+            self._unwritten.extend(batch)
+            over = len(self._unwritten) - self._cfg.queue_max
+            if over > 0:
+                del self._unwritten[:over]
+                self._metrics.usage_dropped.inc(over)
+                log.error("usage queue full: dropped %d oldest records", over)
+        self._metrics.usage_pending.set(len(self._unwritten))
+
+    async def flush(self) -> bool:
+        """Write everything pending; False if the store refused (records are kept for the next try)."""
+        async with self._lock:
+            self.fold_metrics()
+            try:
+                while self._unwritten:
+                    batch = self._unwritten[: self._cfg.batch_size]
+                    await self._write(batch)
+                    del self._unwritten[: len(batch)]
+                touched = self._take_last_used()
+                if touched:
+                    await self._touch(touched)
+            except Exception as exc:  # the store's failure must never reach a request
+                self._metrics.usage_write_errors.inc()
+                if self.healthy:
+                    log.warning("usage write failed, will retry: %s", type(exc).__name__)
+                self.healthy = False
+                return False
+            finally:
+                self._metrics.usage_pending.set(len(self._unwritten))
+            if not self.healthy:
+                log.info("usage writes recovered")
+            self.healthy = True
+            return True
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-ledger")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._cfg.flush_interval)
+            await self.flush()
+
+    async def close(self, attempts: int = 5) -> None:
+        """Stop the loop and flush what is left, retrying a few times before giving up loudly."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for i in range(attempts):
+            if await self.flush():
+                return
+            await asyncio.sleep(0.2 * (i + 1))
+        log.error("usage records lost at shutdown: %d", len(self._unwritten))
+
+    @property
+    def pending(self) -> int:
+        return len(self._unobserved) + len(self._unwritten)

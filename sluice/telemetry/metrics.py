@@ -1,0 +1,73 @@
+"""Prometheus metrics, fed from usage records in batches so the request path only appends.
+
+Served on the control plane at ``/metrics``; a scrape first folds in what is pending, so
+what it shows is never older than the scrape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ..core.types import UsageRecord
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+disable_created_metrics()  # the _created series double the output and nobody graphs them
+
+
+class Metrics:
+    """The gateway's metric families, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("sluice_requests", "Data-plane requests by endpoint, model and status.",
+                                ["endpoint", "model", "status"], registry=r)
+        self.latency = Histogram("sluice_request_duration_seconds", "Time from request to last byte, by model and status.",
+                                 ["model", "status"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.upstream_latency = Histogram("sluice_upstream_duration_seconds", "Time spent on the upstream, by upstream.",
+                                          ["upstream"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("sluice_time_to_first_token_seconds", "Time to first streamed token, by model.",
+                              ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("sluice_tokens", "Tokens by model and direction (input, output).",
+                              ["model", "direction"], registry=r)
+        self.usage_pending = Gauge("sluice_usage_pending_records", "Usage records waiting to be written.", registry=r)
+        self.usage_dropped = Counter("sluice_usage_dropped_records", "Usage records dropped because the queue was full.", registry=r)
+        self.usage_write_errors = Counter("sluice_usage_write_errors", "Failed batch writes of usage records.", registry=r)
+        self._children: dict[tuple, tuple] = {}
+
+    def observe(self, records: Iterable[UsageRecord]) -> None:
+        """Fold finished requests into the metric families."""
+        children = self._children
+        for rec in records:
+            model = rec.model or ""
+            key = (rec.endpoint, model, rec.status, rec.upstream)
+            c = children.get(key)
+            if c is None:
+                status = str(rec.status)
+                c = (
+                    self.requests.labels(rec.endpoint, model, status),
+                    self.latency.labels(model, status),
+                    self.upstream_latency.labels(rec.upstream) if rec.upstream else None,
+                    self.ttft.labels(model),
+                    self.tokens.labels(model, "input"),
+                    self.tokens.labels(model, "output"),
+                )
+                if len(children) < 10_000:  # bounded: label sets come from config, but stay safe
+                    children[key] = c
+            c[0].inc()
+            c[1].observe(rec.latency_ms / 1000.0)
+            if c[2] is not None and rec.upstream_ms is not None:
+                c[2].observe(rec.upstream_ms / 1000.0)
+            if rec.ttft_ms is not None:
+                c[3].observe(rec.ttft_ms / 1000.0)
+            if rec.prompt_tokens:
+                c[4].inc(rec.prompt_tokens)
+            if rec.completion_tokens:
+                c[5].inc(rec.completion_tokens)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

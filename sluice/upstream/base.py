@@ -1,0 +1,49 @@
+"""The upstream transport interface: one small abstract class, one implementation per protocol."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+
+
+class UpstreamReply:
+    """A complete upstream answer: status, body and the headers a caller may see."""
+
+    __slots__ = ("status", "body", "retry_after")
+
+    def __init__(self, status: int, body: bytes, retry_after: str | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.retry_after = retry_after
+
+
+class UpstreamStream(abc.ABC):
+    """An upstream answer that arrived with a 200 and whose body is still coming."""
+
+    @abc.abstractmethod
+    def chunks(self) -> AsyncIterator[bytes]:
+        """Bytes as they arrive; raises ``UpstreamError``/``UpstreamTimeout`` on a cut or a stall."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop reading and drop the connection (the client left, or we are done)."""
+
+
+class Transport(abc.ABC):
+    """Sends an OpenAI-shaped request to one backend."""
+
+    name: str
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def send(self, path: str, body: bytes) -> UpstreamReply:
+        """POST and read the whole answer, whatever its status."""
+
+    @abc.abstractmethod
+    async def open_stream(self, path: str, body: bytes) -> UpstreamStream | UpstreamReply:
+        """POST a streaming request: a stream on 200, else the complete (error) reply."""

@@ -1,0 +1,105 @@
+"""OpenAI-compatible HTTP transport (vLLM, Ollama, llama.cpp server, OpenAI itself).
+
+Pooled keep-alive connections, connect/read/total timeouts, the upstream key injected from
+config. Errors are translated to typed gateway errors whose messages name no URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from ..core.config import Upstream
+from ..core.errors import UpstreamError, UpstreamTimeout
+from .base import Transport, UpstreamReply, UpstreamStream
+
+
+def _translate(exc: BaseException) -> Exception:
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return UpstreamTimeout("The upstream model server did not answer in time.")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamError("The upstream model server is unreachable.", code="upstream_unreachable")
+    return UpstreamError("The upstream model server closed the connection unexpectedly.", code="upstream_disconnected")
+
+
+_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+class _AiohttpStream(UpstreamStream):
+    __slots__ = ("_resp",)
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        content = self._resp.content
+        try:
+            while True:
+                chunk = await content.readany()
+                if not chunk:
+                    return
+                yield chunk
+        except _ERRORS as exc:
+            raise _translate(exc) from None
+        finally:
+            self._resp.release()
+
+    def close(self) -> None:
+        self._resp.close()
+
+
+class OpenAITransport(Transport):
+    """One backend at ``base_url``; paths are relative to it (``/chat/completions``)."""
+
+    def __init__(self, cfg: Upstream) -> None:
+        self.name = cfg.name
+        self._cfg = cfg
+        self._base = cfg.base_url.rstrip("/")
+        headers = {"Content-Type": "application/json", "Accept": "application/json", **cfg.headers}
+        if cfg.api_key:
+            headers["Authorization"] = f"Bearer {cfg.api_key}"
+        self._headers = headers
+        self._timeout = aiohttp.ClientTimeout(
+            total=cfg.total_timeout, connect=cfg.connect_timeout, sock_read=cfg.read_timeout
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self._cfg.max_connections, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, headers=self._headers,
+            skip_auto_headers=("User-Agent",), auto_decompress=True, trust_env=False,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def send(self, path: str, body: bytes) -> UpstreamReply:
+        assert self._session is not None
+        try:
+            async with self._session.post(self._base + path, data=body) as resp:
+                data = await resp.read()
+                return UpstreamReply(resp.status, data, resp.headers.get("Retry-After"))
+        except _ERRORS as exc:
+            raise _translate(exc) from None
+
+    async def open_stream(self, path: str, body: bytes) -> UpstreamStream | UpstreamReply:
+        assert self._session is not None
+        try:
+            resp = await self._session.post(self._base + path, data=body)
+        except _ERRORS as exc:
+            raise _translate(exc) from None
+        if resp.status != 200:
+            try:
+                data = await resp.read()
+            except _ERRORS as exc:
+                raise _translate(exc) from None
+            finally:
+                resp.release()
+            return UpstreamReply(resp.status, data, resp.headers.get("Retry-After"))
+        return _AiohttpStream(resp)

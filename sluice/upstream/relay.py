@@ -1,0 +1,79 @@
+"""Server-sent-event relay: forwards an upstream stream event by event as it arrives,
+keeping count of what was produced so a cut stream still settles what it used.
+
+Bytes go out as soon as an event is complete; nothing waits for more than the event it
+belongs to. The usage chunk that sluice asked for on the caller's behalf is withheld
+from callers who did not ask for it.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from ..core.errors import GatewayError, error_body
+from ..core.wire import TokenUsage, UsageEnvelope
+
+_DONE = b"data: [DONE]"
+_usage = msgspec.json.Decoder(UsageEnvelope)
+_EMPTY_CHOICES = (b'"choices":[]', b'"choices": []')
+
+
+def error_event(exc: GatewayError) -> bytes:
+    """An SSE event carrying an OpenAI error body; the SDKs raise it as an APIError."""
+    return b"data: " + msgspec.json.encode(error_body(exc)) + b"\n\n"
+
+
+class SSERelay:
+    """Splits upstream bytes into whole events, tracks usage and the end, returns what to forward."""
+
+    __slots__ = ("_buf", "_strip_usage", "events", "done", "usage")
+
+    def __init__(self, *, strip_usage: bool) -> None:
+        self._buf = b""
+        self._strip_usage = strip_usage
+        self.events = 0
+        self.done = False
+        self.usage: TokenUsage | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Take what just arrived; return the complete events to send on now (maybe empty)."""
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n")
+        buf = self._buf + chunk if self._buf else chunk
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            self._buf = buf
+            return b""
+        end += 2
+        out, self._buf = buf[:end], buf[end:]
+        self.events += out.count(b"\n\n")
+        if not self.done and _DONE in out:
+            self.done = True
+            self.events -= 1
+        if b'"usage":{' in out or b'"usage": {' in out:
+            out = self._take_usage(out)
+        return out
+
+    def _take_usage(self, block: bytes) -> bytes:
+        kept = []
+        for event in block.split(b"\n\n"):
+            if not event:
+                continue
+            if b'"usage"' in event and event.startswith(b"data:"):
+                data = event[5:].strip()
+                try:
+                    got = _usage.decode(data).usage
+                except msgspec.DecodeError:
+                    got = None
+                if got is not None:
+                    self.usage = got
+                    if self._strip_usage and any(e in event for e in _EMPTY_CHOICES):
+                        self.events -= 1
+                        continue
+            kept.append(event)
+        return b"\n\n".join(kept) + b"\n\n" if kept else b""
+
+    @property
+    def completion_estimate(self) -> int:
+        """Content events seen, less the role chunk: one token each when the upstream reports none."""
+        return max(self.events - 1, 0)

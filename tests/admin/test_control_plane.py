@@ -1,0 +1,79 @@
+"""The control plane: separate listener, admin credentials only, every change recorded."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+
+def test_control_plane_is_not_served_on_the_data_port(gw):
+    r = httpx.get(gw.url + "/admin/identities", headers={"Authorization": f"Bearer {gw.admin_key}"})
+    assert r.status_code == 404
+
+
+def test_identity_lifecycle_is_recorded_in_the_change_log(gw):
+    name = f"lifecycle-{time.time_ns() % 10**9}"
+    created = gw.admin("POST", "/admin/identities", json={"name": name, "owner": "sre@example.com",
+                                                        "environment": "prod", "models": ["sim-*"]})
+    assert created.status_code == 201
+    ident = created.json()
+    assert ident["environment"] == "prod" and ident["created_by"].startswith("admin-")
+    key = gw.admin("POST", f"/admin/identities/{ident['id']}/keys", json={"ttl_days": 1}).json()
+    assert key["key"].startswith("slk_prod_") and key["expires_at"] - time.time() == pytest.approx(86400, abs=60)
+    gw.admin("POST", f"/admin/keys/{key['id']}/revoke")
+    changes = gw.admin("GET", "/admin/changes?limit=50").json()["data"]
+    actions = [(c["action"], c["target"]) for c in changes]
+    assert ("identity.create", ident["id"]) in actions
+    assert ("key.issue", key["id"]) in actions and ("key.revoke", key["id"]) in actions
+    assert all(c["source_ip"] == "127.0.0.1" for c in changes if c["target"] in (ident["id"], key["id"]))
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"name": "Bad Name", "owner": "o"}, "name"),
+    ({"name": "ok-name", "owner": " "}, "owner"),
+    ({"name": "ok-name", "owner": "o", "environment": "staging"}, None),
+    ({"name": "ok-name", "owner": "o", "extra": 1}, None),
+    ({"owner": "o"}, None),
+])
+def test_invalid_identity_is_refused_with_400(gw, body, param):
+    r = gw.admin("POST", "/admin/identities", json=body)
+    assert r.status_code == 400
+    if param:
+        assert r.json()["error"]["param"] == param
+
+
+def test_duplicate_identity_is_409(gw):
+    r = gw.admin("POST", "/admin/identities", json={"name": "app", "owner": "o"})
+    assert r.status_code == 409
+
+
+def test_ttl_beyond_policy_maximum_is_refused(gw):
+    ident = gw.admin("POST", "/admin/identities", json={"name": f"ttl-{time.time_ns() % 10**9}", "owner": "o"}).json()
+    r = gw.admin("POST", f"/admin/identities/{ident['id']}/keys", json={"ttl_days": 10_000})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "ttl_days"
+
+
+def test_unknown_ids_are_404(gw):
+    assert gw.admin("GET", "/admin/identities/id-nope").status_code == 404
+    assert gw.admin("POST", "/admin/keys/key-nope/revoke").status_code == 404
+
+
+def test_config_declared_identities_are_listed(gw):
+    names = {i["name"]: i for i in gw.admin("GET", "/admin/identities").json()["data"]}
+    assert {"app", "other", "prod-app"} <= set(names)
+    assert names["app"]["source"] == "config"
+
+
+def test_usage_summary_counts_requests_per_identity(gw):
+    since = time.time()
+    for _ in range(3):
+        gw.post("/v1/chat/completions", gw.keys["other"], json={"model": "sim-secret", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2})
+    rows = gw.admin("GET", f"/admin/usage/summary?since={since}").json()["data"]
+    mine = [r for r in rows if r["model"] == "sim-secret"]
+    assert len(mine) == 1 and mine[0]["requests"] == 3 and mine[0]["completion_tokens"] == 6
+
+
+def test_bad_query_parameter_is_400_not_500(gw):
+    assert gw.admin("GET", "/admin/usage?since=yesterday").status_code == 400
