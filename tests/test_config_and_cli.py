@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import free_port
+from support import free_port
 
 
 def sluice(*args: str, cwd=None, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -41,8 +41,10 @@ class _AiohttpStream(UpstreamStream):
                 if not chunk:
                     return
                 yield chunk
-        except _ERRORS as exc:
-            raise _translate(exc) from None
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            raise UpstreamTimeout("The upstream stopped sending in the middle of the stream.", code="upstream_stream_stalled") from None
+        except _ERRORS:
+            raise UpstreamError("The upstream stream ended before it was complete.", code="upstream_stream_cut") from None
         finally:
             self._resp.release()
 

@@ -52,7 +52,7 @@ def test_stream_without_include_usage_carries_no_usage_chunk(gw):
 
 def test_stream_events_arrive_as_produced_not_all_at_once(tmp_path_factory):
     """With a 40 ms decode delay, the first token must arrive long before the last."""
-    from conftest import Sim, start_gateway
+    from support import Sim, start_gateway
 
     tmp = tmp_path_factory.mktemp("slow")
     slow = Sim(tmp, **{"decode-ms": 40})

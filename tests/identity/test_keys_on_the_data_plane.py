@@ -27,7 +27,7 @@ def test_missing_key_is_401(gw):
     assert r.status_code == 401 and _error(r)["code"] == "missing_api_key"
 
 
-@pytest.mark.parametrize("header", ["Bearer", "Bearer ", "Basic abc", "bearer nope", "Token slk_dev_x"])
+@pytest.mark.parametrize("header", ["Bearer", "Bearer two words", "Basic abc", "bearer nope", "Token slk_dev_x"])
 def test_malformed_authorization_is_401(gw, header):
     r = httpx.post(gw.v1 + "/chat/completions", json=CHAT, headers={"Authorization": header})
     assert r.status_code == 401

@@ -20,7 +20,7 @@ CASES: list[tuple] = [
     ("json string", "POST", "/v1/chat/completions", b'"x"', {}, 400, None),
     ("json null", "POST", "/v1/chat/completions", b"null", {}, 400, None),
     ("json number", "POST", "/v1/chat/completions", b"42", {}, 400, None),
-    ("trailing garbage", "POST", "/v1/chat/completions", b'{"model":"sim-small","messages":[]} x', {}, 400, "invalid_json"),
+    ("trailing garbage", "POST", "/v1/chat/completions", b'{"model":"sim-small","messages":[{"role":"user","content":"x"}]} x', {}, 400, "invalid_json"),
     ("invalid utf-8", "POST", "/v1/chat/completions", b'{"model":"\xff\xfe","messages":[]}', {}, 400, None),
     ("missing model", "POST", "/v1/chat/completions", {"messages": OK_MSG}, {}, 400, None),
     ("missing messages", "POST", "/v1/chat/completions", {"model": "sim-small"}, {}, 400, None),

@@ -11,7 +11,7 @@ import time
 import httpx
 import openai
 
-from conftest import start_gateway
+from support import start_gateway
 
 CHAT = {"model": "sim-small", "messages": [{"role": "user", "content": "hello usage"}], "max_tokens": 7}
 

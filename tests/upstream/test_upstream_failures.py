@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import Sim, free_port, start_gateway
+from support import Sim, free_port, start_gateway
 
 CHAT = {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 

@@ -67,7 +67,7 @@ class Decode:
         except msgspec.ValidationError as exc:
             message, param = describe(exc)
             raise InvalidRequest(message, param=param) from None
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             raise InvalidRequest(
                 "We could not parse the JSON body of your request. Send a valid JSON object.", code="invalid_json"
             ) from None

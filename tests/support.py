@@ -1,0 +1,153 @@
+"""Real processes for tests: the simulated backend and sluice itself, on free ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from sluice.identity import generate
+
+IN_CI = os.environ.get("CI") == "true"
+PEPPER = "test-pepper-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    """A child process whose output goes to a log file we can read after."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        full_env = {**os.environ, **(env or {})}
+        self.popen = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd)
+
+    def wait_http(self, url: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"process exited with {self.popen.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(url, timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"{url} not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+        return self.popen.returncode
+
+
+class Sim:
+    """The simulated backend as its own process."""
+
+    def __init__(self, tmp: Path, **flags: Any) -> None:
+        self.port = free_port()
+        args = [sys.executable, "-m", "sluice", "sim", "--port", str(self.port)]
+        opts = {"decode-ms": 0, "prefill-ms": 0, "base-ms": 0, **flags}
+        for k, v in opts.items():
+            args += [f"--{k}", str(v)]
+        self.proc = Proc(args, tmp / f"sim-{self.port}.log")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc.wait_http(self.url + "/health")
+
+    def faults(self, **spec: Any) -> None:
+        httpx.post(self.url + "/sim/faults", json=spec).raise_for_status()
+
+    def clear_faults(self) -> None:
+        httpx.delete(self.url + "/sim/faults").raise_for_status()
+
+    def stats(self) -> dict:
+        return httpx.get(self.url + "/sim/stats").json()
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+class Gateway:
+    """A sluice process started from a config written for the test."""
+
+    def __init__(self, tmp: Path, config: dict[str, Any], keys: dict[str, str], admin_key: str, env: dict[str, str] | None = None) -> None:
+        self.tmp = tmp
+        self.port, self.admin_port = free_port(), free_port()
+        config = {
+            "data_plane": {"port": self.port},
+            "control_plane": {"port": self.admin_port},
+            "store": {"url": f"sqlite:///{tmp}/sluice.db"},
+            "security": {"pepper": PEPPER},
+            "admin": {"keys": [admin_key]},
+            "logging": {"level": "info"},
+            **config,
+        }
+        self.config_path = tmp / f"gateway-{self.port}.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.keys = keys
+        self.admin_key = admin_key
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
+        self.proc = Proc([sys.executable, "-m", "sluice", "serve", "--config", str(self.config_path)],
+                         tmp / f"gateway-{self.port}.log", env=env, cwd=tmp)
+        self.proc.wait_http(self.admin_url + "/readyz")
+
+    @property
+    def v1(self) -> str:
+        return self.url + "/v1"
+
+    def admin(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        return httpx.request(method, self.admin_url + path, headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=10, **kw)
+
+    def post(self, path: str, key: str | None = None, **kw: Any) -> httpx.Response:
+        headers = kw.pop("headers", {})
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        return httpx.post(self.url + path, headers=headers, timeout=30, **kw)
+
+    def stop(self) -> int:
+        return self.proc.stop()
+
+    def log(self) -> str:
+        return self.proc.log()
+
+
+def start_gateway(tmp: Path, *, upstreams: list[dict], models: list[dict], identities: list[dict],
+                  extra: dict | None = None, env: dict[str, str] | None = None) -> Gateway:
+    """Each identity gets one generated key in its environment unless it lists its own."""
+    keys: dict[str, str] = {}
+    idents = []
+    for ident in identities:
+        ident = dict(ident)
+        if "keys" not in ident:
+            keys[ident["name"]] = generate(ident.get("environment", "dev"))
+            ident["keys"] = [keys[ident["name"]]]
+        idents.append(ident)
+    admin_key = generate("prod", kind="admin")
+    config = {"upstreams": upstreams, "models": models, "identities": idents, **(extra or {})}
+    return Gateway(tmp, config, keys, admin_key, env)
+
+
