@@ -92,8 +92,8 @@ class Store(_Strict):
 class Usage(_Strict):
     """The usage ledger writer: batched, off the request path."""
 
-    flush_interval: Seconds = 0.5
-    batch_size: Annotated[int, msgspec.Meta(ge=1)] = 2000
+    flush_interval: Seconds = 0.25
+    batch_size: Annotated[int, msgspec.Meta(ge=1)] = 500
     queue_max: Annotated[int, msgspec.Meta(ge=1)] = 200_000
 
 
