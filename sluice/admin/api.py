@@ -8,11 +8,11 @@ from typing import Annotated, Literal
 import msgspec
 
 from ..core import clock
-from ..core.errors import InvalidRequest
+from ..core.errors import InvalidRequest, Unavailable
 from ..core.exchange import Exchange, Reply
 from ..core.types import ApiKey, Identity
 from ..identity import Actor, IdentityService
-from ..store import Store
+from ..store import Store, StoreUnavailable
 from .auth import AdminAuth
 
 Handler = Callable[[Exchange], Awaitable[Reply]]
@@ -89,7 +89,12 @@ class AdminApi:
 
     def _guarded(self, fn: Callable[[Actor, Exchange], Awaitable[Reply]]) -> Handler:
         async def handler(exchange: Exchange) -> Reply:
-            return await fn(self._auth(exchange), exchange)
+            actor = self._auth(exchange)
+            try:
+                return await fn(actor, exchange)
+            except StoreUnavailable:
+                raise Unavailable("The control plane's store is unavailable; retry later.",
+                                  code="store_unavailable", retry_after=1.0) from None
 
         handler.__name__ = fn.__name__
         return handler
