@@ -15,7 +15,7 @@ command -v sluice >/dev/null || { echo "sluice is not on PATH: run via 'make ben
 
 export BENCH_KEY=${BENCH_KEY:-$(sluice keys generate --env prod)}
 export SLUICE_ADMIN_KEY=${SLUICE_ADMIN_KEY:-$(sluice keys generate --admin)}
-rm -f .sluice/bench.db*
+mkdir -p .sluice && rm -f .sluice/bench.db*
 
 dir=$("$shared/start-mock-upstream" | tail -n 1)
 taskset -c 0 sluice serve --config bench/gateway.yaml 2> .sluice/bench-gateway.log &

@@ -7,7 +7,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 shared=${SHARED_BENCH:-$root/../shared/bench}
 cd "$root"
 export BENCH_KEY=${BENCH_KEY:-$(sluice keys generate --env prod)}
-rm -f .sluice/bench.db*
+mkdir -p .sluice && rm -f .sluice/bench.db*
 total=${SOAK_SECONDS:-300}; half=$((total / 2))
 dir=$("$shared/start-mock-upstream" | tail -n 1)
 taskset -c 0 sluice serve --config bench/gateway.yaml 2> .sluice/soak-gateway.log &

@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from support import Sim, start_gateway
+
+_KEY_SHAPES = re.compile(r"sl[ka]_(?:dev_|prod_)?[A-Za-z0-9]{36}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_key_in_any_log(tmp_path_factory: pytest.TempPathFactory):
+    """After the whole run, no log file of any process holds anything shaped like a key."""
+    yield
+    root = tmp_path_factory.getbasetemp()
+    leaks = []
+    for log in root.rglob("*.log"):
+        for n, line in enumerate(log.read_text(errors="replace").splitlines(), 1):
+            if _KEY_SHAPES.search(line):
+                leaks.append(f"{log.name}:{n}: {line[:200]}")
+    assert not leaks, "keys found in logs:\n" + "\n".join(leaks)
 
 
 @pytest.fixture(scope="session")
