@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import secrets
@@ -109,6 +110,10 @@ class Gateway:
                                 max_body_bytes=1024 * 1024, access_log=c.logging.access_log)
         await self.data.start()
         await self.control.start()
+        # Everything built so far lives as long as the process: keep the collector from
+        # rescanning it on every full collection (long pauses showed up in the p99).
+        gc.collect()
+        gc.freeze()
         log.info("data plane on %s:%d, control plane on %s:%d, %d models, %d live keys",
                  self.data.host, self.data.port, self.control.host, self.control.port, len(c.models), len(registry))
 
