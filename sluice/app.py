@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from .admin import AdminApi, AdminAuth
@@ -16,7 +17,7 @@ from .core.config import Config
 from .core.errors import ConfigError
 from .core.exchange import Exchange, Reply
 from .http import Listener
-from .identity import CredentialRegistry, Hasher, IdentityService
+from .identity import CredentialRegistry, Federation, Hasher, IdentityService, Keyring, Sealer, TokenExchange, TokenService
 from .pipeline import DataPlane
 from .routing import RouteTable
 from .store import Store, StoreUnavailable, open_store
@@ -59,6 +60,7 @@ class Gateway:
         self._transports: dict[str, Transport] = {}
         self._sim_runner = None
         self._ready_cache: tuple[float, bool] = (0.0, False)
+        self._tasks: list[asyncio.Task] = []
 
     def secrets(self) -> list[str]:
         c = self.config
@@ -71,13 +73,19 @@ class Gateway:
     async def start(self) -> None:
         c = self.config
         configure(c.logging.level, c.logging.format, self.secrets())
-        hasher = Hasher(load_pepper(c.security))
+        pepper = load_pepper(c.security)
+        hasher = Hasher(pepper)
         self.store = store = open_store(c.store.url)
         await store.open()
         registry = CredentialRegistry(hasher)
         identities = IdentityService(store, registry, hasher, c.security)
-        await identities.sync_declared(c.identities)
+        await identities.sync_declared(c.identities, c.teams)
         await identities.load()
+        keyring = Keyring(store, Sealer(pepper), c.tokens)
+        await keyring.load()
+        tokens = TokenService(keyring, registry, c.tokens)
+        federation = Federation(c.federation)
+        await federation.warm()
 
         if c.sim is not None:
             from .sim import serve as serve_sim
@@ -93,17 +101,26 @@ class Gateway:
         metrics = Metrics()
         self.ledger = ledger = UsageLedger(c.usage, metrics, store.write_usage, store.touch_keys, registry.take_last_used)
         ledger.start()
+        self._tasks.append(asyncio.get_running_loop().create_task(self._every(30.0, keyring.maintain), name="keyring"))
 
-        data_plane = DataPlane(registry=registry, routes=RouteTable(c.models), transports=self._transports,
+        routes = RouteTable(c.models)
+        data_plane = DataPlane(registry=registry, tokens=tokens, routes=routes, transports=self._transports,
                                ledger=ledger, limits=c.requests)
         health = [("GET", "/healthz", self._healthz), ("GET", "/readyz", self._readyz)]
+
+        async def jwks(_: Exchange) -> Reply:
+            return Reply.json(tokens.jwks(), headers={"Cache-Control": "public, max-age=60"})
+
+        token_routes = [("POST", "/v1/token", TokenExchange(registry, tokens, federation)),
+                        ("GET", "/.well-known/jwks.json", jwks)]
 
         async def metrics_handler(_: Exchange) -> Reply:
             ledger.fold_metrics()
             return Reply(200, metrics.render(), METRICS_TYPE)
 
-        admin = AdminApi(AdminAuth(hasher, c.admin.keys), identities, store, ledger.flush)
-        self.data = Listener("data", c.data_plane.host, c.data_plane.port, data_plane.routes() + health,
+        admin = AdminApi(AdminAuth(hasher, c.admin.keys, registry), identities, store, ledger.flush, routes,
+                         [u.name for u in c.upstreams], keyring)
+        self.data = Listener("data", c.data_plane.host, c.data_plane.port, data_plane.routes() + token_routes + health,
                              max_body_bytes=c.requests.max_body_bytes, access_log=c.logging.access_log)
         self.control = Listener("control", c.control_plane.host, c.control_plane.port,
                                 admin.routes() + health + [("GET", "/metrics", metrics_handler)],
@@ -116,6 +133,15 @@ class Gateway:
         gc.freeze()
         log.info("data plane on %s:%d, control plane on %s:%d, %d models, %d live keys",
                  self.data.host, self.data.port, self.control.host, self.control.port, len(c.models), len(registry))
+
+    @staticmethod
+    async def _every(seconds: float, job: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await job()
+            except Exception as exc:  # a maintenance hiccup must not end the loop
+                log.warning("periodic %s failed: %s", getattr(job, "__name__", "job"), type(exc).__name__)
 
     async def _healthz(self, _: Exchange) -> Reply:
         return Reply.json({"status": "ok"})
@@ -137,6 +163,8 @@ class Gateway:
 
     async def stop(self) -> None:
         """Graceful: stop taking requests, finish those in flight, flush usage, close everything."""
+        for task in self._tasks:
+            task.cancel()
         if self.data is not None:
             await self.data.stop()
         if self.ledger is not None:

@@ -1,21 +1,28 @@
-"""Control-plane API: identities and keys, usage, the change log, metrics and health."""
+"""Control-plane API. Every endpoint declares the scopes it needs; the table is the contract
+(and the role-by-endpoint test walks it)."""
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
 import msgspec
 
 from ..core import clock
-from ..core.errors import InvalidRequest, Unavailable
+from ..core.errors import InvalidRequest, NotFound, Unavailable
 from ..core.exchange import Exchange, Reply
-from ..core.types import ApiKey, Identity
-from ..identity import Actor, IdentityService
+from ..core.types import ApiKey, Identity, Role
+from ..identity import Actor, IdentityService, Keyring
+from ..identity import inventory as inv
+from ..identity import roles as r
+from ..routing import RouteTable
 from ..store import Store, StoreUnavailable
 from .auth import AdminAuth
 
 Handler = Callable[[Exchange], Awaitable[Reply]]
+Action = Callable[[Actor, Exchange], Awaitable[Reply]]
 
 
 class NewIdentity(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -24,15 +31,42 @@ class NewIdentity(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     environment: Literal["dev", "prod"] = "dev"
     models: list[str] = msgspec.field(default_factory=list)
     expires_at: float | None = None
+    team: str | None = None
+    roles: list[Role] | None = None
+
+
+class IdentityPatch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    models: list[str] | None = None
+    team: str | None | msgspec.UnsetType = msgspec.UNSET
+    owner: str | None = None
+
+
+class RoleSet(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    roles: list[str]
 
 
 class NewKey(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ttl_days: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    plane: Literal["data", "control"] = "data"
 
 
 class Rotation(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     overlap_seconds: Annotated[float, msgspec.Meta(ge=0, le=30 * 86400)] = 0.0
     ttl_days: Annotated[float, msgspec.Meta(gt=0)] | None = None
+
+
+class Offboarding(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    reassign_to: str | None = None
+
+
+class NewTeam(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: str
+    owner: str
+
+
+class Retarget(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    upstream: str
+    upstream_model: str | None = None
 
 
 def _decode(body: bytes, kind: type) -> object:
@@ -44,10 +78,6 @@ def _decode(body: bytes, kind: type) -> object:
         raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from None
 
 
-def _identity(i: Identity) -> dict:
-    return msgspec.structs.asdict(i)
-
-
 def _key(k: ApiKey, now: float) -> dict:
     d = msgspec.structs.asdict(k)
     d.pop("hash")
@@ -55,41 +85,69 @@ def _key(k: ApiKey, now: float) -> dict:
     return d
 
 
-def _float(q: dict, name: str, default: float) -> float:
+def _number(q: dict, name: str, default: float) -> float:
     try:
         return float(q.get(name, default))
     except ValueError:
         raise InvalidRequest(f"{name} must be a number", param=name) from None
 
 
-class AdminApi:
-    """Every control-plane endpoint; each authenticates an admin first."""
+def _limit(q: dict) -> int:
+    return int(min(max(_number(q, "limit", 100), 1), 10_000))
 
-    def __init__(self, auth: AdminAuth, identities: IdentityService, store: Store, flush_usage: Callable[[], Awaitable[bool]]) -> None:
+
+def _listing(data: list) -> Reply:
+    return Reply.json({"object": "list", "data": data})
+
+
+class AdminApi:
+    """Every control-plane endpoint; each authenticates, then checks its declared scopes."""
+
+    def __init__(self, auth: AdminAuth, identities: IdentityService, store: Store,
+                 flush_usage: Callable[[], Awaitable[bool]], routes: RouteTable, upstreams: list[str],
+                 keyring: Keyring) -> None:
         self._auth = auth
         self._ids = identities
         self._store = store
         self._flush_usage = flush_usage
+        self._routes = routes
+        self._upstreams = set(upstreams)
+        self._keyring = keyring
 
-    def routes(self) -> list[tuple[str, str, Handler]]:
-        g = self._guarded
+    def endpoints(self) -> list[tuple[str, str, tuple[str, ...], Action]]:
+        """(method, path, scopes needed, action): the control plane's whole surface."""
         return [
-            ("GET", "/admin/identities", g(self.list_identities)),
-            ("POST", "/admin/identities", g(self.create_identity)),
-            ("GET", "/admin/identities/{identity_id}", g(self.get_identity)),
-            ("DELETE", "/admin/identities/{identity_id}", g(self.disable_identity)),
-            ("GET", "/admin/identities/{identity_id}/keys", g(self.list_keys)),
-            ("POST", "/admin/identities/{identity_id}/keys", g(self.issue_key)),
-            ("POST", "/admin/keys/{key_id}/rotate", g(self.rotate_key)),
-            ("POST", "/admin/keys/{key_id}/revoke", g(self.revoke_key)),
-            ("GET", "/admin/usage", g(self.usage)),
-            ("GET", "/admin/usage/summary", g(self.usage_summary)),
-            ("GET", "/admin/changes", g(self.changes)),
+            ("GET", "/admin/whoami", (), self.whoami),
+            ("GET", "/admin/identities", (r.IDENTITIES_READ,), self.list_identities),
+            ("POST", "/admin/identities", (r.IDENTITIES_WRITE,), self.create_identity),
+            ("GET", "/admin/identities/inventory", (r.INVENTORY_READ,), self.inventory),
+            ("GET", "/admin/identities/{identity_id}", (r.IDENTITIES_READ,), self.get_identity),
+            ("PATCH", "/admin/identities/{identity_id}", (r.IDENTITIES_WRITE,), self.update_identity),
+            ("DELETE", "/admin/identities/{identity_id}", (r.IDENTITIES_WRITE,), self.disable_identity),
+            ("PUT", "/admin/identities/{identity_id}/roles", (r.ROLES_GRANT,), self.set_roles),
+            ("GET", "/admin/identities/{identity_id}/keys", (r.KEYS_READ,), self.list_keys),
+            ("POST", "/admin/identities/{identity_id}/keys", (r.KEYS_WRITE,), self.issue_key),
+            ("POST", "/admin/keys/{key_id}/rotate", (r.KEYS_WRITE,), self.rotate_key),
+            ("POST", "/admin/keys/{key_id}/revoke", (r.KEYS_WRITE,), self.revoke_key),
+            ("POST", "/admin/owners/{owner}/offboard", (r.IDENTITIES_WRITE, r.KEYS_WRITE), self.offboard),
+            ("GET", "/admin/teams", (r.IDENTITIES_READ,), self.list_teams),
+            ("POST", "/admin/teams", (r.TEAMS_WRITE,), self.create_team),
+            ("GET", "/admin/routes", (r.ROUTING_READ,), self.list_routes),
+            ("PUT", "/admin/routes/{model}", (r.ROUTING_WRITE,), self.retarget),
+            ("POST", "/admin/signing-keys/rotate", (r.KEYS_WRITE,), self.rotate_signing_key),
+            ("GET", "/admin/usage", (r.USAGE_READ,), self.usage),
+            ("GET", "/admin/usage/summary", (r.USAGE_READ,), self.usage_summary),
+            ("GET", "/admin/changes", (r.AUDIT_READ,), self.changes),
         ]
 
-    def _guarded(self, fn: Callable[[Actor, Exchange], Awaitable[Reply]]) -> Handler:
+    def routes(self) -> list[tuple[str, str, Handler]]:
+        return [(m, p, self._guarded(scopes, fn)) for m, p, scopes, fn in self.endpoints()]
+
+    def _guarded(self, scopes: tuple[str, ...], fn: Action) -> Handler:
         async def handler(exchange: Exchange) -> Reply:
             actor = self._auth(exchange)
+            for scope in scopes:
+                actor.require(scope)
             try:
                 return await fn(actor, exchange)
             except StoreUnavailable:
@@ -99,53 +157,130 @@ class AdminApi:
         handler.__name__ = fn.__name__
         return handler
 
+    async def whoami(self, actor: Actor, ex: Exchange) -> Reply:
+        return Reply.json({"name": actor.name, "identity_id": actor.identity_id,
+                           "roles": sorted(actor.roles), "scopes": sorted(actor.grants)})
+
+    # identities
     async def list_identities(self, actor: Actor, ex: Exchange) -> Reply:
         include = ex.query.get("include_disabled") in ("1", "true")
-        return Reply.json({"object": "list", "data": [_identity(i) for i in await self._ids.list_identities(include)]})
+        return _listing([msgspec.structs.asdict(i) for i in await self._ids.list_identities(include)])
 
     async def create_identity(self, actor: Actor, ex: Exchange) -> Reply:
         req: NewIdentity = _decode(ex.body, NewIdentity)  # type: ignore[assignment]
         ident = await self._ids.create_identity(
-            actor, name=req.name, owner=req.owner, environment=req.environment, models=req.models, expires_at=req.expires_at
+            actor, name=req.name, owner=req.owner, environment=req.environment, models=req.models,
+            expires_at=req.expires_at, team=req.team, roles=req.roles,  # type: ignore[arg-type]
         )
-        return Reply.json(_identity(ident), status=201)
+        return Reply.json(msgspec.structs.asdict(ident), status=201)
 
     async def get_identity(self, actor: Actor, ex: Exchange) -> Reply:
-        return Reply.json(_identity(await self._ids.get_identity(ex.params["identity_id"])))
+        return Reply.json(msgspec.structs.asdict(await self._ids.get_identity(ex.params["identity_id"])))
+
+    async def update_identity(self, actor: Actor, ex: Exchange) -> Reply:
+        req: IdentityPatch = _decode(ex.body, IdentityPatch)  # type: ignore[assignment]
+        team = None if req.team is msgspec.UNSET else req.team
+        ident = await self._ids.update_identity(actor, ex.params["identity_id"], models=req.models, team=team,
+                                                owner=req.owner, clear_team=req.team is None)
+        return Reply.json(msgspec.structs.asdict(ident))
 
     async def disable_identity(self, actor: Actor, ex: Exchange) -> Reply:
-        return Reply.json(_identity(await self._ids.disable_identity(actor, ex.params["identity_id"])))
+        return Reply.json(msgspec.structs.asdict(await self._ids.disable_identity(actor, ex.params["identity_id"])))
 
+    async def set_roles(self, actor: Actor, ex: Exchange) -> Reply:
+        req: RoleSet = _decode(ex.body, RoleSet)  # type: ignore[assignment]
+        ident: Identity = await self._ids.set_roles(actor, ex.params["identity_id"], req.roles)
+        return Reply.json(msgspec.structs.asdict(ident))
+
+    async def inventory(self, actor: Actor, ex: Exchange) -> Reply:
+        await self._flush_usage()
+        rows = inv.build(await self._ids.list_identities(include_disabled=ex.query.get("include_disabled") in ("1", "true")),
+                         await self._store.list_keys(), await self._store.identity_activity(), clock.now())
+        if ex.query.get("format") == "csv":
+            return Reply(200, _csv(rows).encode(), "text/csv; charset=utf-8")
+        return _listing(rows)
+
+    async def offboard(self, actor: Actor, ex: Exchange) -> Reply:
+        req: Offboarding = _decode(ex.body, Offboarding)  # type: ignore[assignment]
+        return Reply.json(await self._ids.offboard(actor, ex.params["owner"], req.reassign_to))
+
+    # keys
     async def list_keys(self, actor: Actor, ex: Exchange) -> Reply:
         now = clock.now()
-        keys = await self._ids.list_keys(ex.params["identity_id"])
-        return Reply.json({"object": "list", "data": [_key(k, now) for k in keys]})
+        return _listing([_key(k, now) for k in await self._ids.list_keys(ex.params["identity_id"])])
 
     async def issue_key(self, actor: Actor, ex: Exchange) -> Reply:
         req: NewKey = _decode(ex.body, NewKey)  # type: ignore[assignment]
-        key, secret = await self._ids.issue_key(actor, ex.params["identity_id"], ttl_days=req.ttl_days)
+        key, secret = await self._ids.issue_key(actor, ex.params["identity_id"], ttl_days=req.ttl_days, plane=req.plane)
         return Reply.json({**_key(key, clock.now()), "key": secret}, status=201, headers={"Cache-Control": "no-store"})
 
     async def rotate_key(self, actor: Actor, ex: Exchange) -> Reply:
         req: Rotation = _decode(ex.body, Rotation)  # type: ignore[assignment]
-        key, secret = await self._ids.rotate_key(actor, ex.params["key_id"], overlap_seconds=req.overlap_seconds, ttl_days=req.ttl_days)
+        key, secret = await self._ids.rotate_key(actor, ex.params["key_id"], overlap_seconds=req.overlap_seconds,
+                                                 ttl_days=req.ttl_days)
         return Reply.json({**_key(key, clock.now()), "key": secret}, status=201, headers={"Cache-Control": "no-store"})
 
     async def revoke_key(self, actor: Actor, ex: Exchange) -> Reply:
         return Reply.json(_key(await self._ids.revoke_key(actor, ex.params["key_id"]), clock.now()))
 
+    async def rotate_signing_key(self, actor: Actor, ex: Exchange) -> Reply:
+        kid = await self._keyring.rotate()
+        await self._ids.record(actor, "signing-key.rotate", kid, {})
+        return Reply.json({"kid": kid})
+
+    # teams
+    async def list_teams(self, actor: Actor, ex: Exchange) -> Reply:
+        return _listing([msgspec.structs.asdict(t) for t in await self._ids.list_teams()])
+
+    async def create_team(self, actor: Actor, ex: Exchange) -> Reply:
+        req: NewTeam = _decode(ex.body, NewTeam)  # type: ignore[assignment]
+        return Reply.json(msgspec.structs.asdict(await self._ids.create_team(actor, req.name, req.owner)), status=201)
+
+    # routing
+    async def list_routes(self, actor: Actor, ex: Exchange) -> Reply:
+        return _listing([{"model": t.model, "upstream": t.upstream, "upstream_model": t.upstream_model,
+                          "environment": t.environment} for t in self._routes.targets()])
+
+    async def retarget(self, actor: Actor, ex: Exchange) -> Reply:
+        req: Retarget = _decode(ex.body, Retarget)  # type: ignore[assignment]
+        model = ex.params["model"]
+        old = self._routes.get(model)
+        if old is None:
+            raise NotFound(f"no model {model!r}")
+        if req.upstream not in self._upstreams:
+            raise InvalidRequest(f"no upstream {req.upstream!r}", param="upstream")
+        new = self._routes.retarget(model, req.upstream, req.upstream_model or old.upstream_model)
+        await self._ids.record(actor, "route.retarget", model, {
+            "from": {"upstream": old.upstream, "upstream_model": old.upstream_model},
+            "to": {"upstream": new.upstream, "upstream_model": new.upstream_model}})
+        return Reply.json({"model": model, "upstream": new.upstream, "upstream_model": new.upstream_model})
+
+    # usage and audit
     async def usage(self, actor: Actor, ex: Exchange) -> Reply:
         await self._flush_usage()
-        since = _float(ex.query, "since", 0.0)
-        limit = int(min(max(_float(ex.query, "limit", 100), 1), 10_000))
-        rows = await self._store.list_usage(since=since, limit=limit)
-        return Reply.json({"object": "list", "data": rows})
+        return _listing(await self._store.list_usage(since=_number(ex.query, "since", 0.0), limit=_limit(ex.query)))
 
     async def usage_summary(self, actor: Actor, ex: Exchange) -> Reply:
         await self._flush_usage()
-        rows = await self._store.summarize_usage(since=_float(ex.query, "since", 0.0))
-        return Reply.json({"object": "list", "data": rows})
+        return _listing(await self._store.summarize_usage(since=_number(ex.query, "since", 0.0)))
 
     async def changes(self, actor: Actor, ex: Exchange) -> Reply:
-        limit = int(min(max(_float(ex.query, "limit", 100), 1), 10_000))
-        return Reply.json({"object": "list", "data": await self._store.list_changes(limit=limit)})
+        return _listing(await self._store.list_changes(limit=_limit(ex.query)))
+
+
+_CSV_FIELDS = ["id", "name", "owner", "team", "environment", "roles", "models", "credentials", "oldest_credential_days",
+               "next_expiry", "last_used_at", "models_used", "unused_scopes", "flags"]
+
+
+def _csv(rows: list[inv.InventoryRow]) -> str:
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(_CSV_FIELDS)
+    for row in rows:
+        active = [c for c in row.credentials if c.active]
+        expiries = [c.expires_at for c in active if c.expires_at is not None]
+        w.writerow([row.id, row.name, row.owner, row.team or "", row.environment, " ".join(row.roles),
+                    " ".join(row.models), len(active), max((c.age_days for c in active), default=""),
+                    min(expiries, default=""), row.last_used_at or "", " ".join(row.models_used),
+                    " ".join(row.unused_scopes), " ".join(row.flags)])
+    return out.getvalue()

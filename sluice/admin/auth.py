@@ -1,27 +1,38 @@
-"""Who may use the control plane: admin credentials only; data-plane keys are refused here."""
+"""Who may use the control plane: control-plane keys of identities with roles, and the
+break-glass keys of the config file. Data-plane keys and tokens are refused here."""
 
 from __future__ import annotations
 
 from ..core.errors import Unauthenticated
 from ..core.exchange import Exchange
-from ..identity import Actor, Hasher, inspect
+from ..core.types import ROLES
+from ..identity import Actor, CredentialRegistry, Hasher, inspect, looks_like_jwt
 
 
 class AdminAuth:
-    """Checks the bearer credential against the configured admin keys (as HMACs)."""
+    """Resolves the bearer credential to an ``Actor`` with the roles behind it."""
 
-    def __init__(self, hasher: Hasher, admin_keys: list[str]) -> None:
+    def __init__(self, hasher: Hasher, break_glass_keys: list[str], registry: CredentialRegistry) -> None:
         self._hasher = hasher
-        self._digests = {hasher.digest(k): i for i, k in enumerate(admin_keys)}
+        self._break_glass = {hasher.digest(k): i for i, k in enumerate(break_glass_keys)}
+        self._registry = registry
 
     def __call__(self, exchange: Exchange) -> Actor:
         token = exchange.bearer()
         if token is None:
-            raise Unauthenticated("An admin credential is required: 'Authorization: Bearer ADMIN_KEY'.", code="missing_api_key")
-        index = self._digests.get(self._hasher.digest(token))
-        if index is None:
+            raise Unauthenticated("A control-plane credential is required: 'Authorization: Bearer KEY'.", code="missing_api_key")
+        if looks_like_jwt(token):
+            raise Unauthenticated("Access tokens are for the data plane; use a control-plane key here.", code="wrong_plane")
+        index = self._break_glass.get(self._hasher.digest(token))
+        if index is not None:
+            return Actor(f"config-admin-{index}", exchange.peer, roles=frozenset(ROLES))
+        try:
+            p = self._registry.authenticate(token, "control")
+        except Unauthenticated as exc:
             info = inspect(token)
-            if info is not None and info.kind == "data":
-                raise Unauthenticated("Data-plane keys are not accepted on the control plane.", code="wrong_plane")
-            raise Unauthenticated("Incorrect admin credential.", code="invalid_api_key")
-        return Actor(f"admin-{index}", exchange.peer)
+            if exc.code == "invalid_api_key" and info is not None and info.kind == "data":
+                raise Unauthenticated("Data-plane keys are not accepted on the control plane.", code="wrong_plane") from None
+            if exc.code == "wrong_plane":
+                raise Unauthenticated("Data-plane keys are not accepted on the control plane.", code="wrong_plane") from None
+            raise
+        return Actor(p.identity_name, exchange.peer, identity_id=p.identity_id, roles=p.roles)

@@ -14,7 +14,7 @@ import msgspec
 import yaml
 
 from .errors import ConfigError
-from .types import Environment
+from .types import Environment, Role
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
@@ -66,10 +66,22 @@ class DeclaredIdentity(_Strict):
     models: list[str] = msgspec.field(default_factory=list)
     keys: list[str] = msgspec.field(default_factory=list)
     expires_at: float | None = None
+    team: str | None = None
+    roles: list[Role] = msgspec.field(default_factory=lambda: ["invoker"])
+
+
+class DeclaredTeam(_Strict):
+    """A team declared in the file."""
+
+    name: str
+    owner: str
 
 
 class Admin(_Strict):
-    """Control-plane credentials. Keys are compared as HMACs, never logged."""
+    """Break-glass control-plane credentials from the file: they hold every role.
+
+    Day to day, give people and automation identities with narrow roles instead.
+    """
 
     keys: list[str] = msgspec.field(default_factory=list)
 
@@ -81,6 +93,49 @@ class Security(_Strict):
     pepper_file: str = ".sluice/pepper"
     default_key_ttl_days: Annotated[float, msgspec.Meta(gt=0)] = 90.0
     max_key_ttl_days: Annotated[float, msgspec.Meta(gt=0)] = 365.0
+
+
+class Tokens(_Strict):
+    """Short-lived access tokens minted by ``POST /v1/token`` (RFC 8693 token exchange)."""
+
+    issuer: str = "sluice"
+    audience: str = "sluice"
+    default_ttl_s: Annotated[float, msgspec.Meta(ge=30)] = 900.0
+    max_ttl_s: Annotated[float, msgspec.Meta(ge=30, le=86400)] = 3600.0
+    signing_key_rotation_s: Annotated[float, msgspec.Meta(ge=60)] = 86400.0
+
+    def __post_init__(self) -> None:
+        if self.default_ttl_s > self.max_ttl_s:
+            raise msgspec.ValidationError("default_ttl_s must not exceed max_ttl_s - at `$.tokens.default_ttl_s`")
+
+
+FederationAlg = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"]
+
+
+class FederationRule(_Strict):
+    """Claims (exact or glob values) that map a workload token to one sluice identity."""
+
+    match: Annotated[dict[str, str], msgspec.Meta(min_length=1)]
+    identity: str
+
+
+class TrustedIssuer(_Strict, kw_only=True):
+    """An external token issuer whose workload tokens sluice accepts in exchange for its own."""
+
+    name: str
+    issuer: str
+    audience: str
+    jwks_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")] | None = None
+    jwks_file: str | None = None
+    algorithms: Annotated[list[FederationAlg], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["RS256", "ES256"])
+    rules: Annotated[list[FederationRule], msgspec.Meta(min_length=1)]
+    leeway_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 30.0
+    jwks_refresh_s: Annotated[float, msgspec.Meta(ge=1)] = 300.0
+
+    def __post_init__(self) -> None:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise msgspec.ValidationError(f"federation issuer {self.name!r}: give exactly one of jwks_url or jwks_file")
 
 
 class Store(_Strict):
@@ -137,6 +192,9 @@ class Config(_Strict):
     upstreams: list[Upstream] = msgspec.field(default_factory=list)
     models: list[Model] = msgspec.field(default_factory=list)
     identities: list[DeclaredIdentity] = msgspec.field(default_factory=list)
+    teams: list[DeclaredTeam] = msgspec.field(default_factory=list)
+    tokens: Tokens = msgspec.field(default_factory=Tokens)
+    federation: list[TrustedIssuer] = msgspec.field(default_factory=list)
     admin: Admin = msgspec.field(default_factory=Admin)
     security: Security = msgspec.field(default_factory=Security)
     store: Store = msgspec.field(default_factory=Store)
@@ -149,6 +207,12 @@ class Config(_Strict):
         _check_unique("upstreams", [u.name for u in self.upstreams])
         _check_unique("models", [m.name for m in self.models])
         _check_unique("identities", [i.name for i in self.identities])
+        _check_unique("teams", [t.name for t in self.teams])
+        _check_unique("federation", [f.name for f in self.federation])
+        teams = {t.name for t in self.teams}
+        for i, ident in enumerate(self.identities):
+            if ident.team is not None and ident.team not in teams:
+                raise msgspec.ValidationError(f"team {ident.team!r} is not declared in `teams` - at `$.identities[{i}].team`")
         known = {u.name for u in self.upstreams}
         for i, model in enumerate(self.models):
             if model.upstream not in known:

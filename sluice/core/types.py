@@ -11,6 +11,18 @@ from typing import Literal
 import msgspec
 
 Environment = Literal["dev", "prod"]
+Role = Literal["invoker", "operator", "key-admin", "auditor", "owner"]
+Plane = Literal["data", "control"]
+ROLES: tuple[str, ...] = ("invoker", "operator", "key-admin", "auditor", "owner")
+
+
+class Team(msgspec.Struct, kw_only=True):
+    """A group of identities with an owner; scopes, limits and reports can be given per team."""
+
+    name: str
+    owner: str
+    created_at: float
+    created_by: str = "system"
 
 
 class Identity(msgspec.Struct, kw_only=True):
@@ -26,6 +38,8 @@ class Identity(msgspec.Struct, kw_only=True):
     expires_at: float | None = None
     disabled_at: float | None = None
     source: Literal["api", "config"] = "api"
+    team: str | None = None
+    roles: list[Role] = msgspec.field(default_factory=lambda: ["invoker"])
 
 
 class ApiKey(msgspec.Struct, kw_only=True):
@@ -41,6 +55,7 @@ class ApiKey(msgspec.Struct, kw_only=True):
     revoked_at: float | None = None
     last_used_at: float | None = None
     source: Literal["api", "config"] = "api"
+    plane: Plane = "data"
 
 
 class UsageRecord(msgspec.Struct, kw_only=True, gc=False):
@@ -85,3 +100,24 @@ class UsageSummaryRow(msgspec.Struct, kw_only=True):
     errors: int
     prompt_tokens: int
     completion_tokens: int
+
+
+class SigningKey(msgspec.Struct, kw_only=True):
+    """A token-signing key pair; the private half is stored encrypted under the pepper."""
+
+    kid: str
+    alg: str
+    private_sealed: str
+    public_jwk: dict
+    created_at: float
+    retire_at: float  # stop signing with it after this
+    expires_at: float  # drop it from the published key set after this
+
+
+class IdentityActivity(msgspec.Struct, kw_only=True):
+    """What an identity actually did, from the ledger: which models, and when last."""
+
+    identity_id: str
+    model: str | None
+    requests: int
+    last_at: float

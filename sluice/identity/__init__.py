@@ -1,11 +1,14 @@
-"""Who is calling: key format and hashing, the in-memory credential registry, identity operations."""
+"""Who is calling: key format and hashing, the credential registry, roles, tokens, federation."""
 
+from .exchange import TokenExchange
+from .federation import Federation
 from .keys import Hasher, KeyInfo, display, generate, inspect
 from .principal import Principal, Scopes
 from .registry import CredentialRegistry
 from .service import SYSTEM, Actor, IdentityService
+from .tokens import Keyring, Sealer, TokenService, looks_like_jwt
 
 __all__ = [
-    "SYSTEM", "Actor", "CredentialRegistry", "Hasher", "IdentityService", "KeyInfo",
-    "Principal", "Scopes", "display", "generate", "inspect",
+    "SYSTEM", "Actor", "CredentialRegistry", "Federation", "Hasher", "IdentityService", "KeyInfo", "Keyring",
+    "Principal", "Scopes", "Sealer", "TokenExchange", "TokenService", "display", "generate", "inspect", "looks_like_jwt",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..core.types import ApiKey, Environment, Identity
+from .roles import scopes_of
 
 
 class Scopes:
@@ -26,16 +27,22 @@ class Scopes:
 
 
 class Principal:
-    """One credential resolved to its identity; built once per key, shared by its requests."""
+    """One credential resolved to its identity; built once per credential, shared by its requests."""
 
-    __slots__ = ("identity_id", "identity_name", "owner", "environment", "key_id", "scopes", "expires_at")
+    __slots__ = ("identity_id", "identity_name", "owner", "team", "environment", "key_id", "scopes",
+                 "expires_at", "plane", "roles", "grants")
 
-    def __init__(self, identity: Identity, key: ApiKey) -> None:
+    def __init__(self, identity: Identity, key: ApiKey | None, *, models: list[str] | None = None,
+                 expires_at: float | None = None, credential_id: str | None = None) -> None:
         self.identity_id = identity.id
         self.identity_name = identity.name
         self.owner = identity.owner
+        self.team = identity.team
         self.environment: Environment = identity.environment
-        self.key_id = key.id
-        self.scopes = Scopes(identity.models)
-        ends = [t for t in (identity.expires_at, key.expires_at) if t is not None]
+        self.key_id = key.id if key is not None else credential_id
+        self.plane = key.plane if key is not None else "data"
+        self.scopes = Scopes(identity.models if models is None else models)
+        self.roles = frozenset(identity.roles)
+        self.grants = scopes_of(identity.roles)
+        ends = [t for t in (identity.expires_at, key.expires_at if key else None, expires_at) if t is not None]
         self.expires_at: float | None = min(ends) if ends else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..core.config import RequestLimits
 from ..core.wire import ChatCompletionRequest, EmbeddingRequest
-from ..identity import CredentialRegistry
+from ..identity import CredentialRegistry, TokenService
 from ..routing import RouteTable
 from ..telemetry import UsageLedger
 from ..upstream import Transport
@@ -27,10 +27,10 @@ class DataPlane:
     """The data-plane handlers, built from their stages in the one fixed order."""
 
     def __init__(
-        self, *, registry: CredentialRegistry, routes: RouteTable, transports: dict[str, Transport],
-        ledger: UsageLedger, limits: RequestLimits,
+        self, *, registry: CredentialRegistry, tokens: TokenService | None, routes: RouteTable,
+        transports: dict[str, Transport], ledger: UsageLedger, limits: RequestLimits,
     ) -> None:
-        authenticate = Authenticate(registry)
+        authenticate = Authenticate(registry, tokens)
         authorize = Authorize()
         route = Route(routes, transports)
         account = Account(ledger)

@@ -29,3 +29,13 @@ class RouteTable:
 
     def names(self) -> list[str]:
         return list(self._targets)
+
+    def targets(self) -> list[Target]:
+        return list(self._targets.values())
+
+    def retarget(self, model: str, upstream: str, upstream_model: str) -> Target:
+        """Point an existing model at another upstream or upstream model; the next request sees it."""
+        old = self._targets[model]
+        target = Target(model, upstream, upstream_model, old.environment)
+        self._targets[model] = target  # one assignment: a request sees the old or the new, never half
+        return target

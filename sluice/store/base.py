@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable
 
-from ..core.types import ApiKey, ChangeEvent, Identity, UsageRecord, UsageSummaryRow
+from ..core.types import ApiKey, ChangeEvent, Identity, IdentityActivity, SigningKey, Team, UsageRecord, UsageSummaryRow
 
 
 class Store(abc.ABC):
@@ -78,6 +78,29 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def summarize_usage(self, *, since: float = 0.0) -> list[UsageSummaryRow]:
         """Requests, errors (status >= 400) and tokens per identity and model since a time."""
+
+    @abc.abstractmethod
+    async def identity_activity(self) -> list[IdentityActivity]:
+        """Per identity and model: how many requests and when the last one was."""
+
+    # teams
+    @abc.abstractmethod
+    async def put_team(self, team: Team) -> None:
+        """Insert, or replace by name, one team."""
+
+    @abc.abstractmethod
+    async def get_team(self, name: str) -> Team | None: ...
+
+    @abc.abstractmethod
+    async def list_teams(self) -> list[Team]: ...
+
+    # token-signing keys
+    @abc.abstractmethod
+    async def put_signing_key(self, key: SigningKey) -> None: ...
+
+    @abc.abstractmethod
+    async def list_signing_keys(self) -> list[SigningKey]:
+        """All signing keys, newest first."""
 
     # change log
     @abc.abstractmethod

@@ -18,6 +18,27 @@ identities = Table(
     Column("expires_at", Float),
     Column("disabled_at", Float),
     Column("source", String(16), nullable=False),
+    Column("team", String(128)),
+    Column("roles", Text, nullable=False, server_default='["invoker"]'),  # JSON array
+)
+
+teams = Table(
+    "teams", metadata,
+    Column("name", String(128), primary_key=True),
+    Column("owner", String(256), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(128), nullable=False),
+)
+
+signing_keys = Table(
+    "signing_keys", metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("alg", String(16), nullable=False),
+    Column("private_sealed", Text, nullable=False),
+    Column("public_jwk", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("retire_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
 )
 
 api_keys = Table(
@@ -32,6 +53,7 @@ api_keys = Table(
     Column("revoked_at", Float),
     Column("last_used_at", Float),
     Column("source", String(16), nullable=False),
+    Column("plane", String(16), nullable=False, server_default="data"),
 )
 
 usage = Table(

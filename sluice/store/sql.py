@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ..core.errors import Conflict
-from ..core.types import ApiKey, ChangeEvent, Identity, UsageRecord, UsageSummaryRow
+from ..core.types import ApiKey, ChangeEvent, Identity, IdentityActivity, SigningKey, Team, UsageRecord, UsageSummaryRow
 from . import schema as t
 from .base import Store, StoreUnavailable
 
@@ -59,13 +59,14 @@ def _guarded(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 def _identity(row: Any) -> Identity:
     return Identity(id=row.id, name=row.name, owner=row.owner, environment=row.environment,
                     models=msgspec.json.decode(row.models), created_at=row.created_at, created_by=row.created_by,
-                    expires_at=row.expires_at, disabled_at=row.disabled_at, source=row.source)
+                    expires_at=row.expires_at, disabled_at=row.disabled_at, source=row.source,
+                    team=row.team, roles=msgspec.json.decode(row.roles))
 
 
 def _key(row: Any) -> ApiKey:
     return ApiKey(id=row.id, identity_id=row.identity_id, hash=row.hash, display=row.display,
                   created_at=row.created_at, created_by=row.created_by, expires_at=row.expires_at,
-                  revoked_at=row.revoked_at, last_used_at=row.last_used_at, source=row.source)
+                  revoked_at=row.revoked_at, last_used_at=row.last_used_at, source=row.source, plane=row.plane)
 
 
 _USAGE_FIELDS = tuple(f for f in UsageRecord.__struct_fields__)
@@ -138,18 +139,19 @@ class SqlStore(Store):
             return (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one_or_none()
 
     # identities
-    def _upsert(self, table: Any, values: dict[str, Any]) -> Any:
+    def _upsert(self, table: Any, values: dict[str, Any], key: str = "id") -> Any:
         if self.dialect == "sqlite":
             from sqlalchemy.dialects.sqlite import insert
         else:
             from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
         stmt = insert(table).values(**values)
-        return stmt.on_conflict_do_update(index_elements=[table.c.id], set_={k: v for k, v in values.items() if k != "id"})
+        return stmt.on_conflict_do_update(index_elements=[table.c[key]], set_={k: v for k, v in values.items() if k != key})
 
     @_guarded
     async def put_identity(self, identity: Identity) -> None:
         values = msgspec.structs.asdict(identity)
         values["models"] = msgspec.json.encode(identity.models).decode()
+        values["roles"] = msgspec.json.encode(identity.roles).decode()
         async with self.engine.begin() as conn:
             await conn.execute(self._upsert(t.identities, values))
 
@@ -237,6 +239,47 @@ class SqlStore(Store):
             return [UsageSummaryRow(identity_id=r.identity_id, model=r.model, requests=int(r.requests),
                                     errors=int(r.errors or 0), prompt_tokens=int(r.prompt_tokens or 0),
                                     completion_tokens=int(r.completion_tokens or 0))
+                    for r in await conn.execute(q)]
+
+    @_guarded
+    async def identity_activity(self) -> list[IdentityActivity]:
+        u = t.usage.c
+        q = (select(u.identity_id, u.model, func.count().label("requests"), func.max(u.ts).label("last_at"))
+             .where(u.identity_id.is_not(None)).group_by(u.identity_id, u.model))
+        async with self.engine.connect() as conn:
+            return [IdentityActivity(identity_id=r.identity_id, model=r.model, requests=int(r.requests), last_at=r.last_at)
+                    for r in await conn.execute(q)]
+
+    # teams
+    @_guarded
+    async def put_team(self, team: Team) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(self._upsert(t.teams, msgspec.structs.asdict(team), key="name"))
+
+    @_guarded
+    async def get_team(self, name: str) -> Team | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(t.teams).where(t.teams.c.name == name))).first()
+        return Team(**row._mapping) if row else None
+
+    @_guarded
+    async def list_teams(self) -> list[Team]:
+        async with self.engine.connect() as conn:
+            return [Team(**r._mapping) for r in await conn.execute(select(t.teams).order_by(t.teams.c.name))]
+
+    # token-signing keys
+    @_guarded
+    async def put_signing_key(self, key: SigningKey) -> None:
+        values = msgspec.structs.asdict(key)
+        values["public_jwk"] = msgspec.json.encode(key.public_jwk).decode()
+        async with self.engine.begin() as conn:
+            await conn.execute(self._upsert(t.signing_keys, values, key="kid"))
+
+    @_guarded
+    async def list_signing_keys(self) -> list[SigningKey]:
+        q = select(t.signing_keys).order_by(t.signing_keys.c.created_at.desc())
+        async with self.engine.connect() as conn:
+            return [SigningKey(**{**r._mapping, "public_jwk": msgspec.json.decode(r.public_jwk)})
                     for r in await conn.execute(q)]
 
     # change log

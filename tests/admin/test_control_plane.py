@@ -19,7 +19,7 @@ def test_identity_lifecycle_is_recorded_in_the_change_log(gw):
                                                         "environment": "prod", "models": ["sim-*"]})
     assert created.status_code == 201
     ident = created.json()
-    assert ident["environment"] == "prod" and ident["created_by"].startswith("admin-")
+    assert ident["environment"] == "prod" and ident["created_by"] == "config-admin-0"
     key = gw.admin("POST", f"/admin/identities/{ident['id']}/keys", json={"ttl_days": 1}).json()
     assert key["key"].startswith("slk_prod_") and key["expires_at"] - time.time() == pytest.approx(86400, abs=60)
     gw.admin("POST", f"/admin/keys/{key['id']}/revoke")

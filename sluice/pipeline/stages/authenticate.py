@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from ...core.errors import Unauthenticated
-from ...identity import CredentialRegistry, inspect
+from ...core.errors import PermissionDenied, Unauthenticated
+from ...identity import CredentialRegistry, TokenService, inspect, looks_like_jwt
 from ..context import RequestContext
 
 
 class Authenticate:
-    """Resolves the bearer key to a principal, or stops the request with 401."""
+    """Resolves the bearer key or access token to a principal, or stops the request with 401."""
 
-    __slots__ = ("_registry",)
+    __slots__ = ("_registry", "_tokens")
 
-    def __init__(self, registry: CredentialRegistry) -> None:
+    def __init__(self, registry: CredentialRegistry, tokens: TokenService | None = None) -> None:
         self._registry = registry
+        self._tokens = tokens
 
     async def __call__(self, ctx: RequestContext) -> None:
         token = ctx.exchange.bearer()
@@ -21,12 +22,17 @@ class Authenticate:
             raise Unauthenticated(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.", code="missing_api_key"
             )
-        try:
-            ctx.principal = self._registry.authenticate(token)
-        except Unauthenticated:
-            info = inspect(token)
-            if info is not None and info.kind == "admin":
-                raise Unauthenticated(
-                    "Control-plane credentials are not accepted on the data plane.", code="wrong_plane"
-                ) from None
-            raise
+        if self._tokens is not None and looks_like_jwt(token):
+            principal = self._tokens.authenticate(token)
+        else:
+            try:
+                principal = self._registry.authenticate(token, "data")
+            except Unauthenticated as exc:
+                info = inspect(token)
+                if exc.code == "invalid_api_key" and info is not None and info.kind == "admin":
+                    raise Unauthenticated("Control-plane credentials are not accepted on the data plane.",
+                                          code="wrong_plane") from None
+                raise
+        if "invoker" not in principal.roles:
+            raise PermissionDenied("This identity may not call models (it has no invoker role).", code="not_invoker")
+        ctx.principal = principal

@@ -1,0 +1,125 @@
+"""Workload identity federation: tokens from trusted issuers (Kubernetes service accounts,
+SPIFFE JWT-SVIDs, CI OIDC) are verified against the issuer's published keys and mapped by
+claim rules to a sluice identity, so a workload never holds a sluice key."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import fnmatch
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+
+from ..core.config import TrustedIssuer
+from ..core.errors import Unauthenticated
+
+log = logging.getLogger("sluice.federation")
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    """The payload of a compact JWT, read without trusting it (to find its issuer)."""
+    try:
+        payload = token.split(".")[1]
+        data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        raise Unauthenticated("The subject token is not a JWT.", code="invalid_token") from None
+    if not isinstance(data, dict):
+        raise Unauthenticated("The subject token is not a JWT.", code="invalid_token")
+    return data
+
+
+class Issuer:
+    """One trusted issuer: its key set (refreshed), its audience, its algorithms, its rules."""
+
+    def __init__(self, cfg: TrustedIssuer) -> None:
+        self.cfg = cfg
+        self._keys: KeySet | None = None
+        self._fetched = 0.0
+        self._lock = asyncio.Lock()
+        self._claims = jwt.JWTClaimsRegistry(
+            leeway=int(cfg.leeway_s), iss={"essential": True, "value": cfg.issuer},
+            aud={"essential": True, "value": cfg.audience}, exp={"essential": True},
+        )
+
+    async def keys(self, *, force: bool = False) -> KeySet:
+        stale = time.monotonic() - self._fetched > self.cfg.jwks_refresh_s
+        if self._keys is None or stale or force:
+            async with self._lock:
+                # a forced refresh (unknown kid) at most every 10 s, so bad tokens cannot hammer the issuer
+                if self._keys is None or stale or (force and time.monotonic() - self._fetched > 10):
+                    await self._load()
+        if self._keys is None:
+            raise Unauthenticated("The issuer's keys cannot be fetched right now; retry later.", code="issuer_unavailable")
+        return self._keys
+
+    async def _load(self) -> None:
+        try:
+            if self.cfg.jwks_file is not None:
+                data = json.loads(Path(self.cfg.jwks_file).read_text())
+            else:
+                timeout = aiohttp.ClientTimeout(total=5)
+                async with aiohttp.ClientSession(timeout=timeout) as s, s.get(self.cfg.jwks_url) as r:  # type: ignore[arg-type]
+                    r.raise_for_status()
+                    data = await r.json(content_type=None)
+            self._keys = KeySet.import_key_set(data)
+            self._fetched = time.monotonic()
+        except (OSError, ValueError, aiohttp.ClientError, asyncio.TimeoutError, JoseError) as exc:
+            log.warning("cannot load the key set of issuer %s: %s", self.cfg.name, type(exc).__name__)
+            self._fetched = time.monotonic()
+
+    async def verify(self, token: str) -> dict[str, Any]:
+        """Signature, algorithm, issuer, audience and times; the verified claims."""
+        for attempt in (0, 1):
+            keys = await self.keys(force=attempt == 1)
+            try:
+                decoded = jwt.decode(token, keys, algorithms=list(self.cfg.algorithms))
+            except JoseError as exc:
+                if attempt == 0 and "key" in (exc.description or exc.error or "").lower():
+                    continue  # perhaps a rotated key: refresh once
+                raise Unauthenticated(f"The subject token was refused: {exc.description or exc.error}.", code="invalid_token") from None
+            except ValueError:
+                raise Unauthenticated("The subject token is malformed.", code="invalid_token") from None
+            try:
+                self._claims.validate(decoded.claims)
+            except JoseError as exc:
+                raise Unauthenticated(f"The subject token was refused: {exc.description or exc.error}.", code="invalid_token") from None
+            return decoded.claims
+        raise Unauthenticated("The subject token was refused.", code="invalid_token")
+
+    def identity_for(self, claims: dict[str, Any]) -> str:
+        """The identity named by the first rule whose claims all match."""
+        for rule in self.cfg.rules:
+            if all(isinstance(claims.get(k), str) and fnmatch.fnmatchcase(claims[k], v) for k, v in rule.match.items()):
+                return rule.identity
+        raise Unauthenticated("No sluice identity is mapped to this workload.", code="unmapped_workload")
+
+
+class Federation:
+    """The trusted issuers, by their ``iss``."""
+
+    def __init__(self, issuers: list[TrustedIssuer]) -> None:
+        self._by_iss = {i.issuer: Issuer(i) for i in issuers}
+
+    def __bool__(self) -> bool:
+        return bool(self._by_iss)
+
+    async def warm(self) -> None:
+        """Fetch every key set once at start (failures are retried on first use)."""
+        await asyncio.gather(*(i.keys() for i in self._by_iss.values()), return_exceptions=True)
+
+    async def resolve(self, token: str) -> tuple[str, str]:
+        """(identity name, issuer name) for a verified workload token, or ``Unauthenticated``."""
+        iss = unverified_claims(token).get("iss")
+        issuer = self._by_iss.get(iss) if isinstance(iss, str) else None
+        if issuer is None:
+            raise Unauthenticated("The subject token's issuer is not trusted.", code="untrusted_issuer")
+        claims = await issuer.verify(token)
+        return issuer.identity_for(claims), issuer.cfg.name

@@ -1,0 +1,219 @@
+"""Short-lived access tokens: minted by token exchange, signed ES256 with rotating keys,
+verified on the data plane at the cost of a dictionary lookup once seen.
+
+A token names its identity and the credential it was minted from; revoking that key or
+disabling the identity kills the token on its next use, cached or not.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import uuid
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, KeySet
+
+from ..core import clock
+from ..core.config import Tokens
+from ..core.errors import Unauthenticated
+from ..core.types import Identity, SigningKey
+from ..store import Store
+from .principal import Principal, Scopes
+from .registry import CredentialRegistry
+
+ALG = "ES256"
+_CACHE_MAX = 100_000
+
+
+def looks_like_jwt(token: str) -> bool:
+    """A compact JWS: three base64url parts, a JSON header."""
+    return token.startswith("eyJ") and token.count(".") == 2
+
+
+class Sealer:
+    """AES-GCM under a key derived from the pepper: how private signing keys rest in the store."""
+
+    def __init__(self, pepper: bytes) -> None:
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"sluice signing keys v1").derive(pepper)
+        self._aead = AESGCM(key)
+
+    def seal(self, data: bytes) -> str:
+        nonce = os.urandom(12)
+        return base64.b64encode(nonce + self._aead.encrypt(nonce, data, None)).decode()
+
+    def open(self, sealed: str) -> bytes:
+        raw = base64.b64decode(sealed)
+        return self._aead.decrypt(raw[:12], raw[12:], None)
+
+
+class Keyring:
+    """The signing keys: one current, older ones published until their last token expires."""
+
+    def __init__(self, store: Store, sealer: Sealer, cfg: Tokens) -> None:
+        self._store = store
+        self._sealer = sealer
+        self._cfg = cfg
+        self._current: ECKey | None = None
+        self._public = KeySet([])
+        self._jwks: dict[str, Any] = {"keys": []}
+
+    async def load(self) -> None:
+        """Read the keys from the store; make a new current one if none is current."""
+        now = clock.now()
+        stored = await self._store.list_signing_keys()
+        if not any(k.retire_at > now for k in stored):
+            await self.rotate()
+            return
+        self._install(stored, now)
+
+    async def rotate(self) -> str:
+        """Start signing with a new key; the old one stays published for verification."""
+        now = clock.now()
+        kid = f"sk-{uuid.uuid4().hex[:12]}"
+        key = ECKey.generate_key("P-256", parameters={"kid": kid, "use": "sig", "alg": ALG}, private=True)
+        for old in await self._store.list_signing_keys():
+            if old.retire_at > now:
+                old.retire_at = now
+                old.expires_at = now + self._cfg.max_ttl_s + 60
+                await self._store.put_signing_key(old)
+        await self._store.put_signing_key(SigningKey(
+            kid=kid, alg=ALG, private_sealed=self._sealer.seal(key.as_pem(private=True)),
+            public_jwk=key.as_dict(private=False), created_at=now,
+            retire_at=now + self._cfg.signing_key_rotation_s,
+            expires_at=now + self._cfg.signing_key_rotation_s + self._cfg.max_ttl_s + 60,
+        ))
+        self._install(await self._store.list_signing_keys(), now)
+        return kid
+
+    def _install(self, stored: list[SigningKey], now: float) -> None:
+        published = [k for k in stored if k.expires_at > now]
+        current = next(k for k in stored if k.retire_at > now)
+        self._current = ECKey.import_key(self._sealer.open(current.private_sealed),
+                                         parameters={"kid": current.kid, "use": "sig", "alg": ALG})
+        self._public = KeySet([ECKey.import_key(k.public_jwk) for k in published])
+        self._jwks = {"keys": [k.public_jwk for k in published]}
+
+    async def maintain(self) -> None:
+        """Periodic: rotate when the current key is due, else pick up keys other replicas made."""
+        await self.load()
+
+    @property
+    def current(self) -> ECKey:
+        assert self._current is not None, "keyring not loaded"
+        return self._current
+
+    @property
+    def public(self) -> KeySet:
+        return self._public
+
+    def jwks(self) -> dict[str, Any]:
+        return self._jwks
+
+
+class _Scopes2:
+    """Both the identity's scopes and the token's narrower ones must allow a model."""
+
+    __slots__ = ("_a", "_b")
+
+    def __init__(self, a: Scopes, b: Scopes) -> None:
+        self._a, self._b = a, b
+
+    def allows(self, model: str) -> bool:
+        return self._a.allows(model) and self._b.allows(model)
+
+
+class _Seen:
+    __slots__ = ("principal", "identity", "credential", "exp")
+
+    def __init__(self, principal: Principal, identity: Identity, credential: str, exp: float) -> None:
+        self.principal, self.identity, self.credential, self.exp = principal, identity, credential, exp
+
+
+class TokenService:
+    """Mints access tokens and checks them on the data plane."""
+
+    def __init__(self, keyring: Keyring, registry: CredentialRegistry, cfg: Tokens) -> None:
+        self._keyring = keyring
+        self._registry = registry
+        self._cfg = cfg
+        self._claims = jwt.JWTClaimsRegistry(
+            leeway=5, iss={"essential": True, "value": cfg.issuer}, aud={"essential": True, "value": cfg.audience},
+            exp={"essential": True}, sub={"essential": True}, cred={"essential": True},
+        )
+        self._seen: dict[str, _Seen] = {}
+
+    @property
+    def audience(self) -> str:
+        return self._cfg.audience
+
+    def jwks(self) -> dict[str, Any]:
+        return self._keyring.jwks()
+
+    def mint(self, identity: Identity, credential: str, *, models: list[str] | None = None,
+             ttl_s: float | None = None) -> tuple[str, int]:
+        """A signed token for an identity, bound to its environment and (optionally) fewer models."""
+        ttl = int(min(ttl_s or self._cfg.default_ttl_s, self._cfg.max_ttl_s))
+        now = int(clock.now())
+        claims: dict[str, Any] = {
+            "iss": self._cfg.issuer, "aud": self._cfg.audience, "sub": identity.id, "iat": now, "nbf": now,
+            "exp": now + ttl, "jti": uuid.uuid4().hex, "env": identity.environment, "cred": credential,
+        }
+        if models is not None:
+            claims["scope"] = " ".join(models)
+        key = self._keyring.current
+        token = jwt.encode({"alg": ALG, "kid": key.kid, "typ": "at+jwt"}, claims, key, algorithms=[ALG])
+        return token, ttl
+
+    def authenticate(self, token: str) -> Principal:
+        """The principal behind a token of ours, or ``Unauthenticated``; cached after the first check."""
+        seen = self._seen.get(token)
+        now = clock.now()
+        if seen is None:
+            seen = self._verify(token, now)
+        if now >= seen.exp:
+            raise Unauthenticated("The access token has expired.", code="expired_token")
+        identity = self._registry.identity(seen.identity.id)
+        if identity is None:
+            raise Unauthenticated("The identity behind this token is disabled.", code="identity_disabled")
+        cred = seen.credential
+        if not cred.startswith("fed:") and not self._registry.key_is_live(cred):
+            raise Unauthenticated("The key this token was minted from has been revoked.", code="token_revoked")
+        if identity is not seen.identity:  # scopes, roles or team changed since: rebuild
+            seen = self._verify(token, now)
+        self._registry.touch(cred)
+        return seen.principal
+
+    def _verify(self, token: str, now: float) -> _Seen:
+        try:
+            decoded = jwt.decode(token, self._keyring.public, algorithms=[ALG])
+            self._claims.validate(decoded.claims)
+        except JoseError as exc:
+            raise Unauthenticated(f"The access token is invalid: {exc.description or exc.error}.", code="invalid_token") from None
+        except ValueError:
+            raise Unauthenticated("The access token is malformed.", code="invalid_token") from None
+        c = decoded.claims
+        identity = self._registry.identity(c["sub"])
+        if identity is None:
+            raise Unauthenticated("The identity behind this token is disabled or unknown.", code="identity_disabled")
+        if c.get("env") != identity.environment:
+            raise Unauthenticated("The token's environment does not match its identity.", code="invalid_token")
+        principal = Principal(identity, None, expires_at=float(c["exp"]), credential_id=c["cred"])
+        if "scope" in c:
+            principal.scopes = _Scopes2(principal.scopes, Scopes(str(c["scope"]).split()))  # type: ignore[assignment]
+        seen = _Seen(principal, identity, c["cred"], float(c["exp"]))
+        if len(self._seen) >= _CACHE_MAX:
+            self._evict(now)
+        self._seen[token] = seen
+        return seen
+
+    def _evict(self, now: float) -> None:
+        live = {t: s for t, s in self._seen.items() if s.exp > now}
+        if len(live) >= _CACHE_MAX:  # still full: drop the oldest half (insertion order)
+            live = dict(list(live.items())[_CACHE_MAX // 2:])
+        self._seen = live
