@@ -100,8 +100,8 @@ class Tokens(_Strict):
 
     issuer: str = "sluice"
     audience: str = "sluice"
-    default_ttl_s: Annotated[float, msgspec.Meta(ge=30)] = 900.0
-    max_ttl_s: Annotated[float, msgspec.Meta(ge=30, le=86400)] = 3600.0
+    default_ttl_s: Annotated[float, msgspec.Meta(ge=1)] = 900.0
+    max_ttl_s: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 3600.0
     signing_key_rotation_s: Annotated[float, msgspec.Meta(ge=60)] = 86400.0
 
     def __post_init__(self) -> None:

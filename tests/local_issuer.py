@@ -1,0 +1,81 @@
+"""A workload token issuer on loopback for tests: serves its JWKS over HTTP, mints tokens
+(good ones and every kind of bad one)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from joserfc import jwt
+from joserfc.jwk import ECKey, RSAKey
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class LocalIssuer:
+    """One RSA and one EC signing key, published at ``{url}/jwks``."""
+
+    def __init__(self) -> None:
+        self.rsa = RSAKey.generate_key(2048, parameters={"kid": "rsa-1", "use": "sig"}, private=True)
+        self.ec = ECKey.generate_key("P-256", parameters={"kid": "ec-1", "use": "sig"}, private=True)
+        self.jwks = {"keys": [self.rsa.as_dict(private=False), self.ec.as_dict(private=False)]}
+        self.fetches = 0
+        issuer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path != "/jwks":
+                    self.send_error(404)
+                    return
+                issuer.fetches += 1
+                body = json.dumps(issuer.jwks).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+
+    @staticmethod
+    def claims(iss: str, aud: str, sub: str, ttl: int = 300, **extra: Any) -> dict[str, Any]:
+        now = int(time.time())
+        return {"iss": iss, "aud": aud, "sub": sub, "iat": now, "nbf": now, "exp": now + ttl, **extra}
+
+    def mint(self, claims: dict[str, Any], alg: str = "RS256") -> str:
+        key = self.rsa if alg.startswith(("RS", "PS")) else self.ec
+        return jwt.encode({"alg": alg, "kid": key.kid, "typ": "JWT"}, claims, key, algorithms=[alg])
+
+    def forged(self, claims: dict[str, Any]) -> str:
+        """Signed by a stranger's key that claims the issuer's kid."""
+        other = RSAKey.generate_key(2048, parameters={"kid": "rsa-1"}, private=True)
+        return jwt.encode({"alg": "RS256", "kid": "rsa-1"}, claims, other, algorithms=["RS256"])
+
+    @staticmethod
+    def unsigned(claims: dict[str, Any]) -> str:
+        """``alg: none``."""
+        return _b64(json.dumps({"alg": "none", "typ": "JWT"}).encode()) + "." + _b64(json.dumps(claims).encode()) + "."
+
+    def hs256_with_public_key(self, claims: dict[str, Any]) -> str:
+        """The classic confusion: HMAC keyed with the issuer's public RSA key."""
+        head = _b64(json.dumps({"alg": "HS256", "kid": "rsa-1", "typ": "JWT"}).encode())
+        body = _b64(json.dumps(claims).encode())
+        secret = self.rsa.as_pem(private=False)
+        sig = hmac.new(secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
+        return f"{head}.{body}.{_b64(sig)}"
