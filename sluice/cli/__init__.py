@@ -10,6 +10,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="sluice: a go
 serve_cmds.register(app)
 app.add_typer(keys_cmds.app, name="keys")
 app.add_typer(admin_cmds.identities, name="identities")
+app.add_typer(admin_cmds.teams, name="teams")
 app.add_typer(config_cmds.app, name="config")
 app.command("usage")(admin_cmds.usage)
 

@@ -9,11 +9,22 @@ from typing import Any
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 err = Console(stderr=True)
 
 
 def admin_call(method: str, path: str, body: dict | None = None) -> Any:
+    """Call the control plane; JSON in and out; exits with a clear message on any error."""
+    r = _request(method, path, body)
+    return r.json() if r.content else {}
+
+
+def admin_text(method: str, path: str) -> str:
+    return _request(method, path, None).text
+
+
+def _request(method: str, path: str, body: dict | None) -> httpx.Response:
     base = os.environ.get("SLUICE_ADMIN_URL", "http://127.0.0.1:8081").rstrip("/")
     key = os.environ.get("SLUICE_ADMIN_KEY")
     if not key:
@@ -24,12 +35,14 @@ def admin_call(method: str, path: str, body: dict | None = None) -> Any:
     except httpx.HTTPError as exc:
         err.print(f"[red]cannot reach the control plane at {base}:[/red] {type(exc).__name__}")
         raise typer.Exit(1) from None
-    data = r.json() if r.content else {}
     if r.status_code >= 400:
-        msg = data.get("error", {}).get("message", r.text) if isinstance(data, dict) else r.text
-        err.print(f"[red]{r.status_code}[/red] {msg}")
+        try:
+            msg = r.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            msg = r.text[:300]
+        err.print(f"[red]{r.status_code}[/red] {escape(msg)}", highlight=False)
         raise typer.Exit(1)
-    return data
+    return r
 
 
 def print_json(data: Any) -> None:
