@@ -2,10 +2,18 @@
 # `make bench`: the canned upstream, sluice pinned to CPU 0 as one process, and the shared
 # load driver (wrk on CPU 1) at concurrency 1, 16 and 64, non-streaming and streaming, with
 # key authentication, scope checks, usage recording and metrics all on.
-# Env: SECONDS_EACH (default 10), CONCS and STREAM_CONCS (default "1 16 64").
+# Env: SECONDS_EACH (default 10), CONCS and STREAM_CONCS (default "1 16 64"),
+#      AUTH=token to call with a short-lived access token exchanged for the key (POST /v1/token).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 start_stack bench-gateway.log
+
+if [ "${AUTH:-key}" = token ]; then
+  BENCH_KEY=$(curl -fs 127.0.0.1:8080/v1/token -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange \
+    -d subject_token_type=urn:ietf:params:oauth:token-type:access_token --data-urlencode "subject_token=$BENCH_KEY" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  echo "== calling with an access token (${#BENCH_KEY} chars) =="
+fi
 
 # warm the pools, then measure
 curl -fs 127.0.0.1:8080/v1/chat/completions -H "Authorization: Bearer $BENCH_KEY" -H 'Content-Type: application/json' \
