@@ -17,6 +17,7 @@ from .core.config import Config
 from .core.errors import ConfigError
 from .core.exchange import Exchange, Reply
 from .http import Listener
+from .limits import Limiter, PriceTable, build_backend
 from .identity import CredentialRegistry, Federation, Hasher, IdentityService, Keyring, Sealer, TokenExchange, TokenService
 from .pipeline import DataPlane
 from .routing import RouteTable
@@ -61,6 +62,7 @@ class Gateway:
         self._sim_runner = None
         self._ready_cache: tuple[float, bool] = (0.0, False)
         self._tasks: list[asyncio.Task] = []
+        self.limiter: Limiter | None = None
 
     def secrets(self) -> list[str]:
         c = self.config
@@ -103,9 +105,12 @@ class Gateway:
         ledger.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._every(30.0, keyring.maintain), name="keyring"))
 
+        self.limiter = limiter = Limiter(c.limits, build_backend(c.limits.backend, c.limits.redis_url,
+                                                                 c.limits.redis_timeout_s), metrics.limit_event)
         routes = RouteTable(c.models)
         data_plane = DataPlane(registry=registry, tokens=tokens, routes=routes, transports=self._transports,
-                               ledger=ledger, limits=c.requests)
+                               ledger=ledger, limits=c.requests, limiter=limiter, prices=PriceTable(c.prices),
+                               max_tokens_cap=c.limits.max_tokens_cap)
         health = [("GET", "/healthz", self._healthz), ("GET", "/readyz", self._readyz)]
 
         async def jwks(_: Exchange) -> Reply:
@@ -167,6 +172,8 @@ class Gateway:
             task.cancel()
         if self.data is not None:
             await self.data.stop()
+        if self.limiter is not None:
+            await self.limiter.close()
         if self.ledger is not None:
             await self.ledger.close()
         if self.control is not None:

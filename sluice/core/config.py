@@ -138,6 +138,48 @@ class TrustedIssuer(_Strict, kw_only=True):
             raise msgspec.ValidationError(f"federation issuer {self.name!r}: give exactly one of jwks_url or jwks_file")
 
 
+LimitDim = Literal["identity", "team", "model", "route"]
+
+
+class LimitRule(_Strict, kw_only=True):
+    """One limit: which requests it covers (``match``), what it counts them by (``per``), and the caps.
+
+    ``per: [identity]`` gives every identity its own counters; ``per: [team, model]`` every
+    team-and-model pair; ``per: []`` one counter for everything the rule matches.
+    """
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+    per: list[LimitDim] = msgspec.field(default_factory=lambda: ["identity"])
+    match: dict[LimitDim, str] = msgspec.field(default_factory=dict)
+    requests_per_minute: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    input_tokens_per_minute: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    output_tokens_per_minute: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    concurrent_requests: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    spend_per_day: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    spend_per_month: Annotated[float, msgspec.Meta(gt=0)] | None = None
+
+
+class Limits(_Strict):
+    """Usage control: where counters live, what happens when they cannot be reached, the rules."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.25
+    on_backend_failure: Literal["closed", "open"] = "closed"
+    max_tokens_cap: Annotated[int, msgspec.Meta(ge=1)] = 4096
+    concurrency_lease_s: Annotated[float, msgspec.Meta(ge=1)] = 900.0
+    key_prefix: str = "sluice:"
+    rules: list[LimitRule] = msgspec.field(default_factory=list)
+
+
+class Price(_Strict):
+    """What a model costs, per million tokens, in the configured currency."""
+
+    input: Annotated[float, msgspec.Meta(ge=0)]
+    output: Annotated[float, msgspec.Meta(ge=0)]
+    cached_input: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+
 class Store(_Strict):
     """Where identities, keys and usage live: ``sqlite:///path`` or ``postgresql://...``."""
 
@@ -194,6 +236,9 @@ class Config(_Strict):
     identities: list[DeclaredIdentity] = msgspec.field(default_factory=list)
     teams: list[DeclaredTeam] = msgspec.field(default_factory=list)
     tokens: Tokens = msgspec.field(default_factory=Tokens)
+    limits: Limits = msgspec.field(default_factory=Limits)
+    prices: dict[str, Price] = msgspec.field(default_factory=dict)
+    currency: str = "USD"
     federation: list[TrustedIssuer] = msgspec.field(default_factory=list)
     admin: Admin = msgspec.field(default_factory=Admin)
     security: Security = msgspec.field(default_factory=Security)
@@ -209,6 +254,14 @@ class Config(_Strict):
         _check_unique("identities", [i.name for i in self.identities])
         _check_unique("teams", [t.name for t in self.teams])
         _check_unique("federation", [f.name for f in self.federation])
+        _check_unique("limits.rules", [r.name for r in self.limits.rules])
+        for i, rule in enumerate(self.limits.rules):
+            spends = rule.spend_per_day is not None or rule.spend_per_month is not None
+            unpriced = [m.name for m in self.models if m.name not in self.prices]
+            if spends and unpriced and not rule.match.get("model"):
+                raise msgspec.ValidationError(
+                    f"a spend limit needs a price for every model it may cover; no price for {', '.join(unpriced)}"
+                    f" - at `$.limits.rules[{i}]`")
         teams = {t.name for t in self.teams}
         for i, ident in enumerate(self.identities):
             if ident.team is not None and ident.team not in teams:

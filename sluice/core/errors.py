@@ -27,6 +27,7 @@ class GatewayError(Exception):
             self.status = status
         self.param = param
         self.retry_after = retry_after
+        self.headers: dict[str, str] | None = None  # extra response headers (rate-limit state)
 
 
 class InvalidRequest(GatewayError):

@@ -15,9 +15,10 @@ _encode = msgspec.json.encode
 
 
 def error_reply(exc: GatewayError) -> Reply:
-    headers = None
+    headers = dict(exc.headers) if exc.headers else None
     if exc.retry_after is not None:
-        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+        headers = headers or {}
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     return Reply(exc.status, _encode(error_body(exc)), JSON_TYPE, headers)
 
 

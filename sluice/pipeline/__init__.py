@@ -1,10 +1,11 @@
 """The request path, in order, on one screen.
 
-    authenticate -> decode (validate) -> authorize -> route -> forward (upstream, relay) -> account
+    authenticate -> decode (validate) -> authorize -> route -> limit (reserve)
+        -> forward (upstream, SSE relay) -> settle limits -> account
 
 Each stage is a small object with one async method over the ``RequestContext``; a stage
-returns to continue or raises a ``GatewayError`` to stop. Accounting runs for every request
-however it ends.
+returns to continue or raises a ``GatewayError`` to stop. Settling and accounting run for
+every request however it ends (a cut stream settles what it produced).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 from ..core.config import RequestLimits
 from ..core.wire import ChatCompletionRequest, EmbeddingRequest
 from ..identity import CredentialRegistry, TokenService
+from ..limits import Limiter, PriceTable
 from ..routing import RouteTable
 from ..telemetry import UsageLedger
 from ..upstream import Transport
 from .context import RequestContext
 from .endpoints import ListModels, ModelCall
 from .forward import Forward
-from .stages import Account, Authenticate, Authorize, Decode, Route
+from .stages import Account, Authenticate, Authorize, Decode, Limit, Route, Settle
 
 __all__ = ["DataPlane", "RequestContext"]
 
@@ -29,16 +31,22 @@ class DataPlane:
     def __init__(
         self, *, registry: CredentialRegistry, tokens: TokenService | None, routes: RouteTable,
         transports: dict[str, Transport], ledger: UsageLedger, limits: RequestLimits,
+        limiter: Limiter, prices: PriceTable, max_tokens_cap: int,
     ) -> None:
         authenticate = Authenticate(registry, tokens)
         authorize = Authorize()
         route = Route(routes, transports)
-        account = Account(ledger)
+        limit = Limit(limiter, prices, max_tokens_cap)
+        settle, account = Settle(limiter, prices), Account(ledger)
         size = {"max_bytes": limits.max_body_bytes, "max_depth": limits.max_json_depth}
 
+        def finish(ctx: RequestContext) -> None:
+            settle(ctx)
+            account(ctx)
+
         def model_call(name: str, path: str, request_type: type) -> ModelCall:
-            stages = (authenticate, Decode(request_type, **size), authorize, route)
-            return ModelCall(name, stages, Forward(path, account), account)
+            stages = (authenticate, Decode(request_type, **size), authorize, route, limit)
+            return ModelCall(name, stages, Forward(path, finish), finish)
 
         self.chat_completions = model_call("chat.completions", "/chat/completions", ChatCompletionRequest)
         self.embeddings = model_call("embeddings", "/embeddings", EmbeddingRequest)

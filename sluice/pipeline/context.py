@@ -19,7 +19,7 @@ class RequestContext:
     __slots__ = (
         "exchange", "endpoint", "started", "principal", "request", "target", "transport",
         "status", "prompt_tokens", "completion_tokens", "usage_source", "ttft_ms",
-        "upstream_ms", "error_code", "stream",
+        "upstream_ms", "error_code", "stream", "reservation", "limit_headers",
     )
 
     def __init__(self, exchange: Exchange, endpoint: str) -> None:
@@ -38,6 +38,8 @@ class RequestContext:
         self.upstream_ms: float | None = None
         self.error_code: str | None = None
         self.stream = False
+        self.reservation: Any = None
+        self.limit_headers: dict[str, str] | None = None
 
     def elapsed_ms(self) -> float:
         return (clock.monotonic() - self.started) * 1000.0

@@ -33,11 +33,17 @@ class ModelCall:
                 await stage(ctx)
             if is_stream(ctx.request):
                 ctx.stream = streaming = True
-                return await self._forward.stream(ctx)
-            return await self._forward.complete(ctx)
+                reply: Reply | StreamReply = await self._forward.stream(ctx)
+            else:
+                reply = await self._forward.complete(ctx)
+            if ctx.limit_headers:
+                reply.headers = {**ctx.limit_headers, **(reply.headers or {})}
+            return reply
         except GatewayError as exc:
             ctx.status, ctx.error_code = exc.status, exc.code
             streaming = False
+            if ctx.limit_headers:
+                exc.headers = {**ctx.limit_headers, **(exc.headers or {})}
             raise
         except BaseException:
             ctx.status, ctx.error_code, streaming = 500, "internal_error", False

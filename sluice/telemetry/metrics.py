@@ -37,6 +37,8 @@ class Metrics:
         self.usage_pending = Gauge("sluice_usage_pending_records", "Usage records waiting to be written.", registry=r)
         self.usage_dropped = Counter("sluice_usage_dropped_records", "Usage records dropped because the queue was full.", registry=r)
         self.usage_write_errors = Counter("sluice_usage_write_errors", "Failed batch writes of usage records.", registry=r)
+        self.limit_events = Counter("sluice_limit_events", "Limit decisions and limiter trouble: rejected, "
+                                    "backend_down, settle_failed; by limit.", ["kind", "limit"], registry=r)
         self._children: dict[tuple, tuple] = {}
 
     def observe(self, records: Iterable[UsageRecord]) -> None:
@@ -68,6 +70,9 @@ class Metrics:
                 c[4].inc(rec.prompt_tokens)
             if rec.completion_tokens:
                 c[5].inc(rec.completion_tokens)
+
+    def limit_event(self, kind: str, label: str) -> None:
+        self.limit_events.labels(kind, label[:128]).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

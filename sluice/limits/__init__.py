@@ -1,0 +1,19 @@
+"""Usage control: rules, reservations and settlement, on a memory or Redis backend."""
+
+from .backend import BackendUnavailable, LimitBackend
+from .estimate import output_tokens, prompt_tokens
+from .limiter import Limiter, Reservation
+from .memory import MemoryBackend
+from .pricing import PriceTable
+from .rules import Cost, Subject
+
+__all__ = ["BackendUnavailable", "Cost", "LimitBackend", "Limiter", "MemoryBackend", "PriceTable", "Reservation",
+           "Subject", "build_backend", "output_tokens", "prompt_tokens"]
+
+
+def build_backend(kind: str, url: str, timeout_s: float) -> LimitBackend:
+    if kind == "redis":
+        from .redis_backend import RedisBackend
+
+        return RedisBackend(url, timeout_s)
+    return MemoryBackend()

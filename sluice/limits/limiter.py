@@ -1,0 +1,127 @@
+"""The limiter: reserve before the call, settle after it, answer like OpenAI when it is full.
+
+A failing backend is a configured choice: fail closed (503, clear error) or fail open onto
+a local limiter; either way it is counted and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+
+from ..core.config import Limits
+from ..core.errors import RateLimited, Unavailable
+from .backend import BackendUnavailable, LimitBackend
+from .checks import Check, Verdict
+from .memory import MemoryBackend
+from .rules import Cost, RuleSet, Subject
+
+log = logging.getLogger("sluice.limits")
+
+Event = Callable[[str, str], None]  # (kind, label): "rejected" / "backend_down" / "settle_failed"
+
+
+def _fmt(seconds: float) -> str:
+    return f"{max(0.0, seconds):.3f}s"
+
+
+class Reservation:
+    """What one request holds until it settles."""
+
+    __slots__ = ("request_id", "checks", "cost", "backend")
+
+    def __init__(self, request_id: str, checks: list[Check], cost: Cost, backend: LimitBackend) -> None:
+        self.request_id, self.checks, self.cost, self.backend = request_id, checks, cost, backend
+
+
+def rate_headers(checks: list[Check], v: Verdict) -> dict[str, str]:
+    """OpenAI's ``x-ratelimit-*`` headers from the tightest request and token checks."""
+    out: dict[str, str] = {}
+    for kind in ("requests", "tokens"):
+        idx = [i for i, c in enumerate(checks) if c.header == kind]
+        if not idx:
+            continue
+        i = min(idx, key=lambda j: v.remaining[j] / checks[j].limit)
+        out[f"x-ratelimit-limit-{kind}"] = str(int(checks[i].limit))
+        out[f"x-ratelimit-remaining-{kind}"] = str(max(0, math.floor(v.remaining[i])))
+        out[f"x-ratelimit-reset-{kind}"] = _fmt(v.reset_s[i])
+    return out
+
+
+class Limiter:
+    """Rules plus a backend (and, failing open, a local fallback)."""
+
+    def __init__(self, cfg: Limits, backend: LimitBackend, on_event: Event | None = None) -> None:
+        self._cfg = cfg
+        self.rules = RuleSet(cfg.rules, cfg.key_prefix, cfg.concurrency_lease_s)
+        self._backend = backend
+        self._fallback = MemoryBackend() if cfg.on_backend_failure == "open" else None
+        self._on_event = on_event or (lambda kind, label: None)
+        self._pending: set[asyncio.Task] = set()
+        self._down = False
+
+    @property
+    def active(self) -> bool:
+        return bool(self.rules)
+
+    async def reserve(self, request_id: str, subject: Subject, cost: Cost) -> tuple[Reservation | None, dict[str, str]]:
+        """Take the request's reservation in every counter it touches, or refuse it with 429."""
+        checks = self.rules.checks(subject, cost)
+        if not checks:
+            return None, {}
+        backend = self._backend
+        try:
+            verdict = await backend.acquire(request_id, checks)
+            if self._down:
+                self._down = False
+                log.warning("limit backend reachable again")
+        except BackendUnavailable as exc:
+            self._on_event("backend_down", str(exc))
+            if not self._down:
+                log.error("limit backend unreachable (%s): failing %s", exc, self._cfg.on_backend_failure)
+                self._down = True
+            if self._fallback is None:
+                raise Unavailable("Usage limits cannot be checked right now; retry shortly.",
+                                  code="limiter_unavailable", retry_after=1.0) from None
+            backend = self._fallback
+            verdict = await backend.acquire(request_id, checks)
+        headers = rate_headers(checks, verdict)
+        if not verdict.ok:
+            hit = checks[verdict.failed]
+            self._on_event("rejected", hit.label.split(" (", 1)[0])
+            retry = max(verdict.reset_s[verdict.failed], 0.001)
+            headers["retry-after-ms"] = str(int(math.ceil(retry * 1000)))
+            exc = RateLimited(f"Rate limit reached for {hit.label}: limit {hit.limit:g}, "
+                              f"remaining {max(0.0, verdict.remaining[verdict.failed]):g}, "
+                              f"this request needs {hit.cost:g}. Retry after {retry:.2f}s.",
+                              code="rate_limit_exceeded", retry_after=retry)
+            exc.headers = headers
+            raise exc
+        return Reservation(request_id, checks, cost, backend), headers
+
+    def settle(self, reservation: Reservation, actual: Cost) -> None:
+        """Return the difference between reserved and used, off the request path."""
+        task = asyncio.get_running_loop().create_task(self._settle(reservation, actual))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _settle(self, r: Reservation, actual: Cost) -> None:
+        used = {"input": actual.input - r.cost.input, "output": actual.output - r.cost.output,
+                "spend": actual.spend - r.cost.spend}
+        deltas = [used.get(c.measure, 0.0) for c in r.checks]
+        try:
+            await r.backend.settle(r.request_id, r.checks, deltas)
+        except BackendUnavailable as exc:
+            self._on_event("settle_failed", str(exc))
+            log.warning("could not settle a reservation (%s); leases expire on their own", exc)
+
+    async def drain(self) -> None:
+        """Wait for settlements in flight (shutdown)."""
+        if self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.drain()
+        await self._backend.close()

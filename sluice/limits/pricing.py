@@ -1,0 +1,23 @@
+"""What tokens cost: the price table of the config, per million tokens."""
+
+from __future__ import annotations
+
+from ..core.config import Price
+
+
+class PriceTable:
+    """Cost of a call in the configured currency; models without a price cost nothing."""
+
+    def __init__(self, prices: dict[str, Price]) -> None:
+        self._prices = prices
+
+    def has(self, model: str) -> bool:
+        return model in self._prices
+
+    def cost(self, model: str, prompt: int, completion: int, cached: int = 0) -> float:
+        p = self._prices.get(model)
+        if p is None:
+            return 0.0
+        cached = min(cached, prompt)
+        cached_price = p.input if p.cached_input is None else p.cached_input
+        return ((prompt - cached) * p.input + cached * cached_price + completion * p.output) / 1_000_000
