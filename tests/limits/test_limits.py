@@ -1,0 +1,196 @@
+"""Each limit type, on the memory and the Redis backend, with exact counts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+
+import httpx
+import pytest
+import redis
+
+from support import Sim, free_port, start_gateway
+
+IN_CI = os.environ.get("CI") == "true"
+REDIS_URL = os.environ.get("SLUICE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+# "abc.abc.abc." is 7 prompt tokens for the sim (role + 6) and 7 for sluice's estimate (12 chars / 4 + 4 framing)
+EXACT = "abc.abc.abc."
+
+
+def require_redis() -> None:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping()
+    except redis.RedisError as exc:
+        if IN_CI:
+            pytest.fail(f"Redis is required in CI and unreachable: {exc}")
+        pytest.skip(f"Redis unreachable: {exc}")
+
+
+def limit_config(backend: str, **extra) -> dict:
+    rules = [
+        {"name": "rpm", "match": {"model": "m-rpm"}, "requests_per_minute": 5},
+        {"name": "itpm", "match": {"model": "m-itpm"}, "input_tokens_per_minute": 35},
+        {"name": "otpm", "match": {"model": "m-otpm"}, "output_tokens_per_minute": 50},
+        {"name": "conc", "match": {"model": "m-conc"}, "concurrent_requests": 2},
+        {"name": "budget", "match": {"model": "m-spend"}, "spend_per_day": 30.0, "spend_per_month": 1000.0},
+        {"name": "team", "per": ["team"], "match": {"model": "m-team"}, "requests_per_minute": 3},
+    ]
+    return {"limits": {"backend": backend, "redis_url": REDIS_URL, "key_prefix": f"t{uuid.uuid4().hex[:8]}:",
+                       "rules": rules, **extra},
+            "prices": {"m-spend": {"input": 0.0, "output": 1_000_000.0}},  # 1.00 per output token
+            "teams": [{"name": "blue", "owner": "o"}]}
+
+
+MODELS = ["m-rpm", "m-itpm", "m-otpm", "m-conc", "m-spend", "m-team", "m-free"]
+
+
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def lim(request, tmp_path_factory):
+    if request.param == "redis":
+        require_redis()
+    tmp = tmp_path_factory.mktemp(f"limits-{request.param}")
+    s = Sim(tmp)
+    g = start_gateway(
+        tmp, upstreams=[{"name": "sim", "base_url": s.url + "/v1"}],
+        models=[{"name": m, "upstream": "sim", "upstream_model": "sim-small"} for m in MODELS],
+        identities=[{"name": "a", "owner": "o", "models": ["*"], "team": "blue"},
+                    {"name": "b", "owner": "o", "models": ["*"], "team": "blue"},
+                    {"name": "c", "owner": "o", "models": ["*"]}],
+        extra=limit_config(request.param),
+    )
+    yield g, s
+    g.stop()
+    s.stop()
+
+
+def chat(g, key: str, model: str, content: str = "hi", max_tokens: int = 10) -> httpx.Response:
+    return g.post("/v1/chat/completions", key, json={"model": model, "max_tokens": max_tokens,
+                                                     "messages": [{"role": "user", "content": content}]})
+
+
+def statuses(g, key, model, n, **kw) -> list[int]:
+    return [chat(g, key, model, **kw).status_code for _ in range(n)]
+
+
+def test_requests_per_minute_admits_exactly_the_limit(lim):
+    g, s = lim
+    before = s.stats()["chat_requests"]
+    assert statuses(g, g.keys["a"], "m-rpm", 7) == [200] * 5 + [429] * 2
+    assert s.stats()["chat_requests"] - before == 5
+    assert chat(g, g.keys["c"], "m-rpm").status_code == 200  # per identity: c has its own
+
+
+def test_input_tokens_per_minute_admits_exactly_what_fits(lim):
+    g, _ = lim
+    assert statuses(g, g.keys["a"], "m-itpm", 7, content=EXACT) == [200] * 5 + [429] * 2
+
+
+def test_a_prompt_bigger_than_the_limit_is_refused_before_the_upstream(lim):
+    g, s = lim
+    before = s.stats()["chat_requests"]
+    r = chat(g, g.keys["b"], "m-itpm", content="word " * 200)
+    assert r.status_code == 429 and "input tokens per minute" in r.json()["error"]["message"]
+    assert s.stats()["chat_requests"] == before
+
+
+def test_output_tokens_per_minute_reserves_max_tokens(lim):
+    g, _ = lim
+    assert statuses(g, g.keys["a"], "m-otpm", 7, max_tokens=10) == [200] * 5 + [429] * 2
+    r = chat(g, g.keys["b"], "m-otpm", max_tokens=60)
+    assert r.status_code == 429  # a reservation alone above the limit never fits
+
+
+def test_concurrent_requests_admit_exactly_the_limit(lim):
+    g, s = lim
+    s.faults(delay_ms=600)
+    try:
+        async def burst() -> list[int]:
+            async with httpx.AsyncClient(timeout=30) as c:
+                rs = await asyncio.gather(*[c.post(g.v1 + "/chat/completions", headers={"Authorization": f"Bearer {g.keys['a']}"},
+                                                   json={"model": "m-conc", "max_tokens": 2,
+                                                         "messages": [{"role": "user", "content": "x"}]}) for _ in range(6)])
+            return sorted(r.status_code for r in rs)
+        assert asyncio.run(burst()) == [200, 200, 429, 429, 429, 429]
+    finally:
+        s.clear_faults()
+    assert statuses(g, g.keys["a"], "m-conc", 3, max_tokens=2) == [200] * 3  # leases were released
+
+
+def test_a_spent_budget_is_refused_before_the_upstream(lim):
+    g, s = lim
+    before = s.stats()["chat_requests"]
+    got = statuses(g, g.keys["a"], "m-spend", 5, max_tokens=10)  # 10.00 each against 30.00 a day
+    assert got == [200, 200, 200, 429, 429]
+    assert s.stats()["chat_requests"] - before == 3
+    r = chat(g, g.keys["a"], "m-spend", max_tokens=10)
+    assert "spend per day" in r.json()["error"]["message"]
+
+
+def test_team_limits_are_shared_by_the_team(lim):
+    g, _ = lim
+    got = [chat(g, g.keys[k], "m-team").status_code for k in ("a", "b", "a", "b")]
+    assert got == [200, 200, 200, 429]
+    assert chat(g, g.keys["c"], "m-team").status_code == 200  # not in the team
+
+
+def test_429_names_the_limit_and_carries_openai_headers(lim):
+    g, _ = lim
+    for _ in range(5):
+        chat(g, g.keys["b"], "m-rpm")
+    r = chat(g, g.keys["b"], "m-rpm")
+    assert r.status_code == 429
+    err = r.json()["error"]
+    assert err["type"] == "rate_limit_error" and err["code"] == "rate_limit_exceeded"
+    assert "rpm (identity=cfg-b): requests per minute" in err["message"]
+    assert int(r.headers["Retry-After"]) >= 1 and int(r.headers["retry-after-ms"]) > 0
+    assert r.headers["x-ratelimit-limit-requests"] == "5" and r.headers["x-ratelimit-remaining-requests"] == "0"
+    assert r.headers["x-ratelimit-reset-requests"].endswith("s")
+
+
+def test_successful_answers_carry_ratelimit_headers(lim):
+    g, _ = lim
+    r = chat(g, g.keys["c"], "m-otpm", max_tokens=10)
+    assert r.status_code == 200
+    assert r.headers["x-ratelimit-limit-tokens"] == "50"
+    assert 0 <= int(r.headers["x-ratelimit-remaining-tokens"]) <= 40
+
+
+def test_unlimited_models_have_no_limit_headers(lim):
+    g, _ = lim
+    r = chat(g, g.keys["c"], "m-free")
+    assert r.status_code == 200 and "x-ratelimit-limit-requests" not in r.headers
+
+
+def test_the_sdk_retries_on_429_using_the_headers(lim):
+    import openai
+
+    g, s = lim
+    client = openai.OpenAI(base_url=g.v1, api_key=g.keys["c"], max_retries=0)
+    for _ in range(5):
+        client.chat.completions.create(model="m-itpm", messages=[{"role": "user", "content": EXACT}], max_tokens=2)
+    with pytest.raises(openai.RateLimitError) as info:
+        client.chat.completions.create(model="m-itpm", messages=[{"role": "user", "content": EXACT}], max_tokens=2)
+    assert info.value.response.headers["x-ratelimit-remaining-tokens"] is not None
+
+
+@pytest.mark.parametrize("mode,expected", [("closed", 503), ("open", 200)])
+def test_unreachable_redis_fails_as_configured(sim, tmp_path, mode, expected):
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    cfg = limit_config("redis", on_backend_failure=mode, redis_url=dead)
+    g = start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
+                      models=[{"name": m, "upstream": "sim", "upstream_model": "sim-small"} for m in MODELS],
+                      identities=[{"name": "a", "owner": "o", "models": ["*"]}], extra=cfg)
+    try:
+        r = chat(g, g.keys["a"], "m-rpm")
+        assert r.status_code == expected
+        if mode == "closed":
+            assert r.json()["error"]["code"] == "limiter_unavailable" and "Retry-After" in r.headers
+        else:  # the local fallback still limits
+            assert statuses(g, g.keys["a"], "m-rpm", 5) == [200] * 4 + [429]
+        assert chat(g, g.keys["a"], "m-free").status_code == 200  # no limit, no Redis needed
+        metrics = httpx.get(g.admin_url + "/metrics").text
+        assert 'sluice_limit_events_total{kind="backend_down"' in metrics
+        assert "limit backend unreachable" in g.log()
+    finally:
+        g.stop()
