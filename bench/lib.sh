@@ -15,7 +15,7 @@ start_stack() {  # $1: name of the gateway's log file under .sluice/
   export SLUICE_ADMIN_KEY=${SLUICE_ADMIN_KEY:-$(sluice keys generate --admin)}
   mkdir -p .sluice && rm -f .sluice/bench.db*
   dir=$("$shared/start-mock-upstream" | tail -n 1)
-  taskset -c 0 sluice serve --config bench/gateway.yaml 2> ".sluice/$1" &
+  taskset -c 0 sluice serve --config "${CONFIG:-bench/gateway.yaml}" 2> ".sluice/$1" &
   gw=$!
   trap stop_stack EXIT
   for _ in $(seq 100); do curl -fs 127.0.0.1:8081/readyz >/dev/null 2>&1 && return; sleep 0.1; done

@@ -3,7 +3,8 @@
 # load driver (wrk on CPU 1) at concurrency 1, 16 and 64, non-streaming and streaming, with
 # key authentication, scope checks, usage recording and metrics all on.
 # Env: SECONDS_EACH (default 10), CONCS and STREAM_CONCS (default "1 16 64"),
-#      AUTH=token to call with a short-lived access token exchanged for the key (POST /v1/token).
+#      AUTH=token to call with a short-lived access token exchanged for the key (POST /v1/token),
+#      CONFIG=bench/gateway-limits.yaml (with LIMITS_BACKEND=memory|redis) to run with usage limits on.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 start_stack bench-gateway.log

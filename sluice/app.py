@@ -17,7 +17,7 @@ from .core.config import Config
 from .core.errors import ConfigError
 from .core.exchange import Exchange, Reply
 from .http import Listener
-from .limits import Limiter, PriceTable, build_backend
+from .limits import Limiter, PriceTable, build_backend, warm
 from .identity import CredentialRegistry, Federation, Hasher, IdentityService, Keyring, Sealer, TokenExchange, TokenService
 from .pipeline import DataPlane
 from .routing import RouteTable
@@ -107,6 +107,8 @@ class Gateway:
 
         self.limiter = limiter = Limiter(c.limits, build_backend(c.limits.backend, c.limits.redis_url,
                                                                  c.limits.redis_timeout_s), metrics.limit_event)
+        if limiter.active:
+            await asyncio.get_running_loop().run_in_executor(None, warm, [m.target_model for m in c.models])
         routes = RouteTable(c.models)
         data_plane = DataPlane(registry=registry, tokens=tokens, routes=routes, transports=self._transports,
                                ledger=ledger, limits=c.requests, limiter=limiter, prices=PriceTable(c.prices),

@@ -1,14 +1,14 @@
 """Usage control: rules, reservations and settlement, on a memory or Redis backend."""
 
 from .backend import BackendUnavailable, LimitBackend
-from .estimate import output_tokens, prompt_tokens
+from .estimate import output_tokens, prompt_tokens, warm
 from .limiter import Limiter, Reservation
 from .memory import MemoryBackend
 from .pricing import PriceTable
 from .rules import Cost, Subject
 
 __all__ = ["BackendUnavailable", "Cost", "LimitBackend", "Limiter", "MemoryBackend", "PriceTable", "Reservation",
-           "Subject", "build_backend", "output_tokens", "prompt_tokens"]
+           "Subject", "build_backend", "output_tokens", "prompt_tokens", "warm"]
 
 
 def build_backend(kind: str, url: str, timeout_s: float) -> LimitBackend:

@@ -21,9 +21,16 @@ def _encoding(model: str) -> Any | None:
     try:
         import bpe_openai
 
-        return bpe_openai.encoding_for_model(model)
+        name = bpe_openai.encoding_name_for_model(model)  # cheap; loads nothing for unknown models
+        return bpe_openai.get_encoding(name)
     except Exception:  # unknown model, or the tables are not installed: estimate instead
         return None
+
+
+def warm(models: list[str]) -> None:
+    """Load the tokenizers of these models now (start-up), not on some unlucky first request."""
+    for m in models:
+        _encoding(m)
 
 
 def _texts(request: ChatCompletionRequest | EmbeddingRequest) -> list[str]:

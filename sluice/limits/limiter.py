@@ -37,15 +37,19 @@ class Reservation:
 
 
 def rate_headers(checks: list[Check], v: Verdict) -> dict[str, str]:
-    """OpenAI's ``x-ratelimit-*`` headers from the tightest request and token checks."""
+    """OpenAI's ``x-ratelimit-*`` headers from the tightest request check and the tightest token check."""
+    best: dict[str, tuple[float, int]] = {}
+    for i, c in enumerate(checks):
+        h = c.header
+        if h:
+            share = v.remaining[i] / c.limit
+            if h not in best or share < best[h][0]:
+                best[h] = (share, i)
     out: dict[str, str] = {}
-    for kind in ("requests", "tokens"):
-        idx = [i for i, c in enumerate(checks) if c.header == kind]
-        if not idx:
-            continue
-        i = min(idx, key=lambda j: v.remaining[j] / checks[j].limit)
+    for kind, (_, i) in best.items():
         out[f"x-ratelimit-limit-{kind}"] = str(int(checks[i].limit))
-        out[f"x-ratelimit-remaining-{kind}"] = str(max(0, math.floor(v.remaining[i])))
+        rem = v.remaining[i]
+        out[f"x-ratelimit-remaining-{kind}"] = str(int(rem)) if rem > 0 else "0"
         out[f"x-ratelimit-reset-{kind}"] = _fmt(v.reset_s[i])
     return out
 
@@ -58,6 +62,8 @@ class Limiter:
         self.rules = RuleSet(cfg.rules, cfg.key_prefix, cfg.concurrency_lease_s)
         self._backend = backend
         self._fallback = MemoryBackend() if cfg.on_backend_failure == "open" else None
+        # the in-process backend is called directly: no coroutine, no task, per request
+        self._memory = backend if isinstance(backend, MemoryBackend) else None
         self._on_event = on_event or (lambda kind, label: None)
         self._pending: set[asyncio.Task] = set()
         self._down = False
@@ -73,7 +79,10 @@ class Limiter:
             return None, {}
         backend = self._backend
         try:
-            verdict = await backend.acquire(request_id, checks)
+            if backend is self._memory:
+                verdict = backend.acquire_now(request_id, checks)  # type: ignore[union-attr]
+            else:
+                verdict = await backend.acquire(request_id, checks)
             if self._down:
                 self._down = False
                 log.warning("limit backend reachable again")
@@ -102,15 +111,18 @@ class Limiter:
         return Reservation(request_id, checks, cost, backend), headers
 
     def settle(self, reservation: Reservation, actual: Cost) -> None:
-        """Return the difference between reserved and used, off the request path."""
-        task = asyncio.get_running_loop().create_task(self._settle(reservation, actual))
+        """Return the difference between reserved and used: at once in memory, off the request path on Redis."""
+        used = {"input": actual.input - reservation.cost.input, "output": actual.output - reservation.cost.output,
+                "spend": actual.spend - reservation.cost.spend}
+        deltas = [used.get(c.measure, 0.0) for c in reservation.checks]
+        if isinstance(reservation.backend, MemoryBackend):
+            reservation.backend.settle_now(reservation.request_id, reservation.checks, deltas)
+            return
+        task = asyncio.get_running_loop().create_task(self._settle(reservation, deltas))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _settle(self, r: Reservation, actual: Cost) -> None:
-        used = {"input": actual.input - r.cost.input, "output": actual.output - r.cost.output,
-                "spend": actual.spend - r.cost.spend}
-        deltas = [used.get(c.measure, 0.0) for c in r.checks]
+    async def _settle(self, r: Reservation, deltas: list[float]) -> None:
         try:
             await r.backend.settle(r.request_id, r.checks, deltas)
         except BackendUnavailable as exc:

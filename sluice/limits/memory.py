@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from .backend import LimitBackend
-from .checks import Check, Verdict, bucket_reset, bucket_state
+from .checks import Check, Verdict, bucket_state
 
 
 class MemoryBackend(LimitBackend):
@@ -18,52 +18,82 @@ class MemoryBackend(LimitBackend):
         self._ops = 0
 
     async def acquire(self, request_id: str, checks: list[Check]) -> Verdict:
+        return self.acquire_now(request_id, checks)
+
+    def acquire_now(self, request_id: str, checks: list[Check]) -> Verdict:
+        """One pass to decide, one to apply; nothing awaits, so the event loop makes it atomic."""
         now = time.time()
         self._ops += 1
         if self._ops % 10_000 == 0:
             self._sweep(now)
+        buckets, counters = self._buckets, self._counters
         remaining: list[float] = []
         resets: list[float] = []
+        levels: list[float] = []
         failed = -1
         for i, c in enumerate(checks):
-            if c.kind == "bucket":
-                st = self._buckets.get(c.key)
-                level = c.limit if st is None else bucket_state(st[0], st[1], c.limit, c.rate, now)
-                fits = level >= c.cost
-                remaining.append(level - c.cost if fits else level)
-                resets.append(bucket_reset(level - c.cost if fits else level, c.limit, c.rate)
-                              if fits else (c.cost - level) / c.rate if c.rate > 0 else c.ttl)
-            elif c.kind == "lease":
+            kind = c.kind
+            if kind == "bucket":
+                st = buckets.get(c.key)
+                if st is None:
+                    level = c.limit
+                else:
+                    level = st[0] + (now - st[1]) * c.rate
+                    if level > c.limit:
+                        level = c.limit
+                levels.append(level)
+                left = level - c.cost
+                if left >= 0:
+                    remaining.append(left)
+                    resets.append((c.limit - left) / c.rate if c.rate > 0 else 0.0)
+                else:
+                    remaining.append(level)
+                    resets.append(-left / c.rate if c.rate > 0 else c.ttl)
+                    if failed < 0:
+                        failed = i
+            elif kind == "lease":
                 live = self._live_leases(c.key, now)
-                fits = len(live) + 1 <= c.limit
-                remaining.append(c.limit - len(live) - (1 if fits else 0))
-                resets.append(0.0 if fits else min(live.values()) - now)
+                levels.append(0.0)
+                if len(live) + 1 <= c.limit:
+                    remaining.append(c.limit - len(live) - 1)
+                    resets.append(0.0)
+                else:
+                    remaining.append(c.limit - len(live))
+                    resets.append(min(live.values()) - now)
+                    if failed < 0:
+                        failed = i
             else:
-                st = self._counters.get(c.key)
+                st = counters.get(c.key)
                 value = st[0] if st is not None and st[1] > now else 0.0
-                fits = value + c.cost <= c.limit
-                remaining.append(c.limit - value - (c.cost if fits else 0.0))
+                levels.append(value)
                 resets.append(c.ttl)
-            if not fits and failed < 0:
-                failed = i
+                if value + c.cost <= c.limit:
+                    remaining.append(c.limit - value - c.cost)
+                else:
+                    remaining.append(c.limit - value)
+                    if failed < 0:
+                        failed = i
         if failed >= 0:
             return Verdict(ok=False, failed=failed, remaining=remaining, reset_s=resets)
-        for c in checks:
-            if c.kind == "bucket":
-                st = self._buckets.get(c.key)
-                level = c.limit if st is None else bucket_state(st[0], st[1], c.limit, c.rate, now)
-                self._buckets[c.key] = [level - c.cost, now]
-            elif c.kind == "lease":
+        for c, level in zip(checks, levels):
+            kind = c.kind
+            if kind == "bucket":
+                buckets[c.key] = [level - c.cost, now]
+            elif kind == "lease":
                 self._leases.setdefault(c.key, {})[request_id] = now + c.ttl
             else:
-                st = self._counters.get(c.key)
+                st = counters.get(c.key)
                 if st is None or st[1] <= now:
-                    self._counters[c.key] = [c.cost, now + c.ttl]
+                    counters[c.key] = [c.cost, now + c.ttl]
                 else:
                     st[0] += c.cost
         return Verdict(ok=True, failed=-1, remaining=remaining, reset_s=resets)
 
     async def settle(self, request_id: str, checks: list[Check], deltas: list[float]) -> None:
+        self.settle_now(request_id, checks, deltas)
+
+    def settle_now(self, request_id: str, checks: list[Check], deltas: list[float]) -> None:
+        """``settle`` without a coroutine: nothing here waits, so the request path need not either."""
         now = time.time()
         for c, d in zip(checks, deltas):
             if c.kind == "bucket":

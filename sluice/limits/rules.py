@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import time
+
+import msgspec
 
 from ..core.config import LimitRule
 from .checks import Check
@@ -41,13 +44,32 @@ def _window_ends(now: dt.datetime) -> tuple[str, float, str, float]:
     return now.strftime("%Y%m%d"), (day_end - now).total_seconds(), now.strftime("%Y%m"), (nxt - now).total_seconds()
 
 
+class _Spec(msgspec.Struct, frozen=True, gc=False):
+    """The part of a check that depends only on who asks, not on what this request costs."""
+
+    key: str
+    kind: str
+    limit: float
+    rate: float
+    window: str  # "minute", "lease", "day" or "month": where the check's ttl comes from
+    label: str
+    measure: str
+    header: str
+
+
 class RuleSet:
-    """The configured rules; ``checks`` turns one request into its list of checks."""
+    """The configured rules; ``checks`` turns one request into its list of checks.
+
+    What a subject touches is worked out once and cached; the calendar windows once a second.
+    """
 
     def __init__(self, rules: list[LimitRule], prefix: str, lease_s: float) -> None:
         self.rules = rules
         self._prefix = prefix
         self._lease_s = lease_s
+        self._specs: dict[tuple[str, str, str, str], list[_Spec]] = {}
+        self._second = -1
+        self._windows = ("", 0.0, "", 0.0)
 
     def __bool__(self) -> bool:
         return bool(self.rules)
@@ -56,35 +78,49 @@ class RuleSet:
         return all(fnmatch.fnmatchcase(s.get(dim), pattern) for dim, pattern in rule.match.items())
 
     def checks(self, s: Subject, cost: Cost) -> list[Check]:
-        out: list[Check] = []
-        day = None
+        now = time.time()
+        if int(now) != self._second:
+            self._second = int(now)
+            day_id, _, month_id, _ = self._windows
+            self._windows = _window_ends(dt.datetime.fromtimestamp(now, dt.timezone.utc))
+            if (day_id, month_id) != (self._windows[0], self._windows[2]):
+                self._specs.clear()  # spend keys name the day and month
+        subject = (s.identity, s.team, s.model, s.route)
+        specs = self._specs.get(subject)
+        if specs is None:
+            specs = self._build(s)
+            if len(self._specs) >= 50_000:  # bounded: subjects come from identities and models
+                self._specs.clear()
+            self._specs[subject] = specs
+        ttl = {"minute": _MINUTE, "lease": self._lease_s, "day": self._windows[1], "month": self._windows[3]}
+        amount = {"requests": cost.requests, "input": cost.input, "output": cost.output, "concurrency": 1.0,
+                  "spend": cost.spend}
+        return [Check(p.key, p.kind, p.limit, p.rate, amount[p.measure], ttl[p.window], p.label, p.measure, p.header)  # type: ignore[arg-type]
+                for p in specs]
+
+    def _build(self, s: Subject) -> list[_Spec]:
+        out: list[_Spec] = []
+        day_id, _, month_id, _ = self._windows
         for rule in self.rules:
             if rule.match and not self._applies(rule, s):
                 continue
             scope = ":".join(f"{d}={s.get(d)}" for d in rule.per) or "all"
             base = f"{self._prefix}{rule.name}:{scope}"
             who = f"{rule.name} ({scope})"
-            if rule.requests_per_minute:
-                lim = float(rule.requests_per_minute)
-                out.append(Check(f"{base}:rpm", "bucket", lim, lim / _MINUTE, cost.requests, _MINUTE,
-                                 f"{who}: requests per minute", "requests", "requests"))
-            if rule.input_tokens_per_minute:
-                lim = float(rule.input_tokens_per_minute)
-                out.append(Check(f"{base}:itpm", "bucket", lim, lim / _MINUTE, cost.input, _MINUTE,
-                                 f"{who}: input tokens per minute", "input", "tokens"))
-            if rule.output_tokens_per_minute:
-                lim = float(rule.output_tokens_per_minute)
-                out.append(Check(f"{base}:otpm", "bucket", lim, lim / _MINUTE, cost.output, _MINUTE,
-                                 f"{who}: output tokens per minute", "output", "tokens"))
+            per_minute = [("rpm", rule.requests_per_minute, "requests per minute", "requests", "requests"),
+                          ("itpm", rule.input_tokens_per_minute, "input tokens per minute", "input", "tokens"),
+                          ("otpm", rule.output_tokens_per_minute, "output tokens per minute", "output", "tokens")]
+            for suffix, limit, what, measure, header in per_minute:
+                if limit:
+                    out.append(_Spec(f"{base}:{suffix}", "bucket", float(limit), limit / _MINUTE, "minute",
+                                     f"{who}: {what}", measure, header))
             if rule.concurrent_requests:
-                out.append(Check(f"{base}:conc", "lease", float(rule.concurrent_requests), 0.0, 1.0, self._lease_s,
-                                 f"{who}: concurrent requests", "concurrency"))
-            if rule.spend_per_day or rule.spend_per_month:
-                day = day or _window_ends(dt.datetime.now(dt.timezone.utc))
-                if rule.spend_per_day:
-                    out.append(Check(f"{base}:spend:d{day[0]}", "counter", rule.spend_per_day, 0.0, cost.spend, day[1],
-                                     f"{who}: spend per day", "spend"))
-                if rule.spend_per_month:
-                    out.append(Check(f"{base}:spend:m{day[2]}", "counter", rule.spend_per_month, 0.0, cost.spend, day[3],
-                                     f"{who}: spend per month", "spend"))
+                out.append(_Spec(f"{base}:conc", "lease", float(rule.concurrent_requests), 0.0, "lease",
+                                 f"{who}: concurrent requests", "concurrency", ""))
+            if rule.spend_per_day:
+                out.append(_Spec(f"{base}:spend:d{day_id}", "counter", rule.spend_per_day, 0.0, "day",
+                                 f"{who}: spend per day", "spend", ""))
+            if rule.spend_per_month:
+                out.append(_Spec(f"{base}:spend:m{month_id}", "counter", rule.spend_per_month, 0.0, "month",
+                                 f"{who}: spend per month", "spend", ""))
         return out
