@@ -130,6 +130,17 @@ class Replica:
             return _error(status, f"injected fault: status {status}")
         return None
 
+    async def _admit(self, request: web.Request, decoder: msgspec.json.Decoder) -> Any:
+        """Count the request, decode its body and check its model; the request, or the refusal to send."""
+        self.stats.requests_total += 1
+        try:
+            req = decoder.decode(await request.read())
+        except msgspec.DecodeError as exc:
+            return self._refuse(400, str(exc))
+        if req.model not in self.models:
+            return self._refuse(404, f"The model `{req.model}` does not exist.")
+        return req
+
     def _refuse(self, status: int, message: str) -> web.Response:
         self.stats.errors_returned += 1
         return _error(status, message)
@@ -139,16 +150,12 @@ class Replica:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/chat/completions``: a deterministic reply at the modelled speed."""
         stats = self.stats
-        stats.requests_total += 1
         stats.chat_requests += 1
         stats.in_flight += 1
         try:
-            try:
-                req = _chat_decoder.decode(await request.read())
-            except msgspec.DecodeError as exc:
-                return self._refuse(400, str(exc))
-            if req.model not in self.models:
-                return self._refuse(404, f"The model `{req.model}` does not exist.")
+            req = await self._admit(request, _chat_decoder)
+            if isinstance(req, web.Response):
+                return req
             if req.stream_options is not None and not req.stream:
                 return self._refuse(400, "Stream options can only be defined when `stream=True`.")
             injected = await self._apply_faults(request)
@@ -325,16 +332,12 @@ class Replica:
     async def embed(self, request: web.Request) -> web.Response:
         """``POST /v1/embeddings``: deterministic unit vectors, as floats or base64."""
         stats = self.stats
-        stats.requests_total += 1
         stats.embedding_requests += 1
         stats.in_flight += 1
         try:
-            try:
-                req = _embedding_decoder.decode(await request.read())
-            except msgspec.DecodeError as exc:
-                return self._refuse(400, str(exc))
-            if req.model not in self.models:
-                return self._refuse(404, f"The model `{req.model}` does not exist.")
+            req = await self._admit(request, _embedding_decoder)
+            if isinstance(req, web.Response):
+                return req
             items = _embedding_inputs(req.input)
             if items is None:
                 return self._refuse(

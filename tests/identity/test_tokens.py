@@ -101,33 +101,31 @@ def test_tokens_are_refused_on_the_control_plane(gw):
     assert r.status_code == 401 and r.json()["error"]["code"] == "wrong_plane"
 
 
+def identity_with_token(g, models: list[str]) -> tuple[dict, dict, str]:
+    """A new identity, a key of it, and a token minted from that key (already used once, so cached)."""
+    ident = g.admin("POST", "/admin/identities", json={"name": f"tok-{time.time_ns() % 10**9}", "owner": "o",
+                                                       "models": models}).json()
+    key = g.admin("POST", f"/admin/identities/{ident['id']}/keys", json={}).json()
+    token = exchange(g, key["key"]).json()["access_token"]
+    assert g.post("/v1/chat/completions", token, json=CHAT).status_code == 200
+    return ident, key, token
+
+
 def test_revoking_the_key_kills_its_tokens_on_the_very_next_request(gw):
-    ident = gw.admin("POST", "/admin/identities", json={"name": f"tok-{time.time_ns() % 10**9}", "owner": "o",
-                                                        "models": ["sim-small"]}).json()
-    key = gw.admin("POST", f"/admin/identities/{ident['id']}/keys", json={}).json()
-    token = exchange(gw, key["key"]).json()["access_token"]
-    assert gw.post("/v1/chat/completions", token, json=CHAT).status_code == 200  # now cached
+    _, key, token = identity_with_token(gw, ["sim-small"])
     gw.admin("POST", f"/admin/keys/{key['id']}/revoke")
     r = gw.post("/v1/chat/completions", token, json=CHAT)
     assert r.status_code == 401 and r.json()["error"]["code"] == "token_revoked"
 
 
 def test_disabling_the_identity_kills_its_tokens(gw):
-    ident = gw.admin("POST", "/admin/identities", json={"name": f"tok-{time.time_ns() % 10**9}", "owner": "o",
-                                                        "models": ["sim-small"]}).json()
-    key = gw.admin("POST", f"/admin/identities/{ident['id']}/keys", json={}).json()
-    token = exchange(gw, key["key"]).json()["access_token"]
-    assert gw.post("/v1/chat/completions", token, json=CHAT).status_code == 200
+    ident, _, token = identity_with_token(gw, ["sim-small"])
     gw.admin("DELETE", f"/admin/identities/{ident['id']}")
     assert gw.post("/v1/chat/completions", token, json=CHAT).status_code == 401
 
 
 def test_narrowing_an_identity_applies_to_tokens_already_issued(gw):
-    ident = gw.admin("POST", "/admin/identities", json={"name": f"tok-{time.time_ns() % 10**9}", "owner": "o",
-                                                        "models": ["sim-small", "sim-embed"]}).json()
-    key = gw.admin("POST", f"/admin/identities/{ident['id']}/keys", json={}).json()
-    token = exchange(gw, key["key"]).json()["access_token"]
-    assert gw.post("/v1/chat/completions", token, json=CHAT).status_code == 200
+    ident, _, token = identity_with_token(gw, ["sim-small", "sim-embed"])
     assert gw.admin("PATCH", f"/admin/identities/{ident['id']}", json={"models": ["sim-embed"]}).status_code == 200
     assert gw.post("/v1/chat/completions", token, json=CHAT).status_code == 404
 
