@@ -63,6 +63,7 @@ class Gateway:
         self._ready_cache: tuple[float, bool] = (0.0, False)
         self._tasks: list[asyncio.Task] = []
         self.limiter: Limiter | None = None
+        self.prices: PriceTable | None = None
 
     def secrets(self) -> list[str]:
         c = self.config
@@ -105,13 +106,14 @@ class Gateway:
         ledger.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._every(30.0, keyring.maintain), name="keyring"))
 
+        self.prices = prices = PriceTable(c.prices)
         self.limiter = limiter = Limiter(c.limits, build_backend(c.limits.backend, c.limits.redis_url,
                                                                  c.limits.redis_timeout_s), metrics.limit_event)
-        if limiter.active:
-            await asyncio.get_running_loop().run_in_executor(None, warm, [m.target_model for m in c.models])
+        # limits can be switched on at run time, so the tokenizers load now either way
+        await asyncio.get_running_loop().run_in_executor(None, warm, [m.target_model for m in c.models])
         routes = RouteTable(c.models)
         data_plane = DataPlane(registry=registry, tokens=tokens, routes=routes, transports=self._transports,
-                               ledger=ledger, limits=c.requests, limiter=limiter, prices=PriceTable(c.prices),
+                               ledger=ledger, limits=c.requests, limiter=limiter, prices=prices,
                                max_tokens_cap=c.limits.max_tokens_cap)
         health = [("GET", "/healthz", self._healthz), ("GET", "/readyz", self._readyz)]
 
@@ -126,7 +128,7 @@ class Gateway:
             return Reply(200, metrics.render(), METRICS_TYPE)
 
         admin = AdminApi(AdminAuth(hasher, c.admin.keys, registry), identities, store, ledger.flush, routes,
-                         [u.name for u in c.upstreams], keyring)
+                         [u.name for u in c.upstreams], keyring, limiter)
         self.data = Listener("data", c.data_plane.host, c.data_plane.port, data_plane.routes() + token_routes + health,
                              max_body_bytes=c.requests.max_body_bytes, access_log=c.logging.access_log)
         self.control = Listener("control", c.control_plane.host, c.control_plane.port,
@@ -149,6 +151,18 @@ class Gateway:
                 await job()
             except Exception as exc:  # a maintenance hiccup must not end the loop
                 log.warning("periodic %s failed: %s", getattr(job, "__name__", "job"), type(exc).__name__)
+
+    def reload(self, path: str) -> None:
+        """SIGHUP: take limits and prices from the config file again; a bad file changes nothing."""
+        try:
+            fresh = cfgmod.load(path)
+        except ConfigError as exc:
+            log.error("config reload refused, nothing changed: %s", exc)
+            return
+        if self.limiter is not None and self.prices is not None:
+            self.limiter.replace_rules(fresh.limits.rules)
+            self.prices.replace(fresh.prices)
+            log.info("config reloaded: %d limit rules, %d prices", len(fresh.limits.rules), len(fresh.prices))
 
     async def _healthz(self, _: Exchange) -> Reply:
         return Reply.json({"status": "ok"})
@@ -188,19 +202,19 @@ class Gateway:
             await self.store.close()
 
 
-async def serve_until_signalled(gateway: Gateway, ready: asyncio.Event | None = None) -> None:
-    """Run until SIGINT or SIGTERM, then shut down gracefully."""
+async def serve_until_signalled(gateway: Gateway, config_path: str | None = None) -> None:
+    """Run until SIGINT or SIGTERM, then shut down gracefully; SIGHUP reloads limits and prices."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if config_path is not None:
+        loop.add_signal_handler(signal.SIGHUP, gateway.reload, config_path)
     try:
         await gateway.start()
     except BaseException:
         await gateway.stop()
         raise
-    if ready is not None:
-        ready.set()
     try:
         await stop.wait()
     finally:
@@ -208,11 +222,12 @@ async def serve_until_signalled(gateway: Gateway, ready: asyncio.Event | None = 
         await gateway.stop()
 
 
-def run(config: Config) -> None:
+def run(config: Config, config_path: str | None = None) -> None:
     """Blocking entry point for ``sluice serve``: uvloop when available."""
+    main = serve_until_signalled(Gateway(config), config_path)
     try:
         import uvloop
-
-        uvloop.run(serve_until_signalled(Gateway(config)))
     except ImportError:
-        asyncio.run(serve_until_signalled(Gateway(config)))
+        asyncio.run(main)
+    else:
+        uvloop.run(main)

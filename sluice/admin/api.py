@@ -12,11 +12,13 @@ import msgspec
 
 from ..core import clock
 from ..core.errors import InvalidRequest, NotFound, Unavailable
+from ..core.config import LimitRule
 from ..core.exchange import Exchange, Reply
 from ..core.types import ApiKey, Identity, Role
 from ..identity import Actor, IdentityService, Keyring
 from ..identity import inventory as inv
 from ..identity import roles as r
+from ..limits import Limiter
 from ..routing import RouteTable
 from ..store import Store, StoreUnavailable
 from .auth import AdminAuth
@@ -64,6 +66,10 @@ class NewTeam(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     owner: str
 
 
+class LimitRules(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    rules: list[LimitRule]
+
+
 class Retarget(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     upstream: str
     upstream_model: str | None = None
@@ -105,7 +111,7 @@ class AdminApi:
 
     def __init__(self, auth: AdminAuth, identities: IdentityService, store: Store,
                  flush_usage: Callable[[], Awaitable[bool]], routes: RouteTable, upstreams: list[str],
-                 keyring: Keyring) -> None:
+                 keyring: Keyring, limiter: Limiter) -> None:
         self._auth = auth
         self._ids = identities
         self._store = store
@@ -113,6 +119,7 @@ class AdminApi:
         self._routes = routes
         self._upstreams = set(upstreams)
         self._keyring = keyring
+        self._limiter = limiter
 
     def endpoints(self) -> list[tuple[str, str, tuple[str, ...], Action]]:
         """(method, path, scopes needed, action): the control plane's whole surface."""
@@ -135,6 +142,8 @@ class AdminApi:
             ("GET", "/admin/routes", (r.ROUTING_READ,), self.list_routes),
             ("PUT", "/admin/routes/{model}", (r.ROUTING_WRITE,), self.retarget),
             ("POST", "/admin/signing-keys/rotate", (r.KEYS_WRITE,), self.rotate_signing_key),
+            ("GET", "/admin/limits", (r.LIMITS_READ,), self.get_limits),
+            ("PUT", "/admin/limits", (r.LIMITS_WRITE,), self.put_limits),
             ("GET", "/admin/usage", (r.USAGE_READ,), self.usage),
             ("GET", "/admin/usage/summary", (r.USAGE_READ,), self.usage_summary),
             ("GET", "/admin/changes", (r.AUDIT_READ,), self.changes),
@@ -254,6 +263,21 @@ class AdminApi:
             "from": {"upstream": old.upstream, "upstream_model": old.upstream_model},
             "to": {"upstream": new.upstream, "upstream_model": new.upstream_model}})
         return Reply.json({"model": model, "upstream": new.upstream, "upstream_model": new.upstream_model})
+
+    # limits
+    async def get_limits(self, actor: Actor, ex: Exchange) -> Reply:
+        return Reply.json({"rules": self._limiter.rules.rules})
+
+    async def put_limits(self, actor: Actor, ex: Exchange) -> Reply:
+        req: LimitRules = _decode(ex.body, LimitRules)  # type: ignore[assignment]
+        names = [rule.name for rule in req.rules]
+        if len(set(names)) != len(names):
+            raise InvalidRequest("limit rule names must be unique", param="rules")
+        before = self._limiter.rules.rules
+        self._limiter.replace_rules(req.rules)
+        await self._ids.record(actor, "limits.replace", "limits", {
+            "from": msgspec.to_builtins(before), "to": msgspec.to_builtins(req.rules)})
+        return Reply.json({"rules": req.rules})
 
     # usage and audit
     async def usage(self, actor: Actor, ex: Exchange) -> Reply:

@@ -31,7 +31,7 @@ def serve(config: Path = typer.Option(..., "--config", "-c", help="YAML config f
 
     cfg = _load(config)
     try:
-        run(cfg)
+        run(cfg, str(config))
     except ConfigError as exc:
         err.print(f"[red]config error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None

@@ -11,7 +11,7 @@ import logging
 import math
 from collections.abc import Callable
 
-from ..core.config import Limits
+from ..core.config import LimitRule, Limits
 from ..core.errors import RateLimited, Unavailable
 from .backend import BackendUnavailable, LimitBackend
 from .checks import Check, Verdict
@@ -71,6 +71,10 @@ class Limiter:
     @property
     def active(self) -> bool:
         return bool(self.rules)
+
+    def replace_rules(self, rules: list[LimitRule]) -> None:
+        """New rules from the next request on; counters of unchanged rules carry over (same keys)."""
+        self.rules = RuleSet(rules, self._cfg.key_prefix, self._cfg.concurrency_lease_s)
 
     async def reserve(self, request_id: str, subject: Subject, cost: Cost) -> tuple[Reservation | None, dict[str, str]]:
         """Take the request's reservation in every counter it touches, or refuse it with 429."""

@@ -11,6 +11,9 @@ class PriceTable:
     def __init__(self, prices: dict[str, Price]) -> None:
         self._prices = prices
 
+    def replace(self, prices: dict[str, Price]) -> None:
+        self._prices = prices
+
     def has(self, model: str) -> bool:
         return model in self._prices
 
