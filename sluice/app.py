@@ -17,7 +17,7 @@ from .core.config import Config
 from .core.errors import ConfigError
 from .core.exchange import Exchange, Reply
 from .http import Listener
-from .limits import Limiter, PriceTable, build_backend, warm
+from .limits import Admission, Limiter, PriceTable, build_backend, warm
 from .identity import CredentialRegistry, Federation, Hasher, IdentityService, Keyring, Sealer, TokenExchange, TokenService
 from .pipeline import DataPlane
 from .routing import RouteTable
@@ -114,7 +114,8 @@ class Gateway:
         routes = RouteTable(c.models)
         data_plane = DataPlane(registry=registry, tokens=tokens, routes=routes, transports=self._transports,
                                ledger=ledger, limits=c.requests, limiter=limiter, prices=prices,
-                               max_tokens_cap=c.limits.max_tokens_cap)
+                               max_tokens_cap=c.limits.max_tokens_cap,
+                               admission=Admission({m.name: m.capacity for m in c.models if m.capacity}))
         health = [("GET", "/healthz", self._healthz), ("GET", "/readyz", self._readyz)]
 
         async def jwks(_: Exchange) -> Reply:

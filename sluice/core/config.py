@@ -44,6 +44,14 @@ class Upstream(_Strict):
     headers: dict[str, str] = msgspec.field(default_factory=dict)
 
 
+class Capacity(_Strict):
+    """A model's shared capacity: requests in flight at once, and a fair queue in front of it."""
+
+    concurrency: Annotated[int, msgspec.Meta(ge=1)]
+    queue: Annotated[int, msgspec.Meta(ge=0)] = 100
+    queue_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+
+
 class Model(_Strict):
     """A model name callers use, mapped to an upstream and that upstream's model name."""
 
@@ -51,6 +59,7 @@ class Model(_Strict):
     upstream: str
     upstream_model: str | None = None
     environment: Environment | None = None
+    capacity: Capacity | None = None
 
     @property
     def target_model(self) -> str:

@@ -1,13 +1,14 @@
 """Usage control: rules, reservations and settlement, on a memory or Redis backend."""
 
 from .backend import BackendUnavailable, LimitBackend
+from .fairness import Admission, FairGate, Slot
 from .estimate import output_tokens, prompt_tokens, warm
 from .limiter import Limiter, Reservation
 from .memory import MemoryBackend
 from .pricing import PriceTable
 from .rules import Cost, Subject
 
-__all__ = ["BackendUnavailable", "Cost", "LimitBackend", "Limiter", "MemoryBackend", "PriceTable", "Reservation",
+__all__ = ["Admission", "BackendUnavailable", "FairGate", "Slot", "Cost", "LimitBackend", "Limiter", "MemoryBackend", "PriceTable", "Reservation",
            "Subject", "build_backend", "output_tokens", "prompt_tokens", "warm"]
 
 

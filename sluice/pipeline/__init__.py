@@ -1,6 +1,6 @@
 """The request path, in order, on one screen.
 
-    authenticate -> decode (validate) -> authorize -> route -> limit (reserve)
+    authenticate -> decode (validate) -> authorize -> route -> limit (reserve) -> admit (fair queue)
         -> forward (upstream, SSE relay) -> settle limits -> account
 
 Each stage is a small object with one async method over the ``RequestContext``; a stage
@@ -13,14 +13,14 @@ from __future__ import annotations
 from ..core.config import RequestLimits
 from ..core.wire import ChatCompletionRequest, EmbeddingRequest
 from ..identity import CredentialRegistry, TokenService
-from ..limits import Limiter, PriceTable
+from ..limits import Admission, Limiter, PriceTable
 from ..routing import RouteTable
 from ..telemetry import UsageLedger
 from ..upstream import Transport
 from .context import RequestContext
 from .endpoints import ListModels, ModelCall
 from .forward import Forward
-from .stages import Account, Authenticate, Authorize, Decode, Limit, Route, Settle
+from .stages import Account, Admit, Authenticate, Authorize, Decode, Limit, Route, Settle
 
 __all__ = ["DataPlane", "RequestContext"]
 
@@ -31,12 +31,13 @@ class DataPlane:
     def __init__(
         self, *, registry: CredentialRegistry, tokens: TokenService | None, routes: RouteTable,
         transports: dict[str, Transport], ledger: UsageLedger, limits: RequestLimits,
-        limiter: Limiter, prices: PriceTable, max_tokens_cap: int,
+        limiter: Limiter, prices: PriceTable, max_tokens_cap: int, admission: Admission,
     ) -> None:
         authenticate = Authenticate(registry, tokens)
         authorize = Authorize()
         route = Route(routes, transports)
         limit = Limit(limiter, prices, max_tokens_cap)
+        admit = Admit(admission, max_tokens_cap)
         settle, account = Settle(limiter, prices), Account(ledger)
         size = {"max_bytes": limits.max_body_bytes, "max_depth": limits.max_json_depth}
 
@@ -45,7 +46,7 @@ class DataPlane:
             account(ctx)
 
         def model_call(name: str, path: str, request_type: type) -> ModelCall:
-            stages = (authenticate, Decode(request_type, **size), authorize, route, limit)
+            stages = (authenticate, Decode(request_type, **size), authorize, route, limit, admit)
             return ModelCall(name, stages, Forward(path, finish), finish)
 
         self.chat_completions = model_call("chat.completions", "/chat/completions", ChatCompletionRequest)

@@ -19,7 +19,7 @@ class RequestContext:
     __slots__ = (
         "exchange", "endpoint", "started", "principal", "request", "target", "transport",
         "status", "prompt_tokens", "completion_tokens", "usage_source", "ttft_ms",
-        "upstream_ms", "error_code", "stream", "reservation", "limit_headers",
+        "upstream_ms", "error_code", "stream", "reservation", "limit_headers", "slot",
     )
 
     def __init__(self, exchange: Exchange, endpoint: str) -> None:
@@ -40,6 +40,7 @@ class RequestContext:
         self.stream = False
         self.reservation: Any = None
         self.limit_headers: dict[str, str] | None = None
+        self.slot: Any = None
 
     def elapsed_ms(self) -> float:
         return (clock.monotonic() - self.started) * 1000.0

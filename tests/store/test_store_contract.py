@@ -12,6 +12,8 @@ from sluice.core.types import ApiKey, ChangeEvent, Identity, SigningKey, Team, U
 from sluice.store import StoreUnavailable, open_store
 from sluice.store.sql import SqlStore
 
+from conftest import drop_pg_database, fresh_pg_database
+
 
 @pytest.fixture()
 async def store(store_url):
@@ -132,14 +134,16 @@ async def test_migrations_are_idempotent(store_url):
         await s.close()
 
 
-async def test_replicas_opening_a_fresh_postgres_together_migrate_once(store_url):
-    if not store_url.startswith("postgresql"):
-        pytest.skip("the advisory lock is a Postgres concern")
-    stores = [open_store(store_url) for _ in range(3)]
-    await asyncio.gather(*(s.open() for s in stores))
-    assert [await s.schema_version() for s in stores] == ["0002"] * 3
-    for s in stores:
-        await s.close()
+async def test_replicas_opening_a_fresh_postgres_together_migrate_once():
+    url = await fresh_pg_database()
+    try:
+        stores = [open_store(url) for _ in range(3)]
+        await asyncio.gather(*(s.open() for s in stores))
+        assert [await s.schema_version() for s in stores] == ["0002"] * 3
+        for s in stores:
+            await s.close()
+    finally:
+        await drop_pg_database(url)
 
 
 @pytest.mark.parametrize("url", ["postgresql://postgres@127.0.0.1:1/test", "sqlite:////proc/nope/x.db"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...limits import Cost, Limiter, PriceTable, Subject, output_tokens, prompt_tokens
+from ...limits import Admission, Cost, Limiter, PriceTable, Subject, output_tokens, prompt_tokens
 from ..context import RequestContext
 
 
@@ -28,6 +28,26 @@ class Limit:
             ctx.exchange.request_id, subject, Cost(1.0, tokens_in, tokens_out, spend))
 
 
+class Admit:
+    """Waits, fairly, for a slot of the model's shared capacity (models that declare one)."""
+
+    __slots__ = ("_admission", "_cap")
+
+    def __init__(self, admission: Admission, cap: int) -> None:
+        self._admission = admission
+        self._cap = cap
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        if not self._admission:
+            return
+        r = ctx.reservation
+        if r is not None:
+            estimate = r.cost.input + r.cost.output
+        else:
+            estimate = float(prompt_tokens(ctx.request, ctx.target.upstream_model) + output_tokens(ctx.request, self._cap))  # type: ignore[union-attr]
+        ctx.slot = await self._admission.acquire(ctx.target.model, ctx.principal.identity_id, estimate)  # type: ignore[union-attr]
+
+
 class Settle:
     """After the call: settle the reservation to what was actually used (a cut stream: what it produced)."""
 
@@ -38,6 +58,8 @@ class Settle:
         self._prices = prices
 
     def __call__(self, ctx: RequestContext) -> None:
+        if ctx.slot is not None:
+            ctx.slot.release(float(ctx.prompt_tokens + ctx.completion_tokens))
         r = ctx.reservation
         if r is None:
             return

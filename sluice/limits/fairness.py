@@ -1,0 +1,122 @@
+"""Fair admission to a model's shared capacity: a virtual-token-counter scheduler.
+
+When a model's configured concurrency is saturated, waiting requests are admitted by who
+has been served the fewest tokens (each identity's counter is lifted to the smallest active
+counter when it starts waiting, so idling earns no credit), not first come first served:
+one heavy caller cannot starve the others. The queue is bounded and every wait has a
+deadline; past them, 429 or 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from ..core.config import Capacity
+from ..core.errors import RateLimited, Unavailable
+
+
+class Slot:
+    """One admitted request's hold on the capacity, released once."""
+
+    __slots__ = ("_gate", "identity", "charged", "released")
+
+    def __init__(self, gate: FairGate, identity: str, charged: float) -> None:
+        self._gate = gate
+        self.identity = identity
+        self.charged = charged
+        self.released = False
+
+    def release(self, tokens: float) -> None:
+        """Free the slot; correct the caller's counter from the estimate to what it used."""
+        if not self.released:
+            self.released = True
+            self._gate.release(self.identity, tokens - self.charged)
+
+
+class FairGate:
+    """The capacity of one model: at most ``concurrency`` in flight, the rest queued fairly."""
+
+    def __init__(self, cap: Capacity) -> None:
+        self._cap = cap
+        self._in_flight = 0
+        self._served: dict[str, float] = {}  # the virtual token counters
+        self._waiting: dict[str, deque[tuple[asyncio.Future, float]]] = {}  # per caller, oldest first
+        self._queued = 0
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    async def acquire(self, identity: str, estimate: float) -> Slot:
+        if self._in_flight < self._cap.concurrency and not self._queued:
+            self._in_flight += 1
+            self._served[identity] = self._served.get(identity, 0.0) + estimate
+            return Slot(self, identity, estimate)
+        if self._queued >= self._cap.queue:
+            raise RateLimited("The model is at capacity and its queue is full; retry shortly.",
+                              code="capacity_exceeded", retry_after=1.0)
+        line = self._waiting.get(identity)
+        if not line:
+            # a caller that starts waiting starts level with the least-served waiting caller: idling earns no credit
+            floor = min((self._served[w] for w, q in self._waiting.items() if q), default=None)
+            if floor is not None:
+                self._served[identity] = max(self._served.get(identity, 0.0), floor)
+            line = self._waiting[identity] = deque()
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        line.append((fut, estimate))
+        self._queued += 1
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self._cap.queue_timeout_s)
+        except asyncio.TimeoutError:
+            if fut.done() and not fut.cancelled():
+                return Slot(self, identity, estimate)  # admitted at the last moment
+            self._forget(identity, fut)
+            raise Unavailable("The model stayed at capacity for the whole queue deadline; retry later.",
+                              code="capacity_timeout", retry_after=1.0) from None
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release(identity, -estimate)  # admitted, but the caller left
+            else:
+                self._forget(identity, fut)
+            raise
+        return Slot(self, identity, estimate)
+
+    def _forget(self, identity: str, fut: asyncio.Future) -> None:
+        fut.cancel()
+        line = self._waiting.get(identity)
+        if line is not None:
+            for i, (f, _) in enumerate(line):
+                if f is fut:
+                    del line[i]
+                    self._queued -= 1
+                    break
+
+    def release(self, identity: str, correction: float) -> None:
+        self._served[identity] = self._served.get(identity, 0.0) + correction
+        backlogged = [w for w, q in self._waiting.items() if q]
+        if not backlogged:
+            self._in_flight -= 1
+            if len(self._served) > 10_000:
+                self._served.clear()  # nobody waits: forget the history, keep memory flat
+            return
+        # the slot passes straight to the oldest request of the least-served waiting caller
+        who = min(backlogged, key=lambda w: self._served.get(w, 0.0))
+        fut, estimate = self._waiting[who].popleft()
+        self._queued -= 1
+        self._served[who] = self._served.get(who, 0.0) + estimate
+        fut.set_result(None)
+
+
+class Admission:
+    """The gates of every model that declares a capacity."""
+
+    def __init__(self, capacities: dict[str, Capacity]) -> None:
+        self._gates = {model: FairGate(cap) for model, cap in capacities.items()}
+
+    def __bool__(self) -> bool:
+        return bool(self._gates)
+
+    async def acquire(self, model: str, identity: str, estimate: float) -> Slot | None:
+        gate = self._gates.get(model)
+        return None if gate is None else await gate.acquire(identity, estimate)
