@@ -13,7 +13,7 @@ import asyncpg
 import httpx
 import pytest
 
-from conftest import drop_pg_database, fresh_pg_database
+from pg_databases import drop_pg_database, fresh_pg_database
 from support import free_port, start_gateway
 
 CHAT = {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}

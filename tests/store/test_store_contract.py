@@ -12,7 +12,7 @@ from sluice.core.types import ApiKey, ChangeEvent, Identity, SigningKey, Team, U
 from sluice.store import StoreUnavailable, open_store
 from sluice.store.sql import SqlStore
 
-from conftest import drop_pg_database, fresh_pg_database
+from pg_databases import drop_pg_database, fresh_pg_database
 
 
 @pytest.fixture()
