@@ -11,14 +11,16 @@ import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import msgspec
+
 from .admin import AdminApi, AdminAuth
 from .core import config as cfgmod
 from .core.config import Config
 from .core.errors import ConfigError
 from .core.exchange import Exchange, Reply
 from .http import Listener
-from .limits import Admission, Limiter, PriceTable, build_backend, warm
-from .identity import CredentialRegistry, Federation, Hasher, IdentityService, Keyring, Sealer, TokenExchange, TokenService
+from .limits import Admission, AnomalyGuard, Limiter, PriceTable, Throttle, build_backend, warm
+from .identity import SYSTEM, CredentialRegistry, Federation, Hasher, IdentityService, Keyring, Sealer, TokenExchange, TokenService
 from .pipeline import DataPlane
 from .routing import RouteTable
 from .store import Store, StoreUnavailable, open_store
@@ -62,6 +64,7 @@ class Gateway:
         self._sim_runner = None
         self._ready_cache: tuple[float, bool] = (0.0, False)
         self._tasks: list[asyncio.Task] = []
+        self._side: set[asyncio.Future] = set()
         self.limiter: Limiter | None = None
         self.prices: PriceTable | None = None
 
@@ -107,8 +110,15 @@ class Gateway:
         self._tasks.append(asyncio.get_running_loop().create_task(self._every(30.0, keyring.maintain), name="keyring"))
 
         self.prices = prices = PriceTable(c.prices)
+        def on_throttle(t: Throttle) -> None:
+            metrics.limit_event("throttled", "anomaly")
+            log.warning("anomaly: identity %s throttled until %.0f (%.0f tokens in a window, baseline %.0f)",
+                        t.identity, t.until, t.tokens_in_window, t.baseline)
+            self._spawn(identities.record(SYSTEM, "anomaly.throttle", t.identity, msgspec.to_builtins(t)))
+
+        anomaly = AnomalyGuard(c.limits.anomaly, on_throttle) if c.limits.anomaly else None
         self.limiter = limiter = Limiter(c.limits, build_backend(c.limits.backend, c.limits.redis_url,
-                                                                 c.limits.redis_timeout_s), metrics.limit_event)
+                                                                 c.limits.redis_timeout_s), metrics.limit_event, anomaly)
         # limits can be switched on at run time, so the tokenizers load now either way
         await asyncio.get_running_loop().run_in_executor(None, warm, [m.target_model for m in c.models])
         routes = RouteTable(c.models)
@@ -143,6 +153,12 @@ class Gateway:
         gc.freeze()
         log.info("data plane on %s:%d, control plane on %s:%d, %d models, %d live keys",
                  self.data.host, self.data.port, self.control.host, self.control.port, len(c.models), len(registry))
+
+    def _spawn(self, job: Awaitable[None]) -> None:
+        """Run a side job (a change record) off the request path, keeping a reference until it ends."""
+        task = asyncio.ensure_future(job)
+        self._side.add(task)
+        task.add_done_callback(self._side.discard)
 
     @staticmethod
     async def _every(seconds: float, job: Callable[[], Awaitable[None]]) -> None:

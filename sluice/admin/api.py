@@ -144,6 +144,8 @@ class AdminApi:
             ("POST", "/admin/signing-keys/rotate", (r.KEYS_WRITE,), self.rotate_signing_key),
             ("GET", "/admin/limits", (r.LIMITS_READ,), self.get_limits),
             ("PUT", "/admin/limits", (r.LIMITS_WRITE,), self.put_limits),
+            ("GET", "/admin/throttles", (r.LIMITS_READ,), self.list_throttles),
+            ("DELETE", "/admin/throttles/{identity_id}", (r.LIMITS_WRITE,), self.release_throttle),
             ("GET", "/admin/usage", (r.USAGE_READ,), self.usage),
             ("GET", "/admin/usage/summary", (r.USAGE_READ,), self.usage_summary),
             ("GET", "/admin/changes", (r.AUDIT_READ,), self.changes),
@@ -278,6 +280,18 @@ class AdminApi:
         await self._ids.record(actor, "limits.replace", "limits", {
             "from": msgspec.to_builtins(before), "to": msgspec.to_builtins(req.rules)})
         return Reply.json({"rules": req.rules})
+
+    async def list_throttles(self, actor: Actor, ex: Exchange) -> Reply:
+        guard = self._limiter.anomaly
+        return _listing(guard.throttles() if guard is not None else [])
+
+    async def release_throttle(self, actor: Actor, ex: Exchange) -> Reply:
+        guard = self._limiter.anomaly
+        identity = ex.params["identity_id"]
+        if guard is None or not guard.release(identity):
+            raise NotFound(f"no throttle on {identity!r}")
+        await self._ids.record(actor, "anomaly.release", identity, {})
+        return Reply.json({"identity": identity, "released": True})
 
     # usage and audit
     async def usage(self, actor: Actor, ex: Exchange) -> Reply:

@@ -168,6 +168,18 @@ class LimitRule(_Strict, kw_only=True):
     spend_per_month: Annotated[float, msgspec.Meta(gt=0)] | None = None
 
 
+class Anomaly(_Strict):
+    """Per-identity spike detection: token spend in a window against the identity's own baseline."""
+
+    window_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    baseline_windows: Annotated[int, msgspec.Meta(ge=1)] = 60
+    warmup_windows: Annotated[int, msgspec.Meta(ge=1)] = 5
+    multiple: Annotated[float, msgspec.Meta(gt=1)] = 10.0
+    min_tokens: Annotated[float, msgspec.Meta(ge=0)] = 1000.0
+    safe_requests_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 10
+    cooldown_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+
+
 class Limits(_Strict):
     """Usage control: where counters live, what happens when they cannot be reached, the rules."""
 
@@ -179,6 +191,7 @@ class Limits(_Strict):
     concurrency_lease_s: Annotated[float, msgspec.Meta(ge=1)] = 900.0
     key_prefix: str = "sluice:"
     rules: list[LimitRule] = msgspec.field(default_factory=list)
+    anomaly: Anomaly | None = None
 
 
 class Price(_Strict):

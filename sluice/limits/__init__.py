@@ -1,5 +1,6 @@
 """Usage control: rules, reservations and settlement, on a memory or Redis backend."""
 
+from .anomaly import AnomalyGuard, Throttle
 from .backend import BackendUnavailable, LimitBackend
 from .fairness import Admission, FairGate, Slot
 from .estimate import output_tokens, prompt_tokens, warm
@@ -8,7 +9,7 @@ from .memory import MemoryBackend
 from .pricing import PriceTable
 from .rules import Cost, Subject
 
-__all__ = ["Admission", "BackendUnavailable", "FairGate", "Slot", "Cost", "LimitBackend", "Limiter", "MemoryBackend", "PriceTable", "Reservation",
+__all__ = ["Admission", "AnomalyGuard", "Throttle", "BackendUnavailable", "FairGate", "Slot", "Cost", "LimitBackend", "Limiter", "MemoryBackend", "PriceTable", "Reservation",
            "Subject", "build_backend", "output_tokens", "prompt_tokens", "warm"]
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from ..core.config import LimitRule, Limits
 from ..core.errors import RateLimited, Unavailable
+from .anomaly import AnomalyGuard
 from .backend import BackendUnavailable, LimitBackend
 from .checks import Check, Verdict
 from .memory import MemoryBackend
@@ -57,8 +58,10 @@ def rate_headers(checks: list[Check], v: Verdict) -> dict[str, str]:
 class Limiter:
     """Rules plus a backend (and, failing open, a local fallback)."""
 
-    def __init__(self, cfg: Limits, backend: LimitBackend, on_event: Event | None = None) -> None:
+    def __init__(self, cfg: Limits, backend: LimitBackend, on_event: Event | None = None,
+                 anomaly: AnomalyGuard | None = None) -> None:
         self._cfg = cfg
+        self.anomaly = anomaly
         self.rules = RuleSet(cfg.rules, cfg.key_prefix, cfg.concurrency_lease_s)
         self._backend = backend
         self._fallback = MemoryBackend() if cfg.on_backend_failure == "open" else None
@@ -70,7 +73,7 @@ class Limiter:
 
     @property
     def active(self) -> bool:
-        return bool(self.rules)
+        return bool(self.rules) or self.anomaly is not None
 
     def replace_rules(self, rules: list[LimitRule]) -> None:
         """New rules from the next request on; counters of unchanged rules carry over (same keys)."""
@@ -78,7 +81,8 @@ class Limiter:
 
     async def reserve(self, request_id: str, subject: Subject, cost: Cost) -> tuple[Reservation | None, dict[str, str]]:
         """Take the request's reservation in every counter it touches, or refuse it with 429."""
-        checks = self.rules.checks(subject, cost)
+        held = self.anomaly is not None and self.anomaly.throttled(subject.identity)
+        checks = self.rules.checks(subject, cost, self._cfg.anomaly.safe_requests_per_minute if held else None)  # type: ignore[union-attr]
         if not checks:
             return None, {}
         backend = self._backend
@@ -113,6 +117,11 @@ class Limiter:
             exc.headers = headers
             raise exc
         return Reservation(request_id, checks, cost, backend), headers
+
+    def observe(self, identity: str, tokens: float) -> None:
+        """Feed the anomaly guard what an identity was served."""
+        if self.anomaly is not None:
+            self.anomaly.observe(identity, tokens)
 
     def settle(self, reservation: Reservation, actual: Cost) -> None:
         """Return the difference between reserved and used: at once in memory, off the request path on Redis."""

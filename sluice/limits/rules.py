@@ -77,7 +77,7 @@ class RuleSet:
     def _applies(self, rule: LimitRule, s: Subject) -> bool:
         return all(fnmatch.fnmatchcase(s.get(dim), pattern) for dim, pattern in rule.match.items())
 
-    def checks(self, s: Subject, cost: Cost) -> list[Check]:
+    def checks(self, s: Subject, cost: Cost, safe_rpm: int | None = None) -> list[Check]:
         now = time.time()
         if int(now) != self._second:
             self._second = int(now)
@@ -95,8 +95,15 @@ class RuleSet:
         ttl = {"minute": _MINUTE, "lease": self._lease_s, "day": self._windows[1], "month": self._windows[3]}
         amount = {"requests": cost.requests, "input": cost.input, "output": cost.output, "concurrency": 1.0,
                   "spend": cost.spend}
-        return [Check(p.key, p.kind, p.limit, p.rate, amount[p.measure], ttl[p.window], p.label, p.measure, p.header)  # type: ignore[arg-type]
-                for p in specs]
+        out = [Check(p.key, p.kind, p.limit, p.rate, amount[p.measure], ttl[p.window], p.label, p.measure, p.header)  # type: ignore[arg-type]
+               for p in specs]
+        if safe_rpm is not None:  # held by the anomaly guard
+            # a burst of at most one second's worth: held to the rate, not to a fresh minute of it
+            out.append(Check(f"{self._prefix}throttle:identity={s.identity}", "bucket", max(1.0, safe_rpm / _MINUTE),
+                             safe_rpm / _MINUTE,
+                             1.0, _MINUTE, f"anomaly throttle (identity={s.identity}): requests per minute",
+                             "requests", "requests"))
+        return out
 
     def _build(self, s: Subject) -> list[_Spec]:
         out: list[_Spec] = []

@@ -58,8 +58,11 @@ class Settle:
         self._prices = prices
 
     def __call__(self, ctx: RequestContext) -> None:
+        used = float(ctx.prompt_tokens + ctx.completion_tokens)
         if ctx.slot is not None:
-            ctx.slot.release(float(ctx.prompt_tokens + ctx.completion_tokens))
+            ctx.slot.release(used)
+        if ctx.principal is not None and used:
+            self._limiter.observe(ctx.principal.identity_id, used)
         r = ctx.reservation
         if r is None:
             return
