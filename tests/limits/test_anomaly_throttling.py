@@ -18,11 +18,11 @@ WINDOW = 1.0
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("anomaly")
-    s = Sim(tmp, **{"decode-ms": 10, "max-concurrency": 2})
+    s = Sim(tmp, **{"decode-ms": 5, "max-concurrency": 4})
     g = start_gateway(
         tmp, upstreams=[{"name": "sim", "base_url": s.url + "/v1"}],
         models=[{"name": "m", "upstream": "sim", "upstream_model": "sim-small",
-                 "capacity": {"concurrency": 2, "queue": 64, "queue_timeout_s": 10}}],
+                 "capacity": {"concurrency": 4, "queue": 64, "queue_timeout_s": 10}}],
         identities=[{"name": "spiky", "owner": "o", "models": ["*"]}, {"name": "steady", "owner": "o", "models": ["*"]}],
         extra={"limits": {"anomaly": {"window_s": WINDOW, "baseline_windows": 5, "warmup_windows": 2, "multiple": 4,
                                       "min_tokens": 10, "safe_requests_per_minute": 30, "cooldown_s": 30}}},
@@ -60,11 +60,11 @@ def test_a_tenfold_spike_is_throttled_and_the_neighbour_keeps_its_latency(rig):
         async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=200)) as c:
             base_steady, base_spiky = [], []
             t0 = time.monotonic()
-            await asyncio.gather(_steady(c, g, t0 + 4 * WINDOW, base_steady), _spiky(c, g, t0 + 4 * WINDOW, 3, base_spiky))
+            await asyncio.gather(_steady(c, g, t0 + 4 * WINDOW, base_steady), _spiky(c, g, t0 + 4 * WINDOW, 2, base_spiky))
             spike_start = time.monotonic()
             spike_steady, spike_spiky = [], []
             await asyncio.gather(_steady(c, g, spike_start + 4 * WINDOW, spike_steady),
-                                 _spiky(c, g, spike_start + 4 * WINDOW, 30, spike_spiky))
+                                 _spiky(c, g, spike_start + 4 * WINDOW, 20, spike_spiky))
             return base_steady, base_spiky, spike_start, spike_steady, spike_spiky
 
     base_steady, base_spiky, spike_start, spike_steady, spike_spiky = asyncio.run(scenario())
