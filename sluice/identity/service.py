@@ -120,7 +120,7 @@ class IdentityService:
             models=models, created_at=now, created_by=actor.name, expires_at=expires_at, team=team, roles=roles,  # type: ignore[arg-type]
         )
         await self._store.put_identity(ident)
-        await self._record(actor, "identity.create", ident.id,
+        await self.record(actor, "identity.create", ident.id,
                            {"name": name, "owner": owner, "environment": environment, "models": models, "team": team, "roles": roles})
         return ident
 
@@ -145,7 +145,7 @@ class IdentityService:
             ident.owner = owner
         await self._store.put_identity(ident)
         self._registry.put_identity(ident, await self._store.list_keys(identity_id))
-        await self._record(actor, "identity.update", identity_id, detail)
+        await self.record(actor, "identity.update", identity_id, detail)
         return ident
 
     async def set_roles(self, actor: Actor, identity_id: str, roles: list[str]) -> Identity:
@@ -162,7 +162,7 @@ class IdentityService:
             for k in keys_of:
                 if k.plane == "control" and k.revoked_at is None:
                     await self._revoke(actor, k, reason="roles removed")
-        await self._record(actor, "identity.roles", identity_id, {"from": before, "to": ident.roles})
+        await self.record(actor, "identity.roles", identity_id, {"from": before, "to": ident.roles})
         return ident
 
     def _check_grant(self, actor: Actor, before: set[str], after: set[str], *, target_id: str | None) -> None:
@@ -193,7 +193,7 @@ class IdentityService:
         """Disable an identity and revoke every key it holds, effective on the next request."""
         ident = await self.get_identity(identity_id)
         await self._retire(actor, ident)
-        await self._record(actor, "identity.disable", identity_id, {})
+        await self.record(actor, "identity.disable", identity_id, {})
         return ident
 
     async def _retire(self, actor: Actor, ident: Identity) -> None:
@@ -227,7 +227,7 @@ class IdentityService:
                 teams.append(team.name)
         action = "reassigned" if reassign_to else "disabled"
         result = {"owner": owner, "action": action, "reassign_to": reassign_to, "identities": touched, "teams": teams}
-        await self._record(actor, "owner.offboard", owner, result)
+        await self.record(actor, "owner.offboard", owner, result)
         return result
 
     # teams
@@ -243,7 +243,7 @@ class IdentityService:
             raise Conflict(f"a team named {name!r} already exists", param="name")
         team = Team(name=name, owner=owner, created_at=clock.now(), created_by=actor.name)
         await self._store.put_team(team)
-        await self._record(actor, "team.create", name, {"owner": owner})
+        await self.record(actor, "team.create", name, {"owner": owner})
         return team
 
     async def list_teams(self) -> list[Team]:
@@ -275,7 +275,7 @@ class IdentityService:
         )
         await self._store.put_key(key)
         self._registry.add(ident, key)
-        await self._record(actor, "key.issue", key.id, {"identity_id": ident.id, "plane": plane, "expires_at": key.expires_at})
+        await self.record(actor, "key.issue", key.id, {"identity_id": ident.id, "plane": plane, "expires_at": key.expires_at})
         return key, secret
 
     async def list_keys(self, identity_id: str) -> list[ApiKey]:
@@ -296,7 +296,7 @@ class IdentityService:
         self._registry.remove(key.id)
         now = clock.now()
         await self._store.revoke_key(key.id, now)
-        await self._record(actor, "key.revoke", key.id, {"identity_id": key.identity_id, **({"reason": reason} if reason else {})})
+        await self.record(actor, "key.revoke", key.id, {"identity_id": key.identity_id, **({"reason": reason} if reason else {})})
         key.revoked_at = key.revoked_at or now
         return key
 
@@ -317,7 +317,7 @@ class IdentityService:
             old.expires_at = min(old.expires_at, ends) if old.expires_at else ends
             await self._store.put_key(old)
             self._registry.add(ident, old)
-        await self._record(actor, "key.rotate", key_id, {"successor": new.id, "overlap_seconds": overlap_seconds})
+        await self.record(actor, "key.rotate", key_id, {"successor": new.id, "overlap_seconds": overlap_seconds})
         return new, secret
 
     def _ttl(self, ttl_days: float | None) -> float:
@@ -327,10 +327,7 @@ class IdentityService:
         return days * _DAY
 
     async def record(self, actor: Actor, action: str, target: str, detail: dict) -> None:
-        """Record a control-plane change made elsewhere (routing, signing keys) in the change log."""
-        await self._record(actor, action, target, detail)
-
-    async def _record(self, actor: Actor, action: str, target: str, detail: dict) -> None:
+        """Record a control-plane change (here, or made elsewhere: routing, limits, keys) in the change log."""
         await self._store.record_change(ChangeEvent(
             id=uuid.uuid4().hex, ts=clock.now(), actor=actor.name, action=action,
             target=target, source_ip=actor.source_ip, detail=detail,
