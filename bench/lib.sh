@@ -1,5 +1,5 @@
-# Shared by bench/run.sh and bench/soak.sh: start the canned upstream and one sluice pinned
-# to CPU 0, wait until it is ready, and stop both on exit. Sets $gw (pid) and $dir.
+# Shared by the bench scripts: start the canned upstream and sluice pinned to CPU 0, wait
+# until it is ready, and stop everything on exit. Sets $gw (pid of the first gateway) and $dir.
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 shared=${SHARED_BENCH:-$root/../shared/bench}
 cd "$root"
@@ -10,20 +10,45 @@ need wrk
 need curl
 command -v sluice >/dev/null || { echo "sluice is not on PATH: run via make" >&2; exit 1; }
 
-start_stack() {  # $1: name of the gateway's log file under .sluice/
+gateways=()
+
+start_upstream() {
   export BENCH_KEY=${BENCH_KEY:-$(sluice keys generate --env prod)}
   export SLUICE_ADMIN_KEY=${SLUICE_ADMIN_KEY:-$(sluice keys generate --admin)}
-  mkdir -p .sluice && rm -f .sluice/bench.db*
+  mkdir -p .sluice
   dir=$("$shared/start-mock-upstream" | tail -n 1)
-  taskset -c 0 sluice serve --config "${CONFIG:-bench/gateway.yaml}" 2> ".sluice/$1" &
-  gw=$!
   trap stop_stack EXIT
-  for _ in $(seq 100); do curl -fs 127.0.0.1:8081/readyz >/dev/null 2>&1 && return; sleep 0.1; done
-  echo "sluice did not become ready; see .sluice/$1" >&2; exit 1
+}
+
+# $1: config, $2: log name under .sluice/, $3: port offset (0: data 8080, control 8081),
+# $4: extra environment for this gateway only ("NAME=value ...").
+# A non-zero offset runs a copy of the config on other ports with its own database.
+# Sets $last_gw to its pid.
+start_gateway() {
+  local config=$1 off=${3:-0}
+  if [ "$off" != 0 ]; then
+    sed -e "s/port: 8080/port: $((8080 + off))/; s/port: 8081/port: $((8081 + off))/" \
+        -e "s|\.sluice/bench\.db|.sluice/bench-$off.db|" "$1" > ".sluice/config-$off.yaml"
+    config=.sluice/config-$off.yaml
+  fi
+  rm -f ".sluice/bench.db" ".sluice/bench-$off.db"*
+  # shellcheck disable=SC2086  # $4 is a list of NAME=value words
+  env ${4:-} taskset -c 0 sluice serve --config "$config" 2> ".sluice/$2" &
+  last_gw=$!
+  gateways+=("$last_gw")
+  for _ in $(seq 100); do curl -fs "127.0.0.1:$((8081 + off))/readyz" >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "sluice did not become ready; see .sluice/$2" >&2; exit 1
+}
+
+start_stack() {  # $1: name of the gateway's log file under .sluice/
+  start_upstream
+  start_gateway "${CONFIG:-bench/gateway.yaml}" "$1"
+  gw=$last_gw
 }
 
 stop_stack() {
-  kill "$gw" 2>/dev/null || true; wait "$gw" 2>/dev/null || true
+  local p
+  for p in "${gateways[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   kill "$(cat "$dir/nginx.pid")" 2>/dev/null || true
 }
 

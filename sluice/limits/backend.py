@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping, Sequence
 
-from .checks import Check, Verdict
+from .checks import Plan, Verdict
 
 
 class LimitBackend(abc.ABC):
     """Admits a request into all its checks at once, or into none; settles afterwards."""
 
     @abc.abstractmethod
-    async def acquire(self, request_id: str, checks: list[Check]) -> Verdict:
-        """Atomically: if every check fits, take every cost; else take nothing."""
+    async def acquire(self, request_id: str, plan: Plan, amounts: Sequence[float], ttl: Mapping[str, float]) -> Verdict:
+        """Atomically: if the request fits every check of the plan, take its amounts; else take nothing.
+
+        ``amounts`` holds one number per measure (``checks.MEASURES``); ``ttl`` the seconds
+        each kind of window lasts from now.
+        """
 
     @abc.abstractmethod
-    async def settle(self, request_id: str, checks: list[Check], deltas: list[float]) -> None:
-        """After the call: give back (negative delta) or take more (positive) per check; end leases."""
+    async def settle(self, request_id: str, plan: Plan, deltas: Sequence[float]) -> None:
+        """After the call: give back (negative delta) or take more (positive) per measure; end leases."""
 
     async def close(self) -> None:
         """Release connections."""

@@ -15,43 +15,45 @@ from ..core.config import LimitRule, Limits
 from ..core.errors import RateLimited, Unavailable
 from .anomaly import AnomalyGuard
 from .backend import BackendUnavailable, LimitBackend
-from .checks import Check, Verdict
+from .checks import INPUT, OUTPUT, SPEND, Amounts, Plan, Verdict
 from .memory import MemoryBackend
-from .rules import Cost, RuleSet, Subject
+from .rules import RuleSet
 
 log = logging.getLogger("sluice.limits")
 
 Event = Callable[[str, str], None]  # (kind, label): "rejected" / "backend_down" / "settle_failed"
 
 
-def _fmt(seconds: float) -> str:
-    return f"{max(0.0, seconds):.3f}s"
-
-
 class Reservation:
     """What one request holds until it settles."""
 
-    __slots__ = ("request_id", "checks", "cost", "backend")
+    __slots__ = ("request_id", "plan", "amounts", "backend")
 
-    def __init__(self, request_id: str, checks: list[Check], cost: Cost, backend: LimitBackend) -> None:
-        self.request_id, self.checks, self.cost, self.backend = request_id, checks, cost, backend
+    def __init__(self, request_id: str, plan: Plan, amounts: Amounts, backend: LimitBackend) -> None:
+        self.request_id, self.plan, self.amounts, self.backend = request_id, plan, amounts, backend
 
 
-def rate_headers(checks: list[Check], v: Verdict) -> dict[str, str]:
-    """OpenAI's ``x-ratelimit-*`` headers from the tightest request check and the tightest token check."""
-    best: dict[str, tuple[float, int]] = {}
-    for i, c in enumerate(checks):
-        h = c.header
-        if h:
-            share = v.remaining[i] / c.limit
-            if h not in best or share < best[h][0]:
-                best[h] = (share, i)
+def rate_headers(plan: Plan, v: Verdict) -> dict[str, str]:
+    """OpenAI's ``x-ratelimit-*`` headers from the tightest request check and the tightest token check.
+
+    On every response, so kept cheap: the reset is a whole number of milliseconds.
+    """
     out: dict[str, str] = {}
-    for kind, (_, i) in best.items():
-        out[f"x-ratelimit-limit-{kind}"] = str(int(checks[i].limit))
-        rem = v.remaining[i]
-        out[f"x-ratelimit-remaining-{kind}"] = str(int(rem)) if rem > 0 else "0"
-        out[f"x-ratelimit-reset-{kind}"] = _fmt(v.reset_s[i])
+    remaining, resets = v.remaining, v.reset_s
+    for limit_h, remaining_h, reset_h, members in plan.headers:
+        best = members[0]
+        if len(members) > 1:
+            share = remaining[best[0]] * best[1]
+            for m in members:
+                s = remaining[m[0]] * m[1]
+                if s < share:
+                    best, share = m, s
+        i, _, printed, limit, rate = best
+        rem = remaining[i]
+        reset = resets[i] if resets is not None else ((limit - rem) / rate if rate > 0 else 0.0)
+        out[limit_h] = printed
+        out[remaining_h] = str(int(rem)) if rem > 0 else "0"
+        out[reset_h] = f"{int(reset * 1000)}ms" if reset > 0 else "0ms"  # a duration as OpenAI writes one
     return out
 
 
@@ -62,35 +64,48 @@ class Limiter:
                  anomaly: AnomalyGuard | None = None) -> None:
         self._cfg = cfg
         self.anomaly = anomaly
-        self.rules = RuleSet(cfg.rules, cfg.key_prefix, cfg.concurrency_lease_s)
         self._backend = backend
-        self._fallback = MemoryBackend() if cfg.on_backend_failure == "open" else None
+        self._fallback: MemoryBackend | None = MemoryBackend() if cfg.on_backend_failure == "open" else None
         # the in-process backend is called directly: no coroutine, no task, per request
-        self._memory = backend if isinstance(backend, MemoryBackend) else None
+        self._memory: MemoryBackend | None = backend if isinstance(backend, MemoryBackend) else None
+        self.inline = self._memory is not None  # reserving never waits: call ``reserve_now``
         self._on_event = on_event or (lambda kind, label: None)
         self._pending: set[asyncio.Task] = set()
         self._down = False
-
-    @property
-    def active(self) -> bool:
-        return bool(self.rules) or self.anomaly is not None
+        self.replace_rules(cfg.rules)
 
     def replace_rules(self, rules: list[LimitRule]) -> None:
         """New rules from the next request on; counters of unchanged rules carry over (same keys)."""
         self.rules = RuleSet(rules, self._cfg.key_prefix, self._cfg.concurrency_lease_s)
+        self.active = bool(rules) or self.anomaly is not None  # does a request need the limiter at all
 
-    async def reserve(self, request_id: str, subject: Subject, cost: Cost) -> tuple[Reservation | None, dict[str, str]]:
-        """Take the request's reservation in every counter it touches, or refuse it with 429."""
-        held = self.anomaly is not None and self.anomaly.throttled(subject.identity)
-        checks = self.rules.checks(subject, cost, self._cfg.anomaly.safe_requests_per_minute if held else None)  # type: ignore[union-attr]
-        if not checks:
-            return None, {}
+    def _plan(self, identity: str, team: str | None, model: str, route: str) -> Plan | None:
+        anomaly = self.anomaly
+        if anomaly is not None and anomaly.throttled(identity):
+            return self.rules.plan(identity, team, model, route, anomaly.cfg.safe_requests_per_minute)
+        return self.rules.plan(identity, team, model, route)
+
+    def reserve_now(self, request_id: str, identity: str, team: str | None, model: str, route: str,
+                    amounts: Amounts) -> tuple[Reservation | None, dict[str, str] | None]:
+        """``reserve`` on the in-process backend, without a coroutine: nothing here waits."""
+        plan = self._plan(identity, team, model, route)
+        if plan is None:
+            return None, None
+        verdict = self._memory.acquire_now(request_id, plan, amounts, self.rules.ttl)  # type: ignore[union-attr]
+        return self._decided(request_id, plan, amounts, verdict, self._memory)  # type: ignore[arg-type]
+
+    async def reserve(self, request_id: str, identity: str, team: str | None, model: str, route: str,
+                      amounts: Amounts) -> tuple[Reservation | None, dict[str, str] | None]:
+        """Take the request's reservation in every counter it touches, or refuse it with 429.
+
+        ``amounts``: what the request may cost, one number per measure (``checks.MEASURES``).
+        """
+        plan = self._plan(identity, team, model, route)
+        if plan is None:
+            return None, None
         backend = self._backend
         try:
-            if backend is self._memory:
-                verdict = backend.acquire_now(request_id, checks)  # type: ignore[union-attr]
-            else:
-                verdict = await backend.acquire(request_id, checks)
+            verdict = await backend.acquire(request_id, plan, amounts, self.rules.ttl)
             if self._down:
                 self._down = False
                 log.warning("limit backend reachable again")
@@ -103,41 +118,46 @@ class Limiter:
                 raise Unavailable("Usage limits cannot be checked right now; retry shortly.",
                                   code="limiter_unavailable", retry_after=1.0) from None
             backend = self._fallback
-            verdict = await backend.acquire(request_id, checks)
-        headers = rate_headers(checks, verdict)
-        if not verdict.ok:
-            hit = checks[verdict.failed]
-            self._on_event("rejected", hit.label.split(" (", 1)[0])
-            retry = max(verdict.reset_s[verdict.failed], 0.001)
-            headers["retry-after-ms"] = str(int(math.ceil(retry * 1000)))
-            exc = RateLimited(f"Rate limit reached for {hit.label}: limit {hit.limit:g}, "
-                              f"remaining {max(0.0, verdict.remaining[verdict.failed]):g}, "
-                              f"this request needs {hit.cost:g}. Retry after {retry:.2f}s.",
-                              code="rate_limit_exceeded", retry_after=retry)
-            exc.headers = headers
-            raise exc
-        return Reservation(request_id, checks, cost, backend), headers
+            verdict = backend.acquire_now(request_id, plan, amounts, self.rules.ttl)
+        return self._decided(request_id, plan, amounts, verdict, backend)
+
+    def _decided(self, request_id: str, plan: Plan, amounts: Amounts, verdict: Verdict,
+                 backend: LimitBackend) -> tuple[Reservation, dict[str, str]]:
+        """The reservation and its headers, or the 429 that names the limit hit."""
+        headers = rate_headers(plan, verdict)
+        if verdict.ok:
+            return Reservation(request_id, plan, amounts, backend), headers
+        hit = plan.checks[verdict.failed]
+        self._on_event("rejected", hit.label.split(" (", 1)[0])
+        retry = max(verdict.reset_s[verdict.failed], 0.001)  # type: ignore[index]  # set on refusal
+        headers["retry-after-ms"] = str(int(math.ceil(retry * 1000)))
+        exc = RateLimited(f"Rate limit reached for {hit.label}: limit {hit.limit:g}, "
+                          f"remaining {max(0.0, verdict.remaining[verdict.failed]):g}, "
+                          f"this request needs {amounts[hit.measure]:g}. Retry after {retry:.2f}s.",
+                          code="rate_limit_exceeded", retry_after=retry)
+        exc.headers = headers
+        raise exc
 
     def observe(self, identity: str, tokens: float) -> None:
         """Feed the anomaly guard what an identity was served."""
         if self.anomaly is not None:
             self.anomaly.observe(identity, tokens)
 
-    def settle(self, reservation: Reservation, actual: Cost) -> None:
+    def settle(self, reservation: Reservation, input_tokens: float, output_tokens: float, spend: float) -> None:
         """Return the difference between reserved and used: at once in memory, off the request path on Redis."""
-        used = {"input": actual.input - reservation.cost.input, "output": actual.output - reservation.cost.output,
-                "spend": actual.spend - reservation.cost.spend}
-        deltas = [used.get(c.measure, 0.0) for c in reservation.checks]
-        if isinstance(reservation.backend, MemoryBackend):
-            reservation.backend.settle_now(reservation.request_id, reservation.checks, deltas)
+        held = reservation.amounts
+        deltas = (0.0, input_tokens - held[INPUT], output_tokens - held[OUTPUT], 0.0, spend - held[SPEND])
+        backend = reservation.backend
+        if backend is self._memory or backend is self._fallback:
+            backend.settle_now(reservation.request_id, reservation.plan, deltas)  # type: ignore[union-attr]
             return
         task = asyncio.get_running_loop().create_task(self._settle(reservation, deltas))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _settle(self, r: Reservation, deltas: list[float]) -> None:
+    async def _settle(self, r: Reservation, deltas: tuple[float, ...]) -> None:
         try:
-            await r.backend.settle(r.request_id, r.checks, deltas)
+            await r.backend.settle(r.request_id, r.plan, deltas)
         except BackendUnavailable as exc:
             self._on_event("settle_failed", str(exc))
             log.warning("could not settle a reservation (%s); leases expire on their own", exc)

@@ -4,12 +4,13 @@ share exact counts with no read-then-write race. Time is Redis's own clock."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .backend import BackendUnavailable, LimitBackend
-from .checks import Check, Verdict
+from .checks import Plan, Verdict
 
 # KEYS: one per check. ARGV: request id, then per check: kind, limit, rate, cost, ttl.
 # Returns {ok, failed index (0-based, -1), remaining..., reset...} with numbers as strings.
@@ -119,24 +120,24 @@ class RedisBackend(LimitBackend):
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._settle = self._redis.register_script(_SETTLE)
 
-    async def acquire(self, request_id: str, checks: list[Check]) -> Verdict:
+    async def acquire(self, request_id: str, plan: Plan, amounts: Sequence[float], ttl: Mapping[str, float]) -> Verdict:
         args: list[str | float] = [request_id]
-        for c in checks:
-            args += [c.kind, c.limit, c.rate, c.cost, c.ttl]
+        for c in plan.checks:
+            args += [c.kind, c.limit, c.rate, amounts[c.measure], ttl[c.window]]
         try:
-            raw = await asyncio.wait_for(self._acquire(keys=[c.key for c in checks], args=args), self._timeout * 2)
+            raw = await asyncio.wait_for(self._acquire(keys=plan.keys, args=args), self._timeout * 2)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             raise BackendUnavailable(type(exc).__name__) from None
-        n = len(checks)
+        n = len(plan.checks)
         return Verdict(ok=int(raw[0]) == 1, failed=int(raw[1]),
                        remaining=[float(x) for x in raw[2:2 + n]], reset_s=[float(x) for x in raw[2 + n:2 + 2 * n]])
 
-    async def settle(self, request_id: str, checks: list[Check], deltas: list[float]) -> None:
+    async def settle(self, request_id: str, plan: Plan, deltas: Sequence[float]) -> None:
         args: list[str | float] = [request_id]
-        for c, d in zip(checks, deltas):
-            args += [c.kind, c.limit, c.rate, d]
+        for c in plan.checks:
+            args += [c.kind, c.limit, c.rate, deltas[c.measure]]
         try:
-            await asyncio.wait_for(self._settle(keys=[c.key for c in checks], args=args), self._timeout * 2)
+            await asyncio.wait_for(self._settle(keys=plan.keys, args=args), self._timeout * 2)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             raise BackendUnavailable(type(exc).__name__) from None
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...limits import Admission, Cost, Limiter, PriceTable, Subject, output_tokens, prompt_tokens
+from ...limits import INPUT, OUTPUT, Admission, Limiter, PriceTable, output_tokens, prompt_tokens
 from ..context import RequestContext
 
 
@@ -17,15 +17,19 @@ class Limit:
         self._cap = cap
 
     async def __call__(self, ctx: RequestContext) -> None:
-        if not self._limiter.active:
+        limiter = self._limiter
+        if not limiter.active:
             return
         req, target, p = ctx.request, ctx.target, ctx.principal
         tokens_in = prompt_tokens(req, target.upstream_model)  # type: ignore[union-attr]
         tokens_out = output_tokens(req, self._cap)
-        spend = self._prices.cost(target.model, tokens_in, tokens_out)  # type: ignore[union-attr]
-        subject = Subject(p.identity_id, p.team, target.model, target.upstream)  # type: ignore[union-attr]
-        ctx.reservation, ctx.limit_headers = await self._limiter.reserve(
-            ctx.exchange.request_id, subject, Cost(1.0, tokens_in, tokens_out, spend))
+        amounts = (1.0, tokens_in, tokens_out, 1.0, self._prices.cost(target.model, tokens_in, tokens_out))  # type: ignore[union-attr]
+        if limiter.inline:
+            ctx.reservation, ctx.limit_headers = limiter.reserve_now(
+                ctx.exchange.request_id, p.identity_id, p.team, target.model, target.upstream, amounts)  # type: ignore[union-attr]
+        else:
+            ctx.reservation, ctx.limit_headers = await limiter.reserve(
+                ctx.exchange.request_id, p.identity_id, p.team, target.model, target.upstream, amounts)  # type: ignore[union-attr]
 
 
 class Admit:
@@ -42,7 +46,7 @@ class Admit:
             return
         r = ctx.reservation
         if r is not None:
-            estimate = r.cost.input + r.cost.output
+            estimate = r.amounts[INPUT] + r.amounts[OUTPUT]
         else:
             estimate = float(prompt_tokens(ctx.request, ctx.target.upstream_model) + output_tokens(ctx.request, self._cap))  # type: ignore[union-attr]
         ctx.slot = await self._admission.acquire(ctx.target.model, ctx.principal.identity_id, estimate)  # type: ignore[union-attr]
@@ -61,7 +65,7 @@ class Settle:
         used = float(ctx.prompt_tokens + ctx.completion_tokens)
         if ctx.slot is not None:
             ctx.slot.release(used)
-        if ctx.principal is not None and used:
+        if used and ctx.principal is not None and self._limiter.anomaly is not None:
             self._limiter.observe(ctx.principal.identity_id, used)
         r = ctx.reservation
         if r is None:
@@ -69,4 +73,4 @@ class Settle:
         ctx.reservation = None
         model = ctx.target.model if ctx.target else ""
         spend = self._prices.cost(model, ctx.prompt_tokens, ctx.completion_tokens)
-        self._limiter.settle(r, Cost(1.0, float(ctx.prompt_tokens), float(ctx.completion_tokens), spend))
+        self._limiter.settle(r, ctx.prompt_tokens, ctx.completion_tokens, spend)

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# `make ab`: what a config change costs. Two gateways run side by side, both pinned to
+# CPU 0 (only one is loaded at a time), and wrk drives them in alternating short bursts
+# (A, B, A, B, ...), so slow drift of this shared machine falls on both sides alike.
+# Per burst: req/s, and the gateway's CPU microseconds per request (all its threads, from
+# /proc). At the end: the median of the per-round B/A ratios, non-streaming and streaming.
+# Env: A and B (configs; default bench/gateway.yaml and bench/gateway-limits.yaml),
+#      A_ENV and B_ENV (extra environment of one side: "NAME=value ..."), ROUNDS (default 12), CONC (default 16), SECONDS_EACH (default 3), LIMITS_BACKEND.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+A=${A:-bench/gateway.yaml}
+B=${B:-bench/gateway-limits.yaml}
+export SECONDS_EACH=${SECONDS_EACH:-3}
+start_upstream
+start_gateway "$A" ab-A.log 0 "${A_ENV:-}"; gw_a=$last_gw
+start_gateway "$B" ab-B.log 10 "${B_ENV:-}"; gw_b=$last_gw
+hz=$(getconf CLK_TCK)
+out=.sluice/ab.txt
+: > "$out"
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+burst() {  # $1 side, $2 pid, $3 port, $4 kind (plain|stream)
+  local lua=chat.lua model=mock-model t0 t1 rps
+  [ "$4" = stream ] && { lua=chat-stream.lua; model=mock-stream; }
+  t0=$(cpu_ticks "$2")
+  rps=$(BENCH_MODEL=$model "$shared/load" "http://127.0.0.1:$3/v1/chat/completions" "$lua" "${CONC:-16}" | awk 'END {print $2}')
+  t1=$(cpu_ticks "$2")
+  awk -v s="$1" -v k="$4" -v r="$rps" -v a="$t0" -v b="$t1" -v hz="$hz" -v d="$SECONDS_EACH" \
+    'BEGIN {printf "%s %s %.0f %.1f\n", s, k, r, (b - a) / hz * 1e6 / (r * d)}' | tee -a "$out"
+}
+
+for port in 8080 8090; do  # warm both: pools, caches, tokenizer
+  curl -fs "127.0.0.1:$port/v1/chat/completions" -H "Authorization: Bearer $BENCH_KEY" -H 'Content-Type: application/json' \
+    -d '{"model":"mock-model","messages":[{"role":"user","content":"hi"}]}' >/dev/null
+done
+echo "side kind rps cpu_us_per_req  (A=$A B=$B, c=${CONC:-16}, ${SECONDS_EACH}s bursts, ${ROUNDS:-12} rounds)"
+for kind in plain stream; do
+  for _ in $(seq "${ROUNDS:-12}"); do burst A "$gw_a" 8080 "$kind"; burst B "$gw_b" 8090 "$kind"; done
+done
+python3 - "$out" <<'EOF'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1]) if line.strip()]
+for kind in ("plain", "stream"):
+    a = [r for r in rows if r[0] == "A" and r[1] == kind]
+    b = [r for r in rows if r[0] == "B" and r[1] == kind]
+    rps = [float(y[2]) / float(x[2]) for x, y in zip(a, b)]
+    cpu = [float(x[3]) / float(y[3]) for x, y in zip(a, b)]
+    med = lambda rs, i: statistics.median(float(r[i]) for r in rs)
+    print(f"{kind:6}: req/s A {med(a, 2):,.0f} B {med(b, 2):,.0f}, median B/A {statistics.median(rps):.3f} "
+          f"(quartiles {statistics.quantiles(rps, n=4)[0]:.3f}-{statistics.quantiles(rps, n=4)[2]:.3f}) | "
+          f"CPU per request A {med(a, 3):.0f} us B {med(b, 3):.0f} us, median A/B {statistics.median(cpu):.3f}")
+EOF
