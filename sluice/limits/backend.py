@@ -5,7 +5,8 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 
-from .checks import Plan, Verdict
+from .checks import Verdict
+from .plan import Plan
 
 
 class LimitBackend(abc.ABC):

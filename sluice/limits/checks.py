@@ -1,13 +1,13 @@
-"""What a limiter decides on: a subject's plan of checks, what a request costs, the verdict.
+"""What a limiter decides on: checks against counters, what a request costs, the verdict.
 
-A request's subject (who, which team, model, route) maps to a ``Plan``: the counters it
-touches, worked out once per subject. A request brings its ``amounts`` (one number per
-measure); the backend admits it into every counter of the plan or into none, atomically.
+A request's subject (who, which team, model, route) maps to a ``Plan`` of checks, one per
+counter it touches. A request brings its ``amounts`` (one number per measure); the backend
+admits it into every counter of the plan or into none, atomically.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
@@ -38,23 +38,6 @@ class Check(msgspec.Struct, frozen=True, gc=False):
     label: str
     measure: int
     header: Literal["requests", "tokens", ""] = ""
-
-
-class Plan:
-    """A subject's checks, in a fixed order, and what backends and headers derive from them once."""
-
-    __slots__ = ("checks", "keys", "headers", "memo")
-
-    def __init__(self, checks: list[Check]) -> None:
-        self.checks = tuple(checks)
-        self.keys = [c.key for c in checks]
-        # per x-ratelimit header family: its three header names, and the checks that feed it
-        # as (index, 1 / limit, the limit as printed, limit, rate)
-        self.headers = tuple(
-            (f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}", f"x-ratelimit-reset-{kind}",
-             tuple((i, 1.0 / c.limit, str(int(c.limit)), c.limit, c.rate) for i, c in enumerate(checks) if c.header == kind))
-            for kind in ("requests", "tokens") if any(c.header == kind for c in checks))
-        self.memo: Any = None  # a backend's own compiled form of the plan
 
 
 class Verdict(msgspec.Struct, gc=False):

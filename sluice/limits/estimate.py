@@ -8,7 +8,6 @@ characters per token, plus four tokens of framing per message. Output is reserve
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from ..core.wire import ChatCompletionRequest, EmbeddingRequest
@@ -16,15 +15,24 @@ from ..core.wire import ChatCompletionRequest, EmbeddingRequest
 _PER_MESSAGE = 4
 
 
-@functools.lru_cache(maxsize=64)
+_encodings: dict[str, Any] = {}  # model -> its tokenizer, or None where it is not known
+
+
 def _encoding(model: str) -> Any | None:
+    try:
+        return _encodings[model]
+    except KeyError:
+        pass
     try:
         import bpe_openai
 
         name = bpe_openai.encoding_name_for_model(model)  # cheap; loads nothing for unknown models
-        return bpe_openai.get_encoding(name)
+        enc = bpe_openai.get_encoding(name)
     except Exception:  # unknown model, or the tables are not installed: estimate instead
-        return None
+        enc = None
+    if len(_encodings) < 1024:  # bounded: models come from the config
+        _encodings[model] = enc
+    return enc
 
 
 def warm(models: list[str]) -> None:
@@ -33,34 +41,27 @@ def warm(models: list[str]) -> None:
         _encoding(m)
 
 
-def _texts(request: ChatCompletionRequest | EmbeddingRequest) -> list[str]:
-    if isinstance(request, EmbeddingRequest):
-        inp = request.input
-        return [inp] if isinstance(inp, str) else [x for x in inp if isinstance(x, str)]
-    out = []
-    for m in request.messages:
-        c = m.content
-        if isinstance(c, str):
-            out.append(c)
-        elif isinstance(c, list):
-            out += [p["text"] for p in c if isinstance(p.get("text"), str)]
-    return out
+def _count(text: str, enc: Any | None) -> int:
+    return len(enc.encode(text)) if enc is not None else (len(text) + 3) // 4
 
 
 def prompt_tokens(request: ChatCompletionRequest | EmbeddingRequest, tokenizer_model: str) -> int:
-    """Prompt tokens of a request, counted or estimated."""
-    texts = _texts(request)
+    """Prompt tokens of a request, counted or estimated. On every limited request, so kept lean."""
     enc = _encoding(tokenizer_model)
-    if enc is not None:
-        n = sum(len(enc.encode(t)) for t in texts)
-    else:
-        n = sum((len(t) + 3) // 4 for t in texts)
-    if isinstance(request, EmbeddingRequest):
-        inp = request.input
-        if isinstance(inp, list):
-            n += sum(len(x) if isinstance(x, list) else 1 for x in inp if not isinstance(x, str))
+    if type(request) is ChatCompletionRequest:
+        n = _PER_MESSAGE * len(request.messages)
+        for m in request.messages:
+            c = m.content
+            if type(c) is str:
+                n += len(enc.encode(c)) if enc is not None else (len(c) + 3) // 4
+            elif isinstance(c, list):
+                n += sum(_count(p["text"], enc) for p in c if isinstance(p.get("text"), str))
         return n
-    return n + _PER_MESSAGE * len(request.messages)
+    inp = request.input  # type: ignore[union-attr]
+    if isinstance(inp, str):
+        return _count(inp, enc)
+    # a list of strings, or of token arrays (counted as they are), or one token array
+    return sum(_count(x, enc) if isinstance(x, str) else len(x) if isinstance(x, list) else 1 for x in inp)
 
 
 def output_tokens(request: ChatCompletionRequest | EmbeddingRequest, cap: int) -> int:

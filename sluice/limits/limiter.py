@@ -15,7 +15,8 @@ from ..core.config import LimitRule, Limits
 from ..core.errors import RateLimited, Unavailable
 from .anomaly import AnomalyGuard
 from .backend import BackendUnavailable, LimitBackend
-from .checks import INPUT, OUTPUT, SPEND, Amounts, Plan, Verdict
+from .checks import INPUT, OUTPUT, SPEND, Amounts, Verdict
+from .plan import Plan
 from .memory import MemoryBackend
 from .rules import RuleSet
 
@@ -36,21 +37,16 @@ class Reservation:
 def rate_headers(plan: Plan, v: Verdict) -> dict[str, str]:
     """OpenAI's ``x-ratelimit-*`` headers from the tightest request check and the tightest token check.
 
-    On every response, so kept cheap: the reset is a whole number of milliseconds.
+    An admitted request takes the plan's compiled ``render``; this general form serves refusals,
+    whose verdicts carry the resets.
     """
+    if v.ok:
+        return plan.render(v.remaining)
     out: dict[str, str] = {}
     remaining, resets = v.remaining, v.reset_s
-    for limit_h, remaining_h, reset_h, members in plan.headers:
-        best = members[0]
-        if len(members) > 1:
-            share = remaining[best[0]] * best[1]
-            for m in members:
-                s = remaining[m[0]] * m[1]
-                if s < share:
-                    best, share = m, s
-        i, _, printed, limit, rate = best
-        rem = remaining[i]
-        reset = resets[i] if resets is not None else ((limit - rem) / rate if rate > 0 else 0.0)
+    for (limit_h, remaining_h, reset_h), members in plan.headers:
+        i, _, printed, _ = min(members, key=lambda m: remaining[m[0]] / m[1])
+        rem, reset = remaining[i], resets[i]  # type: ignore[index]  # set on refusal
         out[limit_h] = printed
         out[remaining_h] = str(int(rem)) if rem > 0 else "0"
         out[reset_h] = f"{int(reset * 1000)}ms" if reset > 0 else "0ms"  # a duration as OpenAI writes one
@@ -91,8 +87,11 @@ class Limiter:
         plan = self._plan(identity, team, model, route)
         if plan is None:
             return None, None
-        verdict = self._memory.acquire_now(request_id, plan, amounts, self.rules.ttl)  # type: ignore[union-attr]
-        return self._decided(request_id, plan, amounts, verdict, self._memory)  # type: ignore[arg-type]
+        memory = self._memory
+        verdict = memory.acquire_now(request_id, plan, amounts, self.rules.ttl)  # type: ignore[union-attr]
+        if verdict.ok:  # the common case, on every request: no detours
+            return Reservation(request_id, plan, amounts, memory), plan.render(verdict.remaining)  # type: ignore[arg-type]
+        return self._decided(request_id, plan, amounts, verdict, memory)  # type: ignore[arg-type]
 
     async def reserve(self, request_id: str, identity: str, team: str | None, model: str, route: str,
                       amounts: Amounts) -> tuple[Reservation | None, dict[str, str] | None]:

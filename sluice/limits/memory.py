@@ -1,18 +1,22 @@
 """The embedded backend: counters in this process. One event loop makes each call atomic.
 
 This is the request path of the embedded default, so it is written for speed: a plan is
-resolved once into the counter cells it touches (shared by key with every other plan), and
-a request then only does arithmetic on those cells. A sweep that forgets idle cells bumps a
-generation, and each plan resolves its cells again on its next use.
+resolved once into the counter cells it touches (shared by key with every other plan) and
+its compiled ``take`` and ``give`` (``compiled``); a request then only does that arithmetic.
+A sweep that forgets idle cells bumps a generation, and each plan resolves its cells again
+on its next use.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Mapping, Sequence
 
 from .backend import LimitBackend
-from .checks import Plan, Verdict
+from .checks import Verdict
+from .compiled import take_and_give
+from .plan import Plan
 
 
 class _Bucket:
@@ -49,6 +53,9 @@ class _Sum:
 
 
 _CELL = {"bucket": None, "lease": _Leases, "counter": _Sum}
+# unique across backends, so a plan's memo from one backend (a fail-open fallback, say) is
+# never taken for another's
+_generations = itertools.count(1)
 
 
 class MemoryBackend(LimitBackend):
@@ -56,82 +63,45 @@ class MemoryBackend(LimitBackend):
 
     def __init__(self) -> None:
         self._cells: dict[str, _Bucket | _Leases | _Sum] = {}
-        self._generation = 0
+        self._generation = next(_generations)
         self._ops = 0
 
     async def acquire(self, request_id: str, plan: Plan, amounts: Sequence[float], ttl: Mapping[str, float]) -> Verdict:
         return self.acquire_now(request_id, plan, amounts, ttl)
 
-    def _rows(self, plan: Plan) -> tuple:
-        """The plan as flat rows (kind, cell, limit, rate, measure, window), cached on the plan."""
-        memo = plan.memo
-        if memo is not None and memo[0] == self._generation:
-            return memo[1]
+    def _compiled(self, plan: Plan) -> tuple:
+        """(generation, cells, take, give) of a plan, cached on it until the next sweep."""
         cells = self._cells
-        rows = []
+        out = []
         for c in plan.checks:
             cell = cells.get(c.key)
             if cell is None:
                 cell = cells[c.key] = _Bucket(c.limit, 0.0) if c.kind == "bucket" else _CELL[c.kind]()  # type: ignore[misc]
-            rows.append((c.kind, cell, c.limit, c.rate, c.measure, c.window))
-        plan.memo = (self._generation, tuple(rows))
-        return plan.memo[1]
+            out.append(cell)
+        plan.memo = (self._generation, tuple(out), *take_and_give(plan.shape))
+        return plan.memo  # type: ignore[no-any-return]
 
     def acquire_now(self, request_id: str, plan: Plan, amounts: Sequence[float], ttl: Mapping[str, float]) -> Verdict:
-        """Take every check in one pass; a check that does not fit rolls back the ones before it.
+        """``acquire`` without a coroutine: nothing here waits, so the event loop makes it atomic.
 
-        Nothing here awaits, so the event loop makes it atomic. An admitted verdict carries no
-        resets: for the buckets that feed the headers they follow from what remains.
+        An admitted verdict carries no resets: for buckets they follow from what remains.
         """
         now = time.time()
         self._ops += 1
         if self._ops % 10_000 == 0:
             self._sweep(now)
-        remaining: list[float] = []
-        i = 0
-        for kind, cell, limit, rate, measure, window in self._rows(plan):
-            if kind == "bucket":
-                level = cell.level + (now - cell.ts) * rate
-                left = (level if level < limit else limit) - amounts[measure]
-                if left < 0:
-                    return self._refuse(request_id, plan, i, amounts, ttl, now)
-                cell.level = left
-                cell.ts = now
-                remaining.append(left)
-            elif kind == "lease":
-                live = cell.live
-                if len(live) >= limit and cell.expire(now) >= limit:
-                    return self._refuse(request_id, plan, i, amounts, ttl, now)
-                live[request_id] = now + ttl["lease"]
-                remaining.append(limit - len(live))
-            else:
-                if cell.ends > now:
-                    value = cell.value + amounts[measure]
-                    if value > limit:
-                        return self._refuse(request_id, plan, i, amounts, ttl, now)
-                    cell.value = value
-                else:
-                    value = amounts[measure]
-                    if value > limit:
-                        return self._refuse(request_id, plan, i, amounts, ttl, now)
-                    cell.value, cell.ends = value, now + ttl[window]
-                remaining.append(limit - value)
-            i += 1
-        return Verdict(True, -1, remaining, None)
+        memo = plan.memo
+        if memo is None or memo[0] != self._generation:
+            memo = self._compiled(plan)
+        got = memo[2](request_id, amounts, now, ttl, *memo[1])
+        if type(got) is list:
+            return Verdict(True, -1, got, None)
+        return self._explain(plan, memo[1], got, amounts, ttl, now)
 
-    def _refuse(self, request_id: str, plan: Plan, failed: int, amounts: Sequence[float],
-                ttl: Mapping[str, float], now: float) -> Verdict:
-        """Give back what the checks before ``failed`` took, then say where every check stands."""
+    def _explain(self, plan: Plan, cells: tuple, failed: int, amounts: Sequence[float],
+                 ttl: Mapping[str, float], now: float) -> Verdict:
+        """A refusal (nothing was taken): where every check stands, and when each frees up."""
         checks = plan.checks
-        cells = [row[1] for row in self._rows(plan)]
-        for i in range(failed):
-            c, cell = checks[i], cells[i]
-            if c.kind == "bucket":
-                cell.level += amounts[c.measure]
-            elif c.kind == "lease":
-                cell.live.pop(request_id, None)
-            else:
-                cell.value -= amounts[c.measure]
         remaining: list[float] = []
         resets: list[float] = []
         for c, cell in zip(checks, cells):
@@ -160,21 +130,10 @@ class MemoryBackend(LimitBackend):
 
     def settle_now(self, request_id: str, plan: Plan, deltas: Sequence[float]) -> None:
         """``settle`` without a coroutine: nothing here waits, so the request path need not either."""
-        now = time.time()
-        for kind, cell, limit, rate, measure, _ in self._rows(plan):
-            if kind == "lease":
-                cell.live.pop(request_id, None)
-                continue
-            d = deltas[measure]
-            if not d:
-                continue
-            if kind == "bucket":
-                level = cell.level + (now - cell.ts) * rate
-                level = (level if level < limit else limit) - d
-                cell.level = level if level < limit else limit
-                cell.ts = now
-            elif cell.ends > now:
-                cell.value += d
+        memo = plan.memo
+        if memo is None or memo[0] != self._generation:
+            memo = self._compiled(plan)
+        memo[3](request_id, deltas, time.time(), *memo[1])
 
     def _sweep(self, now: float) -> None:
         """Forget full idle buckets, empty lease sets and finished windows, so memory stays flat."""
@@ -186,4 +145,4 @@ class MemoryBackend(LimitBackend):
             return cell.ends > now
 
         self._cells = {k: v for k, v in self._cells.items() if busy(v)}
-        self._generation += 1
+        self._generation = next(_generations)

@@ -21,6 +21,8 @@ class PriceTable:
         p = self._prices.get(model)
         if p is None:
             return 0.0
+        if not cached:
+            return (prompt * p.input + completion * p.output) / 1_000_000
         cached = min(cached, prompt)
         cached_price = p.input if p.cached_input is None else p.cached_input
         return ((prompt - cached) * p.input + cached * cached_price + completion * p.output) / 1_000_000

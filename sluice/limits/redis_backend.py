@@ -10,7 +10,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .backend import BackendUnavailable, LimitBackend
-from .checks import Plan, Verdict
+from .checks import Verdict
+from .plan import Plan
 
 # KEYS: one per check. ARGV: request id, then per check: kind, limit, rate, cost, ttl.
 # Returns {ok, failed index (0-based, -1), remaining..., reset...} with numbers as strings.

@@ -7,7 +7,8 @@ import fnmatch
 import time
 
 from ..core.config import LimitRule
-from .checks import CONCURRENCY, INPUT, OUTPUT, REQUESTS, SPEND, Check, Plan
+from .checks import CONCURRENCY, INPUT, OUTPUT, REQUESTS, SPEND, Check
+from .plan import Plan
 
 _MINUTE = 60.0
 
