@@ -93,26 +93,30 @@ def renderer(headers: tuple) -> Callable[[list[float]], dict[str, str]]:
     return _cached(("render", headers), _build_render)  # type: ignore[no-any-return]
 
 
-def _reset(f: int, limit: float, rate: float) -> str:
-    """Seconds until the chosen bucket is full again (a bucket that never refills: none)."""
-    return f"q{f} = ({limit!r} - r{f}) / {rate!r}" if rate > 0 else f"q{f} = 0.0"
-
-
 def _build_render(families: tuple) -> Callable[[list[float]], dict[str, str]]:
     body: list[str] = []
     out: list[str] = []
     for f, ((limit_h, remaining_h, reset_h), members) in enumerate(families):
-        # the tightest member: least remaining as a share of its limit
+        # the tightest member: least remaining as a share of its limit; then its reset, the
+        # seconds until it is full again (none for a bucket that never refills)
         (i, limit, printed, rate), rest = members[0], members[1:]
-        body += [f"r{f} = r[{i}]", f"p{f} = {printed!r}", _reset(f, limit, rate)]
+        body += [f"r{f} = r[{i}]", f"k{f} = {i}"]
         if rest:
-            body.append(f"s{f} = r{f} / {limit!r}")
-            for i, limit, printed, rate in rest:
-                body += [f"if r[{i}] / {limit!r} < s{f}:",
-                         f"    r{f} = r[{i}]; s{f} = r{f} / {limit!r}; p{f} = {printed!r}",
-                         f"    {_reset(f, limit, rate)}"]
+            body.append(f"s{f} = r{f} * {1.0 / limit!r}")
+            for i, limit, _, _ in rest:
+                body += [f"if r[{i}] * {1.0 / limit!r} < s{f}: r{f} = r[{i}]; s{f} = r{f} * {1.0 / limit!r}; k{f} = {i}"]
+        chosen = [(i, limit, printed, rate) for i, limit, printed, rate in members]
+        for n, (i, limit, printed, rate) in enumerate(chosen):
+            reset = f"({limit!r} - r{f}) * {1.0 / rate!r}" if rate > 0 else "0.0"
+            head = "if" if n == 0 else "elif"
+            if len(chosen) == 1:
+                body += [f"p{f} = {printed!r}", f"q{f} = {reset}"]
+            elif n < len(chosen) - 1:
+                body += [f"{head} k{f} == {i}: p{f} = {printed!r}; q{f} = {reset}"]
+            else:
+                body += [f"else: p{f} = {printed!r}; q{f} = {reset}"]
         out += [f"{limit_h!r}: p{f}",
-                f"{remaining_h!r}: str(int(r{f})) if r{f} > 0 else '0'",
+                f"{remaining_h!r}: '%d' % r{f} if r{f} > 0 else '0'",
                 f"{reset_h!r}: '%dms' % (q{f} * 1000) if q{f} > 0 else '0ms'"]
     lines = ["def render(r):"] + [f"    {line}" for line in body] + ["    return {" + ", ".join(out) + "}"]
     return _compile("render", lines)
