@@ -36,8 +36,11 @@ class ModelCall:
                 reply: Reply | StreamReply = await self._forward.stream(ctx)
             else:
                 reply = await self._forward.complete(ctx)
-            if ctx.limit_headers:
-                reply.headers = {**ctx.limit_headers, **(reply.headers or {})}
+            limit_headers = ctx.limit_headers
+            if limit_headers:  # a fresh dict of this request's: extended, not copied
+                if reply.headers:
+                    limit_headers.update(reply.headers)
+                reply.headers = limit_headers
             return reply
         except GatewayError as exc:
             ctx.status, ctx.error_code = exc.status, exc.code
