@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench soak clean
+.PHONY: install demo test bench ab soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bench/run.sh
+
+ab: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bench/ab.sh
 
 soak: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bench/soak.sh

@@ -126,7 +126,8 @@ class RedisBackend(LimitBackend):
         for c in plan.checks:
             args += [c.kind, c.limit, c.rate, amounts[c.measure], ttl[c.window]]
         try:
-            raw = await asyncio.wait_for(self._acquire(keys=plan.keys, args=args), self._timeout * 2)
+            async with asyncio.timeout(self._timeout * 2):  # no task per call, unlike wait_for
+                raw = await self._acquire(keys=plan.keys, args=args)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             raise BackendUnavailable(type(exc).__name__) from None
         n = len(plan.checks)
@@ -138,7 +139,8 @@ class RedisBackend(LimitBackend):
         for c in plan.checks:
             args += [c.kind, c.limit, c.rate, deltas[c.measure]]
         try:
-            await asyncio.wait_for(self._settle(keys=plan.keys, args=args), self._timeout * 2)
+            async with asyncio.timeout(self._timeout * 2):
+                await self._settle(keys=plan.keys, args=args)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             raise BackendUnavailable(type(exc).__name__) from None
 

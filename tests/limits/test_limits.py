@@ -35,6 +35,8 @@ def limit_config(backend: str, **extra) -> dict:
         {"name": "conc", "match": {"model": "m-conc"}, "concurrent_requests": 2},
         {"name": "budget", "match": {"model": "m-spend"}, "spend_per_day": 30.0, "spend_per_month": 1000.0},
         {"name": "team", "per": ["team"], "match": {"model": "m-team"}, "requests_per_minute": 3},
+        {"name": "two-id", "match": {"model": "m-two"}, "requests_per_minute": 100},
+        {"name": "two-model", "per": ["model"], "match": {"model": "m-two"}, "requests_per_minute": 4},
     ]
     return {"limits": {"backend": backend, "redis_url": REDIS_URL, "key_prefix": f"t{uuid.uuid4().hex[:8]}:",
                        "rules": rules, **extra},
@@ -42,7 +44,7 @@ def limit_config(backend: str, **extra) -> dict:
             "teams": [{"name": "blue", "owner": "o"}]}
 
 
-MODELS = ["m-rpm", "m-itpm", "m-otpm", "m-conc", "m-spend", "m-team", "m-free"]
+MODELS = ["m-rpm", "m-itpm", "m-otpm", "m-conc", "m-spend", "m-team", "m-two", "m-free"]
 
 
 @pytest.fixture(scope="module", params=["memory", "redis"])
@@ -154,6 +156,17 @@ def test_successful_answers_carry_ratelimit_headers(lim):
     assert r.status_code == 200
     assert r.headers["x-ratelimit-limit-tokens"] == "50"
     assert 0 <= int(r.headers["x-ratelimit-remaining-tokens"]) <= 40
+
+
+def test_headers_name_the_tightest_of_several_limits(lim):
+    g, _ = lim
+    first = chat(g, g.keys["c"], "m-two")
+    second = chat(g, g.keys["a"], "m-two")  # another identity: its own 100, the model's shared 4
+    assert first.status_code == second.status_code == 200
+    assert [first.headers["x-ratelimit-limit-requests"], first.headers["x-ratelimit-remaining-requests"]] == ["4", "3"]
+    assert [second.headers["x-ratelimit-limit-requests"], second.headers["x-ratelimit-remaining-requests"]] == ["4", "2"]
+    reset_ms = second.headers["x-ratelimit-reset-requests"]
+    assert reset_ms.endswith("ms") and 0 < int(reset_ms[:-2]) <= 30_000  # two of four used: full in 30 s at most
 
 
 def test_unlimited_models_have_no_limit_headers(lim):
