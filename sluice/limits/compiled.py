@@ -4,14 +4,14 @@ Written out as a loop, a plan's checks cost a kind dispatch and half a dozen loa
 per request, which on the embedded default was most of what limits cost (bench/README.md).
 So, once per *shape* (the kinds, limits, rates and measures of a plan's checks), this module
 writes the source of a function that does exactly that work with the constants inlined, and
-compiles it. What differs between plans of one shape (the counter cells) comes in as
-arguments, so every identity under the same rules shares one function, and the number of
-functions is bounded by the rules, not by the traffic.
+compiles it. What differs between plans of one shape (the counter cells) is bound in by
+``bind(*cells)``, so every identity under the same rules shares one code object, and the
+amount of compiled code is bounded by the rules, not by the traffic.
 
-- ``take(request_id, amounts, now, ttl, *cells)``: if the request fits every check, take its
-  amounts and return what remains per check; else return the index of the first check that
-  does not fit, having taken nothing.
-- ``give(request_id, deltas, now, *cells)``: settle (give back or take more; end the lease).
+- ``take(request_id, amounts, now, ttl)``: if the request fits every check, take its amounts
+  and return what remains per check; else return the index of the first check that does
+  not fit, having taken nothing.
+- ``give(request_id, deltas, now)``: settle (give back or take more; end the lease).
 - ``render(remaining)``: the ``x-ratelimit-*`` headers of an admitted request.
 
 The semantics are those of ``MemoryBackend.explain`` and of the Redis scripts; the tests run
@@ -43,12 +43,13 @@ def _compile(name: str, lines: list[str]) -> Callable[..., Any]:
     return namespace[name]
 
 
-def take_and_give(shape: tuple) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """The compiled ``take`` and ``give`` for checks of this shape: (kind, limit, rate, measure, window) each."""
+def take_and_give(shape: tuple) -> Callable[..., tuple[Callable[..., Any], Callable[..., Any]]]:
+    """``bind(*cells)``: the compiled ``take`` and ``give`` for checks of this shape
+    ((kind, limit, rate, measure, window) each), bound to one plan's cells."""
     return _cached(("take", shape), _build_take_and_give)  # type: ignore[no-any-return]
 
 
-def _build_take_and_give(shape: tuple) -> tuple[Callable[..., Any], Callable[..., Any]]:
+def _build_take_and_give(shape: tuple) -> Callable[..., tuple[Callable[..., Any], Callable[..., Any]]]:
     cells = ", ".join(f"c{i}" for i in range(len(shape)))
     decide: list[str] = []
     apply: list[str] = []
@@ -81,11 +82,12 @@ def _build_take_and_give(shape: tuple) -> tuple[Callable[..., Any], Callable[...
             apply += [f"if c{i}.ends <= now: c{i}.ends = now + ttl[{window!r}]", f"c{i}.value = x{i}"]
             remaining.append(f"{limit!r} - x{i}")
             settle += [f"d = deltas[{measure}]", f"if d and c{i}.ends > now: c{i}.value += d"]
-    take = [f"def take(rid, a, now, ttl, {cells}):"]
-    take += [f"    {line}" for line in decide + apply]
-    take.append(f"    return [{', '.join(remaining)}]")
-    give = [f"def give(rid, deltas, now, {cells}):"] + [f"    {line}" for line in settle or ["pass"]]
-    return _compile("take", take), _compile("give", give)
+    lines = [f"def bind({cells}):", "    def take(rid, a, now, ttl):"]
+    lines += [f"        {line}" for line in decide + apply]
+    lines += [f"        return [{', '.join(remaining)}]", "    def give(rid, deltas, now):"]
+    lines += [f"        {line}" for line in settle or ["pass"]]
+    lines.append("    return take, give")
+    return _compile("bind", lines)
 
 
 def renderer(headers: tuple) -> Callable[[list[float]], dict[str, str]]:

@@ -66,9 +66,9 @@ def prompt_tokens(request: ChatCompletionRequest | EmbeddingRequest, tokenizer_m
 
 def output_tokens(request: ChatCompletionRequest | EmbeddingRequest, cap: int) -> int:
     """The most output a request may produce, as far as the reservation is concerned."""
-    if isinstance(request, EmbeddingRequest):
+    if type(request) is not ChatCompletionRequest:
         return 0
     asked = request.max_completion_tokens or request.max_tokens
-    per_choice = min(asked, cap) if isinstance(asked, int) else cap
-    n = request.n if isinstance(request.n, int) else 1
-    return per_choice * n
+    per_choice = (asked if asked < cap else cap) if type(asked) is int else cap
+    n = request.n
+    return per_choice * n if type(n) is int else per_choice

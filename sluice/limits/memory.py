@@ -78,7 +78,7 @@ class MemoryBackend(LimitBackend):
             if cell is None:
                 cell = cells[c.key] = _Bucket(c.limit, 0.0) if c.kind == "bucket" else _CELL[c.kind]()  # type: ignore[misc]
             out.append(cell)
-        plan.memo = (self._generation, tuple(out), *take_and_give(plan.shape))
+        plan.memo = (self._generation, tuple(out), *take_and_give(plan.shape)(*out))
         return plan.memo  # type: ignore[no-any-return]
 
     def acquire_now(self, request_id: str, plan: Plan, amounts: Sequence[float], ttl: Mapping[str, float]) -> Verdict:
@@ -93,7 +93,7 @@ class MemoryBackend(LimitBackend):
         memo = plan.memo
         if memo is None or memo[0] != self._generation:
             memo = self._compiled(plan)
-        got = memo[2](request_id, amounts, now, ttl, *memo[1])
+        got = memo[2](request_id, amounts, now, ttl)
         if type(got) is list:
             return Verdict(True, -1, got, None)
         return self._explain(plan, memo[1], got, amounts, ttl, now)
@@ -133,7 +133,7 @@ class MemoryBackend(LimitBackend):
         memo = plan.memo
         if memo is None or memo[0] != self._generation:
             memo = self._compiled(plan)
-        memo[3](request_id, deltas, time.time(), *memo[1])
+        memo[3](request_id, deltas, time.time())
 
     def _sweep(self, now: float) -> None:
         """Forget full idle buckets, empty lease sets and finished windows, so memory stays flat."""
