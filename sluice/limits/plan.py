@@ -12,7 +12,7 @@ from .compiled import renderer
 class Plan:
     """A subject's checks, in a fixed order, and what backends and headers derive from them once."""
 
-    __slots__ = ("checks", "keys", "shape", "headers", "render", "memo")
+    __slots__ = ("checks", "keys", "shape", "headers", "render", "memo", "packed")
 
     def __init__(self, checks: list[Check]) -> None:
         self.checks = tuple(checks)
@@ -27,4 +27,5 @@ class Plan:
             for kind in ("requests", "tokens") if any(c.header == kind for c in checks))
         # the headers of an admitted request, from what remains per check
         self.render: Callable[[list[float]], dict[str, str]] = renderer(self.headers)
-        self.memo: Any = None  # a backend's own compiled form of the plan
+        self.memo: Any = None  # the memory backend's compiled form of the plan
+        self.packed: bytes | None = None  # the Redis backend's packed form of it

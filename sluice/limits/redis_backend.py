@@ -13,19 +13,30 @@ from .backend import BackendUnavailable, LimitBackend
 from .checks import Verdict
 from .plan import Plan
 
-# KEYS: one per check. ARGV: request id, then per check: kind, limit, rate, cost, ttl.
-# Returns {ok, failed index (0-based, -1), remaining..., reset...} with numbers as strings.
-_ACQUIRE = """
+# Arguments are few and mostly packed once per plan: a command of a few arguments is far
+# cheaper for the client to pack than one of five per check (bench/README.md).
+# KEYS: one per check. ARGV[1]: request id; ARGV[2]: the plan, per check "kind limit rate
+# measure window;" (``_spec``); ARGV[3]: one number per measure (costs, or deltas to settle);
+# ARGV[4] (acquire only): the ttl of each window, in ``_WINDOWS`` order.
+_UNPACK = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local rid = ARGV[1]
+local per_measure, ttls, checks = {}, {}, {}
+for v in string.gmatch(ARGV[3], '%S+') do per_measure[#per_measure + 1] = tonumber(v) end
+for v in string.gmatch(ARGV[4] or '', '%S+') do ttls[#ttls + 1] = tonumber(v) end
+for kind, limit, rate, m, w in string.gmatch(ARGV[2], '(%a+) (%S+) (%S+) (%d) (%d);') do
+  checks[#checks + 1] = {kind, tonumber(limit), tonumber(rate), per_measure[tonumber(m) + 1], ttls[tonumber(w) + 1]}
+end
+"""
+
+# Returns {ok, failed index (0-based, -1), remaining..., reset...} with numbers as strings.
+_ACQUIRE = _UNPACK + """
 local n = #KEYS
 local rem, rst, lvl = {}, {}, {}
 local failed = -1
 for i = 1, n do
-  local b = 1 + (i - 1) * 5
-  local kind, limit, rate = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
-  local cost, ttl = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
+  local kind, limit, rate, cost, ttl = unpack(checks[i])
   local fits
   if kind == 'bucket' then
     local st = redis.call('HMGET', KEYS[i], 'l', 't')
@@ -60,9 +71,7 @@ for i = 1, n do
 end
 if failed < 0 then
   for i = 1, n do
-    local b = 1 + (i - 1) * 5
-    local kind, limit, rate = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
-    local cost, ttl = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
+    local kind, limit, rate, cost, ttl = unpack(checks[i])
     if kind == 'bucket' then
       redis.call('HSET', KEYS[i], 'l', tostring(lvl[i] - cost), 't', tostring(now))
       local full_in = 60
@@ -83,14 +92,9 @@ for i = 1, n do out[#out + 1] = tostring(rst[i]) end
 return out
 """
 
-# KEYS: one per check. ARGV: request id, then per check: kind, limit, rate, delta.
-_SETTLE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local rid = ARGV[1]
+_SETTLE = _UNPACK + """
 for i = 1, #KEYS do
-  local b = 1 + (i - 1) * 4
-  local kind, limit, rate, delta = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  local kind, limit, rate, delta = unpack(checks[i])
   if kind == 'bucket' then
     local st = redis.call('HMGET', KEYS[i], 'l', 't')
     if st[1] then
@@ -111,6 +115,21 @@ return 1
 """
 
 
+_WINDOWS = ("minute", "lease", "day", "month")
+
+
+def _numbers(values: Sequence[float]) -> str:
+    return " ".join(repr(float(v)) for v in values)
+
+
+def _spec(plan: Plan) -> bytes:
+    """The plan's checks as the scripts read them, packed once and kept on the plan."""
+    if plan.packed is None:
+        plan.packed = "".join(f"{c.kind} {float(c.limit)!r} {float(c.rate)!r} {c.measure} {_WINDOWS.index(c.window)};"
+                              for c in plan.checks).encode()
+    return plan.packed
+
+
 class RedisBackend(LimitBackend):
     """Counters shared by every replica; a slow or dead Redis is an error within the timeout, never a hang."""
 
@@ -122,9 +141,7 @@ class RedisBackend(LimitBackend):
         self._settle = self._redis.register_script(_SETTLE)
 
     async def acquire(self, request_id: str, plan: Plan, amounts: Sequence[float], ttl: Mapping[str, float]) -> Verdict:
-        args: list[str | float] = [request_id]
-        for c in plan.checks:
-            args += [c.kind, c.limit, c.rate, amounts[c.measure], ttl[c.window]]
+        args = (request_id, _spec(plan), _numbers(amounts), _numbers([ttl[w] for w in _WINDOWS]))
         try:
             async with asyncio.timeout(self._timeout * 2):  # no task per call, unlike wait_for
                 raw = await self._acquire(keys=plan.keys, args=args)
@@ -135,12 +152,9 @@ class RedisBackend(LimitBackend):
                        remaining=[float(x) for x in raw[2:2 + n]], reset_s=[float(x) for x in raw[2 + n:2 + 2 * n]])
 
     async def settle(self, request_id: str, plan: Plan, deltas: Sequence[float]) -> None:
-        args: list[str | float] = [request_id]
-        for c in plan.checks:
-            args += [c.kind, c.limit, c.rate, deltas[c.measure]]
         try:
             async with asyncio.timeout(self._timeout * 2):
-                await self._settle(keys=plan.keys, args=args)
+                await self._settle(keys=plan.keys, args=(request_id, _spec(plan), _numbers(deltas)))
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             raise BackendUnavailable(type(exc).__name__) from None
 
