@@ -12,7 +12,9 @@ amount of compiled code is bounded by the rules, not by the traffic.
   and return what remains per check; else return the index of the first check that does
   not fit, having taken nothing.
 - ``give(request_id, deltas, now)``: settle (give back or take more; end the lease).
-- ``render(remaining)``: the ``x-ratelimit-*`` headers of an admitted request.
+- ``admit(request_id, amounts, now, ttl)``: ``take``, answering with the ``x-ratelimit-*``
+  headers instead of what remains (the embedded request path: one call).
+- ``render(remaining)``: those headers from what remains (an admission by Redis).
 
 The semantics are those of ``MemoryBackend.explain`` and of the Redis scripts; the tests run
 the same suite against both backends.
@@ -43,13 +45,14 @@ def _compile(name: str, lines: list[str]) -> Callable[..., Any]:
     return namespace[name]
 
 
-def take_and_give(shape: tuple) -> Callable[..., tuple[Callable[..., Any], Callable[..., Any]]]:
-    """``bind(*cells)``: the compiled ``take`` and ``give`` for checks of this shape
-    ((kind, limit, rate, measure, window) each), bound to one plan's cells."""
-    return _cached(("take", shape), _build_take_and_give)  # type: ignore[no-any-return]
+def bound(shape: tuple, headers: tuple) -> Callable[..., tuple[Callable[..., Any], ...]]:
+    """``bind(*cells)``: the compiled ``take``, ``give`` and ``admit`` for checks of this shape
+    ((kind, limit, rate, measure, window) each) and header families, bound to one plan's cells."""
+    return _cached(("bind", (shape, headers)), _build_bind)  # type: ignore[no-any-return]
 
 
-def _build_take_and_give(shape: tuple) -> Callable[..., tuple[Callable[..., Any], Callable[..., Any]]]:
+def _build_bind(key: tuple) -> Callable[..., tuple[Callable[..., Any], ...]]:
+    shape, headers = key
     cells = ", ".join(f"c{i}" for i in range(len(shape)))
     decide: list[str] = []
     apply: list[str] = []
@@ -82,11 +85,14 @@ def _build_take_and_give(shape: tuple) -> Callable[..., tuple[Callable[..., Any]
             apply += [f"if c{i}.ends <= now: c{i}.ends = now + ttl[{window!r}]", f"c{i}.value = x{i}"]
             remaining.append(f"{limit!r} - x{i}")
             settle += [f"d = deltas[{measure}]", f"if d and c{i}.ends > now: c{i}.value += d"]
+    render, rendered = _render_lines(headers, lambda i: f"x{i}")  # header checks are buckets
     lines = [f"def bind({cells}):", "    def take(rid, a, now, ttl):"]
     lines += [f"        {line}" for line in decide + apply]
     lines += [f"        return [{', '.join(remaining)}]", "    def give(rid, deltas, now):"]
     lines += [f"        {line}" for line in settle or ["pass"]]
-    lines.append("    return take, give")
+    lines += ["    def admit(rid, a, now, ttl):"]
+    lines += [f"        {line}" for line in decide + apply + render]
+    lines += [f"        return {rendered}", "    return take, give, admit"]
     return _compile("bind", lines)
 
 
@@ -96,29 +102,32 @@ def renderer(headers: tuple) -> Callable[[list[float]], dict[str, str]]:
 
 
 def _build_render(families: tuple) -> Callable[[list[float]], dict[str, str]]:
+    body, rendered = _render_lines(families, lambda i: f"r[{i}]")
+    return _compile("render", ["def render(r):"] + [f"    {line}" for line in body] + [f"    return {rendered}"])
+
+
+def _render_lines(families: tuple, value: Callable[[int], str]) -> tuple[list[str], str]:
+    """Lines that pick each family's tightest check, and the dict expression of the headers."""
     body: list[str] = []
     out: list[str] = []
     for f, ((limit_h, remaining_h, reset_h), members) in enumerate(families):
         # the tightest member: least remaining as a share of its limit; then its reset, the
         # seconds until it is full again (none for a bucket that never refills)
         (i, limit, printed, rate), rest = members[0], members[1:]
-        body += [f"r{f} = r[{i}]", f"k{f} = {i}"]
+        body += [f"r{f} = {value(i)}", f"k{f} = {i}"]
         if rest:
             body.append(f"s{f} = r{f} * {1.0 / limit!r}")
             for i, limit, _, _ in rest:
-                body += [f"if r[{i}] * {1.0 / limit!r} < s{f}: r{f} = r[{i}]; s{f} = r{f} * {1.0 / limit!r}; k{f} = {i}"]
-        chosen = [(i, limit, printed, rate) for i, limit, printed, rate in members]
-        for n, (i, limit, printed, rate) in enumerate(chosen):
+                body += [f"if {value(i)} * {1.0 / limit!r} < s{f}: r{f} = {value(i)}; s{f} = r{f} * {1.0 / limit!r}; k{f} = {i}"]
+        for n, (i, limit, printed, rate) in enumerate(members):
             reset = f"({limit!r} - r{f}) * {1.0 / rate!r}" if rate > 0 else "0.0"
-            head = "if" if n == 0 else "elif"
-            if len(chosen) == 1:
+            if len(members) == 1:
                 body += [f"p{f} = {printed!r}", f"q{f} = {reset}"]
-            elif n < len(chosen) - 1:
-                body += [f"{head} k{f} == {i}: p{f} = {printed!r}; q{f} = {reset}"]
+            elif n < len(members) - 1:
+                body += [f"{'if' if n == 0 else 'elif'} k{f} == {i}: p{f} = {printed!r}; q{f} = {reset}"]
             else:
                 body += [f"else: p{f} = {printed!r}; q{f} = {reset}"]
         out += [f"{limit_h!r}: p{f}",
                 f"{remaining_h!r}: '%d' % r{f} if r{f} > 0 else '0'",
                 f"{reset_h!r}: '%dms' % (q{f} * 1000) if q{f} > 0 else '0ms'"]
-    lines = ["def render(r):"] + [f"    {line}" for line in body] + ["    return {" + ", ".join(out) + "}"]
-    return _compile("render", lines)
+    return body, "{" + ", ".join(out) + "}"

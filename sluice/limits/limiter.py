@@ -88,10 +88,10 @@ class Limiter:
         if plan is None:
             return None, None
         memory = self._memory
-        verdict = memory.acquire_now(request_id, plan, amounts, self.rules.ttl)  # type: ignore[union-attr]
-        if verdict.ok:  # the common case, on every request: no detours
-            return Reservation(request_id, plan, amounts, memory), plan.render(verdict.remaining)  # type: ignore[arg-type]
-        return self._decided(request_id, plan, amounts, verdict, memory)  # type: ignore[arg-type]
+        got = memory.admit_now(request_id, plan, amounts, self.rules.ttl)  # type: ignore[union-attr]
+        if type(got) is dict:  # admitted, with its headers: the common case, on every request
+            return Reservation(request_id, plan, amounts, memory), got  # type: ignore[arg-type]
+        return self._decided(request_id, plan, amounts, got, memory)  # type: ignore[arg-type]
 
     async def reserve(self, request_id: str, identity: str, team: str | None, model: str, route: str,
                       amounts: Amounts) -> tuple[Reservation | None, dict[str, str] | None]:

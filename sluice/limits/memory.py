@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from .backend import LimitBackend
 from .checks import Verdict
-from .compiled import take_and_give
+from .compiled import bound
 from .plan import Plan
 
 
@@ -70,7 +70,7 @@ class MemoryBackend(LimitBackend):
         return self.acquire_now(request_id, plan, amounts, ttl)
 
     def _compiled(self, plan: Plan) -> tuple:
-        """(generation, cells, take, give) of a plan, cached on it until the next sweep."""
+        """(generation, cells, take, give, admit) of a plan, cached on it until the next sweep."""
         cells = self._cells
         out = []
         for c in plan.checks:
@@ -78,7 +78,7 @@ class MemoryBackend(LimitBackend):
             if cell is None:
                 cell = cells[c.key] = _Bucket(c.limit, 0.0) if c.kind == "bucket" else _CELL[c.kind]()  # type: ignore[misc]
             out.append(cell)
-        plan.memo = (self._generation, tuple(out), *take_and_give(plan.shape)(*out))
+        plan.memo = (self._generation, tuple(out), *bound(plan.shape, plan.headers)(*out))
         return plan.memo  # type: ignore[no-any-return]
 
     def acquire_now(self, request_id: str, plan: Plan, amounts: Sequence[float], ttl: Mapping[str, float]) -> Verdict:
@@ -96,6 +96,22 @@ class MemoryBackend(LimitBackend):
         got = memo[2](request_id, amounts, now, ttl)
         if type(got) is list:
             return Verdict(True, -1, got, None)
+        return self._explain(plan, memo[1], got, amounts, ttl, now)
+
+    def admit_now(self, request_id: str, plan: Plan, amounts: Sequence[float],
+                  ttl: Mapping[str, float]) -> dict[str, str] | Verdict:
+        """``acquire_now`` for the request path: the ``x-ratelimit-*`` headers when admitted,
+        the refusal's verdict otherwise."""
+        now = time.time()
+        self._ops += 1
+        if self._ops % 10_000 == 0:
+            self._sweep(now)
+        memo = plan.memo
+        if memo is None or memo[0] != self._generation:
+            memo = self._compiled(plan)
+        got = memo[4](request_id, amounts, now, ttl)
+        if type(got) is dict:
+            return got
         return self._explain(plan, memo[1], got, amounts, ttl, now)
 
     def _explain(self, plan: Plan, cells: tuple, failed: int, amounts: Sequence[float],
