@@ -16,7 +16,7 @@ amount of compiled code is bounded by the rules, not by the traffic.
   headers instead of what remains (the embedded request path: one call).
 - ``render(remaining)``: those headers from what remains (an admission by Redis).
 
-The semantics are those of ``MemoryBackend.explain`` and of the Redis scripts; the tests run
+The semantics are those of ``MemoryBackend._explain`` and of the Redis scripts; the tests run
 the same suite against both backends.
 """
 

@@ -2,7 +2,8 @@
 
 This is the request path of the embedded default, so it is written for speed: a plan is
 resolved once into the counter cells it touches (shared by key with every other plan) and
-its compiled ``take`` and ``give`` (``compiled``); a request then only does that arithmetic.
+its compiled ``take``, ``give`` and ``admit`` (``compiled``); a request then only does that
+arithmetic.
 A sweep that forgets idle cells bumps a generation, and each plan resolves its cells again
 on its next use.
 """
@@ -53,6 +54,7 @@ class _Sum:
 
 
 _CELL = {"bucket": None, "lease": _Leases, "counter": _Sum}
+_TAKE, _GIVE, _ADMIT = 2, 3, 4  # where a plan's memo holds its compiled calls
 # unique across backends, so a plan's memo from one backend (a fail-open fallback, say) is
 # never taken for another's
 _generations = itertools.count(1)
@@ -86,22 +88,18 @@ class MemoryBackend(LimitBackend):
 
         An admitted verdict carries no resets: for buckets they follow from what remains.
         """
-        now = time.time()
-        self._ops += 1
-        if self._ops % 10_000 == 0:
-            self._sweep(now)
-        memo = plan.memo
-        if memo is None or memo[0] != self._generation:
-            memo = self._compiled(plan)
-        got = memo[2](request_id, amounts, now, ttl)
-        if type(got) is list:
-            return Verdict(True, -1, got, None)
-        return self._explain(plan, memo[1], got, amounts, ttl, now)
+        got = self._run(_TAKE, request_id, plan, amounts, ttl)
+        return got if type(got) is Verdict else Verdict(True, -1, got, None)
 
     def admit_now(self, request_id: str, plan: Plan, amounts: Sequence[float],
                   ttl: Mapping[str, float]) -> dict[str, str] | Verdict:
         """``acquire_now`` for the request path: the ``x-ratelimit-*`` headers when admitted,
         the refusal's verdict otherwise."""
+        return self._run(_ADMIT, request_id, plan, amounts, ttl)  # type: ignore[no-any-return]
+
+    def _run(self, call: int, request_id: str, plan: Plan, amounts: Sequence[float], ttl: Mapping[str, float]) -> object:
+        """One of the plan's compiled calls (``take`` or ``admit``); a refusal, which they
+        answer with the failed check's index, comes back as its explained verdict."""
         now = time.time()
         self._ops += 1
         if self._ops % 10_000 == 0:
@@ -109,10 +107,10 @@ class MemoryBackend(LimitBackend):
         memo = plan.memo
         if memo is None or memo[0] != self._generation:
             memo = self._compiled(plan)
-        got = memo[4](request_id, amounts, now, ttl)
-        if type(got) is dict:
-            return got
-        return self._explain(plan, memo[1], got, amounts, ttl, now)
+        got = memo[call](request_id, amounts, now, ttl)
+        if type(got) is int:
+            return self._explain(plan, memo[1], got, amounts, ttl, now)
+        return got
 
     def _explain(self, plan: Plan, cells: tuple, failed: int, amounts: Sequence[float],
                  ttl: Mapping[str, float], now: float) -> Verdict:
@@ -149,7 +147,7 @@ class MemoryBackend(LimitBackend):
         memo = plan.memo
         if memo is None or memo[0] != self._generation:
             memo = self._compiled(plan)
-        memo[3](request_id, deltas, time.time())
+        memo[_GIVE](request_id, deltas, time.time())
 
     def _sweep(self, now: float) -> None:
         """Forget full idle buckets, empty lease sets and finished windows, so memory stays flat."""
