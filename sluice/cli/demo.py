@@ -7,8 +7,6 @@ import json
 
 import aiohttp
 from rich.console import Console
-from rich.panel import Panel
-from rich.syntax import Syntax
 
 from ..app import Gateway
 from ..core.config import Config, parse
@@ -32,24 +30,33 @@ def demo_config(port: int, admin_port: int, sim_port: int, key: str, admin_key: 
     })
 
 
-def _examples(port: int, admin_port: int, key: str, admin_key: str) -> None:
+def examples(port: int, admin_port: int, key: str, admin_key: str) -> str:
+    """The copy-exact getting-started text: plain lines, never padded or cut to a terminal's width.
+
+    It goes to stdout as it is, so a curl pasted from a pipe, a log or an 80-column terminal
+    runs as printed (rich's renderers pad lines with spaces, which breaks ``\\`` continuations).
+    """
     base = f"http://127.0.0.1:{port}/v1"
     curl = (f"curl -s {base}/chat/completions \\\n  -H 'Authorization: Bearer {key}' \\\n"
             "  -H 'Content-Type: application/json' \\\n"
             "  -d '{\"model\": \"sim-small\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'")
-    py = (f"from openai import OpenAI\n\nclient = OpenAI(base_url=\"{base}\", api_key=\"{key}\")\n"
+    py = (f"from openai import OpenAI\nclient = OpenAI(\n    base_url=\"{base}\",\n    api_key=\"{key}\",\n)\n"
           "stream = client.chat.completions.create(\n    model=\"sim-small\", stream=True,\n"
           "    messages=[{\"role\": \"user\", \"content\": \"Hello!\"}],\n)\n"
           "for chunk in stream:\n    if chunk.choices:\n        print(chunk.choices[0].delta.content or \"\", end=\"\", flush=True)\nprint()")
-    out.print(Panel.fit(f"data plane     {base}\ncontrol plane  http://127.0.0.1:{admin_port}/admin\n"
-                        f"API key        {key}\nadmin key      {admin_key}\n\n"
-                        "These keys are shown once and replaced at the next `sluice demo`.",
-                        title="sluice demo"))
-    out.print("[bold]curl[/bold]")
-    out.print(Syntax(curl, "bash", word_wrap=True))
-    out.print("[bold]openai SDK[/bold] (pip install openai)")
-    out.print(Syntax(py, "python"))
-    out.print(f"[bold]admin[/bold]: curl -s http://127.0.0.1:{admin_port}/admin/identities -H 'Authorization: Bearer {admin_key}'")
+    admin = f"curl -s http://127.0.0.1:{admin_port}/admin/identities \\\n  -H 'Authorization: Bearer {admin_key}'"
+    return "\n".join([
+        "sluice demo",
+        f"  data plane     {base}",
+        f"  control plane  http://127.0.0.1:{admin_port}/admin",
+        f"  API key        {key}",
+        f"  admin key      {admin_key}",
+        "  These keys are shown once and replaced at the next `sluice demo`.",
+        "",
+        "# curl", curl, "",
+        "# openai SDK (pip install openai)", py, "",
+        "# admin", admin, "",
+    ])
 
 
 async def _first_request(port: int, key: str) -> bool:
@@ -72,10 +79,10 @@ async def _main(port: int, admin_port: int, sim_port: int, once: bool) -> int:
     await gw.start()
     try:
         ok = await _first_request(port, key)
-        _examples(port, admin_port, key, admin_key)
+        print(examples(port, admin_port, key, admin_key), flush=True)
         if once:
             return 0 if ok else 1
-        out.print("\n[green]sluice is running.[/green] Press Ctrl-C to stop.")
+        print("sluice is running. Press Ctrl-C to stop.", flush=True)
         await asyncio.Event().wait()
         return 0
     finally:
