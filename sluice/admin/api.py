@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
@@ -80,7 +81,7 @@ def _decode(body: bytes, kind: type) -> object:
         return msgspec.json.decode(body or b"{}", type=kind)
     except msgspec.ValidationError as exc:
         raise InvalidRequest(f"Invalid request body: {exc}") from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested deeper than msgspec follows
         raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from None
 
 
@@ -93,9 +94,12 @@ def _key(k: ApiKey, now: float) -> dict:
 
 def _number(q: dict, name: str, default: float) -> float:
     try:
-        return float(q.get(name, default))
+        value = float(q.get(name, default))
     except ValueError:
-        raise InvalidRequest(f"{name} must be a number", param=name) from None
+        value = math.nan
+    if not math.isfinite(value):  # nan and inf parse as floats but order nothing (int(nan) raises)
+        raise InvalidRequest(f"{name} must be a finite number", param=name)
+    return value
 
 
 def _limit(q: dict) -> int:

@@ -29,7 +29,7 @@ def unverified_claims(token: str) -> dict[str, Any]:
     try:
         payload = token.split(".")[1]
         data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
+    except (IndexError, ValueError, RecursionError):  # RecursionError: a payload nested too deep for json
         raise Unauthenticated("The subject token is not a JWT.", code="invalid_token") from None
     if not isinstance(data, dict):
         raise Unauthenticated("The subject token is not a JWT.", code="invalid_token")
@@ -85,7 +85,7 @@ class Issuer:
                 if attempt == 0 and "key" in (exc.description or exc.error or "").lower():
                     continue  # perhaps a rotated key: refresh once
                 raise Unauthenticated(f"The subject token was refused: {exc.description or exc.error}.", code="invalid_token") from None
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise Unauthenticated("The subject token is malformed.", code="invalid_token") from None
             try:
                 self._claims.validate(decoded.claims)

@@ -47,7 +47,7 @@ class DataPlane:
 
         def model_call(name: str, path: str, request_type: type) -> ModelCall:
             stages = (authenticate, Decode(request_type, **size), authorize, route, limit, admit)
-            return ModelCall(name, stages, Forward(path, finish), finish)
+            return ModelCall(name, stages, Forward(path, finish), finish, authenticate=authenticate)
 
         self.chat_completions = model_call("chat.completions", "/chat/completions", ChatCompletionRequest)
         self.embeddings = model_call("embeddings", "/embeddings", EmbeddingRequest)
