@@ -81,7 +81,7 @@ def _decode(body: bytes, kind: type) -> object:
         return msgspec.json.decode(body or b"{}", type=kind)
     except msgspec.ValidationError as exc:
         raise InvalidRequest(f"Invalid request body: {exc}") from None
-    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested deeper than msgspec follows
+    except msgspec.DecodeError:
         raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from None
 
 

@@ -85,7 +85,7 @@ class Issuer:
                 if attempt == 0 and "key" in (exc.description or exc.error or "").lower():
                     continue  # perhaps a rotated key: refresh once
                 raise Unauthenticated(f"The subject token was refused: {exc.description or exc.error}.", code="invalid_token") from None
-            except (ValueError, RecursionError):
+            except ValueError:
                 raise Unauthenticated("The subject token is malformed.", code="invalid_token") from None
             try:
                 self._claims.validate(decoded.claims)

@@ -195,7 +195,7 @@ class TokenService:
             self._claims.validate(decoded.claims)
         except JoseError as exc:
             raise Unauthenticated(f"The access token is invalid: {exc.description or exc.error}.", code="invalid_token") from None
-        except (ValueError, RecursionError):  # RecursionError: a header or payload nested too deep for json
+        except ValueError:
             raise Unauthenticated("The access token is malformed.", code="invalid_token") from None
         c = decoded.claims
         identity = self._registry.identity(c["sub"])
