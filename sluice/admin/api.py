@@ -23,6 +23,7 @@ from ..limits import Limiter
 from ..routing import RouteTable
 from ..store import Store, StoreUnavailable
 from .auth import AdminAuth
+from .openapi import accepts, document
 
 Handler = Callable[[Exchange], Awaitable[Reply]]
 Action = Callable[[Actor, Exchange], Awaitable[Reply]]
@@ -76,6 +77,39 @@ class Retarget(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     upstream_model: str | None = None
 
 
+class Listing(msgspec.Struct, kw_only=True):
+    """Query of identity listings."""
+
+    include_disabled: bool = False
+
+
+class InventoryQuery(Listing, kw_only=True):
+    """Query of the inventory: JSON, or CSV for a spreadsheet review."""
+
+    format: Literal["json", "csv"] = "json"
+
+
+class Window(msgspec.Struct, kw_only=True):
+    """Query of the usage summary: records since a Unix time."""
+
+    since: float = 0.0
+
+
+_Limit = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
+
+
+class UsageQuery(Window, kw_only=True):
+    """Query of usage records: since a Unix time, at most ``limit`` of them."""
+
+    limit: _Limit = 100
+
+
+class Recent(msgspec.Struct, kw_only=True):
+    """Query of the change log: the latest ``limit`` entries."""
+
+    limit: _Limit = 100
+
+
 def _decode(body: bytes, kind: type) -> object:
     try:
         return msgspec.json.decode(body or b"{}", type=kind)
@@ -124,6 +158,7 @@ class AdminApi:
         self._upstreams = set(upstreams)
         self._keyring = keyring
         self._limiter = limiter
+        self._openapi: bytes | None = None
 
     def endpoints(self) -> list[tuple[str, str, tuple[str, ...], Action]]:
         """(method, path, scopes needed, action): the control plane's whole surface."""
@@ -153,6 +188,7 @@ class AdminApi:
             ("GET", "/admin/usage", (r.USAGE_READ,), self.usage),
             ("GET", "/admin/usage/summary", (r.USAGE_READ,), self.usage_summary),
             ("GET", "/admin/changes", (r.AUDIT_READ,), self.changes),
+            ("GET", "/admin/openapi.json", (), self.openapi),
         ]
 
     def routes(self) -> list[tuple[str, str, Handler]]:
@@ -172,15 +208,23 @@ class AdminApi:
         handler.__name__ = fn.__name__
         return handler
 
+    async def openapi(self, actor: Actor, ex: Exchange) -> Reply:
+        """This document: the control plane's contract, generated from the endpoint table."""
+        if self._openapi is None:
+            self._openapi = msgspec.json.encode(document(self.endpoints()))
+        return Reply(200, self._openapi)
+
     async def whoami(self, actor: Actor, ex: Exchange) -> Reply:
         return Reply.json({"name": actor.name, "identity_id": actor.identity_id,
                            "roles": sorted(actor.roles), "scopes": sorted(actor.grants)})
 
     # identities
+    @accepts(query=Listing)
     async def list_identities(self, actor: Actor, ex: Exchange) -> Reply:
         include = ex.query.get("include_disabled") in ("1", "true")
         return _listing([msgspec.structs.asdict(i) for i in await self._ids.list_identities(include)])
 
+    @accepts(NewIdentity)
     async def create_identity(self, actor: Actor, ex: Exchange) -> Reply:
         req: NewIdentity = _decode(ex.body, NewIdentity)  # type: ignore[assignment]
         ident = await self._ids.create_identity(
@@ -192,6 +236,7 @@ class AdminApi:
     async def get_identity(self, actor: Actor, ex: Exchange) -> Reply:
         return Reply.json(msgspec.structs.asdict(await self._ids.get_identity(ex.params["identity_id"])))
 
+    @accepts(IdentityPatch)
     async def update_identity(self, actor: Actor, ex: Exchange) -> Reply:
         req: IdentityPatch = _decode(ex.body, IdentityPatch)  # type: ignore[assignment]
         team = None if req.team is msgspec.UNSET else req.team
@@ -202,11 +247,13 @@ class AdminApi:
     async def disable_identity(self, actor: Actor, ex: Exchange) -> Reply:
         return Reply.json(msgspec.structs.asdict(await self._ids.disable_identity(actor, ex.params["identity_id"])))
 
+    @accepts(RoleSet)
     async def set_roles(self, actor: Actor, ex: Exchange) -> Reply:
         req: RoleSet = _decode(ex.body, RoleSet)  # type: ignore[assignment]
         ident: Identity = await self._ids.set_roles(actor, ex.params["identity_id"], req.roles)
         return Reply.json(msgspec.structs.asdict(ident))
 
+    @accepts(query=InventoryQuery, content_types=("application/json", "text/csv"))
     async def inventory(self, actor: Actor, ex: Exchange) -> Reply:
         await self._flush_usage()
         rows = inv.build(await self._ids.list_identities(include_disabled=ex.query.get("include_disabled") in ("1", "true")),
@@ -215,6 +262,7 @@ class AdminApi:
             return Reply(200, _csv(rows).encode(), "text/csv; charset=utf-8")
         return _listing(rows)
 
+    @accepts(Offboarding)
     async def offboard(self, actor: Actor, ex: Exchange) -> Reply:
         req: Offboarding = _decode(ex.body, Offboarding)  # type: ignore[assignment]
         return Reply.json(await self._ids.offboard(actor, ex.params["owner"], req.reassign_to))
@@ -224,11 +272,13 @@ class AdminApi:
         now = clock.now()
         return _listing([_key(k, now) for k in await self._ids.list_keys(ex.params["identity_id"])])
 
+    @accepts(NewKey)
     async def issue_key(self, actor: Actor, ex: Exchange) -> Reply:
         req: NewKey = _decode(ex.body, NewKey)  # type: ignore[assignment]
         key, secret = await self._ids.issue_key(actor, ex.params["identity_id"], ttl_days=req.ttl_days, plane=req.plane)
         return Reply.json({**_key(key, clock.now()), "key": secret}, status=201, headers={"Cache-Control": "no-store"})
 
+    @accepts(Rotation)
     async def rotate_key(self, actor: Actor, ex: Exchange) -> Reply:
         req: Rotation = _decode(ex.body, Rotation)  # type: ignore[assignment]
         key, secret = await self._ids.rotate_key(actor, ex.params["key_id"], overlap_seconds=req.overlap_seconds,
@@ -247,6 +297,7 @@ class AdminApi:
     async def list_teams(self, actor: Actor, ex: Exchange) -> Reply:
         return _listing([msgspec.structs.asdict(t) for t in await self._ids.list_teams()])
 
+    @accepts(NewTeam)
     async def create_team(self, actor: Actor, ex: Exchange) -> Reply:
         req: NewTeam = _decode(ex.body, NewTeam)  # type: ignore[assignment]
         return Reply.json(msgspec.structs.asdict(await self._ids.create_team(actor, req.name, req.owner)), status=201)
@@ -256,6 +307,7 @@ class AdminApi:
         return _listing([{"model": t.model, "upstream": t.upstream, "upstream_model": t.upstream_model,
                           "environment": t.environment} for t in self._routes.targets()])
 
+    @accepts(Retarget)
     async def retarget(self, actor: Actor, ex: Exchange) -> Reply:
         req: Retarget = _decode(ex.body, Retarget)  # type: ignore[assignment]
         model = ex.params["model"]
@@ -274,6 +326,7 @@ class AdminApi:
     async def get_limits(self, actor: Actor, ex: Exchange) -> Reply:
         return Reply.json({"rules": self._limiter.rules.rules})
 
+    @accepts(LimitRules)
     async def put_limits(self, actor: Actor, ex: Exchange) -> Reply:
         req: LimitRules = _decode(ex.body, LimitRules)  # type: ignore[assignment]
         names = [rule.name for rule in req.rules]
@@ -298,14 +351,17 @@ class AdminApi:
         return Reply.json({"identity": identity, "released": True})
 
     # usage and audit
+    @accepts(query=UsageQuery)
     async def usage(self, actor: Actor, ex: Exchange) -> Reply:
         await self._flush_usage()
         return _listing(await self._store.list_usage(since=_number(ex.query, "since", 0.0), limit=_limit(ex.query)))
 
+    @accepts(query=Window)
     async def usage_summary(self, actor: Actor, ex: Exchange) -> Reply:
         await self._flush_usage()
         return _listing(await self._store.summarize_usage(since=_number(ex.query, "since", 0.0)))
 
+    @accepts(query=Recent)
     async def changes(self, actor: Actor, ex: Exchange) -> Reply:
         return _listing(await self._store.list_changes(limit=_limit(ex.query)))
 
