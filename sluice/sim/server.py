@@ -175,6 +175,9 @@ class Replica:
             seed = self.settings.seed if req.seed is None else (self.settings.seed * 1_000_003 + req.seed) & _MASK64
             key = text.prompt_key(prompt, seed)
             plans = [self._plan((key + i * _GOLDEN) & _MASK64, max_tokens, bool(req.ignore_eos)) for i in range(req.n or 1)]
+            if self.faults.active and self.faults.spec.say_first is not None:
+                for plan in plans:
+                    plan.words.insert(0, self.faults.spec.say_first)
 
             async with self.latency.slot():
                 cached = self._lookup(prompt)
