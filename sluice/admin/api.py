@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from ..core import clock
-from ..core.errors import InvalidRequest, NotFound, Unavailable
+from ..core.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from ..core.config import LimitRule
 from ..core.exchange import Exchange, Reply
 from ..core.types import ApiKey, Identity, Role
@@ -159,6 +159,14 @@ class AdminApi:
         self._keyring = keyring
         self._limiter = limiter
         self._openapi: bytes | None = None
+        # An upstream's environment is that of the models the config file routes to it: one
+        # environment when all of them are bound to it, else shared (None). A model may be moved
+        # only among upstreams of the environment its configured upstream has.
+        served: dict[str, set[str | None]] = {}
+        for t in routes.targets():
+            served.setdefault(t.upstream, set()).add(t.environment)
+        self._upstream_env = {u: next(iter(envs)) if len(envs) == 1 else None for u, envs in served.items()}
+        self._home_env = {t.model: self._upstream_env[t.upstream] for t in routes.targets()}
 
     def endpoints(self) -> list[tuple[str, str, tuple[str, ...], Action]]:
         """(method, path, scopes needed, action): the control plane's whole surface."""
@@ -316,6 +324,11 @@ class AdminApi:
             raise NotFound(f"no model {model!r}")
         if req.upstream not in self._upstreams:
             raise InvalidRequest(f"no upstream {req.upstream!r}", param="upstream")
+        home, there = self._home_env.get(model), self._upstream_env.get(req.upstream)
+        if there != home:
+            raise Conflict(f"model {model!r} is served from {home or 'shared'} upstreams; upstream {req.upstream!r} "
+                           f"is {there or 'shared'}: a route cannot move a model across environments",
+                           code="environment_mismatch", param="upstream")
         new = self._routes.retarget(model, req.upstream, req.upstream_model or old.upstream_model)
         await self._ids.record(actor, "route.retarget", model, {
             "from": {"upstream": old.upstream, "upstream_model": old.upstream_model},
@@ -370,6 +383,17 @@ _CSV_FIELDS = ["id", "name", "owner", "team", "environment", "roles", "models", 
                "next_expiry", "last_used_at", "models_used", "unused_scopes", "flags"]
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: object) -> object:
+    """A CSV cell a spreadsheet shows as text: a string that could start a formula gets a leading '
+    (OWASP CSV injection); numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def _csv(rows: list[inv.InventoryRow]) -> str:
     out = io.StringIO()
     w = csv.writer(out)
@@ -377,8 +401,8 @@ def _csv(rows: list[inv.InventoryRow]) -> str:
     for row in rows:
         active = [c for c in row.credentials if c.active]
         expiries = [c.expires_at for c in active if c.expires_at is not None]
-        w.writerow([row.id, row.name, row.owner, row.team or "", row.environment, " ".join(row.roles),
+        w.writerow(map(_cell, [row.id, row.name, row.owner, row.team or "", row.environment, " ".join(row.roles),
                     " ".join(row.models), len(active), max((c.age_days for c in active), default=""),
                     min(expiries, default=""), row.last_used_at or "", " ".join(row.models_used),
-                    " ".join(row.unused_scopes), " ".join(row.flags)])
+                    " ".join(row.unused_scopes), " ".join(row.flags)]))
     return out.getvalue()
