@@ -174,7 +174,8 @@ class Replica:
                 )
             seed = self.settings.seed if req.seed is None else (self.settings.seed * 1_000_003 + req.seed) & _MASK64
             key = text.prompt_key(prompt, seed)
-            plans = [self._plan((key + i * _GOLDEN) & _MASK64, max_tokens, bool(req.ignore_eos)) for i in range(req.n or 1)]
+            plans = [self._plan((key + i * _GOLDEN) & _MASK64, max_tokens, bool(req.ignore_eos), req.min_tokens or 0)
+                     for i in range(req.n or 1)]
             if self.faults.active and self.faults.spec.say_first is not None:
                 for plan in plans:
                     plan.words.insert(0, self.faults.spec.say_first)
@@ -214,8 +215,8 @@ class Replica:
         finally:
             stats.in_flight -= 1
 
-    def _plan(self, key: int, max_tokens: int, ignore_eos: bool) -> _Plan:
-        natural = text.natural_length(key)
+    def _plan(self, key: int, max_tokens: int, ignore_eos: bool, min_tokens: int = 0) -> _Plan:
+        natural = max(text.natural_length(key), min_tokens)  # vLLM's min_tokens: no stop before it
         if ignore_eos or natural >= max_tokens:
             return _Plan(words=text.generate(key, max_tokens), finish_reason="length")
         return _Plan(words=text.generate(key, natural), finish_reason="stop")
