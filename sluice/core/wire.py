@@ -109,7 +109,7 @@ VLLM_PARAMS = (
     "documents", "chat_template", "chat_template_kwargs", "mm_processor_kwargs", "structured_outputs",
     "guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend",
     "guided_whitespace_pattern", "structural_tag", "return_tokens_as_token_ids", "return_token_ids",
-    "cache_salt", "vllm_xargs",
+    "cache_salt", "vllm_xargs", "stream_options.continuous_usage_stats",
 )
 PARAM_SETS: dict[str, tuple[str, ...]] = {"openai": (), "vllm": VLLM_PARAMS}
 
@@ -124,11 +124,23 @@ def extra_params(spec: str | Iterable[str] | None) -> frozenset[str]:
     return frozenset(names - set(ChatCompletionRequest.__struct_fields__))
 
 
+class VllmStreamOptions(StreamOptions, forbid_unknown_fields=True):
+    """vLLM's ``stream_options``: usage on every chunk as well (guidellm asks for it)."""
+
+    continuous_usage_stats: bool | UnsetType = UNSET
+
+
+# Parameters inside a standard one: the field they widen and its wider type.
+_NESTED: dict[str, tuple[str, Any]] = {
+    "stream_options.continuous_usage_stats": ("stream_options", VllmStreamOptions | None | UnsetType),
+}
+
+
 def chat_request_with(names: frozenset[str]) -> type[ChatCompletionRequest]:
     """``ChatCompletionRequest`` that also takes the named parameters, any JSON, re-encoded unchanged."""
     if not names:
         return ChatCompletionRequest
-    fields = [(name, Any, UNSET) for name in sorted(names)]
+    fields = [_NESTED[name] + (UNSET,) if name in _NESTED else (name, Any, UNSET) for name in sorted(names)]
     return msgspec.defstruct("ChatCompletionRequestWithExtras", fields, bases=(ChatCompletionRequest,),
                              kw_only=True, forbid_unknown_fields=True, omit_defaults=True)
 

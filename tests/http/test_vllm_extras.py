@@ -62,6 +62,17 @@ def test_vllm_sampling_and_structured_output_parameters_pass_streaming_and_not(g
     assert sum(1 for c in stream if c.choices and c.choices[0].delta.content) == 5
 
 
+def test_vllm_continuous_usage_stats_in_stream_options_passes_as_guidellm_sends_it(g):
+    stream = client(g).chat.completions.create(model="open", messages=HI, max_tokens=5, stream=True,
+                                               stream_options={"include_usage": True, "continuous_usage_stats": True},
+                                               extra_body={"ignore_eos": True})
+    chunks = list(stream)
+    assert chunks[-1].usage.completion_tokens == 5
+    with pytest.raises(openai.BadRequestError):
+        client(g).chat.completions.create(model="plain", messages=HI, max_tokens=5, stream=True,
+                                          stream_options={"include_usage": True, "continuous_usage_stats": True})
+
+
 @pytest.mark.parametrize(("model", "param"), [("plain", "ignore_eos"), ("plain", "top_k"), ("listed", "ignore_eos"),
                                               ("narrowed", "top_k"), ("open", "logits_processors"), ("open", "bogus")])
 def test_a_parameter_the_model_does_not_declare_is_refused_with_openais_400(g, model, param):
