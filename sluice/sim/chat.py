@@ -63,8 +63,7 @@ class ChatCompletions(ReplicaBase):
         """``POST /v1/chat/completions``: a deterministic reply at the modelled speed."""
         stats = self.stats
         stats.chat_requests += 1
-        stats.in_flight += 1
-        try:
+        with self._in_flight():
             req = await self._admit(request, _chat_decoder)
             if isinstance(req, web.Response):
                 return req
@@ -120,12 +119,6 @@ class ChatCompletions(ReplicaBase):
                     usage=usage,
                 )
                 return json_reply(body)
-        except asyncio.CancelledError:
-            # The client went away (aiohttp cancels the handler): stop generating.
-            stats.client_disconnects += 1
-            raise
-        finally:
-            stats.in_flight -= 1
 
     def _plan(self, key: int, max_tokens: int, ignore_eos: bool, min_tokens: int = 0) -> _Plan:
         natural = max(text.natural_length(key), min_tokens)  # vLLM's min_tokens: no stop before it

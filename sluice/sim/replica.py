@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import count
 from typing import Any
 
@@ -95,6 +97,20 @@ class ReplicaBase:
         if req.model not in self.models:
             return self._refuse(404, f"The model `{req.model}` does not exist.")
         return req
+
+    @contextmanager
+    def _in_flight(self) -> Iterator[None]:
+        """Count a request in flight while it runs; a cancelled one (its client left) as a disconnect."""
+        stats = self.stats
+        stats.in_flight += 1
+        try:
+            yield
+        except asyncio.CancelledError:
+            # aiohttp cancels the handler when the client goes away: generation stops here.
+            stats.client_disconnects += 1
+            raise
+        finally:
+            stats.in_flight -= 1
 
     def _refuse(self, status: int, message: str) -> web.Response:
         self.stats.errors_returned += 1

@@ -3,8 +3,6 @@ and ``/reset_prefix_cache``."""
 
 from __future__ import annotations
 
-import asyncio
-
 import msgspec
 from aiohttp import web
 
@@ -25,8 +23,7 @@ class VllmRoutes(ReplicaBase):
         """``POST /v1/embeddings``: deterministic unit vectors, as floats or base64."""
         stats = self.stats
         stats.embedding_requests += 1
-        stats.in_flight += 1
-        try:
+        with self._in_flight():
             req = await self._admit(request, _embedding_decoder)
             if isinstance(req, web.Response):
                 return req
@@ -65,11 +62,6 @@ class VllmRoutes(ReplicaBase):
                 usage=Usage(prompt_tokens=n_prompt, total_tokens=n_prompt),
             )
             return json_reply(body)
-        except asyncio.CancelledError:
-            stats.client_disconnects += 1
-            raise
-        finally:
-            stats.in_flight -= 1
 
     async def list_models(self, request: web.Request) -> web.Response:
         """``GET /v1/models``."""
