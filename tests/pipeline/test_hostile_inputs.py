@@ -50,7 +50,9 @@ def _b64(data: bytes) -> str:
 def _deep_jwt(depth: int, where: str) -> str:
     deep = _b64(b'{"a":' + b"[" * depth + b"]" * depth + b"}")
     plain = _b64(b'{"alg":"ES256","typ":"JWT"}')
-    header, payload = (deep, _b64(b'{"sub":"x"}')) if where == "header" else (plain, deep)
+    # A plain payload names the trusted issuer, so a deep header is parsed by verification too.
+    header, payload = (deep, _b64(b'{"sub":"x","iss":"https://ci.test","aud":"sluice"}')) if where == "header" \
+        else (plain, deep)
     return f"{header}.{payload}.{_b64(b'sig')}"
 
 
