@@ -18,6 +18,7 @@ from .core import config as cfgmod
 from .core.config import Config
 from .core.errors import ConfigError
 from .core.exchange import Exchange, Reply
+from .core.wire import extra_params
 from .http import Listener
 from .limits import Admission, AnomalyGuard, Limiter, PriceTable, Throttle, build_backend, warm
 from .identity import SYSTEM, CredentialRegistry, Federation, Hasher, IdentityService, Keyring, Sealer, TokenExchange, TokenService
@@ -125,8 +126,11 @@ class Gateway:
         data_plane = DataPlane(registry=registry, tokens=tokens, routes=routes, transports=self._transports,
                                ledger=ledger, limits=c.requests, limiter=limiter, prices=prices,
                                max_tokens_cap=c.limits.max_tokens_cap,
-                               admission=Admission({m.name: m.capacity for m in c.models if m.capacity}))
+                               admission=Admission({m.name: m.capacity for m in c.models if m.capacity}),
+                               extra_params={m: extra_params(p) for m, p in cfgmod.model_extra_params(c).items()})
         health = [("GET", "/healthz", self._healthz), ("GET", "/readyz", self._readyz)]
+        # /health as vLLM, SGLang and TGI serve it: what their tools (guidellm) check first.
+        vllm_health = [("GET", "/health", self._healthz)]
 
         async def jwks(_: Exchange) -> Reply:
             return Reply.json(tokens.jwks(), headers={"Cache-Control": "public, max-age=60"})
@@ -140,7 +144,7 @@ class Gateway:
 
         admin = AdminApi(AdminAuth(hasher, c.admin.keys, registry), identities, store, ledger.flush, routes,
                          [u.name for u in c.upstreams], keyring, limiter)
-        self.data = Listener("data", c.data_plane.host, c.data_plane.port, data_plane.routes() + token_routes + health,
+        self.data = Listener("data", c.data_plane.host, c.data_plane.port, data_plane.routes() + token_routes + health + vllm_health,
                              max_body_bytes=c.requests.max_body_bytes, access_log=c.logging.access_log)
         self.control = Listener("control", c.control_plane.host, c.control_plane.port,
                                 admin.routes() + health + [("GET", "/metrics", metrics_handler)],

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
 import msgspec
 
 from ..core import clock
-from ..core.errors import InvalidRequest, NotFound, Unavailable
+from ..core.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from ..core.config import LimitRule
 from ..core.exchange import Exchange, Reply
 from ..core.types import ApiKey, Identity, Role
@@ -22,6 +23,7 @@ from ..limits import Limiter
 from ..routing import RouteTable
 from ..store import Store, StoreUnavailable
 from .auth import AdminAuth
+from .openapi import accepts, document
 
 Handler = Callable[[Exchange], Awaitable[Reply]]
 Action = Callable[[Actor, Exchange], Awaitable[Reply]]
@@ -75,6 +77,39 @@ class Retarget(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     upstream_model: str | None = None
 
 
+class Listing(msgspec.Struct, kw_only=True):
+    """Query of identity listings."""
+
+    include_disabled: bool = False
+
+
+class InventoryQuery(Listing, kw_only=True):
+    """Query of the inventory: JSON, or CSV for a spreadsheet review."""
+
+    format: Literal["json", "csv"] = "json"
+
+
+class Window(msgspec.Struct, kw_only=True):
+    """Query of the usage summary: records since a Unix time."""
+
+    since: float = 0.0
+
+
+_Limit = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
+
+
+class UsageQuery(Window, kw_only=True):
+    """Query of usage records: since a Unix time, at most ``limit`` of them."""
+
+    limit: _Limit = 100
+
+
+class Recent(msgspec.Struct, kw_only=True):
+    """Query of the change log: the latest ``limit`` entries."""
+
+    limit: _Limit = 100
+
+
 def _decode(body: bytes, kind: type) -> object:
     try:
         return msgspec.json.decode(body or b"{}", type=kind)
@@ -93,9 +128,12 @@ def _key(k: ApiKey, now: float) -> dict:
 
 def _number(q: dict, name: str, default: float) -> float:
     try:
-        return float(q.get(name, default))
+        value = float(q.get(name, default))
     except ValueError:
-        raise InvalidRequest(f"{name} must be a number", param=name) from None
+        value = math.nan
+    if not math.isfinite(value):  # nan and inf parse as floats but order nothing (int(nan) raises)
+        raise InvalidRequest(f"{name} must be a finite number", param=name)
+    return value
 
 
 def _limit(q: dict) -> int:
@@ -120,6 +158,15 @@ class AdminApi:
         self._upstreams = set(upstreams)
         self._keyring = keyring
         self._limiter = limiter
+        self._openapi: bytes | None = None
+        # An upstream's environment is that of the models the config file routes to it: one
+        # environment when all of them are bound to it, else shared (None). A model may be moved
+        # only among upstreams of the environment its configured upstream has.
+        served: dict[str, set[str | None]] = {}
+        for t in routes.targets():
+            served.setdefault(t.upstream, set()).add(t.environment)
+        self._upstream_env = {u: next(iter(envs)) if len(envs) == 1 else None for u, envs in served.items()}
+        self._home_env = {t.model: self._upstream_env[t.upstream] for t in routes.targets()}
 
     def endpoints(self) -> list[tuple[str, str, tuple[str, ...], Action]]:
         """(method, path, scopes needed, action): the control plane's whole surface."""
@@ -149,6 +196,7 @@ class AdminApi:
             ("GET", "/admin/usage", (r.USAGE_READ,), self.usage),
             ("GET", "/admin/usage/summary", (r.USAGE_READ,), self.usage_summary),
             ("GET", "/admin/changes", (r.AUDIT_READ,), self.changes),
+            ("GET", "/admin/openapi.json", (), self.openapi),
         ]
 
     def routes(self) -> list[tuple[str, str, Handler]]:
@@ -168,15 +216,23 @@ class AdminApi:
         handler.__name__ = fn.__name__
         return handler
 
+    async def openapi(self, actor: Actor, ex: Exchange) -> Reply:
+        """This document: the control plane's contract, generated from the endpoint table."""
+        if self._openapi is None:
+            self._openapi = msgspec.json.encode(document(self.endpoints()))
+        return Reply(200, self._openapi)
+
     async def whoami(self, actor: Actor, ex: Exchange) -> Reply:
         return Reply.json({"name": actor.name, "identity_id": actor.identity_id,
                            "roles": sorted(actor.roles), "scopes": sorted(actor.grants)})
 
     # identities
+    @accepts(query=Listing)
     async def list_identities(self, actor: Actor, ex: Exchange) -> Reply:
         include = ex.query.get("include_disabled") in ("1", "true")
         return _listing([msgspec.structs.asdict(i) for i in await self._ids.list_identities(include)])
 
+    @accepts(NewIdentity)
     async def create_identity(self, actor: Actor, ex: Exchange) -> Reply:
         req: NewIdentity = _decode(ex.body, NewIdentity)  # type: ignore[assignment]
         ident = await self._ids.create_identity(
@@ -188,6 +244,7 @@ class AdminApi:
     async def get_identity(self, actor: Actor, ex: Exchange) -> Reply:
         return Reply.json(msgspec.structs.asdict(await self._ids.get_identity(ex.params["identity_id"])))
 
+    @accepts(IdentityPatch)
     async def update_identity(self, actor: Actor, ex: Exchange) -> Reply:
         req: IdentityPatch = _decode(ex.body, IdentityPatch)  # type: ignore[assignment]
         team = None if req.team is msgspec.UNSET else req.team
@@ -198,11 +255,13 @@ class AdminApi:
     async def disable_identity(self, actor: Actor, ex: Exchange) -> Reply:
         return Reply.json(msgspec.structs.asdict(await self._ids.disable_identity(actor, ex.params["identity_id"])))
 
+    @accepts(RoleSet)
     async def set_roles(self, actor: Actor, ex: Exchange) -> Reply:
         req: RoleSet = _decode(ex.body, RoleSet)  # type: ignore[assignment]
         ident: Identity = await self._ids.set_roles(actor, ex.params["identity_id"], req.roles)
         return Reply.json(msgspec.structs.asdict(ident))
 
+    @accepts(query=InventoryQuery, content_types=("application/json", "text/csv"))
     async def inventory(self, actor: Actor, ex: Exchange) -> Reply:
         await self._flush_usage()
         rows = inv.build(await self._ids.list_identities(include_disabled=ex.query.get("include_disabled") in ("1", "true")),
@@ -211,6 +270,7 @@ class AdminApi:
             return Reply(200, _csv(rows).encode(), "text/csv; charset=utf-8")
         return _listing(rows)
 
+    @accepts(Offboarding)
     async def offboard(self, actor: Actor, ex: Exchange) -> Reply:
         req: Offboarding = _decode(ex.body, Offboarding)  # type: ignore[assignment]
         return Reply.json(await self._ids.offboard(actor, ex.params["owner"], req.reassign_to))
@@ -220,11 +280,13 @@ class AdminApi:
         now = clock.now()
         return _listing([_key(k, now) for k in await self._ids.list_keys(ex.params["identity_id"])])
 
+    @accepts(NewKey)
     async def issue_key(self, actor: Actor, ex: Exchange) -> Reply:
         req: NewKey = _decode(ex.body, NewKey)  # type: ignore[assignment]
         key, secret = await self._ids.issue_key(actor, ex.params["identity_id"], ttl_days=req.ttl_days, plane=req.plane)
         return Reply.json({**_key(key, clock.now()), "key": secret}, status=201, headers={"Cache-Control": "no-store"})
 
+    @accepts(Rotation)
     async def rotate_key(self, actor: Actor, ex: Exchange) -> Reply:
         req: Rotation = _decode(ex.body, Rotation)  # type: ignore[assignment]
         key, secret = await self._ids.rotate_key(actor, ex.params["key_id"], overlap_seconds=req.overlap_seconds,
@@ -243,6 +305,7 @@ class AdminApi:
     async def list_teams(self, actor: Actor, ex: Exchange) -> Reply:
         return _listing([msgspec.structs.asdict(t) for t in await self._ids.list_teams()])
 
+    @accepts(NewTeam)
     async def create_team(self, actor: Actor, ex: Exchange) -> Reply:
         req: NewTeam = _decode(ex.body, NewTeam)  # type: ignore[assignment]
         return Reply.json(msgspec.structs.asdict(await self._ids.create_team(actor, req.name, req.owner)), status=201)
@@ -252,6 +315,7 @@ class AdminApi:
         return _listing([{"model": t.model, "upstream": t.upstream, "upstream_model": t.upstream_model,
                           "environment": t.environment} for t in self._routes.targets()])
 
+    @accepts(Retarget)
     async def retarget(self, actor: Actor, ex: Exchange) -> Reply:
         req: Retarget = _decode(ex.body, Retarget)  # type: ignore[assignment]
         model = ex.params["model"]
@@ -260,6 +324,11 @@ class AdminApi:
             raise NotFound(f"no model {model!r}")
         if req.upstream not in self._upstreams:
             raise InvalidRequest(f"no upstream {req.upstream!r}", param="upstream")
+        home, there = self._home_env.get(model), self._upstream_env.get(req.upstream)
+        if there != home:
+            raise Conflict(f"model {model!r} is served from {home or 'shared'} upstreams; upstream {req.upstream!r} "
+                           f"is {there or 'shared'}: a route cannot move a model across environments",
+                           code="environment_mismatch", param="upstream")
         new = self._routes.retarget(model, req.upstream, req.upstream_model or old.upstream_model)
         await self._ids.record(actor, "route.retarget", model, {
             "from": {"upstream": old.upstream, "upstream_model": old.upstream_model},
@@ -270,6 +339,7 @@ class AdminApi:
     async def get_limits(self, actor: Actor, ex: Exchange) -> Reply:
         return Reply.json({"rules": self._limiter.rules.rules})
 
+    @accepts(LimitRules)
     async def put_limits(self, actor: Actor, ex: Exchange) -> Reply:
         req: LimitRules = _decode(ex.body, LimitRules)  # type: ignore[assignment]
         names = [rule.name for rule in req.rules]
@@ -294,20 +364,34 @@ class AdminApi:
         return Reply.json({"identity": identity, "released": True})
 
     # usage and audit
+    @accepts(query=UsageQuery)
     async def usage(self, actor: Actor, ex: Exchange) -> Reply:
         await self._flush_usage()
         return _listing(await self._store.list_usage(since=_number(ex.query, "since", 0.0), limit=_limit(ex.query)))
 
+    @accepts(query=Window)
     async def usage_summary(self, actor: Actor, ex: Exchange) -> Reply:
         await self._flush_usage()
         return _listing(await self._store.summarize_usage(since=_number(ex.query, "since", 0.0)))
 
+    @accepts(query=Recent)
     async def changes(self, actor: Actor, ex: Exchange) -> Reply:
         return _listing(await self._store.list_changes(limit=_limit(ex.query)))
 
 
 _CSV_FIELDS = ["id", "name", "owner", "team", "environment", "roles", "models", "credentials", "oldest_credential_days",
                "next_expiry", "last_used_at", "models_used", "unused_scopes", "flags"]
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: object) -> object:
+    """A CSV cell a spreadsheet shows as text: a string that could start a formula gets a leading '
+    (OWASP CSV injection); numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _csv(rows: list[inv.InventoryRow]) -> str:
@@ -317,8 +401,8 @@ def _csv(rows: list[inv.InventoryRow]) -> str:
     for row in rows:
         active = [c for c in row.credentials if c.active]
         expiries = [c.expires_at for c in active if c.expires_at is not None]
-        w.writerow([row.id, row.name, row.owner, row.team or "", row.environment, " ".join(row.roles),
+        w.writerow(map(_cell, [row.id, row.name, row.owner, row.team or "", row.environment, " ".join(row.roles),
                     " ".join(row.models), len(active), max((c.age_days for c in active), default=""),
                     min(expiries, default=""), row.last_used_at or "", " ".join(row.models_used),
-                    " ".join(row.unused_scopes), " ".join(row.flags)])
+                    " ".join(row.unused_scopes), " ".join(row.flags)]))
     return out.getvalue()

@@ -31,6 +31,10 @@ class Listener(_Strict):
     port: Port = 8080
 
 
+_ParamName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+ExtraParams = Literal["openai", "vllm"] | list[_ParamName]
+
+
 class Upstream(_Strict):
     """One model backend speaking the OpenAI wire protocol (vLLM, Ollama, llama.cpp, OpenAI)."""
 
@@ -42,6 +46,9 @@ class Upstream(_Strict):
     total_timeout: Seconds = 600.0
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 512
     headers: dict[str, str] = msgspec.field(default_factory=dict)
+    # Request parameters beyond OpenAI's passed through to this upstream: "openai" (none, the
+    # default), "vllm", or a list of set names and parameter names. A model may override it.
+    extra_params: ExtraParams | None = None
 
 
 class Capacity(_Strict):
@@ -60,6 +67,7 @@ class Model(_Strict):
     upstream_model: str | None = None
     environment: Environment | None = None
     capacity: Capacity | None = None
+    extra_params: ExtraParams | None = None  # None: the upstream's
 
     @property
     def target_model(self) -> str:
@@ -366,3 +374,10 @@ def load(path: str | os.PathLike[str]) -> Config:
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of the config file, for editors."""
     return msgspec.json.schema(Config)
+
+
+def model_extra_params(config: Config) -> dict[str, ExtraParams | None]:
+    """Each model's ``extra_params``, its upstream's when the model does not say."""
+    upstreams = {u.name: u for u in config.upstreams}
+    return {m.name: m.extra_params if m.extra_params is not None else upstreams[m.upstream].extra_params
+            for m in config.models}

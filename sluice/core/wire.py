@@ -7,6 +7,7 @@ fields stay absent (``UNSET``) when the request is re-encoded for the upstream.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -94,6 +95,54 @@ class EmbeddingRequest(_Wire, forbid_unknown_fields=True):
                                  "or an array of token-id arrays - at `$.input`")
             if str in kinds and any(not x for x in inp):
                 raise ValueError("must not contain empty strings - at `$.input`")
+
+
+# Extra top-level parameters a model's upstream accepts, passed through exactly as sent.
+# "vllm": vLLM's sampling and chat extensions (also read by SGLang and TGI's OpenAI routes).
+# Operator-side knobs (priority, request_id, kv_transfer_params, logits_processors, which
+# loads code by name) are left out on purpose: name them in a model's list to allow them.
+VLLM_PARAMS = (
+    "best_of", "use_beam_search", "top_k", "min_p", "repetition_penalty", "length_penalty",
+    "stop_token_ids", "include_stop_str_in_output", "ignore_eos", "min_tokens", "skip_special_tokens",
+    "spaces_between_special_tokens", "truncate_prompt_tokens", "prompt_logprobs", "allowed_token_ids",
+    "bad_words", "echo", "add_generation_prompt", "continue_final_message", "add_special_tokens",
+    "documents", "chat_template", "chat_template_kwargs", "mm_processor_kwargs", "structured_outputs",
+    "guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend",
+    "guided_whitespace_pattern", "structural_tag", "return_tokens_as_token_ids", "return_token_ids",
+    "cache_salt", "vllm_xargs", "stream_options.continuous_usage_stats",
+)
+PARAM_SETS: dict[str, tuple[str, ...]] = {"openai": (), "vllm": VLLM_PARAMS}
+
+
+def extra_params(spec: str | Iterable[str] | None) -> frozenset[str]:
+    """The parameter names a model's ``extra_params`` allows: a set's name, or a list of set names and names."""
+    if spec is None:
+        return frozenset()
+    names: set[str] = set()
+    for item in [spec] if isinstance(spec, str) else spec:
+        names.update(PARAM_SETS.get(item, (item,)))
+    return frozenset(names - set(ChatCompletionRequest.__struct_fields__))
+
+
+class VllmStreamOptions(StreamOptions, forbid_unknown_fields=True):
+    """vLLM's ``stream_options``: usage on every chunk as well (guidellm asks for it)."""
+
+    continuous_usage_stats: bool | UnsetType = UNSET
+
+
+# Parameters inside a standard one: the field they widen and its wider type.
+_NESTED: dict[str, tuple[str, Any]] = {
+    "stream_options.continuous_usage_stats": ("stream_options", VllmStreamOptions | None | UnsetType),
+}
+
+
+def chat_request_with(names: frozenset[str]) -> type[ChatCompletionRequest]:
+    """``ChatCompletionRequest`` that also takes the named parameters, any JSON, re-encoded unchanged."""
+    if not names:
+        return ChatCompletionRequest
+    fields = [_NESTED[name] + (UNSET,) if name in _NESTED else (name, Any, UNSET) for name in sorted(names)]
+    return msgspec.defstruct("ChatCompletionRequestWithExtras", fields, bases=(ChatCompletionRequest,),
+                             kw_only=True, forbid_unknown_fields=True, omit_defaults=True)
 
 
 class TokenUsage(msgspec.Struct, gc=False):

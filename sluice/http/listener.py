@@ -1,7 +1,12 @@
 """One HTTP listener (aiohttp on uvloop): routes to handlers that speak ``Exchange``/``Reply``.
 
-Every answer, including 404, 405, 413 and anything unexpected, is an OpenAI-shaped error
-with an ``x-request-id``; nothing unexpected leaves as a stack trace.
+Every answer, including 404, 405, 413, 431 and anything unexpected, is an OpenAI-shaped
+error with an ``x-request-id``; nothing unexpected leaves as a stack trace.
+
+A handler with a ``check_headers(exchange)`` method (the model calls: their credential is
+in a header) is asked first, before a large or unsized body is read, so a caller without a
+credential cannot make the gateway read megabytes; an answer given without reading the body
+closes the connection rather than reading the rest of it.
 """
 
 from __future__ import annotations
@@ -17,11 +22,18 @@ from aiohttp import web
 from ..core.errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
 from ..core.exchange import Exchange, Reply, StreamReply
 from .envelope import error_reply, to_response
+from .protocol import HANDLER_ARGS, EnvelopeRunner
 
 log = logging.getLogger("sluice.http")
 
 Handler = Callable[[Exchange], Awaitable[Reply | StreamReply]]
 Route = tuple[str, str, Handler]
+
+# Bodies up to this size are (almost always) in the socket buffer already when the handler
+# starts, so reading them costs nothing extra; past it the headers are checked first. It
+# keeps the small-request hot path free of a second authentication.
+HEADERS_FIRST_ABOVE = 64 * 1024
+_NO_BODY = b""
 
 _BOOT = os.urandom(4).hex()
 _counter = itertools.count(1)
@@ -47,7 +59,7 @@ class Listener:
         self._runner: web.AppRunner | None = None
 
     def _app(self) -> web.Application:
-        app = web.Application(client_max_size=self._max_body + 1, handler_args={"max_field_size": 16384})
+        app = web.Application(client_max_size=self._max_body + 1, handler_args=HANDLER_ARGS)
         allowed: dict[str, list[str]] = {}
         for method, path, handler in self._routes:
             app.router.add_route(method, path, self._wrap(handler))
@@ -69,13 +81,17 @@ class Listener:
 
     def _wrap(self, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         max_body = self._max_body
+        check_headers: Callable[[Exchange], Awaitable[None]] | None = getattr(handler, "check_headers", None)
 
         async def serve(request: web.Request) -> web.StreamResponse:
             rid = next_request_id()
             try:
                 if request.body_exists:
-                    if request.content_length is not None and request.content_length > max_body:
+                    size = request.content_length
+                    if size is not None and size > max_body:
                         raise PayloadTooLarge(f"The request body exceeds {max_body} bytes.")
+                    if check_headers is not None and (size is None or size > HEADERS_FIRST_ABOVE):
+                        await self._headers_first(request, check_headers, rid)
                     try:
                         body = await request.read()
                     except web.HTTPRequestEntityTooLarge:
@@ -97,6 +113,12 @@ class Listener:
             return to_response(reply, rid)
 
         return serve
+
+    @staticmethod
+    async def _headers_first(request: web.Request, check: Callable[[Exchange], Awaitable[None]], rid: str) -> None:
+        """Run the handler's header check before the body is read (a refusal closes the connection: HANDLER_ARGS)."""
+        await check(Exchange(request.method, request.path, request.match_info, request.query,
+                             request.headers, _NO_BODY, request.remote, rid))
 
     async def _stream(self, request: web.Request, reply: StreamReply, rid: str) -> web.StreamResponse:
         headers = {"Content-Type": reply.content_type, "x-request-id": rid}
@@ -120,7 +142,7 @@ class Listener:
         return resp
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(
+        self._runner = EnvelopeRunner(
             self._app(), access_log=log if self._access_log else None, shutdown_timeout=self._shutdown_timeout,
             handle_signals=False,
         )

@@ -37,7 +37,8 @@ def _form(ex: Exchange) -> dict[str, str]:
         if ctype and not ctype.startswith(_FORM):
             raise InvalidRequest(f"Send the token request as {_FORM}.", code="invalid_request", status=415)
         return dict(parse_qsl(ex.body.decode(), keep_blank_values=True, strict_parsing=bool(ex.body), max_num_fields=32))
-    except (ValueError, UnicodeDecodeError, msgspec.DecodeError):
+    except (ValueError, UnicodeDecodeError, msgspec.DecodeError, RecursionError):
+        # RecursionError: msgspec's answer to JSON nested deeper than it will follow.
         raise InvalidRequest("The token request body cannot be parsed.", code="invalid_request") from None
 
 

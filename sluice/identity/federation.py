@@ -29,7 +29,7 @@ def unverified_claims(token: str) -> dict[str, Any]:
     try:
         payload = token.split(".")[1]
         data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
+    except (IndexError, ValueError, RecursionError):  # RecursionError: a payload nested too deep for json
         raise Unauthenticated("The subject token is not a JWT.", code="invalid_token") from None
     if not isinstance(data, dict):
         raise Unauthenticated("The subject token is not a JWT.", code="invalid_token")

@@ -10,8 +10,10 @@ every request however it ends (a cut stream settles what it produced).
 
 from __future__ import annotations
 
+import msgspec
+
 from ..core.config import RequestLimits
-from ..core.wire import ChatCompletionRequest, EmbeddingRequest
+from ..core.wire import ChatCompletionRequest, EmbeddingRequest, chat_request_with
 from ..identity import CredentialRegistry, TokenService
 from ..limits import Admission, Limiter, PriceTable
 from ..routing import RouteTable
@@ -32,6 +34,7 @@ class DataPlane:
         self, *, registry: CredentialRegistry, tokens: TokenService | None, routes: RouteTable,
         transports: dict[str, Transport], ledger: UsageLedger, limits: RequestLimits,
         limiter: Limiter, prices: PriceTable, max_tokens_cap: int, admission: Admission,
+        extra_params: dict[str, frozenset[str]] | None = None,
     ) -> None:
         authenticate = Authenticate(registry, tokens)
         authorize = Authorize()
@@ -45,11 +48,17 @@ class DataPlane:
             settle(ctx)
             account(ctx)
 
-        def model_call(name: str, path: str, request_type: type) -> ModelCall:
-            stages = (authenticate, Decode(request_type, **size), authorize, route, limit, admit)
-            return ModelCall(name, stages, Forward(path, finish), finish)
+        # Models whose upstream takes extra parameters get a wider chat request type (one per set).
+        wider: dict[frozenset[str], msgspec.json.Decoder] = {}
+        chat_extras = {model: wider.setdefault(names, msgspec.json.Decoder(chat_request_with(names)))
+                       for model, names in (extra_params or {}).items() if names}
 
-        self.chat_completions = model_call("chat.completions", "/chat/completions", ChatCompletionRequest)
+        def model_call(name: str, path: str, request_type: type,
+                       extras: dict[str, msgspec.json.Decoder] | None = None) -> ModelCall:
+            stages = (authenticate, Decode(request_type, **size, extras=extras), authorize, route, limit, admit)
+            return ModelCall(name, stages, Forward(path, finish), finish, authenticate=authenticate)
+
+        self.chat_completions = model_call("chat.completions", "/chat/completions", ChatCompletionRequest, chat_extras)
         self.embeddings = model_call("embeddings", "/embeddings", EmbeddingRequest)
         self.models = ListModels(authenticate, routes)
 

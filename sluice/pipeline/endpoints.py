@@ -17,13 +17,19 @@ Stage = Callable[[RequestContext], Awaitable[None]]
 class ModelCall:
     """An endpoint that calls a model: chat completions (streaming or not) and embeddings."""
 
-    __slots__ = ("_name", "_stages", "_forward", "_account")
+    __slots__ = ("_name", "_stages", "_forward", "_account", "_authenticate")
 
-    def __init__(self, name: str, stages: Sequence[Stage], forward: Forward, account: Callable[[RequestContext], None]) -> None:
+    def __init__(self, name: str, stages: Sequence[Stage], forward: Forward, account: Callable[[RequestContext], None],
+                 *, authenticate: Stage) -> None:
         self._name = name
         self._stages = tuple(stages)
         self._forward = forward
         self._account = account
+        self._authenticate = authenticate
+
+    async def check_headers(self, exchange: Exchange) -> None:
+        """Authenticate from the headers alone; the listener asks this before it reads a large body."""
+        await self._authenticate(RequestContext(exchange, self._name))
 
     async def __call__(self, exchange: Exchange) -> Reply | StreamReply:
         ctx = RequestContext(exchange, self._name)

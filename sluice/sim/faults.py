@@ -17,6 +17,8 @@ class FaultSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     delay_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     disconnect_after_chunks: Annotated[int, msgspec.Meta(ge=0)] | None = None
     hang: bool = False
+    # A completion's first token is this text (a model that writes e.g. "data: [DONE]").
+    say_first: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
 
 
 _ERROR_TYPES = {

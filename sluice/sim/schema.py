@@ -42,6 +42,7 @@ class ChatRequest(msgspec.Struct, kw_only=True):
     n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None = None
     seed: int | None = None
     ignore_eos: bool | None = None
+    min_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
 class EmbeddingRequest(msgspec.Struct, kw_only=True):

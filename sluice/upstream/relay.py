@@ -15,7 +15,26 @@ import msgspec
 from ..core.errors import GatewayError, error_body
 from ..core.wire import TokenUsage, UsageEnvelope
 
-_DONE = b"data: [DONE]"
+_DONE_END = b"[DONE]\n\n"
+
+
+def _ends_stream(block: bytes) -> bool:
+    """Whether a block of whole events holds the end event: data exactly ``[DONE]``.
+
+    Only an event boundary counts (the block's start, or after a blank line). Content is
+    JSON on one line, so a model that writes "data: [DONE]" never matches here; it did when
+    any substring counted. The end is nearly always the block's last event: one probe.
+    """
+    at = block.rfind(_DONE_END)
+    while at >= 0:
+        for field in (b"data: ", b"data:"):
+            start = at - len(field)
+            if start >= 0 and block.startswith(field, start) and (start == 0 or block.startswith(b"\n\n", start - 2)):
+                return True
+        at = block.rfind(_DONE_END, 0, at)
+    return False
+
+
 _usage = msgspec.json.Decoder(UsageEnvelope)
 _EMPTY_CHOICES = (b'"choices":[]', b'"choices": []')
 _USAGE = re.compile(rb'"usage": ?\{')
@@ -50,7 +69,7 @@ class SSERelay:
         end += 2
         out, self._buf = buf[:end], buf[end:]
         self.events += out.count(b"\n\n")
-        if not self.done and _DONE in out:
+        if not self.done and _ends_stream(out):
             self.done = True
             self.events -= 1
         if b'"usage"' in out:

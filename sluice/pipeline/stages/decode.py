@@ -39,15 +39,29 @@ def describe(exc: msgspec.ValidationError) -> tuple[str, str | None]:
     return f"Invalid value for '{param or 'body'}': {_AT.sub('', text)}.", param
 
 
+class _ModelName(msgspec.Struct):
+    model: str = ""
+
+
+_model_name = msgspec.json.Decoder(_ModelName)
+
+
 class Decode:
-    """Decodes the JSON body into the endpoint's typed request, or stops with 400/413/415."""
+    """Decodes the JSON body into the endpoint's typed request, or stops with 400/413/415.
 
-    __slots__ = ("_decoder", "_max_bytes", "_max_depth")
+    ``extras`` maps a model name to the decoder of its wider request type (the extra
+    parameters its upstream accepts). A request first meets the strict decoder, so the
+    usual request pays nothing for it; only a refused one is tried against its model's.
+    """
 
-    def __init__(self, request_type: type, *, max_bytes: int, max_depth: int) -> None:
+    __slots__ = ("_decoder", "_max_bytes", "_max_depth", "_extras")
+
+    def __init__(self, request_type: type, *, max_bytes: int, max_depth: int,
+                 extras: dict[str, msgspec.json.Decoder[Any]] | None = None) -> None:
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(request_type)
         self._max_bytes = max_bytes
         self._max_depth = max_depth
+        self._extras = extras or None
 
     async def __call__(self, ctx: RequestContext) -> None:
         ex = ctx.exchange
@@ -65,8 +79,15 @@ class Decode:
         try:
             ctx.request = self._decoder.decode(body)
         except msgspec.ValidationError as exc:
-            message, param = describe(exc)
-            raise InvalidRequest(message, param=param) from None
+            wider = self._extras.get(_model_name.decode(body).model) if self._extras is not None else None
+            if wider is None:
+                message, param = describe(exc)
+                raise InvalidRequest(message, param=param) from None
+            try:
+                ctx.request = wider.decode(body)
+            except msgspec.ValidationError as exc:
+                message, param = describe(exc)
+                raise InvalidRequest(message, param=param) from None
         except (msgspec.DecodeError, UnicodeDecodeError):
             raise InvalidRequest(
                 "We could not parse the JSON body of your request. Send a valid JSON object.", code="invalid_json"

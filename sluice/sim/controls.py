@@ -1,0 +1,45 @@
+"""The sim's test controls: ``/sim/stats`` (counters) and ``/sim/faults`` (what to break)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from .faults import FaultSpec
+from .replica import ReplicaBase, error_reply, json_reply
+
+_faults_decoder = msgspec.json.Decoder(FaultSpec)
+
+
+class SimControls(ReplicaBase):
+    """Stats and faults of a replica, for tests and benchmarks."""
+
+    async def get_stats(self, request: web.Request) -> web.Response:
+        """``GET /sim/stats``: counters, gauges, the prefix cache size and the current faults."""
+        snap: dict[str, Any] = self.stats.snapshot()
+        snap["waiting"] = self.latency.waiting
+        snap["prefix_cache_blocks"] = len(self.cache)
+        snap["replica"] = self.replica
+        snap["faults"] = self.faults.state()
+        return json_reply(snap)
+
+    async def reset_stats(self, request: web.Request) -> web.Response:
+        """``POST /sim/stats/reset``."""
+        self.stats.reset()
+        return json_reply({"ok": True})
+
+    async def set_faults(self, request: web.Request) -> web.Response:
+        """``POST /sim/faults``: replace the injected faults."""
+        try:
+            spec = _faults_decoder.decode(await request.read())
+        except msgspec.DecodeError as exc:
+            return error_reply(400, str(exc))
+        self.faults.set(spec)
+        return json_reply(self.faults.state())
+
+    async def clear_faults(self, request: web.Request) -> web.Response:
+        """``DELETE /sim/faults``: back to healthy."""
+        self.faults.clear()
+        return json_reply(self.faults.state())
