@@ -17,6 +17,19 @@ class Authenticate:
         self._tokens = tokens
 
     async def __call__(self, ctx: RequestContext) -> None:
+        failures = self._registry.failures
+        if failures is None:
+            return self._authenticate(ctx)
+        # a source that keeps failing is refused (429) before any credential check
+        source = ctx.exchange.peer or "unknown"
+        failures.check(source)
+        try:
+            return self._authenticate(ctx)
+        except Unauthenticated:
+            failures.count(source)
+            raise
+
+    def _authenticate(self, ctx: RequestContext) -> None:
         token = ctx.exchange.bearer()
         if token is None:
             raise Unauthenticated(
