@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from local_issuer import LocalIssuer
-from support import start_gateway
+from sluice.identity import generate
+from support import Gateway, start_gateway
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 KEY = "urn:ietf:params:oauth:token-type:access_token"
@@ -108,3 +109,31 @@ def test_a_token_expires_no_later_than_its_keys_rotation_overlap_and_dies_with_i
     time.sleep(3.5)
     assert _models(g, before) == 401 and _models(g, during.json()["access_token"]) == 401
     assert _models(g, rot.json()["key"]) == 200
+
+
+def test_a_token_dies_when_its_identity_is_given_an_earlier_expiry_after_it_was_minted(sim, tmp_path):
+    """The token was minted (and its exp set) while the identity ran for an hour; the config
+    then shortens the identity's life: the token dies with the identity, not at its own exp."""
+    key, admin = generate("dev"), generate("prod", kind="admin")
+
+    def config(expires_at: float) -> dict:
+        return {"upstreams": [{"name": "sim", "base_url": sim.url + "/v1"}], "models": [{"name": "sim-small", "upstream": "sim"}],
+                "identities": [{"name": "app", "owner": "o@example.com", "models": ["sim-small"], "keys": [key],
+                                "expires_at": expires_at}]}
+
+    g = Gateway(tmp_path, config(time.time() + 3600), {"app": key}, admin)
+    try:
+        r = _mint(g, key)
+        assert r.status_code == 200 and r.json()["expires_in"] > 600, r.text
+        token = r.json()["access_token"]
+    finally:
+        g.stop()
+    ends = time.time() + 10  # start-up takes seconds on a loaded machine
+    g = Gateway(tmp_path, config(ends), {"app": key}, admin)
+    try:
+        r = httpx.get(g.v1 + "/models", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+        time.sleep(max(0.0, ends - time.time()) + 0.3)
+        assert _models(g, token) == 401
+    finally:
+        g.stop()
