@@ -111,29 +111,35 @@ def test_a_token_expires_no_later_than_its_keys_rotation_overlap_and_dies_with_i
     assert _models(g, rot.json()["key"]) == 200
 
 
-def test_a_token_dies_when_its_identity_is_given_an_earlier_expiry_after_it_was_minted(sim, tmp_path):
+@pytest.mark.parametrize("via", ["key", "federation"])
+def test_a_token_dies_when_its_identity_is_given_an_earlier_expiry_after_it_was_minted(sim, tmp_path, via):
     """The token was minted (and its exp set) while the identity ran for an hour; the config
     then shortens the identity's life: the token dies with the identity, not at its own exp."""
-    key, admin = generate("dev"), generate("prod", kind="admin")
+    key, admin, issuer = generate("dev"), generate("prod", kind="admin"), LocalIssuer()
 
     def config(expires_at: float) -> dict:
         return {"upstreams": [{"name": "sim", "base_url": sim.url + "/v1"}], "models": [{"name": "sim-small", "upstream": "sim"}],
                 "identities": [{"name": "app", "owner": "o@example.com", "models": ["sim-small"], "keys": [key],
-                                "expires_at": expires_at}]}
+                                "expires_at": expires_at}],
+                "federation": [{"name": "k8s", "issuer": ISS, "audience": "sluice", "jwks_url": issuer.url + "/jwks",
+                                "algorithms": ["RS256"], "rules": [{"match": {"sub": "app"}, "identity": "app"}]}]}
 
-    g = Gateway(tmp_path, config(time.time() + 3600), {"app": key}, admin)
     try:
-        r = _mint(g, key)
-        assert r.status_code == 200 and r.json()["expires_in"] > 600, r.text
-        token = r.json()["access_token"]
+        g = Gateway(tmp_path, config(time.time() + 3600), {"app": key}, admin)
+        try:
+            r = _mint(g, key) if via == "key" else _mint(g, issuer.mint(issuer.claims(ISS, "sluice", "app")), JWT)
+            assert r.status_code == 200 and r.json()["expires_in"] > 600, r.text
+            token = r.json()["access_token"]
+        finally:
+            g.stop()
+        ends = time.time() + 10  # start-up takes seconds on a loaded machine
+        g = Gateway(tmp_path, config(ends), {"app": key}, admin)
+        try:
+            r = httpx.get(g.v1 + "/models", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200, r.text
+            time.sleep(max(0.0, ends - time.time()) + 0.3)
+            assert _models(g, token) == 401
+        finally:
+            g.stop()
     finally:
-        g.stop()
-    ends = time.time() + 10  # start-up takes seconds on a loaded machine
-    g = Gateway(tmp_path, config(ends), {"app": key}, admin)
-    try:
-        r = httpx.get(g.v1 + "/models", headers={"Authorization": f"Bearer {token}"})
-        assert r.status_code == 200, r.text
-        time.sleep(max(0.0, ends - time.time()) + 0.3)
-        assert _models(g, token) == 401
-    finally:
-        g.stop()
+        issuer.stop()
