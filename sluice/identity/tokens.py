@@ -11,7 +11,6 @@ import base64
 import math
 import os
 import uuid
-from collections import OrderedDict
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
@@ -30,6 +29,7 @@ from .principal import Principal, Scopes, scopes_for
 from .registry import CredentialRegistry
 
 ALG = "ES256"
+_NEVER = float("inf")
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -132,10 +132,10 @@ class _Scopes2:
 class _Seen:
     """A verified token: its claims that matter, and the principal built from them and its identity."""
 
-    __slots__ = ("principal", "identity", "credential", "exp", "scope")
+    __slots__ = ("principal", "identity", "identity_id", "credential", "exp", "scope", "ends")
 
     def __init__(self, identity: Identity, credential: str, exp: float, scope: list[str] | None) -> None:
-        self.credential, self.exp, self.scope = credential, exp, scope
+        self.credential, self.exp, self.scope, self.identity_id = credential, exp, scope, identity.id
         self.bind(identity)
 
     def bind(self, identity: Identity) -> None:
@@ -144,6 +144,7 @@ class _Seen:
         if self.scope is not None:
             principal.scopes = _Scopes2(principal.scopes, scopes_for(self.scope))  # type: ignore[assignment]
         self.principal, self.identity = principal, identity
+        self.ends: float = principal.expires_at if principal.expires_at is not None else _NEVER
 
 
 class TokenService:
@@ -157,8 +158,9 @@ class TokenService:
             leeway=5, iss={"essential": True, "value": cfg.issuer}, aud={"essential": True, "value": cfg.audience},
             exp={"essential": True}, sub={"essential": True}, cred={"essential": True},
         )
-        # verified tokens, least recently used first: bounded, so minting many tokens cannot grow memory
-        self._seen: OrderedDict[str, _Seen] = OrderedDict()
+        # verified tokens, oldest first: bounded, so minting many tokens cannot grow memory (a plain
+        # dict evicting the oldest insert: a hit costs no reordering; a hot token evicted is verified again)
+        self._seen: dict[str, _Seen] = {}
         self._seen_max = cfg.cache_entries
 
     @property
@@ -199,23 +201,19 @@ class TokenService:
         now = clock.now()
         if seen is None:
             seen = self._verify(token, now)
-        else:
-            self._seen.move_to_end(token)
-        if now >= seen.exp:
-            raise Unauthenticated("The access token has expired.", code="expired_token")
-        identity = self._registry.identity(seen.identity.id)
+        identity = self._registry.identity(seen.identity_id)
         if identity is None:
             raise Unauthenticated("The identity behind this token is disabled.", code="identity_disabled")
+        if identity is not seen.identity:
+            if identity != seen.identity:
+                seen.bind(identity)  # scopes, roles, team or expiry changed since
+            seen.identity = identity  # a reload made an equal copy: compare by identity next time
+        if now >= seen.ends:  # the token's exp, or its identity's expiry if earlier
+            raise Unauthenticated("The access token (or its identity) has expired.", code="expired_token")
         cred = seen.credential
         if not cred.startswith("fed:") and not self._registry.key_is_live(cred, now):
             raise Unauthenticated("The key this token was minted from has been revoked or has expired.",
                                   code="token_revoked")
-        if identity is not seen.identity and identity != seen.identity:
-            seen.bind(identity)  # scopes, roles, team or expiry changed since
-        seen.identity = identity  # a reload made an equal copy: compare by identity next time
-        expires_at = seen.principal.expires_at
-        if expires_at is not None and now >= expires_at:  # the identity expired before the token
-            raise Unauthenticated("The identity behind this token has expired.", code="expired_token")
         self._registry.touch(cred)
         return seen.principal
 
@@ -236,6 +234,6 @@ class TokenService:
         seen = _Seen(identity, str(c["cred"]), float(c["exp"]), str(c["scope"]).split() if "scope" in c else None)
         if self._seen_max:
             if len(self._seen) >= self._seen_max:
-                self._seen.popitem(last=False)
+                del self._seen[next(iter(self._seen))]
             self._seen[token] = seen
         return seen
