@@ -22,13 +22,7 @@ class AdminAuth:
         failures = self._registry.failures
         if failures is None:
             return self._actor(exchange)
-        source = exchange.peer or "unknown"
-        failures.check(source)
-        try:
-            return self._actor(exchange)
-        except Unauthenticated:
-            failures.count(source)
-            raise
+        return failures.guard(exchange.peer, self._actor, exchange)
 
     def _actor(self, exchange: Exchange) -> Actor:
         token = exchange.bearer()

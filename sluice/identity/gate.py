@@ -3,8 +3,14 @@ authentications. In memory, per replica, with a bounded number of tracked keys."
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from ..core import clock
-from ..core.errors import RateLimited
+from ..core.errors import RateLimited, Unauthenticated
+
+T = TypeVar("T")
+A = TypeVar("A")
 
 _MAX_KEYS = 65_536  # tracked sources/subjects per gate: a spray of addresses cannot grow memory without bound
 
@@ -40,6 +46,17 @@ class RateGate:
         if len(self._tat) >= _MAX_KEYS and key not in self._tat:
             self._prune(now)
         self._tat[key] = max(tat, now) + self._interval
+
+    def guard(self, source: str | None, authenticate: Callable[[A], T], arg: A) -> T:
+        """Run a credential check for a source: 429 at once while the source is over its failure
+        rate, and every refusal (401) it gives counted against the source."""
+        key = source or "unknown"
+        self.check(key)
+        try:
+            return authenticate(arg)
+        except Unauthenticated:
+            self.count(key)
+            raise
 
     def _prune(self, now: float) -> None:
         live = {k: t for k, t in self._tat.items() if t > now}

@@ -22,6 +22,7 @@ class Scopes:
         self._prefixes = tuple(p[:-1] for p in patterns if p.endswith("*") and p != "*")
 
     def allows(self, model: str) -> bool:
+        """The model is within these scopes."""
         return self._all or model in self._exact or (bool(self._prefixes) and model.startswith(self._prefixes))
 
 

@@ -42,6 +42,7 @@ class IdentitySync:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="identity-sync")
 
     async def stop(self) -> None:
+        """End the task and the subscription."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

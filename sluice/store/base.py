@@ -24,18 +24,22 @@ class Writes:
         self.teams: list[Team] = []
 
     def put_identity(self, identity: Identity) -> Writes:
+        """Insert, or replace by id, an identity."""
         self.identities.append(identity)
         return self
 
     def put_key(self, key: ApiKey) -> Writes:
+        """Insert, or replace by id, a key record."""
         self.keys.append(key)
         return self
 
     def revoke_key(self, key_id: str, at: float) -> Writes:
+        """Revoke a key at ``at`` unless it is revoked already."""
         self.revocations.append((key_id, at))
         return self
 
     def put_team(self, team: Team) -> Writes:
+        """Insert, or replace by name, a team."""
         self.teams.append(team)
         return self
 
@@ -48,7 +52,8 @@ class Subscription(abc.ABC):
         """False once the connection behind it is lost; subscribe again."""
 
     @abc.abstractmethod
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Stop listening and release the connection."""
 
 
 class Store(abc.ABC):

@@ -21,13 +21,7 @@ class Authenticate:
         if failures is None:
             return self._authenticate(ctx)
         # a source that keeps failing is refused (429) before any credential check
-        source = ctx.exchange.peer or "unknown"
-        failures.check(source)
-        try:
-            return self._authenticate(ctx)
-        except Unauthenticated:
-            failures.count(source)
-            raise
+        return failures.guard(ctx.exchange.peer, self._authenticate, ctx)
 
     def _authenticate(self, ctx: RequestContext) -> None:
         token = ctx.exchange.bearer()
