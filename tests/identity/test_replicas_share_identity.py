@@ -145,3 +145,35 @@ def test_every_replica_reports_its_identity_state_current_on_readyz(replicas):
     for g in replicas:
         r = httpx.get(g.admin_url + "/readyz", timeout=5)
         assert r.status_code == 200 and r.json()["identity"] == "current", r.text
+
+
+def test_a_replica_that_cannot_confirm_its_identities_are_current_reports_not_ready_but_keeps_serving(sim, tmp_path):
+    """The store still answers a ping, but the identity-state version cannot be read (its table is
+    renamed away): after ``max_staleness_s`` /readyz says 503 with Retry-After, requests are still
+    served from memory, and readiness returns once the version can be read again."""
+    import sqlite3
+
+    from support import start_gateway
+
+    g = start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
+                      models=[{"name": "sim-small", "upstream": "sim"}],
+                      identities=[{"name": "app", "owner": "o@example.com", "models": ["sim-small"]}],
+                      extra={"identity": {"max_staleness_s": 1}})
+    db = sqlite3.connect(tmp_path / "sluice.db", timeout=10)
+    try:
+        def ready() -> httpx.Response:
+            return httpx.get(g.admin_url + "/readyz", timeout=5)
+
+        assert ready().status_code == 200
+        db.execute("ALTER TABLE identity_state RENAME TO identity_state_away")
+        db.commit()
+        until(lambda: ready().status_code == 503, within=10)
+        r = ready()
+        assert r.json()["identity"] == "stale" and r.json()["store"] == "ok" and r.headers["Retry-After"]
+        assert status(g, g.keys["app"]) == 200  # still serving what it knows
+        db.execute("ALTER TABLE identity_state_away RENAME TO identity_state")
+        db.commit()
+        until(lambda: ready().status_code == 200, within=10)
+    finally:
+        db.close()
+        g.stop()
