@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.errors import InvalidRequest
 from ..core.wire import ChatCompletionRequest, EmbeddingRequest
 
 _PER_MESSAGE = 4
@@ -72,3 +73,39 @@ def output_tokens(request: ChatCompletionRequest | EmbeddingRequest, cap: int) -
     per_choice = (asked if asked < cap else cap) if type(asked) is int else cap
     n = request.n
     return per_choice * n if type(n) is int else per_choice
+
+
+def bounded_output(request: ChatCompletionRequest | EmbeddingRequest, cap: int, clamp: bool) -> int:
+    """The most output a request may produce (``output_tokens``), refusing a limit above ``cap``.
+
+    Above ``cap`` a request is refused (400 naming the cap) or, with ``clamp``, lowered to
+    it, so the upstream is never asked for more than was reserved. A request that gave no
+    limit reserves the cap and is given it by ``ask_for`` once it holds a reservation.
+    """
+    if type(request) is not ChatCompletionRequest:
+        return 0
+    mct, mt = request.max_completion_tokens, request.max_tokens
+    if type(mct) is int and mct > cap:
+        mct = request.max_completion_tokens = _over_cap("max_completion_tokens", mct, cap, clamp)
+    if type(mt) is int and mt > cap:
+        mt = request.max_tokens = _over_cap("max_tokens", mt, cap, clamp)
+    # the upstream reads max_completion_tokens first (OpenAI, vLLM): so does the reservation
+    per_choice = mct if type(mct) is int else mt if type(mt) is int else cap
+    n = request.n
+    return per_choice * n if type(n) is int else per_choice  # type: ignore[return-value]
+
+
+def ask_for(request: ChatCompletionRequest | EmbeddingRequest, cap: int) -> None:
+    """A reserved request that gave no output limit (so reserved ``cap`` per choice) is sent
+    with that limit, so it cannot produce more than it holds."""
+    if type(request) is ChatCompletionRequest and type(request.max_completion_tokens) is not int \
+            and type(request.max_tokens) is not int:
+        request.max_tokens = cap
+
+
+def _over_cap(field: str, asked: int, cap: int, clamp: bool) -> int:
+    if clamp:
+        return cap
+    raise InvalidRequest(f"`{field}` is {asked}, above this gateway's limit of {cap} output tokens per request; "
+                         f"ask for at most {cap}.", code="max_tokens_above_cap", param=field)
+

@@ -97,6 +97,7 @@ class Replica:
         self.latency = LatencyModel(settings)
         self.faults = Faults(settings.seed)
         self.stats = Stats()
+        self.last_chat: dict[str, Any] = {}  # the output limits the last chat request asked for
         self._ids = count(1)
         self._id_prefix = secrets.token_hex(6)
         self._closing = asyncio.Event()
@@ -156,6 +157,7 @@ class Replica:
             req = await self._admit(request, _chat_decoder)
             if isinstance(req, web.Response):
                 return req
+            self.last_chat = {"max_tokens": req.max_tokens, "max_completion_tokens": req.max_completion_tokens}
             if req.stream_options is not None and not req.stream:
                 return self._refuse(400, "Stream options can only be defined when `stream=True`.")
             injected = await self._apply_faults(request)
@@ -398,6 +400,7 @@ class Replica:
         snap["prefix_cache_blocks"] = len(self.cache)
         snap["replica"] = self.replica
         snap["faults"] = self.faults.state()
+        snap["last_chat"] = self.last_chat
         return _json(snap)
 
     async def reset_stats(self, request: web.Request) -> web.Response:
