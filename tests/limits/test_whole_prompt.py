@@ -57,4 +57,4 @@ def test_plain_text_is_counted_as_before(rig):
     r = g.post("/v1/chat/completions", g.keys["tools"], json={"model": "m", "max_tokens": 1, "messages": [USER]})
     assert r.status_code == 200
     # "hi" is one token at four characters a token, plus four for the message
-    assert int(r.headers["x-ratelimit-remaining-tokens"]) in (LIMIT - 5, LIMIT - 6)
+    assert r.headers["x-ratelimit-remaining-tokens"] == str(LIMIT - 5)
