@@ -58,3 +58,37 @@ def test_plain_text_is_counted_as_before(rig):
     assert r.status_code == 200
     # "hi" is one token at four characters a token, plus four for the message
     assert r.headers["x-ratelimit-remaining-tokens"] == str(LIMIT - 5)
+
+
+@pytest.fixture(scope="module")
+def openai_tokenized(tmp_path_factory):
+    """A model that sluice counts with OpenAI's real tokenizer (``bpe-openai``)."""
+    tmp = tmp_path_factory.mktemp("bpe")
+    s = Sim(tmp, model="gpt-4o-mini")
+    g = start_gateway(tmp, upstreams=[{"name": "sim", "base_url": s.url + "/v1"}],
+                      models=[{"name": "gpt-4o-mini", "upstream": "sim"}],
+                      identities=[{"name": "a", "owner": "o", "models": ["*"]}],
+                      extra={"limits": {"rules": [{"name": "in", "input_tokens_per_minute": LIMIT}]}})
+    yield g
+    g.stop()
+    s.stop()
+
+
+def test_text_that_spells_a_special_token_is_counted_as_text(openai_tokenized):
+    g = openai_tokenized
+    content = "what does <|endoftext|> mean?"
+    r = g.post("/v1/chat/completions", g.keys["a"],
+               json={"model": "gpt-4o-mini", "max_tokens": 1, "messages": [{"role": "user", "content": content}]})
+    assert r.status_code == 200, r.text
+    # 11 tokens by OpenAI's tokenizer (8 at four characters a token), plus four for the message
+    assert r.headers["x-ratelimit-remaining-tokens"] == str(LIMIT - 11 - 4)
+
+
+def test_a_text_longer_than_the_tokenizer_takes_at_once_is_counted_whole(openai_tokenized):
+    g = openai_tokenized
+    r = g.post("/v1/chat/completions", g.keys["a"],
+               json={"model": "gpt-4o-mini", "max_tokens": 1, "messages": [{"role": "user", "content": "a " * 600_000}]})
+    assert r.status_code == 429, r.text
+    # about 600,000 tokens by OpenAI's tokenizer, 300,000 at four characters a token
+    needs = float(r.json()["error"]["message"].split("this request needs ")[1].split(".")[0])
+    assert 599_000 < needs < 601_000
