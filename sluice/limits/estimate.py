@@ -109,12 +109,18 @@ def bounded_output(request: ChatCompletionRequest | EmbeddingRequest, cap: int, 
     if type(request) is not ChatCompletionRequest:
         return 0
     mct, mt = request.max_completion_tokens, request.max_tokens
-    if type(mct) is int and mct > cap:
-        mct = request.max_completion_tokens = _over_cap("max_completion_tokens", mct, cap, clamp)
-    if type(mt) is int and mt > cap:
-        mt = request.max_tokens = _over_cap("max_tokens", mt, cap, clamp)
-    # the upstream reads max_completion_tokens first (OpenAI, vLLM): so does the reservation
-    per_choice = mct if type(mct) is int else mt if type(mt) is int else cap
+    # the upstream reads max_completion_tokens first (OpenAI, vLLM): so does the reservation;
+    # but both are bounded, for a server that reads max_tokens only
+    if type(mt) is int:
+        if mt > cap:
+            mt = request.max_tokens = _over_cap("max_tokens", mt, cap, clamp)
+        per_choice = mt
+    else:
+        per_choice = cap
+    if type(mct) is int:
+        if mct > cap:
+            mct = request.max_completion_tokens = _over_cap("max_completion_tokens", mct, cap, clamp)
+        per_choice = mct
     n = request.n
     return per_choice * n if type(n) is int else per_choice  # type: ignore[return-value]
 
