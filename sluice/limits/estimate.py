@@ -138,4 +138,3 @@ def _over_cap(field: str, asked: int, cap: int, clamp: bool) -> int:
         return cap
     raise InvalidRequest(f"`{field}` is {asked}, above this gateway's limit of {cap} output tokens per request; "
                          f"ask for at most {cap}.", code="max_tokens_above_cap", param=field)
-
