@@ -96,10 +96,15 @@ class Forward:
         """Streaming: open upstream, then relay; errors before the first byte are plain errors."""
         body = self._upstream_body(ctx)
         t0 = clock.monotonic()
-        opened = await ctx.transport.open_stream(self._path, body)  # type: ignore[union-attr]
-        if isinstance(opened, UpstreamReply):
-            ctx.upstream_ms = (clock.monotonic() - t0) * 1000.0
-            raise from_status(opened)
+        try:  # sent, and no headers yet: unanswered as a non-streaming request would be
+            opened = await ctx.transport.open_stream(self._path, body)  # type: ignore[union-attr]
+            if isinstance(opened, UpstreamReply):
+                ctx.upstream_ms = (clock.monotonic() - t0) * 1000.0
+                raise from_status(opened)
+        except GatewayError as exc:
+            if exc.code in _UNANSWERED:
+                _charge_reserved(ctx)
+            raise
         req: ChatCompletionRequest = ctx.request
         wants_usage = bool(req.stream_options and req.stream_options.include_usage)
         started = [False]

@@ -66,3 +66,17 @@ def test_a_failure_before_any_upstream_work_is_refunded(rig, model, fault, statu
         s.clear_faults()
     assert got == [status] * 3
     assert all(row["usage_source"] != "reserved" and row["completion_tokens"] == 0 for row in _records(g, since, model))
+
+
+def test_a_stream_whose_upstream_never_answers_is_charged_what_it_reserved(rig):
+    g, s = rig
+    since = time.time() - 1
+    s.faults(hang=True)  # accepted, never answered: the gateway's read timeout ends it
+    try:
+        r = g.post("/v1/chat/completions", g.keys["a"], json={
+            "model": "m-bad", "max_tokens": 60, "stream": True, "messages": [{"role": "user", "content": "hello"}]})
+    finally:
+        s.clear_faults()
+    assert r.status_code == 504
+    [row] = [row for row in _records(g, since, "m-bad") if row["status"] == 504]
+    assert row["usage_source"] == "reserved" and row["completion_tokens"] == 60
