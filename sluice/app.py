@@ -18,10 +18,11 @@ from .core import config as cfgmod
 from .core.config import Config
 from .core.errors import ConfigError
 from .core.exchange import Exchange, Reply
-from .http import Listener
+from .http import Listener, NativeListener
 from .limits import Admission, AnomalyGuard, Limiter, PriceTable, Throttle, build_backend, warm
 from .identity import SYSTEM, CredentialRegistry, Federation, Hasher, IdentityService, Keyring, Sealer, TokenExchange, TokenService
-from .pipeline import DataPlane
+from .pipeline import DataPlane, RequestContext
+from .pipeline.stages import Authenticate
 from .routing import RouteTable
 from .store import Store, StoreUnavailable, open_store
 from .telemetry import Metrics, UsageLedger, configure
@@ -58,7 +59,7 @@ class Gateway:
         self.config = config
         self.store: Store | None = None
         self.ledger: UsageLedger | None = None
-        self.data: Listener | None = None
+        self.data: Listener | NativeListener | None = None
         self.control: Listener | None = None
         self._transports: dict[str, Transport] = {}
         self._sim_runner = None
@@ -140,8 +141,13 @@ class Gateway:
 
         admin = AdminApi(AdminAuth(hasher, c.admin.keys, registry), identities, store, ledger.flush, routes,
                          [u.name for u in c.upstreams], keyring, limiter)
-        self.data = Listener("data", c.data_plane.host, c.data_plane.port, data_plane.routes() + token_routes + health,
-                             max_body_bytes=c.requests.max_body_bytes, access_log=c.logging.access_log)
+        data_routes = data_plane.routes() + token_routes + health
+        if c.data_plane.server == "native":
+            self.data = NativeListener("data", c.data_plane, data_routes, max_body_bytes=c.requests.max_body_bytes,
+                                       early=self._early_check(registry, tokens, data_plane))
+        else:
+            self.data = Listener("data", c.data_plane.host, c.data_plane.port, data_routes,
+                                 max_body_bytes=c.requests.max_body_bytes, access_log=c.logging.access_log)
         self.control = Listener("control", c.control_plane.host, c.control_plane.port,
                                 admin.routes() + health + [("GET", "/metrics", metrics_handler)],
                                 max_body_bytes=1024 * 1024, access_log=c.logging.access_log)
@@ -153,6 +159,18 @@ class Gateway:
         gc.freeze()
         log.info("data plane on %s:%d, control plane on %s:%d, %d models, %d live keys",
                  self.data.host, self.data.port, self.control.host, self.control.port, len(c.models), len(registry))
+
+    @staticmethod
+    def _early_check(registry: CredentialRegistry, tokens: TokenService, data_plane: DataPlane) -> Callable[[Exchange], Awaitable[None]]:
+        """Authentication from the headers alone, so a large body from a stranger is never read."""
+        authenticate = Authenticate(registry, tokens)
+        model_paths = frozenset(path for _, path, _ in data_plane.routes())
+
+        async def early(exchange: Exchange) -> None:
+            if exchange.path in model_paths:
+                await authenticate(RequestContext(exchange, "early"))
+
+        return early
 
     def _spawn(self, job: Awaitable[None]) -> None:
         """Run a side job (a change record) off the request path, keeping a reference until it ends."""
