@@ -27,7 +27,7 @@ from .routing import RouteTable
 from .store import Store, StoreUnavailable, open_store
 from .telemetry import Metrics, UsageLedger, configure
 from .telemetry.metrics import CONTENT_TYPE as METRICS_TYPE
-from .upstream import OpenAITransport, Transport
+from .upstream import NativeTransport, OpenAITransport, Transport
 
 log = logging.getLogger("sluice")
 
@@ -101,7 +101,8 @@ class Gateway:
             log.info("simulated backend on %s:%d", c.sim.host, sim_port)
 
         for u in c.upstreams:
-            t = OpenAITransport(u)
+            client = c.data_plane.server if u.client == "auto" else u.client
+            t: Transport = NativeTransport(u) if client == "native" else OpenAITransport(u)
             await t.start()
             self._transports[u.name] = t
 
