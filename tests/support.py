@@ -107,8 +107,8 @@ class Gateway:
             "logging": {"level": "info"},
             **config,
         }
-        if TEST_SERVER:
-            config["data_plane"] = {"server": TEST_SERVER, **config["data_plane"]}
+        # A test may give data_plane settings without the port; SLUICE_TEST_SERVER picks the server.
+        config["data_plane"] = {"port": self.port, **({"server": TEST_SERVER} if TEST_SERVER else {}), **config["data_plane"]}
         self.config_path = tmp / f"gateway-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.keys = keys
