@@ -153,6 +153,9 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         # A half-closed client may still read: answer what it sent, then close.
         self._closing = True
+        if self._parsing and (self._in_head or self._current is not None):
+            # What was started can never finish now: say so instead of waiting for a deadline.
+            self._stop_parsing(InvalidRequest("The request ended before it was complete.", code="bad_request"))
         if self._task is None and not self._queue:
             return False
         return True

@@ -8,7 +8,6 @@ that never changes (host, credentials, configured headers) is built once.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
@@ -17,6 +16,7 @@ from ..core.errors import Unavailable, UpstreamError, UpstreamTimeout
 from .base import Transport, UpstreamReply, UpstreamStream
 from .connection import Cut, Stalled, UpstreamConnection
 from .pool import Pool, PoolTimeout
+from .tls import tls_context
 
 
 def _translate(exc: BaseException) -> Exception:
@@ -28,11 +28,6 @@ def _translate(exc: BaseException) -> Exception:
     if isinstance(exc, OSError):  # refused, no route, TLS verification failed
         return UpstreamError("The upstream model server is unreachable.", code="upstream_unreachable")
     return UpstreamError("The upstream model server closed the connection unexpectedly.", code="upstream_disconnected")
-
-
-def tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """Verification on: the system's CAs, or only ``ca_file`` when one is configured."""
-    return ssl.create_default_context(cafile=ca_file)
 
 
 class _NativeStream(UpstreamStream):

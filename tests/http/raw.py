@@ -44,7 +44,10 @@ def exchange(port: int, parts: list[bytes], *, gap: float = 0.0, shut_write: boo
             except OSError:
                 break  # the server already gave up on us: what did it say?
         if shut_write:
-            sock.shutdown(socket.SHUT_WR)
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass  # already reset by the server
         deadline = time.monotonic() + wait
         while True:
             if expect is not None and _complete_responses(data) >= expect:
