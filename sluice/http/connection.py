@@ -151,6 +151,10 @@ class Connection(asyncio.Protocol):
             task.cancel()
 
     def eof_received(self) -> bool:
+        if self._streaming:
+            # As nginx does: the end of a stream's client is the client gone (a socket that is
+            # only half-closed would tell us no sooner than the next event's write).
+            return False
         # A half-closed client may still read: answer what it sent, then close.
         self._closing = True
         if self._parsing and (self._in_head or self._current is not None):
