@@ -56,24 +56,32 @@ def native_port():
     thread.join(5)
 
 
-_methods = st.sampled_from([b"GET", b"POST", b"PUT", b"HEAD", b"get", b"G\x00T", b""])
-_paths = st.sampled_from([b"/healthz", b"/echo", b"/nowhere", b"*", b"http://x/echo", b"/e%00cho", b"/" + b"a" * 9000])
-_versions = st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1 ", b"http/1.1", b""])
-_names = st.sampled_from([b"Host", b"Content-Length", b"Transfer-Encoding", b"Connection", b"Expect", b"X-A",
-                          b"Content-Length ", b"\x7fbad", b""])
-_values = st.one_of(
-    st.sampled_from([b"5", b"0", b"-1", b"99999999999999999999", b"chunked", b"chunked, identity", b"close",
-                     b"keep-alive", b"100-continue", b"a\r\n b", b"\x00"]),
-    st.binary(max_size=40),
-)
-_eol = st.sampled_from([b"\r\n", b"\n", b"\r"])
-_header = st.builds(lambda n, v, e: n + b": " + v + e, _names, _values, _eol)
-_body = st.one_of(
+_good = st.builds(
+    lambda m, p, hs, b: m + b" " + p + b" HTTP/1.1\r\nHost: x\r\n" + b"".join(hs) + b"Content-Length: %d\r\n\r\n" % len(b) + b,
+    st.sampled_from([b"GET", b"POST", b"HEAD", b"PUT"]),
+    st.sampled_from([b"/healthz", b"/echo", b"/nowhere", b"/echo?x=1&y", b"/e%63ho"]),
+    st.lists(st.sampled_from([b"Connection: close\r\n", b"Expect: 100-continue\r\n", b"X-A: b\r\n",
+                              b"Transfer-Encoding: chunked\r\n", b"Content-Length: 3\r\n"]), max_size=2),
     st.binary(max_size=64),
-    st.builds(lambda n, d: b"%x\r\n" % n + d + b"\r\n0\r\n\r\n", st.integers(0, 2**40), st.binary(max_size=16)),
 )
-_request = st.builds(lambda m, p, v, e, hs, e2, b: m + b" " + p + b" " + v + e + b"".join(hs) + e2 + b,
-                     _methods, _paths, _versions, _eol, st.lists(_header, max_size=6), _eol, _body)
+# A well-formed request with up to three byte-level mutations (replace, insert, delete) at any position.
+_edit = st.tuples(st.integers(0, 10**6), st.sampled_from(["replace", "insert", "delete"]),
+                  st.sampled_from([b"\r", b"\n", b"\r\n", b" ", b":", b"\x00", b"0", b"f" * 20, b"\r\n\r\n", b"GET / HTTP/1.1\r\n"]))
+
+
+def _mutate(data: bytes, edits: list[tuple[int, str, bytes]]) -> bytes:
+    for pos, kind, piece in edits:
+        i = pos % (len(data) + 1)
+        if kind == "replace":
+            data = data[:i] + piece + data[i + len(piece):]
+        elif kind == "insert":
+            data = data[:i] + piece + data[i:]
+        else:
+            data = data[:i] + data[i + len(piece):]
+    return data
+
+
+_request = st.builds(_mutate, _good, st.lists(_edit, max_size=3))
 _stream = st.lists(st.one_of(_request, st.binary(max_size=80)), min_size=1, max_size=4)
 
 

@@ -12,8 +12,8 @@ import pytest
 from raw import Outcome, exchange
 from support import Gateway, Sim, start_gateway
 
-MODELS = [{"name": "sim-small", "upstream": "sim"}]
-IDENTITIES = [{"name": "app", "owner": "team-a@example.com", "models": ["sim-small"]}]
+MODELS = [{"name": "sim-small", "upstream": "sim"}, {"name": "sim-embed", "upstream": "sim"}]
+IDENTITIES = [{"name": "app", "owner": "team-a@example.com", "models": ["sim-small", "sim-embed"]}]
 # Short native deadlines so a slow sender is cut within the test's patience.
 NATIVE = {"server": "native", "header_timeout": 1.0, "body_timeout": 2.0, "keepalive_timeout": 2.0}
 
@@ -153,14 +153,20 @@ def test_a_client_that_pipelines_but_reads_nothing_is_stopped_by_backpressure(se
 
 
 def test_half_closed_client_still_gets_its_answer_from_the_native_server(servers):
-    # aiohttp closes without answering here; the native server answers, then closes.
-    out = exchange(servers["native"].port, [b"GET /healthz HTTP/1.1\r\n" + H + b"\r\n"], shut_write=True)
+    # aiohttp closes without answering here; the native server answers, then closes. The
+    # request goes upstream, so the answer comes well after the client's end of sending.
+    g = servers["native"]
+    body = b'{"model":"sim-embed","input":"half-closed"}'
+    out = exchange(g.port, [b"POST /v1/embeddings HTTP/1.1\r\n" + H + b"Authorization: Bearer " + g.keys["app"].encode()
+                            + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body],
+                   shut_write=True)
     assert out.statuses == [200] and out.closed, out
 
 
 def test_http_1_0_request_is_answered_then_closed(servers):
     for name, g in servers.items():
-        out = exchange(g.port, [b"GET /healthz HTTP/1.0\r\n\r\n"])
+        # Closed at once, not after an idle timeout (2 s on the native side).
+        out = exchange(g.port, [b"GET /healthz HTTP/1.0\r\n\r\n"], wait=1.5)
         assert out.statuses == [200] and out.closed and not out.hung, (name, out)
 
 
