@@ -124,8 +124,11 @@ class UpstreamConnection(asyncio.Protocol):
         return self.reusable and self._transport is not None and not self._transport.is_closing()
 
     def send(self, request: bytes, read_timeout: float, deadline: float) -> None:
-        """Start one exchange: reset the response state, write the request, arm the timer."""
-        self._parser = httptools.HttpResponseParser(self)
+        """Start one exchange: reset the response state, write the request, arm the timer.
+
+        The parser is reused: llhttp starts over after a complete keep-alive response, and a
+        connection whose response was not complete never carries another exchange.
+        """
         self.status = 0
         self.retry_after = None
         self._body.clear()

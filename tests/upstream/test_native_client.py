@@ -74,6 +74,16 @@ def _keepalive(up: Upstream_, answer: bytes | None = None, delay: float = 0.0) -
     return script
 
 
+def _once(up: Upstream_, raw: bytes, hold: float = 0.0) -> Script:
+    """Answer one request with ``raw`` bytes, then keep the connection ``hold`` seconds."""
+    async def script(reader, writer):
+        await up.read_request(reader)
+        writer.write(raw)
+        await writer.drain()
+        await asyncio.sleep(hold)
+    return script
+
+
 async def test_sequential_requests_reuse_one_kept_alive_connection():
     up = Upstream_(None)  # type: ignore[arg-type]
     up.script = _keepalive(up)
@@ -113,13 +123,7 @@ async def test_a_caller_that_waits_past_the_pool_timeout_gets_a_503():
 
 async def test_upstream_connection_close_is_honoured_and_the_next_request_opens_a_new_one():
     up = Upstream_(None)  # type: ignore[arg-type]
-
-    async def script(reader, writer):
-        await up.read_request(reader)
-        writer.write(_reply(extra=b"Connection: close\r\n"))
-        await writer.drain()
-
-    up.script = script
+    up.script = _once(up, _reply(extra=b"Connection: close\r\n"))
     t = await _transport(up)
     for _ in range(3):
         assert (await t.send("/chat/completions", b"{}")).body == OK
@@ -157,14 +161,7 @@ async def test_close_delimited_and_chunked_bodies_are_read_whole():
 
 async def test_an_idle_connection_the_upstream_closed_is_not_used_and_the_request_goes_out_on_a_new_one():
     up = Upstream_(None)  # type: ignore[arg-type]
-
-    async def script(reader, writer):
-        await up.read_request(reader)
-        writer.write(_reply())
-        await writer.drain()
-        await asyncio.sleep(0.05)  # then the upstream drops the idle connection (its keep-alive ran out)
-
-    up.script = script
+    up.script = _once(up, _reply(), hold=0.05)  # then the upstream drops the idle connection (its keep-alive ran out)
     t = await _transport(up)
     assert (await t.send("/chat/completions", b"{}")).status == 200
     await asyncio.sleep(0.3)
@@ -188,14 +185,7 @@ async def test_idle_connections_expire_after_the_idle_timeout():
 
 async def test_an_upstream_that_stalls_mid_body_times_out_at_the_read_timeout():
     up = Upstream_(None)  # type: ignore[arg-type]
-
-    async def script(reader, writer):
-        await up.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")
-        await writer.drain()
-        await asyncio.sleep(5)
-
-    up.script = script
+    up.script = _once(up, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{", hold=5)
     t = await _transport(up, read_timeout=0.3)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
@@ -208,13 +198,7 @@ async def test_an_upstream_that_stalls_mid_body_times_out_at_the_read_timeout():
 
 async def test_a_body_cut_short_is_an_upstream_error_and_the_connection_is_dropped():
     up = Upstream_(None)  # type: ignore[arg-type]
-
-    async def script(reader, writer):
-        await up.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{short")
-        await writer.drain()
-
-    up.script = script
+    up.script = _once(up, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{short")
     t = await _transport(up)
     with pytest.raises(UpstreamError) as info:
         await t.send("/chat/completions", b"{}")
