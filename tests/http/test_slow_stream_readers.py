@@ -62,6 +62,7 @@ def test_sixty_four_slow_stream_readers_keep_gateway_memory_flat(tmp_path, serve
                 samples.append(_rss_kib(g.proc.popen.pid))
         assert all(got), "every reader received its stream's first bytes"
         base, last = samples[0], max(samples[-5:])
+        print(f"\n{server}: RSS {before} KiB idle, {base} KiB at 2 s, {last} KiB at the end ({SECONDS:.0f} s)")
         assert last <= base * 1.10, f"{server}: RSS grew from {base} KiB to {last} KiB with {READERS} slow readers"
         if server == "native":
             grown = max(samples) - before
