@@ -145,7 +145,8 @@ class Gateway:
         data_routes = data_plane.routes() + token_routes + health
         if c.data_plane.server == "native":
             self.data = NativeListener("data", c.data_plane, data_routes, max_body_bytes=c.requests.max_body_bytes,
-                                       early=self._early_check(registry, tokens, data_plane))
+                                       early=self._early_check(registry, tokens, data_plane),
+                                       access_log=c.logging.access_log)
         else:
             self.data = Listener("data", c.data_plane.host, c.data_plane.port, data_routes,
                                  max_body_bytes=c.requests.max_body_bytes, access_log=c.logging.access_log)

@@ -390,6 +390,8 @@ class Connection(asyncio.Protocol):
             log.error("unhandled error on %s %s: %s", req.method, text[:200], type(exc).__name__)
             reply = error_reply(GatewayError("The server had an error processing your request.", code="internal_error"))
         keep = req.keep_alive and not server.draining
+        if server.access_log:
+            log.info('%s "%s %s" %d %s', self._peer, req.method, text[:200], reply.status, rid)
         if isinstance(reply, StreamReply):
             return await self._write_stream(reply, rid, keep, req)
         await self._write_reply(reply, rid, keep, req.head)

@@ -28,13 +28,14 @@ class NativeListener:
     max_url_bytes = 8190  # aiohttp's request-line limit
 
     def __init__(self, name: str, cfg: DataPlaneListener, routes: list[tuple[str, str, Handler]], *,
-                 max_body_bytes: int, early: EarlyCheck | None = None) -> None:
+                 max_body_bytes: int, early: EarlyCheck | None = None, access_log: bool = False) -> None:
         self.name = name
         self.host = cfg.host
         self.port = cfg.port
         self.router = Router(routes)
         self.max_body = max_body_bytes
         self.early = early
+        self.access_log = access_log
         self.keepalive_timeout = cfg.keepalive_timeout
         self.header_timeout = cfg.header_timeout
         self.body_timeout = cfg.body_timeout

@@ -66,3 +66,22 @@ def test_graceful_stop_finishes_streams_in_flight_and_refuses_new_connections(tm
     finally:
         g.stop()
         sim.stop()
+
+
+def test_the_access_log_names_each_request_and_its_status_but_never_the_key(tmp_path):
+    sim = Sim(tmp_path)
+    g = start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
+                      models=[{"name": "sim-small", "upstream": "sim"}], identities=IDENTITIES,
+                      extra={"data_plane": {"server": "native"}, "logging": {"level": "info", "access_log": True}})
+    try:
+        assert g.post("/v1/chat/completions", g.keys["app"], json={
+            "model": "sim-small", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+        assert httpx.get(g.url + "/nowhere").status_code == 404
+        time.sleep(0.3)
+        lines = g.log().splitlines()
+        assert any("POST /v1/chat/completions" in line and " 200 " in line for line in lines)
+        assert any("GET /nowhere" in line and " 404 " in line for line in lines)
+        assert not any(g.keys["app"] in line for line in lines)
+    finally:
+        g.stop()
+        sim.stop()
