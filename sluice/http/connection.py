@@ -42,7 +42,7 @@ _NO_QUERY: dict[str, str] = {}
 class _HeadTooLarge(GatewayError):
     status = 431
     type = "invalid_request_error"
-    code = "request_header_fields_too_large"
+    code = "request_header_too_large"  # the same code the aiohttp listener gives
 
 
 class _UriTooLong(GatewayError):
@@ -158,7 +158,7 @@ class Connection(asyncio.Protocol):
         self._closing = True
         if self._parsing and (self._in_head or self._current is not None):
             # What was started can never finish now: say so instead of waiting for a deadline.
-            self._stop_parsing(InvalidRequest("The request ended before it was complete.", code="bad_request"))
+            self._stop_parsing(InvalidRequest("The request ended before it was complete.", code="bad_http_request"))
         if self._task is None and not self._queue:
             return False
         return True
@@ -185,7 +185,7 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             refusal = exc.__context__
             self._stop_parsing(refusal.error if isinstance(refusal, _Refuse)
-                               else InvalidRequest("The request could not be parsed as HTTP/1.1.", code="bad_request"))
+                               else InvalidRequest("The request could not be parsed as HTTP/1.1.", code="bad_http_request"))
             return
         if self._in_head and self._head_bytes > self._server.max_header_bytes:
             self._stop_parsing(_head_too_large())
@@ -214,7 +214,7 @@ class Connection(asyncio.Protocol):
             hdrs[key] = value.decode("latin-1")
         elif key == "transfer-encoding":
             # a second Transfer-Encoding is how requests get smuggled
-            raise _Refuse(InvalidRequest("Repeated Transfer-Encoding headers are refused.", code="bad_request"))
+            raise _Refuse(InvalidRequest("Repeated Transfer-Encoding headers are refused.", code="bad_http_request"))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
