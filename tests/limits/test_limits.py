@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 
 import httpx
@@ -37,6 +38,9 @@ def limit_config(backend: str, **extra) -> dict:
         {"name": "team", "per": ["team"], "match": {"model": "m-team"}, "requests_per_minute": 3},
         {"name": "two-id", "match": {"model": "m-two"}, "requests_per_minute": 100},
         {"name": "two-model", "per": ["model"], "match": {"model": "m-two"}, "requests_per_minute": 4},
+        # 1200 output tokens a minute refill 20 a second: after one 610-token reservation a second
+        # one is 20 tokens short, so its retry-after is about one second
+        {"name": "retry", "match": {"model": "m-retry"}, "output_tokens_per_minute": 1200},
     ]
     return {"limits": {"backend": backend, "redis_url": REDIS_URL, "key_prefix": f"t{uuid.uuid4().hex[:8]}:",
                        "rules": rules, **extra},
@@ -44,7 +48,7 @@ def limit_config(backend: str, **extra) -> dict:
             "teams": [{"name": "blue", "owner": "o"}]}
 
 
-MODELS = ["m-rpm", "m-itpm", "m-otpm", "m-conc", "m-spend", "m-team", "m-two", "m-free"]
+MODELS = ["m-rpm", "m-itpm", "m-otpm", "m-conc", "m-spend", "m-team", "m-two", "m-free", "m-retry"]
 
 
 @pytest.fixture(scope="module", params=["memory", "redis"])
@@ -175,16 +179,32 @@ def test_unlimited_models_have_no_limit_headers(lim):
     assert r.status_code == 200 and "x-ratelimit-limit-requests" not in r.headers
 
 
-def test_the_sdk_retries_on_429_using_the_headers(lim):
+def test_the_sdk_retries_on_429_after_the_retry_after_ms_it_was_given_and_then_succeeds(lim):
     import openai
 
     g, s = lim
-    client = openai.OpenAI(base_url=g.v1, api_key=g.keys["c"], max_retries=0)
-    for _ in range(5):
-        client.chat.completions.create(model="m-itpm", messages=[{"role": "user", "content": EXACT}], max_tokens=2)
-    with pytest.raises(openai.RateLimitError) as info:
-        client.chat.completions.create(model="m-itpm", messages=[{"role": "user", "content": EXACT}], max_tokens=2)
-    assert info.value.response.headers["x-ratelimit-remaining-tokens"] is not None
+    sent: list[float] = []  # when each attempt left
+    seen: list[tuple[float, int, str | None]] = []  # (when, status, retry-after-ms) of each answer
+
+    def record(response: httpx.Response) -> None:
+        seen.append((time.monotonic(), response.status_code, response.headers.get("retry-after-ms")))
+
+    http = httpx.Client(event_hooks={"request": [lambda _: sent.append(time.monotonic())], "response": [record]},
+                        timeout=30)
+    client = openai.OpenAI(base_url=g.v1, api_key=g.keys["c"], max_retries=2, http_client=http)
+    ask = {"model": "m-retry", "messages": [{"role": "user", "content": "x"}], "max_tokens": 610}
+    assert client.chat.completions.create(**ask).usage.completion_tokens == 610
+    before = s.stats()["chat_requests"]
+    answer = client.chat.completions.create(**ask)  # 20 tokens short: refused once, then retried
+    assert answer.usage.completion_tokens == 610
+    statuses = [status for _, status, _ in seen[1:]]
+    assert statuses[0] == 429 and statuses[-1] == 200, statuses
+    waited_ms = (sent[2] - seen[1][0]) * 1000  # from the 429 arriving to the retry leaving
+    promised_ms = int(seen[1][2])
+    assert 500 <= promised_ms <= 2000, promised_ms
+    assert waited_ms >= promised_ms * 0.95, (waited_ms, promised_ms)  # the SDK slept what it was told
+    assert s.stats()["chat_requests"] - before == 1  # the refusal never reached the upstream
+    http.close()
 
 
 @pytest.mark.parametrize("mode,expected", [("closed", 503), ("open", 200)])
