@@ -53,6 +53,17 @@ class LocalIssuer:
     def stop(self) -> None:
         self._server.shutdown()
 
+    def rotate_ec(self, kid: str) -> None:
+        """Start signing ES256 with a new key, published beside the old one (an issuer's rotation)."""
+        self.ec = ECKey.generate_key("P-256", parameters={"kid": kid, "use": "sig"}, private=True)
+        self.jwks = {"keys": [*self.jwks["keys"], self.ec.as_dict(private=False)]}
+
+    @staticmethod
+    def stranger(claims: dict[str, Any], kid: str) -> str:
+        """ES256 under a key nobody publishes, with a kid nobody publishes."""
+        other = ECKey.generate_key("P-256", parameters={"kid": kid}, private=True)
+        return jwt.encode({"alg": "ES256", "kid": kid, "typ": "JWT"}, claims, other, algorithms=["ES256"])
+
     @staticmethod
     def claims(iss: str, aud: str, sub: str, ttl: int = 300, **extra: Any) -> dict[str, Any]:
         now = int(time.time())
