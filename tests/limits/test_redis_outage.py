@@ -48,7 +48,7 @@ def timed_chat(g) -> tuple[int, float, httpx.Response]:
 def test_redis_dying_mid_run_never_hangs_a_request_and_limits_resume_when_it_returns(rig):
     g, proxy = rig
     assert [timed_chat(g)[0] for _ in range(2)] == [200, 200]  # 4 of 6 left in Redis
-    for cut in (proxy.stop, proxy.blackhole):  # refused connections, then a silent Redis
+    for cut in (proxy.blackhole, proxy.stop):  # a silent Redis, then refused connections
         cut()
         for _ in range(3):
             status, took, r = timed_chat(g)
