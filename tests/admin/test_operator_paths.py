@@ -102,13 +102,25 @@ def test_an_anomaly_throttle_is_a_metric_a_log_line_and_a_change_and_lifts_after
         g.stop()
 
 
-def test_sigterm_lets_in_flight_requests_and_streams_finish(tmp_path):
-    s = Sim(tmp_path, **{"decode-ms": 20})  # at least 32 tokens (the sim's shortest answer): 0.6 s or more
+def _long_answer(sim: Sim) -> str:
+    """A prompt the sim answers with all of max_tokens=100 (no early stop), found on a zero-latency sim."""
+    for i in range(100):
+        prompt = f"drain probe {i}"
+        r = httpx.post(sim.url + "/v1/chat/completions", json={"model": "sim-small", "max_tokens": 100,
+                                                                "messages": [{"role": "user", "content": prompt}]})
+        if r.json()["choices"][0]["finish_reason"] == "length":
+            return prompt
+    raise AssertionError("no long natural answer found")
+
+
+def test_sigterm_lets_in_flight_requests_and_streams_finish(sim, tmp_path):
+    prompt = _long_answer(sim)
+    s = Sim(tmp_path, **{"decode-ms": 20})  # 100 tokens: two seconds each, so all six overlap even on a busy machine
     g = start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": s.url + "/v1"}],
                       models=[{"name": "m", "upstream": "sim", "upstream_model": "sim-small"}],
                       identities=[{"name": "a", "owner": "o", "models": ["*"]}])
     client = openai.OpenAI(base_url=g.v1, api_key=g.keys["a"], max_retries=0, timeout=30)
-    ask = {**CHAT, "max_tokens": 200}
+    ask = {**CHAT, "max_tokens": 100, "messages": [{"role": "user", "content": prompt}]}
     results: list[object] = []
 
     def plain() -> None:
@@ -135,7 +147,7 @@ def test_sigterm_lets_in_flight_requests_and_streams_finish(tmp_path):
         g.proc.popen.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(30)
-        assert all(isinstance(n, int) for n in results) and len(set(results)) == 1, results  # all whole
+        assert results == [100] * 6, results  # every answer whole
         assert g.proc.popen.wait(20) == 0
     finally:
         g.stop()

@@ -4,15 +4,11 @@ upstream echoes it back in an error."""
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-
 import httpx
 import openai
 import pytest
 
-from support import start_gateway
+from support import LoopbackServer, QuietHandler, start_gateway
 
 UPSTREAM_KEY = "sk-upstream-0123456789-do-not-leak"
 CHAT = {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
@@ -27,7 +23,7 @@ class RecordingProxy:
         self.seen: list[dict[str, str]] = []
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def _forward(self, method: str) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 proxy.seen.append({k.lower(): v for k, v in self.headers.items()})
@@ -53,15 +49,11 @@ class RecordingProxy:
             def do_GET(self) -> None:  # noqa: N802
                 self._forward("GET")
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._http = LoopbackServer(Handler)
+        self.url = self._http.url
 
     def stop(self) -> None:
-        self._server.shutdown()
+        self._http.stop()
 
 
 @pytest.fixture(scope="module")
