@@ -115,7 +115,8 @@ class Gateway:
         self.admin_url = f"http://127.0.0.1:{self.admin_port}"
         self.proc = Proc([sys.executable, "-m", "sluice", "serve", "--config", str(self.config_path)],
                          tmp / f"gateway-{self.port}.log", env=env, cwd=tmp)
-        self.proc.wait_http(self.admin_url + "/readyz")
+        # 60 s, not 20: on a shared 2-core machine under `make test-stress` a start took longer than 20 s
+        self.proc.wait_http(self.admin_url + "/readyz", timeout=60.0)
 
     @property
     def v1(self) -> str:

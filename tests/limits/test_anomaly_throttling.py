@@ -83,7 +83,9 @@ def test_a_tenfold_spike_is_throttled_and_the_neighbour_keeps_its_latency(rig):
     assert all(code == 200 for _, code, _ in spike_steady)
     baseline = statistics.median(lat for _, _, lat in base_steady)
     during = statistics.median(lat for t, _, lat in spike_steady if t > refused[0])
-    assert during <= 1.2 * baseline, (during, baseline)
+    # 50 ms of absolute slack for scheduler noise on ~50 ms requests (a busy machine added 12 ms to
+    # the median once); a starved neighbour would wait whole request times behind the spike's queue
+    assert during <= 1.2 * baseline + 0.05, (during, baseline)
 
     throttles = g.admin("GET", "/admin/throttles").json()["data"]
     assert [t["identity"] for t in throttles] == ["cfg-spiky"]
