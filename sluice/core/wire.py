@@ -145,11 +145,23 @@ def chat_request_with(names: frozenset[str]) -> type[ChatCompletionRequest]:
                              kw_only=True, forbid_unknown_fields=True, omit_defaults=True)
 
 
+class PromptTokensDetails(msgspec.Struct, gc=False):
+    """How much of the prompt the upstream served from its cache (priced as ``cached_input``)."""
+
+    cached_tokens: int | None = 0
+
+
 class TokenUsage(msgspec.Struct, gc=False):
     """Token counts as an upstream reports them."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+    @property
+    def cached_tokens(self) -> int:
+        details = self.prompt_tokens_details
+        return (details.cached_tokens or 0) if details is not None else 0
 
 
 class UsageEnvelope(msgspec.Struct, gc=False):

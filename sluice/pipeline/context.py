@@ -18,7 +18,7 @@ class RequestContext:
 
     __slots__ = (
         "exchange", "endpoint", "started", "principal", "request", "target", "transport",
-        "status", "prompt_tokens", "completion_tokens", "usage_source", "ttft_ms",
+        "status", "prompt_tokens", "completion_tokens", "cached_tokens", "usage_source", "ttft_ms",
         "upstream_ms", "error_code", "stream", "reservation", "limit_headers", "slot",
     )
 
@@ -33,6 +33,7 @@ class RequestContext:
         self.status = 200
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.cached_tokens = 0  # of the prompt, served from the upstream's cache
         self.usage_source = "none"
         self.ttft_ms: float | None = None
         self.upstream_ms: float | None = None

@@ -30,6 +30,7 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 def _settle(ctx: RequestContext, usage: TokenUsage | None, completion_estimate: int) -> None:
     if usage is not None:
         ctx.prompt_tokens, ctx.completion_tokens, ctx.usage_source = usage.prompt_tokens, usage.completion_tokens, "upstream"
+        ctx.cached_tokens = usage.cached_tokens
     else:
         ctx.prompt_tokens = estimate_tokens(prompt_chars(ctx.request))
         ctx.completion_tokens = completion_estimate

@@ -194,9 +194,6 @@ def test_a_request_without_max_tokens_reserves_the_cap(lim):
     assert chat(g, g.keys["a"], "m-cap", max_tokens=100).status_code == 200
 
 
-@pytest.mark.xfail(strict=True, reason="bug: settling prices every prompt token at the input price; the upstream's "
-                   "prompt_tokens_details.cached_tokens is never read (wire.TokenUsage lacks it, Settle passes no "
-                   "cached count to PriceTable.cost)")
 def test_cached_input_tokens_are_charged_at_the_cached_price(lim):
     g, s = lim
     prompt = " ".join(f"c{i}" for i in range(399))  # 400 prompt tokens for the sim, 24 blocks of 16 cached on a repeat

@@ -76,5 +76,5 @@ class Settle:
             return
         ctx.reservation = None
         model = ctx.target.model if ctx.target else ""
-        spend = self._prices.cost(model, ctx.prompt_tokens, ctx.completion_tokens)
+        spend = self._prices.cost(model, ctx.prompt_tokens, ctx.completion_tokens, ctx.cached_tokens)
         self._limiter.settle(r, ctx.prompt_tokens, ctx.completion_tokens, spend)
