@@ -50,7 +50,9 @@ class Proc:
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
-        raise TimeoutError(f"{url} not ready after {timeout}s:\n{self.log()}")
+        log = self.log()
+        self.stop()  # a process that never got ready must not outlive the test that started it
+        raise TimeoutError(f"{url} not ready after {timeout}s:\n{log}")
 
     def log(self) -> str:
         self._log.flush()
