@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench ab soak clean
+.PHONY: install demo test bench ab soak bench-routing clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ ab: $(STAMP)
 
 soak: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bench/soak.sh
+
+# Placement policies in front of 4 sim replicas (a couple of minutes; not part of `make test`).
+bench-routing: $(STAMP)
+	$(BIN)/python bench/bench_routing.py
 
 clean:
 	rm -rf $(VENV) .sluice .pytest_cache

@@ -19,7 +19,8 @@ Prefix affinity follows the public schedulers, read, not copied:
   model, so equal text after different prefixes never matches; each replica has a bounded LRU
   of the block hashes the router itself sent it (no engine feedback needed).
 - SGLang's cache-aware router: the replica with the longest match wins, unless load is
-  unbalanced, in which case the shortest queue wins (``balance_abs`` / ``balance_rel``).
+  unbalanced, in which case the shortest queue wins (``balance_abs`` / ``balance_rel``); a prompt
+  that matches nowhere goes to the replica with the smallest index (the most cache room).
 - llm-d's precise scorer mixes prefix, cache-use and queue scores with weights, from an index
   fed by the engine's KV block events; here the queue score is a hard bound (a replica more
   than the slack above the least loaded one is not eligible), so affinity never overloads a
@@ -75,7 +76,7 @@ class PlacementSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     index_blocks: Annotated[int, msgspec.Meta(ge=1)] = 31250
     # Affinity may pick a replica only while its in-flight count is within this slack of the least
     # loaded one: slack = max(balance_abs, (balance_rel - 1) x least).
-    balance_abs: Annotated[int, msgspec.Meta(ge=0)] = 4
+    balance_abs: Annotated[int, msgspec.Meta(ge=0)] = 6
     balance_rel: Annotated[float, msgspec.Meta(ge=1.0)] = 1.25
     # Fewer matching blocks than this count as no match (least outstanding decides).
     min_match_blocks: Annotated[int, msgspec.Meta(ge=1)] = 1
@@ -178,7 +179,12 @@ class PrefixAffinity(LeastOutstanding):
                 candidates = [r for r in replicas if self._bits[r] & alive]
                 chosen = _least_loaded(candidates, self._turn)
         if chosen is None:
-            chosen = _least_loaded(replicas, self._turn)
+            # No usable match: like SGLang, the eligible replica with the most cache room (the smallest
+            # index) takes the new prefix, so prefixes spread over the caches; load breaks ties.
+            lru = self._lru
+            candidates = [r for r in replicas if self._bits[r] & eligible]
+            room = min(len(lru[r]) for r in candidates)
+            chosen = _least_loaded([r for r in candidates if len(lru[r]) == room], self._turn)
         self._turn += 1
         chosen.in_flight += 1
         self._remember(chosen, hashes)
