@@ -6,16 +6,18 @@ leaves), the account stage sees the context once, with the tokens actually produ
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Callable
 
 import msgspec
 from msgspec import UNSET
 
 from ..core import clock
-from ..core.errors import GatewayError, UpstreamError
+from ..core.errors import GatewayError, UpstreamError, UpstreamTimeout
 from ..core.exchange import Reply, StreamReply
 from ..core.wire import ChatCompletionRequest, EmbeddingRequest, StreamOptions, TokenUsage
 from ..upstream import SSERelay, UpstreamReply, UpstreamStream, error_event
+from ..limits import INPUT, OUTPUT
 from ..upstream.errors import from_status
 from ..upstream.usage import completion_chars, estimate_tokens, prompt_chars, reported_usage
 from .context import RequestContext
@@ -32,6 +34,23 @@ def _settle(ctx: RequestContext, usage: TokenUsage | None, completion_estimate: 
         ctx.prompt_tokens = estimate_tokens(prompt_chars(ctx.request))
         ctx.completion_tokens = completion_estimate
         ctx.usage_source = "estimated"
+
+
+def _charge_reserved(ctx: RequestContext) -> None:
+    """The request was sent and no answer came back (a timeout, a lost connection, a client that
+    left): the upstream may have done the work and billed it, so it costs what it reserved.
+    Failures known to come before any work (no connection, an error answer) refund instead."""
+    r = ctx.reservation
+    if r is not None:
+        ctx.prompt_tokens, ctx.completion_tokens = int(r.amounts[INPUT]), int(r.amounts[OUTPUT])
+        ctx.usage_source = "reserved"
+    else:  # nothing was reserved: the prompt, at least, was read
+        ctx.prompt_tokens, ctx.usage_source = estimate_tokens(prompt_chars(ctx.request)), "estimated"
+
+
+# Sent, and no answer that says the upstream did no work (a 504 is a proxy's timeout); unlike
+# upstream_unreachable and upstream_connect_timeout, where nothing was sent.
+_UNANSWERED = frozenset({UpstreamTimeout.code, "upstream_disconnected"})
 
 
 class Forward:
@@ -56,10 +75,19 @@ class Forward:
         """Non-streaming: one upstream round trip, usage from the reply."""
         body = self._upstream_body(ctx)
         t0 = clock.monotonic()
-        reply: UpstreamReply = await ctx.transport.send(self._path, body)  # type: ignore[union-attr]
-        ctx.upstream_ms = (clock.monotonic() - t0) * 1000.0
-        if reply.status != 200:
-            raise from_status(reply)
+        try:
+            reply: UpstreamReply = await ctx.transport.send(self._path, body)  # type: ignore[union-attr]
+            ctx.upstream_ms = (clock.monotonic() - t0) * 1000.0
+            if reply.status != 200:
+                raise from_status(reply)
+        except GatewayError as exc:
+            if exc.code in _UNANSWERED:
+                _charge_reserved(ctx)
+            raise
+        except asyncio.CancelledError:  # the client left (a listener that cancels its handler)
+            ctx.status, ctx.error_code = CLIENT_CLOSED, "client_closed"
+            _charge_reserved(ctx)
+            raise
         usage = reported_usage(reply.body)
         _settle(ctx, usage, 0 if usage else estimate_tokens(completion_chars(reply.body)))
         return Reply(200, reply.body)
@@ -68,10 +96,15 @@ class Forward:
         """Streaming: open upstream, then relay; errors before the first byte are plain errors."""
         body = self._upstream_body(ctx)
         t0 = clock.monotonic()
-        opened = await ctx.transport.open_stream(self._path, body)  # type: ignore[union-attr]
-        if isinstance(opened, UpstreamReply):
-            ctx.upstream_ms = (clock.monotonic() - t0) * 1000.0
-            raise from_status(opened)
+        try:  # sent, and no headers yet: unanswered as a non-streaming request would be
+            opened = await ctx.transport.open_stream(self._path, body)  # type: ignore[union-attr]
+            if isinstance(opened, UpstreamReply):
+                ctx.upstream_ms = (clock.monotonic() - t0) * 1000.0
+                raise from_status(opened)
+        except GatewayError as exc:
+            if exc.code in _UNANSWERED:
+                _charge_reserved(ctx)
+            raise
         req: ChatCompletionRequest = ctx.request
         wants_usage = bool(req.stream_options and req.stream_options.include_usage)
         started = [False]
