@@ -6,8 +6,10 @@ from __future__ import annotations
 import statistics
 import time
 
+import msgspec
 import pytest
 
+from sluice.core.wire import Message
 from sluice.routing.placement import (
     LeastOutstanding,
     PlacementSettings,
@@ -136,3 +138,12 @@ def test_a_decision_on_an_8000_character_prompt_costs_well_under_a_millisecond()
     # The target is 0.1 ms median (about 0.05 ms measured on an idle core); the bound is 3x
     # that because five other test runs share this machine's two cores.
     assert statistics.median(samples) < 0.0003
+
+
+def test_decoded_wire_messages_place_like_the_json_they_came_from() -> None:
+    raw = [*conversation(2, 1), {"role": "user", "content": [{"type": "text", "text": "a part " * 20}]}]
+    decoded = msgspec.convert(raw, list[Message])
+    placement = affinity()
+    assert placement.block_hashes(decoded) == placement.block_hashes(raw)
+    assert len(placement.block_hashes(decoded)) == len(conversation_text(raw)) // 64
+    assert "a part" in conversation_text(decoded)
