@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench ab soak bench-routing clean
+.PHONY: install demo test bench ab soak profile bench-routing clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ ab: $(STAMP)
 
 soak: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bench/soak.sh
+
+profile: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bench/profile.sh
 
 # Placement policies in front of 4 sim replicas (a couple of minutes; not part of `make test`).
 bench-routing: $(STAMP)

@@ -19,7 +19,7 @@ from .core.config import Config
 from .core.errors import ConfigError
 from .core.exchange import Exchange, Reply
 from .core.wire import extra_params
-from .http import Listener
+from .http import Listener, NativeListener
 from .limits import Admission, AnomalyGuard, Limiter, PriceTable, Throttle, build_backend, warm
 from .identity import (SYSTEM, CredentialRegistry, Federation, Hasher, IdentityService, IdentitySync, Keyring, Sealer,
                        TokenExchange, TokenService, gate)
@@ -28,7 +28,7 @@ from .routing import RouteTable
 from .store import Store, StoreUnavailable, open_store
 from .telemetry import Metrics, UsageLedger, configure
 from .telemetry.metrics import CONTENT_TYPE as METRICS_TYPE
-from .upstream import OpenAITransport, Transport
+from .upstream import NativeTransport, OpenAITransport, Transport
 
 log = logging.getLogger("sluice")
 
@@ -60,7 +60,7 @@ class Gateway:
         self.config = config
         self.store: Store | None = None
         self.ledger: UsageLedger | None = None
-        self.data: Listener | None = None
+        self.data: Listener | NativeListener | None = None
         self.control: Listener | None = None
         self._transports: dict[str, Transport] = {}
         self._sim_runner = None
@@ -105,7 +105,8 @@ class Gateway:
             log.info("simulated backend on %s:%d", c.sim.host, sim_port)
 
         for u in c.upstreams:
-            t = OpenAITransport(u)
+            client = c.data_plane.server if u.client == "auto" else u.client
+            t: Transport = NativeTransport(u) if client == "native" else OpenAITransport(u)
             await t.start()
             self._transports[u.name] = t
 
@@ -152,8 +153,13 @@ class Gateway:
 
         admin = AdminApi(AdminAuth(hasher, c.admin.keys, registry), identities, store, ledger.flush, routes,
                          [u.name for u in c.upstreams], keyring, limiter)
-        self.data = Listener("data", c.data_plane.host, c.data_plane.port, data_plane.routes() + token_routes + health + vllm_health,
-                             max_body_bytes=c.requests.max_body_bytes, access_log=c.logging.access_log)
+        data_routes = data_plane.routes() + token_routes + health + vllm_health
+        if c.data_plane.server == "native":
+            self.data = NativeListener("data", c.data_plane, data_routes, max_body_bytes=c.requests.max_body_bytes,
+                                       access_log=c.logging.access_log)
+        else:
+            self.data = Listener("data", c.data_plane.host, c.data_plane.port, data_routes,
+                                 max_body_bytes=c.requests.max_body_bytes, access_log=c.logging.access_log)
         self.control = Listener("control", c.control_plane.host, c.control_plane.port,
                                 admin.routes() + health + [("GET", "/metrics", metrics_handler)],
                                 max_body_bytes=1024 * 1024, access_log=c.logging.access_log)
