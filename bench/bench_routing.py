@@ -15,7 +15,9 @@ The bench drives the placement classes of ``sluice.routing.placement`` directly 
 router's decision in isolation; sluice itself does not sit in the path). The arrival rate is 70% of
 round robin's saturation rate: replicas / (prefill cost x the mean uncached prompt tokens round robin
 leaves), where that mean comes from replaying the same arrival order through the sim's own cache
-class offline. Prints every acceptance figure and whether it is met; exits 1 if one is not.
+class offline. ``--precise`` adds a run of the precise variant (the index also fed by the replicas'
+vLLM-shaped KV block events, the sim's tokenizer on the routing path). Prints every acceptance
+figure and whether it is met; exits 1 if one is not.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import httpx
 
 from sluice.routing.placement import LeastOutstanding, PlacementSettings, PrefixAffinity, Replica, conversation_text
 from sluice.sim import tokens as sim_tokens
-from sluice.sim.prefix_cache import PrefixCache
+from sluice.sim.prefix_cache import PrefixCache, stable_block_hash
 
 REPLICAS = 4
 GROUPS, PER_GROUP = 32, 32
@@ -111,7 +113,7 @@ class Result:
         return (max(means) / min(means) if min(means) else float("inf")), float(gaps[int(0.95 * (len(gaps) - 1))])
 
 
-def start_sims(cache_blocks: int) -> list[tuple[subprocess.Popen[bytes], str]]:
+def start_sims(cache_blocks: int, kv_events: bool = False) -> list[tuple[subprocess.Popen[bytes], str]]:
     """``REPLICAS`` sim processes on free ports, ready."""
     import socket
 
@@ -123,7 +125,7 @@ def start_sims(cache_blocks: int) -> list[tuple[subprocess.Popen[bytes], str]]:
         args = [sys.executable, "-m", "sluice", "sim", "--port", str(port), "--prefill-ms", str(PREFILL_MS),
                 "--decode-ms", str(DECODE_MS), "--base-ms", str(BASE_MS), "--cache-blocks", str(cache_blocks),
                 "--block-tokens", str(BLOCK_TOKENS), "--prefill-concurrency", "1", "--batch-slowdown", str(BATCH_SLOWDOWN),
-                "--model", MODEL]
+                "--model", MODEL] + (["--kv-events"] if kv_events else [])
         sims.append((subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), f"http://127.0.0.1:{port}"))
     for proc, url in sims:
         for _ in range(200):
@@ -172,14 +174,51 @@ def round_robin_saturation(prompts: list[list[dict[str, str]]], cache_blocks: in
     return REPLICAS / service_s, 1 - uncached / total
 
 
+def sim_block_keys(prompt: Any) -> list[int]:
+    """The sim's own block hashes for a conversation: its tokenizer, 16-token blocks, its chained hash
+    (what llm-d's precise scorer computes with the model's tokenizer and vLLM's hash)."""
+    toks = prompt_tokens(prompt)
+    out: list[int] = []
+    parent = 0
+    for i in range((len(toks) - 1) // BLOCK_TOKENS):  # as the sim: the last token is never a hit
+        parent = stable_block_hash(parent, toks[i * BLOCK_TOKENS : (i + 1) * BLOCK_TOKENS])
+        out.append(parent)
+    return out
+
+
+async def follow_kv_events(policy: PrefixAffinity, replicas: list[Replica], stop: asyncio.Event) -> None:
+    """Feed each replica's KV block events (``GET /sim/kv_events``) into the precise index."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        seqs = [(await client.get(r.url + "/sim/kv_events", params={"after": 1 << 60})).json()["next_seq"] - 1
+                for r in replicas]
+        while not stop.is_set():
+            for i, r in enumerate(replicas):
+                body = (await client.get(r.url + "/sim/kv_events", params={"after": seqs[i]})).json()
+                for item in body["batches"]:
+                    seqs[i] = item["seq"]
+                    for event in item["batch"][1]:  # [ts, events]; each event is [tag, fields...]
+                        if event[0] == "BlockStored":
+                            policy.stored(r, event[1])
+                        elif event[0] == "BlockRemoved":
+                            policy.removed(r, event[1])
+                        else:
+                            policy.forget(r)
+            await asyncio.sleep(0.02)
+
+
 async def run(policy_name: str, policy: LeastOutstanding, prompts: list[list[dict[str, str]]], rate: float,
-              urls: list[str], seed: int) -> Result:
-    """Send every prompt at Poisson arrivals of ``rate``, placed by ``policy``; TTFT per request."""
+              urls: list[str], seed: int, precise: bool = False) -> Result:
+    """Send every prompt at Poisson arrivals of ``rate``, placed by ``policy``; TTFT per request.
+    ``precise``: the policy takes the decoded messages and the replicas' KV events."""
     reset(urls)
     replicas = [Replica(f"r{i}", url) for i, url in enumerate(urls)]
     result = Result(policy_name)
     rng = random.Random(seed)
-    texts = [conversation_text(p) for p in prompts]  # the router sees a decoded request; this is its string
+    # The router sees a decoded request; the approximate index works on its string.
+    texts: Sequence[Any] = prompts if precise else [conversation_text(p) for p in prompts]
+    stop_events = asyncio.Event()
+    follower = (asyncio.create_task(follow_kv_events(policy, replicas, stop_events))
+                if precise and isinstance(policy, PrefixAffinity) else None)
     bodies = [{"model": MODEL, "messages": p, "max_tokens": OUTPUT_TOKENS, "ignore_eos": True, "stream": True} for p in prompts]
     sampling = True
 
@@ -225,17 +264,23 @@ async def run(policy_name: str, policy: LeastOutstanding, prompts: list[list[dic
         result.seconds = time.perf_counter() - t0
         sampling = False
         await sampler
+        if follower is not None:
+            stop_events.set()
+            await follower
     result.hit_rate = hit_rate(urls)
     return result
 
 
-def decision_cost_ms() -> float:
-    """Median cost of one prefix-affinity decision on an 8,000-character, 32-group-warmed index."""
+def decision_cost_ms(precise: bool = False) -> float:
+    """Median cost of one prefix-affinity decision on an 8,000-character, 32-group-warmed index;
+    ``precise``: with the sim's tokenizer and block hash on the routing path."""
     rng = random.Random(7)
-    placement = PrefixAffinity(PlacementSettings(policy="prefix_affinity"), seed=MODEL)
+    placement = PrefixAffinity(PlacementSettings(policy="prefix_affinity"), seed=MODEL,
+                               block_keys=sim_block_keys if precise else None)
     replicas = [Replica(f"r{i}") for i in range(REPLICAS)]
-    texts = [conversation_text([{"role": "system", "content": words(rng, 1600)}, {"role": "user", "content": words(rng, 400)}])[:8000]
+    convs = [[{"role": "system", "content": words(rng, 1600)}, {"role": "user", "content": words(rng, 400)}]
              for _ in range(GROUPS)]
+    texts: list[Any] = convs if precise else [conversation_text(c)[:8000] for c in convs]
     for t in texts:
         placement.done(placement.pick(replicas, t))
     samples = []
@@ -257,6 +302,8 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--unique", type=int, default=1024, help="prompts in the no-shared-prefix workload")
+    parser.add_argument("--precise", action="store_true",
+                        help="also run prefix affinity fed by the replicas' KV block events (llm-d's precise scorer)")
     args = parser.parse_args()
 
     prefix_blocks = GROUPS * SYSTEM_TOKENS // BLOCK_TOKENS
@@ -275,7 +322,8 @@ async def main() -> int:
     print(f"round robin saturates at {saturation:.1f} req/s (offline hit rate {rr_offline_hits:.1%}); "
           f"shared workload at {rate:.1f} req/s, no-prefix workload at {unique_rate:.1f} req/s (70%)")
 
-    sims = start_sims(cache_blocks) + start_sims(cache_blocks)
+    # KV events cost the sims (stable hashes, event JSON, polling), so only the --precise run has them.
+    sims = start_sims(cache_blocks, args.precise) + start_sims(cache_blocks)
     urls = [u for _, u in sims[:REPLICAS]]
     urls2 = [u for _, u in sims[REPLICAS:]]
     try:
@@ -287,6 +335,11 @@ async def main() -> int:
         print(line(lo), flush=True)
         pa = await run("prefix_affinity", PrefixAffinity(settings, MODEL), shared, rate, urls, args.seed)
         print(line(pa), flush=True)
+        pp = None
+        if args.precise:
+            precise = PrefixAffinity(settings, MODEL, block_keys=sim_block_keys)
+            pp = await run("precise (KV events)", precise, shared, rate, urls, args.seed, precise=True)
+            print(line(pp), flush=True)
         # The two policies run at the same time, each on its own 4 replicas with the same arrivals, so
         # whatever else loads this shared machine loads both: a p99 moves more than 5% between runs.
         print(f"no shared prefix: {len(unique)} prompts, both policies side by side on replica sets of their own")
@@ -303,6 +356,9 @@ async def main() -> int:
             proc.wait(10)
 
     cost = decision_cost_ms()
+    if pp is not None:
+        print(f"precise placement (tokenizing on the routing path): median TTFT {pp.pct(0.5) * 1000:.1f} ms, "
+              f"hit rate {pp.hit_rate:.1%}, decision {decision_cost_ms(precise=True):.3f} ms on the same prompts")
     ulo_p99, upa_p99 = ulo.pct(0.99), upa.pct(0.99)
     ratio, gap = pa.balance
     checks = [
@@ -313,7 +369,7 @@ async def main() -> int:
          upa_p99 <= 1.05 * ulo_p99),
         (f"placement decision, 8,000 characters: {cost:.3f} ms median (target <= 0.1 ms)", cost <= 0.1),
     ]
-    errors = sum(r.errors for r in [rr, lo, pa, ulo, upa])
+    errors = sum(r.errors for r in [rr, lo, pa, ulo, upa, *([pp] if pp else [])])
     if errors:
         checks.append((f"{errors} requests failed", False))
     for text, ok in checks:

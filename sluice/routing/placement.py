@@ -24,8 +24,10 @@ Prefix affinity follows the public schedulers, read, not copied:
 - llm-d's precise scorer mixes prefix, cache-use and queue scores with weights, from an index
   fed by the engine's KV block events; here the queue score is a hard bound (a replica more
   than the slack above the least loaded one is not eligible), so affinity never overloads a
-  replica, and the index is the router's own (the sim publishes vLLM-shaped events for a
-  precise index; see ``sluice.sim.kv_events``).
+  replica. The index is the router's own by default; given ``block_keys`` (the engine's tokenizer
+  and block hash) it also takes the engine's ``stored``/``removed`` block events, as llm-d's
+  precise scorer does, while still recording its own picks at once (events arrive later).
+  ``bench/bench_routing.py`` feeds it the sim's vLLM-shaped events (``sluice.sim.kv_events``).
 
 Their known failure modes are avoided: a request is counted in flight on its replica at the
 moment it is picked (a burst of requests with tied scores otherwise lands on one replica);
@@ -41,7 +43,7 @@ idle core (``tests/routing/test_placement.py`` bounds it at 0.1 ms).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
@@ -126,11 +128,17 @@ class PrefixAffinity(LeastOutstanding):
     """Requests sharing a long prompt prefix go to the replica that was sent that prefix last,
     within a load bound; otherwise least outstanding. See the module docstring for the design."""
 
-    __slots__ = ("_settings", "_seed", "_index", "_lru", "_bits")
+    __slots__ = ("_settings", "_seed", "_index", "_lru", "_bits", "_block_keys")
 
-    def __init__(self, settings: PlacementSettings | None = None, seed: str = "") -> None:
+    def __init__(
+        self, settings: PlacementSettings | None = None, seed: str = "",
+        block_keys: Callable[[str | Sequence[Any]], list[int]] | None = None,
+    ) -> None:
         super().__init__()
         self._settings = settings or PlacementSettings(policy="prefix_affinity")
+        # Precise mode (llm-d): the engine's own block hashes for a prompt (its tokenizer and hash), so
+        # the engine's KV events (``stored``/``removed``) can feed the same index. Costs tokenization.
+        self._block_keys = block_keys
         # Seeding by model keeps two models' identical prompts apart in a shared index.
         self._seed = hash(("sluice-placement", seed))
         # block hash -> bitmask of replicas believed to hold it
@@ -141,6 +149,8 @@ class PrefixAffinity(LeastOutstanding):
 
     def block_hashes(self, prompt: str | Sequence[Any]) -> list[int]:
         """The chained hashes of the prompt's full blocks: each covers everything before it."""
+        if self._block_keys is not None:
+            return self._block_keys(prompt)
         text = prompt if isinstance(prompt, str) else conversation_text(prompt)
         size = self._settings.block_chars
         n = min(len(text) // size, self._settings.max_blocks)
@@ -196,14 +206,25 @@ class PrefixAffinity(LeastOutstanding):
         if not lru:
             return
         keep = ~self._bits[replica]
-        index = self._index
         for h in lru:
-            left = index.get(h, 0) & keep
-            if left:
-                index[h] = left
-            else:
-                index.pop(h, None)
+            self._drop(h, keep)
         lru.clear()
+
+    def stored(self, replica: Replica, hashes: Sequence[int]) -> None:
+        """The engine reports these blocks cached on ``replica`` (a KV ``BlockStored`` event)."""
+        self._bit(replica)
+        self._remember(replica, hashes)
+
+    def removed(self, replica: Replica, hashes: Sequence[int]) -> None:
+        """The engine reports these blocks evicted from ``replica`` (a KV ``BlockRemoved`` event)."""
+        lru = self._lru.get(replica)
+        if not lru:
+            return
+        keep = ~self._bits[replica]
+        for h in hashes:
+            if h in lru:
+                del lru[h]
+                self._drop(h, keep)
 
     def indexed_blocks(self, replica: Replica) -> int:
         """How many block hashes are remembered for ``replica`` (for tests and the explain view)."""
@@ -217,7 +238,7 @@ class PrefixAffinity(LeastOutstanding):
             self._lru[replica] = OrderedDict()
         return bit
 
-    def _remember(self, replica: Replica, hashes: list[int]) -> None:
+    def _remember(self, replica: Replica, hashes: Sequence[int]) -> None:
         """Record that ``replica`` was sent these blocks (the approximate index learns from its own picks)."""
         if not hashes:
             return
@@ -233,11 +254,16 @@ class PrefixAffinity(LeastOutstanding):
         cap = self._settings.index_blocks
         while len(lru) > cap:
             old, _ = lru.popitem(last=False)
-            left = index.get(old, 0) & ~bit
-            if left:
-                index[old] = left
-            else:
-                index.pop(old, None)
+            self._drop(old, ~bit)
+
+    def _drop(self, h: int, keep: int) -> None:
+        """Clear one replica's bit (``keep`` is its complement) from the holders of block ``h``."""
+        index = self._index
+        left = index.get(h, 0) & keep
+        if left:
+            index[h] = left
+        else:
+            index.pop(h, None)
 
 
 def build_placement(settings: PlacementSettings | None = None, seed: str = "") -> LeastOutstanding:

@@ -147,3 +147,18 @@ def test_decoded_wire_messages_place_like_the_json_they_came_from() -> None:
     assert placement.block_hashes(decoded) == placement.block_hashes(raw)
     assert len(placement.block_hashes(decoded)) == len(conversation_text(raw)) // 64
     assert "a part" in conversation_text(decoded)
+
+
+def test_engine_block_events_feed_the_precise_index_and_evictions_unfeed_it() -> None:
+    """llm-d's precise mode: the engine's own block hashes for a prompt, learned from its KV events."""
+    keys = {"a": [11, 12, 13], "b": [21, 22]}
+    placement = PrefixAffinity(seed="m", block_keys=lambda prompt: keys[prompt])
+    rs = replicas(3)
+    placement.stored(rs[2], [11, 12, 13])  # a BlockStored event from replica 2
+    r = placement.pick(rs, "a")
+    placement.done(r)
+    assert r is rs[2]
+    placement.removed(rs[2], [11, 12, 13])  # BlockRemoved: the engine evicted them
+    assert placement.indexed_blocks(rs[2]) == 0
+    rs[2].in_flight = 5  # so that, with no match left, load decides
+    assert placement.pick(rs, "a") is not rs[2]
