@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-stress bench ab soak profile clean
+.PHONY: install demo test test-stress bench ab soak profile bench-routing clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ soak: $(STAMP)
 
 profile: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bench/profile.sh
+
+# Placement policies in front of 4 sim replicas (a couple of minutes; not part of `make test`).
+bench-routing: $(STAMP)
+	$(BIN)/python bench/bench_routing.py
 
 clean:
 	rm -rf $(VENV) .sluice .pytest_cache

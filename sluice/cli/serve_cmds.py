@@ -48,12 +48,20 @@ def sim(
     base_ms: float = typer.Option(1.0, help="Fixed latency per request, ms."),
     max_concurrency: int = typer.Option(0, help="Requests served at once (0 = unbounded)."),
     model: list[str] = typer.Option(["sim-small", "sim-embed"], help="Model names to serve."),
+    cache_blocks: int = typer.Option(4096, help="Prefix cache size in blocks (0 = no prefix caching)."),
+    block_tokens: int = typer.Option(16, help="Tokens per prefix cache block."),
+    prefill_concurrency: int = typer.Option(0, help="Prefills at once (0 = unbounded, 1 = one at a time)."),
+    batch_slowdown: float = typer.Option(0.0, help="Decode step slowdown per other sequence in the batch."),
+    kv_events: bool = typer.Option(False, help="Publish vLLM-shaped KV block events at /sim/kv_events."),
 ) -> None:
     """Run the simulated backend (vLLM-compatible wire) as its own process."""
     from ..sim import run as run_sim
 
     run_sim(cfgmod.Sim(host=host, port=port, decode_ms_per_token=decode_ms, prefill_ms_per_token=prefill_ms,
-                       base_latency_ms=base_ms, max_concurrency=max_concurrency, models=model))
+                       base_latency_ms=base_ms, max_concurrency=max_concurrency, models=model,
+                       prefix_cache_blocks=cache_blocks, block_tokens=block_tokens,
+                       prefill_concurrency=prefill_concurrency, decode_batch_slowdown=batch_slowdown,
+                       kv_events=kv_events))
 
 
 def _free_port() -> int:

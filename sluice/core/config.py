@@ -316,6 +316,12 @@ class Sim(_Strict):
     block_tokens: Annotated[int, msgspec.Meta(ge=1)] = 16
     embedding_dimensions: Annotated[int, msgspec.Meta(ge=1)] = 64
     max_concurrency: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # Prefills run at once per replica (0 = unbounded); 1 models a GPU whose compute prefills one prompt at a time.
+    prefill_concurrency: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # Continuous batching: each decode step takes decode_ms_per_token x (1 + this x other sequences decoding).
+    decode_batch_slowdown: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # Publish vLLM-shaped KV block events (stored/removed/cleared) at GET /sim/kv_events.
+    kv_events: bool = False
     seed: int = 0
 
 

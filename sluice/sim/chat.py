@@ -7,7 +7,8 @@ prefill delay -> tokens (streamed with the decode delay between them) -> usage.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import msgspec
 from aiohttp import web
@@ -93,21 +94,22 @@ class ChatCompletions(ReplicaBase):
                     plan.words.insert(0, self.faults.spec.say_first)
 
             async with self.latency.slot():
-                cached = self._lookup(prompt)
                 usage = Usage(
                     prompt_tokens=n_prompt,
                     completion_tokens=sum(len(p.words) for p in plans),
                     total_tokens=0,
-                    prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+                    prompt_tokens_details=PromptTokensDetails(cached_tokens=0),
                 )
                 usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
                 stats.prompt_tokens += n_prompt
-                ttft = self.latency.ttft(n_prompt - cached)
                 if req.stream:
                     include_usage = req.stream_options is not None and bool(req.stream_options.include_usage)
-                    return await self._stream(request, req.model, plans, usage if include_usage else None, ttft)
+                    return await self._stream(request, req.model, plans, usage, include_usage, prompt)
                 longest = max(len(p.words) for p in plans)
-                await pause(ttft + self.latency.decode_s * max(longest - 1, 0))
+                await self._prefill(prompt, usage)
+                with self._decoding():
+                    # The batch is sampled once, at the first step: a non-streamed reply is one sleep.
+                    await pause(self.latency.step_s() * max(longest - 1, 0))
                 stats.completion_tokens += usage.completion_tokens
                 body = ChatCompletion(
                     id=self._new_id("chatcmpl"),
@@ -127,6 +129,34 @@ class ChatCompletions(ReplicaBase):
             return _Plan(words=text.generate(key, max_tokens), finish_reason="length")
         return _Plan(words=text.generate(key, natural), finish_reason="stop")
 
+    async def _prefill(self, prompt: list[str], usage: Usage) -> None:
+        """Wait out the prefill: base latency, then the uncached tokens at the per-token cost.
+
+        With a prefill limit the cache is looked up only once a prefill slot is free, as vLLM's
+        scheduler does, so a prompt queued behind the one that caches its prefix still hits.
+        """
+        latency = self.latency
+        details = usage.prompt_tokens_details
+        assert details is not None
+        if not latency.serial_prefill:
+            details.cached_tokens = cached = self._lookup(prompt)
+            await pause(latency.ttft(len(prompt) - cached))
+            return
+        await pause(latency.base_s)
+        async with latency.prefill_slot():
+            details.cached_tokens = cached = self._lookup(prompt)
+            await pause(latency.prefill_s * (len(prompt) - cached))
+
+    @contextmanager
+    def _decoding(self) -> Iterator[None]:
+        """Count a sequence in the decode batch while it generates."""
+        latency = self.latency
+        latency.decoding += 1
+        try:
+            yield
+        finally:
+            latency.decoding -= 1
+
     def _lookup(self, prompt: list[str]) -> int:
         stats = self.stats
         cached = self.cache.lookup_and_insert(prompt)
@@ -138,7 +168,8 @@ class ChatCompletions(ReplicaBase):
         return cached
 
     async def _stream(
-        self, request: web.Request, model: str, plans: list[_Plan], usage: Usage | None, ttft: float
+        self, request: web.Request, model: str, plans: list[_Plan], full_usage: Usage, include_usage: bool,
+        prompt: list[str],
     ) -> web.StreamResponse:
         """Server-sent events: role chunk, one chunk per token, finish chunk, optional usage, [DONE]."""
         stats = self.stats
@@ -164,8 +195,9 @@ class ChatCompletions(ReplicaBase):
         decode_s = self.latency.decode_s
         longest = max(len(p.words) for p in plans)
         sent = 0
+        usage = full_usage if include_usage else None
         try:
-            await pause(ttft)
+            await self._prefill(prompt, full_usage)
             first = b"".join(event([ChunkChoice(index=i, delta=Delta(role="assistant", content=""))]) for i in range(len(plans)))
             if decode_s == 0 and cut is None:
                 # Every token is ready at once, so the whole stream is one write: the cheap path for benchmarks.
@@ -187,19 +219,22 @@ class ChatCompletions(ReplicaBase):
             if cut == 0:
                 return self._cut(request, resp)
             loop = asyncio.get_running_loop()
-            start = loop.time()
-            for step in range(longest):
-                if step:
-                    # Sleep to a deadline, not a fixed interval, so timer overshoot does not add up.
-                    await pause(start + step * decode_s - loop.time())
-                for data, is_content in self._step(step, plans, templates, event):
-                    await resp.write(data)
-                    if not is_content:
-                        continue
-                    sent += 1
-                    stats.completion_tokens += 1
-                    if sent == cut:
-                        return self._cut(request, resp)
+            deadline = loop.time()
+            with self._decoding():
+                for step in range(longest):
+                    if step:
+                        # Sleep to a deadline, not a fixed interval, so timer overshoot does not add up;
+                        # each step's length follows the batch decoding at that moment.
+                        deadline += self.latency.step_s()
+                        await pause(deadline - loop.time())
+                    for data, is_content in self._step(step, plans, templates, event):
+                        await resp.write(data)
+                        if not is_content:
+                            continue
+                        sent += 1
+                        stats.completion_tokens += 1
+                        if sent == cut:
+                            return self._cut(request, resp)
             await resp.write_eof(self._tail(usage, event))
             stats.streams_completed += 1
             return resp

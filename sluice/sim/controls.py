@@ -20,11 +20,23 @@ class SimControls(ReplicaBase):
         """``GET /sim/stats``: counters, gauges, the prefix cache size and the current faults."""
         snap: dict[str, Any] = self.stats.snapshot()
         snap["waiting"] = self.latency.waiting
+        snap["decoding"] = self.latency.decoding
         snap["prefix_cache_blocks"] = len(self.cache)
         snap["replica"] = self.replica
         snap["faults"] = self.faults.state()
         snap["last_chat"] = self.last_chat
         return json_reply(snap)
+
+    async def kv_events(self, request: web.Request) -> web.Response:
+        """``GET /sim/kv_events?after=SEQ``: the KV block event batches after ``SEQ`` (404 unless enabled)."""
+        log = self.cache.events
+        if log is None:
+            return error_reply(404, "KV events are off; start the sim with kv_events enabled.")
+        try:
+            after = int(request.query.get("after", "-1"))
+        except ValueError:
+            return error_reply(400, "`after` must be an integer sequence number.")
+        return json_reply({"next_seq": log.next_seq, "batches": log.after(after)})
 
     async def reset_stats(self, request: web.Request) -> web.Response:
         """``POST /sim/stats/reset``."""

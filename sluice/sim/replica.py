@@ -19,6 +19,7 @@ from sluice.core import clock
 from sluice.core.config import Sim
 
 from .faults import Faults, error_body
+from .kv_events import EventLog
 from .latency import LatencyModel, pause
 from .prefix_cache import PrefixCache
 from .schema import ModelCard, ModelList
@@ -48,7 +49,9 @@ class ReplicaBase:
         self.settings = settings
         self.replica = replica
         self.models = frozenset(settings.models)
-        self.cache = PrefixCache(settings.prefix_cache_blocks, settings.block_tokens)
+        self.cache = PrefixCache(
+            settings.prefix_cache_blocks, settings.block_tokens, EventLog() if settings.kv_events else None
+        )
         self.latency = LatencyModel(settings)
         self.faults = Faults(settings.seed)
         self.stats = Stats()

@@ -37,6 +37,7 @@ def build_app(settings: Sim, *, replica: str = "sim-0") -> web.Application:
     app.router.add_get("/health", state.health)
     app.router.add_get("/sim/stats", state.get_stats)
     app.router.add_post("/sim/stats/reset", state.reset_stats)
+    app.router.add_get("/sim/kv_events", state.kv_events)
     app.router.add_post("/sim/faults", state.set_faults)
     app.router.add_delete("/sim/faults", state.clear_faults)
     app.router.add_post("/reset_prefix_cache", state.reset_prefix_cache)
