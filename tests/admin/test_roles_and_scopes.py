@@ -20,12 +20,14 @@ CONTROL_ROLES = [O, K, A, W]
 # and bodies are empty, so allowed writes are a documented 400.
 SURFACE: list[tuple[str, str, int, set[str]]] = [
     ("GET", "/admin/whoami", 200, {O, K, A, W}),
+    ("GET", "/admin/openapi.json", 200, {O, K, A, W}),
     ("GET", "/admin/identities", 200, {O, K, A, W}),
     ("POST", "/admin/identities", 400, {K}),
     ("GET", "/admin/identities/inventory", 200, {A}),
     ("GET", "/admin/identities/id-nope", 404, {O, K, A, W}),
     ("PATCH", "/admin/identities/id-nope", 404, {K}),
     ("DELETE", "/admin/identities/id-nope", 404, {K}),
+    ("POST", "/admin/identities/id-nope/enable", 404, {K}),
     ("PUT", "/admin/identities/id-nope/roles", 400, {W}),
     ("GET", "/admin/identities/id-nope/keys", 404, {K, A}),
     ("POST", "/admin/identities/id-nope/keys", 404, {K}),
