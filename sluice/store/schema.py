@@ -90,3 +90,11 @@ changes = Table(
     Column("source_ip", String(64)),
     Column("detail", Text, nullable=False),  # JSON object
 )
+
+routing_policy = Table(
+    "routing_policy", metadata,
+    Column("id", Integer, primary_key=True),  # always 1: one document
+    Column("version", Integer, nullable=False),
+    Column("document", Text, nullable=False),  # JSON RoutingPolicy
+    Column("updated_at", Float, nullable=False),
+)
