@@ -21,7 +21,8 @@ from .core.exchange import Exchange, Reply
 from .core.wire import extra_params
 from .http import Listener
 from .limits import Admission, AnomalyGuard, Limiter, PriceTable, Throttle, build_backend, warm
-from .identity import SYSTEM, CredentialRegistry, Federation, Hasher, IdentityService, Keyring, Sealer, TokenExchange, TokenService
+from .identity import (SYSTEM, CredentialRegistry, Federation, Hasher, IdentityService, IdentitySync, Keyring, Sealer,
+                       TokenExchange, TokenService, gate)
 from .pipeline import DataPlane
 from .routing import RouteTable
 from .store import Store, StoreUnavailable, open_store
@@ -68,6 +69,7 @@ class Gateway:
         self._side: set[asyncio.Future] = set()
         self.limiter: Limiter | None = None
         self.prices: PriceTable | None = None
+        self.identity_sync: IdentitySync | None = None
 
     def secrets(self) -> list[str]:
         c = self.config
@@ -85,9 +87,11 @@ class Gateway:
         self.store = store = open_store(c.store.url)
         await store.open()
         registry = CredentialRegistry(hasher)
+        registry.failures = gate(c.identity.auth_failures_per_minute, "failed authentications from this address")
         identities = IdentityService(store, registry, hasher, c.security)
         await identities.sync_declared(c.identities, c.teams)
-        await identities.load()
+        self.identity_sync = IdentitySync(store, identities.load, c.identity)
+        await self.identity_sync.start()
         keyring = Keyring(store, Sealer(pepper), c.tokens)
         await keyring.load()
         tokens = TokenService(keyring, registry, c.tokens)
@@ -135,7 +139,11 @@ class Gateway:
         async def jwks(_: Exchange) -> Reply:
             return Reply.json(tokens.jwks(), headers={"Cache-Control": "public, max-age=60"})
 
-        token_routes = [("POST", "/v1/token", TokenExchange(registry, tokens, federation)),
+        exchange = TokenExchange(
+            registry, tokens, federation,
+            per_source=gate(c.identity.token_requests_per_minute, "token requests from this address"),
+            per_identity=gate(c.identity.token_requests_per_minute_per_identity, "token requests for this identity"))
+        token_routes = [("POST", "/v1/token", exchange),
                         ("GET", "/.well-known/jwks.json", jwks)]
 
         async def metrics_handler(_: Exchange) -> Reply:
@@ -189,7 +197,8 @@ class Gateway:
         return Reply.json({"status": "ok"})
 
     async def _readyz(self, _: Exchange) -> Reply:
-        """Ready when the store answers within a second and usage is being written."""
+        """Ready when the store answers within a second, usage is being written, and the credential
+        registry was confirmed current within ``identity.max_staleness_s``."""
         loop = asyncio.get_running_loop()
         at, ok = self._ready_cache
         if loop.time() - at > 1.0:
@@ -199,14 +208,19 @@ class Gateway:
             except (StoreUnavailable, asyncio.TimeoutError):
                 ok = False
             self._ready_cache = (loop.time(), ok)
-        ok = ok and self.ledger is not None and self.ledger.healthy
-        body = {"status": "ready" if ok else "not ready", "store": "ok" if ok else "unavailable"}
+        store_ok = ok
+        current = self.identity_sync is not None and self.identity_sync.current
+        ok = ok and self.ledger is not None and self.ledger.healthy and current
+        body = {"status": "ready" if ok else "not ready", "store": "ok" if store_ok else "unavailable",
+                "identity": "current" if current else "stale"}
         return Reply.json(body, status=200 if ok else 503, headers=None if ok else {"Retry-After": "1"})
 
     async def stop(self) -> None:
         """Graceful: stop taking requests, finish those in flight, flush usage, close everything."""
         for task in self._tasks:
             task.cancel()
+        if self.identity_sync is not None:
+            await self.identity_sync.stop()
         if self.data is not None:
             await self.data.stop()
         if self.limiter is not None:

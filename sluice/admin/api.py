@@ -178,6 +178,7 @@ class AdminApi:
             ("GET", "/admin/identities/{identity_id}", (r.IDENTITIES_READ,), self.get_identity),
             ("PATCH", "/admin/identities/{identity_id}", (r.IDENTITIES_WRITE,), self.update_identity),
             ("DELETE", "/admin/identities/{identity_id}", (r.IDENTITIES_WRITE,), self.disable_identity),
+            ("POST", "/admin/identities/{identity_id}/enable", (r.IDENTITIES_WRITE, r.KEYS_WRITE), self.enable_identity),
             ("PUT", "/admin/identities/{identity_id}/roles", (r.ROLES_GRANT,), self.set_roles),
             ("GET", "/admin/identities/{identity_id}/keys", (r.KEYS_READ,), self.list_keys),
             ("POST", "/admin/identities/{identity_id}/keys", (r.KEYS_WRITE,), self.issue_key),
@@ -254,6 +255,9 @@ class AdminApi:
 
     async def disable_identity(self, actor: Actor, ex: Exchange) -> Reply:
         return Reply.json(msgspec.structs.asdict(await self._ids.disable_identity(actor, ex.params["identity_id"])))
+
+    async def enable_identity(self, actor: Actor, ex: Exchange) -> Reply:
+        return Reply.json(msgspec.structs.asdict(await self._ids.enable_identity(actor, ex.params["identity_id"])))
 
     @accepts(RoleSet)
     async def set_roles(self, actor: Actor, ex: Exchange) -> Reply:

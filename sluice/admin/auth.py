@@ -18,6 +18,13 @@ class AdminAuth:
         self._registry = registry
 
     def __call__(self, exchange: Exchange) -> Actor:
+        """The actor behind the credential; a source that keeps failing is refused with 429 first."""
+        failures = self._registry.failures
+        if failures is None:
+            return self._actor(exchange)
+        return failures.guard(exchange.peer, self._actor, exchange)
+
+    def _actor(self, exchange: Exchange) -> Actor:
         token = exchange.bearer()
         if token is None:
             raise Unauthenticated("A control-plane credential is required: 'Authorization: Bearer KEY'.", code="missing_api_key")

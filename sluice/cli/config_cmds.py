@@ -30,3 +30,35 @@ def check(path: Path) -> None:
         Console(stderr=True).print(f"[red]invalid:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
     Console().print(f"[green]valid[/green]: {len(c.upstreams)} upstreams, {len(c.models)} models, {len(c.identities)} declared identities")
+    for warning in _revoked_in_store(c):
+        Console(stderr=True).print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
+
+
+def _revoked_in_store(c: cfgmod.Config) -> list[str]:
+    """Declared credentials the store has revoked or disabled: they stay so after a restart,
+    which an operator editing the file should know. Best effort: no store, no warnings."""
+    import asyncio
+
+    if not c.identities:
+        return []
+
+    async def look() -> list[str]:
+        from ..app import load_pepper
+        from ..identity import CredentialRegistry, Hasher, IdentityService
+        from ..store import StoreUnavailable, open_store
+
+        if c.store.url.startswith("sqlite:///") and not Path(c.store.url[len("sqlite:///"):]).exists():
+            return []  # no database yet: nothing was revoked, and checking must not create one
+        if not c.security.pepper and not Path(c.security.pepper_file).exists():
+            return []
+        store = open_store(c.store.url)
+        try:
+            await store.open()
+            hasher = Hasher(load_pepper(c.security))
+            return await IdentityService(store, CredentialRegistry(hasher), hasher, c.security).revoked_declared(c.identities)
+        except (StoreUnavailable, OSError, ValueError) as exc:
+            return [f"cannot read the store to look for revoked declared keys: {type(exc).__name__}"]
+        finally:
+            await store.close()
+
+    return asyncio.run(look())

@@ -218,6 +218,8 @@ class Tokens(_Strict):
     default_ttl_s: Annotated[float, msgspec.Meta(ge=1)] = 900.0
     max_ttl_s: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 3600.0
     signing_key_rotation_s: Annotated[float, msgspec.Meta(ge=60)] = 86400.0
+    # verified tokens kept so a repeat costs a lookup, not a signature check; least recently used go first
+    cache_entries: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 10_000
 
     def __post_init__(self) -> None:
         if self.default_ttl_s > self.max_ttl_s:
@@ -225,6 +227,20 @@ class Tokens(_Strict):
 
 
 FederationAlg = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"]
+
+
+class IdentitySettings(_Strict):
+    """How a replica keeps its credentials current, and how credentials are guarded against abuse."""
+
+    # how often the identity-state version is read (Postgres also pushes changes at once)
+    poll_interval_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.5
+    # not ready (/readyz 503) after this long without confirming the registry is current
+    max_staleness_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # per replica, per source address and per identity: token exchanges allowed per minute (0: unlimited)
+    token_requests_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 600
+    token_requests_per_minute_per_identity: Annotated[int, msgspec.Meta(ge=0)] = 300
+    # per replica and source address: failed authentications per minute before 429 (0: unlimited)
+    auth_failures_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 1200
 
 
 class FederationRule(_Strict):
@@ -247,10 +263,33 @@ class TrustedIssuer(_Strict, kw_only=True):
     rules: Annotated[list[FederationRule], msgspec.Meta(min_length=1)]
     leeway_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 30.0
     jwks_refresh_s: Annotated[float, msgspec.Meta(ge=1)] = 300.0
+    # a jwks_url must be https unless it is on loopback or this is set
+    allow_insecure_http: bool = False
 
     def __post_init__(self) -> None:
         if (self.jwks_url is None) == (self.jwks_file is None):
             raise msgspec.ValidationError(f"federation issuer {self.name!r}: give exactly one of jwks_url or jwks_file")
+        if self.jwks_url is not None and not self.allow_insecure_http and not _secure_url(self.jwks_url):
+            # a key set fetched in clear text can be swapped on the way: then anyone can mint workload tokens
+            raise msgspec.ValidationError(f"federation issuer {self.name!r}: jwks_url must use https (plain http only on"
+                                          " loopback, or with allow_insecure_http: true)")
+
+
+def _secure_url(url: str) -> bool:
+    """https, or plain http to a loopback address (nothing leaves the machine)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    host = parts.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 LimitDim = Literal["identity", "team", "model", "route"]
@@ -367,6 +406,7 @@ class Config(_Strict):
     identities: list[DeclaredIdentity] = msgspec.field(default_factory=list)
     teams: list[DeclaredTeam] = msgspec.field(default_factory=list)
     tokens: Tokens = msgspec.field(default_factory=Tokens)
+    identity: IdentitySettings = msgspec.field(default_factory=IdentitySettings)
     limits: Limits = msgspec.field(default_factory=Limits)
     prices: dict[str, Price] = msgspec.field(default_factory=dict)
     currency: str = "USD"

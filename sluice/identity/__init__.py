@@ -5,10 +5,12 @@ from .federation import Federation
 from .keys import Hasher, KeyInfo, display, generate, inspect
 from .principal import Principal, Scopes
 from .registry import CredentialRegistry
+from .gate import RateGate, gate
 from .service import SYSTEM, Actor, IdentityService
+from .sync import IdentitySync
 from .tokens import Keyring, Sealer, TokenService, looks_like_jwt
 
 __all__ = [
-    "SYSTEM", "Actor", "CredentialRegistry", "Federation", "Hasher", "IdentityService", "KeyInfo", "Keyring",
-    "Principal", "Scopes", "Sealer", "TokenExchange", "TokenService", "display", "generate", "inspect", "looks_like_jwt",
+    "SYSTEM", "Actor", "CredentialRegistry", "Federation", "Hasher", "IdentityService", "IdentitySync", "KeyInfo", "Keyring",
+    "Principal", "RateGate", "Scopes", "Sealer", "TokenExchange", "TokenService", "display", "gate", "generate", "inspect", "looks_like_jwt",
 ]

@@ -15,6 +15,7 @@ import msgspec
 from ..core.errors import InvalidRequest, Unauthenticated
 from ..core.exchange import Exchange, Reply
 from .federation import Federation
+from .gate import RateGate
 from .principal import Scopes
 from .registry import CredentialRegistry
 from .tokens import TokenService, looks_like_jwt
@@ -45,12 +46,30 @@ def _form(ex: Exchange) -> dict[str, str]:
 class TokenExchange:
     """The token endpoint of the data plane."""
 
-    def __init__(self, registry: CredentialRegistry, tokens: TokenService, federation: Federation) -> None:
+    def __init__(self, registry: CredentialRegistry, tokens: TokenService, federation: Federation, *,
+                 per_source: RateGate | None = None, per_identity: RateGate | None = None) -> None:
         self._registry = registry
         self._tokens = tokens
         self._federation = federation
+        self._per_source = per_source
+        self._per_identity = per_identity
 
     async def __call__(self, ex: Exchange) -> Reply:
+        """Rate-limited per source address; a refused credential counts as an authentication failure."""
+        source = ex.peer or "unknown"
+        if self._per_source is not None:
+            self._per_source.take(source)
+        failures = self._registry.failures
+        if failures is not None:
+            failures.check(source)
+        try:
+            return await self._exchange(ex)
+        except Unauthenticated:
+            if failures is not None:
+                failures.count(source)
+            raise
+
+    async def _exchange(self, ex: Exchange) -> Reply:
         form = _form(ex)
         if form.get("grant_type") != GRANT:
             raise InvalidRequest(f"grant_type must be {GRANT}.", code="unsupported_grant_type", param="grant_type")
@@ -72,14 +91,18 @@ class TokenExchange:
             principal = self._registry.authenticate(subject, plane="data")
             identity = self._registry.identity(principal.identity_id)
             credential = principal.key_id or ""
+            not_after = principal.expires_at  # the key's expiry, or the end of its rotation overlap
         else:
             if not self._federation:
                 raise Unauthenticated("No federated issuers are trusted here.", code="invalid_grant")
             name, issuer = await self._federation.resolve(subject)
             identity = self._registry.identity_by_name(name)
             credential = f"fed:{issuer}"
+            not_after = None
         if identity is None or "invoker" not in identity.roles:
             raise Unauthenticated("The identity is disabled or may not call models.", code="invalid_grant")
+        if self._per_identity is not None:
+            self._per_identity.take(identity.id)
 
         models = None
         if form.get("scope"):
@@ -89,7 +112,8 @@ class TokenExchange:
             if refused:
                 raise InvalidRequest(f"scope asks for models beyond the identity's: {' '.join(refused)}",
                                      code="invalid_scope", param="scope")
-        token, ttl = self._tokens.mint(identity, credential, models=models)
+        # mint refuses an expired identity, and caps the token at the identity's and the key's expiry
+        token, ttl = self._tokens.mint(identity, credential, models=models, not_after=not_after)
         body = {"access_token": token, "issued_token_type": ACCESS_TOKEN, "token_type": "Bearer", "expires_in": ttl}
         if models is not None:
             body["scope"] = " ".join(models)

@@ -22,6 +22,9 @@ from ..core.config import TrustedIssuer
 from ..core.errors import Unauthenticated
 
 log = logging.getLogger("sluice.federation")
+_JWKS_MAX_BYTES = 256 * 1024  # a key set is a few KiB; a hostile or broken issuer cannot make us buffer more
+_FORCED_EVERY_S = 10.0  # an unknown kid refreshes at most this often, so bad tokens cannot hammer the issuer
+_FAILED_RETRY_S = 5.0  # after a failed fetch, callers get 'unavailable' at once for this long (negative cache)
 
 
 def unverified_claims(token: str) -> dict[str, Any]:
@@ -42,38 +45,59 @@ class Issuer:
     def __init__(self, cfg: TrustedIssuer) -> None:
         self.cfg = cfg
         self._keys: KeySet | None = None
-        self._fetched = 0.0
+        self._fetched = -1e9  # last successful fetch (monotonic)
+        self._attempted = -1e9  # last fetch attempt, successful or not
         self._lock = asyncio.Lock()
+        self.fetches = 0
         self._claims = jwt.JWTClaimsRegistry(
             leeway=int(cfg.leeway_s), iss={"essential": True, "value": cfg.issuer},
             aud={"essential": True, "value": cfg.audience}, exp={"essential": True},
         )
 
+    def _due(self, force: bool) -> bool:
+        """A fetch is due: the keys are missing or old (or a kid is unknown), and no attempt was just made."""
+        now = time.monotonic()
+        if now - self._attempted < (_FORCED_EVERY_S if force and self._keys is not None else _FAILED_RETRY_S):
+            return False
+        return self._keys is None or now - self._fetched > self.cfg.jwks_refresh_s or force
+
     async def keys(self, *, force: bool = False) -> KeySet:
-        stale = time.monotonic() - self._fetched > self.cfg.jwks_refresh_s
-        if self._keys is None or stale or force:
+        if self._due(force):
             async with self._lock:
-                # a forced refresh (unknown kid) at most every 10 s, so bad tokens cannot hammer the issuer
-                if self._keys is None or stale or (force and time.monotonic() - self._fetched > 10):
+                # decided again under the lock: the callers that queued behind one fetch use its result
+                if self._due(force):
                     await self._load()
         if self._keys is None:
             raise Unauthenticated("The issuer's keys cannot be fetched right now; retry later.", code="issuer_unavailable")
         return self._keys
 
     async def _load(self) -> None:
+        self._attempted = time.monotonic()
+        self.fetches += 1
         try:
             if self.cfg.jwks_file is not None:
                 data = json.loads(Path(self.cfg.jwks_file).read_text())
             else:
-                timeout = aiohttp.ClientTimeout(total=5)
-                async with aiohttp.ClientSession(timeout=timeout) as s, s.get(self.cfg.jwks_url) as r:  # type: ignore[arg-type]
-                    r.raise_for_status()
-                    data = await r.json(content_type=None)
+                data = json.loads(await self._fetch(self.cfg.jwks_url))  # type: ignore[arg-type]
             self._keys = KeySet.import_key_set(data)
             self._fetched = time.monotonic()
         except (OSError, ValueError, aiohttp.ClientError, asyncio.TimeoutError, JoseError) as exc:
             log.warning("cannot load the key set of issuer %s: %s", self.cfg.name, type(exc).__name__)
-            self._fetched = time.monotonic()
+
+    @staticmethod
+    async def _fetch(url: str) -> bytes:
+        """The key set's bytes, refusing one larger than ``_JWKS_MAX_BYTES`` (however it is framed)."""
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout) as s, s.get(url, allow_redirects=False) as r:
+            r.raise_for_status()
+            if (r.content_length or 0) > _JWKS_MAX_BYTES:
+                raise ValueError("key set too large")
+            body = bytearray()
+            async for chunk in r.content.iter_chunked(65536):
+                body += chunk
+                if len(body) > _JWKS_MAX_BYTES:
+                    raise ValueError("key set too large")
+            return bytes(body)
 
     async def verify(self, token: str) -> dict[str, Any]:
         """Signature, algorithm, issuer, audience and times; the verified claims."""

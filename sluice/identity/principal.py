@@ -7,23 +7,38 @@ from .roles import scopes_of
 
 
 class Scopes:
-    """Model scopes of an identity: exact names, ``prefix*`` patterns, or ``*`` for all."""
+    """Model scopes of an identity: exact names, ``prefix*`` patterns, or ``*`` for all.
 
-    __slots__ = ("_all", "_exact", "_prefixes", "_memo")
+    Immutable and shared: no memo of the names asked for, because callers choose those names
+    (a per-caller memo is memory a hostile caller can fill), and the check without one is a set
+    lookup and a C-level ``startswith`` over the prefixes.
+    """
+
+    __slots__ = ("_all", "_exact", "_prefixes")
 
     def __init__(self, patterns: list[str]) -> None:
         self._all = "*" in patterns
         self._exact = frozenset(p for p in patterns if not p.endswith("*"))
         self._prefixes = tuple(p[:-1] for p in patterns if p.endswith("*") and p != "*")
-        self._memo: dict[str, bool] = {}
 
     def allows(self, model: str) -> bool:
-        hit = self._memo.get(model)
-        if hit is None:
-            hit = self._all or model in self._exact or model.startswith(self._prefixes)
-            if len(self._memo) < 4096:  # bounded: callers choose model names
-                self._memo[model] = hit
-        return hit
+        """The model is within these scopes."""
+        return self._all or model in self._exact or (bool(self._prefixes) and model.startswith(self._prefixes))
+
+
+_SHARED: dict[frozenset[str], Scopes] = {}
+_SHARED_MAX = 4096
+
+
+def scopes_for(patterns: list[str]) -> Scopes:
+    """The one shared ``Scopes`` of a set of patterns (principals of an identity, tokens with one scope set)."""
+    key = frozenset(patterns)
+    got = _SHARED.get(key)
+    if got is None:
+        if len(_SHARED) >= _SHARED_MAX:  # bounded: token scope sets are chosen by callers
+            _SHARED.clear()
+        got = _SHARED[key] = Scopes(patterns)
+    return got
 
 
 class Principal:
@@ -41,7 +56,7 @@ class Principal:
         self.environment: Environment = identity.environment
         self.key_id = key.id if key is not None else credential_id
         self.plane = key.plane if key is not None else "data"
-        self.scopes = Scopes(identity.models if models is None else models)
+        self.scopes = scopes_for(identity.models if models is None else models)
         self.roles = frozenset(identity.roles)
         self.grants = scopes_of(identity.roles)
         ends = [t for t in (identity.expires_at, key.expires_at if key else None, expires_at) if t is not None]

@@ -1,7 +1,8 @@
 """In-memory credential index: what both planes consult on every request.
 
-Loaded from the store at start and updated by every control-plane change in the same
-process, so a revoked key is refused on the very next request with no database round-trip.
+Loaded from the store at start, updated at once by every control-plane change in the same
+process, and reloaded whole when another replica changes the store (see ``sync``), so a
+revoked key is refused with no database round-trip on the request path.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from ..core import clock
 from ..core.errors import Unauthenticated
 from ..core.types import ApiKey, Identity, Plane
 from .keys import Hasher
+from .gate import RateGate
 from .principal import Principal
 
 
@@ -21,13 +23,21 @@ class CredentialRegistry:
         self._by_hash: dict[str, Principal] = {}
         self._hash_of_key: dict[str, str] = {}
         self._identities: dict[str, Identity] = {}
+        self._by_name: dict[str, Identity] = {}
         self.last_used: dict[str, float] = {}
+        # bumped by every in-process change, so a reload read before one is not installed over it
+        self.generation = 0
+        # failed authentications per source address (set by the app; None: not limited)
+        self.failures: RateGate | None = None
 
     def __len__(self) -> int:
         return len(self._by_hash)
 
-    def load(self, identities: list[Identity], keys: list[ApiKey]) -> None:
-        """Replace the whole index with the live identities and keys given."""
+    def load(self, identities: list[Identity], keys: list[ApiKey], *, generation: int | None = None) -> bool:
+        """Replace the whole index with the live identities and keys given; False (nothing
+        replaced) if this process changed the index since ``generation`` was read."""
+        if generation is not None and generation != self.generation:
+            return False
         live = {i.id: i for i in identities if i.disabled_at is None}
         by_hash: dict[str, Principal] = {}
         hash_of_key: dict[str, str] = {}
@@ -37,25 +47,37 @@ class CredentialRegistry:
                 by_hash[key.hash] = Principal(ident, key)
                 hash_of_key[key.id] = key.hash
         self._by_hash, self._hash_of_key, self._identities = by_hash, hash_of_key, live
+        self._by_name = {i.name: i for i in live.values()}
+        return True
 
     def put_identity(self, identity: Identity, keys: list[ApiKey]) -> None:
         """An identity changed (scopes, roles, team): rebuild its principals."""
+        self.generation += 1
+        old = self._identities.get(identity.id)
+        if old is not None and self._by_name.get(old.name) is old:
+            del self._by_name[old.name]
         if identity.disabled_at is not None:
             self._identities.pop(identity.id, None)
             for k in keys:
                 self.remove(k.id)
             return
         self._identities[identity.id] = identity
+        self._by_name[identity.name] = identity
         for k in keys:
             if k.revoked_at is None:
                 self.add(identity, k)
 
     def add(self, identity: Identity, key: ApiKey) -> None:
+        """A new or changed live key of a live identity."""
+        self.generation += 1
         self._identities[identity.id] = identity
+        self._by_name[identity.name] = identity
         self._by_hash[key.hash] = Principal(identity, key)
         self._hash_of_key[key.id] = key.hash
 
     def remove(self, key_id: str) -> None:
+        """Forget a key (revoked)."""
+        self.generation += 1
         digest = self._hash_of_key.pop(key_id, None)
         if digest is not None:
             self._by_hash.pop(digest, None)
@@ -66,13 +88,15 @@ class CredentialRegistry:
 
     def identity_by_name(self, name: str) -> Identity | None:
         """A live identity by its unique name (federation rules name identities)."""
-        for ident in self._identities.values():
-            if ident.name == name:
-                return ident
-        return None
+        return self._by_name.get(name)
 
-    def key_is_live(self, key_id: str) -> bool:
-        return key_id in self._hash_of_key
+    def key_is_live(self, key_id: str, now: float) -> bool:
+        """The key is neither revoked nor past its expiry (or its rotation overlap, or its identity's expiry)."""
+        digest = self._hash_of_key.get(key_id)
+        if digest is None:
+            return False
+        ends = self._by_hash[digest].expires_at
+        return ends is None or now < ends
 
     def authenticate(self, secret: str, plane: Plane = "data") -> Principal:
         """The principal of a live key of this plane, or ``Unauthenticated`` (401)."""
@@ -83,7 +107,8 @@ class CredentialRegistry:
             raise Unauthenticated(f"This key belongs to the {principal.plane} plane and is not accepted here.", code="wrong_plane")
         now = clock.now()
         if principal.expires_at is not None and now >= principal.expires_at:
-            raise Unauthenticated("The API key has expired.", code="expired_api_key")
+            # the principal's expiry is the earlier of the key's and the identity's
+            raise Unauthenticated("The API key (or its identity) has expired.", code="expired_api_key")
         self.last_used[principal.key_id] = now
         return principal
 

@@ -1,5 +1,6 @@
-"""Control-plane operations on identities, teams, roles and keys: each writes the store,
-updates the in-memory registry at once, and records who changed what."""
+"""Control-plane operations on identities, teams, roles and keys: each writes the store and
+the record of who changed what in one transaction, then updates the in-memory registry at once
+(other replicas learn of it through the identity-state version, see ``sync``)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from ..core import clock
 from ..core.config import DeclaredIdentity, DeclaredTeam, Security
 from ..core.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from ..core.types import ROLES, ApiKey, ChangeEvent, Environment, Identity, Plane, Team
-from ..store import Store
+from ..store import Store, Writes
 from . import keys
 from .registry import CredentialRegistry
 from .roles import CONTROL_ROLES, scopes_of
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _DAY = 86400.0
+_OWNER_MAX = 256
 
 
 class Actor:
@@ -46,6 +48,13 @@ def _check_name(name: str, param: str = "name") -> None:
         raise InvalidRequest(f"{param} must be 1-63 lowercase letters, digits, '.', '_' or '-'", param=param)
 
 
+def _check_owner(owner: str, param: str = "owner") -> None:
+    if not owner.strip():
+        raise InvalidRequest(f"{param} must not be empty", param=param)
+    if len(owner) > _OWNER_MAX:  # the store's column (and the change log's target) holds no more
+        raise InvalidRequest(f"{param} must be at most {_OWNER_MAX} characters", param=param)
+
+
 class IdentityService:
     """Creates, lists, changes and retires identities, teams and their credentials."""
 
@@ -55,17 +64,24 @@ class IdentityService:
         self._hasher = hasher
         self._security = security
 
-    async def load(self) -> None:
-        """Fill the registry with every live identity and key in the store."""
-        self._registry.load(await self._store.list_identities(), await self._store.list_keys())
+    async def load(self) -> bool:
+        """Fill the registry with every live identity and key in the store; False if this process
+        changed the registry meanwhile (the caller loads again)."""
+        generation = self._registry.generation
+        return self._registry.load(await self._store.list_identities(), await self._store.list_keys(),
+                                   generation=generation)
 
     async def sync_declared(self, declared: list[DeclaredIdentity], teams: list[DeclaredTeam] | None = None) -> None:
-        """Make the store match the teams, identities and keys declared in the config file."""
+        """Make the store match the teams, identities and keys declared in the config file.
+
+        A revocation or disable made on the control plane sticks: it is never undone here.
+        """
         now = clock.now()
+        writes = Writes()
         for t in teams or []:
             old_team = await self._store.get_team(t.name)
-            await self._store.put_team(Team(name=t.name, owner=t.owner, created_at=old_team.created_at if old_team else now,
-                                            created_by="config"))
+            writes.put_team(Team(name=t.name, owner=t.owner, created_at=old_team.created_at if old_team else now,
+                                 created_by="config"))
         wanted_keys: set[str] = set()
         for d in declared:
             ident = Identity(
@@ -76,28 +92,44 @@ class IdentityService:
             old = await self._store.get_identity(ident.id)
             if old is not None:
                 ident.created_at = old.created_at
+                ident.disabled_at = old.disabled_at
             elif await self._store.find_identity(d.name) is not None:
                 raise Conflict(f"identity {d.name!r} exists in the store and cannot also be declared in config")
-            await self._store.put_identity(ident)
+            writes.put_identity(ident)
             plane: Plane = "data" if "invoker" in d.roles else "control"
             for secret in d.keys:
                 digest = self._hasher.digest(secret)
                 key_id = f"cfg-{digest[:16]}"
                 wanted_keys.add(key_id)
                 prior = await self._store.get_key(key_id)
-                await self._store.put_key(ApiKey(
+                writes.put_key(ApiKey(
                     id=key_id, identity_id=ident.id, hash=digest, display=keys.display(secret),
                     created_at=prior.created_at if prior else now, created_by="config", expires_at=None,
                     source="config", plane=plane, last_used_at=prior.last_used_at if prior else None,
+                    revoked_at=prior.revoked_at if prior else None,
                 ))
         for k in await self._store.list_keys():
             if k.source == "config" and k.id not in wanted_keys and k.revoked_at is None:
-                await self._store.revoke_key(k.id, now)
+                writes.revoke_key(k.id, now)
         names = {d.name for d in declared}
         for ident in await self._store.list_identities():
             if ident.source == "config" and ident.name not in names:
                 ident.disabled_at = now
-                await self._store.put_identity(ident)
+                writes.put_identity(ident)
+        await self._store.apply(writes)
+
+    async def revoked_declared(self, declared: list[DeclaredIdentity]) -> list[str]:
+        """The names of declared identities that hold a declared key the store has revoked, or that are disabled."""
+        out = []
+        for d in declared:
+            ident = await self._store.get_identity(f"cfg-{d.name}")
+            if ident is not None and ident.disabled_at is not None:
+                out.append(f"identity {d.name} is disabled")
+            for secret in d.keys:
+                key = await self._store.get_key(f"cfg-{self._hasher.digest(secret)[:16]}")
+                if key is not None and key.revoked_at is not None:
+                    out.append(f"a key of identity {d.name} ({key.display}) is revoked")
+        return out
 
     # identities
     async def create_identity(
@@ -105,8 +137,7 @@ class IdentityService:
         expires_at: float | None = None, team: str | None = None, roles: list[str] | None = None,
     ) -> Identity:
         _check_name(name)
-        if not owner.strip():
-            raise InvalidRequest("owner must not be empty", param="owner")
+        _check_owner(owner)
         roles = list(roles) if roles is not None else ["invoker"]
         self._check_grant(actor, set(), set(roles), target_id=None)
         await self._check_team(team)
@@ -119,15 +150,17 @@ class IdentityService:
             id=f"id-{uuid.uuid4().hex[:16]}", name=name, owner=owner, environment=environment,
             models=models, created_at=now, created_by=actor.name, expires_at=expires_at, team=team, roles=roles,  # type: ignore[arg-type]
         )
-        await self._store.put_identity(ident)
-        await self.record(actor, "identity.create", ident.id,
-                           {"name": name, "owner": owner, "environment": environment, "models": models, "team": team, "roles": roles})
+        await self._store.apply(Writes().put_identity(ident), self._event(
+            actor, "identity.create", ident.id,
+            {"name": name, "owner": owner, "environment": environment, "models": models, "team": team, "roles": roles}))
+        self._registry.put_identity(ident, [])
         return ident
 
     async def update_identity(self, actor: Actor, identity_id: str, *, models: list[str] | None = None,
                               team: str | None = None, owner: str | None = None, clear_team: bool = False) -> Identity:
         """Change an identity's model scopes, team or owner; effective on the next request."""
         ident = await self.get_identity(identity_id)
+        self._check_target(actor, ident)
         if ident.disabled_at is not None:
             raise Conflict("the identity is disabled")
         detail: dict = {}
@@ -139,13 +172,11 @@ class IdentityService:
             detail["team"] = {"from": ident.team, "to": team}
             ident.team = team
         if owner is not None:
-            if not owner.strip():
-                raise InvalidRequest("owner must not be empty", param="owner")
+            _check_owner(owner)
             detail["owner"] = {"from": ident.owner, "to": owner}
             ident.owner = owner
-        await self._store.put_identity(ident)
+        await self._store.apply(Writes().put_identity(ident), self._event(actor, "identity.update", identity_id, detail))
         self._registry.put_identity(ident, await self._store.list_keys(identity_id))
-        await self.record(actor, "identity.update", identity_id, detail)
         return ident
 
     async def set_roles(self, actor: Actor, identity_id: str, roles: list[str]) -> Identity:
@@ -154,15 +185,23 @@ class IdentityService:
         self._check_grant(actor, set(ident.roles), set(roles), target_id=identity_id)
         before = list(ident.roles)
         ident.roles = sorted(set(roles), key=ROLES.index)  # type: ignore[assignment]
-        await self._store.put_identity(ident)
         keys_of = await self._store.list_keys(identity_id)
-        self._registry.put_identity(ident, keys_of)
+        writes = Writes().put_identity(ident)
+        events = [self._event(actor, "identity.roles", identity_id, {"from": before, "to": ident.roles})]
         # A control key of an identity left with no control role dies with the role.
         if not CONTROL_ROLES & set(ident.roles):
+            now = clock.now()
             for k in keys_of:
                 if k.plane == "control" and k.revoked_at is None:
-                    await self._revoke(actor, k, reason="roles removed")
-        await self.record(actor, "identity.roles", identity_id, {"from": before, "to": ident.roles})
+                    writes.revoke_key(k.id, now)
+                    k.revoked_at = now
+                    events.append(self._event(actor, "key.revoke", k.id,
+                                              {"identity_id": identity_id, "reason": "roles removed"}))
+        await self._store.apply(writes, *events)
+        self._registry.put_identity(ident, keys_of)
+        for k in keys_of:
+            if k.revoked_at is not None:
+                self._registry.remove(k.id)
         return ident
 
     def _check_grant(self, actor: Actor, before: set[str], after: set[str], *, target_id: str | None) -> None:
@@ -180,6 +219,16 @@ class IdentityService:
             raise PermissionDenied(f"You cannot grant or remove roles you do not hold: {', '.join(sorted(beyond))}.",
                                    code="grant_beyond_own")
 
+    @staticmethod
+    def _check_target(actor: Actor, target: Identity) -> None:
+        """Separation of duties: act on an identity (change, disable, enable, offboard, move, its
+        keys) only when holding every control role it holds; otherwise a weaker role could retire
+        or take over a stronger one. ``invoker`` carries no control-plane power, so it is not counted."""
+        beyond = (CONTROL_ROLES & set(target.roles)) - actor.roles
+        if beyond:
+            raise PermissionDenied(f"You cannot act on an identity holding roles you do not hold: "
+                                   f"{', '.join(sorted(beyond))}.", code="grant_beyond_own")
+
     async def get_identity(self, identity_id: str) -> Identity:
         ident = await self._store.get_identity(identity_id)
         if ident is None:
@@ -192,42 +241,78 @@ class IdentityService:
     async def disable_identity(self, actor: Actor, identity_id: str) -> Identity:
         """Disable an identity and revoke every key it holds, effective on the next request."""
         ident = await self.get_identity(identity_id)
-        await self._retire(actor, ident)
-        await self.record(actor, "identity.disable", identity_id, {})
+        self._check_target(actor, ident)
+        writes = Writes()
+        keys_of = await self._retire(ident, writes)
+        await self._store.apply(writes, self._event(actor, "identity.disable", identity_id, {}))
+        self._registry.put_identity(ident, keys_of)
         return ident
 
-    async def _retire(self, actor: Actor, ident: Identity) -> None:
+    async def enable_identity(self, actor: Actor, identity_id: str) -> Identity:
+        """Undo a disable: the identity and the keys its disabling revoked live again (keys revoked
+        on their own stay revoked). The one explicit way back for a declared identity."""
+        ident = await self.get_identity(identity_id)
+        self._check_target(actor, ident)
+        if ident.disabled_at is None:
+            raise Conflict("the identity is not disabled")
+        now = clock.now()
+        if ident.expires_at is not None and ident.expires_at <= now:
+            raise Conflict("the identity has expired; create a new one")
+        writes = Writes()
+        restored = []
+        keys_of = await self._store.list_keys(identity_id)
+        for k in keys_of:
+            if k.revoked_at == ident.disabled_at and (k.expires_at is None or k.expires_at > now):
+                k.revoked_at = None
+                writes.put_key(k)
+                restored.append(k.id)
+        ident.disabled_at = None
+        writes.put_identity(ident)
+        await self._store.apply(writes, self._event(actor, "identity.enable", identity_id, {"keys": restored}))
+        self._registry.put_identity(ident, keys_of)
+        return ident
+
+    async def _retire(self, ident: Identity, writes: Writes) -> list[ApiKey]:
+        """Disable an identity and revoke its keys, all at one instant (which ``enable`` undoes)."""
         now = clock.now()
         ident.disabled_at = ident.disabled_at or now
-        await self._store.put_identity(ident)
+        writes.put_identity(ident)
         keys_of = await self._store.list_keys(ident.id)
-        self._registry.put_identity(ident, keys_of)
         for k in keys_of:
-            await self._store.revoke_key(k.id, now)
+            if k.revoked_at is None:
+                writes.revoke_key(k.id, ident.disabled_at)
+                k.revoked_at = ident.disabled_at
+        return keys_of
 
     async def offboard(self, actor: Actor, owner: str, reassign_to: str | None) -> dict:
         """Everything an owner owns, in one recorded step: reassigned, or disabled and revoked."""
-        if reassign_to is not None and not reassign_to.strip():
-            raise InvalidRequest("reassign_to must not be empty", param="reassign_to")
-        touched, teams = [], []
-        for ident in await self._store.list_identities():
-            if ident.owner != owner:
-                continue
+        _check_owner(owner)
+        if reassign_to is not None:
+            _check_owner(reassign_to, "reassign_to")
+        owned = [i for i in await self._store.list_identities() if i.owner == owner]
+        for ident in owned:  # all or nothing: one identity beyond the actor refuses the whole step
+            self._check_target(actor, ident)
+        writes, touched, teams, retired = Writes(), [], [], []
+        for ident in owned:
             touched.append(ident.id)
             if reassign_to is None:
-                await self._retire(actor, ident)
+                retired.append((ident, await self._retire(ident, writes)))
             else:
                 ident.owner = reassign_to
-                await self._store.put_identity(ident)
-                self._registry.put_identity(ident, await self._store.list_keys(ident.id))
+                writes.put_identity(ident)
         for team in await self._store.list_teams():
             if team.owner == owner:
                 team.owner = reassign_to or "unassigned"
-                await self._store.put_team(team)
+                writes.put_team(team)
                 teams.append(team.name)
         action = "reassigned" if reassign_to else "disabled"
         result = {"owner": owner, "action": action, "reassign_to": reassign_to, "identities": touched, "teams": teams}
-        await self.record(actor, "owner.offboard", owner, result)
+        await self._store.apply(writes, self._event(actor, "owner.offboard", owner, result))
+        for ident, keys_of in retired:
+            self._registry.put_identity(ident, keys_of)
+        if reassign_to is not None:
+            for ident in owned:
+                self._registry.put_identity(ident, await self._store.list_keys(ident.id))
         return result
 
     # teams
@@ -237,13 +322,11 @@ class IdentityService:
 
     async def create_team(self, actor: Actor, name: str, owner: str) -> Team:
         _check_name(name)
-        if not owner.strip():
-            raise InvalidRequest("owner must not be empty", param="owner")
+        _check_owner(owner)
         if await self._store.get_team(name) is not None:
             raise Conflict(f"a team named {name!r} already exists", param="name")
         team = Team(name=name, owner=owner, created_at=clock.now(), created_by=actor.name)
-        await self._store.put_team(team)
-        await self.record(actor, "team.create", name, {"owner": owner})
+        await self._store.apply(Writes().put_team(team), self._event(actor, "team.create", name, {"owner": owner}))
         return team
 
     async def list_teams(self) -> list[Team]:
@@ -253,30 +336,33 @@ class IdentityService:
     async def issue_key(self, actor: Actor, identity_id: str, *, ttl_days: float | None = None,
                         plane: Plane = "data") -> tuple[ApiKey, str]:
         """A new key for an identity; the secret is returned here and never again."""
+        ident, key, secret, event = await self._new_key(actor, identity_id, ttl_days=ttl_days, plane=plane)
+        await self._store.apply(Writes().put_key(key), event)
+        self._registry.add(ident, key)
+        return key, secret
+
+    async def _new_key(self, actor: Actor, identity_id: str, *, ttl_days: float | None,
+                       plane: Plane) -> tuple[Identity, ApiKey, str, ChangeEvent]:
         ident = await self.get_identity(identity_id)
+        self._check_target(actor, ident)
         if ident.disabled_at is not None:
             raise Conflict("the identity is disabled")
         if plane == "data" and "invoker" not in ident.roles:
             raise Conflict("the identity has no invoker role, so it cannot hold a data-plane key")
-        if plane == "control":
-            control = CONTROL_ROLES & set(ident.roles)
-            if not control:
-                raise Conflict("the identity has no control-plane role, so it cannot hold a control-plane key")
-            beyond = control - actor.roles
-            if beyond:  # a key is as strong as the roles behind it
-                raise PermissionDenied(f"You cannot issue a key carrying roles you do not hold: {', '.join(sorted(beyond))}.",
-                                       code="grant_beyond_own")
+        if plane == "control" and not CONTROL_ROLES & set(ident.roles):
+            raise Conflict("the identity has no control-plane role, so it cannot hold a control-plane key")
         ttl = self._ttl(ttl_days)
         secret = keys.generate(ident.environment, kind="data" if plane == "data" else "admin")
         now = clock.now()
+        expires_at = now + ttl
+        if ident.expires_at is not None:  # a key never outlives its identity
+            expires_at = min(expires_at, ident.expires_at)
         key = ApiKey(
             id=f"key-{uuid.uuid4().hex[:16]}", identity_id=ident.id, hash=self._hasher.digest(secret),
-            display=keys.display(secret), created_at=now, created_by=actor.name, expires_at=now + ttl, plane=plane,
+            display=keys.display(secret), created_at=now, created_by=actor.name, expires_at=expires_at, plane=plane,
         )
-        await self._store.put_key(key)
-        self._registry.add(ident, key)
-        await self.record(actor, "key.issue", key.id, {"identity_id": ident.id, "plane": plane, "expires_at": key.expires_at})
-        return key, secret
+        event = self._event(actor, "key.issue", key.id, {"identity_id": ident.id, "plane": plane, "expires_at": key.expires_at})
+        return ident, key, secret, event
 
     async def list_keys(self, identity_id: str) -> list[ApiKey]:
         await self.get_identity(identity_id)
@@ -290,13 +376,12 @@ class IdentityService:
 
     async def revoke_key(self, actor: Actor, key_id: str) -> ApiKey:
         """Revoke a key (and every token minted from it); the registry forgets it before this returns."""
-        return await self._revoke(actor, await self.get_key(key_id))
-
-    async def _revoke(self, actor: Actor, key: ApiKey, reason: str | None = None) -> ApiKey:
-        self._registry.remove(key.id)
+        key = await self.get_key(key_id)
+        self._check_target(actor, await self.get_identity(key.identity_id))
         now = clock.now()
-        await self._store.revoke_key(key.id, now)
-        await self.record(actor, "key.revoke", key.id, {"identity_id": key.identity_id, **({"reason": reason} if reason else {})})
+        await self._store.apply(Writes().revoke_key(key.id, now),
+                                self._event(actor, "key.revoke", key.id, {"identity_id": key.identity_id}))
+        self._registry.remove(key.id)
         key.revoked_at = key.revoked_at or now
         return key
 
@@ -308,16 +393,26 @@ class IdentityService:
             raise Conflict("the key is revoked and cannot be rotated")
         if old.source == "config":
             raise Conflict("keys declared in the config file are rotated in the config file")
-        new, secret = await self.issue_key(actor, old.identity_id, ttl_days=ttl_days, plane=old.plane)
+        ident, new, secret, issued = await self._new_key(actor, old.identity_id, ttl_days=ttl_days, plane=old.plane)
+        writes = Writes().put_key(new)
+        events = [issued]
+        now = clock.now()
         if overlap_seconds <= 0:
-            await self._revoke(actor, old, reason=f"rotated to {new.id}")
+            writes.revoke_key(old.id, now)
+            old.revoked_at = now
+            events.append(self._event(actor, "key.revoke", old.id,
+                                      {"identity_id": old.identity_id, "reason": f"rotated to {new.id}"}))
         else:
-            ident = await self.get_identity(old.identity_id)
-            ends = clock.now() + overlap_seconds
+            ends = now + overlap_seconds
             old.expires_at = min(old.expires_at, ends) if old.expires_at else ends
-            await self._store.put_key(old)
+            writes.put_key(old)
+        events.append(self._event(actor, "key.rotate", key_id, {"successor": new.id, "overlap_seconds": overlap_seconds}))
+        await self._store.apply(writes, *events)
+        self._registry.add(ident, new)
+        if old.revoked_at is not None:
+            self._registry.remove(old.id)
+        else:
             self._registry.add(ident, old)
-        await self.record(actor, "key.rotate", key_id, {"successor": new.id, "overlap_seconds": overlap_seconds})
         return new, secret
 
     def _ttl(self, ttl_days: float | None) -> float:
@@ -326,9 +421,11 @@ class IdentityService:
             raise InvalidRequest(f"ttl_days must be in (0, {self._security.max_key_ttl_days:g}]", param="ttl_days")
         return days * _DAY
 
+    @staticmethod
+    def _event(actor: Actor, action: str, target: str, detail: dict) -> ChangeEvent:
+        return ChangeEvent(id=uuid.uuid4().hex, ts=clock.now(), actor=actor.name, action=action,
+                           target=target, source_ip=actor.source_ip, detail=detail)
+
     async def record(self, actor: Actor, action: str, target: str, detail: dict) -> None:
-        """Record a control-plane change (here, or made elsewhere: routing, limits, keys) in the change log."""
-        await self._store.record_change(ChangeEvent(
-            id=uuid.uuid4().hex, ts=clock.now(), actor=actor.name, action=action,
-            target=target, source_ip=actor.source_ip, detail=detail,
-        ))
+        """Record a control-plane change made elsewhere (routing, limits, signing keys) in the change log."""
+        await self._store.record_change(self._event(actor, action, target, detail))

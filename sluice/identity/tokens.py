@@ -8,6 +8,7 @@ disabling the identity kills the token on its next use, cached or not.
 from __future__ import annotations
 
 import base64
+import math
 import os
 import uuid
 from typing import Any
@@ -24,11 +25,11 @@ from ..core.config import Tokens
 from ..core.errors import Unauthenticated
 from ..core.types import Identity, SigningKey
 from ..store import Store
-from .principal import Principal, Scopes
+from .principal import Principal, Scopes, scopes_for
 from .registry import CredentialRegistry
 
 ALG = "ES256"
-_CACHE_MAX = 100_000
+_NEVER = float("inf")
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -129,10 +130,21 @@ class _Scopes2:
 
 
 class _Seen:
-    __slots__ = ("principal", "identity", "credential", "exp")
+    """A verified token: its claims that matter, and the principal built from them and its identity."""
 
-    def __init__(self, principal: Principal, identity: Identity, credential: str, exp: float) -> None:
-        self.principal, self.identity, self.credential, self.exp = principal, identity, credential, exp
+    __slots__ = ("principal", "identity", "identity_id", "credential", "exp", "scope", "ends")
+
+    def __init__(self, identity: Identity, credential: str, exp: float, scope: list[str] | None) -> None:
+        self.credential, self.exp, self.scope, self.identity_id = credential, exp, scope, identity.id
+        self.bind(identity)
+
+    def bind(self, identity: Identity) -> None:
+        """(Re)build the principal for the identity as it is now; the token's own expiry still holds."""
+        principal = Principal(identity, None, expires_at=self.exp, credential_id=self.credential)
+        if self.scope is not None:
+            principal.scopes = _Scopes2(principal.scopes, scopes_for(self.scope))  # type: ignore[assignment]
+        self.principal, self.identity = principal, identity
+        self.ends: float = principal.expires_at if principal.expires_at is not None else _NEVER
 
 
 class TokenService:
@@ -146,7 +158,10 @@ class TokenService:
             leeway=5, iss={"essential": True, "value": cfg.issuer}, aud={"essential": True, "value": cfg.audience},
             exp={"essential": True}, sub={"essential": True}, cred={"essential": True},
         )
+        # verified tokens, oldest first: bounded, so minting many tokens cannot grow memory (a plain
+        # dict evicting the oldest insert: a hit costs no reordering; a hot token evicted is verified again)
         self._seen: dict[str, _Seen] = {}
+        self._seen_max = cfg.cache_entries
 
     @property
     def audience(self) -> str:
@@ -156,13 +171,23 @@ class TokenService:
         return self._keyring.jwks()
 
     def mint(self, identity: Identity, credential: str, *, models: list[str] | None = None,
-             ttl_s: float | None = None) -> tuple[str, int]:
-        """A signed token for an identity, bound to its environment and (optionally) fewer models."""
-        ttl = int(min(ttl_s or self._cfg.default_ttl_s, self._cfg.max_ttl_s))
+             ttl_s: float | None = None, not_after: float | None = None) -> tuple[str, int]:
+        """A signed token for an identity, bound to its environment and (optionally) fewer models.
+
+        It expires no later than ``not_after`` (its key's expiry or rotation-overlap end) nor
+        its identity's expiry: a token never outlives what it was minted from.
+        """
         now = int(clock.now())
+        exp = now + int(min(ttl_s or self._cfg.default_ttl_s, self._cfg.max_ttl_s))
+        for end in (not_after, identity.expires_at):
+            if end is not None:
+                exp = min(exp, math.floor(end))
+        if exp <= now:
+            raise Unauthenticated("The credential or its identity has expired.", code="invalid_grant")
+        ttl = exp - now
         claims: dict[str, Any] = {
             "iss": self._cfg.issuer, "aud": self._cfg.audience, "sub": identity.id, "iat": now, "nbf": now,
-            "exp": now + ttl, "jti": uuid.uuid4().hex, "env": identity.environment, "cred": credential,
+            "exp": exp, "jti": uuid.uuid4().hex, "env": identity.environment, "cred": credential,
         }
         if models is not None:
             claims["scope"] = " ".join(models)
@@ -176,16 +201,19 @@ class TokenService:
         now = clock.now()
         if seen is None:
             seen = self._verify(token, now)
-        if now >= seen.exp:
-            raise Unauthenticated("The access token has expired.", code="expired_token")
-        identity = self._registry.identity(seen.identity.id)
+        identity = self._registry.identity(seen.identity_id)
         if identity is None:
             raise Unauthenticated("The identity behind this token is disabled.", code="identity_disabled")
+        if identity is not seen.identity:
+            if identity != seen.identity:
+                seen.bind(identity)  # scopes, roles, team or expiry changed since
+            seen.identity = identity  # a reload made an equal copy: compare by identity next time
+        if now >= seen.ends:  # the token's exp, or its identity's expiry if earlier
+            raise Unauthenticated("The access token (or its identity) has expired.", code="expired_token")
         cred = seen.credential
-        if not cred.startswith("fed:") and not self._registry.key_is_live(cred):
-            raise Unauthenticated("The key this token was minted from has been revoked.", code="token_revoked")
-        if identity is not seen.identity:  # scopes, roles or team changed since: rebuild
-            seen = self._verify(token, now)
+        if not cred.startswith("fed:") and not self._registry.key_is_live(cred, now):
+            raise Unauthenticated("The key this token was minted from has been revoked or has expired.",
+                                  code="token_revoked")
         self._registry.touch(cred)
         return seen.principal
 
@@ -203,17 +231,9 @@ class TokenService:
             raise Unauthenticated("The identity behind this token is disabled or unknown.", code="identity_disabled")
         if c.get("env") != identity.environment:
             raise Unauthenticated("The token's environment does not match its identity.", code="invalid_token")
-        principal = Principal(identity, None, expires_at=float(c["exp"]), credential_id=c["cred"])
-        if "scope" in c:
-            principal.scopes = _Scopes2(principal.scopes, Scopes(str(c["scope"]).split()))  # type: ignore[assignment]
-        seen = _Seen(principal, identity, c["cred"], float(c["exp"]))
-        if len(self._seen) >= _CACHE_MAX:
-            self._evict(now)
-        self._seen[token] = seen
+        seen = _Seen(identity, str(c["cred"]), float(c["exp"]), str(c["scope"]).split() if "scope" in c else None)
+        if self._seen_max:
+            if len(self._seen) >= self._seen_max:
+                del self._seen[next(iter(self._seen))]
+            self._seen[token] = seen
         return seen
-
-    def _evict(self, now: float) -> None:
-        live = {t: s for t, s in self._seen.items() if s.exp > now}
-        if len(live) >= _CACHE_MAX:  # still full: drop the oldest half (insertion order)
-            live = dict(list(live.items())[_CACHE_MAX // 2:])
-        self._seen = live

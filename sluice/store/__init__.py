@@ -1,8 +1,8 @@
 """Persistence behind one interface (``Store``): SQLite embedded, Postgres distributed."""
 
-from .base import Store, StoreUnavailable
+from .base import Store, StoreUnavailable, Subscription, Writes
 
-__all__ = ["Store", "StoreUnavailable", "open_store"]
+__all__ = ["Store", "StoreUnavailable", "Subscription", "Writes", "open_store"]
 
 
 def open_store(url: str) -> Store:

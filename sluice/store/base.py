@@ -3,9 +3,57 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ..core.types import ApiKey, ChangeEvent, Identity, IdentityActivity, SigningKey, Team, UsageRecord, UsageSummaryRow
+
+
+class Writes:
+    """Identity-state writes that land together with the change record explaining them.
+
+    ``Store.apply`` writes them, the record, and a new identity-state version in one
+    transaction: either all of it is in the store or none of it is.
+    """
+
+    __slots__ = ("identities", "keys", "revocations", "teams")
+
+    def __init__(self) -> None:
+        self.identities: list[Identity] = []
+        self.keys: list[ApiKey] = []
+        self.revocations: list[tuple[str, float]] = []
+        self.teams: list[Team] = []
+
+    def put_identity(self, identity: Identity) -> Writes:
+        """Insert, or replace by id, an identity."""
+        self.identities.append(identity)
+        return self
+
+    def put_key(self, key: ApiKey) -> Writes:
+        """Insert, or replace by id, a key record."""
+        self.keys.append(key)
+        return self
+
+    def revoke_key(self, key_id: str, at: float) -> Writes:
+        """Revoke a key at ``at`` unless it is revoked already."""
+        self.revocations.append((key_id, at))
+        return self
+
+    def put_team(self, team: Team) -> Writes:
+        """Insert, or replace by name, a team."""
+        self.teams.append(team)
+        return self
+
+
+class Subscription(abc.ABC):
+    """A live feed of identity-state changes from the database (Postgres ``LISTEN``)."""
+
+    @abc.abstractmethod
+    def alive(self) -> bool:
+        """False once the connection behind it is lost; subscribe again."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop listening and release the connection."""
 
 
 class Store(abc.ABC):
@@ -32,10 +80,25 @@ class Store(abc.ABC):
     async def schema_version(self) -> str | None:
         """The migration revision the database is at."""
 
-    # identities
+    # identity state, changed as a whole
     @abc.abstractmethod
+    async def apply(self, writes: Writes, *changes: ChangeEvent) -> None:
+        """Write identities, keys, revocations, teams and their change records in one transaction,
+        and bump the identity-state version with them (revocations keep the first time)."""
+
+    @abc.abstractmethod
+    async def identity_version(self) -> int:
+        """The identity-state version: one indexed read, polled by every replica."""
+
+    async def subscribe(self, on_change: Callable[[], None]) -> Subscription | None:
+        """Call ``on_change`` soon after any replica commits an identity change, or None when
+        the database cannot push (SQLite: replicas rely on polling the version)."""
+        return None
+
+    # identities
     async def put_identity(self, identity: Identity) -> None:
         """Insert, or replace by id, one identity."""
+        await self.apply(Writes().put_identity(identity))
 
     @abc.abstractmethod
     async def get_identity(self, identity_id: str) -> Identity | None: ...
@@ -48,9 +111,9 @@ class Store(abc.ABC):
     async def list_identities(self, *, include_disabled: bool = False) -> list[Identity]: ...
 
     # credentials
-    @abc.abstractmethod
     async def put_key(self, key: ApiKey) -> None:
         """Insert, or replace by id, one key record."""
+        await self.apply(Writes().put_key(key))
 
     @abc.abstractmethod
     async def get_key(self, key_id: str) -> ApiKey | None: ...
@@ -84,9 +147,9 @@ class Store(abc.ABC):
         """Per identity and model: how many requests and when the last one was."""
 
     # teams
-    @abc.abstractmethod
     async def put_team(self, team: Team) -> None:
         """Insert, or replace by name, one team."""
+        await self.apply(Writes().put_team(team))
 
     @abc.abstractmethod
     async def get_team(self, name: str) -> Team | None: ...

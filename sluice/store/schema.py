@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
 
 metadata = MetaData()
 
@@ -86,9 +86,16 @@ changes = Table(
     Column("ts", Float, nullable=False, index=True),
     Column("actor", String(128), nullable=False),
     Column("action", String(64), nullable=False),
-    Column("target", String(128), nullable=False),
+    Column("target", String(256), nullable=False),  # an owner's name, when offboarding
     Column("source_ip", String(64)),
     Column("detail", Text, nullable=False),  # JSON object
+)
+
+# One row (id 1): the identity-state version, bumped with every identity, key, role or team change.
+identity_state = Table(
+    "identity_state", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", BigInteger, nullable=False),
 )
 
 routing_policy = Table(

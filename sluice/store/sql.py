@@ -21,12 +21,13 @@ from ..core import clock
 from ..core.errors import Conflict
 from ..core.types import ApiKey, ChangeEvent, Identity, IdentityActivity, SigningKey, Team, UsageRecord, UsageSummaryRow
 from . import schema as t
-from .base import Store, StoreUnavailable
+from .base import Store, StoreUnavailable, Subscription, Writes
 
 P = ParamSpec("P")
 R = TypeVar("R")
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x51_1C_E0  # pg advisory lock id: replicas starting together migrate once
+CHANNEL = "sluice_identity"  # pg NOTIFY channel: an identity change was committed
 
 
 def engine_url(url: str) -> str:
@@ -149,12 +150,49 @@ class SqlStore(Store):
         return stmt.on_conflict_do_update(index_elements=[table.c[key]], set_={k: v for k, v in values.items() if k != key})
 
     @_guarded
-    async def put_identity(self, identity: Identity) -> None:
-        values = msgspec.structs.asdict(identity)
-        values["models"] = msgspec.json.encode(identity.models).decode()
-        values["roles"] = msgspec.json.encode(identity.roles).decode()
+    async def apply(self, writes: Writes, *changes: ChangeEvent) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(self._upsert(t.identities, values))
+            for ident in writes.identities:
+                values = msgspec.structs.asdict(ident)
+                values["models"] = msgspec.json.encode(ident.models).decode()
+                values["roles"] = msgspec.json.encode(ident.roles).decode()
+                await conn.execute(self._upsert(t.identities, values))
+            for key in writes.keys:
+                await conn.execute(self._upsert(t.api_keys, msgspec.structs.asdict(key)))
+            for key_id, at in writes.revocations:
+                await conn.execute(update(t.api_keys).where(t.api_keys.c.id == key_id, t.api_keys.c.revoked_at.is_(None))
+                                   .values(revoked_at=at))
+            for team in writes.teams:
+                await conn.execute(self._upsert(t.teams, msgspec.structs.asdict(team), key="name"))
+            for change in changes:
+                await conn.execute(t.changes.insert().values(**_change_values(change)))
+            await self._bump(conn)
+
+    async def _bump(self, conn: Any) -> None:
+        """A new identity-state version; on Postgres the NOTIFY is delivered only if the transaction commits."""
+        await conn.execute(update(t.identity_state).where(t.identity_state.c.id == 1)
+                           .values(version=t.identity_state.c.version + 1))
+        if self.dialect == "postgresql":
+            await conn.execute(text(f"NOTIFY {CHANNEL}"))
+
+    @_guarded
+    async def identity_version(self) -> int:
+        async with self.engine.connect() as conn:
+            q = select(t.identity_state.c.version).where(t.identity_state.c.id == 1)
+            return int((await conn.execute(q)).scalar_one())
+
+    async def subscribe(self, on_change: Callable[[], None]) -> Subscription | None:
+        if self.dialect != "postgresql":
+            return None
+        import asyncpg
+
+        dsn = "postgresql://" + self._url.split("://", 1)[1]
+        try:
+            conn = await asyncpg.connect(dsn, timeout=self._timeout)
+            await conn.add_listener(CHANNEL, lambda *_: on_change())
+        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable(f"store unavailable: {type(exc).__name__}") from None
+        return _PgSubscription(conn)
 
     @_guarded
     async def get_identity(self, identity_id: str) -> Identity | None:
@@ -178,11 +216,6 @@ class SqlStore(Store):
 
     # credentials
     @_guarded
-    async def put_key(self, key: ApiKey) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(self._upsert(t.api_keys, msgspec.structs.asdict(key)))
-
-    @_guarded
     async def get_key(self, key_id: str) -> ApiKey | None:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(t.api_keys).where(t.api_keys.c.id == key_id))).first()
@@ -202,6 +235,7 @@ class SqlStore(Store):
             found = (await conn.execute(select(t.api_keys.c.id).where(t.api_keys.c.id == key_id))).first()
             await conn.execute(update(t.api_keys).where(t.api_keys.c.id == key_id, t.api_keys.c.revoked_at.is_(None))
                                .values(revoked_at=at))
+            await self._bump(conn)
         return found is not None
 
     @_guarded
@@ -253,11 +287,6 @@ class SqlStore(Store):
 
     # teams
     @_guarded
-    async def put_team(self, team: Team) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(self._upsert(t.teams, msgspec.structs.asdict(team), key="name"))
-
-    @_guarded
     async def get_team(self, name: str) -> Team | None:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(t.teams).where(t.teams.c.name == name))).first()
@@ -286,10 +315,8 @@ class SqlStore(Store):
     # change log
     @_guarded
     async def record_change(self, event: ChangeEvent) -> None:
-        values = msgspec.structs.asdict(event)
-        values["detail"] = msgspec.json.encode(event.detail).decode()
         async with self.engine.begin() as conn:
-            await conn.execute(t.changes.insert().values(**values))
+            await conn.execute(t.changes.insert().values(**_change_values(event)))
 
     @_guarded
     async def list_changes(self, *, limit: int = 1000) -> list[ChangeEvent]:
@@ -327,6 +354,28 @@ class SqlStore(Store):
         async with self.engine.connect() as conn:
             got = (await conn.execute(select(t.routing_policy.c.version).where(t.routing_policy.c.id == 1))).scalar()
         return int(got or 0)
+
+
+def _change_values(event: ChangeEvent) -> dict[str, Any]:
+    values = msgspec.structs.asdict(event)
+    values["detail"] = msgspec.json.encode(event.detail).decode()
+    return values
+
+
+class _PgSubscription(Subscription):
+    """A dedicated asyncpg connection LISTENing on the identity channel."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def alive(self) -> bool:
+        return not self._conn.is_closed()
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self._conn.close(), 2.0)
+        except Exception:  # closing a dead connection: nothing left to release
+            self._conn.terminate()
 
 
 def _upgrade(connection: Any) -> None:

@@ -17,6 +17,13 @@ class Authenticate:
         self._tokens = tokens
 
     async def __call__(self, ctx: RequestContext) -> None:
+        failures = self._registry.failures
+        if failures is None:
+            return self._authenticate(ctx)
+        # a source that keeps failing is refused (429) before any credential check
+        return failures.guard(ctx.exchange.peer, self._authenticate, ctx)
+
+    def _authenticate(self, ctx: RequestContext) -> None:
         token = ctx.exchange.bearer()
         if token is None:
             raise Unauthenticated(
