@@ -88,7 +88,7 @@ _Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:/-]{1,128}$")]
 LEGACY_VERSION = "default"  # the one version of a model declared under `models:`
 
 
-class ModelVersion(_Strict):
+class ModelVersion(_Strict, kw_only=True):
     """One version of a registered model: where it runs, what it holds, what it costs, whether it may serve."""
 
     version: _Name
@@ -103,7 +103,7 @@ class ModelVersion(_Strict):
     tier: str | None = None
 
 
-class RegisteredModel(_Strict):
+class RegisteredModel(_Strict, kw_only=True):
     """A model of the registry and its versions; a target names one as ``model@version``."""
 
     name: _Name
@@ -139,7 +139,7 @@ class Compliance(_Strict):
     tier: str | None = None
 
 
-class RouteSpec(_Strict):
+class RouteSpec(_Strict, kw_only=True):
     """One policy route: a match, weighted targets, ordered fallbacks, a compliance boundary."""
 
     name: _Name

@@ -101,7 +101,7 @@ class CompiledRoute:
     """One route ready to decide: its checks, usable weighted targets, fallbacks, and what was left out."""
 
     __slots__ = ("name", "spec", "checks", "targets", "cumulative", "total", "fallbacks", "sticky", "retries",
-                 "excluded", "weights")
+                 "excluded", "weights", "headers")
 
     def __init__(self, spec: RouteSpec, targets: Mapping[str, Target]) -> None:
         self.name = spec.name
@@ -124,6 +124,8 @@ class CompiledRoute:
             cumulative.append(acc)
         self.cumulative, self.total = tuple(cumulative), acc
         self.fallbacks = tuple(targets[f] for f in spec.fallbacks if self._usable(targets[f], spec.compliance))
+        # x-sluice-route values, built once: a response's header is a lookup, not a format.
+        self.headers = {t.name: f"{self.name}; target={t.name}" for t in self.targets + self.fallbacks}
 
     def _usable(self, t: Target, c: Compliance | None) -> bool:
         if not t.approved:
@@ -160,7 +162,7 @@ class Decision:
     def header(self) -> str:
         """The ``x-sluice-route`` value: route and target."""
         t = self.target
-        return f"{self.route.name}; target={t.name if t is not None else '-'}"
+        return self.route.headers[t.name] if t is not None else f"{self.route.name}; target=-"
 
     def next_target(self, failed: Target, retryable: bool) -> Target | None:
         """Where the next attempt goes after ``failed``: a retry, then the fallbacks in order; None to stop."""
@@ -247,39 +249,40 @@ class RouteTable:
             return None
         env = principal.environment
         targets = route.targets
-        skipped: list[str] | None = None
-        if len(targets) == 1:
+        if len(targets) == 1 and not route.fallbacks:
+            # Nowhere else to go: a breaker does not refuse; the caller gets the upstream's own answer.
             t = targets[0]
-            if (t.environment is None or t.environment == env) and t.breaker.allows():  # type: ignore[union-attr]
+            if t.environment is None or t.environment == env:
                 return Decision(exchange.request_id, alias, route, t, env, None, at)
-            start = 0
-        elif targets:
+            return None
+        if len(targets) > 1:
             point = ((zlib.crc32(principal.identity_id.encode()) % route.total) if route.sticky
                      else int(self._random() * route.total))
             start = bisect_right(route.cumulative, point)
         else:
             start = 0
-        # The chosen target cannot serve: the next weighted ones in order, then the fallbacks.
         n = len(targets)
-        env_ok = False
-        for i in range(n):
-            t = targets[(start + i) % n]
+        if n:
+            t = targets[start]
+            if (t.environment is None or t.environment == env) and (t.breaker is None or t.breaker.allows()):
+                return Decision(exchange.request_id, alias, route, t, env, None, at)
+        # The chosen target cannot serve: the next weighted ones in order, then the fallbacks; an open
+        # breaker passes a target over while another can serve.
+        first: Target | None = None
+        skipped: list[str] | None = None
+        for t in [targets[(start + i) % n] for i in range(n)] + list(route.fallbacks):
             if t.environment is not None and t.environment != env:
                 continue
-            env_ok = True
-            if t.breaker.allows():  # type: ignore[union-attr]
+            if t.breaker is None or t.breaker.allows():
                 return Decision(exchange.request_id, alias, route, t, env, skipped, at)
+            first = first or t
             skipped = (skipped or []) + [f"{t.name}: breaker open"]
-        for t in route.fallbacks:
-            if t.environment is not None and t.environment != env:
-                continue
-            env_ok = True
-            if t.breaker.allows():  # type: ignore[union-attr]
-                return Decision(exchange.request_id, alias, route, t, env, skipped, at)
-            skipped = (skipped or []) + [f"{t.name}: breaker open"]
-        if not env_ok and (targets or route.fallbacks):
+        if first is not None:
+            skipped = (skipped or []) + [f"every target's breaker is open: {first.name} is tried anyway"]
+            return Decision(exchange.request_id, alias, route, first, env, skipped, at)
+        if targets or route.fallbacks:
             return None  # every target belongs to another environment: as if the model did not exist
-        raise NoTarget(route, "; ".join(skipped) if skipped else "no approved target")
+        raise NoTarget(route, "no approved target")
 
     def names(self) -> list[str]:
         """The aliases routes name (what ``/v1/models`` may list)."""

@@ -11,7 +11,8 @@ from sluice.admin.api import AdminApi
 from sluice.identity.roles import ROLE_SCOPES
 
 CONTROL_ROLES = ["operator", "key-admin", "auditor", "owner"]
-PARAMS = {"identity_id": "id-nope", "key_id": "key-nope", "owner": "nobody@example.com", "model": "no-such-model"}
+PARAMS = {"identity_id": "id-nope", "key_id": "key-nope", "owner": "nobody@example.com", "model": "no-such-model",
+          "request_id": "req-nope", "route": "no-such-route", "version": "v-nope"}
 
 
 def endpoint_table() -> list[tuple[str, str, tuple[str, ...]]]:
