@@ -553,5 +553,13 @@ def json_schema() -> dict[str, Any]:
 def model_extra_params(config: Config) -> dict[str, ExtraParams | None]:
     """Each model's ``extra_params``, its upstream's when the model does not say."""
     upstreams = {u.name: u for u in config.upstreams}
-    return {m.name: m.extra_params if m.extra_params is not None else upstreams[m.upstream].extra_params
-            for m in config.models}
+    out = {m.name: m.extra_params if m.extra_params is not None else upstreams[m.upstream].extra_params
+           for m in config.models}
+    # A route's aliases take the extras of the upstream of its first target (a registry version).
+    versions = {f"{m.name}@{v.version}": v.upstream for m in config.registry for v in m.versions}
+    for route in config.routes:
+        upstream = versions.get(route.targets[0].target)
+        for alias in route.match.models:
+            if alias not in out and upstream is not None:
+                out[alias] = upstreams[upstream].extra_params
+    return out

@@ -54,7 +54,7 @@ class ModelCall:
             if ctx.limit_headers:
                 exc.headers = {**ctx.limit_headers, **(exc.headers or {})}
             if ctx.decision is not None:
-                exc.headers = {**(exc.headers or {}), ROUTE_HEADER: ctx.decision.header()}
+                exc.headers = {**(exc.headers or {}), ROUTE_HEADER: ctx.decision.header(ctx.target)}
             raise
         except BaseException:
             ctx.status, ctx.error_code, streaming = 500, "internal_error", False

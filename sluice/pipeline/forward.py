@@ -161,7 +161,7 @@ class Forward:
                 self._account(ctx)
 
         chunks = self._relay(ctx, current, t0, started, strip_usage=not wants_usage)
-        headers = {**_SSE_HEADERS, ROUTE_HEADER: ctx.decision.header()}  # type: ignore[union-attr]
+        headers = {**_SSE_HEADERS, ROUTE_HEADER: ctx.decision.header(ctx.target)}  # type: ignore[union-attr]
         return StreamReply(chunks, headers=headers, abandon=abandon)
 
     async def _relay(
@@ -192,15 +192,20 @@ class Forward:
                                 chunk = await chunks.__anext__()
                             out = relay.feed(chunk)
                             if out:
-                                if _malformed(out):
+                                good = _good_prefix(out) if _malformed(out) else out
+                                if good:
+                                    ctx.ttft_ms = ctx.elapsed_ms()
+                                    sent = True
+                                    yield good
+                                if good is not out:
                                     raise _malformed_event()
-                                ctx.ttft_ms = ctx.elapsed_ms()
-                                sent = True
-                                yield out
                     async for chunk in chunks:
                         out = relay.feed(chunk)
                         if out:
                             if _malformed(out):
+                                good = _good_prefix(out)
+                                if good:
+                                    yield good
                                 raise _malformed_event()
                             yield out
                     if not relay.done:
@@ -259,6 +264,20 @@ def _malformed(block: bytes) -> bool:
     if fields >= events:
         return False
     return fields + block.count(b"\n\n:") + block.startswith(b":") + block.count(b"event:") < events
+
+
+_FIELDS = (b"data:", b":", b"event:", b"id:", b"retry:")
+
+
+def _good_prefix(block: bytes) -> bytes:
+    """The whole events before the first malformed one (the rare path: only after ``_malformed``)."""
+    at = 0
+    while at < len(block):
+        end = block.find(b"\n\n", at)
+        if not block.startswith(_FIELDS, at):
+            return block[:at]
+        at = end + 2
+    return block
 
 
 def is_stream(request: ChatCompletionRequest | EmbeddingRequest) -> bool:

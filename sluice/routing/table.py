@@ -159,9 +159,9 @@ class Decision:
         self.attempts: list[tuple[str, str, float]] = []  # (target, outcome, ms)
         self.at = at
 
-    def header(self) -> str:
-        """The ``x-sluice-route`` value: route and target."""
-        t = self.target
+    def header(self, target: Target | None = None) -> str:
+        """The ``x-sluice-route`` value: the route and the target that answered (or was last tried)."""
+        t = target or self.target
         return self.route.headers[t.name] if t is not None else f"{self.route.name}; target=-"
 
     def next_target(self, failed: Target, retryable: bool) -> Target | None:

@@ -9,6 +9,7 @@ from ...core import clock
 from ...core.errors import Unavailable
 from ...routing import DecisionLog, NoTarget, RoutingState
 from ..context import RequestContext
+from ..forward import ROUTE_HEADER
 from .authorize import model_not_found
 
 
@@ -26,8 +27,10 @@ class Route:
         try:
             decision = self._state.table.decide(model, ctx.principal, ctx.request, ctx.exchange, clock.now())
         except NoTarget as exc:
-            raise Unavailable(f"No target of the model `{model[:256]}` can take requests now; retry later.",
-                              code="no_healthy_target", retry_after=1.0) from exc
+            err = Unavailable(f"No target of the model `{model[:256]}` can take requests now; retry later.",
+                              code="no_healthy_target", retry_after=1.0)
+            err.headers = {ROUTE_HEADER: f"{exc.route.name}; target=-"}
+            raise err from None
         if decision is None:
             raise model_not_found(model)
         self._log.add(decision)
