@@ -26,6 +26,7 @@ from .identity import (SYSTEM, CredentialRegistry, Federation, Hasher, IdentityS
                        TokenExchange, TokenService, gate)
 from .pipeline import DataPlane
 from .routing import DecisionLog, LeastOutstanding, RoutingState, from_config, refused_url
+from .routing.health import run_checks
 from .store import Store, StoreUnavailable, open_store
 from .telemetry import Metrics, UsageLedger, configure
 from .telemetry.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -142,6 +143,9 @@ class Gateway:
         await routing.load()
         self._tasks.append(asyncio.get_running_loop().create_task(routing.run_sync(c.resilience.sync_interval_s),
                                                                   name="routing-sync"))
+        if c.resilience.health_interval_s > 0:
+            self._tasks.append(asyncio.get_running_loop().create_task(
+                run_checks(replicas, lambda: routing.table, c.resilience.health_interval_s), name="health-checks"))
         decisions = DecisionLog(c.resilience.decisions_kept)
         data_plane = DataPlane(registry=registry, tokens=tokens, routes=routing, decisions=decisions,
                                resilience=c.resilience, placement=LeastOutstanding(), ledger=ledger, limits=c.requests, limiter=limiter, prices=prices,

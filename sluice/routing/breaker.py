@@ -61,6 +61,11 @@ class CircuitBreaker:
         if len(failures) == self._limit and now - failures[0] <= self._window:
             self._open(now)
 
+    def trip(self) -> None:
+        """Open now: an active health check found the target's upstream down."""
+        if self.state is CLOSED:
+            self._open(clock.monotonic())
+
     def _open(self, now: float) -> None:
         self.state = OPEN
         self._opened_at = now
