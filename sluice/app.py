@@ -149,7 +149,7 @@ class Gateway:
         decisions = DecisionLog(c.resilience.decisions_kept)
         data_plane = DataPlane(registry=registry, tokens=tokens, routes=routing, decisions=decisions,
                                resilience=c.resilience, placement=LeastOutstanding(), ledger=ledger, limits=c.requests, limiter=limiter, prices=prices,
-                               max_tokens_cap=c.limits.max_tokens_cap,
+                               max_tokens_cap=c.limits.max_tokens_cap, over_cap=c.limits.over_cap,
                                admission=Admission({m.name: m.capacity for m in c.models if m.capacity}),
                                extra_params={m: extra_params(p) for m, p in cfgmod.model_extra_params(c).items()})
         health = [("GET", "/healthz", self._healthz), ("GET", "/readyz", self._readyz)]

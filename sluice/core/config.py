@@ -333,6 +333,8 @@ class Limits(_Strict):
     redis_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.25
     on_backend_failure: Literal["closed", "open"] = "closed"
     max_tokens_cap: Annotated[int, msgspec.Meta(ge=1)] = 4096
+    # a max_tokens above the cap: refused with a 400 naming the cap, or lowered to it
+    over_cap: Literal["refuse", "clamp"] = "refuse"
     concurrency_lease_s: Annotated[float, msgspec.Meta(ge=1)] = 900.0
     key_prefix: str = "sluice:"
     rules: list[LimitRule] = msgspec.field(default_factory=list)

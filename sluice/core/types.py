@@ -75,7 +75,8 @@ class UsageRecord(msgspec.Struct, kw_only=True, gc=False):
     ttft_ms: float | None = None
     upstream_ms: float | None = None
     stream: bool = False
-    usage_source: Literal["upstream", "estimated", "none"] = "none"
+    # reserved: sent but unanswered (a timeout), so charged what its limits reserved
+    usage_source: Literal["upstream", "estimated", "reserved", "none"] = "none"
     error_code: str | None = None
 
 

@@ -2,7 +2,8 @@
 
 Prompt tokens are counted with the model's real tokenizer where it is known (OpenAI
 models, through the offline ``bpe-openai`` tables) and otherwise estimated at four
-characters per token, plus four tokens of framing per message. Output is reserved at
+characters per token, plus four tokens of framing per message; tools, schemas, tool calls
+count too, and an image part a fixed ``core.prompt.IMAGE_TOKENS``. Output is reserved at
 ``max_tokens`` (or ``max_completion_tokens``) times ``n``, or at the policy's cap.
 """
 
@@ -10,6 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from msgspec import UNSET
+
+from ..core.errors import InvalidRequest
+from ..core.prompt import IMAGE_TOKENS, message_extras, part_text, request_extras
 from ..core.wire import ChatCompletionRequest, EmbeddingRequest
 
 _PER_MESSAGE = 4
@@ -41,21 +46,41 @@ def warm(models: list[str]) -> None:
         _encoding(m)
 
 
+_PIECE = 100_000  # bpe-openai refuses a text of a million characters, or 200,000 tokens, at once
+
+
 def _count(text: str, enc: Any | None) -> int:
-    return len(enc.encode(text)) if enc is not None else (len(text) + 3) // 4
+    if enc is None:
+        return (len(text) + 3) // 4
+    try:
+        # ordinary: text that spells a special token (<|endoftext|>) is text here, not an error
+        if len(text) <= _PIECE:
+            return len(enc.encode_ordinary(text))
+        return sum(len(enc.encode_ordinary(text[i:i + _PIECE])) for i in range(0, len(text), _PIECE))
+    except ValueError:  # past another of the tokenizer's limits: estimate
+        return (len(text) + 3) // 4
 
 
-def prompt_tokens(request: ChatCompletionRequest | EmbeddingRequest, tokenizer_model: str) -> int:
-    """Prompt tokens of a request, counted or estimated. On every limited request, so kept lean."""
+def prompt_tokens(request: ChatCompletionRequest | EmbeddingRequest, tokenizer_model: str, unset: Any = UNSET) -> int:
+    """Prompt tokens of a request, counted or estimated: everything that reaches the model's
+    context (``core.prompt``). On every limited request, so plain text messages stay lean
+    (``unset`` is bound once, a local instead of a global lookup per check)."""
     enc = _encoding(tokenizer_model)
     if type(request) is ChatCompletionRequest:
         n = _PER_MESSAGE * len(request.messages)
         for m in request.messages:
             c = m.content
             if type(c) is str:
-                n += len(enc.encode(c)) if enc is not None else (len(c) + 3) // 4
+                n += (len(c) + 3) // 4 if enc is None else _count(c, enc)
             elif isinstance(c, list):
-                n += sum(_count(p["text"], enc) for p in c if isinstance(p.get("text"), str))
+                for part in c:
+                    text = part_text(part)
+                    n += IMAGE_TOKENS if text is None else _count(text, enc)
+            if m.name is not unset or m.role == "assistant":  # names, tool calls, refusals
+                n += sum(_count(text, enc) for text in message_extras(m))
+        if request.tools is not unset or request.response_format is not unset or request.tool_choice is not unset \
+                or request.functions is not unset:
+            n += sum(_count(text, enc) for text in request_extras(request))
         return n
     inp = request.input  # type: ignore[union-attr]
     if isinstance(inp, str):
@@ -72,3 +97,44 @@ def output_tokens(request: ChatCompletionRequest | EmbeddingRequest, cap: int) -
     per_choice = (asked if asked < cap else cap) if type(asked) is int else cap
     n = request.n
     return per_choice * n if type(n) is int else per_choice
+
+
+def bounded_output(request: ChatCompletionRequest | EmbeddingRequest, cap: int, clamp: bool) -> int:
+    """The most output a request may produce (``output_tokens``), refusing a limit above ``cap``.
+
+    Above ``cap`` a request is refused (400 naming the cap) or, with ``clamp``, lowered to
+    it, so the upstream is never asked for more than was reserved. A request that gave no
+    limit reserves the cap and is given it by ``ask_for`` once it holds a reservation.
+    """
+    if type(request) is not ChatCompletionRequest:
+        return 0
+    mct, mt = request.max_completion_tokens, request.max_tokens
+    # the upstream reads max_completion_tokens first (OpenAI, vLLM): so does the reservation;
+    # but both are bounded, for a server that reads max_tokens only
+    if type(mt) is int:
+        if mt > cap:
+            mt = request.max_tokens = _over_cap("max_tokens", mt, cap, clamp)
+        per_choice = mt
+    else:
+        per_choice = cap
+    if type(mct) is int:
+        if mct > cap:
+            mct = request.max_completion_tokens = _over_cap("max_completion_tokens", mct, cap, clamp)
+        per_choice = mct
+    n = request.n
+    return per_choice * n if type(n) is int else per_choice  # type: ignore[return-value]
+
+
+def ask_for(request: ChatCompletionRequest | EmbeddingRequest, cap: int) -> None:
+    """A reserved request that gave no output limit (so reserved ``cap`` per choice) is sent
+    with that limit, so it cannot produce more than it holds."""
+    if type(request) is ChatCompletionRequest and type(request.max_completion_tokens) is not int \
+            and type(request.max_tokens) is not int:
+        request.max_tokens = cap
+
+
+def _over_cap(field: str, asked: int, cap: int, clamp: bool) -> int:
+    if clamp:
+        return cap
+    raise InvalidRequest(f"`{field}` is {asked}, above this gateway's limit of {cap} output tokens per request; "
+                         f"ask for at most {cap}.", code="max_tokens_above_cap", param=field)

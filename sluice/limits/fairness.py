@@ -4,7 +4,10 @@ When a model's configured concurrency is saturated, waiting requests are admitte
 has been served the fewest tokens (each identity's counter is lifted to the smallest active
 counter when it starts waiting, so idling earns no credit), not first come first served:
 one heavy caller cannot starve the others. The queue is bounded and every wait has a
-deadline; past them, 429 or 503.
+deadline; past them, 429 or 503. The bound is shared fairly too: a caller that finds the
+queue full takes the place of the newest waiter of the caller holding the most places, as
+long as that caller holds at least two more, so each caller can always queue up to its
+fair share (``queue`` divided by the callers waiting), whoever filled the queue first.
 """
 
 from __future__ import annotations
@@ -54,8 +57,7 @@ class FairGate:
             self._served[identity] = self._served.get(identity, 0.0) + estimate
             return Slot(self, identity, estimate)
         if self._queued >= self._cap.queue:
-            raise RateLimited("The model is at capacity and its queue is full; retry shortly.",
-                              code="capacity_exceeded", retry_after=1.0)
+            self._make_room(identity)
         line = self._waiting.get(identity)
         if not line:
             # a caller that starts waiting starts level with the least-served waiting caller: idling earns no credit
@@ -69,18 +71,29 @@ class FairGate:
         try:
             await asyncio.wait_for(asyncio.shield(fut), self._cap.queue_timeout_s)
         except asyncio.TimeoutError:
-            if fut.done() and not fut.cancelled():
+            if _granted(fut):
                 return Slot(self, identity, estimate)  # admitted at the last moment
             self._forget(identity, fut)
             raise Unavailable("The model stayed at capacity for the whole queue deadline; retry later.",
                               code="capacity_timeout", retry_after=1.0) from None
         except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
+            if _granted(fut):
                 self.release(identity, -estimate)  # admitted, but the caller left
             else:
                 self._forget(identity, fut)
             raise
         return Slot(self, identity, estimate)
+
+    def _make_room(self, identity: str) -> None:
+        """The queue is full: push out the newest waiter of the caller holding the most places,
+        if it holds at least two more than this caller; else refuse this caller."""
+        mine = len(self._waiting.get(identity) or ())
+        longest = max(self._waiting.values(), key=len, default=None)
+        if longest is None or len(longest) < mine + 2:
+            raise _full()
+        fut, _ = longest.pop()
+        self._queued -= 1
+        fut.set_exception(_full())
 
     def _forget(self, identity: str, fut: asyncio.Future) -> None:
         fut.cancel()
@@ -91,10 +104,12 @@ class FairGate:
                     del line[i]
                     self._queued -= 1
                     break
+            if not line:
+                del self._waiting[identity]  # callers choose identities: keep no empty line behind
 
     def release(self, identity: str, correction: float) -> None:
         self._served[identity] = self._served.get(identity, 0.0) + correction
-        backlogged = [w for w, q in self._waiting.items() if q]
+        backlogged = list(self._waiting)  # only callers with someone waiting have a line
         if not backlogged:
             self._in_flight -= 1
             if len(self._served) > 10_000:
@@ -102,10 +117,23 @@ class FairGate:
             return
         # the slot passes straight to the oldest request of the least-served waiting caller
         who = min(backlogged, key=lambda w: self._served.get(w, 0.0))
-        fut, estimate = self._waiting[who].popleft()
+        line = self._waiting[who]
+        fut, estimate = line.popleft()
+        if not line:
+            del self._waiting[who]
         self._queued -= 1
         self._served[who] = self._served.get(who, 0.0) + estimate
         fut.set_result(None)
+
+
+def _granted(fut: asyncio.Future) -> bool:
+    """The slot was passed to this waiter (not pushed out of the queue, not given up)."""
+    return fut.done() and not fut.cancelled() and fut.exception() is None
+
+
+def _full() -> RateLimited:
+    return RateLimited("The model is at capacity and your share of its queue is full; retry shortly.",
+                       code="capacity_exceeded", retry_after=1.0)
 
 
 class Admission:

@@ -97,8 +97,11 @@ for i = 1, #KEYS do
   local kind, limit, rate, delta = unpack(checks[i])
   if kind == 'bucket' then
     local st = redis.call('HMGET', KEYS[i], 'l', 't')
-    if st[1] then
-      local level = math.min(limit, tonumber(st[1]) + math.max(0, now - tonumber(st[2])) * rate)
+    -- a bucket expires once it would be full again, so a missing one is full: a request that
+    -- outlived it still settles (more used than reserved is charged), as in memory
+    if st[1] or delta > 0 then
+      local level = limit
+      if st[1] then level = math.min(limit, tonumber(st[1]) + math.max(0, now - tonumber(st[2])) * rate) end
       level = math.min(limit, level - delta)
       redis.call('HSET', KEYS[i], 'l', tostring(level), 't', tostring(now))
       local full_in = 60

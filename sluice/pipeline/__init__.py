@@ -33,13 +33,13 @@ class DataPlane:
         self, *, registry: CredentialRegistry, tokens: TokenService | None, routes: RoutingState,
         decisions: DecisionLog, ledger: UsageLedger, limits: RequestLimits,
         limiter: Limiter, prices: PriceTable, max_tokens_cap: int, admission: Admission,
-        extra_params: dict[str, frozenset[str]] | None = None, resilience: Resilience | None = None,
-        placement: Placement | None = None,
+        over_cap: str = "refuse", extra_params: dict[str, frozenset[str]] | None = None,
+        resilience: Resilience | None = None, placement: Placement | None = None,
     ) -> None:
         authenticate = Authenticate(registry, tokens)
         authorize = Authorize()
         route = Route(routes, decisions)
-        limit = Limit(limiter, prices, max_tokens_cap)
+        limit = Limit(limiter, prices, max_tokens_cap, clamp=over_cap == "clamp")
         admit = Admit(admission, max_tokens_cap)
         settle, account = Settle(limiter, prices), Account(ledger)
         size = {"max_bytes": limits.max_body_bytes, "max_depth": limits.max_json_depth}

@@ -57,7 +57,9 @@ class ModelCall:
                 exc.headers = {**(exc.headers or {}), ROUTE_HEADER: ctx.decision.header(ctx.target)}
             raise
         except BaseException:
-            ctx.status, ctx.error_code, streaming = 500, "internal_error", False
+            if ctx.error_code != "client_closed":  # the upstream leg has said why
+                ctx.status, ctx.error_code = 500, "internal_error"
+            streaming = False
             raise
         finally:
             # A stream is accounted when it ends; everything else here.

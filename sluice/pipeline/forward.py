@@ -15,11 +15,12 @@ from msgspec import UNSET
 
 from ..core import clock
 from ..core.config import Resilience
-from ..core.errors import GatewayError, InvalidRequest, UpstreamError
+from ..core.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout
 from ..core.exchange import Reply, StreamReply
 from ..core.wire import ChatCompletionRequest, EmbeddingRequest, StreamOptions, TokenUsage
 from ..routing import Decision, LeastOutstanding, Placement, Target
 from ..upstream import SSERelay, UpstreamReply, UpstreamStream, error_event
+from ..limits import INPUT, OUTPUT
 from ..upstream.errors import from_status
 from ..upstream.usage import completion_chars, estimate_tokens, prompt_chars, reported_usage
 from .context import RequestContext
@@ -37,6 +38,23 @@ def _settle(ctx: RequestContext, usage: TokenUsage | None, completion_estimate: 
         ctx.prompt_tokens = estimate_tokens(prompt_chars(ctx.request))
         ctx.completion_tokens = completion_estimate
         ctx.usage_source = "estimated"
+
+
+def _charge_reserved(ctx: RequestContext) -> None:
+    """The request was sent and no answer came back (a timeout, a lost connection, a client that
+    left): the upstream may have done the work and billed it, so it costs what it reserved.
+    Failures known to come before any work (no connection, an error answer) refund instead."""
+    r = ctx.reservation
+    if r is not None:
+        ctx.prompt_tokens, ctx.completion_tokens = int(r.amounts[INPUT]), int(r.amounts[OUTPUT])
+        ctx.usage_source = "reserved"
+    else:  # nothing was reserved: the prompt, at least, was read
+        ctx.prompt_tokens, ctx.usage_source = estimate_tokens(prompt_chars(ctx.request)), "estimated"
+
+
+# Sent, and no answer that says the upstream did no work (a 504 is a proxy's timeout); unlike
+# upstream_unreachable and upstream_connect_timeout, where nothing was sent.
+_UNANSWERED = frozenset({UpstreamTimeout.code, "upstream_disconnected"})
 
 
 class Forward:
@@ -88,26 +106,35 @@ class Forward:
     async def complete(self, ctx: RequestContext) -> Reply:
         """Non-streaming: upstream round trips until one answers or the attempt budget is spent."""
         placement = self._placement
-        while True:
-            target: Target = ctx.target  # type: ignore[assignment]
-            body = self._upstream_body(ctx)
-            replica = ctx.transport = placement.pick(target.replicas, ctx)
-            t0 = clock.monotonic()
-            try:
-                reply: UpstreamReply = await replica.send(self._path, body)
-                err: GatewayError | None = None if reply.status == 200 else from_status(reply)
-            except GatewayError as exc:
-                err = exc
-            finally:
-                placement.done(replica)
-            ms = (clock.monotonic() - t0) * 1000.0
-            ctx.upstream_ms = ms
-            if err is None:
-                break
-            nxt = self._failed(ctx, err, ms)
-            if nxt is None:
-                raise err
-            await self._pause(ctx, nxt)
+        try:
+            while True:
+                target: Target = ctx.target  # type: ignore[assignment]
+                body = self._upstream_body(ctx)
+                replica = ctx.transport = placement.pick(target.replicas, ctx)
+                t0 = clock.monotonic()
+                try:
+                    reply: UpstreamReply = await replica.send(self._path, body)
+                    err: GatewayError | None = None if reply.status == 200 else from_status(reply)
+                except GatewayError as exc:
+                    err = exc
+                finally:
+                    placement.done(replica)
+                ms = (clock.monotonic() - t0) * 1000.0
+                ctx.upstream_ms = ms
+                if err is None:
+                    break
+                nxt = self._failed(ctx, err, ms)
+                if nxt is None:
+                    raise err
+                await self._pause(ctx, nxt)
+        except GatewayError as exc:
+            if exc.code in _UNANSWERED:  # the last attempt was sent and never answered
+                _charge_reserved(ctx)
+            raise
+        except asyncio.CancelledError:  # the client left (a listener that cancels its handler)
+            ctx.status, ctx.error_code = CLIENT_CLOSED, "client_closed"
+            _charge_reserved(ctx)
+            raise
         self._succeeded(ctx, ms)
         usage = reported_usage(reply.body)
         _settle(ctx, usage, 0 if usage else estimate_tokens(completion_chars(reply.body)))
@@ -147,7 +174,12 @@ class Forward:
     async def stream(self, ctx: RequestContext) -> StreamReply:
         """Streaming: open upstream (errors before the first byte are plain errors), then relay."""
         t0 = clock.monotonic()
-        opened = await self._open(ctx)
+        try:  # sent, and no headers yet: unanswered as a non-streaming request would be
+            opened = await self._open(ctx)
+        except GatewayError as exc:
+            if exc.code in _UNANSWERED:
+                _charge_reserved(ctx)
+            raise
         req: ChatCompletionRequest = ctx.request
         wants_usage = bool(req.stream_options and req.stream_options.include_usage)
         started = [False]

@@ -68,6 +68,7 @@ class ChatCompletions(ReplicaBase):
             req = await self._admit(request, _chat_decoder)
             if isinstance(req, web.Response):
                 return req
+            self.last_chat = {"max_tokens": req.max_tokens, "max_completion_tokens": req.max_completion_tokens}
             if req.stream_options is not None and not req.stream:
                 return self._refuse(400, "Stream options can only be defined when `stream=True`.")
             injected = await self._apply_faults(request)

@@ -23,6 +23,7 @@ class SimControls(ReplicaBase):
         snap["prefix_cache_blocks"] = len(self.cache)
         snap["replica"] = self.replica
         snap["faults"] = self.faults.state()
+        snap["last_chat"] = self.last_chat
         return json_reply(snap)
 
     async def reset_stats(self, request: web.Request) -> web.Response:

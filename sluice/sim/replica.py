@@ -52,6 +52,7 @@ class ReplicaBase:
         self.latency = LatencyModel(settings)
         self.faults = Faults(settings.seed)
         self.stats = Stats()
+        self.last_chat: dict[str, Any] = {}  # the output limits the last chat request asked for
         self._ids = count(1)
         self._id_prefix = secrets.token_hex(6)
         self._closing = asyncio.Event()

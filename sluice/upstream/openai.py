@@ -17,6 +17,8 @@ from .base import Transport, UpstreamReply, UpstreamStream
 
 
 def _translate(exc: BaseException) -> Exception:
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):  # nothing was sent: limits refund it (pipeline.forward)
+        return UpstreamTimeout("The upstream model server could not be reached in time.", code="upstream_connect_timeout")
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return UpstreamTimeout("The upstream model server did not answer in time.")
     if isinstance(exc, aiohttp.ClientConnectorError):

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import msgspec
 
+from ..core.prompt import IMAGE_TOKENS, message_extras, part_text, request_extras
 from ..core.wire import ChatCompletionRequest, EmbeddingRequest, TokenUsage, UsageEnvelope
 
 _envelope = msgspec.json.Decoder(UsageEnvelope)
+_IMAGE_CHARS = 4 * IMAGE_TOKENS  # estimate_tokens turns it back into IMAGE_TOKENS
 
 
 class _ContentMessage(msgspec.Struct):
@@ -41,7 +43,8 @@ def reported_usage(body: bytes) -> TokenUsage | None:
 
 
 def prompt_chars(request: ChatCompletionRequest | EmbeddingRequest) -> int:
-    """Characters of text the caller sent, for estimating prompt tokens."""
+    """Characters of what reaches the model's context (``core.prompt``), for estimating prompt
+    tokens; an image as the characters of its fixed cost."""
     if isinstance(request, EmbeddingRequest):
         inp = request.input
         if isinstance(inp, str):
@@ -53,8 +56,11 @@ def prompt_chars(request: ChatCompletionRequest | EmbeddingRequest) -> int:
         if isinstance(c, str):
             total += len(c)
         elif isinstance(c, list):
-            total += sum(len(p.get("text", "")) for p in c if isinstance(p.get("text"), str))
-    return total
+            for part in c:
+                text = part_text(part)
+                total += _IMAGE_CHARS if text is None else len(text)
+        total += sum(len(text) for text in message_extras(m))
+    return total + sum(len(text) for text in request_extras(request))
 
 
 def completion_chars(body: bytes) -> int:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from ...limits import INPUT, OUTPUT, Admission, Limiter, PriceTable, output_tokens, prompt_tokens
+from ...limits import INPUT, OUTPUT, Admission, Limiter, PriceTable, ask_for, bounded_output, output_tokens, prompt_tokens
 from ..context import RequestContext
 
 
 class Limit:
-    """Reserves prompt tokens (counted), output tokens (``max_tokens`` or the cap) and money."""
+    """Reserves prompt tokens (counted), output tokens (``max_tokens`` or the cap) and money;
+    what the upstream is then asked for is what was reserved."""
 
-    __slots__ = ("_limiter", "_prices", "_cap")
+    __slots__ = ("_limiter", "_prices", "_cap", "_clamp")
 
-    def __init__(self, limiter: Limiter, prices: PriceTable, cap: int) -> None:
+    def __init__(self, limiter: Limiter, prices: PriceTable, cap: int, clamp: bool = False) -> None:
         self._limiter = limiter
         self._prices = prices
         self._cap = cap
+        self._clamp = clamp
 
     async def __call__(self, ctx: RequestContext) -> None:
         limiter = self._limiter
@@ -22,7 +24,7 @@ class Limit:
             return
         req, target, p = ctx.request, ctx.target, ctx.principal
         tokens_in = prompt_tokens(req, target.upstream_model)  # type: ignore[union-attr]
-        tokens_out = output_tokens(req, self._cap)
+        tokens_out = bounded_output(req, self._cap, self._clamp)
         amounts = (1.0, tokens_in, tokens_out, 1.0, self._prices.cost(target.model, tokens_in, tokens_out))  # type: ignore[union-attr]
         if limiter.inline:
             ctx.reservation, ctx.limit_headers = limiter.reserve_now(
@@ -30,6 +32,8 @@ class Limit:
         else:
             ctx.reservation, ctx.limit_headers = await limiter.reserve(
                 ctx.exchange.request_id, p.identity_id, p.team, target.model, target.upstream, amounts)  # type: ignore[union-attr]
+        if ctx.reservation is not None:
+            ask_for(req, self._cap)
 
 
 class Admit:
