@@ -26,23 +26,25 @@ class LeastOutstanding:
     __slots__ = ("_in_flight",)
 
     def __init__(self) -> None:
-        self._in_flight: dict[int, int] = {}
+        self._in_flight: dict[Any, int] = {}  # replica (hashed by identity) -> requests in flight
 
     def pick(self, replicas: Sequence[Any], request_ctx_key: Any = None) -> Any:
         """Choose and count one request in flight on the chosen replica."""
         counts = self._in_flight
-        if len(replicas) == 1:
-            best = replicas[0]
-        else:
-            best = min(replicas, key=lambda r: counts.get(id(r), 0))
-        counts[id(best)] = counts.get(id(best), 0) + 1
+        best = replicas[0]
+        low = counts.get(best, 0)
+        if low:  # an idle first replica wins at once; otherwise the least loaded (a loop: min() with a key cost 2x)
+            for r in replicas[1:]:
+                c = counts.get(r, 0)
+                if c < low:
+                    best, low = r, c
+        counts[best] = low + 1
         return best
 
     def done(self, replica: Any) -> None:
         """The request on this replica ended."""
-        key = id(replica)
-        self._in_flight[key] = self._in_flight.get(key, 1) - 1
+        self._in_flight[replica] -= 1
 
     def in_flight(self, replica: Any) -> int:
         """Requests now in flight on a replica."""
-        return self._in_flight.get(id(replica), 0)
+        return self._in_flight.get(replica, 0)
