@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from ..core import clock
-from ..core.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from ..core.errors import InvalidRequest, NotFound, Unavailable
 from ..core.config import LimitRule
 from ..core.exchange import Exchange, Reply
 from ..core.types import ApiKey, Identity, Role
@@ -23,6 +23,7 @@ from ..limits import Limiter
 from ..store import Store, StoreUnavailable
 from .auth import AdminAuth
 from .routing_api import RoutingAdmin
+from .bodies import decode as _decode
 from .openapi import accepts, document
 
 Handler = Callable[[Exchange], Awaitable[Reply]]
@@ -103,15 +104,6 @@ class Recent(msgspec.Struct, kw_only=True):
     """Query of the change log: the latest ``limit`` entries."""
 
     limit: _Limit = 100
-
-
-def _decode(body: bytes, kind: type) -> object:
-    try:
-        return msgspec.json.decode(body or b"{}", type=kind)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"Invalid request body: {exc}") from None
-    except msgspec.DecodeError:
-        raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from None
 
 
 def _key(k: ApiKey, now: float) -> dict:

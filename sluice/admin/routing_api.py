@@ -18,6 +18,7 @@ from ..identity import Actor
 from ..identity import roles as r
 from ..routing import DecisionLog, PolicyError, RoutingPolicy, RoutingState, explain
 from ..routing import policy as pol
+from .bodies import decode as _decode
 from .openapi import accepts
 
 Record = Callable[[Actor, str, str, dict], Awaitable[None]]
@@ -37,15 +38,6 @@ class Weights(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class Approval(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     approved: bool = True
-
-
-def _decode(body: bytes, kind: type) -> object:
-    try:
-        return msgspec.json.decode(body or b"{}", type=kind)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"Invalid request body: {exc}") from None
-    except msgspec.DecodeError:
-        raise InvalidRequest("The request body is not valid JSON.", code="invalid_json") from None
 
 
 def _weights(policy: RoutingPolicy, route: str) -> list:
