@@ -209,42 +209,32 @@ class Forward:
                 a0 = clock.monotonic()
                 chunks = upstream.chunks()
                 try:
-                    if not sent:
-                        # Until the first event reaches the client, a failure may still fall back.
-                        while not sent:
-                            if self._keepalive > 0:
-                                # SSE comments while a slow model has not sent its first token, so
-                                # idle timeouts of load balancers in between do not cut the stream.
-                                pending = asyncio.ensure_future(chunks.__anext__())
-                                while not (await asyncio.wait((pending,), timeout=self._keepalive))[0]:
-                                    yield KEEPALIVE
-                                task, pending = pending, None
-                                chunk = task.result()
-                            else:
-                                chunk = await chunks.__anext__()
-                            out = relay.feed(chunk)
-                            if out:
-                                good = _good_prefix(out) if _malformed(out) else out
-                                if good:
-                                    ctx.ttft_ms = ctx.elapsed_ms()
-                                    sent = True
-                                    yield good
-                                if good is not out:
-                                    raise _malformed_event()
-                    async for chunk in chunks:
+                    while True:
+                        if not sent and self._keepalive > 0:
+                            # SSE comments while a slow model has not sent its first token, so
+                            # idle timeouts of load balancers in between do not cut the stream.
+                            pending = asyncio.ensure_future(chunks.__anext__())
+                            while not (await asyncio.wait((pending,), timeout=self._keepalive))[0]:
+                                yield KEEPALIVE
+                            task, pending = pending, None
+                            chunk = task.result()
+                        else:
+                            chunk = await chunks.__anext__()
                         out = relay.feed(chunk)
-                        if out:
-                            if _malformed(out):
-                                good = _good_prefix(out)
-                                if good:
-                                    yield good
-                                raise _malformed_event()
-                            yield out
-                    if not relay.done:
-                        raise UpstreamError("The upstream stream ended before it was complete.", code="upstream_stream_cut")
-                    self._succeeded(ctx, (clock.monotonic() - a0) * 1000.0)
-                    return
-                except StopAsyncIteration:
+                        if not out:
+                            continue
+                        good = _good_prefix(out) if _malformed(out) else out
+                        if good:
+                            if not sent:  # from here on a failure can no longer fall back
+                                ctx.ttft_ms = ctx.elapsed_ms()
+                                sent = True
+                            yield good
+                        if good is not out:
+                            raise _malformed_event()
+                except StopAsyncIteration:  # the upstream's body ended: complete, or cut short
+                    if relay.done:
+                        self._succeeded(ctx, (clock.monotonic() - a0) * 1000.0)
+                        return
                     exc: GatewayError = UpstreamError("The upstream stream ended before it was complete.",
                                                       code="upstream_stream_cut")
                 except GatewayError as e:

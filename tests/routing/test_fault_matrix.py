@@ -21,6 +21,9 @@ VERSIONS = [{"version": "primary", "upstream": "p", "upstream_model": "sim-small
             {"version": "backup", "upstream": "f", "upstream_model": "sim-small", "approved": True}]
 ROUTE = {"name": "main", "match": {"models": ["m"]}, "targets": [{"target": "m@primary"}],
          "fallbacks": ["m@backup"], "retries": 1}
+# Three retries and a fallback would be five attempts: more than the budget allows.
+GREEDY = {"name": "greedy", "match": {"models": ["g"]}, "targets": [{"target": "m@primary"}],
+          "fallbacks": ["m@backup"], "retries": 3}
 
 
 def gateway(tmp, p: Sim, f: Sim, breaker: dict):
@@ -30,7 +33,7 @@ def gateway(tmp, p: Sim, f: Sim, breaker: dict):
                     "extra_params": "vllm"},
                    {"name": "f", "base_url": f.url + "/v1", "read_timeout": READ_TIMEOUT, "total_timeout": 10}],
         models=[], identities=[{"name": "app", "owner": "o", "models": ["*"]}],
-        extra={"registry": [{"name": "m", "versions": VERSIONS}], "routes": [ROUTE],
+        extra={"registry": [{"name": "m", "versions": VERSIONS}], "routes": [ROUTE, GREEDY],
                "resilience": {"max_attempts": MAX_ATTEMPTS, "backoff_ms": 20, "keepalive_s": 0.2, "breaker": breaker}},
     )
 
@@ -119,6 +122,11 @@ def test_the_attempt_budget_bounds_retries_and_fallbacks_together(case):
     assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error"
     assert p.stats()["chat_requests"] + f.stats()["chat_requests"] - before == MAX_ATTEMPTS
     assert p.url not in r.text and "Traceback" not in r.text
+    # A route whose retries alone exceed the budget stops at the budget too.
+    before = p.stats()["chat_requests"] + f.stats()["chat_requests"]
+    r = g.post("/v1/chat/completions", g.keys["app"], json={**body(), "model": "g"})
+    assert r.status_code == 502
+    assert p.stats()["chat_requests"] + f.stats()["chat_requests"] - before == MAX_ATTEMPTS
 
 
 def test_a_client_error_is_not_retried_anywhere(case):

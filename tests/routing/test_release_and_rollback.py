@@ -110,6 +110,7 @@ def test_streams_in_flight_finish_while_weights_shift_under_them(sim, tmp_path):
         for t in threads:
             t.join(15)
         assert len(finished) == 8 and all(f in ("stop", "length") for f in finished)
+        assert targets(g, g.keys["app"], 3) == {"chat@v1": 3}  # and the last shift serves new requests
     finally:
         g.stop()
         slow.stop()
