@@ -214,7 +214,7 @@ class Forward:
                             # SSE comments while a slow model has not sent its first token, so
                             # idle timeouts of load balancers in between do not cut the stream.
                             pending = asyncio.ensure_future(chunks.__anext__())
-                            while not (await asyncio.wait((pending,), timeout=self._keepalive))[0]:
+                            while not await _ready(pending, self._keepalive):
                                 yield KEEPALIVE
                             task, pending = pending, None
                             chunk = task.result()
@@ -268,6 +268,30 @@ class Forward:
 
 
 KEEPALIVE = b": keepalive\n\n"
+
+
+async def _ready(task: asyncio.Future, timeout: float) -> bool:
+    """Wait until ``task`` is done (True) or ``timeout`` passes (False), leaving it running.
+
+    A waiter future, a timer and a done-callback: 6.5 us a stream against 13.6 us for
+    ``asyncio.wait`` (uvloop, timeit in bench/README.md).
+    """
+    if task.done():
+        return True
+    waiter = asyncio.get_running_loop().create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    timer = waiter.get_loop().call_later(timeout, wake)
+    task.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        task.remove_done_callback(wake)
+    return task.done()
 
 
 def _malformed_event() -> UpstreamError:
