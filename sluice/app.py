@@ -138,7 +138,8 @@ class Gateway:
         self.limiter = limiter = Limiter(c.limits, build_backend(c.limits.backend, c.limits.redis_url,
                                                                  c.limits.redis_timeout_s), metrics.limit_event, anomaly)
         # limits can be switched on at run time, so the tokenizers load now either way
-        await asyncio.get_running_loop().run_in_executor(None, warm, [m.target_model for m in c.models])
+        await asyncio.get_running_loop().run_in_executor(None, warm, [m.target_model for m in c.models] + [
+            v.upstream_model or m.name for m in c.registry for v in m.versions])
         self.routing = routing = RoutingState(from_config(c), store, transports=replicas, breaker=c.resilience.breaker)
         await routing.load()
         self._tasks.append(asyncio.get_running_loop().create_task(routing.run_sync(c.resilience.sync_interval_s),
