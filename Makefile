@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench ab soak clean
+.PHONY: install demo test bench ab soak profile clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ ab: $(STAMP)
 
 soak: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bench/soak.sh
+
+profile: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bench/profile.sh
 
 clean:
 	rm -rf $(VENV) .sluice .pytest_cache

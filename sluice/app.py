@@ -20,7 +20,7 @@ from .core.config import Config
 from .core.errors import ConfigError
 from .core.exchange import Exchange, Reply
 from .core.wire import extra_params
-from .http import Listener
+from .http import Listener, NativeListener
 from .limits import Admission, AnomalyGuard, Limiter, PriceTable, Throttle, build_backend, warm
 from .identity import (SYSTEM, CredentialRegistry, Federation, Hasher, IdentityService, IdentitySync, Keyring, Sealer,
                        TokenExchange, TokenService, gate)
@@ -30,7 +30,7 @@ from .routing.health import run_checks
 from .store import Store, StoreUnavailable, open_store
 from .telemetry import Metrics, UsageLedger, configure
 from .telemetry.metrics import CONTENT_TYPE as METRICS_TYPE
-from .upstream import OpenAITransport, Transport
+from .upstream import NativeTransport, OpenAITransport, Transport
 
 log = logging.getLogger("sluice")
 
@@ -62,7 +62,7 @@ class Gateway:
         self.config = config
         self.store: Store | None = None
         self.ledger: UsageLedger | None = None
-        self.data: Listener | None = None
+        self.data: Listener | NativeListener | None = None
         self.control: Listener | None = None
         self._transports: dict[str, Transport] = {}
         self._all_transports: list[Transport] = []
@@ -116,7 +116,9 @@ class Gateway:
                     if why:
                         raise ConfigError(f"upstream {u.name!r} is refused: {why} (set allow_link_local to permit it)"
                                           f" - at `$.upstreams`")
-                t = OpenAITransport(msgspec.structs.replace(u, base_url=url, replicas=[]))
+                one = msgspec.structs.replace(u, base_url=url, replicas=[])
+                client = c.data_plane.server if u.client == "auto" else u.client
+                t: Transport = NativeTransport(one) if client == "native" else OpenAITransport(one)
                 await t.start()
                 replicas.setdefault(u.name, []).append(t)
             self._transports[u.name] = replicas[u.name][0]
@@ -174,8 +176,13 @@ class Gateway:
         admin = AdminApi(AdminAuth(hasher, c.admin.keys, registry), identities, store, ledger.flush,
                          RoutingAdmin(routing, decisions, identities.record, [u.name for u in c.upstreams]),
                          keyring, limiter)
-        self.data = Listener("data", c.data_plane.host, c.data_plane.port, data_plane.routes() + token_routes + health + vllm_health,
-                             max_body_bytes=c.requests.max_body_bytes, access_log=c.logging.access_log)
+        data_routes = data_plane.routes() + token_routes + health + vllm_health
+        if c.data_plane.server == "native":
+            self.data = NativeListener("data", c.data_plane, data_routes, max_body_bytes=c.requests.max_body_bytes,
+                                       access_log=c.logging.access_log)
+        else:
+            self.data = Listener("data", c.data_plane.host, c.data_plane.port, data_routes,
+                                 max_body_bytes=c.requests.max_body_bytes, access_log=c.logging.access_log)
         self.control = Listener("control", c.control_plane.host, c.control_plane.port,
                                 admin.routes() + health + [("GET", "/metrics", metrics_handler)],
                                 max_body_bytes=1024 * 1024, access_log=c.logging.access_log)

@@ -17,6 +17,8 @@ import yaml
 from sluice.identity import generate
 
 IN_CI = os.environ.get("CI") == "true"
+# SLUICE_TEST_SERVER=native runs every gateway of the suite on the native data-plane server.
+TEST_SERVER = os.environ.get("SLUICE_TEST_SERVER")
 PEPPER = "test-pepper-0123456789abcdef"
 
 
@@ -105,6 +107,8 @@ class Gateway:
             "logging": {"level": "info"},
             **config,
         }
+        # A test may give data_plane settings without the port; SLUICE_TEST_SERVER picks the server.
+        config["data_plane"] = {"port": self.port, **({"server": TEST_SERVER} if TEST_SERVER else {}), **config["data_plane"]}
         self.config_path = tmp / f"gateway-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.keys = keys

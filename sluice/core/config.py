@@ -35,6 +35,23 @@ _ParamName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$
 ExtraParams = Literal["openai", "vllm"] | list[_ParamName]
 
 
+class DataPlaneListener(Listener):
+    """The public listener, and which HTTP server carries it.
+
+    ``native`` is sluice's own server (asyncio protocols and llhttp); ``aiohttp`` the
+    framework one. The timeouts and header limits apply to the native server.
+    """
+
+    server: Literal["aiohttp", "native"] = "aiohttp"
+    keepalive_timeout: Seconds = 75.0
+    header_timeout: Seconds = 10.0
+    body_timeout: Seconds = 60.0
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 65536
+    max_header_field_bytes: Annotated[int, msgspec.Meta(ge=256)] = 16384
+    max_headers: Annotated[int, msgspec.Meta(ge=8)] = 100
+    shutdown_timeout: Seconds = 10.0
+
+
 class Upstream(_Strict):
     """One model backend speaking the OpenAI wire protocol (vLLM, Ollama, llama.cpp, OpenAI)."""
 
@@ -49,6 +66,11 @@ class Upstream(_Strict):
     # Request parameters beyond OpenAI's passed through to this upstream: "openai" (none, the
     # default), "vllm", or a list of set names and parameter names. A model may override it.
     extra_params: ExtraParams | None = None
+    # ``auto`` follows ``data_plane.server``: the native client with the native server.
+    client: Literal["auto", "aiohttp", "native"] = "auto"
+    pool_timeout: Seconds = 10.0
+    idle_timeout: Seconds = 30.0
+    tls_ca_file: str | None = None
     # More base URLs of the same deployment (replicas); requests are placed across base_url and these.
     replicas: list[Annotated[str, msgspec.Meta(pattern=r"^https?://")]] = msgspec.field(default_factory=list)
     # Link-local and cloud-metadata addresses are refused unless this is set (see routing.egress).
@@ -398,7 +420,7 @@ class Sim(_Strict):
 class Config(_Strict):
     """The whole gateway configuration."""
 
-    data_plane: Listener = msgspec.field(default_factory=lambda: Listener(port=8080))
+    data_plane: DataPlaneListener = msgspec.field(default_factory=lambda: DataPlaneListener(port=8080))
     control_plane: Listener = msgspec.field(default_factory=lambda: Listener(port=8081))
     upstreams: list[Upstream] = msgspec.field(default_factory=list)
     models: list[Model] = msgspec.field(default_factory=list)

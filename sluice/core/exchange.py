@@ -13,6 +13,10 @@ import msgspec
 
 JSON_TYPE = "application/json"
 SSE_TYPE = "text/event-stream"
+# A body larger than this, or of unknown length, is not read before the handler has had its
+# say on the headers alone (``check_headers``): a caller without a credential cannot make
+# the gateway read megabytes.
+HEADERS_FIRST_ABOVE = 64 * 1024
 
 
 class Exchange:

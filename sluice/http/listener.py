@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..core.errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
-from ..core.exchange import Exchange, Reply, StreamReply
+from ..core.exchange import HEADERS_FIRST_ABOVE, Exchange, Reply, StreamReply
 from .envelope import error_reply, to_response
 from .protocol import HANDLER_ARGS, EnvelopeRunner
 
@@ -32,7 +32,6 @@ Route = tuple[str, str, Handler]
 # Bodies up to this size are (almost always) in the socket buffer already when the handler
 # starts, so reading them costs nothing extra; past it the headers are checked first. It
 # keeps the small-request hot path free of a second authentication.
-HEADERS_FIRST_ABOVE = 64 * 1024
 _NO_BODY = b""
 
 _BOOT = os.urandom(4).hex()

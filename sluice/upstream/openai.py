@@ -14,6 +14,7 @@ import aiohttp
 from ..core.config import Upstream
 from ..core.errors import UpstreamError, UpstreamTimeout
 from .base import Transport, UpstreamReply, UpstreamStream
+from .tls import tls_context
 
 
 def _translate(exc: BaseException) -> Exception:
@@ -71,8 +72,10 @@ class OpenAITransport(Transport):
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
+        tls = tls_context(self._cfg.tls_ca_file) if self._base.startswith("https:") else None
         connector = aiohttp.TCPConnector(
-            limit=self._cfg.max_connections, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30
+            limit=self._cfg.max_connections, limit_per_host=0, ttl_dns_cache=300,
+            keepalive_timeout=self._cfg.idle_timeout, ssl=tls if tls is not None else True,
         )
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=self._timeout, headers=self._headers,

@@ -5,7 +5,6 @@ token requests and failed authentications are rate limited per source (429, Retr
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 import aiohttp

@@ -8,7 +8,6 @@ import asyncio
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest

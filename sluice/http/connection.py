@@ -1,0 +1,495 @@
+"""One client connection of the native server: an ``asyncio.Protocol`` over llhttp.
+
+The parser runs inside ``data_received``; each parsed request joins a queue and one task
+per busy connection answers the queue in order (pipelining). What bounds memory:
+
+- a request head may not exceed ``max_header_bytes`` (431) nor a body ``max_body`` (413),
+  both counted while the bytes arrive, not after;
+- reading pauses while a second request waits behind the one being answered, and a
+  response is not started while the transport's write buffer is above its high-water mark,
+  so a client that sends but never reads cannot grow our buffers;
+- a streamed reply waits for the client to drain before asking its producer for more,
+  which in turn stops reading the upstream.
+
+Timeouts (idle keep-alive, request head, request body) are deadlines checked by the
+server's one ticker, so a request costs no timer of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, unquote
+
+import httptools
+
+from ..core.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from ..core.exchange import HEADERS_FIRST_ABOVE, Exchange, Reply, StreamReply
+from .envelope import error_reply
+from .listener import next_request_id
+from .wire import CONTINUE, CRLF, LAST_CHUNK, Headers, chunk_size_line, reply_bytes, stream_head
+
+if TYPE_CHECKING:
+    from .server import NativeListener
+
+log = logging.getLogger("sluice.http")
+
+_NO_QUERY: dict[str, str] = {}
+
+
+class _HeadTooLarge(GatewayError):
+    status = 431
+    type = "invalid_request_error"
+    code = "request_header_too_large"  # the same code the aiohttp listener gives
+
+
+class _UriTooLong(GatewayError):
+    status = 414
+    type = "invalid_request_error"
+    code = "uri_too_long"
+
+
+class _RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class _ExpectationFailed(GatewayError):
+    status = 417
+    type = "invalid_request_error"
+    code = "expectation_failed"
+
+
+def _too_large(limit: int) -> GatewayError:
+    return PayloadTooLarge(f"The request body exceeds {limit} bytes.")
+
+
+def _head_too_large() -> GatewayError:
+    return _HeadTooLarge("The request headers are too large.")
+
+
+class _Request:
+    """A request whose head has been parsed; its body may still be arriving."""
+
+    __slots__ = ("method", "url", "headers", "body", "size", "complete", "waiter", "error", "keep_alive",
+                 "expect", "chunked", "length", "head", "http10")
+
+    def __init__(self, method: str, url: bytes, headers: Headers, keep_alive: bool, http10: bool = False) -> None:
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body: list[bytes] = []
+        self.size = 0
+        self.complete = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.error: GatewayError | None = None
+        self.keep_alive = keep_alive
+        self.expect = False
+        self.chunked = False
+        self.length = -1
+        self.head = method == "HEAD"
+        self.http10 = http10
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class Connection(asyncio.Protocol):
+    """Parses requests off one socket and writes their answers back, in order."""
+
+    def __init__(self, server: NativeListener) -> None:
+        self._server = server
+        self._loop = server.loop
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._peer: str | None = None
+        self._queue: deque[_Request] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._streaming = False
+        self._closing = False  # answer what is queued, then close
+        self._parsing = True  # false after a framing error: the rest of the bytes mean nothing
+        self._read_paused = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._lost = False
+        # Request being parsed
+        self._url = b""
+        self._hdrs: Headers | None = None
+        self._names: list[bytes] = []
+        self._head_bytes = 0
+        self._in_head = False
+        self._current: _Request | None = None
+        self.deadline = 0.0  # when the ticker closes us (0: none); see module doc
+
+    # -- transport events --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self._peer = peer[0] if peer else None
+        transport.set_write_buffer_limits(high=self._server.write_high_water)  # type: ignore[attr-defined]
+        self._server.connections.add(self)
+        self.deadline = self._loop.time() + self._server.header_timeout
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._server.connections.discard(self)
+        for req in self._queue:
+            req.wake()
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+        task = self._task
+        if task is not None and self._streaming:
+            # The client left mid-stream: stop the producer now, which closes the upstream.
+            task.cancel()
+
+    def eof_received(self) -> bool:
+        if self._streaming:
+            # As nginx does: the end of a stream's client is the client gone (a socket that is
+            # only half-closed would tell us no sooner than the next event's write).
+            return False
+        # A half-closed client may still read: answer what it sent, then close.
+        self._closing = True
+        if self._parsing and (self._in_head or self._current is not None):
+            # What was started can never finish now: say so instead of waiting for a deadline.
+            self._stop_parsing(InvalidRequest("The request ended before it was complete.", code="bad_http_request"))
+        if self._task is None and not self._queue:
+            return False
+        return True
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._parsing:
+            return
+        if self._in_head or not self._queue or self._current is None:
+            # Count head bytes as they arrive: llhttp buffers a header until it is whole.
+            self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._stop_parsing(None)  # no protocol switching here: answer the request, then close
+        except httptools.HttpParserError as exc:
+            refusal = exc.__context__
+            self._stop_parsing(refusal.error if isinstance(refusal, _Refuse)
+                               else InvalidRequest("The request could not be parsed as HTTP/1.1.", code="bad_http_request"))
+            return
+        if self._in_head and self._head_bytes > self._server.max_header_bytes:
+            self._stop_parsing(_head_too_large())
+
+    # -- parser callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._url = b""
+        self._hdrs = Headers()
+        self._names = []
+        self.deadline = self._loop.time() + self._server.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        server = self._server
+        hdrs = self._hdrs
+        assert hdrs is not None
+        if len(name) + len(value) > server.max_header_field_bytes or len(self._names) >= server.max_headers:
+            raise _Refuse(_head_too_large())
+        self._names.append(name)
+        key = name.decode("latin-1").lower()
+        if key not in hdrs:
+            hdrs[key] = value.decode("latin-1")
+        elif key == "transfer-encoding":
+            # a second Transfer-Encoding is how requests get smuggled
+            raise _Refuse(InvalidRequest("Repeated Transfer-Encoding headers are refused.", code="bad_http_request"))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        server = self._server
+        self._in_head = False
+        self._head_bytes = 0
+        hdrs = self._hdrs
+        assert hdrs is not None
+        req = _Request(parser.get_method().decode("ascii", "replace"), self._url, hdrs, parser.should_keep_alive(),
+                       parser.get_http_version() == "1.0")
+        self._current = req
+        queue = self._queue
+        queue.append(req)
+        if len(self._url) > server.max_url_bytes:
+            req.error = _UriTooLong("The request URL is too long.")
+        te = hdrs.get("transfer-encoding")
+        cl = hdrs.get("content-length")
+        if te is not None:
+            req.chunked = True
+        elif cl is not None:
+            req.length = int(cl)  # llhttp has already refused anything but digits
+            if req.length > server.max_body:
+                req.error = req.error or _too_large(server.max_body)
+        expect = hdrs.get("expect")
+        if expect is not None:
+            if expect.lower() == "100-continue":
+                req.expect = True
+            else:
+                req.error = req.error or _ExpectationFailed("Only 'Expect: 100-continue' is supported.")
+        if req.error is not None:
+            # Answer without reading the body; the connection cannot be reused after.
+            req.complete = True
+            self._stop_parsing(None)
+            self._schedule()
+            return
+        self.deadline = self._loop.time() + server.body_timeout
+        if len(queue) > 1:
+            self._pause_reading()  # pipelined: one request in hand is enough
+        self._schedule()
+
+    def on_body(self, body: bytes) -> None:
+        req = self._current
+        assert req is not None
+        req.size += len(body)
+        limit = self._server.max_body
+        if req.size > limit:
+            req.body.clear()
+            raise _Refuse(_too_large(limit))
+        req.body.append(body)
+
+    def on_message_complete(self) -> None:
+        req = self._current
+        assert req is not None
+        req.complete = True
+        self._current = None
+        if self._task is None or req is self._queue[0]:
+            self.deadline = 0.0
+        req.wake()
+
+    # -- answering -----------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if self._task is None and self._queue:
+            self._task = self._loop.create_task(self._answer_queue())
+
+    def _stop_parsing(self, error: GatewayError | None) -> None:
+        """No more requests from this connection: answer what is queued (and the error), then close."""
+        self._parsing = False
+        self._closing = True
+        self._pause_reading()
+        if error is not None:
+            req = self._current
+            if req is None:
+                # A head that never completed: answer it with its own error.
+                req = _Request("GET", b"", Headers(), False)
+                self._queue.append(req)
+            if req.error is None:
+                req.error = error
+            req.complete = True
+            req.wake()
+            self._current = None
+        self._schedule()
+        if self._task is None and not self._queue:
+            self._close()
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and self._transport is not None and not self._lost:
+            self._read_paused = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._read_paused and self._parsing and not self._lost:
+            self._read_paused = False
+            self._transport.resume_reading()  # type: ignore[union-attr]
+
+    def _close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    async def _drained(self) -> None:
+        if self._write_paused and not self._lost:
+            self._drain = self._loop.create_future()
+            await self._drain
+            self._drain = None
+
+    async def _answer_queue(self) -> None:
+        queue = self._queue
+        try:
+            while queue and not self._lost:
+                req = queue[0]
+                keep = await self._answer(req)
+                queue.popleft()
+                if not keep:
+                    self._closing = True
+                    break
+                if len(queue) <= 1:
+                    self._resume_reading()
+        except asyncio.CancelledError:
+            self._closing = True
+        except Exception as exc:  # never leave a connection hanging on a bug of ours
+            log.error("native server: unhandled %s", type(exc).__name__)
+            self._closing = True
+        finally:
+            self._task = None
+            self._streaming = False
+        if self._closing or self._lost:
+            queue.clear()
+            self._close()
+            return
+        server = self._server
+        if self._current is None and not self._in_head:
+            self.deadline = self._loop.time() + (server.keepalive_timeout if not queue else server.body_timeout)
+        elif self._in_head:
+            self.deadline = self._loop.time() + server.header_timeout
+        else:
+            self.deadline = self._loop.time() + server.body_timeout
+        if server.draining and not queue and self._current is None and not self._in_head:
+            self._close()
+
+    async def _answer(self, req: _Request) -> bool:
+        """Answer one request; False when the connection must close afterwards."""
+        server = self._server
+        rid = next_request_id()
+        if req.error is None and not req.complete:
+            error = await self._before_body(req)
+            if error is not None:
+                req.error = error
+                self._stop_parsing(None)
+        if req.error is not None:
+            await self._write_reply(error_reply(req.error), rid, False, req.head)
+            return False
+        path = req.url
+        query: dict[str, str] = _NO_QUERY
+        q = path.find(b"?")
+        if q >= 0:
+            if len(path) > q + 1:
+                query = dict(parse_qsl(path[q + 1:].decode("latin-1")))
+            path = path[:q]
+        text = path.decode("latin-1")
+        if "%" in text:
+            text = unquote(text)
+        try:
+            handler, params = server.router.resolve(req.method, text)
+            body = b"".join(req.body) if req.body else b""
+            req.body = []
+            reply = await handler(Exchange(req.method, text, params, query, req.headers, body, self._peer, rid))
+        except GatewayError as exc:
+            reply = error_reply(exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the last line of defence: log the type, show nothing inside
+            log.error("unhandled error on %s %s: %s", req.method, text[:200], type(exc).__name__)
+            reply = error_reply(GatewayError("The server had an error processing your request.", code="internal_error"))
+        keep = req.keep_alive and not server.draining
+        if server.access_log:
+            log.info('%s "%s %s" %d %s', self._peer, req.method, text[:200], reply.status, rid)
+        if isinstance(reply, StreamReply):
+            return await self._write_stream(reply, rid, keep, req)
+        await self._write_reply(reply, rid, keep, req.head)
+        return keep
+
+    async def _before_body(self, req: _Request) -> GatewayError | None:
+        """A body still to come: decide from the headers first, send 100 Continue, then wait for it."""
+        server = self._server
+        if req.chunked or req.length > HEADERS_FIRST_ABOVE or req.expect:
+            path = req.url.split(b"?", 1)[0].decode("latin-1")
+            try:
+                handler, params = server.router.resolve(req.method, path)
+            except GatewayError:
+                handler = None  # the answer after the body names the error; nothing to ask first
+            check_headers = getattr(handler, "check_headers", None)
+            if check_headers is not None:
+                try:
+                    await check_headers(Exchange(req.method, path, params, _NO_QUERY, req.headers, b"", self._peer, ""))
+                except GatewayError as exc:
+                    return exc
+        if req.expect and not self._lost and not req.complete:
+            self._transport.write(CONTINUE)  # type: ignore[union-attr]
+        if not req.complete:
+            req.waiter = self._loop.create_future()
+            self._resume_reading()
+            await req.waiter
+            req.waiter = None
+        return None
+
+    async def _write_reply(self, reply: Reply, rid: str, keep: bool, head: bool) -> None:
+        await self._drained()
+        if not self._lost:
+            self._transport.write(reply_bytes(reply, rid, keep, head))  # type: ignore[union-attr]
+
+    async def _write_stream(self, reply: StreamReply, rid: str, keep: bool, req: _Request) -> bool:
+        chunks = reply.chunks
+        chunked = not req.http10  # an HTTP/1.0 client gets a close-delimited body
+        started = False
+        transport = self._transport
+        assert transport is not None
+        self._streaming = True
+        try:
+            await self._drained()
+            if self._lost:
+                return False
+            transport.write(stream_head(reply.status, reply.content_type, reply.headers, rid, chunked, keep))
+            if req.head:
+                return keep
+            async for piece in chunks:
+                started = True
+                if self._lost:
+                    return False
+                if piece:
+                    if chunked:
+                        transport.writelines((chunk_size_line(len(piece)), piece, CRLF))
+                    else:
+                        transport.write(piece)
+                if self._write_paused:
+                    await self._drained()
+            if self._lost:
+                return False
+            if chunked:
+                transport.write(LAST_CHUNK)
+            return keep and chunked
+        finally:
+            self._streaming = False
+            if not started and reply.abandon is not None:
+                reply.abandon()
+            await chunks.aclose()
+
+    # -- the server's hooks --------------------------------------------------------------
+
+    def expire(self) -> None:
+        """The ticker found our deadline passed: say why if a request was under way, then close."""
+        self.deadline = 0.0
+        if self._task is not None and (not self._queue or self._queue[0].complete):
+            return  # a request is being answered; its own timeouts govern it
+        if self._in_head or (self._queue and not self._queue[0].complete):
+            self._stop_parsing(_RequestTimeout("The request was not received in time."))
+            return
+        self._close()
+
+    def shutdown(self) -> None:
+        """Graceful stop: finish what is being answered, take nothing new."""
+        self._closing = True
+        if self._task is None and not self._queue:
+            self._close()
+
+    def abort(self) -> None:
+        """The drain deadline passed: cut the connection and stop its work."""
+        if self._task is not None:
+            self._task.cancel()
+        if self._transport is not None:
+            self._transport.abort()
+
+
+class _Refuse(Exception):
+    """Raised inside a parser callback to stop parsing; carries the answer the client gets."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error

@@ -1,0 +1,149 @@
+"""The native OpenAI-compatible transport: pooled protocol connections instead of aiohttp's client.
+
+Same contract as ``OpenAITransport``: POST a body to ``base_url + path``, a complete reply or
+a stream, every failure a typed gateway error whose message names no URL. The request head
+that never changes (host, credentials, configured headers) is built once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+from ..core.config import Upstream
+from ..core.errors import Unavailable, UpstreamError, UpstreamTimeout
+from .base import Transport, UpstreamReply, UpstreamStream
+from .connection import Cut, Stalled, UpstreamConnection
+from .pool import Pool, PoolTimeout
+from .tls import tls_context
+
+
+def _translate(exc: BaseException) -> Exception:
+    if isinstance(exc, (Stalled, asyncio.TimeoutError)):
+        return UpstreamTimeout("The upstream model server did not answer in time.")
+    if isinstance(exc, PoolTimeout):
+        return Unavailable("Too many requests are waiting for this upstream; retry later.",
+                           code="upstream_busy", retry_after=1.0)
+    if isinstance(exc, OSError):  # refused, no route, TLS verification failed
+        return UpstreamError("The upstream model server is unreachable.", code="upstream_unreachable")
+    return UpstreamError("The upstream model server closed the connection unexpectedly.", code="upstream_disconnected")
+
+
+class _NativeStream(UpstreamStream):
+    __slots__ = ("_conn", "_pool")
+
+    def __init__(self, conn: UpstreamConnection, pool: Pool) -> None:
+        self._conn: UpstreamConnection | None = conn
+        self._pool = pool
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            while True:
+                piece = await conn.read()
+                if not piece:
+                    break
+                yield piece
+        except Stalled:
+            raise UpstreamTimeout("The upstream stopped sending in the middle of the stream.",
+                                  code="upstream_stream_stalled") from None
+        except Cut:
+            raise UpstreamError("The upstream stream ended before it was complete.", code="upstream_stream_cut") from None
+        self._conn = None
+        self._pool.release(conn)  # whole response read: the connection may carry another
+
+    def close(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            conn.close()
+            self._pool.release(conn)
+
+
+class NativeTransport(Transport):
+    """One backend at ``base_url`` over a bounded pool of kept-alive connections."""
+
+    def __init__(self, cfg: Upstream) -> None:
+        self.name = cfg.name
+        url = urlsplit(cfg.base_url)
+        tls = url.scheme == "https"
+        host = url.hostname or "127.0.0.1"
+        port = url.port or (443 if tls else 80)
+        self._prefix = url.path.rstrip("/").encode()
+        default_port = port == (443 if tls else 80)
+        headers = {"Host": host if default_port else f"{host}:{port}", "Content-Type": "application/json",
+                   "Accept": "application/json", **cfg.headers}
+        if cfg.api_key:
+            headers["Authorization"] = f"Bearer {cfg.api_key}"
+        self._head = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
+        self._read_timeout = cfg.read_timeout
+        self._total = cfg.total_timeout
+        self._pool = Pool(host, port, ssl_context=tls_context(cfg.tls_ca_file) if tls else None,
+                          limit=cfg.max_connections, connect_timeout=cfg.connect_timeout,
+                          pool_timeout=cfg.pool_timeout, idle_timeout=cfg.idle_timeout)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def pool(self) -> Pool:
+        """The connection pool (its size is observable in tests and metrics)."""
+        return self._pool
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._pool.start()
+
+    async def close(self) -> None:
+        self._pool.close()
+
+    def _request(self, path: str, body: bytes) -> bytes:
+        return b"".join((b"POST ", self._prefix, path.encode(), b" HTTP/1.1\r\n", self._head,
+                         b"Content-Length: %d\r\n\r\n" % len(body), body))
+
+    async def _exchange(self, path: str, body: bytes) -> UpstreamConnection:
+        """Send the request on a pooled connection and wait for the response head."""
+        loop = self._loop
+        assert loop is not None
+        deadline = loop.time() + self._total
+        try:
+            conn = await self._pool.acquire()
+        except Exception as exc:
+            raise _translate(exc) from None
+        request = self._request(path, body)
+        conn.send(request, self._read_timeout, deadline)
+        try:
+            await conn.head()
+        except BaseException as exc:
+            self._pool.release(conn)
+            if isinstance(exc, Exception):
+                raise _translate(exc) from None
+            raise
+        return conn
+
+    async def _read_all(self, conn: UpstreamConnection) -> bytes:
+        pieces = []
+        try:
+            while True:
+                piece = await conn.read()
+                if not piece:
+                    break
+                pieces.append(piece)
+        except Exception as exc:
+            raise _translate(exc) from None
+        finally:
+            self._pool.release(conn)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    async def send(self, path: str, body: bytes) -> UpstreamReply:
+        conn = await self._exchange(path, body)
+        status, retry_after = conn.status, conn.retry_after
+        return UpstreamReply(status, await self._read_all(conn), retry_after)
+
+    async def open_stream(self, path: str, body: bytes) -> UpstreamStream | UpstreamReply:
+        conn = await self._exchange(path, body)
+        if conn.status != 200:
+            status, retry_after = conn.status, conn.retry_after
+            return UpstreamReply(status, await self._read_all(conn), retry_after)
+        return _NativeStream(conn, self._pool)
