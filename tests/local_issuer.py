@@ -7,13 +7,13 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
+
+from support import LoopbackServer, QuietHandler
 
 
 def _b64(data: bytes) -> str:
@@ -30,7 +30,7 @@ class LocalIssuer:
         self.fetches = 0
         issuer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:  # noqa: N802
                 if self.path != "/jwks":
                     self.send_error(404)
@@ -43,15 +43,22 @@ class LocalIssuer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._http = LoopbackServer(Handler)
+        self.url = self._http.url
 
     def stop(self) -> None:
-        self._server.shutdown()
+        self._http.stop()
+
+    def rotate_ec(self, kid: str) -> None:
+        """Start signing ES256 with a new key, published beside the old one (an issuer's rotation)."""
+        self.ec = ECKey.generate_key("P-256", parameters={"kid": kid, "use": "sig"}, private=True)
+        self.jwks = {"keys": [*self.jwks["keys"], self.ec.as_dict(private=False)]}
+
+    @staticmethod
+    def stranger(claims: dict[str, Any], kid: str) -> str:
+        """ES256 under a key nobody publishes, with a kid nobody publishes."""
+        other = ECKey.generate_key("P-256", parameters={"kid": kid}, private=True)
+        return jwt.encode({"alg": "ES256", "kid": kid, "typ": "JWT"}, claims, other, algorithms=["ES256"])
 
     @staticmethod
     def claims(iss: str, aud: str, sub: str, ttl: int = 300, **extra: Any) -> dict[str, Any]:

@@ -7,7 +7,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +119,8 @@ class Gateway:
         self.admin_url = f"http://127.0.0.1:{self.admin_port}"
         self.proc = Proc([sys.executable, "-m", "sluice", "serve", "--config", str(self.config_path)],
                          tmp / f"gateway-{self.port}.log", env=env, cwd=tmp)
-        self.proc.wait_http(self.admin_url + "/readyz")
+        # 60 s, not 20: on a shared 2-core machine under `make test-stress` a start took longer than 20 s
+        self.proc.wait_http(self.admin_url + "/readyz", timeout=60.0)
 
     @property
     def v1(self) -> str:
@@ -155,3 +158,20 @@ def start_gateway(tmp: Path, *, upstreams: list[dict], models: list[dict], ident
     return Gateway(tmp, config, keys, admin_key, env)
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that keeps the test output clean (no access log on stderr)."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class LoopbackServer:
+    """A threaded HTTP server on a free loopback port, for small test doubles (an issuer, a proxy)."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()

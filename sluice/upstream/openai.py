@@ -66,6 +66,7 @@ class OpenAITransport(Transport):
         if cfg.api_key:
             headers["Authorization"] = f"Bearer {cfg.api_key}"
         self._headers = headers
+        self._secret = cfg.api_key.encode() if cfg.api_key else None
         self._timeout = aiohttp.ClientTimeout(
             total=cfg.total_timeout, connect=cfg.connect_timeout, sock_read=cfg.read_timeout
         )
@@ -91,7 +92,9 @@ class OpenAITransport(Transport):
         try:
             async with self._session.post(self._base + path, data=body) as resp:
                 data = await resp.read()
-                return UpstreamReply(resp.status, data, resp.headers.get("Retry-After"))
+                if resp.status != 200:
+                    return self._error_reply(resp.status, data, resp.headers.get("Retry-After"))
+                return UpstreamReply(200, data)
         except _ERRORS as exc:
             raise _translate(exc) from None
 
@@ -118,5 +121,12 @@ class OpenAITransport(Transport):
                 raise _translate(exc) from None
             finally:
                 resp.release()
-            return UpstreamReply(resp.status, data, resp.headers.get("Retry-After"))
+            return self._error_reply(resp.status, data, resp.headers.get("Retry-After"))
         return _AiohttpStream(resp)
+
+    def _error_reply(self, status: int, data: bytes, retry_after: str | None) -> UpstreamReply:
+        # Some providers repeat the credential they were sent in their error message, and a
+        # 400's message is relayed to the caller: our upstream key must never reach them.
+        if self._secret is not None and self._secret in data:
+            data = data.replace(self._secret, b"[redacted]")
+        return UpstreamReply(status, data, retry_after)

@@ -4,6 +4,7 @@ model through sluice; every malformed, expired, misdirected or forged token is r
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import openai
@@ -44,6 +45,7 @@ def fed(sim, tmp_path_factory):
              "rules": [{"match": {"repository": "acme/app", "ref": "refs/heads/main"}, "identity": "ci-deployer"}]},
         ]},
     )
+    g.started = time.monotonic()  # the key sets were fetched at start: a forced re-fetch waits 10 s after it
     yield g, issuer
     g.stop()
     issuer.stop()
@@ -125,7 +127,24 @@ def test_a_workload_token_is_not_itself_a_data_plane_credential(fed):
 
 def test_key_set_is_fetched_over_http_and_cached(fed):
     g, issuer = fed
+    assert issuer.fetches >= 1  # fetched at start, before any exchange of this test
     before = issuer.fetches
     for _ in range(5):
-        exchange(g, issuer.mint(issuer.claims(K8S, "sluice", "system:serviceaccount:payments:checkout")))
-    assert before >= 1 and issuer.fetches - before <= 1
+        r = exchange(g, issuer.mint(issuer.claims(K8S, "sluice", "system:serviceaccount:payments:checkout")))
+        assert r.status_code == 200 and r.json()["access_token"], r.text
+    assert issuer.fetches == before  # every one verified from the cached set
+
+
+def test_an_unknown_kid_refetches_the_key_set_once_and_no_more(fed):
+    g, issuer = fed
+    time.sleep(max(g.started + 10.5 - time.monotonic(), 0))  # past the 10 s floor between forced re-fetches
+    issuer.rotate_ec("ec-2")
+    before = issuer.fetches
+    svid = issuer.mint(issuer.claims(SPIFFE, "sluice", "spiffe://example.org/ns/ml/sa/trainer"), alg="ES256")
+    r = exchange(g, svid)  # signed by a key the cached set does not hold yet
+    assert r.status_code == 200 and r.json()["access_token"], r.text
+    assert issuer.fetches - before == 1
+    for n in range(5):  # unknown kids in a burst do not hammer the issuer
+        bad = issuer.stranger(issuer.claims(SPIFFE, "sluice", "spiffe://example.org/ns/ml/sa/trainer"), f"nope-{n}")
+        assert exchange(g, bad).status_code == 401
+    assert issuer.fetches - before == 1

@@ -137,14 +137,16 @@ def test_prod_token_is_bound_to_prod(gw):
 
 
 def test_tokens_expire(sim, tmp_path):
+    # A 5 s lifetime, not 2: the first use must land inside it even on a loaded machine; the
+    # wait is then measured from the token's own exp claim, so it is exact however long it took.
     g = start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
                       models=[{"name": "sim-small", "upstream": "sim"}],
                       identities=[{"name": "a", "owner": "o", "models": ["*"]}],
-                      extra={"tokens": {"default_ttl_s": 2, "max_ttl_s": 2}})
+                      extra={"tokens": {"default_ttl_s": 5, "max_ttl_s": 5}})
     try:
         token = exchange(g, g.keys["a"]).json()["access_token"]
         assert g.post("/v1/chat/completions", token, json=CHAT).status_code == 200
-        time.sleep(2.3)
+        time.sleep(max(claims(token)["exp"] - time.time() + 0.3, 0))
         r = g.post("/v1/chat/completions", token, json=CHAT)
         assert r.status_code == 401 and r.json()["error"]["code"] in ("expired_token", "invalid_token")
     finally:
@@ -163,12 +165,141 @@ def test_signing_key_rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the
     assert {kid(old), kid(new)} <= {k["kid"] for k in httpx.get(gw.url + "/.well-known/jwks.json").json()["keys"]}
 
 
-def test_signing_keys_rest_sealed_in_the_store(gw):
+def test_signing_keys_rest_sealed_under_the_pepper_and_open_only_with_it(gw):
     import sqlite3
 
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from sluice.identity.tokens import Sealer
+    from support import PEPPER
+
     db = sqlite3.connect(gw.tmp / "sluice.db")
-    rows = db.execute("select private_sealed, public_jwk from signing_keys").fetchall()
+    rows = db.execute("select kid, private_sealed, public_jwk from signing_keys").fetchall()
     db.close()
     assert rows
-    for sealed, public in rows:
-        assert "PRIVATE KEY" not in sealed and '"d"' not in public
+    for kid, sealed, public in rows:
+        with pytest.raises(InvalidTag):
+            Sealer(b"not-the-pepper").open(sealed)
+        private = load_pem_private_key(Sealer(PEPPER.encode()).open(sealed), password=None)
+        numbers = private.public_key().public_numbers()
+        jwk = json.loads(public)
+        assert "d" not in jwk and jwk["kid"] == kid
+        assert int.from_bytes(base64.urlsafe_b64decode(jwk["x"] + "=="), "big") == numbers.x  # the published half of it
+
+
+def test_exchange_refuses_revoked_expired_and_control_keys_and_disabled_identities(gw):
+    ident = gw.admin("POST", "/admin/identities", json={"name": f"ex-{time.time_ns() % 10**9}", "owner": "o",
+                                                        "models": ["sim-small"]}).json()
+    revoked = gw.admin("POST", f"/admin/identities/{ident['id']}/keys", json={}).json()
+    gw.admin("POST", f"/admin/keys/{revoked['id']}/revoke")
+    r = exchange(gw, revoked["key"])
+    assert r.status_code == 401 and "access_token" not in r.text
+    expiring = gw.admin("POST", f"/admin/identities/{ident['id']}/keys", json={"ttl_days": 1 / 86400}).json()
+    time.sleep(1.2)
+    r = exchange(gw, expiring["key"])
+    assert r.status_code == 401 and r.json()["error"]["code"] == "expired_api_key"
+    auditor = gw.admin("POST", "/admin/identities", json={"name": f"exa-{time.time_ns() % 10**9}", "owner": "o",
+                                                          "roles": ["auditor"]}).json()
+    control = gw.admin("POST", f"/admin/identities/{auditor['id']}/keys", json={"plane": "control"}).json()
+    r = exchange(gw, control["key"])
+    assert r.status_code == 401 and r.json()["error"]["code"] == "wrong_plane"
+    assert exchange(gw, gw.admin_key).status_code == 401  # the break-glass keys are control keys too
+    live = gw.admin("POST", f"/admin/identities/{ident['id']}/keys", json={}).json()
+    assert exchange(gw, live["key"]).status_code == 200
+    gw.admin("DELETE", f"/admin/identities/{ident['id']}")
+    r = exchange(gw, live["key"])
+    assert r.status_code == 401 and "access_token" not in r.text
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unsigned(head: dict, body: dict) -> str:
+    return _b64(json.dumps({**head, "alg": "none"}).encode()) + "." + _b64(json.dumps(body).encode()) + "."
+
+
+def _hs256_with_the_public_key(head: dict, body: dict, public_jwk: dict) -> str:
+    import hashlib
+    import hmac
+
+    h = _b64(json.dumps({**head, "alg": "HS256"}).encode()) + "." + _b64(json.dumps(body).encode())
+    return h + "." + _b64(hmac.new(json.dumps(public_jwk).encode(), h.encode(), hashlib.sha256).digest())
+
+
+def _foreign_es256(head: dict, body: dict) -> str:
+    from joserfc import jwt as jose_jwt
+    from joserfc.jwk import ECKey
+
+    stranger = ECKey.generate_key("P-256", parameters={"kid": head["kid"]}, private=True)
+    return jose_jwt.encode(head, body, stranger, algorithms=["ES256"])
+
+
+@pytest.mark.parametrize("forge", ["alg none", "hs256 with the public key", "a foreign key claiming our kid"])
+def test_our_own_tokens_refuse_alg_none_hs256_and_a_foreign_key(gw, forge):
+    token = exchange(gw, gw.keys["app"]).json()["access_token"]
+    head = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    body = claims(token)
+    body["jti"] = "forged"  # not a token the gateway has already seen and cached
+    public = next(k for k in httpx.get(gw.url + "/.well-known/jwks.json").json()["keys"] if k["kid"] == head["kid"])
+    forged = {"alg none": lambda: _unsigned(head, body),
+              "hs256 with the public key": lambda: _hs256_with_the_public_key(head, body, public),
+              "a foreign key claiming our kid": lambda: _foreign_es256(head, body)}[forge]()
+    assert gw.post("/v1/chat/completions", token, json=CHAT).status_code == 200  # the genuine one works
+    r = gw.post("/v1/chat/completions", forged, json=CHAT)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_token", r.text
+
+
+def test_a_default_token_lifetime_above_the_cap_is_refused_by_the_config_check(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = tmp_path / "sluice.yaml"
+    cfg.write_text(yaml.safe_dump({"security": {"pepper": "p" * 32}, "tokens": {"default_ttl_s": 7200, "max_ttl_s": 3600}}))
+    r = subprocess.run([sys.executable, "-m", "sluice", "config", "check", str(cfg)], capture_output=True, text=True)
+    assert r.returncode != 0 and "default_ttl_s" in r.stdout + r.stderr
+    cfg.write_text(yaml.safe_dump({"security": {"pepper": "p" * 32}, "tokens": {"default_ttl_s": 600, "max_ttl_s": 3600}}))
+    r = subprocess.run([sys.executable, "-m", "sluice", "config", "check", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_signing_key_past_its_rotation_time_is_replaced_and_a_retired_one_leaves_the_key_set(sim, tmp_path):
+    """Time is moved by editing the stored key's rotation and expiry times between two starts
+    (the minimum rotation period is 60 s); the rotation itself is the gateway's own."""
+    import sqlite3
+
+    def start():
+        return start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
+                             models=[{"name": "sim-small", "upstream": "sim"}],
+                             identities=[{"name": "a", "owner": "o", "models": ["*"], "keys": [key]}])
+
+    from sluice.identity import generate
+    key = generate("dev")
+    g = start()
+    first = httpx.get(g.url + "/.well-known/jwks.json").json()["keys"]
+    assert g.stop() == 0
+    db = sqlite3.connect(tmp_path / "sluice.db")
+    now = time.time()
+    with db:
+        db.execute("update signing_keys set retire_at = ?, expires_at = ?", (now - 1, now + 3600))  # due, still published
+    g = start()
+    try:
+        second = [k["kid"] for k in httpx.get(g.url + "/.well-known/jwks.json").json()["keys"]]
+        token = exchange(g, key).json()["access_token"]
+        kid = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))["kid"]
+        assert kid != first[0]["kid"] and set(second) == {first[0]["kid"], kid}  # rotated; the old one still verifies
+    finally:
+        assert g.stop() == 0
+    with db:
+        db.execute("update signing_keys set expires_at = ? where kid = ?", (now - 1, first[0]["kid"]))  # past its last token
+    db.close()
+    g = start()
+    try:
+        third = [k["kid"] for k in httpx.get(g.url + "/.well-known/jwks.json").json()["keys"]]
+        assert third == [kid]  # retired and gone from the key set; the current one carried over the restart
+        assert g.post("/v1/chat/completions", token, json=CHAT).status_code == 200
+    finally:
+        g.stop()

@@ -13,6 +13,7 @@ import pytest
 from support import Sim, start_gateway
 
 WINDOW = 1.0
+SAFE_RPM = 120  # two a second: enough admissions after the throttle to tell a rate from a block
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def rig(tmp_path_factory):
                  "capacity": {"concurrency": 4, "queue": 64, "queue_timeout_s": 10}}],
         identities=[{"name": "spiky", "owner": "o", "models": ["*"]}, {"name": "steady", "owner": "o", "models": ["*"]}],
         extra={"limits": {"anomaly": {"window_s": WINDOW, "baseline_windows": 5, "warmup_windows": 2, "multiple": 4,
-                                      "min_tokens": 10, "safe_requests_per_minute": 30, "cooldown_s": 30}}},
+                                      "min_tokens": 10, "safe_requests_per_minute": SAFE_RPM, "cooldown_s": 30}}},
     )
     yield g, s
     g.stop()
@@ -72,10 +73,19 @@ def test_a_tenfold_spike_is_throttled_and_the_neighbour_keeps_its_latency(rig):
     refused = sorted(t for t, code, _ in spike_spiky if code == 429)
     assert refused, "the spike was never throttled"
     assert refused[0] - spike_start < 1.5 * WINDOW, "throttled too late"
+    # held to the safe rate, not blocked: what it sent after the first refusal was admitted at
+    # about SAFE_RPM / 60 a second (at least half of it, for a loaded machine; at most that plus a burst)
+    after = [code for t, code, _ in spike_spiky if t > refused[0]]
+    held_for = max(t for t, _, _ in spike_spiky) - refused[0]
+    admitted, rate = after.count(200), SAFE_RPM / 60
+    assert rate * held_for * 0.5 <= admitted <= rate * held_for + 2, (admitted, held_for)
+    assert after.count(429) > admitted  # and refused above it
     assert all(code == 200 for _, code, _ in spike_steady)
     baseline = statistics.median(lat for _, _, lat in base_steady)
     during = statistics.median(lat for t, _, lat in spike_steady if t > refused[0])
-    assert during <= 1.2 * baseline, (during, baseline)
+    # 50 ms of absolute slack for scheduler noise on ~50 ms requests (a busy machine added 12 ms to
+    # the median once); a starved neighbour would wait whole request times behind the spike's queue
+    assert during <= 1.2 * baseline + 0.05, (during, baseline)
 
     throttles = g.admin("GET", "/admin/throttles").json()["data"]
     assert [t["identity"] for t in throttles] == ["cfg-spiky"]

@@ -56,14 +56,22 @@ def test_a_light_caller_is_not_starved_behind_a_heavy_one(fair):
     assert slowest_heavy > 5 * one
 
 
-def test_a_full_queue_is_429_and_a_missed_deadline_is_503(fair):
+def test_a_full_queue_is_429_and_a_missed_deadline_is_503_both_with_retry_after(fair):
     g, _ = fair
 
-    async def scenario() -> list[int]:
-        async with httpx.AsyncClient(timeout=60) as c:
-            rs = await asyncio.gather(*[_post(c, g, "heavy", "m-tight", 60) for _ in range(4)])
-        return sorted(code for code, _ in rs)
+    async def one(c: httpx.AsyncClient) -> httpx.Response:
+        return await c.post(g.v1 + "/chat/completions", headers={"Authorization": f"Bearer {g.keys['heavy']}"},
+                            json={"model": "m-tight", "max_tokens": 60, "messages": [{"role": "user", "content": "x"}]})
 
-    codes = asyncio.run(scenario())
+    async def scenario() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as c:
+            return await asyncio.gather(*[one(c) for _ in range(4)])
+
+    rs = asyncio.run(scenario())
+    codes = sorted(r.status_code for r in rs)
     assert codes.count(200) == 1  # one slot, 600 ms; the one queued waits 300 ms and gives up
     assert 429 in codes and 503 in codes
+    for r in rs:
+        if r.status_code in (429, 503):
+            assert int(r.headers["Retry-After"]) >= 1, r.headers
+            assert r.json()["error"]["code"] in ("capacity_exceeded", "capacity_timeout")

@@ -13,34 +13,51 @@ from support import start_gateway
 CHAT = {"model": "sim-small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
-def test_an_operator_changes_limits_and_the_next_request_obeys(gw):
+EMBED = {"model": "sim-embed", "input": "x"}
+LOOSE = [{"name": "loose", "match": {"model": "sim-embed"}, "requests_per_minute": 1000}]
+
+
+def _embed_statuses(g, n: int) -> list[int]:
+    return [g.post("/v1/embeddings", g.keys["app"], json=EMBED).status_code for _ in range(n)]
+
+
+def test_an_operator_replaces_limits_the_next_request_obeys_and_the_change_records_before_and_after(gw):
     op = gw.admin("POST", "/admin/identities", json={"name": f"ops-{time.time_ns() % 10**9}", "owner": "sre@example.com",
                                                      "roles": ["operator"]}).json()
     key = gw.admin("POST", f"/admin/identities/{op['id']}/keys", json={"plane": "control"}).json()["key"]
     auth = {"Authorization": f"Bearer {key}"}
-    rules = [{"name": "tight", "match": {"model": "sim-embed"}, "requests_per_minute": 2}]
-    r = httpx.put(gw.admin_url + "/admin/limits", headers=auth, json={"rules": rules})
-    assert r.status_code == 200, r.text
+    assert httpx.put(gw.admin_url + "/admin/limits", headers=auth, json={"rules": LOOSE}).status_code == 200
+    tight = [{"name": "tight", "match": {"model": "sim-embed"}, "requests_per_minute": 2}]
     try:
-        got = [gw.post("/v1/embeddings", gw.keys["app"], json={"model": "sim-embed", "input": "x"}).status_code
-               for _ in range(3)]
-        assert got == [200, 200, 429]
-        assert httpx.get(gw.admin_url + "/admin/limits", headers=auth).json()["rules"][0]["name"] == "tight"
-        change = gw.admin("GET", "/admin/changes?limit=20").json()["data"]
-        assert any(c["action"] == "limits.replace" and c["actor"] == op["name"] for c in change)
+        r = httpx.put(gw.admin_url + "/admin/limits", headers=auth, json={"rules": tight})
+        assert r.status_code == 200, r.text
+        assert _embed_statuses(gw, 3) == [200, 200, 429]
+        assert [x["name"] for x in httpx.get(gw.admin_url + "/admin/limits", headers=auth).json()["rules"]] == ["tight"]
+        changes = gw.admin("GET", "/admin/changes?limit=50").json()["data"]
+        change = next(c for c in changes if c["action"] == "limits.replace" and c["actor"] == op["name"])  # newest first
+        assert [x["name"] for x in change["detail"]["from"]] == ["loose"]
+        assert [x["name"] for x in change["detail"]["to"]] == ["tight"]
+        assert change["detail"]["to"][0]["requests_per_minute"] == 2
     finally:
         assert httpx.put(gw.admin_url + "/admin/limits", headers=auth, json={"rules": []}).status_code == 200
-    assert gw.post("/v1/embeddings", gw.keys["app"], json={"model": "sim-embed", "input": "x"}).status_code == 200
+    assert _embed_statuses(gw, 1) == [200]
 
 
 def test_invalid_limits_are_refused_and_change_nothing(gw):
-    for body in ({"rules": [{"name": "x", "requests_per_minute": 0}]},
-                 {"rules": [{"name": "x"}, {"name": "x"}]},
-                 {"rules": [{"name": "bad name!"}]},
-                 {"rules": "none"}):
-        r = gw.admin("PUT", "/admin/limits", json=body)
-        assert r.status_code == 400, body
-    assert gw.admin("GET", "/admin/limits").json()["rules"] == []
+    r = gw.admin("PUT", "/admin/limits", json={"rules": LOOSE})
+    assert r.status_code == 200
+    standing = r.json()["rules"]
+    try:
+        for body in ({"rules": [{"name": "x", "requests_per_minute": 0}]},
+                     {"rules": [{"name": "x"}, {"name": "x"}]},
+                     {"rules": [{"name": "bad name!"}]},
+                     {"rules": "none"}):
+            r = gw.admin("PUT", "/admin/limits", json=body)
+            assert r.status_code == 400, body
+        assert gw.admin("GET", "/admin/limits").json()["rules"] == standing
+        assert standing[0]["requests_per_minute"] == 1000
+    finally:
+        assert gw.admin("PUT", "/admin/limits", json={"rules": []}).status_code == 200
 
 
 def test_sighup_reloads_limits_from_the_config_file(sim, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 
 import httpx
@@ -37,14 +38,29 @@ def limit_config(backend: str, **extra) -> dict:
         {"name": "team", "per": ["team"], "match": {"model": "m-team"}, "requests_per_minute": 3},
         {"name": "two-id", "match": {"model": "m-two"}, "requests_per_minute": 100},
         {"name": "two-model", "per": ["model"], "match": {"model": "m-two"}, "requests_per_minute": 4},
+        # 1200 output tokens a minute refill 20 a second: after one 620-token reservation a second
+        # one is 40 tokens short, so its retry-after is about two seconds (less what refilled between)
+        {"name": "retry", "match": {"model": "m-retry"}, "output_tokens_per_minute": 1200},
+        {"name": "month", "match": {"model": "m-month"}, "spend_per_month": 30.0},
+        {"name": "settle", "match": {"model": "m-settle"}, "output_tokens_per_minute": 1500},
+        {"name": "n", "match": {"model": "m-n"}, "output_tokens_per_minute": 50},
+        {"name": "cap", "match": {"model": "m-cap"}, "output_tokens_per_minute": 500},
+        {"name": "cached", "match": {"model": "m-cache"}, "spend_per_day": 1200.0},
+        {"name": "bpe", "match": {"model": "m-gpt"}, "input_tokens_per_minute": 50},
+        {"name": "chars", "match": {"model": "m-chars"}, "input_tokens_per_minute": 50},
     ]
     return {"limits": {"backend": backend, "redis_url": REDIS_URL, "key_prefix": f"t{uuid.uuid4().hex[:8]}:",
-                       "rules": rules, **extra},
-            "prices": {"m-spend": {"input": 0.0, "output": 1_000_000.0}},  # 1.00 per output token
+                       "max_tokens_cap": CAP, "rules": rules, **extra},
+            "prices": {"m-spend": {"input": 0.0, "output": 1_000_000.0},  # 1.00 per output token
+                       "m-month": {"input": 0.0, "output": 1_000_000.0},
+                       # 1.00 per uncached input token, nothing for cached ones or output
+                       "m-cache": {"input": 1_000_000.0, "cached_input": 0.0, "output": 0.0}},
             "teams": [{"name": "blue", "owner": "o"}]}
 
 
-MODELS = ["m-rpm", "m-itpm", "m-otpm", "m-conc", "m-spend", "m-team", "m-two", "m-free"]
+MODELS = ["m-rpm", "m-itpm", "m-otpm", "m-conc", "m-spend", "m-team", "m-two", "m-free", "m-retry", "m-month",
+          "m-settle", "m-n", "m-cap", "m-cache", "m-chars"]
+CAP = 1000
 
 
 @pytest.fixture(scope="module", params=["memory", "redis"])
@@ -55,7 +71,8 @@ def lim(request, tmp_path_factory):
     s = Sim(tmp)
     g = start_gateway(
         tmp, upstreams=[{"name": "sim", "base_url": s.url + "/v1"}],
-        models=[{"name": m, "upstream": "sim", "upstream_model": "sim-small"} for m in MODELS],
+        models=[*({"name": m, "upstream": "sim", "upstream_model": "sim-small"} for m in MODELS),
+                {"name": "m-gpt", "upstream": "sim", "upstream_model": "gpt-4o-mini"}],  # counted with its real tokenizer
         identities=[{"name": "a", "owner": "o", "models": ["*"], "team": "blue"},
                     {"name": "b", "owner": "o", "models": ["*"], "team": "blue"},
                     {"name": "c", "owner": "o", "models": ["*"]}],
@@ -129,6 +146,88 @@ def test_a_spent_budget_is_refused_before_the_upstream(lim):
     assert "spend per day" in r.json()["error"]["message"]
 
 
+def test_a_spent_monthly_budget_is_refused_before_the_upstream(lim):
+    g, s = lim
+    before = s.stats()["chat_requests"]
+    assert statuses(g, g.keys["a"], "m-month", 5, max_tokens=10) == [200, 200, 200, 429, 429]  # 10.00 each of 30.00
+    assert s.stats()["chat_requests"] - before == 3
+    assert "spend per month" in chat(g, g.keys["a"], "m-month", max_tokens=10).json()["error"]["message"]
+
+
+def _short_answer(s: Sim) -> tuple[str, int]:
+    """A prompt the sim answers, by its own choice, in far fewer tokens than 900."""
+    for i in range(50):
+        prompt = f"settle probe {i}"
+        r = httpx.post(s.url + "/v1/chat/completions", json={"model": "sim-small", "max_tokens": 900,
+                                                              "messages": [{"role": "user", "content": prompt}]})
+        if r.json()["usage"]["completion_tokens"] < 200:
+            return prompt, r.json()["usage"]["completion_tokens"]
+    raise AssertionError("no short natural answer found")
+
+
+def test_a_request_reserves_max_tokens_then_settles_to_what_the_upstream_reported(lim):
+    g, s = lim
+    prompt, produced = _short_answer(s)
+    first = chat(g, g.keys["a"], "m-settle", content=prompt, max_tokens=900)  # reserves 900 of 1500
+    assert first.status_code == 200 and first.json()["usage"]["completion_tokens"] == produced
+    assert int(first.headers["x-ratelimit-remaining-tokens"]) == 1500 - 900
+    # Had the 900 stayed reserved, 600 would be left and this would be refused; settled, it fits.
+    second = chat(g, g.keys["a"], "m-settle", content=prompt, max_tokens=900)
+    assert second.status_code == 200, second.text
+    left = int(second.headers["x-ratelimit-remaining-tokens"])
+    assert 1500 - produced - 900 <= left <= 1500 - produced - 900 + 100, (left, produced)  # + refill meanwhile
+
+
+def test_a_request_reserves_max_tokens_times_n(lim):
+    g, _ = lim
+    ask = {"model": "m-n", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    r = g.post("/v1/chat/completions", g.keys["a"], json={**ask, "n": 6})
+    assert r.status_code == 429 and "this request needs 60" in r.json()["error"]["message"]
+    r = g.post("/v1/chat/completions", g.keys["b"], json={**ask, "n": 4})
+    assert r.status_code == 200 and len(r.json()["choices"]) == 4
+
+
+def test_a_request_without_max_tokens_reserves_the_cap(lim):
+    g, _ = lim
+    r = g.post("/v1/chat/completions", g.keys["a"], json={"model": "m-cap", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 429 and f"this request needs {CAP}" in r.json()["error"]["message"]
+    assert chat(g, g.keys["a"], "m-cap", max_tokens=100).status_code == 200
+
+
+@pytest.mark.xfail(strict=True, reason="bug: settling prices every prompt token at the input price; the upstream's "
+                   "prompt_tokens_details.cached_tokens is never read (wire.TokenUsage lacks it, Settle passes no "
+                   "cached count to PriceTable.cost)")
+def test_cached_input_tokens_are_charged_at_the_cached_price(lim):
+    g, s = lim
+    prompt = " ".join(f"c{i}" for i in range(399))  # 400 prompt tokens for the sim, 24 blocks of 16 cached on a repeat
+    got = []
+    for _ in range(3):
+        r = chat(g, g.keys["a"], "m-cache", content=prompt, max_tokens=2)
+        got.append((r.status_code, (r.json().get("usage") or {}).get("prompt_tokens_details")))
+    # Each request reserves ~580.00 (its estimated prompt at the full price) of 1200.00 a day. The first
+    # costs 400.00; a repeat 16.00 (384 cached tokens free), so a third still fits. At the full price the
+    # second would cost 400.00 too and leave 400.00, too little for the third.
+    assert [status for status, _ in got] == [200, 200, 200], got
+    assert got[1][1]["cached_tokens"] == 384
+
+
+def _needs(r: httpx.Response) -> str:
+    assert r.status_code == 429, r.text
+    return r.json()["error"]["message"].split("this request needs ")[1].split(".")[0]
+
+
+def test_openai_models_are_counted_with_their_real_tokenizer_and_others_estimated(lim):
+    import bpe_openai
+
+    g, _ = lim
+    text = "hello " * 100
+    exact = len(bpe_openai.get_encoding(bpe_openai.encoding_name_for_model("gpt-4o-mini")).encode(text)) + 4
+    estimated = (len(text) + 3) // 4 + 4  # four characters a token, four a message
+    assert exact != estimated
+    assert _needs(chat(g, g.keys["a"], "m-gpt", content=text)) == str(exact)
+    assert _needs(chat(g, g.keys["a"], "m-chars", content=text)) == str(estimated)
+
+
 def test_team_limits_are_shared_by_the_team(lim):
     g, _ = lim
     got = [chat(g, g.keys[k], "m-team").status_code for k in ("a", "b", "a", "b")]
@@ -175,16 +274,32 @@ def test_unlimited_models_have_no_limit_headers(lim):
     assert r.status_code == 200 and "x-ratelimit-limit-requests" not in r.headers
 
 
-def test_the_sdk_retries_on_429_using_the_headers(lim):
+def test_the_sdk_retries_on_429_after_the_retry_after_ms_it_was_given_and_then_succeeds(lim):
     import openai
 
     g, s = lim
-    client = openai.OpenAI(base_url=g.v1, api_key=g.keys["c"], max_retries=0)
-    for _ in range(5):
-        client.chat.completions.create(model="m-itpm", messages=[{"role": "user", "content": EXACT}], max_tokens=2)
-    with pytest.raises(openai.RateLimitError) as info:
-        client.chat.completions.create(model="m-itpm", messages=[{"role": "user", "content": EXACT}], max_tokens=2)
-    assert info.value.response.headers["x-ratelimit-remaining-tokens"] is not None
+    sent: list[float] = []  # when each attempt left
+    seen: list[tuple[float, int, str | None]] = []  # (when, status, retry-after-ms) of each answer
+
+    def record(response: httpx.Response) -> None:
+        seen.append((time.monotonic(), response.status_code, response.headers.get("retry-after-ms")))
+
+    http = httpx.Client(event_hooks={"request": [lambda _: sent.append(time.monotonic())], "response": [record]},
+                        timeout=30)
+    client = openai.OpenAI(base_url=g.v1, api_key=g.keys["c"], max_retries=2, http_client=http)
+    ask = {"model": "m-retry", "messages": [{"role": "user", "content": "x"}], "max_tokens": 620}
+    assert client.chat.completions.create(**ask).usage.completion_tokens == 620
+    before = s.stats()["chat_requests"]
+    answer = client.chat.completions.create(**ask)  # 40 tokens short: refused once, then retried
+    assert answer.usage.completion_tokens == 620
+    statuses = [status for _, status, _ in seen[1:]]
+    assert statuses[0] == 429 and statuses[-1] == 200, statuses
+    waited_ms = (sent[2] - seen[1][0]) * 1000  # from the 429 arriving to the retry leaving
+    promised_ms = int(seen[1][2])
+    assert 200 <= promised_ms <= 2100, promised_ms
+    assert waited_ms >= promised_ms * 0.95, (waited_ms, promised_ms)  # the SDK slept what it was told
+    assert s.stats()["chat_requests"] - before == 1  # the refusal never reached the upstream
+    http.close()
 
 
 @pytest.mark.parametrize("mode,expected", [("closed", 503), ("open", 200)])

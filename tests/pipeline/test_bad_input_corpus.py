@@ -99,7 +99,8 @@ def test_bad_request_gets_a_clear_error(gw, sim, case):
     assert gw.keys["app"] not in text
 
 
-def test_corpus_is_large_enough():
+def test_the_corpus_itself_holds_at_least_50_cases():
+    """A check of this file's own list, not of the gateway: the corpus must not quietly shrink."""
     assert len(CASES) >= 50
 
 

@@ -51,7 +51,7 @@ def test_zero_capacity_disables_caching() -> None:
 
 
 async def test_second_identical_long_prompt_is_cached_and_starts_sooner(start_sim: StartSim) -> None:
-    sim = await start_sim(prefill_ms_per_token=0.5, block_tokens=16)
+    sim = await start_sim(prefill_ms_per_token=2.0, block_tokens=16)
     client = sim.client()
     messages = user(long_prompt(399))  # 400 prompt tokens with the role
 
@@ -73,9 +73,10 @@ async def test_second_identical_long_prompt_is_cached_and_starts_sooner(start_si
     warm_ttft, _, warm_cached = await ttft_and_usage()
     assert prompt_tokens == 400 and cold_cached == 0
     assert warm_cached == 384  # 24 full blocks of 16 before the last token
-    # Cold prefill is 400 x 0.5 ms = 200 ms; warm is 16 x 0.5 ms = 8 ms.
-    assert cold_ttft >= 0.19
-    assert warm_ttft < cold_ttft - 0.12
+    # Cold prefill is 400 x 2 ms = 800 ms; warm is 16 x 2 ms = 32 ms. Compared as a ratio of the
+    # cold run in the same test, with room for a loaded machine to add ~350 ms to the warm one.
+    assert cold_ttft >= 0.79
+    assert warm_ttft < 0.5 * cold_ttft, (warm_ttft, cold_ttft)
     stats = await sim.stats()
     assert stats["prefix_cache_lookups"] == 2 and stats["prefix_cache_hits"] == 1
     assert stats["prefix_cache_hit_tokens"] == 384

@@ -72,8 +72,10 @@ async def test_tokens_are_paced_by_the_decode_delay(start_sim: StartSim) -> None
             arrivals.append(time.perf_counter())
     assert len(arrivals) == 11
     span = arrivals[-1] - arrivals[0]
-    # Ten gaps of 20 ms: tokens arrive spread out, not in one burst at the end.
-    assert 0.18 <= span < 0.6
+    # Ten gaps of 20 ms: tokens arrive spread out, not in one burst at the end. The sim sleeps to
+    # deadlines, so a loaded machine delays the last token, not each gap; only a pace several
+    # times wrong passes the upper bound.
+    assert 0.18 <= span < 1.0
     assert arrivals[1] - arrivals[0] >= 0.01
 
 

@@ -7,7 +7,6 @@ outage is written."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,95 +17,12 @@ import httpx
 import pytest
 
 from pg_databases import PG_ADMIN, drop_pg_database, fresh_pg_database
-from support import Gateway, Sim, free_port, start_gateway
+from support import Gateway, Sim, start_gateway
+from tcp_proxy import TcpProxy
 
 _PG = urlsplit(PG_ADMIN)
 PG_HOST, PG_PORT = _PG.hostname or "127.0.0.1", _PG.port or 5432  # what the proxy forwards to
 CHAT = {"model": "sim-small", "messages": [{"role": "user", "content": "say something"}], "max_tokens": 4}
-
-
-class PgProxy:
-    """A TCP proxy to Postgres on a free loopback port, run by an asyncio loop in its own thread.
-
-    ``stop()`` is a hard outage: the listener closes (new connections are refused) and every
-    live connection is aborted. ``blackhole()`` is a silent one: live connections are aborted
-    and new ones are accepted but never answered. ``start()`` restores forwarding.
-    """
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = free_port()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="pg-proxy", daemon=True)
-        self._thread.start()
-        self._server: asyncio.base_events.Server | None = None
-        self._live: set[asyncio.StreamWriter] = set()
-        self._swallow = False
-
-    def _call(self, coro) -> None:
-        asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
-
-    def start(self) -> None:
-        self._call(self._start())
-
-    def stop(self) -> None:
-        self._call(self._stop(keep_listening=False))
-
-    def blackhole(self) -> None:
-        self._call(self._stop(keep_listening=True))
-
-    def close(self) -> None:
-        self.stop()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
-
-    async def _start(self) -> None:
-        self._swallow = False
-        self._abort_all()  # whatever the black hole held
-        if self._server is None:
-            self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
-
-    async def _stop(self, keep_listening: bool) -> None:
-        self._swallow = keep_listening
-        server = None if keep_listening else self._server
-        if server is not None:
-            server.close()
-            self._server = None
-        self._abort_all()
-        if server is not None:
-            await server.wait_closed()
-
-    def _abort_all(self) -> None:
-        for w in list(self._live):
-            w.transport.abort()
-        self._live.clear()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._live.add(writer)
-        if self._swallow:
-            await reader.read()  # held open and silent until the proxy aborts it
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            self._live.discard(writer)
-            return
-        self._live.add(up_writer)
-        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
-        self._live.discard(writer)
-        self._live.discard(up_writer)
-
-    @staticmethod
-    async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while data := await src.read(65536):
-                dst.write(data)
-                await dst.drain()
-        except (OSError, ConnectionError):
-            pass
-        finally:
-            dst.transport.abort()
 
 
 def pg(coro_fn, *args):
@@ -131,7 +47,7 @@ async def _count_ok_usage(name: str) -> int:
 
 
 class Rig:
-    def __init__(self, gateway: Gateway, proxy: PgProxy, database: str) -> None:
+    def __init__(self, gateway: Gateway, proxy: TcpProxy, database: str) -> None:
         self.gw, self.proxy, self.database = gateway, proxy, database
         self.key = gateway.keys["app"]
         self.served = 0  # chat completions answered 200, all of which must reach the ledger
@@ -158,7 +74,7 @@ class Rig:
 @pytest.fixture()
 def rig(sim: Sim, tmp_path: Path) -> Iterator[Rig]:
     database = pg(_create_database)
-    proxy = PgProxy((PG_HOST, PG_PORT))
+    proxy = TcpProxy((PG_HOST, PG_PORT))
     proxy.start()
     gateway = None
     try:

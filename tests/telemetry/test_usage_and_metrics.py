@@ -10,8 +10,9 @@ import time
 
 import httpx
 import openai
+import pytest
 
-from support import start_gateway
+from support import Sim, start_gateway
 
 CHAT = {"model": "sim-small", "messages": [{"role": "user", "content": "hello usage"}], "max_tokens": 7}
 
@@ -36,11 +37,61 @@ def test_non_streaming_and_streaming_requests_record_real_tokens(gw):
     assert plain[0]["identity_id"] == app_id and plain[0]["upstream"] == "sim"
 
 
-def test_refused_requests_are_recorded_too(gw):
+@pytest.fixture()
+def rig(tmp_path):
+    """A sim of its own (faults are global to a sim), paced so a client can leave mid-stream."""
+    s = Sim(tmp_path, **{"decode-ms": 2})
+    g = start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": s.url + "/v1"}],
+                      models=[{"name": "sim-small", "upstream": "sim"},
+                              {"name": "one-a-minute", "upstream": "sim", "upstream_model": "sim-small"}],
+                      identities=[{"name": "a", "owner": "o", "models": ["*"]}],
+                      extra={"limits": {"rules": [{"name": "one", "match": {"model": "one-a-minute"},
+                                                   "requests_per_minute": 1}]}})
+    yield g, s
+    g.stop()
+    s.stop()
+
+
+def test_every_request_leaves_one_usage_record_whatever_its_outcome(rig):
+    g, s = rig
     since = time.time()
-    gw.post("/v1/chat/completions", "slk_dev_nope", json=CHAT)
-    statuses = [x["status"] for x in _rows(gw, since)]
-    assert 401 in statuses
+    key = g.keys["a"]
+    chat = lambda **kw: g.post("/v1/chat/completions", key, json={**CHAT, **kw})  # noqa: E731
+    expected = []
+
+    def outcome(status: int, stream: bool = False) -> None:
+        expected.append((status, stream))
+
+    assert chat().status_code == 200; outcome(200)  # noqa: E702
+    assert g.post("/v1/chat/completions", "slk_dev_nope", json=CHAT).status_code == 401; outcome(401)  # noqa: E702
+    assert chat(temperature=9).status_code == 400; outcome(400)  # noqa: E702
+    assert chat(model="no-such-model").status_code == 404; outcome(404)  # noqa: E702
+    assert chat(model="one-a-minute").status_code == 200; outcome(200)  # noqa: E702
+    assert chat(model="one-a-minute").status_code == 429; outcome(429)  # noqa: E702
+    s.faults(error_status=500, error_count=1)
+    assert chat().status_code == 502; outcome(502)  # noqa: E702
+    client = openai.OpenAI(base_url=g.v1, api_key=key, max_retries=0)
+    assert len(list(client.chat.completions.create(**CHAT, stream=True))) > 7; outcome(200, True)  # noqa: E702
+    s.faults(disconnect_after_chunks=3)
+    with pytest.raises(openai.APIError):
+        list(client.chat.completions.create(**CHAT, stream=True))
+    outcome(502, True)
+    s.clear_faults()
+    with httpx.stream("POST", g.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                      json={**CHAT, "max_tokens": 2000, "stream": True}, timeout=10) as r:
+        assert r.status_code == 200
+        next(r.iter_bytes())  # then the client leaves
+    outcome(499, True)
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        rows = _rows(g, since)
+        if len(rows) >= len(expected):
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)  # and nothing more arrives
+    got = sorted((x["status"], x["stream"]) for x in _rows(g, since))
+    assert got == sorted(expected)
 
 
 def test_metrics_expose_requests_latency_ttft_and_tokens(gw):
