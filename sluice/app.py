@@ -8,12 +8,13 @@ import logging
 import os
 import secrets
 import signal
+from functools import partial
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
 
-from .admin import AdminApi, AdminAuth
+from .admin import AdminApi, AdminAuth, RoutingAdmin
 from .core import config as cfgmod
 from .core.config import Config
 from .core.errors import ConfigError
@@ -24,7 +25,8 @@ from .limits import Admission, AnomalyGuard, Limiter, PriceTable, Throttle, buil
 from .identity import (SYSTEM, CredentialRegistry, Federation, Hasher, IdentityService, IdentitySync, Keyring, Sealer,
                        TokenExchange, TokenService, gate)
 from .pipeline import DataPlane
-from .routing import RouteTable
+from .routing import DecisionLog, LeastOutstanding, RoutingState, from_config, refused_url
+from .routing.health import run_checks
 from .store import Store, StoreUnavailable, open_store
 from .telemetry import Metrics, UsageLedger, configure
 from .telemetry.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -63,6 +65,8 @@ class Gateway:
         self.data: Listener | NativeListener | None = None
         self.control: Listener | None = None
         self._transports: dict[str, Transport] = {}
+        self._all_transports: list[Transport] = []
+        self.routing: RoutingState | None = None
         self._sim_runner = None
         self._ready_cache: tuple[float, bool] = (0.0, False)
         self._tasks: list[asyncio.Task] = []
@@ -104,11 +108,21 @@ class Gateway:
             self._sim_runner, sim_port = await serve_sim(c.sim)
             log.info("simulated backend on %s:%d", c.sim.host, sim_port)
 
+        replicas: dict[str, list[Transport]] = {}
         for u in c.upstreams:
-            client = c.data_plane.server if u.client == "auto" else u.client
-            t: Transport = NativeTransport(u) if client == "native" else OpenAITransport(u)
-            await t.start()
-            self._transports[u.name] = t
+            for url in u.base_urls:
+                if not u.allow_link_local:
+                    why = await asyncio.get_running_loop().run_in_executor(None, partial(refused_url, url, resolve=True))
+                    if why:
+                        raise ConfigError(f"upstream {u.name!r} is refused: {why} (set allow_link_local to permit it)"
+                                          f" - at `$.upstreams`")
+                one = msgspec.structs.replace(u, base_url=url, replicas=[])
+                client = c.data_plane.server if u.client == "auto" else u.client
+                t: Transport = NativeTransport(one) if client == "native" else OpenAITransport(one)
+                await t.start()
+                replicas.setdefault(u.name, []).append(t)
+            self._transports[u.name] = replicas[u.name][0]
+        self._all_transports = [t for ts in replicas.values() for t in ts]
 
         metrics = Metrics()
         self.ledger = ledger = UsageLedger(c.usage, metrics, store.write_usage, store.touch_keys, registry.take_last_used)
@@ -126,10 +140,18 @@ class Gateway:
         self.limiter = limiter = Limiter(c.limits, build_backend(c.limits.backend, c.limits.redis_url,
                                                                  c.limits.redis_timeout_s), metrics.limit_event, anomaly)
         # limits can be switched on at run time, so the tokenizers load now either way
-        await asyncio.get_running_loop().run_in_executor(None, warm, [m.target_model for m in c.models])
-        routes = RouteTable(c.models)
-        data_plane = DataPlane(registry=registry, tokens=tokens, routes=routes, transports=self._transports,
-                               ledger=ledger, limits=c.requests, limiter=limiter, prices=prices,
+        await asyncio.get_running_loop().run_in_executor(None, warm, [m.target_model for m in c.models] + [
+            v.upstream_model or m.name for m in c.registry for v in m.versions])
+        self.routing = routing = RoutingState(from_config(c), store, transports=replicas, breaker=c.resilience.breaker)
+        await routing.load()
+        self._tasks.append(asyncio.get_running_loop().create_task(routing.run_sync(c.resilience.sync_interval_s),
+                                                                  name="routing-sync"))
+        if c.resilience.health_interval_s > 0:
+            self._tasks.append(asyncio.get_running_loop().create_task(
+                run_checks(replicas, lambda: routing.table, c.resilience.health_interval_s), name="health-checks"))
+        decisions = DecisionLog(c.resilience.decisions_kept)
+        data_plane = DataPlane(registry=registry, tokens=tokens, routes=routing, decisions=decisions,
+                               resilience=c.resilience, placement=LeastOutstanding(), ledger=ledger, limits=c.requests, limiter=limiter, prices=prices,
                                max_tokens_cap=c.limits.max_tokens_cap, over_cap=c.limits.over_cap,
                                admission=Admission({m.name: m.capacity for m in c.models if m.capacity}),
                                extra_params={m: extra_params(p) for m, p in cfgmod.model_extra_params(c).items()})
@@ -151,8 +173,9 @@ class Gateway:
             ledger.fold_metrics()
             return Reply(200, metrics.render(), METRICS_TYPE)
 
-        admin = AdminApi(AdminAuth(hasher, c.admin.keys, registry), identities, store, ledger.flush, routes,
-                         [u.name for u in c.upstreams], keyring, limiter)
+        admin = AdminApi(AdminAuth(hasher, c.admin.keys, registry), identities, store, ledger.flush,
+                         RoutingAdmin(routing, decisions, identities.record, [u.name for u in c.upstreams]),
+                         keyring, limiter)
         data_routes = data_plane.routes() + token_routes + health + vllm_health
         if c.data_plane.server == "native":
             self.data = NativeListener("data", c.data_plane, data_routes, max_body_bytes=c.requests.max_body_bytes,
@@ -235,7 +258,7 @@ class Gateway:
             await self.ledger.close()
         if self.control is not None:
             await self.control.stop()
-        for t in self._transports.values():
+        for t in self._all_transports:
             await t.close()
         if self._sim_runner is not None:
             await self._sim_runner.cleanup()

@@ -2,5 +2,6 @@
 
 from .api import AdminApi
 from .auth import AdminAuth
+from .routing_api import RoutingAdmin
 
-__all__ = ["AdminApi", "AdminAuth"]
+__all__ = ["AdminApi", "AdminAuth", "RoutingAdmin"]

@@ -71,6 +71,14 @@ class Upstream(_Strict):
     pool_timeout: Seconds = 10.0
     idle_timeout: Seconds = 30.0
     tls_ca_file: str | None = None
+    # More base URLs of the same deployment (replicas); requests are placed across base_url and these.
+    replicas: list[Annotated[str, msgspec.Meta(pattern=r"^https?://")]] = msgspec.field(default_factory=list)
+    # Link-local and cloud-metadata addresses are refused unless this is set (see routing.egress).
+    allow_link_local: bool = False
+
+    @property
+    def base_urls(self) -> list[str]:
+        return [self.base_url, *self.replicas]
 
 
 class Capacity(_Strict):
@@ -94,6 +102,96 @@ class Model(_Strict):
     @property
     def target_model(self) -> str:
         return self.upstream_model or self.name
+
+
+_Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:/-]{1,128}$")]
+
+
+LEGACY_VERSION = "default"  # the one version of a model declared under `models:`
+
+
+class ModelVersion(_Strict, kw_only=True):
+    """One version of a registered model: where it runs, what it holds, what it costs, whether it may serve."""
+
+    version: _Name
+    upstream: str
+    upstream_model: str | None = None
+    context_window: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    price: Price | None = None
+    digest: str | None = None  # weights hash or the upstream-reported identifier
+    approved: bool = False
+    environment: Environment | None = None  # only callers of this environment; None: any
+    region: str | None = None
+    tier: str | None = None
+
+
+class RegisteredModel(_Strict, kw_only=True):
+    """A model of the registry and its versions; a target names one as ``model@version``."""
+
+    name: _Name
+    versions: Annotated[list[ModelVersion], msgspec.Meta(min_length=1)]
+
+
+class RouteMatch(_Strict):
+    """What a request must carry for a route to take it; an empty match takes everything (the default)."""
+
+    models: list[str] = msgspec.field(default_factory=list)  # requested aliases
+    identities: list[str] = msgspec.field(default_factory=list)  # identity names
+    teams: list[str] = msgspec.field(default_factory=list)
+    environment: Environment | None = None
+    tags: list[str] = msgspec.field(default_factory=list)  # all of them (x-sluice-tags or metadata.tags)
+    task: list[str] = msgspec.field(default_factory=list)  # x-sluice-task or metadata.task
+    min_prompt_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    max_prompt_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    region: list[str] = msgspec.field(default_factory=list)  # x-sluice-region or metadata.region
+    tier: list[str] = msgspec.field(default_factory=list)  # x-sluice-tier or metadata.tier
+
+
+class WeightedTarget(_Strict):
+    """A registry version (``model@version``) and its share of the route's traffic."""
+
+    target: str
+    weight: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 1
+
+
+class Compliance(_Strict):
+    """Targets (and fallbacks) a route may use: only versions in this region and tier."""
+
+    region: str | None = None
+    tier: str | None = None
+
+
+class RouteSpec(_Strict, kw_only=True):
+    """One policy route: a match, weighted targets, ordered fallbacks, a compliance boundary."""
+
+    name: _Name
+    match: RouteMatch = msgspec.field(default_factory=RouteMatch)
+    targets: Annotated[list[WeightedTarget], msgspec.Meta(min_length=1)]
+    fallbacks: list[str] = msgspec.field(default_factory=list)
+    sticky: bool = False  # one identity always lands on the same target
+    retries: Annotated[int, msgspec.Meta(ge=0, le=5)] = 0  # more attempts on the chosen target
+    compliance: Compliance | None = None
+
+
+class Breaker(_Strict):
+    """Passive circuit breaker per target: open after ``failures`` within ``window_s``, probe after ``open_s``."""
+
+    failures: Annotated[int, msgspec.Meta(ge=1)] = 5
+    window_s: Seconds = 10.0
+    open_s: Seconds = 5.0
+
+
+class Resilience(_Strict):
+    """Attempts, backoff, breakers, health checks and stream keepalive, for every route."""
+
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=10)] = 3  # retries + fallbacks, per request
+    backoff_ms: Annotated[float, msgspec.Meta(ge=0)] = 50.0
+    backoff_max_ms: Annotated[float, msgspec.Meta(ge=0)] = 1000.0
+    breaker: Breaker = msgspec.field(default_factory=Breaker)
+    health_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # 0: no active checks
+    keepalive_s: Annotated[float, msgspec.Meta(ge=0)] = 15.0  # 0: no SSE keepalive comments
+    decisions_kept: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 10_000
+    sync_interval_s: Seconds = 1.0  # how often a replica checks the store for routing changes
 
 
 class DeclaredIdentity(_Strict):
@@ -332,6 +430,9 @@ class Config(_Strict):
     control_plane: Listener = msgspec.field(default_factory=lambda: Listener(port=8081))
     upstreams: list[Upstream] = msgspec.field(default_factory=list)
     models: list[Model] = msgspec.field(default_factory=list)
+    registry: list[RegisteredModel] = msgspec.field(default_factory=list)
+    routes: list[RouteSpec] = msgspec.field(default_factory=list)
+    resilience: Resilience = msgspec.field(default_factory=Resilience)
     identities: list[DeclaredIdentity] = msgspec.field(default_factory=list)
     teams: list[DeclaredTeam] = msgspec.field(default_factory=list)
     tokens: Tokens = msgspec.field(default_factory=Tokens)
@@ -367,6 +468,7 @@ class Config(_Strict):
             if ident.team is not None and ident.team not in teams:
                 raise msgspec.ValidationError(f"team {ident.team!r} is not declared in `teams` - at `$.identities[{i}].team`")
         known = {u.name for u in self.upstreams}
+        _check_routing(self, known)
         for i, model in enumerate(self.models):
             if model.upstream not in known:
                 raise msgspec.ValidationError(
@@ -381,6 +483,38 @@ class Config(_Strict):
         for j, key in enumerate(self.admin.keys):
             if len(key) < 20:
                 raise msgspec.ValidationError(f"a key must be at least 20 characters - at `$.admin.keys[{j}]`")
+
+
+def _check_routing(config: Config, upstreams: set[str]) -> None:
+    """Registry versions name declared upstreams; routes name registered versions; no route is unreachable."""
+    _check_unique("registry", [m.name for m in config.registry])
+    _check_unique("routes", [r.name for r in config.routes])
+    versions: set[str] = {f"{m.name}@{LEGACY_VERSION}" for m in config.models}
+    legacy = {m.name for m in config.models}
+    for i, m in enumerate(config.registry):
+        if m.name in legacy:
+            raise msgspec.ValidationError(f"{m.name!r} is already a model in `models` - at `$.registry[{i}].name`")
+        _check_unique(f"registry[{i}].versions", [v.version for v in m.versions])
+        for j, v in enumerate(m.versions):
+            if v.upstream not in upstreams:
+                raise msgspec.ValidationError(
+                    f"upstream {v.upstream!r} is not declared in `upstreams` - at `$.registry[{i}].versions[{j}].upstream`")
+            versions.add(f"{m.name}@{v.version}")
+    catch_all: str | None = None
+    for i, route in enumerate(config.routes):
+        if catch_all is not None:
+            raise msgspec.ValidationError(
+                f"route {route.name!r} can never match: route {catch_all!r} before it matches everything - at `$.routes[{i}]`")
+        if route.match == RouteMatch():
+            catch_all = route.name
+        for j, t in enumerate(route.targets):
+            if t.target not in versions:
+                raise msgspec.ValidationError(
+                    f"target {t.target!r} is not a registry version (model@version) - at `$.routes[{i}].targets[{j}]`")
+        for j, name in enumerate(route.fallbacks):
+            if name not in versions:
+                raise msgspec.ValidationError(
+                    f"fallback {name!r} is not a registry version (model@version) - at `$.routes[{i}].fallbacks[{j}]`")
 
 
 def _check_unique(section: str, names: list[str]) -> None:
@@ -449,5 +583,13 @@ def json_schema() -> dict[str, Any]:
 def model_extra_params(config: Config) -> dict[str, ExtraParams | None]:
     """Each model's ``extra_params``, its upstream's when the model does not say."""
     upstreams = {u.name: u for u in config.upstreams}
-    return {m.name: m.extra_params if m.extra_params is not None else upstreams[m.upstream].extra_params
-            for m in config.models}
+    out = {m.name: m.extra_params if m.extra_params is not None else upstreams[m.upstream].extra_params
+           for m in config.models}
+    # A route's aliases take the extras of the upstream of its first target (a registry version).
+    versions = {f"{m.name}@{v.version}": v.upstream for m in config.registry for v in m.versions}
+    for route in config.routes:
+        upstream = versions.get(route.targets[0].target)
+        for alias in route.match.models:
+            if alias not in out and upstream is not None:
+                out[alias] = upstreams[upstream].extra_params
+    return out

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import msgspec
 
-from ..core.config import RequestLimits
+from ..core.config import RequestLimits, Resilience
 from ..core.wire import ChatCompletionRequest, EmbeddingRequest, chat_request_with
 from ..identity import CredentialRegistry, TokenService
 from ..limits import Admission, Limiter, PriceTable
-from ..routing import RouteTable
+from ..routing import DecisionLog, Placement, RoutingState
 from ..telemetry import UsageLedger
-from ..upstream import Transport
 from .context import RequestContext
 from .endpoints import ListModels, ModelCall
 from .forward import Forward
@@ -31,14 +30,15 @@ class DataPlane:
     """The data-plane handlers, built from their stages in the one fixed order."""
 
     def __init__(
-        self, *, registry: CredentialRegistry, tokens: TokenService | None, routes: RouteTable,
-        transports: dict[str, Transport], ledger: UsageLedger, limits: RequestLimits,
+        self, *, registry: CredentialRegistry, tokens: TokenService | None, routes: RoutingState,
+        decisions: DecisionLog, ledger: UsageLedger, limits: RequestLimits,
         limiter: Limiter, prices: PriceTable, max_tokens_cap: int, admission: Admission,
         over_cap: str = "refuse", extra_params: dict[str, frozenset[str]] | None = None,
+        resilience: Resilience | None = None, placement: Placement | None = None,
     ) -> None:
         authenticate = Authenticate(registry, tokens)
         authorize = Authorize()
-        route = Route(routes, transports)
+        route = Route(routes, decisions)
         limit = Limit(limiter, prices, max_tokens_cap, clamp=over_cap == "clamp")
         admit = Admit(admission, max_tokens_cap)
         settle, account = Settle(limiter, prices), Account(ledger)
@@ -56,7 +56,7 @@ class DataPlane:
         def model_call(name: str, path: str, request_type: type,
                        extras: dict[str, msgspec.json.Decoder] | None = None) -> ModelCall:
             stages = (authenticate, Decode(request_type, **size, extras=extras), authorize, route, limit, admit)
-            return ModelCall(name, stages, Forward(path, finish), finish, authenticate=authenticate)
+            return ModelCall(name, stages, Forward(path, finish, resilience, placement), finish, authenticate=authenticate)
 
         self.chat_completions = model_call("chat.completions", "/chat/completions", ChatCompletionRequest, chat_extras)
         self.embeddings = model_call("embeddings", "/embeddings", EmbeddingRequest)

@@ -9,7 +9,7 @@ from ..core.exchange import Exchange
 
 if TYPE_CHECKING:
     from ..identity import Principal
-    from ..routing import Target
+    from ..routing import Decision, Target
     from ..upstream import Transport
 
 
@@ -20,6 +20,7 @@ class RequestContext:
         "exchange", "endpoint", "started", "principal", "request", "target", "transport",
         "status", "prompt_tokens", "completion_tokens", "cached_tokens", "usage_source", "ttft_ms",
         "upstream_ms", "error_code", "stream", "reservation", "limit_headers", "slot",
+        "decision",
     )
 
     def __init__(self, exchange: Exchange, endpoint: str) -> None:
@@ -42,6 +43,7 @@ class RequestContext:
         self.reservation: Any = None
         self.limit_headers: dict[str, str] | None = None
         self.slot: Any = None
+        self.decision: Decision | None = None
 
     def elapsed_ms(self) -> float:
         return (clock.monotonic() - self.started) * 1000.0

@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from ..core.errors import GatewayError
 from ..core.exchange import Exchange, Reply, StreamReply
-from ..routing import RouteTable
+from ..routing import RoutingState
 from .context import RequestContext
-from .forward import Forward, is_stream
+from .forward import ROUTE_HEADER, Forward, is_stream
 
 Stage = Callable[[RequestContext], Awaitable[None]]
 
@@ -53,6 +53,8 @@ class ModelCall:
             streaming = False
             if ctx.limit_headers:
                 exc.headers = {**ctx.limit_headers, **(exc.headers or {})}
+            if ctx.decision is not None:
+                exc.headers = {**(exc.headers or {}), ROUTE_HEADER: ctx.decision.header(ctx.target)}
             raise
         except BaseException:
             if ctx.error_code != "client_closed":  # the upstream leg has said why
@@ -70,7 +72,7 @@ class ListModels:
 
     __slots__ = ("_authenticate", "_routes", "_created")
 
-    def __init__(self, authenticate: Stage, routes: RouteTable) -> None:
+    def __init__(self, authenticate: Stage, routes: RoutingState) -> None:
         self._authenticate = authenticate
         self._routes = routes
         self._created = int(time.time())
@@ -80,8 +82,8 @@ class ListModels:
         await self._authenticate(ctx)
         p = ctx.principal
         data = []
-        for name in self._routes.names():
-            target = self._routes.get(name)
-            if p.scopes.allows(name) and (target.environment is None or target.environment == p.environment):  # type: ignore[union-attr]
+        table = self._routes.table
+        for name in table.names():
+            if p.scopes.allows(name) and table.serves(name, p.environment):
                 data.append({"id": name, "object": "model", "created": self._created, "owned_by": "sluice"})
         return Reply.json({"object": "list", "data": data})

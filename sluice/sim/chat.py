@@ -34,6 +34,7 @@ _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15  # spreads the keys of choices 1..n-1 away from choice 0
 _chat_decoder = msgspec.json.Decoder(ChatRequest)
 _DONE = b"data: [DONE]\n\n"
+_MALFORMED = b"this is not an event\n\n"  # a line with no SSE field name
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 # Generated words come from a fixed vocabulary, so their JSON encodings are computed once.
 _ENCODED_WORDS: dict[str, bytes] = {}
@@ -191,15 +192,26 @@ class ChatCompletions(ReplicaBase):
 
         resp = web.StreamResponse(headers=_SSE_HEADERS)
         await resp.prepare(request)
-        cut = self.faults.spec.disconnect_after_chunks if self.faults.active else None
+        spec = self.faults.spec if self.faults.active else None
+        cut = spec.disconnect_after_chunks if spec else None
+        stall = spec.stall_after_chunks if spec else None
+        bad = spec.malformed_after_chunks if spec else None
         decode_s = self.latency.decode_s
         longest = max(len(p.words) for p in plans)
         sent = 0
         usage = full_usage if include_usage else None
         try:
             await self._prefill(prompt, full_usage)
+            if spec is not None and spec.first_token_delay_ms:
+                await pause(spec.first_token_delay_ms / 1000.0)
+            if spec is not None and spec.cut_before_first_event:
+                return self._cut(request, resp)
+            if stall == 0:
+                return await self._stall(request, resp)
+            if bad == 0:
+                await resp.write(_MALFORMED)
             first = b"".join(event([ChunkChoice(index=i, delta=Delta(role="assistant", content=""))]) for i in range(len(plans)))
-            if decode_s == 0 and cut is None:
+            if decode_s == 0 and cut is None and stall is None and bad is None:
                 # Every token is ready at once, so the whole stream is one write: the cheap path for benchmarks.
                 parts = [first]
                 if len(plans) == 1:
@@ -235,6 +247,10 @@ class ChatCompletions(ReplicaBase):
                         stats.completion_tokens += 1
                         if sent == cut:
                             return self._cut(request, resp)
+                        if sent == stall:
+                            return await self._stall(request, resp)
+                        if sent == bad:
+                            await resp.write(_MALFORMED)
             await resp.write_eof(self._tail(usage, event))
             stats.streams_completed += 1
             return resp
@@ -242,6 +258,12 @@ class ChatCompletions(ReplicaBase):
             # The client closed the connection between two tokens: stop generating.
             stats.client_disconnects += 1
             return resp
+
+    async def _stall(self, request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
+        """The injected fault: keep the connection open and send nothing more, until the client leaves."""
+        self.stats.streams_stalled += 1
+        await self._closing.wait()
+        return self._cut(request, resp)
 
     def _cut(self, request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
         """The injected fault: drop the connection mid-body, with no terminating chunk and no [DONE]."""

@@ -17,6 +17,14 @@ class FaultSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     delay_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     disconnect_after_chunks: Annotated[int, msgspec.Meta(ge=0)] | None = None
     hang: bool = False
+    # Streams: wait this long after the 200 before the first event (a slow first token).
+    first_token_delay_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    # Streams: stop sending (connection kept open) after this many content chunks; 0: before any event.
+    stall_after_chunks: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    # Streams: after this many content chunks send one event that is not SSE; 0: as the first event.
+    malformed_after_chunks: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    # Streams: send the 200 and drop the connection before any event.
+    cut_before_first_event: bool = False
     # A completion's first token is this text (a model that writes e.g. "data: [DONE]").
     say_first: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
 

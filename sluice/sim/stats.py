@@ -10,6 +10,7 @@ _FIELDS = (
     "streams_started",
     "streams_completed",
     "streams_cut",
+    "streams_stalled",
     "client_disconnects",
     "errors_injected",
     "errors_returned",

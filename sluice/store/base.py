@@ -173,6 +173,19 @@ class Store(abc.ABC):
     async def list_changes(self, *, limit: int = 1000) -> list[ChangeEvent]:
         """The newest change events, newest first."""
 
+    # routing policy (one versioned document; see routing.state)
+    @abc.abstractmethod
+    async def load_routing(self) -> tuple[int, bytes] | None:
+        """(version, document) of the routing policy, or None before the first save."""
+
+    @abc.abstractmethod
+    async def save_routing(self, document: bytes, expect_version: int) -> int | None:
+        """Store a new version if the current one is ``expect_version`` (0: none); the new version or None."""
+
+    @abc.abstractmethod
+    async def routing_version(self) -> int:
+        """The routing policy's version (0: none yet): what replicas poll."""
+
 
 class StoreUnavailable(Exception):
     """The database did not answer (down, locked, or timed out)."""

@@ -97,3 +97,11 @@ identity_state = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("version", BigInteger, nullable=False),
 )
+
+routing_policy = Table(
+    "routing_policy", metadata,
+    Column("id", Integer, primary_key=True),  # always 1: one document
+    Column("version", Integer, nullable=False),
+    Column("document", Text, nullable=False),  # JSON RoutingPolicy
+    Column("updated_at", Float, nullable=False),
+)

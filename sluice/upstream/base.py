@@ -44,6 +44,10 @@ class Transport(abc.ABC):
     async def send(self, path: str, body: bytes) -> UpstreamReply:
         """POST and read the whole answer, whatever its status."""
 
+    async def probe(self) -> bool | None:
+        """Whether the backend answers at all (an active health check); None: this transport cannot tell."""
+        return None
+
     @abc.abstractmethod
     async def open_stream(self, path: str, body: bytes) -> UpstreamStream | UpstreamReply:
         """POST a streaming request: a stream on 200, else the complete (error) reply."""

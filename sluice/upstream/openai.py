@@ -98,6 +98,16 @@ class OpenAITransport(Transport):
         except _ERRORS as exc:
             raise _translate(exc) from None
 
+    async def probe(self) -> bool | None:
+        """``GET /models`` answers below 500 within the connect timeout: the server is up."""
+        assert self._session is not None
+        try:
+            async with self._session.get(self._base + "/models", timeout=aiohttp.ClientTimeout(
+                    total=self._cfg.connect_timeout + 1.0)) as resp:
+                return resp.status < 500
+        except _ERRORS:
+            return False
+
     async def open_stream(self, path: str, body: bytes) -> UpstreamStream | UpstreamReply:
         assert self._session is not None
         try:

@@ -38,6 +38,11 @@ SURFACE: list[tuple[str, str, int, set[str]]] = [
     ("POST", "/admin/teams", 400, {K}),
     ("GET", "/admin/routes", 200, {O, A}),
     ("PUT", "/admin/routes/no-such-model", 400, {O}),
+    ("GET", "/admin/routes/decisions/req-nope", 404, {O, A}),
+    ("GET", "/admin/routing", 200, {O, A}),
+    ("PUT", "/admin/routing/routes/no-such-route/weights", 400, {O}),
+    ("POST", "/admin/routing/routes/no-such-route/rollback", 404, {O}),
+    ("PUT", "/admin/registry/no-such-model/versions/v-nope/approval", 404, {O}),
     ("POST", "/admin/signing-keys/rotate", 200, {K}),
     ("GET", "/admin/limits", 200, {O, A}),
     ("PUT", "/admin/limits", 400, {O}),
@@ -46,9 +51,11 @@ SURFACE: list[tuple[str, str, int, set[str]]] = [
     ("GET", "/admin/usage", 200, {O, A}),
     ("GET", "/admin/usage/summary", 200, {O, A}),
     ("GET", "/admin/changes", 200, {A}),
+    ("GET", "/admin/openapi.json", 200, {O, K, A, W}),
 ]
 _DOCUMENTED_4XX = {400: "invalid_request", 404: "not_found"}
-_PARAMS = {"identity_id": "id-nope", "key_id": "key-nope", "owner": "nobody@example.com", "model": "no-such-model"}
+_PARAMS = {"identity_id": "id-nope", "key_id": "key-nope", "owner": "nobody@example.com", "model": "no-such-model",
+           "request_id": "req-nope", "route": "no-such-route", "version": "v-nope"}
 
 
 def call(g, method: str, path: str, key: str | None, body: dict | None = None) -> httpx.Response:

@@ -1,26 +1,38 @@
-"""Stage: where does this request go? Only to targets named in config."""
+"""Stage: where does this request go? The first matching policy route, then a target by weight.
+
+Targets come only from the policy (config and control plane); a request never names an upstream.
+"""
 
 from __future__ import annotations
 
-from ...routing import RouteTable
-from ...upstream import Transport
+from ...core import clock
+from ...core.errors import Unavailable
+from ...routing import DecisionLog, NoTarget, RoutingState
 from ..context import RequestContext
+from ..forward import ROUTE_HEADER
 from .authorize import model_not_found
 
 
 class Route:
-    """Resolves the model to a target and its transport; environments must match."""
+    """Decides route and target, remembers the decision for explanations; no route is a 404."""
 
-    __slots__ = ("_routes", "_transports")
+    __slots__ = ("_state", "_log")
 
-    def __init__(self, routes: RouteTable, transports: dict[str, Transport]) -> None:
-        self._routes = routes
-        self._transports = transports
+    def __init__(self, state: RoutingState, log: DecisionLog) -> None:
+        self._state = state
+        self._log = log
 
     async def __call__(self, ctx: RequestContext) -> None:
         model = ctx.request.model
-        target = self._routes.get(model)
-        if target is None or (target.environment is not None and target.environment != ctx.principal.environment):  # type: ignore[union-attr]
+        try:
+            decision = self._state.table.decide(model, ctx.principal, ctx.request, ctx.exchange, clock.now())
+        except NoTarget as exc:
+            err = Unavailable(f"No target of the model `{model[:256]}` can take requests now; retry later.",
+                              code="no_healthy_target", retry_after=1.0)
+            err.headers = {ROUTE_HEADER: f"{exc.route.name}; target=-"}
+            raise err from None
+        if decision is None:
             raise model_not_found(model)
-        ctx.target = target
-        ctx.transport = self._transports[target.upstream]
+        self._log.add(decision)
+        ctx.decision = decision
+        ctx.target = decision.target

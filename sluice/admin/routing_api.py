@@ -1,0 +1,150 @@
+"""Control-plane routing: the policy, weights, approvals, rollback, retargets and decision lookups.
+
+Every change goes through ``RoutingState.change`` (stored, versioned, installed here at once, picked
+up by other replicas within their sync interval) and is written to the change log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+import msgspec
+
+from ..core.config import LEGACY_VERSION, WeightedTarget
+from ..core.errors import Conflict, InvalidRequest, NotFound
+from ..core.exchange import Exchange, Reply
+from ..identity import Actor
+from ..identity import roles as r
+from ..routing import DecisionLog, PolicyError, RoutingPolicy, RoutingState, explain
+from ..routing import policy as pol
+from .bodies import decode as _decode
+from .openapi import accepts
+
+Record = Callable[[Actor, str, str, dict], Awaitable[None]]
+Action = Callable[[Actor, Exchange], Awaitable[Reply]]
+
+
+class Retarget(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    upstream: str
+    upstream_model: str | None = None
+
+
+class Weights(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A route's new split: ``[{"target": "model@version", "weight": 90}, ...]``."""
+
+    targets: Annotated[list[WeightedTarget], msgspec.Meta(min_length=1, max_length=64)]
+
+
+class Approval(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    approved: bool = True
+
+
+def _weights(policy: RoutingPolicy, route: str) -> list:
+    for spec in policy.routes:
+        if spec.name == route:
+            return msgspec.to_builtins(spec.targets)
+    return []
+
+
+class RoutingAdmin:
+    """The routing endpoints of the control plane."""
+
+    def __init__(self, state: RoutingState, decisions: DecisionLog, record: Record, upstreams: list[str]) -> None:
+        self._state = state
+        self._decisions = decisions
+        self._record = record
+        self._upstreams = set(upstreams)
+        # An upstream's environment is that of the versions the config routes to it: one environment when all
+        # of them are bound to it, else shared (None). A model moves only among upstreams of its environment.
+        served: dict[str, set[str | None]] = {}
+        for t in state.table.targets.values():
+            served.setdefault(t.upstream, set()).add(t.environment)
+        self._upstream_env = {u: next(iter(envs)) if len(envs) == 1 else None for u, envs in served.items()}
+        self._home_env = {t.name: self._upstream_env[t.upstream] for t in state.table.targets.values()}
+
+    def endpoints(self) -> list[tuple[str, str, tuple[str, ...], Action]]:
+        return [
+            ("GET", "/admin/routes", (r.ROUTING_READ,), self.list_routes),
+            ("PUT", "/admin/routes/{model}", (r.ROUTING_WRITE,), self.retarget),
+            ("GET", "/admin/routes/decisions/{request_id}", (r.ROUTING_READ,), self.decision),
+            ("GET", "/admin/routing", (r.ROUTING_READ,), self.get_policy),
+            ("PUT", "/admin/routing/routes/{route}/weights", (r.ROUTING_WRITE,), self.set_weights),
+            ("POST", "/admin/routing/routes/{route}/rollback", (r.ROUTING_WRITE,), self.rollback),
+            ("PUT", "/admin/registry/{model}/versions/{version}/approval", (r.ROUTING_WRITE,), self.approve),
+        ]
+
+    async def _change(self, fn: Callable[[RoutingPolicy], RoutingPolicy]) -> tuple[RoutingPolicy, RoutingPolicy]:
+        try:
+            return await self._state.change(fn)
+        except PolicyError as exc:
+            message = str(exc)
+            if message.startswith("no "):
+                raise NotFound(message) from None
+            raise InvalidRequest(message) from None
+
+    async def list_routes(self, actor: Actor, ex: Exchange) -> Reply:
+        """Each model name callers use and its first target (the ``models:`` view), plus the routes."""
+        table = self._state.table
+        data = []
+        for alias in table.names():
+            t = table.get(alias)
+            if t is not None:
+                data.append({"model": alias, "upstream": t.upstream, "upstream_model": t.upstream_model,
+                             "environment": t.environment, "target": t.name})
+        return Reply.json({"object": "list", "data": data, "version": self._state.version})
+
+    @accepts(Retarget)
+    async def retarget(self, actor: Actor, ex: Exchange) -> Reply:
+        req: Retarget = _decode(ex.body, Retarget)  # type: ignore[assignment]
+        model = ex.params["model"]
+        old = self._state.table.get(model)
+        if old is None:
+            raise NotFound(f"no model {model!r}")
+        if req.upstream not in self._upstreams:
+            raise InvalidRequest(f"no upstream {req.upstream!r}", param="upstream")
+        home, there = self._home_env.get(old.name), self._upstream_env.get(req.upstream)
+        if there != home:
+            raise Conflict(f"model {model!r} is served from {home or 'shared'} upstreams; upstream {req.upstream!r} "
+                           f"is {there or 'shared'}: a route cannot move a model across environments",
+                           code="environment_mismatch", param="upstream")
+        upstream_model = req.upstream_model or old.upstream_model
+        await self._change(lambda p: pol.replace_version(p, old.name, upstream=req.upstream, upstream_model=upstream_model))
+        await self._record(actor, "route.retarget", model, {
+            "from": {"upstream": old.upstream, "upstream_model": old.upstream_model},
+            "to": {"upstream": req.upstream, "upstream_model": upstream_model}})
+        return Reply.json({"model": model, "upstream": req.upstream, "upstream_model": upstream_model})
+
+    async def decision(self, actor: Actor, ex: Exchange) -> Reply:
+        """Why a recent request went where it went (this replica's last ``decisions_kept`` requests)."""
+        d = self._decisions.find(ex.params["request_id"])
+        if d is None:
+            raise NotFound("no decision for that request id on this replica (decisions are kept per replica)")
+        return Reply.json(explain(d))
+
+    async def get_policy(self, actor: Actor, ex: Exchange) -> Reply:
+        return Reply.json({"version": self._state.version, "policy": self._state.policy})
+
+    @accepts(Weights)
+    async def set_weights(self, actor: Actor, ex: Exchange) -> Reply:
+        req: Weights = _decode(ex.body, Weights)  # type: ignore[assignment]
+        route = ex.params["route"]
+        before, after = await self._change(lambda p: pol.set_weights(p, route, req.targets))
+        await self._record(actor, "route.weights", route, {"from": _weights(before, route), "to": _weights(after, route)})
+        return Reply.json({"route": route, "targets": req.targets, "version": self._state.version})
+
+    async def rollback(self, actor: Actor, ex: Exchange) -> Reply:
+        route = ex.params["route"]
+        before, after = await self._change(lambda p: pol.rollback(p, route))
+        await self._record(actor, "route.rollback", route, {"from": _weights(before, route), "to": _weights(after, route)})
+        return Reply.json({"route": route, "targets": _weights(after, route), "version": self._state.version})
+
+    @accepts(Approval)
+    async def approve(self, actor: Actor, ex: Exchange) -> Reply:
+        req: Approval = _decode(ex.body, Approval)  # type: ignore[assignment]
+        target = f"{ex.params['model']}@{ex.params['version']}"
+        if ex.params["version"] == LEGACY_VERSION and not req.approved:
+            raise InvalidRequest("a model declared under `models:` is always approved", param="approved")
+        await self._change(lambda p: pol.replace_version(p, target, approved=req.approved))
+        await self._record(actor, "registry.approve" if req.approved else "registry.unapprove", target, {})
+        return Reply.json({"target": target, "approved": req.approved, "version": self._state.version})

@@ -1,0 +1,129 @@
+"""The routing policy document: the registry, the routes and their weights, one versioned whole.
+
+The config file seeds it; the control plane changes it; the store keeps it (so a change survives a
+restart and reaches every replica). Changes are pure functions from one document to the next, so
+the control plane, the store and the tests all see the same rules.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from ..core.config import (LEGACY_VERSION, Config, ModelVersion, RegisteredModel, RouteMatch, RouteSpec,
+                           WeightedTarget)
+
+
+class RoutingPolicy(msgspec.Struct, kw_only=True):
+    """Registry, routes and, per route, the weights before its last change (what rollback restores)."""
+
+    registry: list[RegisteredModel] = msgspec.field(default_factory=list)
+    routes: list[RouteSpec] = msgspec.field(default_factory=list)
+    previous_weights: dict[str, list[WeightedTarget]] = msgspec.field(default_factory=dict)
+
+
+class PolicyError(ValueError):
+    """A change that names something missing or breaks a rule; the message names which."""
+
+
+def from_config(config: Config) -> RoutingPolicy:
+    """The file's policy: a model under ``models:`` is a route of its name with one approved target.
+
+    Order: the file's specific routes, then the ``models:`` routes, then a catch-all route if any,
+    so the default still closes the table.
+    """
+    legacy_registry = [RegisteredModel(name=m.name, versions=[ModelVersion(
+        version=LEGACY_VERSION, upstream=m.upstream, upstream_model=m.target_model, approved=True,
+        environment=m.environment)]) for m in config.models]
+    legacy_routes = [RouteSpec(name=m.name, match=RouteMatch(models=[m.name]),
+                               targets=[WeightedTarget(target=f"{m.name}@{LEGACY_VERSION}")]) for m in config.models]
+    specific = [r for r in config.routes if r.match != RouteMatch()]
+    default = [r for r in config.routes if r.match == RouteMatch()]
+    return RoutingPolicy(registry=legacy_registry + list(config.registry), routes=specific + legacy_routes + default)
+
+
+def seed(stored: RoutingPolicy | None, file: RoutingPolicy) -> RoutingPolicy:
+    """What the file adds to the stored policy: models, versions and routes it does not hold yet.
+
+    Whatever the store already holds stays as it is: an operator's approval, weights or retarget
+    is never rewritten by a restart with the file.
+    """
+    if stored is None:
+        return file
+    models = {m.name: m for m in stored.registry}
+    registry = list(stored.registry)
+    for m in file.registry:
+        have = models.get(m.name)
+        if have is None:
+            registry.append(m)
+            continue
+        known = {v.version for v in have.versions}
+        extra = [v for v in m.versions if v.version not in known]
+        if extra:
+            registry[registry.index(have)] = msgspec.structs.replace(have, versions=have.versions + extra)
+    names = {r.name for r in stored.routes}
+    routes = list(stored.routes)
+    default = [r for r in routes if r.match == RouteMatch()]
+    routes = [r for r in routes if r.match != RouteMatch()]
+    routes += [r for r in file.routes if r.name not in names and r.match != RouteMatch()]
+    default = default or [r for r in file.routes if r.name not in names and r.match == RouteMatch()]
+    return msgspec.structs.replace(stored, registry=registry, routes=routes + default)
+
+
+def _route(policy: RoutingPolicy, name: str) -> tuple[int, RouteSpec]:
+    for i, r in enumerate(policy.routes):
+        if r.name == name:
+            return i, r
+    raise PolicyError(f"no route {name!r}")
+
+
+def _versions(policy: RoutingPolicy) -> set[str]:
+    return {f"{m.name}@{v.version}" for m in policy.registry for v in m.versions}
+
+
+def set_weights(policy: RoutingPolicy, route: str, weights: list[WeightedTarget]) -> RoutingPolicy:
+    """Shift a route's traffic; the weights it had become what rollback restores."""
+    i, spec = _route(policy, route)
+    known = _versions(policy)
+    for w in weights:
+        if w.target not in known:
+            raise PolicyError(f"target {w.target!r} is not a registry version (model@version)")
+    if not weights or sum(w.weight for w in weights) <= 0:
+        raise PolicyError("a route needs at least one target with a positive weight")
+    routes = list(policy.routes)
+    routes[i] = msgspec.structs.replace(spec, targets=weights)
+    previous = {**policy.previous_weights, route: spec.targets}
+    return msgspec.structs.replace(policy, routes=routes, previous_weights=previous)
+
+
+def rollback(policy: RoutingPolicy, route: str) -> RoutingPolicy:
+    """Restore the weights a route had before its last change (a second rollback undoes the first)."""
+    _route(policy, route)
+    before = policy.previous_weights.get(route)
+    if before is None:
+        raise PolicyError(f"route {route!r} has no earlier weights to roll back to")
+    return set_weights(policy, route, before)
+
+
+def _version(policy: RoutingPolicy, target: str) -> tuple[int, int, ModelVersion]:
+    model, _, version = target.partition("@")
+    for i, m in enumerate(policy.registry):
+        if m.name == model:
+            for j, v in enumerate(m.versions):
+                if v.version == version:
+                    return i, j, v
+    raise PolicyError(f"no registry version {target!r}")
+
+
+def replace_version(policy: RoutingPolicy, target: str, **changes: object) -> RoutingPolicy:
+    """A new document in which one registry version (``model@version``) has these fields changed."""
+    i, j, v = _version(policy, target)
+    registry = list(policy.registry)
+    versions = list(registry[i].versions)
+    versions[j] = msgspec.structs.replace(v, **changes)
+    registry[i] = msgspec.structs.replace(registry[i], versions=versions)
+    return msgspec.structs.replace(policy, registry=registry)
+
+
+def version(policy: RoutingPolicy, target: str) -> ModelVersion:
+    """One registry version by ``model@version``."""
+    return _version(policy, target)[2]
