@@ -59,14 +59,12 @@ class TokenExchange:
         source = ex.peer or "unknown"
         if self._per_source is not None:
             self._per_source.take(source)
-        failures = self._registry.failures
-        if failures is not None:
-            failures.check(source)
         try:
             return await self._exchange(ex)
         except Unauthenticated:
+            failures = self._registry.failures
             if failures is not None:
-                failures.count(source)
+                failures.failed(source)
             raise
 
     async def _exchange(self, ex: Exchange) -> Reply:

@@ -48,15 +48,22 @@ class RateGate:
         self._tat[key] = max(tat, now) + self._interval
 
     def guard(self, source: str | None, authenticate: Callable[[A], T], arg: A) -> T:
-        """Run a credential check for a source: 429 at once while the source is over its failure
-        rate, and every refusal (401) it gives counted against the source."""
-        key = source or "unknown"
-        self.check(key)
+        """Run a credential check for a source; a refusal (401) counts against the source, and once
+        the source is over its failure rate, refusals are 429 with ``Retry-After``.
+
+        A valid credential always passes: sources are often shared (a load balancer, a NAT), and
+        one caller sending bad keys must not lock out the good callers behind the same address.
+        """
         try:
             return authenticate(arg)
         except Unauthenticated:
-            self.count(key)
+            self.failed(source or "unknown")
             raise
+
+    def failed(self, key: str) -> None:
+        """One failed authentication from ``key``: 429 instead of the 401 once it is over its rate."""
+        self.check(key)
+        self.count(key)
 
     def _prune(self, now: float) -> None:
         live = {k: t for k, t in self._tat.items() if t > now}

@@ -20,7 +20,7 @@ class Authenticate:
         failures = self._registry.failures
         if failures is None:
             return self._authenticate(ctx)
-        # a source that keeps failing is refused (429) before any credential check
+        # a source that keeps failing gets 429 instead of 401; a valid credential always passes
         return failures.guard(ctx.exchange.peer, self._authenticate, ctx)
 
     def _authenticate(self, ctx: RequestContext) -> None:
