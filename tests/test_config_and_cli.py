@@ -55,3 +55,21 @@ def test_demo_serves_a_real_request_and_prints_working_examples(tmp_path):
     assert "-> 200" in out and "chat.completion" in out
     assert f"http://127.0.0.1:{port}/v1" in out and "curl" in out and "from openai import OpenAI" in out
     assert "slk_dev_" in out
+
+
+def test_config_check_reads_the_store_but_never_migrates_it(tmp_path):
+    """`sluice config check` looks for revoked declared keys in the store; it must not create
+    tables or apply migrations to a database it was only asked to read."""
+    import sqlite3
+
+    db = tmp_path / "s.db"
+    sqlite3.connect(db).close()  # an existing, empty database
+    (tmp_path / "pepper").write_text("p" * 32)
+    p = tmp_path / "c.yaml"
+    p.write_text(f"store: {{url: 'sqlite:///{db}'}}\nsecurity: {{pepper_file: '{tmp_path / 'pepper'}'}}\n"
+                 "identities: [{name: svc, owner: o, keys: ['slk_dev_" + "a" * 40 + "']}]\n")
+    r = sluice("config", "check", str(p), cwd=tmp_path)
+    assert r.returncode == 0 and "valid" in r.stdout, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    tables = sqlite3.connect(db).execute("select name from sqlite_master where type = 'table'").fetchall()
+    assert tables == []

@@ -53,7 +53,7 @@ def _revoked_in_store(c: cfgmod.Config) -> list[str]:
             return []
         store = open_store(c.store.url)
         try:
-            await store.open()
+            await store.open(migrate=False)  # a check reads; it never migrates or creates tables
             hasher = Hasher(load_pepper(c.security))
             return await IdentityService(store, CredentialRegistry(hasher), hasher, c.security).revoked_declared(c.identities)
         except (StoreUnavailable, OSError, ValueError) as exc:

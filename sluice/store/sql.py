@@ -114,9 +114,12 @@ class SqlStore(Store):
             connect_args={"timeout": self._timeout, "command_timeout": self._timeout},
         )
 
-    async def open(self) -> None:
+    async def open(self, *, migrate: bool = True) -> None:
+        """Connect; with ``migrate`` (the server) bring the schema to head first. A reader that must
+        not change the database (``sluice config check``) opens without it."""
         self._engine = self._create_engine()
-        await self._migrate()
+        if migrate:
+            await self._migrate()
 
     @_guarded
     async def _migrate(self) -> None:
