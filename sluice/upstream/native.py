@@ -79,6 +79,7 @@ class NativeTransport(Transport):
         if cfg.api_key:
             headers["Authorization"] = f"Bearer {cfg.api_key}"
         self._head = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
+        self._secret = cfg.api_key.encode() if cfg.api_key else None
         self._read_timeout = cfg.read_timeout
         self._total = cfg.total_timeout
         self._pool = Pool(host, port, ssl_context=tls_context(cfg.tls_ca_file) if tls else None,
@@ -139,11 +140,20 @@ class NativeTransport(Transport):
     async def send(self, path: str, body: bytes) -> UpstreamReply:
         conn = await self._exchange(path, body)
         status, retry_after = conn.status, conn.retry_after
+        if status != 200:
+            return self._error_reply(status, await self._read_all(conn), retry_after)
         return UpstreamReply(status, await self._read_all(conn), retry_after)
 
     async def open_stream(self, path: str, body: bytes) -> UpstreamStream | UpstreamReply:
         conn = await self._exchange(path, body)
         if conn.status != 200:
             status, retry_after = conn.status, conn.retry_after
-            return UpstreamReply(status, await self._read_all(conn), retry_after)
+            return self._error_reply(status, await self._read_all(conn), retry_after)
         return _NativeStream(conn, self._pool)
+
+    def _error_reply(self, status: int, data: bytes, retry_after: str | None) -> UpstreamReply:
+        # As OpenAITransport: a provider that repeats the credential it was sent in its error
+        # message must not hand our upstream key to the caller (a 400's message is relayed).
+        if self._secret is not None and self._secret in data:
+            data = data.replace(self._secret, b"[redacted]")
+        return UpstreamReply(status, data, retry_after)
