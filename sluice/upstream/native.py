@@ -81,6 +81,7 @@ class NativeTransport(Transport):
         self._head = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
         self._secret = cfg.api_key.encode() if cfg.api_key else None
         self._read_timeout = cfg.read_timeout
+        self._connect_timeout = cfg.connect_timeout
         self._total = cfg.total_timeout
         self._pool = Pool(host, port, ssl_context=tls_context(cfg.tls_ca_file) if tls else None,
                           limit=cfg.max_connections, connect_timeout=cfg.connect_timeout,
@@ -143,6 +144,26 @@ class NativeTransport(Transport):
         if status != 200:
             return self._error_reply(status, await self._read_all(conn), retry_after)
         return UpstreamReply(status, await self._read_all(conn), retry_after)
+
+    async def probe(self) -> bool | None:
+        """``GET /models`` answers below 500 within the connect timeout (plus a second): the server is up."""
+        loop = self._loop
+        assert loop is not None
+        limit = self._connect_timeout + 1.0
+        conn: UpstreamConnection | None = None
+        try:
+            async with asyncio.timeout(limit):
+                conn = await self._pool.acquire()
+                conn.send(b"GET " + self._prefix + b"/models HTTP/1.1\r\n" + self._head + b"\r\n", limit, loop.time() + limit)
+                status = await conn.head()
+                while await conn.read():
+                    pass
+        except Exception:
+            return False
+        finally:
+            if conn is not None:
+                self._pool.release(conn)
+        return 0 < status < 500
 
     async def open_stream(self, path: str, body: bytes) -> UpstreamStream | UpstreamReply:
         conn = await self._exchange(path, body)
