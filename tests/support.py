@@ -19,7 +19,8 @@ import yaml
 from sluice.identity import generate
 
 IN_CI = os.environ.get("CI") == "true"
-# SLUICE_TEST_SERVER=native runs every gateway of the suite on the native data-plane server.
+# The data plane's default server is native; SLUICE_TEST_SERVER=aiohttp runs every gateway of the
+# suite on the aiohttp one instead (tests that pin a server keep it).
 TEST_SERVER = os.environ.get("SLUICE_TEST_SERVER")
 PEPPER = "test-pepper-0123456789abcdef"
 

@@ -38,11 +38,11 @@ ExtraParams = Literal["openai", "vllm"] | list[_ParamName]
 class DataPlaneListener(Listener):
     """The public listener, and which HTTP server carries it.
 
-    ``native`` is sluice's own server (asyncio protocols and llhttp); ``aiohttp`` the
-    framework one. The timeouts and header limits apply to the native server.
+    ``native`` (the default) is sluice's own server (asyncio protocols and llhttp); ``aiohttp``
+    the framework one, still selectable. The timeouts and header limits apply to the native server.
     """
 
-    server: Literal["aiohttp", "native"] = "aiohttp"
+    server: Literal["aiohttp", "native"] = "native"
     keepalive_timeout: Seconds = 75.0
     header_timeout: Seconds = 10.0
     body_timeout: Seconds = 60.0

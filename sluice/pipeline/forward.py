@@ -224,7 +224,7 @@ class Forward:
                         out = relay.feed(chunk)
                         if not out:
                             continue
-                        good = _good_prefix(out) if _malformed(out) else out
+                        good = out if relay.clean or not _malformed(out) else _good_prefix(out)
                         if good:
                             if not sent:  # from here on a failure can no longer fall back
                                 ctx.ttft_ms = ctx.elapsed_ms()

@@ -79,7 +79,9 @@ class NativeTransport(Transport):
         if cfg.api_key:
             headers["Authorization"] = f"Bearer {cfg.api_key}"
         self._head = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
+        self._secret = cfg.api_key.encode() if cfg.api_key else None
         self._read_timeout = cfg.read_timeout
+        self._connect_timeout = cfg.connect_timeout
         self._total = cfg.total_timeout
         self._pool = Pool(host, port, ssl_context=tls_context(cfg.tls_ca_file) if tls else None,
                           limit=cfg.max_connections, connect_timeout=cfg.connect_timeout,
@@ -139,11 +141,40 @@ class NativeTransport(Transport):
     async def send(self, path: str, body: bytes) -> UpstreamReply:
         conn = await self._exchange(path, body)
         status, retry_after = conn.status, conn.retry_after
+        if status != 200:
+            return self._error_reply(status, await self._read_all(conn), retry_after)
         return UpstreamReply(status, await self._read_all(conn), retry_after)
+
+    async def probe(self) -> bool | None:
+        """``GET /models`` answers below 500 within the connect timeout (plus a second): the server is up."""
+        loop = self._loop
+        assert loop is not None
+        limit = self._connect_timeout + 1.0
+        conn: UpstreamConnection | None = None
+        try:
+            async with asyncio.timeout(limit):
+                conn = await self._pool.acquire()
+                conn.send(b"GET " + self._prefix + b"/models HTTP/1.1\r\n" + self._head + b"\r\n", limit, loop.time() + limit)
+                status = await conn.head()
+                while await conn.read():
+                    pass
+        except Exception:
+            return False
+        finally:
+            if conn is not None:
+                self._pool.release(conn)
+        return 0 < status < 500
 
     async def open_stream(self, path: str, body: bytes) -> UpstreamStream | UpstreamReply:
         conn = await self._exchange(path, body)
         if conn.status != 200:
             status, retry_after = conn.status, conn.retry_after
-            return UpstreamReply(status, await self._read_all(conn), retry_after)
+            return self._error_reply(status, await self._read_all(conn), retry_after)
         return _NativeStream(conn, self._pool)
+
+    def _error_reply(self, status: int, data: bytes, retry_after: str | None) -> UpstreamReply:
+        # As OpenAITransport: a provider that repeats the credential it was sent in its error
+        # message must not hand our upstream key to the caller (a 400's message is relayed).
+        if self._secret is not None and self._secret in data:
+            data = data.replace(self._secret, b"[redacted]")
+        return UpstreamReply(status, data, retry_after)

@@ -205,3 +205,18 @@ def test_a_large_body_without_a_credential_is_refused_from_its_headers_alone(ser
     out = exchange(g.port, [b"POST /v1/chat/completions HTTP/1.1\r\n" + H + b"Content-Type: application/json\r\n"
                             b"Content-Length: 3000000\r\n\r\n"], wait=4.0)
     assert out.statuses == [401] and out.closed and not out.hung
+
+
+def test_a_pipelined_answer_never_overtakes_the_stream_before_it(servers):
+    # The native server queues a stream's writes until the loop comes round; the answer after
+    # it (a 404 that needs no await) must still come after the stream's last chunk.
+    body = b'{"model":"sim-small","stream":true,"max_tokens":8,"messages":[{"role":"user","content":"hi"}]}'
+    for name, g in servers.items():
+        reqs = (b"POST /v1/chat/completions HTTP/1.1\r\n" + H + b"Authorization: Bearer " + g.keys["app"].encode()
+                + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+                + b"GET /nowhere HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n")
+        out = exchange(g.port, [reqs], wait=10.0)
+        assert out.statuses == [200, 404] and out.closed, (name, out)
+        stream, _, after = out.raw.partition(b"HTTP/1.1 404")
+        assert stream.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"), (name, stream[-200:])
+        assert b"data:" not in after, (name, after)

@@ -55,3 +55,51 @@ def test_the_word_usage_inside_generated_text_is_not_mistaken_for_usage():
     relay = SSERelay(strip_usage=True)
     tricky = event({"choices": [{"index": 0, "delta": {"content": '"usage":{"prompt_tokens":1}'}}]})
     assert relay.feed(tricky) == tricky and relay.usage is None
+
+
+def _reference(stream: bytes, strip: bool) -> tuple[int, bool, int | None, list[bool]]:
+    """What the relay must report, computed the slow obvious way: event by event."""
+    events = stream.split(b"\n\n")[:-1]
+    done = any(e in (b"data: [DONE]", b"data:[DONE]") for e in events)
+    usage = None
+    kept = 0
+    for e in events:
+        body = json.loads(e[5:]) if e.startswith(b"data:") and e[5:].strip().startswith(b"{") else {}
+        if isinstance(body.get("usage"), dict):
+            usage = body["usage"]["prompt_tokens"]
+            if strip and body.get("choices") == []:
+                continue
+        kept += 1
+    return kept - done, done, usage, [e.startswith((b"data:", b":", b"event:", b"id:", b"retry:")) for e in events]
+
+
+def test_event_counts_usage_and_shape_agree_with_a_slow_reference_on_random_streams():
+    import random
+
+    from sluice.pipeline.forward import _good_prefix, _malformed
+
+    usage = event({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}})
+    pieces = [ROLE, *TOKENS, USAGE, usage, DONE, b": keepalive\n\n", b"event: x\ndata: y\n\n", b"garbage\n\n",
+              b"data: a\ndata: b\n\n", event({"choices": [{"delta": {"content": "x"}}], "usage": None}), b"data:[DONE]\n\n"]
+    rng = random.Random(15)
+    for _ in range(3000):
+        stream = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 10)))
+        strip = rng.random() < 0.5
+        kept, done, prompt, shapes = _reference(stream, strip)
+        relay = SSERelay(strip_usage=strip)
+        at = rng.randrange(len(stream))
+        out, stopped = b"", False
+        for part in (stream[:at], stream[at:]):
+            block = relay.feed(part)
+            good = block if relay.clean or not _malformed(block) else _good_prefix(block)
+            if relay.clean:  # a block called clean must really be data events only
+                assert all(e.startswith(b"data:") and b"\n" not in e for e in block.split(b"\n\n")[:-1]), block
+            out += good
+            if good is not block:
+                stopped = True
+                break
+        else:
+            assert relay.events == kept and relay.done == done, stream
+            assert (relay.usage.prompt_tokens if relay.usage else None) == prompt, stream
+        # A field-less event stops the relay; events of two lines may hide one from the cheap count.
+        assert stopped == (not all(shapes)) or (not stopped and b"\ndata: " in stream.replace(b"\n\ndata: ", b"")), stream
