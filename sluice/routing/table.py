@@ -11,27 +11,29 @@ from __future__ import annotations
 import random
 import zlib
 from bisect import bisect_right
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..core.config import Breaker, Compliance, RouteMatch, RouteSpec
+from ..core.config import Breaker, Compliance, Price, RouteMatch, RouteSpec
 from ..core.types import Environment
 from .breaker import CLOSED, CircuitBreaker
+from .placement import Deployment
 from .policy import RoutingPolicy
 
 Check = Callable[[Any, Any, Any], bool]  # (principal, request, exchange) -> matches
 
 
 class Target:
-    """A registry version as traffic sees it: upstream, the model name it knows, its replicas and breaker."""
+    """A registry version as traffic sees it: upstream, the model name it knows, its deployment (replicas
+    and placement), breaker, context window and price (None: the model's in the price table)."""
 
     __slots__ = ("name", "model", "version", "upstream", "upstream_model", "environment", "region", "tier",
-                 "approved", "breaker", "replicas", "context_window", "digest")
+                 "approved", "breaker", "deployment", "context_window", "digest", "price")
 
     def __init__(self, name: str, model: str, version: str, upstream: str, upstream_model: str,
                  environment: Environment | None, *, region: str | None = None, tier: str | None = None,
-                 approved: bool = True, breaker: CircuitBreaker | None = None, replicas: Sequence[Any] = (),
-                 context_window: int | None = None, digest: str | None = None) -> None:
+                 approved: bool = True, breaker: CircuitBreaker | None = None, deployment: Deployment | None = None,
+                 context_window: int | None = None, digest: str | None = None, price: Price | None = None) -> None:
         self.name = name
         self.model = model
         self.version = version
@@ -42,9 +44,10 @@ class Target:
         self.tier = tier
         self.approved = approved
         self.breaker = breaker
-        self.replicas = tuple(replicas)
+        self.deployment = deployment
         self.context_window = context_window
         self.digest = digest
+        self.price = price
 
 
 def hint(name: str, request: Any, exchange: Any) -> str | None:
@@ -201,7 +204,7 @@ class NoTarget(Exception):
 class RouteTable:
     """Alias -> candidate routes (in policy order) -> the first whose checks pass -> a target."""
 
-    def __init__(self, policy: RoutingPolicy, *, transports: Mapping[str, Sequence[Any]] | None = None,
+    def __init__(self, policy: RoutingPolicy, *, transports: Mapping[str, Deployment] | None = None,
                  breakers: dict[str, CircuitBreaker] | None = None, breaker: Breaker | None = None,
                  rng: random.Random | None = None) -> None:
         transports = transports or {}
@@ -217,8 +220,8 @@ class RouteTable:
                     b = breakers[name] = CircuitBreaker(bcfg.failures, bcfg.window_s, bcfg.open_s)
                 self.targets[name] = Target(
                     name, m.name, v.version, v.upstream, v.upstream_model or m.name, v.environment, region=v.region,
-                    tier=v.tier, approved=v.approved, breaker=b, replicas=transports.get(v.upstream, ()),
-                    context_window=v.context_window, digest=v.digest)
+                    tier=v.tier, approved=v.approved, breaker=b, deployment=transports.get(v.upstream),
+                    context_window=v.context_window, digest=v.digest, price=v.price)
         self.routes = tuple(CompiledRoute(spec, self.targets) for spec in policy.routes)
         anywhere = tuple(r for r in self.routes if not r.spec.match.models)
         by_alias: dict[str, list[CompiledRoute]] = {}
