@@ -1,6 +1,6 @@
 """The request path, in order, on one screen.
 
-    authenticate -> decode (validate) -> authorize -> route -> limit (reserve) -> admit (fair queue)
+    authenticate -> decode (validate) -> authorize -> route -> context window -> limit (reserve) -> admit (fair queue)
         -> forward (upstream, SSE relay) -> settle limits -> account
 
 Each stage is a small object with one async method over the ``RequestContext``; a stage
@@ -21,7 +21,7 @@ from ..telemetry import UsageLedger
 from .context import RequestContext
 from .endpoints import ListModels, ModelCall
 from .forward import Forward
-from .stages import Account, Admit, Authenticate, Authorize, Decode, Limit, Route, Settle
+from .stages import Account, Admit, Authenticate, Authorize, ContextWindow, Decode, Limit, Route, Settle
 
 __all__ = ["DataPlane", "RequestContext"]
 
@@ -39,6 +39,7 @@ class DataPlane:
         authenticate = Authenticate(registry, tokens)
         authorize = Authorize()
         route = Route(routes, decisions)
+        window = ContextWindow()
         limit = Limit(limiter, prices, max_tokens_cap, clamp=over_cap == "clamp")
         admit = Admit(admission, max_tokens_cap)
         settle, account = Settle(limiter, prices), Account(ledger)
@@ -55,7 +56,7 @@ class DataPlane:
 
         def model_call(name: str, path: str, request_type: type,
                        extras: dict[str, msgspec.json.Decoder] | None = None) -> ModelCall:
-            stages = (authenticate, Decode(request_type, **size, extras=extras), authorize, route, limit, admit)
+            stages = (authenticate, Decode(request_type, **size, extras=extras), authorize, route, window, limit, admit)
             return ModelCall(name, stages, Forward(path, finish, resilience), finish, authenticate=authenticate)
 
         self.chat_completions = model_call("chat.completions", "/chat/completions", ChatCompletionRequest, chat_extras)
