@@ -104,7 +104,7 @@ class CompiledRoute:
     """One route ready to decide: its checks, usable weighted targets, fallbacks, and what was left out."""
 
     __slots__ = ("name", "spec", "checks", "targets", "cumulative", "total", "fallbacks", "sticky", "retries",
-                 "excluded", "weights", "headers")
+                 "excluded", "weights", "headers", "windowed")
 
     def __init__(self, spec: RouteSpec, targets: Mapping[str, Target]) -> None:
         self.name = spec.name
@@ -129,6 +129,8 @@ class CompiledRoute:
         self.fallbacks = tuple(targets[f] for f in spec.fallbacks if self._usable(targets[f], spec.compliance))
         # x-sluice-route values, built once: a response's header is a lookup, not a format.
         self.headers = {t.name: f"{self.name}; target={t.name}" for t in self.targets + self.fallbacks}
+        # Whether a request's size must be measured against a version's context window on this route.
+        self.windowed = any(t.context_window is not None for t in self.targets + self.fallbacks)
 
     def _usable(self, t: Target, c: Compliance | None) -> bool:
         if not t.approved:
@@ -149,7 +151,7 @@ class CompiledRoute:
 class Decision:
     """Why and where one request goes: the route, the chosen target, the attempts made (for explanations)."""
 
-    __slots__ = ("request_id", "route", "target", "skipped", "attempts", "environment", "alias", "at")
+    __slots__ = ("request_id", "route", "target", "skipped", "attempts", "environment", "alias", "at", "needed")
 
     def __init__(self, request_id: str, alias: str, route: CompiledRoute, target: Target | None,
                  environment: str, skipped: list[str] | None, at: float) -> None:
@@ -161,6 +163,7 @@ class Decision:
         self.skipped = skipped  # targets passed over at decision time, with why (usually None)
         self.attempts: list[tuple[str, str, float]] = []  # (target, outcome, ms)
         self.at = at
+        self.needed: int | None = None  # prompt + completion tokens, on a route with context windows
 
     def header(self, target: Target | None = None) -> str:
         """The ``x-sluice-route`` value: the route and the target that answered (or was last tried)."""
@@ -178,8 +181,12 @@ class Decision:
             return failed
         env = self.environment
         seen = {a[0] for a in tried}
+        needed = self.needed
         for t in route.fallbacks:
             if t.name in seen or (t.environment is not None and t.environment != env):
+                continue
+            if needed is not None and t.context_window is not None and needed > t.context_window:
+                self._skip(t, f"context window {t.context_window} < {needed} tokens")
                 continue
             if t.breaker is None or t.breaker.allows():
                 return t

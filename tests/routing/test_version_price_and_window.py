@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from support import Gateway, Sim, start_gateway
+from support import Gateway, Sim, free_port, start_gateway
 
 IDENTS = [{"name": "app", "owner": "o", "models": ["*"]}]
 DEAR = 1_000_000.0  # 1.00 per output token
@@ -18,16 +18,20 @@ DEAR = 1_000_000.0  # 1.00 per output token
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Sim]]:
     tmp: Path = tmp_path_factory.mktemp("versions")
     s = Sim(tmp)
-    g = start_gateway(tmp, identities=IDENTS, models=[], upstreams=[{"name": "sim", "base_url": s.url + "/v1"}], extra={
+    dead = {"name": "dead", "base_url": f"http://127.0.0.1:{free_port()}/v1", "connect_timeout": 0.5}
+    g = start_gateway(tmp, identities=IDENTS, models=[], upstreams=[{"name": "sim", "base_url": s.url + "/v1"}, dead], extra={
         "registry": [{"name": "m", "versions": [
             {"version": "cheap", "upstream": "sim", "upstream_model": "sim-small", "approved": True},
             {"version": "dear", "upstream": "sim", "upstream_model": "sim-small", "approved": True,
              "price": {"input": 0.0, "output": DEAR}},
             {"version": "small", "upstream": "sim", "upstream_model": "sim-small", "approved": True,
-             "context_window": 100}]}],
+             "context_window": 100},
+            {"version": "gone", "upstream": "dead", "upstream_model": "sim-small", "approved": True}]}],
         "routes": [{"name": "dear", "match": {"models": ["m-dear"]}, "targets": [{"target": "m@dear"}]},
                    {"name": "cheap", "match": {"models": ["m-cheap"]}, "targets": [{"target": "m@cheap"}]},
-                   {"name": "small", "match": {"models": ["m-small"]}, "targets": [{"target": "m@small"}]}],
+                   {"name": "small", "match": {"models": ["m-small"]}, "targets": [{"target": "m@small"}]},
+                   {"name": "spill", "match": {"models": ["m-spill"]}, "targets": [{"target": "m@gone"}],
+                    "fallbacks": ["m@small"]}],
         # the model's own price: free; only the dear version costs anything
         "prices": {"m": {"input": 0.0, "output": 0.0}},
         "limits": {"rules": [{"name": "budget", "match": {"model": "m"}, "spend_per_day": 30.0}]},
@@ -72,3 +76,16 @@ def test_a_request_beyond_the_versions_context_window_is_refused_before_the_upst
     assert fits.status_code == 200
     # a version without a window is the upstream's to judge
     assert chat(g, "m-cheap", "word " * 200, max_tokens=5).status_code == 200
+
+
+def test_no_fallback_goes_to_a_version_whose_window_the_request_does_not_fit(gw: tuple[Gateway, Sim]) -> None:
+    g, s = gw
+    short = chat(g, "m-spill", max_tokens=5)  # the primary is unreachable: the small fallback serves it
+    assert short.status_code == 200 and short.headers["x-sluice-route"] == "spill; target=m@small"
+    before = s.stats()["chat_requests"]
+    long = chat(g, "m-spill", "word " * 200, max_tokens=5)
+    assert long.status_code == 502 and long.json()["error"]["code"] == "upstream_unreachable"
+    assert s.stats()["chat_requests"] == before  # the fallback that cannot hold it was not tried
+    why = g.admin("GET", f"/admin/routes/decisions/{long.headers['x-request-id']}").json()
+    assert [a["target"] for a in why["attempts"]] == ["m@gone"]
+    assert any(x.startswith("m@small: context window 100 <") for x in why["skipped"])
