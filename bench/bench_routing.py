@@ -36,7 +36,8 @@ from typing import Any
 import aiohttp
 import httpx
 
-from sluice.routing.placement import LeastOutstanding, PlacementSettings, PrefixAffinity, Replica, conversation_text
+from sluice.routing.placement import (LeastOutstanding, PlacementSettings, PrefixAffinity, Replica, RoundRobin,
+                                      conversation_text)
 from sluice.sim import tokens as sim_tokens
 from sluice.sim.prefix_cache import PrefixCache, stable_block_hash
 
@@ -74,16 +75,6 @@ def unique_workload(seed: int, n: int) -> list[list[dict[str, str]]]:
     rng = random.Random(seed)
     return [[{"role": "system", "content": words(rng, SYSTEM_TOKENS - 1)}, {"role": "user", "content": words(rng, QUESTION_TOKENS - 1)}]
             for _ in range(n)]
-
-
-class RoundRobin(LeastOutstanding):
-    """The baseline: the next replica in turn, whatever its load or cache."""
-
-    def pick(self, replicas: Sequence[Replica], prompt: Any = "") -> Replica:
-        chosen = replicas[self._turn % len(replicas)]
-        self._turn += 1
-        chosen.in_flight += 1
-        return chosen
 
 
 @dataclass

@@ -31,7 +31,9 @@ start_gateway() {
         -e "s|\.sluice/bench\.db|.sluice/bench-$off.db|" "$1" > ".sluice/config-$off.yaml"
     config=.sluice/config-$off.yaml
   fi
-  rm -f ".sluice/bench.db" ".sluice/bench-$off.db"*
+  # only this gateway's own database: removing bench.db here while another gateway (make ab's A side)
+  # has it open left that side writing no usage at all (StoreUnavailable), so it did less work than B
+  if [ "$off" = 0 ]; then rm -f .sluice/bench.db*; else rm -f ".sluice/bench-$off.db"*; fi
   # shellcheck disable=SC2086  # $4 is a list of NAME=value words
   env ${4:-} taskset -c 0 sluice serve --config "$config" 2> ".sluice/$2" &
   last_gw=$!

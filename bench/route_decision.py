@@ -9,7 +9,7 @@ from __future__ import annotations
 import timeit
 
 from sluice.core import config
-from sluice.routing import LeastOutstanding, RouteTable, from_config
+from sluice.routing import Deployment, LeastOutstanding, Replica, RouteTable, from_config
 
 
 class _P:
@@ -34,17 +34,17 @@ def main() -> None:
         "routes": [{"name": "canary", "match": {"models": ["chat"]},
                     "targets": [{"target": "chat@v1", "weight": 90}, {"target": "chat@v2", "weight": 10}]}],
     })
-    table = RouteTable(from_config(cfg), transports={"a": ["replica-1", "replica-2"]})
+    deployment = Deployment("a", [Replica("a/0"), Replica("a/1")], LeastOutstanding())
+    table = RouteTable(from_config(cfg), transports={"a": deployment})
     p, x, r = _P(), _X(), _R()
     n = 200_000
     for label, alias in (("one-target models: route", "sim-small"), ("two weighted targets + breakers", "chat")):
         best = min(timeit.repeat(lambda: table.decide(alias, p, r, x, 0.0), number=n, repeat=5)) / n
         print(f"decide, {label}: {best * 1e6:.3f} us")
-    placement = LeastOutstanding()
-    replicas = ("replica-1", "replica-2")
+    placement = deployment.placement
 
     def pick_done() -> None:
-        placement.done(placement.pick(replicas, None))
+        placement.done(placement.pick(deployment.live, ""))
 
     best = min(timeit.repeat(pick_done, number=n, repeat=5)) / n
     print(f"least-outstanding pick+done, 2 replicas: {best * 1e6:.3f} us")

@@ -25,7 +25,7 @@ from .limits import Admission, AnomalyGuard, Limiter, PriceTable, Throttle, buil
 from .identity import (SYSTEM, CredentialRegistry, Federation, Hasher, IdentityService, IdentitySync, Keyring, Sealer,
                        TokenExchange, TokenService, gate)
 from .pipeline import DataPlane
-from .routing import DecisionLog, LeastOutstanding, RoutingState, from_config, refused_url
+from .routing import DecisionLog, Deployment, Replica, RoutingState, build_placement, from_config, refused_url
 from .routing.health import run_checks
 from .store import Store, StoreUnavailable, open_store
 from .telemetry import Metrics, UsageLedger, configure
@@ -64,7 +64,6 @@ class Gateway:
         self.ledger: UsageLedger | None = None
         self.data: Listener | NativeListener | None = None
         self.control: Listener | None = None
-        self._transports: dict[str, Transport] = {}
         self._all_transports: list[Transport] = []
         self.routing: RoutingState | None = None
         self._sim_runner = None
@@ -108,9 +107,10 @@ class Gateway:
             self._sim_runner, sim_port = await serve_sim(c.sim)
             log.info("simulated backend on %s:%d", c.sim.host, sim_port)
 
-        replicas: dict[str, list[Transport]] = {}
+        deployments: dict[str, Deployment] = {}  # per upstream: its replicas and how requests are placed on them
         for u in c.upstreams:
-            for url in u.base_urls:
+            replicas: list[Replica] = []
+            for i, url in enumerate(u.base_urls):
                 if not u.allow_link_local:
                     why = await asyncio.get_running_loop().run_in_executor(None, partial(refused_url, url, resolve=True))
                     if why:
@@ -120,9 +120,9 @@ class Gateway:
                 client = c.data_plane.server if u.client == "auto" else u.client
                 t: Transport = NativeTransport(one) if client == "native" else OpenAITransport(one)
                 await t.start()
-                replicas.setdefault(u.name, []).append(t)
-            self._transports[u.name] = replicas[u.name][0]
-        self._all_transports = [t for ts in replicas.values() for t in ts]
+                self._all_transports.append(t)
+                replicas.append(Replica(f"{u.name}/{i}", url, t))
+            deployments[u.name] = Deployment(u.name, replicas, build_placement(u.placement, seed=u.name))
 
         metrics = Metrics()
         self.ledger = ledger = UsageLedger(c.usage, metrics, store.write_usage, store.touch_keys, registry.take_last_used)
@@ -142,16 +142,16 @@ class Gateway:
         # limits can be switched on at run time, so the tokenizers load now either way
         await asyncio.get_running_loop().run_in_executor(None, warm, [m.target_model for m in c.models] + [
             v.upstream_model or m.name for m in c.registry for v in m.versions])
-        self.routing = routing = RoutingState(from_config(c), store, transports=replicas, breaker=c.resilience.breaker)
+        self.routing = routing = RoutingState(from_config(c), store, transports=deployments, breaker=c.resilience.breaker)
         await routing.load()
         self._tasks.append(asyncio.get_running_loop().create_task(routing.run_sync(c.resilience.sync_interval_s),
                                                                   name="routing-sync"))
         if c.resilience.health_interval_s > 0:
             self._tasks.append(asyncio.get_running_loop().create_task(
-                run_checks(replicas, lambda: routing.table, c.resilience.health_interval_s), name="health-checks"))
+                run_checks(deployments, lambda: routing.table, c.resilience.health_interval_s), name="health-checks"))
         decisions = DecisionLog(c.resilience.decisions_kept)
         data_plane = DataPlane(registry=registry, tokens=tokens, routes=routing, decisions=decisions,
-                               resilience=c.resilience, placement=LeastOutstanding(), ledger=ledger, limits=c.requests, limiter=limiter, prices=prices,
+                               resilience=c.resilience, ledger=ledger, limits=c.requests, limiter=limiter, prices=prices,
                                max_tokens_cap=c.limits.max_tokens_cap, over_cap=c.limits.over_cap,
                                admission=Admission({m.name: m.capacity for m in c.models if m.capacity}),
                                extra_params={m: extra_params(p) for m, p in cfgmod.model_extra_params(c).items()})

@@ -52,6 +52,24 @@ class DataPlaneListener(Listener):
     shutdown_timeout: Seconds = 10.0
 
 
+class PlacementSettings(_Strict):
+    """How an upstream with several replicas places requests on them (``routing.placement``)."""
+
+    policy: Literal["least_outstanding", "prefix_affinity", "round_robin"] = "least_outstanding"
+    # Characters per hashed block (the inference extension's default).
+    block_chars: Annotated[int, msgspec.Meta(ge=8, le=4096)] = 64
+    # At most this many leading blocks are hashed: bounds the decision's cost on huge prompts.
+    max_blocks: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 256
+    # Block hashes remembered per replica; size it near the replica's KV cache (tokens x ~4 chars / block_chars).
+    index_blocks: Annotated[int, msgspec.Meta(ge=1)] = 31250
+    # Affinity may pick a replica only while its in-flight count is within this slack of the least
+    # loaded one: slack = max(balance_abs, (balance_rel - 1) x least).
+    balance_abs: Annotated[int, msgspec.Meta(ge=0)] = 6
+    balance_rel: Annotated[float, msgspec.Meta(ge=1.0)] = 1.25
+    # Fewer matching blocks than this count as no match (least outstanding decides).
+    min_match_blocks: Annotated[int, msgspec.Meta(ge=1)] = 1
+
+
 class Upstream(_Strict):
     """One model backend speaking the OpenAI wire protocol (vLLM, Ollama, llama.cpp, OpenAI)."""
 
@@ -75,6 +93,8 @@ class Upstream(_Strict):
     replicas: list[Annotated[str, msgspec.Meta(pattern=r"^https?://")]] = msgspec.field(default_factory=list)
     # Link-local and cloud-metadata addresses are refused unless this is set (see routing.egress).
     allow_link_local: bool = False
+    # How requests are placed on base_url and the replicas.
+    placement: PlacementSettings = msgspec.field(default_factory=PlacementSettings)
 
     @property
     def base_urls(self) -> list[str]:

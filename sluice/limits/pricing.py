@@ -17,8 +17,9 @@ class PriceTable:
     def has(self, model: str) -> bool:
         return model in self._prices
 
-    def cost(self, model: str, prompt: int, completion: int, cached: int = 0) -> float:
-        p = self._prices.get(model)
+    def cost(self, model: str, prompt: int, completion: int, cached: int = 0, price: Price | None = None) -> float:
+        """What a call costs: at ``price`` when given (a registry version's own), else at the model's."""
+        p = price or self._prices.get(model)
         if p is None:
             return 0.0
         if not cached:

@@ -1,6 +1,6 @@
 """The request path, in order, on one screen.
 
-    authenticate -> decode (validate) -> authorize -> route -> limit (reserve) -> admit (fair queue)
+    authenticate -> decode (validate) -> authorize -> route -> context window -> limit (reserve) -> admit (fair queue)
         -> forward (upstream, SSE relay) -> settle limits -> account
 
 Each stage is a small object with one async method over the ``RequestContext``; a stage
@@ -16,12 +16,12 @@ from ..core.config import RequestLimits, Resilience
 from ..core.wire import ChatCompletionRequest, EmbeddingRequest, chat_request_with
 from ..identity import CredentialRegistry, TokenService
 from ..limits import Admission, Limiter, PriceTable
-from ..routing import DecisionLog, Placement, RoutingState
+from ..routing import DecisionLog, RoutingState
 from ..telemetry import UsageLedger
 from .context import RequestContext
 from .endpoints import ListModels, ModelCall
 from .forward import Forward
-from .stages import Account, Admit, Authenticate, Authorize, Decode, Limit, Route, Settle
+from .stages import Account, Admit, Authenticate, Authorize, ContextWindow, Decode, Limit, Route, Settle
 
 __all__ = ["DataPlane", "RequestContext"]
 
@@ -34,11 +34,12 @@ class DataPlane:
         decisions: DecisionLog, ledger: UsageLedger, limits: RequestLimits,
         limiter: Limiter, prices: PriceTable, max_tokens_cap: int, admission: Admission,
         over_cap: str = "refuse", extra_params: dict[str, frozenset[str]] | None = None,
-        resilience: Resilience | None = None, placement: Placement | None = None,
+        resilience: Resilience | None = None,
     ) -> None:
         authenticate = Authenticate(registry, tokens)
         authorize = Authorize()
         route = Route(routes, decisions)
+        window = ContextWindow()
         limit = Limit(limiter, prices, max_tokens_cap, clamp=over_cap == "clamp")
         admit = Admit(admission, max_tokens_cap)
         settle, account = Settle(limiter, prices), Account(ledger)
@@ -55,8 +56,8 @@ class DataPlane:
 
         def model_call(name: str, path: str, request_type: type,
                        extras: dict[str, msgspec.json.Decoder] | None = None) -> ModelCall:
-            stages = (authenticate, Decode(request_type, **size, extras=extras), authorize, route, limit, admit)
-            return ModelCall(name, stages, Forward(path, finish, resilience, placement), finish, authenticate=authenticate)
+            stages = (authenticate, Decode(request_type, **size, extras=extras), authorize, route, window, limit, admit)
+            return ModelCall(name, stages, Forward(path, finish, resilience), finish, authenticate=authenticate)
 
         self.chat_completions = model_call("chat.completions", "/chat/completions", ChatCompletionRequest, chat_extras)
         self.embeddings = model_call("embeddings", "/embeddings", EmbeddingRequest)

@@ -18,7 +18,7 @@ from ..core.config import Resilience
 from ..core.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout
 from ..core.exchange import Reply, StreamReply
 from ..core.wire import ChatCompletionRequest, EmbeddingRequest, StreamOptions, TokenUsage
-from ..routing import Decision, LeastOutstanding, Placement, Target
+from ..routing import Decision, Target
 from ..upstream import SSERelay, UpstreamReply, UpstreamStream, error_event
 from ..limits import INPUT, OUTPUT
 from ..upstream.errors import from_status
@@ -62,10 +62,9 @@ class Forward:
     """Sends the decoded request to its target and shapes the reply; on a failure that is safe to
     repeat, tries again (a retry, then the route's fallbacks) within one attempt budget per request."""
 
-    __slots__ = ("_path", "_account", "_budget", "_backoff", "_backoff_max", "_keepalive", "_placement", "_random")
+    __slots__ = ("_path", "_account", "_budget", "_backoff", "_backoff_max", "_keepalive", "_random")
 
-    def __init__(self, path: str, account: Callable[[RequestContext], None], resilience: Resilience | None = None,
-                 placement: Placement | None = None) -> None:
+    def __init__(self, path: str, account: Callable[[RequestContext], None], resilience: Resilience | None = None) -> None:
         r = resilience or Resilience()
         self._path = path
         self._account = account
@@ -73,7 +72,6 @@ class Forward:
         self._backoff = r.backoff_ms / 1000.0
         self._backoff_max = r.backoff_max_ms / 1000.0
         self._keepalive = r.keepalive_s
-        self._placement = placement or LeastOutstanding()
         self._random = random.random
 
     def _upstream_body(self, ctx: RequestContext) -> bytes:
@@ -106,15 +104,17 @@ class Forward:
 
     async def complete(self, ctx: RequestContext) -> Reply:
         """Non-streaming: upstream round trips until one answers or the attempt budget is spent."""
-        placement = self._placement
+        prompt = _prompt(ctx.request)
         try:
             while True:
                 target: Target = ctx.target  # type: ignore[assignment]
                 body = self._upstream_body(ctx)
-                replica = ctx.transport = placement.pick(target.replicas, ctx)
+                deployment = target.deployment
+                placement = deployment.placement  # type: ignore[union-attr]
+                replica = ctx.transport = placement.pick(deployment.live, prompt)  # type: ignore[union-attr]
                 t0 = clock.monotonic()
                 try:
-                    reply: UpstreamReply = await replica.send(self._path, body)
+                    reply: UpstreamReply = await replica.transport.send(self._path, body)
                     err: GatewayError | None = None if reply.status == 200 else from_status(reply)
                 except GatewayError as exc:
                     err = exc
@@ -151,13 +151,15 @@ class Forward:
 
     async def _open(self, ctx: RequestContext) -> UpstreamStream:
         """Open a stream, falling back like a plain request while nothing has reached the client."""
-        placement = self._placement
+        prompt = _prompt(ctx.request)
         while True:
             body = self._upstream_body(ctx)
-            replica = ctx.transport = placement.pick(ctx.target.replicas, ctx)  # type: ignore[union-attr]
+            deployment = ctx.target.deployment  # type: ignore[union-attr]
+            placement = deployment.placement
+            replica = ctx.transport = placement.pick(deployment.live, prompt)
             t0 = clock.monotonic()
             try:
-                opened = await replica.open_stream(self._path, body)
+                opened = await replica.transport.open_stream(self._path, body)
                 err = from_status(opened) if isinstance(opened, UpstreamReply) else None
             except GatewayError as exc:
                 err = exc
@@ -189,7 +191,7 @@ class Forward:
         def abandon() -> None:
             if not started[0]:
                 current[0].close()
-                self._placement.done(ctx.transport)
+                _done(ctx)
                 ctx.status, ctx.error_code = CLIENT_CLOSED, "client_closed"
                 self._account(ctx)
 
@@ -241,7 +243,7 @@ class Forward:
                 except GatewayError as e:
                     exc = e
                 upstream.close()
-                self._placement.done(ctx.transport)
+                _done(ctx)
                 nxt = self._failed(ctx, exc, (clock.monotonic() - a0) * 1000.0)
                 if sent or nxt is None:
                     ctx.transport = None
@@ -261,7 +263,7 @@ class Forward:
                 pending.cancel()
             if ctx.transport is not None:
                 current[0].close()
-                self._placement.done(ctx.transport)
+                _done(ctx)
                 ctx.transport = None
             ctx.upstream_ms = (clock.monotonic() - t0) * 1000.0
             _settle(ctx, relay.usage, relay.completion_estimate)
@@ -269,6 +271,16 @@ class Forward:
 
 
 KEEPALIVE = b": keepalive\n\n"
+
+
+def _done(ctx: RequestContext) -> None:
+    """The attempt on ``ctx.transport`` (the replica it was placed on) has ended."""
+    ctx.target.deployment.placement.done(ctx.transport)  # type: ignore[union-attr]
+
+
+def _prompt(request: ChatCompletionRequest | EmbeddingRequest) -> object:
+    """What placement hashes: a chat's whole conversation (prefix affinity reads it only if asked)."""
+    return request.messages if type(request) is ChatCompletionRequest else ""
 
 
 async def _ready(task: asyncio.Future, timeout: float) -> bool:

@@ -1,5 +1,9 @@
 """Placement across the replicas of one deployment: least outstanding requests, or prefix affinity.
 
+On the data path each upstream is a :class:`Deployment`: its replicas (each wrapping the
+transport that sends to it), the policy its config names (``upstreams[].placement``: least
+outstanding, prefix affinity or round robin), and the replicas that pass their health checks.
+
 Interface (what the router calls, per request)::
 
     placement = build_placement(settings, seed=deployment_name)   # once per deployment
@@ -19,8 +23,10 @@ Prefix affinity follows the public schedulers, read, not copied:
   model, so equal text after different prefixes never matches; each replica has a bounded LRU
   of the block hashes the router itself sent it (no engine feedback needed).
 - SGLang's cache-aware router: the replica with the longest match wins, unless load is
-  unbalanced, in which case the shortest queue wins (``balance_abs`` / ``balance_rel``); a prompt
-  that matches nowhere goes to the replica with the smallest index (the most cache room).
+  unbalanced, in which case the shortest queue wins (``balance_abs`` / ``balance_rel``). SGLang
+  sends a prompt that matches nowhere to the replica with the smallest index; here it goes where
+  least outstanding would send it, so a workload without shared prefixes is placed exactly as
+  least outstanding places it (once the indexes are full the two agree anyway).
 - llm-d's precise scorer mixes prefix, cache-use and queue scores with weights, from an index
   fed by the engine's KV block events; here the queue score is a hard bound (a replica more
   than the slack above the least loaded one is not eligible), so affinity never overloads a
@@ -45,44 +51,31 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Literal, Protocol
+from typing import Any, Protocol
 
-import msgspec
+from ..core.config import PlacementSettings
 
 BLOCK_CHARS = 64
 
+__all__ = ["Deployment", "LeastOutstanding", "Placement", "PlacementSettings", "PrefixAffinity", "Replica",
+           "RoundRobin", "build_placement", "conversation_text"]
+
 
 class Replica:
-    """One replica of a deployment, as placement sees it: a name, where it listens, its load."""
+    """One replica of a deployment, as placement sees it: a name, where it listens, its load, and
+    the transport that sends to it (on the data path; the bench and tests use the URL alone)."""
 
-    __slots__ = ("name", "url", "in_flight")
+    __slots__ = ("name", "url", "in_flight", "transport")
 
-    def __init__(self, name: str, url: str = "") -> None:
+    def __init__(self, name: str, url: str = "", transport: Any = None) -> None:
         self.name = name
         self.url = url
+        self.transport = transport
         # Requests sent to this replica and not yet done, counted from the moment they are picked.
         self.in_flight = 0
 
     def __repr__(self) -> str:
         return f"Replica({self.name!r}, in_flight={self.in_flight})"
-
-
-class PlacementSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """How a deployment places requests on its replicas (a config section the router embeds)."""
-
-    policy: Literal["least_outstanding", "prefix_affinity"] = "least_outstanding"
-    # Characters per hashed block (the inference extension's default).
-    block_chars: Annotated[int, msgspec.Meta(ge=8, le=4096)] = BLOCK_CHARS
-    # At most this many leading blocks are hashed: bounds the decision's cost on huge prompts.
-    max_blocks: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 256
-    # Block hashes remembered per replica; size it near the replica's KV cache (tokens x ~4 chars / block_chars).
-    index_blocks: Annotated[int, msgspec.Meta(ge=1)] = 31250
-    # Affinity may pick a replica only while its in-flight count is within this slack of the least
-    # loaded one: slack = max(balance_abs, (balance_rel - 1) x least).
-    balance_abs: Annotated[int, msgspec.Meta(ge=0)] = 6
-    balance_rel: Annotated[float, msgspec.Meta(ge=1.0)] = 1.25
-    # Fewer matching blocks than this count as no match (least outstanding decides).
-    min_match_blocks: Annotated[int, msgspec.Meta(ge=1)] = 1
 
 
 class Placement(Protocol):
@@ -190,12 +183,11 @@ class PrefixAffinity(LeastOutstanding):
                 candidates = [r for r in replicas if self._bits[r] & alive]
                 chosen = _least_loaded(candidates, self._turn)
         if chosen is None:
-            # No usable match: like SGLang, the eligible replica with the most cache room (the smallest
-            # index) takes the new prefix, so prefixes spread over the caches; load breaks ties.
-            lru = self._lru
-            candidates = [r for r in replicas if self._bits[r] & eligible]
-            room = min(len(lru[r]) for r in candidates)
-            chosen = _least_loaded([r for r in candidates if len(lru[r]) == room], self._turn)
+            # No usable match: exactly least outstanding's choice. (SGLang gives a new prefix to the
+            # replica with the smallest index; once every index is full, as under steady traffic,
+            # that is a tie and load decides anyway, and before that it put requests on busier
+            # replicas: a workload with no shared prefixes must see least outstanding's latency.)
+            chosen = _least_loaded(replicas, self._turn)
         self._turn += 1
         chosen.in_flight += 1
         self._remember(chosen, hashes)
@@ -267,11 +259,59 @@ class PrefixAffinity(LeastOutstanding):
             index.pop(h, None)
 
 
+class RoundRobin(LeastOutstanding):
+    """The next replica in turn, whatever its load or cache (the baseline the bench measures against)."""
+
+    __slots__ = ()
+
+    def pick(self, replicas: Sequence[Replica], prompt: str | Sequence[Any] = "") -> Replica:
+        chosen = replicas[self._turn % len(replicas)]
+        self._turn += 1
+        chosen.in_flight += 1
+        return chosen
+
+
 def build_placement(settings: PlacementSettings | None = None, seed: str = "") -> LeastOutstanding:
     """The placement policy a deployment's settings name; ``seed`` is the model or deployment name."""
     if settings is not None and settings.policy == "prefix_affinity":
         return PrefixAffinity(settings, seed)
+    if settings is not None and settings.policy == "round_robin":
+        return RoundRobin()
     return LeastOutstanding()
+
+
+class Deployment:
+    """One upstream's replicas and its placement: what a target sends through on the data path.
+
+    ``live`` holds the replicas placement may choose from: all of them, less those that failed
+    their last active health check (``eject``), but never none (a deployment whose every replica
+    fails is left to the breakers). It is swapped whole, so a pick sees one consistent tuple.
+    """
+
+    __slots__ = ("name", "replicas", "live", "placement", "down")
+
+    def __init__(self, name: str, replicas: Sequence[Replica], placement: Placement | None = None) -> None:
+        if not replicas:
+            raise ValueError("a deployment needs at least one replica")
+        self.name = name
+        self.replicas = tuple(replicas)
+        self.live = self.replicas
+        self.placement = placement or LeastOutstanding()
+        self.down: frozenset[Replica] = frozenset()
+
+    def eject(self, replica: Replica) -> None:
+        """``replica`` failed a health check: no more picks, and what placement learned about it is stale."""
+        self.placement.forget(replica)
+        self._set_down(self.down | {replica})
+
+    def restore(self, replica: Replica) -> None:
+        """``replica`` answers again: it takes picks (with an empty index: it may have restarted)."""
+        if replica in self.down:
+            self._set_down(self.down - {replica})
+
+    def _set_down(self, down: frozenset[Replica]) -> None:
+        self.down = down
+        self.live = tuple(r for r in self.replicas if r not in down) or self.replicas
 
 
 def conversation_text(messages: Sequence[Any]) -> str:

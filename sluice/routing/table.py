@@ -11,27 +11,29 @@ from __future__ import annotations
 import random
 import zlib
 from bisect import bisect_right
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..core.config import Breaker, Compliance, RouteMatch, RouteSpec
+from ..core.config import Breaker, Compliance, Price, RouteMatch, RouteSpec
 from ..core.types import Environment
 from .breaker import CLOSED, CircuitBreaker
+from .placement import Deployment
 from .policy import RoutingPolicy
 
 Check = Callable[[Any, Any, Any], bool]  # (principal, request, exchange) -> matches
 
 
 class Target:
-    """A registry version as traffic sees it: upstream, the model name it knows, its replicas and breaker."""
+    """A registry version as traffic sees it: upstream, the model name it knows, its deployment (replicas
+    and placement), breaker, context window and price (None: the model's in the price table)."""
 
     __slots__ = ("name", "model", "version", "upstream", "upstream_model", "environment", "region", "tier",
-                 "approved", "breaker", "replicas", "context_window", "digest")
+                 "approved", "breaker", "deployment", "context_window", "digest", "price")
 
     def __init__(self, name: str, model: str, version: str, upstream: str, upstream_model: str,
                  environment: Environment | None, *, region: str | None = None, tier: str | None = None,
-                 approved: bool = True, breaker: CircuitBreaker | None = None, replicas: Sequence[Any] = (),
-                 context_window: int | None = None, digest: str | None = None) -> None:
+                 approved: bool = True, breaker: CircuitBreaker | None = None, deployment: Deployment | None = None,
+                 context_window: int | None = None, digest: str | None = None, price: Price | None = None) -> None:
         self.name = name
         self.model = model
         self.version = version
@@ -42,9 +44,10 @@ class Target:
         self.tier = tier
         self.approved = approved
         self.breaker = breaker
-        self.replicas = tuple(replicas)
+        self.deployment = deployment
         self.context_window = context_window
         self.digest = digest
+        self.price = price
 
 
 def hint(name: str, request: Any, exchange: Any) -> str | None:
@@ -101,7 +104,7 @@ class CompiledRoute:
     """One route ready to decide: its checks, usable weighted targets, fallbacks, and what was left out."""
 
     __slots__ = ("name", "spec", "checks", "targets", "cumulative", "total", "fallbacks", "sticky", "retries",
-                 "excluded", "weights", "headers")
+                 "excluded", "weights", "headers", "windowed")
 
     def __init__(self, spec: RouteSpec, targets: Mapping[str, Target]) -> None:
         self.name = spec.name
@@ -126,6 +129,8 @@ class CompiledRoute:
         self.fallbacks = tuple(targets[f] for f in spec.fallbacks if self._usable(targets[f], spec.compliance))
         # x-sluice-route values, built once: a response's header is a lookup, not a format.
         self.headers = {t.name: f"{self.name}; target={t.name}" for t in self.targets + self.fallbacks}
+        # Whether a request's size must be measured against a version's context window on this route.
+        self.windowed = any(t.context_window is not None for t in self.targets + self.fallbacks)
 
     def _usable(self, t: Target, c: Compliance | None) -> bool:
         if not t.approved:
@@ -146,7 +151,7 @@ class CompiledRoute:
 class Decision:
     """Why and where one request goes: the route, the chosen target, the attempts made (for explanations)."""
 
-    __slots__ = ("request_id", "route", "target", "skipped", "attempts", "environment", "alias", "at")
+    __slots__ = ("request_id", "route", "target", "skipped", "attempts", "environment", "alias", "at", "needed")
 
     def __init__(self, request_id: str, alias: str, route: CompiledRoute, target: Target | None,
                  environment: str, skipped: list[str] | None, at: float) -> None:
@@ -158,6 +163,7 @@ class Decision:
         self.skipped = skipped  # targets passed over at decision time, with why (usually None)
         self.attempts: list[tuple[str, str, float]] = []  # (target, outcome, ms)
         self.at = at
+        self.needed: int | None = None  # prompt + completion tokens, on a route with context windows
 
     def header(self, target: Target | None = None) -> str:
         """The ``x-sluice-route`` value: the route and the target that answered (or was last tried)."""
@@ -175,8 +181,12 @@ class Decision:
             return failed
         env = self.environment
         seen = {a[0] for a in tried}
+        needed = self.needed
         for t in route.fallbacks:
             if t.name in seen or (t.environment is not None and t.environment != env):
+                continue
+            if needed is not None and t.context_window is not None and needed > t.context_window:
+                self._skip(t, f"context window {t.context_window} < {needed} tokens")
                 continue
             if t.breaker is None or t.breaker.allows():
                 return t
@@ -201,7 +211,7 @@ class NoTarget(Exception):
 class RouteTable:
     """Alias -> candidate routes (in policy order) -> the first whose checks pass -> a target."""
 
-    def __init__(self, policy: RoutingPolicy, *, transports: Mapping[str, Sequence[Any]] | None = None,
+    def __init__(self, policy: RoutingPolicy, *, transports: Mapping[str, Deployment] | None = None,
                  breakers: dict[str, CircuitBreaker] | None = None, breaker: Breaker | None = None,
                  rng: random.Random | None = None) -> None:
         transports = transports or {}
@@ -217,8 +227,8 @@ class RouteTable:
                     b = breakers[name] = CircuitBreaker(bcfg.failures, bcfg.window_s, bcfg.open_s)
                 self.targets[name] = Target(
                     name, m.name, v.version, v.upstream, v.upstream_model or m.name, v.environment, region=v.region,
-                    tier=v.tier, approved=v.approved, breaker=b, replicas=transports.get(v.upstream, ()),
-                    context_window=v.context_window, digest=v.digest)
+                    tier=v.tier, approved=v.approved, breaker=b, deployment=transports.get(v.upstream),
+                    context_window=v.context_window, digest=v.digest, price=v.price)
         self.routes = tuple(CompiledRoute(spec, self.targets) for spec in policy.routes)
         anywhere = tuple(r for r in self.routes if not r.spec.match.models)
         by_alias: dict[str, list[CompiledRoute]] = {}

@@ -16,6 +16,7 @@ from ..core.errors import Unavailable, UpstreamError, UpstreamTimeout
 from .base import Transport, UpstreamReply, UpstreamStream
 from .connection import Cut, Stalled, UpstreamConnection
 from .pool import Pool, PoolTimeout
+from .probe import answers
 from .tls import tls_context
 
 
@@ -83,10 +84,13 @@ class NativeTransport(Transport):
         self._read_timeout = cfg.read_timeout
         self._connect_timeout = cfg.connect_timeout
         self._total = cfg.total_timeout
-        self._pool = Pool(host, port, ssl_context=tls_context(cfg.tls_ca_file) if tls else None,
+        ssl_context = tls_context(cfg.tls_ca_file) if tls else None
+        self._pool = Pool(host, port, ssl_context=ssl_context,
                           limit=cfg.max_connections, connect_timeout=cfg.connect_timeout,
                           pool_timeout=cfg.pool_timeout, idle_timeout=cfg.idle_timeout)
         self._loop: asyncio.AbstractEventLoop | None = None
+        # (host, port, TLS context or None, timeout) of the active health check (``probe``)
+        self._probe_at = (host, port, ssl_context, cfg.connect_timeout + 1.0)
 
     @property
     def pool(self) -> Pool:
@@ -146,24 +150,10 @@ class NativeTransport(Transport):
         return UpstreamReply(status, await self._read_all(conn), retry_after)
 
     async def probe(self) -> bool | None:
-        """``GET /models`` answers below 500 within the connect timeout (plus a second): the server is up."""
-        loop = self._loop
-        assert loop is not None
-        limit = self._connect_timeout + 1.0
-        conn: UpstreamConnection | None = None
-        try:
-            async with asyncio.timeout(limit):
-                conn = await self._pool.acquire()
-                conn.send(b"GET " + self._prefix + b"/models HTTP/1.1\r\n" + self._head + b"\r\n", limit, loop.time() + limit)
-                status = await conn.head()
-                while await conn.read():
-                    pass
-        except Exception:
-            return False
-        finally:
-            if conn is not None:
-                self._pool.release(conn)
-        return 0 < status < 500
+        """``GET /models`` answers below 500 within the connect timeout: the server is up."""
+        host, port, tls, timeout = self._probe_at
+        return await answers(host, port, tls, b"".join((
+            b"GET ", self._prefix, b"/models HTTP/1.1\r\n", self._head, b"Connection: close\r\n\r\n")), timeout)
 
     async def open_stream(self, path: str, body: bytes) -> UpstreamStream | UpstreamReply:
         conn = await self._exchange(path, body)

@@ -11,10 +11,12 @@ import pytest
 
 from sluice.core.wire import Message
 from sluice.routing.placement import (
+    Deployment,
     LeastOutstanding,
     PlacementSettings,
     PrefixAffinity,
     Replica,
+    RoundRobin,
     build_placement,
     conversation_text,
 )
@@ -120,6 +122,46 @@ def test_the_per_replica_index_is_bounded_and_evicts_the_least_recent_prefixes()
 def test_settings_choose_the_policy() -> None:
     assert type(build_placement(None)) is LeastOutstanding
     assert type(build_placement(PlacementSettings(policy="prefix_affinity"), "m")) is PrefixAffinity
+    assert type(build_placement(PlacementSettings(policy="round_robin"), "m")) is RoundRobin
+
+
+def test_round_robin_takes_turns_whatever_the_load() -> None:
+    rs = replicas(3)
+    rs[0].in_flight = 50
+    policy = RoundRobin()
+    assert [policy.pick(rs).name for _ in range(6)] == ["r0", "r1", "r2", "r0", "r1", "r2"]
+
+
+def test_with_no_shared_prefix_affinity_places_exactly_as_least_outstanding() -> None:
+    """The no-prefix workload's latency is least outstanding's by construction: the same decisions."""
+    a, b = replicas(), replicas()
+    lo, pa = LeastOutstanding(), affinity(index_blocks=50)
+    held_a: list[Replica] = []
+    held_b: list[Replica] = []
+    for i in range(400):
+        prompt = [{"role": "user", "content": f"unique {i} " + "x" * 300}]
+        ra, rb = lo.pick(a, prompt), pa.pick(b, prompt)
+        assert ra.name == rb.name, i
+        held_a.append(ra)
+        held_b.append(rb)
+        if i % 3 == 0:  # requests end out of order, leaving uneven loads
+            lo.done(held_a.pop(i % len(held_a)))
+            pa.done(held_b.pop(i % len(held_b)))
+
+
+def test_a_deployment_leaves_out_an_ejected_replica_and_forgets_what_it_held() -> None:
+    rs = replicas(3)
+    d = Deployment("pool", rs, affinity())
+    home = d.placement.pick(d.live, conversation(0, 0))
+    d.placement.done(home)
+    d.eject(home)
+    assert home not in d.live and len(d.live) == 2
+    assert d.placement.indexed_blocks(home) == 0  # type: ignore[attr-defined]
+    for r in d.live:
+        d.eject(r)
+    assert d.live == tuple(rs)  # never none: a deployment that is all down is the breakers' to handle
+    d.restore(home)
+    assert d.live == (home,)
 
 
 def test_a_decision_on_an_8000_character_prompt_costs_well_under_a_millisecond() -> None:

@@ -6,5 +6,6 @@ from .authorize import Authorize
 from .decode import Decode
 from .limit import Admit, Limit, Settle
 from .route import Route
+from .window import ContextWindow
 
-__all__ = ["Account", "Admit", "Authenticate", "Authorize", "Decode", "Limit", "Route", "Settle"]
+__all__ = ["Account", "Admit", "Authenticate", "Authorize", "ContextWindow", "Decode", "Limit", "Route", "Settle"]

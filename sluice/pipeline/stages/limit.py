@@ -25,7 +25,8 @@ class Limit:
         req, target, p = ctx.request, ctx.target, ctx.principal
         tokens_in = prompt_tokens(req, target.upstream_model)  # type: ignore[union-attr]
         tokens_out = bounded_output(req, self._cap, self._clamp)
-        amounts = (1.0, tokens_in, tokens_out, 1.0, self._prices.cost(target.model, tokens_in, tokens_out))  # type: ignore[union-attr]
+        # the chosen version's price when it has one, else the model's
+        amounts = (1.0, tokens_in, tokens_out, 1.0, self._prices.cost(target.model, tokens_in, tokens_out, 0, target.price))  # type: ignore[union-attr]
         if limiter.inline:
             ctx.reservation, ctx.limit_headers = limiter.reserve_now(
                 ctx.exchange.request_id, p.identity_id, p.team, target.model, target.upstream, amounts)  # type: ignore[union-attr]
@@ -75,6 +76,7 @@ class Settle:
         if r is None:
             return
         ctx.reservation = None
-        model = ctx.target.model if ctx.target else ""
-        spend = self._prices.cost(model, ctx.prompt_tokens, ctx.completion_tokens, ctx.cached_tokens)
+        t = ctx.target
+        spend = self._prices.cost(t.model if t else "", ctx.prompt_tokens, ctx.completion_tokens, ctx.cached_tokens,
+                                  t.price if t else None)
         self._limiter.settle(r, ctx.prompt_tokens, ctx.completion_tokens, spend)

@@ -1,0 +1,36 @@
+"""Stage: does it fit the chosen version's context window? Refused before any upstream call if not."""
+
+from __future__ import annotations
+
+from ...core.errors import InvalidRequest
+from ...core.wire import ChatCompletionRequest
+from ...limits import prompt_tokens
+from ..context import RequestContext
+
+
+class ContextWindow:
+    """Prompt tokens plus the completion asked for must fit the target version's ``context_window``
+    (versions without one are not checked: the upstream decides). OpenAI's status, code and wording.
+    The size is kept on the decision, so a fallback whose window is smaller is passed over."""
+
+    __slots__ = ()
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        decision = ctx.decision
+        if not decision.route.windowed:  # type: ignore[union-attr]
+            return
+        target = ctx.target
+        req = ctx.request
+        prompt = prompt_tokens(req, target.upstream_model)  # type: ignore[union-attr]
+        completion = 0
+        if type(req) is ChatCompletionRequest:
+            asked = req.max_completion_tokens if type(req.max_completion_tokens) is int else req.max_tokens
+            completion = asked if type(asked) is int else 0
+        decision.needed = prompt + completion  # type: ignore[union-attr]
+        window = target.context_window  # type: ignore[union-attr]
+        if window is not None and prompt + completion > window:
+            raise InvalidRequest(
+                f"This model's maximum context length is {window} tokens. However, you requested "
+                f"{prompt + completion} tokens ({prompt} in the messages, {completion} in the completion). "
+                f"Please reduce the length of the messages or completion.",
+                code="context_length_exceeded", param="messages")
