@@ -66,10 +66,12 @@ def test_a_killed_route_answers_503_or_sends_everything_to_its_fallback(g):
 def test_revoking_every_credential_of_an_identity_or_an_owner_refuses_the_next_request(g):
     ids = {i["name"]: i["id"] for i in g.admin("GET", "/admin/identities").json()["data"]}
     assert chat(g, g.keys["app"]).status_code == 200
-    out = switch(g, "revoke", "--identity", ids["app"], "--reason", "key posted in a public repo")
-    assert len(out["revoked"]) == 1
+    # straight through the API, so nothing but the switch itself stands between it and the next request
+    out = g.admin("POST", "/admin/switches/revoke", json={"identity_id": ids["app"], "reason": "key in a public repo"})
     r = chat(g, g.keys["app"])
     assert r.status_code == 401 and g.keys["app"] not in r.text
+    assert out.status_code == 200 and len(out.json()["revoked"]) == 1
+    assert changes(g)[0]["action"] == "switch.revoke"
     # the identity stays: a new key works at once
     new = g.admin("POST", f"/admin/identities/{ids['app']}/keys", json={}).json()["key"]
     assert chat(g, new).status_code == 200
