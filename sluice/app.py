@@ -25,6 +25,8 @@ from .limits import Admission, AnomalyGuard, Limiter, PriceTable, Throttle, buil
 from .identity import (SYSTEM, CredentialRegistry, Federation, Hasher, IdentityService, IdentitySync, Keyring, Sealer,
                        TokenExchange, TokenService, gate)
 from .pipeline import DataPlane
+from .policy import LimitsSection, PendingApproval, PolicyDocument, PolicyService
+from .admin.policy_api import PolicyAdmin
 from .routing import DecisionLog, Deployment, Replica, RoutingState, build_placement, from_config, refused_url
 from .routing.health import run_checks
 from .store import Store, StoreUnavailable, open_store
@@ -73,6 +75,7 @@ class Gateway:
         self.limiter: Limiter | None = None
         self.prices: PriceTable | None = None
         self.identity_sync: IdentitySync | None = None
+        self.policy: PolicyService | None = None
 
     def secrets(self) -> list[str]:
         c = self.config
@@ -93,7 +96,14 @@ class Gateway:
         registry.failures = gate(c.identity.auth_failures_per_minute, "failed authentications from this address")
         identities = IdentityService(store, registry, hasher, c.security)
         await identities.sync_declared(c.identities, c.teams)
-        self.identity_sync = IdentitySync(store, identities.load, c.identity)
+        async def reload_state() -> bool:
+            # one store watcher: every identity or policy change bumps the same version (Store.apply)
+            loaded = await identities.load()
+            if self.policy is not None:
+                await self.policy.refresh()
+            return loaded
+
+        self.identity_sync = IdentitySync(store, reload_state, c.identity)
         await self.identity_sync.start()
         keyring = Keyring(store, Sealer(pepper), c.tokens)
         await keyring.load()
@@ -142,10 +152,11 @@ class Gateway:
         # limits can be switched on at run time, so the tokenizers load now either way
         await asyncio.get_running_loop().run_in_executor(None, warm, [m.target_model for m in c.models] + [
             v.upstream_model or m.name for m in c.registry for v in m.versions])
-        self.routing = routing = RoutingState(from_config(c), store, transports=deployments, breaker=c.resilience.breaker)
-        await routing.load()
-        self._tasks.append(asyncio.get_running_loop().create_task(routing.run_sync(c.resilience.sync_interval_s),
-                                                                  name="routing-sync"))
+        # The versioned policy drives routing and limits: no routing store of its own, no second poller.
+        self.routing = routing = RoutingState(from_config(c), None, transports=deployments, breaker=c.resilience.breaker)
+        self.policy = policy = PolicyService(store, routing, limiter, c.policy, PolicyDocument(
+            routing=from_config(c), limits=LimitsSection(rules=list(c.limits.rules))))
+        await policy.bootstrap()
         if c.resilience.health_interval_s > 0:
             self._tasks.append(asyncio.get_running_loop().create_task(
                 run_checks(deployments, lambda: routing.table, c.resilience.health_interval_s), name="health-checks"))
@@ -174,8 +185,8 @@ class Gateway:
             return Reply(200, metrics.render(), METRICS_TYPE)
 
         admin = AdminApi(AdminAuth(hasher, c.admin.keys, registry), identities, store, ledger.flush,
-                         RoutingAdmin(routing, decisions, identities.record, [u.name for u in c.upstreams]),
-                         keyring, limiter)
+                         RoutingAdmin(routing, decisions, identities.record, [u.name for u in c.upstreams], policy),
+                         keyring, limiter, PolicyAdmin(policy, store, identities))
         data_routes = data_plane.routes() + token_routes + health + vllm_health
         if c.data_plane.server == "native":
             self.data = NativeListener("data", c.data_plane, data_routes, max_body_bytes=c.requests.max_body_bytes,
@@ -218,9 +229,23 @@ class Gateway:
             log.error("config reload refused, nothing changed: %s", exc)
             return
         if self.limiter is not None and self.prices is not None:
-            self.limiter.replace_rules(fresh.limits.rules)
             self.prices.replace(fresh.prices)
+            if self.policy is not None:  # the file's limits become a change set of the versioned policy
+                self._spawn(self._reload_limits(fresh.limits.rules))
+            else:
+                self.limiter.replace_rules(fresh.limits.rules)
             log.info("config reloaded: %d limit rules, %d prices", len(fresh.limits.rules), len(fresh.prices))
+
+    async def _reload_limits(self, rules: list) -> None:
+        try:
+            await self.policy.change_section(  # type: ignore[union-attr]
+                SYSTEM, "limits", lambda s: msgspec.structs.replace(s, rules=rules), action="limits.reload",
+                target="limits", detail=lambda b, a: {"to": msgspec.to_builtins(a.limits.rules)},
+                reason="SIGHUP: the config file's limits")
+        except PendingApproval as pending:
+            log.warning("the config file's limits wait for approval as change set %s", pending.changeset["id"])
+        except Exception as exc:  # a reload must never take the process down
+            log.error("config reload of limits refused: %s", getattr(exc, "message", type(exc).__name__))
 
     async def _healthz(self, _: Exchange) -> Reply:
         return Reply.json({"status": "ok"})

@@ -23,6 +23,7 @@ from ..limits import Limiter
 from ..store import Store, StoreUnavailable
 from .auth import AdminAuth
 from .routing_api import RoutingAdmin
+from .policy_api import PolicyAdmin, freeze_gate
 from .bodies import decode as _decode
 from .openapi import accepts, document
 
@@ -136,7 +137,7 @@ class AdminApi:
 
     def __init__(self, auth: AdminAuth, identities: IdentityService, store: Store,
                  flush_usage: Callable[[], Awaitable[bool]], routing: RoutingAdmin,
-                 keyring: Keyring, limiter: Limiter) -> None:
+                 keyring: Keyring, limiter: Limiter, policy: PolicyAdmin | None = None) -> None:
         self._auth = auth
         self._ids = identities
         self._store = store
@@ -144,6 +145,7 @@ class AdminApi:
         self._routing = routing
         self._keyring = keyring
         self._limiter = limiter
+        self._policy = policy
         self._openapi: bytes | None = None
 
     def endpoints(self) -> list[tuple[str, str, tuple[str, ...], Action]]:
@@ -176,10 +178,14 @@ class AdminApi:
             ("GET", "/admin/usage/summary", (r.USAGE_READ,), self.usage_summary),
             ("GET", "/admin/changes", (r.AUDIT_READ,), self.changes),
             ("GET", "/admin/openapi.json", (), self.openapi),
+            *(getattr(self, "_policy", None) or PolicyAdmin.__new__(PolicyAdmin)).endpoints(),
         ]
 
     def routes(self) -> list[tuple[str, str, Handler]]:
-        return [(m, p, self._guarded(scopes, fn)) for m, p, scopes, fn in self.endpoints()]
+        policy = self._policy
+        if policy is None:
+            return [(m, p, self._guarded(scopes, fn)) for m, p, scopes, fn in self.endpoints()]
+        return [(m, p, self._guarded(scopes, freeze_gate(m, p, fn, policy.frozen))) for m, p, scopes, fn in self.endpoints()]
 
     def _guarded(self, scopes: tuple[str, ...], fn: Action) -> Handler:
         async def handler(exchange: Exchange) -> Reply:
@@ -303,6 +309,11 @@ class AdminApi:
         if len(set(names)) != len(names):
             raise InvalidRequest("limit rule names must be unique", param="rules")
         before = self._limiter.rules.rules
+        if self._policy is not None:  # a change set of the versioned policy: stored, on every replica, kept
+            pending = await self._policy.change_limits(actor, req.rules)
+            if pending is not None:
+                return pending
+            return Reply.json({"rules": req.rules})
         self._limiter.replace_rules(req.rules)
         await self._ids.record(actor, "limits.replace", "limits", {
             "from": msgspec.to_builtins(before), "to": msgspec.to_builtins(req.rules)})

@@ -1,7 +1,8 @@
 """Control-plane routing: the policy, weights, approvals, rollback, retargets and decision lookups.
 
-Every change goes through ``RoutingState.change`` (stored, versioned, installed here at once, picked
-up by other replicas within their sync interval) and is written to the change log.
+Every change is a change set of the versioned policy (``PolicyService.change_section``): applied at
+once and recorded with its new version when it touches no prod part, else waiting for a second
+operator (202 with the change set).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..identity import Actor
 from ..identity import roles as r
 from ..routing import DecisionLog, PolicyError, RoutingPolicy, RoutingState, explain
 from ..routing import policy as pol
+from ..policy import PendingApproval, PolicyService, changeset_view
 from .bodies import decode as _decode
 from .openapi import accepts
 
@@ -50,8 +52,10 @@ def _weights(policy: RoutingPolicy, route: str) -> list:
 class RoutingAdmin:
     """The routing endpoints of the control plane."""
 
-    def __init__(self, state: RoutingState, decisions: DecisionLog, record: Record, upstreams: list[str]) -> None:
+    def __init__(self, state: RoutingState, decisions: DecisionLog, record: Record, upstreams: list[str],
+                 policy: PolicyService | None = None) -> None:
         self._state = state
+        self._policy = policy
         self._decisions = decisions
         self._record = record
         self._upstreams = set(upstreams)
@@ -74,9 +78,19 @@ class RoutingAdmin:
             ("PUT", "/admin/registry/{model}/versions/{version}/approval", (r.ROUTING_WRITE,), self.approve),
         ]
 
-    async def _change(self, fn: Callable[[RoutingPolicy], RoutingPolicy]) -> tuple[RoutingPolicy, RoutingPolicy]:
+    async def _change(self, actor: Actor, fn: Callable[[RoutingPolicy], RoutingPolicy], action: str, target: str,
+                      detail: Callable[[RoutingPolicy, RoutingPolicy], dict]) -> Reply | tuple[RoutingPolicy, RoutingPolicy]:
+        """Apply and record a routing change; a change that waits for approval is a 202 with its change set."""
         try:
-            return await self._state.change(fn)
+            if self._policy is None:
+                before, after = await self._state.change(fn)
+                await self._record(actor, action, target, detail(before, after))
+                return before, after
+            b, a = await self._policy.change_section(actor, "routing", fn, action=action, target=target,
+                                                     detail=lambda x, y: detail(x.routing, y.routing))
+            return b.routing, a.routing
+        except PendingApproval as pending:
+            return Reply.json({**changeset_view(pending.changeset), "pending": True}, status=202)
         except PolicyError as exc:
             message = str(exc)
             if message.startswith("no "):
@@ -109,10 +123,13 @@ class RoutingAdmin:
                            f"is {there or 'shared'}: a route cannot move a model across environments",
                            code="environment_mismatch", param="upstream")
         upstream_model = req.upstream_model or old.upstream_model
-        await self._change(lambda p: pol.replace_version(p, old.name, upstream=req.upstream, upstream_model=upstream_model))
-        await self._record(actor, "route.retarget", model, {
+        got = await self._change(actor, lambda p: pol.replace_version(p, old.name, upstream=req.upstream,
+                                                                      upstream_model=upstream_model),
+                                 "route.retarget", model, lambda b, a: {
             "from": {"upstream": old.upstream, "upstream_model": old.upstream_model},
             "to": {"upstream": req.upstream, "upstream_model": upstream_model}})
+        if isinstance(got, Reply):
+            return got
         return Reply.json({"model": model, "upstream": req.upstream, "upstream_model": upstream_model})
 
     async def decision(self, actor: Actor, ex: Exchange) -> Reply:
@@ -129,15 +146,19 @@ class RoutingAdmin:
     async def set_weights(self, actor: Actor, ex: Exchange) -> Reply:
         req: Weights = _decode(ex.body, Weights)  # type: ignore[assignment]
         route = ex.params["route"]
-        before, after = await self._change(lambda p: pol.set_weights(p, route, req.targets))
-        await self._record(actor, "route.weights", route, {"from": _weights(before, route), "to": _weights(after, route)})
+        got = await self._change(actor, lambda p: pol.set_weights(p, route, req.targets), "route.weights", route,
+                                 lambda b, a: {"from": _weights(b, route), "to": _weights(a, route)})
+        if isinstance(got, Reply):
+            return got
         return Reply.json({"route": route, "targets": req.targets, "version": self._state.version})
 
     async def rollback(self, actor: Actor, ex: Exchange) -> Reply:
         route = ex.params["route"]
-        before, after = await self._change(lambda p: pol.rollback(p, route))
-        await self._record(actor, "route.rollback", route, {"from": _weights(before, route), "to": _weights(after, route)})
-        return Reply.json({"route": route, "targets": _weights(after, route), "version": self._state.version})
+        got = await self._change(actor, lambda p: pol.rollback(p, route), "route.rollback", route,
+                                 lambda b, a: {"from": _weights(b, route), "to": _weights(a, route)})
+        if isinstance(got, Reply):
+            return got
+        return Reply.json({"route": route, "targets": _weights(got[1], route), "version": self._state.version})
 
     @accepts(Approval)
     async def approve(self, actor: Actor, ex: Exchange) -> Reply:
@@ -145,6 +166,8 @@ class RoutingAdmin:
         target = f"{ex.params['model']}@{ex.params['version']}"
         if ex.params["version"] == LEGACY_VERSION and not req.approved:
             raise InvalidRequest("a model declared under `models:` is always approved", param="approved")
-        await self._change(lambda p: pol.replace_version(p, target, approved=req.approved))
-        await self._record(actor, "registry.approve" if req.approved else "registry.unapprove", target, {})
+        got = await self._change(actor, lambda p: pol.replace_version(p, target, approved=req.approved),
+                                 "registry.approve" if req.approved else "registry.unapprove", target, lambda b, a: {})
+        if isinstance(got, Reply):
+            return got
         return Reply.json({"target": target, "approved": req.approved, "version": self._state.version})

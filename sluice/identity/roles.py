@@ -24,13 +24,20 @@ INVENTORY_READ = "inventory:read"
 TEAMS_WRITE = "teams:write"
 LIMITS_READ = "limits:read"
 LIMITS_WRITE = "limits:write"
+POLICY_READ = "policy:read"
+POLICY_PROPOSE = "policy:propose"
+POLICY_APPROVE = "policy:approve"
+POLICY_ROLLBACK = "policy:rollback"
+SWITCHES_WRITE = "switches:write"
+POLICY_OPERATE = frozenset({POLICY_READ, POLICY_PROPOSE, POLICY_APPROVE, POLICY_ROLLBACK, SWITCHES_WRITE})
 
 ROLE_SCOPES: dict[str, frozenset[str]] = {
     "invoker": frozenset(),  # the data plane only
-    "operator": frozenset({ROUTING_READ, ROUTING_WRITE, LIMITS_READ, LIMITS_WRITE, USAGE_READ, IDENTITIES_READ}),
+    "operator": frozenset({ROUTING_READ, ROUTING_WRITE, LIMITS_READ, LIMITS_WRITE, USAGE_READ, IDENTITIES_READ})
+    | POLICY_OPERATE,
     "key-admin": frozenset({IDENTITIES_READ, IDENTITIES_WRITE, KEYS_READ, KEYS_WRITE, TEAMS_WRITE}),
     "auditor": frozenset({AUDIT_READ, USAGE_READ, INVENTORY_READ, IDENTITIES_READ, KEYS_READ, ROUTING_READ,
-                          LIMITS_READ}),
+                          LIMITS_READ, POLICY_READ}),
     "owner": frozenset({ROLES_GRANT, IDENTITIES_READ}),
 }
 assert set(ROLE_SCOPES) == set(ROLES)

@@ -385,6 +385,34 @@ class IdentityService:
         key.revoked_at = key.revoked_at or now
         return key
 
+    async def revoke_all(self, actor: Actor, *, identity_id: str | None = None, owner: str | None = None,
+                         reason: str = "") -> dict:
+        """Incident switch: every live credential (both planes) of one identity or of every identity of an
+        owner, revoked in one recorded step; the identities stay, so new keys can be issued at once."""
+        if (identity_id is None) == (owner is None):
+            raise InvalidRequest("name exactly one of identity_id and owner", param="identity_id")
+        if identity_id is not None:
+            idents = [await self.get_identity(identity_id)]
+        else:
+            _check_owner(owner)  # type: ignore[arg-type]
+            idents = [i for i in await self._store.list_identities(include_disabled=True) if i.owner == owner]
+            if not idents:
+                raise NotFound(f"no identity is owned by {owner!r}")
+        for ident in idents:  # all or nothing, as offboarding
+            self._check_target(actor, ident)
+        now, writes, revoked = clock.now(), Writes(), []
+        for ident in idents:
+            for k in await self._store.list_keys(ident.id):
+                if k.revoked_at is None:
+                    writes.revoke_key(k.id, now)
+                    revoked.append(k.id)
+        target = identity_id or owner
+        result = {"identities": [i.id for i in idents], "revoked": revoked, "reason": reason}
+        await self._store.apply(writes, self._event(actor, "switch.revoke", target, result))  # type: ignore[arg-type]
+        for key_id in revoked:
+            self._registry.remove(key_id)
+        return result
+
     async def rotate_key(self, actor: Actor, key_id: str, *, overlap_seconds: float = 0.0,
                          ttl_days: float | None = None) -> tuple[ApiKey, str]:
         """Issue a successor key; the old one dies now, or after the overlap."""

@@ -72,19 +72,31 @@ class Limiter:
 
     def replace_rules(self, rules: list[LimitRule]) -> None:
         """New rules from the next request on; counters of unchanged rules carry over (same keys)."""
-        self.rules = RuleSet(rules, self._cfg.key_prefix, self._cfg.concurrency_lease_s)
-        self.active = bool(rules) or self.anomaly is not None  # does a request need the limiter at all
+        self.install_rules(self.compile_rules(rules))
 
-    def _plan(self, identity: str, team: str | None, model: str, route: str) -> Plan | None:
+    def compile_rules(self, rules: list[LimitRule]) -> RuleSet:
+        """A rule set for these rules, not yet in force (a policy version builds its own off to the side)."""
+        return RuleSet(rules, self._cfg.key_prefix, self._cfg.concurrency_lease_s)
+
+    def install_rules(self, rules: RuleSet) -> None:
+        """Put a compiled rule set in force."""
+        self.rules = rules
+        self.active = bool(rules.rules) or self.anomaly is not None  # does a request need the limiter at all
+
+    def _plan(self, identity: str, team: str | None, model: str, route: str, rules: RuleSet | None = None) -> Plan | None:
+        if rules is None:
+            rules = self.rules
         anomaly = self.anomaly
         if anomaly is not None and anomaly.throttled(identity):
-            return self.rules.plan(identity, team, model, route, anomaly.cfg.safe_requests_per_minute)
-        return self.rules.plan(identity, team, model, route)
+            return rules.plan(identity, team, model, route, anomaly.cfg.safe_requests_per_minute)
+        return rules.plan(identity, team, model, route)
 
     def reserve_now(self, request_id: str, identity: str, team: str | None, model: str, route: str,
-                    amounts: Amounts) -> tuple[Reservation | None, dict[str, str] | None]:
-        """``reserve`` on the in-process backend, without a coroutine: nothing here waits."""
-        plan = self._plan(identity, team, model, route)
+                    amounts: Amounts, rules: RuleSet | None = None) -> tuple[Reservation | None, dict[str, str] | None]:
+        """``reserve`` on the in-process backend, without a coroutine: nothing here waits.
+
+        ``rules``: the rule set of the policy version the request was routed under (default: the newest)."""
+        plan = self._plan(identity, team, model, route, rules)
         if plan is None:
             return None, None
         memory = self._memory
@@ -94,12 +106,12 @@ class Limiter:
         return self._decided(request_id, plan, amounts, got, memory)  # type: ignore[arg-type]
 
     async def reserve(self, request_id: str, identity: str, team: str | None, model: str, route: str,
-                      amounts: Amounts) -> tuple[Reservation | None, dict[str, str] | None]:
+                      amounts: Amounts, rules: RuleSet | None = None) -> tuple[Reservation | None, dict[str, str] | None]:
         """Take the request's reservation in every counter it touches, or refuse it with 429.
 
         ``amounts``: what the request may cost, one number per measure (``checks.MEASURES``).
         """
-        plan = self._plan(identity, team, model, route)
+        plan = self._plan(identity, team, model, route, rules)
         if plan is None:
             return None, None
         backend = self._backend

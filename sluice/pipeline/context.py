@@ -20,7 +20,7 @@ class RequestContext:
         "exchange", "endpoint", "started", "principal", "request", "target", "transport",
         "status", "prompt_tokens", "completion_tokens", "cached_tokens", "usage_source", "ttft_ms",
         "upstream_ms", "error_code", "stream", "reservation", "limit_headers", "slot",
-        "decision",
+        "decision", "policy",
     )
 
     def __init__(self, exchange: Exchange, endpoint: str) -> None:
@@ -44,6 +44,7 @@ class RequestContext:
         self.limit_headers: dict[str, str] | None = None
         self.slot: Any = None
         self.decision: Decision | None = None
+        self.policy: Any = None  # the ActivePolicy this request was routed under (sluice.policy)
 
     def elapsed_ms(self) -> float:
         return (clock.monotonic() - self.started) * 1000.0

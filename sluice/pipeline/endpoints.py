@@ -12,6 +12,7 @@ from .context import RequestContext
 from .forward import ROUTE_HEADER, Forward, is_stream
 
 Stage = Callable[[RequestContext], Awaitable[None]]
+POLICY_HEADER = "x-sluice-policy"  # the policy version (and short hash) the request was served under
 
 
 class ModelCall:
@@ -47,6 +48,11 @@ class ModelCall:
                 if reply.headers:
                     limit_headers.update(reply.headers)
                 reply.headers = limit_headers
+            if ctx.policy is not None:
+                if reply.headers is None:
+                    reply.headers = {POLICY_HEADER: ctx.policy.tag}
+                else:
+                    reply.headers[POLICY_HEADER] = ctx.policy.tag
             return reply
         except GatewayError as exc:
             ctx.status, ctx.error_code = exc.status, exc.code
@@ -55,6 +61,8 @@ class ModelCall:
                 exc.headers = {**ctx.limit_headers, **(exc.headers or {})}
             if ctx.decision is not None:
                 exc.headers = {**(exc.headers or {}), ROUTE_HEADER: ctx.decision.header(ctx.target)}
+            if ctx.policy is not None:
+                exc.headers = {**(exc.headers or {}), POLICY_HEADER: ctx.policy.tag}
             raise
         except BaseException:
             if ctx.error_code != "client_closed":  # the upstream leg has said why

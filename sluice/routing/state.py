@@ -60,7 +60,14 @@ class RoutingState:
         return self.table.policy
 
     def _install(self, version: int, policy: RoutingPolicy) -> None:
-        table = self._compile(policy)
+        self.install(version, self._compile(policy))
+
+    def compile(self, policy: RoutingPolicy) -> RouteTable:
+        """A table for this policy with this replica's transports and breakers, not yet serving."""
+        return self._compile(policy)
+
+    def install(self, version: int, table: RouteTable) -> None:
+        """Serve this table from the next request on (the versioned policy swaps it in whole)."""
         self.table, self.version = table, version  # one assignment each: requests see old or new
         for fn in self.on_change:
             fn(table)

@@ -15,13 +15,16 @@ class Writes:
     transaction: either all of it is in the store or none of it is.
     """
 
-    __slots__ = ("identities", "keys", "revocations", "teams")
+    __slots__ = ("identities", "keys", "revocations", "teams", "policy_versions", "policy_activation", "changesets")
 
     def __init__(self) -> None:
         self.identities: list[Identity] = []
         self.keys: list[ApiKey] = []
         self.revocations: list[tuple[str, float]] = []
         self.teams: list[Team] = []
+        self.policy_versions: list[dict] = []
+        self.policy_activation: tuple[int, int] | None = None
+        self.changesets: list[dict] = []
 
     def put_identity(self, identity: Identity) -> Writes:
         """Insert, or replace by id, an identity."""
@@ -41,6 +44,21 @@ class Writes:
     def put_team(self, team: Team) -> Writes:
         """Insert, or replace by name, a team."""
         self.teams.append(team)
+        return self
+
+    def put_policy_version(self, row: dict) -> Writes:
+        """Insert one immutable policy version (columns of ``policy_versions``)."""
+        self.policy_versions.append(row)
+        return self
+
+    def activate_policy(self, version: int, expect: int) -> Writes:
+        """Point the active policy at ``version`` if it still is ``expect``; else the whole apply fails with 409."""
+        self.policy_activation = (version, expect)
+        return self
+
+    def put_changeset(self, row: dict) -> Writes:
+        """Insert, or replace by id, a policy change set (columns of ``policy_changesets``)."""
+        self.changesets.append(row)
         return self
 
 
@@ -185,6 +203,27 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def routing_version(self) -> int:
         """The routing policy's version (0: none yet): what replicas poll."""
+
+    # versioned policy (see sluice.policy); written through ``apply``
+    @abc.abstractmethod
+    async def active_policy(self) -> int:
+        """The active policy version (0: none yet): one primary-key read."""
+
+    @abc.abstractmethod
+    async def policy_version(self, version: int) -> dict | None:
+        """One policy version's row, or None."""
+
+    @abc.abstractmethod
+    async def list_policy_versions(self, *, limit: int = 100) -> list[dict]:
+        """The newest policy versions without their documents, newest first."""
+
+    @abc.abstractmethod
+    async def changeset(self, changeset_id: str) -> dict | None:
+        """One change set's row, or None."""
+
+    @abc.abstractmethod
+    async def list_changesets(self, *, limit: int = 100) -> list[dict]:
+        """The newest change sets without their documents, newest first."""
 
 
 class StoreUnavailable(Exception):

@@ -105,3 +105,41 @@ routing_policy = Table(
     Column("document", Text, nullable=False),  # JSON RoutingPolicy
     Column("updated_at", Float, nullable=False),
 )
+
+# Versioned policy (see sluice.policy): immutable versions, the one active pointer, change sets.
+policy_versions = Table(
+    "policy_versions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("parent", Integer),
+    Column("author", String(128), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("kind", String(16), nullable=False),  # seed, change, rollback, switch, config
+    Column("hash", String(64), nullable=False),  # sha256 of the canonical document
+    Column("document", Text, nullable=False),  # canonical JSON
+)
+
+policy_active = Table(
+    "policy_active", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # always 1
+    Column("version", Integer, nullable=False),  # 0: none yet
+    Column("updated_at", Float, nullable=False),
+)
+
+policy_changesets = Table(
+    "policy_changesets", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("base", Integer, nullable=False),
+    Column("author", String(128), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # pending, applied, rejected
+    Column("sections", Text, nullable=False),  # JSON list of the sections it changes
+    Column("needs_approval", Boolean, nullable=False),
+    Column("document", Text, nullable=False),  # the whole proposed document, canonical JSON
+    Column("decided_by", String(128)),
+    Column("decided_at", Float),
+    Column("decision_reason", Text),
+    Column("version", Integer),  # the version it became
+)

@@ -167,6 +167,18 @@ class SqlStore(Store):
                                    .values(revoked_at=at))
             for team in writes.teams:
                 await conn.execute(self._upsert(t.teams, msgspec.structs.asdict(team), key="name"))
+            for row in writes.policy_versions:
+                await conn.execute(t.policy_versions.insert().values(**row))
+            for row in writes.changesets:
+                await conn.execute(self._upsert(t.policy_changesets, {k: v for k, v in row.items() if k != "seq"}))
+            if writes.policy_activation is not None:
+                version, expect = writes.policy_activation
+                pa = t.policy_active
+                done = await conn.execute(update(pa).where(pa.c.id == 1, pa.c.version == expect)
+                                          .values(version=version, updated_at=clock.now()))
+                if done.rowcount != 1:  # raised inside the transaction: nothing of this apply is kept
+                    raise Conflict("the active policy changed meanwhile; propose against the new version",
+                                   code="stale_policy")
             for change in changes:
                 await conn.execute(t.changes.insert().values(**_change_values(change)))
             await self._bump(conn)
@@ -357,6 +369,39 @@ class SqlStore(Store):
         async with self.engine.connect() as conn:
             got = (await conn.execute(select(t.routing_policy.c.version).where(t.routing_policy.c.id == 1))).scalar()
         return int(got or 0)
+
+    # versioned policy
+    @_guarded
+    async def active_policy(self) -> int:
+        async with self.engine.connect() as conn:
+            got = (await conn.execute(select(t.policy_active.c.version).where(t.policy_active.c.id == 1))).scalar()
+        return int(got or 0)
+
+    @_guarded
+    async def policy_version(self, version: int) -> dict | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(t.policy_versions).where(t.policy_versions.c.id == version))).first()
+        return dict(row._mapping) if row else None
+
+    @_guarded
+    async def list_policy_versions(self, *, limit: int = 100) -> list[dict]:
+        pv = t.policy_versions
+        q = select(*[c for c in pv.c if c.name != "document"]).order_by(pv.c.id.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in await conn.execute(q)]
+
+    @_guarded
+    async def changeset(self, changeset_id: str) -> dict | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(t.policy_changesets).where(t.policy_changesets.c.id == changeset_id))).first()
+        return dict(row._mapping) if row else None
+
+    @_guarded
+    async def list_changesets(self, *, limit: int = 100) -> list[dict]:
+        pc = t.policy_changesets
+        q = select(*[c for c in pc.c if c.name != "document"]).order_by(pc.c.seq.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in await conn.execute(q)]
 
 
 def _change_values(event: ChangeEvent) -> dict[str, Any]:

@@ -52,10 +52,30 @@ SURFACE: list[tuple[str, str, int, set[str]]] = [
     ("GET", "/admin/usage/summary", 200, {O, A}),
     ("GET", "/admin/changes", 200, {A}),
     ("GET", "/admin/openapi.json", 200, {O, K, A, W}),
+    # versioned policy and incident switches (issue 11): operators change, auditors read, key-admins revoke
+    ("GET", "/admin/policy", 200, {O, A}),
+    ("GET", "/admin/policy/versions", 200, {O, A}),
+    ("GET", "/admin/policy/versions/v-nope", 404, {O, A}),
+    ("GET", "/admin/policy/changes", 200, {O, A}),
+    ("POST", "/admin/policy/changes", 400, {O}),
+    ("GET", "/admin/policy/changes/cs-nope", 404, {O, A}),
+    ("POST", "/admin/policy/changes/cs-nope/approve", 400, {O}),
+    ("POST", "/admin/policy/changes/cs-nope/reject", 400, {O}),
+    ("POST", "/admin/policy/rollback", 400, {O}),
+    ("POST", "/admin/switches/targets/t-nope@v/disable", 400, {O}),
+    ("POST", "/admin/switches/targets/t-nope@v/enable", 400, {O}),
+    ("POST", "/admin/switches/routes/no-such-route/disable", 400, {O}),
+    ("POST", "/admin/switches/routes/no-such-route/enable", 400, {O}),
+    ("PUT", "/admin/switches/models/no-such-model/limit", 400, {O}),
+    ("DELETE", "/admin/switches/models/no-such-model/limit", 404, {O}),
+    ("POST", "/admin/switches/freeze", 400, {O}),
+    ("POST", "/admin/switches/unfreeze", 400, {O}),
+    ("POST", "/admin/switches/revoke", 400, {K}),
 ]
 _DOCUMENTED_4XX = {400: "invalid_request", 404: "not_found"}
 _PARAMS = {"identity_id": "id-nope", "key_id": "key-nope", "owner": "nobody@example.com", "model": "no-such-model",
-           "request_id": "req-nope", "route": "no-such-route", "version": "v-nope"}
+           "request_id": "req-nope", "route": "no-such-route", "version": "v-nope", "changeset_id": "cs-nope",
+           "target": "t-nope@v"}
 
 
 def call(g, method: str, path: str, key: str | None, body: dict | None = None) -> httpx.Response:

@@ -20,7 +20,9 @@ class Limit:
 
     async def __call__(self, ctx: RequestContext) -> None:
         limiter = self._limiter
-        if not limiter.active:
+        active = ctx.policy  # the limits of the version the request was routed under, not a newer one
+        rules = active.rules if active is not None else None
+        if not (active.limits_active if active is not None else limiter.active):
             return
         req, target, p = ctx.request, ctx.target, ctx.principal
         tokens_in = prompt_tokens(req, target.upstream_model)  # type: ignore[union-attr]
@@ -29,10 +31,10 @@ class Limit:
         amounts = (1.0, tokens_in, tokens_out, 1.0, self._prices.cost(target.model, tokens_in, tokens_out, 0, target.price))  # type: ignore[union-attr]
         if limiter.inline:
             ctx.reservation, ctx.limit_headers = limiter.reserve_now(
-                ctx.exchange.request_id, p.identity_id, p.team, target.model, target.upstream, amounts)  # type: ignore[union-attr]
+                ctx.exchange.request_id, p.identity_id, p.team, target.model, target.upstream, amounts, rules)  # type: ignore[union-attr]
         else:
             ctx.reservation, ctx.limit_headers = await limiter.reserve(
-                ctx.exchange.request_id, p.identity_id, p.team, target.model, target.upstream, amounts)  # type: ignore[union-attr]
+                ctx.exchange.request_id, p.identity_id, p.team, target.model, target.upstream, amounts, rules)  # type: ignore[union-attr]
         if ctx.reservation is not None:
             ask_for(req, self._cap)
 

@@ -24,8 +24,10 @@ class Route:
 
     async def __call__(self, ctx: RequestContext) -> None:
         model = ctx.request.model
+        table = self._state.table  # one table, one policy version, for the whole request
+        ctx.policy = getattr(table, "active", None)
         try:
-            decision = self._state.table.decide(model, ctx.principal, ctx.request, ctx.exchange, clock.now())
+            decision = table.decide(model, ctx.principal, ctx.request, ctx.exchange, clock.now())
         except NoTarget as exc:
             err = Unavailable(f"No target of the model `{model[:256]}` can take requests now; retry later.",
                               code="no_healthy_target", retry_after=1.0)

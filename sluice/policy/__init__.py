@@ -1,0 +1,10 @@
+"""Versioned policy: one document of sections, immutable versions, change sets, approval, rollback, switches."""
+
+from .active import HEADER, ActivePolicy
+from .document import (SECTIONS, LimitsSection, PolicyDocument, PolicyInvalid, Switches, canonical, decode, diff, digest,
+                       to_yaml)
+from .dryrun import dry_run
+from .service import PendingApproval, PolicyService, changeset_view
+
+__all__ = ["HEADER", "SECTIONS", "ActivePolicy", "LimitsSection", "PendingApproval", "PolicyDocument", "PolicyInvalid",
+           "PolicyService", "Switches", "canonical", "changeset_view", "decode", "diff", "digest", "dry_run", "to_yaml"]

@@ -1,0 +1,101 @@
+"""The policy document: one typed struct whose fields are its sections, and its canonical form.
+
+A section is one field of ``PolicyDocument``; a later section (guardrails, tools) is one more field
+with a default, so versions stored before it still decode. The canonical encoding (JSON, keys
+sorted, every field written) is what is stored, hashed and compared: one document, one hash.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from typing import Any
+
+import msgspec
+import yaml
+
+from ..core.config import LimitRule
+from ..routing.policy import RoutingPolicy
+
+
+class LimitsSection(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The limit rules (``limits.rules`` of the config file seeds them)."""
+
+    rules: list[LimitRule] = msgspec.field(default_factory=list)
+
+
+class Switches(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Incident switches: killed targets and routes (each with an optional fallback target) and the freeze."""
+
+    frozen: bool = False
+    disabled_targets: dict[str, str | None] = msgspec.field(default_factory=dict)  # model@version -> fallback
+    disabled_routes: dict[str, str | None] = msgspec.field(default_factory=dict)  # route -> fallback model@version
+
+
+class PolicyDocument(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Every section of the policy. Add a section here, one line, with a default."""
+
+    routing: RoutingPolicy = msgspec.field(default_factory=RoutingPolicy)
+    limits: LimitsSection = msgspec.field(default_factory=LimitsSection)
+    switches: Switches = msgspec.field(default_factory=Switches)
+
+
+SECTIONS: tuple[str, ...] = PolicyDocument.__struct_fields__
+_decode = msgspec.json.Decoder(PolicyDocument)
+
+
+class PolicyInvalid(ValueError):
+    """A proposed document or section that does not validate; the message names where."""
+
+
+def canonical(doc: PolicyDocument) -> bytes:
+    """The one byte form of a document: JSON, keys sorted, defaults written."""
+    return msgspec.json.encode(msgspec.to_builtins(doc), order="sorted")
+
+
+def digest(data: bytes) -> str:
+    """The content hash of a canonical document (sha256, hex)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def decode(data: bytes | str) -> PolicyDocument:
+    """A stored document back into its typed form."""
+    return _decode.decode(data)
+
+
+def section_builtins(doc: PolicyDocument, name: str) -> Any:
+    return msgspec.to_builtins(getattr(doc, name), order="sorted")
+
+
+def to_yaml(doc: PolicyDocument, sections: tuple[str, ...] | None = None) -> str:
+    """The document (or some sections) as YAML for review and Git: sections in declared order, keys sorted."""
+    data = {name: section_builtins(doc, name) for name in (sections or SECTIONS)}
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+def with_sections(base: PolicyDocument, sections: dict[str, Any]) -> PolicyDocument:
+    """``base`` with whole sections replaced by these (plain data, as read from YAML or JSON)."""
+    if not isinstance(sections, dict) or not sections:
+        raise PolicyInvalid("a change names at least one section: " + ", ".join(SECTIONS))
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise PolicyInvalid(f"no policy section {unknown[0]!r}; sections are: {', '.join(SECTIONS)}")
+    merged = {name: section_builtins(base, name) for name in SECTIONS}
+    merged.update(sections)
+    try:
+        return msgspec.convert(merged, PolicyDocument)
+    except msgspec.ValidationError as exc:
+        raise PolicyInvalid(f"the policy does not validate: {exc}") from None
+
+
+def changed_sections(before: PolicyDocument, after: PolicyDocument) -> list[str]:
+    return [s for s in SECTIONS if section_builtins(before, s) != section_builtins(after, s)]
+
+
+def diff(before: PolicyDocument, after: PolicyDocument, before_name: str, after_name: str) -> dict[str, str]:
+    """Per changed section, a unified diff of its YAML."""
+    out = {}
+    for name in changed_sections(before, after):
+        a, b = to_yaml(before, (name,)).splitlines(keepends=True), to_yaml(after, (name,)).splitlines(keepends=True)
+        out[name] = "".join(difflib.unified_diff(a, b, f"{before_name}/{name}", f"{after_name}/{name}"))
+    return out

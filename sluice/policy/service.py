@@ -1,0 +1,289 @@
+"""Policy versions, change sets, approvals, rollback and switches: every activation is one transaction.
+
+A new version, the active pointer (compare-and-set against the version it was built on), the
+change set it settles and the change-log entry that explains it are written together by
+``Store.apply``; a stale base fails the whole write with 409. The replica that made the change
+installs it at once; every other replica learns of it from the store watcher (the identity-state
+version that the same ``apply`` bumps) and installs it within its poll interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from ..core import clock
+from ..core.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
+from ..core.policy_settings import PolicySettings
+from ..core.types import ChangeEvent
+from ..identity import Actor
+from ..limits import Limiter
+from ..routing import RoutingState
+from ..routing.policy import PolicyError, RoutingPolicy, seed
+from ..store import Store, Writes
+from .active import ActivePolicy, compile_policy, install
+from .document import PolicyDocument, PolicyInvalid, canonical, changed_sections, decode, digest, with_sections
+
+log = logging.getLogger("sluice.policy")
+Detail = Callable[[PolicyDocument, PolicyDocument], dict]
+
+
+class PendingApproval(Exception):
+    """A change that waits for a second operator: the change set it became."""
+
+    def __init__(self, changeset: dict) -> None:
+        super().__init__(changeset["id"])
+        self.changeset = changeset
+
+
+def event(actor: Actor, action: str, target: str, detail: dict) -> ChangeEvent:
+    return ChangeEvent(id=uuid.uuid4().hex, ts=clock.now(), actor=actor.name, action=action, target=target,
+                       source_ip=actor.source_ip, detail=detail)
+
+
+def changeset_view(row: dict) -> dict:
+    """A change set as the API shows it (no document: that is the diff and the export)."""
+    out = {k: v for k, v in row.items() if k not in ("seq", "document")}
+    if isinstance(out.get("sections"), str):
+        out["sections"] = msgspec.json.decode(out["sections"])
+    return out
+
+
+class PolicyService:
+    """The one writer of policy versions on this replica, and the holder of its active version."""
+
+    def __init__(self, store: Store, routing: RoutingState, limiter: Limiter, settings: PolicySettings,
+                 file_document: PolicyDocument) -> None:
+        self._store = store
+        self._routing = routing
+        self._limiter = limiter
+        self._settings = settings
+        self._file = file_document
+        self._lock = asyncio.Lock()
+        self.active: ActivePolicy | None = None
+
+    # --- reading
+    @property
+    def current(self) -> ActivePolicy:
+        assert self.active is not None, "PolicyService.bootstrap first"
+        return self.active
+
+    async def document_of(self, version: int) -> tuple[dict, PolicyDocument]:
+        row = await self._store.policy_version(version)
+        if row is None:
+            raise NotFound(f"no policy version {version}")
+        return row, decode(row["document"])
+
+    def _compile(self, version: int, doc: PolicyDocument, data: bytes | None = None) -> ActivePolicy:
+        data = data if data is not None else canonical(doc)
+        try:
+            return compile_policy(version, digest(data), doc, data, self._routing, self._limiter)
+        except PolicyInvalid as exc:
+            raise InvalidRequest(str(exc), param="policy") from None
+
+    def _install(self, active: ActivePolicy) -> None:
+        if self.active is not None and active.version <= self.active.version:
+            return  # a newer one is already serving (the watcher and a local change crossed)
+        install(active, self._routing, self._limiter)
+        self.active = active
+
+    async def bootstrap(self) -> None:
+        """At start: the config file seeds version 1 (over a routing document an older sluice stored); later
+        starts keep the stored policy and add only registry versions and routes the file names anew."""
+        for _ in range(5):
+            version = await self._store.active_policy()
+            try:
+                if version == 0:
+                    legacy = await self._store.load_routing()
+                    routing = self._file.routing
+                    if legacy is not None:
+                        routing = seed(msgspec.json.decode(legacy[1], type=RoutingPolicy), routing)
+                    doc = msgspec.structs.replace(self._file, routing=routing)
+                    await self._commit(Actor("config"), doc, 0, "seed", "seeded from the config file", "policy.seed", "1", {})
+                    return
+                row, doc = await self.document_of(version)
+                merged = seed(doc.routing, self._file.routing)
+                if merged != doc.routing:
+                    await self._commit(Actor("config"), msgspec.structs.replace(doc, routing=merged), version, "config",
+                                       "the config file adds registry versions or routes", "policy.seed",
+                                       str(version + 1), {})
+                    return
+                self._install(self._compile(version, doc, row["document"].encode()))
+                return
+            except Conflict:
+                continue  # another replica seeded or changed it meanwhile: read again
+        raise RuntimeError("the policy kept changing while this replica started")
+
+    async def refresh(self) -> bool:
+        """Install the active version if another replica moved it; True when it did (the store watcher calls this)."""
+        version = await self._store.active_policy()
+        if self.active is not None and version <= self.active.version:
+            return False
+        async with self._lock:
+            row, doc = await self.document_of(version)
+            self._install(self._compile(version, doc, row["document"].encode()))
+        log.info("policy version %s active", self.current.tag)
+        return True
+
+    # --- writing
+    async def _commit(self, actor: Actor, doc: PolicyDocument, base: int, kind: str, reason: str,
+                      action: str, target: str, detail: dict, changeset: dict | None = None,
+                      data: bytes | None = None) -> ActivePolicy:
+        """A new version on ``base``, activated with its one change record in one transaction, installed here."""
+        version = base + 1
+        active = self._compile(version, doc, data)
+        row = {"id": version, "parent": base or None, "author": actor.name, "created_at": clock.now(),
+               "reason": reason, "kind": kind, "hash": active.hash, "document": active.canonical.decode()}
+        writes = Writes().put_policy_version(row).activate_policy(version, base)
+        if changeset is not None:
+            changeset["version"] = version
+            writes.put_changeset(changeset)
+        record = event(actor, action, target, {**detail, "policy_version": version, "policy_hash": active.hash,
+                                               "parent": base or None, "kind": kind})
+        async with self._lock:
+            await self._store.apply(writes, record)
+            self._install(active)
+        log.info("policy version %s activated by %s (%s)", active.tag, actor.name, kind)
+        return active
+
+    def _prod_parts(self, before: PolicyDocument, after: PolicyDocument, sections: list[str]) -> list[str]:
+        """The prod-tagged parts a change touches: whole sections, or routes named ``route:NAME``."""
+        prod = set(self._settings.prod)
+        hit = [s for s in sections if s in prod]
+        if "routing" in sections:
+            old = {r.name: r for r in before.routing.routes}
+            new = {r.name: r for r in after.routing.routes}
+            hit += [f"route:{n}" for n in sorted(set(old) | set(new)) if f"route:{n}" in prod and old.get(n) != new.get(n)]
+        return hit
+
+    async def propose(self, actor: Actor, sections: dict[str, Any], *, base: int | None, reason: str,
+                      action: str = "policy.propose", target: str = "policy", detail: Detail | None = None,
+                      kind: str = "change") -> tuple[dict, ActivePolicy | None]:
+        """A change set against ``base`` (default: the active version); applied at once when it touches
+        no prod part and dev auto-applies, else pending. (change set, the version it became or None)."""
+        await self.refresh()
+        active = self.current
+        base = active.version if base is None else base
+        if base != active.version:
+            raise Conflict(f"the change set is against version {base}, but version {active.version} is active; "
+                           "propose it again against the active version", code="stale_policy")
+        try:
+            doc = with_sections(active.document, sections)
+        except PolicyInvalid as exc:
+            raise InvalidRequest(str(exc), param="sections") from None
+        changed = changed_sections(active.document, doc)
+        if not changed:
+            raise InvalidRequest("the change set changes nothing in the active policy", param="sections")
+        self._compile(base + 1, doc)  # validates before anything is stored
+        prod = self._prod_parts(active.document, doc, changed)
+        row = {"id": uuid.uuid4().hex[:16], "base": base, "author": actor.name, "created_at": clock.now(),
+               "reason": reason, "status": "pending", "sections": msgspec.json.encode(changed).decode(),
+               "needs_approval": bool(prod), "document": canonical(doc).decode(), "decided_by": None,
+               "decided_at": None, "decision_reason": None, "version": None}
+        info = {"changeset": row["id"], "base": base, "sections": changed, "prod": prod, "reason": reason,
+                **(detail(active.document, doc) if detail else {})}
+        if not prod and self._settings.auto_apply_dev:
+            row.update(status="applied", decided_by=actor.name, decided_at=row["created_at"], decision_reason="dev: auto-applied")
+            applied = await self._commit(actor, doc, base, kind, reason, action, target, info, row)
+            return row, applied
+        await self._store.apply(Writes().put_changeset(row), event(actor, action, target, {**info, "pending": True}))
+        return row, None
+
+    async def _pending(self, changeset_id: str) -> dict:
+        row = await self._store.changeset(changeset_id)
+        if row is None:
+            raise NotFound(f"no change set {changeset_id!r}")
+        if row["status"] != "pending":
+            raise Conflict(f"the change set is {row['status']} already", code="changeset_decided")
+        return row
+
+    async def approve(self, actor: Actor, changeset_id: str, reason: str) -> tuple[dict, ActivePolicy]:
+        """A second operator applies a pending change set; its proposer cannot (403), a stale one is refused (409)."""
+        row = await self._pending(changeset_id)
+        if "operator" not in actor.roles:
+            raise PermissionDenied("approving a policy change takes the operator role", code="missing_scope")
+        if row["needs_approval"] and row["author"] == actor.name:
+            raise PermissionDenied("a change set touching prod policy needs an operator other than its proposer",
+                                   code="self_approval")
+        await self.refresh()
+        if row["base"] != self.current.version:
+            raise Conflict(f"the change set is against version {row['base']}, but version {self.current.version} is "
+                           "active; propose it again", code="stale_policy")
+        row = {**row, "status": "applied", "decided_by": actor.name, "decided_at": clock.now(), "decision_reason": reason}
+        doc = decode(row["document"])
+        detail = {"changeset": changeset_id, "proposer": row["author"], "reason": reason}
+        applied = await self._commit(actor, doc, row["base"], "change", row["reason"], "policy.approve",
+                                     changeset_id, detail, row, data=row["document"].encode())
+        return row, applied
+
+    async def reject(self, actor: Actor, changeset_id: str, reason: str) -> dict:
+        row = await self._pending(changeset_id)
+        row = {**row, "status": "rejected", "decided_by": actor.name, "decided_at": clock.now(), "decision_reason": reason}
+        await self._store.apply(Writes().put_changeset(row), event(actor, "policy.reject", changeset_id,
+                                                                   {"proposer": row["author"], "reason": reason}))
+        return row
+
+    async def rollback(self, actor: Actor, version: int | None, reason: str) -> ActivePolicy:
+        """Activate an earlier version's exact document again, as a new version (default: the one before the active)."""
+        await self.refresh()
+        active = self.current
+        if version is None:
+            row = await self._store.policy_version(active.version)
+            version = (row or {}).get("parent")
+            if not version:
+                raise InvalidRequest("the active version has no earlier version to roll back to", param="version")
+        if version == active.version:
+            raise InvalidRequest(f"version {version} is the active version", param="version")
+        old, doc = await self.document_of(version)
+        detail = {"to": version, "from": active.version, "hash": old["hash"], "reason": reason}
+        return await self._commit(actor, doc, active.version, "rollback", reason or f"rollback to version {version}",
+                                  "policy.rollback", str(version), detail, data=old["document"].encode())
+
+    async def switch(self, actor: Actor, action: str, target: str, reason: str,
+                     fn: Callable[[PolicyDocument], PolicyDocument]) -> ActivePolicy:
+        """An incident switch: a new version at once, no approval, allowed while frozen; one recorded change."""
+        for _ in range(5):
+            await self.refresh()
+            active = self.current
+            try:
+                doc = fn(active.document)
+            except PolicyError as exc:
+                raise NotFound(str(exc)) if str(exc).startswith("no ") else InvalidRequest(str(exc)) from None
+            if canonical(doc) == active.canonical:
+                raise Conflict("the switch is in that position already", code="switch_unchanged")
+            try:
+                return await self._commit(actor, doc, active.version, "switch", reason, action, target,
+                                          {"reason": reason})
+            except Conflict as exc:
+                if exc.code != "stale_policy":
+                    raise
+        raise Conflict("the policy kept changing under this switch; retry", code="stale_policy")
+
+    async def change_section(self, actor: Actor, section: str, fn: Callable[[Any], Any], *, action: str, target: str,
+                             detail: Detail, reason: str = "") -> tuple[PolicyDocument, PolicyDocument]:
+        """The older endpoints (routes, weights, approvals, limits) as change sets: (before, after) when applied,
+        ``PendingApproval`` when it touches a prod part."""
+        for _ in range(5):
+            await self.refresh()
+            before = self.current.document
+            new_section = fn(getattr(before, section))
+            if msgspec.to_builtins(new_section) == msgspec.to_builtins(getattr(before, section)):
+                await self._store.record_change(event(actor, action, target, detail(before, before)))
+                return before, before  # nothing to change (approving an approved version): recorded, no new version
+            try:
+                row, applied = await self.propose(actor, {section: msgspec.to_builtins(new_section)},
+                                                  base=self.current.version, reason=reason or action, action=action,
+                                                  target=target, detail=detail)
+            except Conflict as exc:
+                if exc.code == "stale_policy":
+                    continue
+                raise
+            if applied is None:
+                raise PendingApproval(row)
+            return before, applied.document
+        raise Conflict("the policy kept changing under this change; retry", code="stale_policy")
