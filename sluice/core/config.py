@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
+from .audit_settings import Audit
 from .errors import ConfigError
 from .types import Environment, Role
 
@@ -448,6 +449,7 @@ class Config(_Strict):
     requests: RequestLimits = msgspec.field(default_factory=RequestLimits)
     logging: Logging = msgspec.field(default_factory=Logging)
     sim: Sim | None = None
+    audit: Audit = msgspec.field(default_factory=Audit)
 
     def __post_init__(self) -> None:
         _check_unique("upstreams", [u.name for u in self.upstreams])

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 from ..core.types import ApiKey, ChangeEvent, Identity, IdentityActivity, SigningKey, Team, UsageRecord, UsageSummaryRow
 
@@ -42,6 +43,17 @@ class Writes:
         """Insert, or replace by name, a team."""
         self.teams.append(team)
         return self
+
+
+class Journal(Protocol):
+    """Appends the audit entries of changes inside the transaction that writes them (sluice.audit).
+
+    ``state`` is (before, after) of the objects the change touched, or None to take them from the
+    change's detail; ``linked`` False for an entry with no change row (a failed login).
+    """
+
+    async def append(self, conn: Any, events: Sequence[ChangeEvent], *, state: tuple[Any, Any] | None,
+                     linked: bool = True) -> None: ...
 
 
 class Subscription(abc.ABC):
@@ -172,6 +184,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_changes(self, *, limit: int = 1000) -> list[ChangeEvent]:
         """The newest change events, newest first."""
+
+    async def record_audit(self, event: ChangeEvent) -> None:
+        """Append an audit entry with no change behind it (a failed control-plane login)."""
+        raise NotImplementedError
 
     # routing policy (one versioned document; see routing.state)
     @abc.abstractmethod
