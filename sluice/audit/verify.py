@@ -65,12 +65,12 @@ def _misplaced(pos: int, seqs: list[int | None]) -> Problem:
     later = seqs[pos + 1] if pos + 1 < len(seqs) else None
     if here is not None and here > pos and pos in seqs[pos + 1:] and seqs.count(here) == 1:
         return Problem(pos, "reordered", f"entry {pos} was reordered: its place holds entry {here}, and entry {pos} is later")
+    if here is not None and here < pos:
+        return Problem(pos - 1, "inserted", f"entry {pos - 1} was inserted: the entry after it carries sequence {here}")
     if later == pos:
         return Problem(pos, "inserted", f"entry {pos} was inserted: the entry after it is the original entry {pos}")
     if here == pos + 1:
         return Problem(pos, "deleted", f"entry {pos} was deleted and the later entries renumbered")
-    if here is not None and here < pos:
-        return Problem(pos - 1, "inserted", f"entry {pos - 1} was inserted: the entry after it carries sequence {here}")
     return Problem(pos, "altered", f"entry {pos} was altered: it carries sequence {here}")
 
 
