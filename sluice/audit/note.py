@@ -45,7 +45,7 @@ class Verifier:
     @classmethod
     def parse(cls, text: str) -> Verifier:
         try:
-            name, hexhash, b64 = text.strip().split("+")
+            name, hexhash, b64 = text.strip().split("+", 2)
             raw = base64.b64decode(b64, validate=True)
         except ValueError:
             raise NoteError("a verifier key is name+hash+base64") from None
@@ -76,7 +76,7 @@ class Signer:
 
     @classmethod
     def parse(cls, text: str) -> Signer:
-        parts = text.strip().split("+")
+        parts = text.strip().split("+", 4)
         if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:
             raise NoteError("a signing key is PRIVATE+KEY+name+hash+base64")
         try:
