@@ -96,19 +96,17 @@ class AuditAdmin:
         """Every signed checkpoint kept in the store, oldest first."""
         return Reply.json({"object": "list", "data": await self._log.notes()})
 
-    @accepts(content_types=("text/plain",))
     async def checkpoint(self, actor: Actor, ex: Exchange) -> Reply:
         """Sign the current tree head now (and push it to the sinks): a C2SP signed checkpoint."""
         cp = await self._log.checkpoint()
-        return Reply(200, cp.note.encode(), "text/plain; charset=utf-8")
+        return Reply.json({"origin": cp.origin, "size": cp.size, "root": cp.root.hex(), "checkpoint": cp.note})
 
-    @accepts(content_types=("text/plain",))
     async def public_key(self, actor: Actor, ex: Exchange) -> Reply:
         """The checkpoint verifier key (name+hash+base64), for offline verification."""
         verifier = self._log.verifier
         if verifier is None:
             raise InvalidRequest("no audit signing key is configured")
-        return Reply(200, (verifier.text() + "\n").encode(), "text/plain; charset=utf-8")
+        return Reply.json({"public_key": verifier.text(), "key_hash": verifier.key_hash.hex()})
 
     async def verify(self, actor: Actor, ex: Exchange) -> Reply:
         """Recompute the log from the store and report the first entry altered, deleted, inserted or reordered."""

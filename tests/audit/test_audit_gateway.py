@@ -83,20 +83,21 @@ def test_failed_logins_are_entries_bounded_per_minute_and_counted_beyond(gw):
 
 def test_proofs_verify_against_a_signed_checkpoint_and_the_file_sink_only_grows(gw):
     first = gw.admin("POST", "/admin/audit/checkpoint")
-    assert first.status_code == 200 and first.text.startswith(ORIGIN + "\n")
+    assert first.status_code == 200 and first.json()["checkpoint"].startswith(ORIGIN + "\n")
+    first = first.json()["checkpoint"]
     gw.admin("POST", "/admin/teams", json={"name": "proofs", "owner": "o@example.com"})
-    second = gw.admin("POST", "/admin/audit/checkpoint").text
-    old, new = (int(n.split("\n")[1]) for n in (first.text, second))
+    second = gw.admin("POST", "/admin/audit/checkpoint").json()["checkpoint"]
+    old, new = (int(n.split("\n")[1]) for n in (first, second))
     root = base64.b64decode(second.split("\n")[2])
     assert new > old
     inc = gw.admin("GET", "/admin/audit/proof/inclusion", params={"leaf": 1, "size": new}).json()
     assert merkle.verify_inclusion(1, new, bytes.fromhex(inc["leaf_hash"]), [bytes.fromhex(p) for p in inc["proof"]], root)
     con = gw.admin("GET", "/admin/audit/proof/consistency", params={"old": old, "new": new}).json()
-    assert merkle.verify_consistency(old, new, base64.b64decode(first.text.split("\n")[2]), root,
+    assert merkle.verify_consistency(old, new, base64.b64decode(first.split("\n")[2]), root,
                                      [bytes.fromhex(p) for p in con["proof"]])
     sink = split_notes((gw.tmp / "checkpoints.log").read_text())
-    assert sink[-2:] == [first.text, second]
-    assert gw.admin("GET", "/admin/audit/public-key").text.strip() == gw.signer.verifier().text()
+    assert sink[-2:] == [first, second]
+    assert gw.admin("GET", "/admin/audit/public-key").json()["public_key"] == gw.signer.verifier().text()
     bad = gw.admin("GET", "/admin/audit/proof/inclusion", params={"leaf": 10**9})
     assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
 
