@@ -173,6 +173,8 @@ class AuditLog:
             return True
         import httpx
 
+        # httpx logs every request's URL at info; the webhook's address is internal and stays out of logs
+        logging.getLogger("httpx").setLevel(max(logging.getLogger("httpx").getEffectiveLevel(), logging.WARNING))
         try:
             async with httpx.AsyncClient(timeout=self.settings.webhook_timeout_s) as client:
                 got = await client.post(url, content=cp.note.encode(), headers={"Content-Type": "text/plain; charset=utf-8"})
