@@ -10,7 +10,6 @@ import json
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
