@@ -30,6 +30,8 @@ class MerkleJournal:
 
     async def append(self, conn: Any, events: Sequence[ChangeEvent], *, state: tuple[Any, Any] | None,
                      linked: bool = True) -> None:
+        if not events:
+            return
         head = t.audit_head
         await conn.execute(update(head).where(head.c.id == 1).values(size=head.c.size))  # lock first, then read
         row = (await conn.execute(select(head.c.size, head.c.frontier).where(head.c.id == 1))).one()
