@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from ..core import scope
 from ..core.types import ChangeEvent
@@ -33,8 +33,9 @@ class MerkleJournal:
         if not events:
             return
         head = t.audit_head
-        await conn.execute(update(head).where(head.c.id == 1).values(size=head.c.size))  # lock first, then read
-        row = (await conn.execute(select(head.c.size, head.c.frontier).where(head.c.id == 1))).one()
+        # the UPDATE takes the lock (row lock on Postgres, write lock on SQLite) and reads the head in one statement
+        row = (await conn.execute(update(head).where(head.c.id == 1).values(size=head.c.size)
+                                  .returning(head.c.size, head.c.frontier))).one()
         size = int(row.size)
         frontier = [bytes.fromhex(h) for h in json.loads(row.frontier)]
         request_id, source = scope.request.get()

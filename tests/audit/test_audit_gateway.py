@@ -142,3 +142,19 @@ def test_cli_verify_names_the_row_edited_in_the_database(gw):
         db.commit()
         db.close()
     assert gw.admin("GET", "/admin/audit/verify").json()["ok"]
+
+
+def test_a_source_over_its_failure_rate_gets_429s_that_are_not_logged(tmp_path):
+    sim = Sim(tmp_path)
+    g = start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": f"{sim.url}/v1"}],
+                      models=[{"name": "sim-small", "upstream": "sim"}], identities=[],
+                      extra={"identity": {"auth_failures_per_minute": 3}, "audit": {"checkpoint_interval_s": 0}})
+    try:
+        codes = [httpx.get(g.admin_url + "/admin/whoami", headers={"Authorization": "Bearer sla_prod_nope"},
+                           timeout=10).status_code for _ in range(10)]
+        assert codes[:3] == [401] * 3 and set(codes[3:]) == {429}
+        logged = [e for e in entries(g) if e["action"] == "login.failed"]
+        assert len(logged) == 3
+    finally:
+        g.stop()
+        sim.stop()
