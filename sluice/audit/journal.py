@@ -28,6 +28,10 @@ def _detail_state(event: ChangeEvent) -> tuple[Any, Any]:
 class MerkleJournal:
     """Implements ``store.Journal``: canonical entries, leaf hashes, and the tree head after each."""
 
+    async def lock(self, conn: Any) -> None:
+        head = t.audit_head
+        await conn.execute(update(head).where(head.c.id == 1).values(size=head.c.size))
+
     async def append(self, conn: Any, events: Sequence[ChangeEvent], *, state: tuple[Any, Any] | None,
                      linked: bool = True) -> None:
         if not events:

@@ -52,6 +52,9 @@ class Journal(Protocol):
     change's detail; ``linked`` False for an entry with no change row (a failed login).
     """
 
+    async def lock(self, conn: Any) -> None:
+        """Serialise with every other audited change before reading the rows it will touch."""
+
     async def append(self, conn: Any, events: Sequence[ChangeEvent], *, state: tuple[Any, Any] | None,
                      linked: bool = True) -> None: ...
 

@@ -156,6 +156,8 @@ class SqlStore(Store):
     async def apply(self, writes: Writes, *changes: ChangeEvent) -> None:
         async with self.engine.begin() as conn:
             audited = self.journal is not None and bool(changes)
+            if audited:  # the lock first: the "before" rows are then exactly what this change replaces
+                await self.journal.lock(conn)  # type: ignore[union-attr]
             before = await self._snapshot(conn, writes) if audited else None
             for ident in writes.identities:
                 values = msgspec.structs.asdict(ident)
