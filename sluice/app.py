@@ -15,6 +15,9 @@ from pathlib import Path
 import msgspec
 
 from .admin import AdminApi, AdminAuth, RoutingAdmin
+from .admin.audit_api import AuditAdmin
+from .audit import AuditLog, MerkleJournal, load_signer
+from .audit.logins import FailedLogins
 from .core import config as cfgmod
 from .core.config import Config
 from .core.errors import ConfigError
@@ -91,7 +94,12 @@ class Gateway:
         pepper = load_pepper(c.security)
         hasher = Hasher(pepper)
         self.store = store = open_store(c.store.url)
+        store.journal = MerkleJournal()  # type: ignore[attr-defined]  # every change gets its audit entry, or fails
         await store.open()
+        audit = AuditLog(store, c.audit, load_signer(c.audit))
+        if c.audit.checkpoint_interval_s > 0:
+            self._tasks.append(asyncio.get_running_loop().create_task(audit.run(c.audit.checkpoint_interval_s),
+                                                                      name="audit-checkpoints"))
         registry = CredentialRegistry(hasher)
         registry.failures = gate(c.identity.auth_failures_per_minute, "failed authentications from this address")
         identities = IdentityService(store, registry, hasher, c.security)
@@ -186,7 +194,8 @@ class Gateway:
 
         admin = AdminApi(AdminAuth(hasher, c.admin.keys, registry), identities, store, ledger.flush,
                          RoutingAdmin(routing, decisions, identities.record, [u.name for u in c.upstreams], policy),
-                         keyring, limiter, PolicyAdmin(policy, store, identities))
+                         keyring, limiter, policy=PolicyAdmin(policy, store, identities), audit=AuditAdmin(audit),
+                         on_auth_failure=FailedLogins(store, c.audit.failed_logins_per_minute).record)
         data_routes = data_plane.routes() + token_routes + health + vllm_health
         if c.data_plane.server == "native":
             self.data = NativeListener("data", c.data_plane, data_routes, max_body_bytes=c.requests.max_body_bytes,

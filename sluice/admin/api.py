@@ -12,7 +12,8 @@ from typing import Annotated, Literal
 import msgspec
 
 from ..core import clock
-from ..core.errors import InvalidRequest, NotFound, Unavailable
+from ..core import scope
+from ..core.errors import InvalidRequest, NotFound, Unauthenticated, Unavailable
 from ..core.config import LimitRule
 from ..core.exchange import Exchange, Reply
 from ..core.types import ApiKey, Identity, Role
@@ -21,6 +22,7 @@ from ..identity import inventory as inv
 from ..identity import roles as r
 from ..limits import Limiter
 from ..store import Store, StoreUnavailable
+from .audit_api import AuditAdmin
 from .auth import AdminAuth
 from .routing_api import RoutingAdmin
 from .policy_api import PolicyAdmin, freeze_gate
@@ -137,7 +139,8 @@ class AdminApi:
 
     def __init__(self, auth: AdminAuth, identities: IdentityService, store: Store,
                  flush_usage: Callable[[], Awaitable[bool]], routing: RoutingAdmin,
-                 keyring: Keyring, limiter: Limiter, policy: PolicyAdmin | None = None) -> None:
+                 keyring: Keyring, limiter: Limiter, policy: PolicyAdmin | None = None, audit: AuditAdmin | None = None,
+                 on_auth_failure: Callable[[str | None, str, str | None], Awaitable[None]] | None = None) -> None:
         self._auth = auth
         self._ids = identities
         self._store = store
@@ -147,6 +150,8 @@ class AdminApi:
         self._limiter = limiter
         self._policy = policy
         self._openapi: bytes | None = None
+        self._audit = audit
+        self._on_auth_failure = on_auth_failure  # failed logins go to the audit log
 
     def endpoints(self) -> list[tuple[str, str, tuple[str, ...], Action]]:
         """(method, path, scopes needed, action): the control plane's whole surface."""
@@ -177,6 +182,7 @@ class AdminApi:
             ("GET", "/admin/usage", (r.USAGE_READ,), self.usage),
             ("GET", "/admin/usage/summary", (r.USAGE_READ,), self.usage_summary),
             ("GET", "/admin/changes", (r.AUDIT_READ,), self.changes),
+            *(getattr(self, "_audit", None) or AuditAdmin.__new__(AuditAdmin)).endpoints(),
             ("GET", "/admin/openapi.json", (), self.openapi),
             *(getattr(self, "_policy", None) or PolicyAdmin.__new__(PolicyAdmin)).endpoints(),
         ]
@@ -189,14 +195,22 @@ class AdminApi:
 
     def _guarded(self, scopes: tuple[str, ...], fn: Action) -> Handler:
         async def handler(exchange: Exchange) -> Reply:
-            actor = self._auth(exchange)
-            for scope in scopes:
-                actor.require(scope)
+            current = scope.request.set((exchange.request_id, exchange.peer))  # cited by audit entries
             try:
+                try:
+                    actor = self._auth(exchange)
+                except Unauthenticated as exc:
+                    if self._on_auth_failure is not None:
+                        await self._on_auth_failure(exchange.peer, exchange.path, exc.code)
+                    raise
+                for needed in scopes:
+                    actor.require(needed)
                 return await fn(actor, exchange)
             except StoreUnavailable:
                 raise Unavailable("The control plane's store is unavailable; retry later.",
                                   code="store_unavailable", retry_after=1.0) from None
+            finally:
+                scope.request.reset(current)
 
         handler.__name__ = fn.__name__
         return handler

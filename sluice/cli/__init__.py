@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import admin_cmds, config_cmds, keys_cmds, policy_cmds, routes_cmds, serve_cmds
+from . import admin_cmds, audit_cmds, config_cmds, keys_cmds, policy_cmds, routes_cmds, serve_cmds
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="sluice: a governed inference gateway.")
 serve_cmds.register(app)
@@ -16,6 +16,7 @@ app.add_typer(routes_cmds.app, name="routes")
 app.command("usage")(admin_cmds.usage)
 app.add_typer(policy_cmds.app, name="policy")
 app.add_typer(policy_cmds.switch, name="switch")
+app.add_typer(audit_cmds.app, name="audit")
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
+from .audit_settings import Audit
 from .errors import ConfigError
 from .policy_settings import PolicySettings
 from .types import Environment, Role
@@ -470,6 +471,7 @@ class Config(_Strict):
     logging: Logging = msgspec.field(default_factory=Logging)
     sim: Sim | None = None
     policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
+    audit: Audit = msgspec.field(default_factory=Audit)
 
     def __post_init__(self) -> None:
         _check_unique("upstreams", [u.name for u in self.upstreams])

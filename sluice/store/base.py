@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 from ..core.types import ApiKey, ChangeEvent, Identity, IdentityActivity, SigningKey, Team, UsageRecord, UsageSummaryRow
 
@@ -60,6 +61,20 @@ class Writes:
         """Insert, or replace by id, a policy change set (columns of ``policy_changesets``)."""
         self.changesets.append(row)
         return self
+
+
+class Journal(Protocol):
+    """Appends the audit entries of changes inside the transaction that writes them (sluice.audit).
+
+    ``state`` is (before, after) of the objects the change touched, or None to take them from the
+    change's detail; ``linked`` False for an entry with no change row (a failed login).
+    """
+
+    async def lock(self, conn: Any) -> None:
+        """Serialise with every other audited change before reading the rows it will touch."""
+
+    async def append(self, conn: Any, events: Sequence[ChangeEvent], *, state: tuple[Any, Any] | None,
+                     linked: bool = True) -> None: ...
 
 
 class Subscription(abc.ABC):
@@ -190,6 +205,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_changes(self, *, limit: int = 1000) -> list[ChangeEvent]:
         """The newest change events, newest first."""
+
+    async def record_audit(self, event: ChangeEvent) -> None:
+        """Append an audit entry with no change behind it (a failed control-plane login)."""
+        raise NotImplementedError
 
     # routing policy (one versioned document; see routing.state)
     @abc.abstractmethod

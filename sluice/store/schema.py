@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
 
 metadata = MetaData()
 
@@ -142,4 +142,31 @@ policy_changesets = Table(
     Column("decided_at", Float),
     Column("decision_reason", Text),
     Column("version", Integer),  # the version it became
+)
+
+# The audit log (see sluice.audit): one row per entry, dense ``seq`` from 0, the canonical entry and
+# the Merkle tree head after it; a head row serialises appends; signed checkpoints of the tree.
+audit_log = Table(
+    "audit_log", metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("entry", Text, nullable=False),  # canonical JSON, hashed as the Merkle leaf
+    Column("root", String(64), nullable=False),  # hex tree head of entries 0..seq
+    Column("ts", Float, nullable=False, index=True),
+)
+
+audit_head = Table(
+    "audit_head", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # always 1
+    Column("size", BigInteger, nullable=False),
+    Column("frontier", Text, nullable=False),  # JSON list of hex subtree roots (the compact range)
+)
+
+audit_checkpoints = Table(
+    "audit_checkpoints", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("size", BigInteger, nullable=False),
+    Column("key_hash", String(8), nullable=False),
+    Column("note", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("size", "key_hash", name="uq_audit_checkpoint"),
 )

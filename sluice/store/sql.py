@@ -21,7 +21,7 @@ from ..core import clock
 from ..core.errors import Conflict
 from ..core.types import ApiKey, ChangeEvent, Identity, IdentityActivity, SigningKey, Team, UsageRecord, UsageSummaryRow
 from . import schema as t
-from .base import Store, StoreUnavailable, Subscription, Writes
+from .base import Journal, Store, StoreUnavailable, Subscription, Writes
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -85,6 +85,9 @@ class SqlStore(Store):
         self._url = engine_url(url)
         self._timeout = timeout
         self._engine: AsyncEngine | None = None
+        # Set by the composition root: every change record then gets its audit entry in the same
+        # transaction, and a change whose entry cannot be written is not written either.
+        self.journal: Journal | None = None
         self.dialect = "sqlite" if self._url.startswith("sqlite") else "postgresql"
 
     @property
@@ -155,6 +158,10 @@ class SqlStore(Store):
     @_guarded
     async def apply(self, writes: Writes, *changes: ChangeEvent) -> None:
         async with self.engine.begin() as conn:
+            audited = self.journal is not None and bool(changes)
+            if audited:  # the lock first: the "before" rows are then exactly what this change replaces
+                await self.journal.lock(conn)  # type: ignore[union-attr]
+            before = await self._snapshot(conn, writes) if audited else None
             for ident in writes.identities:
                 values = msgspec.structs.asdict(ident)
                 values["models"] = msgspec.json.encode(ident.models).decode()
@@ -181,7 +188,21 @@ class SqlStore(Store):
                                    code="stale_policy")
             for change in changes:
                 await conn.execute(t.changes.insert().values(**_change_values(change)))
+            if audited:
+                await self.journal.append(conn, changes, state=(before, await self._snapshot(conn, writes)))  # type: ignore[union-attr]
             await self._bump(conn)
+
+    async def _snapshot(self, conn: Any, writes: Writes) -> dict[str, list[dict[str, Any]]]:
+        """The stored rows a batch of writes touches: what the audit entry's before/after hashes cover."""
+        key_ids = sorted({k.id for k in writes.keys} | {kid for kid, _ in writes.revocations})
+        out: dict[str, list[dict[str, Any]]] = {}
+        for name, table, col, ids in (("identities", t.identities, "id", sorted({i.id for i in writes.identities})),
+                                      ("keys", t.api_keys, "id", key_ids),
+                                      ("teams", t.teams, "name", sorted({x.name for x in writes.teams}))):
+            if ids:
+                rows = await conn.execute(select(table).where(table.c[col].in_(ids)).order_by(table.c[col]))
+                out[name] = [dict(r._mapping) for r in rows]
+        return out
 
     async def _bump(self, conn: Any) -> None:
         """A new identity-state version; on Postgres the NOTIFY is delivered only if the transaction commits."""
@@ -332,6 +353,15 @@ class SqlStore(Store):
     async def record_change(self, event: ChangeEvent) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(t.changes.insert().values(**_change_values(event)))
+            if self.journal is not None:
+                await self.journal.append(conn, [event], state=None)
+
+    @_guarded
+    async def record_audit(self, event: ChangeEvent) -> None:
+        if self.journal is None:
+            raise StoreUnavailable("no audit journal")
+        async with self.engine.begin() as conn:
+            await self.journal.append(conn, [event], state=None, linked=False)
 
     @_guarded
     async def list_changes(self, *, limit: int = 1000) -> list[ChangeEvent]:

@@ -51,6 +51,13 @@ SURFACE: list[tuple[str, str, int, set[str]]] = [
     ("GET", "/admin/usage", 200, {O, A}),
     ("GET", "/admin/usage/summary", 200, {O, A}),
     ("GET", "/admin/changes", 200, {A}),
+    ("GET", "/admin/audit/entries", 200, {A}),
+    ("GET", "/admin/audit/proof/inclusion", 400, {A}),
+    ("GET", "/admin/audit/proof/consistency", 400, {A}),
+    ("GET", "/admin/audit/checkpoints", 200, {A}),
+    ("POST", "/admin/audit/checkpoint", 200, {A}),
+    ("GET", "/admin/audit/public-key", 200, {A}),
+    ("GET", "/admin/audit/verify", 200, {A}),
     ("GET", "/admin/openapi.json", 200, {O, K, A, W}),
     # versioned policy and incident switches (issue 11): operators change, auditors read, key-admins revoke
     ("GET", "/admin/policy", 200, {O, A}),
