@@ -23,6 +23,7 @@ from ..limits import Limiter
 from ..store import Store, StoreUnavailable
 from .auth import AdminAuth
 from .routing_api import RoutingAdmin
+from .guard_api import GuardAdmin
 from .bodies import decode as _decode
 from .openapi import accepts, document
 
@@ -136,7 +137,7 @@ class AdminApi:
 
     def __init__(self, auth: AdminAuth, identities: IdentityService, store: Store,
                  flush_usage: Callable[[], Awaitable[bool]], routing: RoutingAdmin,
-                 keyring: Keyring, limiter: Limiter) -> None:
+                 keyring: Keyring, limiter: Limiter, guard: GuardAdmin | None = None) -> None:
         self._auth = auth
         self._ids = identities
         self._store = store
@@ -145,6 +146,7 @@ class AdminApi:
         self._keyring = keyring
         self._limiter = limiter
         self._openapi: bytes | None = None
+        self._guard = guard
 
     def endpoints(self) -> list[tuple[str, str, tuple[str, ...], Action]]:
         """(method, path, scopes needed, action): the control plane's whole surface."""
@@ -176,6 +178,7 @@ class AdminApi:
             ("GET", "/admin/usage/summary", (r.USAGE_READ,), self.usage_summary),
             ("GET", "/admin/changes", (r.AUDIT_READ,), self.changes),
             ("GET", "/admin/openapi.json", (), self.openapi),
+            *(getattr(self, "_guard", None) or GuardAdmin(None, None)).endpoints(),  # issue 12
         ]
 
     def routes(self) -> list[tuple[str, str, Handler]]:

@@ -15,6 +15,7 @@ import yaml
 
 from .errors import ConfigError
 from .types import Environment, Role
+from .guardrails import Guardrails, ToolSpec
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
@@ -448,6 +449,8 @@ class Config(_Strict):
     requests: RequestLimits = msgspec.field(default_factory=RequestLimits)
     logging: Logging = msgspec.field(default_factory=Logging)
     sim: Sim | None = None
+    guardrails: Guardrails = msgspec.field(default_factory=Guardrails)  # issue 12: sluice.guard
+    tools: list[ToolSpec] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check_unique("upstreams", [u.name for u in self.upstreams])

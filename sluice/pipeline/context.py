@@ -21,6 +21,7 @@ class RequestContext:
         "status", "prompt_tokens", "completion_tokens", "cached_tokens", "usage_source", "ttft_ms",
         "upstream_ms", "error_code", "stream", "reservation", "limit_headers", "slot",
         "decision",
+        "guard",  # issue 12: the output guard of this request, or None (no output rules)
     )
 
     def __init__(self, exchange: Exchange, endpoint: str) -> None:
@@ -44,6 +45,7 @@ class RequestContext:
         self.limit_headers: dict[str, str] | None = None
         self.slot: Any = None
         self.decision: Decision | None = None
+        self.guard: Any = None
 
     def elapsed_ms(self) -> float:
         return (clock.monotonic() - self.started) * 1000.0

@@ -139,7 +139,8 @@ class Forward:
         self._succeeded(ctx, ms)
         usage = reported_usage(reply.body)
         _settle(ctx, usage, 0 if usage else estimate_tokens(completion_chars(reply.body)))
-        return Reply(200, reply.body, headers={ROUTE_HEADER: ctx.decision.header()})  # type: ignore[union-attr]
+        body = reply.body if ctx.guard is None else await ctx.guard.reply(reply.body)  # guard-out (issue 12)
+        return Reply(200, body, headers={ROUTE_HEADER: ctx.decision.header()})  # type: ignore[union-attr]
 
     @staticmethod
     def _succeeded(ctx: RequestContext, ms: float) -> None:
@@ -202,6 +203,7 @@ class Forward:
     ) -> AsyncGenerator[bytes, None]:
         started[0] = True
         relay = SSERelay(strip_usage=strip_usage)
+        guard = ctx.guard  # guard-out (issue 12): None when no output rule applies
         sent = False
         pending: asyncio.Future | None = None
         try:
@@ -222,6 +224,8 @@ class Forward:
                         else:
                             chunk = await chunks.__anext__()
                         out = relay.feed(chunk)
+                        if guard is not None and out:
+                            out = await guard.feed(out)
                         if not out:
                             continue
                         good = _good_prefix(out) if _malformed(out) else out

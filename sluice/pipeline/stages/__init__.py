@@ -4,7 +4,8 @@ from .account import Account
 from .authenticate import Authenticate
 from .authorize import Authorize
 from .decode import Decode
+from .guard import Guard
 from .limit import Admit, Limit, Settle
 from .route import Route
 
-__all__ = ["Account", "Admit", "Authenticate", "Authorize", "Decode", "Limit", "Route", "Settle"]
+__all__ = ["Account", "Admit", "Authenticate", "Authorize", "Decode", "Guard", "Limit", "Route", "Settle"]

@@ -1,0 +1,294 @@
+"""Output guardrails: minimise, redact and hold tool calls, on whole replies and on streams.
+
+Streams stay streams: content is held back by at most ``stream_window`` characters per choice
+(so a secret split across chunks is still seen whole), plus a span that is still growing at the
+end of what arrived; tool-call deltas are held until their call is complete and judged, so
+nothing of a blocked call reaches the client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from .detectors import Detector, Finding, mask_for
+from .policy import BASE_CHOICE, BASE_MESSAGE, BASE_REPLY, GuardPolicy, Rules
+from .tools import Judgement, ToolCall, judge, notice, summary
+
+Hold = Callable[[Judgement], Awaitable[str]]  # stores a pending approval, returns its id
+Record = Callable[[Judgement], None]  # records a decision, off the request path
+
+_decode = msgspec.json.decode
+_encode = msgspec.json.encode
+_PROBES = (b'"tool_calls"', b'"system_fingerprint":"', b'"system_fingerprint": "', b'"logprobs":{', b'"logprobs": {',
+           b'"logprobs":[', b'"reasoning_content":"', b'"stop_reason":"', b'"stop_reason": "')
+
+
+def _strip(d: dict[str, Any], base: frozenset[str], expose: frozenset[str]) -> bool:
+    extra = [k for k, v in d.items() if k not in base and k not in expose and v is not None]
+    for k in extra:
+        del d[k]
+    return bool(extra)
+
+
+class OutputGuard:
+    """One request's output guard; ``reply`` for a whole body, ``feed``/``flush`` for a stream."""
+
+    __slots__ = ("_rules", "_policy", "_identity", "_team", "_hold", "_record", "_detector", "_tools", "_expose",
+                 "_queue", "_text", "_calls", "judgements", "kinds")
+
+    def __init__(self, rules: Rules, policy: GuardPolicy, identity: str, team: str | None, *, tools: bool,
+                 hold: Hold, record: Record) -> None:
+        self._rules = rules
+        self._policy = policy
+        self._identity = identity
+        self._team = team
+        self._hold = hold
+        self._record = record
+        act = rules.output_action
+        self._detector: Detector | None = rules.detector if act != "allow" else None
+        self._tools = tools
+        self._expose = rules.expose
+        self._queue: list[list[Any]] = []  # [event bytes | None, event dict | None, choice, content]
+        self._text: dict[int, int] = {}  # content chars held per choice
+        self._calls: dict[int, list[dict[str, Any]]] = {}  # held tool-call events per choice
+        self.judgements: list[Judgement] = []
+        self.kinds: set[str] = set()
+
+    # -- whole replies ------------------------------------------------------------------------
+    async def reply(self, body: bytes) -> bytes:
+        try:
+            d = _decode(body)
+        except msgspec.DecodeError:
+            return body
+        if not isinstance(d, dict):
+            return body
+        expose = self._expose
+        _strip(d, BASE_REPLY, expose)
+        judged: list[Judgement] = []
+        for choice in d.get("choices") or ():
+            _strip(choice, BASE_CHOICE, expose)
+            msg = choice.get("message")
+            if not isinstance(msg, dict):
+                continue
+            _strip(msg, BASE_MESSAGE, expose)
+            text = msg.get("content")
+            if isinstance(text, str) and self._detector is not None:
+                msg["content"] = self._redact(text, final=True)[0]
+            calls = msg.get("tool_calls")
+            if calls and self._tools:
+                kept, notes = await self._judge([_call_of(c) for c in calls], judged)
+                kept_raw = [c for c in calls if _call_of(c).id in {k.id for k in kept}]
+                if notes:
+                    msg["content"] = "\n".join(filter(None, [msg.get("content"), *notes]))
+                    msg["tool_calls"] = kept_raw or None
+                    if not kept_raw:
+                        msg.pop("tool_calls", None)
+                        choice["finish_reason"] = "stop"
+        if judged:
+            d["sluice"] = {"tool_calls": summary(judged)}
+        return _encode(d)
+
+    async def _judge(self, calls: list[ToolCall], judged: list[Judgement]) -> tuple[list[ToolCall], list[str]]:
+        kept, notes = [], []
+        for call in calls:
+            j = judge(self._policy, self._identity, self._team, call)
+            if j.verdict == "hold":
+                j.approval_id = await self._hold(j)
+            if j.verdict == "allow":
+                kept.append(call)
+            else:
+                notes.append(notice(j))
+            judged.append(j)
+            self.judgements.append(j)
+            self._record(j)
+        return kept, notes
+
+    def _redact(self, text: str, *, final: bool) -> tuple[str, int]:
+        """(text with closed findings masked, where a finding still open at the end begins or len)."""
+        found = self._detector.find(text)  # type: ignore[union-attr]
+        if not found:
+            return text, len(text)
+        open_at = len(text)
+        if not final and found[-1].end == len(text):
+            open_at = found[-1].start
+            found = found[:-1]
+        self.kinds.update(f.kind for f in found)
+        if self._rules.output_action == "flag":
+            return text, open_at
+        return _masked(text, found, open_at)
+
+    # -- streams ------------------------------------------------------------------------------
+    def needed(self, block: bytes) -> bool:
+        """Whether a block of events needs more than passing through (cheap byte probes)."""
+        return self._detector is not None or bool(self._queue) or any(p in block for p in _PROBES)
+
+    async def feed(self, block: bytes) -> bytes:
+        """Whole events in; the events that may go out now (possibly rewritten or held back)."""
+        if not self.needed(block):
+            return block
+        out: list[bytes] = []
+        for raw in block.split(b"\n\n"):
+            if not raw:
+                continue
+            ev = raw + b"\n\n"
+            body = raw[5:].strip() if raw.startswith(b"data:") else b""
+            if not body.startswith(b"{"):
+                out.append(await self.flush())  # [DONE], comments, anything else: release all first
+                out.append(ev)
+                continue
+            try:
+                d = _decode(body)
+            except msgspec.DecodeError:
+                out.append(await self.flush())
+                out.append(ev)
+                continue
+            await self._event(ev, d)
+        out.append(self._release(final=False))
+        return b"".join(out)
+
+    async def _event(self, ev: bytes, d: dict[str, Any]) -> None:
+        expose = self._expose
+        changed = _strip(d, BASE_REPLY, expose)
+        choices = d.get("choices") or []
+        if len(choices) != 1:  # usage chunks, or several choices in one event (rare): pass in order
+            for c in choices:
+                changed |= _strip(c, BASE_CHOICE, expose)
+            self._queue.append([None if changed else ev, d, -1, None])
+            return
+        c = choices[0]
+        changed |= _strip(c, BASE_CHOICE, expose)
+        delta = c.get("delta") or {}
+        changed |= _strip(delta, BASE_MESSAGE, expose)
+        i = c.get("index", 0)
+        if self._tools and (delta.get("tool_calls") or i in self._calls):
+            self._calls.setdefault(i, []).append(d)
+            if c.get("finish_reason") is not None:
+                await self._judge_stream(i)
+            return
+        content = delta.get("content")
+        if self._detector is None or not isinstance(content, str) or not content:
+            self._queue.append([None if changed else ev, d, i, None])
+            return
+        self._queue.append([None, d, i, content])
+        self._text[i] = self._text.get(i, 0) + len(content)
+
+    async def _judge_stream(self, i: int) -> None:
+        events = self._calls.pop(i)
+        calls: dict[int, ToolCall] = {}
+        for d in events:
+            for tc in (d["choices"][0].get("delta") or {}).get("tool_calls") or ():
+                call = calls.setdefault(tc.get("index", 0), ToolCall())
+                call.id = tc.get("id") or call.id
+                fn = tc.get("function") or {}
+                call.name += fn.get("name") or ""
+                call.arguments += fn.get("arguments") or ""
+        judged: list[Judgement] = []
+        kept, notes = await self._judge(list(calls.values()), judged)
+        last = events[-1]
+        if not notes:  # every call allowed: the events go out as they came
+            self._queue.extend([None, d, -1, None] for d in events)
+            return
+        head = {k: v for k, v in last.items() if k != "choices"}
+        if kept:
+            delta = {"tool_calls": [{"index": n, "id": k.id, "type": "function",
+                                     "function": {"name": k.name, "arguments": k.arguments}} for n, k in enumerate(kept)]}
+            self._queue.append([None, {**head, "choices": [{"index": i, "delta": delta, "finish_reason": None}]}, -1, None])
+        self._queue.append([None, {**head, "choices": [{"index": i, "delta": {"content": "\n".join(notes)},
+                                                        "finish_reason": None}], "sluice": {"tool_calls": summary(judged)}},
+                            -1, None])
+        fin = last["choices"][0]
+        fin["delta"] = {}
+        fin["finish_reason"] = "tool_calls" if kept else "stop"
+        self._queue.append([None, last, -1, None])
+
+    async def flush(self) -> bytes:
+        """Release everything held (the stream's end); open tool calls are judged first."""
+        for i in list(self._calls):
+            await self._judge_stream(i)
+        return self._release(final=True)
+
+    def _release(self, *, final: bool) -> bytes:
+        queue = self._queue
+        if not queue:
+            return b""
+        window = self._rules.spec.output.stream_window
+        keep_from = len(queue)
+        if self._detector is not None:
+            keep_from = self._scan(final, window)
+        out = []
+        for ev, d, _, content in queue[:keep_from]:
+            if ev is None:
+                if content is not None:
+                    d["choices"][0]["delta"]["content"] = content
+                ev = b"data: " + _encode(d) + b"\n\n"
+            out.append(ev)
+        del queue[:keep_from]
+        for i in list(self._text):
+            self._text[i] = sum(len(e[3]) for e in queue if e[2] == i and e[3] is not None)
+        return b"".join(out)
+
+    def _scan(self, final: bool, window: int) -> int:
+        """Mask findings across the held content of each choice; how many queued events may go."""
+        queue = self._queue
+        hold_at = len(queue)
+        for i in {e[2] for e in queue if e[3] is not None}:
+            slots = [n for n, e in enumerate(queue) if e[2] == i and e[3] is not None]
+            text = "".join(queue[n][3] for n in slots)
+            masked, open_at = self._redact(text, final=final)
+            if masked is not text:
+                _spread(queue, slots, text, masked)
+                text = "".join(queue[n][3] for n in slots)
+                open_at = len(text) if final else min(open_at, len(text))
+            if final:
+                continue
+            # an event may go once `window` chars follow it and no open finding starts in it
+            limit = min(open_at, len(text) - window)
+            at = 0
+            for n in slots:
+                at += len(queue[n][3])
+                if at > limit:
+                    hold_at = min(hold_at, n)
+                    break
+        return hold_at
+
+
+def _masked(text: str, found: list[Finding], open_at: int) -> tuple[str, int]:
+    parts, at = [], 0
+    for f in found:
+        parts.append(text[at:f.start])
+        parts.append(mask_for(f.kind))
+        at = f.end
+    parts.append(text[at:])
+    out = "".join(parts)
+    return out, open_at + (len(out) - len(text)) if open_at < len(text) else len(out)
+
+
+def _spread(queue: list[list[Any]], slots: list[int], before: str, after: str) -> None:
+    """Put masked text back into the events it came from: the same split where text is unchanged."""
+    # common prefix and suffix lengths locate the changed middle; events keep their share of the rest
+    p = 0
+    while p < min(len(before), len(after)) and before[p] == after[p]:
+        p += 1
+    s = 0
+    while s < min(len(before), len(after)) - p and before[-1 - s] == after[-1 - s]:
+        s += 1
+    middle = after[p:len(after) - s]
+    at, placed = 0, False
+    for n in slots:
+        content: str = queue[n][3]
+        lo, hi = at, at + len(content)
+        at = hi
+        keep_head = content[:max(0, min(p, hi) - lo)]
+        keep_tail = content[len(content) - max(0, hi - max(lo, len(before) - s)):] if hi > len(before) - s else ""
+        mid = ""
+        if not placed and hi > p or (not placed and hi == len(before)):
+            mid, placed = middle, True
+        queue[n][3] = keep_head + mid + keep_tail
+
+
+def _call_of(c: dict[str, Any]) -> ToolCall:
+    fn = c.get("function") or {}
+    return ToolCall(id=str(c.get("id") or ""), name=str(fn.get("name") or ""), arguments=str(fn.get("arguments") or ""))
