@@ -34,7 +34,7 @@ PATTERNS: dict[str, str] = {
     "us_ssn": r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b",
     "uk_nino": r"\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b",
     "email": r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,24}\b",
-    "phone": r"(?<![\w+])(?:\+[1-9]\d{0,2}[ .\-]?)?\(?\d{3}\)?[ .\-]\d{3}[ .\-]\d{4}\b|(?<![\w+])\+[1-9]\d{9,14}\b",
+    "phone": r"(?<![\w+])(?:\+[1-9]\d{0,2}[ .\-]?)?\(?\d{3}\)?[ .\-]\d{3}[ .\-]\d{4}\b|(?<![\w+])\+[1-9]\d{0,2}(?:[ .\-]?\d{2,8}){1,4}\b",
     "high_entropy": r"(?<![A-Za-z0-9+/_\-])[A-Za-z0-9+/_\-]{32,256}={0,2}(?![A-Za-z0-9+/_\-])",
 }
 SECRET_KINDS = frozenset({"private_key", "aws_access_key", "aws_secret_key", "gcp_api_key", "azure_key", "jwt",

@@ -26,8 +26,9 @@ _PROBES = (b'"tool_calls"', b'"system_fingerprint":"', b'"system_fingerprint": "
            b'"logprobs":[', b'"reasoning_content":"', b'"stop_reason":"', b'"stop_reason": "')
 
 
-def _strip(d: dict[str, Any], base: frozenset[str], expose: frozenset[str]) -> bool:
-    extra = [k for k, v in d.items() if k not in base and k not in expose and v is not None]
+def _strip(d: dict[str, Any], base: frozenset[str], expose: frozenset[str], nulls: bool = False) -> bool:
+    """Drop fields beyond ``base`` not exposed; in streams, null ones stay (they say nothing, and cost a rewrite)."""
+    extra = [k for k, v in d.items() if k not in base and k not in expose and (nulls or v is not None)]
     for k in extra:
         del d[k]
     return bool(extra)
@@ -66,14 +67,14 @@ class OutputGuard:
         if not isinstance(d, dict):
             return body
         expose = self._expose
-        _strip(d, BASE_REPLY, expose)
+        _strip(d, BASE_REPLY, expose, True)
         judged: list[Judgement] = []
         for choice in d.get("choices") or ():
-            _strip(choice, BASE_CHOICE, expose)
+            _strip(choice, BASE_CHOICE, expose, True)
             msg = choice.get("message")
             if not isinstance(msg, dict):
                 continue
-            _strip(msg, BASE_MESSAGE, expose)
+            _strip(msg, BASE_MESSAGE, expose, True)
             text = msg.get("content")
             if isinstance(text, str) and self._detector is not None:
                 msg["content"] = self._redact(text, final=True)[0]
