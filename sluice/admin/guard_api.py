@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from ..core import clock
+from ..core.errors import NotFound
 from ..core.exchange import Exchange, Reply
 from ..guard import ToolApprovals
 from ..guard.approvals import public
@@ -60,22 +61,27 @@ class GuardAdmin:
     @accepts(query=ApprovalQuery)
     async def list_approvals(self, actor: Actor, ex: Exchange) -> Reply:
         status = ex.query.get("status") or None
-        rows = await self._records.list_approvals(status, _limit(ex))  # type: ignore[union-attr]
+        rows = [] if self._records is None else await self._records.list_approvals(status, _limit(ex))  # type: ignore[attr-defined]
         now = clock.now()
         return Reply.json({"object": "list", "data": [{**public(row, now), "identity_id": row["identity_id"],
                                                         "decided_by": row["decided_by"]} for row in rows]})
 
+    def _book(self) -> ToolApprovals:
+        if self._approvals is None:  # no guardrails configured: there is nothing to approve
+            raise NotFound("No such approval.", param="approval_id")
+        return self._approvals
+
     async def get_approval(self, actor: Actor, ex: Exchange) -> Reply:
-        row = await self._approvals.get(ex.params["approval_id"])  # type: ignore[union-attr]
+        row = await self._book().get(ex.params["approval_id"])
         return Reply.json({**public(row, clock.now()), "identity_id": row["identity_id"], "decided_by": row["decided_by"]})
 
     @accepts(ToolDecision)
     async def decide(self, actor: Actor, ex: Exchange) -> Reply:
         req: ToolDecision = _decode(ex.body, ToolDecision)  # type: ignore[assignment]
-        got = await self._approvals.decide(ex.params["approval_id"], req.approved, actor.name, actor.identity_id)  # type: ignore[union-attr]
+        got = await self._book().decide(ex.params["approval_id"], req.approved, actor.name, actor.identity_id)
         return Reply.json(got)
 
     @accepts(query=DecisionQuery)
     async def list_decisions(self, actor: Actor, ex: Exchange) -> Reply:
-        rows = await self._records.list_decisions(_limit(ex))  # type: ignore[union-attr]
+        rows = [] if self._records is None else await self._records.list_decisions(_limit(ex))  # type: ignore[attr-defined]
         return Reply.json({"object": "list", "data": rows})

@@ -81,7 +81,7 @@ class ToolApprovals:
     async def get(self, approval_id: str, identity_id: str | None = None) -> dict[str, Any]:
         row = await self._records.get_approval(approval_id[:64])
         if row is None or (identity_id is not None and row["identity_id"] != identity_id):
-            raise NotFound("No such approval.", code="approval_not_found", param="approval_id")
+            raise NotFound("No such approval.", param="approval_id")
         return row
 
     async def decide(self, approval_id: str, approved: bool, approver: str, approver_identity: str | None) -> dict[str, Any]:
