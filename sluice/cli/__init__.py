@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import admin_cmds, config_cmds, keys_cmds, routes_cmds, serve_cmds
+from . import admin_cmds, config_cmds, keys_cmds, prompts_cmds, routes_cmds, serve_cmds
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="sluice: a governed inference gateway.")
 serve_cmds.register(app)
@@ -14,6 +14,7 @@ app.add_typer(admin_cmds.teams, name="teams")
 app.add_typer(config_cmds.app, name="config")
 app.add_typer(routes_cmds.app, name="routes")
 app.command("usage")(admin_cmds.usage)
+app.add_typer(prompts_cmds.app, name="prompts")  # issue 12: prompt capture retention
 
 
 def main() -> None:

@@ -18,7 +18,8 @@ TRANSFER = {"type": "object", "properties": {"amount": {"type": "number", "maxim
             "required": ["amount", "to"], "additionalProperties": False}
 GUARDRAILS = {"rule_sets": [
     {"name": "blocking", "match": {"identities": ["strict"]}, "detectors": {"input": "block", "output": "mask"}},
-    {"name": "hasty", "match": {"identities": ["hasty"]}, "tools": {"approval_ttl_s": 1}},
+    {"name": "hasty", "match": {"identities": ["hasty"]}, "tools": {"approval_ttl_s": 1},
+     "detectors": {"input": "flag"}, "capture": {"enabled": True, "retention_days": 0.00002}},
     {"name": "agents", "match": {"identities": ["agent", "other"]},
      "input": {"max_messages": 8, "max_tokens": 256, "context_window": 2048, "image_hosts": ["images.example.com"]},
      "detectors": {"input": "mask", "output": "mask"}, "injection": {"action": "block"},
@@ -37,7 +38,7 @@ def tool(name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
-    s = Sim(tmp_path_factory.mktemp("guard-sim"))
+    s = Sim(tmp_path_factory.mktemp("guard-sim"), **{"decode-ms": 20})  # chunks apart: a split secret arrives in two reads
     yield s
     s.stop()
 
@@ -271,6 +272,34 @@ def test_an_expired_approval_is_refused(gw, approver):
         time.sleep(0.2)
     r = httpx.post(gw.v1 + f"/tool-approvals/{apv}/redeem", headers=me, json={"arguments": {"amount": 1, "to": "x"}})
     assert r.status_code == 410 and r.json()["error"]["code"] == "approval_expired"
+
+
+def test_captured_prompts_are_masked_and_purged_after_their_retention(gw):
+    import sqlite3
+    import subprocess
+    import sys
+
+    # a flagging route sends the prompt as it is, but capture keeps only the masked text
+    assert chat(gw, "hasty", messages=user("capture-me: mail jane.doe@example.com")).status_code == 200
+    db = gw.tmp / "sluice.db"
+
+    def captured() -> list[str]:
+        with sqlite3.connect(db) as conn:
+            return [r[0] for r in conn.execute("SELECT text FROM prompt_captures WHERE text LIKE '%capture-me%'")]
+
+    deadline = time.monotonic() + 10
+    while not captured():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert captured() == ["user: capture-me: mail [REDACTED:email]"]
+    assert "email" in gw.log() and "jane.doe@example.com" not in gw.log()  # flagged by kind, never by value
+    time.sleep(2.0)  # past the 1.7 s retention of this route
+    out = subprocess.run([sys.executable, "-m", "sluice", "prompts", "purge", "--config", str(gw.config_path)],
+                         capture_output=True, text=True, cwd=gw.tmp, timeout=60)
+    assert out.returncode == 0 and "purged" in out.stdout, out.stderr
+    assert captured() == []
+    with sqlite3.connect(db) as conn:  # the longer-kept captures of other routes stay
+        assert conn.execute("SELECT count(*) FROM prompt_captures").fetchone()[0] > 0
 
 
 def test_approvals_survive_a_restart(gw, approver, sim, tmp_path_factory):
