@@ -136,7 +136,7 @@ def mask_for(kind: str) -> str:
 class Detector:
     """The compiled detectors of some kinds: ``find`` spans, ``mask`` them."""
 
-    __slots__ = ("kinds", "_literal", "_scanned", "_validators", "_entropy")
+    __slots__ = ("kinds", "_literal", "_scanned", "_validators", "_entropy", "_triggers", "_by_trigger")
 
     def __init__(self, kinds: Iterable[str] = KINDS) -> None:
         wanted = set(kinds)
@@ -145,6 +145,10 @@ class Detector:
             raise ValueError(f"unknown detector kinds: {', '.join(sorted(unknown))}")
         self.kinds = tuple(k for k in KINDS if k in wanted)
         self._literal = [(_LITERALS[k], k, re.compile(PATTERNS[k])) for k in self.kinds if k in _LITERALS]
+        # one scan for every literal trigger, then only the kinds whose trigger occurred
+        self._by_trigger = {lit: (k, pat) for lits, k, pat in self._literal for lit in lits}
+        self._triggers = re.compile("|".join(re.escape(t) for t in sorted(self._by_trigger, key=len, reverse=True))) \
+            if self._by_trigger else None
         scans: dict[re.Pattern[str], list[tuple[str, re.Pattern[str]]]] = {}
         for k in self.kinds:
             if k in _SCANS:
@@ -156,11 +160,10 @@ class Detector:
     def find(self, text: str) -> list[Finding]:
         """The validated findings in ``text``, in order, non-overlapping (secrets win ties)."""
         hits: list[tuple[int, int, int, str]] = []
-        for literals, kind, pattern in self._literal:
-            for lit in literals:
-                if lit in text:
-                    hits.extend((m.start(), _PRIORITY[kind], m.end(), kind) for m in pattern.finditer(text))
-                    break
+        if self._triggers is not None:
+            by_trigger = self._by_trigger
+            for kind, pattern in {by_trigger[t] for t in self._triggers.findall(text)}:
+                hits.extend((m.start(), _PRIORITY[kind], m.end(), kind) for m in pattern.finditer(text))
         if self._scanned and _DIGIT.search(text) is not None:  # every scanned kind needs a digit
             for gate, kinds in self._scanned:
                 before, after = _REACH[gate]

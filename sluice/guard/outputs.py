@@ -26,6 +26,26 @@ _PROBES = (b'"tool_calls"', b'"system_fingerprint":"', b'"system_fingerprint": "
            b'"logprobs":[', b'"reasoning_content":"', b'"stop_reason":"', b'"stop_reason": "')
 
 
+class _LightDelta(msgspec.Struct, gc=False):
+    content: str | None = None
+
+
+class _LightChoice(msgspec.Struct, gc=False):
+    index: int = 0
+    delta: _LightDelta | None = None
+
+
+class _LightEvent(msgspec.Struct, gc=False):
+    """The part of a chunk the stream guard reads on every event."""
+
+    choices: list[_LightChoice] = []
+
+
+_light = msgspec.json.Decoder(_LightEvent).decode
+_light_all = msgspec.json.Decoder(list[_LightEvent]).decode
+_END = b"data: [DONE]\n\n"
+
+
 def _strip(d: dict[str, Any], base: frozenset[str], expose: frozenset[str], nulls: bool = False) -> bool:
     """Drop fields beyond ``base`` not exposed; in streams, null ones stay (they say nothing, and cost a rewrite)."""
     extra = [k for k, v in d.items() if k not in base and k not in expose and (nulls or v is not None)]
@@ -38,7 +58,7 @@ class OutputGuard:
     """One request's output guard; ``reply`` for a whole body, ``feed``/``flush`` for a stream."""
 
     __slots__ = ("_rules", "_policy", "_identity", "_team", "_hold", "_record", "_detector", "_tools", "_expose",
-                 "_queue", "_text", "_calls", "judgements", "kinds")
+                 "_queue", "_calls", "judgements", "kinds")
 
     def __init__(self, rules: Rules, policy: GuardPolicy, identity: str, team: str | None, *, tools: bool,
                  hold: Hold, record: Record) -> None:
@@ -52,8 +72,8 @@ class OutputGuard:
         self._detector: Detector | None = rules.detector if act != "allow" else None
         self._tools = tools
         self._expose = rules.expose
-        self._queue: list[list[Any]] = []  # [event bytes | None, event dict | None, choice, content]
-        self._text: dict[int, int] = {}  # content chars held per choice
+        # [event bytes | None (rewritten), event dict | None (not decoded), choice, content, content as it came]
+        self._queue: list[list[Any]] = []
         self._calls: dict[int, list[dict[str, Any]]] = {}  # held tool-call events per choice
         self.judgements: list[Judgement] = []
         self.kinds: set[str] = set()
@@ -127,9 +147,17 @@ class OutputGuard:
         return self._detector is not None or bool(self._queue) or any(p in block for p in _PROBES)
 
     async def feed(self, block: bytes) -> bytes:
-        """Whole events in; the events that may go out now (possibly rewritten or held back)."""
+        """Whole events in; the events that may go out now (possibly rewritten or held back).
+
+        The common event (content only) is decoded into a small typed struct and goes out as the
+        very bytes it came in; only an event that must change is decoded whole and re-encoded.
+        """
         if not self.needed(block):
             return block
+        slow = any(p in block for p in _PROBES)  # some event has fields to strip or tool calls
+        queue = self._queue
+        if not slow and not queue and not self._calls and block.endswith(_END) and self._clean(block):
+            return block  # a whole stream in one block (a fast upstream), nothing to change
         out: list[bytes] = []
         for raw in block.split(b"\n\n"):
             if not raw:
@@ -141,23 +169,56 @@ class OutputGuard:
                 out.append(ev)
                 continue
             try:
-                d = _decode(body)
+                if slow and any(p in raw for p in _PROBES):
+                    await self._event(ev, _decode(body))
+                    continue
+                light = _light(body)
             except msgspec.DecodeError:
                 out.append(await self.flush())
                 out.append(ev)
                 continue
-            await self._event(ev, d)
+            choices = light.choices
+            if len(choices) != 1:
+                queue.append([ev, None, -1, None, None])
+                continue
+            c = choices[0]
+            if self._calls and c.index in self._calls:  # the finish of a held tool call
+                await self._event(ev, _decode(body))
+                continue
+            content = c.delta.content if c.delta is not None else None
+            if self._detector is None or not content:
+                queue.append([ev, None, c.index, None, None])
+            else:
+                queue.append([ev, None, c.index, content, content])
         out.append(self._release(final=False))
         return b"".join(out)
 
+    def _clean(self, block: bytes) -> bool:
+        """Whether a block of whole events ending the stream has no finding: one decode for all of it."""
+        body = block[:-len(_END)]
+        if not body.startswith(b"data: "):
+            return not body
+        try:  # JSON strings hold no raw newline, so the event separators are only between events
+            events = _light_all(b"[" + body[6:].rstrip(b"\n").replace(b"\n\ndata: ", b",") + b"]")
+        except msgspec.DecodeError:
+            return False
+        texts: dict[int, list[str]] = {}
+        for e in events:
+            for c in e.choices:
+                if c.delta is not None and c.delta.content:
+                    texts.setdefault(c.index, []).append(c.delta.content)
+        detector = self._detector
+        return detector is None or not any(detector.find("".join(t)) for t in texts.values())
+
     async def _event(self, ev: bytes, d: dict[str, Any]) -> None:
+        """The rare event: fields to strip, or part of a tool call."""
         expose = self._expose
         changed = _strip(d, BASE_REPLY, expose)
         choices = d.get("choices") or []
         if len(choices) != 1:  # usage chunks, or several choices in one event (rare): pass in order
             for c in choices:
                 changed |= _strip(c, BASE_CHOICE, expose)
-            self._queue.append([None if changed else ev, d, -1, None])
+            self._queue.append([None if changed else ev, d, -1, None, None])
             return
         c = choices[0]
         changed |= _strip(c, BASE_CHOICE, expose)
@@ -171,10 +232,9 @@ class OutputGuard:
             return
         content = delta.get("content")
         if self._detector is None or not isinstance(content, str) or not content:
-            self._queue.append([None if changed else ev, d, i, None])
+            self._queue.append([None if changed else ev, d, i, None, None])
             return
-        self._queue.append([None, d, i, content])
-        self._text[i] = self._text.get(i, 0) + len(content)
+        self._queue.append([None if changed else ev, d, i, content, content])
 
     async def _judge_stream(self, i: int) -> None:
         events = self._calls.pop(i)
@@ -190,20 +250,20 @@ class OutputGuard:
         kept, notes = await self._judge(list(calls.values()), judged)
         last = events[-1]
         if not notes:  # every call allowed: the events go out as they came
-            self._queue.extend([None, d, -1, None] for d in events)
+            self._queue.extend([None, d, -1, None, None] for d in events)
             return
         head = {k: v for k, v in last.items() if k != "choices"}
         if kept:
             delta = {"tool_calls": [{"index": n, "id": k.id, "type": "function",
                                      "function": {"name": k.name, "arguments": k.arguments}} for n, k in enumerate(kept)]}
-            self._queue.append([None, {**head, "choices": [{"index": i, "delta": delta, "finish_reason": None}]}, -1, None])
+            self._queue.append([None, {**head, "choices": [{"index": i, "delta": delta, "finish_reason": None}]}, -1, None, None])
         self._queue.append([None, {**head, "choices": [{"index": i, "delta": {"content": "\n".join(notes)},
                                                         "finish_reason": None}], "sluice": {"tool_calls": summary(judged)}},
-                            -1, None])
+                            -1, None, None])
         fin = last["choices"][0]
         fin["delta"] = {}
         fin["finish_reason"] = "tool_calls" if kept else "stop"
-        self._queue.append([None, last, -1, None])
+        self._queue.append([None, last, -1, None, None])
 
     async def flush(self) -> bytes:
         """Release everything held (the stream's end); open tool calls are judged first."""
@@ -220,15 +280,15 @@ class OutputGuard:
         if self._detector is not None:
             keep_from = self._scan(final, window)
         out = []
-        for ev, d, _, content in queue[:keep_from]:
-            if ev is None:
+        for ev, d, _, content, original in queue[:keep_from]:
+            if ev is None or content != original:  # rewritten: masked or stripped
+                if d is None:
+                    d = _decode(ev[5:].strip())  # type: ignore[index]
                 if content is not None:
                     d["choices"][0]["delta"]["content"] = content
                 ev = b"data: " + _encode(d) + b"\n\n"
             out.append(ev)
         del queue[:keep_from]
-        for i in list(self._text):
-            self._text[i] = sum(len(e[3]) for e in queue if e[2] == i and e[3] is not None)
         return b"".join(out)
 
     def _scan(self, final: bool, window: int) -> int:
