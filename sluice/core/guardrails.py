@@ -55,7 +55,7 @@ class OutputRules(_Strict):
     """Output minimisation: fields beyond the OpenAI basics are stripped unless listed."""
 
     expose: list[str] = msgspec.field(default_factory=list)  # e.g. logprobs, system_fingerprint
-    stream_window: Annotated[int, msgspec.Meta(ge=16, le=4096)] = 128  # chars held back per stream
+    stream_window: Annotated[int, msgspec.Meta(ge=64, le=4096)] = 128  # chars held back per stream (>= a PEM header)
 
 
 class ToolRules(_Strict):

@@ -18,7 +18,9 @@ import msgspec
 
 # kind -> pattern. Secrets first: where two kinds overlap, the earlier alternative wins.
 PATTERNS: dict[str, str] = {
-    "private_key": r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----(?:[A-Za-z0-9+/=:\s\\-]{0,8192}?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----)?",
+    # the body runs to its END line, or to the first character no key body has, or to the text's end
+    "private_key": r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[A-Za-z0-9+/=:\s\\-]{0,16384}?"
+                   r"(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|(?=[^A-Za-z0-9+/=:\s\\-])|\Z)",
     "aws_access_key": r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b",
     "aws_secret_key": r"(?i:aws_?secret_?access_?key|aws_?secret)[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])",
     "gcp_api_key": r"\bAIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])",

@@ -306,7 +306,7 @@ class OutputGuard:
             if final:
                 continue
             # an event may go once `window` chars follow it and no open finding starts in it
-            limit = min(open_at, len(text) - window)
+            limit = min(open_at, len(text) - window, _run_start(text))
             at = 0
             for n in slots:
                 at += len(queue[n][3])
@@ -314,6 +314,15 @@ class OutputGuard:
                     hold_at = min(hold_at, n)
                     break
         return hold_at
+
+
+_HOLD_RUN = 4096  # a trailing run of non-space characters is held back up to this long
+
+
+def _run_start(text: str) -> int:
+    """Where the unbroken run at the end begins: a token still arriving may be a secret's prefix."""
+    start = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t")) + 1
+    return max(start, len(text) - _HOLD_RUN)
 
 
 def _masked(text: str, found: list[Finding], open_at: int) -> tuple[str, int]:
