@@ -43,6 +43,35 @@ class _LightEvent(msgspec.Struct, gc=False):
 
 _light = msgspec.json.Decoder(_LightEvent).decode
 _light_all = msgspec.json.Decoder(list[_LightEvent]).decode
+class _Message(msgspec.Struct, omit_defaults=True):
+    role: str = "assistant"
+    content: str | None | msgspec.UnsetType = msgspec.UNSET
+    tool_calls: list[Any] | msgspec.UnsetType = msgspec.UNSET
+    refusal: str | None | msgspec.UnsetType = msgspec.UNSET
+    function_call: Any = msgspec.UNSET
+    annotations: list[Any] | msgspec.UnsetType = msgspec.UNSET
+
+
+class _Choice(msgspec.Struct):
+    index: int = 0
+    message: _Message | None = None
+    finish_reason: str | None = None
+
+
+class _Minimal(msgspec.Struct, omit_defaults=True):
+    """A whole reply with only what every caller gets (``BASE_*``): decoding is the minimisation."""
+
+    id: str | msgspec.UnsetType = msgspec.UNSET
+    object: str | msgspec.UnsetType = msgspec.UNSET
+    created: int | msgspec.UnsetType = msgspec.UNSET
+    model: str | msgspec.UnsetType = msgspec.UNSET
+    choices: list[_Choice] = []
+    usage: Any = msgspec.UNSET
+    service_tier: str | None | msgspec.UnsetType = msgspec.UNSET
+
+
+_minimal = msgspec.json.Decoder(_Minimal).decode
+_BLOCK = object()  # marks a queue item that is a whole block of content events
 _END = b"data: [DONE]\n\n"
 
 
@@ -80,6 +109,17 @@ class OutputGuard:
 
     # -- whole replies ------------------------------------------------------------------------
     async def reply(self, body: bytes) -> bytes:
+        if not self._tools and not self._expose:  # typed: decoding drops every field beyond the basics
+            try:
+                r = _minimal(body)
+            except msgspec.DecodeError:
+                return body
+            if self._detector is not None:
+                for c in r.choices:
+                    m = c.message
+                    if m is not None and isinstance(m.content, str):
+                        m.content = self._redact(m.content, final=True)[0]
+            return _encode(r)
         try:
             d = _decode(body)
         except msgspec.DecodeError:
@@ -127,9 +167,10 @@ class OutputGuard:
             self._record(j)
         return kept, notes
 
-    def _redact(self, text: str, *, final: bool) -> tuple[str, int]:
+    def _redact(self, text: str, *, final: bool, found: list[Finding] | None = None) -> tuple[str, int]:
         """(text with closed findings masked, where a finding still open at the end begins or len)."""
-        found = self._detector.find(text)  # type: ignore[union-attr]
+        if found is None:
+            found = self._detector.find(text)  # type: ignore[union-attr]
         if not found:
             return text, len(text)
         open_at = len(text)
@@ -156,8 +197,13 @@ class OutputGuard:
             return block
         slow = any(p in block for p in _PROBES)  # some event has fields to strip or tool calls
         queue = self._queue
-        if not slow and not queue and not self._calls and block.endswith(_END) and self._clean(block):
-            return block  # a whole stream in one block (a fast upstream), nothing to change
+        if not slow and not self._calls:  # content only: the block is held or released whole
+            body, tail = (block[:-len(_END)], _END) if block.endswith(_END) else (block, b"")
+            item = self._block_item(body) if body else None
+            if item is not None or not body:
+                if item is not None:
+                    queue.append(item)
+                return (await self.flush()) + tail if tail else self._release(final=False)
         out: list[bytes] = []
         for raw in block.split(b"\n\n"):
             if not raw:
@@ -193,22 +239,40 @@ class OutputGuard:
         out.append(self._release(final=False))
         return b"".join(out)
 
-    def _clean(self, block: bytes) -> bool:
-        """Whether a block of whole events ending the stream has no finding: one decode for all of it."""
-        body = block[:-len(_END)]
+    def _block_item(self, body: bytes) -> list[Any] | None:
+        """A block of content events of choice 0 as one queue item (one decode), or None: go event by event."""
         if not body.startswith(b"data: "):
-            return not body
+            return None
         try:  # JSON strings hold no raw newline, so the event separators are only between events
             events = _light_all(b"[" + body[6:].rstrip(b"\n").replace(b"\n\ndata: ", b",") + b"]")
         except msgspec.DecodeError:
-            return False
-        texts: dict[int, list[str]] = {}
+            return None
+        parts = []
         for e in events:
             for c in e.choices:
+                if c.index != 0:
+                    return None
                 if c.delta is not None and c.delta.content:
-                    texts.setdefault(c.index, []).append(c.delta.content)
-        detector = self._detector
-        return detector is None or not any(detector.find("".join(t)) for t in texts.values())
+                    parts.append(c.delta.content)
+        if self._detector is None:
+            return [body, _BLOCK, -1, None, None]
+        text = "".join(parts)
+        return [body, _BLOCK, 0, text, text]
+
+    def _explode(self) -> None:
+        """Turn held blocks into their events, so a finding can be masked event by event."""
+        items: list[list[Any]] = []
+        for item in self._queue:
+            if item[1] is not _BLOCK:
+                items.append(item)
+                continue
+            for raw in item[0].split(b"\n\n"):
+                if not raw:
+                    continue
+                c = _light(raw[5:].strip()).choices
+                content = c[0].delta.content if c and c[0].delta is not None else None
+                items.append([raw + b"\n\n", None, c[0].index if c else -1, content or None, content or None])
+        self._queue[:] = items
 
     async def _event(self, ev: bytes, d: dict[str, Any]) -> None:
         """The rare event: fields to strip, or part of a tool call."""
@@ -294,11 +358,16 @@ class OutputGuard:
     def _scan(self, final: bool, window: int) -> int:
         """Mask findings across the held content of each choice; how many queued events may go."""
         queue = self._queue
+        known: dict[int, list[Finding]] = {}
+        if any(e[1] is _BLOCK for e in queue):  # blocks are all choice 0
+            known[0] = self._detector.find("".join(e[3] for e in queue if e[2] == 0 and e[3] is not None))  # type: ignore[union-attr]
+            if known[0]:
+                self._explode()  # the same text, now event by event: the findings stay valid
         hold_at = len(queue)
         for i in {e[2] for e in queue if e[3] is not None}:
             slots = [n for n, e in enumerate(queue) if e[2] == i and e[3] is not None]
             text = "".join(queue[n][3] for n in slots)
-            masked, open_at = self._redact(text, final=final)
+            masked, open_at = self._redact(text, final=final, found=known.get(i))
             if masked is not text:
                 _spread(queue, slots, text, masked)
                 text = "".join(queue[n][3] for n in slots)

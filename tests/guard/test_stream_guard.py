@@ -87,3 +87,25 @@ def test_a_private_key_streamed_in_small_pieces_leaks_nothing_of_its_body():
     text, raw, _ = run(pieces, window=64)
     assert text == "key: [REDACTED:private_key] - done.", text
     assert b"MIIEowIBAAK" not in raw and b"aFDrBz9" not in raw
+
+
+def test_blocks_of_several_events_mask_a_secret_across_blocks_and_pass_clean_ones_as_they_came():
+    secret = "AKIAIOSFODNN7EXAMPLE"
+    words = [f"w{i} " for i in range(40)] + [secret[:9], secret[9:], " end"] + [f"v{i} " for i in range(40)]
+    events = [event(w) for w in words]
+    for size in (1, 2, 3, 7, 64):
+        g = guard(64)
+        outs = []
+
+        async def go() -> None:
+            for at in range(0, len(events), size):
+                outs.append(await g.feed(b"".join(events[at:at + size])))
+            outs.append(await g.feed(b"data: [DONE]\n\n"))
+
+        asyncio.run(go())
+        raw = b"".join(outs)
+        text = "".join(json.loads(line[6:])["choices"][0]["delta"]["content"]
+                       for line in raw.decode().split("\n") if line.startswith("data: {"))
+        assert text == "".join(words).replace(secret, "[REDACTED:aws_access_key]"), (size, text)
+        assert b"AKIAIOSFO" not in raw and b"DNN7EXAMPLE" not in raw
+        assert raw.startswith(b"".join(events[:10]))  # clean events before it: the very bytes
