@@ -55,7 +55,8 @@ class OutputRules(_Strict):
     """Output minimisation: fields beyond the OpenAI basics are stripped unless listed."""
 
     expose: list[str] = msgspec.field(default_factory=list)  # e.g. logprobs, system_fingerprint
-    stream_window: Annotated[int, msgspec.Meta(ge=64, le=4096)] = 128  # chars held back per stream (>= a PEM header)
+    # chars of a stream held back at most (the look-behind is half of it: at least a PEM header)
+    stream_window: Annotated[int, msgspec.Meta(ge=96, le=4096)] = 128
 
 
 class ToolRules(_Strict):

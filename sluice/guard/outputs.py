@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import re
+
 import msgspec
 
 from .detectors import Detector, Finding, mask_for
@@ -22,8 +24,8 @@ Record = Callable[[Judgement], None]  # records a decision, off the request path
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
-_PROBES = (b'"tool_calls"', b'"system_fingerprint":"', b'"system_fingerprint": "', b'"logprobs":{', b'"logprobs": {',
-           b'"logprobs":[', b'"reasoning_content":"', b'"stop_reason":"', b'"stop_reason": "')
+# Fields that make an event more than content: a tool call, or a non-null field to strip.
+_PROBE = re.compile(rb'"(?:tool_calls"|system_fingerprint": ?"|logprobs": ?[{\[]|reasoning_content": ?"|stop_reason": ?")')
 
 
 class _LightDelta(msgspec.Struct, gc=False):
@@ -185,7 +187,7 @@ class OutputGuard:
     # -- streams ------------------------------------------------------------------------------
     def needed(self, block: bytes) -> bool:
         """Whether a block of events needs more than passing through (cheap byte probes)."""
-        return self._detector is not None or bool(self._queue) or any(p in block for p in _PROBES)
+        return self._detector is not None or bool(self._queue) or _PROBE.search(block) is not None
 
     async def feed(self, block: bytes) -> bytes:
         """Whole events in; the events that may go out now (possibly rewritten or held back).
@@ -195,7 +197,7 @@ class OutputGuard:
         """
         if not self.needed(block):
             return block
-        slow = any(p in block for p in _PROBES)  # some event has fields to strip or tool calls
+        slow = _PROBE.search(block) is not None  # some event has fields to strip or tool calls
         queue = self._queue
         if not slow and not self._calls:  # content only: the block is held or released whole
             body, tail = (block[:-len(_END)], _END) if block.endswith(_END) else (block, b"")
@@ -215,7 +217,7 @@ class OutputGuard:
                 out.append(ev)
                 continue
             try:
-                if slow and any(p in raw for p in _PROBES):
+                if slow and _PROBE.search(raw) is not None:
                     await self._event(ev, _decode(body))
                     continue
                 light = _light(body)
@@ -244,7 +246,10 @@ class OutputGuard:
         if not body.startswith(b"data: "):
             return None
         try:  # JSON strings hold no raw newline, so the event separators are only between events
-            events = _light_all(b"[" + body[6:].rstrip(b"\n").replace(b"\n\ndata: ", b",") + b"]")
+            if body.find(b"\n\n") == len(body) - 2:  # one event (a model streaming token by token)
+                events = [_light(body[6:])]
+            else:
+                events = _light_all(b"[" + body[6:].rstrip(b"\n").replace(b"\n\ndata: ", b",") + b"]")
         except msgspec.DecodeError:
             return None
         parts = []
@@ -342,7 +347,11 @@ class OutputGuard:
         window = self._rules.spec.output.stream_window
         keep_from = len(queue)
         if self._detector is not None:
-            keep_from = self._scan(final, window)
+            # scan once a window has gathered, keep half of it as the look-behind: each character is
+            # scanned about twice, not once per event that follows it
+            if not final and sum(len(e[3]) for e in queue if e[3] is not None) < window:
+                return b""
+            keep_from = self._scan(final, window // 2)
         out = []
         for ev, d, _, content, original in queue[:keep_from]:
             if ev is None or content != original:  # rewritten: masked or stripped

@@ -62,21 +62,21 @@ def test_every_corpus_secret_in_three_word_chunks_is_masked():
 
 def test_plain_text_streams_through_unchanged_and_is_held_back_by_at_most_the_window():
     pieces = [f"word{i} " for i in range(200)]
-    text, raw, outs = run(pieces, window=64)
+    text, raw, outs = run(pieces, window=96)
     assert text == "".join(pieces)
     assert raw == b"".join(event(p) for p in pieces) + b"data: [DONE]\n\n"  # the very bytes
     sent = 0
     for n, out in enumerate(outs[:-1]):
         sent += out.count(b"data: ")
         held = "".join(pieces[sent:n + 1])
-        assert len(held) <= 64 + len(pieces[n]), (n, len(held))
+        assert len(held) <= 96 + len(pieces[n]), (n, len(held))
 
 
 def test_a_secret_longer_than_the_window_is_held_until_it_ends():
     secret = "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ab"
     pieces = ["see "] + list(secret) + [" then more words follow here"]  # one character a chunk
-    # only the token's own detector, which needs 71 characters: more than the window
-    text, raw, _ = run(pieces, window=64, kinds=("github_token",))
+    # only the token's own detector, which needs 71 characters: more than the look-behind (half the window)
+    text, raw, _ = run(pieces, window=96, kinds=("github_token",))
     assert text == "see [REDACTED:github_token] then more words follow here", text
     assert b"github_pat_11" not in raw
 
@@ -84,7 +84,7 @@ def test_a_secret_longer_than_the_window_is_held_until_it_ends():
 def test_a_private_key_streamed_in_small_pieces_leaks_nothing_of_its_body():
     from corpus import PEM
     pieces = ["key: "] + [PEM[i:i + 10] for i in range(0, len(PEM), 10)] + [" - done."]
-    text, raw, _ = run(pieces, window=64)
+    text, raw, _ = run(pieces, window=96)
     assert text == "key: [REDACTED:private_key] - done.", text
     assert b"MIIEowIBAAK" not in raw and b"aFDrBz9" not in raw
 
@@ -94,7 +94,7 @@ def test_blocks_of_several_events_mask_a_secret_across_blocks_and_pass_clean_one
     words = [f"w{i} " for i in range(40)] + [secret[:9], secret[9:], " end"] + [f"v{i} " for i in range(40)]
     events = [event(w) for w in words]
     for size in (1, 2, 3, 7, 64):
-        g = guard(64)
+        g = guard(96)
         outs = []
 
         async def go() -> None:
