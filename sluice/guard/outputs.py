@@ -109,6 +109,11 @@ class OutputGuard:
         self.judgements: list[Judgement] = []
         self.kinds: set[str] = set()
 
+    def fresh(self) -> OutputGuard:
+        """The same guard with nothing held: for a new attempt after one that sent nothing."""
+        return OutputGuard(self._rules, self._policy, self._identity, self._team, tools=self._tools,
+                           hold=self._hold, record=self._record)
+
     # -- whole replies ------------------------------------------------------------------------
     async def reply(self, body: bytes) -> bytes:
         if not self._tools and not self._expose:  # typed: decoding drops every field beyond the basics

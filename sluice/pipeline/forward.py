@@ -252,6 +252,8 @@ class Forward:
                     raise exc
                 await self._pause(ctx, nxt)
                 relay = SSERelay(strip_usage=strip_usage)
+                if guard is not None:  # what it held of the failed attempt never reaches the client
+                    guard = ctx.guard = guard.fresh()
                 current[0] = await self._open(ctx)
         except GatewayError as exc:
             ctx.status, ctx.error_code = exc.status, exc.code
