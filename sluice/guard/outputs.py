@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import logging
 import re
 
 import msgspec
@@ -19,6 +20,7 @@ from .detectors import Detector, Finding, mask_for
 from .policy import BASE_CHOICE, BASE_MESSAGE, BASE_REPLY, GuardPolicy, Rules
 from .tools import Judgement, ToolCall, judge, notice, summary
 
+log = logging.getLogger("sluice.guard")
 Hold = Callable[[Judgement], Awaitable[str]]  # stores a pending approval, returns its id
 Record = Callable[[Judgement], None]  # records a decision, off the request path
 
@@ -89,10 +91,11 @@ class OutputGuard:
     """One request's output guard; ``reply`` for a whole body, ``feed``/``flush`` for a stream."""
 
     __slots__ = ("_rules", "_policy", "_identity", "_team", "_hold", "_record", "_detector", "_tools", "_expose",
-                 "_queue", "_calls", "judgements", "kinds")
+                 "_queue", "_calls", "_request_id", "judgements", "kinds")
 
     def __init__(self, rules: Rules, policy: GuardPolicy, identity: str, team: str | None, *, tools: bool,
-                 hold: Hold, record: Record) -> None:
+                 hold: Hold, record: Record, request_id: str = "") -> None:
+        self._request_id = request_id
         self._rules = rules
         self._policy = policy
         self._identity = identity
@@ -112,7 +115,7 @@ class OutputGuard:
     def fresh(self) -> OutputGuard:
         """The same guard with nothing held: for a new attempt after one that sent nothing."""
         return OutputGuard(self._rules, self._policy, self._identity, self._team, tools=self._tools,
-                           hold=self._hold, record=self._record)
+                           hold=self._hold, record=self._record, request_id=self._request_id)
 
     # -- whole replies ------------------------------------------------------------------------
     async def reply(self, body: bytes) -> bytes:
@@ -184,7 +187,11 @@ class OutputGuard:
         if not final and found[-1].end == len(text):
             open_at = found[-1].start
             found = found[:-1]
-        self.kinds.update(f.kind for f in found)
+        kinds = {f.kind for f in found}
+        if not kinds <= self.kinds:  # kinds only, once each: the values never reach a log
+            log.warning("guard: reply to %s carries %s (%s)", self._request_id or "-", ",".join(sorted(kinds - self.kinds)),
+                        self._rules.output_action)
+            self.kinds |= kinds
         if self._rules.output_action == "flag":
             return text, open_at
         return _masked(text, found, open_at)

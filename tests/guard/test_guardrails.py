@@ -146,6 +146,10 @@ def test_a_secret_split_across_two_streamed_chunks_is_caught(gw):
     assert "AKIAIOSF" not in raw and "ODNN7EXAMPLE" not in raw
     assert text.endswith(" and more text after it")
     assert raw.rstrip().endswith("data: [DONE]")
+    deadline = time.monotonic() + 10
+    while "carries aws_access_key (mask)" not in gw.log():  # the kind is logged, never the value
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
 
 
 def test_a_secret_in_a_whole_reply_is_masked_and_extra_fields_are_stripped(gw):

@@ -56,7 +56,7 @@ class Guard:
             self._capture(_captured(rules, req, ctx, p.identity_id))  # type: ignore[union-attr]
         tools = bool(policy.tools) and req.tools is not UNSET and bool(req.tools)
         ctx.guard = OutputGuard(rules, policy, p.identity_name, p.team, tools=tools,  # type: ignore[union-attr]
-                                hold=self._holder(ctx, rules), record=self._recorder(ctx))
+                                hold=self._holder(ctx, rules), record=self._recorder(ctx), request_id=rid)
 
     def _holder(self, ctx: RequestContext, rules: Any) -> Callable[[Judgement], Any]:
         approvals = self._approvals
