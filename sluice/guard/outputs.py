@@ -28,6 +28,15 @@ _decode = msgspec.json.decode
 _encode = msgspec.json.encode
 # Fields that make an event more than content: a tool call, or a non-null field to strip.
 _PROBE = re.compile(rb'"(?:tool_calls"|system_fingerprint": ?"|logprobs": ?[{\[]|reasoning_content": ?"|stop_reason": ?")')
+_KEYS = (b'"tool_calls"', b'"system_fingerprint"', b'"logprobs"', b'"reasoning_content"', b'"stop_reason"')
+
+
+def _probe(block: bytes) -> bool:
+    """Whether some event may need more than passing through: memchr-fast key checks, then the values."""
+    for key in _KEYS:
+        if key in block:
+            return _PROBE.search(block) is not None
+    return False
 
 
 class _LightDelta(msgspec.Struct, gc=False):
@@ -199,7 +208,7 @@ class OutputGuard:
     # -- streams ------------------------------------------------------------------------------
     def needed(self, block: bytes) -> bool:
         """Whether a block of events needs more than passing through (cheap byte probes)."""
-        return self._detector is not None or bool(self._queue) or _PROBE.search(block) is not None
+        return self._detector is not None or bool(self._queue) or _probe(block)
 
     async def feed(self, block: bytes) -> bytes:
         """Whole events in; the events that may go out now (possibly rewritten or held back).
@@ -209,7 +218,7 @@ class OutputGuard:
         """
         if not self.needed(block):
             return block
-        slow = _PROBE.search(block) is not None  # some event has fields to strip or tool calls
+        slow = _probe(block)  # some event has fields to strip or tool calls
         queue = self._queue
         if not slow and not self._calls:  # content only: the block is held or released whole
             body, tail = (block[:-len(_END)], _END) if block.endswith(_END) else (block, b"")
