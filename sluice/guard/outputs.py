@@ -85,6 +85,8 @@ class _Minimal(msgspec.Struct, omit_defaults=True):
 
 _minimal = msgspec.json.Decoder(_Minimal).decode
 _BLOCK = object()  # marks a queue item that is a whole block of content events
+_CONTENT = re.compile(rb'"content": ?"((?:[^"\\]|\\.)*)"')
+_OTHER_CHOICE = re.compile(rb'"index": ?[1-9]')
 _END = b"data: [DONE]\n\n"
 
 
@@ -263,26 +265,21 @@ class OutputGuard:
         return b"".join(out)
 
     def _block_item(self, body: bytes) -> list[Any] | None:
-        """A block of content events of choice 0 as one queue item (one decode), or None: go event by event."""
-        if not body.startswith(b"data: "):
+        """A block of content events of choice 0 as one queue item, or None: go event by event.
+
+        The text is read straight from the bytes: an unescaped ``"content":"`` can only be a key
+        (quotes inside JSON strings are escaped), and escaped pieces joined are one escaped string.
+        Decoding the block into structs cost three times as much on the 64-event bench stream.
+        """
+        if not body.startswith(b"data: ") or _OTHER_CHOICE.search(body) is not None:
             return None
-        try:  # JSON strings hold no raw newline, so the event separators are only between events
-            if body.find(b"\n\n") == len(body) - 2:  # one event (a model streaming token by token)
-                events = [_light(body[6:])]
-            else:
-                events = _light_all(b"[" + body[6:].rstrip(b"\n").replace(b"\n\ndata: ", b",") + b"]")
-        except msgspec.DecodeError:
-            return None
-        parts = []
-        for e in events:
-            for c in e.choices:
-                if c.index != 0:
-                    return None
-                if c.delta is not None and c.delta.content:
-                    parts.append(c.delta.content)
         if self._detector is None:
             return [body, _BLOCK, -1, None, None]
-        text = "".join(parts)
+        raw = b"".join(_CONTENT.findall(body))
+        try:
+            text = msgspec.json.decode(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            return None
         return [body, _BLOCK, 0, text, text]
 
     def _explode(self) -> None:
