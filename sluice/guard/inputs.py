@@ -68,7 +68,8 @@ def check_request(rules: Rules, policy: GuardPolicy, req: ChatCompletionRequest,
         if spec.context_window is not None and n + (asked or 0) > spec.context_window:  # type: ignore[operator]
             raise refuse("context_window", f"{n} prompt tokens plus {asked or 0} output tokens exceed the context "
                           f"window of {spec.context_window}.", "max_tokens" if asked else "messages")
-    if req.tools is not UNSET and req.tools and (policy.tools or rules.spec.name != "default"):
+    # with a registry, or under a rule set of its own, a tool must be granted (deny by default)
+    if req.tools is not UNSET and req.tools and (policy.tools or rules is not policy.default):
         req = _check_tools(rules, policy, req, identity, team, verdict)
     if rules.injection != "off":
         _check_injection(rules, messages, verdict)
