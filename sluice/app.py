@@ -31,6 +31,12 @@ from .pipeline import DataPlane
 from .policy import LimitsSection, PendingApproval, PolicyDocument, PolicyService
 from .admin.policy_api import PolicyAdmin
 from .routing import DecisionLog, Deployment, Replica, RoutingState, build_placement, from_config, refused_url
+from .admin.guard_api import GuardAdmin
+from .guard import GuardPolicy, ToolApprovals
+from .guard import parse as guard_parse
+from .pipeline.approvals import ApprovalEndpoints
+from .pipeline.stages import Guard
+from .store.guard_records import GuardRecords
 from .routing.health import run_checks
 from .store import Store, StoreUnavailable, open_store
 from .telemetry import Metrics, UsageLedger, configure
@@ -169,7 +175,8 @@ class Gateway:
             self._tasks.append(asyncio.get_running_loop().create_task(
                 run_checks(deployments, lambda: routing.table, c.resilience.health_interval_s), name="health-checks"))
         decisions = DecisionLog(c.resilience.decisions_kept)
-        data_plane = DataPlane(registry=registry, tokens=tokens, routes=routing, decisions=decisions,
+        guard_stage, approvals, guard_records = self._guard(c, store)  # issue 12
+        data_plane = DataPlane(guard=guard_stage, registry=registry, tokens=tokens, routes=routing, decisions=decisions,
                                resilience=c.resilience, ledger=ledger, limits=c.requests, limiter=limiter, prices=prices,
                                max_tokens_cap=c.limits.max_tokens_cap, over_cap=c.limits.over_cap,
                                admission=Admission({m.name: m.capacity for m in c.models if m.capacity}),
@@ -195,8 +202,11 @@ class Gateway:
         admin = AdminApi(AdminAuth(hasher, c.admin.keys, registry), identities, store, ledger.flush,
                          RoutingAdmin(routing, decisions, identities.record, [u.name for u in c.upstreams], policy),
                          keyring, limiter, policy=PolicyAdmin(policy, store, identities), audit=AuditAdmin(audit),
-                         on_auth_failure=FailedLogins(store, c.audit.failed_logins_per_minute).record)
+                         on_auth_failure=FailedLogins(store, c.audit.failed_logins_per_minute).record,
+                         guard=GuardAdmin(approvals, guard_records))
         data_routes = data_plane.routes() + token_routes + health + vllm_health
+        if approvals is not None:
+            data_routes += ApprovalEndpoints(data_plane.authenticate, approvals).routes()
         if c.data_plane.server == "native":
             self.data = NativeListener("data", c.data_plane, data_routes, max_body_bytes=c.requests.max_body_bytes,
                                        access_log=c.logging.access_log)
@@ -214,6 +224,25 @@ class Gateway:
         gc.freeze()
         log.info("data plane on %s:%d, control plane on %s:%d, %d models, %d live keys",
                  self.data.host, self.data.port, self.control.host, self.control.port, len(c.models), len(registry))
+
+    def _guard(self, c: Config, store: Store) -> tuple[Guard | None, ToolApprovals | None, GuardRecords | None]:
+        """The guard stage, the approval book and the guardrail records (issue 12); none without rules."""
+        gr, tools = guard_parse(msgspec.to_builtins(c.guardrails), msgspec.to_builtins(c.tools))
+        policy = GuardPolicy(gr, tools)
+        if not policy.active:
+            return None, None, None
+        records = GuardRecords(store)  # type: ignore[arg-type]
+        approvals = ToolApprovals(records)
+
+        def capture(row: dict) -> None:
+            async def write() -> None:
+                try:
+                    await records.capture([row])
+                except Exception as exc:  # capture is best effort; the request never waits for it
+                    log.warning("prompt capture not written: %s", type(exc).__name__)
+            self._spawn(write())
+
+        return Guard(policy, approvals, capture), approvals, records
 
     def _spawn(self, job: Awaitable[None]) -> None:
         """Run a side job (a change record) off the request path, keeping a reference until it ends."""

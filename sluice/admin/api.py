@@ -26,6 +26,7 @@ from .audit_api import AuditAdmin
 from .auth import AdminAuth
 from .routing_api import RoutingAdmin
 from .policy_api import PolicyAdmin, freeze_gate
+from .guard_api import GuardAdmin
 from .bodies import decode as _decode
 from .openapi import accepts, document
 
@@ -140,7 +141,8 @@ class AdminApi:
     def __init__(self, auth: AdminAuth, identities: IdentityService, store: Store,
                  flush_usage: Callable[[], Awaitable[bool]], routing: RoutingAdmin,
                  keyring: Keyring, limiter: Limiter, policy: PolicyAdmin | None = None, audit: AuditAdmin | None = None,
-                 on_auth_failure: Callable[[str | None, str, str | None], Awaitable[None]] | None = None) -> None:
+                 on_auth_failure: Callable[[str | None, str, str | None], Awaitable[None]] | None = None,
+                 guard: GuardAdmin | None = None) -> None:
         self._auth = auth
         self._ids = identities
         self._store = store
@@ -152,6 +154,7 @@ class AdminApi:
         self._openapi: bytes | None = None
         self._audit = audit
         self._on_auth_failure = on_auth_failure  # failed logins go to the audit log
+        self._guard = guard
 
     def endpoints(self) -> list[tuple[str, str, tuple[str, ...], Action]]:
         """(method, path, scopes needed, action): the control plane's whole surface."""
@@ -185,6 +188,7 @@ class AdminApi:
             *(getattr(self, "_audit", None) or AuditAdmin.__new__(AuditAdmin)).endpoints(),
             ("GET", "/admin/openapi.json", (), self.openapi),
             *(getattr(self, "_policy", None) or PolicyAdmin.__new__(PolicyAdmin)).endpoints(),
+            *(getattr(self, "_guard", None) or GuardAdmin(None, None)).endpoints(),  # issue 12
         ]
 
     def routes(self) -> list[tuple[str, str, Handler]]:

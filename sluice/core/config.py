@@ -17,6 +17,7 @@ from .audit_settings import Audit
 from .errors import ConfigError
 from .policy_settings import PolicySettings
 from .types import Environment, Role
+from .guardrails import Guardrails, ToolSpec
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
@@ -472,6 +473,8 @@ class Config(_Strict):
     sim: Sim | None = None
     policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
     audit: Audit = msgspec.field(default_factory=Audit)
+    guardrails: Guardrails = msgspec.field(default_factory=Guardrails)  # issue 12: sluice.guard
+    tools: list[ToolSpec] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check_unique("upstreams", [u.name for u in self.upstreams])

@@ -30,14 +30,16 @@ POLICY_APPROVE = "policy:approve"
 POLICY_ROLLBACK = "policy:rollback"
 SWITCHES_WRITE = "switches:write"
 POLICY_OPERATE = frozenset({POLICY_READ, POLICY_PROPOSE, POLICY_APPROVE, POLICY_ROLLBACK, SWITCHES_WRITE})
+TOOLS_READ = "tools:read"  # issue 12: held tool calls and tool decisions
+TOOLS_APPROVE = "tools:approve"
 
 ROLE_SCOPES: dict[str, frozenset[str]] = {
     "invoker": frozenset(),  # the data plane only
-    "operator": frozenset({ROUTING_READ, ROUTING_WRITE, LIMITS_READ, LIMITS_WRITE, USAGE_READ, IDENTITIES_READ})
-    | POLICY_OPERATE,
+    "operator": frozenset({ROUTING_READ, ROUTING_WRITE, LIMITS_READ, LIMITS_WRITE, USAGE_READ, IDENTITIES_READ,
+                           TOOLS_READ, TOOLS_APPROVE}) | POLICY_OPERATE,
     "key-admin": frozenset({IDENTITIES_READ, IDENTITIES_WRITE, KEYS_READ, KEYS_WRITE, TEAMS_WRITE}),
     "auditor": frozenset({AUDIT_READ, USAGE_READ, INVENTORY_READ, IDENTITIES_READ, KEYS_READ, ROUTING_READ,
-                          LIMITS_READ, POLICY_READ}),
+                          LIMITS_READ, POLICY_READ, TOOLS_READ}),
     "owner": frozenset({ROLES_GRANT, IDENTITIES_READ}),
 }
 assert set(ROLE_SCOPES) == set(ROLES)

@@ -1,6 +1,6 @@
 """The request path, in order, on one screen.
 
-    authenticate -> decode (validate) -> authorize -> route -> context window -> limit (reserve) -> admit (fair queue)
+    authenticate -> decode (validate) -> authorize -> route -> context window -> guard-in -> limit (reserve) -> admit (fair queue)
         -> forward (upstream, SSE relay) -> settle limits -> account
 
 Each stage is a small object with one async method over the ``RequestContext``; a stage
@@ -21,7 +21,7 @@ from ..telemetry import UsageLedger
 from .context import RequestContext
 from .endpoints import ListModels, ModelCall
 from .forward import Forward
-from .stages import Account, Admit, Authenticate, Authorize, ContextWindow, Decode, Limit, Route, Settle
+from .stages import Account, Admit, Authenticate, Authorize, ContextWindow, Decode, Guard, Limit, Route, Settle
 
 __all__ = ["DataPlane", "RequestContext"]
 
@@ -34,7 +34,7 @@ class DataPlane:
         decisions: DecisionLog, ledger: UsageLedger, limits: RequestLimits,
         limiter: Limiter, prices: PriceTable, max_tokens_cap: int, admission: Admission,
         over_cap: str = "refuse", extra_params: dict[str, frozenset[str]] | None = None,
-        resilience: Resilience | None = None,
+        resilience: Resilience | None = None, guard: Guard | None = None,
     ) -> None:
         authenticate = Authenticate(registry, tokens)
         authorize = Authorize()
@@ -56,12 +56,14 @@ class DataPlane:
 
         def model_call(name: str, path: str, request_type: type,
                        extras: dict[str, msgspec.json.Decoder] | None = None) -> ModelCall:
-            stages = (authenticate, Decode(request_type, **size, extras=extras), authorize, route, window, limit, admit)
+            stages = (authenticate, Decode(request_type, **size, extras=extras), authorize, route, window,
+                      *((guard,) if guard is not None else ()), limit, admit)
             return ModelCall(name, stages, Forward(path, finish, resilience), finish, authenticate=authenticate)
 
         self.chat_completions = model_call("chat.completions", "/chat/completions", ChatCompletionRequest, chat_extras)
         self.embeddings = model_call("embeddings", "/embeddings", EmbeddingRequest)
         self.models = ListModels(authenticate, routes)
+        self.authenticate = authenticate
 
     def routes(self) -> list[tuple[str, str, object]]:
         """(method, path, handler) for the listener."""

@@ -21,6 +21,7 @@ class RequestContext:
         "status", "prompt_tokens", "completion_tokens", "cached_tokens", "usage_source", "ttft_ms",
         "upstream_ms", "error_code", "stream", "reservation", "limit_headers", "slot",
         "decision", "policy",
+        "guard",  # issue 12: the output guard of this request, or None (no output rules)
     )
 
     def __init__(self, exchange: Exchange, endpoint: str) -> None:
@@ -45,6 +46,7 @@ class RequestContext:
         self.slot: Any = None
         self.decision: Decision | None = None
         self.policy: Any = None  # the ActivePolicy this request was routed under (sluice.policy)
+        self.guard: Any = None
 
     def elapsed_ms(self) -> float:
         return (clock.monotonic() - self.started) * 1000.0

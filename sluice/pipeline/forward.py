@@ -139,7 +139,8 @@ class Forward:
         self._succeeded(ctx, ms)
         usage = reported_usage(reply.body)
         _settle(ctx, usage, 0 if usage else estimate_tokens(completion_chars(reply.body)))
-        return Reply(200, reply.body, headers={ROUTE_HEADER: ctx.decision.header()})  # type: ignore[union-attr]
+        body = reply.body if ctx.guard is None else await ctx.guard.reply(reply.body)  # guard-out (issue 12)
+        return Reply(200, body, headers={ROUTE_HEADER: ctx.decision.header()})  # type: ignore[union-attr]
 
     @staticmethod
     def _succeeded(ctx: RequestContext, ms: float) -> None:
@@ -204,6 +205,7 @@ class Forward:
     ) -> AsyncGenerator[bytes, None]:
         started[0] = True
         relay = SSERelay(strip_usage=strip_usage)
+        guard = ctx.guard  # guard-out (issue 12): None when no output rule applies
         sent = False
         pending: asyncio.Future | None = None
         try:
@@ -224,6 +226,8 @@ class Forward:
                         else:
                             chunk = await chunks.__anext__()
                         out = relay.feed(chunk)
+                        if guard is not None and out:
+                            out = await guard.feed(out)
                         if not out:
                             continue
                         good = out if relay.clean or not _malformed(out) else _good_prefix(out)
@@ -250,6 +254,8 @@ class Forward:
                     raise exc
                 await self._pause(ctx, nxt)
                 relay = SSERelay(strip_usage=strip_usage)
+                if guard is not None:  # what it held of the failed attempt never reaches the client
+                    guard = ctx.guard = guard.fresh()
                 current[0] = await self._open(ctx)
         except GatewayError as exc:
             ctx.status, ctx.error_code = exc.status, exc.code

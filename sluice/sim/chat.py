@@ -17,6 +17,7 @@ from sluice.core import clock
 
 from . import text, tokens
 from .latency import pause
+from .tools import call_events, call_message, scripted_calls, scripted_words
 from .replica import MAX_MODEL_LEN, ReplicaBase, encode, json_reply
 from .schema import (
     AssistantMessage,
@@ -69,7 +70,9 @@ class ChatCompletions(ReplicaBase):
             req = await self._admit(request, _chat_decoder)
             if isinstance(req, web.Response):
                 return req
-            self.last_chat = {"max_tokens": req.max_tokens, "max_completion_tokens": req.max_completion_tokens}
+            self.last_chat = {"max_tokens": req.max_tokens, "max_completion_tokens": req.max_completion_tokens,
+                              "tools": [t.get("function", {}).get("name") for t in req.tools or () if isinstance(t, dict)],
+                              "messages": [m.content for m in req.messages]}
             if req.stream_options is not None and not req.stream:
                 return self._refuse(400, "Stream options can only be defined when `stream=True`.")
             injected = await self._apply_faults(request)
@@ -90,6 +93,12 @@ class ChatCompletions(ReplicaBase):
             key = text.prompt_key(prompt, seed)
             plans = [self._plan((key + i * _GOLDEN) & _MASK64, max_tokens, bool(req.ignore_eos), req.min_tokens or 0)
                      for i in range(req.n or 1)]
+            calls = scripted_calls(req)
+            if calls is not None:
+                return await self._tool_calls(request, req, calls, n_prompt)
+            words = scripted_words(req)
+            if words is not None:
+                plans = [_Plan(words=words, finish_reason="stop")]
             if self.faults.active and self.faults.spec.say_first is not None:
                 for plan in plans:
                     plan.words.insert(0, self.faults.spec.say_first)
@@ -123,6 +132,27 @@ class ChatCompletions(ReplicaBase):
                     usage=usage,
                 )
                 return json_reply(body)
+
+    async def _tool_calls(self, request: web.Request, req: ChatRequest, calls: list[tuple[str, str]],
+                          n_prompt: int) -> web.StreamResponse:
+        """A scripted tool-call answer (sim/tools.py), whole or streamed like vLLM."""
+        ids = [self._new_id("call") for _ in calls]
+        n_out = sum(len(a) for _, a in calls) // 4 + 1
+        usage = {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
+        head = {"id": self._new_id("chatcmpl"), "created": int(clock.now()), "model": req.model}
+        if not req.stream:
+            return json_reply({**head, "object": "chat.completion", "usage": usage, "choices": [
+                {"index": 0, "message": call_message(calls, ids), "logprobs": None, "finish_reason": "tool_calls"}]})
+        resp = web.StreamResponse(headers=_SSE_HEADERS)
+        await resp.prepare(request)
+        chunk = {**head, "object": "chat.completion.chunk"}
+        for ev in call_events(chunk, calls, ids):
+            await resp.write(ev)
+        tail = b""
+        if req.stream_options is not None and req.stream_options.include_usage:
+            tail = b"data: " + encode({**chunk, "choices": [], "usage": usage}) + b"\n\n"
+        await resp.write_eof(tail + _DONE)
+        return resp
 
     def _plan(self, key: int, max_tokens: int, ignore_eos: bool, min_tokens: int = 0) -> _Plan:
         natural = max(text.natural_length(key), min_tokens)  # vLLM's min_tokens: no stop before it

@@ -43,6 +43,7 @@ class ChatRequest(msgspec.Struct, kw_only=True):
     seed: int | None = None
     ignore_eos: bool | None = None
     min_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    tools: list[Any] | None = None  # offered tools: ``sim:call`` lines answer with tool_calls (sim/tools.py)
 
 
 class EmbeddingRequest(msgspec.Struct, kw_only=True):

@@ -1,0 +1,207 @@
+"""Sensitive-data detectors for the hot path: one combined regex, then a checksum where one exists.
+
+Each kind is a named group of one compiled pattern, so a text is scanned once whatever the
+number of kinds. A regex hit that fails its validator (Luhn for cards, mod-97 for IBANs, CRC32
+for sluice keys, entropy for long random-looking strings) is not a finding: that is what keeps
+near-misses (order numbers, hashes, version strings) untouched.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable
+
+import msgspec
+
+# kind -> pattern. Secrets first: where two kinds overlap, the earlier alternative wins.
+PATTERNS: dict[str, str] = {
+    # the body runs to its END line, or to the first character no key body has, or to the text's end
+    "private_key": r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[A-Za-z0-9+/=:\s\\-]{0,16384}?"
+                   r"(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|(?=[^A-Za-z0-9+/=:\s\\-])|\Z)",
+    "aws_access_key": r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b",
+    "aws_secret_key": r"(?i:aws_?secret_?access_?key|aws_?secret)[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])",
+    "gcp_api_key": r"\bAIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])",
+    "azure_key": r"(?i:AccountKey|SharedAccessKey)=[A-Za-z0-9+/]{40,}={0,2}",
+    "jwt": r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
+    "github_token": r"\b(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{60,})\b",
+    "slack_token": r"\bxox[baprse]-[A-Za-z0-9\-]{10,}",
+    "openai_key": r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{32,}",
+    "sluice_key": r"\bsl[ka]_(?:(?:dev|prod)_)?[0-9A-Za-z]{36}\b",
+    "bearer_token": r"(?i:\bbearer\s+)[A-Za-z0-9\-._~+/]{20,}=*",
+    "card_number": r"\b(?:\d[ \-]?){12,18}\d\b",
+    "iban": r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b",
+    "us_ssn": r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b",
+    "uk_nino": r"\b(?!BG|GB|NK|KN|TN|NT|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b",
+    "email": r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,24}\b",
+    "phone": r"(?<![\w+])(?:\+[1-9]\d{0,2}[ .\-]?)?\(?\d{3}\)?[ .\-]\d{3}[ .\-]\d{4}\b|(?<![\w+])\+[1-9]\d{0,2}(?:[ .\-]?\d{2,8}){1,4}\b",
+    "high_entropy": r"(?<![A-Za-z0-9+/_\-])[A-Za-z0-9+/_\-]{32,256}={0,2}(?![A-Za-z0-9+/_\-])",
+}
+SECRET_KINDS = frozenset({"private_key", "aws_access_key", "aws_secret_key", "gcp_api_key", "azure_key", "jwt",
+                          "github_token", "slack_token", "openai_key", "sluice_key", "bearer_token", "high_entropy"})
+PII_KINDS = frozenset(PATTERNS) - SECRET_KINDS
+KINDS = tuple(PATTERNS)
+ENTROPY_BITS = 4.3  # per char; random base62 of 32+ chars scores ~4.6+, hex digests at most 4.0
+
+
+class Finding(msgspec.Struct, frozen=True, gc=False):
+    """One detected span of a text."""
+
+    kind: str
+    start: int
+    end: int
+
+
+def luhn(digits: str) -> bool:
+    """The Luhn checksum of a card number (digits only)."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i & 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _card(text: str) -> bool:
+    digits = text.replace(" ", "").replace("-", "")
+    # issuer prefixes: Visa, Mastercard (51-55, 2221-2720), Amex, Discover/UnionPay, JCB, Diners
+    return 13 <= len(digits) <= 19 and digits[0] in "345623" and luhn(digits)
+
+
+def _iban(text: str) -> bool:
+    s = text.replace(" ", "")
+    if not 15 <= len(s) <= 34:
+        return False
+    moved = s[4:] + s[:4]
+    return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
+
+
+_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _sluice_key(text: str) -> bool:
+    """sluice's own key format carries a CRC32 (base62, 6 chars) of the rest: a typo is no key."""
+    body, check = text[:-6], text[-6:]
+    n, out = zlib.crc32(body.encode()), []
+    for _ in range(6):
+        n, r = divmod(n, 62)
+        out.append(_B62[r])
+    return "".join(reversed(out)) == check
+
+
+def entropy(text: str) -> float:
+    """Shannon entropy in bits per character."""
+    n = len(text)
+    return -sum(c / n * math.log2(c / n) for c in Counter(text).values())
+
+
+def _high_entropy(text: str) -> bool:
+    s = text.rstrip("=")
+    if not (any(c.isdigit() for c in s) and any(c.isupper() for c in s) and any(c.islower() for c in s)):
+        return False
+    return entropy(s) >= ENTROPY_BITS
+
+
+def _phone(text: str) -> bool:
+    return sum(c.isdigit() for c in text) >= 10
+
+
+VALIDATORS: dict[str, Callable[[str], bool]] = {
+    "card_number": _card, "iban": _iban, "sluice_key": _sluice_key, "high_entropy": _high_entropy, "phone": _phone,
+}
+# Gates: a kind's regex runs only when its cheap gate passes (a literal it must contain, or a small
+# scan). Prose with no digits, no '@' and no token-like literal costs a few substring checks.
+_LITERALS: dict[str, tuple[str, ...]] = {
+    "private_key": ("-----BEGIN",), "aws_access_key": ("AKIA", "ASIA", "ABIA", "ACCA"),
+    "aws_secret_key": ("ecret", "ECRET"), "gcp_api_key": ("AIza",), "azure_key": ("Key=",), "jwt": ("eyJ",),
+    "github_token": ("gho_", "ghp_", "ghu_", "ghs_", "ghr_", "github_pat_"), "slack_token": ("xox",),
+    "openai_key": ("sk-",), "sluice_key": ("slk_", "sla_"), "bearer_token": ("earer", "EARER"), "email": ("@",),
+}
+_DIGIT_RUN = re.compile(r"\d[\d \-().]{7,}\d")  # cards, phones, SSNs
+_COUNTRY_DIGITS = re.compile(r"[A-Z]{2} ?\d\d")  # IBANs, national insurance numbers
+_DIGIT = re.compile(r"\d")
+_SCANS = {"card_number": _DIGIT_RUN, "phone": _DIGIT_RUN, "us_ssn": _DIGIT_RUN, "iban": _COUNTRY_DIGITS,
+          "uk_nino": _COUNTRY_DIGITS}
+# How far around a gate's hit its kinds may reach: (chars before, chars after).
+_REACH = {_DIGIT_RUN: (4, 1), _COUNTRY_DIGITS: (1, 48)}
+_PRIORITY = {k: i for i, k in enumerate(PATTERNS)}
+
+
+def mask_for(kind: str) -> str:
+    """What replaces a finding: names the kind, holds nothing of the value."""
+    return f"[REDACTED:{kind}]"
+
+
+class Detector:
+    """The compiled detectors of some kinds: ``find`` spans, ``mask`` them."""
+
+    __slots__ = ("kinds", "_literal", "_scanned", "_validators", "_entropy", "_triggers", "_by_trigger")
+
+    def __init__(self, kinds: Iterable[str] = KINDS) -> None:
+        wanted = set(kinds)
+        unknown = wanted - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown detector kinds: {', '.join(sorted(unknown))}")
+        self.kinds = tuple(k for k in KINDS if k in wanted)
+        self._literal = [(_LITERALS[k], k, re.compile(PATTERNS[k])) for k in self.kinds if k in _LITERALS]
+        # one scan for every literal trigger, then only the kinds whose trigger occurred
+        self._by_trigger = {lit: (k, pat) for lits, k, pat in self._literal for lit in lits}
+        self._triggers = re.compile("|".join(re.escape(t) for t in sorted(self._by_trigger, key=len, reverse=True))) \
+            if self._by_trigger else None
+        scans: dict[re.Pattern[str], list[tuple[str, re.Pattern[str]]]] = {}
+        for k in self.kinds:
+            if k in _SCANS:
+                scans.setdefault(_SCANS[k], []).append((k, re.compile(PATTERNS[k])))
+        self._scanned = list(scans.items())
+        self._validators = {k: VALIDATORS[k] for k in self.kinds if k in VALIDATORS}
+        self._entropy = re.compile(PATTERNS["high_entropy"]) if "high_entropy" in wanted else None
+
+    def find(self, text: str) -> list[Finding]:
+        """The validated findings in ``text``, in order, non-overlapping (secrets win ties)."""
+        hits: list[tuple[int, int, int, str]] = []
+        if self._triggers is not None:
+            by_trigger = self._by_trigger
+            for kind, pattern in {by_trigger[t] for t in self._triggers.findall(text)}:
+                hits.extend((m.start(), _PRIORITY[kind], m.end(), kind) for m in pattern.finditer(text))
+        if self._scanned and _DIGIT.search(text) is not None:  # every scanned kind needs a digit
+            for gate, kinds in self._scanned:
+                before, after = _REACH[gate]
+                for g in gate.finditer(text):  # the kinds run only around each candidate
+                    lo, hi = max(g.start() - before, 0), g.end() + after
+                    for kind, pattern in kinds:
+                        hits.extend((m.start(), _PRIORITY[kind], m.end(), kind) for m in pattern.finditer(text, lo, hi))
+        # a long unbroken run is rare in prose: str.split in C is the cheapest way to rule it out
+        if self._entropy is not None and max(map(len, text.split()), default=0) >= 32:
+            hits.extend((m.start(), _PRIORITY["high_entropy"], m.end(), "high_entropy")
+                        for m in self._entropy.finditer(text))
+        if not hits:
+            return []
+        hits = sorted(set(hits))
+        out: list[Finding] = []
+        validators = self._validators
+        at = 0
+        for start, _, end, kind in hits:
+            if start < at:
+                continue
+            check = validators.get(kind)
+            if check is not None and not check(text[start:end]):
+                continue
+            out.append(Finding(kind, start, end))
+            at = end
+        return out
+
+    def mask(self, text: str, findings: list[Finding] | None = None) -> str:
+        """``text`` with every finding replaced by its mask."""
+        found = self.find(text) if findings is None else findings
+        if not found:
+            return text
+        parts, at = [], 0
+        for f in found:
+            parts.append(text[at:f.start])
+            parts.append(mask_for(f.kind))
+            at = f.end
+        parts.append(text[at:])
+        return "".join(parts)

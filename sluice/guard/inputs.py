@@ -1,0 +1,171 @@
+"""Input guardrails: what a request may carry, checked before any model sees it.
+
+Every refusal is a 400 (413 for size) with ``code`` ``guardrail_violation`` and ``param`` naming
+the field, and a message naming the rule. Masking rewrites message text; nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+from msgspec import UNSET
+
+from ..core.errors import InvalidRequest, PayloadTooLarge
+from ..core.wire import ChatCompletionRequest, Message
+from .detectors import Finding
+from .injection import injection_score
+from .policy import GuardPolicy, Rules
+
+CODE = "guardrail_violation"
+
+
+def refuse(rule: str, message: str, param: str | None) -> InvalidRequest:
+    return InvalidRequest(f"Refused by guardrail `{rule}`: {message}", code=CODE, param=param)
+
+
+class InputVerdict:
+    """What the input checks found: kinds of sensitive data (never values), tool names removed, signals."""
+
+    __slots__ = ("kinds", "removed_tools", "injection")
+
+    def __init__(self) -> None:
+        self.kinds: set[str] = set()
+        self.removed_tools: list[str] = []
+        self.injection = 0.0
+
+
+def check_request(rules: Rules, policy: GuardPolicy, req: ChatCompletionRequest, body_len: int,
+                  identity: str, team: str | None, count_prompt: Callable[[ChatCompletionRequest], int]
+                  ) -> tuple[ChatCompletionRequest, InputVerdict]:
+    """The request as it may go upstream (maybe masked, maybe with tools removed), or a refusal."""
+    spec = rules.spec.input
+    verdict = InputVerdict()
+    if spec.max_body_bytes is not None and body_len > spec.max_body_bytes:
+        raise PayloadTooLarge(f"Refused by guardrail `max_body_bytes`: the body exceeds {spec.max_body_bytes} bytes.",
+                              code=CODE, param="body")
+    messages = req.messages
+    if spec.max_messages is not None and len(messages) > spec.max_messages:
+        raise refuse("max_messages", f"at most {spec.max_messages} messages are allowed.", "messages")
+    for name in rules.refuse:
+        value = getattr(req, name, UNSET)
+        if value is not UNSET and value is not None:
+            raise refuse("refuse_params", f"the parameter `{name}` is not allowed here.", name)
+    if spec.max_n is not None and req.n not in (UNSET, None) and req.n > spec.max_n:  # type: ignore[operator]
+        raise refuse("max_n", f"n may be at most {spec.max_n}.", "n")
+    asked = req.max_completion_tokens or req.max_tokens or None
+    if spec.max_tokens is not None and asked is not None and asked > spec.max_tokens:  # type: ignore[operator]
+        param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+        raise refuse("max_tokens", f"at most {spec.max_tokens} output tokens may be requested.", param)
+    _check_content(rules, messages)
+    if spec.max_prompt_tokens is not None or spec.context_window is not None:
+        n = count_prompt(req)
+        if spec.max_prompt_tokens is not None and n > spec.max_prompt_tokens:
+            raise refuse("max_prompt_tokens", f"the prompt is {n} tokens; at most {spec.max_prompt_tokens} are allowed.",
+                          "messages")
+        if spec.context_window is not None and n + (asked or 0) > spec.context_window:  # type: ignore[operator]
+            raise refuse("context_window", f"{n} prompt tokens plus {asked or 0} output tokens exceed the context "
+                          f"window of {spec.context_window}.", "max_tokens" if asked else "messages")
+    # with a registry, or under a rule set of its own, a tool must be granted (deny by default)
+    if req.tools is not UNSET and req.tools and (policy.tools or rules is not policy.default):
+        req = _check_tools(rules, policy, req, identity, team, verdict)
+    if rules.injection != "off":
+        _check_injection(rules, messages, verdict)
+    if rules.detector is not None and rules.input_action != "allow":
+        req = _detect(rules, req, verdict)
+    return req, verdict
+
+
+def _check_content(rules: Rules, messages: list[Message]) -> None:
+    allowed, hosts = rules.content, rules.image_hosts
+    for i, m in enumerate(messages):
+        c = m.content
+        if not isinstance(c, list):
+            continue
+        for j, part in enumerate(c):
+            kind = part.get("type")
+            if kind not in allowed:
+                raise refuse("content_types", f"content of type `{str(kind)[:32]}` is not allowed.",
+                              f"messages[{i}].content[{j}].type")
+            if kind == "image_url":
+                image = part.get("image_url")
+                url = image.get("url") if isinstance(image, dict) else None
+                if not isinstance(url, str):
+                    raise refuse("content_types", "an image part needs image_url.url.", f"messages[{i}].content[{j}].image_url")
+                parts = urlsplit(url)
+                host = (parts.hostname or "").lower()
+                if parts.scheme != "https" or (hosts and host not in hosts):
+                    raise refuse("image_hosts", "images may come only from allowed https hosts.",
+                                  f"messages[{i}].content[{j}].image_url.url")
+
+
+def _tool_name(tool: dict[str, Any]) -> str:
+    fn = tool.get("function")
+    return str(fn.get("name", "")) if isinstance(fn, dict) else ""
+
+
+def _check_tools(rules: Rules, policy: GuardPolicy, req: ChatCompletionRequest, identity: str, team: str | None,
+                 verdict: InputVerdict) -> ChatCompletionRequest:
+    kept = []
+    for i, tool in enumerate(req.tools):  # type: ignore[union-attr,arg-type]
+        name = _tool_name(tool)
+        entry = policy.tools.get(name)
+        if entry is not None and entry.allows(identity, team):
+            kept.append(tool)
+            continue
+        if rules.spec.tools.undeclared == "refuse":
+            raise refuse("tools", f"the tool `{name[:64]}` is not in the registry or not granted to you.",
+                         f"tools[{i}].function.name")
+        verdict.removed_tools.append(name[:64])
+    if len(kept) == len(req.tools):  # type: ignore[arg-type]
+        return req
+    return msgspec.structs.replace(req, tools=kept or UNSET, tool_choice=UNSET if not kept else req.tool_choice,
+                                   parallel_tool_calls=UNSET if not kept else req.parallel_tool_calls)
+
+
+def _check_injection(rules: Rules, messages: list[Message], verdict: InputVerdict) -> None:
+    for i, m in enumerate(messages):
+        if m.role != "tool" or not isinstance(m.content, str):
+            continue
+        score = injection_score(m.content, rules.classifier)
+        verdict.injection = max(verdict.injection, score)
+        if score >= rules.spec.injection.threshold and rules.injection == "block":
+            raise refuse("injection", "a tool result looks like it carries instructions to the model.",
+                         f"messages[{i}].content")
+
+
+def _detect(rules: Rules, req: ChatCompletionRequest, verdict: InputVerdict) -> ChatCompletionRequest:
+    detector, action = rules.detector, rules.input_action
+    changed: dict[int, Message] = {}
+    for i, m in enumerate(req.messages):
+        c = m.content
+        if isinstance(c, str):
+            found = detector.find(c)  # type: ignore[union-attr]
+            if found:
+                _found(action, found, verdict, f"messages[{i}].content")
+                if action == "mask":
+                    changed[i] = msgspec.structs.replace(m, content=detector.mask(c, found))  # type: ignore[union-attr]
+        elif isinstance(c, list):
+            parts, touched = [], False
+            for j, part in enumerate(c):
+                text = part.get("text") if part.get("type") == "text" else None
+                found = detector.find(text) if isinstance(text, str) else []  # type: ignore[union-attr]
+                if found:
+                    _found(action, found, verdict, f"messages[{i}].content[{j}].text")
+                    if action == "mask":
+                        part, touched = {**part, "text": detector.mask(text, found)}, True  # type: ignore[union-attr,arg-type]
+                parts.append(part)
+            if touched:
+                changed[i] = msgspec.structs.replace(m, content=parts)
+    if not changed:
+        return req
+    return msgspec.structs.replace(req, messages=[changed.get(i, m) for i, m in enumerate(req.messages)])
+
+
+def _found(action: str, found: list[Finding], verdict: InputVerdict, param: str) -> None:
+    kinds = sorted({f.kind for f in found})
+    verdict.kinds.update(kinds)
+    if action == "block":
+        raise refuse("sensitive_data", f"the request carries sensitive data ({', '.join(kinds)}).", param)

@@ -1,0 +1,138 @@
+"""The guardrails policy, compiled once: rule sets with their detectors, the tool registry.
+
+``parse`` is the pure function that turns raw ``guardrails:`` and ``tools:`` sections (from the
+config file now, from the policy document later) into typed structs; ``GuardPolicy`` compiles
+them and answers, per request, which rule set applies.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from ..core.errors import ConfigError
+from ..core.guardrails import Guardrails, RuleSet, ToolSpec
+from .detectors import KINDS, Detector
+
+# Fields of a completion, a choice and a message that every caller gets; others need `expose`.
+BASE_REPLY = frozenset({"id", "object", "created", "model", "choices", "usage", "service_tier"})
+BASE_CHOICE = frozenset({"index", "message", "delta", "finish_reason"})
+BASE_MESSAGE = frozenset({"role", "content", "tool_calls", "refusal", "function_call", "annotations"})
+
+
+def parse(guardrails: Any, tools: Any) -> tuple[Guardrails, list[ToolSpec]]:
+    """Raw sections -> typed structs; a bad one raises ``ConfigError`` naming the field."""
+    try:
+        g = msgspec.convert(guardrails or {}, Guardrails)
+        t = msgspec.convert(tools or [], list[ToolSpec])
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid guardrails: {exc}") from None
+    return g, t
+
+
+class Tool:
+    """A registry entry, compiled: its argument validator and who may call it."""
+
+    __slots__ = ("name", "risk", "identities", "teams", "validator")
+
+    def __init__(self, spec: ToolSpec, at: str) -> None:
+        self.name = spec.name
+        self.risk = spec.risk
+        self.identities = frozenset(spec.identities)
+        self.teams = frozenset(spec.teams)
+        self.validator: Draft202012Validator | None = None
+        if spec.parameters is not None:
+            try:
+                Draft202012Validator.check_schema(spec.parameters)
+            except SchemaError as exc:
+                raise ConfigError(f"tool {spec.name!r}: parameters is not a JSON Schema ({exc.message}) - at `{at}`") from None
+            self.validator = Draft202012Validator(spec.parameters)
+
+    def allows(self, identity: str | None, team: str | None) -> bool:
+        """An empty allowlist is nobody's: a tool must name who may use it."""
+        return identity in self.identities or (team is not None and team in self.teams)
+
+    def argument_error(self, args: Any) -> str | None:
+        if self.validator is None:
+            return None
+        err = next(iter(self.validator.iter_errors(args)), None)
+        if err is None:
+            return None
+        where = "/".join(str(p) for p in err.absolute_path) or "arguments"
+        return f"{where}: {err.validator} check failed"  # never the value itself
+
+
+class Rules:
+    """One rule set, compiled for the hot path."""
+
+    __slots__ = ("spec", "name", "refuse", "expose", "detector", "input_action", "output_action", "content",
+                 "image_hosts", "injection", "classifier", "output_on")
+
+    def __init__(self, spec: RuleSet, at: str) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.refuse = tuple(spec.input.refuse_params)
+        self.expose = frozenset(spec.output.expose)
+        d = spec.detectors
+        unknown = set(d.kinds) - set(KINDS)
+        if unknown:
+            raise ConfigError(f"unknown detector kinds {sorted(unknown)}; known: {', '.join(KINDS)} - at `{at}.detectors.kinds`")
+        self.detector = Detector(d.kinds or KINDS) if (d.input != "allow" or d.output != "allow") else None
+        self.input_action = d.input
+        self.output_action = d.output
+        self.content = frozenset(spec.input.content_types)
+        self.image_hosts = frozenset(h.lower() for h in spec.input.image_hosts)
+        self.injection = spec.injection.action
+        self.classifier = _load(spec.injection.classifier, f"{at}.injection.classifier")
+        self.output_on = True  # minimisation always; detectors and tools per request
+
+
+def _load(ref: str | None, at: str) -> Callable[[str], float] | None:
+    """An external classifier hook: ``module:function`` taking text, returning a score in 0..1."""
+    if not ref:
+        return None
+    mod, _, fn = ref.partition(":")
+    try:
+        return getattr(importlib.import_module(mod), fn)  # type: ignore[no-any-return]
+    except (ImportError, AttributeError, ValueError):
+        raise ConfigError(f"cannot import classifier {ref!r} - at `{at}`") from None
+
+
+class GuardPolicy:
+    """Rule sets (first match wins, else the defaults) and the tool registry."""
+
+    __slots__ = ("rule_sets", "default", "tools", "_cache")
+
+    def __init__(self, guardrails: Guardrails, tools: list[ToolSpec]) -> None:
+        self.rule_sets = [(rs.match, Rules(rs, f"$.guardrails.rule_sets[{i}]")) for i, rs in enumerate(guardrails.rule_sets)]
+        self.default = Rules(RuleSet(), "$.guardrails")
+        names = [t.name for t in tools]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ConfigError(f"duplicate tool {sorted(dup)[0]!r} - at `$.tools`")
+        self.tools = {t.name: Tool(t, f"$.tools[{i}]") for i, t in enumerate(tools)}
+        self._cache: dict[tuple[str, str, str | None], Rules] = {}
+
+    @property
+    def active(self) -> bool:
+        return bool(self.rule_sets or self.tools)
+
+    def rules_for(self, model: str, identity: str, team: str | None) -> Rules:
+        key = (model, identity, team)
+        got = self._cache.get(key)
+        if got is None:
+            got = self.default
+            for m, rules in self.rule_sets:
+                if ((not m.models or model in m.models) and (not m.identities or identity in m.identities)
+                        and (not m.teams or team in m.teams)):
+                    got = rules
+                    break
+            if len(self._cache) > 100_000:  # bounded: names come from the store, not the caller
+                self._cache.clear()
+            self._cache[key] = got
+        return got

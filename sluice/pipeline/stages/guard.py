@@ -1,0 +1,105 @@
+"""Stage: guard-in. Input guardrails before any model sees the request; arms the output guard.
+
+Runs after routing (rules may name models) and before limits (a refused request reserves
+nothing). Installed only when ``guardrails:`` or ``tools:`` says anything: otherwise no cost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from msgspec import UNSET
+
+from ...core import clock
+from ...core.wire import ChatCompletionRequest
+from ...guard import GuardPolicy, Judgement, OutputGuard, ToolApprovals, check_request, context_digest
+from ...guard.approvals import MASK
+from ...guard.tools import masked_args
+from ...limits import prompt_tokens
+from ..context import RequestContext
+
+log = logging.getLogger("sluice.guard")
+
+
+class Guard:
+    """Checks the request against its rule set; leaves an ``OutputGuard`` on the context."""
+
+    __slots__ = ("_policy", "_approvals", "_capture")
+
+    def __init__(self, policy: GuardPolicy, approvals: ToolApprovals | None,
+                 capture: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self._policy = policy
+        self._approvals = approvals
+        self._capture = capture
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        req = ctx.request
+        if type(req) is not ChatCompletionRequest and not isinstance(req, ChatCompletionRequest):
+            return
+        p = ctx.principal
+        policy = self._policy
+        rules = policy.rules_for(req.model, p.identity_name, p.team)  # type: ignore[union-attr]
+        upstream_model = ctx.target.upstream_model  # type: ignore[union-attr]
+        req, verdict = check_request(rules, policy, req, len(ctx.exchange.body), p.identity_name, p.team,  # type: ignore[union-attr]
+                                     lambda r: prompt_tokens(r, upstream_model))
+        ctx.request = req
+        rid = ctx.exchange.request_id
+        if verdict.kinds:  # kinds only: the values never reach a log
+            log.warning("guard: request %s carries %s (%s)", rid, ",".join(sorted(verdict.kinds)), rules.input_action)
+        if verdict.removed_tools:
+            log.info("guard: request %s: tools removed: %s", rid, ",".join(verdict.removed_tools))
+        if verdict.injection >= rules.spec.injection.threshold:
+            log.warning("guard: request %s: tool result looks like prompt injection (score %.2f)", rid, verdict.injection)
+        if rules.spec.capture.enabled and self._capture is not None:
+            self._capture(_captured(rules, req, ctx, p.identity_id))  # type: ignore[union-attr]
+        tools = bool(policy.tools) and req.tools is not UNSET and bool(req.tools)
+        ctx.guard = OutputGuard(rules, policy, p.identity_name, p.team, tools=tools,  # type: ignore[union-attr]
+                                hold=self._holder(ctx, rules), record=self._recorder(ctx), request_id=rid)
+
+    def _holder(self, ctx: RequestContext, rules: Any) -> Callable[[Judgement], Any]:
+        approvals = self._approvals
+
+        async def hold(j: Judgement) -> str:
+            assert approvals is not None, "a tool registry always comes with the approval book"
+            p = ctx.principal
+            return await approvals.hold(j, identity_id=p.identity_id, identity_name=p.identity_name,  # type: ignore[union-attr]
+                                        request_id=ctx.exchange.request_id, model=ctx.request.model,
+                                        context=context_digest(ctx.request.messages), ttl_s=rules.spec.tools.approval_ttl_s)
+        return hold
+
+    def _recorder(self, ctx: RequestContext) -> Callable[[Judgement], None]:
+        approvals = self._approvals
+
+        def record(j: Judgement) -> None:
+            if approvals is None:
+                return
+            p = ctx.principal
+            approvals.record([{
+                "ts": clock.now(), "request_id": ctx.exchange.request_id, "identity_id": p.identity_id,  # type: ignore[union-attr]
+                "model": ctx.request.model, "context_digest": context_digest(ctx.request.messages),
+                "tool": j.call.name[:64], "call_id": j.call.id[:128], "decision": j.verdict, "reason": j.reason[:256],
+                "args_masked": _masked(j.call.arguments), "args_sha256": j.args_sha256, "approval_id": j.approval_id,
+                "approver": None}])
+        return record
+
+
+def _masked(arguments: str) -> str:
+    return masked_args(arguments, MASK)
+
+
+def _captured(rules: Any, req: ChatCompletionRequest, ctx: RequestContext, identity_id: str) -> dict[str, Any]:
+    """What prompt capture keeps: every message's text, masked whatever the route's detector action."""
+    detector = rules.detector or MASK
+    texts = []
+    for m in req.messages:
+        c = m.content
+        if isinstance(c, str):
+            texts.append(f"{m.role}: {detector.mask(c)}")
+        elif isinstance(c, list):
+            texts.extend(f"{m.role}: {detector.mask(p['text'])}" for p in c if isinstance(p.get("text"), str))
+    now = clock.now()
+    return {"ts": now, "expires_at": now + rules.spec.capture.retention_days * 86400.0,
+            "request_id": ctx.exchange.request_id, "identity_id": identity_id, "model": req.model,
+            "text": "\n".join(texts)[:65536]}

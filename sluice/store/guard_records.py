@@ -1,0 +1,145 @@
+"""Guardrail records: tool-call approvals (pending, decided, used once), tool decisions, prompt captures.
+
+Kept in the store so an approval given on one replica is seen by every other, and survives a
+restart; state changes are single conditional UPDATEs, so two replicas cannot both redeem one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from sqlalchemy import Column, Float, Index, Integer, String, Table, Text, delete, select, update
+
+from ..core import clock
+from . import schema as t
+from .sql import SqlStore, _guarded
+
+tool_approvals = Table(
+    "tool_approvals", t.metadata,
+    Column("id", String(64), primary_key=True),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("status", String(16), nullable=False),  # pending | approved | denied | used
+    Column("identity_id", String(64), nullable=False),
+    Column("identity_name", String(128), nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("model", String(256), nullable=False),
+    Column("context_digest", String(64), nullable=False),
+    Column("tool", String(64), nullable=False),
+    Column("call_id", String(128), nullable=False),
+    Column("args_sha256", String(64), nullable=False),
+    Column("args_masked", Text, nullable=False),
+    Column("decided_by", String(128)),
+    Column("decided_at", Float),
+    Column("used_at", Float),
+    Index("ix_tool_approvals_status", "status", "created_at"),
+)
+
+tool_decisions = Table(
+    "tool_decisions", t.metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False, index=True),
+    Column("request_id", String(64), nullable=False),
+    Column("identity_id", String(64)),
+    Column("model", String(256)),
+    Column("context_digest", String(64)),
+    Column("tool", String(64), nullable=False),
+    Column("call_id", String(128)),
+    Column("decision", String(16), nullable=False),  # allow | block | hold | approved | denied | redeemed
+    Column("reason", String(256), nullable=False),
+    Column("args_masked", Text),
+    Column("args_sha256", String(64)),
+    Column("approval_id", String(64)),
+    Column("approver", String(128)),
+)
+
+prompt_captures = Table(
+    "prompt_captures", t.metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False, index=True),
+    Column("expires_at", Float, nullable=False, index=True),
+    Column("request_id", String(64), nullable=False),
+    Column("identity_id", String(64)),
+    Column("model", String(256)),
+    Column("text", Text, nullable=False),  # masked by the detectors before it is written
+)
+
+
+class GuardRecords:
+    """Queries of the guardrail tables over the store's engine."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self._store = store
+        self._timeout = store._timeout
+
+    @property
+    def engine(self) -> Any:
+        return self._store.engine
+
+    @_guarded
+    async def create_approval(self, row: dict[str, Any]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(tool_approvals.insert().values(**row))
+
+    @_guarded
+    async def get_approval(self, approval_id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            r = (await conn.execute(select(tool_approvals).where(tool_approvals.c.id == approval_id))).first()
+        return dict(r._mapping) if r else None
+
+    @_guarded
+    async def list_approvals(self, status: str | None, limit: int = 100) -> list[dict[str, Any]]:
+        q = select(tool_approvals).order_by(tool_approvals.c.created_at.desc()).limit(limit)
+        if status:
+            q = q.where(tool_approvals.c.status == status)
+        async with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in await conn.execute(q)]
+
+    @_guarded
+    async def decide(self, approval_id: str, approved: bool, by: str, now: float) -> bool:
+        """pending -> approved|denied, only while unexpired; False when it was not pending."""
+        ta = tool_approvals.c
+        q = (update(tool_approvals).where(ta.id == approval_id, ta.status == "pending", ta.expires_at > now)
+             .values(status="approved" if approved else "denied", decided_by=by, decided_at=now))
+        async with self.engine.begin() as conn:
+            return (await conn.execute(q)).rowcount == 1
+
+    @_guarded
+    async def redeem(self, approval_id: str, identity_id: str, digest: str, now: float) -> bool:
+        """approved -> used, once, for its requester, with the same arguments, before it expires."""
+        ta = tool_approvals.c
+        q = (update(tool_approvals).where(ta.id == approval_id, ta.status == "approved", ta.identity_id == identity_id,
+                                          ta.args_sha256 == digest, ta.expires_at > now, ta.used_at.is_(None))
+             .values(status="used", used_at=now))
+        async with self.engine.begin() as conn:
+            return (await conn.execute(q)).rowcount == 1
+
+    @_guarded
+    async def record_decisions(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            async with self.engine.begin() as conn:
+                await conn.execute(tool_decisions.insert(), rows)
+
+    @_guarded
+    async def list_decisions(self, limit: int = 100) -> list[dict[str, Any]]:
+        q = select(tool_decisions).order_by(tool_decisions.c.seq.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in await conn.execute(q)]
+
+    @_guarded
+    async def capture(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            async with self.engine.begin() as conn:
+                await conn.execute(prompt_captures.insert(), rows)
+
+    @_guarded
+    async def purge_captures(self, now: float | None = None) -> int:
+        """Delete captures past their retention; how many went."""
+        q = delete(prompt_captures).where(prompt_captures.c.expires_at <= (clock.now() if now is None else now))
+        async with self.engine.begin() as conn:
+            return int((await conn.execute(q)).rowcount or 0)
+
+
+def dumps(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
