@@ -29,6 +29,7 @@ from .routing import DecisionLog, LeastOutstanding, RoutingState, from_config, r
 from .routing.health import run_checks
 from .store import Store, StoreUnavailable, open_store
 from .telemetry import Metrics, UsageLedger, configure
+from .telemetry.fold import RecordFold
 from .telemetry.metrics import CONTENT_TYPE as METRICS_TYPE
 from .upstream import NativeTransport, OpenAITransport, Transport
 
@@ -85,7 +86,7 @@ class Gateway:
 
     async def start(self) -> None:
         c = self.config
-        configure(c.logging.level, c.logging.format, self.secrets())
+        masker = configure(c.logging.level, c.logging.format, self.secrets())
         pepper = load_pepper(c.security)
         hasher = Hasher(pepper)
         self.store = store = open_store(c.store.url)
@@ -124,12 +125,14 @@ class Gateway:
             self._transports[u.name] = replicas[u.name][0]
         self._all_transports = [t for ts in replicas.values() for t in ts]
 
-        metrics = Metrics()
-        self.ledger = ledger = UsageLedger(c.usage, metrics, store.write_usage, store.touch_keys, registry.take_last_used)
+        metrics = Metrics(max_identities=c.telemetry.max_identities, health=self._target_health)
+        self.prices = prices = PriceTable(c.prices)
+        fold = RecordFold(metrics, prices.nanos, masker=masker, log_requests=c.telemetry.request_log)
+        self.ledger = ledger = UsageLedger(c.usage, metrics, store.write_usage, store.touch_keys, registry.take_last_used,
+                                           fold)
         ledger.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._every(30.0, keyring.maintain), name="keyring"))
 
-        self.prices = prices = PriceTable(c.prices)
         def on_throttle(t: Throttle) -> None:
             metrics.limit_event("throttled", "anomaly")
             log.warning("anomaly: identity %s throttled until %.0f (%.0f tokens in a window, baseline %.0f)",
@@ -194,6 +197,13 @@ class Gateway:
         gc.freeze()
         log.info("data plane on %s:%d, control plane on %s:%d, %d models, %d live keys",
                  self.data.host, self.data.port, self.control.host, self.control.port, len(c.models), len(registry))
+
+    def _target_health(self) -> list[tuple[str, str, str | None]]:
+        """(target, upstream, breaker state) of every routing target, for the metrics."""
+        if self.routing is None:
+            return []
+        return [(t.name, t.upstream, t.breaker.state if t.breaker is not None else None)
+                for t in self.routing.table.targets.values()]
 
     def _spawn(self, job: Awaitable[None]) -> None:
         """Run a side job (a change record) off the request path, keeping a reference until it ends."""

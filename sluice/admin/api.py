@@ -21,7 +21,9 @@ from ..identity import inventory as inv
 from ..identity import roles as r
 from ..limits import Limiter
 from ..store import Store, StoreUnavailable
+from . import chargeback
 from .auth import AdminAuth
+from .chargeback import UsageReportQuery
 from .routing_api import RoutingAdmin
 from .bodies import decode as _decode
 from .openapi import accepts, document
@@ -326,9 +328,13 @@ class AdminApi:
         await self._flush_usage()
         return _listing(await self._store.list_usage(since=_number(ex.query, "since", 0.0), limit=_limit(ex.query)))
 
-    @accepts(query=Window)
+    @accepts(query=UsageReportQuery, content_types=("application/json", "text/csv"))
     async def usage_summary(self, actor: Actor, ex: Exchange) -> Reply:
+        """Usage per identity and model, or with ``by`` per identity, team, model, route or day with exact costs."""
+        q = chargeback.parse(ex.query)
         await self._flush_usage()
+        if q.by is not None or q.format == "csv" or q.until is not None:
+            return await chargeback.report(self._store, q)
         return _listing(await self._store.summarize_usage(since=_number(ex.query, "since", 0.0)))
 
     @accepts(query=Recent)

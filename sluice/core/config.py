@@ -14,6 +14,7 @@ import msgspec
 import yaml
 
 from .errors import ConfigError
+from .telemetry_config import Telemetry
 from .types import Environment, Role
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
@@ -448,6 +449,7 @@ class Config(_Strict):
     requests: RequestLimits = msgspec.field(default_factory=RequestLimits)
     logging: Logging = msgspec.field(default_factory=Logging)
     sim: Sim | None = None
+    telemetry: Telemetry = msgspec.field(default_factory=Telemetry)
 
     def __post_init__(self) -> None:
         _check_unique("upstreams", [u.name for u in self.upstreams])
