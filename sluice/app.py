@@ -29,6 +29,7 @@ from .routing import DecisionLog, LeastOutstanding, RoutingState, from_config, r
 from .routing.health import run_checks
 from .store import Store, StoreUnavailable, open_store
 from .telemetry import Metrics, UsageLedger, configure
+from .telemetry import tracing
 from .telemetry.fold import RecordFold
 from .telemetry.metrics import CONTENT_TYPE as METRICS_TYPE
 from .upstream import NativeTransport, OpenAITransport, Transport
@@ -75,6 +76,7 @@ class Gateway:
         self.limiter: Limiter | None = None
         self.prices: PriceTable | None = None
         self.identity_sync: IdentitySync | None = None
+        self.tracer: tracing.Tracer | None = None
 
     def secrets(self) -> list[str]:
         c = self.config
@@ -125,6 +127,7 @@ class Gateway:
             self._transports[u.name] = replicas[u.name][0]
         self._all_transports = [t for ts in replicas.values() for t in ts]
 
+        self.tracer = tracing.build(c.telemetry.tracing)  # None when tracing is off
         metrics = Metrics(max_identities=c.telemetry.max_identities, health=self._target_health)
         self.prices = prices = PriceTable(c.prices)
         fold = RecordFold(metrics, prices.nanos, masker=masker, log_requests=c.telemetry.request_log)
@@ -157,7 +160,8 @@ class Gateway:
                                resilience=c.resilience, placement=LeastOutstanding(), ledger=ledger, limits=c.requests, limiter=limiter, prices=prices,
                                max_tokens_cap=c.limits.max_tokens_cap, over_cap=c.limits.over_cap,
                                admission=Admission({m.name: m.capacity for m in c.models if m.capacity}),
-                               extra_params={m: extra_params(p) for m, p in cfgmod.model_extra_params(c).items()})
+                               extra_params={m: extra_params(p) for m, p in cfgmod.model_extra_params(c).items()},
+                               tracer=self.tracer)
         health = [("GET", "/healthz", self._healthz), ("GET", "/readyz", self._readyz)]
         # /health as vLLM, SGLang and TGI serve it: what their tools (guidellm) check first.
         vllm_health = [("GET", "/health", self._healthz)]
@@ -266,6 +270,8 @@ class Gateway:
             await self.limiter.close()
         if self.ledger is not None:
             await self.ledger.close()
+        if self.tracer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.tracer.shutdown)
         if self.control is not None:
             await self.control.stop()
         for t in self._all_transports:

@@ -10,6 +10,7 @@ from ..core.exchange import Exchange
 if TYPE_CHECKING:
     from ..identity import Principal
     from ..routing import Decision, Target
+    from ..telemetry.tracing import RequestTrace
     from ..upstream import Transport
 
 
@@ -20,7 +21,7 @@ class RequestContext:
         "exchange", "endpoint", "started", "principal", "request", "target", "transport",
         "status", "prompt_tokens", "completion_tokens", "cached_tokens", "usage_source", "ttft_ms",
         "upstream_ms", "error_code", "stream", "reservation", "limit_headers", "slot",
-        "decision",
+        "decision", "trace",
     )
 
     def __init__(self, exchange: Exchange, endpoint: str) -> None:
@@ -44,6 +45,7 @@ class RequestContext:
         self.limit_headers: dict[str, str] | None = None
         self.slot: Any = None
         self.decision: Decision | None = None
+        self.trace: RequestTrace | None = None  # only when this request is sampled for tracing
 
     def elapsed_ms(self) -> float:
         return (clock.monotonic() - self.started) * 1000.0

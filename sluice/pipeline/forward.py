@@ -112,15 +112,19 @@ class Forward:
                 target: Target = ctx.target  # type: ignore[assignment]
                 body = self._upstream_body(ctx)
                 replica = ctx.transport = placement.pick(target.replicas, ctx)
+                tr = ctx.trace  # None unless this request is sampled for tracing
                 t0 = clock.monotonic()
                 try:
-                    reply: UpstreamReply = await replica.send(self._path, body)
+                    reply: UpstreamReply = await (replica.send(self._path, body) if tr is None else
+                                                  replica.send(self._path, body, tr.attempt(ctx)))
                     err: GatewayError | None = None if reply.status == 200 else from_status(reply)
                 except GatewayError as exc:
                     err = exc
                 finally:
                     placement.done(replica)
                 ms = (clock.monotonic() - t0) * 1000.0
+                if tr is not None:
+                    tr.answered(reply.body) if err is None else tr.end_attempt(err.code or "error")
                 ctx.upstream_ms = ms
                 if err is None:
                     break
@@ -155,13 +159,17 @@ class Forward:
         while True:
             body = self._upstream_body(ctx)
             replica = ctx.transport = placement.pick(ctx.target.replicas, ctx)  # type: ignore[union-attr]
+            tr = ctx.trace
             t0 = clock.monotonic()
             try:
-                opened = await replica.open_stream(self._path, body)
+                opened = await (replica.open_stream(self._path, body) if tr is None else
+                                replica.open_stream(self._path, body, tr.attempt(ctx)))
                 err = from_status(opened) if isinstance(opened, UpstreamReply) else None
             except GatewayError as exc:
                 err = exc
             ms = (clock.monotonic() - t0) * 1000.0
+            if tr is not None and err is not None:
+                tr.end_attempt(err.code or "error")
             ctx.upstream_ms = ms
             if err is None:
                 return opened  # type: ignore[return-value]
@@ -242,6 +250,8 @@ class Forward:
                     exc = e
                 upstream.close()
                 self._placement.done(ctx.transport)
+                if ctx.trace is not None:
+                    ctx.trace.end_attempt(exc.code or "error")
                 nxt = self._failed(ctx, exc, (clock.monotonic() - a0) * 1000.0)
                 if sent or nxt is None:
                     ctx.transport = None

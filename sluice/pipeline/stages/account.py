@@ -42,3 +42,5 @@ class Account:
             version=t.version if t else None,
             cached_tokens=ctx.cached_tokens,
         ))
+        if ctx.trace is not None:
+            ctx.trace.finish(ctx)
