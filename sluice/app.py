@@ -15,6 +15,7 @@ from pathlib import Path
 import msgspec
 
 from .admin import AdminApi, AdminAuth, RoutingAdmin
+from .admin.dashboard import Dashboard
 from .core import config as cfgmod
 from .core.config import Config
 from .core.errors import ConfigError
@@ -180,9 +181,11 @@ class Gateway:
             ledger.fold_metrics()
             return Reply(200, metrics.render(), METRICS_TYPE)
 
-        admin = AdminApi(AdminAuth(hasher, c.admin.keys, registry), identities, store, ledger.flush,
+        admin_auth = AdminAuth(hasher, c.admin.keys, registry)
+        dashboard = Dashboard(store, admin_auth, self._target_health, currency=c.currency)
+        admin = AdminApi(admin_auth, identities, store, ledger.flush,
                          RoutingAdmin(routing, decisions, identities.record, [u.name for u in c.upstreams]),
-                         keyring, limiter)
+                         keyring, limiter, dashboard)
         data_routes = data_plane.routes() + token_routes + health + vllm_health
         if c.data_plane.server == "native":
             self.data = NativeListener("data", c.data_plane, data_routes, max_body_bytes=c.requests.max_body_bytes,
@@ -191,7 +194,7 @@ class Gateway:
             self.data = Listener("data", c.data_plane.host, c.data_plane.port, data_routes,
                                  max_body_bytes=c.requests.max_body_bytes, access_log=c.logging.access_log)
         self.control = Listener("control", c.control_plane.host, c.control_plane.port,
-                                admin.routes() + health + [("GET", "/metrics", metrics_handler)],
+                                admin.routes() + health + [("GET", "/metrics", metrics_handler)] + dashboard.public_routes(),
                                 max_body_bytes=1024 * 1024, access_log=c.logging.access_log)
         await self.data.start()
         await self.control.start()

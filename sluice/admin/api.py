@@ -24,6 +24,7 @@ from ..store import Store, StoreUnavailable
 from . import chargeback
 from .auth import AdminAuth
 from .chargeback import UsageReportQuery
+from .dashboard import Dashboard
 from .routing_api import RoutingAdmin
 from .bodies import decode as _decode
 from .openapi import accepts, document
@@ -138,7 +139,7 @@ class AdminApi:
 
     def __init__(self, auth: AdminAuth, identities: IdentityService, store: Store,
                  flush_usage: Callable[[], Awaitable[bool]], routing: RoutingAdmin,
-                 keyring: Keyring, limiter: Limiter) -> None:
+                 keyring: Keyring, limiter: Limiter, dashboard: Dashboard | None = None) -> None:
         self._auth = auth
         self._ids = identities
         self._store = store
@@ -146,6 +147,7 @@ class AdminApi:
         self._routing = routing
         self._keyring = keyring
         self._limiter = limiter
+        self._dashboard = dashboard
         self._openapi: bytes | None = None
 
     def endpoints(self) -> list[tuple[str, str, tuple[str, ...], Action]]:
@@ -177,6 +179,7 @@ class AdminApi:
             ("GET", "/admin/usage", (r.USAGE_READ,), self.usage),
             ("GET", "/admin/usage/summary", (r.USAGE_READ,), self.usage_summary),
             ("GET", "/admin/changes", (r.AUDIT_READ,), self.changes),
+            ("GET", "/admin/dashboard", (r.USAGE_READ,), self.dashboard),
             ("GET", "/admin/openapi.json", (), self.openapi),
         ]
 
@@ -336,6 +339,14 @@ class AdminApi:
         if q.by is not None or q.format == "csv" or q.until is not None:
             return await chargeback.report(self._store, q)
         return _listing(await self._store.summarize_usage(since=_number(ex.query, "since", 0.0)))
+
+    @accepts(content_types=("text/html",))
+    async def dashboard(self, actor: Actor, ex: Exchange) -> Reply:
+        """The dashboard: traffic, latency, errors, tokens and spend, top identities, limits, upstreams, changes."""
+        if self._dashboard is None:
+            raise NotFound("no dashboard on this control plane")
+        await self._flush_usage()
+        return await self._dashboard.page(actor, ex)
 
     @accepts(query=Recent)
     async def changes(self, actor: Actor, ex: Exchange) -> Reply:

@@ -51,6 +51,7 @@ SURFACE: list[tuple[str, str, int, set[str]]] = [
     ("GET", "/admin/usage", 200, {O, A}),
     ("GET", "/admin/usage/summary", 200, {O, A}),
     ("GET", "/admin/changes", 200, {A}),
+    ("GET", "/admin/dashboard", 200, {O, A}),
     ("GET", "/admin/openapi.json", 200, {O, K, A, W}),
 ]
 _DOCUMENTED_4XX = {400: "invalid_request", 404: "not_found"}
