@@ -33,9 +33,9 @@ def line_chart(title: str, xs: list[str], series: dict[str, list[float]], unit: 
         y = y_of(top * frac)
         parts.append(f'<line x1="{PAD_L}" x2="{W - 4}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
                      f'<text x="{PAD_L - 4}" y="{y + 4:.1f}" text-anchor="end">{_num(top * frac)}{escape(unit)}</text>')
-    for i in (0, n // 2, n - 1):
+    for i, anchor in ((0, "start"), (n // 2, "middle"), (n - 1, "end")):
         if 0 <= i < len(xs):
-            parts.append(f'<text x="{PAD_L + i * step:.1f}" y="{H - 6}" text-anchor="middle">{escape(xs[i])}</text>')
+            parts.append(f'<text x="{PAD_L + i * step:.1f}" y="{H - 6}" text-anchor="{anchor}">{escape(xs[i])}</text>')
     for k, (name, ys) in enumerate(series.items()):
         color = PALETTE[k % len(PALETTE)]
         pts = [(PAD_L + i * step, y_of(v), v) for i, v in enumerate(ys)]

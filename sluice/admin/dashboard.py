@@ -136,8 +136,7 @@ class Dashboard:
             _section("Tokens and spend by model", _spend_bars("Spend by model", by_model, self._currency)
                      + _token_bars("Tokens by model", by_model)),
             _section("Top identities", bar_chart("Requests by identity", [
-                (names.get(g.key or "", g.key or "(none)"), float(g.requests), f"{g.requests} req, "
-                 f"{cost_text(g.cost_nanos)} {self._currency}")
+                (names.get(g.key or "", g.key or "(none)"), float(g.requests), f"{g.requests} req")
                 for g in sorted(by_identity, key=lambda g: -g.requests)[:10]])),
             _section("Limit hits", line_chart("429s per minute", labels, {"limited": hits})
                      + bar_chart("By reason", [(k, float(v), str(v)) for k, v in limit_kinds.most_common(8)])),

@@ -161,3 +161,22 @@ def test_one_masked_json_log_line_per_request(ledger_gw, run):
         assert line["prompt_tokens"] == r["prompt_tokens"] and line["completion_tokens"] == r["completion_tokens"]
         assert {"route", "target", "latency_ms", "level", "ts"} <= set(line)
     assert not any(k in ledger_gw.log() for k in ledger_gw.keys.values())
+
+
+def test_the_grafana_dashboard_queries_only_metrics_sluice_exports(ledger_gw, run):
+    from pathlib import Path
+
+    doc = json.loads((Path(__file__).parents[2] / "deploy" / "grafana" / "sluice.json").read_text())
+    exprs = [t["expr"] for p in doc["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 12
+    text = httpx.get(ledger_gw.admin_url + "/metrics").text
+    exported = set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{| )", text, re.M))
+    functions = {"sum", "by", "rate", "increase", "histogram_quantile", "topk", "le", "model", "status", "team",
+                 "direction", "identity", "decision", "limit", "kind", "upstream", "state", "open"}
+    used = {name for e in exprs for name in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", re.sub(r'"[^"]*"|\[\w+\]', "", e))
+            if name not in functions and not re.fullmatch(r"\d.*", name)}
+    assert used and used <= exported, used - exported
+    titles = " ".join(p["title"].lower() for p in doc["panels"])
+    for panel in ("request rate", "latency", "errors", "tokens by team", "spend", "top identities", "limit",
+                  "upstream health", "control-plane changes"):
+        assert panel in titles
