@@ -48,6 +48,8 @@ class Tracer:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+        # the exporter's own retry warnings name the collector's URL: only its final failures are logged
+        logging.getLogger("opentelemetry.exporter").setLevel(logging.ERROR)
         self._ratio = cfg.ratio
         self._random = random.random
         self._trace = trace

@@ -180,3 +180,21 @@ def test_the_grafana_dashboard_queries_only_metrics_sluice_exports(ledger_gw, ru
     for panel in ("request rate", "latency", "errors", "tokens by team", "spend", "top identities", "limit",
                   "upstream health", "control-plane changes"):
         assert panel in titles
+
+
+def test_the_request_log_masks_what_looks_like_a_credential():
+    from sluice.core.types import UsageRecord
+    from sluice.telemetry.fold import RecordFold
+    from sluice.telemetry.logging import SecretMasker
+    from sluice.telemetry.metrics import Metrics
+
+    import logging
+
+    logging.getLogger("sluice.request").setLevel(logging.INFO)  # as `logging.level: info` sets it
+    out = io.StringIO()
+    fold = RecordFold(Metrics(), None, masker=SecretMasker(["configured-secret-value"]), stream=out)
+    fold([UsageRecord(request_id="r1", ts=time.time(), identity_id="i", key_id=None, endpoint="chat.completions",
+                      model="m", upstream="u", status=502, error_code="sk-live0123456789abcdef",
+                      team="configured-secret-value")])
+    line = json.loads(out.getvalue())
+    assert line["error"] == "***" and line["team"] == "***" and line["request_id"] == "r1" and line["status"] == 502
