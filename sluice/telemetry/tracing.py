@@ -48,15 +48,19 @@ class Tracer:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        # the exporter's own retry warnings name the collector's URL: only its final failures are logged
-        logging.getLogger("opentelemetry.exporter").setLevel(logging.ERROR)
+        # The SDK warns per span once its queue is full (a collector that is down) and its exporter's
+        # retry warnings name the collector's URL: only errors are logged.
+        logging.getLogger("opentelemetry").setLevel(logging.ERROR)
         self._ratio = cfg.ratio
         self._random = random.random
         self._trace = trace
         if provider is None:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            provider = TracerProvider(resource=Resource.create({"service.name": cfg.service_name}))
+            from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+            # sampling is decided in begin(); the SDK's own parent-based sampler would only repeat it
+            provider = TracerProvider(resource=Resource.create({"service.name": cfg.service_name}), sampler=ALWAYS_ON)
             exporter = OTLPSpanExporter(endpoint=cfg.endpoint, headers=cfg.headers or None, timeout=cfg.timeout_s)
             provider.add_span_processor(BatchSpanProcessor(exporter, export_timeout_millis=cfg.timeout_s * 1000))
         self.provider = provider
