@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 
 import httpx
 import openai
@@ -136,4 +135,3 @@ def test_the_cookie_opens_only_the_dashboard_page(seeded):
         assert httpx.get(g.admin_url + path, headers=jar).status_code == 401, path
     page = httpx.get(g.admin_url + "/admin/dashboard", headers=jar)
     assert "script" not in page.text.lower() and "default-src 'none'" in page.headers["content-security-policy"]
-    time.sleep(0)
