@@ -18,6 +18,7 @@ from .admin import AdminApi, AdminAuth, RoutingAdmin
 from .admin.audit_api import AuditAdmin
 from .audit import AuditLog, MerkleJournal, load_signer
 from .audit.logins import FailedLogins
+from .admin.dashboard import Dashboard
 from .core import config as cfgmod
 from .core.config import Config
 from .core.errors import ConfigError
@@ -40,6 +41,8 @@ from .store.guard_records import GuardRecords
 from .routing.health import run_checks
 from .store import Store, StoreUnavailable, open_store
 from .telemetry import Metrics, UsageLedger, configure
+from .telemetry import tracing
+from .telemetry.fold import RecordFold
 from .telemetry.metrics import CONTENT_TYPE as METRICS_TYPE
 from .upstream import NativeTransport, OpenAITransport, Transport
 
@@ -85,6 +88,7 @@ class Gateway:
         self.prices: PriceTable | None = None
         self.identity_sync: IdentitySync | None = None
         self.policy: PolicyService | None = None
+        self.tracer: tracing.Tracer | None = None
 
     def secrets(self) -> list[str]:
         c = self.config
@@ -96,7 +100,7 @@ class Gateway:
 
     async def start(self) -> None:
         c = self.config
-        configure(c.logging.level, c.logging.format, self.secrets())
+        masker = configure(c.logging.level, c.logging.format, self.secrets())
         pepper = load_pepper(c.security)
         hasher = Hasher(pepper)
         self.store = store = open_store(c.store.url)
@@ -148,12 +152,15 @@ class Gateway:
                 replicas.append(Replica(f"{u.name}/{i}", url, t))
             deployments[u.name] = Deployment(u.name, replicas, build_placement(u.placement, seed=u.name))
 
-        metrics = Metrics()
-        self.ledger = ledger = UsageLedger(c.usage, metrics, store.write_usage, store.touch_keys, registry.take_last_used)
+        self.tracer = tracing.build(c.telemetry.tracing)  # None when tracing is off
+        metrics = Metrics(max_identities=c.telemetry.max_identities, health=self._target_health)
+        self.prices = prices = PriceTable(c.prices)
+        fold = RecordFold(metrics, prices.nanos, masker=masker, log_requests=c.telemetry.request_log)
+        self.ledger = ledger = UsageLedger(c.usage, metrics, store.write_usage, store.touch_keys, registry.take_last_used,
+                                           fold)
         ledger.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._every(30.0, keyring.maintain), name="keyring"))
 
-        self.prices = prices = PriceTable(c.prices)
         def on_throttle(t: Throttle) -> None:
             metrics.limit_event("throttled", "anomaly")
             log.warning("anomaly: identity %s throttled until %.0f (%.0f tokens in a window, baseline %.0f)",
@@ -180,7 +187,8 @@ class Gateway:
                                resilience=c.resilience, ledger=ledger, limits=c.requests, limiter=limiter, prices=prices,
                                max_tokens_cap=c.limits.max_tokens_cap, over_cap=c.limits.over_cap,
                                admission=Admission({m.name: m.capacity for m in c.models if m.capacity}),
-                               extra_params={m: extra_params(p) for m, p in cfgmod.model_extra_params(c).items()})
+                               extra_params={m: extra_params(p) for m, p in cfgmod.model_extra_params(c).items()},
+                               tracer=self.tracer)
         health = [("GET", "/healthz", self._healthz), ("GET", "/readyz", self._readyz)]
         # /health as vLLM, SGLang and TGI serve it: what their tools (guidellm) check first.
         vllm_health = [("GET", "/health", self._healthz)]
@@ -199,11 +207,13 @@ class Gateway:
             ledger.fold_metrics()
             return Reply(200, metrics.render(), METRICS_TYPE)
 
-        admin = AdminApi(AdminAuth(hasher, c.admin.keys, registry), identities, store, ledger.flush,
+        admin_auth = AdminAuth(hasher, c.admin.keys, registry)
+        dashboard = Dashboard(store, admin_auth, self._target_health, currency=c.currency)
+        admin = AdminApi(admin_auth, identities, store, ledger.flush,
                          RoutingAdmin(routing, decisions, identities.record, [u.name for u in c.upstreams], policy),
                          keyring, limiter, policy=PolicyAdmin(policy, store, identities), audit=AuditAdmin(audit),
                          on_auth_failure=FailedLogins(store, c.audit.failed_logins_per_minute).record,
-                         guard=GuardAdmin(approvals, guard_records))
+                         guard=GuardAdmin(approvals, guard_records), dashboard=dashboard)
         data_routes = data_plane.routes() + token_routes + health + vllm_health
         if approvals is not None:
             data_routes += ApprovalEndpoints(data_plane.authenticate, approvals).routes()
@@ -214,7 +224,7 @@ class Gateway:
             self.data = Listener("data", c.data_plane.host, c.data_plane.port, data_routes,
                                  max_body_bytes=c.requests.max_body_bytes, access_log=c.logging.access_log)
         self.control = Listener("control", c.control_plane.host, c.control_plane.port,
-                                admin.routes() + health + [("GET", "/metrics", metrics_handler)],
+                                admin.routes() + health + [("GET", "/metrics", metrics_handler)] + dashboard.public_routes(),
                                 max_body_bytes=1024 * 1024, access_log=c.logging.access_log)
         await self.data.start()
         await self.control.start()
@@ -243,6 +253,13 @@ class Gateway:
             self._spawn(write())
 
         return Guard(policy, approvals, capture), approvals, records
+
+    def _target_health(self) -> list[tuple[str, str, str | None]]:
+        """(target, upstream, breaker state) of every routing target, for the metrics."""
+        if self.routing is None:
+            return []
+        return [(t.name, t.upstream, t.breaker.state if t.breaker is not None else None)
+                for t in self.routing.table.targets.values()]
 
     def _spawn(self, job: Awaitable[None]) -> None:
         """Run a side job (a change record) off the request path, keeping a reference until it ends."""
@@ -319,6 +336,8 @@ class Gateway:
             await self.limiter.close()
         if self.ledger is not None:
             await self.ledger.close()
+        if self.tracer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.tracer.shutdown)
         if self.control is not None:
             await self.control.stop()
         for t in self._all_transports:

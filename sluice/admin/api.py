@@ -23,7 +23,10 @@ from ..identity import roles as r
 from ..limits import Limiter
 from ..store import Store, StoreUnavailable
 from .audit_api import AuditAdmin
+from . import chargeback
 from .auth import AdminAuth
+from .chargeback import UsageReportQuery
+from .dashboard import Dashboard
 from .routing_api import RoutingAdmin
 from .policy_api import PolicyAdmin, freeze_gate
 from .guard_api import GuardAdmin
@@ -142,7 +145,7 @@ class AdminApi:
                  flush_usage: Callable[[], Awaitable[bool]], routing: RoutingAdmin,
                  keyring: Keyring, limiter: Limiter, policy: PolicyAdmin | None = None, audit: AuditAdmin | None = None,
                  on_auth_failure: Callable[[str | None, str, str | None], Awaitable[None]] | None = None,
-                 guard: GuardAdmin | None = None) -> None:
+                 guard: GuardAdmin | None = None, dashboard: Dashboard | None = None) -> None:
         self._auth = auth
         self._ids = identities
         self._store = store
@@ -151,6 +154,7 @@ class AdminApi:
         self._keyring = keyring
         self._limiter = limiter
         self._policy = policy
+        self._dashboard = dashboard
         self._openapi: bytes | None = None
         self._audit = audit
         self._on_auth_failure = on_auth_failure  # failed logins go to the audit log
@@ -186,6 +190,7 @@ class AdminApi:
             ("GET", "/admin/usage/summary", (r.USAGE_READ,), self.usage_summary),
             ("GET", "/admin/changes", (r.AUDIT_READ,), self.changes),
             *(getattr(self, "_audit", None) or AuditAdmin.__new__(AuditAdmin)).endpoints(),
+            ("GET", "/admin/dashboard", (r.USAGE_READ,), self.dashboard),
             ("GET", "/admin/openapi.json", (), self.openapi),
             *(getattr(self, "_policy", None) or PolicyAdmin.__new__(PolicyAdmin)).endpoints(),
             *(getattr(self, "_guard", None) or GuardAdmin(None, None)).endpoints(),  # issue 12
@@ -355,10 +360,22 @@ class AdminApi:
         await self._flush_usage()
         return _listing(await self._store.list_usage(since=_number(ex.query, "since", 0.0), limit=_limit(ex.query)))
 
-    @accepts(query=Window)
+    @accepts(query=UsageReportQuery, content_types=("application/json", "text/csv"))
     async def usage_summary(self, actor: Actor, ex: Exchange) -> Reply:
+        """Usage per identity and model, or with ``by`` per identity, team, model, route or day with exact costs."""
+        q = chargeback.parse(ex.query)
         await self._flush_usage()
+        if q.by is not None or q.format == "csv" or q.until is not None:
+            return await chargeback.report(self._store, q)
         return _listing(await self._store.summarize_usage(since=_number(ex.query, "since", 0.0)))
+
+    @accepts(content_types=("text/html",))
+    async def dashboard(self, actor: Actor, ex: Exchange) -> Reply:
+        """The dashboard: traffic, latency, errors, tokens and spend, top identities, limits, upstreams, changes."""
+        if self._dashboard is None:
+            raise NotFound("no dashboard on this control plane")
+        await self._flush_usage()
+        return await self._dashboard.page(actor, ex)
 
     @accepts(query=Recent)
     async def changes(self, actor: Actor, ex: Exchange) -> Reply:

@@ -9,6 +9,29 @@ from ..core.types import ROLES
 from ..identity import Actor, CredentialRegistry, Hasher, inspect, looks_like_jwt
 
 
+DASHBOARD_PATH = "/admin/dashboard"
+COOKIE = "sluice_dashboard"
+
+
+def dashboard_cookie(exchange: Exchange) -> str | None:
+    """A browser's control key, from the cookie the dashboard's login sets; honoured only for
+    reading the dashboard (a GET that changes nothing, so a forged cross-site request gains nothing,
+    and SameSite=Strict keeps the cookie off those anyway)."""
+    if exchange.method != "GET" or exchange.path != DASHBOARD_PATH:
+        return None
+    raw = exchange.headers.get("Cookie")
+    if not raw:
+        return None
+    from http.cookies import CookieError, SimpleCookie
+
+    try:
+        jar = SimpleCookie(raw)
+    except CookieError:
+        return None
+    morsel = jar.get(COOKIE)
+    return morsel.value or None if morsel is not None else None
+
+
 class AdminAuth:
     """Resolves the bearer credential to an ``Actor`` with the roles behind it."""
 
@@ -25,7 +48,7 @@ class AdminAuth:
         return failures.guard(exchange.peer, self._actor, exchange)
 
     def _actor(self, exchange: Exchange) -> Actor:
-        token = exchange.bearer()
+        token = exchange.bearer() or dashboard_cookie(exchange)
         if token is None:
             raise Unauthenticated("A control-plane credential is required: 'Authorization: Bearer KEY'.", code="missing_api_key")
         if looks_like_jwt(token):

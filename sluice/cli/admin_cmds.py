@@ -97,11 +97,31 @@ def create_team(name: str, owner: str = typer.Option(...)) -> None:
     print_json(admin_call("POST", "/admin/teams", {"name": name, "owner": owner}))
 
 
-def usage(since: float = typer.Option(0.0, help="UNIX time to start from.")) -> None:
-    """Usage summary per identity and model."""
-    rows = admin_call("GET", f"/admin/usage/summary?since={since}")["data"]
-    t = Table("identity", "model", "requests", "errors", "tokens in", "tokens out")
-    for r in rows:
-        t.add_row(str(r["identity_id"]), str(r["model"]), str(r["requests"]), str(r["errors"]),
-                  str(r["prompt_tokens"]), str(r["completion_tokens"]))
+def usage(
+    since: float = typer.Option(0.0, help="UNIX time to start from."),
+    until: Optional[float] = typer.Option(None, help="UNIX time to stop before."),
+    by: Optional[str] = typer.Option(None, "--by", help="identity, team, model, route or day (with exact costs)"),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, json or csv"),
+) -> None:
+    """Usage summary per identity and model; with --by, per one dimension with costs and a total."""
+    if by is None and fmt == "table":
+        rows = admin_call("GET", f"/admin/usage/summary?since={since}")["data"]
+        t = Table("identity", "model", "requests", "errors", "tokens in", "tokens out")
+        for r in rows:
+            t.add_row(str(r["identity_id"]), str(r["model"]), str(r["requests"]), str(r["errors"]),
+                      str(r["prompt_tokens"]), str(r["completion_tokens"]))
+        out.print(t)
+        return
+    query = f"/admin/usage/summary?since={since}&by={by or 'identity'}" + (f"&until={until}" if until is not None else "")
+    if fmt == "csv":
+        print(admin_text("GET", query + "&format=csv"), end="")
+        return
+    report = admin_call("GET", query)
+    if fmt == "json":
+        print_json(report)
+        return
+    t = Table(by or "identity", "requests", "errors", "tokens in", "cached", "tokens out", "cost")
+    for r in report["data"] + [{**report["totals"], "key": "TOTAL"}]:
+        t.add_row(str(r["key"]), str(r["requests"]), str(r["errors"]), str(r["prompt_tokens"]),
+                  str(r["cached_tokens"]), str(r["completion_tokens"]), r["cost"])
     out.print(t)

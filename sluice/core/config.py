@@ -16,6 +16,7 @@ import yaml
 from .audit_settings import Audit
 from .errors import ConfigError
 from .policy_settings import PolicySettings
+from .telemetry_config import Telemetry
 from .types import Environment, Role
 from .guardrails import Guardrails, ToolSpec
 
@@ -475,6 +476,7 @@ class Config(_Strict):
     audit: Audit = msgspec.field(default_factory=Audit)
     guardrails: Guardrails = msgspec.field(default_factory=Guardrails)  # issue 12: sluice.guard
     tools: list[ToolSpec] = msgspec.field(default_factory=list)
+    telemetry: Telemetry = msgspec.field(default_factory=Telemetry)
 
     def __post_init__(self) -> None:
         _check_unique("upstreams", [u.name for u in self.upstreams])

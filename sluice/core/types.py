@@ -78,6 +78,14 @@ class UsageRecord(msgspec.Struct, kw_only=True, gc=False):
     # reserved: sent but unanswered (a timeout), so charged what its limits reserved
     usage_source: Literal["upstream", "estimated", "reserved", "none"] = "none"
     error_code: str | None = None
+    # cost and chargeback (issue 13): the caller's team, the route and model version that served
+    # it, prompt tokens served from the upstream's cache, and the cost in integer nano-units of the
+    # configured currency (priced from the table in force when the record was folded)
+    team: str | None = None
+    route: str | None = None
+    version: str | None = None
+    cached_tokens: int = 0
+    cost_nanos: int = 0
 
 
 class ChangeEvent(msgspec.Struct, kw_only=True):
@@ -101,6 +109,18 @@ class UsageSummaryRow(msgspec.Struct, kw_only=True):
     errors: int
     prompt_tokens: int
     completion_tokens: int
+
+
+class UsageGroup(msgspec.Struct, kw_only=True):
+    """Usage aggregated by one dimension (identity, team, model, route or day); sums are exact."""
+
+    key: str | None
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost_nanos: int
 
 
 class SigningKey(msgspec.Struct, kw_only=True):

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from ..core.config import Price
+
+NANOS = 1_000_000_000  # cost unit of the ledger: 1e-9 of the configured currency
 
 
 class PriceTable:
     """Cost of a call in the configured currency; models without a price cost nothing."""
 
     def __init__(self, prices: dict[str, Price]) -> None:
-        self._prices = prices
+        self.replace(prices)
 
     def replace(self, prices: dict[str, Price]) -> None:
         self._prices = prices
+        # per token, in nano-units, exact: a price per million of 0.15 is 150 nanos a token
+        self._nanos = {m: _per_token_nanos(p) for m, p in prices.items()}
 
     def has(self, model: str) -> bool:
         return model in self._prices
@@ -27,3 +33,20 @@ class PriceTable:
         cached = min(cached, prompt)
         cached_price = p.input if p.cached_input is None else p.cached_input
         return ((prompt - cached) * p.input + cached * cached_price + completion * p.output) / 1_000_000
+
+    def nanos(self, model: str | None, prompt: int, completion: int, cached: int = 0) -> int:
+        """The ledger's cost of a call: integer nano-units, cached prompt tokens at the cached price."""
+        n = self._nanos.get(model) if model else None  # type: ignore[arg-type]
+        if n is None:
+            return 0
+        inp, out, cin = n
+        cached = min(max(cached, 0), prompt)
+        return round((prompt - cached) * inp + cached * cin + completion * out)
+
+
+def _per_token_nanos(p: Price) -> tuple[Decimal, Decimal, Decimal]:
+    # Decimal from the YAML's text of the float, so 0.15 is 0.15 and not 0.1499999...
+    per = Decimal(NANOS) / Decimal(1_000_000)
+    inp = Decimal(repr(p.input)) * per
+    cin = inp if p.cached_input is None else Decimal(repr(p.cached_input)) * per
+    return inp, Decimal(repr(p.output)) * per, cin

@@ -18,6 +18,7 @@ from ..identity import CredentialRegistry, TokenService
 from ..limits import Admission, Limiter, PriceTable
 from ..routing import DecisionLog, RoutingState
 from ..telemetry import UsageLedger
+from ..telemetry.tracing import Tracer
 from .context import RequestContext
 from .endpoints import ListModels, ModelCall
 from .forward import Forward
@@ -34,7 +35,7 @@ class DataPlane:
         decisions: DecisionLog, ledger: UsageLedger, limits: RequestLimits,
         limiter: Limiter, prices: PriceTable, max_tokens_cap: int, admission: Admission,
         over_cap: str = "refuse", extra_params: dict[str, frozenset[str]] | None = None,
-        resilience: Resilience | None = None, guard: Guard | None = None,
+        resilience: Resilience | None = None, guard: Guard | None = None, tracer: Tracer | None = None,
     ) -> None:
         authenticate = Authenticate(registry, tokens)
         authorize = Authorize()
@@ -58,7 +59,8 @@ class DataPlane:
                        extras: dict[str, msgspec.json.Decoder] | None = None) -> ModelCall:
             stages = (authenticate, Decode(request_type, **size, extras=extras), authorize, route, window,
                       *((guard,) if guard is not None else ()), limit, admit)
-            return ModelCall(name, stages, Forward(path, finish, resilience), finish, authenticate=authenticate)
+            return ModelCall(name, stages, Forward(path, finish, resilience), finish, authenticate=authenticate,
+                             tracer=tracer)
 
         self.chat_completions = model_call("chat.completions", "/chat/completions", ChatCompletionRequest, chat_extras)
         self.embeddings = model_call("embeddings", "/embeddings", EmbeddingRequest)

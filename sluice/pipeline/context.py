@@ -10,6 +10,7 @@ from ..core.exchange import Exchange
 if TYPE_CHECKING:
     from ..identity import Principal
     from ..routing import Decision, Target
+    from ..telemetry.tracing import RequestTrace
     from ..upstream import Transport
 
 
@@ -20,7 +21,7 @@ class RequestContext:
         "exchange", "endpoint", "started", "principal", "request", "target", "transport",
         "status", "prompt_tokens", "completion_tokens", "cached_tokens", "usage_source", "ttft_ms",
         "upstream_ms", "error_code", "stream", "reservation", "limit_headers", "slot",
-        "decision", "policy",
+        "decision", "policy", "trace",
         "guard",  # issue 12: the output guard of this request, or None (no output rules)
     )
 
@@ -47,6 +48,7 @@ class RequestContext:
         self.decision: Decision | None = None
         self.policy: Any = None  # the ActivePolicy this request was routed under (sluice.policy)
         self.guard: Any = None
+        self.trace: RequestTrace | None = None  # only when this request is sampled for tracing
 
     def elapsed_ms(self) -> float:
         return (clock.monotonic() - self.started) * 1000.0

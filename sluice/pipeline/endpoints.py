@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from ..core.errors import GatewayError
 from ..core.exchange import Exchange, Reply, StreamReply
 from ..routing import RoutingState
+from ..telemetry.tracing import Tracer
 from .context import RequestContext
 from .forward import ROUTE_HEADER, Forward, is_stream
 
@@ -18,15 +19,16 @@ POLICY_HEADER = "x-sluice-policy"  # the policy version (and short hash) the req
 class ModelCall:
     """An endpoint that calls a model: chat completions (streaming or not) and embeddings."""
 
-    __slots__ = ("_name", "_stages", "_forward", "_account", "_authenticate")
+    __slots__ = ("_name", "_stages", "_forward", "_account", "_authenticate", "_tracer")
 
     def __init__(self, name: str, stages: Sequence[Stage], forward: Forward, account: Callable[[RequestContext], None],
-                 *, authenticate: Stage) -> None:
+                 *, authenticate: Stage, tracer: Tracer | None = None) -> None:
         self._name = name
         self._stages = tuple(stages)
         self._forward = forward
         self._account = account
         self._authenticate = authenticate
+        self._tracer = tracer  # None: tracing is off
 
     async def check_headers(self, exchange: Exchange) -> None:
         """Authenticate from the headers alone; the listener asks this before it reads a large body."""
@@ -35,9 +37,14 @@ class ModelCall:
     async def __call__(self, exchange: Exchange) -> Reply | StreamReply:
         ctx = RequestContext(exchange, self._name)
         streaming = False
+        tracer = self._tracer
         try:
-            for stage in self._stages:
-                await stage(ctx)
+            if tracer is None or (trace := tracer.begin(self._name, exchange.headers)) is None:
+                for stage in self._stages:
+                    await stage(ctx)
+            else:
+                ctx.trace = trace
+                await trace.run(self._stages, ctx)
             if is_stream(ctx.request):
                 ctx.stream = streaming = True
                 reply: Reply | StreamReply = await self._forward.stream(ctx)

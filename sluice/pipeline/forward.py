@@ -112,15 +112,19 @@ class Forward:
                 deployment = target.deployment
                 placement = deployment.placement  # type: ignore[union-attr]
                 replica = ctx.transport = placement.pick(deployment.live, prompt)  # type: ignore[union-attr]
+                tr = ctx.trace  # None unless this request is sampled for tracing
                 t0 = clock.monotonic()
                 try:
-                    reply: UpstreamReply = await replica.transport.send(self._path, body)
+                    reply: UpstreamReply = await (replica.transport.send(self._path, body) if tr is None else
+                                                  replica.transport.send(self._path, body, tr.attempt(ctx)))
                     err: GatewayError | None = None if reply.status == 200 else from_status(reply)
                 except GatewayError as exc:
                     err = exc
                 finally:
                     placement.done(replica)
                 ms = (clock.monotonic() - t0) * 1000.0
+                if tr is not None:
+                    tr.answered(reply.body) if err is None else tr.end_attempt(err.code or "error")
                 ctx.upstream_ms = ms
                 if err is None:
                     break
@@ -158,13 +162,17 @@ class Forward:
             deployment = ctx.target.deployment  # type: ignore[union-attr]
             placement = deployment.placement
             replica = ctx.transport = placement.pick(deployment.live, prompt)
+            tr = ctx.trace
             t0 = clock.monotonic()
             try:
-                opened = await replica.transport.open_stream(self._path, body)
+                opened = await (replica.transport.open_stream(self._path, body) if tr is None else
+                                replica.transport.open_stream(self._path, body, tr.attempt(ctx)))
                 err = from_status(opened) if isinstance(opened, UpstreamReply) else None
             except GatewayError as exc:
                 err = exc
             ms = (clock.monotonic() - t0) * 1000.0
+            if tr is not None and err is not None:
+                tr.end_attempt(err.code or "error")
             ctx.upstream_ms = ms
             if err is None:
                 return opened  # type: ignore[return-value]
@@ -248,6 +256,8 @@ class Forward:
                     exc = e
                 upstream.close()
                 _done(ctx)
+                if ctx.trace is not None:
+                    ctx.trace.end_attempt(exc.code or "error")
                 nxt = self._failed(ctx, exc, (clock.monotonic() - a0) * 1000.0)
                 if sent or nxt is None:
                     ctx.transport = None

@@ -66,6 +66,9 @@ class ChatCompletions(ReplicaBase):
         """``POST /v1/chat/completions``: a deterministic reply at the modelled speed."""
         stats = self.stats
         stats.chat_requests += 1
+        traceparent = request.headers.get("traceparent")
+        if traceparent is not None:
+            self.traceparents.append(traceparent)
         with self._in_flight():
             req = await self._admit(request, _chat_decoder)
             if isinstance(req, web.Response):

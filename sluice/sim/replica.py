@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import count
@@ -56,6 +57,7 @@ class ReplicaBase:
         self.faults = Faults(settings.seed)
         self.stats = Stats()
         self.last_chat: dict[str, Any] = {}  # the output limits the last chat request asked for
+        self.traceparents: deque[str] = deque(maxlen=256)  # W3C traceparent headers received, newest last
         self._ids = count(1)
         self._id_prefix = secrets.token_hex(6)
         self._closing = asyncio.Event()

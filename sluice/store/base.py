@@ -6,7 +6,7 @@ import abc
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from ..core.types import ApiKey, ChangeEvent, Identity, IdentityActivity, SigningKey, Team, UsageRecord, UsageSummaryRow
+from ..core.types import ApiKey, ChangeEvent, Identity, IdentityActivity, SigningKey, Team, UsageGroup, UsageRecord, UsageSummaryRow
 
 
 class Writes:
@@ -174,6 +174,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def summarize_usage(self, *, since: float = 0.0) -> list[UsageSummaryRow]:
         """Requests, errors (status >= 400) and tokens per identity and model since a time."""
+
+    @abc.abstractmethod
+    async def aggregate_usage(self, by: str, *, since: float = 0.0, until: float | None = None) -> list[UsageGroup]:
+        """Usage summed per identity, team, model, route or day (UTC, ``YYYY-MM-DD``) in ``[since, until)``."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     async def identity_activity(self) -> list[IdentityActivity]:

@@ -75,6 +75,11 @@ usage = Table(
     Column("stream", Boolean, nullable=False),
     Column("usage_source", String(16), nullable=False),
     Column("error_code", String(64)),
+    Column("team", String(128)),
+    Column("route", String(128)),
+    Column("version", String(128)),
+    Column("cached_tokens", Integer, nullable=False, server_default="0"),
+    Column("cost_nanos", BigInteger, nullable=False, server_default="0"),
     Index("ix_usage_ts", "ts"),
     Index("ix_usage_identity_ts", "identity_id", "ts"),
 )

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ..core import clock
 from ..core.errors import Conflict
-from ..core.types import ApiKey, ChangeEvent, Identity, IdentityActivity, SigningKey, Team, UsageRecord, UsageSummaryRow
+from ..core.types import ApiKey, ChangeEvent, Identity, IdentityActivity, SigningKey, Team, UsageGroup, UsageRecord, UsageSummaryRow
 from . import schema as t
 from .base import Journal, Store, StoreUnavailable, Subscription, Writes
 
@@ -72,6 +72,12 @@ def _key(row: Any) -> ApiKey:
 
 
 _USAGE_FIELDS = tuple(f for f in UsageRecord.__struct_fields__)
+
+
+def _day(days: Any) -> str | None:
+    import datetime as dt
+
+    return None if days is None else (dt.date(1970, 1, 1) + dt.timedelta(days=int(days))).isoformat()
 
 
 def _usage(row: Any) -> UsageRecord:
@@ -311,6 +317,28 @@ class SqlStore(Store):
                                     errors=int(r.errors or 0), prompt_tokens=int(r.prompt_tokens or 0),
                                     completion_tokens=int(r.completion_tokens or 0))
                     for r in await conn.execute(q)]
+
+    @_guarded
+    async def aggregate_usage(self, by: str, *, since: float = 0.0, until: float | None = None) -> list[UsageGroup]:
+        u = t.usage.c
+        if by == "day":
+            # whole days since the epoch, floored on both backends (a cast rounds on Postgres)
+            key = (func.floor(u.ts / 86400) if self.dialect == "postgresql"
+                   else func.cast(u.ts / 86400, t.usage.c.prompt_tokens.type))
+        else:
+            key = {"identity": u.identity_id, "team": u.team, "model": u.model, "route": u.route}[by]
+        errors = func.sum(func.cast(u.status >= 400, t.usage.c.prompt_tokens.type))
+        total = lambda c: func.coalesce(func.sum(c), 0)  # noqa: E731
+        where = [u.ts >= since] + ([u.ts < until] if until is not None else [])
+        q = (select(key.label("key"), func.count().label("requests"), errors.label("errors"),
+                    total(u.prompt_tokens).label("p"), total(u.completion_tokens).label("c"),
+                    total(u.cached_tokens).label("k"), total(u.cost_nanos).label("n"))
+             .where(*where).group_by(key).order_by(key))
+        async with self.engine.connect() as conn:
+            rows = list(await conn.execute(q))
+        return [UsageGroup(key=_day(r.key) if by == "day" else r.key, requests=int(r.requests), errors=int(r.errors or 0),
+                           prompt_tokens=int(r.p), completion_tokens=int(r.c), cached_tokens=int(r.k),
+                           cost_nanos=int(r.n)) for r in rows]
 
     @_guarded
     async def identity_activity(self) -> list[IdentityActivity]:

@@ -23,9 +23,11 @@ TakeLastUsed = Callable[[], dict[str, float]]
 class UsageLedger:
     """Bounded queue of usage records, drained off the request path."""
 
-    def __init__(self, cfg: Usage, metrics: Metrics, write: WriteUsage, touch: TouchKeys, take_last_used: TakeLastUsed) -> None:
+    def __init__(self, cfg: Usage, metrics: Metrics, write: WriteUsage, touch: TouchKeys, take_last_used: TakeLastUsed,
+                 fold: Callable[[list[UsageRecord]], None] | None = None) -> None:
         self._cfg = cfg
         self._metrics = metrics
+        self._fold = fold or metrics.observe  # price, observe, log (telemetry/fold.py)
         self._write = write
         self._touch = touch
         self._take_last_used = take_last_used
@@ -43,7 +45,7 @@ class UsageLedger:
         """Observe pending records in the metrics, then queue them for the store."""
         if self._unobserved:
             batch, self._unobserved = self._unobserved, []
-            self._metrics.observe(batch)
+            self._fold(batch)
             self._unwritten.extend(batch)
             over = len(self._unwritten) - self._cfg.queue_max
             if over > 0:
@@ -57,7 +59,7 @@ class UsageLedger:
         # showed it); slices with a yield between keep requests moving.
         while len(self._unobserved) > _SLICE:
             head, self._unobserved = self._unobserved[:_SLICE], self._unobserved[_SLICE:]
-            self._metrics.observe(head)
+            self._fold(head)
             self._unwritten.extend(head)
             await asyncio.sleep(0)
         self.fold_metrics()

@@ -6,10 +6,13 @@ what it shows is never older than the scrape.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics,
+                               generate_latest)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .families import CallerFamilies, Health
 
 from ..core.types import UsageRecord
 
@@ -22,7 +25,7 @@ disable_created_metrics()  # the _created series double the output and nobody gr
 class Metrics:
     """The gateway's metric families, in a registry of their own."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_identities: int = 200, health: Callable[[], Health] | None = None) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.requests = Counter("sluice_requests", "Data-plane requests by endpoint, model and status.",
                                 ["endpoint", "model", "status"], registry=r)
@@ -40,6 +43,9 @@ class Metrics:
         self.limit_events = Counter("sluice_limit_events", "Limit decisions and limiter trouble: rejected, "
                                     "backend_down, settle_failed; by limit.", ["kind", "limit"], registry=r)
         self._children: dict[tuple, tuple] = {}
+        # by caller and route, spend, TPOT, limit decisions, breakers, process memory (issue 13)
+        self.callers = CallerFamilies(r, _LATENCY_BUCKETS, max_identities, health)
+        ProcessCollector(registry=r)
 
     def observe(self, records: Iterable[UsageRecord]) -> None:
         """Fold finished requests into the metric families."""
@@ -70,9 +76,12 @@ class Metrics:
                 c[4].inc(rec.prompt_tokens)
             if rec.completion_tokens:
                 c[5].inc(rec.completion_tokens)
+        self.callers.observe(records)
 
     def limit_event(self, kind: str, label: str) -> None:
         self.limit_events.labels(kind, label[:128]).inc()
+        if kind == "rejected":
+            self.callers.throttled(label[:128])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -41,13 +41,14 @@ class Transport(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    async def send(self, path: str, body: bytes) -> UpstreamReply:
-        """POST and read the whole answer, whatever its status."""
+    async def send(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> UpstreamReply:
+        """POST and read the whole answer, whatever its status; ``headers`` are added (a traceparent)."""
 
     async def probe(self) -> bool | None:
         """Whether the backend answers at all (an active health check); None: this transport cannot tell."""
         return None
 
     @abc.abstractmethod
-    async def open_stream(self, path: str, body: bytes) -> UpstreamStream | UpstreamReply:
+    async def open_stream(self, path: str, body: bytes, headers: dict[str, str] | None = None
+                          ) -> UpstreamStream | UpstreamReply:
         """POST a streaming request: a stream on 200, else the complete (error) reply."""

@@ -104,11 +104,12 @@ class NativeTransport(Transport):
     async def close(self) -> None:
         self._pool.close()
 
-    def _request(self, path: str, body: bytes) -> bytes:
-        return b"".join((b"POST ", self._prefix, path.encode(), b" HTTP/1.1\r\n", self._head,
+    def _request(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+        extra = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in headers.items()) if headers else b""
+        return b"".join((b"POST ", self._prefix, path.encode(), b" HTTP/1.1\r\n", self._head, extra,
                          b"Content-Length: %d\r\n\r\n" % len(body), body))
 
-    async def _exchange(self, path: str, body: bytes) -> UpstreamConnection:
+    async def _exchange(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> UpstreamConnection:
         """Send the request on a pooled connection and wait for the response head."""
         loop = self._loop
         assert loop is not None
@@ -117,7 +118,7 @@ class NativeTransport(Transport):
             conn = await self._pool.acquire()
         except Exception as exc:
             raise _translate(exc) from None
-        request = self._request(path, body)
+        request = self._request(path, body, headers)
         conn.send(request, self._read_timeout, deadline)
         try:
             await conn.head()
@@ -142,8 +143,8 @@ class NativeTransport(Transport):
             self._pool.release(conn)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    async def send(self, path: str, body: bytes) -> UpstreamReply:
-        conn = await self._exchange(path, body)
+    async def send(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> UpstreamReply:
+        conn = await self._exchange(path, body, headers)
         status, retry_after = conn.status, conn.retry_after
         if status != 200:
             return self._error_reply(status, await self._read_all(conn), retry_after)
@@ -155,8 +156,9 @@ class NativeTransport(Transport):
         return await answers(host, port, tls, b"".join((
             b"GET ", self._prefix, b"/models HTTP/1.1\r\n", self._head, b"Connection: close\r\n\r\n")), timeout)
 
-    async def open_stream(self, path: str, body: bytes) -> UpstreamStream | UpstreamReply:
-        conn = await self._exchange(path, body)
+    async def open_stream(self, path: str, body: bytes, headers: dict[str, str] | None = None
+                          ) -> UpstreamStream | UpstreamReply:
+        conn = await self._exchange(path, body, headers)
         if conn.status != 200:
             status, retry_after = conn.status, conn.retry_after
             return self._error_reply(status, await self._read_all(conn), retry_after)

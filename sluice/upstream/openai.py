@@ -87,10 +87,10 @@ class OpenAITransport(Transport):
         if self._session is not None:
             await self._session.close()
 
-    async def send(self, path: str, body: bytes) -> UpstreamReply:
+    async def send(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> UpstreamReply:
         assert self._session is not None
         try:
-            async with self._session.post(self._base + path, data=body) as resp:
+            async with self._session.post(self._base + path, data=body, headers=headers) as resp:
                 data = await resp.read()
                 if resp.status != 200:
                     return self._error_reply(resp.status, data, resp.headers.get("Retry-After"))
@@ -108,10 +108,11 @@ class OpenAITransport(Transport):
         except _ERRORS:
             return False
 
-    async def open_stream(self, path: str, body: bytes) -> UpstreamStream | UpstreamReply:
+    async def open_stream(self, path: str, body: bytes, headers: dict[str, str] | None = None
+                          ) -> UpstreamStream | UpstreamReply:
         assert self._session is not None
         try:
-            resp = await self._session.post(self._base + path, data=body)
+            resp = await self._session.post(self._base + path, data=body, headers=headers)
         except _ERRORS as exc:
             raise _translate(exc) from None
         if resp.status != 200:

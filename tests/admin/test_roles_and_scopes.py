@@ -58,6 +58,7 @@ SURFACE: list[tuple[str, str, int, set[str]]] = [
     ("POST", "/admin/audit/checkpoint", 200, {A}),
     ("GET", "/admin/audit/public-key", 200, {A}),
     ("GET", "/admin/audit/verify", 200, {A}),
+    ("GET", "/admin/dashboard", 200, {O, A}),
     ("GET", "/admin/openapi.json", 200, {O, K, A, W}),
     # versioned policy and incident switches (issue 11): operators change, auditors read, key-admins revoke
     ("GET", "/admin/policy", 200, {O, A}),

@@ -19,6 +19,7 @@ class Account:
     def __call__(self, ctx: RequestContext) -> None:
         p = ctx.principal
         t = ctx.target
+        d = ctx.decision
         self._ledger.record(UsageRecord(
             request_id=ctx.exchange.request_id,
             ts=clock.now(),
@@ -36,4 +37,10 @@ class Account:
             stream=ctx.stream,
             usage_source=ctx.usage_source,  # type: ignore[arg-type]
             error_code=ctx.error_code,
+            team=p.team if p else None,
+            route=d.route.name if d is not None else None,
+            version=t.version if t else None,
+            cached_tokens=ctx.cached_tokens,
         ))
+        if ctx.trace is not None:
+            ctx.trace.finish(ctx)

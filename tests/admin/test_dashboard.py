@@ -1,0 +1,137 @@
+"""The dashboard in headless Chromium (Debian's package, driven by Playwright): an auditor signs in
+with a control key, the page after a seeded run shows charts with data points in every panel that
+has data, and the recent changes; an invoker's key is refused, at the form and on the page."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import httpx
+import openai
+import pytest
+
+from support import start_gateway
+
+CHROMIUM = os.environ.get("SLUICE_CHROMIUM", "/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(not shutil.which(CHROMIUM) and not os.environ.get("CI"),
+                                reason="chromium is installed by `make install`")
+
+
+@pytest.fixture(scope="module")
+def seeded(sim, tmp_path_factory):
+    g = start_gateway(
+        tmp_path_factory.mktemp("dash"),
+        upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
+        models=[{"name": "sim-small", "upstream": "sim"},
+                {"name": "scarce", "upstream": "sim", "upstream_model": "sim-small"}],
+        identities=[{"name": "web", "owner": "o", "team": "shop", "models": ["*"]},
+                    {"name": "batch", "owner": "o", "team": "data", "models": ["*"]}],
+        extra={"teams": [{"name": "shop", "owner": "o"}, {"name": "data", "owner": "o"}],
+               "prices": {"sim-small": {"input": 1, "output": 2}, "scarce": {"input": 5, "output": 10}},
+               "limits": {"rules": [{"name": "scarce-rpm", "match": {"model": "scarce"}, "requests_per_minute": 1}]}})
+    for who, n in (("web", 6), ("batch", 3)):
+        c = openai.OpenAI(base_url=g.v1, api_key=g.keys[who], max_retries=0)
+        for _ in range(n):
+            c.chat.completions.create(model="sim-small", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    body = {"model": "scarce", "max_tokens": 3, "messages": [{"role": "user", "content": "x"}]}
+    assert [g.post("/v1/chat/completions", g.keys["web"], json=body).status_code for _ in range(2)] == [200, 429]
+    assert g.post("/v1/chat/completions", g.keys["web"], json={"model": "nope", "messages": [{"role": "user", "content": "x"}]}).status_code == 404
+
+    def control_key(name: str, roles: list[str]) -> str:
+        ident = g.admin("POST", "/admin/identities", json={"name": name, "owner": "sec@example.com", "roles": roles}).json()
+        plane = "control" if roles != ["invoker"] else "data"
+        return g.admin("POST", f"/admin/identities/{ident['id']}/keys", json={"plane": plane}).json()["key"]
+
+    keys = {"auditor": control_key("eve-auditor", ["auditor"]), "invoker": control_key("ivan-invoker", ["invoker"]),
+            "key-admin": control_key("kim-keys", ["key-admin"])}
+    yield g, keys
+    g.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+def _sign_in(browser, g, key: str):
+    ctx = browser.new_context(viewport={"width": 1300, "height": 900})
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(g.admin_url + "/admin/dashboard/login")
+    page.fill("input[name=key]", key)
+    with page.expect_navigation():
+        page.click("button[type=submit]")
+    return ctx, page, errors
+
+
+def test_an_auditor_sees_charts_with_data_after_a_seeded_run(seeded, browser, tmp_path):
+    g, keys = seeded
+    ctx, page, errors = _sign_in(browser, g, keys["auditor"])
+    try:
+        assert page.url.endswith("/admin/dashboard")
+        cookie = next(c for c in ctx.cookies() if c["name"] == "sluice_dashboard")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/admin/dashboard"
+        # request rate: points, and at least one minute with traffic
+        rate = page.locator("svg[aria-label='Request rate (req/s)'] circle.pt")
+        assert rate.count() == 60
+        assert max(float(y) for y in rate.evaluate_all("els => els.map(e => e.dataset.y)")) > 0
+        lat = page.locator("svg[aria-label='Latency percentiles (ms)'] circle.pt")
+        assert max(float(y) for y in lat.evaluate_all("els => els.map(e => e.dataset.y)")) > 0
+        def bars(title: str) -> dict[str, float]:
+            loc = page.locator(f"svg[aria-label='{title}'] rect.bar")
+            return {d["label"]: float(d["value"]) for d in loc.evaluate_all("els => els.map(e => e.dataset)")}
+        spend = bars("Spend by team (USD)")
+        assert set(spend) == {"shop", "data"} and spend["shop"] > spend["data"] > 0
+        assert set(bars("Tokens by model")) == {"sim-small", "scarce"}
+        top = bars("Requests by identity")
+        assert top["web"] == 9 and top["batch"] == 3  # web: 6 + 2 scarce + 1 unknown model
+        assert bars("By reason") and max(bars("By reason").values()) == 1
+        limited = page.locator("svg[aria-label='429s per minute'] circle.pt")
+        assert sum(float(y) for y in limited.evaluate_all("els => els.map(e => e.dataset.y)")) == 1
+        assert page.locator("table.health td.s-closed").count() >= 1
+        changes = page.locator("table.changes").inner_text()
+        assert "identity.create" in changes or "identities" in changes or "key" in changes
+        shot = tmp_path / "dashboard.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 20_000
+        assert errors == []
+    finally:
+        ctx.close()
+
+
+def test_an_invoker_key_is_refused_at_the_form_and_on_the_page(seeded, browser):
+    g, keys = seeded
+    ctx, page, _ = _sign_in(browser, g, keys["invoker"])
+    try:
+        assert page.url.endswith("/admin/dashboard/login")
+        assert "not a valid control-plane key" in page.inner_text("[role=alert]")
+        assert not [c for c in ctx.cookies() if c["name"] == "sluice_dashboard"]
+        resp = page.goto(g.admin_url + "/admin/dashboard")
+        assert resp.status == 401 and "circle" not in page.content()
+    finally:
+        ctx.close()
+    # a data key in the cookie itself, and a control key without usage:read, are refused too
+    cookie = {"Cookie": f"sluice_dashboard={keys['invoker']}"}
+    r = httpx.get(g.admin_url + "/admin/dashboard", headers=cookie)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "wrong_plane"
+    r = httpx.get(g.admin_url + "/admin/dashboard", headers={"Cookie": f"sluice_dashboard={keys['key-admin']}"})
+    assert r.status_code == 403
+    r = httpx.post(g.admin_url + "/admin/dashboard/login", data={"key": keys["key-admin"]})
+    assert r.status_code == 403 and "may not read the dashboard" in r.text and "set-cookie" not in r.headers
+
+
+def test_the_cookie_opens_only_the_dashboard_page(seeded):
+    g, keys = seeded
+    jar = {"Cookie": f"sluice_dashboard={keys['auditor']}"}
+    assert httpx.get(g.admin_url + "/admin/dashboard", headers=jar).status_code == 200
+    for path in ("/admin/usage", "/admin/changes", "/admin/identities"):
+        assert httpx.get(g.admin_url + path, headers=jar).status_code == 401, path
+    page = httpx.get(g.admin_url + "/admin/dashboard", headers=jar)
+    assert "script" not in page.text.lower() and "default-src 'none'" in page.headers["content-security-policy"]
