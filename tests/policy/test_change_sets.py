@@ -138,6 +138,8 @@ def test_rollback_restores_a_byte_identical_policy_as_a_new_version(sim, tmp_pat
         y1 = g.admin("GET", "/admin/policy/versions/1").text.split("\n", 2)[2]
         y3 = g.admin("GET", "/admin/policy/versions/3").text.split("\n", 2)[2]
         assert y1 == y3
+        exported_cli = cli(g, "policy", "export", "3")
+        assert exported_cli.returncode == 0 and exported_cli.stdout.split("\n", 2)[2] == y1
         r = chat(g, key)
         assert r.headers[POLICY_HEADER] == f"3-{before['hash'][:12]}"
         assert "x-ratelimit-limit-requests" not in r.headers  # the limit of version 2 is gone
