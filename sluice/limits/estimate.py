@@ -66,7 +66,8 @@ def prompt_tokens(request: ChatCompletionRequest | EmbeddingRequest, tokenizer_m
     context (``core.prompt``). On every limited request, so plain text messages stay lean
     (``unset`` is bound once, a local instead of a global lookup per check)."""
     enc = _encoding(tokenizer_model)
-    if type(request) is ChatCompletionRequest:
+    # a chat request, or its wider type for a model with extra parameters (a subclass)
+    if type(request) is not EmbeddingRequest:
         n = _PER_MESSAGE * len(request.messages)
         for m in request.messages:
             c = m.content
@@ -91,7 +92,7 @@ def prompt_tokens(request: ChatCompletionRequest | EmbeddingRequest, tokenizer_m
 
 def output_tokens(request: ChatCompletionRequest | EmbeddingRequest, cap: int) -> int:
     """The most output a request may produce, as far as the reservation is concerned."""
-    if type(request) is not ChatCompletionRequest:
+    if type(request) is EmbeddingRequest:
         return 0
     asked = request.max_completion_tokens or request.max_tokens
     per_choice = (asked if asked < cap else cap) if type(asked) is int else cap
@@ -106,7 +107,7 @@ def bounded_output(request: ChatCompletionRequest | EmbeddingRequest, cap: int, 
     it, so the upstream is never asked for more than was reserved. A request that gave no
     limit reserves the cap and is given it by ``ask_for`` once it holds a reservation.
     """
-    if type(request) is not ChatCompletionRequest:
+    if type(request) is EmbeddingRequest:
         return 0
     mct, mt = request.max_completion_tokens, request.max_tokens
     # the upstream reads max_completion_tokens first (OpenAI, vLLM): so does the reservation;
@@ -128,7 +129,7 @@ def bounded_output(request: ChatCompletionRequest | EmbeddingRequest, cap: int, 
 def ask_for(request: ChatCompletionRequest | EmbeddingRequest, cap: int) -> None:
     """A reserved request that gave no output limit (so reserved ``cap`` per choice) is sent
     with that limit, so it cannot produce more than it holds."""
-    if type(request) is ChatCompletionRequest and type(request.max_completion_tokens) is not int \
+    if type(request) is not EmbeddingRequest and type(request.max_completion_tokens) is not int \
             and type(request.max_tokens) is not int:
         request.max_tokens = cap
 

@@ -296,7 +296,7 @@ def _done(ctx: RequestContext) -> None:
 
 def _prompt(request: ChatCompletionRequest | EmbeddingRequest) -> object:
     """What placement hashes: a chat's whole conversation (prefix affinity reads it only if asked)."""
-    return request.messages if type(request) is ChatCompletionRequest else ""
+    return "" if type(request) is EmbeddingRequest else request.messages  # type: ignore[union-attr]
 
 
 async def _ready(task: asyncio.Future, timeout: float) -> bool:

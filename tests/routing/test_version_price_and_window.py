@@ -17,9 +17,11 @@ DEAR = 1_000_000.0  # 1.00 per output token
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Sim]]:
     tmp: Path = tmp_path_factory.mktemp("versions")
+    # vLLM's extra parameters: chat requests decode into a wider type, which the window and the
+    # limits must read as a chat request too
     s = Sim(tmp)
     dead = {"name": "dead", "base_url": f"http://127.0.0.1:{free_port()}/v1", "connect_timeout": 0.5}
-    g = start_gateway(tmp, identities=IDENTS, models=[], upstreams=[{"name": "sim", "base_url": s.url + "/v1"}, dead], extra={
+    g = start_gateway(tmp, identities=IDENTS, models=[], upstreams=[{"name": "sim", "base_url": s.url + "/v1", "extra_params": "vllm"}, dead], extra={
         "registry": [{"name": "m", "versions": [
             {"version": "cheap", "upstream": "sim", "upstream_model": "sim-small", "approved": True},
             {"version": "dear", "upstream": "sim", "upstream_model": "sim-small", "approved": True,
@@ -63,7 +65,7 @@ def test_a_request_beyond_the_versions_context_window_is_refused_before_the_upst
     g, s = gw
     before = s.stats()["chat_requests"]
     long_prompt = chat(g, "m-small", "word " * 200, max_tokens=5)  # ~250 tokens of prompt
-    too_much_output = chat(g, "m-small", max_completion_tokens=500)
+    too_much_output = chat(g, "m-small", max_completion_tokens=500, top_k=5)
     for r in (long_prompt, too_much_output):
         assert r.status_code == 400, r.text
         err = r.json()["error"]

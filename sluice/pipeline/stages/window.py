@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ...core.errors import InvalidRequest
-from ...core.wire import ChatCompletionRequest
+from ...core.wire import EmbeddingRequest
 from ...limits import prompt_tokens
 from ..context import RequestContext
 
@@ -23,7 +23,7 @@ class ContextWindow:
         req = ctx.request
         prompt = prompt_tokens(req, target.upstream_model)  # type: ignore[union-attr]
         completion = 0
-        if type(req) is ChatCompletionRequest:
+        if type(req) is not EmbeddingRequest:  # chat, or its wider type with extra parameters
             asked = req.max_completion_tokens if type(req.max_completion_tokens) is int else req.max_tokens
             completion = asked if type(asked) is int else 0
         decision.needed = prompt + completion  # type: ignore[union-attr]
