@@ -31,6 +31,8 @@ from .store import Store, StoreUnavailable, open_store
 from .telemetry import Metrics, UsageLedger, configure
 from .telemetry.metrics import CONTENT_TYPE as METRICS_TYPE
 from .upstream import NativeTransport, OpenAITransport, Transport
+from .telemetry.spill import SpillFile
+from .workers import current_slot
 
 log = logging.getLogger("sluice")
 
@@ -74,6 +76,8 @@ class Gateway:
         self.limiter: Limiter | None = None
         self.prices: PriceTable | None = None
         self.identity_sync: IdentitySync | None = None
+        self.slot = current_slot()  # which of ``--workers N`` this is; worker 0 carries the control plane
+        self.draining = False  # set on SIGTERM: /readyz answers 503 before the listeners stop
 
     def secrets(self) -> list[str]:
         c = self.config
@@ -102,7 +106,7 @@ class Gateway:
         federation = Federation(c.federation)
         await federation.warm()
 
-        if c.sim is not None:
+        if c.sim is not None and self.slot.control:
             from .sim import serve as serve_sim
 
             self._sim_runner, sim_port = await serve_sim(c.sim)
@@ -125,7 +129,8 @@ class Gateway:
         self._all_transports = [t for ts in replicas.values() for t in ts]
 
         metrics = Metrics()
-        self.ledger = ledger = UsageLedger(c.usage, metrics, store.write_usage, store.touch_keys, registry.take_last_used)
+        self.ledger = ledger = UsageLedger(c.usage, metrics, store.write_usage, store.touch_keys, registry.take_last_used,
+                                           SpillFile(c.lifecycle.spill_dir), c.lifecycle.spill_after)
         ledger.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._every(30.0, keyring.maintain), name="keyring"))
 
@@ -183,17 +188,23 @@ class Gateway:
         else:
             self.data = Listener("data", c.data_plane.host, c.data_plane.port, data_routes,
                                  max_body_bytes=c.requests.max_body_bytes, access_log=c.logging.access_log)
-        self.control = Listener("control", c.control_plane.host, c.control_plane.port,
-                                admin.routes() + health + [("GET", "/metrics", metrics_handler)],
-                                max_body_bytes=1024 * 1024, access_log=c.logging.access_log)
+        if self.slot.control:
+            self.control = Listener("control", c.control_plane.host, c.control_plane.port,
+                                    admin.routes() + health + [("GET", "/metrics", metrics_handler)],
+                                    max_body_bytes=1024 * 1024, access_log=c.logging.access_log)
+        self.data.reuse_port = self.slot.shared_port
         await self.data.start()
-        await self.control.start()
+        if self.control is not None:
+            await self.control.start()
         # Everything built so far lives as long as the process: keep the collector from
         # rescanning it on every full collection (long pauses showed up in the p99).
         gc.collect()
         gc.freeze()
-        log.info("data plane on %s:%d, control plane on %s:%d, %d models, %d live keys",
-                 self.data.host, self.data.port, self.control.host, self.control.port, len(c.models), len(registry))
+        if self.control is not None:
+            log.info("data plane on %s:%d, control plane on %s:%d, %d models, %d live keys",
+                     self.data.host, self.data.port, self.control.host, self.control.port, len(c.models), len(registry))
+        else:
+            log.info("worker %d of %d: data plane on %s:%d", self.slot.index, self.slot.count, self.data.host, self.data.port)
 
     def _spawn(self, job: Awaitable[None]) -> None:
         """Run a side job (a change record) off the request path, keeping a reference until it ends."""
@@ -239,9 +250,10 @@ class Gateway:
             self._ready_cache = (loop.time(), ok)
         store_ok = ok
         current = self.identity_sync is not None and self.identity_sync.current
-        ok = ok and self.ledger is not None and self.ledger.healthy and current
-        body = {"status": "ready" if ok else "not ready", "store": "ok" if store_ok else "unavailable",
-                "identity": "current" if current else "stale"}
+        ok = ok and self.ledger is not None and self.ledger.healthy and current and not self.draining
+        body = {"status": "ready" if ok else "draining" if self.draining else "not ready",
+                "store": "ok" if store_ok else "unavailable", "identity": "current" if current else "stale",
+                "usage_spilled": self.ledger.spilled if self.ledger is not None else 0}
         return Reply.json(body, status=200 if ok else 503, headers=None if ok else {"Retry-After": "1"})
 
     async def stop(self) -> None:
@@ -279,8 +291,14 @@ async def serve_until_signalled(gateway: Gateway, config_path: str | None = None
     except BaseException:
         await gateway.stop()
         raise
+    gateway.slot.announce_ready()
     try:
         await stop.wait()
+        # /readyz turns 503 first; keep serving while a load balancer notices, then drain
+        gateway.draining = True
+        if gateway.config.lifecycle.ready_grace_s:
+            log.info("draining: /readyz answers 503; still serving for %.1f s", gateway.config.lifecycle.ready_grace_s)
+            await asyncio.sleep(gateway.config.lifecycle.ready_grace_s)
     finally:
         log.info("shutting down")
         await gateway.stop()

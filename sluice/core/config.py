@@ -14,9 +14,11 @@ import msgspec
 import yaml
 
 from .errors import ConfigError
+from .lifecycle import Lifecycle
 from .types import Environment, Role
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
 
@@ -448,6 +450,7 @@ class Config(_Strict):
     requests: RequestLimits = msgspec.field(default_factory=RequestLimits)
     logging: Logging = msgspec.field(default_factory=Logging)
     sim: Sim | None = None
+    lifecycle: Lifecycle = msgspec.field(default_factory=Lifecycle)
 
     def __post_init__(self) -> None:
         _check_unique("upstreams", [u.name for u in self.upstreams])

@@ -77,6 +77,7 @@ usage = Table(
     Column("error_code", String(64)),
     Index("ix_usage_ts", "ts"),
     Index("ix_usage_identity_ts", "identity_id", "ts"),
+    Index("ux_usage_request_id", "request_id", unique=True),  # the idempotency key (migration 0007)
 )
 
 changes = Table(

@@ -1,0 +1,71 @@
+"""Helpers shared by the scale-out tests: Redis, usage counts, worker pids, driving load."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from support import IN_CI
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+CHAT = {"model": "sim-small", "messages": [{"role": "user", "content": "say something"}], "max_tokens": 4}
+
+
+def redis_prefix() -> str:
+    """A Redis key prefix no other test (or helper) shares; fails in CI if Redis is down."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping()
+    except redis.RedisError as exc:
+        if IN_CI:
+            pytest.fail(f"Redis is required in CI and unreachable: {exc}")
+        pytest.skip(f"Redis unreachable: {exc}")
+    return f"so{uuid.uuid4().hex[:10]}:"
+
+
+def sqlite_usage(db: Path, where: str = "1=1") -> int:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(f"SELECT count(*) FROM usage WHERE {where}").fetchone()[0]
+
+
+def worker_pids(log: str) -> dict[int, list[int]]:
+    """Every pid each worker index had, in order, from the supervisor's log."""
+    out: dict[int, list[int]] = {}
+    for index, pid in re.findall(r"worker (\d+) started \(pid (\d+)\)", log):
+        out.setdefault(int(index), []).append(int(pid))
+    return out
+
+
+def poll(what: Callable[[], object], within: float, why: str) -> object:
+    """Call ``what`` until it returns something truthy; fail with ``why`` after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        got = what()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(why)
+        time.sleep(0.05)
+
+
+async def burst(urls: list[str], key: str, n: int, body: dict | None = None, fresh: bool = True) -> list[httpx.Response]:
+    """``n`` chat completions at once, spread over ``urls``; each on a new connection if ``fresh``
+    (so SO_REUSEPORT spreads them over workers)."""
+    limits = httpx.Limits(max_keepalive_connections=0) if fresh else httpx.Limits()
+    async with httpx.AsyncClient(timeout=30, limits=limits) as c:
+        return list(await asyncio.gather(*[
+            c.post(urls[i % len(urls)] + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                   json=body or CHAT) for i in range(n)]))
+
+
+def boot_prefixes(responses: list[httpx.Response]) -> set[str]:
+    """Which processes answered: a request id is ``req_`` + 16 hex chars of the process's boot + a counter."""
+    return {r.headers["x-request-id"][4:20] for r in responses}
