@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -69,3 +70,36 @@ async def burst(urls: list[str], key: str, n: int, body: dict | None = None, fre
 def boot_prefixes(responses: list[httpx.Response]) -> set[str]:
     """Which processes answered: a request id is ``req_`` + 16 hex chars of the process's boot + a counter."""
     return {r.headers["x-request-id"][4:20] for r in responses}
+
+
+class Load:
+    """Chat completions in a loop from a few threads; counts successes and failures."""
+
+    def __init__(self, url: str, key: str, threads: int = 4) -> None:
+        self.ok = 0
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(url, key), daemon=True) for _ in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self, url: str, key: str) -> None:
+        with httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as c:
+            while not self._stop.is_set():
+                try:
+                    r = c.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=CHAT)
+                    ok, why = r.status_code == 200, f"{r.status_code} {r.text[:200]}"
+                except httpx.HTTPError as exc:
+                    ok, why = False, repr(exc)
+                with self._lock:
+                    if ok:
+                        self.ok += 1
+                    else:
+                        self.failed.append(why)
+                time.sleep(0.005)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(15)

@@ -6,7 +6,6 @@ records in the spill file and the next one on that directory writes them."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -16,7 +15,7 @@ import httpx
 import pytest
 
 from pg_databases import PG_ADMIN, drop_pg_database, fresh_pg_database
-from rig import CHAT, poll
+from rig import CHAT, Load, poll
 from support import Sim, start_gateway
 from tcp_proxy import TcpProxy
 
@@ -31,39 +30,6 @@ async def _usage(url: str) -> tuple[int, int]:
         return row["n"], row["d"]
     finally:
         await conn.close()
-
-
-class Load:
-    """Chat completions in a loop from a few threads; counts successes and failures."""
-
-    def __init__(self, url: str, key: str, threads: int = 4) -> None:
-        self.ok = 0
-        self.failed: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(url, key), daemon=True) for _ in range(threads)]
-        for t in self._threads:
-            t.start()
-
-    def _run(self, url: str, key: str) -> None:
-        with httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as c:
-            while not self._stop.is_set():
-                try:
-                    r = c.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=CHAT)
-                    ok, why = r.status_code == 200, f"{r.status_code} {r.text[:200]}"
-                except httpx.HTTPError as exc:
-                    ok, why = False, repr(exc)
-                with self._lock:
-                    if ok:
-                        self.ok += 1
-                    else:
-                        self.failed.append(why)
-                time.sleep(0.005)
-
-    def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(15)
 
 
 @pytest.fixture()

@@ -1,0 +1,88 @@
+"""A tiny TCP load balancer for tests: round robin over backends, skipping one whose ``/readyz``
+is not 200 (probed every 100 ms) and trying the next when a connect fails. What a Kubernetes
+Service with a readiness probe, or any L4 balancer with health checks, does in front of sluice."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+
+from support import free_port
+
+
+class Balancer:
+    """Listens on a free loopback port; ``backends`` are data-plane ports on 127.0.0.1."""
+
+    def __init__(self, backends: list[int], probe_s: float = 0.1) -> None:
+        self.port = free_port()
+        self.backends = list(backends)
+        self.ready = {p: False for p in backends}
+        self._probe_s = probe_s
+        self._turn = itertools.count()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="balancer", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+
+    async def _start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
+        self._probe_task = asyncio.get_running_loop().create_task(self._probe_forever())
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _probe(self, port: int) -> bool:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 0.5)
+        except (OSError, asyncio.TimeoutError):
+            return False
+        try:
+            writer.write(b"GET /readyz HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
+            line = await asyncio.wait_for(reader.readline(), 1.0)
+            return line.split(b" ")[1:2] == [b"200"]
+        except (OSError, asyncio.TimeoutError, IndexError):
+            return False
+        finally:
+            writer.transport.abort()
+
+    async def _probe_forever(self) -> None:
+        while True:
+            results = await asyncio.gather(*[self._probe(p) for p in self.backends])
+            self.ready = dict(zip(self.backends, results))
+            await asyncio.sleep(self._probe_s)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        n = next(self._turn)
+        order = self.backends[n % len(self.backends):] + self.backends[: n % len(self.backends)]
+        for port in [p for p in order if self.ready.get(p)] or order:
+            try:
+                up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
+            except (OSError, asyncio.TimeoutError):
+                continue  # refused: that one is going away, try the next
+            await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
+            return
+        writer.transport.abort()
+
+    def close(self) -> None:
+        async def _close() -> None:
+            self._probe_task.cancel()
+            self._server.close()
+        asyncio.run_coroutine_threadsafe(_close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    try:
+        while data := await src.read(65536):
+            dst.write(data)
+            await dst.drain()
+    except (OSError, ConnectionError):
+        pass
+    finally:
+        try:
+            dst.write_eof()
+        except (OSError, RuntimeError):
+            dst.transport.abort()
