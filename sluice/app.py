@@ -133,6 +133,7 @@ class Gateway:
                                            SpillFile(c.lifecycle.spill_dir), c.lifecycle.spill_after)
         ledger.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._every(30.0, keyring.maintain), name="keyring"))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._watch_outage(registry), name="outage-grace"))
 
         self.prices = prices = PriceTable(c.prices)
         def on_throttle(t: Throttle) -> None:
@@ -220,6 +221,20 @@ class Gateway:
                 await job()
             except Exception as exc:  # a maintenance hiccup must not end the loop
                 log.warning("periodic %s failed: %s", getattr(job, "__name__", "job"), type(exc).__name__)
+
+    async def _watch_outage(self, registry: CredentialRegistry) -> None:
+        """Past ``lifecycle.outage_grace_s`` without confirming the registry (the store is away),
+        model calls get 503 until it is confirmed again; known identities are served until then."""
+        grace = self.config.lifecycle.outage_grace_s
+        while grace > 0 and self.identity_sync is not None:
+            expired = self.identity_sync.stale_for > grace
+            if expired != registry.unconfirmed_too_long:
+                registry.unconfirmed_too_long = expired
+                if expired:
+                    log.error("store unreachable for over %.0f s (lifecycle.outage_grace_s): refusing model calls", grace)
+                else:
+                    log.info("identity state confirmed again: serving model calls")
+            await asyncio.sleep(0.25)
 
     def reload(self, path: str) -> None:
         """SIGHUP: take limits and prices from the config file again; a bad file changes nothing."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import time
 
 from support import free_port
 
@@ -20,6 +21,8 @@ class Balancer:
         self.ready = {p: False for p in backends}
         self._probe_s = probe_s
         self._turn = itertools.count()
+        self.events: list[str] = []  # what went wrong, for a failing test's message
+        self._live: set[asyncio.Task] = set()  # strong references: a pending pump must not be collected
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="balancer", daemon=True)
         self._thread.start()
@@ -54,35 +57,56 @@ class Balancer:
             await asyncio.sleep(self._probe_s)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._live.add(task)
+        try:
+            await self._relay(reader, writer)
+        finally:
+            self._live.discard(task)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         n = next(self._turn)
         order = self.backends[n % len(self.backends):] + self.backends[: n % len(self.backends)]
         for port in [p for p in order if self.ready.get(p)] or order:
             try:
                 up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
-            except (OSError, asyncio.TimeoutError):
+            except (OSError, asyncio.TimeoutError) as exc:
+                self.events.append(f"connect {port}: {exc!r}")
                 continue  # refused: that one is going away, try the next
-            await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
+            t0 = time.time()
+            sent, answered = await asyncio.gather(_pump(reader, up_writer, self.events, f"c->{port}"),
+                                                  _pump(up_reader, writer, self.events, f"{port}->c"))
+            if not answered or time.time() - t0 > 5:
+                self.events.append(f"{port} at {t0:.3f}: sent {sent}, answered {answered} in {time.time() - t0:.1f}s")
             return
+        self.events.append("no backend")
         writer.transport.abort()
 
     def close(self) -> None:
         async def _close() -> None:
             self._probe_task.cancel()
             self._server.close()
+            for task in list(self._live):
+                task.cancel()
         asyncio.run_coroutine_threadsafe(_close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 
 
-async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, events: list[str], name: str) -> int:
+    """Copy until EOF; the bytes copied."""
+    n = 0
     try:
         while data := await src.read(65536):
+            n += len(data)
             dst.write(data)
             await dst.drain()
-    except (OSError, ConnectionError):
-        pass
+    except (OSError, ConnectionError) as exc:
+        events.append(f"{name}: {exc!r}")
     finally:
         try:
             dst.write_eof()
         except (OSError, RuntimeError):
             dst.transport.abort()
+    return n

@@ -91,7 +91,7 @@ class Load:
                     r = c.post(url + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=CHAT)
                     ok, why = r.status_code == 200, f"{r.status_code} {r.text[:200]}"
                 except httpx.HTTPError as exc:
-                    ok, why = False, repr(exc)
+                    ok, why = False, f"{time.time():.3f} {exc!r}"
                 with self._lock:
                     if ok:
                         self.ok += 1

@@ -46,14 +46,16 @@ def outage(tmp_path: Path):
     asyncio.run(drop_pg_database(url))
 
 
-def _gateway(tmp: Path, sim: Sim, store_url: str, key: str | None = None, admin_key: str | None = None, port: int | None = None):
+def _gateway(tmp: Path, sim: Sim, store_url: str, key: str | None = None, admin_key: str | None = None, port: int | None = None,
+             grace: float = 900.0):
     ident = {"name": "app", "owner": "o", "models": ["sim-small"], **({"keys": [key]} if key else {})}
     return start_gateway(tmp, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
                          models=[{"name": "sim-small", "upstream": "sim"}], identities=[ident],
                          admin_key=admin_key, port=port,
-                         extra={"store": {"url": store_url}, "lifecycle": {"spill_after": 20}})
+                         extra={"store": {"url": store_url}, "lifecycle": {"spill_after": 20, "outage_grace_s": grace}})
 
 
+@pytest.mark.timeout(600)
 def test_a_store_outage_under_load_serves_known_identities_and_writes_every_record_once(outage):
     tmp, proxy, sim, store_url, direct = outage
     gw = _gateway(tmp, sim, store_url)
@@ -110,3 +112,26 @@ def test_a_replica_stopped_during_an_outage_leaves_its_usage_on_disk_for_the_nex
              "the spill file was not emptied after writing")
     finally:
         again.stop()
+
+
+def test_known_identities_are_served_for_the_grace_period_then_refused_until_the_store_returns(outage):
+    tmp, proxy, sim, store_url, _ = outage
+    gw = _gateway(tmp, sim, store_url, grace=4.0)
+    key = gw.keys["app"]
+    try:
+        proxy.stop()
+        t0 = time.monotonic()
+        r = gw.post("/v1/chat/completions", key, json=CHAT)
+        assert r.status_code == 200, r.text  # within the grace period: served from memory
+        refused = poll(lambda: (lambda r: r if r.status_code == 503 else None)(gw.post("/v1/chat/completions", key, json=CHAT)),
+                       20, "never refused after the grace period")
+        assert time.monotonic() - t0 >= 4.0 - 0.5, "refused before the grace period ran out"
+        err = refused.json()["error"]
+        assert err["code"] == "store_unavailable" and "Retry-After" in refused.headers
+        assert "postgres" not in refused.text.lower() and "127.0.0.1" not in refused.text
+        proxy.start()
+        poll(lambda: gw.post("/v1/chat/completions", key, json=CHAT).status_code == 200, 20,
+             "model calls not served again once the store returned")
+    finally:
+        proxy.start()
+    assert gw.stop() == 0
