@@ -10,7 +10,7 @@ PYTHON=${PYTHON:-python3}
 
 "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11), "sluice needs Python 3.11+"'
 "$PYTHON" -m venv "$PREFIX"
-"$PREFIX/bin/pip" install --quiet --no-cache-dir "$SRC"
+"$PREFIX/bin/pip" install --quiet "$SRC"  # the image build sets PIP_NO_CACHE_DIR=1
 # a read-only root filesystem: compile now, so nothing is written next to the code at run time
 "$PREFIX/bin/python" -m compileall -q "$PREFIX/lib" >/dev/null 2>&1 || true
 "$PREFIX/bin/sluice" --help >/dev/null

@@ -23,6 +23,7 @@ class Balancer:
         self._turn = itertools.count()
         self.events: list[str] = []  # what went wrong, for a failing test's message
         self._live: set[asyncio.Task] = set()  # strong references: a pending pump must not be collected
+        self.open: dict[int, tuple[int, float]] = {}  # relay id -> (backend port, start), while open
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="balancer", daemon=True)
         self._thread.start()
@@ -75,13 +76,21 @@ class Balancer:
                 self.events.append(f"connect {port}: {exc!r}")
                 continue  # refused: that one is going away, try the next
             t0 = time.time()
+            rid = id(writer)
+            self.open[rid] = (port, t0)
             sent, answered = await asyncio.gather(_pump(reader, up_writer, self.events, f"c->{port}"),
                                                   _pump(up_reader, writer, self.events, f"{port}->c"))
+            self.open.pop(rid, None)
             if not answered or time.time() - t0 > 5:
                 self.events.append(f"{port} at {t0:.3f}: sent {sent}, answered {answered} in {time.time() - t0:.1f}s")
             return
         self.events.append("no backend")
         writer.transport.abort()
+
+    def stuck(self, older_than: float = 5.0) -> list[str]:
+        """Relays open longer than ``older_than`` seconds: which backend, since when."""
+        now = time.time()
+        return [f"{port} since {t0:.3f}" for port, t0 in list(self.open.values()) if now - t0 > older_than]
 
     def close(self) -> None:
         async def _close() -> None:

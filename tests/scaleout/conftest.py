@@ -5,4 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "store"))  # pg_databases
+_TESTS = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(_TESTS / "store"))  # pg_databases
+sys.path.insert(0, str(_TESTS / "limits"))  # test_limits: REDIS_URL, require_redis

@@ -12,23 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
-import redis
 
-from support import IN_CI
+from test_limits import require_redis
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 CHAT = {"model": "sim-small", "messages": [{"role": "user", "content": "say something"}], "max_tokens": 4}
 
 
 def redis_prefix() -> str:
     """A Redis key prefix no other test (or helper) shares; fails in CI if Redis is down."""
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping()
-    except redis.RedisError as exc:
-        if IN_CI:
-            pytest.fail(f"Redis is required in CI and unreachable: {exc}")
-        pytest.skip(f"Redis unreachable: {exc}")
+    require_redis()
     return f"so{uuid.uuid4().hex[:10]}:"
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from balancer import Balancer
 from pg_databases import drop_pg_database, fresh_pg_database
-from rig import CHAT, Load, burst, poll, redis_prefix
+from rig import Load, burst, poll, redis_prefix
 from sluice.identity import generate
 from support import Sim, start_gateway
 
@@ -122,8 +122,9 @@ def test_a_rolling_restart_of_three_replicas_under_load_fails_nothing_and_loses_
         time.sleep(0.5)
     finally:
         load.stop()
+        stuck = lb.stuck()
         lb.close()
-    assert not load.failed, f"{len(load.failed)} failed requests, e.g. {load.failed[:3]}; balancer: {lb.events[-10:]}"
+    assert not load.failed, f"{len(load.failed)} failed requests, e.g. {load.failed[:3]}; stuck relays: {stuck}; balancer: {[e for e in lb.events if not e.startswith('connect')][-10:]}"
     served = fleet.sim.stats()["chat_requests"]
     assert served == load.ok
     poll(lambda: asyncio.run(_usage_rows(fleet.db)) == served, 20,
