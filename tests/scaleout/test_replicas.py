@@ -58,7 +58,8 @@ class Fleet:
             extra={"store": {"url": self.db}, "lifecycle": {"ready_grace_s": self.grace},
                    # input free, output a millionth of a unit per token: 100 output tokens = 0.0001
                    "prices": {m: {"input": 0, "output": 1} for m in MODELS},
-                   "limits": {"backend": "redis", "key_prefix": self.prefix, "rules": RULES}})
+                   "limits": {"backend": "redis", "key_prefix": self.prefix, "redis_timeout_s": 5,
+                              "rules": RULES}})
 
     def urls(self) -> list[str]:
         return [g.url for g in self.gws]

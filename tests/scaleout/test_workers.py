@@ -31,7 +31,7 @@ def workers(tmp_path_factory):
         upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
         models=[{"name": "sim-small", "upstream": "sim"}, {"name": "m-tokens", "upstream": "sim", "upstream_model": "sim-small"}],
         identities=[{"name": "app", "owner": "o", "models": ["*"]}],
-        extra={"limits": {"backend": "redis", "key_prefix": prefix, "rules": [
+        extra={"limits": {"backend": "redis", "key_prefix": prefix, "redis_timeout_s": 5, "rules": [
             {"name": "tokens", "match": {"model": "m-tokens"}, "output_tokens_per_minute": 100}]}})
     # worker 1 starts after worker 0 is ready: wait until both answer on the shared port
     poll(lambda: len(worker_pids(gw.log()).get(1, [])) >= 1, 30, "worker 1 never started")
