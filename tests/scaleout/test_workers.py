@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -98,12 +99,23 @@ def test_sigterm_drains_every_worker_and_loses_no_usage(workers, tmp_path):
     gw, sim, tmp = workers
     got = asyncio.run(burst([gw.url], gw.keys["app"], 50))
     assert [r.status_code for r in got] == [200] * 50
-    sent = sim.stats()["chat_requests"]
     pids = [p[-1] for p in worker_pids(gw.log()).values()]
+    # requests still in flight on both workers when SIGTERM arrives finish, and are recorded
+    sim.faults(delay_ms=1500)
+    in_flight: list = []
+    t = threading.Thread(target=lambda: in_flight.extend(asyncio.run(burst([gw.url], gw.keys["app"], 16))))
+    t.start()
+    poll(lambda: sim.stats()["in_flight"] >= 16, 20, "the slow requests never reached the sim")
+    gw.proc.popen.send_signal(signal.SIGTERM)
+    t.join(60)
+    sim.clear_faults()
+    assert [r.status_code for r in in_flight] == [200] * 16, [r.status_code for r in in_flight]
+    assert len(boot_prefixes(in_flight)) == 2, "both workers had requests in flight"
     assert gw.stop() == 0, gw.log()[-2000:]
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
     # every request that reached the sim, from either worker and across the restart, left a row
+    sent = sim.stats()["chat_requests"]
     assert sqlite_usage(tmp / "sluice.db", "status = 200") == sent, gw.log()[-3000:]
 
 
