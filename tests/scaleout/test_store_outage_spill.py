@@ -41,18 +41,25 @@ def outage(tmp_path: Path):
     sim = Sim(tmp_path)
     yield tmp_path, proxy, sim, f"postgresql://postgres@127.0.0.1:{proxy.port}/{name}", url
     proxy.start()
+    while _STARTED:  # a test that failed half-way must not leave a gateway running
+        _STARTED.pop().stop()
     sim.stop()
     proxy.close()
     asyncio.run(drop_pg_database(url))
 
 
+_STARTED: list = []
+
+
 def _gateway(tmp: Path, sim: Sim, store_url: str, key: str | None = None, admin_key: str | None = None, port: int | None = None,
              grace: float = 900.0):
     ident = {"name": "app", "owner": "o", "models": ["sim-small"], **({"keys": [key]} if key else {})}
-    return start_gateway(tmp, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
+    gw = start_gateway(tmp, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
                          models=[{"name": "sim-small", "upstream": "sim"}], identities=[ident],
                          admin_key=admin_key, port=port,
                          extra={"store": {"url": store_url}, "lifecycle": {"spill_after": 20, "outage_grace_s": grace}})
+    _STARTED.append(gw)
+    return gw
 
 
 @pytest.mark.timeout(600)
