@@ -54,3 +54,8 @@ bench-routing: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .sluice .pytest_cache
+
+# --workers 1 against --workers 2 with Redis limits, CPU of each side recorded (bench/README.md).
+.PHONY: bench-workers
+bench-workers: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bench/workers.sh

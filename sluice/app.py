@@ -45,6 +45,8 @@ from .telemetry import tracing
 from .telemetry.fold import RecordFold
 from .telemetry.metrics import CONTENT_TYPE as METRICS_TYPE
 from .upstream import NativeTransport, OpenAITransport, Transport
+from .telemetry.spill import SpillFile
+from .workers import current_slot
 
 log = logging.getLogger("sluice")
 
@@ -89,6 +91,8 @@ class Gateway:
         self.identity_sync: IdentitySync | None = None
         self.policy: PolicyService | None = None
         self.tracer: tracing.Tracer | None = None
+        self.slot = current_slot()  # which of ``--workers N`` this is; worker 0 carries the control plane
+        self.draining = False  # set on SIGTERM: /readyz answers 503 before the listeners stop
 
     def secrets(self) -> list[str]:
         c = self.config
@@ -129,7 +133,7 @@ class Gateway:
         federation = Federation(c.federation)
         await federation.warm()
 
-        if c.sim is not None:
+        if c.sim is not None and self.slot.control:
             from .sim import serve as serve_sim
 
             self._sim_runner, sim_port = await serve_sim(c.sim)
@@ -157,9 +161,10 @@ class Gateway:
         self.prices = prices = PriceTable(c.prices)
         fold = RecordFold(metrics, prices.nanos, masker=masker, log_requests=c.telemetry.request_log)
         self.ledger = ledger = UsageLedger(c.usage, metrics, store.write_usage, store.touch_keys, registry.take_last_used,
-                                           fold)
+                                           fold, spill=SpillFile(c.lifecycle.spill_dir), spill_after=c.lifecycle.spill_after)
         ledger.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._every(30.0, keyring.maintain), name="keyring"))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._watch_outage(registry), name="outage-grace"))
 
         def on_throttle(t: Throttle) -> None:
             metrics.limit_event("throttled", "anomaly")
@@ -223,17 +228,23 @@ class Gateway:
         else:
             self.data = Listener("data", c.data_plane.host, c.data_plane.port, data_routes,
                                  max_body_bytes=c.requests.max_body_bytes, access_log=c.logging.access_log)
-        self.control = Listener("control", c.control_plane.host, c.control_plane.port,
-                                admin.routes() + health + [("GET", "/metrics", metrics_handler)] + dashboard.public_routes(),
-                                max_body_bytes=1024 * 1024, access_log=c.logging.access_log)
+        if self.slot.control:
+            self.control = Listener("control", c.control_plane.host, c.control_plane.port,
+                                    admin.routes() + health + [("GET", "/metrics", metrics_handler)] + dashboard.public_routes(),
+                                    max_body_bytes=1024 * 1024, access_log=c.logging.access_log)
+        self.data.reuse_port = self.slot.shared_port
         await self.data.start()
-        await self.control.start()
+        if self.control is not None:
+            await self.control.start()
         # Everything built so far lives as long as the process: keep the collector from
         # rescanning it on every full collection (long pauses showed up in the p99).
         gc.collect()
         gc.freeze()
-        log.info("data plane on %s:%d, control plane on %s:%d, %d models, %d live keys",
-                 self.data.host, self.data.port, self.control.host, self.control.port, len(c.models), len(registry))
+        if self.control is not None:
+            log.info("data plane on %s:%d, control plane on %s:%d, %d models, %d live keys",
+                     self.data.host, self.data.port, self.control.host, self.control.port, len(c.models), len(registry))
+        else:
+            log.info("worker %d of %d: data plane on %s:%d", self.slot.index, self.slot.count, self.data.host, self.data.port)
 
     def _guard(self, c: Config, store: Store) -> tuple[Guard | None, ToolApprovals | None, GuardRecords | None]:
         """The guard stage, the approval book and the guardrail records (issue 12); none without rules."""
@@ -275,6 +286,20 @@ class Gateway:
                 await job()
             except Exception as exc:  # a maintenance hiccup must not end the loop
                 log.warning("periodic %s failed: %s", getattr(job, "__name__", "job"), type(exc).__name__)
+
+    async def _watch_outage(self, registry: CredentialRegistry) -> None:
+        """Past ``lifecycle.outage_grace_s`` without confirming the registry (the store is away),
+        model calls get 503 until it is confirmed again; known identities are served until then."""
+        grace = self.config.lifecycle.outage_grace_s
+        while grace > 0 and self.identity_sync is not None:
+            expired = self.identity_sync.stale_for > grace
+            if expired != registry.unconfirmed_too_long:
+                registry.unconfirmed_too_long = expired
+                if expired:
+                    log.error("store unreachable for over %.0f s (lifecycle.outage_grace_s): refusing model calls", grace)
+                else:
+                    log.info("identity state confirmed again: serving model calls")
+            await asyncio.sleep(0.25)
 
     def reload(self, path: str) -> None:
         """SIGHUP: take limits and prices from the config file again; a bad file changes nothing."""
@@ -319,9 +344,10 @@ class Gateway:
             self._ready_cache = (loop.time(), ok)
         store_ok = ok
         current = self.identity_sync is not None and self.identity_sync.current
-        ok = ok and self.ledger is not None and self.ledger.healthy and current
-        body = {"status": "ready" if ok else "not ready", "store": "ok" if store_ok else "unavailable",
-                "identity": "current" if current else "stale"}
+        ok = ok and self.ledger is not None and self.ledger.healthy and current and not self.draining
+        body = {"status": "ready" if ok else "draining" if self.draining else "not ready",
+                "store": "ok" if store_ok else "unavailable", "identity": "current" if current else "stale",
+                "usage_spilled": self.ledger.spilled if self.ledger is not None else 0}
         return Reply.json(body, status=200 if ok else 503, headers=None if ok else {"Retry-After": "1"})
 
     async def stop(self) -> None:
@@ -361,8 +387,14 @@ async def serve_until_signalled(gateway: Gateway, config_path: str | None = None
     except BaseException:
         await gateway.stop()
         raise
+    gateway.slot.announce_ready()
     try:
         await stop.wait()
+        # /readyz turns 503 first; keep serving while a load balancer notices, then drain
+        gateway.draining = True
+        if gateway.config.lifecycle.ready_grace_s:
+            log.info("draining: /readyz answers 503; still serving for %.1f s", gateway.config.lifecycle.ready_grace_s)
+            await asyncio.sleep(gateway.config.lifecycle.ready_grace_s)
     finally:
         log.info("shutting down")
         await gateway.stop()

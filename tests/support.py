@@ -100,9 +100,10 @@ class Sim:
 class Gateway:
     """A sluice process started from a config written for the test."""
 
-    def __init__(self, tmp: Path, config: dict[str, Any], keys: dict[str, str], admin_key: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path, config: dict[str, Any], keys: dict[str, str], admin_key: str, env: dict[str, str] | None = None,
+                 args: list[str] | None = None, port: int | None = None) -> None:
         self.tmp = tmp
-        self.port, self.admin_port = free_port(), free_port()
+        self.port, self.admin_port = port or free_port(), free_port()
         config = {
             "data_plane": {"port": self.port},
             "control_plane": {"port": self.admin_port},
@@ -120,7 +121,7 @@ class Gateway:
         self.admin_key = admin_key
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_url = f"http://127.0.0.1:{self.admin_port}"
-        self.proc = Proc([sys.executable, "-m", "sluice", "serve", "--config", str(self.config_path)],
+        self.proc = Proc([sys.executable, "-m", "sluice", "serve", "--config", str(self.config_path), *(args or [])],
                          tmp / f"gateway-{self.port}.log", env=env, cwd=tmp)
         # 60 s, not 20: on a shared 2-core machine under `make test-stress` a start took longer than 20 s
         self.proc.wait_http(self.admin_url + "/readyz", timeout=60.0)
@@ -146,7 +147,8 @@ class Gateway:
 
 
 def start_gateway(tmp: Path, *, upstreams: list[dict], models: list[dict], identities: list[dict],
-                  extra: dict | None = None, env: dict[str, str] | None = None) -> Gateway:
+                  extra: dict | None = None, env: dict[str, str] | None = None, args: list[str] | None = None,
+                  port: int | None = None, admin_key: str | None = None) -> Gateway:
     """Each identity gets one generated key in its environment unless it lists its own."""
     keys: dict[str, str] = {}
     idents = []
@@ -156,9 +158,9 @@ def start_gateway(tmp: Path, *, upstreams: list[dict], models: list[dict], ident
             keys[ident["name"]] = generate(ident.get("environment", "dev"))
             ident["keys"] = [keys[ident["name"]]]
         idents.append(ident)
-    admin_key = generate("prod", kind="admin")
+    admin_key = admin_key or generate("prod", kind="admin")
     config = {"upstreams": upstreams, "models": models, "identities": idents, **(extra or {})}
-    return Gateway(tmp, config, keys, admin_key, env)
+    return Gateway(tmp, config, keys, admin_key, env, args, port)
 
 
 class QuietHandler(BaseHTTPRequestHandler):

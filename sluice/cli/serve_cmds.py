@@ -24,12 +24,18 @@ def _load(path: Path) -> cfgmod.Config:
         raise typer.Exit(2) from None
 
 
-def serve(config: Path = typer.Option(..., "--config", "-c", help="YAML config file.", exists=False)) -> None:
+def serve(config: Path = typer.Option(..., "--config", "-c", help="YAML config file.", exists=False),
+          workers: str = typer.Option("1", "--workers", envvar="SLUICE_WORKERS",
+                                      help="Worker processes on the data port (SO_REUSEPORT): a number, or 'auto' "
+                                           "for the cores this process may use. Worker 0 also serves the control plane.")) -> None:
     """Start the gateway: data plane and control plane, as the config says."""
     from ..app import run
     from ..store import StoreUnavailable
+    from ..workers import current_slot
 
     cfg = _load(config)
+    if current_slot().count == 1:  # the supervisor's workers never supervise
+        _supervise_if_asked(cfg, config, workers)
     try:
         run(cfg, str(config))
     except ConfigError as exc:
@@ -38,6 +44,26 @@ def serve(config: Path = typer.Option(..., "--config", "-c", help="YAML config f
     except (StoreUnavailable, OSError) as exc:
         err.print(f"[red]cannot start:[/red] {escape(type(exc).__name__ + ': ' + str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
+
+
+def _supervise_if_asked(cfg: cfgmod.Config, config: Path, workers: str) -> None:
+    """With ``--workers`` above 1, run the supervisor (and exit with its code) instead of one gateway."""
+    from ..telemetry import configure
+    from ..workers import Supervisor, refusal, resolve_workers
+
+    try:
+        count = resolve_workers(workers)
+    except ValueError as exc:
+        err.print(f"[red]bad --workers:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    if count == 1:
+        return
+    why = refusal(cfg, count)
+    if why is not None:
+        err.print(f"[red]cannot start:[/red] {escape(why)}", soft_wrap=True)
+        raise typer.Exit(2)
+    configure(cfg.logging.level, cfg.logging.format, [])
+    raise typer.Exit(Supervisor(str(config.resolve()), cfg, count).run())
 
 
 def sim(

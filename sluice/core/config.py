@@ -17,10 +17,12 @@ from .audit_settings import Audit
 from .errors import ConfigError
 from .policy_settings import PolicySettings
 from .telemetry_config import Telemetry
+from .lifecycle import Lifecycle
 from .types import Environment, Role
 from .guardrails import Guardrails, ToolSpec
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
 
@@ -477,6 +479,7 @@ class Config(_Strict):
     guardrails: Guardrails = msgspec.field(default_factory=Guardrails)  # issue 12: sluice.guard
     tools: list[ToolSpec] = msgspec.field(default_factory=list)
     telemetry: Telemetry = msgspec.field(default_factory=Telemetry)
+    lifecycle: Lifecycle = msgspec.field(default_factory=Lifecycle)
 
     def __post_init__(self) -> None:
         _check_unique("upstreams", [u.name for u in self.upstreams])

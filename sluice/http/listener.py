@@ -34,7 +34,7 @@ Route = tuple[str, str, Handler]
 # keeps the small-request hot path free of a second authentication.
 _NO_BODY = b""
 
-_BOOT = os.urandom(4).hex()
+_BOOT = os.urandom(8).hex()  # 64 bits: request ids are the usage table's idempotency key across runs
 _counter = itertools.count(1)
 
 
@@ -45,6 +45,8 @@ def next_request_id() -> str:
 
 class Listener:
     """A named plane (data or control) on its own host and port."""
+
+    reuse_port = False  # True beside other workers on the same port (``sluice serve --workers N``)
 
     def __init__(self, name: str, host: str, port: int, routes: list[Route], *, max_body_bytes: int,
                  access_log: bool = False, shutdown_timeout: float = 10.0) -> None:
@@ -146,7 +148,8 @@ class Listener:
             handle_signals=False,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, backlog=4096, reuse_address=True)
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=4096, reuse_address=True,
+                           reuse_port=self.reuse_port or None)
         await site.start()
         server = site._server  # the bound port when 0 was asked for
         if server is not None and server.sockets:  # type: ignore[union-attr]

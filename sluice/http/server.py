@@ -20,6 +20,7 @@ class NativeListener:
     """A plane on its own host and port, served by :class:`Connection` protocols."""
 
     write_high_water = 64 * 1024
+    reuse_port = False  # True beside other workers on the same port (``sluice serve --workers N``)
     max_url_bytes = 8190  # aiohttp's request-line limit
 
     def __init__(self, name: str, cfg: DataPlaneListener, routes: list[tuple[str, str, Handler]], *,
@@ -47,6 +48,7 @@ class NativeListener:
         self.loop = loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: Connection(self), self.host, self.port, backlog=4096, reuse_address=True,
+            reuse_port=self.reuse_port or None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._ticker = loop.call_later(1.0, self._tick)

@@ -29,6 +29,9 @@ class CredentialRegistry:
         self.generation = 0
         # failed authentications per source address (set by the app; None: not limited)
         self.failures: RateGate | None = None
+        # set while the store has been unreachable past ``lifecycle.outage_grace_s``: the data plane
+        # stops serving what it can no longer confirm (503 store_unavailable)
+        self.unconfirmed_too_long = False
 
     def __len__(self) -> int:
         return len(self._by_hash)

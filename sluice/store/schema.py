@@ -82,6 +82,7 @@ usage = Table(
     Column("cost_nanos", BigInteger, nullable=False, server_default="0"),
     Index("ix_usage_ts", "ts"),
     Index("ix_usage_identity_ts", "identity_id", "ts"),
+    Index("ux_usage_request_id", "request_id", unique=True),  # the idempotency key (migration 0007)
 )
 
 changes = Table(

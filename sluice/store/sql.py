@@ -153,12 +153,16 @@ class SqlStore(Store):
             return (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one_or_none()
 
     # identities
-    def _upsert(self, table: Any, values: dict[str, Any], key: str = "id") -> Any:
+    def _insert(self, table: Any) -> Any:
+        """An INSERT of this store's dialect (it knows ON CONFLICT)."""
         if self.dialect == "sqlite":
             from sqlalchemy.dialects.sqlite import insert
         else:
             from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
-        stmt = insert(table).values(**values)
+        return insert(table)
+
+    def _upsert(self, table: Any, values: dict[str, Any], key: str = "id") -> Any:
+        stmt = self._insert(table).values(**values)
         return stmt.on_conflict_do_update(index_elements=[table.c[key]], set_={k: v for k, v in values.items() if k != key})
 
     @_guarded
@@ -297,7 +301,8 @@ class SqlStore(Store):
         if not rows:
             return
         async with self.engine.begin() as conn:
-            await conn.execute(t.usage.insert(), rows)
+            # idempotent: a record already written (same request id) is skipped, never doubled
+            await conn.execute(self._insert(t.usage).on_conflict_do_nothing(index_elements=[t.usage.c.request_id]), rows)
 
     @_guarded
     async def list_usage(self, *, since: float = 0.0, limit: int = 1000) -> list[UsageRecord]:

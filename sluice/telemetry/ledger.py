@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from ..core.config import Usage
 from ..core.types import UsageRecord
 from .metrics import Metrics
+from .spill import SpillFile
 
 log = logging.getLogger("sluice.usage")
 _SLICE = 256
@@ -24,7 +25,8 @@ class UsageLedger:
     """Bounded queue of usage records, drained off the request path."""
 
     def __init__(self, cfg: Usage, metrics: Metrics, write: WriteUsage, touch: TouchKeys, take_last_used: TakeLastUsed,
-                 fold: Callable[[list[UsageRecord]], None] | None = None) -> None:
+                 fold: Callable[[list[UsageRecord]], None] | None = None,
+                 spill: SpillFile | None = None, spill_after: int = 50_000) -> None:
         self._cfg = cfg
         self._metrics = metrics
         self._fold = fold or metrics.observe  # price, observe, log (telemetry/fold.py)
@@ -36,6 +38,8 @@ class UsageLedger:
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
         self.healthy = True
+        self._spill = spill  # where records go past ``spill_after`` while the store is down
+        self._spill_after = spill_after
 
     def record(self, rec: UsageRecord) -> None:
         """Called once per request; costs one list append."""
@@ -74,6 +78,8 @@ class UsageLedger:
                     await self._write(batch)
                     del self._unwritten[: len(batch)]
                     await asyncio.sleep(0)
+                if self._spill is not None and self._spill.count:
+                    await self._replay_spill()
                 touched = self._take_last_used()
                 if touched:
                     await self._touch(touched)
@@ -82,6 +88,7 @@ class UsageLedger:
                 if self.healthy:
                     log.warning("usage write failed, will retry: %s", type(exc).__name__)
                 self.healthy = False
+                await self._spill_excess(keep=self._spill_after)
                 return False
             finally:
                 self._metrics.usage_pending.set(len(self._unwritten))
@@ -110,8 +117,46 @@ class UsageLedger:
             if await self.flush():
                 return
             await asyncio.sleep(0.2 * (i + 1))
-        log.error("usage records lost at shutdown: %d", len(self._unwritten))
+        async with self._lock:
+            await self._spill_excess(keep=0)
+        if self._unwritten:
+            log.error("usage records lost at shutdown: %d", len(self._unwritten))
+        if self._spill is not None:
+            self._spill.close()
+
+    async def _replay_spill(self) -> None:
+        """Write what an outage (or a previous run) left in the spill file, then empty it.
+        A crash between the two writes it again next time; the request-id key skips the repeats."""
+        spill = self._spill
+        assert spill is not None
+        loop = asyncio.get_running_loop()
+        records = await loop.run_in_executor(None, spill.read)
+        for i in range(0, len(records), self._cfg.batch_size):
+            await self._write(records[i: i + self._cfg.batch_size])
+            await asyncio.sleep(0)
+        await loop.run_in_executor(None, spill.clear)
+        log.info("usage: wrote %d records from the spill file %s", len(records), spill.path.name)
+
+    async def _spill_excess(self, keep: int) -> None:
+        """Move the oldest records past ``keep`` from memory to the spill file (durable first)."""
+        over = len(self._unwritten) - keep
+        if self._spill is None or over <= 0:
+            return
+        batch = self._unwritten[:over]
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._spill.append, batch)
+        except OSError as exc:  # a full or read-only disk: keep them in memory, bounded by queue_max
+            log.error("usage spill to %s failed: %s", self._spill.path, type(exc).__name__)
+            return
+        del self._unwritten[:over]
+        self._metrics.usage_pending.set(len(self._unwritten))
+        log.warning("store unavailable: spilled %d usage records to %s (%d there)", over, self._spill.path, self._spill.count)
 
     @property
     def pending(self) -> int:
         return len(self._unobserved) + len(self._unwritten)
+
+    @property
+    def spilled(self) -> int:
+        """Records waiting in the spill file."""
+        return self._spill.count if self._spill is not None else 0

@@ -6,6 +6,7 @@ what it shows is never older than the scrape.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics,
@@ -37,7 +38,8 @@ class Metrics:
                               ["model"], buckets=_LATENCY_BUCKETS, registry=r)
         self.tokens = Counter("sluice_tokens", "Tokens by model and direction (input, output).",
                               ["model", "direction"], registry=r)
-        self.usage_pending = Gauge("sluice_usage_pending_records", "Usage records waiting to be written.", registry=r)
+        self.usage_pending = Gauge("sluice_usage_pending_records", "Usage records waiting to be written.", registry=r,
+                                   multiprocess_mode="livesum")
         self.usage_dropped = Counter("sluice_usage_dropped_records", "Usage records dropped because the queue was full.", registry=r)
         self.usage_write_errors = Counter("sluice_usage_write_errors", "Failed batch writes of usage records.", registry=r)
         self.limit_events = Counter("sluice_limit_events", "Limit decisions and limiter trouble: rejected, "
@@ -84,4 +86,12 @@ class Metrics:
             self.callers.throttled(label[:128])
 
     def render(self) -> bytes:
+        """This process's metrics; under ``sluice serve --workers N`` the sum over every worker
+        (prometheus_client's multiprocess mode: each worker's values live in files of one run dir)."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            gathered = CollectorRegistry()
+            multiprocess.MultiProcessCollector(gathered)
+            return generate_latest(gathered)
         return generate_latest(self.registry)

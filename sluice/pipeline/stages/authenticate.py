@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...core.errors import PermissionDenied, Unauthenticated
+from ...core.errors import PermissionDenied, Unauthenticated, Unavailable
 from ...identity import CredentialRegistry, TokenService, inspect, looks_like_jwt
 from ..context import RequestContext
 
@@ -24,6 +24,9 @@ class Authenticate:
         return failures.guard(ctx.exchange.peer, self._authenticate, ctx)
 
     def _authenticate(self, ctx: RequestContext) -> None:
+        if self._registry.unconfirmed_too_long:
+            raise Unavailable("The gateway cannot confirm credentials with its store; try again shortly.",
+                              code="store_unavailable", retry_after=5)
         token = ctx.exchange.bearer()
         if token is None:
             raise Unauthenticated(

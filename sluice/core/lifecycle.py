@@ -1,0 +1,27 @@
+"""Config for running as one of many: shutdown ordering, the usage spill file, the store-outage grace."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+
+class Lifecycle(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How a replica (or worker) leaves, and what it does while the store is away.
+
+    ``ready_grace_s``: on SIGTERM ``/readyz`` answers 503 at once, and the listeners keep
+    accepting for this long so a load balancer that probes readiness stops sending work before
+    connections are refused; then in-flight requests and streams drain up to
+    ``data_plane.shutdown_timeout`` and usage is flushed.
+    ``spill_after``: usage records held in memory while the store is down; past it the oldest
+    are appended to ``spill_dir`` (fsync'd per batch) and written when the store returns.
+    ``outage_grace_s``: with the store unreachable, known identities are served this long
+    (from the last confirmation that the registry was current); after it model calls answer
+    503 ``store_unavailable`` (0 = no limit).
+    """
+
+    ready_grace_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 0.0
+    spill_after: Annotated[int, msgspec.Meta(ge=1)] = 50_000
+    spill_dir: str = ".sluice/spill"
+    outage_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 900.0

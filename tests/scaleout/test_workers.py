@@ -1,0 +1,134 @@
+"""``sluice serve --workers 2``: two processes on one data port behave as one gateway: a killed
+worker is back within 2 s, limits are exact across workers, /metrics is their sum, SIGTERM
+drains all and no usage is lost; the memory limit backend is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from rig import boot_prefixes, burst, poll, redis_prefix, sqlite_usage, worker_pids
+from support import Gateway, Sim, free_port, start_gateway
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory):
+    prefix = redis_prefix()
+    tmp = tmp_path_factory.mktemp("workers")
+    sim = Sim(tmp)
+    gw = start_gateway(
+        tmp, args=["--workers", "2"],
+        upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
+        models=[{"name": "sim-small", "upstream": "sim"}, {"name": "m-tokens", "upstream": "sim", "upstream_model": "sim-small"}],
+        identities=[{"name": "app", "owner": "o", "models": ["*"]}],
+        extra={"limits": {"backend": "redis", "key_prefix": prefix, "redis_timeout_s": 5, "rules": [
+            {"name": "tokens", "match": {"model": "m-tokens"}, "output_tokens_per_minute": 100}]}})
+    # worker 1 starts after worker 0 is ready: wait until both answer on the shared port
+    poll(lambda: len(worker_pids(gw.log()).get(1, [])) >= 1, 30, "worker 1 never started")
+    poll(lambda: len(boot_prefixes(asyncio.run(burst([gw.url], gw.keys["app"], 16)))) == 2, 60,
+         "the two workers never both answered on the shared port")
+    yield gw, sim, tmp
+    gw.stop()
+    sim.stop()
+
+
+def _metric_sum(gw: Gateway, name: str, **labels: str) -> float:
+    text = httpx.get(gw.admin_url + "/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_two_workers_share_the_port_and_a_token_limit_is_exact_across_them(workers):
+    gw, sim, _ = workers
+    before = sim.stats()["completion_tokens"]
+    got = asyncio.run(burst([gw.url], gw.keys["app"], 40, {**_tokens_body(), "max_tokens": 10}))
+    statuses = [r.status_code for r in got]
+    assert statuses.count(200) == 10 and statuses.count(429) == 30, statuses
+    assert sim.stats()["completion_tokens"] - before == 100
+    assert len(boot_prefixes(got)) == 2, "both workers should have answered part of the burst"
+
+
+def _tokens_body() -> dict:
+    return {"model": "m-tokens", "messages": [{"role": "user", "content": "x"}]}
+
+
+def test_metrics_on_the_control_plane_sum_over_workers(workers):
+    gw, _, _ = workers
+    before = _metric_sum(gw, "sluice_requests_total", model="sim-small", status="200")
+    got = asyncio.run(burst([gw.url], gw.keys["app"], 30))
+    assert [r.status_code for r in got] == [200] * 30
+    assert len(boot_prefixes(got)) == 2
+    # each worker folds its records into the shared files at its next flush (0.25 s)
+    poll(lambda: _metric_sum(gw, "sluice_requests_total", model="sim-small", status="200") - before == 30, 10,
+         f"/metrics did not count all 30 requests of both workers: "
+         f"{_metric_sum(gw, 'sluice_requests_total', model='sim-small', status='200') - before}")
+
+
+def test_a_worker_killed_with_sigkill_is_replaced_within_two_seconds(workers):
+    gw, _, _ = workers
+    pids = worker_pids(gw.log())
+    victim = pids[1][-1]
+    os.kill(victim, signal.SIGKILL)
+    t0 = time.monotonic()
+    poll(lambda: len(worker_pids(gw.log())[1]) == len(pids[1]) + 1, 5, "the killed worker was not restarted")
+    took = time.monotonic() - t0
+    assert took < 2.0, f"replacing a killed worker took {took:.2f}s"
+    assert re.search(rf"worker 1 \(pid {victim}\) exited with -9", gw.log()), "the death is logged"
+    # the replacement serves: both workers answer again
+    poll(lambda: len(boot_prefixes(asyncio.run(burst([gw.url], gw.keys["app"], 16)))) == 2, 60,
+         "the restarted worker never answered")
+
+
+def test_sigterm_drains_every_worker_and_loses_no_usage(workers, tmp_path):
+    gw, sim, tmp = workers
+    got = asyncio.run(burst([gw.url], gw.keys["app"], 50))
+    assert [r.status_code for r in got] == [200] * 50
+    pids = [p[-1] for p in worker_pids(gw.log()).values()]
+    # requests still in flight on both workers when SIGTERM arrives finish, and are recorded
+    sim.faults(delay_ms=1500)
+    in_flight: list = []
+    t = threading.Thread(target=lambda: in_flight.extend(asyncio.run(burst([gw.url], gw.keys["app"], 16))))
+    t.start()
+    poll(lambda: sim.stats()["in_flight"] >= 16, 20, "the slow requests never reached the sim")
+    gw.proc.popen.send_signal(signal.SIGTERM)
+    t.join(60)
+    sim.clear_faults()
+    assert [r.status_code for r in in_flight] == [200] * 16, [r.status_code for r in in_flight]
+    assert len(boot_prefixes(in_flight)) == 2, "both workers had requests in flight"
+    assert gw.stop() == 0, gw.log()[-2000:]
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    # every request that reached the sim, from either worker and across the restart, left a row
+    sent = sim.stats()["chat_requests"]
+    assert sqlite_usage(tmp / "sluice.db", "status = 200") == sent, gw.log()[-3000:]
+
+
+def test_the_memory_limit_backend_is_refused_with_workers(tmp_path):
+    cfg = {"data_plane": {"port": free_port()}, "control_plane": {"port": free_port()},
+           "store": {"url": f"sqlite:///{tmp_path}/s.db"}, "security": {"pepper": "x" * 32}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([sys.executable, "-m", "sluice", "serve", "--config", str(path), "--workers", "2"],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "limits.backend: redis" in " ".join(r.stderr.split()), r.stderr
+    assert "Traceback" not in r.stderr
+    bad = subprocess.run([sys.executable, "-m", "sluice", "serve", "--config", str(path), "--workers", "lots"],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert bad.returncode == 2 and "--workers" in bad.stderr and "Traceback" not in bad.stderr
