@@ -19,6 +19,7 @@ class PriceTable:
         self._prices = prices
         # per token, in nano-units, exact: a price per million of 0.15 is 150 nanos a token
         self._nanos = {m: _per_token_nanos(p) for m, p in prices.items()}
+        self._version_nanos: dict[int, tuple] = {}  # per registry version's Price object (few; bounded by the policy)
 
     def has(self, model: str) -> bool:
         return model in self._prices
@@ -34,9 +35,18 @@ class PriceTable:
         cached_price = p.input if p.cached_input is None else p.cached_input
         return ((prompt - cached) * p.input + cached * cached_price + completion * p.output) / 1_000_000
 
-    def nanos(self, model: str | None, prompt: int, completion: int, cached: int = 0) -> int:
-        """The ledger's cost of a call: integer nano-units, cached prompt tokens at the cached price."""
-        n = self._nanos.get(model) if model else None  # type: ignore[arg-type]
+    def nanos(self, model: str | None, prompt: int, completion: int, cached: int = 0, price: Price | None = None) -> int:
+        """The ledger's cost of a call: integer nano-units, cached prompt tokens at the cached price; at
+        ``price`` when given (a registry version's own, as limits reserve and settle), else the model's."""
+        if price is not None:
+            n = self._version_nanos.get(id(price))
+            if n is None or n[0] is not price:
+                if len(self._version_nanos) >= 1024:  # policies come and go: keep the cache bounded
+                    self._version_nanos.clear()
+                n = self._version_nanos[id(price)] = (price, *_per_token_nanos(price))
+            n = n[1:]
+        else:
+            n = self._nanos.get(model) if model else None  # type: ignore[arg-type]
         if n is None:
             return 0
         inp, out, cin = n

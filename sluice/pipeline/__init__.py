@@ -43,7 +43,7 @@ class DataPlane:
         window = ContextWindow()
         limit = Limit(limiter, prices, max_tokens_cap, clamp=over_cap == "clamp")
         admit = Admit(admission, max_tokens_cap)
-        settle, account = Settle(limiter, prices), Account(ledger)
+        settle, account = Settle(limiter, prices), Account(ledger, prices)
         size = {"max_bytes": limits.max_body_bytes, "max_depth": limits.max_json_depth}
 
         def finish(ctx: RequestContext) -> None:

@@ -36,7 +36,7 @@ class RecordFold:
         price = self._price
         if price is not None:
             for rec in batch:
-                if rec.model is not None and (rec.prompt_tokens or rec.completion_tokens):
+                if not rec.cost_nanos and rec.model is not None and (rec.prompt_tokens or rec.completion_tokens):
                     rec.cost_nanos = price(rec.model, rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens)
         self._metrics.observe(batch)
         if self._log_requests and request_log.isEnabledFor(logging.INFO):

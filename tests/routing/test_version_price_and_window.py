@@ -4,6 +4,7 @@ a request that cannot fit before any upstream call (OpenAI's 400 ``context_lengt
 from __future__ import annotations
 
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,10 @@ def test_the_chosen_versions_price_is_reserved_and_settled(gw: tuple[Gateway, Si
     assert s.stats()["chat_requests"] - before == 3
     # the same model's cheap version costs nothing, so the spent budget does not stop it
     assert [chat(g, "m-cheap", max_tokens=10).status_code for _ in range(3)] == [200] * 3
+    # the ledger charges what the limits settled: the dear version's price, per record and summed
+    by_route = {row["key"]: row for row in g.admin("GET", "/admin/usage/summary?by=route").json()["data"]}
+    assert by_route["dear"]["requests"] == 5 and Decimal(by_route["dear"]["cost"]) == 30
+    assert Decimal(by_route["cheap"]["cost"]) == 0
 
 
 def test_a_request_beyond_the_versions_context_window_is_refused_before_the_upstream(gw: tuple[Gateway, Sim]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ...core import clock
 from ...core.types import UsageRecord
+from ...limits import PriceTable
 from ...telemetry import UsageLedger
 from ..context import RequestContext
 
@@ -11,16 +12,17 @@ from ..context import RequestContext
 class Account:
     """Turns a finished context into a usage record; never blocks, never fails the request."""
 
-    __slots__ = ("_ledger",)
+    __slots__ = ("_ledger", "_prices")
 
-    def __init__(self, ledger: UsageLedger) -> None:
+    def __init__(self, ledger: UsageLedger, prices: PriceTable | None = None) -> None:
         self._ledger = ledger
+        self._prices = prices
 
     def __call__(self, ctx: RequestContext) -> None:
         p = ctx.principal
         t = ctx.target
         d = ctx.decision
-        self._ledger.record(UsageRecord(
+        rec = UsageRecord(
             request_id=ctx.exchange.request_id,
             ts=clock.now(),
             identity_id=p.identity_id if p else None,
@@ -41,6 +43,10 @@ class Account:
             route=d.route.name if d is not None else None,
             version=t.version if t else None,
             cached_tokens=ctx.cached_tokens,
-        ))
+        )
+        if t is not None and t.price is not None and self._prices is not None:
+            # a registry version's own price, as limits settled it; the ledger's fold prices the rest
+            rec.cost_nanos = self._prices.nanos(t.model, ctx.prompt_tokens, ctx.completion_tokens, ctx.cached_tokens, t.price)
+        self._ledger.record(rec)
         if ctx.trace is not None:
             ctx.trace.finish(ctx)
