@@ -4,7 +4,6 @@ rollback removes them, and route, tool and limit decisions name the version that
 
 from __future__ import annotations
 
-import json
 import time
 
 import httpx
