@@ -4,6 +4,8 @@ rollback removes them, and route, tool and limit decisions name the version that
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
 
 import httpx
@@ -95,5 +97,25 @@ def test_route_and_limit_decisions_name_the_policy_version(sim, tmp_path):
             why = g.admin("GET", f"/admin/routes/decisions/{resp.headers['x-request-id']}")
             assert why.status_code == 200, why.text
             assert why.json()["policy"] == {"version": 2, "hash": active["hash"]}
+    finally:
+        g.stop()
+
+
+def test_a_version_stored_before_the_guard_sections_takes_them_from_the_file(sim, tmp_path):
+    """Upgrade: a stored version without `guardrails`/`tools` keys must not drop the file's guardrails."""
+    db = tmp_path / "sluice.db"
+    cfg = config(sim, f"sqlite:///{db}")
+    g = start_gateway(tmp_path, upstreams=cfg.pop("upstreams"), models=cfg.pop("models"), identities=IDENTS, extra=cfg)
+    g.stop()
+    with sqlite3.connect(db) as conn:  # what an older sluice wrote: no guard sections in the document
+        (doc,) = conn.execute("SELECT document FROM policy_versions WHERE id = 1").fetchone()
+        old = {k: v for k, v in json.loads(doc).items() if k not in ("guardrails", "tools")}
+        conn.execute("UPDATE policy_versions SET document = ? WHERE id = 1", (json.dumps(old, sort_keys=True),))
+    cfg = config(sim, f"sqlite:///{db}", guardrails=GUARDRAILS, tools=TOOLS)
+    g = start_gateway(tmp_path, upstreams=cfg.pop("upstreams"), models=cfg.pop("models"), identities=IDENTS, extra=cfg)
+    try:
+        refused = ask(g, 3)
+        assert refused.status_code == 400 and version_of(refused) == 2, refused.text
+        assert g.admin("GET", "/admin/policy/versions/2?format=json").json()["document"]["tools"][0]["name"] == "get_weather"
     finally:
         g.stop()
