@@ -34,6 +34,7 @@ from .admin.policy_api import PolicyAdmin
 from .routing import DecisionLog, Deployment, Replica, RoutingState, build_placement, from_config, refused_url
 from .admin.guard_api import GuardAdmin
 from .guard import GuardPolicy, ToolApprovals
+from .guard.policy import trust_classifiers
 from .guard import parse as guard_parse
 from .pipeline.approvals import ApprovalEndpoints
 from .pipeline.stages import Guard
@@ -250,6 +251,7 @@ class Gateway:
     def _guard_sections(c: Config) -> dict:
         """The config file's ``guardrails:`` and ``tools:``, checked, as the policy sections they seed (issue 11)."""
         gr, tools = guard_parse(msgspec.to_builtins(c.guardrails), msgspec.to_builtins(c.tools))
+        trust_classifiers(gr.rule_sets)  # the file's classifiers only: a change set cannot name a new module
         GuardPolicy(gr, tools)  # a bad rule in the file stops the start with its place named
         return {"guardrails": gr, "tools": tools}
 

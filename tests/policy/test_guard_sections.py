@@ -119,3 +119,18 @@ def test_a_version_stored_before_the_guard_sections_takes_them_from_the_file(sim
         assert g.admin("GET", "/admin/policy/versions/2?format=json").json()["document"]["tools"][0]["name"] == "get_weather"
     finally:
         g.stop()
+
+
+def test_a_change_set_cannot_name_a_classifier_module_the_config_file_did_not(sim, tmp_path):
+    """Compiling a proposal imports its classifier; importing runs a module's code. Only the classifiers
+    the config file names may be used, so control-plane access cannot make the gateway import anything."""
+    cfg = config(sim, f"sqlite:///{tmp_path}/sluice.db")
+    g = start_gateway(tmp_path, upstreams=cfg.pop("upstreams"), models=cfg.pop("models"), identities=IDENTS, extra=cfg)
+    try:
+        rules = {"rule_sets": [{"name": "x", "injection": {"action": "flag", "classifier": "json:loads"}}]}
+        r = g.admin("POST", "/admin/policy/changes", json={"sections": {"guardrails": rules}, "reason": "try"})
+        assert r.status_code == 400, r.text
+        assert "not one the config file names" in r.json()["error"]["message"]
+        assert g.admin("GET", "/admin/policy").json()["version"] == 1
+    finally:
+        g.stop()
