@@ -34,6 +34,7 @@ from .admin.policy_api import PolicyAdmin
 from .routing import DecisionLog, Deployment, Replica, RoutingState, build_placement, from_config, refused_url
 from .admin.guard_api import GuardAdmin
 from .guard import GuardPolicy, ToolApprovals
+from .guard.policy import trust_classifiers
 from .guard import parse as guard_parse
 from .pipeline.approvals import ApprovalEndpoints
 from .pipeline.stages import Guard
@@ -181,13 +182,13 @@ class Gateway:
         # The versioned policy drives routing and limits: no routing store of its own, no second poller.
         self.routing = routing = RoutingState(from_config(c), None, transports=deployments, breaker=c.resilience.breaker)
         self.policy = policy = PolicyService(store, routing, limiter, c.policy, PolicyDocument(
-            routing=from_config(c), limits=LimitsSection(rules=list(c.limits.rules))))
+            routing=from_config(c), limits=LimitsSection(rules=list(c.limits.rules)), **self._guard_sections(c)))
         await policy.bootstrap()
         if c.resilience.health_interval_s > 0:
             self._tasks.append(asyncio.get_running_loop().create_task(
                 run_checks(deployments, lambda: routing.table, c.resilience.health_interval_s), name="health-checks"))
         decisions = DecisionLog(c.resilience.decisions_kept)
-        guard_stage, approvals, guard_records = self._guard(c, store)  # issue 12
+        guard_stage, approvals, guard_records = self._guard(store)  # issue 12
         data_plane = DataPlane(guard=guard_stage, registry=registry, tokens=tokens, routes=routing, decisions=decisions,
                                resilience=c.resilience, ledger=ledger, limits=c.requests, limiter=limiter, prices=prices,
                                max_tokens_cap=c.limits.max_tokens_cap, over_cap=c.limits.over_cap,
@@ -220,8 +221,8 @@ class Gateway:
                          on_auth_failure=FailedLogins(store, c.audit.failed_logins_per_minute).record,
                          guard=GuardAdmin(approvals, guard_records), dashboard=dashboard)
         data_routes = data_plane.routes() + token_routes + health + vllm_health
-        if approvals is not None:
-            data_routes += ApprovalEndpoints(data_plane.authenticate, approvals).routes()
+        # the approval endpoints always: any policy version may add a tool registry
+        data_routes += ApprovalEndpoints(data_plane.authenticate, approvals).routes()
         if c.data_plane.server == "native":
             self.data = NativeListener("data", c.data_plane, data_routes, max_body_bytes=c.requests.max_body_bytes,
                                        access_log=c.logging.access_log)
@@ -246,12 +247,17 @@ class Gateway:
         else:
             log.info("worker %d of %d: data plane on %s:%d", self.slot.index, self.slot.count, self.data.host, self.data.port)
 
-    def _guard(self, c: Config, store: Store) -> tuple[Guard | None, ToolApprovals | None, GuardRecords | None]:
-        """The guard stage, the approval book and the guardrail records (issue 12); none without rules."""
+    @staticmethod
+    def _guard_sections(c: Config) -> dict:
+        """The config file's ``guardrails:`` and ``tools:``, checked, as the policy sections they seed (issue 11)."""
         gr, tools = guard_parse(msgspec.to_builtins(c.guardrails), msgspec.to_builtins(c.tools))
-        policy = GuardPolicy(gr, tools)
-        if not policy.active:
-            return None, None, None
+        trust_classifiers(gr.rule_sets)  # the file's classifiers only: a change set cannot name a new module
+        GuardPolicy(gr, tools)  # a bad rule in the file stops the start with its place named
+        return {"guardrails": gr, "tools": tools}
+
+    def _guard(self, store: Store) -> tuple[Guard, ToolApprovals, GuardRecords]:
+        """The guard stage, the approval book and the guardrail records (issue 12), always: the rules
+        come from the active policy version, which a change set may give guardrails at any time."""
         records = GuardRecords(store)  # type: ignore[arg-type]
         approvals = ToolApprovals(records)
 
@@ -263,7 +269,7 @@ class Gateway:
                     log.warning("prompt capture not written: %s", type(exc).__name__)
             self._spawn(write())
 
-        return Guard(policy, approvals, capture), approvals, records
+        return Guard(approvals, capture), approvals, records
 
     def _target_health(self) -> list[tuple[str, str, str | None]]:
         """(target, upstream, breaker state) of every routing target, for the metrics."""

@@ -8,7 +8,7 @@ them and answers, per request, which rule set applies.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -92,10 +92,23 @@ class Rules:
         self.output_on = True  # minimisation always; detectors and tools per request
 
 
+# The classifiers the config file names: the only modules a policy version may have imported. A
+# change set comes through the control plane, and importing a module runs its code, so a proposal
+# (validated by compiling it, before any approval) must never name a new one.
+_TRUSTED: set[str] = set()
+
+
+def trust_classifiers(rule_sets: Iterable[RuleSet]) -> None:
+    """Allow the classifiers of the config file's rule sets (called once at start, from the file)."""
+    _TRUSTED.update(r.injection.classifier for r in rule_sets if r.injection.classifier)
+
+
 def _load(ref: str | None, at: str) -> Callable[[str], float] | None:
     """An external classifier hook: ``module:function`` taking text, returning a score in 0..1."""
     if not ref:
         return None
+    if ref not in _TRUSTED:
+        raise ConfigError(f"classifier {ref!r} is not one the config file names; only those can be used - at `{at}`")
     mod, _, fn = ref.partition(":")
     try:
         return getattr(importlib.import_module(mod), fn)  # type: ignore[no-any-return]

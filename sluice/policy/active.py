@@ -13,6 +13,8 @@ from typing import Any
 import msgspec
 
 from ..core.config import WeightedTarget
+from ..core.errors import ConfigError
+from ..guard import GuardPolicy
 from ..limits import Limiter
 from ..routing import RoutingState
 from ..routing.policy import PolicyError, RoutingPolicy, replace_version
@@ -23,12 +25,14 @@ KILLED = "disabled by a kill switch"
 
 
 class ActivePolicy:
-    """One compiled version: its number, hash, header value, document, limit rules and freeze flag."""
+    """One compiled version: its number, hash, header value, document, limit rules, freeze flag and
+    guard rules (``guard`` is None when the version has no guardrail rule set and no tool: the fast path)."""
 
-    __slots__ = ("version", "hash", "tag", "document", "canonical", "rules", "limits_active", "frozen", "table")
+    __slots__ = ("version", "hash", "tag", "document", "canonical", "rules", "limits_active", "frozen", "table",
+                 "guard")
 
     def __init__(self, version: int, hash: str, document: PolicyDocument, canonical: bytes, rules: Any,
-                 limits_active: bool, table: Any) -> None:
+                 limits_active: bool, table: Any, guard: GuardPolicy | None = None) -> None:
         self.version = version
         self.hash = hash
         self.tag = f"{version}-{hash[:12]}"
@@ -38,6 +42,7 @@ class ActivePolicy:
         self.limits_active = limits_active
         self.frozen = document.switches.frozen
         self.table = table
+        self.guard = guard
 
 
 def effective_routing(routing: RoutingPolicy, switches: Switches) -> RoutingPolicy:
@@ -87,8 +92,12 @@ def compile_policy(version: int, hash: str, doc: PolicyDocument, canonical: byte
             route.excluded = {t.name: KILLED for t in route.targets + route.fallbacks}
             route.targets, route.fallbacks, route.cumulative, route.total = (), (), (), 0
     rules = limiter.compile_rules(doc.limits.rules)
+    try:
+        guard: GuardPolicy | None = GuardPolicy(doc.guardrails, doc.tools)
+    except ConfigError as exc:
+        raise PolicyInvalid(str(exc)) from None
     active = ActivePolicy(version, hash, doc, canonical, rules, bool(doc.limits.rules) or limiter.anomaly is not None,
-                          table)
+                          table, guard if guard.active else None)
     table.active = active
     return active
 

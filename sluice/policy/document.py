@@ -15,6 +15,7 @@ import msgspec
 import yaml
 
 from ..core.config import LimitRule
+from ..core.guardrails import Guardrails, ToolSpec
 from ..routing.policy import RoutingPolicy
 
 
@@ -38,6 +39,8 @@ class PolicyDocument(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     routing: RoutingPolicy = msgspec.field(default_factory=RoutingPolicy)
     limits: LimitsSection = msgspec.field(default_factory=LimitsSection)
     switches: Switches = msgspec.field(default_factory=Switches)
+    guardrails: Guardrails = msgspec.field(default_factory=Guardrails)  # issue 11/12: the guard's rule sets
+    tools: list[ToolSpec] = msgspec.field(default_factory=list)  # issue 11/12: the tool registry
 
 
 SECTIONS: tuple[str, ...] = PolicyDocument.__struct_fields__

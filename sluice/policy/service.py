@@ -31,6 +31,7 @@ from .document import PolicyDocument, PolicyInvalid, canonical, changed_sections
 
 log = logging.getLogger("sluice.policy")
 Detail = Callable[[PolicyDocument, PolicyDocument], dict]
+GUARD_SECTIONS = ("guardrails", "tools")
 
 
 class PendingApproval(Exception):
@@ -108,10 +109,13 @@ class PolicyService:
                     return
                 row, doc = await self.document_of(version)
                 merged = seed(doc.routing, self._file.routing)
-                if merged != doc.routing:
-                    await self._commit(Actor("config"), msgspec.structs.replace(doc, routing=merged), version, "config",
-                                       "the config file adds registry versions or routes", "policy.seed",
-                                       str(version + 1), {})
+                # a version stored before guardrails and tools were policy sections takes them from the file
+                stored = msgspec.json.decode(row["document"])
+                adopt = {k: getattr(self._file, k) for k in GUARD_SECTIONS if k not in stored}
+                if merged != doc.routing or any(adopt.values()):
+                    await self._commit(Actor("config"), msgspec.structs.replace(doc, routing=merged, **adopt), version,
+                                       "config", "the config file adds registry versions, routes or guardrails",
+                                       "policy.seed", str(version + 1), {})
                     return
                 self._install(self._compile(version, doc, row["document"].encode()))
                 return

@@ -151,7 +151,8 @@ class CompiledRoute:
 class Decision:
     """Why and where one request goes: the route, the chosen target, the attempts made (for explanations)."""
 
-    __slots__ = ("request_id", "route", "target", "skipped", "attempts", "environment", "alias", "at", "needed")
+    __slots__ = ("request_id", "route", "target", "skipped", "attempts", "environment", "alias", "at", "needed",
+                 "policy")
 
     def __init__(self, request_id: str, alias: str, route: CompiledRoute, target: Target | None,
                  environment: str, skipped: list[str] | None, at: float) -> None:
@@ -164,6 +165,7 @@ class Decision:
         self.attempts: list[tuple[str, str, float]] = []  # (target, outcome, ms)
         self.at = at
         self.needed: int | None = None  # prompt + completion tokens, on a route with context windows
+        self.policy: Any = None  # the policy version (``version``, ``hash``) the request ran under
 
     def header(self, target: Target | None = None) -> str:
         """The ``x-sluice-route`` value: the route and the target that answered (or was last tried)."""

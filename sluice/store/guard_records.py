@@ -52,6 +52,8 @@ tool_decisions = Table(
     Column("args_sha256", String(64)),
     Column("approval_id", String(64)),
     Column("approver", String(128)),
+    Column("policy_version", Integer),  # the policy version whose tool registry decided (issue 11)
+    Column("policy_hash", String(64)),
 )
 
 prompt_captures = Table(

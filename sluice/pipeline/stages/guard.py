@@ -1,7 +1,9 @@
 """Stage: guard-in. Input guardrails before any model sees the request; arms the output guard.
 
 Runs after routing (rules may name models) and before limits (a refused request reserves
-nothing). Installed only when ``guardrails:`` or ``tools:`` says anything: otherwise no cost.
+nothing). The rules are the ``guardrails`` and ``tools`` sections of the policy version the request
+was routed under (``ctx.policy.guard``), so a change set turns them on, changes or removes them with
+no restart; a version with neither costs one attribute check.
 """
 
 from __future__ import annotations
@@ -26,20 +28,21 @@ log = logging.getLogger("sluice.guard")
 class Guard:
     """Checks the request against its rule set; leaves an ``OutputGuard`` on the context."""
 
-    __slots__ = ("_policy", "_approvals", "_capture")
+    __slots__ = ("_approvals", "_capture")
 
-    def __init__(self, policy: GuardPolicy, approvals: ToolApprovals | None,
-                 capture: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self._policy = policy
+    def __init__(self, approvals: ToolApprovals | None, capture: Callable[[dict[str, Any]], None] | None = None) -> None:
         self._approvals = approvals
         self._capture = capture
 
     async def __call__(self, ctx: RequestContext) -> None:
+        active = ctx.policy
+        policy: GuardPolicy | None = active.guard if active is not None else None
+        if policy is None:  # the version has no guardrails and no tools: the fast path
+            return
         req = ctx.request
         if type(req) is not ChatCompletionRequest and not isinstance(req, ChatCompletionRequest):
             return
         p = ctx.principal
-        policy = self._policy
         rules = policy.rules_for(req.model, p.identity_name, p.team)  # type: ignore[union-attr]
         upstream_model = ctx.target.upstream_model  # type: ignore[union-attr]
         req, verdict = check_request(rules, policy, req, len(ctx.exchange.body), p.identity_name, p.team,  # type: ignore[union-attr]
@@ -75,13 +78,13 @@ class Guard:
         def record(j: Judgement) -> None:
             if approvals is None:
                 return
-            p = ctx.principal
+            p, active = ctx.principal, ctx.policy
             approvals.record([{
                 "ts": clock.now(), "request_id": ctx.exchange.request_id, "identity_id": p.identity_id,  # type: ignore[union-attr]
                 "model": ctx.request.model, "context_digest": context_digest(ctx.request.messages),
                 "tool": j.call.name[:64], "call_id": j.call.id[:128], "decision": j.verdict, "reason": j.reason[:256],
                 "args_masked": _masked(j.call.arguments), "args_sha256": j.args_sha256, "approval_id": j.approval_id,
-                "approver": None}])
+                "approver": None, "policy_version": active.version, "policy_hash": active.hash}])
         return record
 
 

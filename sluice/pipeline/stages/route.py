@@ -35,6 +35,7 @@ class Route:
             raise err from None
         if decision is None:
             raise model_not_found(model)
+        decision.policy = ctx.policy  # the lookup names the version the request ran under (issue 11)
         self._log.add(decision)
         ctx.decision = decision
         ctx.target = decision.target
