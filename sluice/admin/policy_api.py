@@ -252,8 +252,7 @@ class PolicyAdmin:
                 raise InvalidRequest("a target cannot fall back to itself", param="fallback")
 
         def fn(d: PolicyDocument) -> PolicyDocument:
-            kills = {**d.switches.disabled_targets, target: req.fallback}
-            return msgspec.structs.replace(d, switches=msgspec.structs.replace(d.switches, disabled_targets=kills))
+            return _killed(d, "disabled_targets", target, req.fallback)
 
         return Reply.json(_summary(await self._policy.switch(actor, "switch.disable-target", target, req.reason, fn)))
 
@@ -266,8 +265,7 @@ class PolicyAdmin:
             raise NotFound(f"target {target[:256]!r} is not switched off")
 
         def fn(d: PolicyDocument) -> PolicyDocument:
-            kills = {k: v for k, v in d.switches.disabled_targets.items() if k != target}
-            return msgspec.structs.replace(d, switches=msgspec.structs.replace(d.switches, disabled_targets=kills))
+            return _killed(d, "disabled_targets", target)
 
         return Reply.json(_summary(await self._policy.switch(actor, "switch.enable-target", target, req.reason, fn)))
 
@@ -283,8 +281,7 @@ class PolicyAdmin:
             self._check_target(doc, req.fallback, "fallback")
 
         def fn(d: PolicyDocument) -> PolicyDocument:
-            kills = {**d.switches.disabled_routes, route: req.fallback}
-            return msgspec.structs.replace(d, switches=msgspec.structs.replace(d.switches, disabled_routes=kills))
+            return _killed(d, "disabled_routes", route, req.fallback)
 
         return Reply.json(_summary(await self._policy.switch(actor, "switch.disable-route", route, req.reason, fn)))
 
@@ -297,8 +294,7 @@ class PolicyAdmin:
             raise NotFound(f"route {route[:256]!r} is not switched off")
 
         def fn(d: PolicyDocument) -> PolicyDocument:
-            kills = {k: v for k, v in d.switches.disabled_routes.items() if k != route}
-            return msgspec.structs.replace(d, switches=msgspec.structs.replace(d.switches, disabled_routes=kills))
+            return _killed(d, "disabled_routes", route)
 
         return Reply.json(_summary(await self._policy.switch(actor, "switch.enable-route", route, req.reason, fn)))
 
@@ -357,3 +353,15 @@ class PolicyAdmin:
         req: Revocation = _decode(ex.body, Revocation)  # type: ignore[assignment]
         return Reply.json(await self._ids.revoke_all(actor, identity_id=req.identity_id, owner=req.owner,
                                                      reason=req.reason))
+
+
+_LIFT = object()
+
+
+def _killed(d: PolicyDocument, switch: str, name: str, fallback: object = _LIFT) -> PolicyDocument:
+    """``d`` with a kill switch (``disabled_targets`` or ``disabled_routes``) set for ``name`` (with its
+    fallback, or None), or lifted when no fallback argument is given."""
+    kills = {k: v for k, v in getattr(d.switches, switch).items() if k != name}
+    if fallback is not _LIFT:
+        kills[name] = fallback
+    return msgspec.structs.replace(d, switches=msgspec.structs.replace(d.switches, **{switch: kills}))

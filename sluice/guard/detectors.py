@@ -196,12 +196,15 @@ class Detector:
     def mask(self, text: str, findings: list[Finding] | None = None) -> str:
         """``text`` with every finding replaced by its mask."""
         found = self.find(text) if findings is None else findings
-        if not found:
-            return text
-        parts, at = [], 0
-        for f in found:
-            parts.append(text[at:f.start])
-            parts.append(mask_for(f.kind))
-            at = f.end
-        parts.append(text[at:])
-        return "".join(parts)
+        return masked_text(text, found) if found else text
+
+
+def masked_text(text: str, found: list[Finding]) -> str:
+    """``text`` with each finding (in order, not overlapping) replaced by its kind's mask."""
+    parts, at = [], 0
+    for f in found:
+        parts.append(text[at:f.start])
+        parts.append(mask_for(f.kind))
+        at = f.end
+    parts.append(text[at:])
+    return "".join(parts)

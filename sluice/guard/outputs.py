@@ -16,7 +16,7 @@ import re
 
 import msgspec
 
-from .detectors import Detector, Finding, mask_for
+from .detectors import Detector, Finding, masked_text
 from .policy import BASE_CHOICE, BASE_MESSAGE, BASE_REPLY, GuardPolicy, Rules
 from .tools import Judgement, ToolCall, judge, notice, summary
 
@@ -422,13 +422,7 @@ def _run_start(text: str) -> int:
 
 
 def _masked(text: str, found: list[Finding], open_at: int) -> tuple[str, int]:
-    parts, at = [], 0
-    for f in found:
-        parts.append(text[at:f.start])
-        parts.append(mask_for(f.kind))
-        at = f.end
-    parts.append(text[at:])
-    out = "".join(parts)
+    out = masked_text(text, found)
     return out, open_at + (len(out) - len(text)) if open_at < len(text) else len(out)
 
 
