@@ -20,7 +20,7 @@ from support import Sim, start_gateway
 from tcp_proxy import TcpProxy
 
 _PG = urlsplit(PG_ADMIN)
-OUTAGE_S = 10.0  # the issue asks 30 s; the bound logic (spill_after: 20) is exercised well within 10
+OUTAGE_S = 30.0  # as the issue asks; the bound (spill_after: 20) is passed within the first seconds
 
 
 async def _usage(url: str) -> tuple[int, int]:
