@@ -80,6 +80,27 @@ def test_metrics_on_the_control_plane_sum_over_workers(workers):
          f"{_metric_sum(gw, 'sluice_requests_total', model='sim-small', status='200') - before}")
 
 
+def test_a_limit_changed_on_the_control_plane_reaches_every_worker(workers):
+    """The control plane runs in worker 0; a limit put there is a policy version in the store, which
+    every worker's watcher installs, so the limit is exact across both workers within a second."""
+    gw, sim, _ = workers
+    rules = [{"name": "tokens", "match": {"model": "m-tokens"}, "output_tokens_per_minute": 100},
+             {"name": "few", "match": {"model": "sim-small"}, "requests_per_minute": 7}]
+    r = gw.admin("PUT", "/admin/limits", json={"rules": rules})
+    assert r.status_code == 200, r.text
+    try:
+        time.sleep(1.5)  # every worker polls the store's version every 0.5 s
+        before = sim.stats()["chat_requests"]
+        got = asyncio.run(burst([gw.url], gw.keys["app"], 28))
+        statuses = [r.status_code for r in got]
+        assert statuses.count(200) == 7 and statuses.count(429) == 21, statuses
+        assert sim.stats()["chat_requests"] - before == 7
+        assert len(boot_prefixes(got)) == 2, "both workers should have answered part of the burst"
+    finally:
+        assert gw.admin("PUT", "/admin/limits", json={"rules": rules[:1]}).status_code == 200
+        time.sleep(1.5)
+
+
 def test_a_worker_killed_with_sigkill_is_replaced_within_two_seconds(workers):
     gw, _, _ = workers
     pids = worker_pids(gw.log())
