@@ -29,7 +29,7 @@ class CallerFamilies:
     """Requests, latency, tokens and spend by identity/team/model/version/route/status."""
 
     def __init__(self, r: CollectorRegistry, buckets: tuple[float, ...], max_identities: int,
-                 health: Callable[[], Health] | None) -> None:
+                 health: Callable[[], Health] | None, live: CollectorRegistry | None = None) -> None:
         labels = ["identity", "team", "model", "version", "route", "status"]
         self.requests = Counter("sluice_caller_requests", "Data-plane requests by identity (bounded, then 'other'), "
                                 "team, model, version, route and status.", labels, registry=r)
@@ -49,8 +49,8 @@ class CallerFamilies:
         self._max_identities = max_identities
         self._identities: set[str] = set()
         self._children: dict[tuple, tuple] = {}
-        if health is not None:
-            r.register(_HealthCollector(health))
+        if health is not None:  # read at scrape time: in ``live`` when given (see Metrics.render)
+            (live or r).register(_HealthCollector(health))
 
     def _identity(self, identity: str | None) -> str:
         if identity is None:

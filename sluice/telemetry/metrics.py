@@ -46,8 +46,11 @@ class Metrics:
                                     "backend_down, settle_failed; by limit.", ["kind", "limit"], registry=r)
         self._children: dict[tuple, tuple] = {}
         # by caller and route, spend, TPOT, limit decisions, breakers, process memory (issue 13)
-        self.callers = CallerFamilies(r, _LATENCY_BUCKETS, max_identities, health)
-        ProcessCollector(registry=r)
+        # Read at scrape time, not from counters: breaker state, upstream health, this process's memory.
+        # Kept apart so that under --workers (multiprocess mode) the scrape still shows them.
+        self._live = CollectorRegistry(auto_describe=True)
+        self.callers = CallerFamilies(r, _LATENCY_BUCKETS, max_identities, health, live=self._live)
+        ProcessCollector(registry=self._live)
 
     def observe(self, records: Iterable[UsageRecord]) -> None:
         """Fold finished requests into the metric families."""
@@ -93,5 +96,5 @@ class Metrics:
 
             gathered = CollectorRegistry()
             multiprocess.MultiProcessCollector(gathered)
-            return generate_latest(gathered)
-        return generate_latest(self.registry)
+            return generate_latest(gathered) + generate_latest(self._live)
+        return generate_latest(self.registry) + generate_latest(self._live)
