@@ -82,7 +82,6 @@ class NativeTransport(Transport):
         self._head = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
         self._secret = cfg.api_key.encode() if cfg.api_key else None
         self._read_timeout = cfg.read_timeout
-        self._connect_timeout = cfg.connect_timeout
         self._total = cfg.total_timeout
         ssl_context = tls_context(cfg.tls_ca_file) if tls else None
         self._pool = Pool(host, port, ssl_context=ssl_context,
