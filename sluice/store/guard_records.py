@@ -38,7 +38,7 @@ tool_approvals = Table(
 
 tool_decisions = Table(
     "tool_decisions", t.metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("seq", t.RowSeq, primary_key=True, autoincrement=True),
     Column("ts", Float, nullable=False, index=True),
     Column("request_id", String(64), nullable=False),
     Column("identity_id", String(64)),
@@ -58,7 +58,7 @@ tool_decisions = Table(
 
 prompt_captures = Table(
     "prompt_captures", t.metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("seq", t.RowSeq, primary_key=True, autoincrement=True),
     Column("ts", Float, nullable=False, index=True),
     Column("expires_at", Float, nullable=False, index=True),
     Column("request_id", String(64), nullable=False),

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
 
+# Per-event row numbers: 64-bit on Postgres (migration 0011); SQLite's INTEGER PRIMARY KEY is its 64-bit rowid.
+RowSeq = BigInteger().with_variant(Integer(), "sqlite")
+
 metadata = MetaData()
 
 identities = Table(
@@ -58,7 +61,7 @@ api_keys = Table(
 
 usage = Table(
     "usage", metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("seq", RowSeq, primary_key=True, autoincrement=True),
     Column("request_id", String(64), nullable=False),
     Column("ts", Float, nullable=False),
     Column("identity_id", String(64)),
@@ -87,7 +90,7 @@ usage = Table(
 
 changes = Table(
     "changes", metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("seq", RowSeq, primary_key=True, autoincrement=True),
     Column("id", String(64), nullable=False, unique=True),
     Column("ts", Float, nullable=False, index=True),
     Column("actor", String(128), nullable=False),
@@ -134,7 +137,7 @@ policy_active = Table(
 
 policy_changesets = Table(
     "policy_changesets", metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("seq", RowSeq, primary_key=True, autoincrement=True),
     Column("id", String(64), nullable=False, unique=True),
     Column("base", Integer, nullable=False),
     Column("author", String(128), nullable=False),

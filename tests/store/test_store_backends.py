@@ -313,3 +313,42 @@ async def test_teams_signing_keys_and_changes(store):
     for i in range(3):
         await store.record_change(ChangeEvent(id=f"c{i}", ts=float(i), actor="x", action="a", target="t", detail={"i": i}))
     assert [c.detail["i"] for c in await store.list_changes(limit=2)] == [2, 1]
+
+
+# --- the ledger's batch insert (store/usage_rows.py: on the drivers, not SQLAlchemy) ----------
+
+def full_record(n: int, **kw) -> UsageRecord:
+    """A record with every field set to something other than its default."""
+    fields = dict(request_id=f"req_{n:04x}", ts=1_700_000_000.0 + n, identity_id=f"id-{n % 3}", key_id=f"key-{n}",
+                  endpoint="chat.completions", model="m'\"", upstream="u", status=200 + n % 3 * 100,
+                  prompt_tokens=n + 1, completion_tokens=2 * n + 1, latency_ms=1.5 + n, ttft_ms=0.25 + n,
+                  upstream_ms=0.75 + n, stream=bool(n % 2), usage_source="estimated", error_code="e" if n % 2 else None,
+                  team="team-a", route="route-b", version="v2", cached_tokens=n, cost_nanos=2**40 + n)
+    return UsageRecord(**{**fields, **kw})
+
+
+async def test_usage_rows_round_trip_every_field_and_a_replayed_batch_counts_once(store: SqlStore) -> None:
+    first = [full_record(n) for n in range(40)]
+    await store.write_usage(first)
+    # a spill file replayed after a crash: the batch again plus newer records; repeats are skipped
+    replay = first[25:] + [full_record(n) for n in range(40, 50)]
+    await store.write_usage(replay)
+    got = sorted(await store.list_usage(limit=500), key=lambda r: r.request_id)
+    assert got == sorted(first + replay[15:], key=lambda r: r.request_id)
+    assert sum(s.requests for s in await store.summarize_usage()) == 50
+
+
+async def test_usage_rows_keep_being_written_past_two_to_the_31(pg_url: str) -> None:
+    """A 32-bit row sequence would stop the ledger after 2,147,483,647 requests (migration 0011)."""
+    s = SqlStore(pg_url)
+    await s.open()
+    try:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute("SELECT setval(pg_get_serial_sequence('usage', 'seq'), 2147483646)")
+        finally:
+            await conn.close()
+        await s.write_usage([full_record(n) for n in range(5)])
+        assert len(await s.list_usage()) == 5
+    finally:
+        await s.close()
