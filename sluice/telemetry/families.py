@@ -15,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..core.types import UsageRecord
+from .tally import Tally
 
 OTHER = "other"
 _MAX_CHILDREN = 20_000
@@ -82,7 +83,11 @@ class CallerFamilies:
             self._children[key] = c
         return c
 
-    def observe(self, records: Iterable[UsageRecord]) -> None:
+    def observe(self, records: Iterable[UsageRecord], tally: Tally | None = None) -> None:
+        """Fold records in; into ``tally`` when given (the caller applies it), else applied here."""
+        own = tally is None
+        t = Tally() if tally is None else tally
+        inc, observe = t.inc, t.observe
         children = self._children
         allowed = 0
         for rec in records:
@@ -90,23 +95,25 @@ class CallerFamilies:
             c = children.get(key)
             if c is None:
                 c = self._labels(rec, key)
-            c[0].inc()
+            inc(c[0])
             if c[1] is not None:
-                c[1].inc()
-            c[2].observe(rec.latency_ms / 1000.0)
+                inc(c[1])
+            observe(c[2], rec.latency_ms / 1000.0)
             if rec.prompt_tokens:
-                c[3].inc(rec.prompt_tokens)
+                inc(c[3], rec.prompt_tokens)
                 if rec.cached_tokens:
-                    c[5].inc(rec.cached_tokens)
+                    inc(c[5], rec.cached_tokens)
             if rec.completion_tokens:
-                c[4].inc(rec.completion_tokens)
+                inc(c[4], rec.completion_tokens)
                 if rec.stream and rec.ttft_ms is not None and rec.completion_tokens > 1:
-                    c[7].observe((rec.latency_ms - rec.ttft_ms) / 1000.0 / (rec.completion_tokens - 1))
+                    observe(c[7], (rec.latency_ms - rec.ttft_ms) / 1000.0 / (rec.completion_tokens - 1))
             if rec.cost_nanos:
-                c[6].inc(rec.cost_nanos / 1e9)
+                inc(c[6], rec.cost_nanos / 1e9)
             allowed += c[8]
         if allowed:
-            self._allowed.inc(allowed)
+            inc(self._allowed, allowed)
+        if own:
+            t.apply()
 
     def throttled(self, limit: str) -> None:
         self.decisions.labels("throttled", limit).inc()

@@ -14,6 +14,7 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Pro
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .families import CallerFamilies, Health
+from .tally import Tally
 
 from ..core.types import UsageRecord
 
@@ -53,8 +54,10 @@ class Metrics:
         ProcessCollector(registry=self._live)
 
     def observe(self, records: Iterable[UsageRecord]) -> None:
-        """Fold finished requests into the metric families."""
+        """Fold finished requests into the metric families (summed per series first: tally.py)."""
         children = self._children
+        tally = Tally()
+        inc, observe = tally.inc, tally.observe
         for rec in records:
             model = rec.model or ""
             key = (rec.endpoint, model, rec.status, rec.upstream)
@@ -71,17 +74,18 @@ class Metrics:
                 )
                 if len(children) < 10_000:  # bounded: label sets come from config, but stay safe
                     children[key] = c
-            c[0].inc()
-            c[1].observe(rec.latency_ms / 1000.0)
+            inc(c[0])
+            observe(c[1], rec.latency_ms / 1000.0)
             if c[2] is not None and rec.upstream_ms is not None:
-                c[2].observe(rec.upstream_ms / 1000.0)
+                observe(c[2], rec.upstream_ms / 1000.0)
             if rec.ttft_ms is not None:
-                c[3].observe(rec.ttft_ms / 1000.0)
+                observe(c[3], rec.ttft_ms / 1000.0)
             if rec.prompt_tokens:
-                c[4].inc(rec.prompt_tokens)
+                inc(c[4], rec.prompt_tokens)
             if rec.completion_tokens:
-                c[5].inc(rec.completion_tokens)
-        self.callers.observe(records)
+                inc(c[5], rec.completion_tokens)
+        self.callers.observe(records, tally)
+        tally.apply()
 
     def limit_event(self, kind: str, label: str) -> None:
         self.limit_events.labels(kind, label[:128]).inc()
