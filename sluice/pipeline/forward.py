@@ -223,9 +223,10 @@ class Forward:
                 chunks = upstream.chunks()
                 try:
                     while True:
-                        if not sent and self._keepalive > 0:
+                        if not sent and self._keepalive > 0 and not upstream.ready():
                             # SSE comments while a slow model has not sent its first token, so
-                            # idle timeouts of load balancers in between do not cut the stream.
+                            # idle timeouts of load balancers in between do not cut the stream
+                            # (a first piece already here needs no timer, nor the task it takes).
                             pending = asyncio.ensure_future(chunks.__anext__())
                             while not await _ready(pending, self._keepalive):
                                 yield KEEPALIVE

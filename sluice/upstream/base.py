@@ -28,6 +28,11 @@ class UpstreamStream(abc.ABC):
     def close(self) -> None:
         """Stop reading and drop the connection (the client left, or we are done)."""
 
+    def ready(self) -> bool:
+        """True when the next step of ``chunks()`` will not wait (a piece or the end is already
+        there); the relay then skips arming its keepalive timer. False when it cannot tell."""
+        return False
+
 
 class Transport(abc.ABC):
     """Sends an OpenAI-shaped request to one backend."""

@@ -173,6 +173,10 @@ class UpstreamConnection(asyncio.Protocol):
         finally:
             self._waiter = None
 
+    def ready(self) -> bool:
+        """A piece of body, its end or an error is already here: ``read`` will not wait."""
+        return bool(self._body) or self._complete or self._error is not None
+
     async def head(self) -> int:
         """Wait for the status line and headers; returns the status."""
         while not self._headers_done:

@@ -56,6 +56,10 @@ class _NativeStream(UpstreamStream):
         self._conn = None
         self._pool.release(conn)  # whole response read: the connection may carry another
 
+    def ready(self) -> bool:
+        conn = self._conn
+        return conn is None or conn.ready()
+
     def close(self) -> None:
         conn = self._conn
         if conn is not None:
