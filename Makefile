@@ -56,6 +56,11 @@ clean:
 	rm -rf $(VENV) .sluice .pytest_cache
 
 # --workers 1 against --workers 2 with Redis limits, CPU of each side recorded (bench/README.md).
+# sluice against ../shared/bench/floor.py in one session: the issue-15 targets as ratios to the floor.
+.PHONY: bench-floor
+bench-floor: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bench/floor_ratio.sh
+
 .PHONY: bench-workers
 bench-workers: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bench/workers.sh
