@@ -13,8 +13,7 @@ A=${A:-bench/gateway.yaml}
 B=${B:-bench/gateway-limits.yaml}
 export SECONDS_EACH=${SECONDS_EACH:-3}
 start_upstream
-# a config that traces to the bench collector gets a live one (OTLP_ENDPOINT elsewhere: e.g. a dead end)
-if grep -qs 'OTLP_ENDPOINT' "$A" "$B"; then start_collector; fi
+if grep -qs 'OTLP_ENDPOINT' "$A" "$B"; then start_collector; fi  # a config tracing to the bench sink gets a live one
 start_gateway "$A" ab-A.log 0 "${A_ENV:-}"; gw_a=$last_gw
 start_gateway "$B" ab-B.log 10 "${B_ENV:-}"; gw_b=$last_gw
 hz=$(getconf CLK_TCK)
