@@ -6,12 +6,14 @@
 # /proc). At the end: the median of the per-round B/A ratios, non-streaming and streaming.
 # Env: A and B (configs; default bench/gateway.yaml and bench/gateway-limits.yaml),
 #      A_ENV and B_ENV (extra environment of one side: "NAME=value ..."), ROUNDS (default 12), CONC (default 16), SECONDS_EACH (default 3), LIMITS_BACKEND.
+#      A config naming ${OTLP_ENDPOINT} (bench/gateway-tracing.yaml) starts the live OTLP sink on CPU 1.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 A=${A:-bench/gateway.yaml}
 B=${B:-bench/gateway-limits.yaml}
 export SECONDS_EACH=${SECONDS_EACH:-3}
 start_upstream
+if grep -qs 'OTLP_ENDPOINT' "$A" "$B"; then start_collector; fi  # a config tracing to the bench sink gets a live one
 start_gateway "$A" ab-A.log 0 "${A_ENV:-}"; gw_a=$last_gw
 start_gateway "$B" ab-B.log 10 "${B_ENV:-}"; gw_b=$last_gw
 hz=$(getconf CLK_TCK)
@@ -51,3 +53,4 @@ for kind in ("plain", "stream"):
           f"(quartiles {statistics.quantiles(rps, n=4)[0]:.3f}-{statistics.quantiles(rps, n=4)[2]:.3f}) | "
           f"CPU per request A {med(a, 3):.0f} us B {med(b, 3):.0f} us, median A/B {statistics.median(cpu):.3f}")
 EOF
+[ -z "${collector:-}" ] || echo "OTLP sink received: $(curl -fs "127.0.0.1:${OTLP_PORT:-14318}/stats")"

@@ -44,13 +44,26 @@ start_gateway() {
 
 start_stack() {  # $1: name of the gateway's log file under .sluice/
   start_upstream
+  if grep -qs 'OTLP_ENDPOINT' "${CONFIG:-bench/gateway.yaml}"; then start_collector; fi
   start_gateway "${CONFIG:-bench/gateway.yaml}" "$1"
   gw=$last_gw
+}
+
+# A live OTLP/HTTP collector (bench/otlp_sink.py: answers 200, decodes nothing) on CPU 1, beside wrk,
+# at 127.0.0.1:${OTLP_PORT:-14318}; bench/gateway-tracing.yaml exports there. Sets $collector.
+start_collector() {
+  local port=${OTLP_PORT:-14318}
+  taskset -c 1 python "$root/bench/otlp_sink.py" "$port" &
+  collector=$!
+  for _ in $(seq 100); do curl -fs "127.0.0.1:$port/stats" >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "the OTLP sink did not start on $port" >&2; exit 1
 }
 
 stop_stack() {
   local p
   for p in "${gateways[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  # the collector after the gateways: they export what they hold when they stop
+  if [ -n "${collector:-}" ]; then kill "$collector" 2>/dev/null || true; wait "$collector" 2>/dev/null || true; fi
   kill "$(cat "$dir/nginx.pid")" 2>/dev/null || true
 }
 

@@ -17,7 +17,9 @@ class Tracing(_Section):
     endpoint: str | None = None  # e.g. http://collector:4318/v1/traces
     ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0  # share of requests sampled (a sampled traceparent always is)
     service_name: str = "sluice"
-    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0  # one export, retries included; and shutdown's wait
+    # spans waiting for export; when the collector is slow or down the oldest are dropped, not kept
+    max_queue_spans: Annotated[int, msgspec.Meta(ge=64, le=1_000_000)] = 2048
     headers: dict[str, str] = msgspec.field(default_factory=dict)  # e.g. an API key of the collector
 
 

@@ -1,15 +1,19 @@
 """Traces: a tiny OTLP/HTTP collector started by the test receives one trace per sampled request,
 with a span per pipeline stage and per upstream attempt (retry or fallback and why), GenAI
 attributes and no prompt text; the caller's W3C traceparent is followed and propagated to the
-upstream (the sim records what it got); unsampled requests export nothing."""
+upstream (the sim records what it got); unsampled requests export nothing; a collector that hangs
+costs spans, never request time, memory or a slow shutdown."""
 
 from __future__ import annotations
 
 import secrets
+import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler
 
+import httpx
 import openai
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -178,3 +182,75 @@ def test_a_retry_and_a_fallback_are_attempt_spans_that_say_why(tmp_path, collect
     finally:
         g.stop()
         flaky.stop()
+
+
+class HangingCollector:
+    """Accepts connections and reads what it is sent, never answers (a collector that hangs)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1/traces"
+        self.received = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._hold, args=(conn,), daemon=True).start()
+
+    def _hold(self, conn: socket.socket) -> None:
+        with conn:
+            while chunk := conn.recv(65536):
+                self.received += len(chunk)
+
+    def stop(self) -> None:
+        self.sock.close()
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_a_collector_that_hangs_neither_slows_requests_nor_grows_memory_nor_holds_shutdown(sim, tmp_path):
+    hung = HangingCollector()
+    g = start_gateway(
+        tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}], models=[{"name": "sim-small", "upstream": "sim"}],
+        identities=[{"name": "a", "owner": "o", "models": ["*"]}],
+        extra={"telemetry": {"tracing": {"endpoint": hung.url, "ratio": 1.0, "timeout_s": 3.0, "max_queue_spans": 64}}},
+        env=FAST_EXPORT)
+    try:
+        client = httpx.Client(base_url=g.url, headers={"Authorization": f"Bearer {g.keys['a']}"}, timeout=30,
+                              limits=httpx.Limits(max_connections=8))
+
+        def one(_: int) -> float:
+            t0 = time.monotonic()
+            assert client.post("/v1/chat/completions", json=BODY).status_code == 200
+            return time.monotonic() - t0
+
+        def burst(n: int) -> list[float]:
+            with ThreadPoolExecutor(8) as pool:
+                return list(pool.map(one, range(n)))
+
+        burst(300)  # warm: pools, caches, and the exporter stuck on its first batch
+        assert hung.received > 0  # it did try to export
+        before = _rss_mib(g.proc.popen.pid)
+        took = burst(1500)  # 12,000 spans, a queue of 64
+        grown = _rss_mib(g.proc.popen.pid) - before
+        took.sort()
+        # each export waits 3 s for an answer that never comes: no request waits for one
+        assert took[len(took) // 2] < 0.5 and took[-1] < 1.5, (took[len(took) // 2], took[-1])
+        assert grown < 4.0, f"RSS grew {grown:.1f} MiB while spans had nowhere to go"
+        t0 = time.monotonic()
+        client.close()
+        assert g.stop() == 0  # not killed by the harness after 15 s
+        # the export timeout and a second (the SDK's own shutdown: one timeout per queued batch, 9 s here)
+        assert time.monotonic() - t0 < 3.0 + 2.5
+    finally:
+        g.stop()
+        hung.stop()
