@@ -8,9 +8,10 @@ anything else (``logprobs``, ``system_fingerprint``, vLLM's ``stop_reason``, ``p
 Cheap when nothing must go: a whole reply is decoded once into strict typed structs (unknown
 fields refused, the known vendor fields allowed only as ``null``) and, when that succeeds, goes
 out as the very bytes it came in; only a reply that fails it is decoded whole, stripped and
-re-encoded. A stream's first event gets the same strict check (a stream carries its vendor's
-fields in every event); after that, memchr probes for the named keys with a non-null value decide.
-A ``null`` vendor field says nothing and stays where stripping it would cost a rewrite.
+re-encoded. A block of stream events gets the same check in one decode (the events joined into a
+JSON array); scalar vendor fields (OpenAI's fingerprint on every chunk) are cut from the bytes,
+and only events still failing are decoded and rewritten. In a stream a ``null`` vendor field says
+nothing and stays where stripping it would cost a rewrite.
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ BASE_MESSAGE = frozenset({"role", "content", "tool_calls", "refusal", "function_
 VENDOR = ("logprobs", "system_fingerprint", "stop_reason", "reasoning_content", "reasoning", "prompt_logprobs",
           "prompt_token_ids", "token_ids", "kv_transfer_params", "audio", "obfuscation")
 
+# Types of the basics where they are plain: typed decoding is ~17% cheaper than Any on the bench stream.
+_TYPES: dict[str, Any] = {"id": str, "object": str, "created": int, "model": str, "index": int, "finish_reason": str | None,
+                          "role": str, "content": str | None, "service_tier": str | None, "refusal": str | None}
 _decode = msgspec.json.decode
+_END = b"data: [DONE]\n\n"
 _encode = msgspec.json.encode
 
 
@@ -56,25 +61,30 @@ def strip_reply(d: Any, expose: frozenset[str], nulls: bool) -> bool:
     return changed
 
 
-def _strict(name: str, base: frozenset[str], expose: frozenset[str], nested: dict[str, Any], vendor: Any = None) -> type:
-    """A struct that decodes only a level with no unknown field: base and exposed fields, the vendor
-    ones typed ``vendor`` (None: allowed only as null, so a value to strip fails the decode)."""
-    fields: list[tuple[str, Any, Any]] = [(f, nested.get(f, Any), None) for f in sorted(base | expose)]
-    fields += [(f, vendor, None) for f in VENDOR if f not in base and f not in expose]
+def _strict(name: str, base: frozenset[str], expose: frozenset[str], nested: dict[str, Any]) -> type:
+    """A struct that decodes only a level with nothing to strip: base and exposed fields, vendor ones as null."""
+    fields: list[tuple[str, Any, Any]] = [(f, nested.get(f, Any if f in expose else _TYPES.get(f, Any)), None)
+                                          for f in sorted(base | expose)]
+    fields += [(f, None, None) for f in VENDOR if f not in base and f not in expose]
     return msgspec.defstruct(name, fields, forbid_unknown_fields=True, gc=False)
 
 
-def _scalar_remover(names: list[str]) -> re.Pattern[bytes]:
-    """Matches a named field with a scalar value, with the comma that joins it to its neighbour."""
-    key = rb'\s*"(?:' + b"|".join(n.encode() for n in names) + rb')"\s*:\s*'
-    scalar = rb'(?:"(?:[^"\\]|\\.)*"|-?[0-9][0-9.eE+-]*|true|false)'
-    return re.compile(rb',' + key + scalar + rb'(?=\s*[,}])|(?<=\{)' + key + scalar + rb'(?:\s*,|(?=\s*\}))')
+_SCALAR = rb'(?:"(?:[^"\\]|\\.)*"|-?[0-9][0-9.eE+-]*|true|false)'
+# which vendor field failed the strict decode: "Expected `null`, got `str` - at `$[0].system_fingerprint`"
+_FAILED = re.compile(r"^Expected `null`, got `\w+` - at `[^`]*\.(\w+)`$")
+
+
+def _removers(name: str) -> tuple[re.Pattern[bytes], re.Pattern[bytes]]:
+    """A field with a scalar value and the comma after it; the same field last in its object.
+    Both begin with the quoted name, so the regex engine skips ahead to it at memchr speed."""
+    key = b'"' + name.encode() + rb'"\s*:\s*' + _SCALAR
+    return re.compile(key + rb'\s*,'), re.compile(key + rb'(?=\s*\})')
 
 
 class Shape:
     """One expose set, compiled: the strict probe types for whole replies and first stream events."""
 
-    __slots__ = ("expose", "_reply", "_event", "_keys", "_values", "_scalars")
+    __slots__ = ("expose", "_reply", "_events", "_removers")
 
     def __init__(self, expose: frozenset[str]) -> None:
         self.expose = expose
@@ -82,15 +92,8 @@ class Shape:
         choice = _strict("Choice", BASE_CHOICE, expose, {"message": message | None, "delta": message | None})
         reply = _strict("Reply", BASE_REPLY, expose, {"choices": list[choice] | None})  # type: ignore[valid-type]
         self._reply = msgspec.json.Decoder(reply).decode
-        # a stream's first event: unknown fields fail it; the named vendor fields are the probes' job
-        message = _strict("Message", BASE_MESSAGE, expose, {}, Any)
-        choice = _strict("Choice", BASE_CHOICE, expose, {"message": message | None, "delta": message | None}, Any)
-        self._event = msgspec.json.Decoder(_strict("Event", BASE_REPLY, expose, {"choices": list[choice] | None}, Any)).decode
-        named = [f for f in VENDOR if f not in expose]
-        self._keys = tuple(b'"' + f.encode() + b'"' for f in named)
-        # a named key with a value that is not null; escaped quotes inside strings cannot match
-        self._values = re.compile(rb'"(?:' + b"|".join(f.encode() for f in named) + rb')": ?(?!null\b)') if named else None
-        self._scalars = _scalar_remover(named) if named else None
+        self._events = msgspec.json.Decoder(list[reply]).decode  # type: ignore[valid-type]
+        self._removers = {f: _removers(f) for f in VENDOR if f not in expose}
 
     def clean(self, body: bytes) -> bool | None:
         """Whether a whole reply (or one event) has nothing to strip; None if it is not JSON at all."""
@@ -110,35 +113,50 @@ class Shape:
         strip_reply(d, self.expose, True)
         return _encode(d)
 
-    def named(self, block: bytes) -> bool:
-        """Whether a block of events may hold a named vendor field with a value (memchr-fast first)."""
-        values = self._values
-        if values is None:
-            return False
-        for key in self._keys:
-            if key in block:
-                return values.search(block) is not None
-        return False
+    def clean_events(self, block: bytes) -> tuple[bytes, bool]:
+        """(the block, whether it now has nothing to strip), in one decode of its ``data: {...}``
+        events joined into a JSON array (a raw newline cannot be inside a JSON string).
 
-    def first_event_clean(self, block: bytes) -> bool | None:
-        """Whether the first JSON event of a block has nothing to strip (a stream's shape is its first
-        event's); None when the block holds no JSON event (a keepalive comment)."""
-        at = block.find(b"data: {")
-        if at < 0:
+        A vendor field with a scalar value (OpenAI's fingerprint, the same on every chunk) is cut
+        from the bytes, every copy of it at once, and the block checked again. Anything else in the
+        block (comments, other SSE fields, objects to strip) says False: the caller then goes event
+        by event.
+        """
+        body, end = (block[:-len(_END)], _END) if block.endswith(_END) else (block, b"")
+        if not body:
+            return block, True
+        if not body.startswith(b"data: {") or not body.endswith(b"}\n\n"):
+            return block, False
+        for _ in range(8):  # a few distinct values; a new one on every chunk goes event by event
+            try:
+                self._events(b"[" + body[6:-2].replace(b"\n\ndata: ", b",") + b"]")
+                return body + end, True
+            except msgspec.ValidationError as exc:  # a DecodeError too: first
+                cut = self._cut(body, str(exc))
+                if cut is None:
+                    break
+                body = cut
+            except msgspec.DecodeError:
+                break
+        return body + end, False
+
+    def _cut(self, body: bytes, error: str) -> bytes | None:
+        """``body`` without every copy of the scalar vendor field the strict decode failed on, or None."""
+        failed = _FAILED.match(error)
+        removers = self._removers.get(failed.group(1)) if failed is not None else None
+        if removers is None:
             return None
-        end = block.find(b"\n", at)
-        try:
-            self._event(block[at + 6:end if end >= 0 else len(block)])
-        except msgspec.ValidationError:
-            return False
-        except msgspec.DecodeError:
-            pass
-        return True
-
-    def scrub(self, block: bytes) -> bytes:
-        """The block without the named vendor fields whose values are scalars (OpenAI's fingerprint on
-        every chunk): a byte rewrite, no decoding; object values (logprobs) are left to the decoder."""
-        return self._scalars.sub(b"", block) if self._scalars is not None else block
+        with_comma, last = removers
+        m = with_comma.search(body)
+        if m is not None:
+            return body.replace(m.group(0), b"")
+        m = last.search(body)
+        if m is None:
+            return None
+        comma = body.rfind(b",", 0, m.start())
+        if comma < 0 or body[comma + 1:m.start()].strip():
+            return None
+        return body.replace(body[comma:m.end()], b"")
 
 
 _SHAPES: dict[frozenset[str], Shape] = {}

@@ -85,7 +85,7 @@ class OutputGuard:
     """One request's output guard; ``reply`` for a whole body, ``feed``/``flush`` for a stream."""
 
     __slots__ = ("_rules", "_policy", "_identity", "_team", "_hold", "_record", "_detector", "_tools", "_expose",
-                 "_shape", "_all", "_checked", "_queue", "_calls", "_request_id", "judgements", "kinds")
+                 "_shape", "_queue", "_calls", "_request_id", "judgements", "kinds")
 
     def __init__(self, rules: Rules, policy: GuardPolicy, identity: str, team: str | None, *, tools: bool,
                  hold: Hold, record: Record, request_id: str = "", exposed: Shape | None = None) -> None:
@@ -102,8 +102,6 @@ class OutputGuard:
         # what this caller sees beyond the basics: its rule set's `output.expose` and its own grants
         self._shape = exposed if exposed is not None else shape(rules.expose)
         self._expose = self._shape.expose
-        self._all = False  # the stream's first event had fields to strip: every event is looked at
-        self._checked = False
         # [event bytes | None (rewritten), event dict | None (not decoded), choice, content, content as it came]
         self._queue: list[list[Any]] = []
         self._calls: dict[int, list[dict[str, Any]]] = {}  # held tool-call events per choice
@@ -197,17 +195,11 @@ class OutputGuard:
         return _masked(text, found, open_at)
 
     # -- streams ------------------------------------------------------------------------------
-    def needed(self, block: bytes) -> bool:
-        """Whether a block of events needs more than passing through (cheap byte probes)."""
-        if not self._checked:  # a stream carries its upstream's fields in every event: look at the first closely
-            clean = self._shape.first_event_clean(block)
-            if clean is not None:
-                self._checked, self._all = True, not clean
-        return self._detector is not None or bool(self._queue) or self._probe(block)
-
-    def _probe(self, block: bytes) -> bool:
-        """Whether some event may have fields to strip or a tool call to judge."""
-        return self._all or (self._tools and _TOOL_KEY in block) or self._shape.named(block)
+    def _probe(self, block: bytes) -> tuple[bytes, bool]:
+        """(the block, scalar vendor fields cut, whether some event still has fields to strip or a
+        tool call to judge): one strict decode of the whole block when nothing must go."""
+        block, clean = self._shape.clean_events(block)
+        return block, not clean or (self._tools and _TOOL_KEY in block)
 
     async def feed(self, block: bytes) -> bytes:
         """Whole events in; the events that may go out now (possibly rewritten or held back).
@@ -215,12 +207,9 @@ class OutputGuard:
         The common event (content only) is decoded into a small typed struct and goes out as the
         very bytes it came in; only an event that must change is decoded whole and re-encoded.
         """
-        if not self.needed(block):
+        block, slow = self._probe(block)  # some event has fields to strip or tool calls
+        if not slow and self._detector is None and not self._queue:
             return block
-        slow = self._probe(block)  # some event has fields to strip or tool calls
-        if slow and not self._all:  # scalar vendor fields (a fingerprint on every chunk) go as bytes
-            block = self._shape.scrub(block)
-            slow = self._probe(block)
         queue = self._queue
         if not slow and not self._calls:  # content only: the block is held or released whole
             body, tail = (block[:-len(_END)], _END) if block.endswith(_END) else (block, b"")
@@ -240,7 +229,7 @@ class OutputGuard:
                 out.append(ev)
                 continue
             try:
-                if slow and self._probe(raw):
+                if slow and ((self._tools and _TOOL_KEY in raw) or self._shape.clean(body) is False):
                     await self._event(ev, _decode(body))
                     continue
                 light = _light(body)
