@@ -47,7 +47,7 @@ def strip(d: dict[str, Any], base: frozenset[str], expose: frozenset[str], nulls
 
 def strip_reply(d: Any, expose: frozenset[str], nulls: bool) -> bool:
     """Minimise a decoded reply or stream event in place, at every level; whether anything went."""
-    if not isinstance(d, dict):
+    if not isinstance(d, dict) or "choices" not in d:  # not a completion (an error body): as it came
         return False
     changed = strip(d, BASE_REPLY, expose, nulls)
     for choice in d.get("choices") or ():

@@ -288,6 +288,9 @@ class OutputGuard:
 
     async def _event(self, ev: bytes, d: dict[str, Any]) -> None:
         """The rare event: fields to strip, or part of a tool call."""
+        if "choices" not in d:  # not a chunk: an upstream's error event goes on as it came
+            self._queue.append([ev, None, -1, None, None])
+            return
         expose = self._expose
         changed = strip(d, BASE_REPLY, expose)
         choices = d.get("choices") or []

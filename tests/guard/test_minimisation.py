@@ -58,6 +58,9 @@ def openai_events(model: str) -> list[dict]:
     return events + [{**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}], "obfuscation": "k"}]
 
 
+ERROR_EVENT = b'data: {"error": {"message": "the model is overloaded", "type": "server_error", "code": 503}}\n\n'
+
+
 # Whitespace no encoder of ours writes: a reply with nothing to strip must come back as these very bytes.
 CLEAN = (b'{ "id": "chatcmpl-3",  "object": "chat.completion", "created": 1700000000, "model": "clean-model",\n'
          b'  "choices": [ { "index": 0, "message": { "role": "assistant", "content": "plain" }, "logprobs": null,\n'
@@ -82,6 +85,9 @@ class FakeVllm:
                     outer.last = req
                 if req["model"] == "clean-model":
                     body, kind = CLEAN, "application/json"
+                elif req["model"] == "error-model":
+                    body = b"data: " + json.dumps(openai_events(req["model"])[0]).encode() + b"\n\n" + ERROR_EVENT
+                    kind = "text/event-stream"
                 elif req["model"] == "openai-model":
                     body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in openai_events(req["model"]))
                     body, kind = body + b"data: [DONE]\n\n", "text/event-stream"
@@ -108,9 +114,9 @@ def upstream():
 
 
 def _gateway(tmp, upstream, extra: dict | None = None):
-    ident = {"owner": "ml@example.com", "models": ["vendor-model", "clean-model", "openai-model"]}
+    ident = {"owner": "ml@example.com", "models": ["vendor-model", "clean-model", "openai-model", "error-model"]}
     return start_gateway(tmp, upstreams=[{"name": "fake", "base_url": upstream.url}],
-                         models=[{"name": n, "upstream": "fake"} for n in ("vendor-model", "clean-model", "openai-model")],
+                         models=[{"name": n, "upstream": "fake"} for n in ("vendor-model", "clean-model", "openai-model", "error-model")],
                          identities=[{"name": "app", **ident}, {"name": "scorer", **ident}], extra=extra)
 
 
@@ -186,6 +192,14 @@ def test_scalar_extras_on_every_chunk_are_stripped_and_the_text_is_untouched(bar
     sent = openai_events("openai-model")
     assert [e["choices"] for e in events] == [e["choices"] for e in sent]  # text that mentions the field stays
     assert all(set(e) == {"id", "object", "created", "model", "choices", "service_tier"} for e in events)
+
+
+def test_an_upstream_error_event_in_a_stream_reaches_the_caller_as_it_came(bare):
+    with httpx.stream("POST", bare.v1 + "/chat/completions", headers={"Authorization": f"Bearer {bare.keys['app']}"},
+                      json={"model": "error-model", "stream": True, "messages": [{"role": "user", "content": "hi"}]}) as r:
+        raw = b"".join(r.iter_raw())
+    assert ERROR_EVENT in raw, raw  # not minimised to {}: the SDK raises it as an APIError
+    assert b"fp_5e1c" not in raw and b"obfuscation" not in raw
 
 
 def test_the_openai_sdk_reads_minimised_replies_and_streams(bare):
