@@ -58,6 +58,9 @@ class OutputRules(_Strict):
     expose: list[_Field] = msgspec.field(default_factory=list)  # e.g. logprobs, system_fingerprint
     # chars of a stream held back at most (the look-behind is half of it: at least a PEM header)
     stream_window: Annotated[int, msgspec.Meta(ge=96, le=4096)] = 128
+    # which stream events are decoded strictly for fields to strip: a stream's first 8 and those that
+    # close it (and every one after any of those had something), or every event (~1 µs each)
+    stream_check: Literal["sampled", "every_event"] = "sampled"
 
 
 class ToolRules(_Strict):

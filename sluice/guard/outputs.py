@@ -17,7 +17,7 @@ import re
 import msgspec
 
 from .detectors import Detector, Finding, masked_text
-from .minimise import BASE_CHOICE, BASE_MESSAGE, BASE_REPLY, Shape, shape, strip
+from .minimise import BASE_CHOICE, BASE_MESSAGE, BASE_REPLY, FIRST_EVENTS, Shape, sampled, shape, strip
 from .policy import GuardPolicy, Rules
 from .tools import Judgement, ToolCall, judge, notice, summary
 
@@ -85,10 +85,11 @@ class OutputGuard:
     """One request's output guard; ``reply`` for a whole body, ``feed``/``flush`` for a stream."""
 
     __slots__ = ("_rules", "_policy", "_identity", "_team", "_hold", "_record", "_detector", "_tools", "_expose",
-                 "_shape", "_queue", "_calls", "_request_id", "judgements", "kinds")
+                 "_shape", "_queue", "_calls", "_request_id", "_asked", "_every", "_first", "judgements", "kinds")
 
     def __init__(self, rules: Rules, policy: GuardPolicy, identity: str, team: str | None, *, tools: bool,
-                 hold: Hold, record: Record, request_id: str = "", exposed: Shape | None = None) -> None:
+                 hold: Hold, record: Record, request_id: str = "", exposed: Shape | None = None,
+                 every_event: bool = False) -> None:
         self._request_id = request_id
         self._rules = rules
         self._policy = policy
@@ -102,6 +103,11 @@ class OutputGuard:
         # what this caller sees beyond the basics: its rule set's `output.expose` and its own grants
         self._shape = exposed if exposed is not None else shape(rules.expose)
         self._expose = self._shape.expose
+        # a stream's events checked strictly: all of them, or (`sampled`) the first ones and those that
+        # close it, all of them once one of those had something to strip
+        self._asked = every_event or rules.spec.output.stream_check == "every_event"
+        self._every = self._asked
+        self._first = FIRST_EVENTS
         # [event bytes | None (rewritten), event dict | None (not decoded), choice, content, content as it came]
         self._queue: list[list[Any]] = []
         self._calls: dict[int, list[dict[str, Any]]] = {}  # held tool-call events per choice
@@ -111,7 +117,8 @@ class OutputGuard:
     def fresh(self) -> OutputGuard:
         """The same guard with nothing held: for a new attempt after one that sent nothing."""
         return OutputGuard(self._rules, self._policy, self._identity, self._team, tools=self._tools,
-                           hold=self._hold, record=self._record, request_id=self._request_id, exposed=self._shape)
+                           hold=self._hold, record=self._record, request_id=self._request_id, exposed=self._shape,
+                           every_event=self._asked)
 
     # -- whole replies ------------------------------------------------------------------------
     async def reply(self, body: bytes) -> bytes:
@@ -197,7 +204,18 @@ class OutputGuard:
     # -- streams ------------------------------------------------------------------------------
     def _probe(self, block: bytes) -> tuple[bytes, bool]:
         """(the block, scalar vendor fields cut, whether some event still has fields to strip or a
-        tool call to judge): one strict decode of the whole block when nothing must go."""
+        tool call to judge): one strict decode of the whole block when nothing must go.
+
+        ``sampled`` (the default) decodes only the events ``sampled`` picks, the middle of a stream
+        passing as it came, until one of them has something to strip: a stream that carries a vendor
+        field carries it throughout, so from then on every block is checked whole.
+        """
+        if not self._every:
+            part, n = sampled(block, self._first)
+            self._first -= n
+            if self._shape.pure(part):
+                return block, self._tools and _TOOL_KEY in block
+            self._every = True
         block, clean = self._shape.clean_events(block)
         return block, not clean or (self._tools and _TOOL_KEY in block)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import httpx
 import openai
@@ -58,6 +59,25 @@ def openai_events(model: str) -> list[dict]:
     return events + [{**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}], "obfuscation": "k"}]
 
 
+def paced_events(model: str) -> list[dict]:
+    """A 40-event token stream with nothing to strip, except where the model's name says:
+    ``first-model`` (a vendor's fields on every event from the first), ``stop-model`` (vLLM's
+    stop_reason set in the finish chunk) and ``late-model`` (reasoning_content first in event 30)."""
+    head = {"id": "chatcmpl-5", "object": "chat.completion.chunk", "created": 1700000000, "model": model}
+    if model == "first-model":
+        head = {**head, "x_vendor_trace": "node-17", "kv_transfer_params": {"remote_host": "10.0.0.7"}}
+    events = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
+    events += [{**head, "choices": [{"index": 0, "delta": {"content": f" t{i}"}, "finish_reason": None}]} for i in range(38)]
+    if model == "late-model":
+        events[30]["choices"][0]["delta"]["reasoning_content"] = "internal chain of thought"
+    finish = {"index": 0, "delta": {}, "finish_reason": "stop"}
+    if model == "stop-model":
+        finish["stop_reason"] = "</answer>"
+    return events + [{**head, "choices": [finish]}]
+
+
+PACED = ("first-model", "stop-model", "late-model")
+
 ERROR_EVENT = b'data: {"error": {"message": "the model is overloaded", "type": "server_error", "code": 503}}\n\n'
 
 
@@ -83,6 +103,18 @@ class FakeVllm:
                 req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with lock:
                     outer.last = req
+                if req["model"] in PACED:  # one event per write: the gateway meets each in its own block
+                    events = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in paced_events(req["model"])]
+                    events.append(b"data: [DONE]\n\n")
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Content-Length", str(sum(map(len, events))))
+                    self.end_headers()
+                    for e in events:
+                        self.wfile.write(e)
+                        self.wfile.flush()
+                        time.sleep(0.002)
+                    return
                 if req["model"] == "clean-model":
                     body, kind = CLEAN, "application/json"
                 elif req["model"] == "error-model":
@@ -114,10 +146,11 @@ def upstream():
 
 
 def _gateway(tmp, upstream, extra: dict | None = None):
-    ident = {"owner": "ml@example.com", "models": ["vendor-model", "clean-model", "openai-model", "error-model"]}
+    names = ["vendor-model", "clean-model", "openai-model", "error-model", *PACED]
+    ident = {"owner": "ml@example.com", "models": names}
     return start_gateway(tmp, upstreams=[{"name": "fake", "base_url": upstream.url}],
-                         models=[{"name": n, "upstream": "fake"} for n in ("vendor-model", "clean-model", "openai-model", "error-model")],
-                         identities=[{"name": "app", **ident}, {"name": "scorer", **ident}], extra=extra)
+                         models=[{"name": n, "upstream": "fake"} for n in names],
+                         identities=[{"name": "app", **ident}, {"name": "scorer", **ident}, {"name": "auditor", **ident}], extra=extra)
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +166,15 @@ def granted(upstream, tmp_path_factory):
     """One expose grant (no rule set, no tool): `scorer` sees logprobs."""
     g = _gateway(tmp_path_factory.mktemp("min-grant"), upstream,
                  {"guardrails": {"expose": [{"identities": ["scorer"], "fields": ["logprobs"]}]}})
+    yield g
+    g.stop()
+
+
+@pytest.fixture(scope="module")
+def every_event(upstream, tmp_path_factory):
+    """`auditor`'s streams are checked on every event (`stream_check: every_event`); the others sampled."""
+    rule_set = {"name": "audited", "match": {"identities": ["auditor"]}, "output": {"stream_check": "every_event"}}
+    g = _gateway(tmp_path_factory.mktemp("min-every"), upstream, {"guardrails": {"rule_sets": [rule_set]}})
     yield g
     g.stop()
 
@@ -250,3 +292,25 @@ def test_asking_for_logprobs_without_a_grant_is_refused_naming_the_rule(bare, gr
     assert chat(granted, "scorer", **ask).status_code == 200
     assert upstream.last.get("logprobs") == ask.get("logprobs")
     assert chat(bare, "app", logprobs=False).status_code == 200  # asking for none is fine
+
+
+def test_a_vendor_field_in_a_streams_first_event_is_stripped_from_every_later_event_too(bare):
+    events = streamed(bare, model="first-model")
+    assert len(events) == 40 and "".join(e["choices"][0]["delta"].get("content") or "" for e in events).endswith(" t37")
+    assert all(set(e) == {"id", "object", "created", "model", "choices"} for e in events), [sorted(e) for e in events]
+
+
+def test_a_stop_reason_set_in_the_finish_chunk_is_stripped(bare):
+    events = streamed(bare, model="stop-model")
+    assert events[-1]["choices"] == [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+    assert not keys_everywhere(events) & {"stop_reason"}
+
+
+def test_every_event_strips_a_field_that_first_shows_mid_stream_and_the_default_does_not(every_event):
+    sampled = streamed(every_event, "app", model="late-model")
+    checked = streamed(every_event, "auditor", model="late-model")
+    assert len(sampled) == len(checked) == 40
+    # the default's limit (README): event 30 is neither one of a stream's first 8 nor its finish
+    assert sampled[30]["choices"][0]["delta"]["reasoning_content"] == "internal chain of thought"
+    assert not keys_everywhere(checked) & {"reasoning_content"}
+    assert [e["choices"][0]["delta"].get("content") for e in checked] == [e["choices"][0]["delta"].get("content") for e in sampled]

@@ -61,7 +61,7 @@ class Guard:
             exposed = policy.shape_for(rules, p.identity_name, p.team)  # type: ignore[union-attr]
             _check_logprobs(req, exposed)
             ctx.guard = OutputGuard(rules, policy, p.identity_name, p.team, tools=False,  # type: ignore[union-attr]
-                                    hold=_no_hold, record=_no_record, exposed=exposed)
+                                    hold=_no_hold, record=_no_record, exposed=exposed, every_event=_several(req))
             return
         rules = policy.rules_for(req.model, p.identity_name, p.team)  # type: ignore[union-attr]
         exposed = policy.shape_for(rules, p.identity_name, p.team)  # type: ignore[union-attr]
@@ -81,7 +81,8 @@ class Guard:
             self._capture(_captured(rules, req, ctx, p.identity_id))  # type: ignore[union-attr]
         tools = bool(policy.tools) and req.tools is not UNSET and bool(req.tools)
         ctx.guard = OutputGuard(rules, policy, p.identity_name, p.team, tools=tools,  # type: ignore[union-attr]
-                                hold=self._holder(ctx, rules), record=self._recorder(ctx), request_id=rid, exposed=exposed)
+                                hold=self._holder(ctx, rules), record=self._recorder(ctx), request_id=rid, exposed=exposed,
+                                every_event=_several(req))
 
     def _holder(self, ctx: RequestContext, rules: Any) -> Callable[[Judgement], Any]:
         approvals = self._approvals
@@ -121,6 +122,13 @@ def _check_logprobs(req: ChatCompletionRequest, exposed: Shape) -> None:
     if type(req) is not ChatCompletionRequest and "prompt_logprobs" not in exposed.expose:
         if getattr(req, "prompt_logprobs", None):  # a model whose upstream takes vLLM's extras
             raise refuse("expose", "prompt_logprobs are not exposed to you (guardrails.expose).", "prompt_logprobs")
+
+
+def _several(req: ChatCompletionRequest) -> bool:
+    """Whether a reply has several choices: each ends with its own finish chunk, anywhere in the
+    stream, so sampled checking could miss one; such streams are checked on every event."""
+    n = req.n
+    return type(n) is int and n > 1
 
 
 def _masked(arguments: str) -> str:
