@@ -190,44 +190,34 @@ def sampled(block: bytes, first: int) -> tuple[bytes, int]:
     stream's first events): the block's first ``first`` events, and the events at its end that
     carry a non-null ``finish_reason`` or ``usage`` (vLLM's stop_reason sits in the finish chunk).
 
-    Both are found with short searches: the head forwards, event by event, the tail backwards
-    from the end, stopping at the first event that closes nothing; the middle is never read.
+    Found with a few short searches (each C call costs more than its bytes on the bench machine):
+    the head by one split, the tail backwards from the end, stopping at the first event that closes
+    nothing; the middle is never read. A quoted key is never inside a JSON string (quotes there are
+    escaped); a value spaced any other way than ``:null`` or ``: null`` counts as set.
     """
     end = len(block) - len(_END) if block.endswith(_END) else len(block)
     head = n = 0
-    while n < first and head < end:
-        i = block.find(b"\n\n", head, end)
-        if i < 0:
-            break
-        head, n = i + 2, n + 1
+    if first:
+        pieces = block.split(b"\n\n", first)
+        n = len(pieces) - 1  # events in the head (a [DONE] among them is cut off below)
+        head = min(end, len(block) - len(pieces[-1]))
     start = end
     while start > head:
         i = block.rfind(b"\n\n", head, start - 2)
         at = head if i < 0 else i + 2
-        if not _closes(block, at, start):
-            break
+        if block.startswith(b"data: {", at):  # anything else is checked, fails, and turns on every event
+            i = block.find(b'"finish_reason"', at, start)
+            if i < 0 or block.startswith(_NULL, i + 15):
+                i = block.find(b'"usage"', at, start)
+                if i < 0 or block.startswith(_NULL, i + 7):
+                    break
         start = at
     if start == end:
         return block[:head], n
     return block[:head] + block[start:end], n
 
 
-def _closes(block: bytes, at: int, end: int) -> bool:
-    """Whether the event ``block[at:end]`` ends a choice or carries usage (or is no data event at
-    all: then it is checked too, and fails, and the stream is checked on every event)."""
-    if not block.startswith(b"data: {", at):
-        return True
-    return _set(block, b'"finish_reason"', at, end) or _set(block, b'"usage"', at, end)
-
-
-def _set(block: bytes, key: bytes, at: int, end: int) -> bool:
-    """Whether ``key`` (a quoted name: never inside a JSON string, where quotes are escaped) holds
-    something other than null."""
-    i = block.find(key, at, end)
-    if i < 0:
-        return False
-    i += len(key)
-    return not block[i:i + 12].lstrip(b": \t").startswith(b"null")
+_NULL = (b":null", b": null")
 
 
 _SHAPES: dict[frozenset[str], Shape] = {}
