@@ -18,7 +18,7 @@ import msgspec
 from sluice.core.guardrails import DetectorRules, Guardrails, RuleSet
 from sluice.core.wire import ChatCompletionRequest
 from sluice.guard import Detector, GuardPolicy, OutputGuard, check_request
-from sluice.guard.minimise import shape
+from sluice.guard.minimise import sampled, shape
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "bench"
 REQUEST = b'{"model":"mock-model","messages":[{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":32}'
@@ -66,17 +66,17 @@ def main() -> None:
     prose = "Please summarise the following meeting notes for the team and list the action items. " * 4
     bare = GuardPolicy(Guardrails(), [])  # no guardrails: the default, minimisation only
 
-    def minimiser() -> OutputGuard:
-        return OutputGuard(bare.default, bare, "bench", None, tools=False, hold=hold, record=lambda j: None)
+    def minimiser(every: bool = False) -> OutputGuard:  # every: `stream_check: every_event`
+        return OutputGuard(bare.default, bare, "bench", None, tools=False, hold=hold, record=lambda j: None, every_event=every)
 
     async def minimise(body: bytes) -> None:
         await minimiser().reply(body)
 
-    async def minimise_stream(block: bytes) -> None:
-        await minimiser().feed(block)
+    async def minimise_stream(block: bytes, every: bool = False) -> None:
+        await minimiser(every).feed(block)
 
-    async def minimise_events() -> None:
-        g = minimiser()
+    async def minimise_events(every: bool = False) -> None:
+        g = minimiser(every)
         for e in events:
             await g.feed(e)
 
@@ -91,6 +91,11 @@ def main() -> None:
         ("no guardrails: 64-event stream, clean", median_us(lambda: loop.run_until_complete(minimise_stream(stream)), 2000)),
         ("no guardrails: 64-event stream, fingerprint", median_us(lambda: loop.run_until_complete(minimise_stream(fp_stream)), 500)),
         ("no guardrails: 64 events one by one, clean", median_us(lambda: loop.run_until_complete(minimise_events()), 500)),
+        ("  the same, stream_check: every_event", median_us(lambda: loop.run_until_complete(minimise_events(True)), 500)),
+        ("no guardrails: 64-event stream, every_event", median_us(lambda: loop.run_until_complete(minimise_stream(stream, True)), 2000)),
+        ("  sampled(): which events to check, block", median_us(lambda: sampled(stream, 8), 20000)),
+        ("  sampled(): a later block (past the 8)", median_us(lambda: sampled(stream, 0), 20000)),
+        ("  sampled(): one event past the 8", median_us(lambda: sampled(events[9], 0), 20000)),
 
         ("input rules + detectors, bench prompt", median_us(lambda: check_request(rules, policy, req, len(REQUEST), "bench", None, len), 20000)),
         ("reply: minimise + detect, bench reply", median_us(lambda: loop.run_until_complete(reply()), 5000)),
