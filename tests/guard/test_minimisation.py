@@ -314,3 +314,9 @@ def test_every_event_strips_a_field_that_first_shows_mid_stream_and_the_default_
     assert sampled[30]["choices"][0]["delta"]["reasoning_content"] == "internal chain of thought"
     assert not keys_everywhere(checked) & {"reasoning_content"}
     assert [e["choices"][0]["delta"].get("content") for e in checked] == [e["choices"][0]["delta"].get("content") for e in sampled]
+
+
+def test_a_stream_of_several_choices_is_checked_on_every_event(bare):
+    # each choice closes with its own finish chunk, anywhere in the stream: no sample catches them all
+    events = streamed(bare, model="late-model", n=2)
+    assert len(events) == 40 and not keys_everywhere(events) & {"reasoning_content"}
