@@ -15,6 +15,7 @@ Action = Literal["allow", "mask", "block", "flag"]
 Risk = Literal["read", "write", "high"]
 ContentType = Literal["text", "image_url", "input_audio", "file"]
 _Count = Annotated[int, msgspec.Meta(ge=1)]
+_Field = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_]{1,64}$")]  # a reply field's name
 
 
 class _Strict(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -54,9 +55,12 @@ class DetectorRules(_Strict):
 class OutputRules(_Strict):
     """Output minimisation: fields beyond the OpenAI basics are stripped unless listed."""
 
-    expose: list[str] = msgspec.field(default_factory=list)  # e.g. logprobs, system_fingerprint
+    expose: list[_Field] = msgspec.field(default_factory=list)  # e.g. logprobs, system_fingerprint
     # chars of a stream held back at most (the look-behind is half of it: at least a PEM header)
     stream_window: Annotated[int, msgspec.Meta(ge=96, le=4096)] = 128
+    # which stream events are decoded strictly for fields to strip: a stream's first 8 and those that
+    # close it (and every one after any of those had something), or every event (~1 µs each)
+    stream_check: Literal["sampled", "every_event"] = "sampled"
 
 
 class ToolRules(_Strict):
@@ -94,10 +98,22 @@ class RuleSet(_Strict):
     capture: CaptureRules = msgspec.field(default_factory=CaptureRules)
 
 
+class ExposeGrant(_Strict):
+    """Reply fields beyond the OpenAI basics that these identities or teams see (e.g. ``logprobs``)."""
+
+    fields: list[_Field]
+    identities: list[str] = msgspec.field(default_factory=list)
+    teams: list[str] = msgspec.field(default_factory=list)
+
+
 class Guardrails(_Strict):
-    """``guardrails:``: rule sets, first match wins; none at all turns the guard stage off."""
+    """``guardrails:``: rule sets, first match wins; none at all turns the input checks off.
+
+    Output minimisation is on whatever this holds; ``expose`` grants callers fields it would strip.
+    """
 
     rule_sets: list[RuleSet] = msgspec.field(default_factory=list)
+    expose: list[ExposeGrant] = msgspec.field(default_factory=list)
 
 
 class ToolSpec(_Strict):

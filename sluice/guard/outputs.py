@@ -17,7 +17,8 @@ import re
 import msgspec
 
 from .detectors import Detector, Finding, masked_text
-from .policy import BASE_CHOICE, BASE_MESSAGE, BASE_REPLY, GuardPolicy, Rules
+from .minimise import BASE_CHOICE, BASE_MESSAGE, BASE_REPLY, FIRST_EVENTS, Shape, sampled, shape, strip
+from .policy import GuardPolicy, Rules
 from .tools import Judgement, ToolCall, judge, notice, summary
 
 log = logging.getLogger("sluice.guard")
@@ -26,17 +27,7 @@ Record = Callable[[Judgement], None]  # records a decision, off the request path
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
-# Fields that make an event more than content: a tool call, or a non-null field to strip.
-_PROBE = re.compile(rb'"(?:tool_calls"|system_fingerprint": ?"|logprobs": ?[{\[]|reasoning_content": ?"|stop_reason": ?")')
-_KEYS = (b'"tool_calls"', b'"system_fingerprint"', b'"logprobs"', b'"reasoning_content"', b'"stop_reason"')
-
-
-def _probe(block: bytes) -> bool:
-    """Whether some event may need more than passing through: memchr-fast key checks, then the values."""
-    for key in _KEYS:
-        if key in block:
-            return _PROBE.search(block) is not None
-    return False
+_TOOL_KEY = b'"tool_calls"'
 
 
 class _LightDelta(msgspec.Struct, gc=False):
@@ -90,22 +81,15 @@ _OTHER_CHOICE = re.compile(rb'"index": ?[1-9]')
 _END = b"data: [DONE]\n\n"
 
 
-def _strip(d: dict[str, Any], base: frozenset[str], expose: frozenset[str], nulls: bool = False) -> bool:
-    """Drop fields beyond ``base`` not exposed; in streams, null ones stay (they say nothing, and cost a rewrite)."""
-    extra = [k for k, v in d.items() if k not in base and k not in expose and (nulls or v is not None)]
-    for k in extra:
-        del d[k]
-    return bool(extra)
-
-
 class OutputGuard:
     """One request's output guard; ``reply`` for a whole body, ``feed``/``flush`` for a stream."""
 
     __slots__ = ("_rules", "_policy", "_identity", "_team", "_hold", "_record", "_detector", "_tools", "_expose",
-                 "_queue", "_calls", "_request_id", "judgements", "kinds")
+                 "_shape", "_queue", "_calls", "_request_id", "_asked", "_every", "_first", "judgements", "kinds")
 
     def __init__(self, rules: Rules, policy: GuardPolicy, identity: str, team: str | None, *, tools: bool,
-                 hold: Hold, record: Record, request_id: str = "") -> None:
+                 hold: Hold, record: Record, request_id: str = "", exposed: Shape | None = None,
+                 every_event: bool = False) -> None:
         self._request_id = request_id
         self._rules = rules
         self._policy = policy
@@ -116,7 +100,14 @@ class OutputGuard:
         act = rules.output_action
         self._detector: Detector | None = rules.detector if act != "allow" else None
         self._tools = tools
-        self._expose = rules.expose
+        # what this caller sees beyond the basics: its rule set's `output.expose` and its own grants
+        self._shape = exposed if exposed is not None else shape(rules.expose)
+        self._expose = self._shape.expose
+        # a stream's events checked strictly: all of them, or (`sampled`) the first ones and those that
+        # close it, all of them once one of those had something to strip
+        self._asked = every_event or rules.spec.output.stream_check == "every_event"
+        self._every = self._asked
+        self._first = FIRST_EVENTS
         # [event bytes | None (rewritten), event dict | None (not decoded), choice, content, content as it came]
         self._queue: list[list[Any]] = []
         self._calls: dict[int, list[dict[str, Any]]] = {}  # held tool-call events per choice
@@ -126,10 +117,13 @@ class OutputGuard:
     def fresh(self) -> OutputGuard:
         """The same guard with nothing held: for a new attempt after one that sent nothing."""
         return OutputGuard(self._rules, self._policy, self._identity, self._team, tools=self._tools,
-                           hold=self._hold, record=self._record, request_id=self._request_id)
+                           hold=self._hold, record=self._record, request_id=self._request_id, exposed=self._shape,
+                           every_event=self._asked)
 
     # -- whole replies ------------------------------------------------------------------------
     async def reply(self, body: bytes) -> bytes:
+        if not self._tools and self._detector is None:  # minimisation only: the same bytes when nothing must go
+            return self._shape.minimise(body)
         if not self._tools and not self._expose:  # typed: decoding drops every field beyond the basics
             try:
                 r = _minimal(body)
@@ -148,14 +142,14 @@ class OutputGuard:
         if not isinstance(d, dict):
             return body
         expose = self._expose
-        _strip(d, BASE_REPLY, expose, True)
+        strip(d, BASE_REPLY, expose, True)
         judged: list[Judgement] = []
         for choice in d.get("choices") or ():
-            _strip(choice, BASE_CHOICE, expose, True)
+            strip(choice, BASE_CHOICE, expose, True)
             msg = choice.get("message")
             if not isinstance(msg, dict):
                 continue
-            _strip(msg, BASE_MESSAGE, expose, True)
+            strip(msg, BASE_MESSAGE, expose, True)
             text = msg.get("content")
             if isinstance(text, str) and self._detector is not None:
                 msg["content"] = self._redact(text, final=True)[0]
@@ -208,9 +202,22 @@ class OutputGuard:
         return _masked(text, found, open_at)
 
     # -- streams ------------------------------------------------------------------------------
-    def needed(self, block: bytes) -> bool:
-        """Whether a block of events needs more than passing through (cheap byte probes)."""
-        return self._detector is not None or bool(self._queue) or _probe(block)
+    def _probe(self, block: bytes) -> tuple[bytes, bool]:
+        """(the block, scalar vendor fields cut, whether some event still has fields to strip or a
+        tool call to judge): one strict decode of the whole block when nothing must go.
+
+        ``sampled`` (the default) decodes only the events ``sampled`` picks, the middle of a stream
+        passing as it came, until one of them has something to strip: a stream that carries a vendor
+        field carries it throughout, so from then on every block is checked whole.
+        """
+        if not self._every:
+            part, n = sampled(block, self._first)
+            self._first -= n
+            if self._shape.pure(part):
+                return block, self._tools and _TOOL_KEY in block
+            self._every = True
+        block, clean = self._shape.clean_events(block)
+        return block, not clean or (self._tools and _TOOL_KEY in block)
 
     async def feed(self, block: bytes) -> bytes:
         """Whole events in; the events that may go out now (possibly rewritten or held back).
@@ -218,9 +225,9 @@ class OutputGuard:
         The common event (content only) is decoded into a small typed struct and goes out as the
         very bytes it came in; only an event that must change is decoded whole and re-encoded.
         """
-        if not self.needed(block):
+        block, slow = self._probe(block)  # some event has fields to strip or tool calls
+        if not slow and self._detector is None and not self._queue:
             return block
-        slow = _probe(block)  # some event has fields to strip or tool calls
         queue = self._queue
         if not slow and not self._calls:  # content only: the block is held or released whole
             body, tail = (block[:-len(_END)], _END) if block.endswith(_END) else (block, b"")
@@ -240,7 +247,7 @@ class OutputGuard:
                 out.append(ev)
                 continue
             try:
-                if slow and _PROBE.search(raw) is not None:
+                if slow and ((self._tools and _TOOL_KEY in raw) or self._shape.clean(body) is False):
                     await self._event(ev, _decode(body))
                     continue
                 light = _light(body)
@@ -299,18 +306,21 @@ class OutputGuard:
 
     async def _event(self, ev: bytes, d: dict[str, Any]) -> None:
         """The rare event: fields to strip, or part of a tool call."""
+        if "choices" not in d:  # not a chunk: an upstream's error event goes on as it came
+            self._queue.append([ev, None, -1, None, None])
+            return
         expose = self._expose
-        changed = _strip(d, BASE_REPLY, expose)
+        changed = strip(d, BASE_REPLY, expose)
         choices = d.get("choices") or []
         if len(choices) != 1:  # usage chunks, or several choices in one event (rare): pass in order
             for c in choices:
-                changed |= _strip(c, BASE_CHOICE, expose)
+                changed |= strip(c, BASE_CHOICE, expose)
             self._queue.append([None if changed else ev, d, -1, None, None])
             return
         c = choices[0]
-        changed |= _strip(c, BASE_CHOICE, expose)
+        changed |= strip(c, BASE_CHOICE, expose)
         delta = c.get("delta") or {}
-        changed |= _strip(delta, BASE_MESSAGE, expose)
+        changed |= strip(delta, BASE_MESSAGE, expose)
         i = c.get("index", 0)
         if self._tools and (delta.get("tool_calls") or i in self._calls):
             self._calls.setdefault(i, []).append(d)

@@ -18,11 +18,8 @@ from jsonschema.exceptions import SchemaError
 from ..core.errors import ConfigError
 from ..core.guardrails import Guardrails, RuleSet, ToolSpec
 from .detectors import KINDS, Detector
+from .minimise import Shape, shape
 
-# Fields of a completion, a choice and a message that every caller gets; others need `expose`.
-BASE_REPLY = frozenset({"id", "object", "created", "model", "choices", "usage", "service_tier"})
-BASE_CHOICE = frozenset({"index", "message", "delta", "finish_reason"})
-BASE_MESSAGE = frozenset({"role", "content", "tool_calls", "refusal", "function_call", "annotations"})
 
 
 def parse(guardrails: Any, tools: Any) -> tuple[Guardrails, list[ToolSpec]]:
@@ -117,9 +114,9 @@ def _load(ref: str | None, at: str) -> Callable[[str], float] | None:
 
 
 class GuardPolicy:
-    """Rule sets (first match wins, else the defaults) and the tool registry."""
+    """Rule sets (first match wins, else the defaults), the tool registry and who sees which reply fields."""
 
-    __slots__ = ("rule_sets", "default", "tools", "_cache")
+    __slots__ = ("rule_sets", "default", "tools", "grants", "_cache", "_shapes")
 
     def __init__(self, guardrails: Guardrails, tools: list[ToolSpec]) -> None:
         self.rule_sets = [(rs.match, Rules(rs, f"$.guardrails.rule_sets[{i}]")) for i, rs in enumerate(guardrails.rule_sets)]
@@ -130,10 +127,25 @@ class GuardPolicy:
             raise ConfigError(f"duplicate tool {sorted(dup)[0]!r} - at `$.tools`")
         self.tools = {t.name: Tool(t, f"$.tools[{i}]") for i, t in enumerate(tools)}
         self._cache: dict[tuple[str, str, str | None], Rules] = {}
+        self.grants = [(frozenset(g.identities), frozenset(g.teams), frozenset(g.fields)) for g in guardrails.expose]
+        self._shapes: dict[tuple[Rules, str, str | None], Shape] = {}
 
     @property
     def active(self) -> bool:
+        """Whether input checks, detectors or tools apply; minimisation applies either way."""
         return bool(self.rule_sets or self.tools)
+
+    def shape_for(self, rules: Rules, identity: str, team: str | None) -> Shape:
+        """What a caller's replies keep: the basics, its rule set's ``output.expose`` and its own grants."""
+        key = (rules, identity, team)
+        got = self._shapes.get(key)
+        if got is None:
+            got = shape(rules.expose.union(*(f for ids, teams, f in self.grants
+                                              if identity in ids or (team is not None and team in teams))))
+            if len(self._shapes) > 100_000:  # bounded: names come from the store, not the caller
+                self._shapes.clear()
+            self._shapes[key] = got
+        return got
 
     def rules_for(self, model: str, identity: str, team: str | None) -> Rules:
         key = (model, identity, team)

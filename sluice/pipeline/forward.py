@@ -213,7 +213,7 @@ class Forward:
     ) -> AsyncGenerator[bytes, None]:
         started[0] = True
         relay = SSERelay(strip_usage=strip_usage)
-        guard = ctx.guard  # guard-out (issue 12): None when no output rule applies
+        guard = ctx.guard  # guard-out (issue 12): minimises every chat stream; None for embeddings
         sent = False
         pending: asyncio.Future | None = None
         try:

@@ -26,7 +26,7 @@ KILLED = "disabled by a kill switch"
 
 class ActivePolicy:
     """One compiled version: its number, hash, header value, document, limit rules, freeze flag and
-    guard rules (``guard`` is None when the version has no guardrail rule set and no tool: the fast path)."""
+    guard rules (``guard`` is None when the version has no guardrail rule set, tool or expose grant: the fast path)."""
 
     __slots__ = ("version", "hash", "tag", "document", "canonical", "rules", "limits_active", "frozen", "table",
                  "guard")
@@ -97,7 +97,7 @@ def compile_policy(version: int, hash: str, doc: PolicyDocument, canonical: byte
     except ConfigError as exc:
         raise PolicyInvalid(str(exc)) from None
     active = ActivePolicy(version, hash, doc, canonical, rules, bool(doc.limits.rules) or limiter.anomaly is not None,
-                          table, guard if guard.active else None)
+                          table, guard if guard.active or guard.grants else None)
     table.active = active
     return active
 

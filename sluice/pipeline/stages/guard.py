@@ -3,7 +3,9 @@
 Runs after routing (rules may name models) and before limits (a refused request reserves
 nothing). The rules are the ``guardrails`` and ``tools`` sections of the policy version the request
 was routed under (``ctx.policy.guard``), so a change set turns them on, changes or removes them with
-no restart; a version with neither costs one attribute check.
+no restart. Output minimisation is armed for every chat completion, guardrails or none: a version
+with no rule set, tool or expose grant costs one attribute check and an ``OutputGuard`` that only
+minimises; asking for ``logprobs`` the caller may not see is refused here (400), before any work.
 """
 
 from __future__ import annotations
@@ -16,13 +18,25 @@ from msgspec import UNSET
 
 from ...core import clock
 from ...core.wire import ChatCompletionRequest
+from ...core.guardrails import Guardrails
 from ...guard import GuardPolicy, Judgement, OutputGuard, ToolApprovals, check_request, context_digest
 from ...guard.approvals import MASK
+from ...guard.inputs import refuse
+from ...guard.minimise import Shape
 from ...guard.tools import masked_args
 from ...limits import prompt_tokens
 from ..context import RequestContext
 
 log = logging.getLogger("sluice.guard")
+_NONE = GuardPolicy(Guardrails(), [])  # a version without guardrails: the defaults, which only minimise
+
+
+async def _no_hold(_: Judgement) -> str:  # no tool registry, no tool call is ever judged
+    raise AssertionError("no tool registry")
+
+
+def _no_record(_: Judgement) -> None:
+    pass
 
 
 class Guard:
@@ -35,15 +49,23 @@ class Guard:
         self._capture = capture
 
     async def __call__(self, ctx: RequestContext) -> None:
-        active = ctx.policy
-        policy: GuardPolicy | None = active.guard if active is not None else None
-        if policy is None:  # the version has no guardrails and no tools: the fast path
-            return
         req = ctx.request
         if type(req) is not ChatCompletionRequest and not isinstance(req, ChatCompletionRequest):
-            return
+            return  # embeddings: nothing in them to minimise (see the README)
+        active = ctx.policy
+        policy: GuardPolicy | None = active.guard if active is not None else None
         p = ctx.principal
+        if policy is None or not policy.active:  # no input rules and no tools: minimise the output only
+            policy = policy or _NONE
+            rules = policy.default
+            exposed = policy.shape_for(rules, p.identity_name, p.team)  # type: ignore[union-attr]
+            _check_logprobs(req, exposed)
+            ctx.guard = OutputGuard(rules, policy, p.identity_name, p.team, tools=False,  # type: ignore[union-attr]
+                                    hold=_no_hold, record=_no_record, exposed=exposed, every_event=_several(req))
+            return
         rules = policy.rules_for(req.model, p.identity_name, p.team)  # type: ignore[union-attr]
+        exposed = policy.shape_for(rules, p.identity_name, p.team)  # type: ignore[union-attr]
+        _check_logprobs(req, exposed)
         upstream_model = ctx.target.upstream_model  # type: ignore[union-attr]
         req, verdict = check_request(rules, policy, req, len(ctx.exchange.body), p.identity_name, p.team,  # type: ignore[union-attr]
                                      lambda r: prompt_tokens(r, upstream_model))
@@ -59,7 +81,8 @@ class Guard:
             self._capture(_captured(rules, req, ctx, p.identity_id))  # type: ignore[union-attr]
         tools = bool(policy.tools) and req.tools is not UNSET and bool(req.tools)
         ctx.guard = OutputGuard(rules, policy, p.identity_name, p.team, tools=tools,  # type: ignore[union-attr]
-                                hold=self._holder(ctx, rules), record=self._recorder(ctx), request_id=rid)
+                                hold=self._holder(ctx, rules), record=self._recorder(ctx), request_id=rid, exposed=exposed,
+                                every_event=_several(req))
 
     def _holder(self, ctx: RequestContext, rules: Any) -> Callable[[Judgement], Any]:
         approvals = self._approvals
@@ -86,6 +109,26 @@ class Guard:
                 "args_masked": _masked(j.call.arguments), "args_sha256": j.args_sha256, "approval_id": j.approval_id,
                 "approver": None, "policy_version": active.version, "policy_hash": active.hash}])
         return record
+
+
+def _check_logprobs(req: ChatCompletionRequest, exposed: Shape) -> None:
+    """Asking for log probabilities the reply would not carry is refused: the upstream would compute
+    them for nothing, and a client reading them would find null."""
+    if "logprobs" not in exposed.expose:
+        if req.logprobs is True:
+            raise refuse("expose", "logprobs are not exposed to you (guardrails.expose).", "logprobs")
+        if req.top_logprobs:  # UNSET and None are falsy, and so is 0
+            raise refuse("expose", "logprobs are not exposed to you (guardrails.expose).", "top_logprobs")
+    if type(req) is not ChatCompletionRequest and "prompt_logprobs" not in exposed.expose:
+        if getattr(req, "prompt_logprobs", None):  # a model whose upstream takes vLLM's extras
+            raise refuse("expose", "prompt_logprobs are not exposed to you (guardrails.expose).", "prompt_logprobs")
+
+
+def _several(req: ChatCompletionRequest) -> bool:
+    """Whether a reply has several choices: each ends with its own finish chunk, anywhere in the
+    stream, so sampled checking could miss one; such streams are checked on every event."""
+    n = req.n
+    return type(n) is int and n > 1
 
 
 def _masked(arguments: str) -> str:
