@@ -6,39 +6,47 @@
 # the issue measured beside them (floor 37,000-37,700 req/s c=16 plain, 15,500-17,000 streaming
 # c=16, 0.15 ms p50 at c=1): 15,000 req/s plain is 0.40 of the floor, 8,000 streaming is 0.49,
 # 0.2 ms at c=1 is 1.33 times the floor's p50.
-# Env: ROUNDS (default 3), SECONDS_EACH (default 5), CONFIG (default bench/gateway.yaml).
+# Env: ROUNDS (default 8), SECONDS_EACH (default 3), CONFIG (default bench/gateway.yaml).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 start_stack floor-gateway.log
-export SECONDS_EACH=${SECONDS_EACH:-5}
+export SECONDS_EACH=${SECONDS_EACH:-3}
 out=.sluice/floor-ratio.txt
 : > "$out"
-floor() {  # $1 mode (plain|stream): start floor.py on 8095 for this mode, pinned like the gateway
-  BENCH_KEY=$BENCH_KEY taskset -c 0 python3 "$shared/floor.py" 8095 "$1" > .sluice/floor.log 2>&1 &
-  floor_pid=$!
-  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/8095) 2>/dev/null && return; sleep 0.1; done
-}
+# one floor per mode (floor.py serves one), both pinned like the gateway; idle while not loaded
+BENCH_KEY=$BENCH_KEY taskset -c 0 python3 "$shared/floor.py" 8095 plain > .sluice/floor-plain.log 2>&1 &
+floors=($!)
+BENCH_KEY=$BENCH_KEY taskset -c 0 python3 "$shared/floor.py" 8096 stream > .sluice/floor-stream.log 2>&1 &
+floors+=($!)
+trap 'kill "${floors[@]}" 2>/dev/null; stop_stack' EXIT
+for port in 8095 8096; do
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+done
 row() {  # $1 who, $2 port, $3 kind, $4 conc
   local lua=chat.lua model=mock-model
   [ "$3" = stream ] && { lua=chat-stream.lua; model=mock-stream; }
   BENCH_MODEL=$model "$shared/load" "http://127.0.0.1:$2/v1/chat/completions" "$lua" "$4" | awk -v w="$1" -v k="$3" 'END {print w, k, $1, $2, $3}' | tee -a "$out"
 }
-for _ in $(seq "${ROUNDS:-3}"); do
-  for kind in plain stream; do
-    floor "$kind"
-    for c in 1 16; do row floor 8095 "$kind" "$c"; row sluice 8080 "$kind" "$c"; done
-    kill "$floor_pid"; wait "$floor_pid" 2>/dev/null || true
+# short alternating bursts, floor then sluice: this machine's speed drifts from minute to minute
+# (other tenants), so each round's ratio is taken between neighbours and the median of them reported
+for _ in $(seq "${ROUNDS:-8}"); do
+  for c in 16 1; do
+    row floor 8095 plain "$c"; row sluice 8080 plain "$c"
+    [ "$c" = 16 ] && { row floor 8096 stream 16; row sluice 8080 stream 16; }
   done
 done
 python3 - "$out" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
-def med(who, kind, c, i):
-    return statistics.median(float(r[i]) for r in rows if r[0] == who and r[1] == kind and r[2] == c)
-print("what                      floor        sluice       sluice/floor   target as a ratio")
-for kind, c, target in (("plain", "16", 0.40), ("stream", "16", 0.49), ("plain", "1", None)):
-    f, s = med("floor", kind, c, 3), med("sluice", kind, c, 3)
-    print(f"{kind:6} c={c:2} req/s       {f:10,.0f}   {s:10,.0f}   {s / f:10.3f}     {'>= %.2f' % target if target else ''}")
-f, s = med("floor", "plain", "1", 4), med("sluice", "plain", "1", 4)
-print(f"plain  c= 1 p50 ms      {f:10.3f}   {s:10.3f}   {s / f:10.2f}x    <= 1.33x")
+def pairs(kind, c, i):
+    f = [float(r[i]) for r in rows if r[0] == "floor" and r[1] == kind and r[2] == c]
+    s = [float(r[i]) for r in rows if r[0] == "sluice" and r[1] == kind and r[2] == c]
+    return f, s, [b / a for a, b in zip(f, s)]
+def q(xs):
+    qs = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
+    return f"{statistics.median(xs):.3f} ({qs[0]:.3f}-{qs[2]:.3f})"
+print("what                  floor (median)  sluice (median)  sluice/floor per round, median (quartiles)  target")
+for kind, c, i, target in (("plain", "16", 3, ">= 0.40"), ("stream", "16", 3, ">= 0.49"), ("plain", "1", 4, "<= 1.33 (p50 ms)")):
+    f, s, r = pairs(kind, c, i)
+    print(f"{kind:6} c={c:2} {'req/s' if i == 3 else 'p50 ms':6}  {statistics.median(f):12,.3f}  {statistics.median(s):14,.3f}  {q(r):>30}  {target}")
 PY
