@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from store.pg_databases import drop_pg_database, fresh_pg_database
 from support import Sim, start_gateway
 
 _KEY_SHAPES = re.compile(r"sl[ka]_(?:dev_|prod_)?[A-Za-z0-9]{36}")
@@ -54,3 +55,15 @@ def gw(sim: Sim, tmp_path_factory: pytest.TempPathFactory):
     )
     yield g
     g.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store_url(request, tmp_path):
+    """A store's URL: a SQLite file, or a fresh Postgres database dropped afterwards (the same
+    contract runs on both; in CI a missing Postgres fails instead of skipping)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/store.db"
+        return
+    url = await fresh_pg_database()
+    yield url
+    await drop_pg_database(url)

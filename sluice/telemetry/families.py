@@ -83,11 +83,9 @@ class CallerFamilies:
             self._children[key] = c
         return c
 
-    def observe(self, records: Iterable[UsageRecord], tally: Tally | None = None) -> None:
-        """Fold records in; into ``tally`` when given (the caller applies it), else applied here."""
-        own = tally is None
-        t = Tally() if tally is None else tally
-        inc, observe = t.inc, t.observe
+    def observe(self, records: Iterable[UsageRecord], tally: Tally) -> None:
+        """Fold records into ``tally``; the caller (``Metrics.observe``) applies it once for both families."""
+        inc, observe = tally.inc, tally.observe
         children = self._children
         allowed = 0
         for rec in records:
@@ -112,8 +110,6 @@ class CallerFamilies:
             allowed += c[8]
         if allowed:
             inc(self._allowed, allowed)
-        if own:
-            t.apply()
 
     def throttled(self, limit: str) -> None:
         self.decisions.labels("throttled", limit).inc()

@@ -9,25 +9,15 @@ import threading
 import time
 
 import httpx
-import pytest
 
 from sluice.audit import AuditLog, MerkleJournal
 from sluice.core.audit_settings import Audit
 from sluice.store.sql import SqlStore
-from store.pg_databases import drop_pg_database, fresh_pg_database
 from support import Gateway, Sim, start_gateway
 
 ORIGIN = "test.sluice/crash"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/sluice.db"
-        return
-    url = await fresh_pg_database()
-    yield url
-    await drop_pg_database(url)
 
 
 def _burst(g: Gateway, ident: str, stop: threading.Event, done: list[int]) -> None:

@@ -18,15 +18,12 @@ from store.pg_databases import drop_pg_database, fresh_pg_database
 from support import start_gateway
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request, tmp_path):
-    url = f"sqlite:///{tmp_path}/store.db" if request.param == "sqlite" else await fresh_pg_database()
-    s = SqlStore(url)
+@pytest.fixture()
+async def store(store_url):
+    s = SqlStore(store_url)
     await s.open()
     yield s
     await s.close()
-    if request.param == "postgres":
-        await drop_pg_database(url)
 
 
 def _ident(name: str) -> Identity:

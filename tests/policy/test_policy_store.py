@@ -6,21 +6,17 @@ from __future__ import annotations
 
 import pytest
 
-from store.pg_databases import drop_pg_database, fresh_pg_database
 from sluice.core.errors import Conflict
 from sluice.core.types import ChangeEvent
 from sluice.store import Writes, open_store
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request, tmp_path):
-    url = f"sqlite:///{tmp_path}/policy.db" if request.param == "sqlite" else await fresh_pg_database()
-    s = open_store(url)
+@pytest.fixture()
+async def store(store_url):
+    s = open_store(store_url)
     await s.open()
     yield s
     await s.close()
-    if request.param == "postgres":
-        await drop_pg_database(url)
 
 
 def version(n: int, parent: int | None) -> dict:
