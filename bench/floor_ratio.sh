@@ -22,22 +22,27 @@ trap 'kill "${floors[@]}" 2>/dev/null; stop_stack' EXIT
 for port in 8095 8096; do
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
-row() {  # $1 who, $2 port, $3 kind, $4 conc
-  local lua=chat.lua model=mock-model
+ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }  # user and system CPU of a process, in clock ticks
+row() {  # $1 who, $2 port, $3 kind, $4 conc, $5 pid of the server under load (its CPU is recorded too)
+  local lua=chat.lua model=mock-model before after
   [ "$3" = stream ] && { lua=chat-stream.lua; model=mock-stream; }
-  BENCH_MODEL=$model "$shared/load" "http://127.0.0.1:$2/v1/chat/completions" "$lua" "$4" | awk -v w="$1" -v k="$3" 'END {print w, k, $1, $2, $3}' | tee -a "$out"
+  before=$(ticks "$5")
+  BENCH_MODEL=$model "$shared/load" "http://127.0.0.1:$2/v1/chat/completions" "$lua" "$4" | awk -v w="$1" -v k="$3" 'END {printf "%s %s %s %s %s", w, k, $1, $2, $3}' | tee -a "$out"
+  after=$(ticks "$5")
+  echo " $before $after" | tee -a "$out"
 }
 # short alternating bursts, floor then sluice: this machine's speed drifts from minute to minute
 # (other tenants), so each round's ratio is taken between neighbours and the median of them reported
 for _ in $(seq "${ROUNDS:-8}"); do
   for c in 16 1; do
-    row floor 8095 plain "$c"; row sluice 8080 plain "$c"
-    [ "$c" = 16 ] && { row floor 8096 stream 16; row sluice 8080 stream 16; }
+    row floor 8095 plain "$c" "${floors[0]}"; row sluice 8080 plain "$c" "$gw"
+    [ "$c" = 16 ] && { row floor 8096 stream 16 "${floors[1]}"; row sluice 8080 stream 16 "$gw"; }
   done
 done
-python3 - "$out" <<'PY'
+python3 - "$out" "$(getconf CLK_TCK)" "${SECONDS_EACH}" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+tick, secs = 1e6 / int(sys.argv[2]), float(sys.argv[3])
 def pairs(kind, c, i):
     f = [float(r[i]) for r in rows if r[0] == "floor" and r[1] == kind and r[2] == c]
     s = [float(r[i]) for r in rows if r[0] == "sluice" and r[1] == kind and r[2] == c]
@@ -49,4 +54,17 @@ print("what                  floor (median)  sluice (median)  sluice/floor per r
 for kind, c, i, target in (("plain", "16", 3, ">= 0.40"), ("stream", "16", 3, ">= 0.49"), ("plain", "1", 4, "<= 1.33 (p50 ms)")):
     f, s, r = pairs(kind, c, i)
     print(f"{kind:6} c={c:2} {'req/s' if i == 3 else 'p50 ms':6}  {statistics.median(f):12,.3f}  {statistics.median(s):14,.3f}  {q(r):>30}  {target}")
+# CPU of the server itself per request, during its own bursts (wrk and the upstream run on the
+# other core): user time is Python and the C extensions; system time is mostly the socket sends,
+# which run the peer's receive path and wake it.
+print()
+print("CPU per request, c=16 (median over rounds)   floor user  floor sys  sluice user  sluice sys")
+for kind in ("plain", "stream"):
+    per = {}
+    for who in ("floor", "sluice"):
+        rs = [r for r in rows if r[0] == who and r[1] == kind and r[2] == "16"]
+        n = [float(r[3]) * secs for r in rs]
+        per[who] = [statistics.median([(int(r[7]) - int(r[5])) * tick / k for r, k in zip(rs, n)]),
+                    statistics.median([(int(r[8]) - int(r[6])) * tick / k for r, k in zip(rs, n)])]
+    print(f"{kind:6} µs {per['floor'][0]:33.1f} {per['floor'][1]:10.1f} {per['sluice'][0]:12.1f} {per['sluice'][1]:11.1f}")
 PY
