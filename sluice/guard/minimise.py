@@ -22,6 +22,7 @@ something to strip, every event after it is checked. A field that first shows mi
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -96,8 +97,8 @@ class Shape:
         message = _strict("Message", BASE_MESSAGE, expose, {})
         choice = _strict("Choice", BASE_CHOICE, expose, {"message": message | None, "delta": message | None})
         reply = _strict("Reply", BASE_REPLY, expose, {"choices": list[choice] | None})  # type: ignore[valid-type]
-        self._reply = msgspec.json.Decoder(reply).decode
-        self._events = msgspec.json.Decoder(list[reply]).decode  # type: ignore[valid-type]
+        self._reply: Callable[[bytes], Any] = msgspec.json.Decoder(reply).decode
+        self._events: Callable[[bytes], Any] = msgspec.json.Decoder(list[reply]).decode  # type: ignore[valid-type]
         self._removers = {f: _removers(f) for f in VENDOR if f not in expose}
 
     def clean(self, body: bytes) -> bool | None:

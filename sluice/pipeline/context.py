@@ -10,8 +10,8 @@ from ..core.exchange import Exchange
 if TYPE_CHECKING:
     from ..identity import Principal
     from ..routing import Decision, Target
+    from ..routing.placement import Replica
     from ..telemetry.tracing import RequestTrace
-    from ..upstream import Transport
 
 
 class RequestContext:
@@ -32,7 +32,7 @@ class RequestContext:
         self.principal: Principal | None = None
         self.request: Any = None
         self.target: Target | None = None
-        self.transport: Transport | None = None
+        self.transport: Replica | None = None  # the replica this attempt was placed on
         self.status = 200
         self.prompt_tokens = 0
         self.completion_tokens = 0

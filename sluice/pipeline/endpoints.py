@@ -96,6 +96,7 @@ class ListModels:
         ctx = RequestContext(exchange, "models")
         await self._authenticate(ctx)
         p = ctx.principal
+        assert p is not None  # authenticate set it or raised
         data = []
         table = self._routes.table
         for name in table.names():

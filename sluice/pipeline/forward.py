@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import Any
 
 import msgspec
 from msgspec import UNSET
@@ -160,6 +161,7 @@ class Forward:
         while True:
             body = self._upstream_body(ctx)
             deployment = ctx.target.deployment  # type: ignore[union-attr]
+            assert deployment is not None  # a target on the data path always has one
             placement = deployment.placement
             replica = ctx.transport = placement.pick(deployment.live, prompt)
             tr = ctx.trace
@@ -292,10 +294,10 @@ KEEPALIVE = b": keepalive\n\n"
 
 def _done(ctx: RequestContext) -> None:
     """The attempt on ``ctx.transport`` (the replica it was placed on) has ended."""
-    ctx.target.deployment.placement.done(ctx.transport)  # type: ignore[union-attr]
+    ctx.target.deployment.placement.done(ctx.transport)  # type: ignore[union-attr,arg-type]
 
 
-def _prompt(request: ChatCompletionRequest | EmbeddingRequest) -> object:
+def _prompt(request: ChatCompletionRequest | EmbeddingRequest) -> str | Sequence[Any]:
     """What placement hashes: a chat's whole conversation (prefix affinity reads it only if asked)."""
     return "" if type(request) is EmbeddingRequest else request.messages  # type: ignore[union-attr]
 
