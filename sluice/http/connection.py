@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluice.http")
 
 _NO_QUERY: dict[str, str] = {}
+# Headers' own get and `in` lower-case the name for callers; the parser's names are lower-cased already
+_get = dict.get
+_has = dict.__contains__
 
 
 class _HeadTooLarge(GatewayError):
@@ -124,7 +127,7 @@ class Connection(asyncio.Protocol):
         # Request being parsed
         self._url = b""
         self._hdrs: Headers | None = None
-        self._names: list[bytes] = []
+        self._header_count = 0
         self._head_bytes = 0
         self._in_head = False
         self._current: _Request | None = None
@@ -200,7 +203,7 @@ class Connection(asyncio.Protocol):
         self._in_head = True
         self._url = b""
         self._hdrs = Headers()
-        self._names = []
+        self._header_count = 0
         self.deadline = self._loop.time() + self._server.header_timeout
 
     def on_url(self, url: bytes) -> None:
@@ -210,11 +213,11 @@ class Connection(asyncio.Protocol):
         server = self._server
         hdrs = self._hdrs
         assert hdrs is not None
-        if len(name) + len(value) > server.max_header_field_bytes or len(self._names) >= server.max_headers:
+        if len(name) + len(value) > server.max_header_field_bytes or self._header_count >= server.max_headers:
             raise _Refuse(_head_too_large())
-        self._names.append(name)
+        self._header_count += 1
         key = name.decode("latin-1").lower()
-        if key not in hdrs:
+        if not _has(hdrs, key):  # the key is lower-cased already: the plain dict's own lookups
             hdrs[key] = value.decode("latin-1")
         elif key == "transfer-encoding":
             # a second Transfer-Encoding is how requests get smuggled
@@ -234,15 +237,15 @@ class Connection(asyncio.Protocol):
         queue.append(req)
         if len(self._url) > server.max_url_bytes:
             req.error = _UriTooLong("The request URL is too long.")
-        te = hdrs.get("transfer-encoding")
-        cl = hdrs.get("content-length")
+        te = _get(hdrs, "transfer-encoding")
+        cl = _get(hdrs, "content-length")
         if te is not None:
             req.chunked = True
         elif cl is not None:
             req.length = int(cl)  # llhttp has already refused anything but digits
             if req.length > server.max_body:
                 req.error = req.error or _too_large(server.max_body)
-        expect = hdrs.get("expect")
+        expect = _get(hdrs, "expect")
         if expect is not None:
             if expect.lower() == "100-continue":
                 req.expect = True
