@@ -4,8 +4,9 @@ A connection carries one exchange at a time. The body arrives into a small buffe
 reader drains; above ``HIGH_WATER`` the socket stops being read until the reader catches
 up, so a slow client slows the upstream rather than growing our memory.
 
-Read and total timeouts share one timer per exchange: it fires at the earlier deadline and
-re-arms itself lazily if bytes arrived in between, so a chunk costs a clock read, not a timer.
+Read and total timeouts are deadlines, not timers: the pool's ticker (``Pool``) fails a busy
+connection whose earlier deadline has passed, so an exchange costs a clock read per chunk and no
+timer of its own (a timer armed and cancelled per exchange was ~2 µs of a ~40 µs request).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = ("_loop", "_transport", "_parser", "status", "retry_after", "_body", "_buffered", "_waiter",
                  "_complete", "_error", "_framed", "_headers_done", "_read_paused", "reusable", "idle_since",
-                 "_last", "_read_timeout", "_deadline", "_timer", "_busy")
+                 "_last", "_read_timeout", "_deadline", "_busy")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -54,7 +55,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._last = 0.0
         self._read_timeout = 0.0
         self._deadline = 0.0
-        self._timer: asyncio.TimerHandle | None = None
 
     # -- transport events --------------------------------------------------------------
 
@@ -124,7 +124,7 @@ class UpstreamConnection(asyncio.Protocol):
         return self.reusable and self._transport is not None and not self._transport.is_closing()
 
     def send(self, request: bytes, read_timeout: float, deadline: float) -> None:
-        """Start one exchange: reset the response state, write the request, arm the timer.
+        """Start one exchange: reset the response state, write the request; ``overdue`` then says when it is late.
 
         The parser is reused: llhttp starts over after a complete keep-alive response, and a
         connection whose response was not complete never carries another exchange.
@@ -141,17 +141,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._read_timeout = read_timeout
         self._deadline = deadline
         self._last = self._loop.time()
-        self._timer = self._loop.call_at(min(self._last + read_timeout, deadline), self._check)
         self._transport.write(request)  # type: ignore[union-attr]
 
-    def _check(self) -> None:
-        self._timer = None
-        now = self._loop.time()
-        due = min(self._last + self._read_timeout, self._deadline)
-        if now >= due:
+    def overdue(self, now: float) -> bool:
+        """Fail the exchange if no byte came within the read timeout or the total deadline passed."""
+        if self._busy and not self._complete and now >= min(self._last + self._read_timeout, self._deadline):
             self._fail(Stalled())
-        else:
-            self._timer = self._loop.call_at(due, self._check)
+            return True
+        return False
 
     def _fail(self, error: Exception) -> None:
         if self._error is None and not self._complete:
@@ -172,6 +169,18 @@ class UpstreamConnection(asyncio.Protocol):
             await self._waiter
         finally:
             self._waiter = None
+
+    def take_body(self) -> bytes | None:
+        """The whole body at once when it has all arrived and nothing failed (the common reply), else None."""
+        if not self._complete or self._error is not None:
+            return None
+        body = self._body
+        if not body:
+            return b""
+        data = body.popleft() if len(body) == 1 else b"".join(body)
+        body.clear()
+        self._buffered = 0
+        return data
 
     def ready(self) -> bool:
         """A piece of body, its end or an error is already here: ``read`` will not wait."""
@@ -207,9 +216,6 @@ class UpstreamConnection(asyncio.Protocol):
     def finish(self) -> bool:
         """End the exchange; True when the socket may go back to the pool."""
         self._busy = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         ok = self._complete and self._error is None and not self._body and self.alive
         if not ok:
             self.reusable = False

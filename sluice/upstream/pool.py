@@ -2,7 +2,8 @@
 
 Connections go back only after a complete response (``UpstreamConnection.finish``); a
 caller that finds the pool full waits in line, up to ``pool_timeout``, for a connection
-to come back or for room to open a new one.
+to come back or for room to open a new one. The pool's ticker enforces the read and total
+timeouts of the connections in use: one timer for the pool, none per exchange.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class Pool:
     """Connections to one ``host:port`` (TLS when ``ssl_context`` is given)."""
 
     def __init__(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None, limit: int,
-                 connect_timeout: float, pool_timeout: float, idle_timeout: float) -> None:
+                 connect_timeout: float, pool_timeout: float, idle_timeout: float, tick: float = 0.1) -> None:
         self._host = host
         self._port = port
         self._ssl = ssl_context
@@ -31,6 +32,9 @@ class Pool:
         self._pool_timeout = pool_timeout
         self._idle_timeout = idle_timeout
         self._idle: deque[UpstreamConnection] = deque()
+        self._busy: set[UpstreamConnection] = set()  # carrying an exchange: the ticker checks their deadlines
+        self._tick = tick
+        self._ticker: asyncio.TimerHandle | None = None
         self._waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
         self._open = 0
         self._sweeper: asyncio.TimerHandle | None = None
@@ -39,6 +43,31 @@ class Pool:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._sweeper = self._loop.call_later(self._idle_timeout / 2, self._sweep)
+        self._ticker = self._loop.call_later(self._tick, self._check_deadlines)
+
+    def _check_deadlines(self) -> None:
+        """Fail the exchanges past their read or total deadline (a timeout fires at most one tick late)."""
+        loop = self._loop
+        assert loop is not None
+        if self._busy:
+            now = loop.time()
+            for conn in [c for c in self._busy if c.overdue(now)]:
+                self._busy.discard(conn)
+        self._ticker = loop.call_later(self._tick, self._check_deadlines)
+
+    def take_idle(self) -> UpstreamConnection | None:
+        """A live idle connection now, without waiting (the common case), or None: ``acquire`` then."""
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if conn.alive:
+                return conn
+            self._discard(conn)  # died while idle: never sent on, so trying another is safe
+        return None
+
+    def lend(self, conn: UpstreamConnection) -> None:
+        """The connection carries an exchange from now on: its deadlines are watched."""
+        self._busy.add(conn)
 
     def _sweep(self) -> None:
         """Close connections idle longer than ``idle_timeout`` (the upstream would drop them soon)."""
@@ -101,6 +130,7 @@ class Pool:
 
     def release(self, conn: UpstreamConnection) -> None:
         """Take a connection back after its exchange: kept if reusable, else closed."""
+        self._busy.discard(conn)
         if not conn.finish():
             self._discard(conn)
         elif self._waiters and self._hand_on(conn):
@@ -133,5 +163,7 @@ class Pool:
         """Close every idle connection and stop the sweeper; busy ones close as they finish."""
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._ticker is not None:
+            self._ticker.cancel()
         while self._idle:
             self._discard(self._idle.popleft())
