@@ -462,7 +462,10 @@ class Connection(asyncio.Protocol):
             await self._drained()
             if self._lost:
                 return False
-            self._queue_write(stream_head(reply.status, reply.content_type, reply.headers, rid, chunked, keep), hold=True)
+            # The head waits (up to HEAD_HOLD) for the first event to join it, unless that event is at hand
+            ready = reply.ready
+            self._queue_write(stream_head(reply.status, reply.content_type, reply.headers, rid, chunked, keep),
+                              hold=ready is None or not ready())
             if req.head:
                 return keep
             async for piece in chunks:
