@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -77,9 +78,11 @@ class ModelCall:
             streaming = False
             raise
         finally:
-            # A stream is accounted when it ends; everything else here.
+            # A stream is accounted when it ends; everything else right after its answer is
+            # written (the next turn of the loop, before it reads anything new): settling limits
+            # and the usage record then add nothing to the caller's latency.
             if not streaming:
-                self._account(ctx)
+                asyncio.get_running_loop().call_soon(self._account, ctx)
 
 
 class ListModels:
