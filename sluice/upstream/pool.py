@@ -86,12 +86,9 @@ class Pool:
 
     async def acquire(self) -> UpstreamConnection:
         """A live connection: the most recently used idle one, a new one, or the next one freed."""
-        idle = self._idle
-        while idle:
-            conn = idle.pop()
-            if conn.alive:
-                return conn
-            self._discard(conn)  # died while idle: never sent on, so trying another is safe
+        conn = self.take_idle()
+        if conn is not None:
+            return conn
         if self._open < self._limit:
             return await self._connect()
         loop = self._loop
