@@ -132,7 +132,6 @@ class NativeTransport(Transport):
             except Exception as exc:
                 raise _translate(exc) from None
         request = self._request(path, body, headers)
-        pool.lend(conn)
         conn.send(request, self._read_timeout, deadline)
         try:
             await conn.head()

@@ -32,7 +32,7 @@ class Pool:
         self._pool_timeout = pool_timeout
         self._idle_timeout = idle_timeout
         self._idle: deque[UpstreamConnection] = deque()
-        self._busy: set[UpstreamConnection] = set()  # carrying an exchange: the ticker checks their deadlines
+        self._busy: set[UpstreamConnection] = set()  # lent out until released: the ticker checks their deadlines
         self._tick = tick
         self._ticker: asyncio.TimerHandle | None = None
         self._waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
@@ -56,18 +56,16 @@ class Pool:
         self._ticker = loop.call_later(self._tick, self._check_deadlines)
 
     def take_idle(self) -> UpstreamConnection | None:
-        """A live idle connection now, without waiting (the common case), or None: ``acquire`` then."""
+        """A live idle connection now, without waiting (the common case), or None: ``acquire`` then.
+        A connection handed out (here or by ``acquire``) is watched by the ticker until ``release``."""
         idle = self._idle
         while idle:
             conn = idle.pop()
             if conn.alive:
+                self._busy.add(conn)
                 return conn
             self._discard(conn)  # died while idle: never sent on, so trying another is safe
         return None
-
-    def lend(self, conn: UpstreamConnection) -> None:
-        """The connection carries an exchange from now on: its deadlines are watched."""
-        self._busy.add(conn)
 
     def _sweep(self) -> None:
         """Close connections idle longer than ``idle_timeout`` (the upstream would drop them soon)."""
@@ -107,6 +105,7 @@ class Pool:
             if got is not None:
                 self._discard(got)
             return await self._connect()  # our turn to open one
+        self._busy.add(got)
         return got
 
     async def _connect(self) -> UpstreamConnection:
@@ -123,6 +122,7 @@ class Pool:
             self._open -= 1
             self._hand_on(None)
             raise
+        self._busy.add(conn)
         return conn
 
     def release(self, conn: UpstreamConnection) -> None:
