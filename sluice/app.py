@@ -24,6 +24,7 @@ from .core.config import Config
 from .core.errors import ConfigError
 from .core.exchange import Exchange, Reply
 from .core.wire import extra_params
+from .core.lifecycle import ignore_stop_signals
 from .http import Listener, NativeListener
 from .limits import Admission, AnomalyGuard, Limiter, PriceTable, Throttle, build_backend, warm
 from .identity import (SYSTEM, CredentialRegistry, Federation, Hasher, IdentityService, IdentitySync, Keyring, Sealer,
@@ -415,3 +416,4 @@ def run(config: Config, config_path: str | None = None) -> None:
         asyncio.run(main)
     else:
         uvloop.run(main)
+    ignore_stop_signals()

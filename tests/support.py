@@ -56,7 +56,8 @@ class Proc:
         raise TimeoutError(f"{url} not ready after {timeout}s:\n{log}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:  # still readable after stop(), for the message of a failed assertion
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:

@@ -1,7 +1,9 @@
-"""Config for running as one of many: shutdown ordering, the usage spill file, the store-outage grace."""
+"""Running as one of many: shutdown ordering, the usage spill file, the store-outage grace (config),
+and the last step of a drained exit."""
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated
 
 import msgspec
@@ -25,3 +27,14 @@ class Lifecycle(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     spill_after: Annotated[int, msgspec.Meta(ge=1)] = 50_000
     spill_dir: str = ".sluice/spill"
     outage_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 900.0
+
+
+def ignore_stop_signals() -> None:
+    """Once drained, a repeated SIGTERM or SIGINT must not turn a clean exit into death by signal.
+
+    At interpreter shutdown CPython puts Python-level handlers back to SIG_DFL, so an orchestrator
+    (or a test) that signals again while the process is exiting would kill it with -15 and report
+    a failed drain; SIG_IGN survives finalisation.
+    """
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ..core.config import Config
+from ..core.lifecycle import ignore_stop_signals
 from .slot import ENV_READY, ENV_SLOT
 
 log = logging.getLogger("sluice.workers")
@@ -122,6 +123,7 @@ class Supervisor:
         finally:
             self._shutdown()
             shutil.rmtree(self.run_dir, ignore_errors=True)
+            ignore_stop_signals()
 
     def _supervise(self) -> int:
         while not self._stopping:
