@@ -209,6 +209,27 @@ async def test_migrations_are_idempotent_when_the_same_database_is_opened_twice(
         await second.close()
 
 
+async def test_the_migrated_database_has_exactly_the_indexes_the_schema_declares(store: SqlStore) -> None:
+    """schema.py and the migrations agree: an index dropped or added in one and not the other
+    (migration 0012 dropped the unused (identity_id, ts) usage index) shows here, on both backends."""
+    from sluice.store import schema
+
+    def indexes(c) -> dict[str, set[tuple[str, tuple[str, ...]]]]:
+        insp = inspect(c)
+        # Postgres lists the index behind each UNIQUE constraint too: those are constraints, not declared indexes
+        return {name: {(i["name"], tuple(i["column_names"])) for i in insp.get_indexes(name)
+                       if "duplicates_constraint" not in i}
+                for name in schema.metadata.tables}
+
+    async with store.engine.connect() as conn:
+        got = await conn.run_sync(indexes)
+    declared = {name: {(i.name, tuple(col.name for col in i.columns)) for i in table.indexes}
+                for name, table in schema.metadata.tables.items()}
+    assert got == declared
+    assert ("ix_usage_ts", ("ts",)) in got["usage"]
+    assert not any(name == "ix_usage_identity_ts" for name, _ in got["usage"])
+
+
 async def test_two_replicas_opening_a_fresh_postgres_together_both_succeed(pg_url: str) -> None:
     stores = [SqlStore(pg_url), SqlStore(pg_url)]
     try:
