@@ -98,7 +98,8 @@ class SSERelay:
 
     def _take_usage(self, block: bytes, at: int) -> bytes:
         # From the last mention of "usage" backwards, only the event around each usage object
-        # is parsed; the latest object wins, as it would read forwards.
+        # is parsed; the latest object wins, as it would read forwards. Only a caller who did not
+        # ask for usage makes the walk go on past it, to cut every usage-only event.
         taken = False
         while at >= 0:
             if _USAGE.match(block, at) is None:  # "usage": null, as OpenAI sends on every chunk
@@ -117,7 +118,9 @@ class SSERelay:
             if got is not None:
                 if not taken:
                     self.usage, taken = got, True
-                if self._strip_usage and any(e in event for e in _EMPTY_CHOICES):
+                if not self._strip_usage:
+                    break  # the latest usage is taken and nothing is cut: the rest of the block is not read
+                if _EMPTY_CHOICES[0] in event or _EMPTY_CHOICES[1] in event:
                     self.events -= 1
                     block = block[:start] + block[end:]
             at = block.rfind(b'"usage"', 0, start)
