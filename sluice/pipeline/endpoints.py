@@ -20,7 +20,7 @@ POLICY_HEADER = "x-sluice-policy"  # the policy version (and short hash) the req
 class ModelCall:
     """An endpoint that calls a model: chat completions (streaming or not) and embeddings."""
 
-    __slots__ = ("_name", "_stages", "_forward", "_account", "_authenticate", "_tracer")
+    __slots__ = ("_name", "_stages", "_forward", "_account", "_authenticate", "_tracer", "_loop")
 
     def __init__(self, name: str, stages: Sequence[Stage], forward: Forward, account: Callable[[RequestContext], None],
                  *, authenticate: Stage, tracer: Tracer | None = None) -> None:
@@ -30,6 +30,9 @@ class ModelCall:
         self._account = account
         self._authenticate = authenticate
         self._tracer = tracer  # None: tracing is off
+        # the serving loop, taken at the first request: asyncio.get_running_loop() on CPython 3.11
+        # makes a getpid system call each time (its fork check), once per request on this path
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def check_headers(self, exchange: Exchange) -> None:
         """Authenticate from the headers alone; the listener asks this before it reads a large body."""
@@ -82,7 +85,10 @@ class ModelCall:
             # written (the next turn of the loop, before it reads anything new): settling limits
             # and the usage record then add nothing to the caller's latency.
             if not streaming:
-                asyncio.get_running_loop().call_soon(self._account, ctx)
+                loop = self._loop
+                if loop is None:
+                    loop = self._loop = asyncio.get_running_loop()
+                loop.call_soon(self._account, ctx)
 
 
 class ListModels:
