@@ -24,7 +24,7 @@ from .core.config import Config
 from .core.errors import ConfigError
 from .core.exchange import Exchange, Reply
 from .core.wire import extra_params
-from .core.lifecycle import ignore_stop_signals
+from .core.lifecycle import ignore_stop_signals, raise_open_file_limit
 from .http import Listener, NativeListener
 from .limits import Admission, AnomalyGuard, Limiter, PriceTable, Throttle, build_backend, warm
 from .identity import (SYSTEM, CredentialRegistry, Federation, Hasher, IdentityService, IdentitySync, Keyring, Sealer,
@@ -409,6 +409,7 @@ async def serve_until_signalled(gateway: Gateway, config_path: str | None = None
 
 def run(config: Config, config_path: str | None = None) -> None:
     """Blocking entry point for ``sluice serve``: uvloop when available."""
+    raise_open_file_limit()  # before the listeners size their connection bound from it
     main = serve_until_signalled(Gateway(config), config_path)
     try:
         import uvloop

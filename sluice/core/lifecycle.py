@@ -38,3 +38,22 @@ def ignore_stop_signals() -> None:
     """
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
+
+
+def raise_open_file_limit(cap: int = 1 << 20) -> int:
+    """Lift this process's soft limit on open files to its hard limit (at most ``cap``), as servers
+    do (nginx's ``worker_rlimit_nofile``; Go at start): every client and upstream connection is a
+    descriptor, and a soft limit of 1,024 is common. Returns the soft limit now in force."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = cap if hard == resource.RLIM_INFINITY else min(hard, cap)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            return want
+        except (OSError, ValueError):
+            pass
+    return soft

@@ -14,7 +14,8 @@ created per request cost ~4% of a plain request's CPU). What bounds memory:
   which in turn stops reading the upstream.
 
 Timeouts (idle keep-alive, request head, request body) are deadlines checked by the
-server's one ticker, so a request costs no timer of its own.
+server's one ticker, so a request costs no timer of its own. Connections past the server's
+``max_connections`` get a 503 on arrival and are closed (``NativeListener.refuse``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluice.http")
 
 _NO_QUERY: dict[str, str] = {}
+SHED_LINGER = 1.0  # seconds a connection refused for being over the bound may take to read its 503
 # Headers' own get and `in` lower-case the name for callers; the parser's names are lower-cased already
 _get = dict.get
 _has = dict.__contains__
@@ -135,12 +137,23 @@ class Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._in_head = False
         self._current: _Request | None = None
+        self._refused = False  # answered 503 on arrival (too many connections); lingers until read
         self.deadline = 0.0  # when the ticker closes us (0: none); see module doc
 
     # -- transport events --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        server = self._server
+        if len(server.connections) >= server.max_connections:
+            # Over the bound: a 503, then what the client sends is read and dropped, so that the
+            # close after its answer (or SHED_LINGER) is a FIN that cannot overtake the 503.
+            self._parsing = False
+            self._closing = True
+            if server.refuse(transport):  # type: ignore[arg-type]
+                self._refused = True
+                self._loop.call_later(SHED_LINGER, self._cut)
+            return
         peer = transport.get_extra_info("peername")
         self._peer = peer[0] if peer else None
         transport.set_write_buffer_limits(high=self._server.write_high_water)  # type: ignore[attr-defined]
@@ -149,6 +162,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        if self._refused:
+            self._refused = False
+            self._server.shedding -= 1
         if self._more is not None and self._runner is not None:
             self._runner.cancel()  # waiting for a next request that cannot come
         self._server.connections.discard(self)
@@ -534,6 +550,10 @@ class Connection(asyncio.Protocol):
             self._stop_parsing(_RequestTimeout("The request was not received in time."))
             return
         self._close()
+
+    def _cut(self) -> None:
+        if not self._lost and self._transport is not None:
+            self._transport.abort()
 
     def shutdown(self) -> None:
         """Graceful stop: finish what is being answered, take nothing new."""

@@ -1,8 +1,8 @@
 """The native data-plane listener: ``asyncio`` protocols over llhttp, same ``Exchange``/``Reply`` as aiohttp's.
 
-It owns the listening socket, the set of live connections, the one ticker that enforces
-their deadlines, and graceful shutdown (stop accepting, let answers finish to a deadline,
-then cut what is left).
+It owns the listening socket, the set of live connections and their bound, the one ticker that
+enforces their deadlines, and graceful shutdown (stop accepting, let answers finish to a
+deadline, then cut what is left).
 """
 
 from __future__ import annotations
@@ -11,10 +11,31 @@ import asyncio
 import logging
 
 from ..core.config import DataPlaneListener
+from ..core.errors import Unavailable
 from .connection import Connection
+from .envelope import error_reply
+from .listener import next_request_id
 from .router import Handler, Router
+from .wire import reply_bytes
 
 log = logging.getLogger("sluice.http")
+
+_WARN_EVERY = 10.0  # seconds between two warnings that connections are being refused
+
+
+def default_max_connections() -> int:
+    """Half the process's open-file limit (at least 64): a flood of client connections must leave
+    descriptors for the upstreams, the control plane and the store, or every request fails."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 10_000
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return 100_000
+    return max(64, soft // 2)
+
 
 class NativeListener:
     """A plane on its own host and port, served by :class:`Connection` protocols."""
@@ -38,7 +59,11 @@ class NativeListener:
         self.max_header_field_bytes = cfg.max_header_field_bytes
         self.max_headers = cfg.max_headers
         self._shutdown_timeout = cfg.shutdown_timeout
+        self.max_connections = cfg.max_connections or default_max_connections()
         self.connections: set[Connection] = set()
+        # refused connections still reading their 503; bounded too, past it they are cut at once
+        self.shedding = 0
+        self._warned = -_WARN_EVERY
         self.draining = False
         self.loop = asyncio.get_event_loop()
         self._server: asyncio.Server | None = None
@@ -52,6 +77,25 @@ class NativeListener:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._ticker = loop.call_later(1.0, self._tick)
+
+    def refuse(self, transport: asyncio.Transport) -> bool:
+        """A connection past ``max_connections``: answer 503 and close (True), or cut it at once
+        (False) while too many refused ones are still lingering."""
+        now = self.loop.time()
+        if now - self._warned >= _WARN_EVERY:
+            self._warned = now
+            log.warning("%s plane at its bound of %d connections: new connections get 503", self.name,
+                        self.max_connections)
+        if self.shedding >= max(16, self.max_connections // 8):
+            transport.abort()
+            return False
+        self.shedding += 1
+        busy = Unavailable("The server has too many open connections; retry shortly.",
+                           code="too_many_connections", retry_after=1.0)
+        transport.write(reply_bytes(error_reply(busy), next_request_id(), False))
+        if transport.can_write_eof():
+            transport.write_eof()  # a client that only reads sees the end at once
+        return True
 
     def _tick(self) -> None:
         now = self.loop.time()
