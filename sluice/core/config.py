@@ -98,6 +98,10 @@ class Upstream(_Strict):
     pool_timeout: Seconds = 10.0
     idle_timeout: Seconds = 30.0
     tls_ca_file: str | None = None
+    # The largest whole (non-streamed) answer read from this upstream; a bigger one is a 502
+    # (upstream_response_too_large) instead of memory. 256 MiB holds a float embeddings batch of
+    # 2,048 inputs at 3,072 dimensions about three times over.
+    max_response_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 256 * 1024 * 1024
     # More base URLs of the same deployment (replicas); requests are placed across base_url and these.
     replicas: list[Annotated[str, msgspec.Meta(pattern=r"^https?://")]] = msgspec.field(default_factory=list)
     # Link-local and cloud-metadata addresses are refused unless this is set (see routing.egress).

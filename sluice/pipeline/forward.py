@@ -54,9 +54,10 @@ def _charge_reserved(ctx: RequestContext) -> None:
         ctx.prompt_tokens, ctx.usage_source = estimate_tokens(prompt_chars(ctx.request)), "estimated"
 
 
-# Sent, and no answer that says the upstream did no work (a 504 is a proxy's timeout); unlike
-# upstream_unreachable and upstream_connect_timeout, where nothing was sent.
-_UNANSWERED = frozenset({UpstreamTimeout.code, "upstream_disconnected"})
+# Sent, and no answer that says the upstream did no work (a 504 is a proxy's timeout; an answer too
+# large to read was work done); unlike upstream_unreachable and upstream_connect_timeout, where
+# nothing was sent.
+_UNANSWERED = frozenset({UpstreamTimeout.code, "upstream_disconnected", "upstream_response_too_large"})
 
 
 class Forward:

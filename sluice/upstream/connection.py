@@ -18,6 +18,9 @@ import httptools
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+# A response head past this is refused (nginx's proxy_buffer_size is 4-8 KiB): llhttp keeps a header
+# until it is whole, so an upstream sending one endless header would otherwise grow our memory.
+MAX_HEAD_BYTES = 64 * 1024
 
 
 class Stalled(Exception):
@@ -28,12 +31,16 @@ class Cut(Exception):
     """The connection ended, or spoke broken HTTP, before the response was complete."""
 
 
+class TooLarge(Exception):
+    """The response head, or a whole body read at once, is larger than the gateway accepts."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     """A socket to one upstream, reused across exchanges while the upstream keeps it alive."""
 
     __slots__ = ("_loop", "_transport", "_parser", "status", "retry_after", "_body", "_buffered", "_waiter",
                  "_complete", "_error", "_framed", "_headers_done", "_read_paused", "reusable", "idle_since",
-                 "_last", "_read_timeout", "_deadline", "_busy")
+                 "_last", "_read_timeout", "_deadline", "_busy", "_head_bytes")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -55,6 +62,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._last = 0.0
         self._read_timeout = 0.0
         self._deadline = 0.0
+        self._head_bytes = 0
 
     # -- transport events --------------------------------------------------------------
 
@@ -87,6 +95,11 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(Cut())
         except httptools.HttpParserError:
             self._fail(Cut())
+            return
+        if not self._headers_done:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._fail(TooLarge())
 
     # -- parser callbacks ----------------------------------------------------------------
 
@@ -137,6 +150,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._error = None
         self._framed = False
         self._headers_done = False
+        self._head_bytes = 0
         self._busy = True
         self._read_timeout = read_timeout
         self._deadline = deadline

@@ -61,6 +61,13 @@ def from_status(reply: UpstreamReply) -> GatewayError:
     return UpstreamError(f"The upstream model server failed (status {status}).")
 
 
+def too_large() -> UpstreamError:
+    """A whole answer (or its head) over what the gateway reads from an upstream: the upstream did
+    answer, so like an unanswered request it is charged what it reserved (pipeline.forward)."""
+    return UpstreamError("The upstream model server's answer is larger than this gateway accepts.",
+                         code="upstream_response_too_large")
+
+
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 from ..core.config import Upstream
 from ..core.errors import Unavailable, UpstreamError, UpstreamTimeout
 from .base import Transport, UpstreamReply, UpstreamStream
-from .connection import Cut, Stalled, UpstreamConnection
+from .connection import Cut, Stalled, TooLarge, UpstreamConnection
+from .errors import too_large
 from .pool import Pool, PoolTimeout
 from .probe import answers
 from .tls import tls_context
@@ -26,6 +27,8 @@ def _translate(exc: BaseException) -> Exception:
     if isinstance(exc, PoolTimeout):
         return Unavailable("Too many requests are waiting for this upstream; retry later.",
                            code="upstream_busy", retry_after=1.0)
+    if isinstance(exc, TooLarge):
+        return too_large()
     if isinstance(exc, OSError):  # refused, no route, TLS verification failed
         return UpstreamError("The upstream model server is unreachable.", code="upstream_unreachable")
     return UpstreamError("The upstream model server closed the connection unexpectedly.", code="upstream_disconnected")
@@ -93,6 +96,7 @@ class NativeTransport(Transport):
         self._secret = cfg.api_key.encode() if cfg.api_key else None
         self._read_timeout = cfg.read_timeout
         self._total = cfg.total_timeout
+        self._max_response = cfg.max_response_bytes
         ssl_context = tls_context(cfg.tls_ca_file) if tls else None
         self._pool = Pool(host, port, ssl_context=ssl_context,
                           limit=cfg.max_connections, connect_timeout=cfg.connect_timeout,
@@ -144,11 +148,15 @@ class NativeTransport(Transport):
 
     async def _read_all(self, conn: UpstreamConnection) -> bytes:
         pieces = []
+        room = self._max_response
         try:
             while True:
                 piece = await conn.read()
                 if not piece:
                     break
+                room -= len(piece)
+                if room < 0:
+                    raise TooLarge()  # the connection goes: its response was not read to the end
                 pieces.append(piece)
         except Exception as exc:
             raise _translate(exc) from None
@@ -162,6 +170,8 @@ class NativeTransport(Transport):
         data = conn.take_body()  # the whole reply came with its head (nearly always): no read loop
         if data is not None:
             self._pool.release(conn)
+            if len(data) > self._max_response:
+                raise too_large()
         else:
             data = await self._read_all(conn)
         if status != 200:

@@ -14,6 +14,7 @@ import aiohttp
 from ..core.config import Upstream
 from ..core.errors import UpstreamError, UpstreamTimeout
 from .base import Transport, UpstreamReply, UpstreamStream
+from .errors import too_large
 from .tls import tls_context
 
 
@@ -28,6 +29,17 @@ def _translate(exc: BaseException) -> Exception:
 
 
 _ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+async def _read(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, but no more than ``limit`` bytes of it (after decompression): past it, an error."""
+    pieces, room = [], limit
+    async for piece in resp.content.iter_any():
+        room -= len(piece)
+        if room < 0:
+            raise too_large()
+        pieces.append(piece)
+    return b"".join(pieces)
 
 
 class _AiohttpStream(UpstreamStream):
@@ -91,7 +103,7 @@ class OpenAITransport(Transport):
         assert self._session is not None
         try:
             async with self._session.post(self._base + path, data=body, headers=headers) as resp:
-                data = await resp.read()
+                data = await _read(resp, self._cfg.max_response_bytes)
                 if resp.status != 200:
                     return self._error_reply(resp.status, data, resp.headers.get("Retry-After"))
                 return UpstreamReply(200, data)
@@ -117,7 +129,7 @@ class OpenAITransport(Transport):
             raise _translate(exc) from None
         if resp.status != 200:
             try:
-                data = await resp.read()
+                data = await _read(resp, self._cfg.max_response_bytes)
             except _ERRORS as exc:
                 raise _translate(exc) from None
             finally:

@@ -12,10 +12,13 @@ import re
 
 import msgspec
 
-from ..core.errors import GatewayError, error_body
+from ..core.errors import GatewayError, UpstreamError, error_body
 from ..core.wire import TokenUsage, UsageEnvelope
 
 _DONE_END = b"[DONE]\n\n"
+# An event is held until its blank line arrives; an upstream that never sends one (a broken proxy,
+# a runaway) would otherwise grow that buffer without end. Chat chunks are well under 1 KiB.
+MAX_EVENT_BYTES = 4 * 1024 * 1024
 
 
 def _ends_stream(block: bytes) -> bool:
@@ -45,6 +48,10 @@ def error_event(exc: GatewayError) -> bytes:
     return b"data: " + msgspec.json.encode(error_body(exc)) + b"\n\n"
 
 
+def _event_too_large() -> UpstreamError:
+    return UpstreamError("The upstream sent an event larger than this gateway relays.", code="upstream_event_too_large")
+
+
 class SSERelay:
     """Splits upstream bytes into whole events, tracks usage and the end, returns what to forward."""
 
@@ -69,6 +76,8 @@ class SSERelay:
         buf = self._buf + chunk if self._buf else chunk
         end = buf.rfind(b"\n\n")
         if end < 0:
+            if len(buf) > MAX_EVENT_BYTES:
+                raise _event_too_large()
             self._buf = buf
             self.clean = True
             return b""
@@ -77,6 +86,8 @@ class SSERelay:
             out, self._buf = buf, b""
         else:
             out, self._buf = buf[:end], buf[end:]
+            if len(self._buf) > MAX_EVENT_BYTES:
+                raise _event_too_large()
         # Two passes that skip fast (a one-byte count, a seven-byte needle) instead of counting
         # the two-byte b"\n\n" (the slowest needle for bytes.count) and then counting fields:
         # if every newline belongs to a b"\n\ndata:" or the final blank line, the block is

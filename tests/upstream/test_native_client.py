@@ -10,6 +10,7 @@ import pytest
 from sluice.core.config import Upstream
 from sluice.core.errors import Unavailable, UpstreamError, UpstreamTimeout
 from sluice.upstream import NativeTransport
+from sluice.upstream.openai import OpenAITransport
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b'{"ok":true}'
@@ -235,3 +236,50 @@ async def test_a_slow_stream_reader_stops_the_upstream_instead_of_buffering_it()
     await chunks.aclose()
     await t.close()
     await up.stop()
+
+
+# -- a hostile or broken upstream cannot grow our memory ------------------------------------------------
+
+
+def _flood(up: Upstream_, head: bytes, piece: bytes, sent: list[int], total: int = 64_000_000) -> Script:
+    """Answer with ``head``, then ``piece`` over and over (up to ``total`` bytes) while the client reads."""
+    async def script(reader, writer):
+        await up.read_request(reader)
+        writer.write(head)
+        while sent[0] < total:
+            writer.write(piece)
+            await writer.drain()
+            sent[0] += len(piece)
+    return script
+
+
+async def _refused(t, up: Upstream_, sent: list[int]) -> None:
+    with pytest.raises(UpstreamError) as info:
+        await t.send("/chat/completions", b"{}")
+    assert info.value.code == "upstream_response_too_large" and info.value.status == 502
+    assert sent[0] < 16_000_000, sent[0]  # cut early, not read to the end
+    await t.close()
+    await up.stop()
+
+
+@pytest.mark.parametrize("transport", ["native", "aiohttp"])
+async def test_a_whole_answer_over_max_response_bytes_is_a_502_not_memory(transport):
+    cls = NativeTransport if transport == "native" else OpenAITransport
+    for head in (b"HTTP/1.1 200 OK\r\nContent-Length: 64000000\r\n\r\n",
+                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                 b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 64000000\r\n\r\n"):  # an error page too
+        up, sent = Upstream_(None), [0]  # type: ignore[arg-type]
+        piece = b"x" * 65536
+        up.script = _flood(up, head, b"%x\r\n%s\r\n" % (len(piece), piece) if b"chunked" in head else piece, sent)
+        t = cls(Upstream(name="u", base_url=await up.start(), max_response_bytes=1_000_000))
+        await t.start()
+        await _refused(t, up, sent)
+
+
+async def test_an_endless_response_head_is_refused_at_64_kib():
+    # llhttp keeps a header until it is whole: one header that never ends would otherwise grow without end.
+    up, sent = Upstream_(None), [0]  # type: ignore[arg-type]
+    up.script = _flood(up, b"HTTP/1.1 200 OK\r\nX-Endless: ", b"y" * 4096, sent)
+    t = await _transport(up)
+    await _refused(t, up, sent)
+    assert t.pool.open_connections == 0
