@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluice.http")
 
 _NO_QUERY: dict[str, str] = {}
+_SMALL_PIECE = 4096  # body pieces under this are gathered into one buffer (on_body)
 SHED_LINGER = 1.0  # seconds a connection refused for being over the bound may take to read its 503
 # Headers' own get and `in` lower-case the name for callers; the parser's names are lower-cased already
 _get = dict.get
@@ -88,7 +89,7 @@ class _Request:
         self.method = method
         self.url = url
         self.headers = headers
-        self.body: list[bytes] = []
+        self.body: list[bytes | bytearray] = []
         self.size = 0
         self.complete = False
         self.waiter: asyncio.Future[None] | None = None
@@ -292,7 +293,15 @@ class Connection(asyncio.Protocol):
         if req.size > limit:
             req.body.clear()
             raise _Refuse(_too_large(limit))
-        req.body.append(body)
+        pieces = req.body
+        if not pieces or len(body) >= _SMALL_PIECE:
+            pieces.append(body)  # the common case: the body in one or a few reads, joined once at the end
+        elif type(pieces[-1]) is bytearray:
+            pieces[-1] += body
+        else:
+            # Tiny chunks (a chunked body of one-byte chunks) gather in one buffer: a bytes object
+            # each would cost 40 times the body's size in memory.
+            pieces.append(bytearray(body))
 
     def on_message_complete(self) -> None:
         req = self._current
