@@ -56,6 +56,9 @@ class DataPlaneListener(Listener):
     max_header_field_bytes: Annotated[int, msgspec.Meta(ge=256)] = 16384
     max_headers: Annotated[int, msgspec.Meta(ge=8)] = 100
     shutdown_timeout: Seconds = 10.0
+    # A client whose socket takes none of an answer's bytes for this long is cut (nginx's
+    # send_timeout): a reader that stopped cannot hold its stream, upstream and limits for ever.
+    send_timeout: Seconds = 60.0
     # Client connections at once; past it a new one gets 503 and a close. None: half the process's
     # open-file limit, the other half left to upstream connections, the control plane and the store.
     max_connections: Annotated[int, msgspec.Meta(ge=1)] | None = None

@@ -13,8 +13,8 @@ created per request cost ~4% of a plain request's CPU). What bounds memory:
 - a streamed reply waits for the client to drain before asking its producer for more,
   which in turn stops reading the upstream.
 
-Timeouts (idle keep-alive, request head, request body) are deadlines checked by the
-server's one ticker, so a request costs no timer of its own. Connections past the server's
+Timeouts (idle keep-alive, request head, request body, and a send that makes no progress) are
+deadlines checked by the server's one ticker, so a request costs no timer of its own. Connections past the server's
 ``max_connections`` get a 503 on arrival and are closed (``NativeListener.refuse``).
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections import deque
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote
@@ -40,6 +41,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluice.http")
 
 _NO_QUERY: dict[str, str] = {}
+try:  # Linux: bytes in a socket's send queue (SIOCOUTQ)
+    import fcntl
+    import termios
+
+    _OUTQ: int | None = termios.TIOCOUTQ
+except (ImportError, AttributeError):
+    _OUTQ = None
 _SMALL_PIECE = 4096  # body pieces under this are gathered into one buffer (on_body)
 SHED_LINGER = 1.0  # seconds a connection refused for being over the bound may take to read its 503
 # Headers' own get and `in` lower-case the name for callers; the parser's names are lower-cased already
@@ -140,6 +148,8 @@ class Connection(asyncio.Protocol):
         self._current: _Request | None = None
         self._refused = False  # answered 503 on arrival (too many connections); lingers until read
         self.deadline = 0.0  # when the ticker closes us (0: none); see module doc
+        self.write_deadline = 0.0  # while writes are paused: when the ticker checks they moved at all
+        self._write_left = 0
 
     # -- transport events --------------------------------------------------------------
 
@@ -195,9 +205,13 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        # the ticker cuts us if by then the client has taken none of what is unsent (``write_stalled``)
+        self.write_deadline = self._loop.time() + self._server.send_timeout
+        self._write_left = _unsent(self._transport)  # type: ignore[arg-type]
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self.write_deadline = 0.0
         drain = self._drain
         if drain is not None and not drain.done():
             drain.set_result(None)
@@ -560,6 +574,20 @@ class Connection(asyncio.Protocol):
             return
         self._close()
 
+    def write_stalled(self, now: float) -> None:
+        """The ticker found our write deadline passed: cut the client if its socket took nothing."""
+        transport = self._transport
+        if transport is None or self._lost:
+            return
+        left = _unsent(transport)  # type: ignore[arg-type]
+        if left < self._write_left:  # slow, but reading: another send_timeout from now
+            self._write_left = left
+            self.write_deadline = now + self._server.send_timeout
+            return
+        self.write_deadline = 0.0
+        log.info("native server: cut a client that read nothing for %.0f s", self._server.send_timeout)
+        transport.abort()  # connection_lost stops a stream's producer, which accounts it as 499
+
     def _cut(self) -> None:
         if not self._lost and self._transport is not None:
             self._transport.abort()
@@ -576,6 +604,19 @@ class Connection(asyncio.Protocol):
             self._task.cancel()
         if self._transport is not None:
             self._transport.abort()
+
+
+def _unsent(transport: asyncio.Transport) -> int:
+    """Bytes written to the client and not yet taken by it: our buffer, plus (on Linux) the kernel's
+    send queue, which holds hundreds of KiB and drains first when a slow client reads."""
+    left = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None and _OUTQ is not None:
+        try:
+            left += int.from_bytes(fcntl.ioctl(sock.fileno(), _OUTQ, bytes(4)), sys.byteorder, signed=True)
+        except (OSError, ValueError):
+            pass
+    return left
 
 
 class _Refuse(Exception):

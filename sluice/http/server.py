@@ -59,6 +59,7 @@ class NativeListener:
         self.max_header_field_bytes = cfg.max_header_field_bytes
         self.max_headers = cfg.max_headers
         self._shutdown_timeout = cfg.shutdown_timeout
+        self.send_timeout = cfg.send_timeout
         self.max_connections = cfg.max_connections or default_max_connections()
         self.connections: set[Connection] = set()
         # refused connections still reading their 503; bounded too, past it they are cut at once
@@ -101,6 +102,8 @@ class NativeListener:
         now = self.loop.time()
         for conn in [c for c in self.connections if 0.0 < c.deadline <= now]:
             conn.expire()
+        for conn in [c for c in self.connections if 0.0 < c.write_deadline <= now]:
+            conn.write_stalled(now)
         self._ticker = self.loop.call_later(1.0, self._tick)
 
     async def stop(self) -> None:
