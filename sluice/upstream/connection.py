@@ -158,8 +158,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._transport.write(request)  # type: ignore[union-attr]
 
     def overdue(self, now: float) -> bool:
-        """Fail the exchange if no byte came within the read timeout or the total deadline passed."""
-        if self._busy and not self._complete and now >= min(self._last + self._read_timeout, self._deadline):
+        """Fail the exchange if no byte came within the read timeout or the total deadline passed.
+
+        While we are not reading (a slow client holds the stream back) the upstream's silence is
+        ours: only the total deadline runs, and the read timeout starts again when reading resumes.
+        """
+        if self._busy and not self._complete and (now >= self._deadline or (
+                not self._read_paused and now >= self._last + self._read_timeout)):
             self._fail(Stalled())
             return True
         return False
@@ -219,6 +224,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._buffered -= len(piece)
                 if self._read_paused and self._buffered < LOW_WATER and not self._complete:
                     self._read_paused = False
+                    self._last = self._loop.time()  # the read timeout counts from here
                     self._transport.resume_reading()  # type: ignore[union-attr]
                 return piece
             if self._error is not None:

@@ -283,3 +283,34 @@ async def test_an_endless_response_head_is_refused_at_64_kib():
     t = await _transport(up)
     await _refused(t, up, sent)
     assert t.pool.open_connections == 0
+
+
+async def test_a_stream_held_back_by_a_slow_reader_is_not_taken_for_a_stalled_upstream():
+    # Our backpressure stops reading the upstream; that time is ours, not the upstream's silence.
+    up = Upstream_(None)  # type: ignore[arg-type]
+    piece = b"data: " + b"x" * 8000 + b"\n\n"
+    total = 3_000_000
+
+    async def script(reader, writer):
+        await up.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        sent = 0
+        while sent < total:
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+            sent += len(piece)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    up.script = script
+    t = await _transport(up, read_timeout=0.3)
+    stream = await t.open_stream("/chat/completions", b"{}")
+    chunks = stream.chunks()
+    got = len(await chunks.__anext__())
+    await asyncio.sleep(1.2)  # a reader that stops for four read timeouts, then reads on
+    async for chunk in chunks:
+        got += len(chunk)
+    assert got >= total
+    await t.close()
+    await up.stop()
