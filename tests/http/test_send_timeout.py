@@ -23,7 +23,9 @@ def _usage(g) -> list[dict]:
     return r.json()["data"]
 
 
-def test_a_stream_to_a_client_that_reads_nothing_is_cut_and_recorded_as_499(tmp_path):
+def _long_stream(tmp_path):
+    """A gateway with a short send timeout, its sim, and a socket with a small window that has asked
+    it for a stream of about 16 MB."""
     sim = Sim(tmp_path)
     g = start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
                       models=[{"name": "sim-small", "upstream": "sim"}],
@@ -34,10 +36,15 @@ def test_a_stream_to_a_client_that_reads_nothing_is_cut_and_recorded_as_499(tmp_
                        "messages": [{"role": "user", "content": "a long story"}]}).encode()
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window stays small
+    s.connect(("127.0.0.1", g.port))
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: sluice\r\nContent-Type: application/json\r\n"
+              b"Authorization: Bearer " + g.keys["app"].encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    return sim, g, s
+
+
+def test_a_stream_to_a_client_that_reads_nothing_is_cut_and_recorded_as_499(tmp_path):
+    sim, g, s = _long_stream(tmp_path)
     try:
-        s.connect(("127.0.0.1", g.port))
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: sluice\r\nContent-Type: application/json\r\n"
-                  b"Authorization: Bearer " + g.keys["app"].encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
         t0 = time.monotonic()
         records: list[dict] = []
         while time.monotonic() - t0 < 15 and not records:  # the timeout, the 1 s tick, the ledger's flush
@@ -60,20 +67,8 @@ def test_a_stream_to_a_client_that_reads_nothing_is_cut_and_recorded_as_499(tmp_
 def test_a_slow_reader_that_keeps_reading_is_not_cut(tmp_path):
     # Progress, not the whole buffer drained, is what counts: one byte every 20 ms for three send
     # timeouts keeps the stream open.
-    sim = Sim(tmp_path)
-    g = start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
-                      models=[{"name": "sim-small", "upstream": "sim"}],
-                      identities=[{"name": "app", "owner": "o@example.com", "models": ["sim-small"]}],
-                      extra={"data_plane": {"server": "native", "send_timeout": SEND_TIMEOUT},
-                             "limits": {"max_tokens_cap": 20_000}})
-    body = json.dumps({"model": "sim-small", "stream": True, "max_tokens": 20_000, "n": 128,
-                       "messages": [{"role": "user", "content": "a long story"}]}).encode()
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sim, g, s = _long_stream(tmp_path)
     try:
-        s.connect(("127.0.0.1", g.port))
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: sluice\r\nContent-Type: application/json\r\n"
-                  b"Authorization: Bearer " + g.keys["app"].encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
         s.settimeout(5)
         got = 0
         t0 = time.monotonic()
