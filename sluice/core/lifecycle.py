@@ -40,20 +40,31 @@ def ignore_stop_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def raise_open_file_limit(cap: int = 1 << 20) -> int:
+UNLIMITED = -1
+
+
+def open_file_limit() -> int | None:
+    """This process's soft limit on open files: ``UNLIMITED``, or None where the platform has none."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return UNLIMITED if soft == resource.RLIM_INFINITY or soft <= 0 else soft
+
+
+def raise_open_file_limit(cap: int = 1 << 20) -> None:
     """Lift this process's soft limit on open files to its hard limit (at most ``cap``), as servers
     do (nginx's ``worker_rlimit_nofile``; Go at start): every client and upstream connection is a
-    descriptor, and a soft limit of 1,024 is common. Returns the soft limit now in force."""
+    descriptor, and a soft limit of 1,024 is common."""
     try:
         import resource
     except ImportError:  # not on this platform
-        return 0
+        return
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = cap if hard == resource.RLIM_INFINITY else min(hard, cap)
     if soft != resource.RLIM_INFINITY and soft < want:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-            return want
         except (OSError, ValueError):
             pass
-    return soft

@@ -14,8 +14,9 @@ created per request cost ~4% of a plain request's CPU). What bounds memory:
   which in turn stops reading the upstream.
 
 Timeouts (idle keep-alive, request head, request body, and a send that makes no progress) are
-deadlines checked by the server's one ticker, so a request costs no timer of its own. Connections past the server's
-``max_connections`` get a 503 on arrival and are closed (``NativeListener.refuse``).
+deadlines checked by the server's one ticker, so a request costs no timer of its own.
+Connections past the server's ``max_connections`` get a 503 on arrival and are closed
+(``NativeListener.refuse``).
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ class Connection(asyncio.Protocol):
             self._closing = True
             if server.refuse(transport):  # type: ignore[arg-type]
                 self._refused = True
-                self._loop.call_later(SHED_LINGER, self._cut)
+                self._loop.call_later(SHED_LINGER, self.abort)
             return
         peer = transport.get_extra_info("peername")
         self._peer = peer[0] if peer else None
@@ -588,10 +589,6 @@ class Connection(asyncio.Protocol):
         log.info("native server: cut a client that read nothing for %.0f s", self._server.send_timeout)
         transport.abort()  # connection_lost stops a stream's producer, which accounts it as 499
 
-    def _cut(self) -> None:
-        if not self._lost and self._transport is not None:
-            self._transport.abort()
-
     def shutdown(self) -> None:
         """Graceful stop: finish what is being answered, take nothing new."""
         self._closing = True
@@ -599,7 +596,7 @@ class Connection(asyncio.Protocol):
             self._close()
 
     def abort(self) -> None:
-        """The drain deadline passed: cut the connection and stop its work."""
+        """Cut the connection and stop its work (the drain deadline passed, or a refused one lingered)."""
         if self._task is not None:
             self._task.cancel()
         if self._transport is not None:

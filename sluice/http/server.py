@@ -12,6 +12,7 @@ import logging
 
 from ..core.config import DataPlaneListener
 from ..core.errors import Unavailable
+from ..core.lifecycle import UNLIMITED, open_file_limit
 from .connection import Connection
 from .envelope import error_reply
 from .listener import next_request_id
@@ -26,15 +27,10 @@ _WARN_EVERY = 10.0  # seconds between two warnings that connections are being re
 def default_max_connections() -> int:
     """Half the process's open-file limit (at least 64): a flood of client connections must leave
     descriptors for the upstreams, the control plane and the store, or every request fails."""
-    try:
-        import resource
-
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (ImportError, OSError, ValueError):
+    soft = open_file_limit()
+    if soft is None:
         return 10_000
-    if soft == resource.RLIM_INFINITY or soft <= 0:
-        return 100_000
-    return max(64, soft // 2)
+    return 100_000 if soft == UNLIMITED else max(64, soft // 2)
 
 
 class NativeListener:
