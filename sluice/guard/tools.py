@@ -37,11 +37,47 @@ class Judgement(msgspec.Struct, kw_only=True):
     risk: str | None = None
     args_sha256: str | None = None
     approval_id: str | None = None
+    canonical: str | None = None  # the parsed arguments in one spelling: what is hashed, shown and sent on
+
+
+class ArgumentsError(ValueError):
+    """Arguments that are not strict JSON: a duplicate key, NaN or Infinity, a number out of range."""
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):  # parsers disagree on which duplicate wins: an approver could see the other
+        raise ArgumentsError("duplicate_key")
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ArgumentsError("not_json")  # NaN, Infinity, -Infinity: not JSON
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e400: a float no JSON peer reads the same way
+        raise ArgumentsError("number_out_of_range")
+    return value
+
+
+def parse_arguments(text: str) -> Any:
+    """A tool call's arguments as strict JSON: one value per key, no NaN or Infinity; raises ``ArgumentsError``.
+
+    Every consumer of the call (the approver, the hash, the tool) then reads the same value.
+    """
+    try:
+        return json.loads(text or "{}", object_pairs_hook=_pairs, parse_constant=_no_constant, parse_float=_finite)
+    except ArgumentsError:
+        raise
+    except (ValueError, RecursionError):
+        raise ArgumentsError("not_json") from None
 
 
 def canonical(args: Any) -> str:
-    """One spelling of a JSON value: sorted keys, no spaces; what approvals hash."""
-    return json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """One spelling of a JSON value: sorted keys, no spaces; what approvals hash and what allowed calls carry."""
+    return json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def args_digest(args: Any) -> str:
@@ -54,16 +90,19 @@ def judge(policy: GuardPolicy, identity: str, team: str | None, call: ToolCall) 
     if tool is None or not tool.allows(identity, team):
         return Judgement(call=call, verdict="block", reason="tool_not_allowed")
     try:
-        args = json.loads(call.arguments or "{}")
-    except ValueError:
-        return Judgement(call=call, verdict="block", reason="arguments_not_json", risk=tool.risk)
+        args = parse_arguments(call.arguments)
+    except ArgumentsError as exc:
+        reason = "arguments_not_json" if str(exc) == "not_json" else f"arguments_not_json ({exc})"
+        return Judgement(call=call, verdict="block", reason=reason, risk=tool.risk)
     problem = tool.argument_error(args)
     if problem is not None:
         return Judgement(call=call, verdict="block", reason=f"arguments_invalid ({problem})", risk=tool.risk)
-    digest = args_digest(args)
+    text = canonical(args)
+    digest = hashlib.sha256(text.encode()).hexdigest()
     if tool.risk == "high":
-        return Judgement(call=call, verdict="hold", reason="approval_required", risk=tool.risk, args_sha256=digest)
-    return Judgement(call=call, verdict="allow", reason="allowed", risk=tool.risk, args_sha256=digest)
+        return Judgement(call=call, verdict="hold", reason="approval_required", risk=tool.risk, args_sha256=digest,
+                         canonical=text)
+    return Judgement(call=call, verdict="allow", reason="allowed", risk=tool.risk, args_sha256=digest, canonical=text)
 
 
 def masked_args(arguments: str, detector: Detector) -> str:
