@@ -34,9 +34,8 @@ from .policy import LimitsSection, PendingApproval, PolicyDocument, PolicyServic
 from .admin.policy_api import PolicyAdmin
 from .routing import DecisionLog, Deployment, Replica, RoutingState, build_placement, from_config, refused_url
 from .admin.guard_api import GuardAdmin
-from .guard import GuardPolicy, ToolApprovals
-from .guard.policy import trust_classifiers
-from .guard import parse as guard_parse
+from .guard import ToolApprovals
+from .guard.policy import from_file as guard_from_file
 from .pipeline.approvals import ApprovalEndpoints
 from .pipeline.stages import Guard
 from .store.guard_records import GuardRecords
@@ -251,9 +250,7 @@ class Gateway:
     @staticmethod
     def _guard_sections(c: Config) -> dict:
         """The config file's ``guardrails:`` and ``tools:``, checked, as the policy sections they seed (issue 11)."""
-        gr, tools = guard_parse(msgspec.to_builtins(c.guardrails), msgspec.to_builtins(c.tools))
-        trust_classifiers(gr.rule_sets)  # the file's classifiers only: a change set cannot name a new module
-        GuardPolicy(gr, tools)  # a bad rule in the file stops the start with its place named
+        gr, tools = guard_from_file(msgspec.to_builtins(c.guardrails), msgspec.to_builtins(c.tools))
         return {"guardrails": gr, "tools": tools}
 
     def _guard(self, store: Store) -> tuple[Guard, ToolApprovals, GuardRecords]:

@@ -9,8 +9,11 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+import msgspec
+
 from ..core import config as cfgmod
 from ..core.errors import ConfigError
+from ..guard.policy import from_file as guard_from_file
 
 app = typer.Typer(no_args_is_help=True, help="Configuration schema and validation.")
 
@@ -26,6 +29,7 @@ def check(path: Path) -> None:
     """Validate a config file; names the field and the reason on error."""
     try:
         c = cfgmod.load(path)
+        guard_from_file(msgspec.to_builtins(c.guardrails), msgspec.to_builtins(c.tools))  # as `serve` compiles them
     except ConfigError as exc:
         Console(stderr=True).print(f"[red]invalid:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None

@@ -14,6 +14,8 @@ from typing import Any
 import msgspec
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from referencing import Registry
+from referencing.exceptions import Unresolvable
 
 from ..core.errors import ConfigError
 from ..core.guardrails import Guardrails, RuleSet, ToolSpec
@@ -29,6 +31,15 @@ def parse(guardrails: Any, tools: Any) -> tuple[Guardrails, list[ToolSpec]]:
         t = msgspec.convert(tools or [], list[ToolSpec])
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid guardrails: {exc}") from None
+    return g, t
+
+
+def from_file(guardrails: Any, tools: Any) -> tuple[Guardrails, list[ToolSpec]]:
+    """The config file's sections, checked as a policy version would compile them: a bad rule or tool
+    raises ``ConfigError`` naming its place. The file's classifiers become the trusted ones."""
+    g, t = parse(guardrails, tools)
+    trust_classifiers(g.rule_sets)  # the file's classifiers only: a change set cannot name a new module
+    GuardPolicy(g, t)
     return g, t
 
 
@@ -48,7 +59,12 @@ class Tool:
                 Draft202012Validator.check_schema(spec.parameters)
             except SchemaError as exc:
                 raise ConfigError(f"tool {spec.name!r}: parameters is not a JSON Schema ({exc.message}) - at `{at}`") from None
-            self.validator = Draft202012Validator(spec.parameters)
+            where = _outside_ref(spec.parameters, "")
+            if where is not None:
+                raise ConfigError(f"tool {spec.name!r}: parameters may refer only within themselves (a `$ref` starting "
+                                  f"with `#`); sluice never fetches a schema - at `{at}.parameters{where}`")
+            # a registry that holds nothing and retrieves nothing: a reference is resolved inside the schema or fails
+            self.validator = Draft202012Validator(spec.parameters, registry=_NOWHERE)
 
     def allows(self, identity: str | None, team: str | None) -> bool:
         """An empty allowlist is nobody's: a tool must name who may use it."""
@@ -57,11 +73,35 @@ class Tool:
     def argument_error(self, args: Any) -> str | None:
         if self.validator is None:
             return None
-        err = next(iter(self.validator.iter_errors(args)), None)
+        try:
+            err = next(iter(self.validator.iter_errors(args)), None)
+        except (Unresolvable, RecursionError):  # a reference that leads nowhere, or a schema that loops
+            return "arguments: the schema cannot be applied"
         if err is None:
             return None
         where = "/".join(str(p) for p in err.absolute_path) or "arguments"
         return f"{where}: {err.validator} check failed"  # never the value itself
+
+
+_NOWHERE: Registry = Registry()
+_REFS = ("$ref", "$dynamicRef")
+
+
+def _outside_ref(schema: Any, at: str) -> str | None:
+    """Where a schema refers outside itself (a ``$ref`` or ``$dynamicRef`` not starting with ``#``), or None."""
+    if isinstance(schema, dict):
+        for k, v in schema.items():
+            if k in _REFS and isinstance(v, str) and not v.startswith("#"):
+                return f"{at}.{k}"
+            got = _outside_ref(v, f"{at}.{k}")
+            if got is not None:
+                return got
+    elif isinstance(schema, list):
+        for i, v in enumerate(schema):
+            got = _outside_ref(v, f"{at}[{i}]")
+            if got is not None:
+                return got
+    return None
 
 
 class Rules:
@@ -118,15 +158,23 @@ class GuardPolicy:
 
     __slots__ = ("rule_sets", "default", "tools", "grants", "_cache", "_shapes")
 
-    def __init__(self, guardrails: Guardrails, tools: list[ToolSpec]) -> None:
-        self.rule_sets = [(rs.match, Rules(rs, f"$.guardrails.rule_sets[{i}]")) for i, rs in enumerate(guardrails.rule_sets)]
+    def __init__(self, guardrails: Guardrails, tools: list[ToolSpec],
+                 reach: Callable[[str], frozenset[str]] | None = None) -> None:
+        # a rule set's `models` name aliases, routes, models or versions; it covers the versions they reach
+        # (``reach``: the route table's), so a request is judged by the versions that may serve it
+        self.rule_sets = []
+        for i, rs in enumerate(guardrails.rule_sets):
+            covered = None
+            if rs.match.models:
+                covered = frozenset().union(*(reach(m) if reach is not None else {m} for m in rs.match.models))
+            self.rule_sets.append((rs.match, covered, Rules(rs, f"$.guardrails.rule_sets[{i}]")))
         self.default = Rules(RuleSet(), "$.guardrails")
         names = [t.name for t in tools]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ConfigError(f"duplicate tool {sorted(dup)[0]!r} - at `$.tools`")
         self.tools = {t.name: Tool(t, f"$.tools[{i}]") for i, t in enumerate(tools)}
-        self._cache: dict[tuple[str, str, str | None], Rules] = {}
+        self._cache: dict[tuple[frozenset[str], str, str | None], Rules] = {}
         self.grants = [(frozenset(g.identities), frozenset(g.teams), frozenset(g.fields)) for g in guardrails.expose]
         self._shapes: dict[tuple[Rules, str, str | None], Shape] = {}
 
@@ -147,13 +195,15 @@ class GuardPolicy:
             self._shapes[key] = got
         return got
 
-    def rules_for(self, model: str, identity: str, team: str | None) -> Rules:
-        key = (model, identity, team)
+    def rules_for(self, served: frozenset[str], identity: str, team: str | None) -> Rules:
+        """The first rule set covering any version in ``served`` (the request's route: its targets and
+        fallbacks) for this caller, else the defaults."""
+        key = (served, identity, team)
         got = self._cache.get(key)
         if got is None:
             got = self.default
-            for m, rules in self.rule_sets:
-                if ((not m.models or model in m.models) and (not m.identities or identity in m.identities)
+            for m, covered, rules in self.rule_sets:
+                if ((covered is None or not covered.isdisjoint(served)) and (not m.identities or identity in m.identities)
                         and (not m.teams or team in m.teams)):
                     got = rules
                     break

@@ -93,7 +93,7 @@ def compile_policy(version: int, hash: str, doc: PolicyDocument, canonical: byte
             route.targets, route.fallbacks, route.cumulative, route.total = (), (), (), 0
     rules = limiter.compile_rules(doc.limits.rules)
     try:
-        guard: GuardPolicy | None = GuardPolicy(doc.guardrails, doc.tools)
+        guard: GuardPolicy | None = GuardPolicy(doc.guardrails, doc.tools, table.reach)
     except ConfigError as exc:
         raise PolicyInvalid(str(exc)) from None
     active = ActivePolicy(version, hash, doc, canonical, rules, bool(doc.limits.rules) or limiter.anomaly is not None,

@@ -104,12 +104,15 @@ class CompiledRoute:
     """One route ready to decide: its checks, usable weighted targets, fallbacks, and what was left out."""
 
     __slots__ = ("name", "spec", "checks", "targets", "cumulative", "total", "fallbacks", "sticky", "retries",
-                 "excluded", "weights", "headers", "windowed")
+                 "excluded", "weights", "headers", "windowed", "served")
 
     def __init__(self, spec: RouteSpec, targets: Mapping[str, Target]) -> None:
         self.name = spec.name
         self.spec = spec
         self.checks = compile_match(spec.match)
+        # every version this route may serve a request from (weighted or fallback, usable now or not):
+        # what guardrail rule sets match, so no alias or route choice leads around them
+        self.served = frozenset(w.target for w in spec.targets) | frozenset(spec.fallbacks)
         self.sticky = spec.sticky
         self.retries = spec.retries
         # Left out at compile time, with the reason, for explanations: unapproved or outside compliance.
@@ -242,6 +245,15 @@ class RouteTable:
         self._by_alias = {alias: tuple(lst) for alias, lst in by_alias.items()}
         self._anywhere = anywhere
         self._random = (rng or random.Random()).random
+
+    def reach(self, name: str) -> frozenset[str]:
+        """The versions a name reaches: a version itself, a model's versions, a route's or an alias's
+        targets and fallbacks."""
+        out = {t.name for t in self.targets.values() if name in (t.name, t.model)}
+        for r in self.routes:
+            if name == r.name or name in r.spec.match.models:
+                out |= r.served
+        return frozenset(out)
 
     def candidates(self, alias: str) -> tuple[CompiledRoute, ...]:
         """The routes that could take this alias, in policy order."""

@@ -18,7 +18,7 @@ def guard(window: int = 128, kinds: tuple[str, ...] = ()) -> OutputGuard:
     async def hold(_):  # no tools here
         raise AssertionError
 
-    return OutputGuard(policy.rules_for("m", "i", None), policy, "i", None, tools=False, hold=hold, record=lambda j: None)
+    return OutputGuard(policy.rules_for(frozenset({"m"}), "i", None), policy, "i", None, tools=False, hold=hold, record=lambda j: None)
 
 
 def event(text: str) -> bytes:
