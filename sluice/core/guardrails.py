@@ -64,10 +64,13 @@ class OutputRules(_Strict):
 
 
 class ToolRules(_Strict):
-    """Tool definitions a caller may not use: refused (400) or removed before the upstream."""
+    """Tool definitions a caller may not use (``tools``, the legacy ``functions``): refused (400) or removed
+    before the upstream; how long a held call waits and how many one reply may hold."""
 
     undeclared: Literal["refuse", "remove"] = "refuse"
     approval_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)] = 900.0
+    # calls of one reply held for approval at most; a high-risk call past it is blocked, not held
+    max_held_per_reply: Annotated[int, msgspec.Meta(ge=0, le=256)] = 4
 
 
 class InjectionRules(_Strict):

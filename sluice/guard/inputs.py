@@ -7,24 +7,18 @@ the field, and a message naming the rule. Masking rewrites message text; nothing
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import UNSET
 
-from ..core.errors import InvalidRequest, PayloadTooLarge
+from ..core.errors import PayloadTooLarge
 from ..core.wire import ChatCompletionRequest, Message
 from .detectors import Finding
 from .injection import injection_score
 from .policy import GuardPolicy, Rules
-
-CODE = "guardrail_violation"
-
-
-def refuse(rule: str, message: str, param: str | None) -> InvalidRequest:
-    return InvalidRequest(f"Refused by guardrail `{rule}`: {message}", code=CODE, param=param)
-
+from .refusal import CODE, refuse
+from .tool_params import check_tool_params
 
 class InputVerdict:
     """What the input checks found: kinds of sensitive data (never values), tool names removed, signals."""
@@ -69,8 +63,8 @@ def check_request(rules: Rules, policy: GuardPolicy, req: ChatCompletionRequest,
             raise refuse("context_window", f"{n} prompt tokens plus {asked or 0} output tokens exceed the context "
                           f"window of {spec.context_window}.", "max_tokens" if asked else "messages")
     # with a registry, or under a rule set of its own, a tool must be granted (deny by default)
-    if req.tools is not UNSET and req.tools and (policy.tools or rules is not policy.default):
-        req = _check_tools(rules, policy, req, identity, team, verdict)
+    if (req.tools or req.functions) and (policy.tools or rules is not policy.default):
+        req = check_tool_params(rules, policy, req, identity, team, verdict)
     if rules.injection != "off":
         _check_injection(rules, messages, verdict)
     if rules.detector is not None and rules.input_action != "allow":
@@ -99,30 +93,6 @@ def _check_content(rules: Rules, messages: list[Message]) -> None:
                 if parts.scheme != "https" or (hosts and host not in hosts):
                     raise refuse("image_hosts", "images may come only from allowed https hosts.",
                                   f"messages[{i}].content[{j}].image_url.url")
-
-
-def _tool_name(tool: dict[str, Any]) -> str:
-    fn = tool.get("function")
-    return str(fn.get("name", "")) if isinstance(fn, dict) else ""
-
-
-def _check_tools(rules: Rules, policy: GuardPolicy, req: ChatCompletionRequest, identity: str, team: str | None,
-                 verdict: InputVerdict) -> ChatCompletionRequest:
-    kept = []
-    for i, tool in enumerate(req.tools):  # type: ignore[union-attr,arg-type]
-        name = _tool_name(tool)
-        entry = policy.tools.get(name)
-        if entry is not None and entry.allows(identity, team):
-            kept.append(tool)
-            continue
-        if rules.spec.tools.undeclared == "refuse":
-            raise refuse("tools", f"the tool `{name[:64]}` is not in the registry or not granted to you.",
-                         f"tools[{i}].function.name")
-        verdict.removed_tools.append(name[:64])
-    if len(kept) == len(req.tools):  # type: ignore[arg-type]
-        return req
-    return msgspec.structs.replace(req, tools=kept or UNSET, tool_choice=UNSET if not kept else req.tool_choice,
-                                   parallel_tool_calls=UNSET if not kept else req.parallel_tool_calls)
 
 
 def _check_injection(rules: Rules, messages: list[Message], verdict: InputVerdict) -> None:

@@ -1,22 +1,23 @@
 """Output guardrails: minimise, redact and hold tool calls, on whole replies and on streams.
 
-Streams stay streams: content is held back by at most ``stream_window`` characters per choice
-(so a secret split across chunks is still seen whole), plus a span that is still growing at the
-end of what arrived; tool-call deltas are held until their call is complete and judged, so
-nothing of a blocked call reaches the client.
+Streams stay streams: text is held back by at most ``stream_window`` characters per choice and
+field (``content``, ``refusal``, exposed reasoning), so a secret split across chunks is still seen
+whole, plus a span that is still growing at the end of what arrived. Tool-call deltas (and the
+legacy ``function_call``) are held until their call is complete, then judged against the registry
+(when the policy has one, whatever the request offered) and masked, so nothing of a blocked call
+reaches the client and a call's arguments carry no secret the detectors know.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import logging
-import re
-
 import msgspec
 
-from .detectors import Detector, Finding, masked_text
+from .calls import StreamedCalls, masked_arguments, message_calls, rewrite_message
+from .held_text import _END, TEXT, HeldText, _light
 from .minimise import BASE_CHOICE, BASE_MESSAGE, BASE_REPLY, FIRST_EVENTS, Shape, sampled, shape, strip
 from .policy import GuardPolicy, Rules
 from .tools import Judgement, ToolCall, judge, notice, summary
@@ -27,26 +28,13 @@ Record = Callable[[Judgement], None]  # records a decision, off the request path
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
-_TOOL_KEY = b'"tool_calls"'
+_TOOL_KEY, _FUNCTION_KEY = b'"tool_calls"', b'"function_call"'
 
 
-class _LightDelta(msgspec.Struct, gc=False):
-    content: str | None = None
+def _has_call(raw: bytes) -> bool:
+    return _TOOL_KEY in raw or _FUNCTION_KEY in raw
 
 
-class _LightChoice(msgspec.Struct, gc=False):
-    index: int = 0
-    delta: _LightDelta | None = None
-
-
-class _LightEvent(msgspec.Struct, gc=False):
-    """The part of a chunk the stream guard reads on every event."""
-
-    choices: list[_LightChoice] = []
-
-
-_light = msgspec.json.Decoder(_LightEvent).decode
-_light_all = msgspec.json.Decoder(list[_LightEvent]).decode
 class _Message(msgspec.Struct, omit_defaults=True):
     role: str = "assistant"
     content: str | None | msgspec.UnsetType = msgspec.UNSET
@@ -75,31 +63,27 @@ class _Minimal(msgspec.Struct, omit_defaults=True):
 
 
 _minimal = msgspec.json.Decoder(_Minimal).decode
-_BLOCK = object()  # marks a queue item that is a whole block of content events
-_CONTENT = re.compile(rb'"content": ?"((?:[^"\\]|\\.)*)"')
-_OTHER_CHOICE = re.compile(rb'"index": ?[1-9]')
-_END = b"data: [DONE]\n\n"
 
 
-class OutputGuard:
+class OutputGuard(HeldText):
     """One request's output guard; ``reply`` for a whole body, ``feed``/``flush`` for a stream."""
 
-    __slots__ = ("_rules", "_policy", "_identity", "_team", "_hold", "_record", "_detector", "_tools", "_expose",
-                 "_shape", "_queue", "_calls", "_request_id", "_asked", "_every", "_first", "judgements", "kinds")
+    __slots__ = ("_policy", "_identity", "_team", "_hold", "_record", "_tools", "_expose", "_shape", "_calls",
+                 "_asked", "_every", "_first", "judgements", "_hold_calls", "_held")
 
     def __init__(self, rules: Rules, policy: GuardPolicy, identity: str, team: str | None, *, tools: bool,
                  hold: Hold, record: Record, request_id: str = "", exposed: Shape | None = None,
                  every_event: bool = False) -> None:
-        self._request_id = request_id
-        self._rules = rules
+        act = rules.output_action
+        super().__init__(rules, rules.detector if act != "allow" else None, request_id)
         self._policy = policy
         self._identity = identity
         self._team = team
         self._hold = hold
         self._record = record
-        act = rules.output_action
-        self._detector: Detector | None = rules.detector if act != "allow" else None
-        self._tools = tools
+        self._tools = tools  # judge calls against the registry
+        self._hold_calls = tools or self._detector is not None  # calls are held whole: judged, or their arguments masked
+        self._held = 0  # calls of this reply held for approval
         # what this caller sees beyond the basics: its rule set's `output.expose` and its own grants
         self._shape = exposed if exposed is not None else shape(rules.expose)
         self._expose = self._shape.expose
@@ -108,11 +92,8 @@ class OutputGuard:
         self._asked = every_event or rules.spec.output.stream_check == "every_event"
         self._every = self._asked
         self._first = FIRST_EVENTS
-        # [event bytes | None (rewritten), event dict | None (not decoded), choice, content, content as it came]
-        self._queue: list[list[Any]] = []
-        self._calls: dict[int, list[dict[str, Any]]] = {}  # held tool-call events per choice
+        self._calls: dict[int, StreamedCalls] = {}  # held tool-call events per choice
         self.judgements: list[Judgement] = []
-        self.kinds: set[str] = set()
 
     def fresh(self) -> OutputGuard:
         """The same guard with nothing held: for a new attempt after one that sent nothing."""
@@ -122,18 +103,16 @@ class OutputGuard:
 
     # -- whole replies ------------------------------------------------------------------------
     async def reply(self, body: bytes) -> bytes:
-        if not self._tools and self._detector is None:  # minimisation only: the same bytes when nothing must go
+        if not self._hold_calls:  # minimisation only: the same bytes when nothing must go
             return self._shape.minimise(body)
         if not self._tools and not self._expose:  # typed: decoding drops every field beyond the basics
             try:
                 r = _minimal(body)
             except msgspec.DecodeError:
                 return body
-            if self._detector is not None:
-                for c in r.choices:
-                    m = c.message
-                    if m is not None and isinstance(m.content, str):
-                        m.content = self._redact(m.content, final=True)[0]
+            for c in r.choices:
+                if c.message is not None:
+                    self._mask_message(c.message)
             return _encode(r)
         try:
             d = _decode(body)
@@ -145,61 +124,94 @@ class OutputGuard:
         strip(d, BASE_REPLY, expose, True)
         judged: list[Judgement] = []
         for choice in d.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
             strip(choice, BASE_CHOICE, expose, True)
             msg = choice.get("message")
             if not isinstance(msg, dict):
                 continue
             strip(msg, BASE_MESSAGE, expose, True)
-            text = msg.get("content")
-            if isinstance(text, str) and self._detector is not None:
-                msg["content"] = self._redact(text, final=True)[0]
-            calls = msg.get("tool_calls")
-            if calls and self._tools:
-                kept, notes = await self._judge([_call_of(c) for c in calls], judged)
-                kept_raw = [c for c in calls if _call_of(c).id in {k.id for k in kept}]
-                if notes:
-                    msg["content"] = "\n".join(filter(None, [msg.get("content"), *notes]))
-                    msg["tool_calls"] = kept_raw or None
-                    if not kept_raw:
-                        msg.pop("tool_calls", None)
-                        choice["finish_reason"] = "stop"
+            if self._detector is not None:
+                for f in TEXT:
+                    if isinstance(msg.get(f), str):
+                        msg[f] = self._mask(msg[f])
+            calls = message_calls(msg)
+            if not calls:
+                continue
+            outs, notes = await self._settle(calls, judged)
+            left = rewrite_message(msg, outs, self._name_mask())
+            if notes:
+                content = msg.get("content")
+                msg["content"] = "\n".join(filter(None, [content if isinstance(content, str) else None, *notes]))
+                if not left:
+                    choice["finish_reason"] = "stop"
         if judged:
-            d["sluice"] = {"tool_calls": summary(judged)}
+            d["sluice"] = {"tool_calls": self._summary(judged)}
         return _encode(d)
 
-    async def _judge(self, calls: list[ToolCall], judged: list[Judgement]) -> tuple[list[ToolCall], list[str]]:
-        kept, notes = [], []
+    def _mask_message(self, m: _Message) -> None:
+        """Every text of a typed message through the detectors: content, refusal, each call's name and arguments."""
+        if isinstance(m.content, str):
+            m.content = self._mask(m.content)
+        if isinstance(m.refusal, str):
+            m.refusal = self._mask(m.refusal)
+        calls = [(c.get("function") if isinstance(c, dict) else None) for c in m.tool_calls or ()]
+        for fn in [*calls, m.function_call]:
+            if isinstance(fn, dict):
+                if isinstance(fn.get("arguments"), str):
+                    fn["arguments"] = masked_arguments(fn["arguments"], self._mask)
+                if isinstance(fn.get("name"), str):
+                    fn["name"] = self._mask(fn["name"])
+
+    def _mask(self, text: str) -> str:
+        return self._redact(text, final=True)[0]
+
+    def _name_mask(self) -> Callable[[str], str] | None:
+        return self._mask if self._detector is not None else None
+
+    async def _settle(self, calls: list[tuple[int, ToolCall]], judged: list[Judgement]
+                      ) -> tuple[dict[int, str | None], list[str]]:
+        """(position -> the arguments a call goes out with, None for a call that does not go; notices of
+        the calls that do not). With a registry, allowed calls carry their canonical arguments."""
+        if not self._tools:
+            return {k: self._arguments(c.arguments) for k, c in calls}, []
+        outs: dict[int, str | None] = {}
+        notes = []
+        for (k, _), j in zip(calls, await self._judge([c for _, c in calls], judged)):
+            if j.verdict == "allow":
+                outs[k] = self._arguments(j.canonical or "{}")
+            else:
+                outs[k] = None
+                notes.append(self._mask(notice(j)) if self._detector is not None else notice(j))
+        return outs, notes
+
+    def _arguments(self, text: str) -> str:
+        return masked_arguments(text, self._mask) if self._detector is not None else text
+
+    def _summary(self, judged: list[Judgement]) -> list[dict[str, Any]]:
+        out = summary(judged)
+        if self._detector is not None:  # a model could spell a secret as a tool's name
+            for row in out:
+                row["name"] = self._mask(row["name"])
+        return out
+
+    async def _judge(self, calls: list[ToolCall], judged: list[Judgement]) -> list[Judgement]:
+        """One judgement per call, in order; past ``tools.max_held_per_reply`` a held call is blocked."""
+        out = []
+        cap = self._rules.spec.tools.max_held_per_reply
         for call in calls:
             j = judge(self._policy, self._identity, self._team, call)
             if j.verdict == "hold":
-                j.approval_id = await self._hold(j)
-            if j.verdict == "allow":
-                kept.append(call)
-            else:
-                notes.append(notice(j))
+                if self._held >= cap:
+                    j = Judgement(call=call, verdict="block", reason="too_many_held_calls", risk=j.risk)
+                else:
+                    self._held += 1
+                    j.approval_id = await self._hold(j)
+            out.append(j)
             judged.append(j)
             self.judgements.append(j)
             self._record(j)
-        return kept, notes
-
-    def _redact(self, text: str, *, final: bool, found: list[Finding] | None = None) -> tuple[str, int]:
-        """(text with closed findings masked, where a finding still open at the end begins or len)."""
-        if found is None:
-            found = self._detector.find(text)  # type: ignore[union-attr]
-        if not found:
-            return text, len(text)
-        open_at = len(text)
-        if not final and found[-1].end == len(text):
-            open_at = found[-1].start
-            found = found[:-1]
-        kinds = {f.kind for f in found}
-        if not kinds <= self.kinds:  # kinds only, once each: the values never reach a log
-            log.warning("guard: reply to %s carries %s (%s)", self._request_id or "-", ",".join(sorted(kinds - self.kinds)),
-                        self._rules.output_action)
-            self.kinds |= kinds
-        if self._rules.output_action == "flag":
-            return text, open_at
-        return _masked(text, found, open_at)
+        return out
 
     # -- streams ------------------------------------------------------------------------------
     def _probe(self, block: bytes) -> tuple[bytes, bool]:
@@ -214,10 +226,10 @@ class OutputGuard:
             part, n = sampled(block, self._first)
             self._first -= n
             if self._shape.pure(part):
-                return block, self._tools and _TOOL_KEY in block
+                return block, self._hold_calls and _has_call(block)
             self._every = True
         block, clean = self._shape.clean_events(block)
-        return block, not clean or (self._tools and _TOOL_KEY in block)
+        return block, not clean or (self._hold_calls and _has_call(block))
 
     async def feed(self, block: bytes) -> bytes:
         """Whole events in; the events that may go out now (possibly rewritten or held back).
@@ -247,7 +259,7 @@ class OutputGuard:
                 out.append(ev)
                 continue
             try:
-                if slow and ((self._tools and _TOOL_KEY in raw) or self._shape.clean(body) is False):
+                if slow and ((self._hold_calls and _has_call(raw)) or self._shape.clean(body) is False):
                     await self._event(ev, _decode(body))
                     continue
                 light = _light(body)
@@ -257,13 +269,19 @@ class OutputGuard:
                 continue
             choices = light.choices
             if len(choices) != 1:
-                queue.append([ev, None, -1, None, None])
+                if len(choices) > 1 and self._detector is not None:  # several choices in one event: split
+                    await self._event(ev, _decode(body))
+                else:
+                    queue.append([ev, None, -1, None, None])
                 continue
             c = choices[0]
-            if self._calls and c.index in self._calls:  # the finish of a held tool call
+            delta = c.delta
+            if (self._calls and c.index in self._calls) or (  # the finish of a held tool call, or a text beside content
+                    self._detector is not None and delta is not None
+                    and (delta.refusal or delta.reasoning_content or delta.reasoning)):
                 await self._event(ev, _decode(body))
                 continue
-            content = c.delta.content if c.delta is not None else None
+            content = delta.content if delta is not None else None
             if self._detector is None or not content:
                 queue.append([ev, None, c.index, None, None])
             else:
@@ -271,194 +289,84 @@ class OutputGuard:
         out.append(self._release(final=False))
         return b"".join(out)
 
-    def _block_item(self, body: bytes) -> list[Any] | None:
-        """A block of content events of choice 0 as one queue item, or None: go event by event.
-
-        The text is read straight from the bytes: an unescaped ``"content":"`` can only be a key
-        (quotes inside JSON strings are escaped), and escaped pieces joined are one escaped string.
-        Decoding the block into structs cost three times as much on the 64-event bench stream.
-        """
-        if not body.startswith(b"data: ") or _OTHER_CHOICE.search(body) is not None:
-            return None
-        if self._detector is None:
-            return [body, _BLOCK, -1, None, None]
-        raw = b"".join(_CONTENT.findall(body))
-        try:
-            text = msgspec.json.decode(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
-        except (msgspec.DecodeError, UnicodeDecodeError):
-            return None
-        return [body, _BLOCK, 0, text, text]
-
-    def _explode(self) -> None:
-        """Turn held blocks into their events, so a finding can be masked event by event."""
-        items: list[list[Any]] = []
-        for item in self._queue:
-            if item[1] is not _BLOCK:
-                items.append(item)
-                continue
-            for raw in item[0].split(b"\n\n"):
-                if not raw:
-                    continue
-                c = _light(raw[5:].strip()).choices
-                content = c[0].delta.content if c and c[0].delta is not None else None
-                items.append([raw + b"\n\n", None, c[0].index if c else -1, content or None, content or None])
-        self._queue[:] = items
-
-    async def _event(self, ev: bytes, d: dict[str, Any]) -> None:
-        """The rare event: fields to strip, or part of a tool call."""
+    async def _event(self, ev: bytes | None, d: dict[str, Any]) -> None:
+        """The rare event: fields to strip, part of a tool call, several choices or several texts."""
         if "choices" not in d:  # not a chunk: an upstream's error event goes on as it came
-            self._queue.append([ev, None, -1, None, None])
+            self._queue.append([ev, d if ev is None else None, -1, None, None])
             return
         expose = self._expose
         changed = strip(d, BASE_REPLY, expose)
         choices = d.get("choices") or []
-        if len(choices) != 1:  # usage chunks, or several choices in one event (rare): pass in order
+        if len(choices) > 1 and self._hold_calls:  # one choice per event from here: each is read on its own
+            head = {k: v for k, v in d.items() if k != "choices"}
             for c in choices:
-                changed |= strip(c, BASE_CHOICE, expose)
+                await self._event(None, {**head, "choices": [c]})
+            return
+        c = choices[0] if len(choices) == 1 else None
+        if not isinstance(c, dict):  # usage chunks (no choice), or several choices and nothing to read in them
+            for c in choices:
+                if isinstance(c, dict):
+                    changed |= strip(c, BASE_CHOICE, expose)
             self._queue.append([None if changed else ev, d, -1, None, None])
             return
-        c = choices[0]
         changed |= strip(c, BASE_CHOICE, expose)
-        delta = c.get("delta") or {}
+        delta = c.get("delta")
+        if not isinstance(delta, dict):
+            delta = {}
         changed |= strip(delta, BASE_MESSAGE, expose)
         i = c.get("index", 0)
-        if self._tools and (delta.get("tool_calls") or i in self._calls):
-            self._calls.setdefault(i, []).append(d)
+        texts = [(f, delta[f]) for f in TEXT if isinstance(delta.get(f), str) and delta[f]]
+        if self._hold_calls and (delta.get("tool_calls") or delta.get("function_call") or i in self._calls):
+            if texts:  # text beside a call goes the way of text; the call is held
+                self._text_event(None, {**d, "choices": [{**c, "delta": dict(texts), "finish_reason": None}]}, i, texts)
+                c = {**c, "delta": {k: v for k, v in delta.items() if k not in TEXT}}
+                d = {**d, "choices": [c]}
+            self._calls.setdefault(i, StreamedCalls()).add(d)
             if c.get("finish_reason") is not None:
-                await self._judge_stream(i)
+                await self._settle_calls(i)
             return
-        content = delta.get("content")
-        if self._detector is None or not isinstance(content, str) or not content:
-            self._queue.append([None if changed else ev, d, i, None, None])
-            return
-        self._queue.append([None if changed else ev, d, i, content, content])
+        self._text_event(None if changed else ev, d, i, texts)
 
-    async def _judge_stream(self, i: int) -> None:
-        events = self._calls.pop(i)
-        calls: dict[int, ToolCall] = {}
-        for d in events:
-            for tc in (d["choices"][0].get("delta") or {}).get("tool_calls") or ():
-                call = calls.setdefault(tc.get("index", 0), ToolCall())
-                call.id = tc.get("id") or call.id
-                fn = tc.get("function") or {}
-                call.name += fn.get("name") or ""
-                call.arguments += fn.get("arguments") or ""
-        judged: list[Judgement] = []
-        kept, notes = await self._judge(list(calls.values()), judged)
-        last = events[-1]
-        if not notes:  # every call allowed: the events go out as they came
-            self._queue.extend([None, d, -1, None, None] for d in events)
+    def _text_event(self, ev: bytes | None, d: dict[str, Any], i: int, texts: list[tuple[str, str]]) -> None:
+        """Queue an event of one choice; text in several fields becomes one event per field, each field read
+        as its own channel (a secret split across a field's events is still seen whole)."""
+        if self._detector is None or not texts:
+            self._queue.append([ev, d, i, None, None])
             return
-        head = {k: v for k, v in last.items() if k != "choices"}
-        if kept:
-            delta = {"tool_calls": [{"index": n, "id": k.id, "type": "function",
-                                     "function": {"name": k.name, "arguments": k.arguments}} for n, k in enumerate(kept)]}
-            self._queue.append([None, {**head, "choices": [{"index": i, "delta": delta, "finish_reason": None}]}, -1, None, None])
-        self._queue.append([None, {**head, "choices": [{"index": i, "delta": {"content": "\n".join(notes)},
-                                                        "finish_reason": None}], "sluice": {"tool_calls": summary(judged)}},
-                            -1, None, None])
-        fin = last["choices"][0]
-        fin["delta"] = {}
-        fin["finish_reason"] = "tool_calls" if kept else "stop"
-        self._queue.append([None, last, -1, None, None])
+        if len(texts) == 1:
+            f, v = texts[0]
+            self._queue.append([ev, d, i if f == "content" else (i, f), v, v])
+            return
+        c = d["choices"][0]
+        delta, last = c["delta"], len(texts) - 1
+        for n, (f, v) in enumerate(texts):
+            part = {k: x for k, x in delta.items() if k not in TEXT} if n == 0 else {}
+            part[f] = v
+            one = {**d, "choices": [{**c, "delta": part, "finish_reason": c.get("finish_reason") if n == last else None}]}
+            self._queue.append([None, one, i if f == "content" else (i, f), v, v])
+
+    async def _settle_calls(self, i: int) -> None:
+        """A choice's calls are complete: judge them and queue what may go, with a notice for the rest."""
+        held = self._calls.pop(i)
+        judged: list[Judgement] = []
+        outs, notes = await self._settle(held.calls(), judged)
+        events, left = held.rewrite(outs, self._name_mask())
+        if notes:
+            last = held.events[-1]
+            head = {k: v for k, v in last.items() if k != "choices"}
+            note = {**head, "choices": [{"index": i, "delta": {"content": "\n".join(notes)}, "finish_reason": None}],
+                    "sluice": {"tool_calls": self._summary(judged)}}
+            fin = last["choices"][0]
+            if events and events[-1] is last and fin.get("finish_reason") is not None:
+                events.insert(len(events) - 1, note)
+                if not left:
+                    fin["finish_reason"] = "stop"
+            else:
+                events.append(note)
+        self._queue.extend([None, d, -1, None, None] for d in events)
 
     async def flush(self) -> bytes:
         """Release everything held (the stream's end); open tool calls are judged first."""
         for i in list(self._calls):
-            await self._judge_stream(i)
+            await self._settle_calls(i)
         return self._release(final=True)
-
-    def _release(self, *, final: bool) -> bytes:
-        queue = self._queue
-        if not queue:
-            return b""
-        window = self._rules.spec.output.stream_window
-        keep_from = len(queue)
-        if self._detector is not None:
-            # scan once a window has gathered, keep half of it as the look-behind: each character is
-            # scanned about twice, not once per event that follows it
-            if not final and sum(len(e[3]) for e in queue if e[3] is not None) < window:
-                return b""
-            keep_from = self._scan(final, window // 2)
-        out = []
-        for ev, d, _, content, original in queue[:keep_from]:
-            if ev is None or content != original:  # rewritten: masked or stripped
-                if d is None:
-                    d = _decode(ev[5:].strip())  # type: ignore[index]
-                if content is not None:
-                    d["choices"][0]["delta"]["content"] = content
-                ev = b"data: " + _encode(d) + b"\n\n"
-            out.append(ev)
-        del queue[:keep_from]
-        return b"".join(out)
-
-    def _scan(self, final: bool, window: int) -> int:
-        """Mask findings across the held content of each choice; how many queued events may go."""
-        queue = self._queue
-        known: dict[int, list[Finding]] = {}
-        if any(e[1] is _BLOCK for e in queue):  # blocks are all choice 0
-            known[0] = self._detector.find("".join(e[3] for e in queue if e[2] == 0 and e[3] is not None))  # type: ignore[union-attr]
-            if known[0]:
-                self._explode()  # the same text, now event by event: the findings stay valid
-        hold_at = len(queue)
-        for i in {e[2] for e in queue if e[3] is not None}:
-            slots = [n for n, e in enumerate(queue) if e[2] == i and e[3] is not None]
-            text = "".join(queue[n][3] for n in slots)
-            masked, open_at = self._redact(text, final=final, found=known.get(i))
-            if masked is not text:
-                _spread(queue, slots, text, masked)
-                text = "".join(queue[n][3] for n in slots)
-                open_at = len(text) if final else min(open_at, len(text))
-            if final:
-                continue
-            # an event may go once `window` chars follow it and no open finding starts in it
-            limit = min(open_at, len(text) - window, _run_start(text))
-            at = 0
-            for n in slots:
-                at += len(queue[n][3])
-                if at > limit:
-                    hold_at = min(hold_at, n)
-                    break
-        return hold_at
-
-
-_HOLD_RUN = 4096  # a trailing run of non-space characters is held back up to this long
-
-
-def _run_start(text: str) -> int:
-    """Where the unbroken run at the end begins: a token still arriving may be a secret's prefix."""
-    start = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t")) + 1
-    return max(start, len(text) - _HOLD_RUN)
-
-
-def _masked(text: str, found: list[Finding], open_at: int) -> tuple[str, int]:
-    out = masked_text(text, found)
-    return out, open_at + (len(out) - len(text)) if open_at < len(text) else len(out)
-
-
-def _spread(queue: list[list[Any]], slots: list[int], before: str, after: str) -> None:
-    """Put masked text back into the events it came from: the same split where text is unchanged."""
-    # common prefix and suffix lengths locate the changed middle; events keep their share of the rest
-    p = 0
-    while p < min(len(before), len(after)) and before[p] == after[p]:
-        p += 1
-    s = 0
-    while s < min(len(before), len(after)) - p and before[-1 - s] == after[-1 - s]:
-        s += 1
-    middle = after[p:len(after) - s]
-    at, placed = 0, False
-    for n in slots:
-        content: str = queue[n][3]
-        lo, hi = at, at + len(content)
-        at = hi
-        keep_head = content[:max(0, min(p, hi) - lo)]
-        keep_tail = content[len(content) - max(0, hi - max(lo, len(before) - s)):] if hi > len(before) - s else ""
-        mid = ""
-        if not placed and hi > p or (not placed and hi == len(before)):
-            mid, placed = middle, True
-        queue[n][3] = keep_head + mid + keep_tail
-
-
-def _call_of(c: dict[str, Any]) -> ToolCall:
-    fn = c.get("function") or {}
-    return ToolCall(id=str(c.get("id") or ""), name=str(fn.get("name") or ""), arguments=str(fn.get("arguments") or ""))

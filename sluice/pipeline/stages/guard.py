@@ -14,14 +14,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from msgspec import UNSET
-
 from ...core import clock
 from ...core.wire import ChatCompletionRequest
 from ...core.guardrails import Guardrails
 from ...guard import GuardPolicy, Judgement, OutputGuard, ToolApprovals, check_request, context_digest
 from ...guard.approvals import MASK
-from ...guard.inputs import refuse
+from ...guard.refusal import refuse
 from ...guard.minimise import Shape
 from ...guard.tools import masked_args
 from ...limits import prompt_tokens
@@ -63,7 +61,7 @@ class Guard:
             ctx.guard = OutputGuard(rules, policy, p.identity_name, p.team, tools=False,  # type: ignore[union-attr]
                                     hold=_no_hold, record=_no_record, exposed=exposed, every_event=_several(req))
             return
-        rules = policy.rules_for(req.model, p.identity_name, p.team)  # type: ignore[union-attr]
+        rules = policy.rules_for(ctx.decision.route.served, p.identity_name, p.team)  # type: ignore[union-attr]
         exposed = policy.shape_for(rules, p.identity_name, p.team)  # type: ignore[union-attr]
         _check_logprobs(req, exposed)
         upstream_model = ctx.target.upstream_model  # type: ignore[union-attr]
@@ -79,7 +77,7 @@ class Guard:
             log.warning("guard: request %s: tool result looks like prompt injection (score %.2f)", rid, verdict.injection)
         if rules.spec.capture.enabled and self._capture is not None:
             self._capture(_captured(rules, req, ctx, p.identity_id))  # type: ignore[union-attr]
-        tools = bool(policy.tools) and req.tools is not UNSET and bool(req.tools)
+        tools = bool(policy.tools)  # a registry judges every call a reply makes, offered or not
         ctx.guard = OutputGuard(rules, policy, p.identity_name, p.team, tools=tools,  # type: ignore[union-attr]
                                 hold=self._holder(ctx, rules), record=self._recorder(ctx), request_id=rid, exposed=exposed,
                                 every_event=_several(req))
