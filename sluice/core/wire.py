@@ -16,6 +16,20 @@ from msgspec import UNSET, UnsetType
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
+# Every integer a caller sends is bounded here, limits on or off: an upstream reads them into
+# fixed-width integers (llama.cpp an int32, vLLM's seed a torch int64), where 2**70 overflows.
+INT32_MAX = 2**31 - 1
+Tokens = Annotated[int, msgspec.Meta(ge=1, le=INT32_MAX)]  # max_tokens and its kin: positive, int32
+TokenId = Annotated[int, msgspec.Meta(ge=0, le=INT32_MAX)]
+Seed = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # OpenAI's and vLLM's: an int64
+Choices = Annotated[int, msgspec.Meta(ge=1, le=128)]  # OpenAI's n: at most 128
+# logit_bias: a token id (at most nine digits, so below INT32_MAX) to a bias from -100 to 100,
+# at most 300 of them as OpenAI allows (which also bounds the key checks: ~1 us each)
+LOGIT_BIAS_MAX = 300
+BiasKey = Annotated[str, msgspec.Meta(pattern=r"^(?:0|[1-9][0-9]{0,8})$")]
+Bias = Annotated[float, msgspec.Meta(ge=-100, le=100)]
+MAX_DIMENSIONS = 65536  # embeddings: OpenAI's largest model has 3,072; open models 4,096
+
 
 class _Wire(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Base of wire structs: absent stays absent when re-encoded."""
@@ -44,18 +58,18 @@ class ChatCompletionRequest(_Wire, forbid_unknown_fields=True):
     messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
     stream: bool | None | UnsetType = UNSET
     stream_options: StreamOptions | None | UnsetType = UNSET
-    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None | UnsetType = UNSET
-    max_completion_tokens: Annotated[int, msgspec.Meta(ge=1)] | None | UnsetType = UNSET
+    max_tokens: Tokens | None | UnsetType = UNSET
+    max_completion_tokens: Tokens | None | UnsetType = UNSET
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None | UnsetType = UNSET
     top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None | UnsetType = UNSET
-    n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None | UnsetType = UNSET
+    n: Choices | None | UnsetType = UNSET
     stop: str | Annotated[list[str], msgspec.Meta(max_length=4)] | None | UnsetType = UNSET
     presence_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] | None | UnsetType = UNSET
     frequency_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] | None | UnsetType = UNSET
-    logit_bias: dict[str, float] | None | UnsetType = UNSET
+    logit_bias: Annotated[dict[BiasKey, Bias], msgspec.Meta(max_length=LOGIT_BIAS_MAX)] | None | UnsetType = UNSET
     logprobs: bool | None | UnsetType = UNSET
     top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None | UnsetType = UNSET
-    seed: int | None | UnsetType = UNSET
+    seed: Seed | None | UnsetType = UNSET
     user: str | UnsetType = UNSET
     tools: list[dict[str, Any]] | UnsetType = UNSET
     tool_choice: str | dict[str, Any] | UnsetType = UNSET
@@ -80,9 +94,10 @@ class EmbeddingRequest(_Wire, forbid_unknown_fields=True):
     """``POST /v1/embeddings``."""
 
     model: NonEmpty
-    input: str | Annotated[list[str | int | list[int]], msgspec.Meta(min_length=1, max_length=2048)]
+    input: str | Annotated[list[str | TokenId | Annotated[list[TokenId], msgspec.Meta(min_length=1)]],
+                           msgspec.Meta(min_length=1, max_length=2048)]
     encoding_format: Literal["float", "base64"] | UnsetType = UNSET
-    dimensions: Annotated[int, msgspec.Meta(ge=1)] | UnsetType = UNSET
+    dimensions: Annotated[int, msgspec.Meta(ge=1, le=MAX_DIMENSIONS)] | UnsetType = UNSET
     user: str | UnsetType = UNSET
 
     def __post_init__(self) -> None:
@@ -113,6 +128,18 @@ VLLM_PARAMS = (
 )
 PARAM_SETS: dict[str, tuple[str, ...]] = {"openai": (), "vllm": VLLM_PARAMS}
 
+# The integer extras, bounded as vLLM reads them (-1 is its "off" or "all"); any other extra
+# is passed as any JSON. A name listed by hand gets its type here too.
+_EXTRA_TYPES: dict[str, Any] = {
+    "best_of": Choices | None | UnsetType,
+    "top_k": Annotated[int, msgspec.Meta(ge=-1, le=INT32_MAX)] | None | UnsetType,
+    "min_tokens": Annotated[int, msgspec.Meta(ge=0, le=INT32_MAX)] | None | UnsetType,
+    "truncate_prompt_tokens": Annotated[int, msgspec.Meta(ge=-1, le=INT32_MAX)] | None | UnsetType,
+    "prompt_logprobs": Annotated[int, msgspec.Meta(ge=-1, le=INT32_MAX)] | None | UnsetType,
+    "stop_token_ids": list[TokenId] | None | UnsetType,
+    "allowed_token_ids": list[TokenId] | None | UnsetType,
+}
+
 
 def extra_params(spec: str | Iterable[str] | None) -> frozenset[str]:
     """The parameter names a model's ``extra_params`` allows: a set's name, or a list of set names and names."""
@@ -137,10 +164,12 @@ _NESTED: dict[str, tuple[str, Any]] = {
 
 
 def chat_request_with(names: frozenset[str]) -> type[ChatCompletionRequest]:
-    """``ChatCompletionRequest`` that also takes the named parameters, any JSON, re-encoded unchanged."""
+    """``ChatCompletionRequest`` that also takes the named parameters, re-encoded unchanged: the
+    integer ones bounded (``_EXTRA_TYPES``), the rest any JSON."""
     if not names:
         return ChatCompletionRequest
-    fields = [_NESTED[name] + (UNSET,) if name in _NESTED else (name, Any, UNSET) for name in sorted(names)]
+    fields = [_NESTED[name] + (UNSET,) if name in _NESTED else (name, _EXTRA_TYPES.get(name, Any), UNSET)
+              for name in sorted(names)]
     return msgspec.defstruct("ChatCompletionRequestWithExtras", fields, bases=(ChatCompletionRequest,),
                              kw_only=True, forbid_unknown_fields=True, omit_defaults=True)
 

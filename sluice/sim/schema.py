@@ -40,7 +40,7 @@ class ChatRequest(msgspec.Struct, kw_only=True):
     max_tokens: PositiveInt | None = None
     max_completion_tokens: PositiveInt | None = None
     n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None = None
-    seed: int | None = None
+    seed: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | None = None  # vLLM's: an int64
     ignore_eos: bool | None = None
     min_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
     tools: list[Any] | None = None  # offered tools: ``sim:call`` lines answer with tool_calls (sim/tools.py)

@@ -29,7 +29,8 @@ MAX_NATURAL_TOKENS = 1024
 
 def prompt_key(tokens: Sequence[str], seed: int) -> int:
     """A 64-bit key for a prompt and seed, stable across processes (unlike ``hash``)."""
-    h = hashlib.blake2b("\x1f".join(tokens).encode(), digest_size=8, salt=seed.to_bytes(8, "little", signed=True))
+    # any int64 seed, or one already folded to 64 bits (two's complement: the same bytes for both)
+    h = hashlib.blake2b("\x1f".join(tokens).encode(), digest_size=8, salt=(seed & _MASK64).to_bytes(8, "little"))
     return int.from_bytes(h.digest(), "little") or 1
 
 

@@ -86,3 +86,21 @@ def test_an_explicit_list_passes_exactly_its_parameters(g):
     out = client(g).chat.completions.create(model="listed", messages=HI, max_tokens=5, extra_body={"top_k": 3})
     assert out.choices[0].message.content
 
+
+
+@pytest.mark.parametrize(("model", "param", "value"), [
+    ("open", "top_k", 2**70), ("open", "top_k", -2), ("open", "min_tokens", 2**31), ("open", "min_tokens", -1),
+    ("open", "best_of", 129), ("open", "truncate_prompt_tokens", 2**64), ("open", "prompt_logprobs", -2),
+    ("open", "stop_token_ids", [2**70]), ("open", "allowed_token_ids", [-1]), ("listed", "top_k", 2**40)])
+def test_an_integer_extra_past_what_vllm_allows_is_refused_naming_it(g, sim, model, param, value):
+    before = sim.stats()["requests_total"]
+    with pytest.raises(openai.BadRequestError) as err:
+        client(g).chat.completions.create(model=model, messages=HI, max_tokens=5, extra_body={param: value})
+    assert err.value.body["param"].startswith(param) and param in err.value.body["message"]
+    assert sim.stats()["requests_total"] == before
+
+
+def test_integer_extras_at_vllms_bounds_pass(g):
+    extra = {"top_k": -1, "min_tokens": 0, "best_of": 1, "truncate_prompt_tokens": -1, "stop_token_ids": [0, 2**31 - 1]}
+    out = client(g).chat.completions.create(model="open", messages=HI, max_tokens=5, extra_body=extra)
+    assert out.choices[0].message.content

@@ -115,6 +115,41 @@ def test_invalid_value_names_the_parameter(gw):
     assert r.json()["error"]["param"] == "temperature"
 
 
+# Every integer parameter bounded to what the API allows, limits on or off (this gateway has no
+# limits): just past a bound is a 400 naming the parameter, and nothing reaches the model.
+OUT_OF_RANGE = [
+    ("/v1/chat/completions", "max_tokens", 2**70), ("/v1/chat/completions", "max_tokens", 2**31),
+    ("/v1/chat/completions", "max_completion_tokens", 2**70), ("/v1/chat/completions", "n", 129),
+    ("/v1/chat/completions", "top_logprobs", 21), ("/v1/chat/completions", "top_logprobs", -1),
+    ("/v1/chat/completions", "seed", 2**63), ("/v1/chat/completions", "seed", -(2**63) - 1),
+    ("/v1/chat/completions", "logit_bias", {"50256": 101}), ("/v1/chat/completions", "logit_bias", {"50256": -100.5}),
+    ("/v1/chat/completions", "logit_bias", {"1234567890": 1}), ("/v1/chat/completions", "logit_bias", {"-1": 1}),
+    ("/v1/chat/completions", "logit_bias", {str(i): 1 for i in range(301)}),
+    ("/v1/embeddings", "dimensions", 2**70), ("/v1/embeddings", "dimensions", 65537),
+    ("/v1/embeddings", "input", [2**70]), ("/v1/embeddings", "input", [[1, -1]]), ("/v1/embeddings", "input", [[]]),
+]
+
+
+@pytest.mark.parametrize(("path", "param", "value"), OUT_OF_RANGE, ids=[f"{p}={str(v)[:24]}" for _, p, v in OUT_OF_RANGE])
+def test_an_integer_parameter_past_what_the_api_allows_is_refused_naming_it_with_limits_off(gw, sim, path, param, value):
+    base = {"model": "sim-small", "messages": OK_MSG} if path.endswith("completions") else {"model": "sim-embed", "input": "a"}
+    before = sim.stats()["requests_total"]
+    r = gw.post(path, gw.keys["app"], json={**base, param: value})
+    assert r.status_code == 400, r.text[:300]
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["param"].startswith(param) and param in err["message"], err
+    assert sim.stats()["requests_total"] == before
+
+
+def test_integer_parameters_at_their_bounds_reach_the_model(gw):
+    """The other side of the bounds: the extremes the API allows are served."""
+    for extra in ({"seed": 2**63 - 1, "n": 128}, {"seed": -(2**63)}, {"logit_bias": {"0": -100, "999999999": 100}}):
+        r = gw.post("/v1/chat/completions", gw.keys["app"], json={"model": "sim-small", "messages": OK_MSG, "max_tokens": 1, **extra})
+        assert r.status_code == 200, (extra, r.text[:300])
+    r = gw.post("/v1/embeddings", gw.keys["app"], json={"model": "sim-embed", "input": [[0, 2**31 - 1]], "dimensions": 4096})
+    assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 4096, r.text[:300]
+
+
 def test_bad_input_reaches_no_model(gw, sim):
     before = sim.stats()["requests_total"]
     for _, method, path, body, headers, status, _code in CASES[:30]:

@@ -14,7 +14,8 @@ from ..context import RequestContext
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
 _BRACKETS = re.compile(rb"[\[\]{}]")
 _UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`(?: - at `\$\.?([^`]*)`)?")
-_AT = re.compile(r" - at `\$\.?([^`]*)`$")
+# msgspec names a bad dict key "at `key` in `$.logit_bias`" and a bad value "at `$.logit_bias[...]`"
+_AT = re.compile(r" - at `(?:key` in `)?\$\.?([^`]*?)(?:\[\.\.\.\])?`$")
 
 
 def json_depth(body: bytes) -> int:
