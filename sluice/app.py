@@ -84,7 +84,7 @@ class Gateway:
         self._all_transports: list[Transport] = []
         self.routing: RoutingState | None = None
         self._sim_runner = None
-        self._ready_cache: tuple[float, bool] = (0.0, False)
+        self._ready_cache: tuple[float, bool, tuple[bool, str | None]] = (0.0, False, (True, None))
         self._tasks: list[asyncio.Task] = []
         self._side: set[asyncio.Future] = set()
         self.limiter: Limiter | None = None
@@ -335,24 +335,36 @@ class Gateway:
         return Reply.json({"status": "ok"})
 
     async def _readyz(self, _: Exchange) -> Reply:
-        """Ready when the store answers within a second, usage is being written, and the credential
-        registry was confirmed current within ``identity.max_staleness_s``."""
+        """Ready when the store answers within a second, usage is being written, the credential
+        registry was confirmed current within ``identity.max_staleness_s``, and the limits
+        backend answers or its failure mode still serves calls; the body names what is wrong."""
         loop = asyncio.get_running_loop()
-        at, ok = self._ready_cache
+        at, store_ok, limits = self._ready_cache
         if loop.time() - at > 1.0:
-            try:
-                await asyncio.wait_for(self.store.ping(), 1.0)  # type: ignore[union-attr]
-                ok = True
-            except (StoreUnavailable, asyncio.TimeoutError):
-                ok = False
-            self._ready_cache = (loop.time(), ok)
-        store_ok = ok
+            # at once and each bounded, so a probe never waits much over a second
+            store_ok, limits = await asyncio.gather(self._store_answers(), self.limiter.readiness(1.0))  # type: ignore[union-attr]
+            self._ready_cache = (loop.time(), store_ok, limits)
+        limits_ok, limits_problem = limits
         current = self.identity_sync is not None and self.identity_sync.current
-        ok = ok and self.ledger is not None and self.ledger.healthy and current and not self.draining
-        body = {"status": "ready" if ok else "draining" if self.draining else "not ready",
+        writing = self.ledger is not None and self.ledger.healthy
+        ok = store_ok and limits_ok and writing and current and not self.draining
+        wrong = {"draining: shutting down": self.draining, "store unavailable": not store_ok,
+                 "identity state not confirmed current": not current, "usage records are not being written": not writing}
+        reasons = [why for why, bad in wrong.items() if bad] + ([limits_problem] if limits_problem else [])
+        body = {"status": ("degraded" if reasons else "ready") if ok else "draining" if self.draining else "not ready",
                 "store": "ok" if store_ok else "unavailable", "identity": "current" if current else "stale",
+                "limits": "ok" if limits_problem is None else "unavailable",
                 "usage_spilled": self.ledger.spilled if self.ledger is not None else 0}
+        if reasons:
+            body["reasons"] = reasons
         return Reply.json(body, status=200 if ok else 503, headers=None if ok else {"Retry-After": "1"})
+
+    async def _store_answers(self) -> bool:
+        try:
+            await asyncio.wait_for(self.store.ping(), 1.0)  # type: ignore[union-attr]
+            return True
+        except (StoreUnavailable, asyncio.TimeoutError):
+            return False
 
     async def stop(self) -> None:
         """Graceful: stop taking requests, finish those in flight, flush usage, close everything."""

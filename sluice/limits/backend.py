@@ -24,6 +24,9 @@ class LimitBackend(abc.ABC):
     async def settle(self, request_id: str, plan: Plan, deltas: Sequence[float]) -> None:
         """After the call: give back (negative delta) or take more (positive) per measure; end leases."""
 
+    async def ping(self) -> None:
+        """Raise ``BackendUnavailable`` when the counters cannot be reached (in process: never)."""
+
     async def close(self) -> None:
         """Release connections."""
 

@@ -149,6 +149,22 @@ class Limiter:
         exc.headers = headers
         raise exc
 
+    async def readiness(self, timeout: float) -> tuple[bool, str | None]:
+        """(model calls can be served, what is wrong) for ``/readyz``, asking the counters within
+        ``timeout``: unreachable counters refuse limited calls failing closed, and fall back to
+        local counters failing open (served, degraded)."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._backend.ping()
+            return True, None
+        except (BackendUnavailable, asyncio.TimeoutError):
+            pass
+        if self._fallback is not None:
+            return True, "limits backend unreachable: limits.on_backend_failure is open, so each replica limits on its own counters"
+        if not self.active:  # no rule in force: no call needs the counters
+            return True, "limits backend unreachable: no limit is in force, so no call needs it"
+        return False, "limits backend unreachable: limits.on_backend_failure is closed, so limited model calls are refused"
+
     def observe(self, identity: str, tokens: float) -> None:
         """Feed the anomaly guard what an identity was served."""
         if self.anomaly is not None:

@@ -161,5 +161,12 @@ class RedisBackend(LimitBackend):
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             raise BackendUnavailable(type(exc).__name__) from None
 
+    async def ping(self) -> None:
+        try:
+            async with asyncio.timeout(self._timeout * 2):
+                await self._redis.ping()
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise BackendUnavailable(type(exc).__name__) from None
+
     async def close(self) -> None:
         await self._redis.aclose()

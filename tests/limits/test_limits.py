@@ -305,8 +305,15 @@ def test_unreachable_redis_fails_as_configured(sim, tmp_path, mode, expected):
     cfg = limit_config("redis", on_backend_failure=mode, redis_url=dead)
     g = start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
                       models=[{"name": m, "upstream": "sim", "upstream_model": "sim-small"} for m in MODELS],
-                      identities=[{"name": "a", "owner": "o", "models": ["*"]}], extra=cfg)
+                      identities=[{"name": "a", "owner": "o", "models": ["*"]}], extra=cfg, wait_for="/healthz")
     try:
+        # readiness says what the replica can serve: failing closed it refuses limited calls (not ready),
+        # failing open it serves them on local counters (ready, degraded); either way it says why
+        ready = httpx.get(g.url + "/readyz", timeout=5)
+        assert ready.status_code == (503 if mode == "closed" else 200), ready.text
+        body = ready.json()
+        assert body["limits"] == "unavailable" and body["status"] == ("not ready" if mode == "closed" else "degraded")
+        assert any("limits backend unreachable" in why and mode in why for why in body["reasons"]), body
         r = chat(g, g.keys["a"], "m-rpm")
         assert r.status_code == expected
         if mode == "closed":

@@ -21,8 +21,7 @@ CHAT = {"model": "m-rpm", "messages": [{"role": "user", "content": "hi"}], "max_
 WITHIN_S = 3.0
 
 
-@pytest.fixture()
-def rig(sim, tmp_path):
+def _rig(sim, tmp_path, mode: str):
     require_redis()
     target = urlsplit(REDIS_URL)
     proxy = TcpProxy((target.hostname or "127.0.0.1", target.port or 6379))
@@ -32,9 +31,23 @@ def rig(sim, tmp_path):
         models=[{"name": "m-rpm", "upstream": "sim", "upstream_model": "sim-small"}],
         identities=[{"name": "a", "owner": "o", "models": ["*"]}],
         extra={"limits": {"backend": "redis", "redis_url": f"redis://127.0.0.1:{proxy.port}/0",
-                          "key_prefix": f"o{uuid.uuid4().hex[:8]}:", "on_backend_failure": "closed",
+                          "key_prefix": f"o{uuid.uuid4().hex[:8]}:", "on_backend_failure": mode,
                           "rules": [{"name": "rpm", "match": {"model": "m-rpm"}, "requests_per_minute": 6}]}})
+    return g, proxy
+
+
+@pytest.fixture()
+def rig(sim, tmp_path):
+    g, proxy = _rig(sim, tmp_path, "closed")
     yield g, proxy
+    g.stop()
+    proxy.close()
+
+
+@pytest.fixture(params=["closed", "open"])
+def either(sim, tmp_path, request):
+    g, proxy = _rig(sim, tmp_path, request.param)
+    yield g, proxy, request.param
     g.stop()
     proxy.close()
 
@@ -62,3 +75,44 @@ def test_redis_dying_mid_run_never_hangs_a_request_and_limits_resume_when_it_ret
     # exact again: the counts made before the outage were kept, so three more fit and no more
     assert [timed_chat(g)[0] for _ in range(4)] == [200, 200, 200, 429]
     assert "limit backend reachable again" in g.log()
+
+
+def ready_until(g, want: int, within: float = 10.0) -> dict:
+    """Probe /readyz until it answers ``want``; every probe must answer within WITHIN_S. Its body."""
+    deadline, seen = time.monotonic() + within, []
+    while time.monotonic() < deadline:
+        t0 = time.monotonic()
+        r = httpx.get(g.url + "/readyz", timeout=30)
+        took = time.monotonic() - t0
+        assert took < WITHIN_S, f"/readyz took {took:.2f}s: it must answer quickly, never hang"
+        seen.append((r.status_code, r.json()))
+        if r.status_code == want:
+            return r.json()
+        time.sleep(0.1)
+    raise AssertionError(f"/readyz never answered {want} within {within}s: {seen[-3:]}")
+
+
+def test_readiness_says_what_a_replica_serves_while_redis_is_away_and_recovers_with_it(either):
+    g, proxy, mode = either
+    body = ready_until(g, 200)
+    assert body["status"] == "ready" and body["limits"] == "ok", body
+    for cut in (proxy.blackhole, proxy.stop):  # a silent Redis, then refused connections
+        cut()
+        if mode == "closed":  # every limited call is refused: balancers must stop sending work here
+            body = ready_until(g, 503)
+            assert body["status"] == "not ready" and body["limits"] == "unavailable", body
+            assert body["reasons"] == ["limits backend unreachable: limits.on_backend_failure is closed, "
+                                       "so limited model calls are refused"], body
+            assert timed_chat(g)[0] == 503
+        else:  # still served, on this replica's own counters: ready, and saying it is degraded
+            deadline = time.monotonic() + 10
+            while (body := ready_until(g, 200))["limits"] != "unavailable" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert body["status"] == "degraded" and body["limits"] == "unavailable", body
+            assert "limits.on_backend_failure is open" in body["reasons"][0], body
+            assert timed_chat(g)[0] == 200
+        proxy.start()
+        deadline = time.monotonic() + 10
+        while (body := ready_until(g, 200))["status"] != "ready" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert body["status"] == "ready" and body["limits"] == "ok" and "reasons" not in body, body
