@@ -178,7 +178,7 @@ class Gateway:
                                                                  c.limits.redis_timeout_s), metrics.limit_event, anomaly)
         # limits can be switched on at run time, so the tokenizers load now either way
         await asyncio.get_running_loop().run_in_executor(None, warm, [m.target_model for m in c.models] + [
-            v.upstream_model or m.name for m in c.registry for v in m.versions])
+            v.upstream_model or m.name for m in c.registry for v in m.versions], {m.name: m.tokenizer for m in c.models if m.tokenizer})
         # The versioned policy drives routing and limits: no routing store of its own, no second poller.
         self.routing = routing = RoutingState(from_config(c), None, transports=deployments, breaker=c.resilience.breaker)
         self.policy = policy = PolicyService(store, routing, limiter, c.policy, PolicyDocument(

@@ -29,6 +29,11 @@ def test_config_schema_is_json_schema():
     ("identities: [{name: x, owner: o, keys: ['${SLUICE_TEST_UNSET_VAR}']}]", "SLUICE_TEST_UNSET_VAR"),
     ("identities: [{name: x, owner: o, keys: [short]}]", "$.identities[0].keys[0]"),
     ("a: [unclosed", "not valid YAML"),
+    # a model's tokenizer: a file that is missing, or one that is not a tokenizer.json (this config)
+    ("upstreams: [{name: u, base_url: 'http://127.0.0.1:9'}]\nmodels: [{name: m, upstream: u, tokenizer: gone.json}]",
+     "$.models[0].tokenizer"),
+    ("upstreams: [{name: u, base_url: 'http://127.0.0.1:9'}]\nmodels: [{name: m, upstream: u, tokenizer: c.yaml}]",
+     "$.models[0].tokenizer"),
 ])
 def test_invalid_config_names_the_field_and_stops(tmp_path, yaml_text, needle):
     p = tmp_path / "c.yaml"

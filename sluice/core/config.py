@@ -17,6 +17,7 @@ from .audit_settings import Audit
 from .errors import ConfigError
 from .policy_settings import PolicySettings
 from .telemetry_config import Telemetry
+from .tokenizer import load as load_tokenizer
 from .lifecycle import Lifecycle
 from .types import Environment, Role
 from .guardrails import Guardrails, ToolSpec
@@ -134,6 +135,8 @@ class Model(_Strict):
     environment: Environment | None = None
     capacity: Capacity | None = None
     extra_params: ExtraParams | None = None  # None: the upstream's
+    # A local tokenizer.json (Hugging Face tokenizers), read once at start: prompt estimates count with it
+    tokenizer: str | None = None
 
     @property
     def target_model(self) -> str:
@@ -516,6 +519,11 @@ class Config(_Strict):
                 raise msgspec.ValidationError(
                     f"upstream {model.upstream!r} is not declared in `upstreams` - at `$.models[{i}].upstream`"
                 )
+            if model.tokenizer is not None:
+                try:
+                    load_tokenizer(model.tokenizer)  # once per process: start-up reuses it
+                except ValueError as exc:
+                    raise msgspec.ValidationError(f"{exc} - at `$.models[{i}].tokenizer`") from None
         for i, ident in enumerate(self.identities):
             for j, key in enumerate(ident.keys):
                 if len(key) < 20:

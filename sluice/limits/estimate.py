@@ -1,26 +1,31 @@
 """How many tokens a request may cost before it runs: the reservation.
 
-Prompt tokens are counted with the model's real tokenizer where it is known (OpenAI
-models, through the offline ``bpe-openai`` tables) and otherwise estimated at four
-characters per token, plus four tokens of framing per message; tools, schemas, tool calls
-count too, and an image part a fixed ``core.prompt.IMAGE_TOKENS``. Output is reserved at
-``max_tokens`` (or ``max_completion_tokens``) times ``n``, or at the policy's cap.
+Prompt tokens are counted with the model's real tokenizer where it is known: the
+``tokenizer.json`` a model names (``models[].tokenizer``, ``core.tokenizer``), with the chat
+template's framing counted as that tokenizer's template renders it; else OpenAI models', through
+the offline ``bpe-openai`` tables. Otherwise they are estimated at four characters per token, plus
+four tokens of framing per message. Tools, schemas, tool calls count too, and an image part a
+fixed ``core.prompt.IMAGE_TOKENS``. Output is reserved at ``max_tokens`` (or
+``max_completion_tokens``) times ``n``, or at the policy's cap.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from msgspec import UNSET
 
 from ..core.errors import InvalidRequest
 from ..core.prompt import IMAGE_TOKENS, message_extras, part_text, request_extras
+from ..core.tokenizer import Tokenizer, load
 from ..core.wire import ChatCompletionRequest, EmbeddingRequest
 
 _PER_MESSAGE = 4
 
 
-_encodings: dict[str, Any] = {}  # model -> its tokenizer, or None where it is not known
+_encodings: dict[str, Any] = {}  # upstream model -> its OpenAI tokenizer, or None where it is not known
+_named: dict[str, Tokenizer] = {}  # served model -> the tokenizer its config names
 
 
 def _encoding(model: str) -> Any | None:
@@ -40,10 +45,13 @@ def _encoding(model: str) -> Any | None:
     return enc
 
 
-def warm(models: list[str]) -> None:
-    """Load the tokenizers of these models now (start-up), not on some unlucky first request."""
+def warm(models: list[str], named: Mapping[str, str] | None = None) -> None:
+    """Load the tokenizers of these upstream models now (start-up), not on some unlucky first
+    request; ``named``: served model -> the ``tokenizer.json`` its config names."""
     for m in models:
         _encoding(m)
+    for model, path in (named or {}).items():
+        _named[model] = load(path)  # read when the config was checked; kept once per process
 
 
 _PIECE = 100_000  # bpe-openai refuses a text of a million characters, or 200,000 tokens, at once
@@ -52,6 +60,8 @@ _PIECE = 100_000  # bpe-openai refuses a text of a million characters, or 200,00
 def _count(text: str, enc: Any | None) -> int:
     if enc is None:
         return (len(text) + 3) // 4
+    if type(enc) is Tokenizer:
+        return enc.count(text)
     try:
         # ordinary: text that spells a special token (<|endoftext|>) is text here, not an error
         if len(text) <= _PIECE:
@@ -61,14 +71,21 @@ def _count(text: str, enc: Any | None) -> int:
         return (len(text) + 3) // 4
 
 
-def prompt_tokens(request: ChatCompletionRequest | EmbeddingRequest, tokenizer_model: str, unset: Any = UNSET) -> int:
+def prompt_tokens(request: ChatCompletionRequest | EmbeddingRequest, tokenizer_model: str, model: str = "",
+                  unset: Any = UNSET) -> int:
     """Prompt tokens of a request, counted or estimated: everything that reaches the model's
-    context (``core.prompt``). On every limited request, so plain text messages stay lean
-    (``unset`` is bound once, a local instead of a global lookup per check)."""
-    enc = _encoding(tokenizer_model)
+    context (``core.prompt``). ``tokenizer_model``: the upstream's model name; ``model``: the served
+    one, whose config may name its tokenizer. On every limited request, so plain text messages
+    stay lean (``unset`` is bound once, a local instead of a global lookup per check)."""
+    enc = _named.get(model) if _named else None
+    if enc is None:
+        enc = _encoding(tokenizer_model)
     # a chat request, or its wider type for a model with extra parameters (a subclass)
     if type(request) is not EmbeddingRequest:
-        n = _PER_MESSAGE * len(request.messages)
+        if type(enc) is Tokenizer:  # its template's framing: what it adds around each message
+            n = sum(len(enc.framing(m.role)) for m in request.messages)
+        else:
+            n = _PER_MESSAGE * len(request.messages)
         for m in request.messages:
             c = m.content
             if type(c) is str:

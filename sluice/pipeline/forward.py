@@ -21,9 +21,9 @@ from ..core.exchange import Reply, StreamReply
 from ..core.wire import ChatCompletionRequest, EmbeddingRequest, StreamOptions, TokenUsage
 from ..routing import Decision, Target
 from ..upstream import SSERelay, UpstreamReply, UpstreamStream, error_event
-from ..limits import INPUT, OUTPUT
+from ..limits import INPUT, OUTPUT, prompt_tokens
 from ..upstream.errors import from_status
-from ..upstream.usage import completion_chars, estimate_tokens, prompt_chars, reported_usage
+from ..upstream.usage import completion_chars, estimate_tokens, reported_usage
 from .context import RequestContext
 
 CLIENT_CLOSED = 499  # nginx's convention: the client went away before the answer was complete
@@ -32,12 +32,19 @@ ROUTE_HEADER = "x-sluice-route"
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+def _prompt_estimate(ctx: RequestContext) -> int:
+    """The prompt's tokens when the upstream reported none: the estimate the limits reserve,
+    counted with the model's tokenizer where it has one (exact on the sim)."""
+    t: Target = ctx.target  # type: ignore[assignment]  # set before anything is sent
+    return prompt_tokens(ctx.request, t.upstream_model, t.model)
+
+
 def _settle(ctx: RequestContext, usage: TokenUsage | None, completion_estimate: int) -> None:
     if usage is not None:
         ctx.prompt_tokens, ctx.completion_tokens, ctx.usage_source = usage.prompt_tokens, usage.completion_tokens, "upstream"
         ctx.cached_tokens = usage.cached_tokens
     else:
-        ctx.prompt_tokens = estimate_tokens(prompt_chars(ctx.request))
+        ctx.prompt_tokens = _prompt_estimate(ctx)
         ctx.completion_tokens = completion_estimate
         ctx.usage_source = "estimated"
 
@@ -51,7 +58,7 @@ def _charge_reserved(ctx: RequestContext) -> None:
         ctx.prompt_tokens, ctx.completion_tokens = int(r.amounts[INPUT]), int(r.amounts[OUTPUT])
         ctx.usage_source = "reserved"
     else:  # nothing was reserved: the prompt, at least, was read
-        ctx.prompt_tokens, ctx.usage_source = estimate_tokens(prompt_chars(ctx.request)), "estimated"
+        ctx.prompt_tokens, ctx.usage_source = _prompt_estimate(ctx), "estimated"
 
 
 # Sent, and no answer that says the upstream did no work (a 504 is a proxy's timeout; an answer too

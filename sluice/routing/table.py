@@ -60,7 +60,8 @@ def hint(name: str, request: Any, exchange: Any) -> str | None:
 
 
 def _prompt_tokens(request: Any) -> int:
-    from ..upstream.usage import estimate_tokens, prompt_chars  # the same estimate the ledger falls back to
+    # about four characters a token: the route is matched before a target (and its tokenizer) is chosen
+    from ..upstream.usage import estimate_tokens, prompt_chars
 
     return estimate_tokens(prompt_chars(request))
 

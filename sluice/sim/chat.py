@@ -140,7 +140,7 @@ class ChatCompletions(ReplicaBase):
                           n_prompt: int) -> web.StreamResponse:
         """A scripted tool-call answer (sim/tools.py), whole or streamed like vLLM."""
         ids = [self._new_id("call") for _ in calls]
-        n_out = sum(len(a) for _, a in calls) // 4 + 1
+        n_out = sum(tokens.count(name) + tokens.count(args) for name, args in calls)  # what it generated
         usage = {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
         head = {"id": self._new_id("chatcmpl"), "created": int(clock.now()), "model": req.model}
         if not req.stream:

@@ -1,25 +1,29 @@
-"""A deterministic stand-in tokenizer: words and single punctuation marks are tokens.
+"""The sim's tokenizer: words and single punctuation marks are tokens, whitespace is none.
 
 It is not any real model's tokenizer; it only needs to be stable, cheap and roughly
-proportional to text length, so that usage counts, prefix caching and latency behave
-the way they would against a real backend.
+proportional to text length, so that usage counts, prefix caching and latency behave the
+way they would against a real backend. It ships as ``tokenizer.json`` (Hugging Face
+``tokenizers``, built by ``build_tokenizer``), so a gateway that names that file as a
+model's ``tokenizer:`` counts prompts exactly as the sim does. Every word the sim generates
+is one token of it, so a completion's tokens are its words.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
-_TOKEN = re.compile(r"\w+|[^\w\s]")
+from sluice.core.tokenizer import Tokenizer, load
 
-tokenize = _TOKEN.findall
-"""Split text into tokens: runs of word characters, or single non-space symbols."""
+TOKENIZER_PATH = str(Path(__file__).with_name("tokenizer.json"))
+TOKENIZER: Tokenizer = load(TOKENIZER_PATH)
 
+tokenize = TOKENIZER.pieces
+"""Split text into tokens (their text): runs of word characters, or single non-space symbols."""
 
-def count(text: str) -> int:
-    """Number of tokens in ``text``."""
-    return len(_TOKEN.findall(text))
+count = TOKENIZER.count
+"""Number of tokens in a text."""
 
 
 def content_text(content: str | Sequence[Any] | None) -> str:
@@ -38,10 +42,11 @@ def content_text(content: str | Sequence[Any] | None) -> str:
 
 
 def message_tokens(messages: Iterable[tuple[str, str | Sequence[Any] | None]]) -> list[str]:
-    """The prompt tokens of chat messages given as ``(role, content)``: role, then content, per message."""
+    """The prompt tokens of chat messages given as ``(role, content)``, as the chat template renders
+    them: per message its framing (the role: part of the prompt, so it counts and it caches), then
+    its content."""
     out: list[str] = []
     for role, content in messages:
-        # The role is part of the prompt as a chat template renders it, so it counts and it caches.
-        out.append(role)
-        out.extend(_TOKEN.findall(content_text(content)))
+        out.extend(TOKENIZER.framing(role))
+        out.extend(TOKENIZER.pieces(content_text(content)))
     return out

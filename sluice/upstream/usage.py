@@ -1,6 +1,8 @@
 """Token usage: taken from the upstream's reply, or estimated when it reports none.
 
-The estimate is the documented rule of thumb of about four characters per token.
+Completions are estimated here, at the documented rule of thumb of about four characters per
+token; a prompt is estimated as the limits reserve it (``limits.estimate``), with the model's
+tokenizer where it has one.
 """
 
 from __future__ import annotations

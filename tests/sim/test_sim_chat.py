@@ -68,6 +68,41 @@ async def test_usage_counts_role_and_content_tokens_including_text_parts(running
     assert parts.usage is not None and parts.usage.prompt_tokens == 5
 
 
+async def test_the_sim_counts_prompt_and_completion_tokens_with_the_tokenizer_it_ships(running: RunningSim) -> None:
+    """Read with Hugging Face ``tokenizers`` itself: the file any gateway can name as a model's tokenizer."""
+    from pathlib import Path
+
+    import tokenizers
+
+    import sluice.sim
+
+    shipped = Path(sluice.sim.__file__).with_name("tokenizer.json")
+    assert shipped.stat().st_size < 300_000
+    tok = tokenizers.Tokenizer.from_file(str(shipped))
+
+    def n(text: str) -> int:
+        return len(tok.encode(text, add_special_tokens=False))
+
+    # "cafe\u0301" (a combining accent) is one token of the file, where a `\w+|[^\w\s]` regex sees two
+    messages = [{"role": "system", "content": "Be brief; no jargon (please)."},
+                {"role": "user", "content": [{"type": "text", "text": "Zyx-9 or qwop?"}, {"type": "text", "text": "Say: cafe\u0301!"}]}]
+    reply = await running.client().chat.completions.create(model="sim-small", messages=messages, max_tokens=9)
+    # the template: each message is its role, then its content
+    expected = n("system") + n("Be brief; no jargon (please).") + n("user") + n("Zyx-9 or qwop?") + n("Say: cafe\u0301!")
+    assert reply.usage is not None and reply.usage.prompt_tokens == expected
+    assert reply.usage.completion_tokens == n(reply.choices[0].message.content) == 9
+    embedded = await running.client().embeddings.create(model="sim-embed", input=["a, b; c!", "Zyx-9 or qwop?"])
+    assert embedded.usage.prompt_tokens == n("a, b; c!") + n("Zyx-9 or qwop?")
+
+
+async def test_every_word_the_sim_generates_is_one_token_of_its_tokenizer() -> None:
+    """So a completion's tokens are its words, and max_tokens bounds both."""
+    from sluice.sim.text import _WORDS
+    from sluice.sim.tokens import count
+
+    assert all(count(w) == 1 for w in _WORDS) and count("".join(_WORDS)) == len(_WORDS)
+
+
 async def test_reply_has_the_vllm_fields(running: RunningSim) -> None:
     raw = await running.http.post(
         "/v1/chat/completions", json={"model": "sim-small", "messages": user("Hi"), "max_tokens": 2}

@@ -64,9 +64,9 @@ class Guard:
         rules = policy.rules_for(ctx.decision.route.served, p.identity_name, p.team)  # type: ignore[union-attr]
         exposed = policy.shape_for(rules, p.identity_name, p.team)  # type: ignore[union-attr]
         _check_logprobs(req, exposed)
-        upstream_model = ctx.target.upstream_model  # type: ignore[union-attr]
+        upstream_model, model = ctx.target.upstream_model, ctx.target.model  # type: ignore[union-attr]
         req, verdict = check_request(rules, policy, req, len(ctx.exchange.body), p.identity_name, p.team,  # type: ignore[union-attr]
-                                     lambda r: prompt_tokens(r, upstream_model))
+                                     lambda r: prompt_tokens(r, upstream_model, model))
         ctx.request = req
         rid = ctx.exchange.request_id
         if verdict.kinds:  # kinds only: the values never reach a log

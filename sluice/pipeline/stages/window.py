@@ -21,7 +21,7 @@ class ContextWindow:
             return
         target = ctx.target
         req = ctx.request
-        prompt = prompt_tokens(req, target.upstream_model)  # type: ignore[union-attr]
+        prompt = prompt_tokens(req, target.upstream_model, target.model)  # type: ignore[union-attr]
         completion = 0
         if type(req) is not EmbeddingRequest:  # chat, or its wider type with extra parameters
             asked = req.max_completion_tokens if type(req.max_completion_tokens) is int else req.max_tokens
