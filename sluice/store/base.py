@@ -16,7 +16,8 @@ class Writes:
     transaction: either all of it is in the store or none of it is.
     """
 
-    __slots__ = ("identities", "keys", "revocations", "teams", "policy_versions", "policy_activation", "changesets")
+    __slots__ = ("identities", "keys", "revocations", "teams", "policy_versions", "policy_activation", "changesets",
+                 "rows", "transitions")
 
     def __init__(self) -> None:
         self.identities: list[Identity] = []
@@ -26,6 +27,8 @@ class Writes:
         self.policy_versions: list[dict] = []
         self.policy_activation: tuple[int, int] | None = None
         self.changesets: list[dict] = []
+        self.rows: list[tuple[Any, dict]] = []
+        self.transitions: list[tuple[Any, str, dict, tuple[Any, ...], Exception]] = []
 
     def put_identity(self, identity: Identity) -> Writes:
         """Insert, or replace by id, an identity."""
@@ -61,6 +64,26 @@ class Writes:
         """Insert, or replace by id, a policy change set (columns of ``policy_changesets``)."""
         self.changesets.append(row)
         return self
+
+    def insert(self, table: Any, row: dict) -> Writes:
+        """Insert one row into ``table`` (a record that must land with its change, or not at all)."""
+        self.rows.append((table, row))
+        return self
+
+    def transition(self, table: Any, key: str, values: dict, *where: Any, otherwise: Exception) -> Writes:
+        """Set ``values`` on the row of ``table`` whose ``id`` is ``key`` if every ``where`` clause holds;
+        else the whole apply fails with ``otherwise`` (the state moved meanwhile: decided, used, expired)."""
+        self.transitions.append((table, key, values, where, otherwise))
+        return self
+
+    @property
+    def bumps_version(self) -> bool:
+        """Whether ``apply`` bumps the identity-state version (every replica then reloads what it caches):
+        always, unless the writes are only rows and transitions, which no replica caches (tool approvals)."""
+        if not (self.rows or self.transitions):
+            return True
+        return bool(self.identities or self.keys or self.revocations or self.teams or self.policy_versions
+                    or self.changesets or self.policy_activation is not None)
 
 
 class Journal(Protocol):
@@ -116,8 +139,9 @@ class Store(abc.ABC):
     # identity state, changed as a whole
     @abc.abstractmethod
     async def apply(self, writes: Writes, *changes: ChangeEvent) -> None:
-        """Write identities, keys, revocations, teams and their change records in one transaction,
-        and bump the identity-state version with them (revocations keep the first time)."""
+        """Write identities, keys, revocations, teams (and rows and transitions of other tables) and their
+        change records in one transaction, and bump the identity-state version with them (unless only rows and
+        transitions were written; revocations keep the first time)."""
 
     @abc.abstractmethod
     async def identity_version(self) -> int:

@@ -204,11 +204,18 @@ class SqlStore(Store):
                 if done.rowcount != 1:  # raised inside the transaction: nothing of this apply is kept
                     raise Conflict("the active policy changed meanwhile; propose against the new version",
                                    code="stale_policy")
+            for table, key, values, where, otherwise in writes.transitions:
+                done = await conn.execute(update(table).where(table.c.id == key, *where).values(**values))
+                if done.rowcount != 1:  # raised inside the transaction: nothing of this apply is kept
+                    raise otherwise
+            for table, row in writes.rows:
+                await conn.execute(table.insert().values(**row))
             for change in changes:
                 await conn.execute(t.changes.insert().values(**_change_values(change)))
             if audited:
                 await self.journal.append(conn, changes, state=(before, await self._snapshot(conn, writes)))  # type: ignore[union-attr]
-            await self._bump(conn)
+            if writes.bumps_version:
+                await self._bump(conn)
 
     async def _snapshot(self, conn: Any, writes: Writes) -> dict[str, list[dict[str, Any]]]:
         """The stored rows a batch of writes touches: what the audit entry's before/after hashes cover."""
@@ -220,6 +227,9 @@ class SqlStore(Store):
             if ids:
                 rows = await conn.execute(select(table).where(table.c[col].in_(ids)).order_by(table.c[col]))
                 out[name] = [dict(r._mapping) for r in rows]
+        for table, key, *_ in writes.transitions:  # a tool approval: the row before and after its decision
+            rows = await conn.execute(select(table).where(table.c.id == key))
+            out.setdefault(table.name, []).extend(dict(r._mapping) for r in rows)
         return out
 
     async def _bump(self, conn: Any) -> None:
