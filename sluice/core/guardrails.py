@@ -109,6 +109,18 @@ class ExposeGrant(_Strict):
     teams: list[str] = msgspec.field(default_factory=list)
 
 
+class ApprovalRules(_Strict):
+    """Held tool calls (issue 23): how many may wait per identity, and who may not approve them.
+
+    An approver is never the requester's identity nor an identity of the same owner; with
+    ``separate_teams`` not one of the same team either.
+    """
+
+    # pending approvals one identity may have at once (counted in the store, across replicas); 429 past it
+    max_pending_per_identity: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 20
+    separate_teams: bool = False
+
+
 class Guardrails(_Strict):
     """``guardrails:``: rule sets, first match wins; none at all turns the input checks off.
 
@@ -117,6 +129,7 @@ class Guardrails(_Strict):
 
     rule_sets: list[RuleSet] = msgspec.field(default_factory=list)
     expose: list[ExposeGrant] = msgspec.field(default_factory=list)
+    approvals: ApprovalRules = msgspec.field(default_factory=ApprovalRules)
 
 
 class ToolSpec(_Strict):

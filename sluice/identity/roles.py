@@ -32,11 +32,13 @@ SWITCHES_WRITE = "switches:write"
 POLICY_OPERATE = frozenset({POLICY_READ, POLICY_PROPOSE, POLICY_APPROVE, POLICY_ROLLBACK, SWITCHES_WRITE})
 TOOLS_READ = "tools:read"  # issue 12: held tool calls and tool decisions
 TOOLS_APPROVE = "tools:approve"
+# issue 23: a held call's arguments whole (canonical, unmasked); approvers need them, auditors keep the masked view
+APPROVALS_READ = "approvals:read"
 
 ROLE_SCOPES: dict[str, frozenset[str]] = {
     "invoker": frozenset(),  # the data plane only
     "operator": frozenset({ROUTING_READ, ROUTING_WRITE, LIMITS_READ, LIMITS_WRITE, USAGE_READ, IDENTITIES_READ,
-                           TOOLS_READ, TOOLS_APPROVE}) | POLICY_OPERATE,
+                           TOOLS_READ, TOOLS_APPROVE, APPROVALS_READ}) | POLICY_OPERATE,
     "key-admin": frozenset({IDENTITIES_READ, IDENTITIES_WRITE, KEYS_READ, KEYS_WRITE, TEAMS_WRITE}),
     "auditor": frozenset({AUDIT_READ, USAGE_READ, INVENTORY_READ, IDENTITIES_READ, KEYS_READ, ROUTING_READ,
                           LIMITS_READ, POLICY_READ, TOOLS_READ}),

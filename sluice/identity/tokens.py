@@ -38,10 +38,11 @@ def looks_like_jwt(token: str) -> bool:
 
 
 class Sealer:
-    """AES-GCM under a key derived from the pepper: how private signing keys rest in the store."""
+    """AES-GCM under a key derived from the pepper: how private signing keys (and, under a key of
+    their own ``purpose``, held tool calls' arguments) rest in the store."""
 
-    def __init__(self, pepper: bytes) -> None:
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"sluice signing keys v1").derive(pepper)
+    def __init__(self, pepper: bytes, purpose: bytes = b"sluice signing keys v1") -> None:
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(pepper)
         self._aead = AESGCM(key)
 
     def seal(self, data: bytes) -> str:
