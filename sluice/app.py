@@ -188,7 +188,7 @@ class Gateway:
             self._tasks.append(asyncio.get_running_loop().create_task(
                 run_checks(deployments, lambda: routing.table, c.resilience.health_interval_s), name="health-checks"))
         decisions = DecisionLog(c.resilience.decisions_kept)
-        guard_stage, approvals, guard_records = self._guard(store)  # issue 12
+        guard_stage, approvals, guard_records = self._guard(store, Sealer(pepper, b"sluice tool arguments v1"), policy)
         data_plane = DataPlane(guard=guard_stage, registry=registry, tokens=tokens, routes=routing, decisions=decisions,
                                resilience=c.resilience, ledger=ledger, limits=c.requests, limiter=limiter, prices=prices,
                                max_tokens_cap=c.limits.max_tokens_cap, over_cap=c.limits.over_cap,
@@ -253,11 +253,11 @@ class Gateway:
         gr, tools = guard_from_file(msgspec.to_builtins(c.guardrails), msgspec.to_builtins(c.tools))
         return {"guardrails": gr, "tools": tools}
 
-    def _guard(self, store: Store) -> tuple[Guard, ToolApprovals, GuardRecords]:
+    def _guard(self, store: Store, sealer: Sealer, policy: PolicyService) -> tuple[Guard, ToolApprovals, GuardRecords]:
         """The guard stage, the approval book and the guardrail records (issue 12), always: the rules
         come from the active policy version, which a change set may give guardrails at any time."""
         records = GuardRecords(store)  # type: ignore[arg-type]
-        approvals = ToolApprovals(records)
+        approvals = ToolApprovals(records, sealer, lambda: policy.current.document.guardrails.approvals)
 
         def capture(row: dict) -> None:
             async def write() -> None:

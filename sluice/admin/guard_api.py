@@ -1,8 +1,12 @@
-"""Control-plane guardrails: held tool calls (list, read, approve or deny) and the tool-decision record."""
+"""Control-plane guardrails: held tool calls (list, read, approve or deny) and the tool-decision record.
+
+Holders of ``approvals:read`` (operators: the approvers) read a held call's arguments whole, in the
+canonical form the approval binds to; others (auditors) the masked, bounded view only.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -54,7 +58,8 @@ class GuardAdmin:
         return [
             ("GET", "/admin/tool-approvals", (r.TOOLS_READ,), self.list_approvals),
             ("GET", "/admin/tool-approvals/{approval_id}", (r.TOOLS_READ,), self.get_approval),
-            ("POST", "/admin/tool-approvals/{approval_id}/decision", (r.TOOLS_APPROVE,), self.decide),
+            # approving takes reading what is approved: the arguments whole
+            ("POST", "/admin/tool-approvals/{approval_id}/decision", (r.TOOLS_APPROVE, r.APPROVALS_READ), self.decide),
             ("GET", "/admin/tool-decisions", (r.TOOLS_READ,), self.list_decisions),
         ]
 
@@ -63,23 +68,30 @@ class GuardAdmin:
         status = ex.query.get("status") or None
         rows = [] if self._records is None else await self._records.list_approvals(status, _limit(ex))  # type: ignore[attr-defined]
         now = clock.now()
-        return Reply.json({"object": "list", "data": [{**public(row, now), "identity_id": row["identity_id"],
-                                                        "decided_by": row["decided_by"]} for row in rows]})
+        return Reply.json({"object": "list", "data": [self._view(actor, row, now) for row in rows]})
 
     def _book(self) -> ToolApprovals:
         if self._approvals is None:  # no guardrails configured: there is nothing to approve
             raise NotFound("No such approval.", param="approval_id")
         return self._approvals
 
+    def _view(self, actor: Actor, row: dict[str, Any], now: float) -> dict[str, Any]:
+        """An approval as this actor may see it: with ``arguments`` (canonical, whole, or null when too long
+        to show) for ``approvals:read``."""
+        out = {**public(row, now), "identity_id": row["identity_id"], "decided_by": row["decided_by"]}
+        if r.APPROVALS_READ in actor.grants:
+            out["arguments"] = self._book().arguments(row)
+        return out
+
     async def get_approval(self, actor: Actor, ex: Exchange) -> Reply:
         row = await self._book().get(ex.params["approval_id"])
-        return Reply.json({**public(row, clock.now()), "identity_id": row["identity_id"], "decided_by": row["decided_by"]})
+        return Reply.json(self._view(actor, row, clock.now()))
 
     @accepts(ToolDecision)
     async def decide(self, actor: Actor, ex: Exchange) -> Reply:
         req: ToolDecision = _decode(ex.body, ToolDecision)  # type: ignore[assignment]
-        got = await self._book().decide(ex.params["approval_id"], req.approved, actor.name, actor.identity_id)
-        return Reply.json(got)
+        row = await self._book().decide(ex.params["approval_id"], req.approved, actor.name, actor.identity_id)
+        return Reply.json(self._view(actor, row, clock.now()))
 
     @accepts(query=DecisionQuery)
     async def list_decisions(self, actor: Actor, ex: Exchange) -> Reply:

@@ -1,7 +1,9 @@
 """Guardrail records: tool-call approvals (pending, decided, used once), tool decisions, prompt captures.
 
 Kept in the store so an approval given on one replica is seen by every other, and survives a
-restart; state changes are single conditional UPDATEs, so two replicas cannot both redeem one.
+restart; state changes are single conditional UPDATEs, so two replicas cannot both redeem one, and
+each decision and redemption is a ``Store.apply`` with its change record and audit entry. The cap
+on an identity's pending approvals is checked by the insert itself, so replicas cannot overshoot it.
 """
 
 from __future__ import annotations
@@ -9,11 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from sqlalchemy import Column, Float, Index, Integer, String, Table, Text, delete, select, update
+from sqlalchemy import Column, Float, Index, Integer, String, Table, Text, delete, func, literal, select, text, update
 
 from ..core import clock
+from ..core.types import ChangeEvent
 from . import schema as t
+from .base import Writes
 from .sql import SqlStore, _guarded
+
+_PENDING_LOCK = 0x51_1C_E1  # pg advisory lock namespace: one identity's holds count and insert in turn
 
 tool_approvals = Table(
     "tool_approvals", t.metadata,
@@ -33,7 +39,10 @@ tool_approvals = Table(
     Column("decided_by", String(128)),
     Column("decided_at", Float),
     Column("used_at", Float),
+    Column("args_sealed", Text),  # the canonical arguments, sealed; NULL when too long to show (never approvable)
+    Column("args_chars", Integer),  # characters of the canonical arguments
     Index("ix_tool_approvals_status", "status", "created_at"),
+    Index("ix_tool_approvals_identity", "identity_id", "status", "expires_at"),
 )
 
 tool_decisions = Table(
@@ -80,9 +89,28 @@ class GuardRecords:
         return self._store.engine
 
     @_guarded
-    async def create_approval(self, row: dict[str, Any]) -> None:
+    async def create_approval(self, row: dict[str, Any], max_pending: int | None = None) -> float | None:
+        """Insert a pending approval unless its identity already has ``max_pending`` unexpired pending ones:
+        None when inserted, else the seconds until the first of those expires.
+
+        One INSERT ... SELECT ... WHERE count < cap: SQLite runs it under its write lock, Postgres
+        behind a per-identity transaction lock, so two replicas holding at once cannot both pass.
+        """
+        ta = tool_approvals.c
         async with self.engine.begin() as conn:
-            await conn.execute(tool_approvals.insert().values(**row))
+            if max_pending is None:
+                await conn.execute(tool_approvals.insert().values(**row))
+                return None
+            if self._store.dialect == "postgresql":
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:ns, hashtext(:who))"),
+                                   {"ns": _PENDING_LOCK, "who": row["identity_id"]})
+            now, mine = row["created_at"], (ta.identity_id == row["identity_id"], ta.status == "pending")
+            waiting = select(func.count()).where(*mine, ta.expires_at > now).scalar_subquery()
+            values = select(*(literal(v, tool_approvals.c[k].type) for k, v in row.items())).where(waiting < max_pending)
+            if (await conn.execute(tool_approvals.insert().from_select(list(row), values))).rowcount == 1:
+                return None
+            first = (await conn.execute(select(func.min(ta.expires_at)).where(*mine, ta.expires_at > now))).scalar()
+        return max(0.0, float(first) - now) if first is not None else 0.0
 
     @_guarded
     async def get_approval(self, approval_id: str) -> dict[str, Any] | None:
@@ -99,23 +127,37 @@ class GuardRecords:
             return [dict(r._mapping) for r in await conn.execute(q)]
 
     @_guarded
-    async def decide(self, approval_id: str, approved: bool, by: str, now: float) -> bool:
-        """pending -> approved|denied, only while unexpired; False when it was not pending."""
-        ta = tool_approvals.c
-        q = (update(tool_approvals).where(ta.id == approval_id, ta.status == "pending", ta.expires_at > now)
-             .values(status="approved" if approved else "denied", decided_by=by, decided_at=now))
-        async with self.engine.begin() as conn:
-            return (await conn.execute(q)).rowcount == 1
+    async def people(self, identity_ids: list[str]) -> dict[str, tuple[str, str | None]]:
+        """(owner, team) of each of these identities that exists: what separation of duties compares."""
+        q = select(t.identities.c.id, t.identities.c.owner, t.identities.c.team).where(t.identities.c.id.in_(identity_ids))
+        async with self.engine.connect() as conn:
+            return {r.id: (r.owner, r.team) for r in await conn.execute(q)}
 
-    @_guarded
-    async def redeem(self, approval_id: str, identity_id: str, digest: str, now: float) -> bool:
-        """approved -> used, once, for its requester, with the same arguments, before it expires."""
+    async def decide(self, approval_id: str, approved: bool, by: str, now: float, *, change: ChangeEvent,
+                     record: dict[str, Any]) -> bool:
+        """pending -> approved|denied, only while unexpired, with its change record, audit entry and tool
+        decision in one transaction; False when it was not pending."""
         ta = tool_approvals.c
-        q = (update(tool_approvals).where(ta.id == approval_id, ta.status == "approved", ta.identity_id == identity_id,
-                                          ta.args_sha256 == digest, ta.expires_at > now, ta.used_at.is_(None))
-             .values(status="used", used_at=now))
-        async with self.engine.begin() as conn:
-            return (await conn.execute(q)).rowcount == 1
+        return await self._apply(Writes().transition(
+            tool_approvals, approval_id, {"status": "approved" if approved else "denied", "decided_by": by, "decided_at": now},
+            ta.status == "pending", ta.expires_at > now, otherwise=_Moved()).insert(tool_decisions, record), change)
+
+    async def redeem(self, approval_id: str, identity_id: str, digest: str, now: float, *, change: ChangeEvent,
+                     record: dict[str, Any]) -> bool:
+        """approved -> used, once, for its requester, with the same arguments, before it expires; with its
+        change record, audit entry and tool decision in one transaction."""
+        ta = tool_approvals.c
+        return await self._apply(Writes().transition(
+            tool_approvals, approval_id, {"status": "used", "used_at": now},
+            ta.status == "approved", ta.identity_id == identity_id, ta.args_sha256 == digest, ta.expires_at > now,
+            ta.used_at.is_(None), otherwise=_Moved()).insert(tool_decisions, record), change)
+
+    async def _apply(self, writes: Writes, change: ChangeEvent) -> bool:
+        try:
+            await self._store.apply(writes, change)
+        except _Moved:
+            return False
+        return True
 
     @_guarded
     async def record_decisions(self, rows: list[dict[str, Any]]) -> None:
@@ -141,6 +183,10 @@ class GuardRecords:
         q = delete(prompt_captures).where(prompt_captures.c.expires_at <= (clock.now() if now is None else now))
         async with self.engine.begin() as conn:
             return int((await conn.execute(q)).rowcount or 0)
+
+
+class _Moved(Exception):
+    """The approval was no longer in the state a transition needs: the apply wrote nothing."""
 
 
 def dumps(value: Any) -> str:

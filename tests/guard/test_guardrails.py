@@ -60,8 +60,9 @@ def gw(sim, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def approver(gw):
-    """An operator that is not the caller, with a control-plane key."""
-    ident = gw.admin("POST", "/admin/identities", json={"name": "approver", "owner": "sec@example.com", "roles": ["operator"]})
+    """An operator that is not the caller, of another owner, with a control-plane key."""
+    ident = gw.admin("POST", "/admin/identities", json={"name": "approver", "owner": "approvals@example.com",
+                                                       "roles": ["operator"]})
     assert ident.status_code == 201, ident.text
     key = gw.admin("POST", f"/admin/identities/{ident.json()['id']}/keys", json={"plane": "control"})
     return key.json()["key"]
