@@ -244,3 +244,35 @@ def test_past_its_pending_cap_an_identity_gets_429_with_retry_after_until_one_is
     assert decide(gw, approver, first[0], False).status_code == 200
     assert hold(gw, key, '{"to": "t3", "amount": 3}')  # a decision frees a place
     error(held(gw, key, '{"to": "t4", "amount": 4}'), 429, "too_many_pending_approvals")
+
+
+# -- every approval endpoint keeps to its contract on real held calls -----------------------------
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/admin/tool-approvals"), ("GET", "/admin/tool-approvals/{approval_id}"),
+                                              ("POST", "/admin/tool-approvals/{approval_id}/decision")])
+def test_no_input_to_an_approval_endpoint_gets_a_5xx_or_an_answer_outside_the_contract(gw, approver, method, path):
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+    from schemathesis.checks import content_type_conformance, not_a_server_error, response_schema_conformance
+
+    key = invoker(gw)  # pending, too long to show, approved, denied and used calls, and ids of nothing
+    ids = [hold(gw, key, '{"to": "f", "amount": 1}'), hold(gw, key, json.dumps({"to": "f", "body": "y" * 16_400}))]
+    ids += [hold(gw, key, '{"to": "g", "amount": 2}'), hold(gw, invoker(gw), '{"to": "h", "amount": 3}')]
+    decide(gw, approver, ids[2], True)
+    decide(gw, approver, ids[3], False)
+    headers = {"Authorization": f"Bearer {approver}"}
+    operation = schemathesis.openapi.from_url(gw.admin_url + "/admin/openapi.json", headers=headers)[path][method]
+
+    @given(case=operation.as_strategy(), apv=st.sampled_from([*ids, "apv_nope", ""]))
+    @settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck),
+              phases=[Phase.explicit, Phase.generate])
+    def fuzz(case: schemathesis.Case, apv: str) -> None:
+        if case.path_parameters is not None and apv:
+            case.path_parameters["approval_id"] = apv
+        response = case.call(base_url=gw.admin_url, headers=headers, timeout=10)
+        case.validate_response(response, checks=[not_a_server_error, content_type_conformance,
+                                                 response_schema_conformance])
+        if response.status_code >= 400:
+            assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+    fuzz()
