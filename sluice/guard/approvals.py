@@ -97,7 +97,7 @@ class ToolApprovals:
             "id": approval_id, "created_at": now, "expires_at": now + ttl_s, "status": "pending",
             "identity_id": identity_id, "identity_name": identity_name, "request_id": request_id, "model": model,
             "context_digest": context, "tool": j.call.name[:64], "call_id": j.call.id[:128],
-            "args_sha256": j.args_sha256 or args_digest(parse_arguments(text)), "args_masked": masked_args(text, MASK),
+            "args_sha256": j.args_sha256 or hashlib.sha256(text.encode()).hexdigest(), "args_masked": masked_args(text, MASK),
             "args_chars": len(text), "args_sealed": self._sealer.seal(text.encode()) if len(text) <= SHOWN_CHARS else None,
         }, cap)
         if wait is not None:

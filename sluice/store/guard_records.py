@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from sqlalchemy import Column, Float, Index, Integer, String, Table, Text, delete, func, literal, select, text, update
+from sqlalchemy import Column, Float, Index, Integer, String, Table, Text, delete, func, literal, select, text
 
 from ..core import clock
 from ..core.types import ChangeEvent
