@@ -182,3 +182,28 @@ class LoopbackServer:
 
     def stop(self) -> None:
         self._server.shutdown()
+
+
+def fuzz_within_contract(operation: Any, base_url: str, headers: dict[str, str], *, mode: Any = None,
+                         examples: int = 25, path_values: list[str | None] | None = None) -> None:
+    """Fuzz one operation of an OpenAPI document (schemathesis, derandomized so a failure reproduces): no 5xx,
+    the documented content type and schema, every error in the OpenAI envelope. ``path_values`` (None: keep
+    the generated one) stand in for the generated path parameters, to reach things that exist."""
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+    from schemathesis.checks import content_type_conformance, not_a_server_error, response_schema_conformance
+
+    @given(case=operation.as_strategy(**({} if mode is None else {"generation_mode": mode})),
+           pick=st.sampled_from(path_values) if path_values else st.none())
+    @settings(max_examples=examples, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck),
+              phases=[Phase.explicit, Phase.generate])
+    def fuzz(case: schemathesis.Case, pick: str | None) -> None:
+        if pick is not None and case.path_parameters:
+            case.path_parameters = {name: pick for name in case.path_parameters}
+        response = case.call(base_url=base_url, headers=headers, timeout=10)
+        case.validate_response(response, checks=[not_a_server_error, content_type_conformance,
+                                                 response_schema_conformance])
+        if response.status_code >= 400:
+            assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+    fuzz()

@@ -129,10 +129,15 @@ class ToolApprovals:
         return row
 
     def arguments(self, row: dict[str, Any]) -> str | None:
-        """The canonical arguments an approval binds to, whole; None when too long to show (or kept by an
-        older sluice, which did not keep them)."""
+        """The canonical arguments an approval binds to, whole; None when they cannot be shown: too long,
+        kept by an older sluice (which did not keep them), or sealed under another pepper."""
         sealed = row.get("args_sealed")
-        return None if sealed is None else self._sealer.open(sealed).decode()
+        if sealed is None:
+            return None
+        try:
+            return self._sealer.open(sealed).decode()
+        except Exception:  # the sealer's own errors (a changed pepper): unreadable, so never approvable
+            return None
 
     async def decide(self, approval_id: str, approved: bool, approver: str, approver_identity: str | None) -> dict[str, Any]:
         """Approve or deny a pending approval (its row after): approving only by another owner, only what
@@ -140,11 +145,8 @@ class ToolApprovals:
         row = await self.get(approval_id)
         if approved:
             await self._separate(row, approver_identity)
-            if row.get("args_sealed") is None:
-                raise Unprocessable(
-                    f"The arguments of this call are {row.get('args_chars') or 'an unknown number of'} characters of "
-                    f"canonical JSON, more than the {SHOWN_CHARS} an approver is shown whole: it can only be denied.",
-                    code="approval_arguments_too_large", param="approval_id")
+            if self.arguments(row) is None:
+                raise _unshown(row)
         now = clock.now()
         if row["expires_at"] <= now:
             raise Gone("The approval has expired.")
@@ -206,6 +208,18 @@ class ToolApprovals:
                 "context_digest": row["context_digest"], "tool": row["tool"], "call_id": row["call_id"],
                 "decision": decision, "reason": reason, "args_masked": row["args_masked"],
                 "args_sha256": row["args_sha256"], "approval_id": row["id"], "approver": approver}
+
+
+def _unshown(row: dict[str, Any]) -> Unprocessable:
+    """Why a call whose arguments an approver cannot read whole cannot be approved (422)."""
+    chars = row.get("args_chars")
+    if chars is not None and chars > SHOWN_CHARS:
+        return Unprocessable(f"The arguments of this call are {chars} characters of canonical JSON, more than the "
+                             f"{SHOWN_CHARS} an approver is shown whole: it can only be denied.",
+                             code="approval_arguments_too_large", param="approval_id")
+    return Unprocessable("The arguments of this call cannot be shown (held by an older sluice, or sealed under "
+                         "another pepper): it can only be denied.", code="approval_arguments_unreadable",
+                         param="approval_id")
 
 
 def _change(actor: str, action: str, row: dict[str, Any], before: str, after: str, now: float) -> ChangeEvent:
