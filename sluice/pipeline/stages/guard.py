@@ -104,7 +104,7 @@ class Guard:
                 "ts": clock.now(), "request_id": ctx.exchange.request_id, "identity_id": p.identity_id,  # type: ignore[union-attr]
                 "model": ctx.request.model, "context_digest": context_digest(ctx.request.messages),
                 "tool": j.call.name[:64], "call_id": j.call.id[:128], "decision": j.verdict, "reason": j.reason[:256],
-                "args_masked": _masked(j.call.arguments), "args_sha256": j.args_sha256, "approval_id": j.approval_id,
+                "args_masked": _masked(j.canonical or j.call.arguments), "args_sha256": j.args_sha256, "approval_id": j.approval_id,
                 "approver": None, "policy_version": active.version, "policy_hash": active.hash}])
         return record
 
@@ -130,6 +130,7 @@ def _several(req: ChatCompletionRequest) -> bool:
 
 
 def _masked(arguments: str) -> str:
+    """A decision's record of the arguments: the canonical form where they parsed (what the approver sees), masked."""
     return masked_args(arguments, MASK)
 
 
