@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from ..core.errors import ErrorEnvelope as Error
+
 F = TypeVar("F", bound=Callable[..., Any])
 _REF = "#/components/schemas/{name}"
 _PARAM = re.compile(r"{(\w+)}")
@@ -30,21 +32,6 @@ def accepts(body: type | None = None, *, query: type | None = None,
         return fn
 
     return mark
-
-
-class ErrorDetail(msgspec.Struct):
-    """The inside of the OpenAI error envelope."""
-
-    message: str
-    type: str
-    param: str | None
-    code: str | None
-
-
-class Error(msgspec.Struct):
-    """Every 4xx and 5xx answer of sluice."""
-
-    error: ErrorDetail
 
 
 def _query_parameters(query: type | None) -> list[dict[str, Any]]:

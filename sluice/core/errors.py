@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 
 class GatewayError(Exception):
     """An error with an HTTP status and an OpenAI-shaped body; the message is safe to show."""
@@ -110,6 +112,21 @@ class UpstreamTimeout(GatewayError):
 
 class ConfigError(Exception):
     """The configuration is invalid; the message names the field and the reason."""
+
+
+class ErrorDetail(msgspec.Struct):
+    """The inside of the OpenAI error envelope."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorEnvelope(msgspec.Struct):
+    """Every 4xx and 5xx answer of sluice, as its published contracts (OpenAPI) describe it."""
+
+    error: ErrorDetail
 
 
 def error_body(exc: GatewayError) -> dict:
