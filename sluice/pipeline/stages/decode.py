@@ -80,7 +80,10 @@ class Decode:
         try:
             ctx.request = self._decoder.decode(body)
         except msgspec.ValidationError as exc:
-            wider = self._extras.get(_model_name.decode(body).model) if self._extras is not None else None
+            try:
+                wider = self._extras.get(_model_name.decode(body).model) if self._extras is not None else None
+            except msgspec.ValidationError:  # no object, or a model that is no string: the strict refusal stands
+                wider = None
             if wider is None:
                 message, param = describe(exc)
                 raise InvalidRequest(message, param=param) from None
