@@ -37,6 +37,7 @@ from .admin.guard_api import GuardAdmin
 from .guard import ToolApprovals
 from .guard.policy import from_file as guard_from_file
 from .pipeline.approvals import ApprovalEndpoints
+from .pipeline.openapi import OpenApiEndpoint
 from .pipeline.stages import Guard
 from .store.guard_records import GuardRecords
 from .routing.health import run_checks
@@ -223,6 +224,7 @@ class Gateway:
         data_routes = data_plane.routes() + token_routes + health + vllm_health
         # the approval endpoints always: any policy version may add a tool registry
         data_routes += ApprovalEndpoints(data_plane.authenticate, approvals).routes()
+        data_routes.append(OpenApiEndpoint(data_plane.authenticate, data_routes).route)  # documents every route above
         if c.data_plane.server == "native":
             self.data = NativeListener("data", c.data_plane, data_routes, max_body_bytes=c.requests.max_body_bytes,
                                        access_log=c.logging.access_log)

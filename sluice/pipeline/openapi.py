@@ -1,0 +1,220 @@
+"""The data plane's contract as an OpenAPI 3.1 document, served at ``GET /v1/openapi.json``.
+
+Request bodies are the wire structs the decode stage decodes into (``sluice.core.wire``), as
+``msgspec.json.schema_components`` describes them; answers whose shape the upstream decides are
+typed loosely; every error is the OpenAI envelope, listed under each status it can have. The
+document covers exactly the routes handed to the listener: a route without an entry in
+``OPERATIONS`` stops the start, so the contract cannot fall behind the router.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from http import HTTPStatus
+from typing import Annotated, Any, Literal, NamedTuple
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from ..core.errors import ErrorEnvelope
+from ..core.exchange import JSON_TYPE, SSE_TYPE, Exchange, Reply
+from ..core.wire import ChatCompletionRequest, EmbeddingRequest
+from ..identity.exchange import ACCESS_TOKEN, GRANT, ID_TOKEN, JWT
+from .context import RequestContext
+from .endpoints import Stage
+
+PATH = "/v1/openapi.json"
+_REF = "#/components/schemas/{name}"
+_FORM = "application/x-www-form-urlencoded"
+_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+class TokenRequest(msgspec.Struct, kw_only=True):
+    """RFC 8693 token exchange: a data-plane key or a federated workload token for an access token."""
+
+    grant_type: Literal[GRANT]  # type: ignore[valid-type]
+    subject_token: Annotated[str, msgspec.Meta(min_length=1)]
+    subject_token_type: Literal[ACCESS_TOKEN, JWT, ID_TOKEN]  # type: ignore[valid-type]
+    audience: str | UnsetType = UNSET
+    scope: str | UnsetType = UNSET
+
+
+class RedeemRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """The arguments the caller is about to execute, as strict JSON: exactly the approved ones."""
+
+    arguments: Any
+
+
+class AccessToken(msgspec.Struct, kw_only=True):
+    """A short-lived sluice access token, used as the bearer credential."""
+
+    access_token: str
+    issued_token_type: str
+    token_type: Literal["Bearer"]
+    expires_in: int
+    scope: str | UnsetType = UNSET
+
+
+class Model(msgspec.Struct):
+    """One model the caller may use."""
+
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(msgspec.Struct):
+    """``GET /v1/models``."""
+
+    object: Literal["list"]
+    data: list[Model]
+
+
+class Health(msgspec.Struct):
+    """Liveness."""
+
+    status: Literal["ok"]
+
+
+class Readiness(msgspec.Struct):
+    """Readiness: 200 when ready, 503 (with the same body) when not; ``status`` says which, the rest why."""
+
+    status: str
+    store: str
+    identity: str
+    usage_spilled: int
+
+
+class KeySet(msgspec.Struct):
+    """The public keys that verify sluice access tokens (RFC 7517)."""
+
+    keys: list[dict[str, Any]]
+
+
+# Why each status is given; every one of them carries the OpenAI error envelope.
+_WHY = {
+    400: "The body is not valid JSON or breaks the schema; a guardrail, the token cap or the context window refused it.",
+    401: "No credential, or one that is unknown, expired or revoked (or a control-plane key).",
+    403: "The identity may not call models (it has no invoker role).",
+    404: "No such model for this caller (unknown and out of scope look the same), or no such approval.",
+    409: "The approval is pending, denied, already used, or for other arguments.",
+    410: "The approval has expired.",
+    413: "The body is larger than the listener accepts, or a guardrail's size limit.",
+    415: "The body is not sent as the media type the endpoint reads.",
+    429: "A rate, token, concurrency or budget limit, or too many failed authentications; see Retry-After.",
+    502: "The upstream failed, refused the gateway's credentials, or cut its answer.",
+    503: "No upstream is available, the fair queue's deadline passed, or credentials cannot be confirmed.",
+    504: "The upstream did not answer in time.",
+}
+_AUTH = (401, 403, 429, 503)  # every authenticated route: the credential, the role, the failure gate, the store
+_MODEL_CALL = (*_AUTH, 400, 404, 413, 415, 502, 504)
+
+
+class Operation(NamedTuple):
+    """What the document says of one route: its answers, its body, and whether it needs a credential."""
+
+    id: str
+    summary: str
+    ok: dict[str, Any]  # media type of a success -> a struct type or an inline schema
+    errors: tuple[int, ...] = _AUTH
+    body: type | None = None
+    body_media: tuple[str, ...] = (JSON_TYPE,)
+    public: bool = False
+    answers: tuple[int, ...] = (200,)  # the statuses that carry ``ok`` rather than the error envelope
+
+
+# One server-sent event (schemathesis reads an event stream's schema per event, as OpenAPI 3.2's itemSchema):
+# a chunk, the error envelope when the stream fails after its first byte, or the closing [DONE].
+_EVENT = {
+    "type": "object", "required": ["data"],
+    "description": "Sent when the request asks `stream: true`: each event's data is a chat.completion.chunk as the "
+                   "upstream writes it, or the error envelope if the stream fails after its first byte; then [DONE].",
+    "properties": {"data": {"anyOf": [{"const": "[DONE]"}, {"type": "string", "contentMediaType": JSON_TYPE,
+                                                            "contentSchema": _OBJECT}]}},
+}
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("POST", "/v1/chat/completions"): Operation(
+        "createChatCompletion", "A chat completion, whole or streamed.",
+        {JSON_TYPE: {**_OBJECT, "description": "A chat completion as the upstream answers it, minimised."},
+         SSE_TYPE: _EVENT}, _MODEL_CALL, ChatCompletionRequest),
+    ("POST", "/v1/embeddings"): Operation(
+        "createEmbedding", "Embeddings of the input.",
+        {JSON_TYPE: {**_OBJECT, "description": "The embeddings as the upstream answers them."}},
+        _MODEL_CALL, EmbeddingRequest),
+    ("GET", "/v1/models"): Operation("listModels", "The models the caller may use.", {JSON_TYPE: ModelList}),
+    ("POST", "/v1/token"): Operation(
+        "exchangeToken", "Token exchange (RFC 8693); the credential is in the body.", {JSON_TYPE: AccessToken},
+        (400, 401, 413, 415, 429), TokenRequest, (_FORM, JSON_TYPE), public=True),
+    ("GET", "/.well-known/jwks.json"): Operation(
+        "jwks", "The public keys of sluice access tokens.", {JSON_TYPE: KeySet}, (), public=True),
+    ("GET", "/healthz"): Operation("healthz", "Liveness.", {JSON_TYPE: Health}, (), public=True),
+    ("GET", "/health"): Operation("health", "Liveness, where vLLM-family tools look for it.", {JSON_TYPE: Health},
+                                  (), public=True),
+    ("GET", "/readyz"): Operation("readyz", "Readiness (503, same body, when not ready).", {JSON_TYPE: Readiness},
+                                  (), answers=(200, 503), public=True),
+    ("GET", "/v1/tool-approvals/{approval_id}"): Operation(
+        "getToolApproval", "The decision on a held tool call of the caller's.", {JSON_TYPE: _OBJECT}, (*_AUTH, 404)),
+    ("POST", "/v1/tool-approvals/{approval_id}/redeem"): Operation(
+        "redeemToolApproval", "Release an approved call once, for exactly the approved arguments.",
+        {JSON_TYPE: _OBJECT}, (*_AUTH, 400, 404, 409, 410, 413), RedeemRequest),
+    ("GET", PATH): Operation("openapi", "This document.", {JSON_TYPE: _OBJECT}),
+}
+
+
+def document(routes: Iterable[tuple[str, str, object]]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the given ``(method, path, handler)`` table; a route unknown here raises."""
+    served: list[tuple[str, str, Operation]] = []
+    for method, path, _ in routes:
+        op = OPERATIONS.get((method, path))
+        if op is None:
+            raise LookupError(f"{method} {path} has no entry in the data plane's OpenAPI (sluice/pipeline/openapi.py)")
+        served.append((method, path, op))
+    types = {ErrorEnvelope} | {t for *_, op in served for t in (op.body, *op.ok.values()) if isinstance(t, type)}
+    ordered = sorted(types, key=lambda t: t.__name__)
+    refs, components = msgspec.json.schema_components(ordered, ref_template=_REF)
+    if "TokenRequest" in components:  # the token endpoint reads any further field, as a string (RFC 8693 has more)
+        components["TokenRequest"]["additionalProperties"] = {"type": "string"}
+    schema = dict(zip(ordered, refs))
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, op in served:
+        ok = {media: {"schema": schema[t] if isinstance(t, type) else t} for media, t in op.ok.items()}
+        responses = {str(status): {"description": HTTPStatus(status).phrase, "content": ok} for status in op.answers}
+        for status in sorted(op.errors):
+            responses[str(status)] = {"description": f"{HTTPStatus(status).phrase}. {_WHY[status]}",
+                                      "content": {JSON_TYPE: {"schema": schema[ErrorEnvelope]}}}
+        entry: dict[str, Any] = {
+            "operationId": op.id, "summary": op.summary, "responses": responses,
+            "parameters": [{"name": name.strip("{}"), "in": "path", "required": True, "schema": {"type": "string"}}
+                           for name in path.split("/") if name.startswith("{")],
+        }
+        if op.public:
+            entry["security"] = []
+        if op.body is not None:
+            entry["requestBody"] = {"required": True, "content": {m: {"schema": schema[op.body]} for m in op.body_media}}
+        paths.setdefault(path, {})[method.lower()] = entry
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "sluice data plane", "version": "1",
+                 "description": "OpenAI-compatible model calls behind sluice's identities, limits and guardrails."},
+        "paths": paths,
+        "security": [{"bearer": []}],
+        "components": {"schemas": components, "securitySchemes": {"bearer": {
+            "type": "http", "scheme": "bearer",
+            "description": "A data-plane key (slk_...) or an access token from POST /v1/token."}}},
+    }
+
+
+class OpenApiEndpoint:
+    """``GET /v1/openapi.json``: the document of the listener's routes (and its own), to any data-plane caller."""
+
+    __slots__ = ("_authenticate", "_body", "route")
+
+    def __init__(self, authenticate: Stage, routes: Iterable[tuple[str, str, object]]) -> None:
+        self._authenticate = authenticate
+        self.route: tuple[str, str, OpenApiEndpoint] = ("GET", PATH, self)
+        self._body = msgspec.json.encode(document([*routes, self.route]))  # once: the routes are fixed at start
+
+    async def __call__(self, exchange: Exchange) -> Reply:
+        await self._authenticate(RequestContext(exchange, "openapi"))
+        return Reply(200, self._body)
