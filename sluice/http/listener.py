@@ -19,10 +19,11 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ..core.errors import GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+from ..core.errors import GatewayError, NotFound, PayloadTooLarge
 from ..core.exchange import HEADERS_FIRST_ABOVE, Exchange, Reply, StreamReply
 from .envelope import error_reply, to_response
 from .protocol import HANDLER_ARGS, EnvelopeRunner
+from .router import Router
 
 log = logging.getLogger("sluice.http")
 
@@ -61,21 +62,19 @@ class Listener:
 
     def _app(self) -> web.Application:
         app = web.Application(client_max_size=self._max_body + 1, handler_args=HANDLER_ARGS)
-        allowed: dict[str, list[str]] = {}
         for method, path, handler in self._routes:
             app.router.add_route(method, path, self._wrap(handler))
-            allowed.setdefault(path, []).append(method)
+        # aiohttp hands a wrong method to the catch-all below; the native server's router then
+        # says 405 with Allow, for {name} paths as for exact ones, or 404
+        router = Router(self._routes)
 
         async def fallback(request: web.Request) -> web.Response:
-            rid = next_request_id()
-            methods = allowed.get(request.path)
-            if methods:
-                exc: GatewayError = MethodNotAllowed(f"Method {request.method} is not allowed on {request.path}.")
-                reply = error_reply(exc)
-                reply.headers = {"Allow": ", ".join(methods)}
-            else:
-                reply = error_reply(NotFound(f"Unknown request URL: {request.method} {request.path[:200]}.", code="unknown_url"))
-            return to_response(reply, rid)
+            exc: GatewayError = NotFound(f"Unknown request URL: {request.method} {request.path[:200]}.", code="unknown_url")
+            try:
+                router.resolve(request.method, request.path)
+            except GatewayError as refused:
+                exc = refused
+            return to_response(error_reply(exc), next_request_id())
 
         app.router.add_route("*", "/{tail:.*}", fallback)
         return app
