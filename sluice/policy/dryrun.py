@@ -13,6 +13,7 @@ import msgspec
 
 from ..core.types import Identity, UsageRecord
 from ..routing import RouteTable
+from ..routing.policy import touched_routes
 from .active import effective_routing
 from .document import PolicyDocument, changed_sections
 
@@ -32,9 +33,8 @@ def _table(doc: PolicyDocument) -> RouteTable:
 def dry_run(before: PolicyDocument, after: PolicyDocument, recent: list[UsageRecord],
             identities: list[Identity]) -> dict[str, Any]:
     """Sections, routes, models and identities the change affects, and recent requests that would move."""
-    old_routes = {r.name: r for r in before.routing.routes}
-    new_routes = {r.name: r for r in after.routing.routes}
-    routes = sorted(n for n in set(old_routes) | set(new_routes) if old_routes.get(n) != new_routes.get(n))
+    names = sorted({r.name for r in before.routing.routes} | {r.name for r in after.routing.routes})
+    routes = touched_routes(before.routing, after.routing, names)  # what approval counts as touched, too
     switched = set(before.switches.disabled_routes) ^ set(after.switches.disabled_routes)
     routes = sorted(set(routes) | switched)
     old_t, new_t = _table(before), _table(after)

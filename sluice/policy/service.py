@@ -24,7 +24,7 @@ from ..core.types import ChangeEvent
 from ..identity import Actor
 from ..limits import Limiter
 from ..routing import RoutingState
-from ..routing.policy import PolicyError, RoutingPolicy, seed
+from ..routing.policy import PolicyError, RoutingPolicy, seed, touched_routes
 from ..store import Store, Writes
 from .active import ActivePolicy, compile_policy, install
 from .document import PolicyDocument, PolicyInvalid, canonical, changed_sections, decode, digest, with_sections
@@ -156,13 +156,13 @@ class PolicyService:
         return active
 
     def _prod_parts(self, before: PolicyDocument, after: PolicyDocument, sections: list[str]) -> list[str]:
-        """The prod-tagged parts a change touches: whole sections, or routes named ``route:NAME``."""
+        """The prod-tagged parts a change touches: whole sections, or routes named ``route:NAME`` (a route is
+        touched when where its requests go can change: see ``touched_routes``)."""
         prod = set(self._settings.prod)
         hit = [s for s in sections if s in prod]
         if "routing" in sections:
-            old = {r.name: r for r in before.routing.routes}
-            new = {r.name: r for r in after.routing.routes}
-            hit += [f"route:{n}" for n in sorted(set(old) | set(new)) if f"route:{n}" in prod and old.get(n) != new.get(n)]
+            tagged = sorted(p[len("route:"):] for p in prod if p.startswith("route:"))
+            hit += [f"route:{n}" for n in touched_routes(before.routing, after.routing, tagged)]
         return hit
 
     async def propose(self, actor: Actor, sections: dict[str, Any], *, base: int | None, reason: str,

@@ -25,6 +25,7 @@ class PolicyError(ValueError):
     """A change that names something missing or breaks a rule; the message names which."""
 
 
+
 def from_config(config: Config) -> RoutingPolicy:
     """The file's policy: a model under ``models:`` is a route of its name with one approved target.
 
@@ -127,3 +128,28 @@ def replace_version(policy: RoutingPolicy, target: str, **changes: object) -> Ro
 def version(policy: RoutingPolicy, target: str) -> ModelVersion:
     """One registry version by ``model@version``."""
     return _version(policy, target)[2]
+
+
+def _registry(policy: RoutingPolicy) -> dict[str, ModelVersion]:
+    return {f"{m.name}@{v.version}": v for m in policy.registry for v in m.versions}
+
+
+def _reach(policy: RoutingPolicy, versions: dict[str, ModelVersion], name: str) -> tuple | None:
+    """What decides where route ``name``'s requests go: the routes ahead of it that could take the same
+    aliases, the route itself, and the registry versions it targets or falls back to (None: no such route)."""
+    for i, spec in enumerate(policy.routes):
+        if spec.name == name:
+            mine = set(spec.match.models)
+            ahead = [r for r in policy.routes[:i] if not mine or not r.match.models or mine & set(r.match.models)]
+            used = [w.target for w in spec.targets] + list(spec.fallbacks)
+            return ahead, spec, [(t, versions.get(t)) for t in used]
+    return None
+
+
+def touched_routes(before: RoutingPolicy, after: RoutingPolicy, names: list[str]) -> list[str]:
+    """The routes of ``names`` whose requests could land elsewhere after the change: their own spec, a
+    version they target or fall back to (upstream, approval, environment...), or a route ahead that
+    could take their requests was changed, added, removed or moved."""
+    old, new = _registry(before), _registry(after)
+    return [n for n in names if _reach(before, old, n) != _reach(after, new, n)]
+
