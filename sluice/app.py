@@ -217,7 +217,7 @@ class Gateway:
         admin_auth = AdminAuth(hasher, c.admin.keys, registry)
         dashboard = Dashboard(store, admin_auth, self._target_health, currency=c.currency)
         admin = AdminApi(admin_auth, identities, store, ledger.flush,
-                         RoutingAdmin(routing, decisions, identities.record, [u.name for u in c.upstreams], policy),
+                         RoutingAdmin(routing, decisions, [u.name for u in c.upstreams], policy),
                          keyring, limiter, policy=PolicyAdmin(policy, store, identities), audit=AuditAdmin(audit),
                          on_auth_failure=FailedLogins(store, c.audit.failed_logins_per_minute).record,
                          guard=GuardAdmin(approvals, guard_records), dashboard=dashboard)

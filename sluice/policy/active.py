@@ -17,7 +17,7 @@ from ..core.errors import ConfigError
 from ..guard import GuardPolicy
 from ..limits import Limiter
 from ..routing import RoutingState
-from ..routing.policy import PolicyError, RoutingPolicy, replace_version
+from ..routing.policy import Environments, PolicyError, RoutingPolicy, replace_version
 from .document import PolicyDocument, PolicyInvalid, Switches
 
 HEADER = "x-sluice-policy"
@@ -74,8 +74,10 @@ def effective_routing(routing: RoutingPolicy, switches: Switches) -> RoutingPoli
 
 
 def compile_policy(version: int, hash: str, doc: PolicyDocument, canonical: bytes,
-                   routing: RoutingState, limiter: Limiter) -> ActivePolicy:
-    """Everything a version needs to serve, built without touching what is serving now."""
+                   routing: RoutingState, limiter: Limiter, environments: Environments) -> ActivePolicy:
+    """Everything a version needs to serve, built without touching what is serving now. A version that
+    breaks the environment rule raises ``EnvironmentMismatch``, whichever path made it."""
+    environments.check(doc.routing)
     known_routes = {r.name for r in doc.routing.routes}
     for name in doc.switches.disabled_routes:
         if name not in known_routes:

@@ -18,13 +18,13 @@ from typing import Any
 import msgspec
 
 from ..core import clock
-from ..core.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
+from ..core.errors import ConfigError, Conflict, InvalidRequest, NotFound, PermissionDenied
 from ..core.policy_settings import PolicySettings
 from ..core.types import ChangeEvent
 from ..identity import Actor
 from ..limits import Limiter
 from ..routing import RoutingState
-from ..routing.policy import PolicyError, RoutingPolicy, seed, touched_routes
+from ..routing.policy import EnvironmentMismatch, Environments, PolicyError, RoutingPolicy, seed, touched_routes
 from ..store import Store, Writes
 from .active import ActivePolicy, compile_policy, install
 from .document import PolicyDocument, PolicyInvalid, canonical, changed_sections, decode, digest, with_sections
@@ -65,6 +65,7 @@ class PolicyService:
         self._limiter = limiter
         self._settings = settings
         self._file = file_document
+        self._environments = Environments(file_document.routing)  # the rule every version compiles under
         self._lock = asyncio.Lock()
         self.active: ActivePolicy | None = None
 
@@ -83,7 +84,9 @@ class PolicyService:
     def _compile(self, version: int, doc: PolicyDocument, data: bytes | None = None) -> ActivePolicy:
         data = data if data is not None else canonical(doc)
         try:
-            return compile_policy(version, digest(data), doc, data, self._routing, self._limiter)
+            return compile_policy(version, digest(data), doc, data, self._routing, self._limiter, self._environments)
+        except EnvironmentMismatch as exc:
+            raise Conflict(str(exc), code="environment_mismatch", param="upstream") from None
         except PolicyInvalid as exc:
             raise InvalidRequest(str(exc), param="policy") from None
 
@@ -119,8 +122,13 @@ class PolicyService:
                     return
                 self._install(self._compile(version, doc, row["document"].encode()))
                 return
-            except Conflict:
+            except Conflict as exc:
+                if exc.code == "environment_mismatch":
+                    raise ConfigError(f"the stored policy (version {version}) cannot be served: {exc.message}; "
+                                      "the config file's upstreams decide their environments") from None
                 continue  # another replica seeded or changed it meanwhile: read again
+            except InvalidRequest as exc:
+                raise ConfigError(f"the stored policy (version {version}) cannot be served: {exc.message}") from None
         raise RuntimeError("the policy kept changing while this replica started")
 
     async def refresh(self) -> bool:

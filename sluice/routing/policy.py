@@ -11,6 +11,7 @@ import msgspec
 
 from ..core.config import (LEGACY_VERSION, Config, ModelVersion, RegisteredModel, RouteMatch, RouteSpec,
                            WeightedTarget)
+from ..core.types import Environment
 
 
 class RoutingPolicy(msgspec.Struct, kw_only=True):
@@ -24,6 +25,9 @@ class RoutingPolicy(msgspec.Struct, kw_only=True):
 class PolicyError(ValueError):
     """A change that names something missing or breaks a rule; the message names which."""
 
+
+class EnvironmentMismatch(PolicyError):
+    """A registry version placed where callers of one environment would be served by another's upstream."""
 
 
 def from_config(config: Config) -> RoutingPolicy:
@@ -153,3 +157,38 @@ def touched_routes(before: RoutingPolicy, after: RoutingPolicy, names: list[str]
     old, new = _registry(before), _registry(after)
     return [n for n in names if _reach(before, old, n) != _reach(after, new, n)]
 
+
+class Environments:
+    """The environment rule: a model moves only among upstreams of its environment.
+
+    An upstream's environment is that of the registry versions the config file places on it (one
+    environment when they all agree, else shared); an upstream the file places nothing on is shared.
+    It comes from the file, never from a stored version, so no change can redefine it. Every policy
+    version is held to it when it compiles, whatever made it (change set, approval, rollback, switch, seed).
+    """
+
+    __slots__ = ("_upstream", "_home")
+
+    def __init__(self, file: RoutingPolicy) -> None:
+        served: dict[str, set[Environment | None]] = {}
+        for v in _registry(file).values():
+            served.setdefault(v.upstream, set()).add(v.environment)
+        self._upstream = {u: next(iter(envs)) if len(envs) == 1 else None for u, envs in served.items()}
+        # a version the file declares stays among upstreams of the environment the file gave it
+        self._home = {name: self._upstream[v.upstream] for name, v in _registry(file).items()}
+
+    def check(self, policy: RoutingPolicy) -> None:
+        """Raise ``EnvironmentMismatch`` naming the first version that breaks the rule."""
+        for name, v in _registry(policy).items():
+            there = self._upstream.get(v.upstream)
+            home = self._home.get(name, there)
+            if home != there:
+                raise EnvironmentMismatch(
+                    f"{name} is served from {home or 'shared'} upstreams; upstream {v.upstream!r} is "
+                    f"{there or 'shared'}: a route cannot move a model across environments")
+            if there is not None and v.environment != there:
+                # a version bound to another environment (or to none: every caller) would put callers of
+                # that environment on this one's upstream
+                raise EnvironmentMismatch(
+                    f"upstream {v.upstream!r} serves {there} callers only, but {name} is bound to "
+                    f"{v.environment or 'every environment'}: a model cannot move across environments")
