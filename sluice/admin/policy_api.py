@@ -13,7 +13,8 @@ from ..core.errors import Conflict, InvalidRequest, NotFound
 from ..core.exchange import Exchange, Reply
 from ..identity import Actor, IdentityService
 from ..identity import roles as r
-from ..policy import ActivePolicy, PendingApproval, PolicyDocument, PolicyService, changeset_view, decode, diff, dry_run, to_yaml
+from ..policy import (FROZEN, ActivePolicy, PendingApproval, PolicyDocument, PolicyService, changeset_view, decode, diff,
+                      dry_run, to_yaml)
 from ..routing.policy import version as registry_version
 from ..store import Store
 from .bodies import decode as _decode
@@ -38,10 +39,11 @@ class Verdict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class RollbackTo(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Re-activate an earlier version (default: the one before the active)."""
+    """Re-activate an earlier version (default: the active one's parent); ``dry_run``: only say what it would do."""
 
     reason: _Reason
     version: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    dry_run: bool = False
 
 
 class KillSwitch(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -85,19 +87,20 @@ def _switch_rule(model: str) -> str:
     return "switch-" + "".join(c if c.isalnum() or c in "._-" else "_" for c in model)[:57]
 
 
-# While frozen, only reads, switches and rollback reach the store.
+# While frozen, only reads, switches and rollback reach the store. Deciding a change set is let through
+# to ``PolicyService``, which takes only a rollback's while frozen (a rollback that waits for approval).
 FROZEN_EXEMPT = ("/admin/switches/", "/admin/policy/rollback")
+DECIDE = ("/admin/policy/changes/{changeset_id}/approve", "/admin/policy/changes/{changeset_id}/reject")
 
 
 def freeze_gate(method: str, path: str, fn: Action, frozen: Callable[[], bool]) -> Action:
     """``fn``, refused with 409 ``control_plane_frozen`` while the control plane is frozen (writes only)."""
-    if method == "GET" or path.startswith(FROZEN_EXEMPT):
+    if method == "GET" or path.startswith(FROZEN_EXEMPT) or path in DECIDE:
         return fn
 
     async def gated(actor: Actor, ex: Exchange) -> Reply:
         if frozen():
-            raise Conflict("The control plane is frozen: only incident switches and rollback are accepted. "
-                           "Unfreeze with POST /admin/switches/unfreeze.", code="control_plane_frozen")
+            raise Conflict(FROZEN, code="control_plane_frozen")
         return await fn(actor, ex)
 
     gated.__name__ = fn.__name__
@@ -228,9 +231,16 @@ class PolicyAdmin:
 
     @accepts(RollbackTo)
     async def rollback(self, actor: Actor, ex: Exchange) -> Reply:
-        """Re-activate an earlier version's exact document as a new version (allowed while frozen)."""
+        """Re-activate an earlier version's exact document as a new version (allowed while frozen): at once
+        for the active version's parent when it touches no prod part nor the freeze, else a change set that
+        waits for a second operator (202). Either way the answer has the diff and what it restores."""
         req: RollbackTo = _decode(ex.body, RollbackTo)  # type: ignore[assignment]
-        return Reply.json(_summary(await self._policy.rollback(actor, req.version, req.reason)))
+        plan, done = await self._policy.rollback(actor, req.version, req.reason, req.dry_run)
+        if done is None:
+            return Reply.json({**plan, "dry_run": True, "pending": False})
+        if isinstance(done, ActivePolicy):
+            return Reply.json({**_summary(done), **plan, "pending": False})
+        return Reply.json({**changeset_view(done), **plan, "pending": True}, status=202)
 
     # --- switches
     def _check_target(self, doc: PolicyDocument, target: str, param: str) -> None:

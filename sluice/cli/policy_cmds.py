@@ -56,12 +56,16 @@ def changes() -> None:
     print_json(admin_call("GET", "/admin/policy/changes"))
 
 
+def _print_diff(diffs: dict[str, str]) -> None:
+    for text in diffs.values():
+        print(text, end="" if text.endswith("\n") else "\n")
+
+
 @app.command()
 def diff(changeset: str) -> None:
     """A change set's diff (unified, per section) and dry run."""
     got = admin_call("GET", f"/admin/policy/changes/{changeset}")
-    for section, text in got.get("diff", {}).items():
-        print(text, end="" if text.endswith("\n") else "\n")
+    _print_diff(got.get("diff", {}))
     print_json({"dry_run": got.get("dry_run"), "status": got.get("status"), "stale": got.get("stale")})
 
 
@@ -77,11 +81,28 @@ def reject(changeset: str, reason: str = _REASON) -> None:
     print_json(admin_call("POST", f"/admin/policy/changes/{changeset}/reject", {"reason": reason}))
 
 
+def restored(got: dict) -> str:
+    """One line: what a rollback restores (or would), and whether it waits for a second operator and why."""
+    what = f"version {got['restores']} over version {got['from']} ({', '.join(got['sections']) or 'no section differs'})"
+    why = "; ".join(got.get("why", []))
+    if got.get("dry_run"):
+        return f"would restore {what}: " + (f"waits for a second operator: {why}" if why else "one operator may apply it")
+    if got.get("pending"):
+        return (f"rollback to {what} waits for a second operator ({why}): "
+                f"sluice policy approve {got['id']} --reason ...")
+    return f"restored {what} as version {got['version']}"
+
+
 @app.command()
-def rollback(version: Optional[int] = typer.Argument(None, help="Default: the version before the active one."),
-             reason: str = typer.Option("rollback", "--reason", "-r")) -> None:
-    """Re-activate an earlier version (byte-identical, as a new version); allowed while frozen."""
-    print_json(admin_call("POST", "/admin/policy/rollback", {"version": version, "reason": reason}))
+def rollback(version: Optional[int] = typer.Argument(None, help="Default: the active version's parent."),
+             reason: str = typer.Option("rollback", "--reason", "-r"),
+             dry_run: bool = typer.Option(False, "--dry-run", help="Show the diff and what it would do; change nothing.")) -> None:
+    """Re-activate an earlier version (byte-identical, as a new version); allowed while frozen. Prints the diff and
+    what it restores. At once only for the active version's parent when it touches no prod part and not the
+    freeze; any other rollback waits for a second operator (`sluice policy approve`)."""
+    got = admin_call("POST", "/admin/policy/rollback", {"version": version, "reason": reason, "dry_run": dry_run})
+    _print_diff(got.get("diff", {}))
+    print(restored(got))
 
 
 @switch.command("disable-target")

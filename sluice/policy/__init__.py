@@ -4,7 +4,7 @@ from .active import HEADER, ActivePolicy
 from .document import (SECTIONS, LimitsSection, PolicyDocument, PolicyInvalid, Switches, canonical, decode, diff, digest,
                        to_yaml)
 from .dryrun import dry_run
-from .service import PendingApproval, PolicyService, changeset_view
+from .service import FROZEN, PendingApproval, PolicyService, changeset_view
 
-__all__ = ["HEADER", "SECTIONS", "ActivePolicy", "LimitsSection", "PendingApproval", "PolicyDocument", "PolicyInvalid",
+__all__ = ["FROZEN", "HEADER", "SECTIONS", "ActivePolicy", "LimitsSection", "PendingApproval", "PolicyDocument", "PolicyInvalid",
            "PolicyService", "Switches", "canonical", "changeset_view", "decode", "diff", "digest", "dry_run", "to_yaml"]

@@ -27,11 +27,16 @@ from ..routing import RoutingState
 from ..routing.policy import EnvironmentMismatch, Environments, PolicyError, RoutingPolicy, seed, touched_routes
 from ..store import Store, Writes
 from .active import ActivePolicy, compile_policy, install
-from .document import PolicyDocument, PolicyInvalid, canonical, changed_sections, decode, digest, with_sections
+from .document import PolicyDocument, PolicyInvalid, canonical, changed_sections, decode, diff, digest, with_sections
 
 log = logging.getLogger("sluice.policy")
 Detail = Callable[[PolicyDocument, PolicyDocument], dict]
 GUARD_SECTIONS = ("guardrails", "tools")
+FROZEN = ("The control plane is frozen: only incident switches and rollback are accepted. "
+          "Unfreeze with POST /admin/switches/unfreeze.")
+# The change-set table has no kind column: a rollback that waits for approval is a change set whose
+# (server-made) id names the version it restores, so approving it activates a rollback, even while frozen.
+ROLLBACK_ID = "rollback-"
 
 
 class PendingApproval(Exception):
@@ -47,11 +52,29 @@ def event(actor: Actor, action: str, target: str, detail: dict) -> ChangeEvent:
                        source_ip=actor.source_ip, detail=detail)
 
 
+def pending_row(cid: str, actor: Actor, base: int, reason: str, sections: list[str], needs_approval: bool,
+                document: str) -> dict:
+    """A new change set waiting for its decision (the columns of ``policy_changesets``)."""
+    return {"id": cid, "base": base, "author": actor.name, "created_at": clock.now(), "reason": reason,
+            "status": "pending", "sections": msgspec.json.encode(sections).decode(), "needs_approval": needs_approval,
+            "document": document, "decided_by": None, "decided_at": None, "decision_reason": None, "version": None}
+
+
+def restores(row: dict) -> int | None:
+    """The version a rollback change set restores; None for any other change set."""
+    cid = row["id"]
+    return int(cid[len(ROLLBACK_ID):].split("-")[0]) if cid.startswith(ROLLBACK_ID) else None
+
+
 def changeset_view(row: dict) -> dict:
     """A change set as the API shows it (no document: that is the diff and the export)."""
     out = {k: v for k, v in row.items() if k not in ("seq", "document")}
     if isinstance(out.get("sections"), str):
         out["sections"] = msgspec.json.decode(out["sections"])
+    version = restores(row)
+    out["kind"] = "change" if version is None else "rollback"
+    if version is not None:
+        out["restores"] = version
     return out
 
 
@@ -193,10 +216,7 @@ class PolicyService:
             raise InvalidRequest("the change set changes nothing in the active policy", param="sections")
         self._compile(base + 1, doc)  # validates before anything is stored
         prod = self._prod_parts(active.document, doc, changed)
-        row = {"id": uuid.uuid4().hex[:16], "base": base, "author": actor.name, "created_at": clock.now(),
-               "reason": reason, "status": "pending", "sections": msgspec.json.encode(changed).decode(),
-               "needs_approval": bool(prod), "document": canonical(doc).decode(), "decided_by": None,
-               "decided_at": None, "decision_reason": None, "version": None}
+        row = pending_row(uuid.uuid4().hex[:16], actor, base, reason, changed, bool(prod), canonical(doc).decode())
         info = {"changeset": row["id"], "base": base, "sections": changed, "prod": prod, "reason": reason,
                 **(detail(active.document, doc) if detail else {})}
         if not prod and self._settings.auto_apply_dev:
@@ -214,47 +234,82 @@ class PolicyService:
             raise Conflict(f"the change set is {row['status']} already", code="changeset_decided")
         return row
 
+    async def _decidable(self, changeset_id: str) -> dict:
+        """A pending change set this operator may decide now: while frozen, only a rollback's."""
+        row = await self._pending(changeset_id)
+        await self.refresh()
+        if self.current.frozen and restores(row) is None:
+            raise Conflict(FROZEN, code="control_plane_frozen")
+        return row
+
     async def approve(self, actor: Actor, changeset_id: str, reason: str) -> tuple[dict, ActivePolicy]:
         """A second operator applies a pending change set; its proposer cannot (403), a stale one is refused (409)."""
-        row = await self._pending(changeset_id)
+        row = await self._decidable(changeset_id)
         if "operator" not in actor.roles:
             raise PermissionDenied("approving a policy change takes the operator role", code="missing_scope")
         if row["needs_approval"] and row["author"] == actor.name:
             raise PermissionDenied("a change set touching prod policy needs an operator other than its proposer",
                                    code="self_approval")
-        await self.refresh()
         if row["base"] != self.current.version:
             raise Conflict(f"the change set is against version {row['base']}, but version {self.current.version} is "
                            "active; propose it again", code="stale_policy")
         row = {**row, "status": "applied", "decided_by": actor.name, "decided_at": clock.now(), "decision_reason": reason}
         doc = decode(row["document"])
-        detail = {"changeset": changeset_id, "proposer": row["author"], "reason": reason}
-        applied = await self._commit(actor, doc, row["base"], "change", row["reason"], "policy.approve",
-                                     changeset_id, detail, row, data=row["document"].encode())
+        restored = restores(row)
+        detail = {"changeset": changeset_id, "proposer": row["author"], "reason": reason,
+                  **({"to": restored} if restored is not None else {})}
+        applied = await self._commit(actor, doc, row["base"], "change" if restored is None else "rollback", row["reason"],
+                                     "policy.approve", changeset_id, detail, row, data=row["document"].encode())
         return row, applied
 
     async def reject(self, actor: Actor, changeset_id: str, reason: str) -> dict:
-        row = await self._pending(changeset_id)
+        row = await self._decidable(changeset_id)
         row = {**row, "status": "rejected", "decided_by": actor.name, "decided_at": clock.now(), "decision_reason": reason}
         await self._store.apply(Writes().put_changeset(row), event(actor, "policy.reject", changeset_id,
                                                                    {"proposer": row["author"], "reason": reason}))
         return row
 
-    async def rollback(self, actor: Actor, version: int | None, reason: str) -> ActivePolicy:
-        """Activate an earlier version's exact document again, as a new version (default: the one before the active)."""
+    async def rollback(self, actor: Actor, version: int | None, reason: str,
+                       dry_run: bool = False) -> tuple[dict, ActivePolicy | dict | None]:
+        """Activate an earlier version's exact document again, as a new version (default: the active one's parent).
+
+        One operator restores the parent when that touches no prod part and leaves the freeze as it is;
+        any other rollback becomes a change set a second operator approves. (plan, the version it became,
+        or the pending change set, or None on a dry run); the plan says what it restores and why it waits."""
         await self.refresh()
         active = self.current
+        parent = ((await self._store.policy_version(active.version)) or {}).get("parent")
         if version is None:
-            row = await self._store.policy_version(active.version)
-            version = (row or {}).get("parent")
-            if not version:
+            if not parent:
                 raise InvalidRequest("the active version has no earlier version to roll back to", param="version")
+            version = parent
         if version == active.version:
             raise InvalidRequest(f"version {version} is the active version", param="version")
         old, doc = await self.document_of(version)
+        data = old["document"].encode()
+        self._compile(active.version + 1, doc, data)  # an old version is held to today's rules (environments)
+        changed = changed_sections(active.document, doc)
+        prod = self._prod_parts(active.document, doc, changed)
+        why = [] if version == parent else [f"version {version} is not the parent of the active version {active.version}"]
+        if prod:
+            why.append("it touches prod parts: " + ", ".join(prod))
+        if doc.switches.frozen != active.frozen:
+            why.append("it would freeze the control plane" if doc.switches.frozen else "it would lift the freeze")
+        plan = {"restores": version, "from": active.version, "sections": changed, "prod": prod,
+                "needs_approval": bool(why), "why": why,
+                "diff": diff(active.document, doc, f"v{active.version}", f"v{version}")}
+        if dry_run:
+            return plan, None
+        reason = reason or f"rollback to version {version}"
         detail = {"to": version, "from": active.version, "hash": old["hash"], "reason": reason}
-        return await self._commit(actor, doc, active.version, "rollback", reason or f"rollback to version {version}",
-                                  "policy.rollback", str(version), detail, data=old["document"].encode())
+        if not why:
+            return plan, await self._commit(actor, doc, active.version, "rollback", reason, "policy.rollback",
+                                            str(version), detail, data=data)
+        row = pending_row(f"{ROLLBACK_ID}{version}-{uuid.uuid4().hex[:8]}", actor, active.version, reason, changed,
+                          True, old["document"])
+        await self._store.apply(Writes().put_changeset(row), event(actor, "policy.rollback", str(version), {
+            **detail, "changeset": row["id"], "prod": prod, "why": why, "pending": True}))
+        return plan, row
 
     async def switch(self, actor: Actor, action: str, target: str, reason: str,
                      fn: Callable[[PolicyDocument], PolicyDocument]) -> ActivePolicy:

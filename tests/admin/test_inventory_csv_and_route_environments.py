@@ -151,8 +151,9 @@ def test_a_stored_version_across_environments_is_neither_rolled_back_to_nor_serv
     cross(1)
     g = start_gateway(tmp_path, **spec)
     try:
-        r = g.admin("POST", "/admin/policy/rollback", json={"version": 1, "reason": "back"})
-        assert r.status_code == 409 and r.json()["error"]["code"] == "environment_mismatch", r.text
+        for body in ({"version": 1, "reason": "back", "dry_run": True}, {"version": 1, "reason": "back"}):
+            r = g.admin("POST", "/admin/policy/rollback", json=body)
+            assert r.status_code == 409 and r.json()["error"]["code"] == "environment_mismatch", r.text
         assert g.admin("GET", "/admin/policy").json()["version"] == 2
     finally:
         g.stop()

@@ -72,9 +72,12 @@ def test_a_change_set_adds_guard_rules_and_a_tool_then_rollback_removes_them(sim
         rows = poll(lambda: [x for x in g.admin("GET", "/admin/tool-decisions").json()["data"] if x["request_id"] == rid])
         assert rows and rows[0]["decision"] == "allow", rows
         assert rows[0]["policy_version"] == 2 and rows[0]["policy_hash"] == active["hash"]
-        # rollback to version 1: the rules are gone on the next request
+        # rollback to version 1 touches the prod sections: a second operator approves it, and the rules
+        # are gone on the next request
         back = g.admin("POST", "/admin/policy/rollback", json={"version": 1, "reason": "undo guard"})
-        assert back.status_code == 200, back.text
+        assert back.status_code == 202 and back.json()["prod"] == ["guardrails", "tools"], back.text
+        ok = as_(g, second, "POST", f"/admin/policy/changes/{back.json()['id']}/approve", {"reason": "undo"})
+        assert ok.status_code == 200, ok.text
         again = ask(g, 3)
         assert again.status_code == 200 and version_of(again) == 3
         assert ask(g, tools=[other]).status_code == 200

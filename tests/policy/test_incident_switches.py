@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from helpers import POLICY_HEADER, chat, cli, config, target_of, targets
+from helpers import POLICY_HEADER, as_, chat, cli, config, operator, target_of, targets
 from support import start_gateway
 
 IDENTS = [{"name": "app", "owner": "o@example.com", "models": ["*"]},
@@ -94,8 +94,14 @@ def test_a_stricter_limit_on_a_model_holds_from_the_next_request(g):
 
 
 def test_a_frozen_control_plane_takes_only_switches_and_rollback(g):
+    second = operator(g, "second")  # made before the freeze: adding an identity is a write it refuses
+    waiting = g.admin("PUT", "/admin/limits", json={"rules": [{"name": "x", "requests_per_minute": 5}]})
+    assert waiting.status_code == 202, waiting.text
     version = g.admin("GET", "/admin/policy").json()["version"]
     switch(g, "freeze", "--reason", "incident: nobody changes anything")
+    for verdict in ("approve", "reject"):  # deciding a change set other than a rollback's is a write it refuses
+        r = as_(g, second, "POST", f"/admin/policy/changes/{waiting.json()['id']}/{verdict}", {"reason": "now"})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "control_plane_frozen", r.text
     for method, path, body in [("PUT", "/admin/limits", {"rules": []}),
                                ("POST", "/admin/identities", {"name": "x", "owner": "x@example.com"}),
                                ("PUT", "/admin/routing/routes/chat/weights", {"targets": [{"target": "chat@v2", "weight": 1}]}),
@@ -105,8 +111,14 @@ def test_a_frozen_control_plane_takes_only_switches_and_rollback(g):
     assert g.admin("GET", "/admin/identities").status_code == 200  # reads still work
     switch(g, "disable-target", "chat@v1", "--fallback", "chat@v2", "--reason", "still possible")
     assert target_of(chat(g, g.keys["app"])) == "chat@v2"
-    done = cli(g, "policy", "rollback", str(version), "--reason", "back before the freeze")  # also unfreezes
+    # rolling back to before the freeze also lifts it: a second operator approves that, frozen as it is
+    done = cli(g, "policy", "rollback", str(version), "--reason", "back before the freeze")
     assert done.returncode == 0, done.stderr
+    assert "waits for a second operator" in done.stdout and g.admin("GET", "/admin/policy").json()["frozen"] is True
+    pending = g.admin("GET", "/admin/policy/changes").json()["data"][0]
+    assert pending["kind"] == "rollback" and pending["restores"] == version
+    r = as_(g, second, "POST", f"/admin/policy/changes/{pending['id']}/approve", {"reason": "over"})
+    assert r.status_code == 200, r.text
     assert target_of(chat(g, g.keys["app"])) == "chat@v1"
     assert g.admin("GET", "/admin/policy").json()["frozen"] is False
     switch(g, "freeze", "--reason", "again")
