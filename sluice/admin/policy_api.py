@@ -231,9 +231,10 @@ class PolicyAdmin:
 
     @accepts(RollbackTo)
     async def rollback(self, actor: Actor, ex: Exchange) -> Reply:
-        """Re-activate an earlier version's exact document as a new version (allowed while frozen): at once
-        for the active version's parent when it touches no prod part nor the freeze, else a change set that
-        waits for a second operator (202). Either way the answer has the diff and what it restores."""
+        """Re-activate an earlier version's exact document as a new version (allowed while frozen).
+
+        At once for the active version's parent when it touches no prod part nor the freeze, else a change
+        set that waits for a second operator (202). Either way the answer has the diff and what it restores."""
         req: RollbackTo = _decode(ex.body, RollbackTo)  # type: ignore[assignment]
         plan, done = await self._policy.rollback(actor, req.version, req.reason, req.dry_run)
         if done is None:

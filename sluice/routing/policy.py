@@ -138,24 +138,46 @@ def _registry(policy: RoutingPolicy) -> dict[str, ModelVersion]:
     return {f"{m.name}@{v.version}": v for m in policy.registry for v in m.versions}
 
 
-def _reach(policy: RoutingPolicy, versions: dict[str, ModelVersion], name: str) -> tuple | None:
-    """What decides where route ``name``'s requests go: the routes ahead of it that could take the same
-    aliases, the route itself, and the registry versions it targets or falls back to (None: no such route)."""
-    for i, spec in enumerate(policy.routes):
-        if spec.name == name:
-            mine = set(spec.match.models)
-            ahead = [r for r in policy.routes[:i] if not mine or not r.match.models or mine & set(r.match.models)]
-            used = [w.target for w in spec.targets] + list(spec.fallbacks)
-            return ahead, spec, [(t, versions.get(t)) for t in used]
-    return None
+def _reaches(policy: RoutingPolicy, names: list[str]) -> dict[str, tuple | None]:
+    """Per route of ``names``, what decides where its requests go: the names of the routes ahead of it that
+    could take the same aliases, its spec, and the registry versions it targets or falls back to (None: no
+    such route). Routes are indexed by alias, so this stays near linear in the routes."""
+    versions = _registry(policy)
+    routes = policy.routes
+    first: dict[str, int] = {}
+    by_alias: dict[str, list[int]] = {}
+    anywhere: list[int] = []  # routes with no ``models`` match take any alias
+    for i, r in enumerate(routes):
+        first.setdefault(r.name, i)
+        for alias in set(r.match.models):
+            by_alias.setdefault(alias, []).append(i)
+        if not r.match.models:
+            anywhere.append(i)
+    out: dict[str, tuple | None] = {}
+    for name in names:
+        i = first.get(name)
+        if i is None:
+            out[name] = None
+            continue
+        spec = routes[i]
+        ahead: set[int] | range = range(i)
+        if spec.match.models:
+            ahead = {j for j in anywhere if j < i}
+            for alias in spec.match.models:
+                ahead.update(j for j in by_alias[alias] if j < i)
+        used = [w.target for w in spec.targets] + list(spec.fallbacks)
+        out[name] = (tuple(routes[j].name for j in sorted(ahead)), spec, [(t, versions.get(t)) for t in used])
+    return out
 
 
 def touched_routes(before: RoutingPolicy, after: RoutingPolicy, names: list[str]) -> list[str]:
     """The routes of ``names`` whose requests could land elsewhere after the change: their own spec, a
     version they target or fall back to (upstream, approval, environment...), or a route ahead that
     could take their requests was changed, added, removed or moved."""
-    old, new = _registry(before), _registry(after)
-    return [n for n in names if _reach(before, old, n) != _reach(after, new, n)]
+    old, new = _reaches(before, names), _reaches(after, names)
+    specs = {r.name: r for r in after.routes}
+    changed = {r.name for r in before.routes if specs.get(r.name) != r}  # the same names ahead, another spec
+    return [n for n in names if old[n] != new[n] or (old[n] is not None and not changed.isdisjoint(old[n][0]))]
 
 
 class Environments:
