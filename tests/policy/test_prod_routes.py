@@ -13,7 +13,10 @@ PROD = ["route:pay", "route:ledger"]
 LEDGER = [{"version": "v1", "upstream": "pay-a", "upstream_model": "sim-small", "approved": True},
           {"version": "v2", "upstream": "pay-a", "upstream_model": "sim-small", "approved": True}]
 ROUTES = [{"name": "ledger", "match": {"models": ["ledger"]}, "targets": [{"target": "ledger@v1"}],
-           "fallbacks": ["ledger@v2"]}]
+           "fallbacks": ["ledger@v2"]},
+          # ahead of `pay` (routes come before `models:`), but only for team canary, which falls back to ledger
+          {"name": "pay-canary", "match": {"models": ["pay"], "teams": ["canary"]}, "targets": [{"target": "pay@default"}],
+           "fallbacks": ["ledger@v1"]}]
 
 
 @pytest.fixture()
@@ -69,7 +72,7 @@ def test_a_change_to_a_version_a_prod_route_targets_waits_for_a_second_operator_
     r = g.admin("POST", "/admin/policy/changes", json={"sections": {"routing": _with_version(g, "pay@default", upstream="pay-b")},
                                                        "reason": "move pay"})
     assert r.status_code == 202 and r.json()["needs_approval"], r.text
-    assert r.json()["dry_run"]["routes"] == ["pay"]
+    assert r.json()["dry_run"]["routes"] == ["pay", "pay-canary"]
     pending.append(r.json()["id"])
     # a fallback version is part of the route too: unapproving it, or moving it
     r = g.admin("PUT", "/admin/registry/ledger/versions/v2/approval", json={"approved": False})
@@ -82,6 +85,11 @@ def test_a_change_to_a_version_a_prod_route_targets_waits_for_a_second_operator_
     routing["routes"].insert(0, {"name": "shadow", "match": {"models": ["pay"]}, "targets": [{"target": "free@default"}]})
     r = g.admin("POST", "/admin/policy/changes", json={"sections": {"routing": routing}, "reason": "shadow pay"})
     assert r.status_code == 202 and r.json()["needs_approval"], r.text
+    routing["routes"].pop(0)  # and so does widening a route that was ahead of it all along
+    canary = next(x for x in routing["routes"] if x["name"] == "pay-canary")
+    canary["match"]["teams"] = []
+    r = g.admin("POST", "/admin/policy/changes", json={"sections": {"routing": routing}, "reason": "canary for all"})
+    assert r.status_code == 202 and r.json()["needs_approval"] and r.json()["dry_run"]["routes"] == ["pay", "pay-canary"], r.text
     # nothing moved on one operator's say
     assert g.admin("GET", "/admin/policy").json()["version"] == version
     assert _registry(g)["pay@default"]["upstream"] == "pay-a"
