@@ -9,6 +9,7 @@ from typing import Annotated
 import msgspec
 
 from ..audit import AuditLog, entry
+from ..core.types import MAX_INT
 from ..core.errors import InvalidRequest
 from ..core.exchange import Exchange, Reply
 from ..identity import Actor
@@ -16,7 +17,7 @@ from ..identity import roles as r
 from .openapi import accepts
 
 Action = Callable[[Actor, Exchange], Awaitable[Reply]]
-_Size = Annotated[int, msgspec.Meta(ge=0)]
+_Size = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
 
 
 class EntriesQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -37,7 +38,7 @@ class InclusionQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class ConsistencyQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The tree of ``old`` entries against the one of ``new`` (default: the whole log)."""
 
-    old: Annotated[int, msgspec.Meta(ge=1)]
+    old: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
     new: _Size | None = None
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from ..core.types import MAX_INT
 from ..core.config import LimitDim, LimitRule
 from ..core.errors import Conflict, InvalidRequest, NotFound
 from ..core.exchange import Exchange, Reply
@@ -29,7 +30,7 @@ class NewChange(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     sections: dict[str, Any]
     reason: _Reason
-    base: int | None = None
+    base: Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)] | None = None
 
 
 class Verdict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -42,7 +43,7 @@ class RollbackTo(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Re-activate an earlier version (default: the active one's parent); ``dry_run``: only say what it would do."""
 
     reason: _Reason
-    version: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    version: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] | None = None
     dry_run: bool = False
 
 
@@ -66,10 +67,10 @@ class ModelLimit(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     reason: _Reason
     per: list[LimitDim] = msgspec.field(default_factory=list)
-    requests_per_minute: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    input_tokens_per_minute: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    output_tokens_per_minute: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    concurrent_requests: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    requests_per_minute: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] | None = None
+    input_tokens_per_minute: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] | None = None
+    output_tokens_per_minute: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] | None = None
+    concurrent_requests: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] | None = None
 
 
 class ExportQuery(msgspec.Struct, kw_only=True):

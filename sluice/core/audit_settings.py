@@ -6,6 +6,8 @@ from typing import Annotated
 
 import msgspec
 
+from .types import MAX_INT
+
 
 class Audit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The tamper-evident audit log (see docs/audit.md).
@@ -24,4 +26,4 @@ class Audit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     webhook_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     # Failed control-plane logins written per minute per replica (beyond it they are counted and the
     # count goes into the next entry); the per-source auth-failure gate applies before this.
-    failed_logins_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 60
+    failed_logins_per_minute: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] = 60

@@ -19,7 +19,7 @@ from .policy_settings import PolicySettings
 from .telemetry_config import Telemetry
 from .tokenizer import load as load_tokenizer
 from .lifecycle import Lifecycle
-from .types import Environment, Role
+from .types import MAX_INT, Environment, Role
 from .guardrails import Guardrails, ToolSpec
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
@@ -53,16 +53,16 @@ class DataPlaneListener(Listener):
     keepalive_timeout: Seconds = 75.0
     header_timeout: Seconds = 10.0
     body_timeout: Seconds = 60.0
-    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 65536
-    max_header_field_bytes: Annotated[int, msgspec.Meta(ge=256)] = 16384
-    max_headers: Annotated[int, msgspec.Meta(ge=8)] = 100
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=MAX_INT)] = 65536
+    max_header_field_bytes: Annotated[int, msgspec.Meta(ge=256, le=MAX_INT)] = 16384
+    max_headers: Annotated[int, msgspec.Meta(ge=8, le=MAX_INT)] = 100
     shutdown_timeout: Seconds = 10.0
     # A client whose socket takes none of an answer's bytes for this long is cut (nginx's
     # send_timeout): a reader that stopped cannot hold its stream, upstream and limits for ever.
     send_timeout: Seconds = 60.0
     # Client connections at once; past it a new one gets 503 and a close. None: half the process's
     # open-file limit, the other half left to upstream connections, the control plane and the store.
-    max_connections: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] | None = None
 
 
 class PlacementSettings(_Strict):
@@ -74,13 +74,13 @@ class PlacementSettings(_Strict):
     # At most this many leading blocks are hashed: bounds the decision's cost on huge prompts.
     max_blocks: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 256
     # Block hashes remembered per replica; size it near the replica's KV cache (tokens x ~4 chars / block_chars).
-    index_blocks: Annotated[int, msgspec.Meta(ge=1)] = 31250
+    index_blocks: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] = 31250
     # Affinity may pick a replica only while its in-flight count is within this slack of the least
     # loaded one: slack = max(balance_abs, (balance_rel - 1) x least).
-    balance_abs: Annotated[int, msgspec.Meta(ge=0)] = 6
+    balance_abs: Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)] = 6
     balance_rel: Annotated[float, msgspec.Meta(ge=1.0)] = 1.25
     # Fewer matching blocks than this count as no match (least outstanding decides).
-    min_match_blocks: Annotated[int, msgspec.Meta(ge=1)] = 1
+    min_match_blocks: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] = 1
 
 
 class Upstream(_Strict):
@@ -92,7 +92,7 @@ class Upstream(_Strict):
     connect_timeout: Seconds = 5.0
     read_timeout: Seconds = 120.0
     total_timeout: Seconds = 600.0
-    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 512
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] = 512
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     # Request parameters beyond OpenAI's passed through to this upstream: "openai" (none, the
     # default), "vllm", or a list of set names and parameter names. A model may override it.
@@ -105,7 +105,7 @@ class Upstream(_Strict):
     # The largest whole (non-streamed) answer read from this upstream; a bigger one is a 502
     # (upstream_response_too_large) instead of memory. 256 MiB holds a float embeddings batch of
     # 2,048 inputs at 3,072 dimensions about three times over.
-    max_response_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 256 * 1024 * 1024
+    max_response_bytes: Annotated[int, msgspec.Meta(ge=1024, le=MAX_INT)] = 256 * 1024 * 1024
     # More base URLs of the same deployment (replicas); requests are placed across base_url and these.
     replicas: list[Annotated[str, msgspec.Meta(pattern=r"^https?://")]] = msgspec.field(default_factory=list)
     # Link-local and cloud-metadata addresses are refused unless this is set (see routing.egress).
@@ -121,8 +121,8 @@ class Upstream(_Strict):
 class Capacity(_Strict):
     """A model's shared capacity: requests in flight at once, and a fair queue in front of it."""
 
-    concurrency: Annotated[int, msgspec.Meta(ge=1)]
-    queue: Annotated[int, msgspec.Meta(ge=0)] = 100
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
+    queue: Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)] = 100
     queue_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
 
 
@@ -155,7 +155,7 @@ class ModelVersion(_Strict, kw_only=True):
     version: _Name
     upstream: str
     upstream_model: str | None = None
-    context_window: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    context_window: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] | None = None
     price: Price | None = None
     digest: str | None = None  # weights hash or the upstream-reported identifier
     approved: bool = False
@@ -180,8 +180,8 @@ class RouteMatch(_Strict):
     environment: Environment | None = None
     tags: list[str] = msgspec.field(default_factory=list)  # all of them (x-sluice-tags or metadata.tags)
     task: list[str] = msgspec.field(default_factory=list)  # x-sluice-task or metadata.task
-    min_prompt_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    max_prompt_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    min_prompt_tokens: Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)] | None = None
+    max_prompt_tokens: Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)] | None = None
     region: list[str] = msgspec.field(default_factory=list)  # x-sluice-region or metadata.region
     tier: list[str] = msgspec.field(default_factory=list)  # x-sluice-tier or metadata.tier
 
@@ -215,7 +215,7 @@ class RouteSpec(_Strict, kw_only=True):
 class Breaker(_Strict):
     """Passive circuit breaker per target: open after ``failures`` within ``window_s``, probe after ``open_s``."""
 
-    failures: Annotated[int, msgspec.Meta(ge=1)] = 5
+    failures: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] = 5
     window_s: Seconds = 10.0
     open_s: Seconds = 5.0
 
@@ -298,10 +298,10 @@ class IdentitySettings(_Strict):
     # not ready (/readyz 503) after this long without confirming the registry is current
     max_staleness_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     # per replica, per source address and per identity: token exchanges allowed per minute (0: unlimited)
-    token_requests_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 600
-    token_requests_per_minute_per_identity: Annotated[int, msgspec.Meta(ge=0)] = 300
+    token_requests_per_minute: Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)] = 600
+    token_requests_per_minute_per_identity: Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)] = 300
     # per replica and source address: failed authentications per minute before 429 (0: unlimited)
-    auth_failures_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 1200
+    auth_failures_per_minute: Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)] = 1200
 
 
 class FederationRule(_Strict):
@@ -366,10 +366,10 @@ class LimitRule(_Strict, kw_only=True):
     name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
     per: list[LimitDim] = msgspec.field(default_factory=lambda: ["identity"])
     match: dict[LimitDim, str] = msgspec.field(default_factory=dict)
-    requests_per_minute: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    input_tokens_per_minute: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    output_tokens_per_minute: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    concurrent_requests: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    requests_per_minute: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] | None = None
+    input_tokens_per_minute: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] | None = None
+    output_tokens_per_minute: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] | None = None
+    concurrent_requests: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] | None = None
     spend_per_day: Annotated[float, msgspec.Meta(gt=0)] | None = None
     spend_per_month: Annotated[float, msgspec.Meta(gt=0)] | None = None
 
@@ -378,11 +378,11 @@ class Anomaly(_Strict):
     """Per-identity spike detection: token spend in a window against the identity's own baseline."""
 
     window_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
-    baseline_windows: Annotated[int, msgspec.Meta(ge=1)] = 60
-    warmup_windows: Annotated[int, msgspec.Meta(ge=1)] = 5
+    baseline_windows: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] = 60
+    warmup_windows: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] = 5
     multiple: Annotated[float, msgspec.Meta(gt=1)] = 10.0
     min_tokens: Annotated[float, msgspec.Meta(ge=0)] = 1000.0
-    safe_requests_per_minute: Annotated[int, msgspec.Meta(ge=1)] = 10
+    safe_requests_per_minute: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] = 10
     cooldown_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
 
 
@@ -393,7 +393,7 @@ class Limits(_Strict):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.25
     on_backend_failure: Literal["closed", "open"] = "closed"
-    max_tokens_cap: Annotated[int, msgspec.Meta(ge=1)] = 4096
+    max_tokens_cap: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] = 4096
     # a max_tokens above the cap: refused with a 400 naming the cap, or lowered to it
     over_cap: Literal["refuse", "clamp"] = "refuse"
     concurrency_lease_s: Annotated[float, msgspec.Meta(ge=1)] = 900.0
@@ -420,14 +420,14 @@ class Usage(_Strict):
     """The usage ledger writer: batched, off the request path."""
 
     flush_interval: Seconds = 0.25
-    batch_size: Annotated[int, msgspec.Meta(ge=1)] = 500
-    queue_max: Annotated[int, msgspec.Meta(ge=1)] = 200_000
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] = 500
+    queue_max: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] = 200_000
 
 
 class RequestLimits(_Strict):
     """Guards on what a request may be, before any parsing work is spent on it."""
 
-    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 4 * 1024 * 1024
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=MAX_INT)] = 4 * 1024 * 1024
     max_json_depth: Annotated[int, msgspec.Meta(ge=2, le=256)] = 32
 
 
@@ -448,13 +448,13 @@ class Sim(_Strict):
     prefill_ms_per_token: Annotated[float, msgspec.Meta(ge=0)] = 0.05
     decode_ms_per_token: Annotated[float, msgspec.Meta(ge=0)] = 2.0
     base_latency_ms: Annotated[float, msgspec.Meta(ge=0)] = 1.0
-    default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 64
-    prefix_cache_blocks: Annotated[int, msgspec.Meta(ge=0)] = 4096
-    block_tokens: Annotated[int, msgspec.Meta(ge=1)] = 16
-    embedding_dimensions: Annotated[int, msgspec.Meta(ge=1)] = 64
-    max_concurrency: Annotated[int, msgspec.Meta(ge=0)] = 0
+    default_max_tokens: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] = 64
+    prefix_cache_blocks: Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)] = 4096
+    block_tokens: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] = 16
+    embedding_dimensions: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] = 64
+    max_concurrency: Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)] = 0
     # Prefills run at once per replica (0 = unbounded); 1 models a GPU whose compute prefills one prompt at a time.
-    prefill_concurrency: Annotated[int, msgspec.Meta(ge=0)] = 0
+    prefill_concurrency: Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)] = 0
     # Continuous batching: each decode step takes decode_ms_per_token x (1 + this x other sequences decoding).
     decode_batch_slowdown: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     # Publish vLLM-shaped KV block events (stored/removed/cleared) at GET /sim/kv_events.

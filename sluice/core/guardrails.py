@@ -11,10 +11,12 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from .types import MAX_INT
+
 Action = Literal["allow", "mask", "block", "flag"]
 Risk = Literal["read", "write", "high"]
 ContentType = Literal["text", "image_url", "input_audio", "file"]
-_Count = Annotated[int, msgspec.Meta(ge=1)]
+_Count = Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
 _Field = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_]{1,64}$")]  # a reply field's name
 
 

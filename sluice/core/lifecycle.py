@@ -8,6 +8,8 @@ from typing import Annotated
 
 import msgspec
 
+from .types import MAX_INT
+
 
 class Lifecycle(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """How a replica (or worker) leaves, and what it does while the store is away.
@@ -24,7 +26,7 @@ class Lifecycle(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """
 
     ready_grace_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 0.0
-    spill_after: Annotated[int, msgspec.Meta(ge=1)] = 50_000
+    spill_after: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] = 50_000
     spill_dir: str = ".sluice/spill"
     outage_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 900.0
 

@@ -10,6 +10,10 @@ from typing import Literal
 
 import msgspec
 
+# The largest whole number every peer reads exactly (a JSON client, a Lua counter in Redis, a float):
+# the ceiling of every integer in the config and the control plane's bodies.
+MAX_INT = 2**53 - 1
+
 Environment = Literal["dev", "prod"]
 Role = Literal["invoker", "operator", "key-admin", "auditor", "owner"]
 Plane = Literal["data", "control"]

@@ -77,3 +77,18 @@ def test_usage_summary_counts_requests_per_identity(gw):
 
 def test_bad_query_parameter_is_400_not_500(gw):
     assert gw.admin("GET", "/admin/usage?since=yesterday").status_code == 400
+
+
+@pytest.mark.parametrize("method, path, body, param", [
+    ("POST", "/admin/policy/rollback", {"reason": "x", "version": 2**70}, "version"),
+    ("POST", "/admin/policy/changes", {"reason": "x", "base": 2**64, "sections": {}}, "base"),
+    ("PUT", "/admin/switches/models/sim-small/limit", {"reason": "x", "requests_per_minute": 2**70}, "requests_per_minute"),
+    ("POST", "/admin/policy/changes", {"reason": "x", "sections": {"limits": {"rules": [
+        {"name": "huge", "requests_per_minute": 2**60}]}}}, "sections"),
+])
+def test_an_integer_past_what_every_peer_reads_exactly_is_400_naming_it_not_500(gw, method, path, body, param):
+    """2**53 - 1 is the ceiling of every integer the control plane takes (a Lua counter, a JSON client, a float)."""
+    r = gw.admin(method, path, json=body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert param in (err.get("param") or "") + err["message"], err
