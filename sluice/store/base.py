@@ -17,7 +17,7 @@ class Writes:
     """
 
     __slots__ = ("identities", "keys", "revocations", "teams", "policy_versions", "policy_activation", "changesets",
-                 "rows", "transitions")
+                 "rows", "transitions", "signing_keys")
 
     def __init__(self) -> None:
         self.identities: list[Identity] = []
@@ -29,6 +29,7 @@ class Writes:
         self.changesets: list[dict] = []
         self.rows: list[tuple[Any, dict]] = []
         self.transitions: list[tuple[Any, str, dict, tuple[Any, ...], Exception]] = []
+        self.signing_keys: list[SigningKey] = []
 
     def put_identity(self, identity: Identity) -> Writes:
         """Insert, or replace by id, an identity."""
@@ -65,6 +66,11 @@ class Writes:
         self.changesets.append(row)
         return self
 
+    def put_signing_key(self, key: SigningKey) -> Writes:
+        """Insert, or replace by kid, a token-signing key."""
+        self.signing_keys.append(key)
+        return self
+
     def insert(self, table: Any, row: dict) -> Writes:
         """Insert one row into ``table`` (a record that must land with its change, or not at all)."""
         self.rows.append((table, row))
@@ -83,7 +89,7 @@ class Writes:
         if not (self.rows or self.transitions):
             return True
         return bool(self.identities or self.keys or self.revocations or self.teams or self.policy_versions
-                    or self.changesets or self.policy_activation is not None)
+                    or self.changesets or self.policy_activation is not None or self.signing_keys)
 
 
 class Journal(Protocol):
@@ -138,10 +144,19 @@ class Store(abc.ABC):
 
     # identity state, changed as a whole
     @abc.abstractmethod
-    async def apply(self, writes: Writes, *changes: ChangeEvent) -> None:
+    async def apply(self, writes: Writes, *changes: ChangeEvent, expect_version: int | None = None) -> None:
         """Write identities, keys, revocations, teams (and rows and transitions of other tables) and their
         change records in one transaction, and bump the identity-state version with them (unless only rows and
-        transitions were written; revocations keep the first time)."""
+        transitions were written; revocations keep the first time).
+
+        ``expect_version``: the version the caller planned the writes against; if another change
+        landed since, nothing is written and ``Conflict`` (code ``state_changed``) is raised."""
+
+    @abc.abstractmethod
+    async def apply_each(self, changes: Sequence[tuple[Writes, ChangeEvent]], *,
+                         expect_version: int | None = None) -> None:
+        """Several changes in one transaction, each with its own writes: its audit entry's before
+        and after cover only the rows that change touched. ``expect_version`` as in ``apply``."""
 
     @abc.abstractmethod
     async def identity_version(self) -> int:

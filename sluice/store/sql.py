@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -23,6 +23,7 @@ from ..core.types import ApiKey, ChangeEvent, Identity, IdentityActivity, Signin
 from . import schema as t
 from .base import Journal, Store, StoreUnavailable, Subscription, Writes
 from .usage_rows import SqliteUsageRows, write_postgres
+from .writes import signing_values, snapshot, write
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -174,68 +175,38 @@ class SqlStore(Store):
         return stmt.on_conflict_do_update(index_elements=[table.c[key]], set_={k: v for k, v in values.items() if k != key})
 
     @_guarded
-    async def apply(self, writes: Writes, *changes: ChangeEvent) -> None:
+    async def apply(self, writes: Writes, *changes: ChangeEvent, expect_version: int | None = None) -> None:
+        await self._transact([(writes, changes)], expect_version)
+
+    @_guarded
+    async def apply_each(self, changes: Sequence[tuple[Writes, ChangeEvent]], *,
+                         expect_version: int | None = None) -> None:
+        await self._transact([(writes, (change,)) for writes, change in changes], expect_version)
+
+    async def _transact(self, batches: list[tuple[Writes, Sequence[ChangeEvent]]], expect_version: int | None) -> None:
         async with self.engine.begin() as conn:
-            audited = self.journal is not None and bool(changes)
-            if audited:  # the lock first: the "before" rows are then exactly what this change replaces
+            audited = self.journal is not None and any(changes for _, changes in batches)
+            if audited:  # the lock first: the "before" rows are then exactly what each change replaces
                 await self.journal.lock(conn)  # type: ignore[union-attr]
-            before = await self._snapshot(conn, writes) if audited else None
-            for ident in writes.identities:
-                values = msgspec.structs.asdict(ident)
-                values["models"] = msgspec.json.encode(ident.models).decode()
-                values["roles"] = msgspec.json.encode(ident.roles).decode()
-                await conn.execute(self._upsert(t.identities, values))
-            for key in writes.keys:
-                await conn.execute(self._upsert(t.api_keys, msgspec.structs.asdict(key)))
-            for key_id, at in writes.revocations:
-                await conn.execute(update(t.api_keys).where(t.api_keys.c.id == key_id, t.api_keys.c.revoked_at.is_(None))
-                                   .values(revoked_at=at))
-            for team in writes.teams:
-                await conn.execute(self._upsert(t.teams, msgspec.structs.asdict(team), key="name"))
-            for row in writes.policy_versions:
-                await conn.execute(t.policy_versions.insert().values(**row))
-            for row in writes.changesets:
-                await conn.execute(self._upsert(t.policy_changesets, {k: v for k, v in row.items() if k != "seq"}))
-            if writes.policy_activation is not None:
-                version, expect = writes.policy_activation
-                pa = t.policy_active
-                done = await conn.execute(update(pa).where(pa.c.id == 1, pa.c.version == expect)
-                                          .values(version=version, updated_at=clock.now()))
-                if done.rowcount != 1:  # raised inside the transaction: nothing of this apply is kept
-                    raise Conflict("the active policy changed meanwhile; propose against the new version",
-                                   code="stale_policy")
-            for table, key, values, where, otherwise in writes.transitions:
-                done = await conn.execute(update(table).where(table.c.id == key, *where).values(**values))
-                if done.rowcount != 1:  # raised inside the transaction: nothing of this apply is kept
-                    raise otherwise
-            for table, row in writes.rows:
-                await conn.execute(table.insert().values(**row))
-            for change in changes:
-                await conn.execute(t.changes.insert().values(**_change_values(change)))
-            if audited:
-                await self.journal.append(conn, changes, state=(before, await self._snapshot(conn, writes)))  # type: ignore[union-attr]
-            if writes.bumps_version:
-                await self._bump(conn)
+            for writes, changes in batches:
+                before = await snapshot(conn, writes) if audited and changes else None
+                await write(conn, writes, self._upsert)
+                for change in changes:
+                    await conn.execute(t.changes.insert().values(**_change_values(change)))
+                if audited and changes:
+                    await self.journal.append(conn, changes, state=(before, await snapshot(conn, writes)))  # type: ignore[union-attr]
+            # approvals alone bump nothing (no replica caches them), unless a planned write must be checked
+            if expect_version is not None or any(writes.bumps_version for writes, _ in batches):
+                await self._bump(conn, expect_version)
 
-    async def _snapshot(self, conn: Any, writes: Writes) -> dict[str, list[dict[str, Any]]]:
-        """The stored rows a batch of writes touches: what the audit entry's before/after hashes cover."""
-        key_ids = sorted({k.id for k in writes.keys} | {kid for kid, _ in writes.revocations})
-        out: dict[str, list[dict[str, Any]]] = {}
-        for name, table, col, ids in (("identities", t.identities, "id", sorted({i.id for i in writes.identities})),
-                                      ("keys", t.api_keys, "id", key_ids),
-                                      ("teams", t.teams, "name", sorted({x.name for x in writes.teams}))):
-            if ids:
-                rows = await conn.execute(select(table).where(table.c[col].in_(ids)).order_by(table.c[col]))
-                out[name] = [dict(r._mapping) for r in rows]
-        for table, key, *_ in writes.transitions:  # a tool approval: the row before and after its decision
-            rows = await conn.execute(select(table).where(table.c.id == key))
-            out.setdefault(table.name, []).extend(dict(r._mapping) for r in rows)
-        return out
-
-    async def _bump(self, conn: Any) -> None:
-        """A new identity-state version; on Postgres the NOTIFY is delivered only if the transaction commits."""
-        await conn.execute(update(t.identity_state).where(t.identity_state.c.id == 1)
-                           .values(version=t.identity_state.c.version + 1))
+    async def _bump(self, conn: Any, expect: int | None = None) -> None:
+        """A new identity-state version; on Postgres the NOTIFY is delivered only if the transaction commits.
+        With ``expect``, only from that version (the row lock makes the check and the bump one step)."""
+        state = t.identity_state
+        cond = (state.c.id == 1) if expect is None else (state.c.id == 1) & (state.c.version == expect)
+        done = await conn.execute(update(state).where(cond).values(version=state.c.version + 1))
+        if done.rowcount != 1:  # raised inside the transaction: nothing of this apply is kept
+            raise Conflict("the stored state changed meanwhile; read it again", code="state_changed")
         if self.dialect == "postgresql":
             await conn.execute(text(f"NOTIFY {CHANNEL}"))
 
@@ -394,10 +365,8 @@ class SqlStore(Store):
     # token-signing keys
     @_guarded
     async def put_signing_key(self, key: SigningKey) -> None:
-        values = msgspec.structs.asdict(key)
-        values["public_jwk"] = msgspec.json.encode(key.public_jwk).decode()
         async with self.engine.begin() as conn:
-            await conn.execute(self._upsert(t.signing_keys, values, key="kid"))
+            await conn.execute(self._upsert(t.signing_keys, signing_values(key), key="kid"))
 
     @_guarded
     async def list_signing_keys(self) -> list[SigningKey]:
