@@ -13,6 +13,7 @@ from ..core.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from ..core.types import ROLES, ApiKey, ChangeEvent, Environment, Identity, Plane, Team
 from ..store import Store, Writes
 from . import keys
+from .declared import revoked, sync
 from .registry import CredentialRegistry
 from .roles import CONTROL_ROLES, scopes_of
 
@@ -71,65 +72,13 @@ class IdentityService:
         return self._registry.load(await self._store.list_identities(), await self._store.list_keys(),
                                    generation=generation)
 
-    async def sync_declared(self, declared: list[DeclaredIdentity], teams: list[DeclaredTeam] | None = None) -> None:
-        """Make the store match the teams, identities and keys declared in the config file.
-
-        A revocation or disable made on the control plane sticks: it is never undone here.
-        """
-        now = clock.now()
-        writes = Writes()
-        for t in teams or []:
-            old_team = await self._store.get_team(t.name)
-            writes.put_team(Team(name=t.name, owner=t.owner, created_at=old_team.created_at if old_team else now,
-                                 created_by="config"))
-        wanted_keys: set[str] = set()
-        for d in declared:
-            ident = Identity(
-                id=f"cfg-{d.name}", name=d.name, owner=d.owner, environment=d.environment,
-                models=list(d.models), created_at=now, created_by="config", expires_at=d.expires_at,
-                source="config", team=d.team, roles=list(d.roles),
-            )
-            old = await self._store.get_identity(ident.id)
-            if old is not None:
-                ident.created_at = old.created_at
-                ident.disabled_at = old.disabled_at
-            elif await self._store.find_identity(d.name) is not None:
-                raise Conflict(f"identity {d.name!r} exists in the store and cannot also be declared in config")
-            writes.put_identity(ident)
-            plane: Plane = "data" if "invoker" in d.roles else "control"
-            for secret in d.keys:
-                digest = self._hasher.digest(secret)
-                key_id = f"cfg-{digest[:16]}"
-                wanted_keys.add(key_id)
-                prior = await self._store.get_key(key_id)
-                writes.put_key(ApiKey(
-                    id=key_id, identity_id=ident.id, hash=digest, display=keys.display(secret),
-                    created_at=prior.created_at if prior else now, created_by="config", expires_at=None,
-                    source="config", plane=plane, last_used_at=prior.last_used_at if prior else None,
-                    revoked_at=prior.revoked_at if prior else None,
-                ))
-        for k in await self._store.list_keys():
-            if k.source == "config" and k.id not in wanted_keys and k.revoked_at is None:
-                writes.revoke_key(k.id, now)
-        names = {d.name for d in declared}
-        for ident in await self._store.list_identities():
-            if ident.source == "config" and ident.name not in names:
-                ident.disabled_at = now
-                writes.put_identity(ident)
-        await self._store.apply(writes)
+    async def sync_declared(self, declared: list[DeclaredIdentity], teams: list[DeclaredTeam] | None = None) -> int:
+        """Make the store match the config file, each difference a change recorded by ``config`` (``declared``)."""
+        return await sync(self._store, self._hasher, declared, teams)
 
     async def revoked_declared(self, declared: list[DeclaredIdentity]) -> list[str]:
         """The names of declared identities that hold a declared key the store has revoked, or that are disabled."""
-        out = []
-        for d in declared:
-            ident = await self._store.get_identity(f"cfg-{d.name}")
-            if ident is not None and ident.disabled_at is not None:
-                out.append(f"identity {d.name} is disabled")
-            for secret in d.keys:
-                key = await self._store.get_key(f"cfg-{self._hasher.digest(secret)[:16]}")
-                if key is not None and key.revoked_at is not None:
-                    out.append(f"a key of identity {d.name} ({key.display}) is revoked")
-        return out
+        return await revoked(self._store, self._hasher, declared)
 
     # identities
     async def create_identity(
