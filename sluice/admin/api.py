@@ -308,9 +308,7 @@ class AdminApi:
         return Reply.json(_key(await self._ids.revoke_key(actor, ex.params["key_id"]), clock.now()))
 
     async def rotate_signing_key(self, actor: Actor, ex: Exchange) -> Reply:
-        kid = await self._keyring.rotate()
-        await self._ids.record(actor, "signing-key.rotate", kid, {})
-        return Reply.json({"kid": kid})
+        return Reply.json({"kid": await self._keyring.rotate(actor)})  # the keys and their record: one transaction
 
     # teams
     async def list_teams(self, actor: Actor, ex: Exchange) -> Reply:

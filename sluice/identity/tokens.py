@@ -22,14 +22,17 @@ from joserfc.jwk import ECKey, KeySet
 
 from ..core import clock
 from ..core.config import Tokens
-from ..core.errors import Unauthenticated
-from ..core.types import Identity, SigningKey
-from ..store import Store
+from ..core.errors import Conflict, Unauthenticated
+from ..core.types import ChangeEvent, Identity, SigningKey
+from ..store import Store, Writes
 from .principal import Principal, Scopes, scopes_for
 from .registry import CredentialRegistry
+from .service import Actor
 
 ALG = "ES256"
 _NEVER = float("inf")
+_ATTEMPTS = 5
+AUTOMATIC = Actor("auto-rotation")  # the actor of a rotation the keyring made because no key was current
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -66,30 +69,45 @@ class Keyring:
         self._jwks: dict[str, Any] = {"keys": []}
 
     async def load(self) -> None:
-        """Read the keys from the store; make a new current one if none is current."""
-        now = clock.now()
-        stored = await self._store.list_signing_keys()
-        if not any(k.retire_at > now for k in stored):
-            await self.rotate()
-            return
-        self._install(stored, now)
+        """Read the keys from the store; make a new current one if none is current (an automatic rotation:
+        of replicas or workers finding it due together, one rotates and the others read its key)."""
+        for attempt in range(_ATTEMPTS):
+            version = await self._store.identity_version()  # read before the keys: a rotation after moves it
+            now = clock.now()
+            stored = await self._store.list_signing_keys()
+            if any(k.retire_at > now for k in stored):
+                self._install(stored, now)
+                return
+            try:
+                # the last attempt rotates whatever else changed meanwhile: a busy store must not leave us keyless
+                await self.rotate(AUTOMATIC, expect_version=version if attempt < _ATTEMPTS - 1 else None)
+                return
+            except Conflict as exc:
+                if exc.code != "state_changed":
+                    raise
 
-    async def rotate(self) -> str:
-        """Start signing with a new key; the old one stays published for verification."""
+    async def rotate(self, actor: Actor, *, expect_version: int | None = None) -> str:
+        """Start signing with a new key; the old one stays published for verification. The keys and
+        the change recording who rotated them are written in one transaction."""
         now = clock.now()
         kid = f"sk-{uuid.uuid4().hex[:12]}"
         key = ECKey.generate_key("P-256", parameters={"kid": kid, "use": "sig", "alg": ALG}, private=True)
+        writes, retired = Writes(), []
         for old in await self._store.list_signing_keys():
             if old.retire_at > now:
                 old.retire_at = now
                 old.expires_at = now + self._cfg.max_ttl_s + 60
-                await self._store.put_signing_key(old)
-        await self._store.put_signing_key(SigningKey(
+                writes.put_signing_key(old)
+                retired.append(old.kid)
+        writes.put_signing_key(SigningKey(
             kid=kid, alg=ALG, private_sealed=self._sealer.seal(key.as_pem(private=True)),
             public_jwk=key.as_dict(private=False), created_at=now,
             retire_at=now + self._cfg.signing_key_rotation_s,
             expires_at=now + self._cfg.signing_key_rotation_s + self._cfg.max_ttl_s + 60,
         ))
+        event = ChangeEvent(id=uuid.uuid4().hex, ts=now, actor=actor.name, action="signing-key.rotate", target=kid,
+                            source_ip=actor.source_ip, detail={"retired": retired})
+        await self._store.apply(writes, event, expect_version=expect_version)
         self._install(await self._store.list_signing_keys(), now)
         return kid
 

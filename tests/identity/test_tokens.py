@@ -163,6 +163,57 @@ def test_signing_key_rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the
     assert gw.post("/v1/chat/completions", old, json=CHAT).status_code == 200
     assert gw.post("/v1/chat/completions", new, json=CHAT).status_code == 200
     assert {kid(old), kid(new)} <= {k["kid"] for k in httpx.get(gw.url + "/.well-known/jwks.json").json()["keys"]}
+    (entry,) = [e for e in _rotations(gw) if e["target"] == kid(new)]  # one change: the keys and who rotated them
+    assert entry["actor"].startswith("config-admin") and kid(old) in entry["detail"]["retired"]
+    assert entry["request_id"] == r.headers["x-request-id"]
+
+
+async def _keyrings(url: str, n: int):
+    from sluice.audit import MerkleJournal
+    from sluice.core.config import Tokens
+    from sluice.identity import Keyring, Sealer
+    from sluice.store.sql import SqlStore
+
+    stores = [SqlStore(url) for _ in range(n)]
+    for s in stores:
+        s.journal = MerkleJournal()
+        await s.open()
+    return stores, [Keyring(s, Sealer(b"a-pepper-of-at-least-16-chars"), Tokens()) for s in stores]
+
+
+async def test_a_signing_key_rotation_whose_record_cannot_be_written_changes_no_key(store_url):
+    from sqlalchemy import text
+
+    from sluice.identity import Actor
+    from sluice.store import StoreUnavailable
+
+    (store,), (keyring,) = await _keyrings(store_url, 1)
+    try:
+        await keyring.load()
+        before = await store.list_signing_keys()
+        async with store.engine.begin() as conn:
+            await conn.execute(text("DELETE FROM audit_head"))  # no entry can be written now
+        with pytest.raises(StoreUnavailable):
+            await keyring.rotate(Actor("alice"))
+        assert await store.list_signing_keys() == before  # neither the new key nor the old one's retirement
+    finally:
+        await store.close()
+
+
+async def test_keyrings_finding_no_current_key_together_make_one_recorded_key(store_url):
+    import asyncio
+
+    stores, keyrings = await _keyrings(store_url, 3)  # replicas, or the workers of one process, starting together
+    try:
+        await asyncio.gather(*(k.load() for k in keyrings))
+        made = await stores[0].list_signing_keys()
+        assert len(made) == 1
+        assert {k.current.kid for k in keyrings} == {made[0].kid}
+        changes = [c for c in await stores[0].list_changes() if c.action == "signing-key.rotate"]
+        assert [(c.actor, c.target) for c in changes] == [("auto-rotation", made[0].kid)]
+    finally:
+        for s in stores:
+            await s.close()
 
 
 def test_signing_keys_rest_sealed_under_the_pepper_and_open_only_with_it(gw):
@@ -266,7 +317,13 @@ def test_a_default_token_lifetime_above_the_cap_is_refused_by_the_config_check(t
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_a_signing_key_past_its_rotation_time_is_replaced_and_a_retired_one_leaves_the_key_set(sim, tmp_path):
+def _rotations(g) -> list[dict]:
+    got = g.admin("GET", "/admin/audit/entries", params={"since": "0", "limit": 100000})
+    return [e for e in got.json()["data"] if e["action"] == "signing-key.rotate"]
+
+
+def test_a_signing_key_past_its_rotation_time_is_replaced_by_a_recorded_automatic_rotation_and_a_retired_one_leaves_the_key_set(
+        sim, tmp_path):
     """Time is moved by editing the stored key's rotation and expiry times between two starts
     (the minimum rotation period is 60 s); the rotation itself is the gateway's own."""
     import sqlite3
@@ -280,6 +337,8 @@ def test_a_signing_key_past_its_rotation_time_is_replaced_and_a_retired_one_leav
     key = generate("dev")
     g = start()
     first = httpx.get(g.url + "/.well-known/jwks.json").json()["keys"]
+    made = _rotations(g)  # the first key: made because none was current
+    assert [(e["actor"], e["target"], e["detail"]) for e in made] == [("auto-rotation", first[0]["kid"], {"retired": []})]
     assert g.stop() == 0
     db = sqlite3.connect(tmp_path / "sluice.db")
     now = time.time()
@@ -291,6 +350,10 @@ def test_a_signing_key_past_its_rotation_time_is_replaced_and_a_retired_one_leav
         token = exchange(g, key).json()["access_token"]
         kid = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))["kid"]
         assert kid != first[0]["kid"] and set(second) == {first[0]["kid"], kid}  # rotated; the old one still verifies
+        rotated = _rotations(g)[len(made):]
+        # the old key retired on its own schedule: this rotation retired none early
+        assert [(e["actor"], e["target"], e["detail"]) for e in rotated] == [("auto-rotation", kid, {"retired": []})]
+        assert rotated[0]["change_id"] and rotated[0]["before"] != rotated[0]["after"]
     finally:
         assert g.stop() == 0
     with db:
