@@ -215,11 +215,13 @@ class Gateway:
             return Reply(200, metrics.render(), METRICS_TYPE)
 
         admin_auth = AdminAuth(hasher, c.admin.keys, registry)
-        dashboard = Dashboard(store, admin_auth, self._target_health, currency=c.currency)
+        # one budget of failed-login entries for the whole control plane: the dashboard's form is one more door
+        failed_logins = FailedLogins(store, c.audit.failed_logins_per_minute).record
+        dashboard = Dashboard(store, admin_auth, self._target_health, currency=c.currency, on_auth_failure=failed_logins)
         admin = AdminApi(admin_auth, identities, store, ledger.flush,
                          RoutingAdmin(routing, decisions, [u.name for u in c.upstreams], policy),
                          keyring, limiter, policy=PolicyAdmin(policy, store, identities), audit=AuditAdmin(audit),
-                         on_auth_failure=FailedLogins(store, c.audit.failed_logins_per_minute).record,
+                         on_auth_failure=failed_logins,
                          guard=GuardAdmin(approvals, guard_records), dashboard=dashboard)
         data_routes = data_plane.routes() + token_routes + health + vllm_health
         # the approval endpoints always: any policy version may add a tool registry

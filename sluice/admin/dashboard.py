@@ -12,12 +12,12 @@ from __future__ import annotations
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from html import escape
 from urllib.parse import parse_qs
 
-from ..core import clock
-from ..core.errors import GatewayError
+from ..core import clock, scope
+from ..core.errors import GatewayError, Unauthenticated
 from ..core.exchange import Exchange, Reply
 from ..identity import Actor
 from ..identity import roles as r
@@ -27,6 +27,7 @@ from .charts import bar_chart, line_chart
 from .chargeback import cost_text
 
 Health = Callable[[], list[tuple[str, str, str | None]]]
+AuthFailure = Callable[[str | None, str, str | None], Awaitable[None]]  # (source, path, code): audit.logins
 HTML = "text/html; charset=utf-8"
 LOGIN_PATH = DASHBOARD_PATH + "/login"
 _HEADERS = {
@@ -55,9 +56,10 @@ class Dashboard:
     """Renders the page, and the login that lets a browser present a control key."""
 
     def __init__(self, store: Store, auth: AdminAuth, health: Health | None = None, *, window_minutes: int = 60,
-                 currency: str = "USD") -> None:
+                 currency: str = "USD", on_auth_failure: AuthFailure | None = None) -> None:
         self._store = store
         self._auth = auth
+        self._on_auth_failure = on_auth_failure
         self._health = health or (lambda: [])
         self._window = window_minutes
         self._currency = currency
@@ -89,6 +91,8 @@ class Dashboard:
             actor = self._auth(probe)
             actor.require(r.USAGE_READ)
         except GatewayError as exc:
+            if isinstance(exc, Unauthenticated):
+                await self._failed(ex, exc.code)
             why = "This key may not read the dashboard." if exc.status == 403 else "That is not a valid control-plane key."
             if exc.status == 429:
                 why = "Too many failed attempts from this address; wait a minute."
@@ -96,6 +100,17 @@ class Dashboard:
         cookie = f"{COOKIE}={key}; Path={DASHBOARD_PATH}; HttpOnly; SameSite=Strict; Max-Age=43200"
         return Reply(303, b"", HTML, headers={**_HEADERS, "Location": DASHBOARD_PATH, "Set-Cookie": cookie,
                                               "x-sluice-actor": actor.name})
+
+    async def _failed(self, ex: Exchange, code: str | None) -> None:
+        """A refused key is a failed control-plane login: audited as every other 401, within the same
+        per-minute budget (``audit.logins``); the entry names the path and the reason, never the key."""
+        if self._on_auth_failure is None:
+            return
+        current = scope.request.set((ex.request_id, ex.peer))  # the entry cites this request
+        try:
+            await self._on_auth_failure(ex.peer, LOGIN_PATH, code)
+        finally:
+            scope.request.reset(current)
 
     async def page(self, actor: Actor, ex: Exchange) -> Reply:
         now = clock.now()

@@ -1,7 +1,8 @@
 """The audit log from the outside: a real sluice process, its control plane and the `sluice audit`
-commands. Every change gets an entry citing its request; failed logins are logged within bounds;
-checkpoints go to an append-only file; proofs verify against a signed root; the offline verifier
-needs only the export, a checkpoint and the public key, and catches a cut export or another key."""
+commands. Every change gets an entry citing its request; failed logins, the dashboard's sign-in
+form's too, are logged within one bound; checkpoints go to an append-only file; proofs verify
+against a signed root; the offline verifier needs only the export, a checkpoint and the public
+key, and catches a cut export or another key."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
 
 from sluice.audit import Signer, merkle
 from sluice.audit.note import split_notes
+from sluice.identity import generate
 from support import Sim, start_gateway
 
 ORIGIN = "test.sluice/gateway-audit"
@@ -158,3 +161,46 @@ def test_a_source_over_its_failure_rate_gets_429s_that_are_not_logged(tmp_path):
     finally:
         g.stop()
         sim.stop()
+
+
+def test_failed_dashboard_logins_are_entries_within_the_control_planes_budget_and_never_hold_the_key(sim, tmp_path):
+    """The form's failures share the per-minute budget of every control-plane 401: this waits (up
+    to a minute) for a minute to turn, so the budget's state is known, then spends it."""
+    g = start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": f"{sim.url}/v1"}],
+                      models=[{"name": "sim-small", "upstream": "sim"}], identities=[],
+                      extra={"identity": {"auth_failures_per_minute": 100_000},
+                             "audit": {"checkpoint_interval_s": 0, "failed_logins_per_minute": 2}})
+    tried = generate("prod", kind="admin")  # well formed, never issued
+
+    def form() -> None:
+        r = httpx.post(g.admin_url + "/admin/dashboard/login", data={"key": tried}, timeout=10)
+        assert r.status_code == 401 and "not a valid control-plane key" in r.text
+
+    def failed() -> list[dict]:
+        return [e for e in entries(g) if e["action"] == "login.failed"]
+
+    try:
+        form()
+        (first,) = failed()
+        assert (first["target"], first["source"], first["actor"], first["change_id"]) == (
+            "/admin/dashboard/login", "127.0.0.1", "-", None)
+        assert first["detail"] == {"code": "invalid_api_key", "suppressed": 0} and first["request_id"]
+        # fail at the form until an entry counts failures held back: the first entry of a new minute
+        sent, deadline = 1, time.monotonic() + 75
+        while not failed()[-1]["detail"]["suppressed"]:
+            assert time.monotonic() < deadline, failed()
+            form()
+            sent += 1
+            time.sleep(0.2)  # pacing, not waiting on anything: a minute of failures, not thousands
+        logged = failed()
+        assert all(e["target"] == "/admin/dashboard/login" for e in logged)
+        assert len(logged) + sum(e["detail"]["suppressed"] for e in logged) == sent  # each an entry, or counted
+        # a new minute with one of its two entries spent: a bearer 401 takes the other, the form gets none
+        bad = httpx.get(g.admin_url + "/admin/whoami", headers={"Authorization": f"Bearer {tried}"}, timeout=10)
+        assert bad.status_code == 401
+        for _ in range(3):
+            form()
+        assert [e["target"] for e in failed()[len(logged):]] == ["/admin/whoami"]
+        assert tried not in json.dumps(entries(g)) and tried[-8:] not in json.dumps(entries(g))
+    finally:
+        g.stop()
