@@ -47,20 +47,21 @@ class _Exchange:
 
 
 class _Principal:
-    identity_name, team = "bench", "t"
+    identity_id, identity_name, team = "id-bench", "bench", "t"
 
 
 class Ctx:
     target, decision, exchange, principal = _Target(), _Decision(), _Exchange(), _Principal()
     request, prompt_tokens, completion_tokens, status, error_code, stream = None, 5, 7, 200, None, False
+    trace = None
 
 
 SAMPLED = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
 
 
 async def one(tracer: Tracer) -> None:
-    tr = tracer.begin("chat.completions", SAMPLED)
-    await tr.run(STAGES, Ctx)
+    await tracer.run("chat.completions", tracer.sampling(SAMPLED), STAGES, Ctx)  # a caller's sampled flag, followed
+    tr = Ctx.trace
     tr.attempt(Ctx)
     tr.answered(b'{"choices":[{"finish_reason":"stop"}]}')
     tr.finish(Ctx)
@@ -101,7 +102,7 @@ async def main(tracer: Tracer) -> None:
     n = 200_000
     t0 = time.process_time()
     for _ in range(n):
-        tracer.begin("chat.completions", {})
+        tracer.sampling({})
     print(f"unsampled request, the decision: {(time.process_time() - t0) / n * 1e6:.2f} us")
     idle = 0.0
     for label, work in (("idle loop alone", False), ("20 sampled requests/s", True)):
@@ -121,7 +122,8 @@ async def main(tracer: Tracer) -> None:
 if __name__ == "__main__":
     dead = "--dead-end" in sys.argv
     proc, port = (None, 9) if dead else sink()
-    tracer = Tracer(Tracing(endpoint=f"http://127.0.0.1:{port}/v1/traces", ratio=0.01, timeout_s=2.0))
+    # every caller's flag honoured: this measures the cost of a trace, not the allowance
+    tracer = Tracer(Tracing(endpoint=f"http://127.0.0.1:{port}/v1/traces", ratio=0.01, timeout_s=2.0), lambda _: True)
     try:
         asyncio.run(main(tracer))
         tracer.shutdown()

@@ -158,7 +158,9 @@ class Gateway:
                 replicas.append(Replica(f"{u.name}/{i}", url, t))
             deployments[u.name] = Deployment(u.name, replicas, build_placement(u.placement, seed=u.name))
 
-        self.tracer = tracing.build(c.telemetry.tracing)  # None when tracing is off
+        # a caller's sampled traceparent is honoured per identity within this gate (None: never)
+        callers = gate(c.telemetry.tracing.caller_sampled_per_minute, "sampled traces")
+        self.tracer = tracing.build(c.telemetry.tracing, callers.allows if callers else None)  # None: tracing off
         metrics = Metrics(max_identities=c.telemetry.max_identities, health=self._target_health)
         self.prices = prices = PriceTable(c.prices)
         fold = RecordFold(metrics, prices.nanos, masker=masker, log_requests=c.telemetry.request_log)

@@ -15,7 +15,10 @@ class Tracing(_Section):
     """OpenTelemetry traces over OTLP/HTTP; off unless ``endpoint`` is set and ``ratio`` > 0."""
 
     endpoint: str | None = None  # e.g. http://collector:4318/v1/traces
-    ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0  # share of requests sampled (a sampled traceparent always is)
+    ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0  # share of requests sampled
+    # A caller's sampled traceparent is honoured only once it has authenticated, and at most this many
+    # times a minute per identity and process (a minute's worth at once); 0: never, ratio alone decides.
+    caller_sampled_per_minute: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 60
     service_name: str = "sluice"
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0  # one export, retries included; and shutdown's wait
     # spans waiting for export; when the collector is slow or down the oldest are dropped, not kept

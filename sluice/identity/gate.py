@@ -26,18 +26,28 @@ class RateGate:
         self._tat: dict[str, float] = {}
         self._what = what
 
+    def _wait(self, key: str) -> float:
+        """Seconds until ``key`` is within its rate again (0 or less: it is now)."""
+        tat = self._tat.get(key)
+        return 0.0 if tat is None else tat - clock.monotonic() - self._burst
+
     def check(self, key: str) -> None:
         """Refuse with 429 and ``Retry-After`` while ``key`` is over its rate; consumes nothing."""
-        tat = self._tat.get(key)
-        if tat is not None:
-            wait = tat - clock.monotonic() - self._burst
-            if wait > 0:
-                raise RateLimited(f"Too many {self._what}; retry after {wait:.0f} s.", retry_after=max(1.0, wait))
+        wait = self._wait(key)
+        if wait > 0:
+            raise RateLimited(f"Too many {self._what}; retry after {wait:.0f} s.", retry_after=max(1.0, wait))
 
     def take(self, key: str) -> None:
         """One event for ``key`` if it is within its rate, else 429."""
         self.check(key)
         self.count(key)
+
+    def allows(self, key: str) -> bool:
+        """One event for ``key`` if it is within its rate (True); else False and nothing counted."""
+        if self._wait(key) > 0:
+            return False
+        self.count(key)
+        return True
 
     def count(self, key: str) -> None:
         """Count one event for ``key`` (a failure that already happened), without refusing it."""

@@ -26,6 +26,7 @@ class ModelCall:
                  *, authenticate: Stage, tracer: Tracer | None = None) -> None:
         self._name = name
         self._stages = tuple(stages)
+        assert self._stages[0] is authenticate  # the tracer decides once this first stage has run
         self._forward = forward
         self._account = account
         self._authenticate = authenticate
@@ -43,12 +44,11 @@ class ModelCall:
         streaming = False
         tracer = self._tracer
         try:
-            if tracer is None or (trace := tracer.begin(self._name, exchange.headers)) is None:
+            if tracer is None or (sampling := tracer.sampling(exchange.headers)) is None:
                 for stage in self._stages:
                     await stage(ctx)
-            else:
-                ctx.trace = trace
-                await trace.run(self._stages, ctx)
+            else:  # may be traced: decided after the first stage, authenticate (a caller's flag needs an identity)
+                await tracer.run(self._name, sampling, self._stages, ctx)
             if is_stream(ctx.request):
                 ctx.stream = streaming = True
                 reply: Reply | StreamReply = await self._forward.stream(ctx)

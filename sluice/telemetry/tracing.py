@@ -3,10 +3,13 @@ pipeline stage and per upstream attempt (target, retry or fallback and why), Gen
 convention attributes, the W3C ``traceparent`` accepted from callers and sent upstream.
 
 Off unless ``telemetry.tracing.endpoint`` is set: then the request path pays one ``is None``
-check. When on, the sampling decision comes first and unsampled requests build nothing (one
-header lookup, one ``random()``): a caller's sampled ``traceparent`` is always followed, an
-unsampled one never, and requests without one are sampled at ``ratio``. No prompt or completion
-text goes into a span.
+check. When on, a request that nothing can sample builds nothing (one header lookup, one
+``random()``): requests are sampled at ``ratio``, a caller's unsampled ``traceparent`` is never
+traced, and a caller's sampled one is followed only after authentication, at most
+``caller_sampled_per_minute`` times per identity (so keyless requests cannot fill the exporter's
+queue with spans of their choosing). A request that may be traced is authenticated first and the
+rest decided after; its trace still starts when the request did, with the authenticate span
+at the times it was measured. No prompt or completion text goes into a span.
 
 A sampled request records plain values while it runs (ids, clock readings, one attribute dict
 per span) and, when it ends, hands its spans to the SDK's ``BatchSpanProcessor`` as the
@@ -22,6 +25,7 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -68,7 +72,7 @@ _answer = msgspec.json.Decoder(_Answer)
 class Tracer:
     """Decides per request whether to trace and starts the request's ``RequestTrace``."""
 
-    def __init__(self, cfg: Tracing) -> None:
+    def __init__(self, cfg: Tracing, follow: Callable[[str], bool] | None = None) -> None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
@@ -93,6 +97,8 @@ class Tracer:
         logging.getLogger("opentelemetry").setLevel(logging.ERROR)
         self._ratio = cfg.ratio
         self._random = random.random
+        # identity id -> whether its sampled flag may be honoured now (one more counted); None: never
+        self._follow = follow
         self._timeout_s = cfg.timeout_s
         resource = _Resource(Resource.create({"service.name": cfg.service_name}))
         self.provider: TracerProvider = TracerProvider(resource=resource)
@@ -111,8 +117,9 @@ class Tracer:
         self.trace_id = self.provider.id_generator.generate_trace_id
         self._stage_names: dict[type, str] = {}
 
-    def begin(self, name: str, headers: Any) -> RequestTrace | None:
-        """A trace for this request, or None when it is not sampled (nothing is built then)."""
+    def sampling(self, headers: Any) -> tuple[Any, bool] | None:
+        """Before authentication: what may sample this request, as (the caller's sampled parent or
+        None, whether ``ratio`` chose it); None when nothing can (the request then builds nothing)."""
         parent = None
         tp = headers.get("traceparent")
         if tp is not None:
@@ -120,10 +127,39 @@ class Tracer:
             if m and m[1] != "ff" and m[2] != _ZERO_TRACE and m[3] != _ZERO_SPAN:
                 if not int(m[4], 16) & 1:
                     return None  # the caller decided: not sampled
-                parent = SpanContext(int(m[2], 16), int(m[3], 16), is_remote=True, trace_flags=_SAMPLED)
-        if parent is None and (self._ratio <= 0.0 or self._random() >= self._ratio):
+                if self._follow is not None:
+                    parent = SpanContext(int(m[2], 16), int(m[3], 16), is_remote=True, trace_flags=_SAMPLED)
+        chosen = self._ratio > 0.0 and self._random() < self._ratio
+        if parent is None and not chosen:
             return None
-        return RequestTrace(self, name, parent)
+        return parent, chosen
+
+    async def run(self, name: str, sampling: tuple[Any, bool], stages: Any, ctx: Any) -> None:
+        """Run the stages of a request ``sampling`` says may be traced; the first stage authenticates.
+
+        The decision waits for authentication: a caller's sampled flag is honoured only for an
+        authenticated identity within its allowance, a request ``ratio`` chose is traced either way
+        (a refused one as a trace of its own, never the caller's). Once decided, the trace covers
+        the whole request: it starts when authentication did, whose span keeps its measured times.
+        """
+        parent, chosen = sampling
+        authenticate = stages[0]
+        start = _now()
+        try:
+            await authenticate(ctx)
+        except BaseException as exc:
+            if chosen:
+                ctx.trace = trace = RequestTrace(self, name, None, start)
+                trace.stage(authenticate, start, _now(), exc)
+            raise
+        end = _now()
+        if chosen or self._follow(ctx.principal.identity_id):  # type: ignore[misc]  # parent is set: so is _follow
+            ctx.trace = trace = RequestTrace(self, name, parent, start)
+            trace.stage(authenticate, start, end)
+            await trace.run(stages[1:], ctx)
+        else:
+            for stage in stages[1:]:
+                await stage(ctx)
 
     def child(self, trace_id: int) -> Any:
         """The context of a new span of this trace (sampled: it exists only because it is)."""
@@ -165,12 +201,12 @@ class RequestTrace:
 
     __slots__ = ("_tracer", "_name", "_parent", "_root", "_start", "_done", "_attempt", "reasons")
 
-    def __init__(self, tracer: Tracer, name: str, parent: Any) -> None:
+    def __init__(self, tracer: Tracer, name: str, parent: Any, start: int) -> None:
         self._tracer = tracer
         self._name = name
         self._parent = parent
         self._root = tracer.child(parent.trace_id if parent is not None else tracer.trace_id())
-        self._start = _now()
+        self._start = start  # when the request began (ns): before its trace was decided
         # finished children: (name, context, kind, attributes, status, start, end)
         self._done: list[tuple[str, Any, Any, dict[str, Any] | None, Any, int, int]] = []
         self._attempt: tuple[str, Any, dict[str, Any], int] | None = None
@@ -178,18 +214,25 @@ class RequestTrace:
 
     async def run(self, stages: Any, ctx: Any) -> None:
         """Run the pipeline's stages, each in a child span named for its stage."""
-        tracer, done, trace_id = self._tracer, self._done, self._root.trace_id
         t0 = _now()
         for stage in stages:
             try:
                 await stage(ctx)
             except BaseException as exc:
-                done.append((tracer.stage_name(stage), tracer.child(trace_id), _INTERNAL,
-                             {"error.type": getattr(exc, "code", None) or type(exc).__name__}, _ERROR, t0, _now()))
+                self.stage(stage, t0, _now(), exc)
                 raise
             t1 = _now()
-            done.append((tracer.stage_name(stage), tracer.child(trace_id), _INTERNAL, None, _UNSET, t0, t1))
+            self.stage(stage, t0, t1)
             t0 = t1
+
+    def stage(self, stage: Any, start: int, end: int, error: BaseException | None = None) -> None:
+        """A stage's span, at the times it was measured (also for one that ran before the trace was decided)."""
+        tracer = self._tracer
+        attrs, status = None, _UNSET
+        if error is not None:
+            attrs, status = {"error.type": getattr(error, "code", None) or type(error).__name__}, _ERROR
+        self._done.append((tracer.stage_name(stage), tracer.child(self._root.trace_id), _INTERNAL, attrs, status,
+                           start, end))
 
     def attempt(self, ctx: Any) -> dict[str, str]:
         """Start the span of an upstream attempt; the headers that carry it upstream."""
@@ -274,8 +317,9 @@ def finish_reasons(body: bytes) -> list[str]:
         return []
 
 
-def build(cfg: Tracing) -> Tracer | None:
-    """The tracer the config asks for, or None (tracing off: the request path checks one attribute)."""
+def build(cfg: Tracing, follow: Callable[[str], bool] | None = None) -> Tracer | None:
+    """The tracer the config asks for, or None (tracing off: the request path checks one attribute).
+    ``follow``: whether an identity's sampled ``traceparent`` may be honoured now (None: never)."""
     if not cfg.endpoint:
         return None
-    return Tracer(cfg)
+    return Tracer(cfg, follow)

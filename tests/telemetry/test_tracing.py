@@ -1,8 +1,9 @@
 """Traces: a tiny OTLP/HTTP collector started by the test receives one trace per sampled request,
 with a span per pipeline stage and per upstream attempt (retry or fallback and why), GenAI
 attributes and no prompt text; the caller's W3C traceparent is followed and propagated to the
-upstream (the sim records what it got); unsampled requests export nothing; a collector that hangs
-costs spans, never request time, memory or a slow shutdown."""
+upstream (the sim records what it got), but only once the caller has authenticated and within
+its identity's allowance; unsampled requests export nothing; a collector that hangs costs spans,
+never request time, memory or a slow shutdown."""
 
 from __future__ import annotations
 
@@ -81,12 +82,19 @@ def collector():
     c.server.stop()
 
 
-def tracing_gateway(tmp_path, sim_url, collector, ratio=1.0, **extra):
+def tracing_gateway(tmp_path, sim_url, collector, ratio=1.0, identities=("a",), tracing=None, **extra):
     return start_gateway(
         tmp_path, upstreams=[{"name": "sim", "base_url": sim_url + "/v1"}],
         models=[{"name": "sim-small", "upstream": "sim"}],
-        identities=[{"name": "a", "owner": "o", "models": ["*"]}],
-        extra={"telemetry": {"tracing": {"endpoint": collector.url, "ratio": ratio}}, **extra}, env=FAST_EXPORT)
+        identities=[{"name": n, "owner": "o", "models": ["*"]} for n in identities],
+        extra={"telemetry": {"tracing": {"endpoint": collector.url, "ratio": ratio, **(tracing or {})}}, **extra},
+        env=FAST_EXPORT)
+
+
+def sampled() -> tuple[str, dict[str, str]]:
+    """A new trace id, and the headers of a caller asking for it to be sampled."""
+    trace_id = secrets.token_hex(16)
+    return trace_id, {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
 
 
 def test_a_callers_traceparent_is_followed_with_stage_and_upstream_spans_and_propagated(sim, tmp_path, collector):
@@ -104,6 +112,10 @@ def test_a_callers_traceparent_is_followed_with_stage_and_upstream_spans_and_pro
         assert {"stage authenticate", "stage decode", "stage authorize", "stage route", "stage limit"} <= stages
         upstream = by_name["upstream sim"]
         assert all(by_name[n].parent_span_id == root.span_id for n in stages | {"upstream sim"})
+        # decided after authentication, the trace still covers it: the request starts with it, at its measured times
+        auth, decode = by_name["stage authenticate"], by_name["stage decode"]
+        assert root.start_time_unix_nano == auth.start_time_unix_nano < auth.end_time_unix_nano
+        assert auth.end_time_unix_nano <= decode.start_time_unix_nano <= root.end_time_unix_nano
         a = attrs(root)
         assert a["gen_ai.request.model"] == "sim-small" and a["gen_ai.usage.output_tokens"] == 4
         assert a["gen_ai.usage.input_tokens"] > 0 and a["gen_ai.response.finish_reasons"] == ["length"]
@@ -124,6 +136,47 @@ def test_a_callers_traceparent_is_followed_with_stage_and_upstream_spans_and_pro
         seen = len(collector.spans)
         time.sleep(1.0)
         assert len(collector.spans) == seen and not collector.trace(bytes.fromhex(quiet), 1, timeout=0.1)
+    finally:
+        g.stop()
+
+
+def test_keyless_requests_never_start_a_trace_from_their_sampled_flag(sim, tmp_path, collector):
+    g = tracing_gateway(tmp_path, sim.url, collector, ratio=0.0)  # only callers' sampled traces
+    try:
+        refused = []
+        for i in range(30):  # no key, a wrong key, a malformed one: each asks for its trace to be sampled
+            trace_id, headers = sampled()
+            key = (None, "sk-not-a-key", "sld_dev_" + "x" * 36)[i % 3]
+            assert g.post("/v1/chat/completions", key, json=BODY, headers=headers).status_code == 401
+            refused.append(bytes.fromhex(trace_id))
+        trace_id, headers = sampled()  # then one caller with a key: its trace is exported after theirs would be
+        assert g.post("/v1/chat/completions", g.keys["a"], json=BODY, headers=headers).status_code == 200
+        assert collector.trace(bytes.fromhex(trace_id), 8)
+        assert {s.trace_id for s in collector.spans} == {bytes.fromhex(trace_id)}, "a keyless request was traced"
+        assert not set(refused) & {s.trace_id for s in collector.spans}
+    finally:
+        g.stop()
+
+
+def test_a_callers_sampled_flag_is_honoured_at_most_the_configured_rate_per_identity(sim, tmp_path, collector):
+    g = tracing_gateway(tmp_path, sim.url, collector, ratio=0.0, identities=("a", "b"),
+                        tracing={"caller_sampled_per_minute": 3})
+    try:
+        asked = []
+        t0 = time.monotonic()
+        for _ in range(10):
+            trace_id, headers = sampled()
+            assert g.post("/v1/chat/completions", g.keys["a"], json=BODY, headers=headers).status_code == 200
+            asked.append(bytes.fromhex(trace_id))
+        elapsed = time.monotonic() - t0
+        other, headers = sampled()  # another identity has its own allowance
+        assert g.post("/v1/chat/completions", g.keys["b"], json=BODY, headers=headers).status_code == 200
+        assert collector.trace(bytes.fromhex(other), 8)  # exported after a's, so a's are all in by now
+        followed = [t for t in asked if any(s.trace_id == t for s in collector.spans)]
+        # three at once, then one per 20 s (a minute's allowance, refilled at the rate)
+        assert 3 <= len(followed) <= 3 + int(elapsed // 20), (len(followed), elapsed)
+        assert followed[:3] == asked[:3]  # the first ones, each a whole trace
+        assert all(len(collector.trace(t, 8, timeout=1)) >= 8 for t in followed)
     finally:
         g.stop()
 
@@ -149,6 +202,21 @@ def test_every_request_is_one_trace_at_ratio_one_streams_included(sim, tmp_path,
         for root in roots:
             ups = [s for s in collector.spans if s.trace_id == root.trace_id and s.name == "upstream sim"]
             assert len(ups) == 1 and ups[0].end_time_unix_nano >= ups[0].start_time_unix_nano
+        # a keyless request the ratio chose is traced, as a trace of its own: never in the one its caller named
+        theirs, headers = sampled()
+        r = g.post("/v1/chat/completions", None, json=BODY, headers=headers)
+        assert r.status_code == 401
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            mine = [s for s in collector.spans if s.name == "chat.completions"
+                    and attrs(s)["sluice.request_id"] == r.headers["x-request-id"]]
+            if mine:
+                break
+            time.sleep(0.1)
+        (root,) = mine
+        assert root.trace_id != bytes.fromhex(theirs) and not root.parent_span_id
+        (auth,) = [s for s in collector.trace(root.trace_id, 2) if s.name == "stage authenticate"]
+        assert attrs(auth)["error.type"] == "missing_api_key" and attrs(root)["http.response.status_code"] == 401
     finally:
         g.stop()
 
