@@ -3,11 +3,14 @@
 Each kind is a named group of one compiled pattern, so a text is scanned once whatever the
 number of kinds. A regex hit that fails its validator (Luhn for cards, mod-97 for IBANs, CRC32
 for sluice keys, entropy for long random-looking strings) is not a finding: that is what keeps
-near-misses (order numbers, hashes, version strings) untouched.
+near-misses (order numbers, hashes, version strings) untouched. Key material that is public by
+design (PEM public keys, certificates, SSH public keys) is no secret: a finding of a kind that
+random base64 can match by chance is dropped inside one.
 """
 
 from __future__ import annotations
 
+import binascii
 import math
 import re
 import zlib
@@ -16,11 +19,16 @@ from collections.abc import Callable, Iterable
 
 import msgspec
 
+_NL = r"[ \t]*(?:\r?\n|(?:\\+r)?\\+n)"  # a line break, as typed or escaped in a JSON string (or a string in one)
+_PRIVATE_LABEL = r"(?:[A-Z0-9.]+ )*PRIVATE KEY(?: BLOCK)?"  # RSA, EC, DSA, OPENSSH, ENCRYPTED, X9.42 DH, PGP ...
 # kind -> pattern. Secrets first: where two kinds overlap, the earlier alternative wins.
 PATTERNS: dict[str, str] = {
-    # the body runs to its END line, or to the first character no key body has, or to the text's end
-    "private_key": r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[A-Za-z0-9+/=:\s\\-]{0,16384}?"
-                   r"(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|(?=[^A-Za-z0-9+/=:\s\\-])|\Z)",
+    # armor headers (Proc-Type: 4,ENCRYPTED, DEK-Info, PGP's Version) are part of the key; then the
+    # body runs to its END line (or one still arriving at the text's end: a stream holds it back),
+    # or to the first character no key body has, or to the text's end
+    "private_key": rf"-----BEGIN {_PRIVATE_LABEL}-----(?>(?:{_NL}[A-Z][A-Za-z-]{{0,31}}: [^\r\n\\]{{0,256}})*)"
+                   r"[A-Za-z0-9+/=:\s\\-]{0,16384}?"
+                   rf"(?:-----END {_PRIVATE_LABEL}-----|-----END [A-Z0-9. ]*-{{0,5}}\Z|(?=[^A-Za-z0-9+/=:\s\\-])|\Z)",
     "aws_access_key": r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b",
     "aws_secret_key": r"(?i:aws_?secret_?access_?key|aws_?secret)[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])",
     "gcp_api_key": r"\bAIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])",
@@ -43,6 +51,21 @@ SECRET_KINDS = frozenset({"private_key", "aws_access_key", "aws_secret_key", "gc
                           "github_token", "slack_token", "openai_key", "sluice_key", "bearer_token", "high_entropy"})
 PII_KINDS = frozenset(PATTERNS) - SECRET_KINDS
 KINDS = tuple(PATTERNS)
+# Kinds that random base64 matches now and then: inside public key material they are no finding.
+# Kinds with a vendor prefix are still found there (a secret wrapped in a certificate is a secret).
+CHANCE_KINDS = PII_KINDS | {"high_entropy"}
+_PUBLIC_LABEL = (r"(?:RSA |EC |DSA )?PUBLIC KEY|(?:TRUSTED |X509 )?CERTIFICATE|(?:NEW )?CERTIFICATE REQUEST"
+                 r"|X509 CRL|PKCS7|CMS|PGP PUBLIC KEY BLOCK")
+# Key material public by design, found like a kind but never a finding: it shields what lies inside.
+PUBLIC_PATTERNS: dict[str, str] = {
+    # a whole block: BEGIN, armor headers (PGP's), lines of base64 only, then the END of the same label
+    "public_pem": rf"-----BEGIN (?P<label>{_PUBLIC_LABEL})-----(?>(?:{_NL}[A-Z][A-Za-z-]{{0,31}}: [^\r\n\\]{{0,256}})*)"
+                  r"[A-Za-z0-9+/=\s]*+(?:\\+[rn][A-Za-z0-9+/=\s]*+)*+-----END (?P=label)-----",
+    # an OpenSSH public key, ``[type] blob [comment]`` (the comment only after a type): the blob
+    # names its own type (checked below), so a blob streamed apart from its type is still known
+    "public_ssh": r"(?<![A-Za-z0-9+/])(?P<type>(?:sk-)?(?:ssh|ecdsa)-[a-z0-9-]{2,40}(?:@openssh\.com)?[ \t]+)?"
+                  r"(?P<blob>AAAA[A-Za-z0-9+/]{16,16384}={0,3})(?![A-Za-z0-9+/=])(?(type)(?:[ \t]+\S{1,256})?)",
+}
 ENTROPY_BITS = 4.3  # per char; random base62 of 32+ chars scores ~4.6+, hex digests at most 4.0
 
 
@@ -112,6 +135,24 @@ def _phone(text: str) -> bool:
 VALIDATORS: dict[str, Callable[[str], bool]] = {
     "card_number": _card, "iban": _iban, "sluice_key": _sluice_key, "high_entropy": _high_entropy, "phone": _phone,
 }
+_SSH_TYPE = re.compile(rb"(?:sk-)?(?:ssh|ecdsa)-[a-z0-9-]{2,40}(?:@openssh\.com)?")
+
+
+def _ssh_blob(m: re.Match[str]) -> bool:
+    """An SSH public key blob begins with its key type, length-prefixed (RFC 4253 6.6)."""
+    blob = m.group("blob")
+    try:
+        n = int.from_bytes(binascii.a2b_base64(blob[:8])[:4], "big")
+        need = -(-(4 + n) // 3) * 4  # base64 characters that hold the length and the type
+        if not 7 <= n <= 60 or len(blob) < need:
+            return False
+        raw = binascii.a2b_base64(blob[:need])
+    except binascii.Error:
+        return False
+    return _SSH_TYPE.fullmatch(raw[4:4 + n]) is not None
+
+
+_PUBLIC_CHECKS: dict[str, Callable[[re.Match[str]], bool]] = {"public_ssh": _ssh_blob}
 # Gates: a kind's regex runs only when its cheap gate passes (a literal it must contain, or a small
 # scan). Prose with no digits, no '@' and no token-like literal costs a few substring checks.
 _LITERALS: dict[str, tuple[str, ...]] = {
@@ -120,6 +161,7 @@ _LITERALS: dict[str, tuple[str, ...]] = {
     "github_token": ("gho_", "ghp_", "ghu_", "ghs_", "ghr_", "github_pat_"), "slack_token": ("xox",),
     "openai_key": ("sk-",), "sluice_key": ("slk_", "sla_"), "bearer_token": ("earer", "EARER"), "email": ("@",),
 }
+_PUBLIC_LITERALS = {"public_pem": ("-----BEGIN",), "public_ssh": ("AAAA",)}
 _DIGIT_RUN = re.compile(r"\d[\d \-().]{7,}\d")  # cards, phones, SSNs
 _COUNTRY_DIGITS = re.compile(r"[A-Z]{2} ?\d\d")  # IBANs, national insurance numbers
 _DIGIT = re.compile(r"\d")
@@ -138,7 +180,7 @@ def mask_for(kind: str) -> str:
 class Detector:
     """The compiled detectors of some kinds: ``find`` spans, ``mask`` them."""
 
-    __slots__ = ("kinds", "_literal", "_scanned", "_validators", "_entropy", "_triggers", "_by_trigger")
+    __slots__ = ("kinds", "_scanned", "_validators", "_entropy", "_triggers", "_by_trigger")
 
     def __init__(self, kinds: Iterable[str] = KINDS) -> None:
         wanted = set(kinds)
@@ -146,9 +188,15 @@ class Detector:
         if unknown:
             raise ValueError(f"unknown detector kinds: {', '.join(sorted(unknown))}")
         self.kinds = tuple(k for k in KINDS if k in wanted)
-        self._literal = [(_LITERALS[k], k, re.compile(PATTERNS[k])) for k in self.kinds if k in _LITERALS]
+        literal = [(_LITERALS[k], k, re.compile(PATTERNS[k])) for k in self.kinds if k in _LITERALS]
+        if CHANCE_KINDS & wanted:  # public key material matters only to kinds it could shield
+            literal += [(lits, k, re.compile(PUBLIC_PATTERNS[k])) for k, lits in _PUBLIC_LITERALS.items()]
         # one scan for every literal trigger, then only the kinds whose trigger occurred
-        self._by_trigger = {lit: (k, pat) for lits, k, pat in self._literal for lit in lits}
+        by_trigger: dict[str, list[tuple[str, re.Pattern[str]]]] = {}
+        for lits, k, pat in literal:
+            for lit in lits:
+                by_trigger.setdefault(lit, []).append((k, pat))
+        self._by_trigger = {lit: tuple(kps) for lit, kps in by_trigger.items()}
         self._triggers = re.compile("|".join(re.escape(t) for t in sorted(self._by_trigger, key=len, reverse=True))) \
             if self._by_trigger else None
         scans: dict[re.Pattern[str], list[tuple[str, re.Pattern[str]]]] = {}
@@ -162,10 +210,17 @@ class Detector:
     def find(self, text: str) -> list[Finding]:
         """The validated findings in ``text``, in order, non-overlapping (secrets win ties)."""
         hits: list[tuple[int, int, int, str]] = []
+        public: list[tuple[int, int]] = []
         if self._triggers is not None:
-            by_trigger = self._by_trigger
-            for kind, pattern in {by_trigger[t] for t in self._triggers.findall(text)}:
-                hits.extend((m.start(), _PRIORITY[kind], m.end(), kind) for m in pattern.finditer(text))
+            triggered = self._triggers.findall(text)
+            if triggered:
+                by_trigger = self._by_trigger
+                for kind, pattern in {kp for t in set(triggered) for kp in by_trigger[t]}:
+                    if kind in PUBLIC_PATTERNS:
+                        check = _PUBLIC_CHECKS.get(kind)
+                        public.extend(m.span() for m in pattern.finditer(text) if check is None or check(m))
+                    else:
+                        hits.extend((m.start(), _PRIORITY[kind], m.end(), kind) for m in pattern.finditer(text))
         if self._scanned and _DIGIT.search(text) is not None:  # every scanned kind needs a digit
             for gate, kinds in self._scanned:
                 before, after = _REACH[gate]
@@ -180,6 +235,8 @@ class Detector:
         if not hits:
             return []
         hits = sorted(set(hits))
+        if public:
+            hits = [h for h in hits if h[3] not in CHANCE_KINDS or not any(a <= h[0] and h[2] <= b for a, b in public)]
         out: list[Finding] = []
         validators = self._validators
         at = 0
@@ -208,3 +265,4 @@ def masked_text(text: str, found: list[Finding]) -> str:
         at = f.end
     parts.append(text[at:])
     return "".join(parts)
+

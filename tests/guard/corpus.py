@@ -7,6 +7,8 @@ grep every log and database row for the raw values afterwards. Every value here 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import zlib
 
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -22,8 +24,83 @@ def _sluice(body: str) -> str:
 
 SLUICE_KEY = _sluice("slk_prod_" + "Q7wErT9yUi1oPa3sDf5gHj7kLz2xCv")
 SLUICE_ADMIN = _sluice("sla_" + "M4nB6vC8xZ0lK2jH4gF6dS8aP1oI3u")
+
+
+def _body(seed: str, chars: int) -> str:
+    """Base64 lines (64 a line) shaped like a key's body: synthetic, from a hash chain."""
+    raw, h = b"", seed.encode()
+    while len(raw) * 4 < chars * 3 + 4:
+        h = hashlib.sha256(h).digest()
+        raw += h
+    b64 = base64.b64encode(raw).decode()[:chars]
+    return "\n".join(b64[i:i + 64] for i in range(0, len(b64), 64))
+
+
 PEM = ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA0Z3VS5JJcds3xfn/ygWyF8PbnGy0AHB7MhgHcTz6sE2I2yPB\n"
        "aFDrBz9vFqU4yQ==\n-----END RSA PRIVATE KEY-----")
+
+# Every flavour of private key, whole (armor headers and all): each is one private_key finding.
+PRIVATE_KEYS: list[str] = [
+    PEM,
+    "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,3AA7427DCA06B7B5E436CEE3C2F231BC\n\n"
+    f"{_body('rsa-encrypted', 300)}\nc2hvcnQgbGluZQ==\n-----END RSA PRIVATE KEY-----",
+    f"-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIHsMFcGCSqGSIb3DQEFDTBKMCkGCSqGSIb3DQEFDDAc{_body('pkcs8-enc', 200)}\n"
+    "-----END ENCRYPTED PRIVATE KEY-----",
+    f"-----BEGIN DSA PRIVATE KEY-----\n{_body('dsa', 180)}\n-----END DSA PRIVATE KEY-----",
+    f"-----BEGIN X9.42 DH PRIVATE KEY-----\n{_body('dh', 120)}\n-----END X9.42 DH PRIVATE KEY-----",
+    # OpenSSH's body carries the public key blob inside it: the private key is still one finding
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n"
+    f"QyNTUxOQAAACB1Cyke02wm4THvbJFboRjVEM4P62dp3SgHsKfrH83V3wAAAIjTX64p01+u\n{_body('openssh', 140)}\n"
+    "-----END OPENSSH PRIVATE KEY-----",
+    f"-----BEGIN PGP PRIVATE KEY BLOCK-----\n\n{_body('pgp', 220)}\n=Ab12\n-----END PGP PRIVATE KEY BLOCK-----",
+    # as a JSON string carries it, in tool-call arguments
+    '{"key": "-----BEGIN EC PRIVATE KEY-----\\nMHcCAQEEIBb' + _body("ec-json", 80).replace("\n", "\\n")
+    + '\\n-----END EC PRIVATE KEY-----\\n"}',
+]
+
+# Key material that is public by design (real keys and certificates, generated for this corpus):
+# none of it is a secret, base64 bodies included.
+PUBLIC_KEYS: list[str] = [
+    "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAPw0VTgWngtJXMnuXdYkynz7OqFb4QbKBe8sYJDCL6ko=\n-----END PUBLIC KEY-----",
+    "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEPQWYGWq0j6Tp0yo/DM7qwdZd2Gor\n"
+    "iMT6MekQYnBPE8BDJpL89dq9+hQu3S8Qlrs6/0pEaTvUAb75wi9WDgCy5w==\n-----END PUBLIC KEY-----",
+    "-----BEGIN RSA PUBLIC KEY-----\nMIIBCgKCAQEAv/JrCRHvv+16InEQRQm/IUW3EGDLtpEHKg/iByjBFxEmR5/RKaox\n"
+    "+x8WDLvfjVidlCU3f5rrHs+jkHoGQZ5PcGO4NrR6CYVsIMH1/9tSTcNs1AX/kT4F\n"
+    "MDYlRO9bZtHVr9VEmTO2m9sH4/MWVAGOaTF6agor6UxtPDCe4Xo2EMggoleYe/A4\n"
+    "NUX1skxKbmDFLRi/yOSics1C7AagH8D0/LQL7aNay4k/Qh4f5yEXFaRR6yXfrXau\n"
+    "8c4qSkvNJvLgitEsC4JsVAN0bnmWRtM3MmEQKV2C/rRO7AOubaDvOyQgrRe+7WFr\n"
+    "SlMJ+vEwZmEyTpc370ItzX7FpXwie/pPEQIDAQAB\n-----END RSA PUBLIC KEY-----",
+    "-----BEGIN CERTIFICATE-----\nMIIBgjCCASmgAwIBAgIUYI9t4d00FmVPMWzpYT4AgVHao4AwCgYIKoZIzj0EAwIw\n"
+    "FzEVMBMGA1UEAwwMZXhhbXBsZS50ZXN0MB4XDTI2MTIwNzAzMTAwNloXDTM2MTIw\n"
+    "NDAzMTAwNlowFzEVMBMGA1UEAwwMZXhhbXBsZS50ZXN0MFkwEwYHKoZIzj0CAQYI\n"
+    "KoZIzj0DAQcDQgAEPQWYGWq0j6Tp0yo/DM7qwdZd2GoriMT6MekQYnBPE8BDJpL8\n"
+    "9dq9+hQu3S8Qlrs6/0pEaTvUAb75wi9WDgCy56NTMFEwHQYDVR0OBBYEFCulvkjm\n"
+    "8VO4QJHEbH1IgRmPUtiuMB8GA1UdIwQYMBaAFCulvkjm8VO4QJHEbH1IgRmPUtiu\n"
+    "MA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDRwAwRAIgJrTv7zQWQLYwFoEK\n"
+    "QrYdhNijiAjOKQmeSgBY6pgl53ICIHIs/DJxsRuJ6d5yhBcibtutDgS5flWteWrK\nF3ocU8dk\n-----END CERTIFICATE-----",
+    "-----BEGIN CERTIFICATE REQUEST-----\r\nMIHRMHkCAQAwFzEVMBMGA1UEAwwMZXhhbXBsZS50ZXN0MFkwEwYHKoZIzj0CAQYI\r\n"
+    "KoZIzj0DAQcDQgAEPQWYGWq0j6Tp0yo/DM7qwdZd2GoriMT6MekQYnBPE8BDJpL8\r\n"
+    "9dq9+hQu3S8Qlrs6/0pEaTvUAb75wi9WDgCy56AAMAoGCCqGSM49BAMCA0gAMEUC\r\n"
+    "IQDYMNUdd7ZJxcEsMPUo1KAJtUdevUqjvgCwO5dT5N+Q6wIgdBi+B5I49EJKj2MR\r\n"
+    "zpkbqKfL5evs5Ga6kp7KPYV7TM0=\r\n-----END CERTIFICATE REQUEST-----",
+    "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEaxYjwhYJKwYBBAHaRw8BAQdA8yL++VtydCSR76LnMhUSmyfbMb++lyTElAtV\n"
+    "DupUdeK0FVRlc3QgPHRAZXhhbXBsZS50ZXN0PoiQBBMWCAA4FiEEMCoSbQiMlPaS\n"
+    "vHWOrV/y5TzVZT8FAmsWI8ICGwMFCwkIBwIGFQoJCAsCBBYCAwECHgECF4AACgkQ\n"
+    "rV/y5TzVZT+RQgD9HxlQ1Ij5poEsl4WIlXhRVXpGwxefT45+t5GTv8UhCXYBAPK1\n"
+    "tTthh1Y7Fx1W67vhvXkUiDj79V7Gmq85d47W6f0I\n=CjZy\n-----END PGP PUBLIC KEY BLOCK-----",
+    "my key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHULKR7TbCbhMe9skVuhGNUQzg/rZ2ndKAewp+sfzdXf jane@laptop.example.com",
+    "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBDHuZLsHkkg5zmW/2AV+SmtqtnKHXt7ERAviVLFcA0MZ"
+    "nOV9l/yezJ7aMfTK2LjJUG8Y9xHtp/S0q9VAjDPF+Y0=",
+    "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQCsg9l/IiZifE4uVd0bPxiKcBrTAON0mmgFyXIZS4+Lg/YKo7mxvicQ3XKxtKRuU2QT31/VlZcnK6B"
+    "ckwb3inljsLeF7CjPpg3bEChxf84Dwh9ZcCt3HXHaeeecXezOHnbtJVFYBupybjPo8m1TN+ZNc1qq5b0pH/0GcjUY4TSjvaZabJtEUe/h/JJvLLT1mhY"
+    "zZcOXtp3uAuP7yYGOKwW/G1O1fExHKOXJghbNjCPmJTYlnwKQabDo3WApBTTCur0h5Siu+7f1VO999/7Gs5iKdfqif1V1PfyO5MItpwCoejW5GCIiTxf"
+    "df6UsbKIKn5HPABhAPLQHvA6UNq6b4Sj5 deploy@ci",
+    "sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29tAAAAIDK1btUzSKhYfzDJDlxkBt+V07irETCx2mK89JKo7Ypj"
+    "AAAABHNzaDo= yubikey",
+    # as a JSON string carries it
+    '{"public_key": "-----BEGIN PUBLIC KEY-----\\nMCowBQYDK2VwAyEAPw0VTgWngtJXMnuXdYkynz7OqFb4QbKBe8sYJDCL6ko=\\n'
+    '-----END PUBLIC KEY-----\\n"}',
+]
 
 POSITIVE: list[tuple[str, str]] = [
     # secrets: cloud keys
@@ -96,6 +173,9 @@ POSITIVE: list[tuple[str, str]] = [
     ("SSN: 219-09-9999", "us_ssn"),
     ("NI number AB 12 34 56 C", "uk_nino"),
     ("QQ123456C is not valid but JG103759A is", "uk_nino"),
+    # private keys of every flavour, and a secret wrapped in a certificate's armor (still a secret)
+    *((key, "private_key") for key in PRIVATE_KEYS[1:]),
+    ("-----BEGIN CERTIFICATE-----\nAKIAIOSFODNN7EXAMPLE\n-----END CERTIFICATE-----", "aws_access_key"),
 ]
 
 NEGATIVE: list[str] = [
@@ -150,5 +230,6 @@ NEGATIVE: list[str] = [
     "Count: 12345678",
     "See RFC 7519 section 4.1.",
     "password123 is a bad password",
+    *PUBLIC_KEYS,
 ]
 
