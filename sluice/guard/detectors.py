@@ -30,7 +30,7 @@ PATTERNS: dict[str, str] = {
                    r"[A-Za-z0-9+/=:\s\\-]{0,16384}?"
                    rf"(?:-----END {_PRIVATE_LABEL}-----|-----END [A-Z0-9. ]*-{{0,5}}\Z|(?=[^A-Za-z0-9+/=:\s\\-])|\Z)",
     "aws_access_key": r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}\b",
-    "aws_secret_key": r"(?i:aws_?secret_?access_?key|aws_?secret)[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])",
+    "aws_secret_key": r"(?i:aws_?secret_?access_?key|aws_?secret)\\*[\"']?\s*[:=]\s*\\*[\"']?[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])",
     "gcp_api_key": r"\bAIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])",
     "azure_key": r"(?i:AccountKey|SharedAccessKey)=[A-Za-z0-9+/]{40,}={0,2}",
     "jwt": r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
@@ -250,10 +250,25 @@ class Detector:
             at = end
         return out
 
+    def find_json(self, text: str) -> list[Finding]:
+        """The findings in JSON text (tool-call arguments), at their places in ``text``: an escape
+        like ``\\n`` reads as the whitespace it stands for, so a value right after one is still found."""
+        return self.find(_JSON_ESCAPE.sub(_unescaped, text) if "\\" in text else text)
+
     def mask(self, text: str, findings: list[Finding] | None = None) -> str:
         """``text`` with every finding replaced by its mask."""
         found = self.find(text) if findings is None else findings
         return masked_text(text, found) if found else text
+
+
+# an escape in a JSON string, and what it reads as for the detectors: the same length (so findings
+# keep their places), whitespace where it stands for whitespace; an escaped \\ or quote is kept
+_JSON_ESCAPE = re.compile(r"\\[\s\S]")
+_AS_SPACE = {"\\n": " \n", "\\r": " \r", "\\t": "  ", "\\b": "  ", "\\f": "  "}
+
+
+def _unescaped(m: re.Match[str]) -> str:
+    return _AS_SPACE.get(m.group(), m.group())
 
 
 def masked_text(text: str, found: list[Finding]) -> str:
@@ -266,3 +281,76 @@ def masked_text(text: str, found: list[Finding]) -> str:
     parts.append(text[at:])
     return "".join(parts)
 
+
+def masked_pieces(pieces: list[str], found: list[Finding]) -> list[str]:
+    """Pieces whose joined text held ``found``: each with its share of every finding replaced by the
+    finding's mask, so a finding split across pieces is masked in each piece it spans."""
+    text = "".join(pieces)
+    out, lo, i = [], 0, 0
+    for piece in pieces:
+        hi = lo + len(piece)
+        while i < len(found) and found[i].end <= lo:
+            i += 1
+        out.append(_share(text, lo, hi, found, i) if piece and i < len(found) and found[i].start < hi else piece)
+        lo = hi
+    return out
+
+
+_JSON_TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?')
+_ESCAPE = re.compile(r"\\(?:u[0-9A-Fa-f]{4}|.)")
+
+
+def masked_json(text: str, found: list[Finding]) -> str:
+    """``text``, a JSON document, with each finding masked inside the strings it spans (a number it
+    spans becomes its mask as a string), so the document stays JSON; text that is no JSON is masked plainly."""
+    try:
+        msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return masked_text(text, found)
+    n = len(found)
+    out, at, i, covered = [], 0, 0, 0
+    for m in _JSON_TOKEN.finditer(text):
+        lo, hi = m.span()
+        while i < n and found[i].end <= lo:
+            if i >= covered:  # a finding in no string or number (none of ours can be): mask plainly
+                return masked_text(text, found)
+            i += 1
+        if i == n:
+            break
+        if found[i].start >= hi:
+            continue
+        out.append(text[at:lo])
+        if m.group(1) is None:  # a number
+            out.append(f'"{mask_for(found[i].kind)}"')
+        else:
+            out.append('"' + _share(text, lo + 1, hi - 1, found, i, "\\" in m.group(1)) + '"')
+        while covered < n and found[covered].start < hi:
+            covered += 1
+        at = hi
+    if covered < n:
+        return masked_text(text, found)
+    out.append(text[at:])
+    return "".join(out)
+
+
+def _share(text: str, lo: int, hi: int, found: list[Finding], i: int, escaped: bool = False) -> str:
+    """``text[lo:hi]`` with the part of each finding from ``found[i]`` on that falls in it masked;
+    ``escaped``: a JSON string's inside, where a cut never splits an escape sequence (a finding that
+    begins or ends inside one, like ``n`` of ``\\n``, took a character of the JSON, not of the value)."""
+    escapes = [m.span() for m in _ESCAPE.finditer(text, lo, hi)] if escaped else ()
+    out, at = [], lo
+    for f in found[i:]:
+        if f.start >= hi:
+            break
+        s, e = max(f.start, lo, at), min(f.end, hi)
+        for a, b in escapes:
+            if a < s < b:
+                s = b
+            if a < e < b:
+                e = a
+        e = max(e, s)
+        out.append(text[at:s])
+        out.append(mask_for(f.kind))
+        at = max(at, e)
+    out.append(text[at:hi])
+    return "".join(out)

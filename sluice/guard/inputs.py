@@ -1,7 +1,8 @@
 """Input guardrails: what a request may carry, checked before any model sees it.
 
 Every refusal is a 400 (413 for size) with ``code`` ``guardrail_violation`` and ``param`` naming
-the field, and a message naming the rule. Masking rewrites message text; nothing else changes.
+the field, and a message naming the rule. Masking rewrites the texts the detectors read (see
+``request_text``); nothing else changes.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-import msgspec
 from msgspec import UNSET
 
 from ..core.errors import PayloadTooLarge
@@ -18,7 +18,9 @@ from .detectors import Finding
 from .injection import injection_score
 from .policy import GuardPolicy, Rules
 from .refusal import CODE, refuse
+from .request_text import scan_request
 from .tool_params import check_tool_params
+
 
 class InputVerdict:
     """What the input checks found: kinds of sensitive data (never values), tool names removed, signals."""
@@ -107,31 +109,10 @@ def _check_injection(rules: Rules, messages: list[Message], verdict: InputVerdic
 
 
 def _detect(rules: Rules, req: ChatCompletionRequest, verdict: InputVerdict) -> ChatCompletionRequest:
-    detector, action = rules.detector, rules.input_action
-    changed: dict[int, Message] = {}
-    for i, m in enumerate(req.messages):
-        c = m.content
-        if isinstance(c, str):
-            found = detector.find(c)  # type: ignore[union-attr]
-            if found:
-                _found(action, found, verdict, f"messages[{i}].content")
-                if action == "mask":
-                    changed[i] = msgspec.structs.replace(m, content=detector.mask(c, found))  # type: ignore[union-attr]
-        elif isinstance(c, list):
-            parts, touched = [], False
-            for j, part in enumerate(c):
-                text = part.get("text") if part.get("type") == "text" else None
-                found = detector.find(text) if isinstance(text, str) else []  # type: ignore[union-attr]
-                if found:
-                    _found(action, found, verdict, f"messages[{i}].content[{j}].text")
-                    if action == "mask":
-                        part, touched = {**part, "text": detector.mask(text, found)}, True  # type: ignore[union-attr,arg-type]
-                parts.append(part)
-            if touched:
-                changed[i] = msgspec.structs.replace(m, content=parts)
-    if not changed:
-        return req
-    return msgspec.structs.replace(req, messages=[changed.get(i, m) for i, m in enumerate(req.messages)])
+    """Every text the request carries upstream, scanned (see ``request_text``); masked under ``mask``."""
+    action = rules.input_action
+    return scan_request(rules.detector, req, lambda found, param: _found(action, found, verdict, param),  # type: ignore[arg-type]
+                        action == "mask")
 
 
 def _found(action: str, found: list[Finding], verdict: InputVerdict, param: str) -> None:

@@ -1,0 +1,242 @@
+"""Every text a chat request carries upstream, for the input detectors: found, scanned, masked in place.
+
+Scanned, by the param a refusal names:
+  messages[i].content                 a string; or its text parts scanned as one joined text (a secret
+                                      split across parts is found), masked in each part it spans:
+                                      a refusal names the part where the finding begins,
+                                      messages[i].content[j].text
+  messages[i].name, messages[i].refusal
+  messages[i].tool_calls[k].function.arguments (as JSON: masked inside its strings, so it stays JSON),
+  messages[i].tool_calls[k].custom.input, messages[i].function_call.arguments (legacy)
+  prediction.content                  like a message's content
+  tools[k].function.<field>, tools[k].custom.<field>, functions[k].<field> (legacy): every field but
+                                      the name (description, parameters, format)
+  response_format, web_search_options, stop / stop[k], an extra parameter a model allows (vLLM's
+                                      documents, chat_template_kwargs ...), by its name
+  metadata.<key>, user, safety_identifier, prompt_cache_key, cache_salt: opaque ids, often hashes by
+                                      design, so every kind but high_entropy
+Not scanned: ids (tool_calls[k].id, tool_call_id, audio.id), tool and function names (identifiers the
+tool registry judges), tool_choice, enums, numbers and flags, image URLs, audio and file data.
+
+On the hot path: a message with content only, and a request with none of the other fields (the
+common ones), cost one detector call per message and a few attribute reads; a param's name is
+built only when it has something to report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from operator import attrgetter
+from typing import Any
+
+import msgspec
+
+from ..core.wire import ChatCompletionRequest, Message
+from .detectors import Detector, Finding, masked_json, masked_pieces, masked_text
+
+Report = Callable[[list[Finding], str], None]  # findings of one param: recorded, or refused
+_OPAQUE = ("user", "safety_identifier", "prompt_cache_key")
+_OPAQUE_EXTRAS = frozenset({"cache_salt"})
+_BASE_FIELDS = frozenset(ChatCompletionRequest.__struct_fields__)
+# the request's text fields besides its messages, read in one call: all unset in the common request
+_OTHER_TEXT = attrgetter("prediction", "tools", "functions", "stop", "metadata", "response_format",
+                         "web_search_options", *_OPAQUE)
+_extras: dict[type, tuple[str, ...]] = {}
+
+
+def scan_request(detector: Detector, req: ChatCompletionRequest, report: Report, mask: bool) -> ChatCompletionRequest:
+    """``req`` with every finding masked when ``mask``, else ``req`` itself; ``report`` hears each field's findings."""
+    s = _Scan(detector, report, mask)
+    messages = req.messages
+    changed: list[Message] | None = None
+    for i, m in enumerate(messages):
+        new = s.message(m, i)
+        if new is not m:
+            changed = changed or list(messages)
+            changed[i] = new
+    fields: dict[str, Any] = {"messages": changed} if changed else {}
+    extras = _extra_fields(type(req))
+    if extras or any(_OTHER_TEXT(req)):
+        _other_fields(s, req, extras, fields)
+    return msgspec.structs.replace(req, **fields) if fields else req
+
+
+def _other_fields(s: _Scan, req: ChatCompletionRequest, extras: tuple[str, ...], fields: dict[str, Any]) -> None:
+    """The request's text fields besides its messages, each into ``fields`` when masked."""
+    prediction = req.prediction
+    if isinstance(prediction, dict) and prediction.get("content"):
+        content = s.content(prediction["content"], "prediction.content")
+        if content is not prediction["content"]:
+            fields["prediction"] = {**prediction, "content": content}
+    for name in ("tools", "functions"):
+        defs = getattr(req, name)
+        if defs:
+            new = s.definitions(defs, name)
+            if new is not defs:
+                fields[name] = new
+    stop = req.stop
+    if isinstance(stop, str) and stop:
+        new = s.text(stop, "stop")
+        if new is not stop:
+            fields["stop"] = new
+    elif isinstance(stop, list):
+        new_stop = [s.text(x, "stop[{}]", k) if isinstance(x, str) else x for k, x in enumerate(stop)]
+        if any(a is not b for a, b in zip(new_stop, stop)):
+            fields["stop"] = new_stop
+    metadata = req.metadata
+    if metadata:
+        new_meta = {k: s.text(v, "metadata.{}", k, opaque=True) if isinstance(v, str) else v for k, v in metadata.items()}
+        if any(new_meta[k] is not v for k, v in metadata.items()):
+            fields["metadata"] = new_meta
+    for name in _OPAQUE:
+        value = getattr(req, name)
+        if isinstance(value, str) and value:
+            new = s.text(value, name, opaque=True)
+            if new is not value:
+                fields[name] = new
+    for name in ("response_format", "web_search_options") + extras:
+        value = getattr(req, name)
+        if value:
+            new = s.value(value, name, opaque=name in _OPAQUE_EXTRAS)
+            if new is not value:
+                fields[name] = new
+
+
+def _extra_fields(cls: type) -> tuple[str, ...]:
+    """The parameters a model's ``extra_params`` added to the request type (none on the plain type)."""
+    if cls is ChatCompletionRequest:
+        return ()
+    names = _extras.get(cls)
+    if names is None:
+        names = _extras[cls] = tuple(n for n in cls.__struct_fields__ if n not in _BASE_FIELDS)  # type: ignore[attr-defined]
+    return names
+
+
+def _piece_at(pieces: list[str], at: int) -> int:
+    """Which of the joined ``pieces`` holds position ``at``."""
+    end = 0
+    for n, piece in enumerate(pieces):
+        end += len(piece)
+        if at < end:
+            return n
+    return len(pieces) - 1
+
+
+class _Scan:
+    """One request's scan: each reader returns its value itself when nothing in it is masked.
+
+    A ``param`` is a template its ``i`` and ``k`` fill in, formatted only when something is reported.
+    """
+
+    __slots__ = ("find", "find_json", "report", "mask")
+
+    def __init__(self, detector: Detector, report: Report, mask: bool) -> None:
+        self.find, self.find_json, self.report, self.mask = detector.find, detector.find_json, report, mask
+
+    def found(self, text: str, opaque: bool, json: bool = False) -> list[Finding]:
+        found = self.find_json(text) if json else self.find(text)
+        if found and opaque:  # an opaque id is often a hash: random by design
+            found = [f for f in found if f.kind != "high_entropy"]
+        return found
+
+    def text(self, text: str, param: str, i: Any = None, k: Any = None, opaque: bool = False) -> str:
+        found = self.found(text, opaque)
+        if not found:
+            return text
+        self.report(found, param.format(i, k))
+        return masked_text(text, found) if self.mask else text
+
+    def json_text(self, text: str, param: str, i: Any = None, k: Any = None) -> str:
+        """Text that is JSON (tool-call arguments): masked inside its strings, so it stays JSON."""
+        found = self.find_json(text)
+        if not found:
+            return text
+        self.report(found, param.format(i, k))
+        return masked_json(text, found) if self.mask else text
+
+    def value(self, value: Any, param: str, opaque: bool = False) -> Any:
+        """A JSON value: a string read as text, an object or array as its JSON (masked, it stays JSON)."""
+        if isinstance(value, str):
+            return self.text(value, param, opaque=opaque)
+        if not isinstance(value, (dict, list)):
+            return value
+        raw = msgspec.json.encode(value).decode()
+        found = self.found(raw, opaque, json=True)
+        if not found:
+            return value
+        self.report(found, param)
+        return msgspec.json.decode(masked_json(raw, found)) if self.mask else value
+
+    def content(self, content: Any, param: str, i: Any = None) -> Any:
+        """A string, or parts whose texts are read as one: what the model reads as one text."""
+        if isinstance(content, str):
+            return self.text(content, param, i)
+        if not isinstance(content, list):
+            return content
+        at = [j for j, p in enumerate(content) if p.get("type") == "text" and isinstance(p.get("text"), str)]
+        if not at:
+            return content
+        texts = [content[j]["text"] for j in at]
+        found = self.find(texts[0] if len(texts) == 1 else "".join(texts))
+        if not found:
+            return content
+        self.report(found, f"{param.format(i)}[{at[_piece_at(texts, found[0].start)]}].text")
+        if not self.mask:
+            return content
+        out = list(content)
+        for j, old, new in zip(at, texts, masked_pieces(texts, found)):
+            if new is not old:
+                out[j] = {**content[j], "text": new}
+        return out
+
+    def message(self, m: Message, i: int) -> Message:
+        c = m.content
+        new_c = self.content(c, "messages[{}].content", i) if c else c
+        if not (m.name or m.refusal or m.tool_calls or m.function_call):  # content only: the common message
+            return m if new_c is c else msgspec.structs.replace(m, content=new_c)
+        name, refusal, calls, legacy = m.name, m.refusal, m.tool_calls, m.function_call
+        new_name = self.text(name, "messages[{}].name", i) if name else name
+        new_refusal = self.text(refusal, "messages[{}].refusal", i) if refusal else refusal
+        new_calls = self.calls(calls, i) if calls else calls
+        new_legacy = legacy
+        if isinstance(legacy, dict) and isinstance(legacy.get("arguments"), str):
+            args = self.json_text(legacy["arguments"], "messages[{}].function_call.arguments", i)
+            if args is not legacy["arguments"]:
+                new_legacy = {**legacy, "arguments": args}
+        if new_c is c and new_name is name and new_refusal is refusal and new_calls is calls and new_legacy is legacy:
+            return m
+        return msgspec.structs.replace(m, content=new_c, name=new_name, refusal=new_refusal, tool_calls=new_calls,
+                                       function_call=new_legacy)
+
+    def calls(self, calls: list[dict[str, Any]], i: int) -> list[dict[str, Any]]:
+        """An assistant turn's tool calls: function arguments (JSON) and custom tool input (text)."""
+        out: list[dict[str, Any]] | None = None
+        for k, call in enumerate(calls):
+            for key, field in (("function", "arguments"), ("custom", "input")):
+                body = call.get(key)
+                value = body.get(field) if isinstance(body, dict) else None
+                if not isinstance(value, str) or not value:
+                    continue
+                param = f"messages[{{}}].tool_calls[{{}}].{key}.{field}"
+                new = self.json_text(value, param, i, k) if key == "function" else self.text(value, param, i, k)
+                if new is not value:
+                    out = out or list(calls)
+                    out[k] = {**call, key: {**body, field: new}}  # type: ignore[dict-item]
+        return out or calls
+
+    def definitions(self, defs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+        """Tool (or legacy function) definitions: every field of each but its name."""
+        out: list[dict[str, Any]] | None = None
+        for k, d in enumerate(defs):
+            if not isinstance(d, dict):
+                continue
+            key = d.get("type", "function") if name == "tools" else None
+            body = d.get(key) if isinstance(key, str) else d if key is None else None
+            if not isinstance(body, dict):
+                continue
+            prefix = f"{name}[{k}].{key}." if key is not None else f"{name}[{k}]."
+            new_body = {f: v if f == "name" else self.value(v, prefix + f) for f, v in body.items()}
+            if any(new_body[f] is not v for f, v in body.items()):
+                out = out or list(defs)
+                out[k] = {**d, key: new_body} if key is not None else new_body
+        return out or defs
