@@ -18,14 +18,16 @@ Scanned, by the param a refusal names:
 Not scanned: ids (tool_calls[k].id, tool_call_id, audio.id), tool and function names (identifiers the
 tool registry judges), tool_choice, enums, numbers and flags, image URLs, audio and file data.
 
-On the hot path: a message with content only, and a request with none of the other fields (the
-common ones), cost one detector call per message and a few attribute reads; a param's name is
-built only when it has something to report.
+On the hot path: a message with string content only, and a request with none of the other fields
+(the common ones), cost one detector call per message and a few attribute reads (a message with
+a finding is read again by the reader that names and masks it); a param's name is built only when
+it has something to report.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from operator import attrgetter
 from typing import Any
 
@@ -41,23 +43,27 @@ _BASE_FIELDS = frozenset(ChatCompletionRequest.__struct_fields__)
 # the request's text fields besides its messages, read in one call: all unset in the common request
 _OTHER_TEXT = attrgetter("prediction", "tools", "functions", "stop", "metadata", "response_format",
                          "web_search_options", *_OPAQUE)
-_extras: dict[type, tuple[str, ...]] = {}
 
 
 def scan_request(detector: Detector, req: ChatCompletionRequest, report: Report, mask: bool) -> ChatCompletionRequest:
     """``req`` with every finding masked when ``mask``, else ``req`` itself; ``report`` hears each field's findings."""
-    s = _Scan(detector, report, mask)
+    find, s = detector.find, None
     messages = req.messages
     changed: list[Message] | None = None
     for i, m in enumerate(messages):
+        c = m.content
+        # the common message, string content only, read inline; any other goes through the reader
+        if type(c) is str and not (m.name or m.refusal or m.tool_calls or m.function_call) and not find(c):
+            continue
+        s = s or _Scan(detector, report, mask)
         new = s.message(m, i)
         if new is not m:
             changed = changed or list(messages)
             changed[i] = new
+    if type(req) is ChatCompletionRequest and not any(_OTHER_TEXT(req)):
+        return req if changed is None else msgspec.structs.replace(req, messages=changed)
     fields: dict[str, Any] = {"messages": changed} if changed else {}
-    extras = _extra_fields(type(req))
-    if extras or any(_OTHER_TEXT(req)):
-        _other_fields(s, req, extras, fields)
+    _other_fields(s or _Scan(detector, report, mask), req, _extra_fields(type(req)), fields)
     return msgspec.structs.replace(req, **fields) if fields else req
 
 
@@ -102,14 +108,10 @@ def _other_fields(s: _Scan, req: ChatCompletionRequest, extras: tuple[str, ...],
                 fields[name] = new
 
 
+@lru_cache(maxsize=64)  # one request type per model and policy version: a handful
 def _extra_fields(cls: type) -> tuple[str, ...]:
     """The parameters a model's ``extra_params`` added to the request type (none on the plain type)."""
-    if cls is ChatCompletionRequest:
-        return ()
-    names = _extras.get(cls)
-    if names is None:
-        names = _extras[cls] = tuple(n for n in cls.__struct_fields__ if n not in _BASE_FIELDS)  # type: ignore[attr-defined]
-    return names
+    return tuple(n for n in cls.__struct_fields__ if n not in _BASE_FIELDS)  # type: ignore[attr-defined]
 
 
 def _piece_at(pieces: list[str], at: int) -> int:
