@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .tools import ArgumentsError, ToolCall, canonical, parse_arguments
+from .tools import ToolCall
 
 LEGACY = -1  # the position of a message's ``function_call``
 Mask = Callable[[str], str]
@@ -145,37 +145,3 @@ def _spread_arguments(pieces: list[dict[str, Any]], text: str) -> None:
         fn["arguments"] = text[at:at + n]
         at += n
     pieces[-1]["arguments"] = text[at:]
-
-
-def masked_arguments(text: str, mask: Callable[[str], str]) -> str:
-    """Arguments with every string in them (keys and values) masked; JSON in, the same JSON shape out.
-
-    Arguments that are not strict JSON are masked as text.
-    """
-    try:
-        value = parse_arguments(text)
-    except ArgumentsError:
-        return mask(text)
-    try:
-        out, changed = _masked(value, mask)
-    except RecursionError:  # nested deeper than a walk can go: masked as text
-        return mask(text)
-    return canonical(out) if changed else text
-
-
-def _masked(value: Any, mask: Callable[[str], str]) -> tuple[Any, bool]:
-    if isinstance(value, str):
-        got = mask(value)
-        return got, got != value
-    if isinstance(value, list):
-        items = [_masked(v, mask) for v in value]
-        return [v for v, _ in items], any(c for _, c in items)
-    if isinstance(value, dict):
-        changed, out = False, {}
-        for k, v in value.items():
-            mk, ck = _masked(k, mask)
-            mv, cv = _masked(v, mask)
-            out[mk] = mv
-            changed |= ck or cv
-        return out, changed
-    return value, False

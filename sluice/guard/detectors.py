@@ -66,6 +66,34 @@ PUBLIC_PATTERNS: dict[str, str] = {
     "public_ssh": r"(?<![A-Za-z0-9+/])(?P<type>(?:sk-)?(?:ssh|ecdsa)-[a-z0-9-]{2,40}(?:@openssh\.com)?[ \t]+)?"
                   r"(?P<blob>AAAA[A-Za-z0-9+/]{16,16384}={0,3})(?![A-Za-z0-9+/=])(?(type)(?:[ \t]+\S{1,256})?)",
 }
+_OPEN_PUBLIC = re.compile(rf"-----BEGIN (?P<label>{_PUBLIC_LABEL})-----")
+_PUBLIC_BLOCK_MAX = 16384  # a public block still arriving is waited for up to this long
+
+
+def open_public_block(text: str) -> int:
+    """Where a public PEM block begins whose END has not arrived yet (a stream still sending it), or -1:
+    until it is whole, its base64 lines look like secrets, so a stream holds it back instead."""
+    at = -1
+    for m in _OPEN_PUBLIC.finditer(text, max(0, len(text) - _PUBLIC_BLOCK_MAX)):
+        if f"-----END {m.group('label')}-----" not in text[m.end():]:
+            return m.start()
+    return at
+
+
+_WHOLE_PUBLIC = re.compile(PUBLIC_PATTERNS["public_pem"])
+
+
+def public_end(text: str) -> int:
+    """Where the last whole public PEM block in ``text`` ends, or 0: what a stream has seen whole and
+    clean, so a later look at part of it (its last line, without the BEGIN) does not mistake it."""
+    if "-----END" not in text:
+        return 0
+    end = 0
+    for m in _WHOLE_PUBLIC.finditer(text):
+        end = m.end()
+    return end
+
+
 ENTROPY_BITS = 4.3  # per char; random base62 of 32+ chars scores ~4.6+, hex digests at most 4.0
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from .detectors import Detector, Finding, masked_text
+from .detectors import Detector, Finding, masked_text, open_public_block, public_end
 from .policy import Rules
 
 log = logging.getLogger("sluice.guard")
@@ -58,7 +58,7 @@ class HeldText:
     -1 for an event with no text to read.
     """
 
-    __slots__ = ("_rules", "_detector", "_queue", "_request_id", "kinds")
+    __slots__ = ("_rules", "_detector", "_queue", "_request_id", "kinds", "_released", "_clean_to")
 
     def __init__(self, rules: Rules, detector: Detector | None, request_id: str) -> None:
         self._rules = rules
@@ -66,25 +66,38 @@ class HeldText:
         self._request_id = request_id
         self._queue: list[list[Any]] = []
         self.kinds: set[str] = set()
+        # per channel: characters released so far, and up to where (from the stream's start) the text was
+        # seen whole and clean (a public key block): a later look at its tail finds nothing in it
+        self._released: dict[Any, int] = {}
+        self._clean_to: dict[Any, int] = {}
 
     def _redact(self, text: str, *, final: bool, found: list[Finding] | None = None) -> tuple[str, int]:
         """(text with closed findings masked, where a finding still open at the end begins or len)."""
         if found is None:
             found = self._detector.find(text)  # type: ignore[union-attr]
-        if not found:
-            return text, len(text)
         open_at = len(text)
+        if not final and "-----BEGIN" in text:  # a public key still arriving is no secret yet: wait for its END
+            public = open_public_block(text)
+            if public >= 0:
+                open_at = public
+                found = [f for f in found if f.end <= public]
+        if not found:
+            return text, open_at
         if not final and found[-1].end == len(text):
-            open_at = found[-1].start
+            open_at = min(open_at, found[-1].start)
             found = found[:-1]
+        if not self._noted(found):
+            return text, open_at
+        return _masked(text, found, open_at)
+
+    def _noted(self, found: list[Finding]) -> bool:
+        """Log the kinds found (once each, never the values); whether they are to be masked (not `flag`)."""
         kinds = {f.kind for f in found}
-        if not kinds <= self.kinds:  # kinds only, once each: the values never reach a log
+        if not kinds <= self.kinds:
             log.warning("guard: reply to %s carries %s (%s)", self._request_id or "-", ",".join(sorted(kinds - self.kinds)),
                         self._rules.output_action)
             self.kinds |= kinds
-        if self._rules.output_action == "flag":
-            return text, open_at
-        return _masked(text, found, open_at)
+        return self._rules.output_action != "flag"
 
     def _block_item(self, body: bytes) -> list[Any] | None:
         """A block of content events of choice 0 as one queue item, or None: go event by event.
@@ -134,7 +147,10 @@ class HeldText:
                 return b""
             keep_from = self._scan(final, window // 2)
         out = []
+        released = self._released if self._detector is not None else None
         for ev, d, channel, content, original in queue[:keep_from]:
+            if released is not None and content is not None:
+                released[channel] = released.get(channel, 0) + len(content)
             if ev is None or content != original:  # rewritten: masked or stripped
                 if d is None:
                     d = _decode(ev[5:].strip())  # type: ignore[index]
@@ -157,11 +173,19 @@ class HeldText:
         for i in {e[2] for e in queue if e[3] is not None}:
             slots = [n for n, e in enumerate(queue) if e[2] == i and e[3] is not None]
             text = "".join(queue[n][3] for n in slots)
-            masked, open_at = self._redact(text, final=final, found=known.get(i))
+            found = known.get(i)
+            base = self._released.get(i, 0)
+            clean = self._clean_to.get(i, 0) - base
+            if clean > 0:
+                found = [f for f in (self._detector.find(text) if found is None else found) if f.end > clean]  # type: ignore[union-attr]
+            masked, open_at = self._redact(text, final=final, found=found)
             if masked is not text:
                 _spread(queue, slots, text, masked)
                 text = "".join(queue[n][3] for n in slots)
                 open_at = len(text) if final else min(open_at, len(text))
+            end = public_end(text)
+            if end:
+                self._clean_to[i] = base + end
             if final:
                 continue
             # an event may go once `window` chars follow it and no open finding starts in it

@@ -16,7 +16,8 @@ from typing import Any
 
 import msgspec
 
-from .calls import StreamedCalls, masked_arguments, message_calls, rewrite_message
+from .calls import StreamedCalls, message_calls, rewrite_message
+from .detectors import masked_json
 from .held_text import _END, TEXT, HeldText, _light
 from .minimise import BASE_CHOICE, BASE_MESSAGE, BASE_REPLY, FIRST_EVENTS, Shape, sampled, shape, strip
 from .policy import GuardPolicy, Rules
@@ -159,7 +160,7 @@ class OutputGuard(HeldText):
         for fn in [*calls, m.function_call]:
             if isinstance(fn, dict):
                 if isinstance(fn.get("arguments"), str):
-                    fn["arguments"] = masked_arguments(fn["arguments"], self._mask)
+                    fn["arguments"] = self._arguments(fn["arguments"])
                 if isinstance(fn.get("name"), str):
                     fn["name"] = self._mask(fn["name"])
 
@@ -186,7 +187,12 @@ class OutputGuard(HeldText):
         return outs, notes
 
     def _arguments(self, text: str) -> str:
-        return masked_arguments(text, self._mask) if self._detector is not None else text
+        """A call's arguments with what the detectors find masked inside its JSON strings (a number
+        found becomes its mask as a string), so they stay JSON; text that is not JSON is masked plainly."""
+        if self._detector is None:
+            return text
+        found = self._detector.find_json(text)
+        return masked_json(text, found) if found and self._noted(found) else text
 
     def _summary(self, judged: list[Judgement]) -> list[dict[str, Any]]:
         out = summary(judged)

@@ -20,11 +20,14 @@ TOOLS = [
     {"name": "get_weather", "risk": "read", "identities": ["agent", "app"], "parameters": WEATHER},
     {"name": "transfer_funds", "risk": "high", "identities": ["agent", "app"], "parameters": TRANSFER},
     {"name": "delete_repo", "risk": "write", "identities": ["nobody"]},
+    {"name": "take_note", "risk": "read", "identities": ["agent"], "parameters": {"type": "object"}},
 ]
 GUARDRAILS = {"rule_sets": [
     {"name": "agents", "match": {"identities": ["agent"]}, "detectors": {"input": "mask", "output": "mask"},
      "output": {"expose": ["reasoning_content"]}, "tools": {"max_held_per_reply": 2}},
     {"name": "guarded-core", "match": {"models": ["guarded"]}, "detectors": {"input": "block", "output": "mask"}},
+    {"name": "scribed", "match": {"identities": ["scribe"]}, "detectors": {"input": "flag"},
+     "capture": {"enabled": True, "retention_days": 1}},
 ]}
 SECRET = "ghp_16C7e42F292c6912E7710c838347Ae178B4a"  # a GitHub token shape the detectors know
 HEAD = {"id": "chatcmpl-t", "object": "chat.completion.chunk", "created": 1700000000, "model": "m"}
@@ -55,13 +58,21 @@ class Scripted:
                 req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with lock:
                     outer.chats += 1
-                script = outer.scripts.get(req["messages"][-1]["content"], reply({"content": "unscripted"}, "stop"))
-                if req.get("stream"):
-                    events = script if isinstance(script, list) else [script]
-                    body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
-                    kind = "text/event-stream"
-                else:
-                    body, kind = json.dumps(script).encode(), "application/json"
+                prompt = req["messages"][-1]["content"]
+                script = outer.scripts.get(prompt if isinstance(prompt, str) else "", reply({"content": "unscripted"}, "stop"))
+                if req.get("stream"):  # one event per write, a little apart: the gateway meets each in its own read
+                    events = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in
+                              (script if isinstance(script, list) else [script])] + [b"data: [DONE]\n\n"]
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Content-Length", str(sum(map(len, events))))
+                    self.end_headers()
+                    for e in events:
+                        self.wfile.write(e)
+                        self.wfile.flush()
+                        time.sleep(0.002)
+                    return
+                body, kind = json.dumps(script).encode(), "application/json"
                 self.send_response(200)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
@@ -101,7 +112,7 @@ def gw(upstream, tmp_path_factory):
         tmp_path_factory.mktemp("tools-gw"),
         upstreams=[{"name": "fake", "base_url": upstream.url + "/v1"}],
         models=[{"name": "m", "upstream": "fake"}],
-        identities=[{"name": "agent", **ident}, {"name": "app", **ident}],
+        identities=[{"name": "agent", **ident}, {"name": "app", **ident}, {"name": "scribe", **ident}],
         extra={"guardrails": GUARDRAILS, "tools": TOOLS,
                "registry": [{"name": "core", "versions": [{"version": "v1", "upstream": "fake", "upstream_model": "m",
                                                            "approved": True}]}],
@@ -171,7 +182,7 @@ def test_a_tool_schema_that_refers_outside_itself_is_refused_when_the_policy_com
     r = gw.admin("POST", "/admin/policy/changes", json={"sections": {"tools": tools}, "reason": "a remote schema"})
     assert r.status_code == 400, r.text
     err = r.json()["error"]
-    assert "$.tools[3].parameters.properties.city.$ref" in err["message"] and "#" in err["message"], err
+    assert f"$.tools[{len(TOOLS)}].parameters.properties.city.$ref" in err["message"] and "#" in err["message"], err
     assert upstream.fetches == 0
     # a schema that refers only within itself is fine, and judges calls with no fetch either
     local = {"$defs": {"city": {"type": "string"}}, "type": "object", "properties": {"city": {"$ref": "#/$defs/city"}},
@@ -363,3 +374,42 @@ def test_a_rule_set_on_one_alias_covers_every_alias_and_route_to_its_version(gw,
                 json={"model": model, "messages": [{"role": "user", "content": f"{prompt} {SECRET}"}]})
     assert r.status_code == 400 and r.json()["error"]["code"] == "guardrail_violation", r.text
     assert SECRET not in r.text
+
+
+def test_a_number_in_call_arguments_that_is_a_card_is_masked_and_the_arguments_stay_json(gw, upstream):
+    r = ask(gw, upstream, reply({"content": None, "tool_calls": [
+        call("take_note", '{"text": "pay", "card": 4111111111111111, "key": "aws_secret_access_key=' + "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY" + '"}', "c1")]}))
+    args = json.loads(r.json()["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"])
+    assert args == {"text": "pay", "card": "[REDACTED:card_number]", "key": "[REDACTED:aws_secret_key]"}, args
+
+
+def test_a_public_key_streamed_in_small_pieces_reaches_the_caller_untouched(gw, upstream):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    text = f"Here is the key:\n{pem}That is all."
+    events = [chunk({"content": text[i:i + 16]}) for i in range(0, len(text), 16)] + [chunk({}, "stop")]
+    chunks, raw = ask_stream(gw, upstream, events)
+    got = "".join((ch.get("delta") or {}).get("content") or "" for c in chunks for ch in c["choices"])
+    assert got == text, got
+
+
+def test_prompt_capture_masks_a_secret_split_across_two_text_parts(gw, upstream):
+    import sqlite3
+
+    half = len(SECRET) // 2
+    parts = [{"type": "text", "text": f"capture-split {SECRET[:half]}"}, {"type": "text", "text": SECRET[half:] + " end"}]
+    r = gw.post("/v1/chat/completions", gw.keys["scribe"], json={"model": "m", "messages": [{"role": "user", "content": parts}]})
+    assert r.status_code == 200, r.text
+
+    def captured() -> list[str]:
+        with sqlite3.connect(gw.tmp / "sluice.db") as conn:
+            return [row[0] for row in conn.execute("SELECT text FROM prompt_captures WHERE text LIKE '%capture-split%'")]
+
+    deadline = time.monotonic() + 10
+    while not captured():
+        assert time.monotonic() < deadline, "nothing captured"
+        time.sleep(0.05)
+    assert captured() == ["user: capture-split [REDACTED:github_token] end"], captured()

@@ -142,8 +142,10 @@ def _captured(rules: Any, req: ChatCompletionRequest, ctx: RequestContext, ident
         c = m.content
         if isinstance(c, str):
             texts.append(f"{m.role}: {detector.mask(c)}")
-        elif isinstance(c, list):
-            texts.extend(f"{m.role}: {detector.mask(p['text'])}" for p in c if isinstance(p.get("text"), str))
+        elif isinstance(c, list):  # the parts read as one text, as the input detectors read them
+            joined = "".join(p["text"] for p in c if isinstance(p.get("text"), str))
+            if joined:
+                texts.append(f"{m.role}: {detector.mask(joined)}")
     now = clock.now()
     return {"ts": now, "expires_at": now + rules.spec.capture.retention_days * 86400.0,
             "request_id": ctx.exchange.request_id, "identity_id": identity_id, "model": req.model,
