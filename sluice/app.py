@@ -183,7 +183,7 @@ class Gateway:
         await asyncio.get_running_loop().run_in_executor(None, warm, [m.target_model for m in c.models] + [
             v.upstream_model or m.name for m in c.registry for v in m.versions], {m.name: m.tokenizer for m in c.models if m.tokenizer})
         # The versioned policy drives routing and limits: no routing store of its own, no second poller.
-        self.routing = routing = RoutingState(from_config(c), None, transports=deployments, breaker=c.resilience.breaker)
+        self.routing = routing = RoutingState(from_config(c), transports=deployments, breaker=c.resilience.breaker)
         self.policy = policy = PolicyService(store, routing, limiter, c.policy, PolicyDocument(
             routing=from_config(c), limits=LimitsSection(rules=list(c.limits.rules)), **self._guard_sections(c)))
         await policy.bootstrap()

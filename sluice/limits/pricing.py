@@ -25,15 +25,9 @@ class PriceTable:
         return model in self._prices
 
     def cost(self, model: str, prompt: int, completion: int, cached: int = 0, price: Price | None = None) -> float:
-        """What a call costs: at ``price`` when given (a registry version's own), else at the model's."""
-        p = price or self._prices.get(model)
-        if p is None:
-            return 0.0
-        if not cached:
-            return (prompt * p.input + completion * p.output) / 1_000_000
-        cached = min(cached, prompt)
-        cached_price = p.input if p.cached_input is None else p.cached_input
-        return ((prompt - cached) * p.input + cached * cached_price + completion * p.output) / 1_000_000
+        """What a call costs in the currency (what spend limits count): the ledger's ``nanos``, so a limit
+        and the usage record of one call never differ by a rounding."""
+        return self.nanos(model, prompt, completion, cached, price) / NANOS
 
     def nanos(self, model: str | None, prompt: int, completion: int, cached: int = 0, price: Price | None = None) -> int:
         """The ledger's cost of a call: integer nano-units, cached prompt tokens at the cached price; at

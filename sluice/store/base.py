@@ -254,18 +254,10 @@ class Store(abc.ABC):
         """Append an audit entry with no change behind it (a failed control-plane login)."""
         raise NotImplementedError
 
-    # routing policy (one versioned document; see routing.state)
+    # the routing document an older sluice kept before policy versions (read once, to seed version 1)
     @abc.abstractmethod
     async def load_routing(self) -> tuple[int, bytes] | None:
-        """(version, document) of the routing policy, or None before the first save."""
-
-    @abc.abstractmethod
-    async def save_routing(self, document: bytes, expect_version: int) -> int | None:
-        """Store a new version if the current one is ``expect_version`` (0: none); the new version or None."""
-
-    @abc.abstractmethod
-    async def routing_version(self) -> int:
-        """The routing policy's version (0: none yet): what replicas poll."""
+        """(version, document) of the legacy routing policy, or None."""
 
     # versioned policy (see sluice.policy); written through ``apply``
     @abc.abstractmethod

@@ -17,7 +17,6 @@ from sqlalchemy import event, func, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from ..core import clock
 from ..core.errors import Conflict
 from ..core.types import ApiKey, ChangeEvent, Identity, IdentityActivity, SigningKey, Team, UsageGroup, UsageRecord, UsageSummaryRow
 from . import schema as t
@@ -398,34 +397,13 @@ class SqlStore(Store):
                                 source_ip=r.source_ip, detail=msgspec.json.decode(r.detail))
                     for r in await conn.execute(q)]
 
-    # routing policy
+    # the routing document an older sluice kept (read once, to seed the first policy version)
     @_guarded
     async def load_routing(self) -> tuple[int, bytes] | None:
         q = select(t.routing_policy.c.version, t.routing_policy.c.document).where(t.routing_policy.c.id == 1)
         async with self.engine.connect() as conn:
             row = (await conn.execute(q)).first()
         return (int(row.version), row.document.encode()) if row else None
-
-    @_guarded
-    async def save_routing(self, document: bytes, expect_version: int) -> int | None:
-        rp = t.routing_policy
-        values = {"version": expect_version + 1, "document": document.decode(), "updated_at": clock.now()}
-        async with self.engine.begin() as conn:
-            if expect_version == 0:
-                try:
-                    async with conn.begin_nested():
-                        await conn.execute(rp.insert().values(id=1, **values))
-                except IntegrityError:
-                    return None
-                return expect_version + 1
-            done = await conn.execute(update(rp).where(rp.c.id == 1, rp.c.version == expect_version).values(**values))
-        return expect_version + 1 if done.rowcount == 1 else None
-
-    @_guarded
-    async def routing_version(self) -> int:
-        async with self.engine.connect() as conn:
-            got = (await conn.execute(select(t.routing_policy.c.version).where(t.routing_policy.c.id == 1))).scalar()
-        return int(got or 0)
 
     # versioned policy
     @_guarded
