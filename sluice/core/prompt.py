@@ -15,9 +15,10 @@ from typing import Any
 import msgspec
 from msgspec import UNSET
 
-from .wire import ChatCompletionRequest, Message
+from .wire import ChatCompletionRequest, EmbeddingRequest, Message
 
 IMAGE_TOKENS = 765
+_IMAGE_CHARS = 4 * IMAGE_TOKENS  # estimate_tokens turns it back into IMAGE_TOKENS
 _IMAGE_PARTS = frozenset({"image_url", "image"})
 _encode = msgspec.json.encode
 
@@ -55,3 +56,29 @@ def request_extras(request: ChatCompletionRequest) -> list[str]:
     the response format (its schema) and a forced tool choice."""
     return [_json(v) for v in (request.tools, request.functions, request.response_format, request.tool_choice)
             if v is not UNSET and type(v) is not str]
+
+
+def estimate_tokens(chars: int) -> int:
+    """About four characters per token, at least one for anything non-empty."""
+    return (chars + 3) // 4
+
+
+def prompt_chars(request: ChatCompletionRequest | EmbeddingRequest) -> int:
+    """Characters of what reaches the model's context (what this module counts), for estimating prompt
+    tokens; an image as the characters of its fixed cost."""
+    if isinstance(request, EmbeddingRequest):
+        inp = request.input
+        if isinstance(inp, str):
+            return len(inp)
+        return sum(len(x) if isinstance(x, str) else 4 * (len(x) if isinstance(x, list) else 1) for x in inp)
+    total = 0
+    for m in request.messages:
+        c = m.content
+        if isinstance(c, str):
+            total += len(c)
+        elif isinstance(c, list):
+            for part in c:
+                text = part_text(part)
+                total += _IMAGE_CHARS if text is None else len(text)
+        total += sum(len(text) for text in message_extras(m))
+    return total + sum(len(text) for text in request_extras(request))

@@ -6,7 +6,7 @@ UNIX seconds as floats (UTC), which both SQLite and Postgres store without surpr
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Protocol
 
 import msgspec
 
@@ -18,6 +18,22 @@ Environment = Literal["dev", "prod"]
 Role = Literal["invoker", "operator", "key-admin", "auditor", "owner"]
 Plane = Literal["data", "control"]
 ROLES: tuple[str, ...] = ("invoker", "operator", "key-admin", "auditor", "owner")
+
+
+class Author(Protocol):
+    """Who makes a recorded change, as the packages below ``identity`` read it (``identity.Actor`` is one)."""
+
+    name: str
+    source_ip: str | None
+    roles: frozenset[str]
+
+
+class Named(msgspec.Struct, frozen=True):
+    """An author that is no identity: the config file, the gateway itself (``Named("config")``)."""
+
+    name: str
+    source_ip: str | None = None
+    roles: frozenset[str] = frozenset()
 
 
 class Team(msgspec.Struct, kw_only=True):

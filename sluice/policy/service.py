@@ -20,8 +20,7 @@ import msgspec
 from ..core import clock
 from ..core.errors import ConfigError, Conflict, InvalidRequest, NotFound, PermissionDenied
 from ..core.policy_settings import PolicySettings
-from ..core.types import ChangeEvent
-from ..identity import Actor
+from ..core.types import Author, ChangeEvent, Named
 from ..limits import Limiter
 from ..routing import RoutingState
 from ..routing.policy import EnvironmentMismatch, Environments, PolicyError, RoutingPolicy, seed, touched_routes
@@ -47,12 +46,12 @@ class PendingApproval(Exception):
         self.changeset = changeset
 
 
-def event(actor: Actor, action: str, target: str, detail: dict) -> ChangeEvent:
+def event(actor: Author, action: str, target: str, detail: dict) -> ChangeEvent:
     return ChangeEvent(id=uuid.uuid4().hex, ts=clock.now(), actor=actor.name, action=action, target=target,
                        source_ip=actor.source_ip, detail=detail)
 
 
-def pending_row(cid: str, actor: Actor, base: int, reason: str, sections: list[str], needs_approval: bool,
+def pending_row(cid: str, actor: Author, base: int, reason: str, sections: list[str], needs_approval: bool,
                 document: str) -> dict:
     """A new change set waiting for its decision (the columns of ``policy_changesets``)."""
     return {"id": cid, "base": base, "author": actor.name, "created_at": clock.now(), "reason": reason,
@@ -131,7 +130,7 @@ class PolicyService:
                     if legacy is not None:
                         routing = seed(msgspec.json.decode(legacy[1], type=RoutingPolicy), routing)
                     doc = msgspec.structs.replace(self._file, routing=routing)
-                    await self._commit(Actor("config"), doc, 0, "seed", "seeded from the config file", "policy.seed", "1", {})
+                    await self._commit(Named("config"), doc, 0, "seed", "seeded from the config file", "policy.seed", "1", {})
                     return
                 row, doc = await self.document_of(version)
                 merged = seed(doc.routing, self._file.routing)
@@ -139,7 +138,7 @@ class PolicyService:
                 stored = msgspec.json.decode(row["document"])
                 adopt = {k: getattr(self._file, k) for k in GUARD_SECTIONS if k not in stored}
                 if merged != doc.routing or any(adopt.values()):
-                    await self._commit(Actor("config"), msgspec.structs.replace(doc, routing=merged, **adopt), version,
+                    await self._commit(Named("config"), msgspec.structs.replace(doc, routing=merged, **adopt), version,
                                        "config", "the config file adds registry versions, routes or guardrails",
                                        "policy.seed", str(version + 1), {})
                     return
@@ -166,7 +165,7 @@ class PolicyService:
         return True
 
     # --- writing
-    async def _commit(self, actor: Actor, doc: PolicyDocument, base: int, kind: str, reason: str,
+    async def _commit(self, actor: Author, doc: PolicyDocument, base: int, kind: str, reason: str,
                       action: str, target: str, detail: dict, changeset: dict | None = None,
                       data: bytes | None = None) -> ActivePolicy:
         """A new version on ``base``, activated with its one change record in one transaction, installed here."""
@@ -196,7 +195,7 @@ class PolicyService:
             hit += [f"route:{n}" for n in touched_routes(before.routing, after.routing, tagged)]
         return hit
 
-    async def propose(self, actor: Actor, sections: dict[str, Any], *, base: int | None, reason: str,
+    async def propose(self, actor: Author, sections: dict[str, Any], *, base: int | None, reason: str,
                       action: str = "policy.propose", target: str = "policy", detail: Detail | None = None,
                       kind: str = "change") -> tuple[dict, ActivePolicy | None]:
         """A change set against ``base`` (default: the active version); applied at once when it touches
@@ -242,7 +241,7 @@ class PolicyService:
             raise Conflict(FROZEN, code="control_plane_frozen")
         return row
 
-    async def approve(self, actor: Actor, changeset_id: str, reason: str) -> tuple[dict, ActivePolicy]:
+    async def approve(self, actor: Author, changeset_id: str, reason: str) -> tuple[dict, ActivePolicy]:
         """A second operator applies a pending change set; its proposer cannot (403), a stale one is refused (409)."""
         row = await self._decidable(changeset_id)
         if "operator" not in actor.roles:
@@ -262,14 +261,14 @@ class PolicyService:
                                      "policy.approve", changeset_id, detail, row, data=row["document"].encode())
         return row, applied
 
-    async def reject(self, actor: Actor, changeset_id: str, reason: str) -> dict:
+    async def reject(self, actor: Author, changeset_id: str, reason: str) -> dict:
         row = await self._decidable(changeset_id)
         row = {**row, "status": "rejected", "decided_by": actor.name, "decided_at": clock.now(), "decision_reason": reason}
         await self._store.apply(Writes().put_changeset(row), event(actor, "policy.reject", changeset_id,
                                                                    {"proposer": row["author"], "reason": reason}))
         return row
 
-    async def rollback(self, actor: Actor, version: int | None, reason: str,
+    async def rollback(self, actor: Author, version: int | None, reason: str,
                        dry_run: bool = False) -> tuple[dict, ActivePolicy | dict | None]:
         """Activate an earlier version's exact document again, as a new version (default: the active one's parent).
 
@@ -311,7 +310,7 @@ class PolicyService:
             **detail, "changeset": row["id"], "prod": prod, "why": why, "pending": True}))
         return plan, row
 
-    async def switch(self, actor: Actor, action: str, target: str, reason: str,
+    async def switch(self, actor: Author, action: str, target: str, reason: str,
                      fn: Callable[[PolicyDocument], PolicyDocument]) -> ActivePolicy:
         """An incident switch: a new version at once, no approval, allowed while frozen; one recorded change."""
         for _ in range(5):
@@ -331,7 +330,7 @@ class PolicyService:
                     raise
         raise Conflict("the policy kept changing under this switch; retry", code="stale_policy")
 
-    async def change_section(self, actor: Actor, section: str, fn: Callable[[Any], Any], *, action: str, target: str,
+    async def change_section(self, actor: Author, section: str, fn: Callable[[Any], Any], *, action: str, target: str,
                              detail: Detail, reason: str = "") -> tuple[PolicyDocument, PolicyDocument]:
         """The older endpoints (routes, weights, approvals, limits) as change sets: (before, after) when applied,
         ``PendingApproval`` when it touches a prod part."""

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..core.config import Breaker, Compliance, Price, RouteMatch, RouteSpec
+from ..core.prompt import estimate_tokens, prompt_chars
 from ..core.types import Environment
 from .breaker import CLOSED, CircuitBreaker
 from .placement import Deployment
@@ -61,8 +62,6 @@ def hint(name: str, request: Any, exchange: Any) -> str | None:
 
 def _prompt_tokens(request: Any) -> int:
     # about four characters a token: the route is matched before a target (and its tokenizer) is chosen
-    from ..upstream.usage import estimate_tokens, prompt_chars
-
     return estimate_tokens(prompt_chars(request))
 
 
