@@ -69,12 +69,11 @@ class StreamReply:
     so the producer's ``finally`` runs in every case.
     """
 
-    __slots__ = ("status", "chunks", "content_type", "headers", "abandon", "ready")
+    __slots__ = ("status", "chunks", "content_type", "headers", "abandon")
 
     def __init__(
         self, chunks: AsyncGenerator[bytes, None], status: int = 200, content_type: str = SSE_TYPE,
         headers: dict[str, str] | None = None, abandon: Callable[[], None] | None = None,
-        ready: Callable[[], bool] | None = None,
     ) -> None:
         self.status = status
         self.chunks = chunks
@@ -83,6 +82,3 @@ class StreamReply:
         # Called when the listener gives up before the first piece was asked for, because
         # a generator that never started cannot run its own clean-up.
         self.abandon = abandon
-        # True when the first piece is already at hand (the upstream's first bytes came with its
-        # head): the listener then sends the head with it rather than holding it on a timer.
-        self.ready = ready

@@ -216,7 +216,7 @@ class Forward:
 
         chunks = self._relay(ctx, current, t0, started, strip_usage=not wants_usage)
         headers = {**_SSE_HEADERS, ROUTE_HEADER: ctx.decision.header(ctx.target)}  # type: ignore[union-attr]
-        return StreamReply(chunks, headers=headers, abandon=abandon, ready=opened.ready)
+        return StreamReply(chunks, headers=headers, abandon=abandon)
 
     async def _relay(
         self, ctx: RequestContext, current: list[UpstreamStream], t0: float, started: list[bool], *, strip_usage: bool
