@@ -16,39 +16,32 @@ created per request cost ~4% of a plain request's CPU). What bounds memory:
 Timeouts (idle keep-alive, request head, request body, and a send that makes no progress) are
 deadlines checked by the server's one ticker, so a request costs no timer of its own.
 Connections past the server's ``max_connections`` get a 503 on arrival and are closed
-(``NativeListener.refuse``).
+(``NativeListener.refuse``). The writing half (batching, backpressure, the send timeout's check) is
+``writes.Writes``; what a connection reads from its listener is ``host.ConnectionHost``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections import deque
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote
 
 import httptools
 
-from ..core.errors import GatewayError, InvalidRequest, PayloadTooLarge
-from ..core.exchange import HEADERS_FIRST_ABOVE, Exchange, Reply, StreamReply
+from ..core.errors import GatewayError, InvalidRequest
+from ..core.exchange import HEADERS_FIRST_ABOVE, Exchange, StreamReply
 from .envelope import error_reply
+from .host import ConnectionHost
 from .listener import next_request_id
-from .wire import CONTINUE, CRLF, LAST_CHUNK, Headers, chunk_size_line, reply_bytes, stream_head
-
-if TYPE_CHECKING:
-    from .server import NativeListener
+from .parsed import ParsedRequest
+from .refusals import ExpectationFailed, Refuse, RequestTimeout, UriTooLong, head_too_large, too_large
+from .wire import CONTINUE, Headers
+from .writes import Writes
 
 log = logging.getLogger("sluice.http")
 
 _NO_QUERY: dict[str, str] = {}
-try:  # Linux: bytes in a socket's send queue (SIOCOUTQ)
-    import fcntl
-    import termios
-
-    _OUTQ: int | None = termios.TIOCOUTQ
-except (ImportError, AttributeError):
-    _OUTQ = None
 _SMALL_PIECE = 4096  # body pieces under this are gathered into one buffer (on_body)
 SHED_LINGER = 1.0  # seconds a connection refused for being over the bound may take to read its 503
 # Headers' own get and `in` lower-case the name for callers; the parser's names are lower-cased already
@@ -56,100 +49,29 @@ _get = dict.get
 _has = dict.__contains__
 
 
-class _HeadTooLarge(GatewayError):
-    status = 431
-    type = "invalid_request_error"
-    code = "request_header_too_large"  # the same code the aiohttp listener gives
+class Connection(Writes):
+    """Parses requests off one socket and writes their answers back (``Writes``), in order."""
 
-
-class _UriTooLong(GatewayError):
-    status = 414
-    type = "invalid_request_error"
-    code = "uri_too_long"
-
-
-class _RequestTimeout(GatewayError):
-    status = 408
-    type = "invalid_request_error"
-    code = "request_timeout"
-
-
-class _ExpectationFailed(GatewayError):
-    status = 417
-    type = "invalid_request_error"
-    code = "expectation_failed"
-
-
-def _too_large(limit: int) -> GatewayError:
-    return PayloadTooLarge(f"The request body exceeds {limit} bytes.")
-
-
-def _head_too_large() -> GatewayError:
-    return _HeadTooLarge("The request headers are too large.")
-
-
-class _Request:
-    """A request whose head has been parsed; its body may still be arriving."""
-
-    __slots__ = ("method", "url", "headers", "body", "size", "complete", "waiter", "error", "keep_alive",
-                 "expect", "chunked", "length", "head", "http10")
-
-    def __init__(self, method: str, url: bytes, headers: Headers, keep_alive: bool, http10: bool = False) -> None:
-        self.method = method
-        self.url = url
-        self.headers = headers
-        self.body: list[bytes | bytearray] = []
-        self.size = 0
-        self.complete = False
-        self.waiter: asyncio.Future[None] | None = None
-        self.error: GatewayError | None = None
-        self.keep_alive = keep_alive
-        self.expect = False
-        self.chunked = False
-        self.length = -1
-        self.head = method == "HEAD"
-        self.http10 = http10
-
-    def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-
-class Connection(asyncio.Protocol):
-    """Parses requests off one socket and writes their answers back, in order."""
-
-    def __init__(self, server: NativeListener) -> None:
-        self._server = server
-        self._loop = server.loop
+    def __init__(self, server: ConnectionHost) -> None:
+        super().__init__(server)
         self._parser = httptools.HttpRequestParser(self)
-        self._transport: asyncio.Transport | None = None
         self._peer: str | None = None
-        self._queue: deque[_Request] = deque()
+        self._queue: deque[ParsedRequest] = deque()
         self._task: asyncio.Task[None] | None = None  # the runner, while it answers a request
         self._runner: asyncio.Task[None] | None = None  # this connection's task, from its first request
         self._more: asyncio.Future[None] | None = None  # the runner waits on it between requests
-        self._streaming = False
         self._closing = False  # answer what is queued, then close
         self._parsing = True  # false after a framing error: the rest of the bytes mean nothing
         self._read_paused = False
-        self._write_paused = False
-        self._drain: asyncio.Future[None] | None = None
-        self._lost = False
-        self._pending: list[bytes] = []  # stream writes not yet handed to the transport
-        self._pending_bytes = 0
-        self._flush_handle: asyncio.Handle | None = None
         # Request being parsed
         self._url = b""
         self._hdrs: Headers | None = None
         self._header_count = 0
         self._head_bytes = 0
         self._in_head = False
-        self._current: _Request | None = None
+        self._current: ParsedRequest | None = None
         self._refused = False  # answered 503 on arrival (too many connections); lingers until read
         self.deadline = 0.0  # when the ticker closes us (0: none); see module doc
-        self.write_deadline = 0.0  # while writes are paused: when the ticker checks they moved at all
-        self._write_left = 0
 
     # -- transport events --------------------------------------------------------------
 
@@ -203,19 +125,6 @@ class Connection(asyncio.Protocol):
             return False
         return True
 
-    def pause_writing(self) -> None:
-        self._write_paused = True
-        # the ticker cuts us if by then the client has taken none of what is unsent (``write_stalled``)
-        self.write_deadline = self._loop.time() + self._server.send_timeout
-        self._write_left = _unsent(self._transport)  # type: ignore[arg-type]
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        self.write_deadline = 0.0
-        drain = self._drain
-        if drain is not None and not drain.done():
-            drain.set_result(None)
-
     def data_received(self, data: bytes) -> None:
         if not self._parsing:
             return
@@ -228,11 +137,11 @@ class Connection(asyncio.Protocol):
             self._stop_parsing(None)  # no protocol switching here: answer the request, then close
         except httptools.HttpParserError as exc:
             refusal = exc.__context__
-            self._stop_parsing(refusal.error if isinstance(refusal, _Refuse)
+            self._stop_parsing(refusal.error if isinstance(refusal, Refuse)
                                else InvalidRequest("The request could not be parsed as HTTP/1.1.", code="bad_http_request"))
             return
         if self._in_head and self._head_bytes > self._server.max_header_bytes:
-            self._stop_parsing(_head_too_large())
+            self._stop_parsing(head_too_large())
 
     # -- parser callbacks ----------------------------------------------------------------
 
@@ -251,14 +160,14 @@ class Connection(asyncio.Protocol):
         hdrs = self._hdrs
         assert hdrs is not None
         if len(name) + len(value) > server.max_header_field_bytes or self._header_count >= server.max_headers:
-            raise _Refuse(_head_too_large())
+            raise Refuse(head_too_large())
         self._header_count += 1
         key = name.decode("latin-1").lower()
         if not _has(hdrs, key):  # the key is lower-cased already: the plain dict's own lookups
             hdrs[key] = value.decode("latin-1")
         elif key == "transfer-encoding":
             # a second Transfer-Encoding is how requests get smuggled
-            raise _Refuse(InvalidRequest("Repeated Transfer-Encoding headers are refused.", code="bad_http_request"))
+            raise Refuse(InvalidRequest("Repeated Transfer-Encoding headers are refused.", code="bad_http_request"))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -267,13 +176,13 @@ class Connection(asyncio.Protocol):
         self._head_bytes = 0
         hdrs = self._hdrs
         assert hdrs is not None
-        req = _Request(parser.get_method().decode("ascii", "replace"), self._url, hdrs, parser.should_keep_alive(),
+        req = ParsedRequest(parser.get_method().decode("ascii", "replace"), self._url, hdrs, parser.should_keep_alive(),
                        parser.get_http_version() == "1.0")
         self._current = req
         queue = self._queue
         queue.append(req)
         if len(self._url) > server.max_url_bytes:
-            req.error = _UriTooLong("The request URL is too long.")
+            req.error = UriTooLong("The request URL is too long.")
         te = _get(hdrs, "transfer-encoding")
         cl = _get(hdrs, "content-length")
         if te is not None:
@@ -281,13 +190,13 @@ class Connection(asyncio.Protocol):
         elif cl is not None:
             req.length = int(cl)  # llhttp has already refused anything but digits
             if req.length > server.max_body:
-                req.error = req.error or _too_large(server.max_body)
+                req.error = req.error or too_large(server.max_body)
         expect = _get(hdrs, "expect")
         if expect is not None:
             if expect.lower() == "100-continue":
                 req.expect = True
             else:
-                req.error = req.error or _ExpectationFailed("Only 'Expect: 100-continue' is supported.")
+                req.error = req.error or ExpectationFailed("Only 'Expect: 100-continue' is supported.")
         if req.error is not None:
             # Answer without reading the body; the connection cannot be reused after.
             req.complete = True
@@ -306,7 +215,7 @@ class Connection(asyncio.Protocol):
         limit = self._server.max_body
         if req.size > limit:
             req.body.clear()
-            raise _Refuse(_too_large(limit))
+            raise Refuse(too_large(limit))
         pieces = req.body
         if not pieces or len(body) >= _SMALL_PIECE:
             pieces.append(body)  # the common case: the body in one or a few reads, joined once at the end
@@ -356,7 +265,7 @@ class Connection(asyncio.Protocol):
             req = self._current
             if req is None:
                 # A head that never completed: answer it with its own error.
-                req = _Request("GET", b"", Headers(), False)
+                req = ParsedRequest("GET", b"", Headers(), False)
                 self._queue.append(req)
             if req.error is None:
                 req.error = error
@@ -380,12 +289,6 @@ class Connection(asyncio.Protocol):
     def _close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
-
-    async def _drained(self) -> None:
-        if self._write_paused and not self._lost:
-            self._drain = self._loop.create_future()
-            await self._drain
-            self._drain = None
 
     async def _answer_queue(self) -> None:
         queue = self._queue
@@ -421,7 +324,7 @@ class Connection(asyncio.Protocol):
         if server.draining and not queue and self._current is None and not self._in_head:
             self._close()
 
-    async def _answer(self, req: _Request) -> bool:
+    async def _answer(self, req: ParsedRequest) -> bool:
         """Answer one request; False when the connection must close afterwards."""
         server = self._server
         rid = next_request_id()
@@ -463,7 +366,7 @@ class Connection(asyncio.Protocol):
         await self._write_reply(reply, rid, keep, req.head)
         return keep
 
-    async def _before_body(self, req: _Request) -> GatewayError | None:
+    async def _before_body(self, req: ParsedRequest) -> GatewayError | None:
         """A body still to come: decide from the headers first, send 100 Continue, then wait for it."""
         server = self._server
         if req.chunked or req.length > HEADERS_FIRST_ABOVE or req.expect:
@@ -487,73 +390,6 @@ class Connection(asyncio.Protocol):
             req.waiter = None
         return None
 
-    async def _write_reply(self, reply: Reply, rid: str, keep: bool, head: bool) -> None:
-        await self._drained()
-        if not self._lost:
-            self._transport.write(reply_bytes(reply, rid, keep, head))  # type: ignore[union-attr]
-
-    async def _write_stream(self, reply: StreamReply, rid: str, keep: bool, req: _Request) -> bool:
-        chunks = reply.chunks
-        chunked = not req.http10  # an HTTP/1.0 client gets a close-delimited body
-        started = False
-        self._streaming = True
-        try:
-            await self._drained()
-            if self._lost:
-                return False
-            self._queue_write(stream_head(reply.status, reply.content_type, reply.headers, rid, chunked, keep))
-            if req.head:
-                return keep
-            async for piece in chunks:
-                started = True
-                if self._lost:
-                    return False
-                if piece:
-                    if chunked:
-                        self._queue_write(chunk_size_line(len(piece)), piece, CRLF)
-                    else:
-                        self._queue_write(piece)
-                if self._write_paused:
-                    await self._drained()
-            if self._lost:
-                return False
-            if chunked:
-                self._queue_write(LAST_CHUNK)
-            return keep and chunked
-        finally:
-            self._flush()  # whatever is queued goes out before anything of the next answer
-            self._streaming = False
-            if not started and reply.abandon is not None:
-                reply.abandon()
-            await chunks.aclose()
-
-    # A stream's writes are queued and go out in one writelines when the loop comes round (or at
-    # once past WRITE_BATCH bytes, or when the stream ends): the head, the events and the last
-    # chunk of a fast stream, at hand in one turn of the loop, cost one send instead of three.
-    # Nothing waits on a timer: a slow stream's head and each of its events leave in the turn
-    # they were written (a 2 ms hold of the head for its first event added 2 ms to the time to
-    # first byte of every slow stream, issue 23.20).
-    WRITE_BATCH = 64 * 1024
-
-    def _queue_write(self, *parts: bytes) -> None:
-        self._pending.extend(parts)
-        self._pending_bytes += sum(map(len, parts)) if len(parts) > 1 else len(parts[0])
-        if self._pending_bytes > self.WRITE_BATCH:
-            self._flush()
-        elif self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        handle = self._flush_handle
-        if handle is not None:
-            handle.cancel()
-            self._flush_handle = None
-        pending = self._pending
-        if pending:
-            self._pending, self._pending_bytes = [], 0
-            if not self._lost:
-                self._transport.writelines(pending)  # type: ignore[union-attr]
-
     # -- the server's hooks --------------------------------------------------------------
 
     def expire(self) -> None:
@@ -562,23 +398,9 @@ class Connection(asyncio.Protocol):
         if self._task is not None and (not self._queue or self._queue[0].complete):
             return  # a request is being answered; its own timeouts govern it
         if self._in_head or (self._queue and not self._queue[0].complete):
-            self._stop_parsing(_RequestTimeout("The request was not received in time."))
+            self._stop_parsing(RequestTimeout("The request was not received in time."))
             return
         self._close()
-
-    def write_stalled(self, now: float) -> None:
-        """The ticker found our write deadline passed: cut the client if its socket took nothing."""
-        transport = self._transport
-        if transport is None or self._lost:
-            return
-        left = _unsent(transport)  # type: ignore[arg-type]
-        if left < self._write_left:  # slow, but reading: another send_timeout from now
-            self._write_left = left
-            self.write_deadline = now + self._server.send_timeout
-            return
-        self.write_deadline = 0.0
-        log.info("native server: cut a client that read nothing for %.0f s", self._server.send_timeout)
-        transport.abort()  # connection_lost stops a stream's producer, which accounts it as 499
 
     def shutdown(self) -> None:
         """Graceful stop: finish what is being answered, take nothing new."""
@@ -592,24 +414,3 @@ class Connection(asyncio.Protocol):
             self._task.cancel()
         if self._transport is not None:
             self._transport.abort()
-
-
-def _unsent(transport: asyncio.Transport) -> int:
-    """Bytes written to the client and not yet taken by it: our buffer, plus (on Linux) the kernel's
-    send queue, which holds hundreds of KiB and drains first when a slow client reads."""
-    left = transport.get_write_buffer_size()
-    sock = transport.get_extra_info("socket")
-    if sock is not None and _OUTQ is not None:
-        try:
-            left += int.from_bytes(fcntl.ioctl(sock.fileno(), _OUTQ, bytes(4)), sys.byteorder, signed=True)
-        except (OSError, ValueError):
-            pass
-    return left
-
-
-class _Refuse(Exception):
-    """Raised inside a parser callback to stop parsing; carries the answer the client gets."""
-
-    def __init__(self, error: GatewayError) -> None:
-        super().__init__(error.message)
-        self.error = error

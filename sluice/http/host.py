@@ -1,0 +1,32 @@
+"""What a native connection reads from the listener that accepted it: its limits, its deadlines
+and the state it shares with every connection. A protocol, so that ``connection`` does not import
+``server`` (which imports ``connection`` to make them)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from .router import Router
+
+
+class ConnectionHost(Protocol):
+    loop: asyncio.AbstractEventLoop
+    router: Router
+    access_log: bool
+    max_body: int
+    max_url_bytes: int
+    max_header_bytes: int
+    max_header_field_bytes: int
+    max_headers: int
+    max_connections: int
+    write_high_water: int
+    keepalive_timeout: float
+    header_timeout: float
+    body_timeout: float
+    send_timeout: float
+    connections: set  # of the listener's live connections
+    shedding: int  # refused connections still reading their 503
+    draining: bool
+
+    def refuse(self, transport: asyncio.Transport) -> bool: ...
