@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
-# `make profile`: where the data plane's time goes. The benchmark gateway (SLUICE_SERVER picks
-# the data-plane server, default native) under wrk load, sampled by py-spy for the whole burst.
+# `make profile`: where the data plane's time goes. The benchmark gateway under wrk load,
+# sampled by py-spy for the whole burst.
 # Prints the top functions by own time and by total time, non-streaming then streaming.
-# Env: SLUICE_SERVER (native|aiohttp), SECONDS_EACH (default 10), CONC (default 16), CONFIG.
+# Env: SECONDS_EACH (default 10), CONC (default 16), CONFIG.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-export SLUICE_SERVER=${SLUICE_SERVER:-native}
 command -v py-spy >/dev/null || pip install --quiet py-spy
 start_stack profile-gateway.log
 secs=${SECONDS_EACH:-10}
@@ -16,6 +15,6 @@ for kind in plain stream; do
   spy=$!
   SECONDS_EACH=$secs BENCH_MODEL=$model "$shared/load" http://127.0.0.1:8080/v1/chat/completions "$lua" "${CONC:-16}"
   wait "$spy" || true
-  echo "== $kind ($SLUICE_SERVER): top own time, then top total time (share of samples) =="
+  echo "== $kind: top own time, then top total time (share of samples) =="
   python3 "$(dirname "$0")/spy-top.py" ".sluice/profile-$kind.txt"
 done

@@ -7,7 +7,7 @@
 # Env: SECONDS_EACH (default 10), CONC (default 64), ROUNDS (default 2).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-export LIMITS_BACKEND=redis SLUICE_SERVER=native REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
+export LIMITS_BACKEND=redis REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
 start_upstream
 secs=${SECONDS_EACH:-10}; conc=${CONC:-64}; hz=$(getconf CLK_TCK)
 

@@ -80,7 +80,7 @@ class Gateway:
         self.config = config
         self.store: Store | None = None
         self.ledger: UsageLedger | None = None
-        self.data: Listener | NativeListener | None = None
+        self.data: NativeListener | None = None
         self.control: Listener | None = None
         self._all_transports: list[Transport] = []
         self.routing: RoutingState | None = None
@@ -151,8 +151,7 @@ class Gateway:
                         raise ConfigError(f"upstream {u.name!r} is refused: {why} (set allow_link_local to permit it)"
                                           f" - at `$.upstreams`")
                 one = msgspec.structs.replace(u, base_url=url, replicas=[])
-                client = c.data_plane.server if u.client == "auto" else u.client
-                t: Transport = NativeTransport(one) if client == "native" else OpenAITransport(one)
+                t: Transport = OpenAITransport(one) if u.client == "aiohttp" else NativeTransport(one)
                 await t.start()
                 self._all_transports.append(t)
                 replicas.append(Replica(f"{u.name}/{i}", url, t))
@@ -229,12 +228,8 @@ class Gateway:
         # the approval endpoints always: any policy version may add a tool registry
         data_routes += ApprovalEndpoints(data_plane.authenticate, approvals).routes()
         data_routes.append(OpenApiEndpoint(data_plane.authenticate, data_routes).route)  # documents every route above
-        if c.data_plane.server == "native":
-            self.data = NativeListener("data", c.data_plane, data_routes, max_body_bytes=c.requests.max_body_bytes,
-                                       access_log=c.logging.access_log)
-        else:
-            self.data = Listener("data", c.data_plane.host, c.data_plane.port, data_routes,
-                                 max_body_bytes=c.requests.max_body_bytes, access_log=c.logging.access_log)
+        self.data = NativeListener("data", c.data_plane, data_routes, max_body_bytes=c.requests.max_body_bytes,
+                                   access_log=c.logging.access_log)
         if self.slot.control:
             self.control = Listener("control", c.control_plane.host, c.control_plane.port,
                                     admin.routes() + health + [("GET", "/metrics", metrics_handler)] + dashboard.public_routes(),

@@ -19,9 +19,6 @@ import yaml
 from sluice.identity import generate
 
 IN_CI = os.environ.get("CI") == "true"
-# The data plane's default server is native; SLUICE_TEST_SERVER=aiohttp runs every gateway of the
-# suite on the aiohttp one instead (tests that pin a server keep it).
-TEST_SERVER = os.environ.get("SLUICE_TEST_SERVER")
 PEPPER = "test-pepper-0123456789abcdef"
 
 
@@ -114,8 +111,8 @@ class Gateway:
             "logging": {"level": "info"},
             **config,
         }
-        # A test may give data_plane settings without the port; SLUICE_TEST_SERVER picks the server.
-        config["data_plane"] = {"port": self.port, **({"server": TEST_SERVER} if TEST_SERVER else {}), **config["data_plane"]}
+        # A test may give data_plane settings without the port.
+        config["data_plane"] = {"port": self.port, **config["data_plane"]}
         self.config_path = tmp / f"gateway-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.keys = keys

@@ -28,6 +28,7 @@ def test_config_schema_is_json_schema():
     ("bogus_section: 1", "bogus_section"),
     ("identities: [{name: x, owner: o, keys: ['${SLUICE_TEST_UNSET_VAR}']}]", "SLUICE_TEST_UNSET_VAR"),
     ("identities: [{name: x, owner: o, keys: [short]}]", "$.identities[0].keys[0]"),
+    ("data_plane: {server: aiohttp}", "aiohttp data-plane server is retired"),  # issue 23.21: said, not silently moved
     ("a: [unclosed", "not valid YAML"),
     # a model's tokenizer: a file that is missing, or one that is not a tokenizer.json (this config)
     ("upstreams: [{name: u, base_url: 'http://127.0.0.1:9'}]\nmodels: [{name: m, upstream: u, tokenizer: gone.json}]",

@@ -41,10 +41,11 @@ class Listener(_Strict):
 
 
 class DataPlaneListener(Listener):
-    """The public listener, and which HTTP server carries it.
+    """The public listener, on sluice's own HTTP server (asyncio protocols and llhttp).
 
-    ``native`` (the default) is sluice's own server (asyncio protocols and llhttp); ``aiohttp``
-    the framework one, still selectable. The timeouts and header limits apply to the native server.
+    ``server: aiohttp`` selected the framework server until issue 23.21 retired it (it lacked the
+    connection bound and the send timeout, and every hardening had to be done twice); a config
+    that still asks for it is refused with a message that says so rather than silently moved.
     """
 
     server: Literal["aiohttp", "native"] = "native"
@@ -61,6 +62,11 @@ class DataPlaneListener(Listener):
     # Client connections at once; past it a new one gets 503 and a close. None: half the process's
     # open-file limit, the other half left to upstream connections, the control plane and the store.
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.server == "aiohttp":
+            raise msgspec.ValidationError("the aiohttp data-plane server is retired: remove `server` (native is the"
+                                          " only one) - at `$.data_plane.server`")
 
 
 class Store(_Strict):

@@ -47,7 +47,7 @@ class Upstream(_Strict):
     # Request parameters beyond OpenAI's passed through to this upstream: "openai" (none, the
     # default), "vllm", or a list of set names and parameter names. A model may override it.
     extra_params: ExtraParams | None = None
-    # ``auto`` follows ``data_plane.server``: the native client with the native server.
+    # ``auto`` is the native client (pooled connections over llhttp); ``aiohttp`` its framework client.
     client: Literal["auto", "aiohttp", "native"] = "auto"
     pool_timeout: Seconds = 10.0
     idle_timeout: Seconds = 30.0

@@ -29,7 +29,7 @@ def gateway(sim: Sim, tmp_path):
     g = start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
                       models=[{"name": "sim-small", "upstream": "sim"}],
                       identities=[{"name": "app", "owner": "o@example.com", "models": ["sim-small"]}],
-                      extra={"data_plane": {"server": "native", "max_connections": BOUND}})
+                      extra={"data_plane": {"max_connections": BOUND}})
     yield g
     g.stop()
 
@@ -150,7 +150,7 @@ def test_sluice_serve_lifts_its_soft_open_file_limit_to_the_hard_one(sim: Sim, t
         g = start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
                           models=[{"name": "sim-small", "upstream": "sim"}],
                           identities=[{"name": "app", "owner": "o@example.com", "models": ["sim-small"]}],
-                          extra={"data_plane": {"server": "native"}})
+                          extra={})
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     try:

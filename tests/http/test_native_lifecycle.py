@@ -18,7 +18,7 @@ IDENTITIES = [{"name": "app", "owner": "team-a@example.com", "models": ["sim-sma
 def _gateway(tmp, sim: Sim, **dp):
     return start_gateway(tmp, upstreams=[{"name": "sim", "base_url": sim.url + "/v1", "read_timeout": 10}],
                          models=[{"name": "sim-small", "upstream": "sim"}], identities=IDENTITIES,
-                         extra={"data_plane": {"server": "native", **dp}})
+                         extra={"data_plane": dp})
 
 
 def _stream(g, max_tokens: int):
@@ -72,7 +72,7 @@ def test_the_access_log_names_each_request_and_its_status_but_never_the_key(tmp_
     sim = Sim(tmp_path)
     g = start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
                       models=[{"name": "sim-small", "upstream": "sim"}], identities=IDENTITIES,
-                      extra={"data_plane": {"server": "native"}, "logging": {"level": "info", "access_log": True}})
+                      extra={"logging": {"level": "info", "access_log": True}})
     try:
         assert g.post("/v1/chat/completions", g.keys["app"], json={
             "model": "sim-small", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}).status_code == 200

@@ -1,5 +1,7 @@
-"""The raw-socket corpus, run against both data-plane servers: the native one answers every case
-at least as safely as aiohttp (a 4xx or a clean close; never a hang, a 5xx or a smuggled request)."""
+"""The raw-socket corpus against the data plane's server: every malformed case gets a 4xx or a
+clean close; never a hang, a 5xx, a success or a smuggled request. (It first ran beside the aiohttp
+data plane, which it had to answer at least as safely as; that server is retired, issue 23.21, and
+every case of the corpus is now held to a refusal.)"""
 
 from __future__ import annotations
 
@@ -9,26 +11,23 @@ import time
 import httpx
 import pytest
 
-from raw import Outcome, exchange
+from raw import exchange
 from support import Gateway, Sim, start_gateway
 
 MODELS = [{"name": "sim-small", "upstream": "sim"}, {"name": "sim-embed", "upstream": "sim"}]
 IDENTITIES = [{"name": "app", "owner": "team-a@example.com", "models": ["sim-small", "sim-embed"]}]
 # Short native deadlines so a slow sender is cut within the test's patience.
-NATIVE = {"server": "native", "header_timeout": 1.0, "body_timeout": 2.0, "keepalive_timeout": 2.0}
+NATIVE = {"header_timeout": 1.0, "body_timeout": 2.0, "keepalive_timeout": 2.0}
 
 
 @pytest.fixture(scope="module")
 def servers(sim: Sim, tmp_path_factory: pytest.TempPathFactory):
-    """One gateway per data-plane server, same config otherwise."""
+    """The gateway under test, by the name of its data-plane server."""
     upstreams = [{"name": "sim", "base_url": sim.url + "/v1", "read_timeout": 5, "total_timeout": 20}]
-    made: dict[str, Gateway] = {}
-    for name, dp in (("aiohttp", {"server": "aiohttp"}), ("native", NATIVE)):
-        made[name] = start_gateway(tmp_path_factory.mktemp(name), upstreams=upstreams, models=MODELS,
-                                   identities=IDENTITIES, extra={"data_plane": dp})
-    yield made
-    for g in made.values():
-        g.stop()
+    g = start_gateway(tmp_path_factory.mktemp("native"), upstreams=upstreams, models=MODELS,
+                      identities=IDENTITIES, extra={"data_plane": NATIVE})
+    yield {"native": g}
+    g.stop()
 
 
 def _healthy(g: Gateway) -> bool:
@@ -64,16 +63,19 @@ MALFORMED: list[tuple[str, bytes]] = [
     ("body over the limit by content-length", b"POST /v1/chat/completions HTTP/1.1\r\n" + H + b"Content-Length: 99999999\r\n\r\n"),
 ]
 
+# RFC 9112 3: a recipient MAY parse the request line on whitespace boundaries, so a double space
+# may be answered (llhttp does, as aiohttp did); it smuggles nothing and is held to the rest.
+TOLERATED = {"double space in request line"}
+
 
 @pytest.mark.parametrize("case,data", MALFORMED, ids=[c[0] for c in MALFORMED])
-def test_malformed_requests_are_refused_by_the_native_server_at_least_as_safely_as_by_aiohttp(servers, case, data):
-    got: dict[str, Outcome] = {name: exchange(g.port, [data], wait=4.0) for name, g in servers.items()}
-    native = got["native"]
+def test_malformed_requests_are_refused_or_closed_never_answered_or_smuggled(servers, case, data):
+    native = exchange(servers["native"].port, [data], wait=4.0)
     assert native.safe, f"native: {native}"
     assert b"/smuggled" not in native.raw, "a smuggled request was answered"
     assert b"Traceback" not in native.raw
-    if all(s >= 400 for s in got["aiohttp"].statuses):
-        assert all(s >= 400 for s in native.statuses), f"aiohttp refused, native answered: {native}"
+    if case not in TOLERATED:
+        assert all(400 <= s < 500 for s in native.statuses), f"a malformed request was answered: {native}"
     assert _healthy(servers["native"])
 
 
@@ -84,7 +86,7 @@ def test_oversized_headers_get_an_openai_shaped_431_that_echoes_nothing(servers)
     assert b'"type":"invalid_request_error"' in out.raw and b"do-not-echo" not in out.raw
 
 
-def test_pipelined_requests_are_answered_in_order_on_both_servers(servers):
+def test_pipelined_requests_are_answered_in_order(servers):
     reqs = b"GET /healthz HTTP/1.1\r\n" + H + b"\r\n" + b"GET /nowhere HTTP/1.1\r\n" + H + b"\r\n" + b"GET /healthz HTTP/1.1\r\n" + H + b"\r\n"
     for name, g in servers.items():
         out = exchange(g.port, [reqs], expect=3)
@@ -124,7 +126,7 @@ def test_an_idle_keepalive_connection_is_closed_after_the_idle_timeout(servers):
 
 
 @pytest.mark.parametrize("cut", [b"GET /hea", b"GET /healthz HTTP/1.1\r\nHo", b"POST /v1/embeddings HTTP/1.1\r\n" + H + b"Content-Length: 50\r\n\r\n{\"a"])
-def test_abrupt_closes_at_every_phase_leave_both_servers_serving(servers, cut):
+def test_abrupt_closes_at_every_phase_leave_the_server_serving(servers, cut):
     for g in servers.values():
         for how in ("close", "reset"):
             s = socket.create_connection(("127.0.0.1", g.port))
@@ -227,12 +229,11 @@ def _peak_kib(pid: int) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 
 
-@pytest.mark.parametrize("server", ["aiohttp", "native"])
-def test_a_chunked_body_of_one_byte_chunks_costs_its_size_not_forty_times_it(sim: Sim, tmp_path, server):
+def test_a_chunked_body_of_one_byte_chunks_costs_its_size_not_forty_times_it(sim: Sim, tmp_path):
     # 4 MB of body (the default limit) in 4,000,000 chunks. The native server kept a bytes object per
     # chunk: 344 MiB of peak memory for this one request, where aiohttp took 11 MiB.
     g = start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}], models=MODELS,
-                      identities=IDENTITIES, extra={"data_plane": {"server": server}})
+                      identities=IDENTITIES)
     try:
         before = _peak_kib(g.proc.popen.pid)
         with socket.create_connection(("127.0.0.1", g.port), timeout=30) as s:
@@ -245,7 +246,7 @@ def test_a_chunked_body_of_one_byte_chunks_costs_its_size_not_forty_times_it(sim
             answer = s.recv(200)
         assert answer.startswith(b"HTTP/1.1 400 "), answer  # 4 MB of "x" is not JSON
         grown = (_peak_kib(g.proc.popen.pid) - before) // 1024
-        assert grown < 64, f"{server}: peak memory grew {grown} MiB for a 4 MB body"
+        assert grown < 64, f"peak memory grew {grown} MiB for a 4 MB body"
         assert _healthy(g)
     finally:
         g.stop()

@@ -30,7 +30,7 @@ def _long_stream(tmp_path):
     g = start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
                       models=[{"name": "sim-small", "upstream": "sim"}],
                       identities=[{"name": "app", "owner": "o@example.com", "models": ["sim-small"]}],
-                      extra={"data_plane": {"server": "native", "send_timeout": SEND_TIMEOUT},
+                      extra={"data_plane": {"send_timeout": SEND_TIMEOUT},
                              "limits": {"max_tokens_cap": 20_000}})
     body = json.dumps({"model": "sim-small", "stream": True, "max_tokens": 20_000, "n": 128,
                        "messages": [{"role": "user", "content": "a long story"}]}).encode()

@@ -1,7 +1,7 @@
 """Many clients reading long streams one byte at a time: the gateway's memory stays flat,
 because each slow client holds back its upstream instead of being buffered for.
 
-The default run is short; ``SLUICE_SLOW_READ_SECONDS=60 SLUICE_TEST_SERVER=native`` is the soak
+The default run is short; ``SLUICE_SLOW_READ_SECONDS=60`` is the soak
 (bench/README.md).
 """
 
@@ -14,14 +14,14 @@ import time
 
 import pytest
 
-from support import TEST_SERVER, Sim, start_gateway
+from support import Sim, start_gateway
 
 READERS = 64
 SECONDS = float(os.environ.get("SLUICE_SLOW_READ_SECONDS", "8"))
 TOKENS = 20_000
 CHOICES = 128  # with TOKENS, about 16 MB of events per stream: 64 of them buffered would be unmistakable
 # What one slow reader may cost the native server: its share of the upstream read buffer, the
-# write buffer and one event in hand (about 1 MiB measured; aiohttp's data plane takes about 3).
+# write buffer and one event in hand (about 1 MiB measured; the retired aiohttp data plane took about 3).
 NATIVE_BUDGET_KIB = 2048
 
 
@@ -30,13 +30,12 @@ def _rss_kib(pid: int) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
-@pytest.mark.parametrize("server", [TEST_SERVER or "aiohttp", "native"] if TEST_SERVER != "native" else ["native"])
-def test_sixty_four_slow_stream_readers_keep_gateway_memory_flat(tmp_path, server):
+def test_sixty_four_slow_stream_readers_keep_gateway_memory_flat(tmp_path):
     sim = Sim(tmp_path)
     g = start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1", "read_timeout": 120}],
                       models=[{"name": "sim-small", "upstream": "sim"}],
                       identities=[{"name": "app", "owner": "o@example.com", "models": ["sim-small"]}],
-                      extra={"data_plane": {"server": server}, "limits": {"max_tokens_cap": TOKENS}})
+                      extra={"limits": {"max_tokens_cap": TOKENS}})
     body = json.dumps({"model": "sim-small", "stream": True, "max_tokens": TOKENS, "n": CHOICES,
                        "messages": [{"role": "user", "content": "a long story"}]}).encode()
     request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: sluice\r\nContent-Type: application/json\r\n"
@@ -62,11 +61,10 @@ def test_sixty_four_slow_stream_readers_keep_gateway_memory_flat(tmp_path, serve
                 samples.append(_rss_kib(g.proc.popen.pid))
         assert all(got), "every reader received its stream's first bytes"
         base, last = samples[0], max(samples[-5:])
-        print(f"\n{server}: RSS {before} KiB idle, {base} KiB at 2 s, {last} KiB at the end ({SECONDS:.0f} s)")
-        assert last <= base * 1.10, f"{server}: RSS grew from {base} KiB to {last} KiB with {READERS} slow readers"
-        if server == "native":
-            grown = max(samples) - before
-            assert grown <= READERS * NATIVE_BUDGET_KIB, f"{grown} KiB for {READERS} slow readers"
+        print(f"\nRSS {before} KiB idle, {base} KiB at 2 s, {last} KiB at the end ({SECONDS:.0f} s)")
+        assert last <= base * 1.10, f"RSS grew from {base} KiB to {last} KiB with {READERS} slow readers"
+        grown = max(samples) - before
+        assert grown <= READERS * NATIVE_BUDGET_KIB, f"{grown} KiB for {READERS} slow readers"
     finally:
         for s in socks:
             s.close()

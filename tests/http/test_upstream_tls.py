@@ -23,7 +23,7 @@ def test_a_self_signed_upstream_is_refused_unless_its_ca_is_configured_and_serve
         upstream, tmp_path_factory, client):
     common = {"name": "tls", "base_url": upstream.url, "client": client, "connect_timeout": 3}
     g = start_gateway(tmp_path_factory.mktemp("gw"), models=[{"name": "tls-model", "upstream": "tls"}],
-                      identities=IDENTITIES, extra={"data_plane": {"server": "native"}},
+                      identities=IDENTITIES,
                       upstreams=[common])
     try:
         refused = g.post("/v1/chat/completions", g.keys["app"], json=CHAT)
@@ -32,7 +32,7 @@ def test_a_self_signed_upstream_is_refused_unless_its_ca_is_configured_and_serve
     finally:
         g.stop()
     g = start_gateway(tmp_path_factory.mktemp("gw"), models=[{"name": "tls-model", "upstream": "tls-trusted"}],
-                      identities=IDENTITIES, extra={"data_plane": {"server": "native"}},
+                      identities=IDENTITIES,
                       upstreams=[{**common, "name": "tls-trusted", "tls_ca_file": str(upstream.ca_file)}])
     try:
         served = g.post("/v1/chat/completions", g.keys["app"], json=CHAT)
