@@ -1,12 +1,9 @@
-"""One HTTP listener (aiohttp on uvloop): routes to handlers that speak ``Exchange``/``Reply``.
+"""The control plane's HTTP listener (aiohttp on uvloop): routes to handlers that speak
+``Exchange``/``Reply``. (The data plane has its own server, ``server.NativeListener``.)
 
 Every answer, including 404, 405, 413, 431 and anything unexpected, is an OpenAI-shaped
-error with an ``x-request-id``; nothing unexpected leaves as a stack trace.
-
-A handler with a ``check_headers(exchange)`` method (the model calls: their credential is
-in a header) is asked first, before a large or unsized body is read, so a caller without a
-credential cannot make the gateway read megabytes; an answer given without reading the body
-closes the connection rather than reading the rest of it.
+error with an ``x-request-id``; nothing unexpected leaves as a stack trace. A body over the
+plane's limit is refused from its declared length before it is read.
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..core.errors import GatewayError, NotFound, PayloadTooLarge
-from ..core.exchange import HEADERS_FIRST_ABOVE, Exchange, Reply, StreamReply
+from ..core.exchange import Exchange, Reply, StreamReply
 from .envelope import error_reply, to_response
 from .protocol import HANDLER_ARGS, EnvelopeRunner
 from .router import Router
@@ -29,11 +26,6 @@ log = logging.getLogger("sluice.http")
 
 Handler = Callable[[Exchange], Awaitable[Reply | StreamReply]]
 Route = tuple[str, str, Handler]
-
-# Bodies up to this size are (almost always) in the socket buffer already when the handler
-# starts, so reading them costs nothing extra; past it the headers are checked first. It
-# keeps the small-request hot path free of a second authentication.
-_NO_BODY = b""
 
 _BOOT = os.urandom(8).hex()  # 64 bits: request ids are the usage table's idempotency key across runs
 _counter = itertools.count(1)
@@ -81,7 +73,6 @@ class Listener:
 
     def _wrap(self, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         max_body = self._max_body
-        check_headers: Callable[[Exchange], Awaitable[None]] | None = getattr(handler, "check_headers", None)
 
         async def serve(request: web.Request) -> web.StreamResponse:
             rid = next_request_id()
@@ -90,8 +81,6 @@ class Listener:
                     size = request.content_length
                     if size is not None and size > max_body:
                         raise PayloadTooLarge(f"The request body exceeds {max_body} bytes.")
-                    if check_headers is not None and (size is None or size > HEADERS_FIRST_ABOVE):
-                        await self._headers_first(request, check_headers, rid)
                     try:
                         body = await request.read()
                     except web.HTTPRequestEntityTooLarge:
@@ -108,38 +97,9 @@ class Listener:
             except Exception as exc:  # the last line of defence: log the type, show nothing inside
                 log.error("unhandled error on %s %s: %s", request.method, request.path, type(exc).__name__)
                 return to_response(error_reply(GatewayError("The server had an error processing your request.", code="internal_error")), rid)
-            if isinstance(reply, StreamReply):
-                return await self._stream(request, reply, rid)
-            return to_response(reply, rid)
+            return to_response(reply, rid)  # type: ignore[arg-type]  # no control-plane handler streams
 
         return serve
-
-    @staticmethod
-    async def _headers_first(request: web.Request, check: Callable[[Exchange], Awaitable[None]], rid: str) -> None:
-        """Run the handler's header check before the body is read (a refusal closes the connection: HANDLER_ARGS)."""
-        await check(Exchange(request.method, request.path, request.match_info, request.query,
-                             request.headers, _NO_BODY, request.remote, rid))
-
-    async def _stream(self, request: web.Request, reply: StreamReply, rid: str) -> web.StreamResponse:
-        headers = {"Content-Type": reply.content_type, "x-request-id": rid}
-        if reply.headers:
-            headers.update(reply.headers)
-        resp = web.StreamResponse(status=reply.status, headers=headers)
-        chunks = reply.chunks
-        started = False
-        try:
-            await resp.prepare(request)
-            async for piece in chunks:
-                started = True
-                await resp.write(piece)
-            await resp.write_eof()
-        except ConnectionError:
-            pass  # the client left; closing the producer below stops the upstream
-        finally:
-            if not started and reply.abandon is not None:
-                reply.abandon()
-            await chunks.aclose()
-        return resp
 
     async def start(self) -> None:
         self._runner = EnvelopeRunner(
