@@ -18,12 +18,13 @@ from ..core import clock
 from ..core.config import Resilience
 from ..core.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout
 from ..core.exchange import Reply, StreamReply
+from ..core.prompt import estimate_tokens
 from ..core.wire import ChatCompletionRequest, EmbeddingRequest, StreamOptions, TokenUsage
 from ..routing import Decision, Target
 from ..upstream import SSERelay, UpstreamReply, UpstreamStream, error_event
 from ..limits import INPUT, OUTPUT, prompt_tokens
 from ..upstream.errors import from_status
-from ..upstream.usage import completion_chars, estimate_tokens, reported_usage
+from ..upstream.usage import completion_chars, reported_usage
 from .context import RequestContext
 
 CLIENT_CLOSED = 499  # nginx's convention: the client went away before the answer was complete

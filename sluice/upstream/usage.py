@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import msgspec
 
-from ..core.prompt import estimate_tokens  # noqa: F401 (re-exported: the completion estimate)
 from ..core.wire import TokenUsage, UsageEnvelope
 
 _envelope = msgspec.json.Decoder(UsageEnvelope)

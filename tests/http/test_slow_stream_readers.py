@@ -12,7 +12,6 @@ import os
 import socket
 import time
 
-import pytest
 
 from support import Sim, start_gateway
 
