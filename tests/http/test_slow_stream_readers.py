@@ -12,7 +12,6 @@ import os
 import socket
 import time
 
-
 from support import Sim, start_gateway
 
 READERS = 64
