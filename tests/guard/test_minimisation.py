@@ -83,7 +83,28 @@ def paced_events(model: str) -> list[dict]:
     return events + [{**head, "choices": [finish]}]
 
 
-PACED = ("first-model", "stop-model", "late-model")
+def choices_events(model: str, n: int) -> list[dict]:
+    """``n`` choices interleaved event by event, choice ``i`` closing after ``12 * (i + 1)`` tokens
+    (so each closes at its own point, the first ones mid-stream); choice 0's finish chunk carries
+    vLLM's stop_reason and choice 1 has reasoning_content in one delta, both far from the first events."""
+    head = {"id": "chatcmpl-6", "object": "chat.completion.chunk", "created": 1700000000, "model": model}
+
+    def event(choice: dict) -> dict:
+        return {**head, "choices": [{"delta": {}, "finish_reason": None, **choice}]}
+    events = [event({"index": i, "delta": {"role": "assistant", "content": ""}}) for i in range(n)]
+    for step in range(12 * n + 1):
+        for i in range(n):
+            if step < 12 * (i + 1):
+                delta = {"content": f" c{i}t{step}"}
+                if i == 1 and step == 7:
+                    delta["reasoning_content"] = "internal chain of thought"
+                events.append(event({"index": i, "delta": delta}))
+            elif step == 12 * (i + 1):
+                events.append(event({"index": i, "finish_reason": "stop", **({"stop_reason": "</a>"} if i == 0 else {})}))
+    return events
+
+
+PACED = ("first-model", "stop-model", "late-model", "choices-model")
 
 ERROR_EVENT = b'data: {"error": {"message": "the model is overloaded", "type": "server_error", "code": 503}}\n\n'
 
@@ -111,7 +132,9 @@ class FakeVllm:
                 with lock:
                     outer.last = req
                 if req["model"] in PACED:  # one event per write: the gateway meets each in its own block
-                    events = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in paced_events(req["model"])]
+                    sent = choices_events(req["model"], req.get("n") or 1) if req["model"] == "choices-model" else \
+                        paced_events(req["model"])
+                    events = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in sent]
                     events.append(b"data: [DONE]\n\n")
                     self.send_response(200)
                     self.send_header("Content-Type", "text/event-stream")
@@ -360,5 +383,18 @@ def test_every_event_strips_a_field_that_first_shows_mid_stream_and_the_default_
 
 def test_a_stream_of_several_choices_is_checked_on_every_event(bare):
     # each choice closes with its own finish chunk, anywhere in the stream: no sample catches them all
-    events = streamed(bare, model="late-model", n=2)
-    assert len(events) == 40 and not keys_everywhere(events) & {"reasoning_content"}
+    events = streamed(bare, model="choices-model", n=3)
+    sent = choices_events("choices-model", 3)
+    assert len(events) == len(sent) == 3 + 12 * 6 + 3
+    assert not keys_everywhere(events) & {"reasoning_content", "stop_reason"}
+    for got, want in zip(events, sent):  # every event minimised, and nothing else about it changed
+        assert set(got) == {"id", "object", "created", "model", "choices"}, got
+        (choice,), (wanted,) = got["choices"], want["choices"]
+        wanted = {**{k: v for k, v in wanted.items() if k != "stop_reason"},
+                  "delta": {k: v for k, v in wanted["delta"].items() if k != "reasoning_content"}}
+        assert choice == wanted
+    closes = [k for k, e in enumerate(events) if e["choices"][0]["finish_reason"]]
+    assert [events[k]["choices"][0]["index"] for k in closes] == [0, 1, 2] and closes[0] < 40 < closes[1] < 70 < closes[2]
+    texts = ["".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"][0]["index"] == i)
+             for i in range(3)]
+    assert texts == ["".join(f" c{i}t{t}" for t in range(12 * (i + 1))) for i in range(3)]
