@@ -56,7 +56,7 @@ class ReplicaBase:
         self.latency = LatencyModel(settings)
         self.faults = Faults(settings.seed)
         self.stats = Stats()
-        self.last_chat: dict[str, Any] = {}  # the output limits the last chat request asked for
+        self.last_chat: dict[str, Any] = {}  # the output limits the last chat request asked for, and its body
         self.traceparents: deque[str] = deque(maxlen=256)  # W3C traceparent headers received, newest last
         self._ids = count(1)
         self._id_prefix = secrets.token_hex(6)
