@@ -27,6 +27,8 @@ class FaultSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cut_before_first_event: bool = False
     # A completion's first token is this text (a model that writes e.g. "data: [DONE]").
     say_first: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
+    # The ``Retry-After`` seconds an injected 429 or 503 carries (vLLM's own refusals say 1).
+    retry_after: Annotated[int, msgspec.Meta(ge=0)] = 1
 
 
 _ERROR_TYPES = {

@@ -36,9 +36,9 @@ def json_reply(payload: Any, status: int = 200) -> web.Response:
     return web.Response(body=encode(payload), status=status, content_type=JSON)
 
 
-def error_reply(status: int, message: str) -> web.Response:
-    """A vLLM-shaped error response; 429 and 503 carry ``Retry-After``."""
-    headers = {"Retry-After": "1"} if status in (429, 503) else None
+def error_reply(status: int, message: str, retry_after: int = 1) -> web.Response:
+    """A vLLM-shaped error response; 429 and 503 carry ``Retry-After`` (seconds)."""
+    headers = {"Retry-After": str(retry_after)} if status in (429, 503) else None
     return web.Response(body=error_body(status, message), status=status, content_type=JSON, headers=headers)
 
 
@@ -56,7 +56,7 @@ class ReplicaBase:
         self.latency = LatencyModel(settings)
         self.faults = Faults(settings.seed)
         self.stats = Stats()
-        self.last_chat: dict[str, Any] = {}  # the output limits the last chat request asked for
+        self.last_chat: dict[str, Any] = {}  # the output limits the last chat request asked for, and its body
         self.traceparents: deque[str] = deque(maxlen=256)  # W3C traceparent headers received, newest last
         self._ids = count(1)
         self._id_prefix = secrets.token_hex(6)
@@ -88,7 +88,7 @@ class ReplicaBase:
         status = faults.error_status()
         if status is not None:
             self.stats.errors_injected += 1
-            return error_reply(status, f"injected fault: status {status}")
+            return error_reply(status, f"injected fault: status {status}", spec.retry_after)
         return None
 
     async def _admit(self, request: web.Request, decoder: msgspec.json.Decoder) -> Any:

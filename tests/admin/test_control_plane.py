@@ -67,12 +67,18 @@ def test_config_declared_identities_are_listed(gw):
 
 
 def test_usage_summary_counts_requests_per_identity(gw):
+    """Two identities on one model: a row each, with each one's own count (grouping by model alone
+    would give one row of 5)."""
+    ids = {i["name"]: i["id"] for i in gw.admin("GET", "/admin/identities").json()["data"]}
     since = time.time()
-    for _ in range(3):
-        gw.post("/v1/chat/completions", gw.keys["other"], json={"model": "sim-secret", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2})
+    for who, n in (("app", 3), ("prod-app", 2)):
+        for _ in range(n):
+            r = gw.post("/v1/chat/completions", gw.keys[who],
+                        json={"model": "sim-small", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2})
+            assert r.status_code == 200, r.text
     rows = gw.admin("GET", f"/admin/usage/summary?since={since}").json()["data"]
-    mine = [r for r in rows if r["model"] == "sim-secret"]
-    assert len(mine) == 1 and mine[0]["requests"] == 3 and mine[0]["completion_tokens"] == 6
+    got = {(r["identity_id"], r["model"]): (r["requests"], r["errors"], r["completion_tokens"]) for r in rows}
+    assert got == {(ids["app"], "sim-small"): (3, 0, 6), (ids["prod-app"], "sim-small"): (2, 0, 4)}, rows
 
 
 def test_bad_query_parameter_is_400_not_500(gw):

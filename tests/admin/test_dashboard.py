@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import httpx
 import openai
@@ -38,13 +39,19 @@ def seeded(sim, tmp_path_factory):
     assert [g.post("/v1/chat/completions", g.keys["web"], json=body).status_code for _ in range(2)] == [200, 429]
     assert g.post("/v1/chat/completions", g.keys["web"], json={"model": "nope", "messages": [{"role": "user", "content": "x"}]}).status_code == 404
 
+    g.changed = []  # (action, target) of each control-plane change made here, in order
+    g.changed_from = time.time()
+
     def control_key(name: str, roles: list[str]) -> str:
         ident = g.admin("POST", "/admin/identities", json={"name": name, "owner": "sec@example.com", "roles": roles}).json()
         plane = "control" if roles != ["invoker"] else "data"
-        return g.admin("POST", f"/admin/identities/{ident['id']}/keys", json={"plane": plane}).json()["key"]
+        key = g.admin("POST", f"/admin/identities/{ident['id']}/keys", json={"plane": plane}).json()
+        g.changed += [("identity.create", ident["id"]), ("key.issue", key["id"])]
+        return key["key"]
 
     keys = {"auditor": control_key("eve-auditor", ["auditor"]), "invoker": control_key("ivan-invoker", ["invoker"]),
             "key-admin": control_key("kim-keys", ["key-admin"])}
+    g.changed_until = time.time()
     yield g, keys
     g.stop()
 
@@ -96,8 +103,13 @@ def test_an_auditor_sees_charts_with_data_after_a_seeded_run(seeded, browser, tm
         limited = page.locator("svg[aria-label='429s per minute'] circle.pt")
         assert sum(float(y) for y in limited.evaluate_all("els => els.map(e => e.dataset.y)")) == 1
         assert page.locator("table.health td.s-closed").count() >= 1
-        changes = page.locator("table.changes").inner_text()
-        assert "identity.create" in changes or "identities" in changes or "key" in changes
+        # the newest changes first: the six this run made, each row exactly (when, who, what, target)
+        rows = page.locator("table.changes tr").evaluate_all("els => els.map(e => Array.from(e.cells).map(c => c.innerText))")
+        assert rows[0] == ["when", "who", "what", "target"]
+        made = [["config-admin-0", action, target] for action, target in reversed(g.changed)]
+        assert [r[1:] for r in rows[1:7]] == made, rows
+        seconds = {time.strftime("%m-%d %H:%M:%S", time.gmtime(t)) for t in range(int(g.changed_from), int(g.changed_until) + 1)}
+        assert all(r[0] in seconds for r in rows[1:7]), rows
         shot = tmp_path / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 20_000

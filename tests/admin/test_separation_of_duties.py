@@ -33,7 +33,7 @@ def _target(gw, role: str) -> dict:
     key = gw.admin("POST", f"/admin/identities/{ident['id']}/keys",
                    json={"plane": "data" if role == "invoker" else "control"})
     assert key.status_code == 201, key.text
-    return {**ident, "key_id": key.json()["id"]}
+    return {**ident, "key_id": key.json()["id"], "key": key.json()["key"]}
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +85,58 @@ def test_a_key_admin_cannot_act_on_an_identity_holding_a_role_it_lacks(gw, key_a
     assert len(keys) == 1 and (keys[0]["revoked_at"] is None) != expect_disabled
 
 
+def _use(gw, target: dict, key: str) -> int:
+    """The status of one use of ``key`` on its plane: a chat for an invoker, ``whoami`` for a control role."""
+    if "invoker" in target["roles"]:
+        return gw.post("/v1/chat/completions", key, json={"model": "sim-small", "max_tokens": 1,
+                                                          "messages": [{"role": "user", "content": "hi"}]}).status_code
+    return httpx.get(gw.admin_url + "/admin/whoami", headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code
+
+
+def _took_effect(gw, team: str, action: str, target: dict, r: httpx.Response) -> None:
+    """The action happened: the identity reads as changed and its keys work, or are refused, as it says."""
+    after = gw.admin("GET", f"/admin/identities/{target['id']}").json()
+    keys = {k["id"]: k for k in gw.admin("GET", f"/admin/identities/{target['id']}/keys").json()["data"]}
+    invoker = "invoker" in target["roles"]
+    if action == "change models":
+        assert after["models"] == []
+        assert _use(gw, target, target["key"]) == (404 if invoker else 200)  # no model left to see
+    elif action == "change owner":
+        assert after["owner"] == "new@example.com"
+    elif action == "move team":
+        assert after["team"] == team
+    elif action in ("disable", "offboard"):
+        assert after["disabled_at"] is not None and keys[target["key_id"]]["revoked_at"] is not None
+        assert _use(gw, target, target["key"]) == 401
+    elif action == "enable":
+        assert after["disabled_at"] is None and keys[target["key_id"]]["revoked_at"] is None
+        assert _use(gw, target, target["key"]) == 200
+    elif action == "issue key":
+        assert r.json()["id"] in keys and len(keys) == 2
+        assert _use(gw, target, r.json()["key"]) == 200 and _use(gw, target, target["key"]) == 200
+    elif action == "rotate key":
+        assert keys[target["key_id"]]["revoked_at"] is not None and keys[r.json()["id"]]["revoked_at"] is None
+        assert _use(gw, target, r.json()["key"]) == 200 and _use(gw, target, target["key"]) == 401
+    elif action == "revoke key":
+        assert keys[target["key_id"]]["revoked_at"] is not None
+        assert _use(gw, target, target["key"]) == 401
+    else:  # pragma: no cover - a new action needs its effect here
+        pytest.fail(f"no check for {action!r}")
+
+
 @pytest.mark.parametrize("action", ACTIONS)
 def test_a_key_admin_may_act_on_an_invoker(gw, key_admin, team, action):
-    r = _actions(team)[action](gw, key_admin, _target(gw, "invoker"))
+    target = _target(gw, "invoker")
+    assert _use(gw, target, target["key"]) == 200
+    r = _actions(team)[action](gw, key_admin, target)
     assert r.status_code in (200, 201), r.text
+    _took_effect(gw, team, action, target, r)
 
 
 @pytest.mark.parametrize("action", ACTIONS)
 def test_the_break_glass_admin_may_act_on_an_owner(gw, team, action):
-    r = _actions(team)[action](gw, gw.admin_key, _target(gw, "owner"))
+    target = _target(gw, "owner")
+    assert _use(gw, target, target["key"]) == 200
+    r = _actions(team)[action](gw, gw.admin_key, target)
     assert r.status_code in (200, 201), r.text
+    _took_effect(gw, team, action, target, r)

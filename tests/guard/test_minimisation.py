@@ -26,11 +26,18 @@ STRIPPED = ["system_fingerprint", "prompt_logprobs", "kv_transfer_params", "prom
             "stop_reason", "token_ids", "x_vendor_score", "reasoning_content", "x_vendor_note", "logprobs"]
 
 
+SECRET = "ghp_16C7e42F292c6912E7710c838347Ae178B4a"  # a GitHub token's shape: the output detectors mask it
+
+
 def whole_reply(model: str) -> dict:
-    message = {"role": "assistant", "content": "Hi there, \"friend\" \u2713", "tool_calls": TOOL_CALLS, **VENDOR_MESSAGE}
+    """Every vendor field at every level; ``logprobs-model``: logprobs and nothing else beyond the basics."""
+    text = f"the token {SECRET} end" if model == "secret-model" else "Hi there, \"friend\" \u2713"
+    vendor = model != "logprobs-model"
+    message = {"role": "assistant", "content": text, "tool_calls": TOOL_CALLS, **(VENDOR_MESSAGE if vendor else {})}
     return {"id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": model,
-            "choices": [{"index": 0, "message": message, "logprobs": LOGPROBS, "finish_reason": "tool_calls", **VENDOR_CHOICE}],
-            "usage": USAGE, **VENDOR_REPLY}
+            "choices": [{"index": 0, "message": message, "logprobs": LOGPROBS, "finish_reason": "tool_calls",
+                         **(VENDOR_CHOICE if vendor else {})}],
+            "usage": USAGE, **(VENDOR_REPLY if vendor else {})}
 
 
 def stream_events(model: str) -> list[dict]:
@@ -76,7 +83,28 @@ def paced_events(model: str) -> list[dict]:
     return events + [{**head, "choices": [finish]}]
 
 
-PACED = ("first-model", "stop-model", "late-model")
+def choices_events(model: str, n: int) -> list[dict]:
+    """``n`` choices interleaved event by event, choice ``i`` closing after ``12 * (i + 1)`` tokens
+    (so each closes at its own point, the first ones mid-stream); choice 0's finish chunk carries
+    vLLM's stop_reason and choice 1 has reasoning_content in one delta, both far from the first events."""
+    head = {"id": "chatcmpl-6", "object": "chat.completion.chunk", "created": 1700000000, "model": model}
+
+    def event(choice: dict) -> dict:
+        return {**head, "choices": [{"delta": {}, "finish_reason": None, **choice}]}
+    events = [event({"index": i, "delta": {"role": "assistant", "content": ""}}) for i in range(n)]
+    for step in range(12 * n + 1):
+        for i in range(n):
+            if step < 12 * (i + 1):
+                delta = {"content": f" c{i}t{step}"}
+                if i == 1 and step == 7:
+                    delta["reasoning_content"] = "internal chain of thought"
+                events.append(event({"index": i, "delta": delta}))
+            elif step == 12 * (i + 1):
+                events.append(event({"index": i, "finish_reason": "stop", **({"stop_reason": "</a>"} if i == 0 else {})}))
+    return events
+
+
+PACED = ("first-model", "stop-model", "late-model", "choices-model")
 
 ERROR_EVENT = b'data: {"error": {"message": "the model is overloaded", "type": "server_error", "code": 503}}\n\n'
 
@@ -104,7 +132,9 @@ class FakeVllm:
                 with lock:
                     outer.last = req
                 if req["model"] in PACED:  # one event per write: the gateway meets each in its own block
-                    events = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in paced_events(req["model"])]
+                    sent = choices_events(req["model"], req.get("n") or 1) if req["model"] == "choices-model" else \
+                        paced_events(req["model"])
+                    events = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in sent]
                     events.append(b"data: [DONE]\n\n")
                     self.send_response(200)
                     self.send_header("Content-Type", "text/event-stream")
@@ -146,7 +176,7 @@ def upstream():
 
 
 def _gateway(tmp, upstream, extra: dict | None = None):
-    names = ["vendor-model", "clean-model", "openai-model", "error-model", *PACED]
+    names = ["vendor-model", "secret-model", "logprobs-model", "clean-model", "openai-model", "error-model", *PACED]
     ident = {"owner": "ml@example.com", "models": names}
     return start_gateway(tmp, upstreams=[{"name": "fake", "base_url": upstream.url}],
                          models=[{"name": n, "upstream": "fake"} for n in names],
@@ -175,6 +205,19 @@ def every_event(upstream, tmp_path_factory):
     """`auditor`'s streams are checked on every event (`stream_check: every_event`); the others sampled."""
     rule_set = {"name": "audited", "match": {"identities": ["auditor"]}, "output": {"stream_check": "every_event"}}
     g = _gateway(tmp_path_factory.mktemp("min-every"), upstream, {"guardrails": {"rule_sets": [rule_set]}})
+    yield g
+    g.stop()
+
+
+@pytest.fixture(scope="module")
+def guarded(upstream, tmp_path_factory):
+    """Output detectors on for `app` and `scorer`, so a whole reply takes the guard's own paths: `app`
+    the typed decode (nothing exposed, no tool registry), `scorer` (granted system_fingerprint) the
+    decoded dict; `auditor`, outside the rule set, minimisation alone."""
+    rule_set = {"name": "masked", "match": {"identities": ["app", "scorer"]}, "detectors": {"output": "mask"}}
+    g = _gateway(tmp_path_factory.mktemp("min-guarded"), upstream,
+                 {"guardrails": {"rule_sets": [rule_set],
+                                 "expose": [{"identities": ["scorer"], "fields": ["system_fingerprint"]}]}})
     yield g
     g.stop()
 
@@ -214,6 +257,28 @@ def test_a_default_caller_gets_a_whole_reply_with_only_the_openai_basics(bare):
     assert body["choices"][0]["message"]["content"] == sent["choices"][0]["message"]["content"]
     assert body["choices"][0]["message"]["tool_calls"] == TOOL_CALLS and body["usage"] == USAGE
     assert "10.0.0.7" not in r.text and "node-17" not in r.text and "chain of thought" not in r.text
+
+
+@pytest.mark.parametrize("model", ["vendor-model", "secret-model", "logprobs-model"])
+def test_a_whole_reply_keeps_only_the_basics_on_every_guard_path_with_or_without_a_secret(guarded, model):
+    """logprobs and vendor fields at every level (or logprobs alone), on a reply the detectors find
+    nothing in and on one they mask: each path that writes a reply (typed decode, decoded dict,
+    minimisation alone) strips them."""
+    reply = whole_reply(model)
+    sent = reply["choices"][0]["message"]["content"]
+    masked = sent.replace(SECRET, "[REDACTED:github_token]")
+    for who, extra, content in (("app", set(), masked), ("scorer", {"system_fingerprint"}, masked),
+                                ("auditor", set(), sent)):
+        r = chat(guarded, who, model=model)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert set(body) == {"id", "object", "created", "model", "choices", "usage"} | (extra & set(reply)), (who, body)
+        assert set(body["choices"][0]) == {"index", "message", "finish_reason"}, (who, body)
+        assert set(body["choices"][0]["message"]) == {"role", "content", "tool_calls"}, (who, body)
+        assert not keys_everywhere(body) & (set(STRIPPED) - extra), (who, body)
+        assert body["choices"][0]["message"]["content"] == content, who
+        assert body["choices"][0]["message"]["tool_calls"] == TOOL_CALLS and body["usage"] == USAGE, who
+        assert "10.0.0.7" not in r.text and "node-17" not in r.text and "chain of thought" not in r.text
 
 
 def test_a_default_caller_gets_a_stream_with_none_of_the_vendor_fields(bare):
@@ -318,5 +383,18 @@ def test_every_event_strips_a_field_that_first_shows_mid_stream_and_the_default_
 
 def test_a_stream_of_several_choices_is_checked_on_every_event(bare):
     # each choice closes with its own finish chunk, anywhere in the stream: no sample catches them all
-    events = streamed(bare, model="late-model", n=2)
-    assert len(events) == 40 and not keys_everywhere(events) & {"reasoning_content"}
+    events = streamed(bare, model="choices-model", n=3)
+    sent = choices_events("choices-model", 3)
+    assert len(events) == len(sent) == 3 + 12 * 6 + 3
+    assert not keys_everywhere(events) & {"reasoning_content", "stop_reason"}
+    for got, want in zip(events, sent):  # every event minimised, and nothing else about it changed
+        assert set(got) == {"id", "object", "created", "model", "choices"}, got
+        (choice,), (wanted,) = got["choices"], want["choices"]
+        wanted = {**{k: v for k, v in wanted.items() if k != "stop_reason"},
+                  "delta": {k: v for k, v in wanted["delta"].items() if k != "reasoning_content"}}
+        assert choice == wanted
+    closes = [k for k, e in enumerate(events) if e["choices"][0]["finish_reason"]]
+    assert [events[k]["choices"][0]["index"] for k in closes] == [0, 1, 2] and closes[0] < 40 < closes[1] < 70 < closes[2]
+    texts = ["".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"][0]["index"] == i)
+             for i in range(3)]
+    assert texts == ["".join(f" c{i}t{t}" for t in range(12 * (i + 1))) for i in range(3)]

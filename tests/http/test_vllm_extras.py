@@ -52,14 +52,33 @@ def test_min_tokens_reaches_a_vllm_upstream_which_does_not_stop_before_it(g):
     assert out.usage.completion_tokens == want and out.choices[0].finish_reason == "stop"
 
 
-def test_vllm_sampling_and_structured_output_parameters_pass_streaming_and_not(g):
+def upstream_saw(sim) -> dict:
+    """The body of the last chat request the sim received, as it arrived."""
+    return sim.stats()["last_chat"]["body"]
+
+
+def refused_before_upstream(g, sim, model: str, param: str, value) -> None:
+    """``param`` is refused with OpenAI's 400 and the upstream never hears of the request."""
+    before = sim.stats()["requests_total"]
+    with pytest.raises(openai.BadRequestError) as err:
+        client(g).chat.completions.create(model=model, messages=HI, max_tokens=5, extra_body={param: value})
+    assert err.value.body["param"] == param
+    assert sim.stats()["requests_total"] == before
+
+
+def test_vllm_sampling_and_structured_output_parameters_pass_streaming_and_not(g, sim):
     extra = {"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1, "chat_template_kwargs": {"enable_thinking": False},
              "guided_json": {"type": "object", "properties": {"a": {"type": "string"}}}, "skip_special_tokens": True}
     out = client(g).chat.completions.create(model="open", messages=HI, max_tokens=5, extra_body=extra)
     assert out.choices[0].message.content
+    seen = upstream_saw(sim)
+    assert {k: seen.get(k) for k in extra} == extra and seen["model"] == "sim-small" and not seen.get("stream")
     stream = client(g).chat.completions.create(model="open", messages=HI, max_tokens=5, stream=True,
                                                extra_body={**extra, "ignore_eos": True})
     assert sum(1 for c in stream if c.choices and c.choices[0].delta.content) == 5
+    seen = upstream_saw(sim)
+    assert {k: seen.get(k) for k in extra} == extra and seen["ignore_eos"] is True and seen["stream"] is True
+    refused_before_upstream(g, sim, "open", "logits_processors", ["x"])  # not in the vllm set: never sent
 
 
 def test_vllm_continuous_usage_stats_in_stream_options_passes_as_guidellm_sends_it(g):
@@ -82,9 +101,14 @@ def test_a_parameter_the_model_does_not_declare_is_refused_with_openais_400(g, m
     assert body["message"] == f"Unrecognized request argument supplied: {param}" and body["param"] == param
 
 
-def test_an_explicit_list_passes_exactly_its_parameters(g):
+def test_an_explicit_list_passes_exactly_its_parameters(g, sim):
     out = client(g).chat.completions.create(model="listed", messages=HI, max_tokens=5, extra_body={"top_k": 3})
     assert out.choices[0].message.content
+    seen = upstream_saw(sim)
+    assert seen["top_k"] == 3 and seen["model"] == "sim-small"
+    assert set(seen) == {"model", "messages", "max_tokens", "top_k"}, seen  # nothing added on the way
+    for param, value in (("min_p", 0.05), ("ignore_eos", True)):  # in the vllm set, not in this model's list
+        refused_before_upstream(g, sim, "listed", param, value)
 
 
 

@@ -167,8 +167,8 @@ def test_a_weight_shift_on_a_prod_route_waits_for_a_second_operator(sim, tmp_pat
         g.stop()
 
 
-def test_limits_changed_through_the_api_survive_a_restart(sim, tmp_path):
-    url = f"sqlite:///{tmp_path}/sluice.db"
+def test_limits_changed_through_the_api_survive_a_restart(sim, tmp_path, store_url):
+    url = store_url
     g = gateway(sim, tmp_path, url)
     try:
         rules = [{"name": "tight", "requests_per_minute": 2}]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+import httpx
 import pytest
 
 from support import Sim, free_port, start_gateway
@@ -75,6 +76,27 @@ def test_a_deployments_replicas_share_its_load_by_least_outstanding_requests(tmp
         assert codes == [200] * 8
         served = a.stats()["chat_requests"], b.stats()["chat_requests"]
         assert min(served) >= 3, served  # eight overlapping requests, split four and four give or take one
+
+        # A load only least outstanding places right: one stream held open on one replica (the sims
+        # stall streams after a token; plain replies are untouched), then plain requests one after
+        # another. Each finds the holding replica at 1 in flight and the other at 0, so all go to the
+        # other; round robin would send every second one to the busy replica.
+        for s in (a, b):
+            s.faults(stall_after_chunks=1)
+            httpx.post(s.url + "/sim/stats/reset").raise_for_status()
+        with httpx.stream("POST", g.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {g.keys['app']}"},
+                          json={**BODY, "max_tokens": 20, "stream": True}, timeout=30) as held:
+            assert held.status_code == 200
+            deadline = time.monotonic() + 10
+            while not any(s.stats()["streams_stalled"] for s in (a, b)):
+                assert time.monotonic() < deadline, "the held stream never reached a replica"
+                time.sleep(0.02)
+            busy, idle = (a, b) if a.stats()["streams_stalled"] else (b, a)
+            for _ in range(6):
+                r = g.post("/v1/chat/completions", g.keys["app"], json=BODY)
+                assert r.status_code == 200, r.text
+            placed = {"busy": busy.stats()["chat_requests"], "idle": idle.stats()["chat_requests"]}
+        assert placed == {"busy": 1, "idle": 6}
     finally:
         g.stop()
         a.stop()

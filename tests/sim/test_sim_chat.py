@@ -162,3 +162,9 @@ async def test_health_answers_200_and_stats_count_requests_until_reset(running: 
     assert stats["requests_total"] == 1 and stats["chat_requests"] == 1 and stats["in_flight"] == 0
     assert (await running.http.post("/sim/stats/reset")).status_code == 200
     assert (await running.stats())["requests_total"] == 0
+
+
+async def test_stats_hold_the_last_chat_request_body_as_it_arrived(running: RunningSim) -> None:
+    body = {"model": "sim-small", "messages": user("Hi"), "max_tokens": 2, "top_k": 20, "guided_json": {"type": "object"}}
+    assert (await running.http.post("/v1/chat/completions", json=body)).status_code == 200
+    assert (await running.stats())["last_chat"]["body"] == body

@@ -41,6 +41,13 @@ async def test_error_body_is_vllm_shaped_and_429_carries_retry_after(running: Ru
                           "param": None, "code": 429}
 
 
+async def test_an_injected_429_or_503_carries_the_retry_after_the_fault_names(running: RunningSim) -> None:
+    for status in (429, 503):
+        await running.faults(error_status=status, error_count=1, retry_after=7)
+        raw = await running.http.post("/v1/chat/completions", json={"model": "sim-small", "messages": user("Hi")})
+        assert raw.status_code == status and raw.headers["retry-after"] == "7"
+
+
 async def test_error_status_alone_fails_every_request_until_cleared(running: RunningSim) -> None:
     await running.faults(error_status=503)
     client = running.client()

@@ -78,9 +78,11 @@ def test_hanging_upstream_is_504_within_the_read_timeout(gw_sim):
 
 def test_upstream_429_keeps_retry_after(gw_sim):
     g, s = gw_sim
-    s.faults(error_status=429, error_count=1)
+    # 7 s: neither the sim's usual 1 nor the gateway's fallback of 1, so only a relayed value passes.
+    s.faults(error_status=429, error_count=1, retry_after=7)
     r = g.post("/v1/chat/completions", g.keys["app"], json=CHAT)
-    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    assert r.status_code == 429 and r.json()["error"]["code"] == "upstream_rate_limited"
+    assert r.headers["Retry-After"] == "7"
 
 
 def test_upstream_503_is_503_with_retry_after(gw_sim):
