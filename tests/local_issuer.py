@@ -36,12 +36,7 @@ class LocalIssuer:
                     self.send_error(404)
                     return
                 issuer.fetches += 1
-                body = json.dumps(issuer.jwks).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.send_body(json.dumps(issuer.jwks).encode())
 
         self._http = LoopbackServer(Handler)
         self.url = self._http.url

@@ -163,10 +163,29 @@ def start_gateway(tmp: Path, *, upstreams: list[dict], models: list[dict], ident
 
 
 class QuietHandler(BaseHTTPRequestHandler):
-    """A request handler that keeps the test output clean (no access log on stderr)."""
+    """A request handler that keeps the test output clean (no access log on stderr), with the two
+    ways a fake upstream answers: a whole body, or server-sent events one write at a time."""
 
     def log_message(self, *args: Any) -> None:
         pass
+
+    def send_body(self, body: bytes, content_type: str = "application/json", status: int = 200) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def send_events(self, events: list[bytes], gap: float = 0.002) -> None:
+        """Each event in a write of its own, ``gap`` seconds apart: the gateway meets each in its own read."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Length", str(sum(map(len, events))))
+        self.end_headers()
+        for e in events:
+            self.wfile.write(e)
+            self.wfile.flush()
+            time.sleep(gap)
 
 
 class LoopbackServer:

@@ -39,12 +39,7 @@ class Recorder:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with lock:
                     outer.bodies.append(body)
-                raw = json.dumps(REPLY).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
+                self.send_body(json.dumps(REPLY).encode())
 
         self.server = LoopbackServer(Handler)
         self.url = self.server.url + "/v1"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import httpx
 import openai
@@ -135,15 +134,7 @@ class FakeVllm:
                     sent = choices_events(req["model"], req.get("n") or 1) if req["model"] == "choices-model" else \
                         paced_events(req["model"])
                     events = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in sent]
-                    events.append(b"data: [DONE]\n\n")
-                    self.send_response(200)
-                    self.send_header("Content-Type", "text/event-stream")
-                    self.send_header("Content-Length", str(sum(map(len, events))))
-                    self.end_headers()
-                    for e in events:
-                        self.wfile.write(e)
-                        self.wfile.flush()
-                        time.sleep(0.002)
+                    self.send_events([*events, b"data: [DONE]\n\n"])
                     return
                 if req["model"] == "clean-model":
                     body, kind = CLEAN, "application/json"
@@ -158,11 +149,7 @@ class FakeVllm:
                     body, kind = body + b"data: [DONE]\n\n", "text/event-stream"
                 else:
                     body, kind = json.dumps(whole_reply(req["model"])).encode(), "application/json"
-                self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.send_body(body, kind)
 
         self.server = LoopbackServer(Handler)
         self.url = self.server.url + "/v1"

@@ -48,11 +48,7 @@ class Scripted:
             def do_GET(self) -> None:  # noqa: N802
                 with lock:
                     outer.fetches += 1
-                body = json.dumps({"type": "object"}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.send_body(json.dumps({"type": "object"}).encode())
 
             def do_POST(self) -> None:  # noqa: N802
                 req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -61,23 +57,10 @@ class Scripted:
                 prompt = req["messages"][-1]["content"]
                 script = outer.scripts.get(prompt if isinstance(prompt, str) else "", reply({"content": "unscripted"}, "stop"))
                 if req.get("stream"):  # one event per write, a little apart: the gateway meets each in its own read
-                    events = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in
-                              (script if isinstance(script, list) else [script])] + [b"data: [DONE]\n\n"]
-                    self.send_response(200)
-                    self.send_header("Content-Type", "text/event-stream")
-                    self.send_header("Content-Length", str(sum(map(len, events))))
-                    self.end_headers()
-                    for e in events:
-                        self.wfile.write(e)
-                        self.wfile.flush()
-                        time.sleep(0.002)
+                    self.send_events([b"data: " + json.dumps(e).encode() + b"\n\n" for e in
+                                      (script if isinstance(script, list) else [script])] + [b"data: [DONE]\n\n"])
                     return
-                body, kind = json.dumps(script).encode(), "application/json"
-                self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.send_body(json.dumps(script).encode())
 
         self.server = LoopbackServer(Handler)
         self.url = self.server.url

@@ -29,19 +29,12 @@ class RecordingProxy:
                 proxy.seen.append({k.lower(): v for k, v in self.headers.items()})
                 for status in (401, 400):
                     if b'"echo-key-%d"' % status in body:
-                        self._send(status, b'{"error": {"message": "Incorrect API key provided: %s"}}'
-                                   % self.headers.get("Authorization", "").encode(), "application/json")
+                        self.send_body(b'{"error": {"message": "Incorrect API key provided: %s"}}'
+                                       % self.headers.get("Authorization", "").encode(), status=status)
                         return
                 r = httpx.request(method, target + self.path, content=body,
                                   headers={"Content-Type": self.headers.get("Content-Type", "application/json")})
-                self._send(r.status_code, r.content, r.headers.get("content-type", "application/json"))
-
-            def _send(self, status: int, body: bytes, ctype: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.send_body(r.content, r.headers.get("content-type", "application/json"), r.status_code)
 
             def do_POST(self) -> None:  # noqa: N802
                 self._forward("POST")
