@@ -14,7 +14,7 @@ DOMAIN = {"core", "identity", "limits", "routing", "guard", "policy", "audit", "
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
     "store": {"core"}, "sim": {"core"}, "telemetry": {"core"}, "upstream": {"core"}, "guard": {"core"},
-    "routing": {"core"}, "limits": {"core"}, "http": {"core"},
+    "routing": {"core"}, "limits": {"core"}, "http": {"core"}, "wire": {"core"},
     "identity": {"core", "store"}, "audit": {"core", "store"}, "workers": {"core", "telemetry"},
     "policy": {"core", "store", "audit", "routing", "limits", "guard"},
     "pipeline": DOMAIN,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import count
 from typing import Any
@@ -57,6 +57,7 @@ class ReplicaBase:
         self.faults = Faults(settings.seed)
         self.stats = Stats()
         self.last_chat: dict[str, Any] = {}  # the output limits the last chat request asked for, and its body
+        self.last_messages: dict[str, Any] = {}  # the anthropic-* headers of the last Messages request
         self.traceparents: deque[str] = deque(maxlen=256)  # W3C traceparent headers received, newest last
         self._ids = count(1)
         self._id_prefix = secrets.token_hex(6)
@@ -71,8 +72,10 @@ class ReplicaBase:
 
     # ---- faults ---------------------------------------------------------------------------
 
-    async def _apply_faults(self, request: web.Request) -> web.Response | None:
-        """Hang, delay or fail this request as the current faults say; None means carry on."""
+    async def _apply_faults(self, request: web.Request,
+                            render: Callable[[int, str, int], web.Response] | None = None) -> web.Response | None:
+        """Hang, delay or fail this request as the current faults say (an error rendered by
+        ``render``, vLLM's shape by default); None means carry on."""
         faults = self.faults
         if not faults.active:
             return None
@@ -88,7 +91,7 @@ class ReplicaBase:
         status = faults.error_status()
         if status is not None:
             self.stats.errors_injected += 1
-            return error_reply(status, f"injected fault: status {status}", spec.retry_after)
+            return (render or error_reply)(status, f"injected fault: status {status}", spec.retry_after)
         return None
 
     async def _admit(self, request: web.Request, decoder: msgspec.json.Decoder) -> Any:

@@ -1,4 +1,5 @@
-"""The sim's HTTP face: vLLM's OpenAI-compatible routes (``chat``, ``vllm_routes``), plus
+"""The sim's HTTP face: vLLM's OpenAI-compatible routes (``chat``, ``vllm_routes``), Anthropic's
+Messages routes (``messages``), plus
 ``/sim/*`` controls for tests (``controls``), on one replica's state (``replica``)."""
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ from aiohttp import web
 
 from sluice.core.config import Sim
 
-from .chat import ChatCompletions
 from .controls import SimControls
+from .messages import Messages
 from .vllm_routes import VllmRoutes
 
 log = logging.getLogger("sluice.sim")
 
 
-class Replica(ChatCompletions, VllmRoutes, SimControls):
+class Replica(Messages, VllmRoutes, SimControls):
     """One simulated replica with every route: its state lives in ``ReplicaBase``."""
 
 
@@ -33,6 +34,8 @@ def build_app(settings: Sim, *, replica: str = "sim-0") -> web.Application:
     app[REPLICA_KEY] = state
     app.router.add_get("/v1/models", state.list_models)
     app.router.add_post("/v1/chat/completions", state.chat)
+    app.router.add_post("/v1/messages", state.messages)
+    app.router.add_post("/v1/messages/count_tokens", state.count_tokens)
     app.router.add_post("/v1/embeddings", state.embed)
     app.router.add_get("/health", state.health)
     app.router.add_get("/sim/stats", state.get_stats)

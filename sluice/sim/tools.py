@@ -18,26 +18,37 @@ _FRAGMENT = 5  # characters of arguments per streamed chunk
 
 
 def _last_user(req: ChatRequest) -> str:
+    """The last user message's text: a string, or its text parts one per line."""
     for m in reversed(req.messages):
-        if m.role == "user" and isinstance(m.content, str):
-            return m.content
+        if m.role == "user":
+            if isinstance(m.content, str):
+                return m.content
+            if isinstance(m.content, list):
+                return "\n".join(p["text"] for p in m.content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return ""
 
 
 def scripted_calls(req: ChatRequest) -> list[tuple[str, str]] | None:
     """(name, arguments) of each ``sim:call`` line, when the request offers tools."""
-    if not req.tools:
-        return None
+    return calls_in(_last_user(req)) if req.tools else None
+
+
+def scripted_words(req: ChatRequest) -> list[str] | None:
+    return words_in(_last_user(req))
+
+
+def calls_in(text: str) -> list[tuple[str, str]] | None:
+    """(name, arguments) of each ``sim:call`` line of a user's text."""
     calls = []
-    for line in _last_user(req).splitlines():
+    for line in text.splitlines():
         if line.startswith("sim:call "):
             name, _, args = line[len("sim:call "):].strip().partition(" ")
             calls.append((name, args.strip() or "{}"))
     return calls or None
 
 
-def scripted_words(req: ChatRequest) -> list[str] | None:
-    text = _last_user(req)
+def words_in(text: str) -> list[str] | None:
+    """The pieces of a ``sim:say`` text."""
     if not text.startswith("sim:say "):
         return None
     return [w for w in text[len("sim:say "):].split("|") if w]

@@ -1,0 +1,22 @@
+"""The Anthropic Messages API (``/v1/messages``) as a wire adapter over the chat pipeline.
+
+``decode`` turns a Messages body into the chat request (and the features it had to drop);
+``encode_message`` turns a whole chat completion into a Messages reply; ``StreamEncoder``
+re-encodes a chat stream in Anthropic's event grammar; ``error_body``/``error_status`` render
+any ``GatewayError`` the way an Anthropic SDK expects it.
+"""
+
+from __future__ import annotations
+
+from .decode import Translated, count_messages, decode, parse, parse_count, to_chat
+from .dropped import DROP_RULES
+from .encode import STOP_REASONS, encode_message, encode_message_bytes, message_id
+from .errors import ERROR_TYPES, describe, error_body, error_bytes, error_event, error_status, error_type
+from .schema import CountTokensRequest, MessagesRequest
+from .stream import StreamEncoder, ping
+
+__all__ = [
+    "DROP_RULES", "ERROR_TYPES", "STOP_REASONS", "CountTokensRequest", "MessagesRequest", "StreamEncoder",
+    "Translated", "count_messages", "decode", "describe", "encode_message", "encode_message_bytes", "error_body",
+    "error_bytes", "error_event", "error_status", "error_type", "message_id", "parse", "parse_count", "ping", "to_chat",
+]

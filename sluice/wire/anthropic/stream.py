@@ -1,0 +1,249 @@
+"""A chat-completions stream re-encoded, event by event, in Anthropic's stream grammar:
+
+    message_start
+    (content_block_start content_block_delta* content_block_stop)*   indices 0, 1, 2...
+    message_delta                                                    stop_reason, usage
+    message_stop
+
+with ``ping`` allowed anywhere after ``message_start``, and an ``error`` event ending the stream
+when the upstream fails or is cut. A text run is one ``text`` block of ``text_delta`` events; a
+tool call is one ``tool_use`` block whose ``input_json_delta`` pieces concatenate to its whole
+arguments. Usage arrives only at the end of a chat stream, so ``message_start`` carries the
+input tokens the caller estimated and ``message_delta`` the upstream's real counts (the SDK takes
+the later values). Assembled, the events give what ``encode.encode_message`` gives for the whole reply.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import msgspec
+
+from sluice.core.errors import GatewayError, UpstreamError
+
+from .chat import Completion, ErrorInfo, ToolCall, Usage, completion_decoder
+from .encode import message_id, stop_reason, tool_id, tool_input, usage
+from .errors import error_event
+
+_json = msgspec.json.encode
+_DONE = b"[DONE]"
+PING = b'event: ping\ndata: {"type":"ping"}\n\n'
+
+
+def ping() -> bytes:
+    """A keepalive event (``ping``), valid anywhere after ``message_start``."""
+    return PING
+
+
+def event(name: str, payload: dict[str, Any]) -> bytes:
+    """One Anthropic SSE event."""
+    return b"event: " + name.encode() + b"\ndata: " + _json(payload) + b"\n\n"
+
+
+class StreamEncoder:
+    """Chat SSE bytes in (split anywhere), Anthropic SSE bytes out.
+
+    ``feed`` takes what the upstream sent and returns the events it completes (maybe none);
+    ``close`` says the upstream is done, and ends the stream (an ``error`` event if it was cut);
+    ``fail`` ends it with an error of the gateway's. Nothing is returned after the end.
+    """
+
+    __slots__ = ("model", "input_tokens", "_id", "_buf", "_started", "_ended", "_index", "_open",
+                 "_tool_key", "_args", "_tools_seen", "_finish", "_stop", "_usage", "_out")
+
+    def __init__(self, model: str, *, input_tokens: int = 0, message_id: str | None = None) -> None:
+        self.model = model
+        self.input_tokens = input_tokens
+        self._id = message_id
+        self._buf = b""
+        self._started = self._ended = False
+        self._index = -1  # the current block's index
+        self._open: str | None = None  # "text" | "tool_use" | None
+        self._tool_key: int | None = None  # the chat tool-call index the open tool block is
+        self._args: list[str] = []  # the open tool block's argument pieces
+        self._tools_seen: set[int] = set()
+        self._finish: str | None = None
+        self._stop: str | int | None = None
+        self._usage: Usage | None = None
+        self._out: list[bytes] = []
+
+    @property
+    def ended(self) -> bool:
+        """Whether ``message_stop`` or an ``error`` event has been sent."""
+        return self._ended
+
+    def start(self) -> bytes:
+        """``message_start``, if not sent yet (send it early to ping while the first token is pending)."""
+        if self._started:
+            return b""
+        self._started = True
+        if self._id is None:
+            self._id = "msg_" + secrets.token_hex(12)
+        message = {"id": self._id, "type": "message", "role": "assistant", "model": self.model, "content": [],
+                   "stop_reason": None, "stop_sequence": None,
+                   "usage": {"input_tokens": self.input_tokens, "output_tokens": 0,
+                             "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}
+        return event("message_start", {"type": "message_start", "message": message})
+
+    def feed(self, data: bytes) -> bytes:
+        """The Anthropic events completed by these bytes of the chat stream."""
+        if self._ended:
+            return b""
+        buf = self._buf + data if self._buf else data
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
+        *events, self._buf = buf.split(b"\n\n")
+        out = self._out
+        for raw in events:
+            if self._ended:
+                break
+            payload = _data(raw)
+            if payload is None:
+                continue
+            if payload == _DONE:
+                self._end()
+                continue
+            try:
+                chunk = completion_decoder.decode(payload)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                self._error(UpstreamError("The upstream sent an event that is not a chat completion chunk."))
+                continue
+            self._chunk(chunk)
+        got = b"".join(out)
+        out.clear()
+        return got
+
+    def close(self) -> bytes:
+        """The upstream stream ended: the tail, or an ``error`` event if it ended before the reply did."""
+        if self._ended:
+            return b""
+        if self._buf.strip():
+            self._out.append(self.feed(b"\n\n"))  # a last event without its blank line
+        out = self._out
+        if not self._ended:
+            if self._finish is None:
+                self._error(UpstreamError("The upstream stream ended before the reply was complete."))
+            else:
+                self._end()
+        got = b"".join(out)
+        out.clear()
+        return got
+
+    def fail(self, exc: GatewayError) -> bytes:
+        """End the stream with the gateway's error (a guardrail stop, a timeout) as an ``error`` event."""
+        if self._ended:
+            return b""
+        self._error(exc)
+        got = b"".join(self._out)
+        self._out.clear()
+        return got
+
+    # ---- the state machine ----------------------------------------------------------------
+
+    def _chunk(self, chunk: Completion) -> None:
+        if chunk.error is not None:
+            self._error(_upstream_error(chunk.error))
+            return
+        if not self._started:
+            if self._id is None and chunk.id:
+                self._id = message_id(chunk.id)
+            self._out.append(self.start())
+        if chunk.usage is not None:
+            self._usage = chunk.usage
+        for choice in chunk.choices:
+            if choice.index != 0:  # Messages has one reply; other choices are not asked for
+                continue
+            delta = choice.delta
+            if delta is not None:
+                if delta.content and not self._text(delta.content):
+                    return
+                for call in delta.tool_calls or ():
+                    if not self._tool(call):
+                        return
+            if choice.finish_reason is not None:
+                if not self._close_block():
+                    return
+                self._finish, self._stop = choice.finish_reason, choice.stop_reason
+
+    def _text(self, text: str) -> bool:
+        if self._open != "text":
+            if not self._close_block():
+                return False
+            self._open_block("text", {"type": "text", "text": ""})
+        self._out.append(event("content_block_delta", {"type": "content_block_delta", "index": self._index,
+                                                       "delta": {"type": "text_delta", "text": text}}))
+        return True
+
+    def _tool(self, call: ToolCall) -> bool:
+        key = call.index if call.index is not None else (self._tool_key if call.id is None else len(self._tools_seen))
+        if key is None:
+            key = 0
+        if self._open != "tool_use" or key != self._tool_key:
+            if key in self._tools_seen:
+                self._error(UpstreamError("The upstream interleaved the arguments of parallel tool calls."))
+                return False
+            if not self._close_block():
+                return False
+            fn = call.function
+            self._tools_seen.add(key)
+            self._tool_key = key
+            self._open_block("tool_use", {"type": "tool_use", "id": call.id or tool_id(len(self._tools_seen) - 1),
+                                          "name": (fn.name if fn else None) or "", "input": {}})
+        args = call.function.arguments if call.function is not None else None
+        if args:
+            self._args.append(args)
+            self._out.append(event("content_block_delta", {"type": "content_block_delta", "index": self._index,
+                                                           "delta": {"type": "input_json_delta", "partial_json": args}}))
+        return True
+
+    def _open_block(self, kind: str, block: dict[str, Any]) -> None:
+        self._index += 1
+        self._open = kind
+        self._out.append(event("content_block_start", {"type": "content_block_start", "index": self._index,
+                                                       "content_block": block}))
+
+    def _close_block(self) -> bool:
+        """Stop the open block; a tool block's arguments must make a JSON object, or the stream fails."""
+        if self._open is None:
+            return True
+        if self._open == "tool_use":
+            try:
+                tool_input("".join(self._args))
+            except UpstreamError as exc:
+                self._error(exc)
+                return False
+            self._args = []
+        self._open = None
+        self._out.append(event("content_block_stop", {"type": "content_block_stop", "index": self._index}))
+        return True
+
+    def _end(self) -> None:
+        if not self._started:
+            self._out.append(self.start())
+        if not self._close_block():
+            return
+        reason, sequence = stop_reason(self._finish, self._stop)
+        final = usage(self._usage) if self._usage is not None else {"output_tokens": 0}
+        self._out.append(event("message_delta", {"type": "message_delta",
+                                                 "delta": {"stop_reason": reason, "stop_sequence": sequence},
+                                                 "usage": final}))
+        self._out.append(event("message_stop", {"type": "message_stop"}))
+        self._ended = True
+
+    def _error(self, exc: GatewayError) -> None:
+        self._out.append(error_event(exc))
+        self._ended = True
+
+
+def _data(raw: bytes) -> bytes | None:
+    """The ``data`` of one SSE event (its data lines joined), or None for a comment or an empty event."""
+    lines = [line[5:].lstrip(b" ") if line.startswith(b"data:") else None for line in raw.split(b"\n")]
+    data = [d for d in lines if d is not None]
+    return b"\n".join(data) if data else None
+
+
+def _upstream_error(info: ErrorInfo) -> GatewayError:
+    """A chat error event as the gateway's error: its status from the code when it is one, else a 502."""
+    status = info.code if isinstance(info.code, int) and 400 <= info.code <= 599 else 502
+    return GatewayError(info.message or "The upstream failed mid-stream.", status=status)

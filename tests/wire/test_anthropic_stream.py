@@ -1,0 +1,167 @@
+"""Chat streams re-encode in Anthropic's stream grammar: the validator accepts every encoded
+stream, the SDK reads every event, and a stream assembles to what the whole reply encodes to."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anthropic
+import pytest
+from anthropic.lib.streaming._messages import accumulate_event
+from chat_streams import stream, whole
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from messages_grammar import GrammarError, parse_sse, validate
+from pydantic import TypeAdapter
+
+from sluice.core.errors import RateLimited
+from sluice.wire.anthropic import StreamEncoder, encode_message, ping
+
+GOLDEN = Path(__file__).parent / "golden" / "streams"
+EVENT = TypeAdapter(anthropic.types.RawMessageStreamEvent)
+USAGE = {"prompt_tokens": 30, "completion_tokens": 9, "total_tokens": 39, "prompt_tokens_details": {"cached_tokens": 16}}
+
+
+def encode_stream(raw: bytes, cuts: list[int] | None = None, model: str = "sim-small", input_tokens: int = 0) -> bytes:
+    """Feed the chat stream split at ``cuts`` (byte offsets), then close."""
+    enc = StreamEncoder(model, input_tokens=input_tokens)
+    bounds = [0, *sorted(set(cuts or [])), len(raw)]
+    out = [enc.feed(raw[a:b]) for a, b in zip(bounds, bounds[1:])]
+    out.append(enc.close())
+    return b"".join(out)
+
+
+def sdk_assemble(events: list[tuple[str, dict]]) -> anthropic.types.Message:
+    """The message the SDK's own stream accumulator builds from the events (each validated as the SDK types it)."""
+    snapshot = None
+    bufs: dict[int, bytes] = {}
+    for _, data in events:
+        if data["type"] in ("ping", "error"):
+            continue
+        snapshot = accumulate_event(event=EVENT.validate_python(data), current_snapshot=snapshot, json_bufs=bufs)
+    assert snapshot is not None
+    return anthropic.types.Message.model_validate(snapshot.model_dump())
+
+
+def _comparable(m: anthropic.types.Message) -> dict:
+    return m.model_dump(include={"id", "model", "content", "stop_reason", "stop_sequence", "usage"})
+
+
+@pytest.mark.parametrize("path", sorted(GOLDEN.glob("*.json")), ids=lambda p: p.stem)
+def test_stream_goldens_encode_event_for_event(path: Path) -> None:
+    case = json.loads(path.read_text())
+    raw = b"".join(b"data: " + (c.encode() if isinstance(c, str) else json.dumps(c).encode()) + b"\n\n" for c in case["chat"])
+    model = case["anthropic"][0][1]["message"]["model"]
+    events = parse_sse(encode_stream(raw, model=model, input_tokens=case["input_tokens"]))
+    assert [list(e) for e in events] == case["anthropic"]
+    assert validate(events) == "message_stop"
+
+
+text_piece = st.text(min_size=1, max_size=12)
+json_value = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                          max_leaves=8)
+
+
+@st.composite
+def chat_replies(draw: st.DrawFn) -> tuple[list[str], list, str, dict | None, str | None]:
+    texts = draw(st.lists(text_piece, max_size=6))
+    calls = []
+    for k in range(draw(st.integers(0, 3))):
+        args = json.dumps(draw(st.dictionaries(st.text(max_size=8), json_value, max_size=4)))
+        cut = sorted(draw(st.lists(st.integers(0, len(args)), max_size=4)))
+        pieces = [args[a:b] for a, b in zip([0, *cut], [*cut, len(args)]) if args[a:b]]
+        calls.append((f"call_{k}", draw(st.sampled_from(["Bash", "Read", "get_weather"])), pieces))
+    finish = "tool_calls" if calls else draw(st.sampled_from(["stop", "length"]))
+    vllm_stop = draw(st.sampled_from([None, "END"])) if finish == "stop" else None
+    prompt = draw(st.integers(0, 5000))
+    use = {"prompt_tokens": prompt, "completion_tokens": draw(st.integers(0, 4000)), "total_tokens": 0,
+           "prompt_tokens_details": {"cached_tokens": draw(st.integers(0, prompt))}}
+    return texts, calls, finish, use, vllm_stop
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(reply=chat_replies(), data=st.data())
+def test_a_whole_reply_equals_its_streams_assembly(reply: tuple, data: st.DataObject) -> None:
+    texts, calls, finish, use, vllm_stop = reply
+    raw = stream(texts, calls, finish, use, vllm_stop)
+    cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=8))  # bytes split anywhere, mid-character too
+    events = parse_sse(encode_stream(raw, cuts))
+    assert validate(events) == "message_stop"
+    expected = anthropic.types.Message.model_validate(
+        encode_message(json.dumps(whole(texts, calls, finish, use, vllm_stop)).encode()))
+    assert _comparable(sdk_assemble(events)) == _comparable(expected)
+    # input_json_delta carries the whole arguments: their concatenation is each call's arguments.
+    for call, block in zip(calls, [b for b in expected.content if b.type == "tool_use"]):
+        assert block.input == (json.loads("".join(call[2])) if call[2] else {})
+
+
+def test_a_cut_stream_ends_with_an_error_event_the_grammar_accepts() -> None:
+    raw = stream(["Hello", " world"], [("call_1", "f", ['{"a":', " 1}"])], "tool_calls", USAGE)
+    for at in (0, raw.index(b"world"), raw.index(b"[DONE]") - 200, raw.index(b"[DONE]")):
+        enc = StreamEncoder("m")
+        out = enc.feed(raw[:at]) + enc.close()
+        events = parse_sse(out)
+        assert validate(events) == "error", at
+        assert events[-1][1]["error"]["type"] == "api_error" and enc.ended
+        assert enc.feed(b"data: [DONE]\n\n") == b"" and enc.close() == b""  # nothing after the end
+
+
+def test_a_chat_error_event_becomes_an_anthropic_error_event() -> None:
+    enc = StreamEncoder("m")
+    head = stream(["Hi"], [], "stop", None).split(b"\n\n")[0] + b"\n\n"
+    out = enc.feed(head + b'data: {"error": {"message": "overloaded", "type": "server_error", "code": 503}}\n\n')
+    events = parse_sse(out)
+    assert validate(events) == "error"
+    assert events[-1][1] == {"type": "error", "error": {"type": "overloaded_error", "message": "overloaded"}}
+
+
+def test_a_malformed_event_or_bad_tool_arguments_end_the_stream_with_an_error() -> None:
+    for raw in (stream(["Hi"], [], "stop", USAGE).replace(b'"Hi"', b'"Hi'),
+                stream([], [("c", "f", ['{"a": ', "tru"])], "tool_calls", USAGE),
+                stream([], [("c", "f", ["[1]"])], "tool_calls", USAGE)):
+        events = parse_sse(encode_stream(raw))
+        assert validate(events) == "error"
+        assert not any(e[0] == "content_block_stop" and e[1]["index"] == 0
+                       for e in events if b"tool_calls" in raw and b'"c"' in raw)  # no tool block closes on bad arguments
+
+
+def test_interleaved_parallel_tool_arguments_are_refused_not_merged() -> None:
+    head = b'data: {"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [%s]}}]}\n\n'
+    raw = b"".join(head % p for p in (b'{"index": 0, "id": "a", "function": {"name": "f", "arguments": "{"}}',
+                                      b'{"index": 1, "id": "b", "function": {"name": "g", "arguments": "{}"}}',
+                                      b'{"index": 0, "function": {"arguments": "}"}}'))
+    events = parse_sse(encode_stream(raw))
+    assert validate(events) == "error"
+
+
+def test_ping_may_come_while_the_first_token_is_pending_and_the_gateway_can_fail_the_stream() -> None:
+    enc = StreamEncoder("m", input_tokens=12)
+    out = enc.start() + ping() + ping()
+    out += enc.feed(stream(["Hi"], [], "stop", None)[:60])
+    out += enc.fail(RateLimited("budget spent"))
+    events = parse_sse(out)
+    assert validate(events) == "error"
+    assert events[0][1]["message"]["usage"]["input_tokens"] == 12
+    assert events[-1][1]["error"] == {"type": "rate_limit_error", "message": "budget spent"}
+
+
+@pytest.mark.parametrize(("name", "events"), [
+    ("ping before message_start", [("ping", {"type": "ping"})]),
+    ("no message_stop", [("message_start", {"type": "message_start", "message": {
+        "content": [], "stop_reason": None, "usage": {"input_tokens": 1}}})]),
+    ("index gap", [("message_start", {"type": "message_start", "message": {
+        "content": [], "stop_reason": None, "usage": {"input_tokens": 1}}}),
+        ("content_block_start", {"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}})]),
+    ("delta outside its block", [("message_start", {"type": "message_start", "message": {
+        "content": [], "stop_reason": None, "usage": {"input_tokens": 1}}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x"}})]),
+    ("text delta in a tool block", [("message_start", {"type": "message_start", "message": {
+        "content": [], "stop_reason": None, "usage": {"input_tokens": 1}}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "input": {}}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x"}})]),
+])
+def test_the_grammar_validator_refuses_what_the_grammar_forbids(name: str, events: list) -> None:
+    with pytest.raises(GrammarError):
+        validate(events)
