@@ -30,6 +30,8 @@ class GatewayError(Exception):
         self.param = param
         self.retry_after = retry_after
         self.headers: dict[str, str] | None = None  # extra response headers (rate-limit state)
+        # the body already rendered in another API's error shape (an Anthropic caller's), or None: OpenAI's
+        self.rendered: bytes | None = None
 
 
 class InvalidRequest(GatewayError):

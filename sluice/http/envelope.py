@@ -19,7 +19,8 @@ def error_reply(exc: GatewayError) -> Reply:
     if exc.retry_after is not None:
         headers = headers or {}
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    return Reply(exc.status, _encode(error_body(exc)), JSON_TYPE, headers)
+    body = exc.rendered if exc.rendered is not None else _encode(error_body(exc))
+    return Reply(exc.status, body, JSON_TYPE, headers)
 
 
 def to_response(reply: Reply, request_id: str) -> web.Response:

@@ -3,12 +3,17 @@
     authenticate -> decode (validate) -> authorize -> route -> context window -> guard-in -> limit (reserve) -> admit (fair queue)
         -> forward (upstream, SSE relay) -> settle limits -> account
 
+Every API runs that one path: chat completions and embeddings in their own shape; the Anthropic
+Messages API decoded into the chat request first and its answer re-encoded (``messages``).
+
 Each stage is a small object with one async method over the ``RequestContext``; a stage
 returns to continue or raises a ``GatewayError`` to stop. Settling and accounting run for
 every request however it ends (a cut stream settles what it produced).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import msgspec
 
@@ -20,9 +25,11 @@ from ..routing import DecisionLog, RoutingState
 from ..telemetry import UsageLedger
 from ..telemetry.tracing import Tracer
 from .context import RequestContext
-from .endpoints import ListModels, ModelCall
+from .endpoints import ListModels, ModelCall, Stage
 from .forward import Forward
+from .messages import CountTokens, Messages, encode
 from .stages import Account, Admit, Authenticate, Authorize, ContextWindow, Decode, Guard, Limit, Route, Settle
+from .stages.decode_messages import DecodeCount, DecodeMessages
 
 __all__ = ["DataPlane", "RequestContext"]
 
@@ -51,19 +58,24 @@ class DataPlane:
             account(ctx)
 
         # Models whose upstream takes extra parameters get a wider chat request type (one per set).
-        wider: dict[frozenset[str], msgspec.json.Decoder] = {}
-        chat_extras = {model: wider.setdefault(names, msgspec.json.Decoder(chat_request_with(names)))
-                       for model, names in (extra_params or {}).items() if names}
+        wider: dict[frozenset[str], type[ChatCompletionRequest]] = {}
+        chat_types = {model: wider.setdefault(names, chat_request_with(names))
+                      for model, names in (extra_params or {}).items() if names}
+        decoders = {t: msgspec.json.Decoder(t) for t in wider.values()}
+        chat_extras = {model: decoders[t] for model, t in chat_types.items()}
 
-        def model_call(name: str, path: str, request_type: type,
-                       extras: dict[str, msgspec.json.Decoder] | None = None) -> ModelCall:
-            stages = (authenticate, Decode(request_type, **size, extras=extras), authorize, route, window,
-                      *((guard,) if guard is not None else ()), limit, admit)
+        def model_call(name: str, path: str, decode: Stage, encode: Callable | None = None) -> ModelCall:
+            stages = (authenticate, decode, authorize, route, window, *((guard,) if guard is not None else ()),
+                      limit, admit)
             return ModelCall(name, stages, Forward(path, finish, resilience), finish, authenticate=authenticate,
-                             tracer=tracer)
+                             tracer=tracer, encode=encode)
 
-        self.chat_completions = model_call("chat.completions", "/chat/completions", ChatCompletionRequest, chat_extras)
-        self.embeddings = model_call("embeddings", "/embeddings", EmbeddingRequest)
+        self.chat_completions = model_call("chat.completions", "/chat/completions",
+                                           Decode(ChatCompletionRequest, **size, extras=chat_extras))
+        self.embeddings = model_call("embeddings", "/embeddings", Decode(EmbeddingRequest, **size))
+        self.messages = Messages(model_call("messages", "/chat/completions",
+                                            DecodeMessages(**size, types=chat_types), encode))
+        self.count_tokens = CountTokens((authenticate, DecodeCount(**size), authorize, route))
         self.models = ListModels(authenticate, routes)
         self.authenticate = authenticate
 
@@ -72,6 +84,8 @@ class DataPlane:
         return [
             ("POST", "/v1/chat/completions", self.chat_completions),
             ("POST", "/v1/embeddings", self.embeddings),
+            ("POST", "/v1/messages", self.messages),
+            ("POST", "/v1/messages/count_tokens", self.count_tokens),
             ("GET", "/v1/models", self.models),
         ]
 

@@ -20,11 +20,13 @@ POLICY_HEADER = "x-sluice-policy"  # the policy version (and short hash) the req
 class ModelCall:
     """An endpoint that calls a model: chat completions (streaming or not) and embeddings."""
 
-    __slots__ = ("_name", "_stages", "_forward", "_account", "_authenticate", "_tracer", "_loop")
+    __slots__ = ("_name", "_stages", "_forward", "_account", "_authenticate", "_tracer", "_loop", "_encode")
 
     def __init__(self, name: str, stages: Sequence[Stage], forward: Forward, account: Callable[[RequestContext], None],
-                 *, authenticate: Stage, tracer: Tracer | None = None) -> None:
+                 *, authenticate: Stage, tracer: Tracer | None = None,
+                 encode: Callable[[RequestContext, Reply | StreamReply], Reply | StreamReply] | None = None) -> None:
         self._name = name
+        self._encode = encode  # another API's wire: the chat answer re-encoded in its shape (None: chat's own)
         self._stages = tuple(stages)
         assert self._stages[0] is authenticate  # the tracer decides once this first stage has run
         self._forward = forward
@@ -64,7 +66,7 @@ class ModelCall:
                     reply.headers = {POLICY_HEADER: ctx.policy.tag}
                 else:
                     reply.headers[POLICY_HEADER] = ctx.policy.tag
-            return reply
+            return reply if self._encode is None else self._encode(ctx, reply)
         except GatewayError as exc:
             ctx.status, ctx.error_code = exc.status, exc.code
             streaming = False

@@ -20,6 +20,7 @@ from ..core.errors import ErrorEnvelope
 from ..core.exchange import JSON_TYPE, SSE_TYPE, Exchange, Reply
 from ..core.wire import ChatCompletionRequest, EmbeddingRequest
 from ..identity.exchange import ACCESS_TOKEN, GRANT, ID_TOKEN, JWT
+from ..wire.anthropic import CountTokensRequest, MessagesRequest
 from .context import RequestContext
 from .endpoints import Stage
 
@@ -86,6 +87,26 @@ class Readiness(msgspec.Struct):
     usage_spilled: int
 
 
+class AnthropicErrorDetail(msgspec.Struct):
+    """What went wrong, by Anthropic's error type (``invalid_request_error``, ``authentication_error``...)."""
+
+    type: str
+    message: str
+
+
+class AnthropicError(msgspec.Struct):
+    """Anthropic's error shape: every error of the Messages routes, before an answer or as a stream's ``error`` event."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+
+
+class InputTokens(msgspec.Struct):
+    """``POST /v1/messages/count_tokens``."""
+
+    input_tokens: int
+
+
 class KeySet(msgspec.Struct):
     """The public keys that verify sluice access tokens (RFC 7517)."""
 
@@ -106,9 +127,12 @@ _WHY = {
     502: "The upstream failed, refused the gateway's credentials, or cut its answer.",
     503: "No upstream is available, the fair queue's deadline passed, or credentials cannot be confirmed.",
     504: "The upstream did not answer in time.",
+    529: "Anthropic's overloaded: no upstream is available, the fair queue's deadline passed, or credentials cannot"
+         " be confirmed (sluice's 503 on the other routes).",
 }
 _AUTH = (401, 403, 429, 503)  # every authenticated route: the credential, the role, the failure gate, the store
 _MODEL_CALL = (*_AUTH, 400, 404, 413, 415, 502, 504)
+_MESSAGES_CALL = (400, 401, 403, 404, 413, 415, 429, 502, 504, 529)  # Anthropic's: 503 answers 529
 
 
 class Operation(NamedTuple):
@@ -122,6 +146,7 @@ class Operation(NamedTuple):
     body_media: tuple[str, ...] = (JSON_TYPE,)
     public: bool = False
     answers: tuple[int, ...] = (200,)  # the statuses that carry ``ok`` rather than the error envelope
+    error: type = ErrorEnvelope  # the errors' shape: OpenAI's, or Anthropic's on its routes
 
 
 # One server-sent event (schemathesis reads an event stream's schema per event, as OpenAPI 3.2's itemSchema):
@@ -133,6 +158,14 @@ _EVENT = {
     "properties": {"data": {"anyOf": [{"const": "[DONE]"}, {"type": "string", "contentMediaType": JSON_TYPE,
                                                             "contentSchema": _OBJECT}]}},
 }
+# Anthropic's stream: named events (message_start, content_block_*, message_delta, message_stop, ping, error).
+_MESSAGE_EVENT = {
+    "type": "object", "required": ["data"],
+    "description": "Sent when the request asks `stream: true`: Anthropic's events, each a JSON object named by its "
+                   "`event:` line; a failure after the first byte is an `error` event in Anthropic's error shape.",
+    "properties": {"event": {"type": "string"},
+                   "data": {"type": "string", "contentMediaType": JSON_TYPE, "contentSchema": _OBJECT}},
+}
 OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/v1/chat/completions"): Operation(
         "createChatCompletion", "A chat completion, whole or streamed.",
@@ -142,6 +175,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "createEmbedding", "Embeddings of the input.",
         {JSON_TYPE: {**_OBJECT, "description": "The embeddings as the upstream answers them."}},
         _MODEL_CALL, EmbeddingRequest),
+    ("POST", "/v1/messages"): Operation(
+        "createMessage", "Anthropic's Messages API, whole or streamed, run as a chat completion.",
+        {JSON_TYPE: {**_OBJECT, "description": "A message in Anthropic's shape."}, SSE_TYPE: _MESSAGE_EVENT},
+        _MESSAGES_CALL, MessagesRequest, error=AnthropicError),
+    ("POST", "/v1/messages/count_tokens"): Operation(
+        "countMessageTokens", "The input tokens a Messages request would take; nothing is sent upstream.",
+        {JSON_TYPE: InputTokens}, (400, 401, 403, 404, 413, 415, 429, 529), CountTokensRequest, error=AnthropicError),
     ("GET", "/v1/models"): Operation("listModels", "The models the caller may use.", {JSON_TYPE: ModelList}),
     ("POST", "/v1/token"): Operation(
         "exchangeToken", "Token exchange (RFC 8693); the credential is in the body.", {JSON_TYPE: AccessToken},
@@ -162,6 +202,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
 }
 
 
+def _phrase(status: int) -> str:
+    return "Overloaded" if status == 529 else HTTPStatus(status).phrase
+
+
 def document(routes: Iterable[tuple[str, str, object]]) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the given ``(method, path, handler)`` table; a route unknown here raises."""
     served: list[tuple[str, str, Operation]] = []
@@ -170,7 +214,8 @@ def document(routes: Iterable[tuple[str, str, object]]) -> dict[str, Any]:
         if op is None:
             raise LookupError(f"{method} {path} has no entry in the data plane's OpenAPI (sluice/pipeline/openapi.py)")
         served.append((method, path, op))
-    types = {ErrorEnvelope} | {t for *_, op in served for t in (op.body, *op.ok.values()) if isinstance(t, type)}
+    types = {op.error for *_, op in served} | {t for *_, op in served for t in (op.body, *op.ok.values())
+                                                   if isinstance(t, type)}
     ordered = sorted(types, key=lambda t: t.__name__)
     refs, components = msgspec.json.schema_components(ordered, ref_template=_REF)
     if "TokenRequest" in components:  # the token endpoint reads any further field, as a string (RFC 8693 has more)
@@ -181,8 +226,8 @@ def document(routes: Iterable[tuple[str, str, object]]) -> dict[str, Any]:
         ok = {media: {"schema": schema[t] if isinstance(t, type) else t} for media, t in op.ok.items()}
         responses = {str(status): {"description": HTTPStatus(status).phrase, "content": ok} for status in op.answers}
         for status in sorted(op.errors):
-            responses[str(status)] = {"description": f"{HTTPStatus(status).phrase}. {_WHY[status]}",
-                                      "content": {JSON_TYPE: {"schema": schema[ErrorEnvelope]}}}
+            responses[str(status)] = {"description": f"{_phrase(status)}. {_WHY[status]}",
+                                      "content": {JSON_TYPE: {"schema": schema[op.error]}}}
         entry: dict[str, Any] = {
             "operationId": op.id, "summary": op.summary, "responses": responses,
             "parameters": [{"name": name.strip("{}"), "in": "path", "required": True, "schema": {"type": "string"}}

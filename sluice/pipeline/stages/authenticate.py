@@ -27,11 +27,11 @@ class Authenticate:
         if self._registry.unconfirmed_too_long:
             raise Unavailable("The gateway cannot confirm credentials with its store; try again shortly.",
                               code="store_unavailable", retry_after=5)
-        token = ctx.exchange.bearer()
-        if token is None:
-            raise Unauthenticated(
-                "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.", code="missing_api_key"
-            )
+        ex = ctx.exchange
+        token = ex.bearer() or ex.headers.get("x-api-key")  # the second, as Anthropic's SDKs send it
+        if not token:
+            raise Unauthenticated("You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'"
+                                  " (or 'x-api-key: YOUR_KEY').", code="missing_api_key")
         if self._tokens is not None and looks_like_jwt(token):
             principal = self._tokens.authenticate(token)
         else:

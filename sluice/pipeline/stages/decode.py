@@ -47,6 +47,31 @@ class _ModelName(msgspec.Struct):
 _model_name = msgspec.json.Decoder(_ModelName)
 
 
+def model_of(body: bytes) -> str:
+    """The ``model`` a JSON body names ("" when it names none, or is no object)."""
+    try:
+        return _model_name.decode(body).model
+    except msgspec.ValidationError:
+        return ""
+
+
+def checked_body(ctx: RequestContext, max_bytes: int, max_depth: int) -> bytes:
+    """The request's body once its media type, size and depth pass (the checks every API's decode makes first)."""
+    ex = ctx.exchange
+    ctype = ex.headers.get("Content-Type")
+    if ctype is not None and not ctype.lower().startswith("application/json"):
+        raise UnsupportedMediaType("Send the request body as JSON with 'Content-Type: application/json'.")
+    body = ex.body
+    if len(body) > max_bytes:
+        raise PayloadTooLarge(f"The request body exceeds {max_bytes} bytes.")
+    if not body:
+        raise InvalidRequest("The request body is empty; send a JSON object.")
+    # Cheap bound first: depth cannot exceed the number of opening brackets.
+    if body.count(b"[") + body.count(b"{") > max_depth and json_depth(body) > max_depth:
+        raise InvalidRequest(f"The JSON body is nested deeper than {max_depth} levels.", code="json_too_deep")
+    return body
+
+
 class Decode:
     """Decodes the JSON body into the endpoint's typed request, or stops with 400/413/415.
 
@@ -65,25 +90,12 @@ class Decode:
         self._extras = extras or None
 
     async def __call__(self, ctx: RequestContext) -> None:
-        ex = ctx.exchange
-        ctype = ex.headers.get("Content-Type")
-        if ctype is not None and not ctype.lower().startswith("application/json"):
-            raise UnsupportedMediaType("Send the request body as JSON with 'Content-Type: application/json'.")
-        body = ex.body
-        if len(body) > self._max_bytes:
-            raise PayloadTooLarge(f"The request body exceeds {self._max_bytes} bytes.")
-        if not body:
-            raise InvalidRequest("The request body is empty; send a JSON object.")
-        # Cheap bound first: depth cannot exceed the number of opening brackets.
-        if body.count(b"[") + body.count(b"{") > self._max_depth and json_depth(body) > self._max_depth:
-            raise InvalidRequest(f"The JSON body is nested deeper than {self._max_depth} levels.", code="json_too_deep")
+        body = checked_body(ctx, self._max_bytes, self._max_depth)
         try:
             ctx.request = self._decoder.decode(body)
         except msgspec.ValidationError as exc:
-            try:
-                wider = self._extras.get(_model_name.decode(body).model) if self._extras is not None else None
-            except msgspec.ValidationError:  # no object, or a model that is no string: the strict refusal stands
-                wider = None
+            # no object, or a model that is no string: model_of says "" and the strict refusal stands
+            wider = self._extras.get(model_of(body)) if self._extras is not None else None
             if wider is None:
                 message, param = describe(exc)
                 raise InvalidRequest(message, param=param) from None

@@ -1,0 +1,132 @@
+"""The Anthropic Messages API through sluice (issue 24, item 1, translated path): the official
+``anthropic`` SDK against a real gateway in front of the sim's chat route. Identity, scopes, the
+tokenizer estimate and usage records hold as for chat; replies, streams and errors are Anthropic's."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import anthropic
+import httpx
+import pytest
+
+import sluice.sim
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from messages_grammar import parse_sse, validate  # noqa: E402
+from support import Gateway, Sim, start_gateway  # noqa: E402
+
+SIM_TOKENIZER = str(Path(sluice.sim.__file__).with_name("tokenizer.json"))
+TOOLS = [{"name": "get_weather", "description": "Weather for a city.",
+          "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+CALL = 'sim:call get_weather {"city": "Oslo", "days": [1, 2, 3]}'
+ASK = {"model": "sim-small", "max_tokens": 7, "system": "Be brief.",
+       "messages": [{"role": "user", "content": "Tell me a story."}]}
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Sim]]:
+    tmp = tmp_path_factory.mktemp("messages-gw")
+    sim = Sim(tmp)
+    g = start_gateway(
+        tmp, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
+        models=[{"name": "sim-small", "upstream": "sim", "tokenizer": SIM_TOKENIZER},
+                {"name": "sim-other", "upstream": "sim", "upstream_model": "sim-small"}],
+        identities=[{"name": "app", "owner": "team-a@example.com", "models": ["sim-small"]}],
+    )
+    yield g, sim
+    g.stop()
+    sim.stop()
+
+
+def client(g: Gateway, key: str | None = None) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=g.url, api_key=key or g.keys["app"], max_retries=0, timeout=15.0)
+
+
+def test_a_message_through_sluice_is_answered_in_anthropics_shape_and_recorded_as_messages(rig) -> None:
+    g, sim = rig
+    msg = client(g).messages.create(**ASK)  # the SDK sends its key as x-api-key
+    assert msg.type == "message" and msg.role == "assistant" and msg.id.startswith("msg_")
+    assert msg.stop_reason == "max_tokens" and msg.usage.output_tokens == 7
+    assert msg.content[0].type == "text" and len(msg.content[0].text.split()) == 7
+    # the sim counted the translated prompt with the same tokenizer sluice estimates with
+    direct = anthropic.Anthropic(base_url=sim.url, api_key="x", max_retries=0).messages.count_tokens(
+        model="sim-small", system=ASK["system"], messages=ASK["messages"])
+    counted = client(g).messages.count_tokens(model="sim-small", system=ASK["system"], messages=ASK["messages"])
+    assert counted.input_tokens == msg.usage.input_tokens + (msg.usage.cache_read_input_tokens or 0)
+    assert abs(counted.input_tokens - direct.input_tokens) <= 8, (counted, direct)  # chat framing vs messages'
+    rows = g.admin("GET", "/admin/usage", params={"limit": 50}).json()["data"]
+    assert any(r["endpoint"] == "messages" and r["completion_tokens"] == 7 for r in rows), rows
+
+
+def test_a_stream_through_sluice_passes_the_grammar_and_equals_the_whole_reply(rig) -> None:
+    g, _ = rig
+    ask = {**ASK, "max_tokens": 5000, "messages": [{"role": "user", "content": "Write a poem."}]}
+    r = httpx.post(g.url + "/v1/messages", json={**ask, "stream": True}, timeout=15,
+                   headers={"x-api-key": g.keys["app"], "anthropic-version": "2023-06-01"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+    events = parse_sse(r.content)
+    assert validate(events) == "message_stop"
+    assert events[0][1]["message"]["usage"]["input_tokens"] > 0  # the estimate, before the upstream's count
+    c = client(g)
+    with c.messages.stream(**ask) as s:
+        text = "".join(s.text_stream)
+        final = s.get_final_message()
+    whole = c.messages.create(**ask)
+    assert final.content[0].text == text == whole.content[0].text  # type: ignore[union-attr]
+    assert final.stop_reason == whole.stop_reason == "end_turn"
+    assert final.usage.output_tokens == whole.usage.output_tokens > 0
+
+
+def test_a_streamed_tool_call_reaches_the_sdk_with_its_whole_input(rig) -> None:
+    g, _ = rig
+    ask = {"model": "sim-small", "max_tokens": 64, "tools": TOOLS,
+           "messages": [{"role": "user", "content": [{"type": "text", "text": CALL}]}]}
+    with client(g).messages.stream(**ask) as s:
+        final = s.get_final_message()
+    [use] = [b for b in final.content if b.type == "tool_use"]
+    assert use.name == "get_weather" and use.input == {"city": "Oslo", "days": [1, 2, 3]}  # never {} (LiteLLM #25321)
+    assert final.stop_reason == "tool_use"
+    whole = client(g).messages.create(**ask)
+    assert [b.input for b in whole.content if b.type == "tool_use"] == [use.input]
+
+
+def test_refusals_are_anthropic_errors_the_sdk_raises_as_their_types(rig) -> None:
+    g, _ = rig
+    with pytest.raises(anthropic.AuthenticationError) as bad_key:
+        client(g, "slk_dev_" + "x" * 36).messages.create(**ASK)
+    assert bad_key.value.body["type"] == "error" and bad_key.value.body["error"]["type"] == "authentication_error"
+    with pytest.raises(anthropic.NotFoundError):  # outside the caller's scope looks like missing
+        client(g).messages.create(**{**ASK, "model": "sim-other"})
+    with pytest.raises(anthropic.BadRequestError) as bad:
+        client(g).messages.create(model="sim-small", max_tokens=5, messages=[
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_nowhere", "content": "secret-42"}]}])
+    assert bad.value.status_code == 400 and "secret-42" not in str(bad.value.body)
+    r = httpx.post(g.url + "/v1/messages", content=b"{not json", timeout=10,
+                   headers={"x-api-key": g.keys["app"], "content-type": "application/json"})
+    assert r.status_code == 400 and r.json() == {"type": "error", "error": {
+        "type": "invalid_request_error", "message": r.json()["error"]["message"]}}
+    # no key at all, refused from the headers before a large body is sent: still Anthropic's shape
+    with socket.create_connection(("127.0.0.1", g.port), timeout=10) as s:
+        s.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 200000\r\n\r\n")
+        head, _, body = s.recv(65536).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401 "), head
+    assert json.loads(body) == {"type": "error", "error": {"type": "authentication_error",
+                                                           "message": json.loads(body)["error"]["message"]}}, body
+
+
+@pytest.mark.parametrize(("upstream", "status", "kind"), [(503, 529, "overloaded_error"), (429, 429, "rate_limit_error")])
+def test_an_upstream_refusal_keeps_its_retry_after_in_anthropics_status_and_type(rig, upstream, status, kind) -> None:
+    g, sim = rig
+    sim.faults(error_status=upstream, error_count=5, retry_after=4)
+    try:
+        r = httpx.post(g.url + "/v1/messages", json=ASK, timeout=15, headers={"x-api-key": g.keys["app"]})
+    finally:
+        sim.clear_faults()
+    assert r.status_code == status and r.headers["retry-after"] == "4", (r.status_code, r.headers, r.text)
+    assert r.json() == {"type": "error", "error": {"type": kind, "message": r.json()["error"]["message"]}}
