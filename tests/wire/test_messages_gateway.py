@@ -37,6 +37,11 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Sim
         models=[{"name": "sim-small", "upstream": "sim", "tokenizer": SIM_TOKENIZER},
                 {"name": "sim-other", "upstream": "sim", "upstream_model": "sim-small"}],
         identities=[{"name": "app", "owner": "team-a@example.com", "models": ["sim-small"]}],
+        extra={"tools": [
+            {"name": "get_weather", "risk": "read", "identities": ["app"]},
+            {"name": "delete_repo", "risk": "write", "identities": ["nobody"]},
+            {"name": "transfer_funds", "risk": "high", "identities": ["app"]},
+        ]},
     )
     yield g, sim
     g.stop()
@@ -130,3 +135,24 @@ def test_an_upstream_refusal_keeps_its_retry_after_in_anthropics_status_and_type
         sim.clear_faults()
     assert r.status_code == status and r.headers["retry-after"] == "4", (r.status_code, r.headers, r.text)
     assert r.json() == {"type": "error", "error": {"type": kind, "message": r.json()["error"]["message"]}}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_call_outside_the_grant_leaves_nothing_of_itself_and_a_high_one_is_held(rig, stream) -> None:
+    g, _ = rig
+    # offering delete_repo is refused before the model (400); the model calls it all the same
+    offered = [{"name": n, "input_schema": {"type": "object"}} for n in ("get_weather", "transfer_funds")]
+    for line, tool in (('sim:call delete_repo {"repo": "victim-repo-77"}', "delete_repo"),
+                       ('sim:call transfer_funds {"to": "victim-acct-77", "amount": 5}', "transfer_funds")):
+        ask = {"model": "sim-small", "max_tokens": 64, "tools": offered, "messages": [{"role": "user", "content": line}]}
+        r = httpx.post(g.url + "/v1/messages", json={**ask, "stream": stream}, timeout=15,
+                       headers={"x-api-key": g.keys["app"]})
+        assert r.status_code == 200, r.text
+        assert b"victim-" not in r.content and b'"tool_use"' not in r.content, (tool, r.text[:600])
+        if stream:
+            assert validate(parse_sse(r.content)) == "message_stop"
+        c = client(g)
+        final = c.messages.stream(**ask).__enter__().get_final_message() if stream else c.messages.create(**ask)
+        assert not [b for b in final.content if b.type == "tool_use"] and final.stop_reason != "tool_use"
+        if tool == "transfer_funds":  # held for a human: the caller reads the approval it waits on
+            assert "apv_" in "".join(b.text for b in final.content if b.type == "text")
