@@ -99,7 +99,7 @@ def _answered(socks: list[socket.socket], deadline: float = 10.0) -> None:
         s.settimeout(max(end - time.monotonic(), 0.01))
         try:
             assert s.recv(1, socket.MSG_PEEK), "closed without an answer"
-        except socket.timeout:
+        except TimeoutError:
             raise AssertionError(f"a refused connection had no 503 to read after {deadline} s") from None
         s.settimeout(5)
 
