@@ -67,3 +67,27 @@ async def store_url(request, tmp_path):
     url = await fresh_pg_database()
     yield url
     await drop_pg_database(url)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """One line naming what was skipped and why, so a run without Postgres or Redis is not taken for a
+    whole green one (CI=true turns a missing service into a failure instead). Written after pytest's own
+    summary, just above its count line."""
+    result = yield
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return result
+    reasons: dict[str, list] = {}  # what is missing -> [count, first detail]
+    for report in skipped:
+        longrepr = report.longrepr
+        text = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        text = text.removeprefix("Skipped: ")
+        what, _, detail = text.partition(": ")
+        entry = reasons.setdefault(what, [0, detail])
+        entry[0] += 1
+    parts = [f"{n} {what}" + (f" ({detail[:80]})" if detail else "")
+             for what, (n, detail) in sorted(reasons.items(), key=lambda kv: -kv[1][0])]
+    terminalreporter.write_line(f"skipped {len(skipped)} tests: " + "; ".join(parts)
+                                + "; run with the services up or CI=true", yellow=True, bold=True)
+    return result

@@ -317,8 +317,23 @@ def test_approvals_survive_a_restart(gw, approver, sim, tmp_path_factory):
 
 def test_no_raw_secret_or_pii_from_the_corpus_in_any_log_or_database_row(gw):
     # every positive went through this gateway (masked, blocked or refused); none may be kept raw
-    assert chat(gw, messages=user(" ".join(t for t, _ in POSITIVE[20:]))).status_code == 200
-    time.sleep(1.0)
+    r = chat(gw, messages=user(" ".join(t for t, _ in POSITIVE[20:])))
+    assert r.status_code == 200
+    rid = r.headers["x-request-id"]
+
+    def written() -> bool:
+        """This request's usage row, its prompt capture and its log line are all written."""
+        import sqlite3
+
+        with sqlite3.connect(gw.tmp / "sluice.db") as conn:
+            captured = conn.execute("SELECT count(*) FROM prompt_captures WHERE request_id = ?", (rid,)).fetchone()[0]
+        used = any(u["request_id"] == rid for u in gw.admin("GET", "/admin/usage?limit=1000").json()["data"])
+        return bool(captured) and used and rid in gw.log()
+
+    deadline = time.monotonic() + 10
+    while not written():  # look only once the writes are flushed: absence before that proves nothing
+        assert time.monotonic() < deadline, "the request's usage row, capture or log line is missing after 10 s"
+        time.sleep(0.05)
     db = (gw.tmp / "sluice.db").read_bytes() + b"".join(p.read_bytes() for p in gw.tmp.glob("sluice.db-wal"))
     logs = "".join(p.read_text(errors="replace") for p in gw.tmp.glob("*.log"))
     assert b"[REDACTED:" in db  # prompt capture and tool records exist, masked

@@ -62,6 +62,48 @@ def _idle(n: int, port: int) -> list[socket.socket]:
     return [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(n)]
 
 
+def _peers(g: Gateway) -> set[int]:
+    """The client ports of the data-plane connections the gateway process has accepted (holds a descriptor of)."""
+    fds = f"/proc/{g.proc.popen.pid}/fd"
+    inodes = set()
+    for fd in os.listdir(fds):
+        try:
+            link = os.readlink(f"{fds}/{fd}")
+        except FileNotFoundError:  # closed while we looked
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    peers = set()
+    with open("/proc/net/tcp") as f:
+        for row in f.read().splitlines()[1:]:
+            cols = row.split()
+            local, remote, inode = cols[1], cols[2], cols[9]
+            if int(local.split(":")[1], 16) == g.port and inode in inodes:
+                peers.add(int(remote.split(":")[1], 16))
+    return peers
+
+
+def _accepted(g: Gateway, socks: list[socket.socket], deadline: float = 10.0) -> None:
+    """Wait until the gateway has accepted every one of ``socks`` (a kernel handshake alone is not that)."""
+    ports = {s.getsockname()[1] for s in socks}
+    end = time.monotonic() + deadline
+    while not ports <= _peers(g):
+        assert time.monotonic() < end, f"{len(ports - _peers(g))} of {len(ports)} connections not accepted after {deadline} s"
+        time.sleep(0.02)
+
+
+def _answered(socks: list[socket.socket], deadline: float = 10.0) -> None:
+    """Wait until every one of ``socks`` has something to read (its 503 was written), reading nothing."""
+    end = time.monotonic() + deadline
+    for s in socks:
+        s.settimeout(max(end - time.monotonic(), 0.01))
+        try:
+            assert s.recv(1, socket.MSG_PEEK), "closed without an answer"
+        except TimeoutError:
+            raise AssertionError(f"a refused connection had no 503 to read after {deadline} s") from None
+        s.settimeout(5)
+
+
 def _wait_served(g: Gateway, deadline: float = 10.0) -> httpx.Response:
     """The first answer a new connection gets within ``deadline`` that is not the 503 of the bound."""
     end = time.monotonic() + deadline
@@ -79,7 +121,7 @@ def test_connections_past_the_bound_get_a_503_and_those_inside_it_keep_being_ser
     inside = httpx.Client(timeout=5)  # a caller kept alive from before the flood
     assert inside.post(g.url + "/v1/chat/completions", json=CHAT, headers=auth).status_code == 200
     flood = _idle(BOUND - 1, g.port)  # with the caller's connection: the bound is reached
-    time.sleep(0.3)
+    _accepted(g, flood)
     try:
         # a newcomer that only reads gets the whole 503, then a clean close
         sock = socket.create_connection(("127.0.0.1", g.port), timeout=5)
@@ -115,17 +157,22 @@ def test_connections_past_the_bound_get_a_503_and_those_inside_it_keep_being_ser
 def test_refused_connections_that_never_read_are_cut_and_bounded_too(gateway: Gateway):
     g = gateway
     flood = _idle(BOUND, g.port)
-    time.sleep(0.3)
+    _accepted(g, flood)
     lingering = _idle(16, g.port)  # refused, never read: each holds its 503 until it is cut
-    time.sleep(0.3)
+    opened = time.monotonic()
+    _answered(lingering)
     try:
         # past the lingering bound (16 at BOUND = 8) a newcomer is cut at once, without an answer
         sock = socket.create_connection(("127.0.0.1", g.port), timeout=5)
         raw, _ = _read_all(sock, timeout=3)
         sock.close()
         assert raw == b""
-        # each lingering one had its 503 written and is cut within SHED_LINGER (1 s) and a margin
-        time.sleep(1.5)
+        # each lingering one had its 503 written and is cut within SHED_LINGER (1 s) and a margin:
+        # the gateway lets go of every one of them (its descriptor closed after the connection is counted out)
+        ports = {s.getsockname()[1] for s in lingering}
+        while ports & _peers(g):
+            assert time.monotonic() - opened < 4.0, f"{len(ports & _peers(g))} refused connections still held after 4 s"
+            time.sleep(0.02)
         raws = [_read_all(s, timeout=3)[0] for s in lingering]
         assert all(r.startswith(b"HTTP/1.1 503 ") for r in raws), raws[:2]
         # their descriptors are free again: a refused newcomer reads its 503 once more

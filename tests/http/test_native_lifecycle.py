@@ -56,7 +56,18 @@ def test_graceful_stop_finishes_streams_in_flight_and_refuses_new_connections(tm
             it = r.iter_bytes()
             got = next(it)
             g.proc.popen.send_signal(signal.SIGTERM)
-            time.sleep(0.3)
+            deadline = time.monotonic() + 10
+            while "shutting down" not in g.log():  # the signal was taken: the listeners close next
+                assert time.monotonic() < deadline, "the gateway did not start shutting down within 10 s"
+                time.sleep(0.02)
+            while True:  # a connect that lands before the listener closes may still be accepted
+                try:
+                    socket.create_connection(("127.0.0.1", g.port), timeout=2).close()
+                except OSError:
+                    break
+                assert time.monotonic() < deadline, "new connections still accepted 10 s after SIGTERM"
+                time.sleep(0.02)
+            assert g.proc.popen.poll() is None, "the gateway exited instead of draining its stream"
             with pytest.raises(OSError):
                 socket.create_connection(("127.0.0.1", g.port), timeout=2).close()
             for piece in it:
@@ -77,10 +88,14 @@ def test_the_access_log_names_each_request_and_its_status_but_never_the_key(tmp_
         assert g.post("/v1/chat/completions", g.keys["app"], json={
             "model": "sim-small", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
         assert httpx.get(g.url + "/nowhere").status_code == 404
-        time.sleep(0.3)
-        lines = g.log().splitlines()
-        assert any("POST /v1/chat/completions" in line and " 200 " in line for line in lines)
-        assert any("GET /nowhere" in line and " 404 " in line for line in lines)
+        deadline = time.monotonic() + 10
+        while True:  # the access log is written as each response ends: wait for both lines
+            lines = g.log().splitlines()
+            if (any("POST /v1/chat/completions" in line and " 200 " in line for line in lines)
+                    and any("GET /nowhere" in line and " 404 " in line for line in lines)):
+                break
+            assert time.monotonic() < deadline, "no access log line for each request after 10 s"
+            time.sleep(0.05)
         assert not any(g.keys["app"] in line for line in lines)
     finally:
         g.stop()

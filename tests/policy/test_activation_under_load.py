@@ -18,28 +18,27 @@ from sluice.identity import generate
 IDENTS = [{"name": "app", "owner": "o@example.com", "models": ["*"]}]
 
 
-def change(g: Gateway, i: int) -> None:
-    """One change set that moves the route AND the limit together: version i -> (chat@v1|v2, rpm)."""
+def change(g: Gateway, i: int) -> tuple[int, tuple[str, str]]:
+    """One change set that moves the route AND the limit together: step i -> (chat@v1|v2, rpm). Returns
+    the version it made and what that version must serve, as this function chose it (not as the API says)."""
     target = "chat@v2" if i % 2 else "chat@v1"
+    rpm = 1_000_000 + i
     routing = g.admin("GET", "/admin/policy/versions/active?format=json").json()["document"]["routing"]
     routing["routes"][0]["targets"] = [{"target": target, "weight": 100}]
-    rules = [{"name": "per-identity", "requests_per_minute": 1_000_000 + i}]
+    rules = [{"name": "per-identity", "requests_per_minute": rpm}]
     r = g.admin("POST", "/admin/policy/changes", json={"sections": {"routing": routing, "limits": {"rules": rules}},
                                                        "reason": f"step {i}"})
     assert r.status_code == 201, r.text
-
-
-def expected(g: Gateway, version: int) -> tuple[str, str]:
-    doc = g.admin("GET", f"/admin/policy/versions/{version}?format=json").json()["document"]
-    rules = doc["limits"]["rules"]
-    return doc["routing"]["routes"][0]["targets"][0]["target"], str(rules[0]["requests_per_minute"]) if rules else "-"
+    return r.json()["version"], (target, str(rpm))
 
 
 def test_activating_versions_under_16_clients_drops_nothing_and_mixes_nothing(sim, tmp_path):
     cfg = config(sim, f"sqlite:///{tmp_path}/sluice.db")
     g = start_gateway(tmp_path, upstreams=cfg.pop("upstreams"), models=cfg.pop("models"), identities=IDENTS, extra=cfg)
     try:
-        change(g, 0)  # from here on every version has a limit, so every response carries one
+        # from here on every version has a limit, so every response carries one
+        first, first_want = change(g, 0)
+        want = {first: first_want}  # version -> (target, limit), from this test's own steps
         seen: list[tuple[str, str, str]] = []
         failures: list[str] = []
         stop = threading.Event()
@@ -60,22 +59,32 @@ def test_activating_versions_under_16_clients_drops_nothing_and_mixes_nothing(si
         threads = [threading.Thread(target=client) for _ in range(16)]
         for t in threads:
             t.start()
-        time.sleep(0.5)
+
+        def served(version: int, at_least: int = 1) -> None:
+            """Wait until ``at_least`` responses under ``version`` were seen (the clients keep running)."""
+            deadline = time.monotonic() + 20
+            while sum(1 for tag, _, _ in list(seen) if tag.startswith(f"{version}-")) < at_least:
+                assert not failures, failures[:5]
+                assert time.monotonic() < deadline, f"no response under version {version} in 20 s"
+                time.sleep(0.01)
+
+        served(first, 16)
         for i in range(1, 9):
-            change(g, i)
-            time.sleep(0.15)
-        time.sleep(0.3)
+            version, expect = change(g, i)
+            assert version > max(want), (version, want)
+            want[version] = expect
+            served(version, 16)  # traffic crosses every activation
         stop.set()
         for t in threads:
             t.join(30)
         assert not failures, failures[:5]
         tags = {tag for tag, _, _ in seen}
-        assert len(tags) >= 5, tags  # traffic really crossed several activations
+        assert {int(tag.split("-")[0]) for tag in tags} == set(want), (tags, want)  # no version but the nine made
+        assert len(tags) == len(want), tags  # one hash per version
         for tag in tags:
             version = int(tag.split("-")[0])
-            want = expected(g, version)
             got = {(t, lim) for tg, t, lim in seen if tg == tag}
-            assert got == {want}, (tag, got, want)
+            assert got == {want[version]}, (tag, got, want[version])
     finally:
         g.stop()
 

@@ -3,6 +3,7 @@ addresses are refused unless allowed; a deployment's replicas share its load."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -26,7 +27,12 @@ def test_an_upstream_that_fails_its_health_checks_gets_no_request_at_all(sim, tm
                "routes": [{"name": "r", "targets": [{"target": "m@primary"}], "fallbacks": ["m@backup"]}],
                "resilience": {"health_interval_s": 0.2}})
     try:
-        time.sleep(1.0)  # a few health rounds, no traffic
+        # no traffic: only the health rounds can open the dead target's breaker
+        deadline = time.monotonic() + 10
+        while not re.search(r'sluice_breaker_state\{state="open",target="m@primary",upstream="dead"\} 1\.0',
+                            httpx.get(g.admin_url + "/metrics", timeout=5).text):
+            assert time.monotonic() < deadline, "the health checks did not mark the dead upstream within 10 s"
+            time.sleep(0.05)
         r = g.post("/v1/chat/completions", g.keys["app"], json=BODY)
         assert r.status_code == 200 and r.headers["x-sluice-route"] == "r; target=m@backup"
         why = g.admin("GET", f"/admin/routes/decisions/{r.headers['x-request-id']}").json()

@@ -94,19 +94,27 @@ def test_streams_in_flight_finish_while_weights_shift_under_them(sim, tmp_path):
     try:
         client = openai.OpenAI(base_url=g.v1, api_key=g.keys["app"], max_retries=0)
         finished: list[str] = []
+        started = [threading.Event() for _ in range(8)]
 
-        def one_stream() -> None:
-            parts = [c.choices[0].finish_reason for c in client.chat.completions.create(
-                model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=30, stream=True,
-                extra_body={}) if c.choices]
+        def one_stream(n: int) -> None:
+            parts = []
+            for c in client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}],
+                                                    max_tokens=100, stream=True, extra_body={}):
+                started[n].set()
+                if c.choices:
+                    parts.append(c.choices[0].finish_reason)
             finished.append(parts[-1])
 
-        threads = [threading.Thread(target=one_stream) for _ in range(8)]
+        threads = [threading.Thread(target=one_stream, args=(n,)) for n in range(8)]
         for t in threads:
             t.start()
-        time.sleep(0.2)  # all eight are mid-stream (30 tokens at 20 ms)
+        for n, s in enumerate(started):  # every stream has its first event: all eight are mid-stream
+            assert s.wait(15), f"stream {n} has no first event after 15 s"
+        assert not finished, "a stream ended before the weights shifted"
         for v1, v2 in ((50, 50), (0, 100), (100, 0)):
             assert shift(g, v1, v2).status_code == 200
+        # 100 tokens at 20 ms: two seconds of decode, so every stream is still in flight after the last shift
+        assert not finished, "a stream ended before the last shift: nothing was in flight under it"
         for t in threads:
             t.join(15)
         assert len(finished) == 8 and all(f in ("stop", "length") for f in finished)

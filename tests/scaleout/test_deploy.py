@@ -89,7 +89,10 @@ def _python_for_nobody() -> str:
 @pytest.mark.timeout(900)
 def test_the_install_script_result_serves_a_request_as_an_unprivileged_user():
     if os.geteuid() != 0 or not shutil.which("setpriv"):
-        pytest.skip("needs root and setpriv to drop to an unprivileged user")
+        missing = "not root" if os.geteuid() != 0 else "no setpriv on PATH"
+        if IN_CI:
+            pytest.fail(f"root and setpriv are required in CI to drop to an unprivileged user: {missing}")
+        pytest.skip(f"root and setpriv unavailable to drop to an unprivileged user: {missing}")
     base = Path(tempfile.mkdtemp(prefix="sluice-install-"))
     base.chmod(0o755)
     proc = None

@@ -52,12 +52,13 @@ _STARTED: list = []
 
 
 def _gateway(tmp: Path, sim: Sim, store_url: str, key: str | None = None, admin_key: str | None = None, port: int | None = None,
-             grace: float = 900.0):
+             grace: float = 900.0, identity: dict | None = None):
     ident = {"name": "app", "owner": "o", "models": ["sim-small"], **({"keys": [key]} if key else {})}
     gw = start_gateway(tmp, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
                          models=[{"name": "sim-small", "upstream": "sim"}], identities=[ident],
                          admin_key=admin_key, port=port,
-                         extra={"store": {"url": store_url}, "lifecycle": {"spill_after": 20, "outage_grace_s": grace}})
+                         extra={"store": {"url": store_url}, "lifecycle": {"spill_after": 20, "outage_grace_s": grace},
+                                **({"identity": identity} if identity else {})})
     _STARTED.append(gw)
     return gw
 
@@ -123,16 +124,42 @@ def test_a_replica_stopped_during_an_outage_leaves_its_usage_on_disk_for_the_nex
 
 def test_known_identities_are_served_for_the_grace_period_then_refused_until_the_store_returns(outage):
     tmp, proxy, sim, store_url, _ = outage
-    gw = _gateway(tmp, sim, store_url, grace=4.0)
+    grace, known = 4.0, 1.0
+    # The grace runs from the gateway's last confirmation of its registry, which its polls make at
+    # their own pace. /readyz says "current" only while that confirmation is under ``known`` seconds
+    # old: a "current" answer to a probe sent at T bounds the last confirmation from below by T - known,
+    # so the grace cannot run out before T - known + grace, however the polls were scheduled.
+    gw = _gateway(tmp, sim, store_url, grace=grace, identity={"max_staleness_s": known})
     key = gw.keys["app"]
     try:
-        proxy.stop()
-        t0 = time.monotonic()
+        def probe() -> float | None:
+            sent = time.monotonic()
+            return sent if httpx.get(gw.url + "/readyz", timeout=5).json()["identity"] == "current" else None
+
+        for _ in range(5):  # the cut must follow the probe closely, or the bound says little: try again
+            sent = poll(probe, 10, "the gateway never reported its registry current")
+            proxy.stop()  # every store connection aborted: no confirmation after this
+            t0 = time.monotonic()
+            if t0 - sent < 0.5:
+                break
+            proxy.start()
+        else:
+            pytest.fail("the store was never cut within 0.5 s of a probe")
+        earliest = sent - known + grace  # at least 2.5 s after the cut
         r = gw.post("/v1/chat/completions", key, json=CHAT)
         assert r.status_code == 200, r.text  # within the grace period: served from memory
-        refused = poll(lambda: (lambda r: r if r.status_code == 503 else None)(gw.post("/v1/chat/completions", key, json=CHAT)),
-                       20, "never refused after the grace period")
-        assert time.monotonic() - t0 >= 4.0 - 0.5, "refused before the grace period ran out"
+
+        def refusal() -> httpx.Response | None:
+            r = gw.post("/v1/chat/completions", key, json=CHAT)
+            answered = time.monotonic()
+            if r.status_code == 503:
+                assert answered >= earliest, (f"refused {answered - t0:.2f} s after the cut, before the grace period "
+                                              f"ran out ({earliest - t0:.2f} s after the cut at the earliest)")
+                return r
+            assert r.status_code == 200, r.text
+            return None
+
+        refused = poll(refusal, 20, "never refused after the grace period")
         err = refused.json()["error"]
         assert err["code"] == "store_unavailable" and "Retry-After" in refused.headers
         assert "postgres" not in refused.text.lower() and "127.0.0.1" not in refused.text

@@ -54,6 +54,21 @@ def _metric_sum(gw: Gateway, name: str, **labels: str) -> float:
     return total
 
 
+def _every_worker_serves_the_active_policy(gw: Gateway) -> None:
+    """Wait until both workers answer under the control plane's active policy version (a request for no
+    model is refused at the route, before any limit counts it, and still names its version)."""
+    version = gw.admin("GET", "/admin/policy/versions/active?format=json").json()["id"]
+    probe = {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}
+
+    def both() -> bool:
+        got = asyncio.run(burst([gw.url], gw.keys["app"], 16, probe))
+        assert {r.status_code for r in got} == {404}, [r.text for r in got][:2]
+        tags = {(r.headers["x-request-id"][4:20], r.headers["x-sluice-policy"]) for r in got}
+        return len({w for w, _ in tags}) == 2 and all(t.startswith(f"{version}-") for _, t in tags)
+
+    poll(both, 10, f"both workers did not serve policy version {version} within 10 s")
+
+
 def test_two_workers_share_the_port_and_a_token_limit_is_exact_across_them(workers):
     gw, sim, _ = workers
     before = sim.stats()["completion_tokens"]
@@ -69,12 +84,12 @@ def _tokens_body() -> dict:
 
 
 def test_metrics_on_the_control_plane_sum_over_workers(workers):
-    gw, _, _ = workers
-    # the fixture's warm-up bursts may still be folding into the shared files: start from a settled count
-    before, last = None, -1.0
-    while before != last:
-        last, before = before, _metric_sum(gw, "sluice_requests_total", model="sim-small", status="200")
-        time.sleep(0.6)
+    gw, sim, _ = workers
+    # the fixture's warm-up bursts (and earlier tests) may still be folding into the shared files: start
+    # once every request the sim answered is counted (each reached the sim and was answered 200)
+    poll(lambda: _metric_sum(gw, "sluice_requests_total", status="200") == sim.stats()["chat_requests"], 10,
+         "/metrics never caught up with the requests the sim answered")
+    before = _metric_sum(gw, "sluice_requests_total", model="sim-small", status="200")
     got = asyncio.run(burst([gw.url], gw.keys["app"], 30))
     assert [r.status_code for r in got] == [200] * 30
     assert len(boot_prefixes(got)) == 2
@@ -97,7 +112,7 @@ def test_a_limit_changed_on_the_control_plane_reaches_every_worker(workers):
     r = gw.admin("PUT", "/admin/limits", json={"rules": rules})
     assert r.status_code == 200, r.text
     try:
-        time.sleep(1.5)  # every worker polls the store's version every 0.5 s
+        _every_worker_serves_the_active_policy(gw)  # every worker polls the store's version every 0.5 s
         before = sim.stats()["chat_requests"]
         got = asyncio.run(burst([gw.url], gw.keys["app"], 28))
         statuses = [r.status_code for r in got]
@@ -106,7 +121,7 @@ def test_a_limit_changed_on_the_control_plane_reaches_every_worker(workers):
         assert len(boot_prefixes(got)) == 2, "both workers should have answered part of the burst"
     finally:
         assert gw.admin("PUT", "/admin/limits", json={"rules": rules[:1]}).status_code == 200
-        time.sleep(1.5)
+        _every_worker_serves_the_active_policy(gw)
 
 
 def test_a_worker_killed_with_sigkill_is_replaced_within_two_seconds(workers):

@@ -46,27 +46,56 @@ def ledger_gw(sim, tmp_path_factory):
     g.stop()
 
 
-def _mixed_run(g) -> float:
+TEAMS = {"alice": "red", "bob": "blue", "carol": None}
+FIELDS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_nanos")
+
+
+def _sent(sent: list[dict], who: str, model: str | None, status: int, usage: object = None) -> None:
+    """What the test itself knows of one request: who sent it, the model and route it named (a model
+    the gateway does not know is no model and no route), its day, and the usage its reply carried."""
+    prompt = getattr(usage, "prompt_tokens", 0) or 0
+    completion = getattr(usage, "completion_tokens", 0) or 0
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", 0) or 0
+    inp, out, cin = NANOS.get(model or "", (0, 0, 0))
+    sent.append({"identity": who, "team": TEAMS[who], "model": model, "route": model, "status": status,
+                 "day": time.strftime("%Y-%m-%d", time.gmtime()), "requests": 1, "errors": int(status >= 400),
+                 "prompt_tokens": prompt, "completion_tokens": completion, "cached_tokens": cached,
+                 "cost_nanos": (prompt - cached) * inp + cached * cin + completion * out})
+
+
+def _mixed_run(g) -> tuple[float, list[dict]]:
     since = time.time() - 1
+    sent: list[dict] = []
     prompt = "the same long prompt so the sim's prefix cache serves part of it the second time " * 8
     for who in ("alice", "bob", "carol"):
         client = openai.OpenAI(base_url=g.v1, api_key=g.keys[who], max_retries=0)
         for model in ("sim-small", "priced-too", "free"):
-            client.chat.completions.create(model=model, max_tokens=5, messages=[{"role": "user", "content": prompt}])
-            list(client.chat.completions.create(model=model, max_tokens=9, stream=True,
-                                                messages=[{"role": "user", "content": prompt + who}]))
-        assert g.post("/v1/chat/completions", g.keys[who], json={"model": "nope", "messages": []}).status_code in (400, 404)
+            r = client.chat.completions.create(model=model, max_tokens=5, messages=[{"role": "user", "content": prompt}])
+            _sent(sent, who, model, 200, r.usage)
+            chunks = list(client.chat.completions.create(model=model, max_tokens=9, stream=True,
+                                                         stream_options={"include_usage": True},
+                                                         messages=[{"role": "user", "content": prompt + who}]))
+            assert chunks[-1].usage is not None, "the stream's last chunk carries its usage"
+            _sent(sent, who, model, 200, chunks[-1].usage)
+        r = g.post("/v1/chat/completions", g.keys[who], json={"model": "nope", "messages": []})
+        assert r.status_code in (400, 404)
+        _sent(sent, who, None, r.status_code)
     key = g.keys["alice"]
     body = {"model": "one-a-minute", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
-    assert g.post("/v1/chat/completions", key, json=body).status_code == 200
+    r = g.post("/v1/chat/completions", key, json=body)
+    assert r.status_code == 200
+    _sent(sent, "alice", "one-a-minute", 200, openai.types.CompletionUsage(**r.json()["usage"]))
     assert g.post("/v1/chat/completions", key, json=body).status_code == 429
-    return since
+    _sent(sent, "alice", "one-a-minute", 429)
+    return since, sent
 
 
 @pytest.fixture(scope="module")
 def run(ledger_gw):
-    since = _mixed_run(ledger_gw)
+    since, sent = _mixed_run(ledger_gw)
     expected = 3 * 7 + 2
+    assert len(sent) == expected
     deadline = time.monotonic() + 20
     while True:
         rows = ledger_gw.admin("GET", f"/admin/usage?since={since}&limit=10000").json()["data"]
@@ -74,11 +103,11 @@ def run(ledger_gw):
             break
         time.sleep(0.2)
     assert len(rows) == expected
-    return since, rows
+    return since, rows, sent
 
 
 def test_each_record_carries_its_cost_team_route_and_version(ledger_gw, run):
-    _, rows = run
+    _, rows, _ = run
     assert any(r["cached_tokens"] > 0 for r in rows), "the sim's prefix cache should have served some prompt tokens"
     ids = {i["name"]: i for i in ledger_gw.admin("GET", "/admin/identities").json()["data"]}
     team_of = {i["id"]: i["team"] for i in ids.values()}
@@ -95,24 +124,37 @@ def test_each_record_carries_its_cost_team_route_and_version(ledger_gw, run):
 
 @pytest.mark.parametrize("by", ["identity", "team", "model", "route", "day"])
 def test_totals_by_every_dimension_equal_the_sum_of_the_records(ledger_gw, run, by):
-    since, rows = run
+    since, rows, sent = run
     until = time.time() + 1
     rep = ledger_gw.admin("GET", f"/admin/usage/summary?by={by}&since={since}&until={until}").json()
     groups, totals = rep["data"], rep["totals"]
+    # every group equals the sums of what this test sent and was answered, grouped by the test itself
+    ids = {i["name"]: i["id"] for i in ledger_gw.admin("GET", "/admin/identities").json()["data"]}
+    want: dict[object, dict[str, int]] = {}
+    for s in sent:
+        key = ids[s["identity"]] if by == "identity" else s[by]
+        acc = want.setdefault(key, dict.fromkeys(FIELDS, 0))
+        for field in FIELDS:
+            acc[field] += s[field]
+    got = {g["key"]: {f: g[f] for f in FIELDS} for g in groups}
+    assert len(groups) == len(got), "a key appears in two groups"
+    assert any(w["cached_tokens"] for w in want.values()), "the cached price should be in the sums"
+    assert got == want
+    for field in FIELDS:
+        assert totals[field] == sum(w[field] for w in want.values()), field
+    # and the same sums hold over the ledger's own records
     for field in ("requests", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_nanos"):
-        want = len(rows) if field == "requests" else sum(r[field] for r in rows)
-        assert totals[field] == want, field
-        assert sum(g[field] for g in groups) == want, field
+        want_rows = len(rows) if field == "requests" else sum(r[field] for r in rows)
+        assert totals[field] == want_rows, field
     assert totals["errors"] == sum(1 for r in rows if r["status"] >= 400)
     if by == "team":
-        red = sum(r["cost_nanos"] for r in rows if r["team"] == "red")
-        assert {g["key"]: g["cost_nanos"] for g in groups}["red"] == red > 0
+        assert want["red"]["cost_nanos"] > 0 and want["blue"]["cost_nanos"] > 0
     if by == "day":
         assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2}", g["key"]) for g in groups)
 
 
 def test_the_cli_prints_the_team_report_as_csv_with_an_exact_total(ledger_gw, run):
-    since, rows = run
+    since, rows, _ = run
     env = {**os.environ, "SLUICE_ADMIN_URL": ledger_gw.admin_url, "SLUICE_ADMIN_KEY": ledger_gw.admin_key}
     out = subprocess.run([sys.executable, "-m", "sluice", "usage", "--by", "team", "--format", "csv",
                           "--since", str(since)], env=env, capture_output=True, text=True, timeout=60)
@@ -152,7 +194,7 @@ def test_metrics_by_caller_spend_tpot_limits_breakers_and_memory(ledger_gw, run)
 
 
 def test_one_masked_json_log_line_per_request(ledger_gw, run):
-    _, rows = run
+    _, rows, _ = run
     lines = [json.loads(x) for x in ledger_gw.log().splitlines() if '"sluice.request"' in x]
     by_id = {x["request_id"]: x for x in lines}
     for r in rows:
