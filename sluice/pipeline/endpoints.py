@@ -10,6 +10,7 @@ from ..core.errors import GatewayError
 from ..core.exchange import Exchange, Reply, StreamReply
 from ..routing import RoutingState
 from ..telemetry.tracing import Tracer
+from ..wire import anthropic
 from .context import RequestContext
 from .forward import ROUTE_HEADER, Forward, is_stream
 
@@ -94,7 +95,8 @@ class ModelCall:
 
 
 class ListModels:
-    """``GET /v1/models``: only the models the caller may use."""
+    """``GET /v1/models``: only the models the caller may use; in Anthropic's list shape to a caller that
+    sends ``anthropic-version`` (its SDKs do), in OpenAI's to any other."""
 
     __slots__ = ("_authenticate", "_routes", "_created")
 
@@ -105,12 +107,20 @@ class ListModels:
 
     async def __call__(self, exchange: Exchange) -> Reply:
         ctx = RequestContext(exchange, "models")
-        await self._authenticate(ctx)
+        try:
+            await self._authenticate(ctx)
+        except GatewayError as exc:
+            if exchange.headers.get("anthropic-version") is None:
+                raise
+            return anthropic.error_reply(exc)
         p = ctx.principal
         assert p is not None  # authenticate set it or raised
-        data = []
         table = self._routes.table
-        for name in table.names():
-            if p.scopes.allows(name) and table.serves(name, p.environment):
-                data.append({"id": name, "object": "model", "created": self._created, "owned_by": "sluice"})
-        return Reply.json({"object": "list", "data": data})
+        names = [name for name in table.names() if p.scopes.allows(name) and table.serves(name, p.environment)]
+        if exchange.headers.get("anthropic-version") is not None:
+            created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._created))
+            data = [{"type": "model", "id": n, "display_name": n, "created_at": created} for n in names]
+            return Reply.json({"data": data, "has_more": False, "first_id": names[0] if names else None,
+                               "last_id": names[-1] if names else None})
+        return Reply.json({"object": "list", "data": [
+            {"id": n, "object": "model", "created": self._created, "owned_by": "sluice"} for n in names]})

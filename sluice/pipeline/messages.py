@@ -9,7 +9,6 @@ token is pending), and every error, before the answer or inside a stream, in Ant
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncGenerator, Sequence
 
 from ..core.errors import GatewayError
@@ -19,14 +18,6 @@ from ..wire import anthropic
 from .context import RequestContext
 from .endpoints import ModelCall, Stage
 from .forward import KEEPALIVE
-
-
-def anthropic_error(exc: GatewayError) -> Reply:
-    """``exc`` as the answer an Anthropic SDK expects: its status (503 is 529), body and ``retry-after``."""
-    headers = dict(exc.headers) if exc.headers else {}
-    if exc.retry_after is not None:
-        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
-    return Reply(anthropic.error_status(exc), anthropic.error_bytes(exc), JSON_TYPE, headers or None)
 
 
 def _rendered(exc: GatewayError) -> GatewayError:
@@ -88,7 +79,7 @@ class Messages:
         try:
             return await self._call(exchange)
         except GatewayError as exc:
-            return anthropic_error(exc)
+            return anthropic.error_reply(exc)
 
 
 class CountTokens:
@@ -113,5 +104,5 @@ class CountTokens:
             for stage in self._stages:
                 await stage(ctx)
         except GatewayError as exc:
-            return anthropic_error(exc)
+            return anthropic.error_reply(exc)
         return Reply.json({"input_tokens": _input_estimate(ctx)})

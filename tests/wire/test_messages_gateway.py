@@ -156,3 +156,17 @@ def test_a_call_outside_the_grant_leaves_nothing_of_itself_and_a_high_one_is_hel
         assert not [b for b in final.content if b.type == "tool_use"] and final.stop_reason != "tool_use"
         if tool == "transfer_funds":  # held for a human: the caller reads the approval it waits on
             assert "apv_" in "".join(b.text for b in final.content if b.type == "text")
+
+
+def test_the_model_list_answers_an_anthropic_caller_in_its_shape_and_scope(rig) -> None:
+    g, _ = rig
+    page = client(g).models.list()  # the SDK sends anthropic-version
+    assert [m.id for m in page.data] == ["sim-small"] and page.data[0].type == "model" and not page.has_more
+    assert page.data[0].created_at.year >= 2026
+    openai_shape = httpx.get(g.url + "/v1/models", headers={"Authorization": f"Bearer {g.keys['app']}"}).json()
+    assert openai_shape["object"] == "list" and [m["id"] for m in openai_shape["data"]] == ["sim-small"]
+    with pytest.raises(anthropic.AuthenticationError) as refused:  # a refusal in Anthropic's shape too
+        client(g, "slk_dev_" + "y" * 36).models.list()
+    assert refused.value.body["type"] == "error"
+    r = httpx.get(g.url + "/v1/models")
+    assert r.status_code == 401 and set(r.json()["error"]) == {"message", "type", "param", "code"}

@@ -11,12 +11,12 @@ from __future__ import annotations
 from .decode import Translated, count_messages, decode, parse, parse_count, to_chat
 from .dropped import DROP_RULES
 from .encode import STOP_REASONS, encode_message, encode_message_bytes, message_id
-from .errors import ERROR_TYPES, describe, error_body, error_bytes, error_event, error_status, error_type
+from .errors import ERROR_TYPES, describe, error_body, error_bytes, error_event, error_reply, error_status, error_type
 from .schema import CountTokensRequest, MessagesRequest
 from .stream import StreamEncoder, ping
 
 __all__ = [
     "DROP_RULES", "ERROR_TYPES", "STOP_REASONS", "CountTokensRequest", "MessagesRequest", "StreamEncoder",
     "Translated", "count_messages", "decode", "describe", "encode_message", "encode_message_bytes", "error_body",
-    "error_bytes", "error_event", "error_status", "error_type", "message_id", "parse", "parse_count", "ping", "to_chat",
+    "error_bytes", "error_event", "error_reply", "error_status", "error_type", "message_id", "parse", "parse_count", "ping", "to_chat",
 ]

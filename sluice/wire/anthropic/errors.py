@@ -7,12 +7,14 @@ msgspec quotes a bad value (``Invalid value 'x'``), this module does not pass th
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
 import msgspec
 
 from sluice.core.errors import GatewayError, InvalidRequest
+from sluice.core.exchange import JSON_TYPE, Reply
 
 # Status -> Anthropic's error type (docs.claude.com/en/api/errors). Another 4xx is an
 # invalid_request_error, as Anthropic says it uses that type for unlisted 4xx codes.
@@ -50,6 +52,14 @@ def error_body(exc: GatewayError) -> dict[str, Any]:
 def error_bytes(exc: GatewayError) -> bytes:
     """The Anthropic error body for ``exc``, encoded."""
     return msgspec.json.encode(error_body(exc))
+
+
+def error_reply(exc: GatewayError) -> Reply:
+    """``exc`` as the answer an Anthropic SDK expects: its status (503 is 529), body and ``retry-after``."""
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.retry_after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
+    return Reply(error_status(exc), error_bytes(exc), JSON_TYPE, headers or None)
 
 
 def error_event(exc: GatewayError) -> bytes:
