@@ -74,6 +74,19 @@ class PortTaken(RuntimeError):
 _PORT_TAKEN = re.compile(r"Errno\s+98|address\s+already\s+in\s+use", re.IGNORECASE)
 
 
+_started: list[Proc] = []
+
+
+def stop_leftovers() -> list[str]:
+    """Stop every child this process started that is still running (a fixture that failed half-way
+    through its set-up never reaches its teardown); the command line of each."""
+    left = [p for p in _started if p.popen.poll() is None]
+    for p in left:
+        p.stop()
+    _started.clear()
+    return [" ".join(map(str, p.popen.args)) for p in left]
+
+
 class Proc:
     """A child process whose output goes to a log file we can read after."""
 
@@ -82,6 +95,7 @@ class Proc:
         self._log = open(log_path, "wb")
         full_env = {**os.environ, **(env or {})}
         self.popen = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd)
+        _started.append(self)
 
     def wait_http(self, url: str, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
