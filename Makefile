@@ -20,8 +20,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/sluice demo
 
+# The suite on parallel workers, a test file to a worker (its module fixtures start once), then the
+# tests marked `alone` (they measure time against time) with nothing beside them. Both parts always run.
+TEST_WORKERS ?= 4
+PARALLEL := -n $(TEST_WORKERS) --dist loadfile -m "not alone"
+
 test: $(STAMP)
-	$(BIN)/pytest -q
+	@rc=0; $(BIN)/pytest -q $(PARALLEL) || rc=1; $(BIN)/pytest -q -m alone || rc=1; exit $$rc
 
 # The suite three times in a row beside two CPU-burning processes: timing-sensitive tests must
 # hold on a busy machine. The burners are killed however the runs end (pass, fail or Ctrl-C).
@@ -32,7 +37,8 @@ test-stress: $(STAMP)
 	start=$$(date +%s); \
 	for run in 1 2 3; do \
 		echo "== stress run $$run of 3 (burners $$b1 $$b2)"; \
-		CI=true $(BIN)/pytest -q -p no:cacheprovider || exit 1; \
+		CI=true $(BIN)/pytest -q -p no:cacheprovider $(PARALLEL) || exit 1; \
+		CI=true $(BIN)/pytest -q -p no:cacheprovider -m alone || exit 1; \
 	done; \
 	echo "== 3 runs passed beside two CPU burners in $$(( $$(date +%s) - start )) s"
 

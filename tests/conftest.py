@@ -7,15 +7,36 @@ import re
 import pytest
 
 from store.pg_databases import drop_pg_database, fresh_pg_database
-from support import Sim, start_gateway
+from support import Sim, start_gateway, stop_leftovers
 
 _KEY_SHAPES = re.compile(r"sl[ka]_(?:dev_|prod_)?[A-Za-z0-9]{36}")
+
+# Tests that measure time against time (a latency ratio, a pace, a throttle's reaction) or a
+# microsecond cost: `make test` runs them after the parallel workers, with nothing of the suite
+# beside them (`-m alone`), as they ran before the suite went parallel.
+ALONE = (
+    "sim/test_sim_latency.py",
+    "sim/test_sim_batching.py",
+    "sim/test_sim_prefix_cache.py",
+    "sim/test_sim_stream.py::test_tokens_are_paced_by_the_decode_delay",
+    "limits/test_fair_admission.py",
+    "limits/test_anomaly_throttling.py",
+    "routing/test_placement.py::test_a_decision_on_an_8000_character_prompt_costs_well_under_a_millisecond",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.removeprefix("tests/").startswith(ALONE):
+            item.add_marker(pytest.mark.alone)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def no_key_in_any_log(tmp_path_factory: pytest.TempPathFactory):
-    """After the whole run, no log file of any process holds anything shaped like a key."""
+    """After the whole run, no log file of any process holds anything shaped like a key. Under
+    pytest-xdist each worker scans its own base temp, which holds the logs of every test it ran."""
     yield
+    stop_leftovers()  # their logs complete, and no process of ours outlives the run
     root = tmp_path_factory.getbasetemp()
     leaks = []
     for log in root.rglob("*.log"):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
+import re
 import signal
 import socket
 import subprocess
@@ -22,10 +25,63 @@ IN_CI = os.environ.get("CI") == "true"
 PEPPER = "test-pepper-0123456789abcdef"
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _port_block() -> range:
+    """This process's own ports: below the kernel's ephemeral range (so no outgoing connection's local
+    port and no other process's bind-to-0 lands on them) and, under pytest-xdist, one block per worker
+    (so two workers never hand out the same port). A port freed by one test is not handed out again
+    until the block has gone round."""
+    low, high = 10000, max(_ephemeral_low(), 10000 + 1000)
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    count = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), index + 1)
+    size = (high - low) // count
+    return range(low + index * size, low + (index + 1) * size)
+
+
+_BLOCK = _port_block()
+# A random start, so that two test sessions on one machine (two helpers, two checkouts) walk apart
+_START = random.randrange(len(_BLOCK))
+_next_port = iter(_BLOCK[(_START + i) % len(_BLOCK)] for i in itertools.count())
+_port_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port that nothing listens on or lingers on now, from this worker's own block."""
+    with _port_lock:
+        for port in _next_port:
+            with socket.socket() as s:  # no SO_REUSEADDR: a port with a TIME_WAIT connection is skipped too
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise AssertionError("unreachable")
+
+
+class PortTaken(RuntimeError):
+    """A child process could not bind its port: another process took it between free_port() and the bind."""
+
+
+_PORT_TAKEN = re.compile(r"Errno\s+98|address\s+already\s+in\s+use", re.IGNORECASE)
+
+
+_started: list[Proc] = []
+
+
+def stop_leftovers() -> list[str]:
+    """Stop every child this process started that is still running (a fixture that failed half-way
+    through its set-up never reaches its teardown); the command line of each."""
+    left = [p for p in _started if p.popen.poll() is None]
+    for p in left:
+        p.stop()
+    _started.clear()
+    return [" ".join(map(str, p.popen.args)) for p in left]
 
 
 class Proc:
@@ -36,12 +92,16 @@ class Proc:
         self._log = open(log_path, "wb")
         full_env = {**os.environ, **(env or {})}
         self.popen = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd)
+        _started.append(self)
 
     def wait_http(self, url: str, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
-                raise RuntimeError(f"process exited with {self.popen.returncode}:\n{self.log()}")
+                log = self.log()
+                self.stop()
+                raise (PortTaken if _PORT_TAKEN.search(log) else RuntimeError)(
+                    f"process exited with {self.popen.returncode}:\n{log}")
             try:
                 if httpx.get(url, timeout=1.0).status_code == 200:
                     return
@@ -73,14 +133,20 @@ class Sim:
     """The simulated backend as its own process."""
 
     def __init__(self, tmp: Path, **flags: Any) -> None:
-        self.port = free_port()
-        args = [sys.executable, "-m", "sluice", "sim", "--port", str(self.port)]
-        opts = {"decode-ms": 0, "prefill-ms": 0, "base-ms": 0, **flags}
-        for k, v in opts.items():
-            args += [f"--{k}", str(v)]
-        self.proc = Proc(args, tmp / f"sim-{self.port}.log")
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc.wait_http(self.url + "/health")
+        for attempt in range(3):
+            self.port = free_port()
+            args = [sys.executable, "-m", "sluice", "sim", "--port", str(self.port)]
+            opts = {"decode-ms": 0, "prefill-ms": 0, "base-ms": 0, **flags}
+            for k, v in opts.items():
+                args += [f"--{k}", str(v)]
+            self.proc = Proc(args, tmp / f"sim-{self.port}.log")
+            self.url = f"http://127.0.0.1:{self.port}"
+            try:
+                self.proc.wait_http(self.url + "/health")
+                return
+            except PortTaken:
+                if attempt == 2:
+                    raise
 
     def faults(self, **spec: Any) -> None:
         httpx.post(self.url + "/sim/faults", json=spec).raise_for_status()
@@ -100,6 +166,16 @@ class Gateway:
 
     def __init__(self, tmp: Path, config: dict[str, Any], keys: dict[str, str], admin_key: str, env: dict[str, str] | None = None,
                  args: list[str] | None = None, port: int | None = None, wait_for: str = "/readyz") -> None:
+        for attempt in range(3):  # a port taken under us is tried again on fresh ones, unless the test chose it
+            try:
+                self._start(tmp, config, keys, admin_key, env, args, port, wait_for)
+                return
+            except PortTaken:
+                if attempt == 2 or port is not None or "port" in config.get("data_plane", {}):
+                    raise
+
+    def _start(self, tmp: Path, config: dict[str, Any], keys: dict[str, str], admin_key: str, env: dict[str, str] | None,
+               args: list[str] | None, port: int | None, wait_for: str) -> None:
         self.tmp = tmp
         self.port, self.admin_port = port or free_port(), free_port()
         config = {

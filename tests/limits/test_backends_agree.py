@@ -48,7 +48,8 @@ def pair(tmp_path_factory):
             models=[{"name": m, "upstream": "sim", "upstream_model": "sim-small"} for m in MODELS],
             identities=[{"name": "a", "owner": "o", "models": ["*"]}],
             extra={"limits": {"backend": backend, "redis_url": REDIS_URL, "key_prefix": f"a{uuid.uuid4().hex[:8]}:",
-                              "rules": RULES},
+            # a Redis call on a busy machine can outlast the 0.25 s default: a 503, not the decision under test
+                              "rules": RULES, "redis_timeout_s": 5},
                    "prices": {"m-spend": {"input": 0.0, "output": 10_000_000.0}}})  # 10.00 an output token
     yield gws
     for g in gws.values():

@@ -76,7 +76,8 @@ def lim(request, tmp_path_factory):
         identities=[{"name": "a", "owner": "o", "models": ["*"], "team": "blue"},
                     {"name": "b", "owner": "o", "models": ["*"], "team": "blue"},
                     {"name": "c", "owner": "o", "models": ["*"]}],
-        extra=limit_config(request.param),
+        # a Redis call on a busy machine can outlast the 0.25 s default: a 503, not the decision under test
+        extra=limit_config(request.param, redis_timeout_s=5),
     )
     yield g, s
     g.stop()

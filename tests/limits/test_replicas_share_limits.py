@@ -20,7 +20,7 @@ def pair(tmp_path_factory):
     s = Sim(tmp)
     key = generate("dev")
     prefix = f"r{uuid.uuid4().hex[:8]}:"
-    cfg = {"limits": {"backend": "redis", "redis_url": REDIS_URL, "key_prefix": prefix, "rules": [
+    cfg = {"limits": {"backend": "redis", "redis_url": REDIS_URL, "key_prefix": prefix, "redis_timeout_s": 5, "rules": [
         {"name": "tokens", "match": {"model": "m-tokens"}, "output_tokens_per_minute": 100},
         {"name": "conc", "match": {"model": "m-conc"}, "concurrent_requests": 3},
     ]}}
