@@ -22,6 +22,7 @@ ALONE = (
     "limits/test_fair_admission.py",
     "limits/test_anomaly_throttling.py",
     "routing/test_placement.py::test_a_decision_on_an_8000_character_prompt_costs_well_under_a_millisecond",
+    "http/test_stream_writes.py::test_a_paced_stream_gets_its_head_and_first_token_through_sluice_under_a_millisecond",
 )
 
 
