@@ -226,10 +226,7 @@ class ChatCompletions(ReplicaBase):
 
         resp = web.StreamResponse(headers=_SSE_HEADERS)
         await resp.prepare(request)
-        spec = self.faults.spec if self.faults.active else None
-        cut = spec.disconnect_after_chunks if spec else None
-        stall = spec.stall_after_chunks if spec else None
-        bad = spec.malformed_after_chunks if spec else None
+        spec, cut, stall, bad = self.faults.in_stream()
         decode_s = self.latency.decode_s
         longest = max(len(p.words) for p in plans)
         sent = 0

@@ -74,6 +74,14 @@ class Faults:
         self._remaining = spec.error_count
         self.active = spec != FaultSpec()
 
+    def in_stream(self) -> tuple[FaultSpec | None, int | None, int | None, int | None]:
+        """For a stream about to start: the active spec (or None), and the chunk counts after which it is
+        cut, stalls, or turns malformed (None: not at all)."""
+        spec = self.spec if self.active else None
+        if spec is None:
+            return None, None, None, None
+        return spec, spec.disconnect_after_chunks, spec.stall_after_chunks, spec.malformed_after_chunks
+
     def clear(self) -> None:
         """Back to a healthy backend."""
         self.set(FaultSpec())

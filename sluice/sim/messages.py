@@ -179,10 +179,7 @@ class Messages(ChatCompletions):
         stats.streams_started += 1
         resp = web.StreamResponse(headers=_SSE_HEADERS)
         await resp.prepare(request)
-        spec = self.faults.spec if self.faults.active else None
-        cut = spec.disconnect_after_chunks if spec else None
-        stall = spec.stall_after_chunks if spec else None
-        bad = spec.malformed_after_chunks if spec else None
+        spec, cut, stall, bad = self.faults.in_stream()
         try:
             await self._prefill(prompt, usage)
             if spec is not None and spec.first_token_delay_ms:

@@ -66,24 +66,23 @@ class Translated(NamedTuple):
     source: MessagesRequest
 
 
-def parse(body: bytes) -> MessagesRequest:
-    """The typed Messages request of a body, or an ``InvalidRequest`` that quotes nothing of it."""
+def _typed(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
     try:
-        return _request_decoder.decode(body)
+        return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise invalid(exc) from None
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         raise not_json() from None
+
+
+def parse(body: bytes) -> MessagesRequest:
+    """The typed Messages request of a body, or an ``InvalidRequest`` that quotes nothing of it."""
+    return _typed(_request_decoder, body)
 
 
 def parse_count(body: bytes) -> CountTokensRequest:
     """The typed ``count_tokens`` request of a body, or an ``InvalidRequest``."""
-    try:
-        return _count_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise invalid(exc) from None
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        raise not_json() from None
+    return _typed(_count_decoder, body)
 
 
 def decode(body: bytes, request_type: type[ChatCompletionRequest] = ChatCompletionRequest) -> Translated:
