@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import signal
+import time
 from functools import partial
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -368,27 +369,33 @@ class Gateway:
             return False
 
     async def stop(self) -> None:
-        """Graceful: stop taking requests, finish those in flight, flush usage, close everything."""
+        """Graceful: stop taking requests, finish those in flight, flush usage, close everything.
+        Each step is timed; one that is slow is named in the log, so a stop that overran its grace says why."""
         for task in self._tasks:
             task.cancel()
-        if self.identity_sync is not None:
-            await self.identity_sync.stop()
-        if self.data is not None:
-            await self.data.stop()
-        if self.limiter is not None:
-            await self.limiter.close()
-        if self.ledger is not None:
-            await self.ledger.close()
-        if self.tracer is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.tracer.shutdown)
-        if self.control is not None:
-            await self.control.stop()
-        for t in self._all_transports:
-            await t.close()
-        if self._sim_runner is not None:
-            await self._sim_runner.cleanup()
-        if self.store is not None:
-            await self.store.close()
+        steps: list[tuple[str, Callable[[], Awaitable[object]] | None]] = [
+            ("identity sync", self.identity_sync.stop if self.identity_sync is not None else None),
+            ("data plane drain", self.data.stop if self.data is not None else None),
+            ("limits backend", self.limiter.close if self.limiter is not None else None),
+            ("usage flush", self.ledger.close if self.ledger is not None else None),
+            ("trace export", (lambda: asyncio.get_running_loop().run_in_executor(None, self.tracer.shutdown))
+             if self.tracer is not None else None),
+            ("control plane", self.control.stop if self.control is not None else None),
+            ("upstream pools", (lambda: asyncio.gather(*(t.close() for t in self._all_transports)))),
+            ("simulated backend", self._sim_runner.cleanup if self._sim_runner is not None else None),
+            ("store", self.store.close if self.store is not None else None),
+        ]
+        loop = asyncio.get_running_loop()
+        for name, step in steps:
+            if step is None:
+                continue
+            t0 = time.monotonic()
+            slow = loop.call_later(2.0, log.warning, "shutdown: %s still running after 2 s", name)
+            await step()
+            slow.cancel()
+            took = time.monotonic() - t0
+            if took > 2.0:
+                log.warning("shutdown: %s took %.1f s", name, took)
 
 
 async def serve_until_signalled(gateway: Gateway, config_path: str | None = None) -> None:

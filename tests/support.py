@@ -214,8 +214,8 @@ class Gateway:
             headers["Authorization"] = f"Bearer {key}"
         return httpx.post(self.url + path, headers=headers, timeout=30, **kw)
 
-    def stop(self) -> int:
-        return self.proc.stop()
+    def stop(self, timeout: float = 15.0) -> int:
+        return self.proc.stop(timeout=timeout)
 
     def log(self) -> str:
         return self.proc.log()
