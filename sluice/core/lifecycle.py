@@ -3,6 +3,7 @@ and the last step of a drained exit."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from typing import Annotated
 
@@ -70,3 +71,20 @@ def raise_open_file_limit(cap: int = 1 << 20) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
         except (OSError, ValueError):
             pass
+
+
+async def stop_task(task: asyncio.Task | None, every: float = 0.5) -> None:
+    """Cancel a background task and wait until it has ended, cancelling it again while it has not.
+
+    One ``cancel()`` is not enough on CPython 3.11: a cancellation that reaches an ``asyncio.wait_for``
+    whose inner wait finishes at the same moment is swallowed (python/cpython#86296), a ``while True``
+    loop then runs on, and a shutdown that awaits it waits for ever (a stress run's gateway did, in
+    its identity sync). Whatever the task raised on its way out is retrieved, not raised.
+    """
+    if task is None:
+        return
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=every)
+    if not task.cancelled():
+        task.exception()

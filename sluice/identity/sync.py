@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from ..core import clock
 from ..core.config import IdentitySettings
+from ..core.lifecycle import stop_task
 from ..store import Store, Subscription
 
 log = logging.getLogger("sluice.identity")
@@ -43,9 +44,7 @@ class IdentitySync:
 
     async def stop(self) -> None:
         """End the task and the subscription."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await stop_task(self._task)
         if self._sub is not None:
             await self._sub.close()
 

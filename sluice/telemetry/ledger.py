@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from ..core.config import Usage
+from ..core.lifecycle import stop_task
 from ..core.types import UsageRecord
 from .metrics import Metrics
 from .spill import SpillFile
@@ -107,12 +108,7 @@ class UsageLedger:
 
     async def close(self, attempts: int = 5) -> None:
         """Stop the loop and flush what is left, retrying a few times before giving up loudly."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(self._task)
         for i in range(attempts):
             if await self.flush():
                 return
