@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "sluice"
-DOMAIN = {"core", "identity", "limits", "routing", "guard", "policy", "audit", "upstream", "telemetry"}
+DOMAIN = {"core", "identity", "limits", "routing", "guard", "policy", "audit", "upstream", "telemetry", "memory"}
 # package -> the packages of ours it may import (DESIGN.md's table)
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
     "store": {"core"}, "sim": {"core"}, "telemetry": {"core"}, "upstream": {"core"}, "guard": {"core"},
     "routing": {"core"}, "limits": {"core"}, "http": {"core"}, "wire": {"core"},
-    "identity": {"core", "store"}, "audit": {"core", "store"}, "workers": {"core", "telemetry"},
+    "identity": {"core", "store"}, "audit": {"core", "store"}, "memory": {"core", "store"}, "workers": {"core", "telemetry"},
     "policy": {"core", "store", "audit", "routing", "limits", "guard"},
     "pipeline": DOMAIN | {"wire"},  # the client APIs' adapters decode into, and encode out of, its one path
     "admin": DOMAIN | {"store"},

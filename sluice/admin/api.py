@@ -360,7 +360,7 @@ class AdminApi:
 
     @accepts(query=UsageReportQuery, content_types=("application/json", "text/csv"))
     async def usage_summary(self, actor: Actor, ex: Exchange) -> Reply:
-        """Usage per identity and model, or with ``by`` per identity, team, model, route or day with exact costs."""
+        """Usage per identity and model, or with ``by`` per identity, team, model, route, API or day with exact costs."""
         q = chargeback.parse(ex.query)
         await self._flush_usage()
         if q.by is not None or q.format == "csv" or q.until is not None:

@@ -1,4 +1,4 @@
-"""Usage and cost for chargeback: the ledger summed by identity, team, model, route or day, as
+"""Usage and cost for chargeback: the ledger summed by identity, team, model, route, API or day, as
 JSON or CSV. Costs are integer nano-units summed by the store, so every total is exactly the sum
 of the records it covers; ``cost`` is the same number as a decimal string."""
 
@@ -16,7 +16,7 @@ from ..core.exchange import Reply
 from ..core.types import UsageGroup
 from ..store import Store
 
-By = Literal["identity", "team", "model", "route", "day"]
+By = Literal["identity", "team", "model", "route", "api", "day"]
 _FIELDS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_nanos")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import admin_cmds, audit_cmds, config_cmds, keys_cmds, policy_cmds, prompts_cmds, routes_cmds, serve_cmds
+from . import admin_cmds, audit_cmds, config_cmds, keys_cmds, policy_cmds, prompts_cmds, responses_cmds, routes_cmds, serve_cmds
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="sluice: a governed inference gateway.")
 serve_cmds.register(app)
@@ -18,6 +18,7 @@ app.add_typer(policy_cmds.app, name="policy")
 app.add_typer(policy_cmds.switch, name="switch")
 app.add_typer(audit_cmds.app, name="audit")
 app.add_typer(prompts_cmds.app, name="prompts")  # issue 12: prompt capture retention
+app.add_typer(responses_cmds.app, name="responses")  # issue 24: stored responses' retention
 
 
 def main() -> None:

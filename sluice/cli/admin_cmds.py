@@ -100,7 +100,7 @@ def create_team(name: str, owner: str = typer.Option(...)) -> None:
 def usage(
     since: float = typer.Option(0.0, help="UNIX time to start from."),
     until: Optional[float] = typer.Option(None, help="UNIX time to stop before."),
-    by: Optional[str] = typer.Option(None, "--by", help="identity, team, model, route or day (with exact costs)"),
+    by: Optional[str] = typer.Option(None, "--by", help="identity, team, model, route, API or day (with exact costs)"),
     fmt: str = typer.Option("table", "--format", "-f", help="table, json or csv"),
 ) -> None:
     """Usage summary per identity and model; with --by, per one dimension with costs and a total."""

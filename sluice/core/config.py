@@ -121,6 +121,13 @@ class Sim(_Strict):
     seed: int = 0
 
 
+class Responses(_Strict):
+    """The Responses API's stored responses (``store: true``): agent memory, per identity, sealed at rest."""
+
+    retention_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 30.0  # then invisible, and purged
+    max_chain: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000  # links a previous_response_id may reach back
+
+
 class Config(_Strict):
     """The whole gateway configuration."""
 
@@ -152,6 +159,7 @@ class Config(_Strict):
     tools: list[ToolSpec] = msgspec.field(default_factory=list)
     telemetry: Telemetry = msgspec.field(default_factory=Telemetry)
     lifecycle: Lifecycle = msgspec.field(default_factory=Lifecycle)
+    responses: Responses = msgspec.field(default_factory=Responses)  # issue 24: sluice.memory
 
     def __post_init__(self) -> None:
         _check_unique("upstreams", [u.name for u in self.upstreams])

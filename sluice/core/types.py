@@ -106,6 +106,8 @@ class UsageRecord(msgspec.Struct, kw_only=True, gc=False):
     version: str | None = None
     cached_tokens: int = 0
     cost_nanos: int = 0
+    # the client API that carried it (issue 24): chat, messages, responses, completions, embeddings
+    api: str | None = None
 
 
 class ChangeEvent(msgspec.Struct, kw_only=True):

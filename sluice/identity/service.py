@@ -12,6 +12,7 @@ from ..core.config import DeclaredIdentity, DeclaredTeam, Security
 from ..core.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from ..core.types import ROLES, ApiKey, ChangeEvent, Environment, Identity, Plane, Team
 from ..store import Store, Writes
+from ..store.response_records import of_identities
 from . import keys
 from .declared import revoked, sync
 from .registry import CredentialRegistry
@@ -254,6 +255,8 @@ class IdentityService:
                 team.owner = reassign_to or "unassigned"
                 writes.put_team(team)
                 teams.append(team.name)
+        if reassign_to is None and touched:  # their agent memory goes with them, in the same step
+            writes.delete(*of_identities(touched))
         action = "reassigned" if reassign_to else "disabled"
         result = {"owner": owner, "action": action, "reassign_to": reassign_to, "identities": touched, "teams": teams}
         await self._store.apply(writes, self._event(actor, "owner.offboard", owner, result))

@@ -17,7 +17,7 @@ class Writes:
     """
 
     __slots__ = ("identities", "keys", "revocations", "teams", "policy_versions", "policy_activation", "changesets",
-                 "rows", "transitions", "signing_keys")
+                 "rows", "transitions", "signing_keys", "deletions")
 
     def __init__(self) -> None:
         self.identities: list[Identity] = []
@@ -30,6 +30,7 @@ class Writes:
         self.rows: list[tuple[Any, dict]] = []
         self.transitions: list[tuple[Any, str, dict, tuple[Any, ...], Exception]] = []
         self.signing_keys: list[SigningKey] = []
+        self.deletions: list[tuple[Any, tuple[Any, ...]]] = []
 
     def put_identity(self, identity: Identity) -> Writes:
         """Insert, or replace by id, an identity."""
@@ -82,11 +83,16 @@ class Writes:
         self.transitions.append((table, key, values, where, otherwise))
         return self
 
+    def delete(self, table: Any, *where: Any) -> Writes:
+        """Delete the rows of ``table`` where every clause holds (an offboarded identity's stored responses)."""
+        self.deletions.append((table, where))
+        return self
+
     @property
     def bumps_version(self) -> bool:
         """Whether ``apply`` bumps the identity-state version (every replica then reloads what it caches):
-        always, unless the writes are only rows and transitions, which no replica caches (tool approvals)."""
-        if not (self.rows or self.transitions):
+        always, unless the writes are only rows, transitions and deletions, which no replica caches."""
+        if not (self.rows or self.transitions or self.deletions):
             return True
         return bool(self.identities or self.keys or self.revocations or self.teams or self.policy_versions
                     or self.changesets or self.policy_activation is not None or self.signing_keys)
@@ -216,7 +222,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def aggregate_usage(self, by: str, *, since: float = 0.0, until: float | None = None) -> list[UsageGroup]:
-        """Usage summed per identity, team, model, route or day (UTC, ``YYYY-MM-DD``) in ``[since, until)``."""
+        """Usage summed per identity, team, model, route, API or day (UTC, ``YYYY-MM-DD``) in ``[since, until)``."""
         raise NotImplementedError
 
     @abc.abstractmethod

@@ -326,7 +326,7 @@ class SqlStore(Store):
             key = (func.floor(u.ts / 86400) if self.dialect == "postgresql"
                    else func.cast(u.ts / 86400, t.usage.c.prompt_tokens.type))
         else:
-            key = {"identity": u.identity_id, "team": u.team, "model": u.model, "route": u.route}[by]
+            key = {"identity": u.identity_id, "team": u.team, "model": u.model, "route": u.route, "api": u.api}[by]
         errors = func.sum(func.cast(u.status >= 400, t.usage.c.prompt_tokens.type))
         total = lambda c: func.coalesce(func.sum(c), 0)  # noqa: E731
         where = [u.ts >= since] + ([u.ts < until] if until is not None else [])

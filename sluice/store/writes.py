@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from ..core import clock
 from ..core.errors import Conflict
@@ -60,6 +60,8 @@ async def write(conn: Any, writes: Writes, upsert: Upsert) -> None:
             raise otherwise
     for table, row in writes.rows:
         await conn.execute(table.insert().values(**row))
+    for table, where in writes.deletions:
+        await conn.execute(delete(table).where(*where))
 
 
 async def snapshot(conn: Any, writes: Writes) -> dict[str, list[dict[str, Any]]]:

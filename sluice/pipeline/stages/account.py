@@ -8,6 +8,10 @@ from ...limits import PriceTable
 from ...telemetry import UsageLedger
 from ..context import RequestContext
 
+# the client API each endpoint speaks, as usage records name it (issue 24)
+API_OF = {"chat.completions": "chat", "embeddings": "embeddings", "messages": "messages",
+          "messages.count_tokens": "messages", "responses": "responses", "completions": "completions"}
+
 
 class Account:
     """Turns a finished context into a usage record; never blocks, never fails the request."""
@@ -43,6 +47,7 @@ class Account:
             route=d.route.name if d is not None else None,
             version=t.version if t else None,
             cached_tokens=ctx.cached_tokens,
+            api=API_OF.get(ctx.endpoint),
         )
         if t is not None and t.price is not None and self._prices is not None:
             # a registry version's own price, as limits settled it; the ledger's fold prices the rest

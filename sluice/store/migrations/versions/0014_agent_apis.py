@@ -1,0 +1,46 @@
+"""The agent APIs (issue 24): usage records name the client API that carried them, and the Responses
+API's stored responses (agent memory) live in the store, sealed per identity, until they expire.
+
+``usage.api``: ``chat``, ``messages``, ``responses``, ``completions`` or ``embeddings`` (NULL on rows
+written before this revision). ``stored_responses``: one row per ``store: true`` response; ``sealed``
+holds its request, input items and answer, AES-GCM under a key derived from the pepper and the
+identity, bound to the row's id; ``previous_id`` links a chain, read back in one recursive query.
+
+Revision ID: 0014
+Revises: 0013
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0014"
+down_revision = "0013"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("usage") as batch:
+        batch.add_column(sa.Column("api", sa.String(16)))
+    op.create_table(
+        "stored_responses",
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("identity_id", sa.String(64), nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("expires_at", sa.Float, nullable=False),
+        sa.Column("previous_id", sa.String(64)),
+        sa.Column("model", sa.String(256), nullable=False),
+        sa.Column("sealed", sa.Text, nullable=False),
+    )
+    op.create_index("ix_stored_responses_identity", "stored_responses", ["identity_id"])
+    op.create_index("ix_stored_responses_expires", "stored_responses", ["expires_at"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_stored_responses_expires", "stored_responses")
+    op.drop_index("ix_stored_responses_identity", "stored_responses")
+    op.drop_table("stored_responses")
+    with op.batch_alter_table("usage") as batch:
+        batch.drop_column("api")
