@@ -5,7 +5,8 @@
 # Per burst: req/s, and the gateway's CPU microseconds per request (all its threads, from
 # /proc). At the end: the median of the per-round B/A ratios, non-streaming and streaming.
 # Env: A and B (configs; default bench/gateway.yaml and bench/gateway-limits.yaml),
-#      A_ENV and B_ENV (extra environment of one side: "NAME=value ..."), ROUNDS (default 12), CONC (default 16), SECONDS_EACH (default 3), LIMITS_BACKEND.
+#      A_ENV and B_ENV (extra environment of one side: "NAME=value ..."),
+#      A_API and B_API (the client API each side is driven through: chat (default), messages, responses), ROUNDS (default 12), CONC (default 16), SECONDS_EACH (default 3), LIMITS_BACKEND.
 #      A config naming ${OTLP_ENDPOINT} (bench/gateway-tracing.yaml) starts the live OTLP sink on CPU 1.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -22,12 +23,22 @@ out=.sluice/ab.txt
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
+api_of() { if [ "$1" = A ]; then echo "${A_API:-chat}"; else echo "${B_API:-chat}"; fi; }
+
 burst() {  # $1 side, $2 pid, $3 port, $4 kind (plain|stream)
-  local lua=chat.lua model=mock-model t0 t1 rps
-  [ "$4" = stream ] && { lua=chat-stream.lua; model=mock-stream; }
+  local lua=chat.lua model=mock-model path=/v1/chat/completions api t0 t1 row rps
+  api=$(api_of "$1")
+  case $api in
+    messages) lua=$root/bench/messages.lua path=/v1/messages ;;
+    responses) lua=$root/bench/responses.lua path=/v1/responses ;;
+  esac
+  [ "$4" = stream ] && { lua=${lua%.lua}-stream.lua; model=mock-stream; }
   t0=$(cpu_ticks "$2")
-  rps=$(BENCH_MODEL=$model "$shared/load" "http://127.0.0.1:$3/v1/chat/completions" "$lua" "${CONC:-16}" | awk 'END {print $2}')
+  row=$(BENCH_MODEL=$model "$shared/load" "http://127.0.0.1:$3$path" "$lua" "${CONC:-16}" | tail -n 1)
   t1=$(cpu_ticks "$2")
+  rps=$(awk '{print $2}' <<<"$row")
+  # a side answering errors would look fast: every answer of a burst must be a 2xx
+  [ "$(awk '{print $5}' <<<"$row")" = 0 ] || { echo "side $1 ($api, $4) answered non-2xx: $row" >&2; exit 1; }
   awk -v s="$1" -v k="$4" -v r="$rps" -v a="$t0" -v b="$t1" -v hz="$hz" -v d="$SECONDS_EACH" \
     'BEGIN {printf "%s %s %.0f %.1f\n", s, k, r, (b - a) / hz * 1e6 / (r * d)}' | tee -a "$out"
 }
@@ -36,7 +47,7 @@ for port in 8080 8090; do  # warm both: pools, caches, tokenizer
   curl -fs "127.0.0.1:$port/v1/chat/completions" -H "Authorization: Bearer $BENCH_KEY" -H 'Content-Type: application/json' \
     -d '{"model":"mock-model","messages":[{"role":"user","content":"hi"}]}' >/dev/null
 done
-echo "side kind rps cpu_us_per_req  (A=$A B=$B, c=${CONC:-16}, ${SECONDS_EACH}s bursts, ${ROUNDS:-12} rounds)"
+echo "side kind rps cpu_us_per_req  (A=$A ${A_API:-chat} B=$B ${B_API:-chat}, c=${CONC:-16}, ${SECONDS_EACH}s bursts, ${ROUNDS:-12} rounds)"
 for kind in plain stream; do
   for _ in $(seq "${ROUNDS:-12}"); do burst A "$gw_a" 8080 "$kind"; burst B "$gw_b" 8090 "$kind"; done
 done

@@ -165,3 +165,72 @@ def test_ping_may_come_while_the_first_token_is_pending_and_the_gateway_can_fail
 def test_the_grammar_validator_refuses_what_the_grammar_forbids(name: str, events: list) -> None:
     with pytest.raises(GrammarError):
         validate(events)
+
+
+def _events_per_event(raw: bytes) -> list:
+    """The encoder's output event by event, its text-run fast path off: the reference the fast path must equal."""
+    enc = StreamEncoder("sim-small", message_id="msg_x", text_runs=False)
+    parts = [ev + b"\n\n" for ev in raw.split(b"\n\n") if ev]
+    return parse_sse(enc.start() + b"".join(enc.feed(p) for p in parts) + enc.close())
+
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=12)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(TEXT, min_size=1, max_size=40), st.data())
+def test_text_runs_fed_in_blocks_encode_exactly_as_event_by_event(texts: list[str], data: st.DataObject) -> None:
+    """The block fast path (text_run.py) for runs of text chunks, quotes, backslashes, newlines and
+    empty texts included, gives the events the event-by-event encoder gives, wherever the blocks are cut
+    at event boundaries (as the relay yields them)."""
+    raw = stream(texts, [], "stop", USAGE)
+    events = [ev + b"\n\n" for ev in raw.split(b"\n\n") if ev]
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, len(events) - 1), max_size=6)))) if len(events) > 1 else []
+    bounds = [0, *cuts, len(events)]
+    enc = StreamEncoder("sim-small", message_id="msg_x")
+    got = parse_sse(enc.start() + b"".join(enc.feed(b"".join(events[a:b])) for a, b in zip(bounds, bounds[1:]))
+                    + enc.close())
+    assert got == _events_per_event(raw)
+    validate(got)
+
+
+def test_a_long_text_run_in_one_block_takes_the_fast_path() -> None:
+    """The yardstick's shape (64 text chunks in one block) goes through text_run, not event by event."""
+    from sluice.wire.anthropic import stream as stream_mod
+
+    raw = stream([f" tok{i}" for i in range(64)], [], "length", USAGE)
+    events = [ev + b"\n\n" for ev in raw.split(b"\n\n") if ev]
+    enc = StreamEncoder("sim-small", message_id="msg_x")
+    head = enc.start() + enc.feed(b"".join(events[:2]))
+    calls = []
+    real = stream_mod.completion_decoder
+    try:
+        stream_mod.completion_decoder = type("Spy", (), {"decode": lambda self, b: calls.append(1) or real.decode(b)})()
+        body = enc.feed(b"".join(events[2:65]))  # tok1 ... tok63 (0: the role, 1: tok0, which teaches P and S)
+    finally:
+        stream_mod.completion_decoder = real
+    assert calls == [] and body.count(b"text_delta") == 63
+    assert parse_sse(head + body + enc.feed(b"".join(events[65:])) + enc.close()) == _events_per_event(raw)
+
+
+@pytest.mark.parametrize("odd", [
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"x","role":"assistant"},"finish_reason":null}]}\n\n',
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"a","tool_calls":[]},"finish_reason":null}]}\n\n',
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":null},"finish_reason":null}]}\n\n',
+    b'data: {"id":"c","object":"chat.completion.chunk","created":2,"model":"m","choices":[{"index":0,"delta":{"content":"late"},"finish_reason":null}]}\n\n',
+    # a chunk of another shape whose quotes make up for the extra ones of the next: only the rebuild tells
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":null}]}\n\n'
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"x","role":"assistant"},"finish_reason":null}]}\n\n',
+], ids=["another-field-after", "a-value-that-is-not-one-string", "null", "another-prefix", "quotes-that-balance"])
+def test_an_odd_chunk_inside_a_text_run_is_encoded_as_event_by_event(odd: bytes) -> None:
+    """A chunk that is not P + one JSON string + S, between learned text chunks, sends the block the slow way."""
+    def text(t: str) -> bytes:
+        return (b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,'
+                b'"delta":{"content":' + json.dumps(t).encode() + b'},"finish_reason":null}]}\n\n')
+    end = (b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,'
+           b'"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
+    raw = text("one") + text("two") + odd + text("three") + end
+    enc = StreamEncoder("sim-small", message_id="msg_x")
+    blocks = [text("one"), text("two") + odd + text("three"), end]
+    got = parse_sse(enc.start() + b"".join(enc.feed(b) for b in blocks) + enc.close())
+    assert got == _events_per_event(raw)

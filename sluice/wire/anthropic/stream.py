@@ -25,6 +25,7 @@ from sluice.core.errors import GatewayError, UpstreamError
 from .chat import Completion, ErrorInfo, ToolCall, Usage, completion_decoder
 from .encode import message_id, stop_reason, tool_id, tool_input, usage
 from .errors import error_event
+from .text_run import TextRun
 
 _json = msgspec.json.encode
 _DONE = b"[DONE]"
@@ -50,9 +51,10 @@ class StreamEncoder:
     """
 
     __slots__ = ("model", "input_tokens", "_id", "_buf", "_started", "_ended", "_index", "_open",
-                 "_tool_key", "_args", "_tools_seen", "_finish", "_stop", "_usage", "_out")
+                 "_tool_key", "_args", "_tools_seen", "_finish", "_stop", "_usage", "_out", "_run")
 
-    def __init__(self, model: str, *, input_tokens: int = 0, message_id: str | None = None) -> None:
+    def __init__(self, model: str, *, input_tokens: int = 0, message_id: str | None = None,
+                 text_runs: bool = True) -> None:
         self.model = model
         self.input_tokens = input_tokens
         self._id = message_id
@@ -67,6 +69,8 @@ class StreamEncoder:
         self._stop: str | int | None = None
         self._usage: Usage | None = None
         self._out: list[bytes] = []
+        # the fast path for runs of plain text chunks (text_run.py); off: event by event, the reference
+        self._run = TextRun() if text_runs else None
 
     @property
     def ended(self) -> bool:
@@ -90,6 +94,11 @@ class StreamEncoder:
         """The Anthropic events completed by these bytes of the chat stream."""
         if self._ended:
             return b""
+        if self._open == "text" and not self._buf and self._run is not None and self._run.prefix:
+            run = self._run.convert(data, self._index)
+            if run is not None:
+                fast, data = run
+                return fast + self.feed(data) if data else fast
         buf = self._buf + data if self._buf else data
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n")
@@ -110,6 +119,8 @@ class StreamEncoder:
                 self._error(UpstreamError("The upstream sent an event that is not a chat completion chunk."))
                 continue
             self._chunk(chunk)
+            if self._open == "text" and self._run is not None and not self._run.prefix:
+                self._run.learn(raw + b"\n\n", chunk)
         got = b"".join(out)
         out.clear()
         return got
