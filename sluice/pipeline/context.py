@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core import clock
 from ..core.exchange import Exchange
+from ..limits import prompt_tokens
 
 if TYPE_CHECKING:
     from ..identity import Principal
@@ -23,6 +24,8 @@ class RequestContext:
         "upstream_ms", "error_code", "stream", "reservation", "limit_headers", "slot",
         "decision", "policy", "trace",
         "guard",  # issue 12: the output guard of this request, or None (no output rules)
+        "source",  # issue 24: what another API's adapter keeps of the caller's request (None: chat's own)
+        "_prompt",  # (request, target, tokens): the prompt counted once for this request and target
     )
 
     def __init__(self, exchange: Exchange, endpoint: str) -> None:
@@ -48,7 +51,19 @@ class RequestContext:
         self.decision: Decision | None = None
         self.policy: Any = None  # the ActivePolicy this request was routed under (sluice.policy)
         self.guard: Any = None
+        self.source: Any = None
+        self._prompt: tuple[Any, Any, int] | None = None
         self.trace: RequestTrace | None = None  # only when this request is sampled for tracing
+
+    def prompt_estimate(self) -> int:
+        """The prompt's tokens as limits count them (the target's tokenizer, or the estimate): counted
+        once per request and target, then kept (a fallback to another model counts again)."""
+        req, t, kept = self.request, self.target, self._prompt
+        if kept is not None and kept[0] is req and kept[1] is t:
+            return kept[2]
+        n = prompt_tokens(req, t.upstream_model, t.model) if t is not None else 0
+        self._prompt = (req, t, n)
+        return n
 
     def elapsed_ms(self) -> float:
         return (clock.monotonic() - self.started) * 1000.0

@@ -22,7 +22,7 @@ from ..core.prompt import estimate_tokens
 from ..core.wire import ChatCompletionRequest, EmbeddingRequest, StreamOptions, TokenUsage
 from ..routing import Decision, Target
 from ..upstream import SSERelay, UpstreamReply, UpstreamStream, error_event
-from ..limits import INPUT, OUTPUT, prompt_tokens
+from ..limits import INPUT, OUTPUT
 from ..upstream.errors import from_status
 from ..upstream.usage import completion_chars, reported_usage
 from .context import RequestContext
@@ -36,8 +36,7 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 def _prompt_estimate(ctx: RequestContext) -> int:
     """The prompt's tokens when the upstream reported none: the estimate the limits reserve,
     counted with the model's tokenizer where it has one (exact on the sim)."""
-    t: Target = ctx.target  # type: ignore[assignment]  # set before anything is sent
-    return prompt_tokens(ctx.request, t.upstream_model, t.model)
+    return ctx.prompt_estimate()
 
 
 def _settle(ctx: RequestContext, usage: TokenUsage | None, completion_estimate: int) -> None:

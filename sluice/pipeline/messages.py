@@ -13,7 +13,6 @@ from collections.abc import AsyncGenerator, Sequence
 
 from ..core.errors import GatewayError
 from ..core.exchange import JSON_TYPE, Exchange, Reply, StreamReply
-from ..limits import prompt_tokens
 from ..wire import anthropic
 from .context import RequestContext
 from .endpoints import ModelCall, Stage
@@ -26,16 +25,11 @@ def _rendered(exc: GatewayError) -> GatewayError:
     return exc
 
 
-def _input_estimate(ctx: RequestContext) -> int:
-    t = ctx.target
-    return prompt_tokens(ctx.request, t.upstream_model, t.model) if t is not None else 0
-
-
 def encode(ctx: RequestContext, reply: Reply | StreamReply) -> Reply | StreamReply:
     """The chat answer of a Messages request in Anthropic's shape."""
     if isinstance(reply, Reply):
         return Reply(reply.status, anthropic.encode_message_bytes(reply.body), JSON_TYPE, reply.headers)
-    encoder = anthropic.StreamEncoder(ctx.request.model, input_tokens=_input_estimate(ctx))
+    encoder = anthropic.StreamEncoder(ctx.request.model, input_tokens=ctx.prompt_estimate())
     return StreamReply(_events(reply, encoder), reply.status, reply.content_type, reply.headers, reply.abandon)
 
 
@@ -105,4 +99,4 @@ class CountTokens:
                 await stage(ctx)
         except GatewayError as exc:
             return anthropic.error_reply(exc)
-        return Reply.json({"input_tokens": _input_estimate(ctx)})
+        return Reply.json({"input_tokens": ctx.prompt_estimate()})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...limits import INPUT, OUTPUT, Admission, Limiter, PriceTable, ask_for, bounded_output, output_tokens, prompt_tokens
+from ...limits import INPUT, OUTPUT, Admission, Limiter, PriceTable, ask_for, bounded_output, output_tokens
 from ..context import RequestContext
 
 
@@ -25,7 +25,7 @@ class Limit:
         if not (active.limits_active if active is not None else limiter.active):
             return
         req, target, p = ctx.request, ctx.target, ctx.principal
-        tokens_in = prompt_tokens(req, target.upstream_model, target.model)  # type: ignore[union-attr]
+        tokens_in = ctx.prompt_estimate()
         tokens_out = bounded_output(req, self._cap, self._clamp)
         # the chosen version's price when it has one, else the model's
         amounts = (1.0, tokens_in, tokens_out, 1.0, self._prices.cost(target.model, tokens_in, tokens_out, 0, target.price))  # type: ignore[union-attr]
@@ -55,8 +55,7 @@ class Admit:
         if r is not None:
             estimate = r.amounts[INPUT] + r.amounts[OUTPUT]
         else:
-            estimate = float(prompt_tokens(ctx.request, ctx.target.upstream_model, ctx.target.model)  # type: ignore[union-attr]
-                             + output_tokens(ctx.request, self._cap))
+            estimate = float(ctx.prompt_estimate() + output_tokens(ctx.request, self._cap))
         ctx.slot = await self._admission.acquire(ctx.target.model, ctx.principal.identity_id, estimate)  # type: ignore[union-attr]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ...core.errors import InvalidRequest
 from ...core.wire import EmbeddingRequest
-from ...limits import prompt_tokens
 from ..context import RequestContext
 
 
@@ -21,7 +20,7 @@ class ContextWindow:
             return
         target = ctx.target
         req = ctx.request
-        prompt = prompt_tokens(req, target.upstream_model, target.model)  # type: ignore[union-attr]
+        prompt = ctx.prompt_estimate()
         completion = 0
         if type(req) is not EmbeddingRequest:  # chat, or its wider type with extra parameters
             asked = req.max_completion_tokens if type(req.max_completion_tokens) is int else req.max_tokens

@@ -94,19 +94,24 @@ class StreamEncoder:
         """The Anthropic events completed by these bytes of the chat stream."""
         if self._ended:
             return b""
-        if self._open == "text" and not self._buf and self._run is not None and self._run.prefix:
-            run = self._run.convert(data, self._index)
-            if run is not None:
-                fast, data = run
-                return fast + self.feed(data) if data else fast
         buf = self._buf + data if self._buf else data
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n")
-        *events, self._buf = buf.split(b"\n\n")
         out = self._out
-        for raw in events:
-            if self._ended:
+        run = self._run
+        at = 0
+        while not self._ended:
+            if self._open == "text" and run is not None and run.prefix and buf.startswith(run.prefix, at):
+                got = run.convert(buf[at:] if at else buf, self._index)  # a run of plain text chunks, in bulk
+                if got is not None:
+                    fast, buf = got
+                    out.append(fast)
+                    at = 0
+                    continue
+            end = buf.find(b"\n\n", at)
+            if end < 0:
                 break
+            raw, at = buf[at:end], end + 2
             payload = _data(raw)
             if payload is None:
                 continue
@@ -119,8 +124,9 @@ class StreamEncoder:
                 self._error(UpstreamError("The upstream sent an event that is not a chat completion chunk."))
                 continue
             self._chunk(chunk)
-            if self._open == "text" and self._run is not None and not self._run.prefix:
-                self._run.learn(raw + b"\n\n", chunk)
+            if self._open == "text" and run is not None and not run.prefix:
+                run.learn(raw + b"\n\n", chunk)
+        self._buf = buf[at:] if not self._ended else b""
         got = b"".join(out)
         out.clear()
         return got
@@ -249,6 +255,8 @@ class StreamEncoder:
 
 def _data(raw: bytes) -> bytes | None:
     """The ``data`` of one SSE event (its data lines joined), or None for a comment or an empty event."""
+    if raw.startswith(b"data: ") and b"\n" not in raw:  # the usual event: one data line
+        return raw[6:]
     lines = [line[5:].lstrip(b" ") if line.startswith(b"data:") else None for line in raw.split(b"\n")]
     data = [d for d in lines if d is not None]
     return b"\n".join(data) if data else None
