@@ -10,6 +10,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sluice.core.errors import GatewayError, InvalidRequest, RateLimited
 from sluice.core.wire import ChatCompletionRequest
@@ -238,12 +240,45 @@ def test_missing_fields_and_unknown_ones_are_worded_as_openai_words_them() -> No
 
 
 def test_a_stored_history_that_does_not_read_is_the_gateways_500_not_the_callers_400() -> None:
-    with pytest.raises(GatewayError) as err:
-        to_chat(parse(_body()), [{"type": "nonsense"}])
-    assert err.value.status == 500 and not isinstance(err.value, InvalidRequest)
+    for stored in ([{"type": "nonsense"}], [{"type": "message", "role": "user", "content": [{"type": "input_file"}]}]):
+        with pytest.raises(GatewayError) as err:
+            to_chat(parse(_body()), stored)
+        assert err.value.status == 500 and not isinstance(err.value, InvalidRequest)
 
 
 def test_errors_render_in_the_openai_envelope() -> None:
     exc = RateLimited("budget spent", retry_after=2)
     assert json.loads(error_bytes(exc)) == {"error": {"message": "budget spent", "type": "rate_limit_error",
                                                       "param": None, "code": "rate_limit_exceeded"}}
+
+
+json_value = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+                          | st.text(max_size=6), lambda inner: st.lists(inner, max_size=3)
+                          | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6)
+
+
+def _places(value: Any, at: tuple = ()) -> list[tuple]:
+    """Every place in a JSON document: the path of each value inside it."""
+    keys = range(len(value)) if isinstance(value, list) else value.keys() if isinstance(value, dict) else ()
+    return [p for k in keys for p in [(*at, k), *_places(value[k], (*at, k))]]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=st.sampled_from(CASES), data=st.data())
+def test_a_wrong_value_or_a_missing_one_anywhere_is_a_400_never_an_exception(path: Path, data: st.DataObject) -> None:
+    case = json.loads(path.read_text())
+    body = case["responses"]
+    *parent_at, key = data.draw(st.sampled_from(_places(body)))
+    parent = body
+    for k in parent_at:
+        parent = parent[k]
+    if data.draw(st.booleans()) and isinstance(parent, dict):
+        del parent[key]
+    else:
+        parent[key] = data.draw(json_value)
+    try:
+        req = parse(json.dumps(body).encode())
+        input_items(req)
+        to_chat(req, case.get("history", []))
+    except InvalidRequest as exc:
+        assert exc.status == 400 and exc.message

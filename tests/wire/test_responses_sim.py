@@ -48,7 +48,7 @@ def raw_stream(sim: Sim, body: dict[str, Any]) -> list[tuple[str, dict]]:
     return parse_sse(r.content)
 
 
-def test_a_response_is_answered_in_the_responses_shape_with_its_tokens(client: openai.OpenAI) -> None:
+def test_a_response_is_answered_in_the_responses_shape_with_its_tokens(sim: Sim, client: openai.OpenAI) -> None:
     ask = {"model": "sim-small", "instructions": "Be brief, and kind, and clear. " * 8, "input": "Tell me a story."}
     r = client.responses.create(**ask, max_output_tokens=7)
     assert r.object == "response" and r.id.startswith("resp_") and r.model == "sim-small"
@@ -59,6 +59,11 @@ def test_a_response_is_answered_in_the_responses_shape_with_its_tokens(client: o
     assert r.usage.output_tokens == 7 and r.usage.input_tokens > 0
     assert r.usage.total_tokens == r.usage.input_tokens + 7
     Response.model_validate(r.model_dump())  # strictly, not only as the SDK constructs it
+    events = raw_stream(sim, {**ask, "max_output_tokens": 7})  # streamed, the cut reply ends response.incomplete
+    assert validate(events) == "response.incomplete"
+    final = events[-1][1]["response"]
+    assert final["incomplete_details"] == {"reason": "max_output_tokens"} and final["output"][0]["status"] == "incomplete"
+    assert final["output"][0]["content"][0]["text"] == r.output_text
     again = client.responses.create(**ask, max_output_tokens=7)  # the prefix cache served the prompt the second time
     assert again.output_text == r.output_text and again.usage.input_tokens_details.cached_tokens > 0  # type: ignore[union-attr]
 

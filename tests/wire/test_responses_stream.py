@@ -174,12 +174,28 @@ def test_a_malformed_event_bad_arguments_or_interleaved_calls_end_the_stream_fai
     interleaved = b"".join(head % p for p in (b'{"index": 0, "id": "a", "function": {"name": "f", "arguments": "{"}}',
                                               b'{"index": 1, "id": "b", "function": {"name": "g", "arguments": "{}"}}',
                                               b'{"index": 0, "function": {"arguments": "}"}}'))
+    # each piece whole JSON on its own: only the interleaving is wrong
+    resumed = b"".join(head % p for p in (b'{"index": 0, "id": "a", "function": {"name": "f", "arguments": "{}"}}',
+                                          b'{"index": 1, "id": "b", "function": {"name": "g", "arguments": "{}"}}',
+                                          b'{"index": 0, "function": {"arguments": "{}"}}')) + \
+        b'data: {"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}\n\ndata: [DONE]\n\n'
     for raw in (stream(["Hi"], [], "stop", USAGE).replace(b'"Hi"', b'"Hi'),
                 stream([], [("c", "f", ['{"a": ', "tru"])], "tool_calls", USAGE),
-                stream([], [("c", "f", ["[1]"])], "tool_calls", USAGE), interleaved):
+                stream([], [("c", "f", ["[1]"])], "tool_calls", USAGE), interleaved, resumed):
         events = parse_sse(encode_stream(raw))
         assert validate(events) == "response.failed"
-        assert not any(e[0] == "response.function_call_arguments.done" for e in events)  # no call completes on bad arguments
+        if raw is not resumed:  # no call completes on bad arguments
+            assert not any(e[0] == "response.function_call_arguments.done" for e in events)
+
+
+def test_a_call_without_arguments_streams_an_empty_object_as_its_one_delta() -> None:
+    raw = stream([], [("c", "now", [])], "tool_calls", USAGE)
+    enc = encoder()
+    events = parse_sse(encode_stream(raw, enc=enc))
+    assert validate(events) == "response.completed"
+    assert [e[1]["delta"] for e in events if e[0] == "response.function_call_arguments.delta"] == ["{}"]
+    assert enc.response() == encode_response(json.dumps(whole([], [("c", "now", [])], "tool_calls", USAGE)).encode(),
+                                             id="resp_abc", request=REQUEST, created_at=1700000000)
 
 
 def test_a_call_cut_by_the_token_limit_is_an_incomplete_item_of_an_incomplete_response() -> None:

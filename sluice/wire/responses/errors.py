@@ -23,8 +23,8 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
 def error_bytes(exc: GatewayError) -> bytes:
-    """The OpenAI error envelope for ``exc``, encoded (a body already rendered for this API is kept)."""
-    return exc.rendered if exc.rendered is not None else _encode(error_body(exc))
+    """The OpenAI error envelope for ``exc``, encoded."""
+    return _encode(error_body(exc))
 
 
 def failure(exc: GatewayError) -> dict[str, str]:
