@@ -180,3 +180,21 @@ def _shape(r: Response) -> dict[str, Any]:
             part.pop("parsed", None)  # the SDK's stream helper adds it
     assert r.usage is not None
     return {"output": items, "status": r.status, "output_tokens": r.usage.output_tokens, "input_tokens": r.usage.input_tokens}
+
+
+@pytest.mark.parametrize("body", [
+    {"model": "sim-small"}, {"model": "sim-small", "input": 5}, {"model": "sim-small", "input": [5]},
+    {"model": "sim-small", "input": "hi", "tools": ["x"]}, {"model": "sim-small", "input": "hi", "max_output_tokens": 0},
+    {"model": "sim-small", "input": "hi", "instructions": ["x"]}, {"model": "sim-small", "input": "hi", "metadata": {"k": 1}},
+])
+def test_a_body_of_the_wrong_shape_is_a_400_in_openais_envelope(sim: Sim, body: dict[str, Any]) -> None:
+    r = httpx.post(sim.url + "/v1/responses", json=body, timeout=10.0)
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", r.text
+
+
+def test_odd_items_a_lenient_backend_reads_around_are_answered(sim: Sim) -> None:
+    odd = [{"type": "message", "role": "user", "content": {"not": "a list"}}, {"type": "web_search_call", "id": "ws_1"},
+           {"type": "message", "role": "user", "content": [{"type": "input_text", "text": 5}, "x"]}, {"role": "user", "content": "hi"}]
+    r = httpx.post(sim.url + "/v1/responses", json={"model": "sim-small", "input": odd, "max_output_tokens": 3,
+                                                    "tools": [{"type": 5}]}, timeout=10.0)
+    assert r.status_code == 200 and r.json()["usage"]["output_tokens"] == 3, r.text
