@@ -1,5 +1,5 @@
 """The sim's HTTP face: vLLM's OpenAI-compatible routes (``chat``, ``vllm_routes``), Anthropic's
-Messages routes (``messages``), plus
+Messages routes (``messages``), OpenAI's Responses route (``responses``), plus
 ``/sim/*`` controls for tests (``controls``), on one replica's state (``replica``)."""
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from sluice.core.config import Sim
 
 from .controls import SimControls
 from .messages import Messages
+from .responses import Responses
 from .vllm_routes import VllmRoutes
 
 log = logging.getLogger("sluice.sim")
 
 
-class Replica(Messages, VllmRoutes, SimControls):
+class Replica(Messages, Responses, VllmRoutes, SimControls):
     """One simulated replica with every route: its state lives in ``ReplicaBase``."""
 
 
@@ -36,6 +37,7 @@ def build_app(settings: Sim, *, replica: str = "sim-0") -> web.Application:
     app.router.add_post("/v1/chat/completions", state.chat)
     app.router.add_post("/v1/messages", state.messages)
     app.router.add_post("/v1/messages/count_tokens", state.count_tokens)
+    app.router.add_post("/v1/responses", state.responses)
     app.router.add_post("/v1/embeddings", state.embed)
     app.router.add_get("/health", state.health)
     app.router.add_get("/sim/stats", state.get_stats)
