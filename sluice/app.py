@@ -41,6 +41,8 @@ from .pipeline.approvals import ApprovalEndpoints
 from .pipeline.openapi import OpenApiEndpoint
 from .pipeline.stages import Guard
 from .store.guard_records import GuardRecords
+from .store.response_records import ResponseRecords
+from .memory import ResponseMemory, Vault
 from .routing.health import run_checks
 from .store import Store, StoreUnavailable, open_store
 from .telemetry import Metrics, UsageLedger, configure
@@ -197,7 +199,8 @@ class Gateway:
                                max_tokens_cap=c.limits.max_tokens_cap, over_cap=c.limits.over_cap,
                                admission=Admission({m.name: m.capacity for m in c.models if m.capacity}),
                                extra_params={m: extra_params(p) for m, p in cfgmod.model_extra_params(c).items()},
-                               tracer=self.tracer)
+                               tracer=self.tracer,
+                               memory=ResponseMemory(ResponseRecords(store), Vault(pepper), c.responses))  # type: ignore[arg-type]
         health = [("GET", "/healthz", self._healthz), ("GET", "/readyz", self._readyz)]
         # /health as vLLM, SGLang and TGI serve it: what their tools (guidellm) check first.
         vllm_health = [("GET", "/health", self._healthz)]

@@ -13,6 +13,8 @@ from cryptography.exceptions import InvalidTag
 
 from ..core import clock
 from ..core.config import Responses as Settings
+from ..core.errors import Unavailable
+from ..store import StoreUnavailable
 from ..store.response_records import ResponseRecords
 from .vault import Vault
 
@@ -39,8 +41,13 @@ class BrokenChain(Exception):
         self.too_long = too_long
 
 
+def _unavailable() -> Unavailable:
+    return Unavailable("Stored responses are unavailable right now; try again shortly.", code="store_unavailable")
+
+
 class ResponseMemory:
-    """The Responses API's memory over the store, sealed per identity."""
+    """The Responses API's memory over the store, sealed per identity. Every method raises the gateway's
+    503 ``store_unavailable`` when the store does not answer."""
 
     __slots__ = ("_records", "_vault", "_ttl", "_max_chain")
 
@@ -56,7 +63,7 @@ class ResponseMemory:
         rid = response["id"]
         now = clock.now()
         sealed = self._vault.seal(identity_id, rid, _encode(Stored(response=response, input=items)))
-        await self._records.put({"id": rid, "identity_id": identity_id, "created_at": now, "expires_at": now + self._ttl,
+        await self._call(self._records.put, {"id": rid, "identity_id": identity_id, "created_at": now, "expires_at": now + self._ttl,
                                  "previous_id": response.get("previous_response_id"), "model": response.get("model") or "",
                                  "sealed": sealed})
 
@@ -68,12 +75,12 @@ class ResponseMemory:
 
     async def load(self, response_id: str, identity_id: str) -> Stored | None:
         """This identity's live response, or None (unknown, expired, deleted and another's look alike)."""
-        row = await self._records.get(response_id, identity_id)
+        row = await self._call(self._records.get, response_id, identity_id)
         return None if row is None else self._open(identity_id, row["id"], row["sealed"])
 
     async def history(self, previous_id: str, identity_id: str) -> list[dict[str, Any]]:
         """Every item of the chain ending at ``previous_id``, oldest first; ``BrokenChain`` if any link is gone."""
-        links = await self._records.chain(previous_id, identity_id, self._max_chain + 1)
+        links = await self._call(self._records.chain, previous_id, identity_id, self._max_chain + 1)
         if not links or len(links) > self._max_chain:
             raise BrokenChain(too_long=bool(links))
         for newer, older in zip(links, links[1:]):
@@ -91,7 +98,14 @@ class ResponseMemory:
         return items
 
     async def delete(self, response_id: str, identity_id: str) -> bool:
-        return await self._records.delete(response_id, identity_id)
+        return await self._call(self._records.delete, response_id, identity_id)
 
     async def purge(self) -> int:
-        return await self._records.purge()
+        return await self._call(self._records.purge)
+
+    @staticmethod
+    async def _call(query: Any, *args: Any) -> Any:
+        try:
+            return await query(*args)
+        except StoreUnavailable:
+            raise _unavailable() from None

@@ -4,7 +4,8 @@
         -> forward (upstream, SSE relay) -> settle limits -> account
 
 Every API runs that one path: chat completions and embeddings in their own shape; the Anthropic
-Messages API decoded into the chat request first and its answer re-encoded (``messages``).
+Messages API (``messages``) and the OpenAI Responses API (``responses``, its stored responses kept
+in ``sluice.memory``) decoded into the chat request first and their answers re-encoded.
 
 Each stage is a small object with one async method over the ``RequestContext``; a stage
 returns to continue or raises a ``GatewayError`` to stop. Settling and accounting run for
@@ -21,6 +22,7 @@ from ..core.config import RequestLimits, Resilience
 from ..core.wire import ChatCompletionRequest, EmbeddingRequest, chat_request_with
 from ..identity import CredentialRegistry, TokenService
 from ..limits import Admission, Limiter, PriceTable
+from ..memory import ResponseMemory
 from ..routing import DecisionLog, RoutingState
 from ..telemetry import UsageLedger
 from ..telemetry.tracing import Tracer
@@ -28,6 +30,7 @@ from .context import RequestContext
 from .endpoints import ListModels, ModelCall, Stage
 from .forward import Forward
 from .messages import CountTokens, Messages, encode
+from .responses import DecodeResponses, Encode, StoredResponses
 from .stages import Account, Admit, Authenticate, Authorize, ContextWindow, Decode, Guard, Limit, Route, Settle
 from .stages.decode_messages import DecodeCount, DecodeMessages
 
@@ -43,6 +46,7 @@ class DataPlane:
         limiter: Limiter, prices: PriceTable, max_tokens_cap: int, admission: Admission,
         over_cap: str = "refuse", extra_params: dict[str, frozenset[str]] | None = None,
         resilience: Resilience | None = None, guard: Guard | None = None, tracer: Tracer | None = None,
+        memory: ResponseMemory | None = None,
     ) -> None:
         authenticate = Authenticate(registry, tokens)
         authorize = Authorize()
@@ -75,7 +79,11 @@ class DataPlane:
         self.embeddings = model_call("embeddings", "/embeddings", Decode(EmbeddingRequest, **size))
         self.messages = Messages(model_call("messages", "/chat/completions",
                                             DecodeMessages(**size, types=chat_types), encode))
-        self.count_tokens = CountTokens((authenticate, DecodeCount(**size), authorize, route))
+        count_limit = Limit(limiter, prices, max_tokens_cap, requests_only=True)
+        self.count_tokens = CountTokens((authenticate, DecodeCount(**size), authorize, route, count_limit), finish)
+        self.stored = None if memory is None else StoredResponses(authenticate, memory)
+        self.responses = None if memory is None else model_call(
+            "responses", "/chat/completions", DecodeResponses(memory, **size, types=chat_types), Encode(memory))
         self.models = ListModels(authenticate, routes)
         self.authenticate = authenticate
 
@@ -87,5 +95,6 @@ class DataPlane:
             ("POST", "/v1/messages", self.messages),
             ("POST", "/v1/messages/count_tokens", self.count_tokens),
             ("GET", "/v1/models", self.models),
+            *((("POST", "/v1/responses", self.responses), *self.stored.routes()) if self.stored is not None else ()),
         ]
 

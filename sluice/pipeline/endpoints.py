@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -15,6 +16,8 @@ from .context import RequestContext
 from .forward import ROUTE_HEADER, Forward, is_stream
 
 Stage = Callable[[RequestContext], Awaitable[None]]
+# another API's wire: the chat answer re-encoded in its shape (async where it must store first)
+Encoder = Callable[[RequestContext, Reply | StreamReply], Reply | StreamReply | Awaitable[Reply | StreamReply]]
 POLICY_HEADER = "x-sluice-policy"  # the policy version (and short hash) the request was served under
 
 
@@ -25,7 +28,7 @@ class ModelCall:
 
     def __init__(self, name: str, stages: Sequence[Stage], forward: Forward, account: Callable[[RequestContext], None],
                  *, authenticate: Stage, tracer: Tracer | None = None,
-                 encode: Callable[[RequestContext, Reply | StreamReply], Reply | StreamReply] | None = None) -> None:
+                 encode: Encoder | None = None) -> None:
         self._name = name
         self._encode = encode  # another API's wire: the chat answer re-encoded in its shape (None: chat's own)
         self._stages = tuple(stages)
@@ -67,7 +70,10 @@ class ModelCall:
                     reply.headers = {POLICY_HEADER: ctx.policy.tag}
                 else:
                     reply.headers[POLICY_HEADER] = ctx.policy.tag
-            return reply if self._encode is None else self._encode(ctx, reply)
+            if self._encode is None:
+                return reply
+            out = self._encode(ctx, reply)
+            return (await out) if inspect.isawaitable(out) else out
         except GatewayError as exc:
             ctx.status, ctx.error_code = exc.status, exc.code
             streaming = False

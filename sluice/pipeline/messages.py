@@ -9,7 +9,7 @@ token is pending), and every error, before the answer or inside a stream, in Ant
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 
 from ..core.errors import GatewayError
 from ..core.exchange import JSON_TYPE, Exchange, Reply, StreamReply
@@ -79,12 +79,14 @@ class Messages:
 class CountTokens:
     """``POST /v1/messages/count_tokens``: the prompt tokens a Messages request would take, counted by
     the estimator limits reserve with (the model's tokenizer where one is configured); authenticated,
-    authorized and routed like a call, but nothing is sent upstream and nothing is spent."""
+    authorized, routed and limited like a call (a request and a concurrency slot, no tokens), recorded
+    with no tokens; nothing is sent upstream and nothing is spent."""
 
-    __slots__ = ("_stages",)
+    __slots__ = ("_stages", "_finish")
 
-    def __init__(self, stages: Sequence[Stage]) -> None:
+    def __init__(self, stages: Sequence[Stage], finish: Callable[[RequestContext], None]) -> None:
         self._stages = tuple(stages)
+        self._finish = finish  # settle the limits and account, however the count ends
 
     async def check_headers(self, exchange: Exchange) -> None:
         try:
@@ -97,6 +99,12 @@ class CountTokens:
         try:
             for stage in self._stages:
                 await stage(ctx)
+            return Reply.json({"input_tokens": ctx.prompt_estimate()}, headers=ctx.limit_headers)
         except GatewayError as exc:
+            ctx.status, ctx.error_code = exc.status, exc.code
+            if ctx.limit_headers:
+                exc.headers = {**ctx.limit_headers, **(exc.headers or {})}
             return anthropic.error_reply(exc)
-        return Reply.json({"input_tokens": ctx.prompt_estimate()})
+        finally:
+            if ctx.principal is not None:  # an unauthenticated count is not an identity's request
+                self._finish(ctx)

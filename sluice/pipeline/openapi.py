@@ -21,6 +21,7 @@ from ..core.exchange import JSON_TYPE, SSE_TYPE, Exchange, Reply
 from ..core.wire import ChatCompletionRequest, EmbeddingRequest
 from ..identity.exchange import ACCESS_TOKEN, GRANT, ID_TOKEN, JWT
 from ..wire.anthropic import CountTokensRequest, MessagesRequest
+from ..wire.responses import ResponsesRequest
 from .context import RequestContext
 from .endpoints import Stage
 
@@ -118,7 +119,8 @@ _WHY = {
     400: "The body is not valid JSON or breaks the schema; a guardrail, the token cap or the context window refused it.",
     401: "No credential, or one that is unknown, expired or revoked (or a control-plane key).",
     403: "The identity may not call models (it has no invoker role).",
-    404: "No such model for this caller (unknown and out of scope look the same), or no such approval.",
+    404: "No such model for this caller (unknown and out of scope look the same), no such approval, or no such"
+         " stored response of the caller's (another identity's looks the same).",
     409: "The approval is pending, denied, already used, or for other arguments.",
     410: "The approval has expired.",
     413: "The body is larger than the listener accepts, or a guardrail's size limit.",
@@ -166,6 +168,16 @@ _MESSAGE_EVENT = {
     "properties": {"event": {"type": "string"},
                    "data": {"type": "string", "contentMediaType": JSON_TYPE, "contentSchema": _OBJECT}},
 }
+# The Responses API's stream: named events, each carrying its type and a sequence_number.
+_RESPONSE_EVENT = {
+    "type": "object", "required": ["data"],
+    "description": "Sent when the request asks `stream: true`: the Responses API's events (response.created ... "
+                   "response.completed), each a JSON object named by its `event:` line; a failure after the first byte "
+                   "is a `response.failed` event.",
+    "properties": {"event": {"type": "string"},
+                   "data": {"type": "string", "contentMediaType": JSON_TYPE, "contentSchema": _OBJECT}},
+}
+_STORED = (*_AUTH, 404)  # a stored response: the caller's own, or the 404 of an unknown id
 OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/v1/chat/completions"): Operation(
         "createChatCompletion", "A chat completion, whole or streamed.",
@@ -182,6 +194,18 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/v1/messages/count_tokens"): Operation(
         "countMessageTokens", "The input tokens a Messages request would take; nothing is sent upstream.",
         {JSON_TYPE: InputTokens}, (400, 401, 403, 404, 413, 415, 429, 529), CountTokensRequest, error=AnthropicError),
+    ("POST", "/v1/responses"): Operation(
+        "createResponse", "OpenAI's Responses API, whole or streamed, run as a chat completion; kept when `store`.",
+        {JSON_TYPE: {**_OBJECT, "description": "A Response object."}, SSE_TYPE: _RESPONSE_EVENT},
+        _MODEL_CALL, ResponsesRequest),
+    ("GET", "/v1/responses/{response_id}"): Operation(
+        "getResponse", "A stored response of the caller's.", {JSON_TYPE: {**_OBJECT, "description": "A Response object."}},
+        _STORED),
+    ("DELETE", "/v1/responses/{response_id}"): Operation(
+        "deleteResponse", "Delete a stored response of the caller's.", {JSON_TYPE: _OBJECT}, _STORED),
+    ("GET", "/v1/responses/{response_id}/input_items"): Operation(
+        "listInputItems", "The input items of a stored response of the caller's (`limit`, `order`, `after`).",
+        {JSON_TYPE: _OBJECT}, (*_STORED, 400)),
     ("GET", "/v1/models"): Operation("listModels", "The models the caller may use.", {JSON_TYPE: ModelList}),
     ("POST", "/v1/token"): Operation(
         "exchangeToken", "Token exchange (RFC 8693); the credential is in the body.", {JSON_TYPE: AccessToken},

@@ -6,6 +6,8 @@ that needs one answers 401 in the OpenAI envelope."""
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 import schemathesis
@@ -74,12 +76,12 @@ def test_the_document_lists_exactly_the_routes_the_listener_serves(data, doc):
     a route the document has no entry for stops the gateway's start (the generator refuses it)."""
     key = {"Authorization": f"Bearer {data.keys['app']}"}
     for path, ops in doc["paths"].items():
-        r = httpx.request("PATCH", data.url + path.replace("{approval_id}", "apv_x"), headers=key)
+        r = httpx.request("PATCH", data.url + re.sub(r"\{[a-z_]+\}", "x_1", path), headers=key)
         assert r.status_code == 405, path
         assert set(r.headers["Allow"].split(", ")) == {m.upper() for m in ops}, path
     assert {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops} == set(OPERATIONS)
-    with pytest.raises(LookupError, match="POST /v1/responses"):
-        document([("POST", "/v1/responses", None)])
+    with pytest.raises(LookupError, match="POST /v1/audio/speech"):
+        document([("POST", "/v1/audio/speech", None)])
 
 
 def test_a_streamed_chat_completion_answers_the_documented_event_stream(data, contract):

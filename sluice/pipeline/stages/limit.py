@@ -8,15 +8,18 @@ from ..context import RequestContext
 
 class Limit:
     """Reserves prompt tokens (counted), output tokens (``max_tokens`` or the cap) and money;
-    what the upstream is then asked for is what was reserved."""
+    what the upstream is then asked for is what was reserved. ``requests_only``: a call that spends
+    no tokens (``count_tokens``) takes a request and a concurrency slot, and nothing else."""
 
-    __slots__ = ("_limiter", "_prices", "_cap", "_clamp")
+    __slots__ = ("_limiter", "_prices", "_cap", "_clamp", "_requests_only")
 
-    def __init__(self, limiter: Limiter, prices: PriceTable, cap: int, clamp: bool = False) -> None:
+    def __init__(self, limiter: Limiter, prices: PriceTable, cap: int, clamp: bool = False,
+                 requests_only: bool = False) -> None:
         self._limiter = limiter
         self._prices = prices
         self._cap = cap
         self._clamp = clamp
+        self._requests_only = requests_only
 
     async def __call__(self, ctx: RequestContext) -> None:
         limiter = self._limiter
@@ -25,17 +28,20 @@ class Limit:
         if not (active.limits_active if active is not None else limiter.active):
             return
         req, target, p = ctx.request, ctx.target, ctx.principal
-        tokens_in = ctx.prompt_estimate()
-        tokens_out = bounded_output(req, self._cap, self._clamp)
-        # the chosen version's price when it has one, else the model's
-        amounts = (1.0, tokens_in, tokens_out, 1.0, self._prices.cost(target.model, tokens_in, tokens_out, 0, target.price))  # type: ignore[union-attr]
+        if self._requests_only:
+            amounts: tuple[float, ...] = (1.0, 0.0, 0.0, 1.0, 0.0)
+        else:
+            tokens_in = ctx.prompt_estimate()
+            tokens_out = bounded_output(req, self._cap, self._clamp)
+            # the chosen version's price when it has one, else the model's
+            amounts = (1.0, tokens_in, tokens_out, 1.0, self._prices.cost(target.model, tokens_in, tokens_out, 0, target.price))  # type: ignore[union-attr]
         if limiter.inline:
             ctx.reservation, ctx.limit_headers = limiter.reserve_now(
                 ctx.exchange.request_id, p.identity_id, p.team, target.model, target.upstream, amounts, rules)  # type: ignore[union-attr]
         else:
             ctx.reservation, ctx.limit_headers = await limiter.reserve(
                 ctx.exchange.request_id, p.identity_id, p.team, target.model, target.upstream, amounts, rules)  # type: ignore[union-attr]
-        if ctx.reservation is not None:
+        if ctx.reservation is not None and not self._requests_only:
             ask_for(req, self._cap)
 
 
