@@ -93,12 +93,13 @@ class Guard:
         active = ctx.policy
         policy: GuardPolicy = (active.guard if active is not None else None) or _NONE
         p = ctx.principal
-        rules = policy.rules_for(ctx.decision.route.served, p.identity_name, p.team) if policy.active \
-            else policy.default  # type: ignore[union-attr]
+        rules = policy.default
+        if policy.active:
+            rules = policy.rules_for(ctx.decision.route.served, p.identity_name, p.team)  # type: ignore[union-attr]
         exposed = policy.shape_for(rules, p.identity_name, p.team)  # type: ignore[union-attr]
         _check_logprobs(req, exposed)
         rid = ctx.exchange.request_id
-        if policy.active:
+        if policy.active:  # no tool rules here: a completion offers no tools and makes no calls
             t = ctx.target
             req, verdict = check_completion(rules, req, len(ctx.exchange.body),
                                             lambda r: prompt_sizes(r, t.upstream_model, t.model))  # type: ignore[union-attr]
