@@ -1,4 +1,5 @@
 """What of a chat request reaches the model's context besides its messages' text.
+(A legacy completion's context is its prompt and its suffix, nothing else.)
 
 Tool and function definitions, response-format schemas, assistant tool calls and their
 arguments, message names and refusals all go into the prompt the model reads; the limits'
@@ -15,7 +16,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET
 
-from .wire import ChatCompletionRequest, EmbeddingRequest, Message
+from .wire import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Message
 
 IMAGE_TOKENS = 765
 _IMAGE_CHARS = 4 * IMAGE_TOKENS  # estimate_tokens turns it back into IMAGE_TOKENS
@@ -63,9 +64,17 @@ def estimate_tokens(chars: int) -> int:
     return (chars + 3) // 4
 
 
-def prompt_chars(request: ChatCompletionRequest | EmbeddingRequest) -> int:
+def completion_text(request: CompletionRequest) -> str:
+    """A legacy completion's prompts as one text, token ids written as numbers (what placement hashes)."""
+    return "\x1e".join(p if isinstance(p, str) else " ".join(map(str, p)) for p in request.prompts())
+
+
+def prompt_chars(request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> int:
     """Characters of what reaches the model's context (what this module counts), for estimating prompt
-    tokens; an image as the characters of its fixed cost."""
+    tokens; an image as the characters of its fixed cost, a token id as four characters."""
+    if isinstance(request, CompletionRequest):
+        suffix = len(request.suffix) if isinstance(request.suffix, str) else 0
+        return sum((len(p) if isinstance(p, str) else 4 * len(p)) + suffix for p in request.prompts())
     if isinstance(request, EmbeddingRequest):
         inp = request.input
         if isinstance(inp, str):

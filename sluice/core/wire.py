@@ -112,6 +112,55 @@ class EmbeddingRequest(_Wire, forbid_unknown_fields=True):
                 raise ValueError("must not contain empty strings - at `$.input`")
 
 
+Logprobs = Annotated[int, msgspec.Meta(ge=0, le=5)]  # legacy completions: the top tokens to return, at most 5
+MAX_PROMPTS = 2048  # legacy completions: prompts in one request (as embeddings' inputs)
+LEGACY_MAX_TOKENS = 16  # legacy completions: what an absent max_tokens means (OpenAI's and vLLM's default)
+PromptItem = str | TokenId | Annotated[list[TokenId], msgspec.Meta(min_length=1)]
+
+
+class CompletionRequest(_Wire, forbid_unknown_fields=True):
+    """``POST /v1/completions``, OpenAI's legacy text completions: one prompt or several, as text or token ids."""
+
+    model: NonEmpty
+    prompt: str | Annotated[list[PromptItem], msgspec.Meta(min_length=1)]  # one array of ids: as long as the body
+    suffix: str | None | UnsetType = UNSET
+    max_tokens: Tokens | None | UnsetType = UNSET
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None | UnsetType = UNSET
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None | UnsetType = UNSET
+    n: Choices | None | UnsetType = UNSET
+    stream: bool | None | UnsetType = UNSET
+    stream_options: StreamOptions | None | UnsetType = UNSET
+    logprobs: Logprobs | None | UnsetType = UNSET
+    echo: bool | None | UnsetType = UNSET
+    stop: str | Annotated[list[str], msgspec.Meta(max_length=4)] | None | UnsetType = UNSET
+    presence_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] | None | UnsetType = UNSET
+    frequency_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] | None | UnsetType = UNSET
+    best_of: Choices | None | UnsetType = UNSET
+    logit_bias: Annotated[dict[BiasKey, Bias], msgspec.Meta(max_length=LOGIT_BIAS_MAX)] | None | UnsetType = UNSET
+    user: str | UnsetType = UNSET
+    seed: Seed | None | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        # One of: a string, strings, token ids, or lists of token ids; never a mix (as embeddings' input).
+        prompt = self.prompt
+        if isinstance(prompt, list):
+            kinds = {type(x) for x in prompt}
+            if len(kinds) > 1:
+                raise ValueError("must be a string, an array of strings, an array of token ids, "
+                                 "or an array of token-id arrays - at `$.prompt`")
+            if int not in kinds and len(prompt) > MAX_PROMPTS:
+                raise ValueError(f"must hold at most {MAX_PROMPTS} prompts - at `$.prompt`")
+
+    def prompts(self) -> list[str] | list[list[int]]:
+        """Each prompt of the request: a string, or a list of token ids (one array of ids is one prompt)."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if type(prompt[0]) is int:
+            return [prompt]  # type: ignore[list-item]
+        return prompt  # type: ignore[return-value]
+
+
 # Extra top-level parameters a model's upstream accepts, passed through exactly as sent.
 # "vllm": vLLM's sampling and chat extensions (also read by SGLang and TGI's OpenAI routes).
 # Operator-side knobs (priority, request_id, kv_transfer_params, logits_processors, which
@@ -163,14 +212,16 @@ _NESTED: dict[str, tuple[str, Any]] = {
 }
 
 
-def chat_request_with(names: frozenset[str]) -> type[ChatCompletionRequest]:
-    """``ChatCompletionRequest`` that also takes the named parameters, re-encoded unchanged: the
-    integer ones bounded (``_EXTRA_TYPES``), the rest any JSON."""
+def chat_request_with(names: frozenset[str], base: type = ChatCompletionRequest) -> type:
+    """``base`` (chat's request, or legacy completions') that also takes the named parameters, re-encoded
+    unchanged: the integer ones bounded (``_EXTRA_TYPES``), the rest any JSON. A name that is already
+    one of ``base``'s fields keeps its own type."""
+    names = frozenset(names - set(base.__struct_fields__))  # type: ignore[attr-defined]
     if not names:
-        return ChatCompletionRequest
+        return base
     fields = [_NESTED[name] + (UNSET,) if name in _NESTED else (name, _EXTRA_TYPES.get(name, Any), UNSET)
               for name in sorted(names)]
-    return msgspec.defstruct("ChatCompletionRequestWithExtras", fields, bases=(ChatCompletionRequest,),
+    return msgspec.defstruct(f"{base.__name__}WithExtras", fields, bases=(base,),
                              kw_only=True, forbid_unknown_fields=True, omit_defaults=True)
 
 

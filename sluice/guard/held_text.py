@@ -4,7 +4,8 @@ Text is held by at most ``stream_window`` characters per channel (a choice's ``c
 text field of it), plus a span still growing at the end of what arrived, so a secret split across
 chunks is still seen whole. The queue keeps events in order; an event goes once the window after it
 has been scanned. Blocks of plain content events of one choice are held whole (one item), and turned
-into their events only when a finding must be masked in them.
+into their events only when a finding must be masked in them. A legacy completion's stream is read the
+same way, its choices' ``text`` where a chat chunk has its delta's ``content``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ _decode = msgspec.json.decode
 _encode = msgspec.json.encode
 _BLOCK = object()  # marks a queue item that is a whole block of content events
 _CONTENT = re.compile(rb'"content": ?"((?:[^"\\]|\\.)*)"')
+_TEXT = re.compile(rb'"text": ?"((?:[^"\\]|\\.)*)"')  # a legacy completion's chunk
 _OTHER_CHOICE = re.compile(rb'"index": ?[1-9]')
 _OTHER_TEXT = re.compile(rb'"(?:refusal|reasoning_content|reasoning)": ?"')
 TEXT = ("content", "refusal", "reasoning_content", "reasoning")  # fields of a message the detectors read
@@ -39,6 +41,7 @@ class _LightDelta(msgspec.Struct, gc=False):
 class _LightChoice(msgspec.Struct, gc=False):
     index: int = 0
     delta: _LightDelta | None = None
+    text: str | None = None  # a legacy completion's chunk: its choice's text, no delta
 
 
 class _LightEvent(msgspec.Struct, gc=False):
@@ -58,12 +61,16 @@ class HeldText:
     -1 for an event with no text to read.
     """
 
-    __slots__ = ("_rules", "_detector", "_queue", "_request_id", "kinds", "_released", "_clean_to")
+    __slots__ = ("_rules", "_detector", "_queue", "_request_id", "kinds", "_released", "_clean_to", "_on_choice",
+                 "_main")
 
-    def __init__(self, rules: Rules, detector: Detector | None, request_id: str) -> None:
+    def __init__(self, rules: Rules, detector: Detector | None, request_id: str, on_choice: bool = False) -> None:
         self._rules = rules
         self._detector = detector
         self._request_id = request_id
+        # a legacy completion's: a choice's text is its own ``text``, not its delta's ``content``
+        self._on_choice = on_choice
+        self._main = _TEXT if on_choice else _CONTENT
         self._queue: list[list[Any]] = []
         self.kinds: set[str] = set()
         # per channel: characters released so far, and up to where (from the stream's start) the text was
@@ -112,7 +119,7 @@ class HeldText:
             return [body, _BLOCK, -1, None, None]
         if _OTHER_TEXT.search(body) is not None:  # a refusal or reasoning to read too: event by event
             return None
-        raw = b"".join(_CONTENT.findall(body))
+        raw = b"".join(self._main.findall(body))
         try:
             text = msgspec.json.decode(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
         except (msgspec.DecodeError, UnicodeDecodeError):
@@ -130,7 +137,7 @@ class HeldText:
                 if not raw:
                     continue
                 c = _light(raw[5:].strip()).choices
-                content = c[0].delta.content if c and c[0].delta is not None else None
+                content = (c[0].delta.content if c[0].delta is not None else c[0].text) if c else None
                 items.append([raw + b"\n\n", None, c[0].index if c else -1, content or None, content or None])
         self._queue[:] = items
 
@@ -155,7 +162,13 @@ class HeldText:
                 if d is None:
                     d = _decode(ev[5:].strip())  # type: ignore[index]
                 if content is not None:
-                    d["choices"][0]["delta"]["content" if type(channel) is int else channel[1]] = content
+                    choice = d["choices"][0]
+                    if type(channel) is not int:
+                        choice["delta"][channel[1]] = content
+                    elif self._on_choice:
+                        choice["text"] = content
+                    else:
+                        choice["delta"]["content"] = content
                 ev = b"data: " + _encode(d) + b"\n\n"
             out.append(ev)
         del queue[:keep_from]

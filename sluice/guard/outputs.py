@@ -6,6 +6,9 @@ whole, plus a span that is still growing at the end of what arrived. Tool-call d
 legacy ``function_call``) are held until their call is complete, then judged against the registry
 (when the policy has one, whatever the request offered) and masked, so nothing of a blocked call
 reaches the client and a call's arguments carry no secret the detectors know.
+
+A legacy completion (``completions=True``) is guarded the same way, whole and streamed: its choices'
+``text`` is read where a chat reply has its message's or delta's ``content``; it makes no tool calls.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ Record = Callable[[Judgement], None]  # records a decision, off the request path
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
 _TOOL_KEY, _FUNCTION_KEY = b'"tool_calls"', b'"function_call"'
+_MAIN = ("content", "text")  # a choice's main text (chat's, legacy completions'): its channel is its index
 
 
 def _has_call(raw: bytes) -> bool:
@@ -47,7 +51,8 @@ class _Message(msgspec.Struct, omit_defaults=True):
 
 class _Choice(msgspec.Struct):
     index: int = 0
-    message: _Message | None = None
+    message: _Message | None | msgspec.UnsetType = msgspec.UNSET
+    text: str | None | msgspec.UnsetType = msgspec.UNSET  # a legacy completion's
     finish_reason: str | None = None
 
 
@@ -74,9 +79,9 @@ class OutputGuard(HeldText):
 
     def __init__(self, rules: Rules, policy: GuardPolicy, identity: str, team: str | None, *, tools: bool,
                  hold: Hold, record: Record, request_id: str = "", exposed: Shape | None = None,
-                 every_event: bool = False) -> None:
+                 every_event: bool = False, completions: bool = False) -> None:
         act = rules.output_action
-        super().__init__(rules, rules.detector if act != "allow" else None, request_id)
+        super().__init__(rules, rules.detector if act != "allow" else None, request_id, on_choice=completions)
         self._policy = policy
         self._identity = identity
         self._team = team
@@ -100,7 +105,7 @@ class OutputGuard(HeldText):
         """The same guard with nothing held: for a new attempt after one that sent nothing."""
         return OutputGuard(self._rules, self._policy, self._identity, self._team, tools=self._tools,
                            hold=self._hold, record=self._record, request_id=self._request_id, exposed=self._shape,
-                           every_event=self._asked)
+                           every_event=self._asked, completions=self._on_choice)
 
     # -- whole replies ------------------------------------------------------------------------
     async def reply(self, body: bytes) -> bytes:
@@ -112,8 +117,10 @@ class OutputGuard(HeldText):
             except msgspec.DecodeError:
                 return body
             for c in r.choices:
-                if c.message is not None:
+                if isinstance(c.message, _Message):
                     self._mask_message(c.message)
+                if isinstance(c.text, str):
+                    c.text = self._mask(c.text)
             return _encode(r)
         try:
             d = _decode(body)
@@ -128,6 +135,8 @@ class OutputGuard(HeldText):
             if not isinstance(choice, dict):
                 continue
             strip(choice, BASE_CHOICE, expose, True)
+            if self._detector is not None and isinstance(choice.get("text"), str):  # a legacy completion's
+                choice["text"] = self._mask(choice["text"])
             msg = choice.get("message")
             if not isinstance(msg, dict):
                 continue
@@ -287,7 +296,7 @@ class OutputGuard(HeldText):
                     and (delta.refusal or delta.reasoning_content or delta.reasoning)):
                 await self._event(ev, _decode(body))
                 continue
-            content = delta.content if delta is not None else None
+            content = delta.content if delta is not None else c.text
             if self._detector is None or not content:
                 queue.append([ev, None, c.index, None, None])
             else:
@@ -322,6 +331,8 @@ class OutputGuard(HeldText):
         changed |= strip(delta, BASE_MESSAGE, expose)
         i = c.get("index", 0)
         texts = [(f, delta[f]) for f in TEXT if isinstance(delta.get(f), str) and delta[f]]
+        if self._on_choice and isinstance(c.get("text"), str) and c["text"]:  # a legacy completion's text
+            texts = [("text", c["text"])]
         if self._hold_calls and (delta.get("tool_calls") or delta.get("function_call") or i in self._calls):
             if texts:  # text beside a call goes the way of text; the call is held
                 self._text_event(None, {**d, "choices": [{**c, "delta": dict(texts), "finish_reason": None}]}, i, texts)
@@ -341,7 +352,7 @@ class OutputGuard(HeldText):
             return
         if len(texts) == 1:
             f, v = texts[0]
-            self._queue.append([ev, d, i if f == "content" else (i, f), v, v])
+            self._queue.append([ev, d, i if f in _MAIN else (i, f), v, v])
             return
         c = d["choices"][0]
         delta, last = c["delta"], len(texts) - 1

@@ -18,6 +18,10 @@ Scanned, by the param a refusal names:
 Not scanned: ids (tool_calls[k].id, tool_call_id, audio.id), tool and function names (identifiers the
 tool registry judges), tool_choice, enums, numbers and flags, image URLs, audio and file data.
 
+A legacy completion (``scan_completion``): ``prompt`` (a string) or ``prompt[k]``, ``suffix``, ``stop`` /
+``stop[k]``, ``user`` (opaque), and an extra parameter its model allows; a prompt of token ids is no text
+(``inputs.check_completion`` decides what happens to it).
+
 On the hot path: a message with string content only, and a request with none of the other fields
 (the common ones), cost one detector call per message and a few attribute reads (a message with
 a finding is read again by the reader that names and masks it); a param's name is built only when
@@ -33,13 +37,14 @@ from typing import Any
 
 import msgspec
 
-from ..core.wire import ChatCompletionRequest, Message
+from ..core.wire import ChatCompletionRequest, CompletionRequest, Message
 from .detectors import Detector, Finding, masked_json, masked_pieces, masked_text
 
 Report = Callable[[list[Finding], str], None]  # findings of one param: recorded, or refused
 _OPAQUE = ("user", "safety_identifier", "prompt_cache_key")
 _OPAQUE_EXTRAS = frozenset({"cache_salt"})
 _BASE_FIELDS = frozenset(ChatCompletionRequest.__struct_fields__)
+_COMPLETION_FIELDS = frozenset(CompletionRequest.__struct_fields__)
 # the request's text fields besides its messages, read in one call: all unset in the common request
 _OTHER_TEXT = attrgetter("prediction", "tools", "functions", "stop", "metadata", "response_format",
                          "web_search_options", *_OPAQUE)
@@ -80,15 +85,7 @@ def _other_fields(s: _Scan, req: ChatCompletionRequest, extras: tuple[str, ...],
             new = s.definitions(defs, name)
             if new is not defs:
                 fields[name] = new
-    stop = req.stop
-    if isinstance(stop, str) and stop:
-        new = s.text(stop, "stop")
-        if new is not stop:
-            fields["stop"] = new
-    elif isinstance(stop, list):
-        new_stop = [s.text(x, "stop[{}]", k) if isinstance(x, str) else x for k, x in enumerate(stop)]
-        if any(a is not b for a, b in zip(new_stop, stop)):
-            fields["stop"] = new_stop
+    s.texts(req.stop, "stop", fields)
     metadata = req.metadata
     if metadata:
         new_meta = {k: s.text(v, "metadata.{}", k, opaque=True) if isinstance(v, str) else v for k, v in metadata.items()}
@@ -108,10 +105,31 @@ def _other_fields(s: _Scan, req: ChatCompletionRequest, extras: tuple[str, ...],
                 fields[name] = new
 
 
+def scan_completion(detector: Detector, req: CompletionRequest, report: Report, mask: bool) -> CompletionRequest:
+    """A legacy completion with every finding in its texts masked when ``mask``, else ``req`` itself."""
+    s = _Scan(detector, report, mask)
+    fields: dict[str, Any] = {}
+    s.texts(req.prompt, "prompt", fields)  # token ids pass as they are
+    s.texts(req.suffix, "suffix", fields)
+    s.texts(req.stop, "stop", fields)
+    if isinstance(req.user, str) and req.user:
+        new = s.text(req.user, "user", opaque=True)
+        if new is not req.user:
+            fields["user"] = new
+    for name in _extra_fields(type(req)):
+        value = getattr(req, name)
+        if value:
+            new = s.value(value, name, opaque=name in _OPAQUE_EXTRAS)
+            if new is not value:
+                fields[name] = new
+    return msgspec.structs.replace(req, **fields) if fields else req
+
+
 @lru_cache(maxsize=64)  # one request type per model and policy version: a handful
 def _extra_fields(cls: type) -> tuple[str, ...]:
     """The parameters a model's ``extra_params`` added to the request type (none on the plain type)."""
-    return tuple(n for n in cls.__struct_fields__ if n not in _BASE_FIELDS)  # type: ignore[attr-defined]
+    base = _COMPLETION_FIELDS if issubclass(cls, CompletionRequest) else _BASE_FIELDS
+    return tuple(n for n in cls.__struct_fields__ if n not in base)  # type: ignore[attr-defined]
 
 
 def _piece_at(pieces: list[str], at: int) -> int:
@@ -147,6 +165,17 @@ class _Scan:
             return text
         self.report(found, param.format(i, k))
         return masked_text(text, found) if self.mask else text
+
+    def texts(self, value: Any, param: str, fields: dict[str, Any]) -> None:
+        """A string, or a list whose strings are read one by one (``param[k]``), into ``fields`` when masked."""
+        if isinstance(value, str) and value:
+            new = self.text(value, param)
+            if new is not value:
+                fields[param] = new
+        elif isinstance(value, list):
+            news = [self.text(x, param + "[{}]", k) if isinstance(x, str) else x for k, x in enumerate(value)]
+            if any(a is not b for a, b in zip(news, value)):
+                fields[param] = news
 
     def json_text(self, text: str, param: str, i: Any = None, k: Any = None) -> str:
         """Text that is JSON (tool-call arguments): masked inside its strings, so it stays JSON."""

@@ -7,6 +7,10 @@ the offline ``bpe-openai`` tables. Otherwise they are estimated at four characte
 four tokens of framing per message. Tools, schemas, tool calls count too, and an image part a
 fixed ``core.prompt.IMAGE_TOKENS``. Output is reserved at ``max_tokens`` (or
 ``max_completion_tokens``) times ``n``, or at the policy's cap.
+
+A legacy completion (``CompletionRequest``) has no chat template: each prompt counts its own tokens
+(token ids one each) plus its suffix's; it generates ``max(n, best_of)`` sequences per prompt, each
+of ``max_tokens``, which means 16 when absent (the API's default) and up to the cap when null.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from msgspec import UNSET
 from ..core.errors import InvalidRequest
 from ..core.prompt import IMAGE_TOKENS, message_extras, part_text, request_extras
 from ..core.tokenizer import Tokenizer, load
-from ..core.wire import ChatCompletionRequest, EmbeddingRequest
+from ..core.wire import LEGACY_MAX_TOKENS, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 _PER_MESSAGE = 4
 
@@ -71,8 +75,25 @@ def _count(text: str, enc: Any | None) -> int:
         return (len(text) + 3) // 4
 
 
-def prompt_tokens(request: ChatCompletionRequest | EmbeddingRequest, tokenizer_model: str, model: str = "",
-                  unset: Any = UNSET) -> int:
+def _tokenizer(tokenizer_model: str, model: str) -> Any | None:
+    enc = _named.get(model) if _named else None
+    return _encoding(tokenizer_model) if enc is None else enc
+
+
+def _prompt_sizes(request: CompletionRequest, enc: Any | None) -> list[int]:
+    suffix = request.suffix
+    extra = _count(suffix, enc) if type(suffix) is str and suffix else 0
+    return [(_count(p, enc) if type(p) is str else len(p)) + extra for p in request.prompts()]
+
+
+def prompt_sizes(request: CompletionRequest, tokenizer_model: str, model: str = "") -> list[int]:
+    """Each prompt's tokens of a legacy completion (with the suffix): each is its own sequence, so each on
+    its own must fit the context window."""
+    return _prompt_sizes(request, _tokenizer(tokenizer_model, model))
+
+
+def prompt_tokens(request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest, tokenizer_model: str,
+                  model: str = "", unset: Any = UNSET) -> int:
     """Prompt tokens of a request, counted or estimated: everything that reaches the model's
     context (``core.prompt``). ``tokenizer_model``: the upstream's model name; ``model``: the served
     one, whose config may name its tokenizer. On every limited request, so plain text messages
@@ -80,6 +101,8 @@ def prompt_tokens(request: ChatCompletionRequest | EmbeddingRequest, tokenizer_m
     enc = _named.get(model) if _named else None
     if enc is None:
         enc = _encoding(tokenizer_model)
+    if isinstance(request, CompletionRequest):  # every prompt, each with the suffix
+        return sum(_prompt_sizes(request, enc))
     # a chat request, or its wider type for a model with extra parameters (a subclass)
     if type(request) is not EmbeddingRequest:
         if type(enc) is Tokenizer:  # its template's framing: what it adds around each message
@@ -107,17 +130,32 @@ def prompt_tokens(request: ChatCompletionRequest | EmbeddingRequest, tokenizer_m
     return sum(_count(x, enc) if isinstance(x, str) else len(x) if isinstance(x, list) else 1 for x in inp)
 
 
-def output_tokens(request: ChatCompletionRequest | EmbeddingRequest, cap: int) -> int:
+def _sequences(request: CompletionRequest) -> int:
+    """How many sequences a legacy completion generates: ``best_of`` (at least ``n``) per prompt."""
+    n, best = request.n, request.best_of
+    return max(n if type(n) is int else 1, best if type(best) is int else 1) * len(request.prompts())
+
+
+def _per_sequence(request: CompletionRequest, cap: int) -> int:
+    asked = request.max_tokens
+    if type(asked) is int:
+        return asked if asked < cap else cap
+    return min(LEGACY_MAX_TOKENS, cap) if asked is UNSET else cap  # null: as long as the context allows
+
+
+def output_tokens(request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest, cap: int) -> int:
     """The most output a request may produce, as far as the reservation is concerned."""
     if type(request) is EmbeddingRequest:
         return 0
+    if isinstance(request, CompletionRequest):
+        return _per_sequence(request, cap) * _sequences(request)
     asked = request.max_completion_tokens or request.max_tokens
     per_choice = (asked if asked < cap else cap) if type(asked) is int else cap
     n = request.n
     return per_choice * n if type(n) is int else per_choice
 
 
-def bounded_output(request: ChatCompletionRequest | EmbeddingRequest, cap: int, clamp: bool) -> int:
+def bounded_output(request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest, cap: int, clamp: bool) -> int:
     """The most output a request may produce (``output_tokens``), refusing a limit above ``cap``.
 
     Above ``cap`` a request is refused (400 naming the cap) or, with ``clamp``, lowered to
@@ -126,6 +164,10 @@ def bounded_output(request: ChatCompletionRequest | EmbeddingRequest, cap: int, 
     """
     if type(request) is EmbeddingRequest:
         return 0
+    if isinstance(request, CompletionRequest):
+        if type(request.max_tokens) is int and request.max_tokens > cap:
+            request.max_tokens = _over_cap("max_tokens", request.max_tokens, cap, clamp)
+        return _per_sequence(request, cap) * _sequences(request)
     mct, mt = request.max_completion_tokens, request.max_tokens
     # the upstream reads max_completion_tokens first (OpenAI, vLLM): so does the reservation;
     # but both are bounded, for a server that reads max_tokens only
@@ -143,9 +185,14 @@ def bounded_output(request: ChatCompletionRequest | EmbeddingRequest, cap: int, 
     return per_choice * n if type(n) is int else per_choice  # type: ignore[return-value]
 
 
-def ask_for(request: ChatCompletionRequest | EmbeddingRequest, cap: int) -> None:
+def ask_for(request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest, cap: int) -> None:
     """A reserved request that gave no output limit (so reserved ``cap`` per choice) is sent
-    with that limit, so it cannot produce more than it holds."""
+    with that limit, so it cannot produce more than it holds. A legacy completion is sent with the limit its
+    reservation took (16 when absent: the API's default made explicit, which llama.cpp would not apply)."""
+    if isinstance(request, CompletionRequest):
+        if type(request.max_tokens) is not int:
+            request.max_tokens = _per_sequence(request, cap)
+        return
     if type(request) is not EmbeddingRequest and type(request.max_completion_tokens) is not int \
             and type(request.max_tokens) is not int:
         request.max_tokens = cap

@@ -3,9 +3,9 @@
     authenticate -> decode (validate) -> authorize -> route -> context window -> guard-in -> limit (reserve) -> admit (fair queue)
         -> forward (upstream, SSE relay) -> settle limits -> account
 
-Every API runs that one path: chat completions and embeddings in their own shape; the Anthropic
-Messages API (``messages``) and the OpenAI Responses API (``responses``, its stored responses kept
-in ``sluice.memory``) decoded into the chat request first and their answers re-encoded.
+Every API runs that one path: chat completions, legacy completions and embeddings in their own shape;
+the Anthropic Messages API (``messages``) and the OpenAI Responses API (``responses``, its stored
+responses kept in ``sluice.memory``) decoded into the chat request first and their answers re-encoded.
 
 Each stage is a small object with one async method over the ``RequestContext``; a stage
 returns to continue or raises a ``GatewayError`` to stop. Settling and accounting run for
@@ -19,7 +19,7 @@ from collections.abc import Callable
 import msgspec
 
 from ..core.config import RequestLimits, Resilience
-from ..core.wire import ChatCompletionRequest, EmbeddingRequest, chat_request_with
+from ..core.wire import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, chat_request_with
 from ..identity import CredentialRegistry, TokenService
 from ..limits import Admission, Limiter, PriceTable
 from ..memory import ResponseMemory
@@ -77,6 +77,11 @@ class DataPlane:
         self.chat_completions = model_call("chat.completions", "/chat/completions",
                                            Decode(ChatCompletionRequest, **size, extras=chat_extras))
         self.embeddings = model_call("embeddings", "/embeddings", Decode(EmbeddingRequest, **size))
+        # legacy completions, relayed to the upstream's own /completions; a model's extras widen them too
+        legacy = {names: msgspec.json.Decoder(chat_request_with(names, CompletionRequest))
+                  for names in {*(extra_params or {}).values()} if names}
+        self.completions = model_call("completions", "/completions", Decode(
+            CompletionRequest, **size, extras={m: legacy[names] for m, names in (extra_params or {}).items() if names}))
         self.messages = Messages(model_call("messages", "/chat/completions",
                                             DecodeMessages(**size, types=chat_types), encode))
         count_limit = Limit(limiter, prices, max_tokens_cap, requests_only=True)
@@ -92,6 +97,7 @@ class DataPlane:
         return [
             ("POST", "/v1/chat/completions", self.chat_completions),
             ("POST", "/v1/embeddings", self.embeddings),
+            ("POST", "/v1/completions", self.completions),
             ("POST", "/v1/messages", self.messages),
             ("POST", "/v1/messages/count_tokens", self.count_tokens),
             ("GET", "/v1/models", self.models),

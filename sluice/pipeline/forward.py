@@ -18,8 +18,8 @@ from ..core import clock
 from ..core.config import Resilience
 from ..core.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout
 from ..core.exchange import Reply, StreamReply
-from ..core.prompt import estimate_tokens
-from ..core.wire import ChatCompletionRequest, EmbeddingRequest, StreamOptions, TokenUsage
+from ..core.prompt import completion_text, estimate_tokens
+from ..core.wire import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, StreamOptions, TokenUsage
 from ..routing import Decision, Target
 from ..upstream import SSERelay, UpstreamReply, UpstreamStream, error_event
 from ..limits import INPUT, OUTPUT
@@ -305,8 +305,11 @@ def _done(ctx: RequestContext) -> None:
     ctx.target.deployment.placement.done(ctx.transport)  # type: ignore[union-attr,arg-type]
 
 
-def _prompt(request: ChatCompletionRequest | EmbeddingRequest) -> str | Sequence[Any]:
-    """What placement hashes: a chat's whole conversation (prefix affinity reads it only if asked)."""
+def _prompt(request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> str | Sequence[Any]:
+    """What placement hashes: a chat's whole conversation, a legacy completion's prompts (prefix affinity reads
+    it only if asked)."""
+    if isinstance(request, CompletionRequest):
+        return completion_text(request)
     return "" if type(request) is EmbeddingRequest else request.messages  # type: ignore[union-attr]
 
 
@@ -366,5 +369,6 @@ def _good_prefix(block: bytes) -> bytes:
     return block
 
 
-def is_stream(request: ChatCompletionRequest | EmbeddingRequest) -> bool:
-    return isinstance(request, ChatCompletionRequest) and request.stream is not UNSET and bool(request.stream)
+def is_stream(request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> bool:
+    return isinstance(request, (ChatCompletionRequest, CompletionRequest)) and request.stream is not UNSET \
+        and bool(request.stream)

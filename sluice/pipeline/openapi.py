@@ -18,7 +18,7 @@ from msgspec import UNSET, UnsetType
 
 from ..core.errors import ErrorEnvelope
 from ..core.exchange import JSON_TYPE, SSE_TYPE, Exchange, Reply
-from ..core.wire import ChatCompletionRequest, EmbeddingRequest
+from ..core.wire import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from ..identity.exchange import ACCESS_TOKEN, GRANT, ID_TOKEN, JWT
 from ..wire.anthropic import CountTokensRequest, MessagesRequest
 from ..wire.responses import ResponsesRequest
@@ -160,6 +160,9 @@ _EVENT = {
     "properties": {"data": {"anyOf": [{"const": "[DONE]"}, {"type": "string", "contentMediaType": JSON_TYPE,
                                                             "contentSchema": _OBJECT}]}},
 }
+_TEXT_EVENT = {**_EVENT, "description": "Sent when the request asks `stream: true`: each event's data is a "
+               "text_completion chunk as the upstream writes it, or the error envelope if the stream fails after its "
+               "first byte; then [DONE]."}
 # Anthropic's stream: named events (message_start, content_block_*, message_delta, message_stop, ping, error).
 _MESSAGE_EVENT = {
     "type": "object", "required": ["data"],
@@ -183,6 +186,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "createChatCompletion", "A chat completion, whole or streamed.",
         {JSON_TYPE: {**_OBJECT, "description": "A chat completion as the upstream answers it, minimised."},
          SSE_TYPE: _EVENT}, _MODEL_CALL, ChatCompletionRequest),
+    ("POST", "/v1/completions"): Operation(
+        "createCompletion", "A legacy text completion, whole or streamed.",
+        {JSON_TYPE: {**_OBJECT, "description": "A text_completion as the upstream answers it, minimised."},
+         SSE_TYPE: _TEXT_EVENT}, _MODEL_CALL, CompletionRequest),
     ("POST", "/v1/embeddings"): Operation(
         "createEmbedding", "Embeddings of the input.",
         {JSON_TYPE: {**_OBJECT, "description": "The embeddings as the upstream answers them."}},

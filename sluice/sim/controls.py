@@ -25,6 +25,7 @@ class SimControls(ReplicaBase):
         snap["replica"] = self.replica
         snap["faults"] = self.faults.state()
         snap["last_chat"] = self.last_chat
+        snap["last_completion"] = self.last_completion
         snap["last_messages"] = self.last_messages
         snap["traceparents"] = list(self.traceparents)
         return json_reply(snap)

@@ -1,5 +1,5 @@
 """One simulated replica's state, and what every route does first: count, decode, check the
-model, apply injected faults. The routes themselves live in ``chat``, ``vllm_routes`` and
+model, apply injected faults. The routes themselves live in ``chat``, ``completions``, ``vllm_routes`` and
 ``controls``; ``server`` assembles them.
 """
 
@@ -57,6 +57,7 @@ class ReplicaBase:
         self.faults = Faults(settings.seed)
         self.stats = Stats()
         self.last_chat: dict[str, Any] = {}  # the output limits the last chat request asked for, and its body
+        self.last_completion: dict[str, Any] = {}  # the prompt, suffix and body of the last legacy completion
         self.last_messages: dict[str, Any] = {}  # the anthropic-* headers of the last Messages request
         self.traceparents: deque[str] = deque(maxlen=256)  # W3C traceparent headers received, newest last
         self._ids = count(1)

@@ -46,6 +46,22 @@ class ChatRequest(msgspec.Struct, kw_only=True):
     tools: list[Any] | None = None  # offered tools: ``sim:call`` lines answer with tool_calls (sim/tools.py)
 
 
+class CompletionRequest(msgspec.Struct, kw_only=True):
+    """``POST /v1/completions`` (legacy), the fields the sim acts on; ``prompt``'s shape is checked after decoding."""
+
+    model: str
+    prompt: str | list[str | int | list[int]]
+    suffix: str | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    max_tokens: PositiveInt | None = 16  # vLLM's default for this route; null: up to the context
+    n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None = None
+    echo: bool | None = None
+    seed: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)] | None = None
+    ignore_eos: bool | None = None
+    min_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
 class EmbeddingRequest(msgspec.Struct, kw_only=True):
     """``POST /v1/embeddings``; ``input`` is checked for one of the four accepted shapes after decoding."""
 
@@ -127,6 +143,27 @@ class ChatCompletionChunk(msgspec.Struct, omit_defaults=True):
     created: int
     model: str
     choices: list[ChunkChoice]
+    usage: Usage | UnsetType = UNSET
+
+
+class TextChoice(msgspec.Struct, kw_only=True):
+    """One choice of a legacy completion, whole or a streamed chunk's (vLLM writes the nulls)."""
+
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: str | None = None
+    stop_reason: None = None
+
+
+class TextCompletion(msgspec.Struct, omit_defaults=True):
+    """A legacy completion, whole (with usage) or one streamed chunk (usage only on the usage chunk)."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[TextChoice]
     usage: Usage | UnsetType = UNSET
 
 

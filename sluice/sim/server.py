@@ -1,4 +1,4 @@
-"""The sim's HTTP face: vLLM's OpenAI-compatible routes (``chat``, ``vllm_routes``), Anthropic's
+"""The sim's HTTP face: vLLM's OpenAI-compatible routes (``chat``, ``completions``, ``vllm_routes``), Anthropic's
 Messages routes (``messages``), OpenAI's Responses route (``responses``), plus
 ``/sim/*`` controls for tests (``controls``), on one replica's state (``replica``)."""
 
@@ -13,6 +13,7 @@ from aiohttp import web
 
 from sluice.core.config import Sim
 
+from .completions import Completions
 from .controls import SimControls
 from .messages import Messages
 from .responses import Responses
@@ -21,7 +22,7 @@ from .vllm_routes import VllmRoutes
 log = logging.getLogger("sluice.sim")
 
 
-class Replica(Messages, Responses, VllmRoutes, SimControls):
+class Replica(Messages, Responses, Completions, VllmRoutes, SimControls):
     """One simulated replica with every route: its state lives in ``ReplicaBase``."""
 
 
@@ -35,6 +36,7 @@ def build_app(settings: Sim, *, replica: str = "sim-0") -> web.Application:
     app[REPLICA_KEY] = state
     app.router.add_get("/v1/models", state.list_models)
     app.router.add_post("/v1/chat/completions", state.chat)
+    app.router.add_post("/v1/completions", state.complete)
     app.router.add_post("/v1/messages", state.messages)
     app.router.add_post("/v1/messages/count_tokens", state.count_tokens)
     app.router.add_post("/v1/responses", state.responses)

@@ -5,6 +5,7 @@ from __future__ import annotations
 _FIELDS = (
     "requests_total",
     "chat_requests",
+    "completion_requests",
     "embedding_requests",
     "model_list_requests",
     "streams_started",

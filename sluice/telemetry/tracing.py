@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger("sluice.tracing")
+# OpenTelemetry's GenAI operation names, by endpoint (chat completions and Anthropic's messages: "chat")
+_OPERATIONS = {"embeddings": "embeddings", "completions": "text_completion"}
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 _now = time.time_ns
@@ -274,7 +276,7 @@ class RequestTrace:
         self.end_attempt(ctx.error_code if ctx.status >= 400 else None)
         end = _now()
         req = ctx.request
-        attrs: dict[str, Any] = {"gen_ai.operation.name": "chat" if "chat" in self._name else "embeddings"}
+        attrs: dict[str, Any] = {"gen_ai.operation.name": _OPERATIONS.get(self._name, "chat")}
         model = getattr(req, "model", None)
         if model:
             attrs["gen_ai.request.model"] = model

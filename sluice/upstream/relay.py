@@ -55,7 +55,7 @@ def _event_too_large() -> UpstreamError:
 class SSERelay:
     """Splits upstream bytes into whole events, tracks usage and the end, returns what to forward."""
 
-    __slots__ = ("_buf", "_strip_usage", "events", "done", "usage", "clean")
+    __slots__ = ("_buf", "_strip_usage", "events", "done", "usage", "clean", "_legacy")
 
     def __init__(self, *, strip_usage: bool) -> None:
         self._buf = b""
@@ -64,6 +64,7 @@ class SSERelay:
         self.done = False
         self.usage: TokenUsage | None = None
         self.clean = True
+        self._legacy: bool | None = None  # a legacy completion's stream: no role chunk, every event a token
 
     def feed(self, chunk: bytes) -> bytes:
         """Take what just arrived; return the complete events to send on now (maybe empty).
@@ -102,6 +103,8 @@ class SSERelay:
         if not self.done and _ends_stream(out):
             self.done = True
             self.events -= 1
+        if self._legacy is None:  # once a stream, from its first event
+            self._legacy = b'"text_completion"' in out[:out.find(b"\n\n")]
         at = out.rfind(b'"usage"')  # the usage event is nearly always last: a reverse search is short
         if at >= 0:
             out = self._take_usage(out, at)
@@ -139,5 +142,5 @@ class SSERelay:
 
     @property
     def completion_estimate(self) -> int:
-        """Content events seen, less the role chunk: one token each when the upstream reports none."""
-        return max(self.events - 1, 0)
+        """Content events seen, less a chat stream's role chunk: one token each when the upstream reports none."""
+        return self.events if self._legacy else max(self.events - 1, 0)

@@ -20,6 +20,7 @@ class _ContentMessage(msgspec.Struct):
 
 class _ContentChoice(msgspec.Struct):
     message: _ContentMessage | None = None
+    text: str | None = None  # a legacy completion's choice
 
 
 class _Contents(msgspec.Struct):
@@ -38,9 +39,9 @@ def reported_usage(body: bytes) -> TokenUsage | None:
 
 
 def completion_chars(body: bytes) -> int:
-    """Characters of generated text in a non-streaming chat completion."""
+    """Characters of generated text in a non-streaming chat completion, or legacy completion."""
     try:
         choices = _contents.decode(body).choices
     except msgspec.DecodeError:
         return 0
-    return sum(len(c.message.content or "") for c in choices if c.message is not None)
+    return sum(len(c.message.content or "") if c.message is not None else len(c.text or "") for c in choices)

@@ -115,8 +115,8 @@ CASES = [pytest.param(m, p, GenerationMode.POSITIVE, id=f"{m}-{p}-valid") for m,
 def served_values(path: str, key: str) -> list[dict | None] | None:
     """What some examples get instead of generated fields: else nearly every model call is a 404 for a
     model nobody serves, few ask for a stream, and every token exchange presents a made-up key."""
-    if path in ("/v1/chat/completions", "/v1/embeddings", "/v1/messages", "/v1/messages/count_tokens"):
-        streams = "chat" in path or path == "/v1/messages"
+    if path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages", "/v1/messages/count_tokens"):
+        streams = path.endswith("completions") or path == "/v1/messages"
         return [None, {"model": "sim-small"}, *([{"model": "sim-small", "stream": True}] if streams else [])]
     if path == "/v1/token":
         return [None, {"subject_token": key, "subject_token_type": ACCESS_TOKEN, "audience": "sluice"}]
@@ -146,7 +146,7 @@ def fuzz(operation, base_url: str, headers: dict[str, str], *, mode: GenerationM
     run()
 
 
-# About 25 valid and 25 invalid examples for each of the 11 operations keep the whole run well under a
+# About 25 valid and 25 invalid examples for each of the 12 operations keep the whole run well under a
 # minute on a loaded 2-core machine; derandomized, so a failure reproduces.
 @pytest.mark.parametrize(("method", "path", "mode"), CASES)
 def test_no_input_to_a_data_plane_route_gets_a_5xx_or_an_answer_outside_the_contract(contract, data, method, path,

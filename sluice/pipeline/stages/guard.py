@@ -6,6 +6,8 @@ was routed under (``ctx.policy.guard``), so a change set turns them on, changes 
 no restart. Output minimisation is armed for every chat completion, guardrails or none: a version
 with no rule set, tool or expose grant costs one attribute check and an ``OutputGuard`` that only
 minimises; asking for ``logprobs`` the caller may not see is refused here (400), before any work.
+A legacy completion gets the rules that apply to a prompt (``guard.inputs.check_completion``) and an
+output guard that reads its choices' ``text``.
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ from collections.abc import Callable
 from typing import Any
 
 from ...core import clock
-from ...core.wire import ChatCompletionRequest
+from ...core.wire import ChatCompletionRequest, CompletionRequest
 from ...core.guardrails import Guardrails
 from ...guard import GuardPolicy, Judgement, OutputGuard, ToolApprovals, check_request, context_digest
+from ...guard.inputs import check_completion
 from ...guard.approvals import MASK
 from ...guard.refusal import refuse
 from ...guard.minimise import Shape
 from ...guard.tools import masked_args
-from ...limits import prompt_tokens
+from ...limits import prompt_sizes, prompt_tokens
 from ..context import RequestContext
 
 log = logging.getLogger("sluice.guard")
@@ -49,6 +52,8 @@ class Guard:
     async def __call__(self, ctx: RequestContext) -> None:
         req = ctx.request
         if type(req) is not ChatCompletionRequest and not isinstance(req, ChatCompletionRequest):
+            if isinstance(req, CompletionRequest):
+                return self._completion(ctx, req)
             return  # embeddings: nothing in them to minimise (see the README)
         active = ctx.policy
         policy: GuardPolicy | None = active.guard if active is not None else None
@@ -82,6 +87,31 @@ class Guard:
                                 hold=self._holder(ctx, rules), record=self._recorder(ctx), request_id=rid, exposed=exposed,
                                 every_event=_several(req))
 
+    def _completion(self, ctx: RequestContext, req: CompletionRequest) -> None:
+        """A legacy completion: the prompt rules and detectors where a rule set applies; always an output guard
+        over its choices' text (it makes no tool calls)."""
+        active = ctx.policy
+        policy: GuardPolicy = (active.guard if active is not None else None) or _NONE
+        p = ctx.principal
+        rules = policy.default
+        if policy.active:
+            rules = policy.rules_for(ctx.decision.route.served, p.identity_name, p.team)  # type: ignore[union-attr]
+        exposed = policy.shape_for(rules, p.identity_name, p.team)  # type: ignore[union-attr]
+        _check_logprobs(req, exposed)
+        rid = ctx.exchange.request_id
+        if policy.active:  # no tool rules here: a completion offers no tools and makes no calls
+            t = ctx.target
+            req, verdict = check_completion(rules, req, len(ctx.exchange.body),
+                                            lambda r: prompt_sizes(r, t.upstream_model, t.model))  # type: ignore[union-attr]
+            ctx.request = req
+            if verdict.kinds:  # kinds only: the values never reach a log
+                log.warning("guard: request %s carries %s (%s)", rid, ",".join(sorted(verdict.kinds)), rules.input_action)
+            if rules.spec.capture.enabled and self._capture is not None:
+                self._capture(_captured(rules, req, ctx, p.identity_id))  # type: ignore[union-attr]
+        ctx.guard = OutputGuard(rules, policy, p.identity_name, p.team, tools=False, hold=_no_hold,  # type: ignore[union-attr]
+                                record=_no_record, request_id=rid, exposed=exposed, every_event=_several(req),
+                                completions=True)
+
     def _holder(self, ctx: RequestContext, rules: Any) -> Callable[[Judgement], Any]:
         approvals = self._approvals
 
@@ -109,24 +139,26 @@ class Guard:
         return record
 
 
-def _check_logprobs(req: ChatCompletionRequest, exposed: Shape) -> None:
+def _check_logprobs(req: ChatCompletionRequest | CompletionRequest, exposed: Shape) -> None:
     """Asking for log probabilities the reply would not carry is refused: the upstream would compute
-    them for nothing, and a client reading them would find null."""
+    them for nothing, and a client reading them would find null. (A legacy completion asks with a number:
+    0 still returns the sampled token's.)"""
     if "logprobs" not in exposed.expose:
-        if req.logprobs is True:
+        if req.logprobs is True or type(req.logprobs) is int:
             raise refuse("expose", "logprobs are not exposed to you (guardrails.expose).", "logprobs")
-        if req.top_logprobs:  # UNSET and None are falsy, and so is 0
+        if getattr(req, "top_logprobs", None):  # UNSET and None are falsy, and so is 0 (no such field: legacy)
             raise refuse("expose", "logprobs are not exposed to you (guardrails.expose).", "top_logprobs")
     if type(req) is not ChatCompletionRequest and "prompt_logprobs" not in exposed.expose:
         if getattr(req, "prompt_logprobs", None):  # a model whose upstream takes vLLM's extras
             raise refuse("expose", "prompt_logprobs are not exposed to you (guardrails.expose).", "prompt_logprobs")
 
 
-def _several(req: ChatCompletionRequest) -> bool:
+def _several(req: ChatCompletionRequest | CompletionRequest) -> bool:
     """Whether a reply has several choices: each ends with its own finish chunk, anywhere in the
-    stream, so sampled checking could miss one; such streams are checked on every event."""
+    stream, so sampled checking could miss one; such streams are checked on every event. (A legacy
+    completion has ``n`` choices per prompt.)"""
     n = req.n
-    return type(n) is int and n > 1
+    return (type(n) is int and n > 1) or (isinstance(req, CompletionRequest) and len(req.prompts()) > 1)
 
 
 def _masked(arguments: str) -> str:
@@ -134,11 +166,14 @@ def _masked(arguments: str) -> str:
     return masked_args(arguments, MASK)
 
 
-def _captured(rules: Any, req: ChatCompletionRequest, ctx: RequestContext, identity_id: str) -> dict[str, Any]:
-    """What prompt capture keeps: every message's text, masked whatever the route's detector action."""
+def _captured(rules: Any, req: ChatCompletionRequest | CompletionRequest, ctx: RequestContext, identity_id: str) -> dict[str, Any]:
+    """What prompt capture keeps: every message's text (a legacy completion's prompts), masked whatever the
+    route's detector action."""
     detector = rules.detector or MASK
     texts = []
-    for m in req.messages:
+    if isinstance(req, CompletionRequest):  # token ids are kept as their count: they are no text
+        texts = [detector.mask(p) if isinstance(p, str) else f"[{len(p)} token ids]" for p in req.prompts()]
+    for m in getattr(req, "messages", ()):
         c = m.content
         if isinstance(c, str):
             texts.append(f"{m.role}: {detector.mask(c)}")
