@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 import sys
 from collections.abc import Iterator
@@ -30,7 +31,8 @@ SIM_TOKENIZER = str(Path(sluice.sim.__file__).with_name("tokenizer.json"))
 FUNCTIONS = [{"type": "function", "name": "get_weather", "description": "Weather for a city.",
               "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
 TOOLS = [{"name": "get_weather", "risk": "read", "identities": ["app", "other"]},
-         {"name": "delete_repo", "risk": "write", "identities": ["nobody"]}]
+         {"name": "delete_repo", "risk": "write", "identities": ["nobody"]},
+         {"name": "transfer_funds", "risk": "high", "identities": ["app"]}]
 MODELS = [{"name": "sim-small", "upstream": "sim", "tokenizer": SIM_TOKENIZER}]
 
 
@@ -143,6 +145,37 @@ def test_a_tool_outside_the_grant_leaves_nothing_in_a_responses_stream(rig) -> N
         assert not [e for e in events if e[0] == "response.output_item.added" and e[1]["item"]["type"] == "function_call"]
     else:  # refused before any work: the tool is not the caller's to offer
         assert r.status_code in (400, 403) and "delete_repo" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_high_risk_call_is_held_in_a_response_and_its_approval_redeems_once(rig, stream: bool) -> None:
+    g, _ = rig
+    pay = [{"type": "function", "name": "transfer_funds", "parameters": {"type": "object"}}]
+    args = {"to": "acct-9", "amount": 5}
+    ask = {"model": "sim-small", "tools": pay, "input": f"sim:call transfer_funds {json.dumps(args)}"}
+    if stream:
+        r = httpx.post(g.v1 + "/responses", json={**ask, "stream": True}, timeout=15,
+                       headers={"Authorization": f"Bearer {g.keys['app']}"})
+        events = parse_sse(r.content)
+        validate(events)
+        final = events[-1][1]["response"]
+        output = final["output"]
+    else:
+        output = client(g).responses.create(**ask).model_dump(mode="json")["output"]
+    assert not [o for o in output if o["type"] == "function_call"] and "acct-9" not in json.dumps(output)
+    text = "".join(p["text"] for o in output if o["type"] == "message" for p in o["content"])
+    m = re.search(r"approval id (apv_[A-Za-z0-9_-]+)", text)
+    assert m, text
+    made = g.admin("POST", "/admin/identities", json={"name": f"approver-{int(stream)}", "owner": "risk@example.com",
+                                                      "roles": ["operator"]})
+    assert made.status_code == 201, made.text
+    key = g.admin("POST", f"/admin/identities/{made.json()['id']}/keys", json={"plane": "control"}).json()["key"]
+    decided = httpx.post(g.admin_url + f"/admin/tool-approvals/{m.group(1)}/decision", json={"approved": True},
+                         headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert decided.status_code == 200, decided.text
+    redeem = [httpx.post(g.v1 + f"/tool-approvals/{m.group(1)}/redeem", json={"arguments": args}, timeout=10,
+                         headers={"Authorization": f"Bearer {g.keys['app']}"}) for _ in range(2)]
+    assert [r.status_code for r in redeem] == [200, 409], [r.text for r in redeem]
 
 
 def test_offboarding_an_owner_deletes_the_stored_responses_of_its_identities(rig) -> None:
