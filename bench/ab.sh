@@ -26,13 +26,9 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 api_of() { if [ "$1" = A ]; then echo "${A_API:-chat}"; else echo "${B_API:-chat}"; fi; }
 
 burst() {  # $1 side, $2 pid, $3 port, $4 kind (plain|stream)
-  local lua=chat.lua model=mock-model path=/v1/chat/completions api t0 t1 row rps
+  local lua path model api t0 t1 row rps
   api=$(api_of "$1")
-  case $api in
-    messages) lua=$root/bench/messages.lua path=/v1/messages ;;
-    responses) lua=$root/bench/responses.lua path=/v1/responses ;;
-  esac
-  [ "$4" = stream ] && { lua=${lua%.lua}-stream.lua; model=mock-stream; }
+  api_request "$api" "$4"
   t0=$(cpu_ticks "$2")
   row=$(BENCH_MODEL=$model "$shared/load" "http://127.0.0.1:$3$path" "$lua" "${CONC:-16}" | tail -n 1)
   t1=$(cpu_ticks "$2")

@@ -42,6 +42,20 @@ start_gateway() {
   echo "sluice did not become ready; see .sluice/$2" >&2; exit 1
 }
 
+# The request of one client API and kind: sets $lua, $path and $model. $1: chat | messages | responses,
+# $2: plain | stream. The same work on every API (the yardstick's chat.lua and chat-stream.lua).
+api_request() {
+  lua=chat.lua path=/v1/chat/completions model=mock-model
+  case $1 in
+    chat) ;;
+    messages) lua=$root/bench/messages.lua path=/v1/messages ;;
+    responses) lua=$root/bench/responses.lua path=/v1/responses ;;
+    *) echo "unknown API $1 (chat, messages, responses)" >&2; exit 1 ;;
+  esac
+  [ "$2" = stream ] && { lua=${lua%.lua}-stream.lua; model=mock-stream; }
+  return 0
+}
+
 start_stack() {  # $1: name of the gateway's log file under .sluice/
   start_upstream
   if grep -qs 'OTLP_ENDPOINT' "${CONFIG:-bench/gateway.yaml}"; then start_collector; fi

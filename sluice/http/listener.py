@@ -9,13 +9,12 @@ plane's limit is refused from its declared length before it is read.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import os
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from ..core.ids import unique_id
 from ..core.errors import GatewayError, NotFound, PayloadTooLarge
 from ..core.exchange import Exchange, Reply, StreamReply
 from .envelope import error_reply, to_response
@@ -27,13 +26,9 @@ log = logging.getLogger("sluice.http")
 Handler = Callable[[Exchange], Awaitable[Reply | StreamReply]]
 Route = tuple[str, str, Handler]
 
-_BOOT = os.urandom(8).hex()  # 64 bits: request ids are the usage table's idempotency key across runs
-_counter = itertools.count(1)
-
-
 def next_request_id() -> str:
-    """Unique per process run and cheap: a random boot prefix and a counter."""
-    return f"req_{_BOOT}{next(_counter):x}"
+    """Unique across runs and replicas (the usage table's idempotency key), and cheap (``core.ids``)."""
+    return unique_id("req")
 
 
 class Listener:

@@ -15,12 +15,12 @@ the later values). Assembled, the events give what ``encode.encode_message`` giv
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import msgspec
 
 from sluice.core.errors import GatewayError, UpstreamError
+from sluice.core.ids import unique_id
 
 from .chat import Completion, ErrorInfo, ToolCall, Usage, completion_decoder
 from .encode import message_id, stop_reason, tool_id, tool_input, usage
@@ -83,7 +83,7 @@ class StreamEncoder:
             return b""
         self._started = True
         if self._id is None:
-            self._id = "msg_" + secrets.token_hex(12)
+            self._id = unique_id("msg")
         message = {"id": self._id, "type": "message", "role": "assistant", "model": self.model, "content": [],
                    "stop_reason": None, "stop_sequence": None,
                    "usage": {"input_tokens": self.input_tokens, "output_tokens": 0,

@@ -41,7 +41,6 @@ not, and an empty conversation.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -49,6 +48,7 @@ import msgspec
 from msgspec import UNSET
 
 from sluice.core.errors import GatewayError, InvalidRequest
+from sluice.core.ids import unique_id
 from sluice.core.wire import ChatCompletionRequest, Message, StreamOptions
 
 from .dropped import Dropped
@@ -171,7 +171,7 @@ def _check_part(role: str, part: Any, where: str) -> None:
 
 def item_id(kind: str) -> str:
     """A fresh id for an item of ``kind`` (``msg_…``, ``fc_…``, ``fco_…``, ``rs_…``)."""
-    return f"{_ID_PREFIX.get(kind, 'item')}_{secrets.token_hex(16)}"
+    return unique_id(_ID_PREFIX.get(kind, "item"))
 
 
 def input_items(req: ResponsesRequest) -> list[dict[str, Any]]:

@@ -19,13 +19,13 @@ tool_choice, text, reasoning, sampling, limits, ``store``, ``metadata``, ``previ
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import msgspec
 from msgspec import UNSET
 
 from sluice.core.errors import UpstreamError
+from sluice.core.ids import unique_id
 
 from .chat import Completion, Usage, completion_decoder
 from .schema import FunctionTool, ResponsesRequest, ToolChoiceFunction
@@ -36,7 +36,7 @@ _args_decoder = msgspec.json.Decoder(dict[str, Any])
 
 def response_id() -> str:
     """A fresh Response id: ``resp_`` and random hex."""
-    return "resp_" + secrets.token_hex(24)
+    return unique_id("resp")
 
 
 def output_id(response: str, prefix: str, index: int) -> str:
