@@ -36,17 +36,18 @@ def encode(ctx: RequestContext, reply: Reply | StreamReply) -> Reply | StreamRep
 async def _events(reply: StreamReply, encoder: anthropic.StreamEncoder) -> AsyncGenerator[bytes, None]:
     chunks = reply.chunks
     started = False
+    # message_start goes out with the first piece (a token, or a ping while the first token is pending):
+    # one write fewer per stream than sending it alone, and no later than chat's first event
+    head = encoder.start()
     try:
-        yield encoder.start()  # message_start at once: pings may follow while the first token is pending
         async for piece in chunks:
             started = True
-            if piece == KEEPALIVE:
-                yield anthropic.ping()
-                continue
-            out = encoder.feed(piece)
+            out = anthropic.ping() if piece == KEEPALIVE else encoder.feed(piece)
+            if head:
+                out, head = head + out, b""
             if out:
                 yield out
-        tail = encoder.close()
+        tail = head + encoder.close()
         if tail:
             yield tail
     finally:

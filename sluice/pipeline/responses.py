@@ -106,35 +106,33 @@ class Encode:
                 await self._save(ctx, body)
             return Reply(reply.status, _encode(body), JSON_TYPE, reply.headers)
         encoder = responses.StreamEncoder(id=src.id, request=src.request, created_at=src.created_at,
-                                          input_tokens=ctx.prompt_estimate())
+                                          input_tokens=ctx.prompt_estimate(), hold_end=_kept(src.request))
         return StreamReply(self._events(ctx, reply, encoder), reply.status, reply.content_type, reply.headers, reply.abandon)
 
     async def _events(self, ctx: RequestContext, reply: StreamReply,
                       encoder: Any) -> AsyncGenerator[bytes, None]:
         chunks = reply.chunks
         started = False
+        # the opening events go out with the first piece (a token, or a keepalive comment while it is
+        # pending): one write fewer per stream than sending them alone, and no later than chat's first event
+        head = encoder.start()
         try:
-            yield encoder.start()
             async for piece in chunks:
                 started = True
-                if piece == KEEPALIVE:  # an SSE comment: every client skips it, idle timeouts see bytes
-                    yield piece
-                    continue
-                out = encoder.feed(piece)
+                # a keepalive is an SSE comment: every client skips it, idle timeouts see bytes
+                out = piece if piece == KEEPALIVE else encoder.feed(piece)
+                if head:
+                    out, head = head + out, b""
                 if out:
                     yield out
-            if _kept(ctx.source.request) and ctx.error_code is None:
-                response = encoder.response()
-                if response.get("status") in ("completed", "incomplete"):
-                    try:
-                        await self._save(ctx, response)
-                    except Unavailable as exc:  # the answer cannot be chained: the stream says so and fails
-                        ctx.status, ctx.error_code = exc.status, exc.code
-                        out = encoder.feed(b"data: " + _encode({"error": {"message": exc.message, "type": exc.type,
-                                                                           "code": exc.code}}) + b"\n\n")
-                        if out:
-                            yield out
-            tail = encoder.close()
+            tail = head + encoder.close()
+            if encoder.held:  # complete: stored before response.completed tells the caller it may chain
+                try:
+                    await self._save(ctx, encoder.response())
+                    tail += encoder.release()
+                except Unavailable as exc:  # it could not be kept: the stream says so and fails
+                    ctx.status, ctx.error_code = exc.status, exc.code
+                    tail += encoder.fail(exc)
             if tail:
                 yield tail
         finally:

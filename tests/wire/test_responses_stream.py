@@ -285,3 +285,18 @@ def test_the_grammar_validator_refuses_non_json_arguments_on_a_completed_call() 
     bad = _mutate(bad, n, [1, "item", "arguments"], "{'a': 1}")
     with pytest.raises(GrammarError, match="JSON object"):
         validate(bad)
+
+
+def test_a_held_end_waits_for_release_and_may_become_a_failure() -> None:
+    """``hold_end``: the gateway stores a response before ``response.completed`` tells the caller it may
+    chain on it; if the store cannot take it, the stream fails instead of completing."""
+    raw = stream(["Hello", " there"], [], "stop", USAGE)
+    plain = parse_sse(encode_stream(raw))
+    held = StreamEncoder(id="resp_abc", request=REQUEST, created_at=1700000000, hold_end=True)
+    body = encode_stream(raw, enc=held)
+    assert held.held and b"response.completed" not in body and held.response()["status"] == "completed"
+    assert parse_sse(body + held.release()) == plain and not held.held and held.release() == b""
+    again = StreamEncoder(id="resp_abc", request=REQUEST, created_at=1700000000, hold_end=True)
+    events = parse_sse(encode_stream(raw, enc=again) + again.fail(RateLimited("later", retry_after=1.0)))
+    assert validate(events) == "response.failed" and not again.held and again.release() == b""
+    assert events[-1][1]["response"]["output"] == plain[-1][1]["response"]["output"]

@@ -53,13 +53,16 @@ class StreamEncoder:
     ``start`` sends the opening events; ``feed`` takes what the upstream sent and returns the
     events it completes (maybe none); ``close`` says the upstream is done and ends the stream
     (``response.failed`` if it was cut); ``fail`` ends it with an error of the gateway's.
-    Nothing is returned after the end.
+    Nothing is returned after the end. ``hold_end``: the closing ``response.completed`` (or
+    ``.incomplete``) waits for ``release`` (the gateway stores the response first), and ``fail`` may
+    still replace it (the store could not take it).
     """
 
     __slots__ = ("id", "created_at", "input_tokens", "_echo", "_seq", "_buf", "_started", "_ended", "_items",
-                 "_open", "_pieces", "_tool_key", "_tools_seen", "_finish", "_usage", "_final", "_out")
+                 "_open", "_pieces", "_tool_key", "_tools_seen", "_finish", "_usage", "_final", "_out", "_hold", "_held")
 
-    def __init__(self, *, id: str, request: ResponsesRequest, created_at: int, input_tokens: int = 0) -> None:
+    def __init__(self, *, id: str, request: ResponsesRequest, created_at: int, input_tokens: int = 0,
+                 hold_end: bool = False) -> None:
         self.id = id
         self.created_at = created_at
         self.input_tokens = input_tokens
@@ -76,11 +79,26 @@ class StreamEncoder:
         self._usage: Usage | None = None
         self._final: dict[str, Any] | None = None
         self._out: list[bytes] = []
+        self._hold = hold_end
+        self._held: str | None = None  # the closing event's type, while it is held
 
     @property
     def ended(self) -> bool:
-        """Whether the closing event (completed, incomplete or failed) has been sent."""
+        """Whether the closing event (completed, incomplete or failed) has been sent, or is held."""
         return self._ended
+
+    @property
+    def held(self) -> bool:
+        """Whether the reply is complete and its closing event waits for ``release`` (``hold_end``)."""
+        return self._held is not None
+
+    def release(self) -> bytes:
+        """The held closing event (``response.completed`` or ``.incomplete``); nothing if none is held."""
+        if self._held is None:
+            return b""
+        kind, self._held = self._held, None
+        self._emit(kind, {"response": self._final})
+        return self._flush()
 
     def start(self) -> bytes:
         """``response.created`` and ``response.in_progress``, if not sent yet."""
@@ -127,9 +145,11 @@ class StreamEncoder:
         return self._flush()
 
     def fail(self, exc: GatewayError) -> bytes:
-        """End the stream with the gateway's error (a guardrail stop, a timeout) as ``response.failed``."""
-        if self._ended:
+        """End the stream with the gateway's error (a guardrail stop, a timeout) as ``response.failed``
+        (in place of a held closing event too)."""
+        if self._ended and self._held is None:
             return b""
+        self._held = None
         self._fail(exc)
         return self._flush()
 
@@ -284,7 +304,10 @@ class StreamEncoder:
         incomplete = INCOMPLETE.get(self._finish or "stop")
         status = "incomplete" if incomplete else "completed"
         self._final = self._snapshot(status, usage(self._usage, self.input_tokens), incomplete=incomplete)
-        self._emit(f"response.{status}", {"response": self._final})
+        if self._hold:
+            self._held = f"response.{status}"
+        else:
+            self._emit(f"response.{status}", {"response": self._final})
         self._ended = True
 
     def _fail(self, exc: GatewayError) -> None:
