@@ -4,7 +4,8 @@
         -> forward (upstream, SSE relay) -> settle limits -> account
 
 Every API runs that one path: chat completions and embeddings in their own shape; the Anthropic
-Messages API decoded into the chat request first and its answer re-encoded (``messages``).
+Messages API decoded into the chat request first and its answer re-encoded (``messages``), sent as it
+came to an upstream that speaks it (``native``) and its answer governed in the chat form all the same.
 
 Each stage is a small object with one async method over the ``RequestContext``; a stage
 returns to continue or raises a ``GatewayError`` to stop. Settling and accounting run for
@@ -75,7 +76,7 @@ class DataPlane:
         self.embeddings = model_call("embeddings", "/embeddings", Decode(EmbeddingRequest, **size))
         self.messages = Messages(model_call("messages", "/chat/completions",
                                             DecodeMessages(**size, types=chat_types), encode))
-        self.count_tokens = CountTokens((authenticate, DecodeCount(**size), authorize, route))
+        self.count_tokens = CountTokens((authenticate, DecodeCount(**size), authorize, route), guard)
         self.models = ListModels(authenticate, routes)
         self.authenticate = authenticate
 

@@ -23,6 +23,8 @@ class RequestContext:
         "upstream_ms", "error_code", "stream", "reservation", "limit_headers", "slot",
         "decision", "policy", "trace",
         "guard",  # issue 12: the output guard of this request, or None (no output rules)
+        "cache_creation_tokens",  # of the prompt, written to the upstream's cache (Anthropic's cache creation)
+        "native",  # a Messages request's own form, for attempts on an `api: anthropic` upstream (pipeline.native)
     )
 
     def __init__(self, exchange: Exchange, endpoint: str) -> None:
@@ -37,6 +39,8 @@ class RequestContext:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cached_tokens = 0  # of the prompt, served from the upstream's cache
+        self.cache_creation_tokens = 0
+        self.native: Any = None
         self.usage_source = "none"
         self.ttft_ms: float | None = None
         self.upstream_ms: float | None = None

@@ -4,12 +4,16 @@ A Messages request is decoded into the chat request (``stages.decode_messages``)
 stages as a chat completion (authenticate, authorize, route, guard-in, limit, admit, forward,
 guard-out, settle, account), and its answer is re-encoded by ``sluice.wire.anthropic``: a whole
 reply as a Messages reply, a stream event by event in Anthropic's grammar (``ping`` while the first
-token is pending), and every error, before the answer or inside a stream, in Anthropic's shape.
+token is pending), and every error, before the answer or inside a stream, in Anthropic's shape. An
+attempt on an ``api: anthropic`` upstream sends the request as it came and reads its answer into the
+chat form (``native``); what that form cannot hold (thinking blocks, the stop reason) is put back here.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
+
+import msgspec
 
 from ..core.errors import GatewayError
 from ..core.exchange import JSON_TYPE, Exchange, Reply, StreamReply
@@ -18,6 +22,7 @@ from ..wire import anthropic
 from .context import RequestContext
 from .endpoints import ModelCall, Stage
 from .forward import KEEPALIVE
+from .native import NativeMessages, count_natively
 
 
 def _rendered(exc: GatewayError) -> GatewayError:
@@ -33,9 +38,11 @@ def _input_estimate(ctx: RequestContext) -> int:
 
 def encode(ctx: RequestContext, reply: Reply | StreamReply) -> Reply | StreamReply:
     """The chat answer of a Messages request in Anthropic's shape."""
+    native: NativeMessages = ctx.native
     if isinstance(reply, Reply):
-        return Reply(reply.status, anthropic.encode_message_bytes(reply.body), JSON_TYPE, reply.headers)
-    encoder = anthropic.StreamEncoder(ctx.request.model, input_tokens=_input_estimate(ctx))
+        message = native.answer.restore(anthropic.encode_message(reply.body))
+        return Reply(reply.status, msgspec.json.encode(message), JSON_TYPE, reply.headers)
+    encoder = anthropic.StreamEncoder(ctx.request.model, input_tokens=_input_estimate(ctx), native=native.answer)
     return StreamReply(_events(reply, encoder), reply.status, reply.content_type, reply.headers, reply.abandon)
 
 
@@ -85,12 +92,14 @@ class Messages:
 class CountTokens:
     """``POST /v1/messages/count_tokens``: the prompt tokens a Messages request would take, counted by
     the estimator limits reserve with (the model's tokenizer where one is configured); authenticated,
-    authorized and routed like a call, but nothing is sent upstream and nothing is spent."""
+    authorized and routed like a call, but nothing is sent upstream and nothing is spent. A model served
+    by an ``api: anthropic`` upstream is counted by that upstream, after the input guard (``native``)."""
 
-    __slots__ = ("_stages",)
+    __slots__ = ("_stages", "_guard")
 
-    def __init__(self, stages: Sequence[Stage]) -> None:
+    def __init__(self, stages: Sequence[Stage], guard: Stage | None = None) -> None:
         self._stages = tuple(stages)
+        self._guard = guard
 
     async def check_headers(self, exchange: Exchange) -> None:
         try:
@@ -103,6 +112,7 @@ class CountTokens:
         try:
             for stage in self._stages:
                 await stage(ctx)
+            counted = await count_natively(ctx, self._guard)
         except GatewayError as exc:
             return anthropic.error_reply(exc)
-        return Reply.json({"input_tokens": _input_estimate(ctx)})
+        return counted or Reply.json({"input_tokens": _input_estimate(ctx)})
