@@ -277,6 +277,8 @@ class Messages(ChatCompletions):
             await resp.write(_event("message_delta", {"type": "message_delta",
                                                       "delta": {"stop_reason": finish, "stop_sequence": None},
                                                       "usage": _usage(usage, cached_to)}))
+            if sent == cut:  # a cut after every delta: the reply is all there, but never said complete
+                return self._cut(request, resp)
             await resp.write_eof(_event("message_stop", {"type": "message_stop"}))
             stats.streams_completed += 1
             return resp

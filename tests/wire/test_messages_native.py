@@ -172,6 +172,20 @@ def test_the_upstreams_pings_are_relayed_once_it_has_started(rig) -> None:
     assert "ping" in names[names.index("content_block_delta"):], names  # the one after the first delta
 
 
+def test_a_stream_cut_after_its_message_delta_is_still_an_error_the_sdk_raises(rig) -> None:
+    g, sim = rig
+    ask = {"model": "sim-small", "max_tokens": 64, "messages": [{"role": "user", "content": "sim:say all |of |it"}]}
+    sim.faults(disconnect_after_chunks=3)  # the sim's three deltas and its message_delta, then no message_stop
+    try:
+        events = parse_sse(post(g, {**ask, "stream": True}).content)
+        assert validate(events) == "error" and "message_stop" not in [n for n, _ in events], events
+        with pytest.raises(anthropic.APIStatusError):
+            with client(g).messages.stream(**ask) as s:
+                s.get_final_message()
+    finally:
+        sim.clear_faults()
+
+
 def test_count_tokens_is_the_upstreams_own_count(rig) -> None:
     g, sim = rig
     ask = {"model": "sim-small", "system": "Be brief.", "messages": [{"role": "user", "content": "Tell me a story."}]}

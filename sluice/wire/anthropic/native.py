@@ -137,11 +137,11 @@ class NativeAnswer:
         if self.blocks:
             content: list[Any] = message["content"]
             for anchor, first, raw in self.blocks:
-                at = next((n for n, b in enumerate(content) if isinstance(b, dict) and anchor is not None
-                           and b.get("type") == "tool_use" and b.get("id") == anchor), None)
-                if at is None:  # the call it preceded did not go: at the front if it was first, else at the end
-                    at = next((n for n, b in enumerate(content) if not isinstance(b, msgspec.Raw)), len(content)) \
-                        if first else len(content)
+                if first:  # before anything the reply said: at the front, after the blocks put there already
+                    at = next((n for n, b in enumerate(content) if not isinstance(b, msgspec.Raw)), len(content))
+                else:  # before the call it preceded; the end when that call did not go
+                    at = next((n for n, b in enumerate(content) if isinstance(b, dict) and b.get("type") == "tool_use"
+                               and b.get("id") == anchor), len(content))
                 content.insert(at, raw)
         return message
 
