@@ -78,7 +78,7 @@ class ChatCompletions(ReplicaBase):
                               "tools": [t.get("function", {}).get("name") for t in req.tools or () if isinstance(t, dict)],
                               "messages": [m.content for m in req.messages], "body": msgspec.Raw(await request.read()),
                               "authorization": request.headers.get("authorization"),
-                              "x-api-key": request.headers.get("x-api-key")}
+                              "x-api-key": request.headers.get("x-api-key"), "headers": dict(request.headers)}
             if req.stream_options is not None and not req.stream:
                 return self._refuse(400, "Stream options can only be defined when `stream=True`.")
             injected = await self._apply_faults(request)

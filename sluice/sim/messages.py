@@ -157,7 +157,8 @@ class Messages(ChatCompletions):
         self.last_messages = {"anthropic-version": request.headers.get("anthropic-version"),
                               "anthropic-beta": request.headers.get("anthropic-beta"),
                               "x-api-key": request.headers.get("x-api-key"),
-                              "authorization": request.headers.get("authorization"), "body": msgspec.Raw(raw)}
+                              "authorization": request.headers.get("authorization"), "body": msgspec.Raw(raw),
+                              "headers": dict(request.headers)}
         with self._in_flight():
             try:
                 req = _messages_decoder.decode(raw)

@@ -151,6 +151,15 @@ def test_interleaved_thinking_keeps_its_place_between_judged_calls_and_the_numbe
     assert [d for n, d in got if n == "message_delta"][0]["delta"]["stop_reason"] == "tool_use"
 
 
+def test_a_thinking_block_is_numbered_in_the_callers_stream_not_the_upstreams() -> None:
+    events = [start(), *text(0, "one "), *text(1, "two"),  # two text blocks run on: one of the caller's
+              ev("content_block_start", index=2, content_block={"type": "server_tool_use", "id": "s", "name": "x", "input": {}}),
+              ev("content_block_stop", index=2), *thinking(3, "so"), *text(4, "three"), *end("end_turn")]
+    got = streamed(events, guard())
+    assert blocks(got) == ["text", "thinking", "text"]
+    assert [d["index"] for n, d in got if n.startswith("content_block")] == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2], got
+
+
 def test_a_whole_reply_puts_each_thinking_block_back_before_the_call_it_preceded() -> None:
     think = [{"type": "thinking", "thinking": w, "signature": SIGNATURE} for w in ("a", "b", "c")]
     content = [think[0], {"type": "text", "text": "Checking."},

@@ -110,6 +110,8 @@ def test_server_tools_and_tools_the_caller_may_not_use_never_reach_the_upstream(
     sent = last(sim)["body"]
     assert sent["tools"] == [weather] and "mcp_servers" not in sent  # removed by the registry; not governed
     assert sent["tool_choice"] == {"type": "auto"} and sent["thinking"] == THINK  # the rest as it came
+    r = post(g, {**ASK, "tools": [weather, {"type": "web_search_20250305", "name": "web_search"}]})
+    assert r.status_code == 200 and last(sim)["body"]["tools"] == [weather], r.text  # guard-in removed nothing here
 
 
 def test_a_secret_in_the_prompt_is_masked_before_the_upstream_and_the_rest_sent_as_guarded(rig) -> None:
