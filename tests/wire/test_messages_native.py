@@ -45,7 +45,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Sim
         models=[{"name": "sim-alias", "upstream": "simx", "upstream_model": "sim-small"}],
         scopes=["sim-alias", "fb", "bf"],
         extra={**FALLBACKS, "limits": {"max_tokens_cap": 256, "over_cap": "clamp",
-                                       "rules": [{"name": "roomy", "requests_per_minute": 100000}]}})
+                                       "rules": [{"name": "roomy", "requests_per_minute": 100000}]},
+               # every request traced (to no collector: its spans are dropped), so attempts carry a traceparent
+               "telemetry": {"tracing": {"endpoint": "http://127.0.0.1:9/v1/traces", "ratio": 1.0}}})
     yield g, sim
     g.stop()
     sim.stop()
@@ -76,6 +78,7 @@ def test_anthropic_version_and_beta_reach_the_upstream_byte_for_byte_and_the_ver
         assert r.status_code == 200, r.text
         got = last(sim)
         assert (got["anthropic-version"], got["anthropic-beta"]) == ("2023-06-01", beta), got
+        assert got["headers"]["traceparent"].startswith("00-")  # beside the trace's own header
     r = post(g, ASK)  # no anthropic-* headers at all
     assert r.status_code == 200, r.text
     assert (last(sim)["anthropic-version"], last(sim)["anthropic-beta"]) == ("2023-06-01", None)
