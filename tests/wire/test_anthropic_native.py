@@ -226,3 +226,41 @@ def test_an_error_event_or_a_broken_stream_is_the_gateways_error() -> None:
     assert read(start(), b"data: {not json\n\n").code == "upstream_bad_event"
     too_big = read(b"data: " + b"x" * (4 * 1024 * 1024 + 1))
     assert isinstance(too_big, UpstreamError) and too_big.code == "upstream_event_too_large"
+
+
+def test_a_guarded_request_goes_back_into_anthropics_wire_as_the_chat_form_holds_it() -> None:
+    from sluice.wire.anthropic import decode, from_chat
+
+    body = {"model": "m", "max_tokens": 50, "system": [{"type": "text", "text": "Be brief."}], "temperature": 0.5,
+            "stop_sequences": ["###"], "metadata": {"user_id": "u-1"},
+            "tools": [{"name": "get_weather", "description": "Weather.", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True},
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Look:"},
+                                             {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"}},
+                                             {"type": "image", "source": {"type": "url", "url": "https://x.example/a.png"}}]},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "hm", "signature": SIGNATURE}, {"type": "text", "text": "Checking."},
+                    {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo", "n": [1, 2]}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "Rain."},
+                                             {"type": "text", "text": "And now?"}]}]}
+    back = from_chat(decode(json.dumps(body).encode()).request, model="upstream-m", stream=True)
+    assert back == {**{k: v for k, v in body.items() if k not in ("system", "messages")},
+                    "model": "upstream-m", "system": "Be brief.", "stream": True, "messages": [
+                        body["messages"][0],
+                        {"role": "assistant", "content": body["messages"][1]["content"][1:]},  # thinking: not in chat
+                        body["messages"][2]]}, back
+
+
+def test_an_upstreams_api_is_openai_or_anthropic_and_nothing_else() -> None:
+    from sluice.core.config import parse
+    from sluice.core.errors import ConfigError
+
+    base = {"security": {"pepper": "p" * 64}, "upstreams": [{"name": "u", "base_url": "http://127.0.0.1:1/v1"}]}
+    assert parse(base).upstreams[0].api == "openai"
+    base["upstreams"][0]["api"] = "anthropic"
+    assert parse(base).upstreams[0].api == "anthropic"
+    base["upstreams"][0]["api"] = "responses"
+    with pytest.raises((ConfigError, msgspec.ValidationError)) as refused:
+        parse(base)
+    assert "upstreams[0].api" in str(refused.value)
