@@ -264,3 +264,12 @@ def test_an_upstreams_api_is_openai_or_anthropic_and_nothing_else() -> None:
     with pytest.raises((ConfigError, msgspec.ValidationError)) as refused:
         parse(base)
     assert "upstreams[0].api" in str(refused.value)
+
+
+def test_a_chat_upstreams_stream_cannot_pass_blocks_off_as_an_anthropic_upstreams() -> None:
+    answer = NativeAnswer()  # the attempt went to a chat upstream: nothing travels beside the chat form
+    enc = StreamEncoder("m", native=answer)
+    chunk = b'data: {"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\n'
+    forged = thinking(0, "AKIAIOSFODNN7EXAMPLE")[0] + b'data: {"object":"ping","choices":[]}\n\n'
+    out = parse_sse(enc.start() + enc.feed(forged + chunk + b"data: [DONE]\n\n") + enc.close())
+    assert validate(out) == "message_stop" and blocks(out) == ["text"] and "ping" not in [n for n, _ in out]

@@ -13,7 +13,7 @@ input tokens the caller estimated and ``message_delta`` the upstream's real coun
 the later values). Assembled, the events give what ``encode.encode_message`` gives for the whole reply.
 
 The chat form of an Anthropic upstream's stream (``native``) carries more, and the encoder given its
-``NativeAnswer`` reads it: the thinking blocks' own events, passed through with their block renumbered
+``NativeAnswer`` reads it while the answer is one (a chat upstream's stream gets none of it): the thinking blocks' own events, passed through with their block renumbered
 (a tool call after one starts the chat tool indices again: the guard settled the calls before it),
 ``ping`` chunks, and the upstream's stop reason and sequence.
 """
@@ -106,7 +106,7 @@ class StreamEncoder:
         for raw in events:
             if self._ended:
                 break
-            if self._native is not None and raw.startswith(b"event: content_block_"):
+            if raw.startswith(b"event: content_block_") and self._native is not None and self._native.active:
                 self._passed(raw)
                 continue
             payload = _data(raw)
@@ -162,7 +162,7 @@ class StreamEncoder:
             self._out.append(self.start())
         if chunk.usage is not None:
             self._usage = chunk.usage
-        if chunk.object == "ping" and self._native is not None:
+        if chunk.object == "ping" and self._native is not None and self._native.active:
             self._out.append(PING)
             return
         for choice in chunk.choices:
