@@ -60,8 +60,14 @@ class Limits(_Strict):
 
 
 class Price(_Strict):
-    """What a model costs, per million tokens, in the configured currency."""
+    """What a model costs, per million tokens, in the configured currency.
+
+    ``cached_input`` prices prompt tokens read from the upstream's cache (OpenAI's ``cached_tokens``,
+    Anthropic's ``cache_read_input_tokens``), ``cache_creation_input`` those written to it (Anthropic's
+    ``cache_creation_input_tokens``); unset, either costs what ``input`` does.
+    """
 
     input: Annotated[float, msgspec.Meta(ge=0)]
     output: Annotated[float, msgspec.Meta(ge=0)]
     cached_input: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    cache_creation_input: Annotated[float, msgspec.Meta(ge=0)] | None = None

@@ -34,11 +34,15 @@ class PlacementSettings(_Strict):
 
 
 class Upstream(_Strict):
-    """One model backend speaking the OpenAI wire protocol (vLLM, Ollama, llama.cpp, OpenAI)."""
+    """One model backend: OpenAI's wire protocol (vLLM, Ollama, llama.cpp, OpenAI), or Anthropic's Messages API."""
 
     name: str
     base_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
     api_key: str | None = None
+    # The wire it speaks: ``openai`` (chat completions, embeddings; the key sent as a bearer token) or
+    # ``anthropic`` (``/messages`` and ``/messages/count_tokens`` under base_url; the key sent as ``x-api-key``):
+    # Messages requests then go to it natively (pipeline.native), chat completions translated.
+    api: Literal["openai", "anthropic"] = "openai"
     connect_timeout: Seconds = 5.0
     read_timeout: Seconds = 120.0
     total_timeout: Seconds = 600.0

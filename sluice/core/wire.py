@@ -226,9 +226,12 @@ def chat_request_with(names: frozenset[str], base: type = ChatCompletionRequest)
 
 
 class PromptTokensDetails(msgspec.Struct, gc=False):
-    """How much of the prompt the upstream served from its cache (priced as ``cached_input``)."""
+    """How much of the prompt the upstream served from its cache (priced as ``cached_input``), and how
+    much it wrote to it (Anthropic's ``cache_creation_input_tokens``, priced as ``cache_creation_input``;
+    sluice's own field, set only on the chat form of an Anthropic upstream's answer)."""
 
     cached_tokens: int | None = 0
+    cache_creation_tokens: int | None = 0
 
 
 class TokenUsage(msgspec.Struct, gc=False):
@@ -242,6 +245,11 @@ class TokenUsage(msgspec.Struct, gc=False):
     def cached_tokens(self) -> int:
         details = self.prompt_tokens_details
         return (details.cached_tokens or 0) if details is not None else 0
+
+    @property
+    def cache_creation_tokens(self) -> int:
+        details = self.prompt_tokens_details
+        return (details.cache_creation_tokens or 0) if details is not None else 0
 
 
 class UsageEnvelope(msgspec.Struct, gc=False):

@@ -5,7 +5,9 @@
 
 Every API runs that one path: chat completions, legacy completions and embeddings in their own shape;
 the Anthropic Messages API (``messages``) and the OpenAI Responses API (``responses``, its stored
-responses kept in ``sluice.memory``) decoded into the chat request first and their answers re-encoded.
+responses kept in ``sluice.memory``) decoded into the chat request first and their answers re-encoded;
+a Messages request is sent as it came to an upstream that speaks it (``native``) and its answer governed
+in the chat form all the same.
 
 Each stage is a small object with one async method over the ``RequestContext``; a stage
 returns to continue or raises a ``GatewayError`` to stop. Settling and accounting run for
@@ -85,7 +87,7 @@ class DataPlane:
         self.messages = Messages(model_call("messages", "/chat/completions",
                                             DecodeMessages(**size, types=chat_types), encode))
         count_limit = Limit(limiter, prices, max_tokens_cap, requests_only=True)
-        self.count_tokens = CountTokens((authenticate, DecodeCount(**size), authorize, route, count_limit), finish)
+        self.count_tokens = CountTokens((authenticate, DecodeCount(**size), authorize, route, count_limit), finish, guard)
         self.stored = None if memory is None else StoredResponses(authenticate, memory)
         self.responses = None if memory is None else model_call(
             "responses", "/chat/completions", DecodeResponses(memory, **size, types=chat_types), Encode(memory))

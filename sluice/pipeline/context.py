@@ -26,6 +26,8 @@ class RequestContext:
         "guard",  # issue 12: the output guard of this request, or None (no output rules)
         "source",  # issue 24: what another API's adapter keeps of the caller's request (None: chat's own)
         "_prompt",  # (request, target, tokens): the prompt counted once for this request and target
+        "cache_creation_tokens",  # of the prompt, written to the upstream's cache (Anthropic's cache creation)
+        "native",  # a Messages request's own form, for attempts on an `api: anthropic` upstream (pipeline.native)
     )
 
     def __init__(self, exchange: Exchange, endpoint: str) -> None:
@@ -40,6 +42,8 @@ class RequestContext:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.cached_tokens = 0  # of the prompt, served from the upstream's cache
+        self.cache_creation_tokens = 0
+        self.native: Any = None
         self.usage_source = "none"
         self.ttft_ms: float | None = None
         self.upstream_ms: float | None = None

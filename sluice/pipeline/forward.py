@@ -26,6 +26,7 @@ from ..limits import INPUT, OUTPUT
 from ..upstream.errors import from_status
 from ..upstream.usage import completion_chars, reported_usage
 from .context import RequestContext
+from .native import leg
 
 CLIENT_CLOSED = 499  # nginx's convention: the client went away before the answer was complete
 _encode = msgspec.json.encode
@@ -42,7 +43,7 @@ def _prompt_estimate(ctx: RequestContext) -> int:
 def _settle(ctx: RequestContext, usage: TokenUsage | None, completion_estimate: int) -> None:
     if usage is not None:
         ctx.prompt_tokens, ctx.completion_tokens, ctx.usage_source = usage.prompt_tokens, usage.completion_tokens, "upstream"
-        ctx.cached_tokens = usage.cached_tokens
+        ctx.cached_tokens, ctx.cache_creation_tokens = usage.cached_tokens, usage.cache_creation_tokens
     else:
         ctx.prompt_tokens = _prompt_estimate(ctx)
         ctx.completion_tokens = completion_estimate
@@ -92,6 +93,19 @@ class Forward:
             changes["stream_options"] = msgspec.structs.replace(opts, include_usage=True)
         return _encode(msgspec.structs.replace(req, **changes))
 
+    def _leg(self, ctx: RequestContext, replica: Any) -> tuple[str, bytes, dict[str, str] | None]:
+        """This attempt's path, body and headers, in the wire of its target's API (``pipeline.native``)."""
+        api = replica.transport.api
+        if ctx.native is None and api == "openai":
+            path, body, headers = self._path, self._upstream_body(ctx), None
+        else:
+            path, body, headers = leg(ctx, api, self._path, self._upstream_body)
+        tr = ctx.trace  # None unless this request is sampled for tracing
+        if tr is not None:
+            traced = tr.attempt(ctx)
+            headers = traced if headers is None else {**headers, **traced}
+        return path, body, headers
+
     def _failed(self, ctx: RequestContext, exc: GatewayError, ms: float) -> Target | None:
         """Record a failed attempt; the target of the next one, or None when this error is final."""
         target: Target = ctx.target  # type: ignore[assignment]
@@ -117,15 +131,14 @@ class Forward:
         try:
             while True:
                 target: Target = ctx.target  # type: ignore[assignment]
-                body = self._upstream_body(ctx)
                 deployment = target.deployment
                 placement = deployment.placement  # type: ignore[union-attr]
                 replica = ctx.transport = placement.pick(deployment.live, prompt)  # type: ignore[union-attr]
                 tr = ctx.trace  # None unless this request is sampled for tracing
                 t0 = clock.monotonic()
                 try:
-                    reply: UpstreamReply = await (replica.transport.send(self._path, body) if tr is None else
-                                                  replica.transport.send(self._path, body, tr.attempt(ctx)))
+                    path, body, headers = self._leg(ctx, replica)
+                    reply: UpstreamReply = await replica.transport.send(path, body, headers)
                     err: GatewayError | None = None if reply.status == 200 else from_status(reply)
                 except GatewayError as exc:
                     err = exc
@@ -150,6 +163,8 @@ class Forward:
             _charge_reserved(ctx)
             raise
         self._succeeded(ctx, ms)
+        if ctx.native is not None:  # an Anthropic upstream's message, in the chat form the rest reads
+            reply.body = ctx.native.whole(reply.body)
         usage = reported_usage(reply.body)
         _settle(ctx, usage, 0 if usage else estimate_tokens(completion_chars(reply.body)))
         body = reply.body if ctx.guard is None else await ctx.guard.reply(reply.body)  # guard-out (issue 12)
@@ -167,7 +182,6 @@ class Forward:
         """Open a stream, falling back like a plain request while nothing has reached the client."""
         prompt = _prompt(ctx.request)
         while True:
-            body = self._upstream_body(ctx)
             deployment = ctx.target.deployment  # type: ignore[union-attr]
             assert deployment is not None  # a target on the data path always has one
             placement = deployment.placement
@@ -175,8 +189,8 @@ class Forward:
             tr = ctx.trace
             t0 = clock.monotonic()
             try:
-                opened = await (replica.transport.open_stream(self._path, body) if tr is None else
-                                replica.transport.open_stream(self._path, body, tr.attempt(ctx)))
+                path, body, headers = self._leg(ctx, replica)
+                opened = await replica.transport.open_stream(path, body, headers)
                 err = from_status(opened) if isinstance(opened, UpstreamReply) else None
             except GatewayError as exc:
                 err = exc
@@ -184,8 +198,8 @@ class Forward:
             if tr is not None and err is not None:
                 tr.end_attempt(err.code or "error")
             ctx.upstream_ms = ms
-            if err is None:
-                return opened  # type: ignore[return-value]
+            if err is None:  # an Anthropic upstream's stream is read into the chat form as it arrives
+                return opened if ctx.native is None else ctx.native.stream(opened)  # type: ignore[return-value]
             placement.done(replica)
             nxt = self._failed(ctx, err, ms)
             if nxt is None:

@@ -4,12 +4,16 @@ A Messages request is decoded into the chat request (``stages.decode_messages``)
 stages as a chat completion (authenticate, authorize, route, guard-in, limit, admit, forward,
 guard-out, settle, account), and its answer is re-encoded by ``sluice.wire.anthropic``: a whole
 reply as a Messages reply, a stream event by event in Anthropic's grammar (``ping`` while the first
-token is pending), and every error, before the answer or inside a stream, in Anthropic's shape.
+token is pending), and every error, before the answer or inside a stream, in Anthropic's shape. An
+attempt on an ``api: anthropic`` upstream sends the request as it came and reads its answer into the
+chat form (``native``); what that form cannot hold (thinking blocks, the stop reason) is put back here.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable, Sequence
+
+import msgspec
 
 from ..core.errors import GatewayError
 from ..core.exchange import JSON_TYPE, Exchange, Reply, StreamReply
@@ -17,6 +21,7 @@ from ..wire import anthropic
 from .context import RequestContext
 from .endpoints import ModelCall, Stage
 from .forward import KEEPALIVE
+from .native import NativeMessages, count_natively
 
 
 def _rendered(exc: GatewayError) -> GatewayError:
@@ -27,9 +32,11 @@ def _rendered(exc: GatewayError) -> GatewayError:
 
 def encode(ctx: RequestContext, reply: Reply | StreamReply) -> Reply | StreamReply:
     """The chat answer of a Messages request in Anthropic's shape."""
+    native: NativeMessages = ctx.native
     if isinstance(reply, Reply):
-        return Reply(reply.status, anthropic.encode_message_bytes(reply.body), JSON_TYPE, reply.headers)
-    encoder = anthropic.StreamEncoder(ctx.request.model, input_tokens=ctx.prompt_estimate())
+        message = native.answer.restore(anthropic.encode_message(reply.body))
+        return Reply(reply.status, msgspec.json.encode(message), JSON_TYPE, reply.headers)
+    encoder = anthropic.StreamEncoder(ctx.request.model, input_tokens=ctx.prompt_estimate(), native=native.answer)
     return StreamReply(_events(reply, encoder), reply.status, reply.content_type, reply.headers, reply.abandon)
 
 
@@ -81,13 +88,16 @@ class CountTokens:
     """``POST /v1/messages/count_tokens``: the prompt tokens a Messages request would take, counted by
     the estimator limits reserve with (the model's tokenizer where one is configured); authenticated,
     authorized, routed and limited like a call (a request and a concurrency slot, no tokens), recorded
-    with no tokens; nothing is sent upstream and nothing is spent."""
+    with no tokens; nothing is sent upstream and nothing is spent. A model served by an ``api: anthropic``
+    upstream is counted by that upstream, after the input guard (``native``)."""
 
-    __slots__ = ("_stages", "_finish")
+    __slots__ = ("_stages", "_finish", "_guard")
 
-    def __init__(self, stages: Sequence[Stage], finish: Callable[[RequestContext], None]) -> None:
+    def __init__(self, stages: Sequence[Stage], finish: Callable[[RequestContext], None],
+                 guard: Stage | None = None) -> None:
         self._stages = tuple(stages)
         self._finish = finish  # settle the limits and account, however the count ends
+        self._guard = guard
 
     async def check_headers(self, exchange: Exchange) -> None:
         try:
@@ -100,7 +110,10 @@ class CountTokens:
         try:
             for stage in self._stages:
                 await stage(ctx)
-            return Reply.json({"input_tokens": ctx.prompt_estimate()}, headers=ctx.limit_headers)
+            counted = await count_natively(ctx, self._guard) or Reply.json({"input_tokens": ctx.prompt_estimate()})
+            if ctx.limit_headers:
+                counted.headers = {**ctx.limit_headers, **(counted.headers or {})}
+            return counted
         except GatewayError as exc:
             ctx.status, ctx.error_code = exc.status, exc.code
             if ctx.limit_headers:

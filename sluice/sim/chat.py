@@ -76,7 +76,9 @@ class ChatCompletions(ReplicaBase):
             # "body": the request as it arrived (aiohttp keeps the bytes read; embedded, not re-encoded)
             self.last_chat = {"max_tokens": req.max_tokens, "max_completion_tokens": req.max_completion_tokens,
                               "tools": [t.get("function", {}).get("name") for t in req.tools or () if isinstance(t, dict)],
-                              "messages": [m.content for m in req.messages], "body": msgspec.Raw(await request.read())}
+                              "messages": [m.content for m in req.messages], "body": msgspec.Raw(await request.read()),
+                              "authorization": request.headers.get("authorization"),
+                              "x-api-key": request.headers.get("x-api-key"), "headers": dict(request.headers)}
             if req.stream_options is not None and not req.stream:
                 return self._refuse(400, "Stream options can only be defined when `stream=True`.")
             injected = await self._apply_faults(request)

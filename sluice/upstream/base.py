@@ -5,6 +5,8 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 
+from ..core.config import Upstream
+
 
 class UpstreamReply:
     """A complete upstream answer: status, body and the headers a caller may see."""
@@ -35,9 +37,10 @@ class UpstreamStream(abc.ABC):
 
 
 class Transport(abc.ABC):
-    """Sends an OpenAI-shaped request to one backend."""
+    """Sends a request to one backend, in the wire it speaks (``api``: ``openai`` or ``anthropic``)."""
 
     name: str
+    api: str = "openai"
 
     @abc.abstractmethod
     async def start(self) -> None: ...
@@ -57,3 +60,13 @@ class Transport(abc.ABC):
     async def open_stream(self, path: str, body: bytes, headers: dict[str, str] | None = None
                           ) -> UpstreamStream | UpstreamReply:
         """POST a streaming request: a stream on 200, else the complete (error) reply."""
+
+
+def credentials(cfg: Upstream) -> dict[str, str]:
+    """The header that carries an upstream's key: a bearer token to the OpenAI wire, ``x-api-key`` to
+    Anthropic's (as its API and SDKs read it). Only this key goes upstream, never a caller's."""
+    if not cfg.api_key:
+        return {}
+    if cfg.api == "anthropic":
+        return {"x-api-key": cfg.api_key}
+    return {"Authorization": f"Bearer {cfg.api_key}"}

@@ -53,7 +53,7 @@ def from_status(reply: UpstreamReply) -> GatewayError:
         return UpstreamError("The upstream model server rejected the gateway's credentials.", code="upstream_auth")
     if status == 404:
         return UpstreamError("The upstream model server does not serve the configured model.", code="upstream_not_found")
-    if status == 503:
+    if status in (503, 529):  # 529: Anthropic's "overloaded"
         return Unavailable("The upstream model server is unavailable; retry later.", code="upstream_unavailable",
                            retry_after=retry or 1.0)
     if status == 504:

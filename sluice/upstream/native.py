@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from ..core.config import Upstream
 from ..core.errors import Unavailable, UpstreamError, UpstreamTimeout
-from .base import Transport, UpstreamReply, UpstreamStream
+from .base import Transport, UpstreamReply, UpstreamStream, credentials
 from .connection import Cut, Stalled, TooLarge, UpstreamConnection
 from .errors import too_large
 from .pool import Pool, PoolTimeout
@@ -82,6 +82,7 @@ class NativeTransport(Transport):
 
     def __init__(self, cfg: Upstream) -> None:
         self.name = cfg.name
+        self.api = cfg.api
         url = urlsplit(cfg.base_url)
         tls = url.scheme == "https"
         host = url.hostname or "127.0.0.1"
@@ -90,8 +91,7 @@ class NativeTransport(Transport):
         default_port = port == (443 if tls else 80)
         headers = {"Host": host if default_port else f"{host}:{port}", "Content-Type": "application/json",
                    "Accept": "application/json", **cfg.headers}
-        if cfg.api_key:
-            headers["Authorization"] = f"Bearer {cfg.api_key}"
+        headers.update(credentials(cfg))
         self._head = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
         self._secret = cfg.api_key.encode() if cfg.api_key else None
         self._read_timeout = cfg.read_timeout

@@ -13,7 +13,7 @@ import aiohttp
 
 from ..core.config import Upstream
 from ..core.errors import UpstreamError, UpstreamTimeout
-from .base import Transport, UpstreamReply, UpstreamStream
+from .base import Transport, UpstreamReply, UpstreamStream, credentials
 from .errors import too_large
 from .tls import tls_context
 
@@ -72,11 +72,11 @@ class OpenAITransport(Transport):
 
     def __init__(self, cfg: Upstream) -> None:
         self.name = cfg.name
+        self.api = cfg.api
         self._cfg = cfg
         self._base = cfg.base_url.rstrip("/")
         headers = {"Content-Type": "application/json", "Accept": "application/json", **cfg.headers}
-        if cfg.api_key:
-            headers["Authorization"] = f"Bearer {cfg.api_key}"
+        headers.update(credentials(cfg))
         self._headers = headers
         self._secret = cfg.api_key.encode() if cfg.api_key else None
         self._timeout = aiohttp.ClientTimeout(

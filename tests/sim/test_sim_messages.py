@@ -182,4 +182,4 @@ def _shape(m: anthropic.types.Message) -> dict[str, Any]:
     blocks = [b.model_dump(exclude={"id", "citations"}) for b in m.content]
     u = m.usage
     return {"content": blocks, "stop_reason": m.stop_reason, "output_tokens": u.output_tokens,
-            "prompt_tokens": u.input_tokens + (u.cache_read_input_tokens or 0)}
+            "prompt_tokens": u.input_tokens + (u.cache_read_input_tokens or 0) + (u.cache_creation_input_tokens or 0)}

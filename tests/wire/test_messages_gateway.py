@@ -1,9 +1,13 @@
-"""The Anthropic Messages API through sluice (issue 24, item 1, translated path): the official
-``anthropic`` SDK against a real gateway in front of the sim's chat route. Identity, scopes, the
-tokenizer estimate and usage records hold as for chat; replies, streams and errors are Anthropic's."""
+"""The Anthropic Messages API through sluice (issue 24, item 1): the official ``anthropic`` SDK against a
+real gateway in front of the sim, over both wires to the upstream (``messages_rig``): ``translated`` to
+its chat route, ``native`` to its ``/v1/messages`` (``api: anthropic``). Identity, scopes, the tokenizer
+estimate, usage records and cost, the output guard's masking and tool boundaries hold the same from the
+caller's side either way; replies, streams and errors are Anthropic's. What only the native wire has
+(headers and body relayed, thinking blocks, the upstream's own count) is in ``test_messages_native``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import sys
@@ -14,13 +18,11 @@ import anthropic
 import httpx
 import pytest
 
-import sluice.sim
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from messages_grammar import parse_sse, validate  # noqa: E402
-from support import Gateway, Sim, start_gateway  # noqa: E402
+from messages_rig import NANOS, RIGS, UPSTREAM_KEY, start_rig, usage_row  # noqa: E402
+from support import Gateway, Sim  # noqa: E402
 
-SIM_TOKENIZER = str(Path(sluice.sim.__file__).with_name("tokenizer.json"))
 TOOLS = [{"name": "get_weather", "description": "Weather for a city.",
           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}]
 CALL = 'sim:call get_weather {"city": "Oslo", "days": [1, 2, 3]}'
@@ -28,21 +30,10 @@ ASK = {"model": "sim-small", "max_tokens": 7, "system": "Be brief.",
        "messages": [{"role": "user", "content": "Tell me a story."}]}
 
 
-@pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Sim]]:
-    tmp = tmp_path_factory.mktemp("messages-gw")
-    sim = Sim(tmp)
-    g = start_gateway(
-        tmp, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
-        models=[{"name": "sim-small", "upstream": "sim", "tokenizer": SIM_TOKENIZER},
-                {"name": "sim-other", "upstream": "sim", "upstream_model": "sim-small"}],
-        identities=[{"name": "app", "owner": "team-a@example.com", "models": ["sim-small"]}],
-        extra={"tools": [
-            {"name": "get_weather", "risk": "read", "identities": ["app"]},
-            {"name": "delete_repo", "risk": "write", "identities": ["nobody"]},
-            {"name": "transfer_funds", "risk": "high", "identities": ["app"]},
-        ]},
-    )
+@pytest.fixture(scope="module", params=RIGS)
+def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Sim]]:
+    g, sim = start_rig(tmp_path_factory.mktemp(f"messages-{request.param}"), request.param)
+    g.kind = request.param  # type: ignore[attr-defined]
     yield g, sim
     g.stop()
     sim.stop()
@@ -170,3 +161,105 @@ def test_the_model_list_answers_an_anthropic_caller_in_its_shape_and_scope(rig) 
     assert refused.value.body["type"] == "error"
     r = httpx.get(g.url + "/v1/models")
     assert r.status_code == 401 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_an_async_client_gets_the_same_reply_whole_and_streamed(rig) -> None:
+    g, _ = rig
+
+    async def go() -> tuple[anthropic.types.Message, str, anthropic.types.Message]:
+        async with anthropic.AsyncAnthropic(base_url=g.url, api_key=g.keys["app"], max_retries=0, timeout=15.0) as c:
+            whole = await c.messages.create(**ASK)
+            async with c.messages.stream(**ASK) as s:
+                text = "".join([t async for t in s.text_stream])
+                final = await s.get_final_message()
+        return whole, text, final
+
+    whole, text, final = asyncio.run(go())
+    assert whole.content[0].text == text == final.content[0].text and len(text.split()) == 7  # type: ignore[union-attr]
+    assert whole.stop_reason == final.stop_reason == "max_tokens"
+    assert whole.usage.output_tokens == final.usage.output_tokens == 7
+
+
+def test_a_stream_the_upstream_cuts_ends_in_an_error_event_the_sdk_raises(rig) -> None:
+    g, sim = rig
+    ask = {**ASK, "max_tokens": 60, "messages": [{"role": "user", "content": "Tell me a long story."}]}
+    sim.faults(disconnect_after_chunks=40)
+    try:
+        r = httpx.post(g.url + "/v1/messages", json={**ask, "stream": True}, timeout=15,
+                       headers={"x-api-key": g.keys["app"]})
+        events = parse_sse(r.content)
+        assert r.status_code == 200 and validate(events) == "error", r.text[-600:]  # never a silent end
+        assert any(name == "content_block_delta" for name, _ in events)  # it had started: no fallback, an error
+        assert not any(name in ("message_delta", "message_stop") for name, _ in events)
+        with pytest.raises(anthropic.APIStatusError) as raised:
+            with client(g).messages.stream(**ask) as s:
+                s.get_final_message()
+        assert raised.value.body["type"] == "error"  # type: ignore[index]
+    finally:
+        sim.clear_faults()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_secret_split_across_text_deltas_reaches_the_caller_masked(rig, stream) -> None:
+    g, sim = rig
+    ask = {"model": "sim-small", "max_tokens": 64,
+           "messages": [{"role": "user", "content": "sim:say the key is AKIAIOSF|ODNN7EXAMPLE| and that is all"}]}
+    r = httpx.post(g.url + "/v1/messages", json={**ask, "stream": stream}, timeout=15, headers={"x-api-key": g.keys["app"]})
+    assert r.status_code == 200, r.text
+    assert b"AKIAIOSF" not in r.content and b"ODNN7EXAMPLE" not in r.content, r.text
+    if stream:
+        events = parse_sse(r.content)
+        assert validate(events) == "message_stop"
+        text = "".join(d["delta"]["text"] for name, d in events if name == "content_block_delta")
+    else:
+        text = r.json()["content"][0]["text"]
+    assert text == "the key is [REDACTED:aws_access_key] and that is all", text
+    last = sim.stats()["last_messages" if g.kind == "native" else "last_chat"]
+    assert "ODNN7EXAMPLE" in json.dumps(last["body"])  # the model did say it, in two deltas: the gateway caught it
+
+
+def test_the_upstream_gets_the_gateways_key_and_never_the_callers(rig) -> None:
+    g, sim = rig
+    caller = g.keys["app"]
+    client(g).messages.create(**ASK)  # x-api-key
+    r = httpx.post(g.url + "/v1/messages", json=ASK, timeout=15, headers={"Authorization": f"Bearer {caller}"})
+    assert r.status_code == 200, r.text
+    stats = sim.stats()
+    last = stats["last_messages" if g.kind == "native" else "last_chat"]
+    if g.kind == "native":
+        assert last["x-api-key"] == UPSTREAM_KEY and last["authorization"] is None
+    else:
+        assert last["authorization"] == f"Bearer {UPSTREAM_KEY}" and last["x-api-key"] is None
+    assert last["headers"] and caller[8:] not in json.dumps(stats)  # in no header the sim got, nor anywhere else
+
+
+def test_usage_is_recorded_from_the_upstreams_counts_and_priced_with_cache_reads_and_writes(rig) -> None:
+    g, _ = rig
+    system = " ".join(f"Rule {i}: answer in plain words and cite nothing you cannot check." for i in range(30))
+    ask = {"model": "sim-small", "max_tokens": 5,
+           "system": [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}],
+           "messages": [{"role": "user", "content": "What is the rule of three?"}]}
+    c = client(g)
+    seen = []
+    for _ in range(2):
+        raw = c.messages.with_raw_response.create(**ask)
+        seen.append((raw.headers["x-request-id"], raw.parse().usage))
+    r = httpx.post(g.url + "/v1/messages", json={**ask, "stream": True}, timeout=15, headers={"x-api-key": g.keys["app"]})
+    events = parse_sse(r.content)
+    assert validate(events) == "message_stop"
+    seen.append((r.headers["x-request-id"], anthropic.types.Usage.model_validate(
+        [d for name, d in events if name == "message_delta"][0]["usage"])))
+    for rid, u in seen:
+        read, wrote = u.cache_read_input_tokens or 0, u.cache_creation_input_tokens or 0
+        row = usage_row(g, rid)
+        assert row["endpoint"] == "messages" and row["usage_source"] == "upstream"
+        assert (row["prompt_tokens"], row["completion_tokens"], row["cached_tokens"]) == (
+            u.input_tokens + read + wrote, u.output_tokens, read), (row, u)
+        assert row["cost_nanos"] == (u.input_tokens * NANOS["input"] + read * NANOS["read"] + wrote * NANOS["write"]
+                                     + u.output_tokens * NANOS["output"]), (row, u)
+    first, again = seen[0][1], seen[1][1]
+    assert (again.cache_read_input_tokens or 0) > 0  # the repeat was served from the upstream's cache
+    if g.kind == "native":  # the breakpoint wrote the system prompt to the cache, and it was priced as a write
+        assert (first.cache_creation_input_tokens or 0) > 0
+    else:  # cache_control has no chat equivalent
+        assert not first.cache_creation_input_tokens

@@ -49,9 +49,11 @@ class Account:
             cached_tokens=ctx.cached_tokens,
             api=API_OF.get(ctx.endpoint),
         )
-        if t is not None and t.price is not None and self._prices is not None:
-            # a registry version's own price, as limits settled it; the ledger's fold prices the rest
-            rec.cost_nanos = self._prices.nanos(t.model, ctx.prompt_tokens, ctx.completion_tokens, ctx.cached_tokens, t.price)
+        if t is not None and (t.price is not None or ctx.cache_creation_tokens) and self._prices is not None:
+            # a registry version's own price, as limits settled it, or cache writes (the record has no
+            # column for them, so the ledger's fold, which prices the rest, could not price them)
+            rec.cost_nanos = self._prices.nanos(t.model, ctx.prompt_tokens, ctx.completion_tokens, ctx.cached_tokens, t.price,
+                                                ctx.cache_creation_tokens)
         self._ledger.record(rec)
         if ctx.trace is not None:
             ctx.trace.finish(ctx)

@@ -4,23 +4,22 @@ The same media type, size and depth checks as every decode come first; then the 
 (``sluice.wire.anthropic``), whose errors quote nothing of the body. A model whose upstream takes
 extra parameters gets its wider chat type, so ``top_k`` survives where the upstream reads it.
 Features the chat wire cannot carry are dropped by the adapter's named rules, and each drop is
-logged (names only) and counted, never silent.
+logged (names only) by the attempt that sends the translation, never silent; an attempt on an
+``api: anthropic`` upstream sends the request as it came (``pipeline.native``).
 """
 
 from __future__ import annotations
 
-import logging
-
 from ...core.wire import ChatCompletionRequest
 from ...wire import anthropic
 from ..context import RequestContext
+from ..native import NativeMessages
 from .decode import checked_body
-
-log = logging.getLogger("sluice.wire")
 
 
 class DecodeMessages:
-    """``/v1/messages``: the body as a chat request (``ctx.request``), drops logged."""
+    """``/v1/messages``: the body as a chat request (``ctx.request``), and as it came for an attempt on an
+    Anthropic upstream (``ctx.native``)."""
 
     __slots__ = ("_max_bytes", "_max_depth", "_types")
 
@@ -33,10 +32,8 @@ class DecodeMessages:
     async def __call__(self, ctx: RequestContext) -> None:
         source = anthropic.parse(checked_body(ctx, self._max_bytes, self._max_depth))
         translated = anthropic.to_chat(source, self._types.get(source.model, ChatCompletionRequest))
-        if translated.dropped:
-            log.info("messages: dropped %s (no chat equivalent) for model %s", ", ".join(translated.dropped),
-                     source.model[:100])
         ctx.request = translated.request
+        ctx.native = NativeMessages(translated, ctx.exchange.headers)  # its drops are logged by the attempt they apply to
 
 
 class DecodeCount:
@@ -52,3 +49,4 @@ class DecodeCount:
         source = anthropic.parse_count(checked_body(ctx, self._max_bytes, self._max_depth))
         messages, tools, _dropped = anthropic.count_messages(source)
         ctx.request = ChatCompletionRequest(model=source.model, messages=messages, **({"tools": tools} if tools else {}))
+        ctx.native = source  # counted by an Anthropic upstream itself when one serves the model

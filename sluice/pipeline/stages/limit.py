@@ -86,5 +86,5 @@ class Settle:
         ctx.reservation = None
         t = ctx.target
         spend = self._prices.cost(t.model if t else "", ctx.prompt_tokens, ctx.completion_tokens, ctx.cached_tokens,
-                                  t.price if t else None)
+                                  t.price if t else None, ctx.cache_creation_tokens)
         self._limiter.settle(r, ctx.prompt_tokens, ctx.completion_tokens, spend)

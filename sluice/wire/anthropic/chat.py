@@ -40,6 +40,7 @@ class Choice(_Loose):
 
 class CachedDetails(_Loose):
     cached_tokens: int | None = None
+    cache_creation_tokens: int | None = None  # sluice's, on the chat form of an Anthropic upstream's answer
 
 
 class Usage(_Loose):
@@ -58,6 +59,7 @@ class Completion(_Loose):
     """A whole reply or one stream chunk (``object`` tells them apart; the encoders know which they read)."""
 
     id: str = ""
+    object: str = ""
     model: str = ""
     choices: list[Choice] = msgspec.field(default_factory=list)
     usage: Usage | None = None

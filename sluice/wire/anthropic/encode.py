@@ -8,8 +8,9 @@
 | ``finish_reason`` stop / length / tool_calls       | ``stop_reason`` end_turn / max_tokens / tool_use |
 | stop with vLLM's ``stop_reason`` a string          | ``stop_sequence``, with ``stop_sequence`` that string |
 | ``content_filter``                                 | ``refusal``                                  |
-| ``prompt_tokens`` - ``cached_tokens``              | ``usage.input_tokens`` (Anthropic's excludes cache reads) |
+| ``prompt_tokens`` - cache reads - cache writes     | ``usage.input_tokens`` (Anthropic's excludes both) |
 | ``prompt_tokens_details.cached_tokens``            | ``usage.cache_read_input_tokens``            |
+| ``prompt_tokens_details.cache_creation_tokens``    | ``usage.cache_creation_input_tokens`` (an Anthropic upstream's, see ``native``) |
 | ``completion_tokens``                              | ``usage.output_tokens``                      |
 
 Only the first choice is encoded (Messages has no ``n``). Reasoning text (``reasoning_content``)
@@ -39,8 +40,9 @@ _args_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
 def message_id(chat_id: str) -> str:
-    """``msg_`` and the upstream's id without its ``chatcmpl-`` prefix (the same id whole or streamed)."""
-    rest = _ID_SAFE.sub("", chat_id.removeprefix("chatcmpl-"))
+    """``msg_`` and the upstream's id without its ``chatcmpl-`` prefix (the same id whole or streamed); an
+    Anthropic upstream's ``msg_`` id stays as it is."""
+    rest = _ID_SAFE.sub("", chat_id.removeprefix("chatcmpl-").removeprefix("msg_"))
     return "msg_" + (rest or "sluice")
 
 
@@ -60,9 +62,11 @@ def usage(u: Usage | None) -> dict[str, int]:
     """Anthropic's usage of a chat usage (zeros when the upstream reported none)."""
     if u is None:
         return {"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
-    cached = (u.prompt_tokens_details.cached_tokens or 0) if u.prompt_tokens_details is not None else 0
-    return {"input_tokens": max(u.prompt_tokens - cached, 0), "output_tokens": u.completion_tokens,
-            "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached}
+    details = u.prompt_tokens_details
+    cached = (details.cached_tokens or 0) if details is not None else 0
+    created = (details.cache_creation_tokens or 0) if details is not None else 0
+    return {"input_tokens": max(u.prompt_tokens - cached - created, 0), "output_tokens": u.completion_tokens,
+            "cache_creation_input_tokens": created, "cache_read_input_tokens": cached}
 
 
 def tool_input(arguments: str | None) -> dict[str, Any]:

@@ -11,6 +11,11 @@ tool call is one ``tool_use`` block whose ``input_json_delta`` pieces concatenat
 arguments. Usage arrives only at the end of a chat stream, so ``message_start`` carries the
 input tokens the caller estimated and ``message_delta`` the upstream's real counts (the SDK takes
 the later values). Assembled, the events give what ``encode.encode_message`` gives for the whole reply.
+
+The chat form of an Anthropic upstream's stream (``native``) carries more, and the encoder given its
+``NativeAnswer`` reads it while the answer is one (a chat upstream's stream gets none of it): the thinking blocks' own events, passed through with their block renumbered
+(a tool call after one starts the chat tool indices again: the guard settled the calls before it),
+``ping`` chunks, and the upstream's stop reason and sequence.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from sluice.core.ids import unique_id
 from .chat import Completion, ErrorInfo, ToolCall, Usage, completion_decoder
 from .encode import message_id, stop_reason, tool_id, tool_input, usage
 from .errors import error_event
+from .native import NativeAnswer, reindexed
 from .text_run import TextRun
 
 _json = msgspec.json.encode
@@ -51,17 +57,18 @@ class StreamEncoder:
     """
 
     __slots__ = ("model", "input_tokens", "_id", "_buf", "_started", "_ended", "_index", "_open",
-                 "_tool_key", "_args", "_tools_seen", "_finish", "_stop", "_usage", "_out", "_run")
+                 "_tool_key", "_args", "_tools_seen", "_finish", "_stop", "_usage", "_out", "_run", "_native")
 
     def __init__(self, model: str, *, input_tokens: int = 0, message_id: str | None = None,
-                 text_runs: bool = True) -> None:
+                 native: NativeAnswer | None = None, text_runs: bool = True) -> None:
+        self._native = native  # a request that may be answered by an Anthropic upstream (see the module docstring)
         self.model = model
         self.input_tokens = input_tokens
         self._id = message_id
         self._buf = b""
         self._started = self._ended = False
         self._index = -1  # the current block's index
-        self._open: str | None = None  # "text" | "tool_use" | None
+        self._open: str | None = None  # "text" | "tool_use" | "native" (a passed-through block) | None
         self._tool_key: int | None = None  # the chat tool-call index the open tool block is
         self._args: list[str] = []  # the open tool block's argument pieces
         self._tools_seen: set[int] = set()
@@ -112,6 +119,9 @@ class StreamEncoder:
             if end < 0:
                 break
             raw, at = buf[at:end], end + 2
+            if raw.startswith(b"event: content_block_") and self._native is not None and self._native.active:
+                self._passed(raw)
+                continue
             payload = _data(raw)
             if payload is None:
                 continue
@@ -168,6 +178,9 @@ class StreamEncoder:
             self._out.append(self.start())
         if chunk.usage is not None:
             self._usage = chunk.usage
+        if chunk.object == "ping" and self._native is not None and self._native.active:
+            self._out.append(PING)
+            return
         for choice in chunk.choices:
             if choice.index != 0:  # Messages has one reply; other choices are not asked for
                 continue
@@ -214,6 +227,24 @@ class StreamEncoder:
                                                            "delta": {"type": "input_json_delta", "partial_json": args}}))
         return True
 
+    def _passed(self, raw: bytes) -> None:
+        """An event of a block passed through as the upstream sent it, in its place in the numbering."""
+        name, _, data = raw[len(b"event: "):].partition(b"\ndata: ")
+        if not self._started:
+            self._out.append(self.start())
+        if name == b"content_block_start":
+            if not self._close_block():
+                return
+            self._index += 1
+            self._open = "native"
+        elif self._open != "native":  # a delta or stop of no block passed through: nothing to attach it to
+            return
+        elif name == b"content_block_stop":
+            self._open = None
+            self._tools_seen.clear()  # the calls after this block are numbered from 0 again (see the docstring)
+            self._tool_key = None
+        self._out.append(b"event: " + name + b"\ndata: " + reindexed(data, self._index) + b"\n\n")
+
     def _open_block(self, kind: str, block: dict[str, Any]) -> None:
         self._index += 1
         self._open = kind
@@ -224,7 +255,10 @@ class StreamEncoder:
         """Stop the open block; a tool block's arguments must make a JSON object, or the stream fails."""
         if self._open is None:
             return True
-        if self._open == "tool_use":
+        if self._open == "native":  # the upstream never stopped it: stop it here, so the grammar holds
+            self._tools_seen.clear()
+            self._tool_key = None
+        elif self._open == "tool_use":
             try:
                 tool_input("".join(self._args))
             except UpstreamError as exc:
@@ -240,7 +274,8 @@ class StreamEncoder:
             self._out.append(self.start())
         if not self._close_block():
             return
-        reason, sequence = stop_reason(self._finish, self._stop)
+        native = self._native.stop(self._finish) if self._native is not None else None
+        reason, sequence = native if native is not None else stop_reason(self._finish, self._stop)
         final = usage(self._usage) if self._usage is not None else {"output_tokens": 0}
         self._out.append(event("message_delta", {"type": "message_delta",
                                                  "delta": {"stop_reason": reason, "stop_sequence": sequence},

@@ -1,0 +1,62 @@
+"""The gateway in front of the sim for the Messages API tests, over either wire to the upstream:
+``translated`` (the sim's chat route, as an OpenAI-compatible upstream) or ``native`` (its
+``/v1/messages``, as an ``api: anthropic`` upstream). The same identities, tools, guardrails and
+prices either way, so one test reads the same from the caller's side over both."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import sluice.sim
+from support import Gateway, Sim, start_gateway
+
+RIGS = ("translated", "native")
+SIM_TOKENIZER = str(Path(sluice.sim.__file__).with_name("tokenizer.json"))
+UPSTREAM_KEY = "sk-upstream-" + "u" * 24  # what sluice sends the sim; a caller's key never goes
+PRICE = {"input": 3, "output": 15, "cached_input": 0.3, "cache_creation_input": 3.75}  # per million tokens
+NANOS = {"input": 3000, "output": 15000, "read": 300, "write": 3750}  # the same, per token in nano-units
+TOOLS = [
+    {"name": "get_weather", "risk": "read", "identities": ["app"]},
+    {"name": "delete_repo", "risk": "write", "identities": ["nobody"]},
+    {"name": "transfer_funds", "risk": "high", "identities": ["app"]},
+]
+# the caller's secrets are masked both ways; a tool it may not use is removed before the upstream
+GUARDRAILS = {"rule_sets": [{"name": "app", "match": {"identities": ["app"]},
+                             "detectors": {"input": "mask", "output": "mask"}, "tools": {"undeclared": "remove"}}]}
+
+
+def start_rig(tmp: Path, kind: str, *, extra: dict | None = None, models: list[dict] = (),  # type: ignore[assignment]
+              scopes: list[str] = (), upstreams: list[dict] = ()) -> tuple[Gateway, Sim]:  # type: ignore[assignment]
+    """A sim and a gateway whose upstream ``simx`` reaches it over ``kind``'s wire; ``upstreams`` are more
+    of the same sim (``{sim}`` in a base URL is its address), ``models`` and ``scopes`` more for ``app``."""
+    sim = Sim(tmp)
+    if kind == "native":
+        upstream = {"name": "simx", "base_url": sim.url + "/v1", "api": "anthropic", "api_key": UPSTREAM_KEY}
+    else:
+        upstream = {"name": "simx", "base_url": sim.url + "/v1", "api_key": UPSTREAM_KEY}
+    more = [{**u, "base_url": u["base_url"].format(sim=sim.url)} for u in upstreams]
+    try:
+        g = start_gateway(
+            tmp, upstreams=[upstream, *more],
+            models=[{"name": "sim-small", "upstream": "simx", "tokenizer": SIM_TOKENIZER},
+                    {"name": "sim-other", "upstream": "simx", "upstream_model": "sim-small"}, *models],
+            identities=[{"name": "app", "owner": "team-a@example.com", "models": ["sim-small", *scopes]}],
+            extra={"tools": TOOLS, "guardrails": GUARDRAILS, "prices": {"sim-small": PRICE}, **(extra or {})},
+        )
+    except BaseException:
+        sim.stop()
+        raise
+    return g, sim
+
+
+def usage_row(g: Gateway, request_id: str, timeout: float = 10.0) -> dict:
+    """The usage record of one request, once the ledger has written it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = g.admin("GET", "/admin/usage", params={"limit": 200}).json()["data"]
+        found = [r for r in rows if r["request_id"] == request_id]
+        if found or time.monotonic() > deadline:
+            assert found, (request_id, rows[:3])
+            return found[0]
+        time.sleep(0.1)
