@@ -78,6 +78,11 @@ class ApiKey(msgspec.Struct, kw_only=True):
     plane: Plane = "data"
 
 
+# The client API each data-plane endpoint speaks, as usage records and traces name it (issue 24).
+API_OF = {"chat.completions": "chat", "embeddings": "embeddings", "messages": "messages",
+          "messages.count_tokens": "messages", "responses": "responses", "completions": "completions"}
+
+
 class UsageRecord(msgspec.Struct, kw_only=True, gc=False):
     """What one data-plane request cost and how it ended, written in batches."""
 
@@ -108,6 +113,8 @@ class UsageRecord(msgspec.Struct, kw_only=True, gc=False):
     cost_nanos: int = 0
     # the client API that carried it (issue 24): chat, messages, responses, completions, embeddings
     api: str | None = None
+    # prompt tokens written to the upstream's cache (Anthropic's cache_creation_input_tokens), priced apart
+    cache_creation_tokens: int = 0
 
 
 class ChangeEvent(msgspec.Struct, kw_only=True):

@@ -15,7 +15,8 @@ from ..core.types import UsageRecord
 from .logging import SecretMasker
 from .metrics import Metrics
 
-Price = Callable[[str | None, int, int, int], int]  # model, prompt, completion, cached -> nano-units
+# model, prompt, completion, cached, price (None: the model's), cache writes -> nano-units
+Price = Callable[[str | None, int, int, int, None, int], int]
 
 request_log = logging.getLogger("sluice.request")
 _encode = msgspec.json.Encoder().encode
@@ -37,7 +38,8 @@ class RecordFold:
         if price is not None:
             for rec in batch:
                 if not rec.cost_nanos and rec.model is not None and (rec.prompt_tokens or rec.completion_tokens):
-                    rec.cost_nanos = price(rec.model, rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens)
+                    rec.cost_nanos = price(rec.model, rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens, None,
+                                           rec.cache_creation_tokens)
         self._metrics.observe(batch)
         if self._log_requests and request_log.isEnabledFor(logging.INFO):
             self._write(batch)
@@ -56,7 +58,8 @@ class RecordFold:
                 "ttft_ms": None if rec.ttft_ms is None else round(rec.ttft_ms, 2),
                 "upstream_ms": None if rec.upstream_ms is None else round(rec.upstream_ms, 2),
                 "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens,
-                "cached_tokens": rec.cached_tokens, "cost_nanos": rec.cost_nanos,
+                "cached_tokens": rec.cached_tokens, "cache_creation_tokens": rec.cache_creation_tokens,
+                "cost_nanos": rec.cost_nanos, "api": rec.api,
             }))
         text = self._masker.mask(b"\n".join(lines).decode()) + "\n"
         stream = self._stream or sys.stderr

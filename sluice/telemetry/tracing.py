@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ..core.telemetry_config import Tracing
+from ..core.types import API_OF
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -293,6 +294,9 @@ class RequestTrace:
         attrs["http.response.status_code"] = ctx.status
         attrs["sluice.request_id"] = ctx.exchange.request_id
         attrs["sluice.stream"] = ctx.stream
+        api = API_OF.get(self._name)
+        if api is not None:
+            attrs["sluice.api"] = api  # the client API that carried it: chat, messages, responses, completions
         p = ctx.principal
         if p is not None:
             attrs["sluice.identity"] = p.identity_name

@@ -75,7 +75,7 @@ def test_an_anomaly_throttle_is_a_metric_a_log_line_and_a_change_and_lifts_after
                       identities=[{"name": "a", "owner": "o", "models": ["*"]}],
                       extra={"limits": {"anomaly": {"window_s": 1, "baseline_windows": 2, "warmup_windows": 1,
                                                     "multiple": 5, "min_tokens": 10, "safe_requests_per_minute": 60,
-                                                    "cooldown_s": 2}}})
+                                                    "cooldown_s": 6}}})  # room for a loaded machine
     key = g.keys["a"]
     small = {**CHAT, "max_tokens": 2}
     try:

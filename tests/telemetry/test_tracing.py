@@ -120,6 +120,7 @@ def test_a_callers_traceparent_is_followed_with_stage_and_upstream_spans_and_pro
         assert a["gen_ai.request.model"] == "sim-small" and a["gen_ai.usage.output_tokens"] == 4
         assert a["gen_ai.usage.input_tokens"] > 0 and a["gen_ai.response.finish_reasons"] == ["length"]
         assert a["http.response.status_code"] == 200 and a["sluice.request_id"] == r.headers["x-request-id"]
+        assert a["sluice.api"] == "chat"
         assert attrs(upstream)["sluice.target"] and attrs(upstream)["sluice.attempt"] == 1
         # the upstream got a traceparent naming the upstream span of this trace
         got = [tp for tp in sim.stats()["traceparents"] if trace_id in tp]

@@ -253,8 +253,8 @@ def test_usage_is_recorded_from_the_upstreams_counts_and_priced_with_cache_reads
         read, wrote = u.cache_read_input_tokens or 0, u.cache_creation_input_tokens or 0
         row = usage_row(g, rid)
         assert row["endpoint"] == "messages" and row["usage_source"] == "upstream"
-        assert (row["prompt_tokens"], row["completion_tokens"], row["cached_tokens"]) == (
-            u.input_tokens + read + wrote, u.output_tokens, read), (row, u)
+        assert (row["prompt_tokens"], row["completion_tokens"], row["cached_tokens"], row["cache_creation_tokens"]) == (
+            u.input_tokens + read + wrote, u.output_tokens, read, wrote), (row, u)
         assert row["cost_nanos"] == (u.input_tokens * NANOS["input"] + read * NANOS["read"] + wrote * NANOS["write"]
                                      + u.output_tokens * NANOS["output"]), (row, u)
     first, again = seen[0][1], seen[1][1]

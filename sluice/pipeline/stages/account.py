@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from ...core import clock
-from ...core.types import UsageRecord
+from ...core.types import API_OF, UsageRecord
 from ...limits import PriceTable
 from ...telemetry import UsageLedger
 from ..context import RequestContext
-
-# the client API each endpoint speaks, as usage records name it (issue 24)
-API_OF = {"chat.completions": "chat", "embeddings": "embeddings", "messages": "messages",
-          "messages.count_tokens": "messages", "responses": "responses", "completions": "completions"}
 
 
 class Account:
@@ -48,10 +44,10 @@ class Account:
             version=t.version if t else None,
             cached_tokens=ctx.cached_tokens,
             api=API_OF.get(ctx.endpoint),
+            cache_creation_tokens=ctx.cache_creation_tokens,
         )
-        if t is not None and (t.price is not None or ctx.cache_creation_tokens) and self._prices is not None:
-            # a registry version's own price, as limits settled it, or cache writes (the record has no
-            # column for them, so the ledger's fold, which prices the rest, could not price them)
+        if t is not None and t.price is not None and self._prices is not None:
+            # a registry version's own price, as limits settled it; the ledger's fold prices the rest
             rec.cost_nanos = self._prices.nanos(t.model, ctx.prompt_tokens, ctx.completion_tokens, ctx.cached_tokens, t.price,
                                                 ctx.cache_creation_tokens)
         self._ledger.record(rec)

@@ -2,7 +2,8 @@
 API's stored responses (agent memory) live in the store, sealed per identity, until they expire.
 
 ``usage.api``: ``chat``, ``messages``, ``responses``, ``completions`` or ``embeddings`` (NULL on rows
-written before this revision). ``stored_responses``: one row per ``store: true`` response; ``sealed``
+written before this revision); ``usage.cache_creation_tokens``: prompt tokens written to the upstream's
+cache (Anthropic's cache creation), which are priced apart from the rest of the prompt. ``stored_responses``: one row per ``store: true`` response; ``sealed``
 holds its request, input items and answer, AES-GCM under a key derived from the pepper and the
 identity, bound to the row's id; ``previous_id`` links a chain, read back in one recursive query.
 
@@ -24,6 +25,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("usage") as batch:
         batch.add_column(sa.Column("api", sa.String(16)))
+        batch.add_column(sa.Column("cache_creation_tokens", sa.Integer, nullable=False, server_default="0"))
     op.create_table(
         "stored_responses",
         sa.Column("id", sa.String(64), primary_key=True),
@@ -43,4 +45,5 @@ def downgrade() -> None:
     op.drop_index("ix_stored_responses_identity", "stored_responses")
     op.drop_table("stored_responses")
     with op.batch_alter_table("usage") as batch:
+        batch.drop_column("cache_creation_tokens")
         batch.drop_column("api")
