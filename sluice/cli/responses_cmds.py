@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from ..core import config as cfgmod
+from .store_jobs import on_store
 
 app = typer.Typer(no_args_is_help=True, help="Stored responses of the Responses API (per identity, with retention).")
 
@@ -17,17 +16,6 @@ app = typer.Typer(no_args_is_help=True, help="Stored responses of the Responses 
 def purge(config: Path = typer.Option(..., "--config", "-c", help="The gateway's config file (for its store).")) -> None:
     """Delete stored responses past `responses.retention_days` (run it from cron); prints how many went.
     Expired responses are already invisible to every caller: this frees their space."""
-    c = cfgmod.load(config)
+    from ..store.response_records import ResponseRecords
 
-    async def run() -> int:
-        from ..store import open_store
-        from ..store.response_records import ResponseRecords
-
-        store = open_store(c.store.url)
-        await store.open()
-        try:
-            return await ResponseRecords(store).purge()  # type: ignore[arg-type]
-        finally:
-            await store.close()
-
-    Console().print(f"purged {asyncio.run(run())} stored responses")
+    Console().print(f"purged {on_store(config, lambda store: ResponseRecords(store).purge())} stored responses")

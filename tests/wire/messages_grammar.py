@@ -5,38 +5,14 @@ delta fits its block, and each tool block's ``input_json_delta`` pieces make one
 from __future__ import annotations
 
 import json
-from typing import Any
 
-Event = tuple[str, dict[str, Any]]
+from named_events import Event, GrammarError, parse_sse  # noqa: F401  (the validators' API)
 
 _DELTAS = {"text": {"text_delta", "citations_delta"}, "tool_use": {"input_json_delta"},
            "thinking": {"thinking_delta", "signature_delta"}, "redacted_thinking": set()}
 _STOP_REASONS = {"end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal"}
 
 
-class GrammarError(AssertionError):
-    """The stream breaks the grammar; the message says where and how."""
-
-
-def parse_sse(raw: bytes) -> list[Event]:
-    """(event name, data) of each SSE event; an event's name must equal its data's ``type``."""
-    out: list[Event] = []
-    for block in raw.decode().split("\n\n"):
-        if not block.strip():
-            continue
-        name, data = None, []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].lstrip(" "))
-            elif line and not line.startswith(":"):
-                raise GrammarError(f"not an SSE line: {line!r}")
-        payload = json.loads("\n".join(data))
-        if name != payload.get("type"):
-            raise GrammarError(f"event {name!r} carries data of type {payload.get('type')!r}")
-        out.append((name, payload))
-    return out
 
 
 def validate(events: list[Event]) -> str:

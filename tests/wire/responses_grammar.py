@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-Event = tuple[str, dict[str, Any]]
+from named_events import Event, GrammarError, parse_sse  # noqa: F401  (the validators' API)
 
 _ITEM_KINDS = {"message": "output_text", "reasoning": "reasoning_text", "function_call": None}
 _TEXT_EVENTS = {"output_text": ("response.output_text.delta", "response.output_text.done"),
@@ -20,31 +20,6 @@ _TEXT_EVENTS = {"output_text": ("response.output_text.delta", "response.output_t
 _ENDS = {"response.completed": "completed", "response.incomplete": "incomplete", "response.failed": "failed"}
 
 
-class GrammarError(AssertionError):
-    """The stream breaks the grammar; the message says where and how."""
-
-
-def parse_sse(raw: bytes) -> list[Event]:
-    """(event name, data) of each SSE event; an event's name must equal its data's ``type``."""
-    out: list[Event] = []
-    for block in raw.decode().split("\n\n"):
-        if not block.strip():
-            continue
-        name, data = None, []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].lstrip(" "))
-            elif line and not line.startswith(":"):
-                raise GrammarError(f"not an SSE line: {line!r}")
-        if not data:
-            continue  # a comment-only keepalive
-        payload = json.loads("\n".join(data))
-        if name != payload.get("type"):
-            raise GrammarError(f"event {name!r} carries data of type {payload.get('type')!r}")
-        out.append((name, payload))
-    return out
 
 
 class _Machine:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import re
 import sqlite3
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -187,6 +188,22 @@ def test_offboarding_an_owner_deletes_the_stored_responses_of_its_identities(rig
     off = g.admin("POST", "/admin/owners/leaver@example.com/offboard", json={})
     assert off.status_code == 200, off.text
     assert db.execute(count, (kept.id,)).fetchone()[0] == 0
+
+
+def test_sluice_responses_purge_deletes_what_expired_and_an_expired_response_is_gone_before_it(rig) -> None:
+    g, _ = rig
+    c = client(g)
+    old, live = (c.responses.create(model="sim-small", input=f"note {n}", max_output_tokens=2) for n in range(2))
+    db = sqlite3.connect(g.tmp / "sluice.db")
+    with db:
+        db.execute("UPDATE stored_responses SET expires_at = 1 WHERE id = ?", (old.id,))
+    with pytest.raises(openai.NotFoundError):  # past its retention: gone for its caller at once
+        c.responses.retrieve(old.id)
+    done = subprocess.run([sys.executable, "-m", "sluice", "responses", "purge", "-c", str(g.config_path)],
+                          capture_output=True, text=True, timeout=60, cwd=g.tmp)
+    assert done.returncode == 0 and "purged 1 stored responses" in done.stdout, done.stdout + done.stderr
+    assert db.execute("SELECT count(*) FROM stored_responses WHERE id IN (?, ?)", (old.id, live.id)).fetchone()[0] == 1
+    assert c.responses.retrieve(live.id).id == live.id
 
 
 @pytest.fixture(scope="module")
