@@ -7,6 +7,7 @@ prefill delay -> tokens (streamed with the decode delay between them) -> usage.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -234,11 +235,8 @@ class ChatCompletions(ReplicaBase):
         sent = 0
         usage = full_usage if include_usage else None
         try:
-            await self._prefill(prompt, full_usage)
-            if spec is not None and spec.first_token_delay_ms:
-                await pause(spec.first_token_delay_ms / 1000.0)
-            if spec is not None and spec.cut_before_first_event:
-                return self._cut(request, resp)
+            if await self._opening(request, resp, prompt, full_usage, spec):
+                return resp
             if stall == 0:
                 return await self._stall(request, resp)
             if bad == 0:
@@ -297,6 +295,18 @@ class ChatCompletions(ReplicaBase):
         self.stats.streams_stalled += 1
         await self._closing.wait()
         return self._cut(request, resp)
+
+    async def _opening(self, request: web.Request, resp: web.StreamResponse, prompt: list[str], usage: Any,
+                       spec: Any) -> bool:
+        """A stream's prefill, then the faults that come before its first event (a delay, a cut):
+        True when the stream was cut there (every wire's writer then returns at once)."""
+        await self._prefill(prompt, usage)
+        if spec is not None and spec.first_token_delay_ms:
+            await pause(spec.first_token_delay_ms / 1000.0)
+        if spec is not None and spec.cut_before_first_event:
+            self._cut(request, resp)
+            return True
+        return False
 
     def _cut(self, request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
         """The injected fault: drop the connection mid-body, with no terminating chunk and no [DONE]."""

@@ -23,23 +23,9 @@ from .latency import pause
 from .replica import MAX_MODEL_LEN, encode, json_reply
 from .schema import CompletionRequest, PromptTokensDetails, TextChoice, TextCompletion, Usage
 from .tools import words_in
+from .vllm_routes import texts_or_token_lists
 
 _decoder = msgspec.json.Decoder(CompletionRequest)
-
-
-def _prompts(value: str | list[str | int | list[int]]) -> list[str] | list[list[int]] | None:
-    """The prompts of a request, or None when ``prompt`` has a shape OpenAI does not accept."""
-    if isinstance(value, str):
-        return [value]
-    if not value:
-        return None
-    if all(isinstance(v, str) for v in value):
-        return value  # type: ignore[return-value]
-    if all(isinstance(v, int) for v in value):
-        return [value]  # type: ignore[list-item]
-    if all(isinstance(v, list) and v for v in value):
-        return value  # type: ignore[return-value]
-    return None
 
 
 class Completions(ChatCompletions):
@@ -53,7 +39,7 @@ class Completions(ChatCompletions):
             req = await self._admit(request, _decoder)
             if isinstance(req, web.Response):
                 return req
-            prompts = _prompts(req.prompt)
+            prompts = texts_or_token_lists(req.prompt)
             if prompts is None:
                 return self._refuse(400, "`prompt` must be a string, a list of strings, a list of token ids or a "
                                          "list of lists of token ids.")
@@ -122,11 +108,8 @@ class Completions(ChatCompletions):
         spec, cut, stall, bad = self.faults.in_stream()
         sent = 0
         try:
-            await self._prefill(prompt, usage)
-            if spec is not None and spec.first_token_delay_ms:
-                await pause(spec.first_token_delay_ms / 1000.0)
-            if spec is not None and spec.cut_before_first_event:
-                return self._cut(request, resp)
+            if await self._opening(request, resp, prompt, usage, spec):
+                return resp
             if stall == 0:
                 return await self._stall(request, resp)
             if bad == 0:

@@ -227,11 +227,8 @@ class Messages(ChatCompletions):
         await resp.prepare(request)
         spec, cut, stall, bad = self.faults.in_stream()
         try:
-            await self._prefill(prompt, usage)
-            if spec is not None and spec.first_token_delay_ms:
-                await pause(spec.first_token_delay_ms / 1000.0)
-            if spec is not None and spec.cut_before_first_event:
-                return self._cut(request, resp)
+            if await self._opening(request, resp, prompt, usage, spec):
+                return resp
             start = _usage(usage, cached_to)
             start["output_tokens"] = 0
             await resp.write(_event("message_start", {"type": "message_start", "message": {

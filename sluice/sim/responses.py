@@ -216,11 +216,8 @@ class Responses(ChatCompletions):
             return _event(kind, seq - 1, fields)
 
         try:
-            await self._prefill(prompt, usage)
-            if spec is not None and spec.first_token_delay_ms:
-                await pause(spec.first_token_delay_ms / 1000.0)
-            if spec is not None and spec.cut_before_first_event:
-                return self._cut(request, resp)
+            if await self._opening(request, resp, prompt, usage, spec):
+                return resp
             await resp.write(event("response.created", response=shell) + event("response.in_progress", response=shell))
             incomplete = finish == "length"
             output: list[dict[str, Any]] = []

@@ -27,7 +27,7 @@ class VllmRoutes(ReplicaBase):
             req = await self._admit(request, _embedding_decoder)
             if isinstance(req, web.Response):
                 return req
-            items = _embedding_inputs(req.input)
+            items = texts_or_token_lists(req.input)
             if items is None:
                 return self._refuse(
                     400, "`input` must be a string, a list of strings, a list of token ids or a list of lists of token ids."
@@ -79,8 +79,9 @@ class VllmRoutes(ReplicaBase):
         return web.Response()
 
 
-def _embedding_inputs(value: str | list[str | int | list[int]]) -> list[str] | list[list[int]] | None:
-    """The inputs as a list of texts or of token-id lists, or None when the shape is not one OpenAI accepts."""
+def texts_or_token_lists(value: str | list[str | int | list[int]]) -> list[str] | list[list[int]] | None:
+    """Embeddings' inputs or completions' prompts as a list of texts or of token-id lists, or None when the
+    shape is not one OpenAI accepts."""
     if isinstance(value, str):
         return [value]
     if not value:
