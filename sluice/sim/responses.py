@@ -126,8 +126,8 @@ class Responses(ChatCompletions):
         stats = self.stats
         stats.requests_total += 1
         raw = await request.read()
-        # as it arrived (embedded, not re-encoded), for tests of what a gateway sends
-        self.last_responses = {"body": msgspec.Raw(raw), "headers": dict(request.headers)}
+        # as it arrived (embedded, not re-encoded; every header line, a repeated one too), for tests of what a gateway sends
+        self.last_responses = {"body": msgspec.Raw(raw), "headers": [[str(k), v] for k, v in request.headers.items()]}
         with self._in_flight():
             try:
                 req = _decoder.decode(raw)
