@@ -62,10 +62,13 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Sim
     try:
         g = start_gateway(
             tmp, upstreams=[{"name": "simr", "base_url": sim.url + "/v1", "api": "responses", "api_key": UPSTREAM_KEY},
-                            {"name": "simc", "base_url": sim.url + "/v1", "api_key": UPSTREAM_KEY}],
+                            {"name": "simc", "base_url": sim.url + "/v1", "api_key": UPSTREAM_KEY},
+                            {"name": "sima", "base_url": sim.url + "/v1", "api": "anthropic", "api_key": UPSTREAM_KEY}],
             models=[{"name": "sim-small", "upstream": "simr", "tokenizer": SIM_TOKENIZER},
-                    {"name": "sim-chat", "upstream": "simc", "upstream_model": "sim-small", "tokenizer": SIM_TOKENIZER}],
-            identities=[{"name": "app", "owner": "team-a@example.com", "models": ["sim-small", "sim-chat", "fb", "bf"]}],
+                    {"name": "sim-chat", "upstream": "simc", "upstream_model": "sim-small", "tokenizer": SIM_TOKENIZER},
+                    {"name": "sim-claude", "upstream": "sima", "upstream_model": "sim-small"}],
+            identities=[{"name": "app", "owner": "team-a@example.com",
+                         "models": ["sim-small", "sim-chat", "sim-claude", "fb", "bf"]}],
             extra={"tools": TOOLS, "guardrails": GUARDRAILS, "prices": {"sim-small": PRICE, "sim-chat": PRICE},
                    "limits": {"max_tokens_cap": 256, "over_cap": "clamp",
                               "rules": [{"name": "roomy", "requests_per_minute": 100000}]}, **FALLBACKS},
@@ -307,7 +310,7 @@ def test_a_fallback_of_the_other_api_gets_the_body_of_its_own_wire(rig, model, f
     assert r.headers["x-sluice-route"].endswith("@chat" if then == "last_chat" else "@native")
 
 
-def test_other_apis_to_a_responses_upstream_are_refused_by_name(rig) -> None:
+def test_other_apis_to_a_responses_upstream_are_refused_by_name_and_the_reverse(rig) -> None:
     g, sim = rig
     before = sim.stats()["requests_total"]
     with openai.OpenAI(base_url=g.v1, api_key=g.keys["app"], max_retries=0) as oa:
@@ -321,4 +324,6 @@ def test_other_apis_to_a_responses_upstream_are_refused_by_name(rig) -> None:
         with pytest.raises(anthropic.BadRequestError) as messages:
             claude.messages.create(model="sim-small", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
     assert "/v1/responses" in messages.value.message
+    r = post(g, {"model": "sim-claude", "input": "hi"})  # and the reverse: a Responses request to a Messages upstream
+    assert r.status_code == 400 and r.json()["error"]["code"] == "wrong_api" and "/v1/messages" in r.text, r.text
     assert sim.stats()["requests_total"] == before  # none reached the upstream
