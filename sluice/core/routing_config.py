@@ -34,15 +34,18 @@ class PlacementSettings(_Strict):
 
 
 class Upstream(_Strict):
-    """One model backend: OpenAI's wire protocol (vLLM, Ollama, llama.cpp, OpenAI), or Anthropic's Messages API."""
+    """One model backend: OpenAI's wire protocol (vLLM, Ollama, llama.cpp, OpenAI), Anthropic's Messages API, or
+    the OpenAI Responses API served by the backend itself (vLLM, OpenAI)."""
 
     name: str
     base_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
     api_key: str | None = None
-    # The wire it speaks: ``openai`` (chat completions, embeddings; the key sent as a bearer token) or
+    # The wire it speaks: ``openai`` (chat completions, embeddings; the key sent as a bearer token),
     # ``anthropic`` (``/messages`` and ``/messages/count_tokens`` under base_url; the key sent as ``x-api-key``):
-    # Messages requests then go to it natively (pipeline.native), chat completions translated.
-    api: Literal["openai", "anthropic"] = "openai"
+    # Messages requests then go to it natively (pipeline.native), or ``responses`` (``/responses`` under base_url,
+    # stateless: the gateway sends each chain whole; the key a bearer token): Responses requests then go to it
+    # natively (pipeline.native_responses). Other APIs' requests to either are refused (``wrong_api``).
+    api: Literal["openai", "anthropic", "responses"] = "openai"
     connect_timeout: Seconds = 5.0
     read_timeout: Seconds = 120.0
     total_timeout: Seconds = 600.0

@@ -8,7 +8,10 @@ works: to an ``api: anthropic`` target the caller's own body goes (``wire.anthro
 ``/messages``, with the caller's ``anthropic-version`` (``2023-06-01`` if it sent none) and
 ``anthropic-beta`` byte for byte; the key is the upstream's, set by its transport, and the caller's
 ``x-api-key`` and ``Authorization`` never go. Its answer is read into the chat form (``whole``, ``stream``).
-To any other target the translated chat request goes, as before.
+To any other target the translated chat request goes, as before. A Responses request has a native leg
+of its own (``native_responses``) on the same hook: ``leg`` asks the request's ``NativeForm`` for each
+attempt's path and body; a request with none (chat completions, legacy completions, embeddings) to an
+upstream that speaks only another API is refused (``wrong_api``).
 
 ``count_natively`` answers ``/v1/messages/count_tokens`` from an Anthropic upstream's own count, after
 the input guard (the prompt now leaves the gateway).
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 import msgspec
 
@@ -32,6 +36,9 @@ from .context import RequestContext
 
 log = logging.getLogger("sluice.wire")
 ANTHROPIC = "anthropic"
+RESPONSES = "responses"
+_ONLY = {ANTHROPIC: "Anthropic's Messages API only: call it at /v1/messages",
+         RESPONSES: "the OpenAI Responses API only: call it at /v1/responses"}
 _RELAYED = ("anthropic-version", "anthropic-beta")
 
 
@@ -60,7 +67,29 @@ def _logged(what: str, out: anthropic.Outbound, model: str) -> None:
                  what, model[:100])
 
 
-class NativeMessages:
+def wrong_api(api: str) -> InvalidRequest:
+    """The 400 for a request whose target speaks only another API (no translation into it is made)."""
+    return InvalidRequest(f"This model's upstream speaks {_ONLY[api]}.", code="wrong_api", param="model")
+
+
+class NativeForm:
+    """A request's own form (``ctx.native``), for its attempts on targets that speak its API: ``prepare`` gives
+    an attempt's path, body and headers (None: the chat leg), ``whole`` and ``stream`` read the answer of the
+    attempt it prepared into the chat form."""
+
+    __slots__ = ()
+
+    def prepare(self, ctx: RequestContext, api: str) -> tuple[str, bytes, dict[str, str]] | None:
+        raise NotImplementedError
+
+    def whole(self, body: bytes) -> bytes:
+        raise NotImplementedError
+
+    def stream(self, opened: UpstreamStream) -> UpstreamStream:
+        raise NotImplementedError
+
+
+class NativeMessages(NativeForm):
     """One Messages request's own form, for its attempts on ``api: anthropic`` targets (``ctx.native``)."""
 
     __slots__ = ("source", "translated", "dropped", "headers", "answer")
@@ -74,6 +103,8 @@ class NativeMessages:
 
     def prepare(self, ctx: RequestContext, api: str) -> tuple[str, bytes, dict[str, str]] | None:
         """This attempt's path, body and headers when its target speaks Anthropic's API; None: the chat leg."""
+        if api == RESPONSES:
+            raise wrong_api(api)
         if api != ANTHROPIC:
             self.answer.reset(False)
             if self.dropped:
@@ -94,31 +125,32 @@ class NativeMessages:
 
     def stream(self, opened: UpstreamStream) -> UpstreamStream:
         """A stream in the chat form (an Anthropic stream read as it arrives; a chat stream as it is)."""
-        return _ChatStream(opened, anthropic.ChatEvents(self.answer)) if self.answer.active else opened
+        return ChatStream(opened, anthropic.ChatEvents(self.answer)) if self.answer.active else opened
 
 
 def leg(ctx: RequestContext, api: str, path: str, chat_body: Callable[[RequestContext], bytes]
         ) -> tuple[str, bytes, dict[str, str] | None]:
-    """An attempt's path, body and headers for a target of ``api``: natively for a Messages request to an
-    Anthropic upstream, else the chat request; another API's request to an Anthropic upstream is refused
-    (chat completions and embeddings are not translated into Messages: call it at ``/v1/messages``)."""
+    """An attempt's path, body and headers for a target of ``api``: natively for a request whose API the
+    upstream speaks, else the chat request; a request of another API to an upstream that speaks only
+    Anthropic's or the Responses API is refused (chat completions, legacy completions and embeddings are
+    not translated into those: call it at its own route)."""
     native = ctx.native
-    if type(native) is NativeMessages:
+    if isinstance(native, NativeForm):
         got = native.prepare(ctx, api)
         if got is not None:
             return got
-    elif api == ANTHROPIC:
-        raise InvalidRequest("This model's upstream speaks Anthropic's Messages API only: call it at /v1/messages.",
-                             code="wrong_api", param="model")
+    elif api in _ONLY:
+        raise wrong_api(api)
     return path, chat_body(ctx), None
 
 
-class _ChatStream(UpstreamStream):
-    """An Anthropic upstream's stream, read into the chat form's events as its bytes arrive."""
+class ChatStream(UpstreamStream):
+    """A native upstream's stream, read into the chat form's events as its bytes arrive (``events.feed``:
+    the upstream's bytes in, the pieces to relay out)."""
 
     __slots__ = ("_inner", "_events")
 
-    def __init__(self, inner: UpstreamStream, events: anthropic.ChatEvents) -> None:
+    def __init__(self, inner: UpstreamStream, events: Any) -> None:
         self._inner = inner
         self._events = events
 
@@ -171,4 +203,5 @@ async def count_natively(ctx: RequestContext, guard: Callable[[RequestContext], 
     return Reply.json({"input_tokens": n})
 
 
-__all__ = ["ANTHROPIC", "NativeMessages", "count_natively", "leg", "relayed_headers"]
+__all__ = ["ANTHROPIC", "RESPONSES", "ChatStream", "NativeForm", "NativeMessages", "count_natively", "leg",
+           "relayed_headers", "wrong_api"]

@@ -6,7 +6,8 @@ a 404, never ignored), runs the same stages as a chat completion, and its answer
 ``sluice.wire.responses``: a whole reply as a Response object, a stream event by event. A ``store:
 true`` response is saved (sealed, per identity) before the caller is answered, so the next turn of
 the chain finds it on any replica; ``GET``/``DELETE /v1/responses/{id}`` and ``.../input_items``
-read and delete it for its own identity only.
+read and delete it for its own identity only. An attempt on an ``api: responses`` upstream sends the
+request natively, the chain rebuilt as its input, and reads its answer into the chat form (``native_responses``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..wire import responses
 from .context import RequestContext
 from .endpoints import Stage
 from .forward import KEEPALIVE
+from .native_responses import NativeResponses
 from .stages.decode import checked_body
 
 log = logging.getLogger("sluice.wire")
@@ -80,11 +82,11 @@ class DecodeResponses:
                                          param="previous_response_id") from None
                 raise _gone(f"Previous response with id '{previous[:100]}'", "previous_response_id") from None
         translated = responses.to_chat(source, history, self._types.get(source.model, ChatCompletionRequest))
-        if translated.dropped:
-            log.info("responses: dropped %s (no chat equivalent) for model %s", ", ".join(translated.dropped),
-                     source.model[:100])
         ctx.request = translated.request
         ctx.source = Source(source, responses.input_items(source))
+        # each attempt sends the chat request or, to an `api: responses` upstream, this one natively; its drops
+        # are logged by the attempt they apply to
+        ctx.native = NativeResponses(source, history, translated)
 
 
 class Encode:

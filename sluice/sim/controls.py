@@ -27,6 +27,7 @@ class SimControls(ReplicaBase):
         snap["last_chat"] = self.last_chat
         snap["last_completion"] = self.last_completion
         snap["last_messages"] = self.last_messages
+        snap["last_responses"] = self.last_responses
         snap["traceparents"] = list(self.traceparents)
         return json_reply(snap)
 

@@ -59,6 +59,7 @@ class ReplicaBase:
         self.last_chat: dict[str, Any] = {}  # the output limits the last chat request asked for, and its body
         self.last_completion: dict[str, Any] = {}  # the prompt, suffix and body of the last legacy completion
         self.last_messages: dict[str, Any] = {}  # the anthropic-* headers of the last Messages request
+        self.last_responses: dict[str, Any] = {}  # the header lines and body of the last Responses request
         self.traceparents: deque[str] = deque(maxlen=256)  # W3C traceparent headers received, newest last
         self._ids = count(1)
         self._id_prefix = secrets.token_hex(6)

@@ -125,9 +125,12 @@ class Responses(ChatCompletions):
         """``POST /v1/responses``: the sim's deterministic reply in the Responses wire, whole or streamed."""
         stats = self.stats
         stats.requests_total += 1
+        raw = await request.read()
+        # as it arrived (embedded, not re-encoded; every header line, a repeated one too), for tests of what a gateway sends
+        self.last_responses = {"body": msgspec.Raw(raw), "headers": [[str(k), v] for k, v in request.headers.items()]}
         with self._in_flight():
             try:
-                req = _decoder.decode(await request.read())
+                req = _decoder.decode(raw)
             except (msgspec.DecodeError, RecursionError):
                 stats.errors_returned += 1
                 return openai_error(400, "The request body does not fit the Responses schema.")

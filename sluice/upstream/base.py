@@ -63,8 +63,8 @@ class Transport(abc.ABC):
 
 
 def credentials(cfg: Upstream) -> dict[str, str]:
-    """The header that carries an upstream's key: a bearer token to the OpenAI wire, ``x-api-key`` to
-    Anthropic's (as its API and SDKs read it). Only this key goes upstream, never a caller's."""
+    """The header that carries an upstream's key: a bearer token to the OpenAI wires (chat completions and
+    Responses), ``x-api-key`` to Anthropic's (as its API and SDKs read it). Only this key goes upstream, never a caller's."""
     if not cfg.api_key:
         return {}
     if cfg.api == "anthropic":

@@ -252,15 +252,16 @@ def test_a_guarded_request_goes_back_into_anthropics_wire_as_the_chat_form_holds
                         body["messages"][2]]}, back
 
 
-def test_an_upstreams_api_is_openai_or_anthropic_and_nothing_else() -> None:
+def test_an_upstreams_api_is_openai_anthropic_or_responses_and_nothing_else() -> None:
     from sluice.core.config import parse
     from sluice.core.errors import ConfigError
 
     base = {"security": {"pepper": "p" * 64}, "upstreams": [{"name": "u", "base_url": "http://127.0.0.1:1/v1"}]}
     assert parse(base).upstreams[0].api == "openai"
-    base["upstreams"][0]["api"] = "anthropic"
-    assert parse(base).upstreams[0].api == "anthropic"
-    base["upstreams"][0]["api"] = "responses"
+    for api in ("anthropic", "responses"):
+        base["upstreams"][0]["api"] = api
+        assert parse(base).upstreams[0].api == api
+    base["upstreams"][0]["api"] = "gemini"
     with pytest.raises((ConfigError, msgspec.ValidationError)) as refused:
         parse(base)
     assert "upstreams[0].api" in str(refused.value)

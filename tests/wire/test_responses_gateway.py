@@ -1,5 +1,6 @@
 """The OpenAI Responses API through sluice (issue 24, item 2): the official ``openai`` SDK against real
-gateways in front of the sim's chat route. A response is stored for its identity only (another's id is
+gateways in front of the sim, over either wire to it (``translated``: its chat route; ``native``: its own
+stateless ``/v1/responses``, as an ``api: responses`` upstream, in ``test_responses_native`` too). A response is stored for its identity only (another's id is
 the 404 an unknown one is, on every route), a chain of ``previous_response_id`` is rebuilt on any
 replica (two gateways on one Postgres), a gone link is a 404 and never ignored, ``store: false`` keeps
 nothing, offboarding deletes the memory, and the tool boundary holds in Responses streams."""
@@ -37,12 +38,21 @@ TOOLS = [{"name": "get_weather", "risk": "read", "identities": ["app", "other"]}
 MODELS = [{"name": "sim-small", "upstream": "sim", "tokenizer": SIM_TOKENIZER}]
 
 
-@pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Sim]]:
+RIGS = ("translated", "native")
+
+
+def upstream(sim: Sim, kind: str) -> dict:
+    """The sim as the gateway's upstream ``sim``, over ``kind``'s wire: its chat route (translated), or its own
+    Responses route (native: ``api: responses``, stateless, so the gateway sends each chain whole)."""
+    return {"name": "sim", "base_url": sim.url + "/v1", **({"api": "responses"} if kind == "native" else {})}
+
+
+@pytest.fixture(scope="module", params=RIGS)
+def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Sim]]:
     tmp = tmp_path_factory.mktemp("responses-gw")
     sim = Sim(tmp)
     g = start_gateway(
-        tmp, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}], models=MODELS,
+        tmp, upstreams=[upstream(sim, request.param)], models=MODELS,
         identities=[{"name": "app", "owner": "team-a@example.com", "models": ["sim-small"]},
                     {"name": "other", "owner": "team-b@example.com", "models": ["sim-small"]},
                     {"name": "leaver", "owner": "leaver@example.com", "models": ["sim-small"]}],
@@ -206,15 +216,15 @@ def test_sluice_responses_purge_deletes_what_expired_and_an_expired_response_is_
     assert c.responses.retrieve(live.id).id == live.id
 
 
-@pytest.fixture(scope="module")
-def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Gateway]]:
+@pytest.fixture(scope="module", params=RIGS)
+def replicas(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Gateway]]:
     """Two gateways on one Postgres database: any replica may serve any turn of a chain."""
     pg = asyncio.run(fresh_pg_database())
     tmp = tmp_path_factory.mktemp("responses-replicas")
     sim = Sim(tmp)
     key = generate("dev")
     ident = [{"name": "app", "owner": "team-a@example.com", "models": ["sim-small"], "keys": [key]}]
-    common = {"upstreams": [{"name": "sim", "base_url": sim.url + "/v1"}], "models": MODELS, "identities": ident,
+    common = {"upstreams": [upstream(sim, request.param)], "models": MODELS, "identities": ident,
               "extra": {"store": {"url": pg}}}
     for side in ("a", "b"):
         (tmp / side).mkdir()
