@@ -334,7 +334,7 @@ class Connection(Writes):
                 req.error = error
                 self._stop_parsing(None)
         if req.error is not None:
-            await self._write_reply(error_reply(req.error), rid, False, req.head)
+            await self._write_reply(error_reply(self._in_route_shape(req, req.error)), rid, False, req.head)
             return False
         path = req.url
         query: dict[str, str] = _NO_QUERY
@@ -365,6 +365,17 @@ class Connection(Writes):
             return await self._write_stream(reply, rid, keep, req)
         await self._write_reply(reply, rid, keep, req.head)
         return keep
+
+    def _in_route_shape(self, req: ParsedRequest, exc: GatewayError) -> GatewayError:
+        """A refusal made while parsing (a body too large, a URL too long), in the error shape of the route
+        it was for: a route whose API has its own (Anthropic's) says so with a ``refusal`` method."""
+        path = req.url.split(b"?", 1)[0].decode("latin-1")
+        try:
+            handler, _ = self._server.router.resolve(req.method, path)
+        except GatewayError:
+            return exc
+        shape = getattr(handler, "refusal", None)
+        return exc if shape is None or exc.rendered is not None else shape(exc)
 
     async def _before_body(self, req: ParsedRequest) -> GatewayError | None:
         """A body still to come: decide from the headers first, send 100 Continue, then wait for it."""

@@ -25,7 +25,8 @@ from .native import NativeMessages, count_natively
 
 
 def _rendered(exc: GatewayError) -> GatewayError:
-    """``exc`` rendered for an Anthropic caller, for the listener that answers it (a refusal from the headers)."""
+    """``exc`` rendered for an Anthropic caller, for the listener that answers it (a refusal from the headers,
+    or one the listener made while reading the request: a body too large)."""
     exc.rendered, exc.status = anthropic.error_bytes(exc), anthropic.error_status(exc)
     return exc
 
@@ -67,6 +68,7 @@ class Messages:
     """``POST /v1/messages``: a chat model call behind Anthropic's wire."""
 
     __slots__ = ("_call",)
+    refusal = staticmethod(_rendered)  # the listener's own refusals of this route, in Anthropic's shape
 
     def __init__(self, call: ModelCall) -> None:
         self._call = call
@@ -92,6 +94,7 @@ class CountTokens:
     upstream is counted by that upstream, after the input guard (``native``)."""
 
     __slots__ = ("_stages", "_finish", "_guard")
+    refusal = staticmethod(_rendered)
 
     def __init__(self, stages: Sequence[Stage], finish: Callable[[RequestContext], None],
                  guard: Stage | None = None) -> None:

@@ -253,3 +253,50 @@ def test_a_chain_of_three_alternates_replicas_on_postgres(replicas) -> None:
     assert third.usage.input_tokens >= second.usage.input_tokens + second.usage.output_tokens
     assert b.responses.retrieve(third.id).previous_response_id == second.id
     assert [i.content[0].text for i in b.responses.input_items.list(third.id).data] == ["And Tromso?"]
+
+
+BIG_IMAGE = "data:image/png;base64," + "A" * (10 * 1024 * 1024)
+
+
+@pytest.mark.parametrize(("path", "body", "auth"), [
+    ("/v1/messages", {"model": "sim-small", "max_tokens": 5, "messages": [{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "A" * (10 * 1024 * 1024)}}]}]},
+     "x-api-key"),
+    ("/v1/responses", {"model": "sim-small", "input": [{"role": "user", "content": [
+        {"type": "input_image", "image_url": BIG_IMAGE}]}]}, "Authorization"),
+], ids=["messages", "responses"])
+def test_a_10_mb_image_is_a_413_in_the_apis_own_shape_and_nothing_is_echoed(rig, path: str, body: dict, auth: str) -> None:
+    g, sim = rig
+    before = sim.stats().get("requests", 0)
+    key = g.keys["app"] if auth == "x-api-key" else f"Bearer {g.keys['app']}"
+    r = httpx.post(g.url + path, json=body, headers={auth: key}, timeout=30)
+    assert r.status_code == 413, r.text[:300]
+    assert len(r.content) < 1000 and b"AAAA" not in r.content
+    if path == "/v1/messages":
+        assert r.json()["type"] == "error" and r.json()["error"]["type"] == "request_too_large"
+    else:
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert sim.stats().get("requests", 0) == before
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model": "sim-small", "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": 5}]}]}',
+    b'{"model": "sim-small", "input": [{"type": "no_such_item"}]}',
+    b'{"model": "sim-small", "input": "hi", "tools": [{"type": "function"}]}',
+    b'{"model": "sim-small", "input": "hi", "max_output_tokens": "lots"}',
+    b'{"model": "sim-small", "input": "hi", "previous_response_id": 7}',
+    b'{"model": "sim-small", "input": [{"type": "function_call_output", "call_id": "secret-call-xyz", "output": "x"}]}',
+    b'[{"model": "sim-small"}]',
+    b'{"model": "sim-small", "input": "hi"',
+], ids=["text-not-a-string", "unknown-item", "tool-without-name", "tokens-not-an-int", "previous-not-a-string",
+        "output-without-call", "array", "truncated"])
+def test_bad_responses_input_is_a_shaped_400_that_reaches_no_model_and_echoes_nothing(rig, body: bytes) -> None:
+    g, sim = rig
+    before = sim.stats().get("requests", 0)
+    r = httpx.post(g.v1 + "/responses", content=body, timeout=15,
+                   headers={"Authorization": f"Bearer {g.keys['app']}", "Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
+    assert "secret-call-xyz" not in r.text and "lots" not in r.text
+    assert sim.stats().get("requests", 0) == before
