@@ -11,7 +11,7 @@ chat form (``native``); what that form cannot hold (thinking blocks, the stop re
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 
@@ -20,7 +20,7 @@ from ..core.exchange import JSON_TYPE, Exchange, Reply, StreamReply
 from ..wire import anthropic
 from .context import RequestContext
 from .endpoints import ModelCall, Stage
-from .forward import KEEPALIVE
+from .reencode import reencoded
 from .native import NativeMessages, count_natively
 
 
@@ -38,30 +38,8 @@ def encode(ctx: RequestContext, reply: Reply | StreamReply) -> Reply | StreamRep
         message = native.answer.restore(anthropic.encode_message(reply.body))
         return Reply(reply.status, msgspec.json.encode(message), JSON_TYPE, reply.headers)
     encoder = anthropic.StreamEncoder(ctx.request.model, input_tokens=ctx.prompt_estimate(), native=native.answer)
-    return StreamReply(_events(reply, encoder), reply.status, reply.content_type, reply.headers, reply.abandon)
-
-
-async def _events(reply: StreamReply, encoder: anthropic.StreamEncoder) -> AsyncGenerator[bytes, None]:
-    chunks = reply.chunks
-    started = False
-    # message_start goes out with the first piece (a token, or a ping while the first token is pending):
-    # one write fewer per stream than sending it alone, and no later than chat's first event
-    head = encoder.start()
-    try:
-        async for piece in chunks:
-            started = True
-            out = anthropic.ping() if piece == KEEPALIVE else encoder.feed(piece)
-            if head:
-                out, head = head + out, b""
-            if out:
-                yield out
-        tail = head + encoder.close()
-        if tail:
-            yield tail
-    finally:
-        if not started and reply.abandon is not None:
-            reply.abandon()  # the chat producer never ran: its own clean-up cannot
-        await chunks.aclose()
+    return StreamReply(reencoded(reply, encoder, anthropic.ping()), reply.status, reply.content_type, reply.headers,
+                       reply.abandon)
 
 
 class Messages:

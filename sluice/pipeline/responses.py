@@ -12,9 +12,8 @@ request natively, the chain rebuilt as its input, and reads its answer into the 
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -26,11 +25,10 @@ from ..memory import BrokenChain, ResponseMemory
 from ..wire import responses
 from .context import RequestContext
 from .endpoints import Stage
-from .forward import KEEPALIVE
+from .reencode import reencoded
 from .native_responses import NativeResponses
 from .stages.decode import checked_body
 
-log = logging.getLogger("sluice.wire")
 _encode = msgspec.json.encode
 _MAX_PAGE = 100
 
@@ -109,38 +107,22 @@ class Encode:
             return Reply(reply.status, _encode(body), JSON_TYPE, reply.headers)
         encoder = responses.StreamEncoder(id=src.id, request=src.request, created_at=src.created_at,
                                           input_tokens=ctx.prompt_estimate(), hold_end=_kept(src.request))
-        return StreamReply(self._events(ctx, reply, encoder), reply.status, reply.content_type, reply.headers, reply.abandon)
+        return StreamReply(reencoded(reply, encoder, finish=self._finish(ctx, encoder)), reply.status, reply.content_type,
+                           reply.headers, reply.abandon)
 
-    async def _events(self, ctx: RequestContext, reply: StreamReply,
-                      encoder: Any) -> AsyncGenerator[bytes, None]:
-        chunks = reply.chunks
-        started = False
-        # the opening events go out with the first piece (a token, or a keepalive comment while it is
-        # pending): one write fewer per stream than sending them alone, and no later than chat's first event
-        head = encoder.start()
-        try:
-            async for piece in chunks:
-                started = True
-                # a keepalive is an SSE comment: every client skips it, idle timeouts see bytes
-                out = piece if piece == KEEPALIVE else encoder.feed(piece)
-                if head:
-                    out, head = head + out, b""
-                if out:
-                    yield out
-            tail = head + encoder.close()
-            if encoder.held:  # complete: stored before response.completed tells the caller it may chain
-                try:
-                    await self._save(ctx, encoder.response())
-                    tail += encoder.release()
-                except Unavailable as exc:  # it could not be kept: the stream says so and fails
-                    ctx.status, ctx.error_code = exc.status, exc.code
-                    tail += encoder.fail(exc)
-            if tail:
-                yield tail
-        finally:
-            if not started and reply.abandon is not None:
-                reply.abandon()  # the chat producer never ran: its own clean-up cannot
-            await chunks.aclose()
+    def _finish(self, ctx: RequestContext, encoder: Any) -> Callable[[], Awaitable[bytes]]:
+        """The end of a stream: a complete answer is stored before ``response.completed`` tells the caller it
+        may chain on it, or the stream fails if the store cannot take it."""
+        async def finish() -> bytes:
+            if not encoder.held:
+                return b""
+            try:
+                await self._save(ctx, encoder.response())
+                return encoder.release()
+            except Unavailable as exc:
+                ctx.status, ctx.error_code = exc.status, exc.code
+                return encoder.fail(exc)
+        return finish
 
 
 class StoredResponses:

@@ -276,12 +276,9 @@ class ChatCompletions(ReplicaBase):
                             continue
                         sent += 1
                         stats.completion_tokens += 1
-                        if sent == cut:
-                            return self._cut(request, resp)
-                        if sent == stall:
-                            return await self._stall(request, resp)
-                        if sent == bad:
-                            await resp.write(_MALFORMED)
+                        ended = await self._fault(sent, (cut, stall, bad), request, resp, _MALFORMED)
+                        if ended is not None:
+                            return ended
             await resp.write_eof(self._tail(usage, event))
             stats.streams_completed += 1
             return resp
@@ -307,6 +304,19 @@ class ChatCompletions(ReplicaBase):
             self._cut(request, resp)
             return True
         return False
+
+    async def _fault(self, sent: int, at: tuple[int | None, int | None, int | None], request: web.Request,
+                     resp: web.StreamResponse, malformed: bytes) -> web.StreamResponse | None:
+        """The fault planned after ``sent`` events (``at``: where to cut, stall, write a malformed event):
+        a cut or a stall ends the stream and its response is returned; a malformed event is written."""
+        cut, stall, bad = at
+        if sent == cut:
+            return self._cut(request, resp)
+        if sent == stall:
+            return await self._stall(request, resp)
+        if sent == bad:
+            await resp.write(malformed)
+        return None
 
     def _cut(self, request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
         """The injected fault: drop the connection mid-body, with no terminating chunk and no [DONE]."""

@@ -131,12 +131,9 @@ class Completions(ChatCompletions):
                         await resp.write(event([TextChoice(index=i, text=plan.words[step])]))
                         sent += 1
                         stats.completion_tokens += 1
-                        if sent == cut:
-                            return self._cut(request, resp)
-                        if sent == stall:
-                            return await self._stall(request, resp)
-                        if sent == bad:
-                            await resp.write(_MALFORMED)
+                        ended = await self._fault(sent, (cut, stall, bad), request, resp, _MALFORMED)
+                        if ended is not None:
+                            return ended
                         if step == len(plan.words) - 1:
                             await resp.write(event([TextChoice(index=i, text="", finish_reason=plan.finish_reason)]))
             await resp.write_eof((event([], usage) if include_usage else b"") + _DONE)

@@ -254,12 +254,9 @@ class Messages(ChatCompletions):
                     await resp.write(_event("content_block_start", {"type": "content_block_start", "index": index,
                                                                     "content_block": opened}))
                     for kind_delta, field, piece in pieces:
-                        if sent == cut:
-                            return self._cut(request, resp)
-                        if sent == stall:
-                            return await self._stall(request, resp)
-                        if sent == bad:
-                            await resp.write(b"this is not an event\n\n")
+                        ended = await self._fault(sent, (cut, stall, bad), request, resp, b"this is not an event\n\n")
+                        if ended is not None:
+                            return ended
                         if sent and self.latency.decode_s:
                             deadline += self.latency.step_s()
                             await pause(deadline - loop.time())

@@ -245,12 +245,9 @@ class Responses(ChatCompletions):
                     if is_message:
                         await resp.write(event("response.content_part.added", **where, content_index=0, part=_text_part("")))
                     for kind, field, piece in pieces:
-                        if sent == cut:
-                            return self._cut(request, resp)
-                        if sent == stall:
-                            return await self._stall(request, resp)
-                        if sent == bad:
-                            await resp.write(b"this is not an event\n\n")
+                        ended = await self._fault(sent, (cut, stall, bad), request, resp, b"this is not an event\n\n")
+                        if ended is not None:
+                            return ended
                         if sent and self.latency.decode_s:
                             deadline += self.latency.step_s()
                             await pause(deadline - loop.time())
