@@ -30,7 +30,7 @@ from .http import Listener, NativeListener
 from .limits import Admission, AnomalyGuard, Limiter, PriceTable, Throttle, build_backend, warm
 from .identity import (SYSTEM, CredentialRegistry, Federation, Hasher, IdentityService, IdentitySync, Keyring, Sealer,
                        TokenExchange, TokenService, gate)
-from .pipeline import DataPlane
+from .pipeline import DataPlane, RequestContext
 from .policy import LimitsSection, PendingApproval, PolicyDocument, PolicyService
 from .admin.policy_api import PolicyAdmin
 from .routing import DecisionLog, Deployment, Replica, RoutingState, build_placement, from_config, refused_url
@@ -43,6 +43,7 @@ from .pipeline.stages import Guard
 from .store.guard_records import GuardRecords
 from .store.response_records import ResponseRecords
 from .memory import ResponseMemory, Vault
+from .mcp import McpEndpoints, McpGateway, Sessions, Upstreams
 from .routing.health import run_checks
 from .store import Store, StoreUnavailable, open_store
 from .telemetry import Metrics, UsageLedger, configure
@@ -98,11 +99,13 @@ class Gateway:
         self.tracer: tracing.Tracer | None = None
         self.slot = current_slot()  # which of ``--workers N`` this is; worker 0 carries the control plane
         self.draining = False  # set on SIGTERM: /readyz answers 503 before the listeners stop
+        self.mcp_upstreams: Upstreams | None = None
 
     def secrets(self) -> list[str]:
         c = self.config
         out = list(c.admin.keys) + [k for i in c.identities for k in i.keys]
         out += [u.api_key for u in c.upstreams if u.api_key]
+        out += [os.environ[s.credential_env] for s in c.mcp.servers if s.credential_env and os.environ.get(s.credential_env)]
         if c.security.pepper:
             out.append(c.security.pepper)
         return out
@@ -231,6 +234,15 @@ class Gateway:
         data_routes = data_plane.routes() + token_routes + health + vllm_health
         # the approval endpoints always: any policy version may add a tool registry
         data_routes += ApprovalEndpoints(data_plane.authenticate, approvals).routes()
+        # issue 25: /mcp/{server}, authenticated as the model calls are, governed by the same tool registry
+        async def identify(ex: Exchange):
+            ctx = RequestContext(ex, "mcp")
+            await data_plane.authenticate(ctx)
+            return ctx.principal
+
+        self.mcp_upstreams = Upstreams(c.mcp.servers)
+        mcp = McpGateway(c.mcp, self.mcp_upstreams, Sessions(pepper, c.mcp.session_ttl_s), approvals, lambda: policy.current)
+        data_routes += McpEndpoints(identify, mcp, c.mcp).routes()
         data_routes.append(OpenApiEndpoint(data_plane.authenticate, data_routes).route)  # documents every route above
         self.data = NativeListener("data", c.data_plane, data_routes, max_body_bytes=c.requests.max_body_bytes,
                                    access_log=c.logging.access_log)
@@ -385,6 +397,7 @@ class Gateway:
              if self.tracer is not None else None),
             ("control plane", self.control.stop if self.control is not None else None),
             ("upstream pools", (lambda: asyncio.gather(*(t.close() for t in self._all_transports)))),
+            ("mcp upstreams", self.mcp_upstreams.close if self.mcp_upstreams is not None else None),
             ("simulated backend", self._sim_runner.cleanup if self._sim_runner is not None else None),
             ("store", self.store.close if self.store is not None else None),
         ]

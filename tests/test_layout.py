@@ -15,7 +15,7 @@ ALLOWED: dict[str, set[str]] = {
     "core": set(),
     "store": {"core"}, "sim": {"core"}, "telemetry": {"core"}, "upstream": {"core"}, "guard": {"core"},
     "routing": {"core"}, "limits": {"core"}, "http": {"core"}, "wire": {"core"},
-    "identity": {"core", "store"}, "audit": {"core", "store"}, "memory": {"core", "store"}, "workers": {"core", "telemetry"},
+    "identity": {"core", "store"}, "audit": {"core", "store"}, "memory": {"core", "store"}, "mcp": {"core", "store", "guard", "identity"}, "workers": {"core", "telemetry"},
     "policy": {"core", "store", "audit", "routing", "limits", "guard"},
     "pipeline": DOMAIN | {"wire"},  # the client APIs' adapters decode into, and encode out of, its one path
     "admin": DOMAIN | {"store"},

@@ -19,6 +19,7 @@ from .policy_settings import PolicySettings
 from .telemetry_config import Telemetry
 from .tokenizer import load as load_tokenizer
 from .lifecycle import Lifecycle
+from .mcp_config import Mcp
 from .types import MAX_INT
 from .guardrails import Guardrails, ToolSpec
 
@@ -160,6 +161,7 @@ class Config(_Strict):
     telemetry: Telemetry = msgspec.field(default_factory=Telemetry)
     lifecycle: Lifecycle = msgspec.field(default_factory=Lifecycle)
     responses: Responses = msgspec.field(default_factory=Responses)  # issue 24: sluice.memory
+    mcp: Mcp = msgspec.field(default_factory=Mcp)  # issue 25: sluice.mcp
 
     def __post_init__(self) -> None:
         _check_unique("upstreams", [u.name for u in self.upstreams])

@@ -114,8 +114,34 @@ class KeySet(msgspec.Struct):
     keys: list[dict[str, Any]]
 
 
+class JsonRpcErrorDetail(msgspec.Struct):
+    """A JSON-RPC error: its code, a message, and ``data.code`` naming sluice's reason (as the envelope's ``code``)."""
+
+    code: int
+    message: str
+    data: dict[str, Any]
+
+
+class JsonRpcError(msgspec.Struct):
+    """Every error of the MCP routes, HTTP-level ones included (401 with ``WWW-Authenticate``, 404 session)."""
+
+    jsonrpc: Literal["2.0"]
+    id: int | str | None
+    error: JsonRpcErrorDetail
+
+
+class JsonRpcMessage(msgspec.Struct, kw_only=True):
+    """One JSON-RPC 2.0 message of the Model Context Protocol (a batch array is refused)."""
+
+    jsonrpc: Literal["2.0"]
+    id: int | str | UnsetType = UNSET
+    method: str | UnsetType = UNSET
+    params: dict[str, Any] | UnsetType = UNSET
+
+
 # Why each status is given; every one of them carries the OpenAI error envelope.
 _WHY = {
+    202: "A notification or response was taken (no body).",
     400: "The body is not valid JSON or breaks the schema; a guardrail, the token cap or the context window refused it.",
     401: "No credential, or one that is unknown, expired or revoked (or a control-plane key).",
     403: "The identity may not call models (it has no invoker role).",
@@ -230,6 +256,19 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "redeemToolApproval", "Release an approved call once, for exactly the approved arguments.",
         {JSON_TYPE: _OBJECT}, (*_AUTH, 400, 404, 409, 410, 413), RedeemRequest),
     ("GET", PATH): Operation("openapi", "This document.", {JSON_TYPE: _OBJECT}),
+    ("POST", "/mcp/{server}"): Operation(
+        "mcpMessage", "One MCP JSON-RPC message over Streamable HTTP (`Mcp-Session-Id` after initialize); a JSON-RPC "
+        "result or error (200), or 202 for a notification.", {JSON_TYPE: _OBJECT}, (*_AUTH, 400, 404),
+        JsonRpcMessage, error=JsonRpcError, answers=(200, 202)),
+    ("DELETE", "/mcp/{server}"): Operation(
+        "mcpEndSession", "End the MCP session named by `Mcp-Session-Id`.", {JSON_TYPE: _OBJECT}, (*_AUTH, 400, 404),
+        error=JsonRpcError),
+    ("GET", "/.well-known/oauth-protected-resource/mcp/{server}"): Operation(
+        "mcpResourceMetadata", "RFC 9728 protected-resource metadata of an MCP endpoint.", {JSON_TYPE: _OBJECT}, (404,),
+        public=True),
+    ("GET", "/.well-known/oauth-authorization-server"): Operation(
+        "authorizationServerMetadata", "RFC 8414 metadata: sluice's token endpoint (token exchange).",
+        {JSON_TYPE: _OBJECT}, (), public=True),
 }
 
 
@@ -255,7 +294,8 @@ def document(routes: Iterable[tuple[str, str, object]]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for method, path, op in served:
         ok = {media: {"schema": schema[t] if isinstance(t, type) else t} for media, t in op.ok.items()}
-        responses = {str(status): {"description": HTTPStatus(status).phrase, "content": ok} for status in op.answers}
+        responses = {str(status): {"description": HTTPStatus(status).phrase, **({"content": ok} if status != 202 else {})}
+                     for status in op.answers}  # 202: taken, no body (an MCP notification)
         for status in sorted(op.errors):
             responses[str(status)] = {"description": f"{_phrase(status)}. {_WHY[status]}",
                                       "content": {JSON_TYPE: {"schema": schema[op.error]}}}

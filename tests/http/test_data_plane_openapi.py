@@ -23,9 +23,12 @@ from support import start_gateway
 CHECKS = [not_a_server_error, content_type_conformance, response_schema_conformance]
 ENVELOPE = {"message", "type", "param", "code"}
 ANTHROPIC = {"type", "message"}  # the Messages routes answer errors in Anthropic's shape
+JSONRPC = {"code", "message", "data"}  # the MCP routes answer every error as a JSON-RPC error object
 
 
 def envelope_of(path: str) -> set[str]:
+    if path.startswith("/mcp/"):
+        return JSONRPC
     return ANTHROPIC if path.startswith("/v1/messages") else ENVELOPE
 
 

@@ -1,0 +1,10 @@
+"""The MCP gateway (issue 25, first slice): agents reach their tools through sluice with the same identities and
+tool policy as their models. ``/mcp/{server}`` over Streamable HTTP, sessions sealed into their ids, one shared
+upstream session per server under the server's own credential, the tool registry deciding every call."""
+
+from .endpoints import McpEndpoints
+from .gateway import McpGateway
+from .session import Sessions
+from .upstreams import Upstreams
+
+__all__ = ["McpEndpoints", "McpGateway", "Sessions", "Upstreams"]

@@ -1,0 +1,56 @@
+"""Which MCP tools a caller may see and call: the tool registry of the active policy, as on the model path.
+
+A tool is governed by its namespaced name (``server__tool``) in the policy's ``tools:`` registry:
+who may call it (identities, teams), its risk, the JSON Schema of its arguments. With a registry, a
+tool it does not name is nobody's (default deny) and ``tools/list`` shows only what the caller may
+call; a policy version with no registry governs no tool call, MCP or model (as ``guard-in`` does).
+A call is judged by ``sluice.guard.tools.judge`` itself: allowed, blocked, or held for approval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..guard import GuardPolicy, Judgement, ToolCall, judge
+from ..guard.tools import canonical
+
+SEPARATOR = "__"
+
+
+def namespaced(namespace: str, tool: str) -> str:
+    return f"{namespace}{SEPARATOR}{tool}"
+
+
+def upstream_name(namespace: str, name: str) -> str | None:
+    """The server's own name of a namespaced tool, or None when the name is not in this namespace."""
+    head = namespace + SEPARATOR
+    return name[len(head):] if name.startswith(head) and len(name) > len(head) else None
+
+
+class ToolAccess:
+    """Answers per caller from the policy version active at the moment of the call."""
+
+    __slots__ = ("_policy",)
+
+    def __init__(self, policy: Callable[[], GuardPolicy | None]) -> None:
+        self._policy = policy  # the active version's compiled guard rules (None: no guardrails, no tools)
+
+    def registry(self) -> GuardPolicy | None:
+        p = self._policy()
+        return p if p is not None and p.tools else None
+
+    def visible(self, name: str, identity: str, team: str | None) -> bool:
+        reg = self.registry()
+        if reg is None:
+            return True
+        tool = reg.tools.get(name)
+        return tool is not None and tool.allows(identity, team)
+
+    def judge(self, name: str, arguments: dict[str, Any], identity: str, team: str | None,
+              call_id: str = "") -> Judgement | None:
+        """The registry's verdict on this call; None when no registry governs tool calls."""
+        reg = self.registry()
+        if reg is None:
+            return None
+        return judge(reg, identity, team, ToolCall(id=call_id, name=name, arguments=canonical(arguments)))

@@ -1,0 +1,78 @@
+"""Tool results are untrusted input: bounded in size, read by the detectors before an agent (and its model) sees them.
+
+A result over ``mcp.max_result_bytes`` (its JSON) is refused whole, never cut: a cut result could
+drop what makes the rest safe to read. Every text a result carries (text content, embedded text
+resources, every string of ``structuredContent``) is read by the detectors of the caller's rule set
+(its output action: ``mask`` and ``block`` mask, ``flag`` logs the kinds); a caller whose rule set
+reads nothing gets every kind masked, because a tool server is not a party the policy trusted.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import mcp.types as mt
+
+from ..core.errors import GatewayError
+from ..guard import Detector, GuardPolicy
+
+log = logging.getLogger("sluice.mcp")
+_ALL = Detector()
+
+
+class ResultTooLarge(GatewayError):
+    status = 502
+    type = "upstream_error"
+    code = "mcp_result_too_large"
+
+
+def _detector(policy: GuardPolicy | None, identity: str, team: str | None) -> tuple[Detector, str]:
+    if policy is not None:
+        rules = policy.rules_for(frozenset(), identity, team)
+        if rules.detector is not None and rules.output_action != "allow":
+            return rules.detector, rules.output_action
+    return _ALL, "mask"
+
+
+def _strings(value: Any, fix: Any) -> Any:
+    """``value`` with every string passed through ``fix`` (keys too: a key can carry a secret)."""
+    if isinstance(value, str):
+        return fix(value)
+    if isinstance(value, list):
+        return [_strings(v, fix) for v in value]
+    if isinstance(value, dict):
+        return {fix(k): _strings(v, fix) for k, v in value.items()}
+    return value
+
+
+def guard_result(result: mt.CallToolResult, *, max_bytes: int, policy: GuardPolicy | None, identity: str,
+                 team: str | None, tool: str, request_id: str) -> dict[str, Any]:
+    """The result as the agent gets it (JSON-ready), or ``ResultTooLarge``."""
+    body = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+    size = len(result.model_dump_json(by_alias=True, exclude_none=True))
+    if size > max_bytes:
+        log.warning("mcp: request %s: %s returned %d bytes, over mcp.max_result_bytes (%d); refused",
+                    request_id, tool, size, max_bytes)
+        raise ResultTooLarge(f"The result of {tool} is {size} bytes, over the gateway's bound of {max_bytes}"
+                             " (mcp.max_result_bytes); it was not passed on.")
+    detector, action = _detector(policy, identity, team)
+    kinds: set[str] = set()
+
+    def fix(text: str) -> str:
+        found = detector.find(text)
+        if not found:
+            return text
+        kinds.update(f.kind for f in found)
+        return text if action == "flag" else detector.mask(text, found)
+
+    for block in body.get("content", []):
+        if block.get("type") == "text" and isinstance(block.get("text"), str):
+            block["text"] = fix(block["text"])
+        elif block.get("type") == "resource" and isinstance(block.get("resource", {}).get("text"), str):
+            block["resource"]["text"] = fix(block["resource"]["text"])
+    if "structuredContent" in body:
+        body["structuredContent"] = _strings(body["structuredContent"], fix)
+    if kinds:  # kinds only: the values never reach a log
+        log.warning("mcp: request %s: the result of %s carries %s (%s)", request_id, tool, ",".join(sorted(kinds)), action)
+    return body

@@ -1,0 +1,146 @@
+"""The upstream MCP servers: one long-lived client session per server, shared by every caller.
+
+sluice is an MCP client (the ``mcp`` SDK's Streamable HTTP client) to each configured server. The
+session is made once and reused (no handshake per call); it is rebuilt when the connection fails.
+What goes upstream carries the server's own credential (``credential_env``), or none: the caller's
+key or token is never handed to a tool server, and callers never share a header with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import httpx2
+import mcp.types as mt
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
+
+from ..core.errors import ConfigError, UpstreamError, UpstreamTimeout
+from ..core.mcp_config import McpServer
+
+log = logging.getLogger("sluice.mcp")
+
+
+class Upstream:
+    """One server: its client session, opened on first use, held by a task of its own (anyio scopes are per task)."""
+
+    def __init__(self, spec: McpServer) -> None:
+        self.spec = spec
+        self.namespace = spec.namespace
+        headers: dict[str, str] = {}
+        if spec.credential_env:
+            secret = os.environ.get(spec.credential_env)
+            if not secret:  # fail closed: a server meant to get a credential never gets a call without one
+                raise ConfigError(f"MCP server {spec.name!r}: the environment variable {spec.credential_env!r} is unset"
+                                  f" - at `$.mcp.servers`")
+            headers["Authorization"] = f"Bearer {secret}"
+        self._headers = headers
+        self._client: Client | None = None
+        self._ready: asyncio.Future[Client] | None = None
+        self._stop: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+
+    async def _hold(self, ready: asyncio.Future[Client], stop: asyncio.Event) -> None:
+        http = create_mcp_http_client(headers=self._headers, timeout=httpx2.Timeout(30.0, read=self.spec.timeout_s))
+        try:
+            async with http, Client(streamable_http_client(self.spec.url, http_client=http), mode="legacy",
+                                    cache=None, read_timeout_seconds=self.spec.timeout_s) as client:
+                ready.set_result(client)
+                await stop.wait()
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the session
+            if not ready.done():
+                ready.set_exception(exc if isinstance(exc, Exception) else ConnectionError("closed"))
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._client = None
+
+    async def _session(self) -> Client:
+        if self._client is not None and self._task is not None and not self._task.done():
+            return self._client
+        async with self._lock:
+            if self._client is not None and self._task is not None and not self._task.done():
+                return self._client
+            ready: asyncio.Future[Client] = asyncio.get_running_loop().create_future()
+            self._stop = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._hold(ready, self._stop),
+                                                                name=f"mcp-upstream-{self.spec.name}")
+            try:
+                self._client = await asyncio.wait_for(ready, self.spec.timeout_s)
+            except asyncio.TimeoutError:
+                await self._drop()
+                raise UpstreamTimeout(f"MCP server {self.spec.name} did not answer the handshake in time.",
+                                      code="mcp_upstream_timeout") from None
+            except Exception as exc:
+                await self._drop()
+                log.warning("mcp: server %s: handshake failed: %s", self.spec.name, type(exc).__name__)
+                raise UpstreamError(f"MCP server {self.spec.name} is unreachable.", code="mcp_upstream_error") from None
+            return self._client
+
+    async def _drop(self) -> None:
+        task, self._task, self._client = self._task, None, None
+        if self._stop is not None:
+            self._stop.set()
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self, op: str, call: Any) -> Any:
+        """One request on the shared session; a broken connection is rebuilt and the request tried once more."""
+        for attempt in (0, 1):
+            client = await self._session()
+            try:
+                return await asyncio.wait_for(call(client), self.spec.timeout_s)
+            except MCPError:
+                raise  # the server's own answer: the caller reads it
+            except asyncio.TimeoutError:
+                raise UpstreamTimeout(f"MCP server {self.spec.name} did not answer {op} in time.",
+                                      code="mcp_upstream_timeout") from None
+            except Exception as exc:
+                log.warning("mcp: server %s: %s failed (%s); reconnecting", self.spec.name, op, type(exc).__name__)
+                await self._drop()
+                if attempt:
+                    raise UpstreamError(f"MCP server {self.spec.name} failed on {op}.", code="mcp_upstream_error") from None
+        raise AssertionError("unreachable")
+
+    async def list_tools(self) -> list[mt.Tool]:
+        """Every tool the server lists (all pages)."""
+        async def pages(client: Client) -> list[mt.Tool]:
+            out: list[mt.Tool] = []
+            cursor: str | None = None
+            for _ in range(100):  # a server that pages forever is cut off
+                page = await client.list_tools(cursor=cursor, cache_mode="refresh")
+                out += page.tools
+                cursor = page.next_cursor
+                if not cursor:
+                    break
+            return out
+        return await self._run("tools/list", pages)  # type: ignore[no-any-return]
+
+    async def call_tool(self, name: str, arguments: dict[str, Any]) -> mt.CallToolResult:
+        return await self._run("tools/call", lambda c: c.call_tool(name, arguments))  # type: ignore[no-any-return]
+
+    async def ping(self) -> None:
+        await self._run("ping", lambda c: c.send_ping())
+
+    async def close(self) -> None:
+        await self._drop()
+
+
+class Upstreams:
+    """The configured servers by name."""
+
+    def __init__(self, servers: list[McpServer]) -> None:
+        self.by_name = {s.name: Upstream(s) for s in servers}
+
+    def get(self, name: str) -> Upstream | None:
+        return self.by_name.get(name)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(u.close() for u in self.by_name.values()), return_exceptions=True)

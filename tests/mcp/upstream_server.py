@@ -1,0 +1,66 @@
+"""A fastmcp server over Streamable HTTP for the MCP gateway's tests, run as its own process.
+
+Every HTTP request it receives has its Authorization header appended to a log file (``-`` when none),
+so a test can read exactly which credentials reached the tool server.
+
+    python upstream_server.py PORT AUTH_LOG
+"""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+from fastmcp import FastMCP
+
+SECRET = "ghp_16C7e42F292c6912E7710c838347Ae178B4a"  # a GitHub token shape the detectors know
+
+server = FastMCP("files")
+
+
+@server.tool
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    return f"sunny in {city}"
+
+
+@server.tool
+def transfer_funds(amount: float, to: str) -> str:
+    """Moves money: high risk."""
+    return f"sent {amount} to {to}"
+
+
+@server.tool
+def delete_repo(name: str) -> str:
+    """Deletes a repository."""
+    return f"deleted {name}"
+
+
+@server.tool
+def read_config() -> str:
+    """A config file that happens to hold a token."""
+    return f"github_token = {SECRET}\nregion = eu-west-1"
+
+
+@server.tool
+def dump(size: int) -> str:
+    """As many characters as asked."""
+    return "x" * size
+
+
+def main() -> None:
+    port, log_path = int(sys.argv[1]), sys.argv[2]
+    app = server.http_app(path="/mcp", json_response=True)
+
+    async def recording(scope, receive, send):  # the outermost layer: sees every request's headers
+        if scope["type"] == "http":
+            auth = dict(scope["headers"]).get(b"authorization", b"-").decode()
+            with open(log_path, "a") as f:
+                f.write(auth + "\n")
+        await app(scope, receive, send)
+
+    uvicorn.run(recording, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+
+
+if __name__ == "__main__":
+    main()
