@@ -63,6 +63,11 @@ tool_decisions = Table(
     Column("approver", String(128)),
     Column("policy_version", Integer),  # the policy version whose tool registry decided (issue 11)
     Column("policy_hash", String(64)),
+    # an MCP tool call (issue 25, migration 0014): how it went, and the model tool call that proposed it
+    Column("latency_ms", Float),
+    Column("result_bytes", Integer),
+    Column("upstream_status", String(32)),
+    Column("tool_call_id", String(128)),
 )
 
 prompt_captures = Table(
