@@ -68,6 +68,7 @@ tool_decisions = Table(
     Column("result_bytes", Integer),
     Column("upstream_status", String(32)),
     Column("tool_call_id", String(128)),
+    Column("result_masked", Text),  # the result as it went back, masked (bounded by the gateway)
 )
 
 prompt_captures = Table(

@@ -8,7 +8,8 @@ holds its request, input items and answer, AES-GCM under a key derived from the 
 identity, bound to the row's id; ``previous_id`` links a chain, read back in one recursive query.
 
 The MCP gateway (issue 25): a tool call's decision row also says how the call went (``latency_ms``,
-``result_bytes``, ``upstream_status``) and which model tool call proposed it (``tool_call_id``);
+``result_bytes``, ``upstream_status``, the result as the detectors masked it, ``result_masked``) and
+which model tool call proposed it (``tool_call_id``);
 ``mcp_ended_sessions`` lists sessions ended by a DELETE (by the digest of their id) until they would
 have expired anyway, so every replica refuses them.
 
@@ -48,6 +49,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("result_bytes", sa.Integer))
         batch.add_column(sa.Column("upstream_status", sa.String(32)))
         batch.add_column(sa.Column("tool_call_id", sa.String(128)))
+        batch.add_column(sa.Column("result_masked", sa.Text))
     op.create_table(
         "mcp_ended_sessions",
         sa.Column("digest", sa.String(64), primary_key=True),
@@ -61,7 +63,7 @@ def downgrade() -> None:
     op.drop_index("ix_mcp_ended_sessions_expires", "mcp_ended_sessions")
     op.drop_table("mcp_ended_sessions")
     with op.batch_alter_table("tool_decisions") as batch:
-        for name in ("tool_call_id", "upstream_status", "result_bytes", "latency_ms"):
+        for name in ("result_masked", "tool_call_id", "upstream_status", "result_bytes", "latency_ms"):
             batch.drop_column(name)
     op.drop_index("ix_stored_responses_expires", "stored_responses")
     op.drop_index("ix_stored_responses_identity", "stored_responses")
