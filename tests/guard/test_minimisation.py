@@ -385,3 +385,27 @@ def test_a_stream_of_several_choices_is_checked_on_every_event(bare):
     texts = ["".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"][0]["index"] == i)
              for i in range(3)]
     assert texts == ["".join(f" c{i}t{t}" for t in range(12 * (i + 1))) for i in range(3)]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_the_agent_apis_carry_no_vendor_field_and_no_reasoning_a_caller_is_not_granted(bare, stream: bool) -> None:
+    """Messages and Responses answers are re-encoded from the chat form: none of vLLM's vendor fields reaches
+    their caller, and the reasoning the chat form strips unless exposed is no Responses reasoning item."""
+    headers = {"Authorization": f"Bearer {bare.keys['app']}", "anthropic-version": "2023-06-01"}
+    tools = [{"name": "get_weather", "input_schema": {"type": "object"}}]
+    got = {
+        "messages": httpx.post(bare.url + "/v1/messages", headers=headers, timeout=30, json={
+            "model": "vendor-model", "max_tokens": 20, "stream": stream, "tools": tools,
+            "messages": [{"role": "user", "content": "hi"}]}),
+        "responses": httpx.post(bare.v1 + "/responses", headers=headers, timeout=30, json={
+            "model": "vendor-model", "input": "hi", "stream": stream, "store": False,
+            "tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]}),
+    }
+    for api, r in got.items():
+        assert r.status_code == 200, (api, r.text)
+        assert "Oslo" in r.text  # the answer itself is there (the tool call's arguments)
+        # the vendor fields' values (their names may be the API's own: stop_reason is Anthropic's)
+        for value in ("fp_3f2a", "10.0.0.7", "node-17", "128009", "x_vendor", "kv_transfer", "prompt_token_ids",
+                      "token_ids", "system_fingerprint", "internal chain of thought", "-0.25"):
+            assert value not in r.text, (api, value, r.text[:400])
+        assert '"type":"reasoning"' not in r.text.replace(" ", ""), (api, r.text[:400])

@@ -30,6 +30,10 @@ from ..context import RequestContext
 
 log = logging.getLogger("sluice.guard")
 _NONE = GuardPolicy(Guardrails(), [])  # a version without guardrails: the defaults, which only minimise
+# APIs whose adapter re-encodes answers from the chat form writing only what its API documents, so that no
+# vendor field can reach the caller (Messages: not even reasoning, which would need Anthropic's signature);
+# the Responses adapter encodes reasoning_content as a reasoning item, so its answers are minimised first
+_REENCODED = frozenset({"messages"})
 
 
 async def _no_hold(_: Judgement) -> str:  # no tool registry, no tool call is ever judged
@@ -59,6 +63,8 @@ class Guard:
         policy: GuardPolicy | None = active.guard if active is not None else None
         p = ctx.principal
         if policy is None or not policy.active:  # no input rules and no tools: minimise the output only
+            if ctx.endpoint in _REENCODED:
+                return  # nothing to minimise: the adapter's encoder writes only what its API documents
             policy = policy or _NONE
             rules = policy.default
             exposed = policy.shape_for(rules, p.identity_name, p.team)  # type: ignore[union-attr]
