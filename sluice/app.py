@@ -42,6 +42,7 @@ from .pipeline.openapi import OpenApiEndpoint
 from .pipeline.stages import Guard
 from .store.guard_records import GuardRecords
 from .store.response_records import ResponseRecords
+from .store.mcp_sessions import EndedSessions
 from .memory import ResponseMemory, Vault
 from .mcp import McpEndpoints, McpGateway, Sessions, Upstreams
 from .routing.health import run_checks
@@ -241,7 +242,10 @@ class Gateway:
             return ctx.principal
 
         self.mcp_upstreams = Upstreams(c.mcp.servers)
-        mcp = McpGateway(c.mcp, self.mcp_upstreams, Sessions(pepper, c.mcp.session_ttl_s), approvals, lambda: policy.current)
+        ended = EndedSessions(store)  # type: ignore[arg-type]  # a DELETE ends a session on every replica
+        self._tasks.append(asyncio.get_running_loop().create_task(self._every(3600.0, ended.purge), name="mcp-ended-purge"))
+        mcp = McpGateway(c.mcp, self.mcp_upstreams, Sessions(pepper, c.mcp.session_ttl_s, ended, c.mcp.ended_check_s),
+                         approvals, lambda: policy.current, limiter=limiter, metrics=metrics, tracer=self.tracer)
         data_routes += McpEndpoints(identify, mcp, c.mcp).routes()
         data_routes.append(OpenApiEndpoint(data_plane.authenticate, data_routes).route)  # documents every route above
         self.data = NativeListener("data", c.data_plane, data_routes, max_body_bytes=c.requests.max_body_bytes,

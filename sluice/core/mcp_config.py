@@ -31,6 +31,20 @@ class McpServer(_Strict):
         return self.prefix or self.name
 
 
+Rate = Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)]
+
+
+class McpLimits(_Strict):
+    """Bounds on tool calls, counted by the limiter of the model calls (its backend: memory or Redis).
+
+    Kept apart from ``limits.rules`` so that a rule written for model calls never starts counting tool
+    calls by accident: each knob here is one rule over MCP calls only."""
+
+    calls_per_minute_per_identity: Rate | None = None  # every tools/call of one identity, any server
+    calls_per_minute_per_tool: Rate | None = None  # one namespaced tool, every caller together
+    concurrency_per_server: Rate | None = None  # tools/call in flight to one server, every caller together
+
+
 class Mcp(_Strict):
     """The MCP gateway: upstream servers, session lifetime, the bound on one tool result."""
 
@@ -38,6 +52,10 @@ class Mcp(_Strict):
     session_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=30 * 86400)] = 86400.0  # a sealed session id's life
     max_result_bytes: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024  # one tool result
     public_url: str | None = None  # the base URL callers reach sluice at (RFC 9728 metadata); default: the Host header
+    limits: McpLimits = msgspec.field(default_factory=McpLimits)
+    # how long a replica trusts "this session was not ended" before asking the store again (0: every request)
+    ended_check_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 1.0
+    max_recorded_result_chars: Annotated[int, msgspec.Meta(ge=0, le=1024 * 1024)] = 4096  # of the masked result, per call
 
     def __post_init__(self) -> None:
         for kind, names in (("name", [s.name for s in self.servers]), ("prefix", [s.namespace for s in self.servers])):

@@ -1,4 +1,5 @@
-"""The MCP routes of the data plane, over Streamable HTTP: ``POST``/``DELETE /mcp/{server}`` and the OAuth metadata.
+"""The MCP routes of the data plane, over Streamable HTTP: ``POST``/``DELETE /mcp`` (every server federated) and
+``/mcp/{server}``, and the OAuth metadata of each (``/.well-known/oauth-protected-resource/mcp[/{server}]``).
 
 A POST carries one JSON-RPC message and is answered ``application/json`` (a notification or a
 response: 202, no body). There is no server-to-client stream: ``GET`` is not routed, so it is the
@@ -21,7 +22,7 @@ from ..core.exchange import Exchange, Reply
 from ..core.mcp_config import Mcp
 from ..identity import Principal
 from . import jsonrpc
-from .gateway import SESSION_HEADER, McpGateway
+from .gateway import FEDERATED, SESSION_HEADER, McpGateway
 from .jsonrpc import Refusal
 
 METADATA = "/.well-known/oauth-protected-resource"
@@ -52,22 +53,23 @@ class McpEndpoints:
             if exc.retry_after is not None:
                 headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
             if exc.status == 401:
-                server = exchange.params.get("server", "")
-                headers["WWW-Authenticate"] = (f'Bearer resource_metadata="{self._base(exchange)}{METADATA}/mcp/'
-                                               f'{server if _SEGMENT.match(server) else ""}"')
+                server = exchange.params.get("server")
+                path = "/mcp" if server is None else f"/mcp/{server if _SEGMENT.match(server) else ''}"
+                headers["WWW-Authenticate"] = f'Bearer resource_metadata="{self._base(exchange)}{METADATA}{path}"'
             raise Refusal(mt.INVALID_REQUEST, exc.message, exc.code or "unauthenticated", exc.status, headers) from None
 
     async def post(self, exchange: Exchange) -> Reply:
         msg_id = None
+        server = exchange.params.get("server", FEDERATED)
         try:
             who = await self._who(exchange)
             msg = jsonrpc.parse(exchange.body)
             if not isinstance(msg, mt.JSONRPCRequest):  # notifications, and answers to requests we never send
-                self._gateway.server(exchange.params["server"])
+                self._gateway.server(server)
                 return Reply(202, b"")
             msg_id = msg.id
-            answer = await self._gateway.request(who, exchange.params["server"], msg,
-                                                 exchange.headers.get(SESSION_HEADER), exchange.request_id)
+            answer = await self._gateway.request(who, server, msg, exchange.headers.get(SESSION_HEADER),
+                                                 exchange.request_id, exchange.headers)
             return Reply(200, jsonrpc.result(msg_id, answer.result or {}), headers=answer.headers)
         except Refusal as r:
             return Reply(r.status, jsonrpc.error(msg_id, r), headers=r.headers)
@@ -75,23 +77,25 @@ class McpEndpoints:
     async def delete(self, exchange: Exchange) -> Reply:
         try:
             who = await self._who(exchange)
-            server = exchange.params["server"]
+            server = exchange.params.get("server", FEDERATED)
             self._gateway.server(server)
             sid = exchange.headers.get(SESSION_HEADER)
-            session = self._gateway.session(who, server, sid)
-            self._gateway.sessions.end(sid, session)  # type: ignore[arg-type]
+            session = await self._gateway.session(who, server, sid)
+            await self._gateway.sessions.end(sid, session)  # type: ignore[arg-type]  # session() checked it
             return Reply.json({})
         except Refusal as r:
             return Reply(r.status, jsonrpc.error(None, r), headers=r.headers)
 
     async def resource_metadata(self, exchange: Exchange) -> Reply:
-        """RFC 9728 for one endpoint: its canonical URI and the authorization server that issues tokens for it."""
-        server = exchange.params["server"]
-        if self._gateway.upstreams.get(server) is None:
+        """RFC 9728 for one endpoint (``/mcp`` or ``/mcp/{server}``, each at its own path): its canonical URI and
+        the authorization server that issues tokens for it."""
+        server = exchange.params.get("server")
+        if server is not None and self._gateway.upstreams.get(server) is None:
             raise NotFound("No such MCP server.", code="unknown_server")
         base = self._base(exchange)
-        return Reply.json({"resource": f"{base}/mcp/{server}", "authorization_servers": [base],
-                           "bearer_methods_supported": ["header"], "resource_name": f"sluice MCP gateway: {server}"},
+        path, name = ("/mcp", "every server") if server is None else (f"/mcp/{server}", server)
+        return Reply.json({"resource": f"{base}{path}", "authorization_servers": [base],
+                           "bearer_methods_supported": ["header"], "resource_name": f"sluice MCP gateway: {name}"},
                           headers={"Cache-Control": "public, max-age=300"})
 
     async def server_metadata(self, exchange: Exchange) -> Reply:
@@ -102,8 +106,10 @@ class McpEndpoints:
                           headers={"Cache-Control": "public, max-age=300"})
 
     def routes(self) -> list[tuple[str, str, object]]:
-        return [("POST", "/mcp/{server}", self.post), ("DELETE", "/mcp/{server}", self.delete),
-                ("GET", METADATA + "/mcp/{server}", self.resource_metadata), ("GET", AUTH_SERVER, self.server_metadata)]
+        return [("POST", "/mcp", self.post), ("DELETE", "/mcp", self.delete),
+                ("POST", "/mcp/{server}", self.post), ("DELETE", "/mcp/{server}", self.delete),
+                ("GET", METADATA + "/mcp", self.resource_metadata), ("GET", METADATA + "/mcp/{server}", self.resource_metadata),
+                ("GET", AUTH_SERVER, self.server_metadata)]
 
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-]{1,32}$")

@@ -1,4 +1,10 @@
-"""The MCP gateway for one server path (``/mcp/{server}``): sessions, the methods it answers, the policy on each call.
+"""The MCP gateway for each server path (``/mcp/{server}``) and the federated one (``/mcp``): sessions, the methods
+it answers, the policy, limits and record of each call.
+
+``/mcp`` puts every configured server behind one endpoint: ``tools/list`` is the union of what each
+server lists (namespaced ``server__tool``, asked of the servers at once; a server that fails is left
+out of that list and logged), and ``tools/call`` goes to the server its namespace names. A session is
+bound to its path: one begun on ``/mcp`` is no session on ``/mcp/files`` and the reverse.
 
 The caller is already authenticated (its sluice key or token). ``initialize`` seals a new session
 into its id; every other request needs that id back, opened for the same identity and server.
@@ -10,12 +16,16 @@ session with the server, and its result bounded and read by the detectors before
 An approved call is redeemed by sending the same ``tools/call`` again with the approval id in
 ``_meta["sluice/approval"]``: the approval is used (once, for exactly the approved arguments, by
 ``ToolApprovals.redeem``) and the call runs.
+
+Every call that names a tool of a server is counted by the MCP limits (``limits.py``) and ends in one
+record, metric and span (``usage.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import mcp.types as mt
@@ -24,23 +34,26 @@ from mcp_types.methods import parse_client_request, serialize_server_result
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 from pydantic import ValidationError
 
-from ..core import clock, scope
+from ..core import scope
 from ..core.errors import GatewayError
 from ..core.mcp_config import Mcp
 from ..guard import Judgement, ToolApprovals, context_digest
 from ..guard.approvals import MASK
-from ..guard.tools import masked_args
 from ..identity import Principal
+from ..core.errors import UpstreamTimeout
 from .authz import ToolAccess, namespaced, upstream_name
 from .jsonrpc import NO_SESSION, REFUSED, UPSTREAM, Refusal
+from .limits import CallLimits
 from .results import guard_result
 from .session import Session, Sessions
 from .upstreams import Upstream, Upstreams
+from .usage import TOOL_CALL_HEADER, TOOL_CALL_META, Call, CallLog
 
 log = logging.getLogger("sluice.mcp")
 APPROVAL_META = "sluice/approval"
 SESSION_HEADER = "Mcp-Session-Id"
 METHODS = frozenset({"initialize", "ping", "tools/list", "tools/call"})
+FEDERATED = "*"  # the session binding of /mcp (no server is named so: names are [A-Za-z0-9_-])
 
 
 class Answer:
@@ -57,38 +70,44 @@ class McpGateway:
     """Answers MCP requests of authenticated callers for each configured server."""
 
     def __init__(self, cfg: Mcp, upstreams: Upstreams, sessions: Sessions, approvals: ToolApprovals,
-                 active: Callable[[], Any]) -> None:
+                 active: Callable[[], Any], *, limiter: Any = None, metrics: Any = None, tracer: Any = None) -> None:
         self._cfg = cfg
         self.upstreams = upstreams
         self.sessions = sessions
         self._approvals = approvals
         self._active = active  # the active policy version (``.guard``, ``.version``, ``.hash``)
         self._access = ToolAccess(lambda: getattr(active(), "guard", None))
+        self._limits = CallLimits(limiter, cfg.limits)
+        self._log = CallLog(approvals.record, active, metrics, tracer, cfg.max_recorded_result_chars)
 
-    def server(self, name: str) -> Upstream:
+    def server(self, name: str) -> Upstream | None:
+        """The server of a path (None: the federated path ``/mcp``), or a 404 refusal."""
+        if name == FEDERATED:
+            return None
         up = self.upstreams.get(name)
         if up is None:
             raise Refusal(mt.INVALID_REQUEST, "No such MCP server.", "unknown_server", 404)
         return up
 
-    def session(self, who: Principal, server: str, session_id: str | None) -> Session:
+    async def session(self, who: Principal, server: str, session_id: str | None) -> Session:
         if not session_id:
             raise Refusal(mt.INVALID_REQUEST, f"Send the {SESSION_HEADER} header that initialize returned.",
                           "missing_session", 400)
-        got = self.sessions.open(session_id, who.identity_id, server)
+        got = await self.sessions.open(session_id, who.identity_id, server)
         if got is None:  # unknown, expired, ended, or another identity's: all look the same
             raise Refusal(NO_SESSION, "No such session; initialize a new one.", "unknown_session", 404)
         return got
 
     async def request(self, who: Principal, server: str, msg: mt.JSONRPCRequest, session_id: str | None,
-                      request_id: str) -> Answer:
+                      request_id: str, headers: Mapping[str, str] | None = None) -> Answer:
+        """``server``: a configured server's name, or ``FEDERATED`` for ``/mcp``."""
         up = self.server(server)
         method = msg.method
         if method not in METHODS:
             raise Refusal(mt.METHOD_NOT_FOUND, f"Method not found: {method[:64]}.", "method_not_found")
         if method == "initialize":
             return self._initialize(who, server, msg.params)
-        session = self.session(who, server, session_id)
+        session = await self.session(who, server, session_id)
         try:
             req = parse_client_request(method, session.protocol, msg.params)
         except (ValidationError, KeyError, ValueError):
@@ -98,7 +117,7 @@ class McpGateway:
         elif isinstance(req, mt.ListToolsRequest):
             out = await self._list_tools(who, up)
         elif isinstance(req, mt.CallToolRequest):
-            out = await self._call_tool(who, up, server, req.params, request_id)
+            out = await self._call_tool(who, up, req.params, request_id, headers or {})
         else:
             raise Refusal(mt.METHOD_NOT_FOUND, f"Method not found: {method[:64]}.", "method_not_found")
         try:  # in the wire shape of the session's protocol version (fields it does not know are dropped)
@@ -116,52 +135,124 @@ class McpGateway:
         assert isinstance(req, mt.InitializeRequest)
         client = req.params.client_info.name if req.params.client_info is not None else ""
         sid = self.sessions.begin(who.identity_id, server, version, client)
+        up = self.server(server)
+        instructions = (f"Tools of the MCP server {server!r}, governed by sluice: names are `{up.namespace}__tool`."
+                        if up is not None else
+                        "Tools of every MCP server behind sluice, governed by sluice: names are `server__tool`.")
         result = mt.InitializeResult(
             protocol_version=version, capabilities=mt.ServerCapabilities(tools=mt.ToolsCapability(list_changed=False)),
-            server_info=mt.Implementation(name=f"sluice/{server}", version="0.1.0"),
-            instructions=f"Tools of the MCP server {server!r}, governed by sluice: names are `{self.server(server).namespace}__tool`.")
+            server_info=mt.Implementation(name=f"sluice/{server if up is not None else 'mcp'}", version="0.1.0"),
+            instructions=instructions)
         return Answer(result.model_dump(mode="json", by_alias=True, exclude_none=True), {SESSION_HEADER: sid})
 
-    async def _list_tools(self, who: Principal, up: Upstream) -> dict[str, Any]:
-        try:
-            tools = await up.list_tools()
-        except MCPError as exc:
-            raise _upstream_refusal(exc) from None
+    async def _list_tools(self, who: Principal, up: Upstream | None) -> dict[str, Any]:
+        if up is not None:
+            try:
+                shown = self._visible(who, up, await up.list_tools())
+            except MCPError as exc:
+                raise _upstream_refusal(exc) from None
+        else:  # federated: every server at once; one that fails is left out, not the whole list
+            ups = list(self.upstreams.by_name.values())
+            lists = await asyncio.gather(*(u.list_tools() for u in ups), return_exceptions=True)
+            shown = []
+            for u, tools in zip(ups, lists):
+                if isinstance(tools, BaseException):
+                    if not isinstance(tools, Exception):
+                        raise tools
+                    log.warning("mcp: /mcp: server %s left out of tools/list (%s)", u.spec.name, type(tools).__name__)
+                    continue
+                shown += self._visible(who, u, tools)
+        return mt.ListToolsResult(tools=shown).model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def _visible(self, who: Principal, up: Upstream, tools: list[mt.Tool]) -> list[mt.Tool]:
         shown = []
         for tool in tools:
             name = namespaced(up.namespace, tool.name)
             if self._access.visible(name, who.identity_name, who.team):
                 shown.append(tool.model_copy(update={"name": name}))
-        return mt.ListToolsResult(tools=shown).model_dump(mode="json", by_alias=True, exclude_none=True)
+        return shown
 
-    async def _call_tool(self, who: Principal, up: Upstream, server: str, params: mt.CallToolRequestParams,
-                         request_id: str) -> dict[str, Any]:
+    def _route(self, up: Upstream | None, name: str) -> tuple[Upstream, str]:
+        """The server and its own name of a namespaced tool (on ``/mcp``: the server whose namespace it carries)."""
+        candidates = [up] if up is not None else sorted(self.upstreams.by_name.values(), key=lambda u: -len(u.namespace))
+        for u in candidates:
+            tool = upstream_name(u.namespace, name)
+            if tool is not None:
+                return u, tool
+        hint = f"`{up.namespace}__<tool>`" if up is not None else "`<server>__<tool>`"
+        raise Refusal(mt.INVALID_PARAMS, f"Unknown tool {name[:64]!r}: tools here are named {hint}.", "unknown_tool")
+
+    async def _call_tool(self, who: Principal, up: Upstream | None, params: mt.CallToolRequestParams, request_id: str,
+                         headers: Mapping[str, str]) -> dict[str, Any]:
         name, arguments = params.name, dict(params.arguments or {})
-        tool = upstream_name(up.namespace, name)
-        if tool is None:
-            raise Refusal(mt.INVALID_PARAMS, f"Unknown tool {name[:64]!r}: this server's tools are named "
-                                             f"`{up.namespace}__<tool>`.", "unknown_tool")
-        judgement = self._access.judge(name, arguments, who.identity_name, who.team)
+        up, tool = self._route(up, name)
+        meta: dict[str, Any] = dict(params.meta or {})
+        proposed = meta.get(TOOL_CALL_META) or headers.get(TOOL_CALL_HEADER)
+        tracer = self._log.tracer
+        call = Call(up.spec.name, name, arguments, str(proposed) if proposed is not None else None,
+                    tracer.sampling(headers) if tracer is not None else None)
+        try:
+            return await self._run_call(who, up, tool, call, meta, request_id)
+        except Refusal as r:
+            if call.decision == "allow":
+                call.refuse("error", r.reason)
+            raise
+        finally:
+            self._log.finish(call, who, request_id)
+
+    async def _run_call(self, who: Principal, up: Upstream, tool: str, call: Call, meta: dict[str, Any],
+                        request_id: str) -> dict[str, Any]:
+        name, arguments = call.tool, call.arguments
+        judgement = call.judgement = self._access.judge(name, arguments, who.identity_name, who.team)
         if judgement is not None:
-            self._record(who, judgement, server, request_id)
+            call.refuse(judgement.verdict, judgement.reason)
             if judgement.verdict == "block":
                 raise Refusal(REFUSED, f"The call to {name[:64]} is refused by the gateway's policy: {judgement.reason}.",
                               "tool_refused", data={"reason": judgement.reason})
             if judgement.verdict == "hold":
-                approval = (params.meta or {}).get(APPROVAL_META)  # type: ignore[union-attr]
+                approval = meta.get(APPROVAL_META)
                 if approval is None:
-                    return await self._hold(who, judgement, server, request_id)
-                await self._redeem(who, str(approval), name, arguments, request_id)
+                    out = await self._hold(who, judgement, up.spec.name, request_id)
+                    call.approval_id = out["_meta"][APPROVAL_META]["id"]
+                    return out
+                call.approval_id = str(approval)[:64]
+                try:
+                    await self._redeem(who, str(approval), name, arguments, request_id)
+                except Refusal as r:
+                    call.refuse("block", r.reason)
+                    raise
+                call.refuse("allow", "approved")
+        try:
+            reservation = await self._limits.take(request_id, who.identity_id, who.team, up.spec.name, name)
+        except Refusal as r:
+            call.refuse("limited", r.message)
+            raise
         try:
             result = await up.call_tool(tool, arguments)
+            call.upstream_status = "ok" if not result.is_error else "tool_error"
         except MCPError as exc:
+            call.upstream_status = f"error {exc.code}"
             raise _upstream_refusal(exc) from None
+        except UpstreamTimeout:
+            call.upstream_status = "timeout"
+            raise Refusal(UPSTREAM, f"MCP server {up.spec.name} did not answer in time.", "mcp_upstream_timeout") from None
+        except GatewayError as exc:
+            call.upstream_status = "unreachable"
+            raise Refusal(UPSTREAM, exc.message, exc.code or "mcp_upstream_error") from None
+        finally:
+            self._limits.release(reservation)
         p = self._access.registry()
         try:
-            return guard_result(result, max_bytes=self._cfg.max_result_bytes, policy=p or getattr(self._active(), "guard", None),
-                                identity=who.identity_name, team=who.team, tool=name, request_id=request_id)
+            guarded = guard_result(result, max_bytes=self._cfg.max_result_bytes, policy=p or getattr(self._active(), "guard", None),
+                                   identity=who.identity_name, team=who.team, tool=name, request_id=request_id)
         except GatewayError as exc:
             raise Refusal(UPSTREAM, exc.message, exc.code or "mcp_upstream_error") from None
+        self._log.result(call, guarded.body, guarded.size)
+        if guarded.injection:
+            call.reason = f"{call.reason}; injection {guarded.injection:.2f}"[:256]
+        if guarded.kinds:
+            call.reason = f"{call.reason}; masked {','.join(sorted(guarded.kinds))}"[:256]
+        return guarded.body
 
     async def _hold(self, who: Principal, j: Judgement, server: str, request_id: str) -> dict[str, Any]:
         guard = getattr(self._active(), "guard", None)
@@ -190,16 +281,6 @@ class McpGateway:
             raise Refusal(REFUSED, exc.message, exc.code or "approval_refused") from None
         finally:
             scope.request.reset(current)
-
-    def _record(self, who: Principal, j: Judgement, server: str, request_id: str) -> None:
-        active = self._active()
-        self._approvals.record([{
-            "ts": clock.now(), "request_id": request_id, "identity_id": who.identity_id, "model": f"mcp:{server}",
-            "context_digest": context_digest({"mcp": server, "tool": j.call.name}), "tool": j.call.name[:64],
-            "call_id": j.call.id[:128], "decision": j.verdict, "reason": j.reason[:256],
-            "args_masked": masked_args(j.canonical or j.call.arguments, MASK), "args_sha256": j.args_sha256,
-            "approval_id": j.approval_id, "approver": None, "policy_version": getattr(active, "version", None),
-            "policy_hash": getattr(active, "hash", None)}])
 
 
 def _upstream_refusal(exc: MCPError) -> Refusal:

@@ -5,6 +5,11 @@ drop what makes the rest safe to read. Every text a result carries (text content
 resources, every string of ``structuredContent``) is read by the detectors of the caller's rule set
 (its output action: ``mask`` and ``block`` mask, ``flag`` logs the kinds); a caller whose rule set
 reads nothing gets every kind masked, because a tool server is not a party the policy trusted.
+
+The same texts get the prompt-injection signal (``sluice.guard.injection``): under the rule set's
+``injection`` (``block``: refused, error -32011 ``mcp_result_injection``; otherwise flagged, at its
+threshold, even when ``off`` or with no guardrails at all: a result is untrusted input). A flagged
+result carries ``_meta["sluice/injection"]`` (the score) to the agent and is logged and recorded.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import mcp.types as mt
 
 from ..core.errors import GatewayError
 from ..guard import Detector, GuardPolicy
+from ..guard.injection import injection_score
 
 log = logging.getLogger("sluice.mcp")
 _ALL = Detector()
@@ -25,6 +31,24 @@ class ResultTooLarge(GatewayError):
     status = 502
     type = "upstream_error"
     code = "mcp_result_too_large"
+
+
+class ResultInjection(GatewayError):
+    status = 502
+    type = "upstream_error"
+    code = "mcp_result_injection"
+
+
+INJECTION_META = "sluice/injection"
+
+
+class Guarded:
+    """A result as it goes back, and what reading it found (for the call's record)."""
+
+    __slots__ = ("body", "size", "kinds", "injection")
+
+    def __init__(self, body: dict[str, Any], size: int, kinds: set[str], injection: float) -> None:
+        self.body, self.size, self.kinds, self.injection = body, size, kinds, injection
 
 
 def _detector(policy: GuardPolicy | None, identity: str, team: str | None) -> tuple[Detector, str]:
@@ -46,9 +70,18 @@ def _strings(value: Any, fix: Any) -> Any:
     return value
 
 
+def _injection(policy: GuardPolicy | None, identity: str, team: str | None) -> tuple[str, float, Any]:
+    """(action, threshold, classifier) of the caller's rule set; flag at 0.5 when it has none."""
+    if policy is not None:
+        rules = policy.rules_for(frozenset(), identity, team)
+        spec = rules.spec.injection
+        return ("block" if rules.injection == "block" else "flag"), spec.threshold, rules.classifier
+    return "flag", 0.5, None
+
+
 def guard_result(result: mt.CallToolResult, *, max_bytes: int, policy: GuardPolicy | None, identity: str,
-                 team: str | None, tool: str, request_id: str) -> dict[str, Any]:
-    """The result as the agent gets it (JSON-ready), or ``ResultTooLarge``."""
+                 team: str | None, tool: str, request_id: str) -> Guarded:
+    """The result as the agent gets it (JSON-ready) and what was found in it, or ``ResultTooLarge``."""
     body = result.model_dump(mode="json", by_alias=True, exclude_none=True)
     size = len(result.model_dump_json(by_alias=True, exclude_none=True))
     if size > max_bytes:
@@ -58,8 +91,10 @@ def guard_result(result: mt.CallToolResult, *, max_bytes: int, policy: GuardPoli
                              " (mcp.max_result_bytes); it was not passed on.")
     detector, action = _detector(policy, identity, team)
     kinds: set[str] = set()
+    texts: list[str] = []
 
     def fix(text: str) -> str:
+        texts.append(text)
         found = detector.find(text)
         if not found:
             return text
@@ -75,4 +110,15 @@ def guard_result(result: mt.CallToolResult, *, max_bytes: int, policy: GuardPoli
         body["structuredContent"] = _strings(body["structuredContent"], fix)
     if kinds:  # kinds only: the values never reach a log
         log.warning("mcp: request %s: the result of %s carries %s (%s)", request_id, tool, ",".join(sorted(kinds)), action)
-    return body
+    inj_action, threshold, classifier = _injection(policy, identity, team)
+    score = max((injection_score(t, classifier) for t in texts), default=0.0)
+    if score >= threshold:
+        log.warning("mcp: request %s: the result of %s looks like instructions to the model (injection %.2f, %s)",
+                    request_id, tool, score, inj_action)
+        if inj_action == "block":
+            raise ResultInjection(f"The result of {tool} looks like it carries instructions to the model; "
+                                  "the gateway's policy refuses it.")
+        body.setdefault("_meta", {})[INJECTION_META] = round(score, 3)
+    else:
+        score = 0.0
+    return Guarded(body, size, kinds, score)

@@ -266,6 +266,16 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/.well-known/oauth-protected-resource/mcp/{server}"): Operation(
         "mcpResourceMetadata", "RFC 9728 protected-resource metadata of an MCP endpoint.", {JSON_TYPE: _OBJECT}, (404,),
         public=True),
+    ("POST", "/mcp"): Operation(
+        "mcpFederatedMessage", "As `POST /mcp/{server}`, with every configured server behind one endpoint: tools are "
+        "listed together and routed by their `server__tool` names.", {JSON_TYPE: _OBJECT}, (*_AUTH, 400, 404, 503),
+        JsonRpcMessage, error=JsonRpcError, answers=(200, 202)),
+    ("DELETE", "/mcp"): Operation(
+        "mcpFederatedEndSession", "End the `/mcp` session named by `Mcp-Session-Id`, on every replica.",
+        {JSON_TYPE: _OBJECT}, (*_AUTH, 400, 404, 503), error=JsonRpcError),
+    ("GET", "/.well-known/oauth-protected-resource/mcp"): Operation(
+        "mcpFederatedResourceMetadata", "RFC 9728 protected-resource metadata of the federated MCP endpoint `/mcp`.",
+        {JSON_TYPE: _OBJECT}, (), public=True),
     ("GET", "/.well-known/oauth-authorization-server"): Operation(
         "authorizationServerMetadata", "RFC 8414 metadata: sluice's token endpoint (token exchange).",
         {JSON_TYPE: _OBJECT}, (), public=True),

@@ -46,6 +46,12 @@ class Metrics:
         self.limit_events = Counter("sluice_limit_events", "Limit decisions and limiter trouble: rejected, "
                                     "backend_down, settle_failed; by limit.", ["kind", "limit"], registry=r)
         self._children: dict[tuple, tuple] = {}
+        # MCP tool calls (issue 25): counted as they end, on the call path (one labelled inc and observe)
+        self.mcp_calls = Counter("sluice_mcp_calls", "MCP tool calls by server, tool and decision "
+                                 "(allow, block, hold, limited, error, refused).", ["server", "tool", "decision"], registry=r)
+        self.mcp_latency = Histogram("sluice_mcp_call_duration_seconds", "MCP tool calls' time in sluice and upstream, "
+                                     "by server and decision.", ["server", "decision"], buckets=_LATENCY_BUCKETS, registry=r)
+        self._mcp_children: dict[tuple[str, str, str], tuple] = {}
         # by caller and route, spend, TPOT, limit decisions, breakers, process memory (issue 13)
         # Read at scrape time, not from counters: breaker state, upstream health, this process's memory.
         # Kept apart so that under --workers (multiprocess mode) the scrape still shows them.
@@ -86,6 +92,19 @@ class Metrics:
                 inc(c[5], rec.completion_tokens)
         self.callers.observe(records, tally)
         tally.apply()
+
+    def mcp_call(self, server: str, tool: str, decision: str, seconds: float) -> None:
+        """One MCP tool call ended (``tool``: its namespaced name; past 2,000 label sets, ``other``)."""
+        key = (server, tool, decision)
+        c = self._mcp_children.get(key)
+        if c is None:
+            if len(self._mcp_children) >= 2000:  # tool names come from upstream servers: bounded anyway
+                key = (server, "other", decision)
+            c = (self.mcp_calls.labels(*key), self.mcp_latency.labels(server, decision))
+            if len(self._mcp_children) < 2000:
+                self._mcp_children[key] = c
+        c[0].inc()
+        c[1].observe(seconds)
 
     def limit_event(self, kind: str, label: str) -> None:
         self.limit_events.labels(kind, label[:128]).inc()

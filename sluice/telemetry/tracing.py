@@ -168,6 +168,20 @@ class Tracer:
         """The context of a new span of this trace (sampled: it exists only because it is)."""
         return SpanContext(trace_id, self._span_id(), False, _SAMPLED)
 
+    def single(self, name: str, sampling: tuple[Any, bool], identity_id: str, attributes: dict[str, Any],
+               error: str | None, start: int, end: int) -> None:
+        """One server span for a request that is not a pipeline run (an MCP tool call), sampled as ``run`` decides:
+        ``ratio`` chose it, or the caller's sampled parent is followed for this (authenticated) identity."""
+        parent, chosen = sampling
+        follow = parent is not None and self._follow is not None and self._follow(identity_id)
+        if not chosen and not follow:
+            return
+        trace_parent = parent if follow else None
+        if error is not None:
+            attributes["error.type"] = error
+        context = self.child(trace_parent.trace_id if trace_parent is not None else self.trace_id())
+        self.emit(name, context, trace_parent, _SERVER, attributes, _ERROR if error is not None else _UNSET, start, end)
+
     def stage_name(self, stage: Any) -> str:
         """The span name of a pipeline stage (named once per stage class)."""
         kind = type(stage)

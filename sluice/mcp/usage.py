@@ -1,0 +1,109 @@
+"""One record per MCP tool call: the ``tool_decisions`` row, the metric, the span.
+
+Every ``tools/call`` that names a tool of a server ends in exactly one ``Call.finish``, whatever became
+of it: refused by the registry (``block``), held (``hold``), refused by a limit (``limited``), run
+(``allow``), or failed upstream or in the result checks (``error``). The row says who, which server
+and tool, the arguments' hash (and masked form), the decision and its reason, the latency, the result's
+size, the upstream's status, the result as it went back (masked, bounded) and, when the caller names
+it, the model tool call that proposed this call (``tool_call_id``: ``_meta["sluice/tool_call_id"]`` or
+the ``x-sluice-tool-call-id`` header), which joins it to that model call's own decision row.
+
+Rows go to the store off the request path (``ToolApprovals.record``); the metric is a labelled counter
+and histogram (``sluice_mcp_calls``, ``sluice_mcp_call_duration_seconds``); the span is emitted only
+when tracing is on and the call is sampled. ``metrics`` and ``tracer`` are handed in by the composition
+root (``sluice.mcp`` does not import ``sluice.telemetry``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import msgspec
+
+from ..core import clock
+from ..guard import Judgement, context_digest
+from ..guard.approvals import MASK
+from ..guard.tools import canonical, masked_args
+
+TOOL_CALL_META = "sluice/tool_call_id"
+TOOL_CALL_HEADER = "x-sluice-tool-call-id"
+
+
+class Call:
+    """What one tools/call came to, filled in along the call path and written once at its end."""
+
+    __slots__ = ("server", "tool", "arguments", "tool_call_id", "judgement", "decision", "reason", "upstream_status",
+                 "result_bytes", "result_masked", "approval_id", "started", "started_ns", "sampling")
+
+    def __init__(self, server: str, tool: str, arguments: dict[str, Any], tool_call_id: str | None,
+                 sampling: Any) -> None:
+        self.server, self.tool, self.arguments = server, tool, arguments
+        self.tool_call_id = tool_call_id[:128] if tool_call_id else None
+        self.judgement: Judgement | None = None
+        self.decision, self.reason = "allow", "allowed"
+        self.upstream_status: str | None = None  # ok | error <code> | timeout | unreachable (None: never sent)
+        self.result_bytes: int | None = None
+        self.result_masked: str | None = None
+        self.approval_id: str | None = None
+        self.started = time.perf_counter()
+        self.started_ns = time.time_ns() if sampling is not None else 0
+        self.sampling = sampling  # the tracer's sampling of this request (None: no span)
+
+    def refuse(self, decision: str, reason: str) -> None:
+        self.decision, self.reason = decision, reason[:256]
+
+
+class CallLog:
+    """Writes a finished ``Call`` out: the store row, the metric, the span."""
+
+    def __init__(self, record: Any, active: Any, metrics: Any = None, tracer: Any = None,
+                 max_result_chars: int = 4096) -> None:
+        self._record = record  # ToolApprovals.record: rows written off the request path
+        self._active = active  # the active policy version (``.version``, ``.hash``)
+        self._metrics = metrics
+        self.tracer = tracer
+        self._max_result_chars = max_result_chars
+
+    def result(self, call: Call, body: dict[str, Any], size: int) -> None:
+        """The result as it went back (already masked by the detectors), bounded for the record."""
+        call.result_bytes = size
+        if self._max_result_chars:
+            text = msgspec.json.encode(body).decode()
+            call.result_masked = text if len(text) <= self._max_result_chars else text[:self._max_result_chars] + "…"
+
+    def finish(self, call: Call, who: Any, request_id: str) -> None:
+        seconds = time.perf_counter() - call.started
+        j = call.judgement
+        if j is not None:
+            args_text = j.canonical or j.call.arguments
+            digest = j.args_sha256
+        else:
+            args_text = canonical(call.arguments)
+            digest = hashlib.sha256(args_text.encode()).hexdigest()
+        active = self._active()
+        self._record([{
+            "ts": clock.now(), "request_id": request_id, "identity_id": who.identity_id, "model": f"mcp:{call.server}",
+            "context_digest": context_digest({"mcp": call.server, "tool": call.tool}), "tool": call.tool[:64],
+            "call_id": "", "decision": call.decision, "reason": call.reason,
+            "args_masked": masked_args(args_text, MASK), "args_sha256": digest, "approval_id": call.approval_id,
+            "approver": None, "policy_version": getattr(active, "version", None),
+            "policy_hash": getattr(active, "hash", None), "latency_ms": round(seconds * 1000.0, 3),
+            "result_bytes": call.result_bytes, "upstream_status": call.upstream_status,
+            "tool_call_id": call.tool_call_id, "result_masked": call.result_masked}])
+        if self._metrics is not None:
+            self._metrics.mcp_call(call.server, call.tool, call.decision, seconds)
+        if self.tracer is not None and call.sampling is not None:
+            attrs: dict[str, Any] = {"mcp.server": call.server, "mcp.tool": call.tool, "mcp.method": "tools/call",
+                                     "sluice.decision": call.decision, "sluice.identity": who.identity_name,
+                                     "sluice.request_id": request_id}
+            if call.upstream_status:
+                attrs["mcp.upstream_status"] = call.upstream_status
+            if call.result_bytes is not None:
+                attrs["mcp.result_bytes"] = call.result_bytes
+            if call.tool_call_id:
+                attrs["gen_ai.tool.call.id"] = call.tool_call_id
+            error = call.reason if call.decision in ("error", "limited", "block") else None
+            self.tracer.single("mcp tools/call", call.sampling, who.identity_id, attrs, error, call.started_ns,
+                               time.time_ns())
