@@ -106,6 +106,7 @@ class Gateway:
         out = list(c.admin.keys) + [k for i in c.identities for k in i.keys]
         out += [u.api_key for u in c.upstreams if u.api_key]
         out += [os.environ[s.credential_env] for s in c.mcp.servers if s.credential_env and os.environ.get(s.credential_env)]
+        out += [v for s in c.mcp.servers for v in s.env.values()]  # a stdio server's env may hold its credential
         if c.security.pepper:
             out.append(c.security.pepper)
         return out
@@ -240,7 +241,7 @@ class Gateway:
             await data_plane.authenticate(ctx)
             return ctx.principal
 
-        self.mcp_upstreams = Upstreams(c.mcp.servers)
+        self.mcp_upstreams = Upstreams(c.mcp.servers, c.mcp)
         mcp = McpGateway(c.mcp, self.mcp_upstreams, Sessions(pepper, c.mcp.session_ttl_s), approvals, lambda: policy.current)
         data_routes += McpEndpoints(identify, mcp, c.mcp).routes()
         data_routes.append(OpenApiEndpoint(data_plane.authenticate, data_routes).route)  # documents every route above
