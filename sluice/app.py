@@ -107,6 +107,7 @@ class Gateway:
         out = list(c.admin.keys) + [k for i in c.identities for k in i.keys]
         out += [u.api_key for u in c.upstreams if u.api_key]
         out += [os.environ[s.credential_env] for s in c.mcp.servers if s.credential_env and os.environ.get(s.credential_env)]
+        out += [v for s in c.mcp.servers for v in s.env.values()]  # a stdio server's env may hold its credential
         if c.security.pepper:
             out.append(c.security.pepper)
         return out
@@ -241,7 +242,7 @@ class Gateway:
             await data_plane.authenticate(ctx)
             return ctx.principal
 
-        self.mcp_upstreams = Upstreams(c.mcp.servers)
+        self.mcp_upstreams = Upstreams(c.mcp.servers, c.mcp)
         ended = EndedSessions(store)  # type: ignore[arg-type]  # a DELETE ends a session on every replica
         self._tasks.append(asyncio.get_running_loop().create_task(self._every(3600.0, ended.purge), name="mcp-ended-purge"))
         mcp = McpGateway(c.mcp, self.mcp_upstreams, Sessions(pepper, c.mcp.session_ttl_s, ended, c.mcp.ended_check_s),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+import shutil
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -11,24 +13,74 @@ from .strict import Strict as _Strict
 
 # A server's name is a path segment of /mcp/{server} and the namespace of its tools (`server__tool`).
 ServerName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")]
+EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+# A stdio server's path and locale are sluice's, not the caller's or the server's to choose.
+RESERVED_ENV = frozenset({"PATH", "HOME", "TMPDIR", "LANG"})
+
+
+class StdioLimits(_Strict):
+    """Resource limits of a stdio server's process (setrlimit, set by the launcher before it execs the command)."""
+
+    memory_mb: Annotated[int, msgspec.Meta(ge=64)] = 2048  # RLIMIT_AS: address space, not resident memory
+    open_files: Annotated[int, msgspec.Meta(ge=16)] = 256  # RLIMIT_NOFILE
+    processes: Annotated[int, msgspec.Meta(ge=1)] = 512  # RLIMIT_NPROC: counts every process of the uid
+    cpu_s: Annotated[int, msgspec.Meta(ge=1)] = 3600  # RLIMIT_CPU: a server past it is killed, then restarted
+    file_size_mb: Annotated[int, msgspec.Meta(ge=1)] = 64  # RLIMIT_FSIZE: the largest file it may write
 
 
 class McpServer(_Strict):
-    """One upstream MCP server over Streamable HTTP. sluice calls it with its own credential, never the caller's."""
+    """One upstream MCP server: over Streamable HTTP (``url``), or over stdio from a ``command`` sluice starts
+    itself in a sandbox. sluice calls it with its own credential, never the caller's."""
 
     name: ServerName
-    url: str  # the server's Streamable HTTP endpoint, e.g. http://tools.internal:8000/mcp
+    url: str | None = None  # the server's Streamable HTTP endpoint, e.g. http://tools.internal:8000/mcp
     credential_env: str | None = None  # the environment variable whose value goes as `Authorization: Bearer`
     prefix: ServerName | None = None  # the tools' namespace (default: the name); `prefix__tool` stays stable
     timeout_s: Seconds = 60.0  # one call's wait for the upstream
+    # stdio: argv whose executable is in `mcp.allowed_commands`; the only environment it gets besides PATH,
+    # LANG, HOME and TMPDIR (values may be `${ENV}`); its working directory (default: its private directory)
+    command: list[str] | None = None
+    env: dict[EnvName, str] = msgspec.field(default_factory=dict)
+    cwd: str | None = None
+    network: Literal["deny", "allow"] = "deny"  # deny: a network namespace of its own, with nothing in it
+    limits: StdioLimits = msgspec.field(default_factory=StdioLimits)
 
     def __post_init__(self) -> None:
-        if not self.url.startswith(("http://", "https://")):
-            raise msgspec.ValidationError(f"an MCP server's url must be http(s): {self.name!r} - at `$.mcp.servers`")
+        at = f"{self.name!r} - at `$.mcp.servers`"
+        if (self.url is None) == (self.command is None):
+            raise msgspec.ValidationError(f"an MCP server needs exactly one of url and command: {at}")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise msgspec.ValidationError(f"an MCP server's url must be http(s): {at}")
+        if self.command is not None:
+            if not self.command or not self.command[0]:
+                raise msgspec.ValidationError(f"an MCP server's command is an argv list, its executable first: {at}")
+            if self.credential_env:
+                raise msgspec.ValidationError(f"credential_env is for servers over HTTP; give a stdio server its "
+                                              f"credential in env: {at}")
+            if self.cwd is not None and not os.path.isabs(self.cwd):
+                raise msgspec.ValidationError(f"an MCP server's cwd must be an absolute path: {at}")
+            reserved = sorted(RESERVED_ENV & set(self.env))
+            if reserved:
+                raise msgspec.ValidationError(f"an MCP server's env may not set {reserved[0]} (sluice sets it): {at}")
+        elif self.env or self.cwd is not None:
+            raise msgspec.ValidationError(f"env and cwd are for stdio servers (command): {at}")
 
     @property
     def namespace(self) -> str:
         return self.prefix or self.name
+
+    @property
+    def stdio(self) -> bool:
+        return self.command is not None
+
+
+def executable(command: str) -> str:
+    """The file a command names, symlinks resolved (a bare name is looked up on the stdio servers' PATH)."""
+    found = command if os.path.isabs(command) else shutil.which(command, path=STDIO_PATH)
+    return os.path.realpath(found) if found else command
+
+
+STDIO_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 Rate = Annotated[int, msgspec.Meta(ge=1, le=1_000_000_000)]
@@ -46,7 +98,7 @@ class McpLimits(_Strict):
 
 
 class Mcp(_Strict):
-    """The MCP gateway: upstream servers, session lifetime, the bound on one tool result."""
+    """The MCP gateway: upstream servers, session lifetime, the bound on one tool result, the stdio sandbox."""
 
     servers: list[McpServer] = msgspec.field(default_factory=list)
     session_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=30 * 86400)] = 86400.0  # a sealed session id's life
@@ -56,9 +108,21 @@ class Mcp(_Strict):
     # how long a replica trusts "this session was not ended" before asking the store again (0: every request)
     ended_check_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 1.0
     max_recorded_result_chars: Annotated[int, msgspec.Meta(ge=0, le=1024 * 1024)] = 4096  # of the masked result, per call
+    allowed_commands: list[str] = msgspec.field(default_factory=list)  # absolute paths stdio servers may run
+    allow_unsandboxed: bool = False  # run `network: deny` servers even where no network namespace can be made
+    state_dir: str = ".sluice/mcp"  # each stdio server's private directory is made under it (mode 0700)
 
     def __post_init__(self) -> None:
         for kind, names in (("name", [s.name for s in self.servers]), ("prefix", [s.namespace for s in self.servers])):
             dup = {n for n in names if names.count(n) > 1}
             if dup:
                 raise msgspec.ValidationError(f"duplicate MCP server {kind} {sorted(dup)[0]!r} - at `$.mcp.servers`")
+        for path in self.allowed_commands:
+            if not os.path.isabs(path):
+                raise msgspec.ValidationError(f"allowed_commands must be absolute paths: {path!r} - at "
+                                              f"`$.mcp.allowed_commands`")
+        allowed = {os.path.realpath(p) for p in self.allowed_commands}
+        for s in self.servers:
+            if s.command is not None and executable(s.command[0]) not in allowed:
+                raise msgspec.ValidationError(f"MCP server {s.name!r} runs {s.command[0]!r}, which is not in "
+                                              f"allowed_commands - at `$.mcp.servers`")

@@ -1,7 +1,8 @@
 """The upstream MCP servers: one long-lived client session per server, shared by every caller.
 
-sluice is an MCP client (the ``mcp`` SDK's Streamable HTTP client) to each configured server. The
-session is made once and reused (no handshake per call); it is rebuilt when the connection fails.
+sluice is an MCP client (the ``mcp`` SDK's Streamable HTTP client, or its stdio client for a server sluice
+starts itself: ``stdio.py``) to each configured server. The session is made once and reused (no handshake
+per call); it is rebuilt when the connection fails, and a stdio server that dies is started again.
 What goes upstream carries the server's own credential (``credential_env``), or none: the caller's
 key or token is never handed to a tool server, and callers never share a header with it.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx2
@@ -21,16 +24,36 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 from ..core.errors import ConfigError, UpstreamError, UpstreamTimeout
-from ..core.mcp_config import McpServer
+from ..core.mcp_config import Mcp, McpServer
+from .stdio import Sandbox, StdioServer, sandbox_for
 
 log = logging.getLogger("sluice.mcp")
+
+
+@asynccontextmanager
+async def _streams(streams: Any) -> AsyncIterator[Any]:
+    """Streams already open, as the transport (an async context manager) that ``Client`` takes."""
+    yield streams
+
+
+async def _first(*waits: Any) -> None:
+    """Return when the first of these awaitables does; cancel the rest."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
 
 
 class Upstream:
     """One server: its client session, opened on first use, held by a task of its own (anyio scopes are per task)."""
 
-    def __init__(self, spec: McpServer) -> None:
+    def __init__(self, spec: McpServer, stdio: StdioServer | None = None) -> None:
         self.spec = spec
+        self._stdio = stdio
+        self._restart: asyncio.TimerHandle | None = None
+        self._closed = False
         self.namespace = spec.namespace
         headers: dict[str, str] = {}
         if spec.credential_env:
@@ -47,8 +70,16 @@ class Upstream:
         self._lock = asyncio.Lock()
 
     async def _hold(self, ready: asyncio.Future[Client], stop: asyncio.Event) -> None:
-        http = create_mcp_http_client(headers=self._headers, timeout=httpx2.Timeout(30.0, read=self.spec.timeout_s))
         try:
+            if self._stdio is not None:
+                async with self._stdio.transport() as (streams, died), \
+                        Client(_streams(streams), mode="legacy", cache=None, read_timeout_seconds=self.spec.timeout_s) as client:
+                    ready.set_result(client)
+                    await _first(stop.wait(), died.wait())
+                    if not stop.is_set():  # the process is gone: start it again, after a bounded backoff
+                        self._restart_later()
+                return
+            http = create_mcp_http_client(headers=self._headers, timeout=httpx2.Timeout(30.0, read=self.spec.timeout_s))
             async with http, Client(streamable_http_client(self.spec.url, http_client=http), mode="legacy",
                                     cache=None, read_timeout_seconds=self.spec.timeout_s) as client:
                 ready.set_result(client)
@@ -82,6 +113,26 @@ class Upstream:
                 log.warning("mcp: server %s: handshake failed: %s", self.spec.name, type(exc).__name__)
                 raise UpstreamError(f"MCP server {self.spec.name} is unreachable.", code="mcp_upstream_error") from None
             return self._client
+
+    def start(self) -> None:
+        """Start a stdio server now rather than at the first call (a failure is logged; calls retry it)."""
+        if self._stdio is not None and not self._closed:
+            asyncio.get_running_loop().create_task(self._start(), name=f"mcp-start-{self.spec.name}")
+
+    async def _start(self) -> None:
+        self._restart = None
+        try:
+            await self._session()
+        except Exception as exc:  # noqa: BLE001 - logged; the next start or call tries again
+            log.warning("mcp: server %s did not start (%s)", self.spec.name, type(exc).__name__)
+            self._restart_later()
+
+    def _restart_later(self) -> None:
+        if self._stdio is None or self._closed or self._restart is not None:
+            return
+        delay = self._stdio.backoff()
+        log.warning("mcp: server %s exited; starting it again in %.1f s", self.spec.name, delay)
+        self._restart = asyncio.get_running_loop().call_later(delay, self.start)
 
     async def _drop(self) -> None:
         task, self._task, self._client = self._task, None, None
@@ -130,14 +181,21 @@ class Upstream:
         await self._run("ping", lambda c: c.send_ping())
 
     async def close(self) -> None:
+        self._closed = True
+        if self._restart is not None:
+            self._restart.cancel()
         await self._drop()
 
 
 class Upstreams:
-    """The configured servers by name."""
+    """The configured servers by name; stdio servers are started here (a running event loop is needed)."""
 
-    def __init__(self, servers: list[McpServer]) -> None:
-        self.by_name = {s.name: Upstream(s) for s in servers}
+    def __init__(self, servers: list[McpServer], cfg: Mcp | None = None) -> None:
+        sandbox: Sandbox | None = sandbox_for(cfg) if cfg is not None else None
+        self.by_name = {s.name: Upstream(s, StdioServer(s, cfg, sandbox) if s.stdio and cfg is not None else None)
+                        for s in servers}
+        for up in self.by_name.values():
+            up.start()
 
     def get(self, name: str) -> Upstream | None:
         return self.by_name.get(name)
