@@ -33,6 +33,7 @@ from ..guard.tools import masked_args
 from ..identity import Principal
 from .authz import ToolAccess, namespaced, upstream_name
 from .jsonrpc import NO_SESSION, REFUSED, UPSTREAM, Refusal
+from .pins import Pins
 from .results import guard_result
 from .session import Session, Sessions
 from .upstreams import Upstream, Upstreams
@@ -57,13 +58,16 @@ class McpGateway:
     """Answers MCP requests of authenticated callers for each configured server."""
 
     def __init__(self, cfg: Mcp, upstreams: Upstreams, sessions: Sessions, approvals: ToolApprovals,
-                 active: Callable[[], Any]) -> None:
+                 active: Callable[[], Any], record_change: Callable[[Any], Any] | None = None) -> None:
         self._cfg = cfg
         self.upstreams = upstreams
         self.sessions = sessions
         self._approvals = approvals
         self._active = active  # the active policy version (``.guard``, ``.version``, ``.hash``)
-        self._access = ToolAccess(lambda: getattr(active(), "guard", None))
+        self._access = self.access = ToolAccess(lambda: getattr(active(), "guard", None))
+        # issue 25 item 5: definitions pinned in the active version's ``mcp`` section; others quarantined
+        self.pins = Pins(lambda: getattr(getattr(active(), "document", None), "mcp", None), cfg.pin_recheck_s,
+                         record_change)
 
     def server(self, name: str) -> Upstream:
         up = self.upstreams.get(name)
@@ -127,6 +131,7 @@ class McpGateway:
             tools = await up.list_tools()
         except MCPError as exc:
             raise _upstream_refusal(exc) from None
+        tools = await self.pins.screen(up.spec.name, up.namespace, tools)  # quarantined tools are hidden
         shown = []
         for tool in tools:
             name = namespaced(up.namespace, tool.name)
@@ -141,6 +146,10 @@ class McpGateway:
         if tool is None:
             raise Refusal(mt.INVALID_PARAMS, f"Unknown tool {name[:64]!r}: this server's tools are named "
                                              f"`{up.namespace}__<tool>`.", "unknown_tool")
+        try:  # a quarantined tool (definition unpinned or changed) is refused before anything else
+            await self.pins.check_call(up.spec.name, up.namespace, tool, up.list_tools)
+        except MCPError as exc:
+            raise _upstream_refusal(exc) from None
         judgement = self._access.judge(name, arguments, who.identity_name, who.team)
         if judgement is not None:
             self._record(who, judgement, server, request_id)
