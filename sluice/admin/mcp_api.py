@@ -119,8 +119,8 @@ class McpAdmin:
             for row, s in zip(rows, seen):
                 allowed = access.visible(s.name, ident.name, ident.team)
                 row["shown"] = allowed and not s.quarantined
-                row["why"] = ("shown" if row["shown"] else f"quarantined ({s.state})" if s.quarantined
-                              else "denied by the tool registry")
+                row["why"] = ("shown" if row["shown"] else "denied by the tool registry" if not allowed
+                              else f"quarantined ({s.state})")
         if q.state is not None:
             rows = [x for x in rows if (x["quarantined"] if q.state == "quarantined" else x["state"] == q.state)]
         return Reply.json({"object": "list", "data": rows, "errors": errors,
@@ -162,8 +162,11 @@ class McpAdmin:
         req: PinRejection = _decode(ex.body, PinRejection)  # type: ignore[assignment]
         s = await self._current(ex.params["tool"])
         rejected = []
-        for row in await self._store.list_changesets():
-            if row["status"] == "pending" and decode(row["document"]).mcp.pins.get(s.name) == s.sha256:
+        for listed in await self._store.list_changesets(limit=1000):  # listed without their documents
+            if listed["status"] != "pending" or "mcp" not in str(listed["sections"]):
+                continue
+            row = await self._store.changeset(listed["id"])
+            if row is not None and decode(row["document"]).mcp.pins.get(s.name) == s.sha256:
                 await self._policy.reject(actor, row["id"], req.reason)
                 rejected.append(row["id"])
         await self._store.record_change(event(actor, "mcp.reject", s.name, {
