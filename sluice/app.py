@@ -22,6 +22,7 @@ from .audit.logins import FailedLogins
 from .admin.dashboard import Dashboard
 from .core import config as cfgmod
 from .core.config import Config
+from .core.mcp_config import McpPolicy
 from .core.errors import ConfigError
 from .core.exchange import Exchange, Reply
 from .core.wire import extra_params
@@ -35,6 +36,7 @@ from .policy import LimitsSection, PendingApproval, PolicyDocument, PolicyServic
 from .admin.policy_api import PolicyAdmin
 from .routing import DecisionLog, Deployment, Replica, RoutingState, build_placement, from_config, refused_url
 from .admin.guard_api import GuardAdmin
+from .admin.mcp_api import McpAdmin
 from .guard import ToolApprovals
 from .guard.policy import from_file as guard_from_file
 from .pipeline.approvals import ApprovalEndpoints
@@ -192,7 +194,8 @@ class Gateway:
         # The versioned policy drives routing and limits: no routing store of its own, no second poller.
         self.routing = routing = RoutingState(from_config(c), transports=deployments, breaker=c.resilience.breaker)
         self.policy = policy = PolicyService(store, routing, limiter, c.policy, PolicyDocument(
-            routing=from_config(c), limits=LimitsSection(rules=list(c.limits.rules)), **self._guard_sections(c)))
+            routing=from_config(c), limits=LimitsSection(rules=list(c.limits.rules)), **self._guard_sections(c),
+            mcp=McpPolicy(pin={s.name: s.pin for s in c.mcp.servers}, pins=dict(c.mcp.pins))))
         await policy.bootstrap()
         if c.resilience.health_interval_s > 0:
             self._tasks.append(asyncio.get_running_loop().create_task(
@@ -228,11 +231,18 @@ class Gateway:
         # one budget of failed-login entries for the whole control plane: the dashboard's form is one more door
         failed_logins = FailedLogins(store, c.audit.failed_logins_per_minute).record
         dashboard = Dashboard(store, admin_auth, self._target_health, currency=c.currency, on_auth_failure=failed_logins)
+        self.mcp_upstreams = Upstreams(c.mcp.servers, c.mcp)
+        ended = EndedSessions(store)  # type: ignore[arg-type]  # a DELETE ends a session on every replica
+        self._tasks.append(asyncio.get_running_loop().create_task(self._every(3600.0, ended.purge), name="mcp-ended-purge"))
+        mcp = McpGateway(c.mcp, self.mcp_upstreams, Sessions(pepper, c.mcp.session_ttl_s, ended, c.mcp.ended_check_s),
+                         approvals, lambda: policy.current, record_change=store.record_change, limiter=limiter,
+                         metrics=metrics, tracer=self.tracer)
         admin = AdminApi(admin_auth, identities, store, ledger.flush,
                          RoutingAdmin(routing, decisions, [u.name for u in c.upstreams], policy),
                          keyring, limiter, policy=PolicyAdmin(policy, store, identities), audit=AuditAdmin(audit),
                          on_auth_failure=failed_logins,
-                         guard=GuardAdmin(approvals, guard_records), dashboard=dashboard)
+                         guard=GuardAdmin(approvals, guard_records), dashboard=dashboard,
+                         mcp=McpAdmin(mcp, policy, store))
         data_routes = data_plane.routes() + token_routes + health + vllm_health
         # the approval endpoints always: any policy version may add a tool registry
         data_routes += ApprovalEndpoints(data_plane.authenticate, approvals).routes()
@@ -242,11 +252,6 @@ class Gateway:
             await data_plane.authenticate(ctx)
             return ctx.principal
 
-        self.mcp_upstreams = Upstreams(c.mcp.servers, c.mcp)
-        ended = EndedSessions(store)  # type: ignore[arg-type]  # a DELETE ends a session on every replica
-        self._tasks.append(asyncio.get_running_loop().create_task(self._every(3600.0, ended.purge), name="mcp-ended-purge"))
-        mcp = McpGateway(c.mcp, self.mcp_upstreams, Sessions(pepper, c.mcp.session_ttl_s, ended, c.mcp.ended_check_s),
-                         approvals, lambda: policy.current, limiter=limiter, metrics=metrics, tracer=self.tracer)
         data_routes += McpEndpoints(identify, mcp, c.mcp).routes()
         data_routes.append(OpenApiEndpoint(data_plane.authenticate, data_routes).route)  # documents every route above
         self.data = NativeListener("data", c.data_plane, data_routes, max_body_bytes=c.requests.max_body_bytes,

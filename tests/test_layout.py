@@ -18,7 +18,7 @@ ALLOWED: dict[str, set[str]] = {
     "identity": {"core", "store"}, "audit": {"core", "store"}, "memory": {"core", "store"}, "mcp": {"core", "store", "guard", "identity"}, "workers": {"core", "telemetry"},
     "policy": {"core", "store", "audit", "routing", "limits", "guard"},
     "pipeline": DOMAIN | {"wire"},  # the client APIs' adapters decode into, and encode out of, its one path
-    "admin": DOMAIN | {"store"},
+    "admin": DOMAIN | {"store", "mcp"},  # issue 25: the MCP servers, tools and pins
 }
 MAX_LINES = 500
 

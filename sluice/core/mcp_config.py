@@ -26,6 +26,11 @@ class StdioLimits(_Strict):
     processes: Annotated[int, msgspec.Meta(ge=1)] = 512  # RLIMIT_NPROC: counts every process of the uid
     cpu_s: Annotated[int, msgspec.Meta(ge=1)] = 3600  # RLIMIT_CPU: a server past it is killed, then restarted
     file_size_mb: Annotated[int, msgspec.Meta(ge=1)] = 64  # RLIMIT_FSIZE: the largest file it may write
+# A pinned definition: the SHA-256 (hex) of a tool's canonical definition (``sluice.mcp.pins``).
+Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+ToolName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+# required: a tool whose definition is not pinned (or changed) is quarantined; off: the server's tools are not pinned
+PinMode = Literal["required", "off"]
 
 
 class McpServer(_Strict):
@@ -44,6 +49,7 @@ class McpServer(_Strict):
     cwd: str | None = None
     network: Literal["deny", "allow"] = "deny"  # deny: a network namespace of its own, with nothing in it
     limits: StdioLimits = msgspec.field(default_factory=StdioLimits)
+    pin: PinMode = "required"  # seeds the policy's ``mcp.pin`` for this server (issue 25, rug-pull defence)
 
     def __post_init__(self) -> None:
         at = f"{self.name!r} - at `$.mcp.servers`"
@@ -111,6 +117,9 @@ class Mcp(_Strict):
     allowed_commands: list[str] = msgspec.field(default_factory=list)  # absolute paths stdio servers may run
     allow_unsandboxed: bool = False  # run `network: deny` servers even where no network namespace can be made
     state_dir: str = ".sluice/mcp"  # each stdio server's private directory is made under it (mode 0700)
+    pins: dict[ToolName, Sha256] = msgspec.field(default_factory=dict)  # seeds the policy's ``mcp.pins``
+    # a tools/call is checked against the server's definitions as last listed, listed again when older than this
+    pin_recheck_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
 
     def __post_init__(self) -> None:
         for kind, names in (("name", [s.name for s in self.servers]), ("prefix", [s.namespace for s in self.servers])):
@@ -126,3 +135,17 @@ class Mcp(_Strict):
             if s.command is not None and executable(s.command[0]) not in allowed:
                 raise msgspec.ValidationError(f"MCP server {s.name!r} runs {s.command[0]!r}, which is not in "
                                               f"allowed_commands - at `$.mcp.servers`")
+
+
+class McpPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The ``mcp`` section of the versioned policy: which tool definitions operators approved (issue 25, item 5).
+
+    ``pins`` maps a namespaced tool (``server__tool``) to the SHA-256 of the definition an operator approved;
+    ``pin`` says per server whether its tools must be pinned (``required``, the default for a server it does
+    not name) or are not checked (``off``). Seeded from the config file's ``mcp.pins`` and ``servers[].pin``."""
+
+    pin: dict[ServerName, PinMode] = msgspec.field(default_factory=dict)
+    pins: dict[ToolName, Sha256] = msgspec.field(default_factory=dict)
+
+    def mode(self, server: str) -> PinMode:
+        return self.pin.get(server, "required")

@@ -44,6 +44,7 @@ from ..core.errors import UpstreamTimeout
 from .authz import ToolAccess, namespaced, upstream_name
 from .jsonrpc import NO_SESSION, REFUSED, UPSTREAM, Refusal
 from .limits import CallLimits
+from .pins import Pins
 from .results import guard_result
 from .session import Session, Sessions
 from .upstreams import Upstream, Upstreams
@@ -70,15 +71,19 @@ class McpGateway:
     """Answers MCP requests of authenticated callers for each configured server."""
 
     def __init__(self, cfg: Mcp, upstreams: Upstreams, sessions: Sessions, approvals: ToolApprovals,
-                 active: Callable[[], Any], *, limiter: Any = None, metrics: Any = None, tracer: Any = None) -> None:
+                 active: Callable[[], Any], record_change: Callable[[Any], Any] | None = None, *,
+                 limiter: Any = None, metrics: Any = None, tracer: Any = None) -> None:
         self._cfg = cfg
         self.upstreams = upstreams
         self.sessions = sessions
         self._approvals = approvals
         self._active = active  # the active policy version (``.guard``, ``.version``, ``.hash``)
-        self._access = ToolAccess(lambda: getattr(active(), "guard", None))
+        self._access = self.access = ToolAccess(lambda: getattr(active(), "guard", None))
         self._limits = CallLimits(limiter, cfg.limits)
         self._log = CallLog(approvals.record, active, metrics, tracer, cfg.max_recorded_result_chars)
+        # issue 25 item 5: definitions pinned in the active version's ``mcp`` section; others quarantined
+        self.pins = Pins(lambda: getattr(getattr(active(), "document", None), "mcp", None), cfg.pin_recheck_s,
+                         record_change)
 
     def server(self, name: str) -> Upstream | None:
         """The server of a path (None: the federated path ``/mcp``), or a 404 refusal."""
@@ -148,7 +153,7 @@ class McpGateway:
     async def _list_tools(self, who: Principal, up: Upstream | None) -> dict[str, Any]:
         if up is not None:
             try:
-                shown = self._visible(who, up, await up.list_tools())
+                shown = await self._visible(who, up, await up.list_tools())
             except MCPError as exc:
                 raise _upstream_refusal(exc) from None
         else:  # federated: every server at once; one that fails is left out, not the whole list
@@ -161,12 +166,13 @@ class McpGateway:
                         raise tools
                     log.warning("mcp: /mcp: server %s left out of tools/list (%s)", u.spec.name, type(tools).__name__)
                     continue
-                shown += self._visible(who, u, tools)
+                shown += await self._visible(who, u, tools)
         return mt.ListToolsResult(tools=shown).model_dump(mode="json", by_alias=True, exclude_none=True)
 
-    def _visible(self, who: Principal, up: Upstream, tools: list[mt.Tool]) -> list[mt.Tool]:
+    async def _visible(self, who: Principal, up: Upstream, tools: list[mt.Tool]) -> list[mt.Tool]:
+        """The tools of ``up`` this caller sees: not quarantined (``pins``), and allowed by the registry."""
         shown = []
-        for tool in tools:
+        for tool in await self.pins.screen(up.spec.name, up.namespace, tools):
             name = namespaced(up.namespace, tool.name)
             if self._access.visible(name, who.identity_name, who.team):
                 shown.append(tool.model_copy(update={"name": name}))
@@ -203,6 +209,13 @@ class McpGateway:
     async def _run_call(self, who: Principal, up: Upstream, tool: str, call: Call, meta: dict[str, Any],
                         request_id: str) -> dict[str, Any]:
         name, arguments = call.tool, call.arguments
+        try:  # a quarantined tool (definition unpinned or changed) is refused before anything else
+            await self.pins.check_call(up.spec.name, up.namespace, tool, up.list_tools)
+        except MCPError as exc:
+            raise _upstream_refusal(exc) from None
+        except Refusal as r:
+            call.refuse("quarantined", r.reason)
+            raise
         judgement = call.judgement = self._access.judge(name, arguments, who.identity_name, who.team)
         if judgement is not None:
             call.refuse(judgement.verdict, judgement.reason)

@@ -16,6 +16,7 @@ import yaml
 
 from ..core.config import LimitRule
 from ..core.guardrails import Guardrails, ToolSpec
+from ..core.mcp_config import McpPolicy
 from ..routing.policy import RoutingPolicy
 
 
@@ -41,6 +42,7 @@ class PolicyDocument(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     switches: Switches = msgspec.field(default_factory=Switches)
     guardrails: Guardrails = msgspec.field(default_factory=Guardrails)  # issue 11/12: the guard's rule sets
     tools: list[ToolSpec] = msgspec.field(default_factory=list)  # issue 11/12: the tool registry
+    mcp: McpPolicy = msgspec.field(default_factory=McpPolicy)  # issue 25: MCP tool definitions pinned by operators
 
 
 SECTIONS: tuple[str, ...] = PolicyDocument.__struct_fields__

@@ -137,6 +137,8 @@ class PolicyService:
                 # a version stored before guardrails and tools were policy sections takes them from the file
                 stored = msgspec.json.decode(row["document"])
                 adopt = {k: getattr(self._file, k) for k in GUARD_SECTIONS if k not in stored}
+                if "mcp" not in stored and self._file.mcp != PolicyDocument().mcp:  # issue 25: pins seeded once
+                    adopt["mcp"] = self._file.mcp
                 if merged != doc.routing or any(adopt.values()):
                     await self._commit(Named("config"), msgspec.structs.replace(doc, routing=merged, **adopt), version,
                                        "config", "the config file adds registry versions, routes or guardrails",

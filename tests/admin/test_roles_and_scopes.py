@@ -83,11 +83,15 @@ SURFACE: list[tuple[str, str, int, set[str]]] = [
     ("GET", "/admin/tool-approvals/apv-nope", 404, {O, A}),
     ("POST", "/admin/tool-approvals/apv-nope/decision", 400, {O}),
     ("GET", "/admin/tool-decisions", 200, {O, A}),
+    ("GET", "/admin/mcp/servers", 200, {O, A}),  # issue 25
+    ("GET", "/admin/mcp/tools", 200, {O, A}),
+    ("POST", "/admin/mcp/tools/files__nope/approve", 400, {O}),
+    ("POST", "/admin/mcp/tools/files__nope/reject", 400, {O}),
 ]
 _DOCUMENTED_4XX = {400: "invalid_request", 404: "not_found"}
 _PARAMS = {"identity_id": "id-nope", "key_id": "key-nope", "owner": "nobody@example.com", "model": "no-such-model",
            "request_id": "req-nope", "route": "no-such-route", "version": "v-nope", "changeset_id": "cs-nope",
-           "target": "t-nope@v", "approval_id": "apv-nope"}
+           "target": "t-nope@v", "approval_id": "apv-nope", "tool": "files__nope"}
 
 
 def call(g, method: str, path: str, key: str | None, body: dict | None = None) -> httpx.Response:

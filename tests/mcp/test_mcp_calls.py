@@ -57,8 +57,9 @@ def servers(tmp_path_factory):
 
 
 def two_servers(files: ToolServer, notes: ToolServer, **mcp) -> dict:
-    return {"servers": [{"name": "files", "url": files.url, "credential_env": "FILES_TOKEN"},
-                        {"name": "notes", "url": notes.url, "credential_env": "NOTES_TOKEN"}], **mcp}
+    # pin: off - these tests are about calls, not definitions (tests/mcp/test_mcp_pins.py pins)
+    return {"servers": [{"name": "files", "url": files.url, "credential_env": "FILES_TOKEN", "pin": "off"},
+                        {"name": "notes", "url": notes.url, "credential_env": "NOTES_TOKEN", "pin": "off"}], **mcp}
 
 
 ENV = {"FILES_TOKEN": UPSTREAM_SECRET, "NOTES_TOKEN": NOTES_SECRET}

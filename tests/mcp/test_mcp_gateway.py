@@ -68,7 +68,8 @@ def tools_server(tmp_path_factory):
 
 
 def mcp_extra(server: ToolServer) -> dict:
-    return {"mcp": {"servers": [{"name": "files", "url": server.url, "credential_env": "FILES_TOKEN"}],
+    # pin: off - the first slice's tests are about access, not definitions (tests/mcp/test_mcp_pins.py pins)
+    return {"mcp": {"servers": [{"name": "files", "url": server.url, "credential_env": "FILES_TOKEN", "pin": "off"}],
                     "max_result_bytes": MAX_RESULT},
             "tools": TOOLS}
 

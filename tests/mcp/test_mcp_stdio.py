@@ -41,7 +41,8 @@ def isolation() -> tuple[bool, str]:
 
 
 def mcp_config(**over) -> dict:
-    server = {"name": "local", "command": SERVER, "env": {"GREETING": "hello", "LOCAL_TOKEN": "${LOCAL_TOKEN}"}}
+    # pin: off - these tests are about the sandbox, not definitions (tests/mcp/test_mcp_pins.py pins)
+    server = {"name": "local", "command": SERVER, "env": {"GREETING": "hello", "LOCAL_TOKEN": "${LOCAL_TOKEN}"}, "pin": "off"}
     return {"mcp": {"servers": [{**server, **over.pop("server", {})}], "allowed_commands": [sys.executable], **over}}
 
 
