@@ -27,7 +27,7 @@ import msgspec
 from sluice.core.errors import GatewayError, UpstreamError
 from sluice.core.ids import unique_id
 
-from .chat import Completion, ErrorInfo, ToolCall, Usage, completion_decoder
+from ..chat import Completion, ErrorInfo, ToolCall, Usage, completion_decoder
 from .encode import message_id, stop_reason, tool_id, tool_input, usage
 from .errors import error_event
 from .native import NativeAnswer, reindexed

@@ -26,7 +26,7 @@ import msgspec
 
 from sluice.core.errors import GatewayError, UpstreamError
 
-from .chat import Completion, ToolCall, Usage, completion_decoder
+from ..chat import Completion, ToolCall, Usage, completion_decoder
 from .encode import (
     INCOMPLETE,
     checked_arguments,
