@@ -32,7 +32,8 @@ from msgspec import UNSET
 
 from sluice.core.wire import ChatCompletionRequest
 
-from .dropped import Dropped
+from ..dropped import Dropped
+from .dropped import DROP_RULES
 from .schema import FunctionTool, MessageItem, ResponsesRequest, is_hosted
 
 _encode = msgspec.json.encode
@@ -57,7 +58,7 @@ def native_body(source: ResponsesRequest, history: Sequence[dict[str, Any]], tra
     if rewritten(translated, guarded):
         return Outbound(_encode(from_chat(guarded, model=model, stream=stream,
                                           instructions=bool(source.instructions))), [], True)
-    dropped = Dropped()
+    dropped = Dropped(DROP_RULES)
     changes: dict[str, Any] = {"model": model, "store": False, "previous_response_id": UNSET, "metadata": UNSET,
                                "stream": True if stream else UNSET}
     if type(guarded.max_tokens) is int:
