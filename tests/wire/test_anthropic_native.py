@@ -226,6 +226,20 @@ def test_a_guarded_request_goes_back_into_anthropics_wire_as_the_chat_form_holds
                         body["messages"][2]]}, back
 
 
+
+def test_a_tool_whose_description_the_guard_masked_sends_the_guarded_request() -> None:
+    from sluice.wire.anthropic import decode, messages_body, parse
+
+    raw = json.dumps({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
+                      "tools": [{"name": "f", "description": "key AKIAIOSFODNN7EXAMPLE",
+                                 "input_schema": {"type": "object"}}]}).encode()
+    tr = decode(raw)
+    masked = [{**t, "function": {**t["function"], "description": "key [REDACTED:aws_access_key]"}} for t in tr.request.tools]
+    out = messages_body(parse(raw), tr.request, msgspec.structs.replace(tr.request, tools=masked), model="up", stream=False)
+    assert out.rewritten and b"AKIAIOSFODNN7EXAMPLE" not in out.body and b"[REDACTED:aws_access_key]" in out.body
+    fewer = msgspec.structs.replace(tr.request, tools=msgspec.UNSET)  # only a tool taken out: the caller's body goes
+    assert not messages_body(parse(raw), tr.request, fewer, model="up", stream=False).rewritten
+
 def test_an_upstreams_api_is_openai_anthropic_or_responses_and_nothing_else() -> None:
     from sluice.core.config import parse
     from sluice.core.errors import ConfigError

@@ -248,3 +248,14 @@ def test_a_request_the_guard_rewrote_goes_as_guarded_in_the_responses_wire() -> 
     assert [msgspec.to_builtins(m) for m in again.request.messages] == [msgspec.to_builtins(m) for m in masked]
     for name in ("tools", "tool_choice", "response_format", "reasoning_effort", "max_tokens", "temperature"):
         assert getattr(again.request, name) == getattr(guarded, name), name
+
+
+def test_a_tool_whose_description_the_guard_masked_sends_the_guarded_request() -> None:
+    src = responses.parse(json.dumps({"model": "m", "input": "hi", "tools": [
+        {"type": "function", "name": "f", "description": "key AKIAIOSFODNN7EXAMPLE", "parameters": {"type": "object"}}]}).encode())
+    tr = responses.to_chat(src)
+    masked = [{**t, "function": {**t["function"], "description": "key [REDACTED:aws_access_key]"}} for t in tr.request.tools]
+    guarded = msgspec.structs.replace(tr.request, tools=masked)
+    assert rewritten(tr.request, guarded)
+    out = responses.native_body(src, [], tr.request, guarded, model="up", stream=False)
+    assert out.rewritten and b"AKIAIOSFODNN7EXAMPLE" not in out.body and b"[REDACTED:aws_access_key]" in out.body
