@@ -1,12 +1,30 @@
 """Chat completions built for tests: a whole reply and the SSE stream an OpenAI-compatible
-upstream (vLLM's way) sends for the same reply, its text and arguments in the given pieces."""
+upstream (vLLM's way) sends for the same reply, its text and arguments in the given pieces; and the
+pieces of replies the stream encoders' property tests draw (``text_piece``, ``draw_calls``)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from hypothesis import strategies as st
+
 Call = tuple[str, str, list[str]]  # id, name, argument pieces
+text_piece = st.text(min_size=1, max_size=12)
+json_value = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                          max_leaves=8)
+
+
+def draw_calls(draw: st.DrawFn, names: list[str]) -> list[Call]:
+    """Up to three tool calls named from ``names``, their JSON-object arguments cut into pieces anywhere."""
+    calls = []
+    for k in range(draw(st.integers(0, 3))):
+        args = json.dumps(draw(st.dictionaries(st.text(max_size=8), json_value, max_size=4)))
+        cut = sorted(draw(st.lists(st.integers(0, len(args)), max_size=4)))
+        pieces = [args[a:b] for a, b in zip([0, *cut], [*cut, len(args)]) if args[a:b]]
+        calls.append((f"call_{k}", draw(st.sampled_from(names)), pieces))
+    return calls
 
 
 def whole(text_pieces: list[str], calls: list[Call], finish: str, usage: dict[str, Any] | None,

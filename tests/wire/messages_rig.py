@@ -5,10 +5,12 @@ prices either way, so one test reads the same from the caller's side over both."
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
+import httpx
 import sluice.sim
+from messages_grammar import parse_sse, validate
+from rigs import GUARDRAILS, TOOLS
 from support import Gateway, Sim, start_gateway
 
 RIGS = ("translated", "native")
@@ -16,14 +18,6 @@ SIM_TOKENIZER = str(Path(sluice.sim.__file__).with_name("tokenizer.json"))
 UPSTREAM_KEY = "sk-upstream-" + "u" * 24  # what sluice sends the sim; a caller's key never goes
 PRICE = {"input": 3, "output": 15, "cached_input": 0.3, "cache_creation_input": 3.75}  # per million tokens
 NANOS = {"input": 3000, "output": 15000, "read": 300, "write": 3750}  # the same, per token in nano-units
-TOOLS = [
-    {"name": "get_weather", "risk": "read", "identities": ["app"]},
-    {"name": "delete_repo", "risk": "write", "identities": ["nobody"]},
-    {"name": "transfer_funds", "risk": "high", "identities": ["app"]},
-]
-# the caller's secrets are masked both ways; a tool it may not use is removed before the upstream
-GUARDRAILS = {"rule_sets": [{"name": "app", "match": {"identities": ["app"]},
-                             "detectors": {"input": "mask", "output": "mask"}, "tools": {"undeclared": "remove"}}]}
 
 
 def start_rig(tmp: Path, kind: str, *, extra: dict | None = None, models: list[dict] = (),  # type: ignore[assignment]
@@ -50,13 +44,10 @@ def start_rig(tmp: Path, kind: str, *, extra: dict | None = None, models: list[d
     return g, sim
 
 
-def usage_row(g: Gateway, request_id: str, timeout: float = 10.0) -> dict:
-    """The usage record of one request, once the ledger has written it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = g.admin("GET", "/admin/usage", params={"limit": 200}).json()["data"]
-        found = [r for r in rows if r["request_id"] == request_id]
-        if found or time.monotonic() > deadline:
-            assert found, (request_id, rows[:3])
-            return found[0]
-        time.sleep(0.1)
+def reply_text(r: httpx.Response, stream: bool) -> str:
+    """The text of a Messages reply, whole or streamed (a stream that does not end in ``message_stop`` fails)."""
+    if stream:
+        events = parse_sse(r.content)
+        assert validate(events) == "message_stop"
+        return "".join(d["delta"]["text"] for n, d in events if n == "content_block_delta")
+    return r.json()["content"][0]["text"]

@@ -17,19 +17,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from messages_grammar import parse_sse, validate  # noqa: E402
+from rigs import ev, guard, relayed  # noqa: E402
 
 from sluice.core.errors import GatewayError, Unavailable, UpstreamError  # noqa: E402
-from sluice.core.guardrails import DetectorRules, Guardrails, RuleSet, ToolSpec  # noqa: E402
-from sluice.guard import GuardPolicy, OutputGuard  # noqa: E402
+from sluice.guard import OutputGuard  # noqa: E402
 from sluice.upstream import SSERelay  # noqa: E402
 from sluice.wire.anthropic import StreamEncoder, encode_message  # noqa: E402
 from sluice.wire.anthropic.native import ChatEvents, NativeAnswer, chat_completion  # noqa: E402
 
 SIGNATURE = "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxDYWxjdWxhdGluZy4uLiJQ/+/="
-
-
-def ev(name: str, **payload: Any) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + json.dumps({"type": name, **payload}).encode() + b"\n\n"
 
 
 def start(usage: dict | None = None) -> bytes:
@@ -64,35 +60,13 @@ def end(reason: str, sequence: str | None = None, usage: dict | None = None) -> 
                usage=usage or {"output_tokens": 9}), ev("message_stop")]
 
 
-def guard(tools: bool = False) -> OutputGuard:
-    specs = [ToolSpec(name="get_weather", risk="read", identities=["i"])] if tools else []
-    policy = GuardPolicy(Guardrails(rule_sets=[RuleSet(name="t", detectors=DetectorRules(output="mask"))]), specs)
-
-    async def hold(_):  # no high-risk tools here
-        raise AssertionError
-
-    return OutputGuard(policy.rules_for(frozenset({"m"}), "i", None), policy, "i", None, tools=tools, hold=hold,
-                       record=lambda j: None)
-
-
 def streamed(events: list[bytes], g: OutputGuard | None = None) -> list[tuple[str, dict]]:
     """The events as the caller gets them: read, relayed, guarded, encoded (one upstream read per event)."""
     answer = NativeAnswer()
     answer.reset(True)
     reader, relay, enc = ChatEvents(answer), SSERelay(strip_usage=False), StreamEncoder("m", native=answer)
-    out = [enc.start()]
-
-    async def go() -> None:
-        for e in events:
-            for piece in reader.feed(e):
-                block = relay.feed(piece)
-                if g is not None and block:
-                    block = await g.feed(block)
-                if block:
-                    out.append(enc.feed(block))
-        out.append(enc.close())
-
-    asyncio.run(go())
+    out = relayed(events, reader, relay, enc, g)
+    out.append(enc.close())
     got = parse_sse(b"".join(out))
     assert validate(got) == "message_stop", got
     return got
@@ -251,6 +225,20 @@ def test_a_guarded_request_goes_back_into_anthropics_wire_as_the_chat_form_holds
                         {"role": "assistant", "content": body["messages"][1]["content"][1:]},  # thinking: not in chat
                         body["messages"][2]]}, back
 
+
+
+def test_a_tool_whose_description_the_guard_masked_sends_the_guarded_request() -> None:
+    from sluice.wire.anthropic import decode, messages_body, parse
+
+    raw = json.dumps({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
+                      "tools": [{"name": "f", "description": "key AKIAIOSFODNN7EXAMPLE",
+                                 "input_schema": {"type": "object"}}]}).encode()
+    tr = decode(raw)
+    masked = [{**t, "function": {**t["function"], "description": "key [REDACTED:aws_access_key]"}} for t in tr.request.tools]
+    out = messages_body(parse(raw), tr.request, msgspec.structs.replace(tr.request, tools=masked), model="up", stream=False)
+    assert out.rewritten and b"AKIAIOSFODNN7EXAMPLE" not in out.body and b"[REDACTED:aws_access_key]" in out.body
+    fewer = msgspec.structs.replace(tr.request, tools=msgspec.UNSET)  # only a tool taken out: the caller's body goes
+    assert not messages_body(parse(raw), tr.request, fewer, model="up", stream=False).rewritten
 
 def test_an_upstreams_api_is_openai_anthropic_or_responses_and_nothing_else() -> None:
     from sluice.core.config import parse

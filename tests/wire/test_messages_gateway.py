@@ -20,7 +20,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from messages_grammar import parse_sse, validate  # noqa: E402
-from messages_rig import NANOS, RIGS, UPSTREAM_KEY, start_rig, usage_row  # noqa: E402
+from messages_rig import NANOS, RIGS, UPSTREAM_KEY, reply_text, start_rig  # noqa: E402
+from rigs import usage_row  # noqa: E402
 from support import Gateway, Sim  # noqa: E402
 
 TOOLS = [{"name": "get_weather", "description": "Weather for a city.",
@@ -207,12 +208,7 @@ def test_a_secret_split_across_text_deltas_reaches_the_caller_masked(rig, stream
     r = httpx.post(g.url + "/v1/messages", json={**ask, "stream": stream}, timeout=15, headers={"x-api-key": g.keys["app"]})
     assert r.status_code == 200, r.text
     assert b"AKIAIOSF" not in r.content and b"ODNN7EXAMPLE" not in r.content, r.text
-    if stream:
-        events = parse_sse(r.content)
-        assert validate(events) == "message_stop"
-        text = "".join(d["delta"]["text"] for name, d in events if name == "content_block_delta")
-    else:
-        text = r.json()["content"][0]["text"]
+    text = reply_text(r, stream)
     assert text == "the key is [REDACTED:aws_access_key] and that is all", text
     last = sim.stats()["last_messages" if g.kind == "native" else "last_chat"]
     assert "ODNN7EXAMPLE" in json.dumps(last["body"])  # the model did say it, in two deltas: the gateway caught it

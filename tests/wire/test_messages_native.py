@@ -21,20 +21,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from messages_grammar import parse_sse, validate  # noqa: E402
-from messages_rig import start_rig  # noqa: E402
+from messages_rig import reply_text, start_rig  # noqa: E402
+from rigs import fallbacks  # noqa: E402
 from support import Gateway, Sim  # noqa: E402
 
 THINK = {"type": "enabled", "budget_tokens": 1024}
 ASK = {"model": "sim-small", "max_tokens": 12, "messages": [{"role": "user", "content": "Tell me a story."}]}
-FALLBACKS = {
-    "registry": [{"name": "fb", "versions": [
-        {"version": "native", "upstream": "simx", "upstream_model": "sim-small", "approved": True},
-        {"version": "chat", "upstream": "simc", "upstream_model": "sim-small", "approved": True}]}],
-    "routes": [{"name": "to-chat", "match": {"models": ["fb"]}, "targets": [{"target": "fb@native"}],
-                "fallbacks": ["fb@chat"]},
-               {"name": "to-native", "match": {"models": ["bf"]}, "targets": [{"target": "fb@chat"}],
-                "fallbacks": ["fb@native"]}],
-}
+FALLBACKS = fallbacks("simx")
 
 
 @pytest.fixture(scope="module")
@@ -213,12 +206,7 @@ def test_a_fallback_of_the_other_api_gets_the_body_of_its_own_wire(rig, model, f
     finally:
         sim.clear_faults()
     assert r.status_code == 200, r.text
-    if stream:
-        events = parse_sse(r.content)
-        assert validate(events) == "message_stop"
-        text = "".join(d["delta"]["text"] for n, d in events if n == "content_block_delta")
-    else:
-        text = r.json()["content"][0]["text"]
+    text = reply_text(r, stream)
     assert text.strip()
     got = sim.stats()
     assert prompt in json.dumps(got[first]["body"]) and prompt in json.dumps(got[then]["body"])  # tried one, then the other

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,30 +26,15 @@ import sluice.sim
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from responses_grammar import parse_sse, validate  # noqa: E402
+from rigs import GUARDRAILS, TOOLS, fallbacks, usage_row  # noqa: E402
 from support import Gateway, Sim, start_gateway  # noqa: E402
 
 SIM_TOKENIZER = str(Path(sluice.sim.__file__).with_name("tokenizer.json"))
 UPSTREAM_KEY = "sk-upstream-" + "r" * 24  # what sluice sends the sim; a caller's key never goes
 PRICE = {"input": 3, "output": 15, "cached_input": 0.3}  # per million tokens
-TOOLS = [
-    {"name": "get_weather", "risk": "read", "identities": ["app"]},
-    {"name": "delete_repo", "risk": "write", "identities": ["nobody"]},
-    {"name": "transfer_funds", "risk": "high", "identities": ["app"]},
-]
-# the caller's secrets are masked both ways; a tool it may not use is removed before the upstream
-GUARDRAILS = {"rule_sets": [{"name": "app", "match": {"identities": ["app"]},
-                             "detectors": {"input": "mask", "output": "mask"}, "tools": {"undeclared": "remove"}}]}
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather for a city.",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
-FALLBACKS = {
-    "registry": [{"name": "fb", "versions": [
-        {"version": "native", "upstream": "simr", "upstream_model": "sim-small", "approved": True},
-        {"version": "chat", "upstream": "simc", "upstream_model": "sim-small", "approved": True}]}],
-    "routes": [{"name": "to-chat", "match": {"models": ["fb"]}, "targets": [{"target": "fb@native"}],
-                "fallbacks": ["fb@chat"]},
-               {"name": "to-native", "match": {"models": ["bf"]}, "targets": [{"target": "fb@chat"}],
-                "fallbacks": ["fb@native"]}],
-}
+FALLBACKS = fallbacks("simr")
 
 
 @pytest.fixture(scope="module")
@@ -94,19 +78,17 @@ def sent(sim: Sim) -> dict:
     return sim.stats()["last_responses"]["body"]
 
 
-def usage_row(g: Gateway, request_id: str, timeout: float = 10.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = g.admin("GET", "/admin/usage", params={"limit": 200}).json()["data"]
-        found = [r for r in rows if r["request_id"] == request_id]
-        if found or time.monotonic() > deadline:
-            assert found, (request_id, rows[:3])
-            return found[0]
-        time.sleep(0.1)
-
-
 def texts(output: list[dict]) -> str:
     return "".join(p.get("text", "") for o in output if o["type"] == "message" for p in o["content"])
+
+
+def output_of(r: httpx.Response, stream: bool, *ends: str) -> list[dict]:
+    """The output items of a Response, whole or streamed (a stream that does not end in one of ``ends`` fails)."""
+    if stream:
+        events = parse_sse(r.content)
+        assert validate(events) in ends
+        return events[-1][1]["response"]["output"]
+    return r.json()["output"]
 
 
 def test_the_sdk_is_answered_whole_and_streamed_by_the_upstreams_own_responses_route(rig) -> None:
@@ -215,12 +197,7 @@ def test_a_call_outside_the_grant_leaves_nothing_of_itself(rig, stream: bool) ->
            "input": 'Please do this now for me.\nsim:call delete_repo {"repo": "victim-repo-9"}'}
     r = post(g, ask)
     assert r.status_code == 200 and b"victim-" not in r.content and b"\"function_call\"" not in r.content, r.text
-    if stream:
-        events = parse_sse(r.content)
-        assert validate(events) == "response.completed"
-        output = events[-1][1]["response"]["output"]
-    else:
-        output = r.json()["output"]
+    output = output_of(r, stream, "response.completed")
     assert not [o for o in output if o["type"] == "function_call"] and "blocked" in texts(output), output
 
 
@@ -231,12 +208,7 @@ def test_a_high_risk_call_is_held_with_its_approval_id(rig, stream: bool) -> Non
     r = post(g, {"model": "sim-small", "tools": pay, "stream": stream,
                  "input": 'sim:call transfer_funds {"to": "acct-9", "amount": 5}'})
     assert r.status_code == 200 and b"acct-9" not in r.content, r.text
-    if stream:
-        events = parse_sse(r.content)
-        assert validate(events) == "response.completed"
-        output = events[-1][1]["response"]["output"]
-    else:
-        output = r.json()["output"]
+    output = output_of(r, stream, "response.completed")
     assert not [o for o in output if o["type"] == "function_call"]
     assert re.search(r"approval id apv_[A-Za-z0-9_-]+", texts(output)), output
 
@@ -296,12 +268,7 @@ def test_a_fallback_of_the_other_api_gets_the_body_of_its_own_wire(rig, model, f
     finally:
         sim.clear_faults()
     assert r.status_code == 200, r.text
-    if stream:
-        events = parse_sse(r.content)
-        assert validate(events) in ("response.completed", "response.incomplete")
-        output = events[-1][1]["response"]["output"]
-    else:
-        output = r.json()["output"]
+    output = output_of(r, stream, "response.completed", "response.incomplete")
     assert texts(output).strip()
     got = sim.stats()
     assert prompt in json.dumps(got[first]["body"]) and prompt in json.dumps(got[then]["body"])  # tried one, then the other

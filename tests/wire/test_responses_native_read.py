@@ -17,20 +17,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from responses_grammar import parse_sse, validate  # noqa: E402
+from rigs import ev, guard, relayed  # noqa: E402
 
 from sluice.core.errors import GatewayError, RateLimited, UpstreamError  # noqa: E402
-from sluice.core.guardrails import DetectorRules, Guardrails, RuleSet, ToolSpec  # noqa: E402
 from sluice.core.wire import Message  # noqa: E402
-from sluice.guard import GuardPolicy, OutputGuard  # noqa: E402
+from sluice.guard import OutputGuard  # noqa: E402
 from sluice.upstream import SSERelay  # noqa: E402
 from sluice.wire import responses  # noqa: E402
 from sluice.wire.responses.native_body import rewritten  # noqa: E402
 
 REQ = responses.parse(b'{"model": "m", "input": "hi"}')
-
-
-def ev(name: str, **payload: Any) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + json.dumps({"type": name, **payload}).encode() + b"\n\n"
 
 
 def message(i: int, *pieces: str) -> list[bytes]:
@@ -69,17 +65,6 @@ def end(kind: str = "response.completed", reason: str | None = None) -> list[byt
     return [ev(kind, response=resp)]
 
 
-def guard(tools: bool = False) -> OutputGuard:
-    specs = [ToolSpec(name="get_weather", risk="read", identities=["i"])] if tools else []
-    policy = GuardPolicy(Guardrails(rule_sets=[RuleSet(name="t", detectors=DetectorRules(output="mask"))]), specs)
-
-    async def hold(_):  # no high-risk tools here
-        raise AssertionError
-
-    return OutputGuard(policy.rules_for(frozenset({"m"}), "i", None), policy, "i", None, tools=tools, hold=hold,
-                       record=lambda j: None)
-
-
 def streamed(events: list[bytes], g: OutputGuard | None = None, *, split: int = 0) -> list[tuple[str, dict]]:
     """The events as the caller gets them: read, relayed, guarded, encoded (``split``: bytes per upstream read,
     else one read per event)."""
@@ -87,20 +72,9 @@ def streamed(events: list[bytes], g: OutputGuard | None = None, *, split: int = 
     reads = [raw[k:k + split] for k in range(0, len(raw), split)] if split else events
     reader, relay = responses.NativeEvents(), SSERelay(strip_usage=False)
     enc = responses.StreamEncoder(id="resp_gw", request=REQ, created_at=1)
-    out = [enc.start()]
-
-    async def go() -> None:
-        for piece in reads:
-            for chunk in reader.feed(piece):
-                block = relay.feed(chunk)
-                if g is not None and block:
-                    block = await g.feed(block)
-                if block:
-                    out.append(enc.feed(block))
-        assert relay.done and reader.done
-        out.append(enc.close())
-
-    asyncio.run(go())
+    out = relayed(reads, reader, relay, enc, g)
+    assert relay.done and reader.done
+    out.append(enc.close())
     return parse_sse(b"".join(out))
 
 
@@ -274,3 +248,14 @@ def test_a_request_the_guard_rewrote_goes_as_guarded_in_the_responses_wire() -> 
     assert [msgspec.to_builtins(m) for m in again.request.messages] == [msgspec.to_builtins(m) for m in masked]
     for name in ("tools", "tool_choice", "response_format", "reasoning_effort", "max_tokens", "temperature"):
         assert getattr(again.request, name) == getattr(guarded, name), name
+
+
+def test_a_tool_whose_description_the_guard_masked_sends_the_guarded_request() -> None:
+    src = responses.parse(json.dumps({"model": "m", "input": "hi", "tools": [
+        {"type": "function", "name": "f", "description": "key AKIAIOSFODNN7EXAMPLE", "parameters": {"type": "object"}}]}).encode())
+    tr = responses.to_chat(src)
+    masked = [{**t, "function": {**t["function"], "description": "key [REDACTED:aws_access_key]"}} for t in tr.request.tools]
+    guarded = msgspec.structs.replace(tr.request, tools=masked)
+    assert rewritten(tr.request, guarded)
+    out = responses.native_body(src, [], tr.request, guarded, model="up", stream=False)
+    assert out.rewritten and b"AKIAIOSFODNN7EXAMPLE" not in out.body and b"[REDACTED:aws_access_key]" in out.body

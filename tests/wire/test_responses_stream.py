@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chat_streams import stream, whole
+from chat_streams import draw_calls, stream, text_piece, whole
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai import omit
@@ -81,22 +81,11 @@ def test_stream_goldens_encode_event_for_event(path: Path) -> None:
     assert validate(events) == "response.completed"
 
 
-text_piece = st.text(min_size=1, max_size=12)
-json_value = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-                          max_leaves=8)
-
-
 @st.composite
 def chat_replies(draw: st.DrawFn) -> tuple[list[str], list[str], list, str, dict | None]:
     thoughts = draw(st.lists(text_piece, max_size=3))
     texts = draw(st.lists(text_piece, max_size=6))
-    calls = []
-    for k in range(draw(st.integers(0, 3))):
-        args = json.dumps(draw(st.dictionaries(st.text(max_size=8), json_value, max_size=4)))
-        cut = sorted(draw(st.lists(st.integers(0, len(args)), max_size=4)))
-        pieces = [args[a:b] for a, b in zip([0, *cut], [*cut, len(args)]) if args[a:b]]
-        calls.append((f"call_{k}", draw(st.sampled_from(["shell", "apply_patch", "get_weather"])), pieces))
+    calls = draw_calls(draw, ["shell", "apply_patch", "get_weather"])
     finish = "tool_calls" if calls else draw(st.sampled_from(["stop", "length", "content_filter"]))
     prompt = draw(st.integers(0, 5000))
     use = {"prompt_tokens": prompt, "completion_tokens": draw(st.integers(0, 4000)), "total_tokens": 0,

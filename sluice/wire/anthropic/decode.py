@@ -30,7 +30,8 @@ from msgspec import UNSET
 from sluice.core.errors import InvalidRequest
 from sluice.core.wire import ChatCompletionRequest, Message, StreamOptions
 
-from .dropped import Dropped
+from ..dropped import Dropped
+from .dropped import DROP_RULES
 from .errors import invalid, not_json
 from .schema import (
     Block,
@@ -92,7 +93,7 @@ def decode(body: bytes, request_type: type[ChatCompletionRequest] = ChatCompleti
 
 def to_chat(req: MessagesRequest, request_type: type[ChatCompletionRequest] = ChatCompletionRequest) -> Translated:
     """The chat request of a typed Messages request, with the features it dropped."""
-    dropped = Dropped()
+    dropped = Dropped(DROP_RULES)
     fields: dict[str, Any] = {
         "model": req.model,
         "messages": chat_messages(req.system, req.messages, dropped),
@@ -133,7 +134,7 @@ def to_chat(req: MessagesRequest, request_type: type[ChatCompletionRequest] = Ch
 
 def count_messages(req: CountTokensRequest) -> tuple[list[Message], list[dict[str, Any]], list[str]]:
     """The chat messages and tools of a ``count_tokens`` request (what the estimator counts), and what was dropped."""
-    dropped = Dropped()
+    dropped = Dropped(DROP_RULES)
     messages = chat_messages(req.system, req.messages, dropped)
     return messages, chat_tools(req.tools, dropped), dropped.names
 

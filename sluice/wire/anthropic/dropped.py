@@ -21,17 +21,3 @@ DROP_RULES: dict[str, str] = {
     "mcp_servers": "Anthropic's MCP connector runs only at Anthropic",
     "context_management": "Anthropic's context editing runs only at Anthropic",
 }
-
-
-class Dropped:
-    """The features dropped from one request, each once, in the order first met."""
-
-    __slots__ = ("names",)
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def add(self, name: str) -> None:
-        assert name in DROP_RULES, name
-        if name not in self.names:
-            self.names.append(name)

@@ -26,7 +26,7 @@ import msgspec
 
 from sluice.core.errors import UpstreamError
 
-from .chat import Choice, Completion, Usage, completion_decoder
+from ..chat import Choice, Completion, Usage, completion_decoder
 
 STOP_REASONS: dict[str, str] = {
     "stop": "end_turn",

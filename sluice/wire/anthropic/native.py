@@ -36,13 +36,13 @@ import msgspec
 
 from sluice.core.errors import GatewayError, RateLimited, Unavailable, UpstreamError
 
+from ..native import DONE, NativeStream, completion, event_data, tool_call
+
 _json = msgspec.json.encode
 PASSTHROUGH = frozenset({"thinking", "redacted_thinking"})  # blocks relayed as they came
 # Anthropic's stop reasons as a chat finish; one the chat form has no name for is ``stop`` (restored from NativeAnswer)
 FINISH = {"end_turn": "stop", "max_tokens": "length", "stop_sequence": "stop", "tool_use": "tool_calls",
           "refusal": "content_filter"}
-MAX_EVENT_BYTES = 4 * 1024 * 1024  # as the relay's bound: an event held this long without its blank line is refused
-DONE = b"data: [DONE]\n\n"
 PING = b'data: {"object":"ping","choices":[]}\n\n'
 _INDEX = re.compile(rb'"index"\s*:\s*\d+')
 
@@ -173,8 +173,7 @@ def chat_completion(body: bytes, answer: NativeAnswer) -> bytes:
         if b.type == "text":
             texts.append(b.text or "")
         elif b.type == "tool_use":
-            calls.append({"id": b.id or "", "type": "function",
-                          "function": {"name": b.name or "", "arguments": _json(b.input or {}).decode()}})
+            calls.append(tool_call(b.id or "", b.name or "", _json(b.input or {}).decode()))
         elif b.type in PASSTHROUGH:
             waiting.append((len(calls), not texts and not calls, raw))
         elif b.type not in answer.dropped:
@@ -184,14 +183,10 @@ def chat_completion(body: bytes, answer: NativeAnswer) -> bytes:
     if calls:
         message["tool_calls"] = calls
     finish = answer._stopped(msg.stop_reason, msg.stop_sequence)
-    out: dict[str, Any] = {"id": msg.id, "object": "chat.completion", "model": msg.model,
-                           "choices": [{"index": 0, "message": message, "finish_reason": finish}]}
-    if msg.usage is not None:
-        out["usage"] = _usage(msg.usage)
-    return _json(out)
+    return completion(msg.id, msg.model, message, finish, _usage(msg.usage) if msg.usage is not None else None)
 
 
-class ChatEvents:
+class ChatEvents(NativeStream):
     """Anthropic's stream in (bytes split anywhere), the chat form's events out.
 
     ``feed`` returns pieces to relay in order: runs of chat events, and each passed-through event
@@ -199,40 +194,18 @@ class ChatEvents:
     ``done`` is set at ``message_stop``: until then the chat stream has no ``[DONE]``.
     """
 
-    __slots__ = ("_answer", "_buf", "_kinds", "_tools", "_usage", "_spoke", "done", "_pieces", "_run")
+    __slots__ = ("_answer", "_kinds", "_tools", "_usage", "_spoke")
 
     def __init__(self, answer: NativeAnswer) -> None:
+        super().__init__()
         self._answer = answer
-        self._buf = b""
         self._kinds: dict[int, Any] = {}  # block index -> "text" | "pass" | the chat tool index | None (dropped)
         self._tools = 0
         self._usage = _Usage()
         self._spoke = False  # some content has been read: an upstream ping is relayed from here
-        self.done = False
-        self._pieces: list[bytes] = []
-        self._run: list[bytes] = []
-
-    def feed(self, data: bytes) -> list[bytes]:
-        if self.done:
-            return []
-        buf = self._buf + data if self._buf else data
-        if b"\r" in buf:
-            buf = buf.replace(b"\r\n", b"\n")
-        *events, self._buf = buf.split(b"\n\n")
-        if len(self._buf) > MAX_EVENT_BYTES:
-            raise UpstreamError("The upstream sent an event larger than this gateway relays.",
-                                code="upstream_event_too_large")
-        for raw in events:
-            if raw and not self.done:
-                self._read(raw)
-        if self._run:
-            self._pieces.append(b"".join(self._run))
-            self._run.clear()
-        out, self._pieces = self._pieces, []
-        return out
 
     def _read(self, raw: bytes) -> None:
-        data = _data(raw)
+        data = event_data(raw)
         if data is None:
             return  # a comment
         try:
@@ -274,8 +247,7 @@ class ChatEvents:
             k = self._kinds[i] = self._tools  # type: ignore[index]
             self._tools += 1
             self._spoke = True
-            self._chunk({"tool_calls": [{"index": k, "id": block.id or "", "type": "function",  # type: ignore[union-attr]
-                                         "function": {"name": block.name or "", "arguments": ""}}]})  # type: ignore[union-attr]
+            self._open_call(k, block.id or "", block.name or "")  # type: ignore[union-attr]
             if block.input:  # type: ignore[union-attr]  # a whole input at the start (not Anthropic's way, but valid)
                 self._arguments(k, _json(block.input).decode())  # type: ignore[union-attr]
         elif kind in PASSTHROUGH:
@@ -309,17 +281,11 @@ class ChatEvents:
                 (u.cache_creation_input_tokens, s.cache_creation_input_tokens),
                 (u.cache_read_input_tokens, s.cache_read_input_tokens))))
         self._chunk({}, finish)
-        self._run.append(b"data: " + _json({"choices": [], "usage": _usage(self._usage)}) + b"\n\n")
+        self._usage_chunk(_usage(self._usage))
 
     def _text(self, text: str) -> None:
         self._spoke = True
         self._chunk({"content": text})
-
-    def _arguments(self, k: int, piece: str) -> None:
-        self._chunk({"tool_calls": [{"index": k, "function": {"arguments": piece}}]})
-
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> None:
-        self._run.append(b"data: " + _json({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + b"\n\n")
 
     def _pass(self, name: str, data: bytes) -> None:
         """An event relayed as it came, in a piece of its own."""
@@ -334,18 +300,6 @@ def reindexed(data: bytes, index: int) -> bytes:
     """A passed-through event's data with its block ``index`` set (the first ``"index"`` key is the event's:
     a key inside a JSON string would be escaped), every other byte as it came."""
     return _INDEX.sub(b'"index":%d' % index, data, count=1)
-
-
-def _data(raw: bytes) -> bytes | None:
-    """The data of one SSE event (its data lines joined), None for a comment; anything else is not SSE."""
-    lines = raw.split(b"\n")
-    data = []
-    for line in lines:
-        if line.startswith(b"data:"):
-            data.append(line[5:].lstrip(b" "))
-        elif not line.startswith((b"event:", b":", b"id:", b"retry:")):
-            raise UpstreamError("The upstream sent an event that is not server-sent-events data.", code="upstream_bad_event")
-    return b"\n".join(data) if data else None
 
 
 def _stream_error(err: _Error | None) -> GatewayError:

@@ -18,26 +18,19 @@ turns, citations...). Two things never go, and nothing the input guard took out 
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 from msgspec import UNSET
 
 from sluice.core.wire import ChatCompletionRequest
 
+from ..native_body import Outbound, content_text, granted, tool_rewritten
 from .schema import CountTokensRequest, MessagesRequest, Tool
 
 _encode = msgspec.json.encode
 _args = msgspec.json.Decoder(dict[str, Any])
 DEFAULT_VERSION = "2023-06-01"  # the ``anthropic-version`` sent for a caller that gave none
-
-
-class Outbound(NamedTuple):
-    """A body for an Anthropic upstream, and what of the caller's request it could not carry (rule names)."""
-
-    body: bytes
-    dropped: list[str]
-    rewritten: bool  # written from the guarded chat request (the input guard changed the conversation)
 
 
 def messages_body(source: MessagesRequest, translated: ChatCompletionRequest, guarded: ChatCompletionRequest,
@@ -87,15 +80,13 @@ def _rewritten(translated: ChatCompletionRequest, guarded: ChatCompletionRequest
     if guarded.messages is not translated.messages or guarded.stop is not translated.stop \
             or guarded.user is not translated.user:
         return True
-    tools = guarded.tools
-    return tools is not translated.tools and tools is not UNSET and any(t not in translated.tools for t in tools)
+    return tool_rewritten(translated, guarded)
 
 
 def _kept_tools(tools: list[Tool], translated: ChatCompletionRequest, guarded: ChatCompletionRequest,
                 dropped: list[str]) -> list[Tool]:
     """The caller's custom tools the guard left offered; server tools never go."""
-    allowed = None if guarded.tools is translated.tools else {
-        t["function"]["name"] for t in guarded.tools or () if isinstance(t.get("function"), dict)}
+    allowed = granted(translated, guarded)
     kept = []
     for tool in tools:
         if tool.type is not UNSET and tool.type != "custom":
@@ -120,10 +111,11 @@ def from_chat(req: ChatCompletionRequest, *, model: str, stream: bool) -> dict[s
     turns: list[dict[str, Any]] = []
     for m in req.messages:
         if m.role in ("system", "developer"):
-            system.append(_text(m.content))
+            system.append(content_text(m.content))
             continue
         if m.role == "tool":
-            role, blocks = "user", [{"type": "tool_result", "tool_use_id": m.tool_call_id or "", "content": _text(m.content)}]
+            role, blocks = "user", [{"type": "tool_result", "tool_use_id": m.tool_call_id or "",
+                                     "content": content_text(m.content)}]
         elif m.role == "assistant":
             role, blocks = "assistant", _assistant_blocks(m.content, m.tool_calls)
         else:
@@ -155,17 +147,9 @@ def from_chat(req: ChatCompletionRequest, *, model: str, stream: bool) -> dict[s
     return body
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n\n".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
-
-
 def _user_blocks(content: Any) -> list[dict[str, Any]]:
     if not isinstance(content, list):
-        return [{"type": "text", "text": _text(content)}]
+        return [{"type": "text", "text": content_text(content)}]
     blocks = []
     for part in content:
         if not isinstance(part, dict):
@@ -186,7 +170,7 @@ def _image_source(url: str) -> dict[str, Any]:
 
 def _assistant_blocks(content: Any, calls: Any) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
-    text = _text(content)
+    text = content_text(content)
     if text:
         blocks.append({"type": "text", "text": text})
     for call in calls or ():

@@ -27,14 +27,14 @@ import msgspec
 from sluice.core.errors import GatewayError, UpstreamError
 from sluice.core.ids import unique_id
 
-from .chat import Completion, ErrorInfo, ToolCall, Usage, completion_decoder
+from ..chat import Completion, ErrorInfo, ToolCall, completion_decoder
+from ..chat_stream import DONE, ChatStreamEncoder, sse_data
 from .encode import message_id, stop_reason, tool_id, tool_input, usage
 from .errors import error_event
 from .native import NativeAnswer, reindexed
 from .text_run import TextRun
 
 _json = msgspec.json.encode
-_DONE = b"[DONE]"
 PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 
 
@@ -48,7 +48,7 @@ def event(name: str, payload: dict[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + _json(payload) + b"\n\n"
 
 
-class StreamEncoder:
+class StreamEncoder(ChatStreamEncoder):
     """Chat SSE bytes in (split anywhere), Anthropic SSE bytes out.
 
     ``feed`` takes what the upstream sent and returns the events it completes (maybe none);
@@ -56,26 +56,18 @@ class StreamEncoder:
     ``fail`` ends it with an error of the gateway's. Nothing is returned after the end.
     """
 
-    __slots__ = ("model", "input_tokens", "_id", "_buf", "_started", "_ended", "_index", "_open",
-                 "_tool_key", "_args", "_tools_seen", "_finish", "_stop", "_usage", "_out", "_run", "_native")
+    __slots__ = ("model", "input_tokens", "_id", "_index", "_stop", "_run", "_native")
+    _CALL = "tool_use"
 
     def __init__(self, model: str, *, input_tokens: int = 0, message_id: str | None = None,
                  native: NativeAnswer | None = None, text_runs: bool = True) -> None:
+        super().__init__()  # its _open: "text" | "tool_use" | "native" (a passed-through block) | None
         self._native = native  # a request that may be answered by an Anthropic upstream (see the module docstring)
         self.model = model
         self.input_tokens = input_tokens
         self._id = message_id
-        self._buf = b""
-        self._started = self._ended = False
         self._index = -1  # the current block's index
-        self._open: str | None = None  # "text" | "tool_use" | "native" (a passed-through block) | None
-        self._tool_key: int | None = None  # the chat tool-call index the open tool block is
-        self._args: list[str] = []  # the open tool block's argument pieces
-        self._tools_seen: set[int] = set()
-        self._finish: str | None = None
         self._stop: str | int | None = None
-        self._usage: Usage | None = None
-        self._out: list[bytes] = []
         # the fast path for runs of plain text chunks (text_run.py); off: event by event, the reference
         self._run = TextRun() if text_runs else None
 
@@ -122,16 +114,16 @@ class StreamEncoder:
             if raw.startswith(b"event: content_block_") and self._native is not None and self._native.active:
                 self._passed(raw)
                 continue
-            payload = _data(raw)
+            payload = sse_data(raw)
             if payload is None:
                 continue
-            if payload == _DONE:
+            if payload == DONE:
                 self._end()
                 continue
             try:
                 chunk = completion_decoder.decode(payload)
             except (msgspec.DecodeError, msgspec.ValidationError):
-                self._error(UpstreamError("The upstream sent an event that is not a chat completion chunk."))
+                self._fail(UpstreamError("The upstream sent an event that is not a chat completion chunk."))
                 continue
             self._chunk(chunk)
             if self._open == "text" and run is not None and not run.prefix:
@@ -141,36 +133,18 @@ class StreamEncoder:
         out.clear()
         return got
 
-    def close(self) -> bytes:
-        """The upstream stream ended: the tail, or an ``error`` event if it ended before the reply did."""
-        if self._ended:
-            return b""
-        if self._buf.strip():
-            self._out.append(self.feed(b"\n\n"))  # a last event without its blank line
-        out = self._out
-        if not self._ended:
-            if self._finish is None:
-                self._error(UpstreamError("The upstream stream ended before the reply was complete."))
-            else:
-                self._end()
-        got = b"".join(out)
-        out.clear()
-        return got
-
     def fail(self, exc: GatewayError) -> bytes:
         """End the stream with the gateway's error (a guardrail stop, a timeout) as an ``error`` event."""
         if self._ended:
             return b""
-        self._error(exc)
-        got = b"".join(self._out)
-        self._out.clear()
-        return got
+        self._fail(exc)
+        return self._flush()
 
     # ---- the state machine ----------------------------------------------------------------
 
     def _chunk(self, chunk: Completion) -> None:
         if chunk.error is not None:
-            self._error(_upstream_error(chunk.error))
+            self._fail(_upstream_error(chunk.error))
             return
         if not self._started:
             if self._id is None and chunk.id:
@@ -192,40 +166,27 @@ class StreamEncoder:
                     if not self._tool(call):
                         return
             if choice.finish_reason is not None:
-                if not self._close_block():
+                if not self._close_part():
                     return
                 self._finish, self._stop = choice.finish_reason, choice.stop_reason
 
     def _text(self, text: str) -> bool:
         if self._open != "text":
-            if not self._close_block():
+            if not self._close_part():
                 return False
             self._open_block("text", {"type": "text", "text": ""})
         self._out.append(event("content_block_delta", {"type": "content_block_delta", "index": self._index,
                                                        "delta": {"type": "text_delta", "text": text}}))
         return True
 
-    def _tool(self, call: ToolCall) -> bool:
-        key = call.index if call.index is not None else (self._tool_key if call.id is None else len(self._tools_seen))
-        if key is None:
-            key = 0
-        if self._open != "tool_use" or key != self._tool_key:
-            if key in self._tools_seen:
-                self._error(UpstreamError("The upstream interleaved the arguments of parallel tool calls."))
-                return False
-            if not self._close_block():
-                return False
-            fn = call.function
-            self._tools_seen.add(key)
-            self._tool_key = key
-            self._open_block("tool_use", {"type": "tool_use", "id": call.id or tool_id(len(self._tools_seen) - 1),
-                                          "name": (fn.name if fn else None) or "", "input": {}})
-        args = call.function.arguments if call.function is not None else None
-        if args:
-            self._args.append(args)
-            self._out.append(event("content_block_delta", {"type": "content_block_delta", "index": self._index,
-                                                           "delta": {"type": "input_json_delta", "partial_json": args}}))
-        return True
+    def _open_call(self, call: ToolCall) -> None:
+        fn = call.function
+        self._open_block("tool_use", {"type": "tool_use", "id": call.id or tool_id(len(self._tools_seen) - 1),
+                                      "name": (fn.name if fn else None) or "", "input": {}})
+
+    def _arguments(self, piece: str) -> None:
+        self._out.append(event("content_block_delta", {"type": "content_block_delta", "index": self._index,
+                                                       "delta": {"type": "input_json_delta", "partial_json": piece}}))
 
     def _passed(self, raw: bytes) -> None:
         """An event of a block passed through as the upstream sent it, in its place in the numbering."""
@@ -233,7 +194,7 @@ class StreamEncoder:
         if not self._started:
             self._out.append(self.start())
         if name == b"content_block_start":
-            if not self._close_block():
+            if not self._close_part():
                 return
             self._index += 1
             self._open = "native"
@@ -251,7 +212,7 @@ class StreamEncoder:
         self._out.append(event("content_block_start", {"type": "content_block_start", "index": self._index,
                                                        "content_block": block}))
 
-    def _close_block(self) -> bool:
+    def _close_part(self) -> bool:
         """Stop the open block; a tool block's arguments must make a JSON object, or the stream fails."""
         if self._open is None:
             return True
@@ -260,11 +221,11 @@ class StreamEncoder:
             self._tool_key = None
         elif self._open == "tool_use":
             try:
-                tool_input("".join(self._args))
+                tool_input("".join(self._pieces))
             except UpstreamError as exc:
-                self._error(exc)
+                self._fail(exc)
                 return False
-            self._args = []
+            self._pieces = []
         self._open = None
         self._out.append(event("content_block_stop", {"type": "content_block_stop", "index": self._index}))
         return True
@@ -272,7 +233,7 @@ class StreamEncoder:
     def _end(self) -> None:
         if not self._started:
             self._out.append(self.start())
-        if not self._close_block():
+        if not self._close_part():
             return
         native = self._native.stop(self._finish) if self._native is not None else None
         reason, sequence = native if native is not None else stop_reason(self._finish, self._stop)
@@ -283,18 +244,9 @@ class StreamEncoder:
         self._out.append(event("message_stop", {"type": "message_stop"}))
         self._ended = True
 
-    def _error(self, exc: GatewayError) -> None:
+    def _fail(self, exc: GatewayError) -> None:
         self._out.append(error_event(exc))
         self._ended = True
-
-
-def _data(raw: bytes) -> bytes | None:
-    """The ``data`` of one SSE event (its data lines joined), or None for a comment or an empty event."""
-    if raw.startswith(b"data: ") and b"\n" not in raw:  # the usual event: one data line
-        return raw[6:]
-    lines = [line[5:].lstrip(b" ") if line.startswith(b"data:") else None for line in raw.split(b"\n")]
-    data = [d for d in lines if d is not None]
-    return b"\n".join(data) if data else None
 
 
 def _upstream_error(info: ErrorInfo) -> GatewayError:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import msgspec
 
-from .chat import Completion
+from ..chat import Completion
 
 _DELTA = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,"delta":{"type":"text_delta","text":'
 _END = b"}}\n\n"

@@ -51,7 +51,8 @@ from sluice.core.errors import GatewayError, InvalidRequest
 from sluice.core.ids import unique_id
 from sluice.core.wire import ChatCompletionRequest, Message, StreamOptions
 
-from .dropped import Dropped
+from ..dropped import Dropped
+from .dropped import DROP_RULES
 from .errors import invalid, not_json, refused
 from .schema import (
     FormatJsonObject,
@@ -219,7 +220,7 @@ def to_chat(req: ResponsesRequest, history: Sequence[dict[str, Any]] = (),
             chat_type: type[ChatCompletionRequest] = ChatCompletionRequest) -> Translated:
     """The chat request of a typed Responses request whose chain's earlier items (inputs and
     outputs, in order, as ``input_items`` and the encoders give them) are ``history``."""
-    dropped = Dropped()
+    dropped = Dropped(DROP_RULES)
     earlier = _stored(history) if history else []
     items = [MessageItem(role="user", content=req.input)] if isinstance(req.input, str) else list(req.input or ())
     messages: list[Message] = []

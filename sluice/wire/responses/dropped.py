@@ -31,16 +31,3 @@ DROP_RULES: dict[str, str] = {
     "client_metadata": "Codex's client metadata is for OpenAI's telemetry; it is not sent upstream",
 }
 
-
-class Dropped:
-    """The features dropped from one request, each once, in the order first met."""
-
-    __slots__ = ("names",)
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def add(self, name: str) -> None:
-        assert name in DROP_RULES, name
-        if name not in self.names:
-            self.names.append(name)

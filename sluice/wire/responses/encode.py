@@ -27,7 +27,7 @@ from msgspec import UNSET
 from sluice.core.errors import UpstreamError
 from sluice.core.ids import unique_id
 
-from .chat import Completion, Usage, completion_decoder
+from ..chat import Completion, Usage, completion_decoder
 from .schema import FunctionTool, ResponsesRequest, ToolChoiceFunction
 
 INCOMPLETE: dict[str, str] = {"length": "max_output_tokens", "content_filter": "content_filter"}

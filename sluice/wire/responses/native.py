@@ -36,9 +36,8 @@ import msgspec
 
 from sluice.core.errors import GatewayError, RateLimited, UpstreamError
 
-_json = msgspec.json.encode
-MAX_EVENT_BYTES = 4 * 1024 * 1024  # as the relay's bound: an event held this long without its blank line is refused
-DONE = b"data: [DONE]\n\n"
+from ..native import DONE, NativeStream, completion, event_data, tool_call
+
 INCOMPLETE = {"max_output_tokens": "length", "content_filter": "content_filter"}  # an incomplete reason as a chat finish
 
 
@@ -162,8 +161,7 @@ def chat_completion(body: bytes) -> bytes:
                 elif part.type == "refusal":
                     refusals.append(part.refusal or "")
         elif item.type == "function_call":
-            calls.append({"id": item.call_id or "", "type": "function",
-                          "function": {"name": item.name or "", "arguments": item.arguments or ""}})
+            calls.append(tool_call(item.call_id or "", item.name or "", item.arguments or ""))
         elif item.type == "reasoning":
             thoughts.extend(p.text or "" for p in item.content or () if p.type == "reasoning_text")
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
@@ -173,50 +171,26 @@ def chat_completion(body: bytes) -> bytes:
         message["reasoning_content"] = "".join(thoughts)
     if calls:
         message["tool_calls"] = calls
-    out: dict[str, Any] = {"id": resp.id, "object": "chat.completion", "model": resp.model,
-                           "choices": [{"index": 0, "message": message, "finish_reason": _finish(resp, len(calls))}]}
-    if resp.usage is not None:
-        out["usage"] = _usage(resp.usage)
-    return _json(out)
+    return completion(resp.id, resp.model, message, _finish(resp, len(calls)),
+                      _usage(resp.usage) if resp.usage is not None else None)
 
 
-class ChatEvents:
+class ChatEvents(NativeStream):
     """A Responses event stream in (bytes split anywhere), the chat form's events out.
 
     ``feed`` returns the pieces to relay (one run of chat events, or none); ``done`` is set at
     ``response.completed`` or ``response.incomplete``: until then the chat stream has no ``[DONE]``.
     """
 
-    __slots__ = ("_buf", "_calls", "_argued", "done", "_run")
+    __slots__ = ("_calls", "_argued")
 
     def __init__(self) -> None:
-        self._buf = b""
+        super().__init__()
         self._calls: dict[int, int] = {}  # output index -> the chat tool index of its function call
         self._argued: set[int] = set()  # chat tool indexes whose arguments have been sent
-        self.done = False
-        self._run: list[bytes] = []
-
-    def feed(self, data: bytes) -> list[bytes]:
-        if self.done:
-            return []
-        buf = self._buf + data if self._buf else data
-        if b"\r" in buf:
-            buf = buf.replace(b"\r\n", b"\n")
-        *events, self._buf = buf.split(b"\n\n")
-        if len(self._buf) > MAX_EVENT_BYTES:
-            raise UpstreamError("The upstream sent an event larger than this gateway relays.",
-                                code="upstream_event_too_large")
-        for raw in events:
-            if raw and not self.done:
-                self._read(raw)
-        if not self._run:
-            return []
-        out = b"".join(self._run)
-        self._run.clear()
-        return [out]
 
     def _read(self, raw: bytes) -> None:
-        data = _data(raw)
+        data = event_data(raw)
         if data is None:
             return  # a comment
         try:
@@ -255,8 +229,7 @@ class ChatEvents:
         if item is None or item.type != "function_call" or ev.output_index is None:
             return
         k = self._calls[ev.output_index] = len(self._calls)
-        self._chunk({"tool_calls": [{"index": k, "id": item.call_id or "", "type": "function",
-                                     "function": {"name": item.name or "", "arguments": ""}}]})
+        self._open_call(k, item.call_id or "", item.name or "")
         if item.arguments:  # whole at the start (valid, if not the usual way)
             self._arguments(k, item.arguments)
 
@@ -272,24 +245,10 @@ class ChatEvents:
     def _end(self, resp: _Ended) -> None:
         self._chunk({}, _finish(resp, len(self._calls)))
         if resp.usage is not None:
-            self._run.append(b"data: " + _json({"choices": [], "usage": _usage(resp.usage)}) + b"\n\n")
+            self._usage_chunk(_usage(resp.usage))
         self._run.append(DONE)
         self.done = True
 
     def _arguments(self, k: int, piece: str) -> None:
         self._argued.add(k)
         self._chunk({"tool_calls": [{"index": k, "function": {"arguments": piece}}]})
-
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> None:
-        self._run.append(b"data: " + _json({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + b"\n\n")
-
-
-def _data(raw: bytes) -> bytes | None:
-    """The data of one SSE event (its data lines joined), None for a comment; anything else is not SSE."""
-    data = []
-    for line in raw.split(b"\n"):
-        if line.startswith(b"data:"):
-            data.append(line[5:].lstrip(b" "))
-        elif not line.startswith((b"event:", b":", b"id:", b"retry:")):
-            raise UpstreamError("The upstream sent an event that is not server-sent-events data.", code="upstream_bad_event")
-    return b"\n".join(data) if data else None

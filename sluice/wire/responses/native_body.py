@@ -25,14 +25,16 @@ the caller sent it (``instructions``, ``reasoning`` with its summary, reasoning 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 from msgspec import UNSET
 
 from sluice.core.wire import ChatCompletionRequest
 
-from .dropped import Dropped
+from ..dropped import Dropped
+from ..native_body import Outbound, content_text, granted, tool_rewritten
+from .dropped import DROP_RULES
 from .schema import FunctionTool, MessageItem, ResponsesRequest, is_hosted
 
 _encode = msgspec.json.encode
@@ -43,21 +45,13 @@ _NOT_TEXT = frozenset({"model", "tools", "tool_choice", "parallel_tool_calls", "
 _DROPPED = ("include", "top_logprobs", "stream_options", "max_tool_calls", "context_management", "client_metadata")
 
 
-class Outbound(NamedTuple):
-    """A body for a Responses upstream, and what of the caller's request it could not carry (rule names)."""
-
-    body: bytes
-    dropped: list[str]
-    rewritten: bool  # written from the guarded chat request (the input guard changed the conversation)
-
-
 def native_body(source: ResponsesRequest, history: Sequence[dict[str, Any]], translated: ChatCompletionRequest,
                 guarded: ChatCompletionRequest, *, model: str, stream: bool) -> Outbound:
     """The body of a Responses request for its ``api: responses`` target (see the module's docstring)."""
     if rewritten(translated, guarded):
         return Outbound(_encode(from_chat(guarded, model=model, stream=stream,
                                           instructions=bool(source.instructions))), [], True)
-    dropped = Dropped()
+    dropped = Dropped(DROP_RULES)
     changes: dict[str, Any] = {"model": model, "store": False, "previous_response_id": UNSET, "metadata": UNSET,
                                "stream": True if stream else UNSET}
     if type(guarded.max_tokens) is int:
@@ -87,15 +81,13 @@ def rewritten(translated: ChatCompletionRequest, guarded: ChatCompletionRequest)
     for name in guarded.__struct_fields__:
         if name not in _NOT_TEXT and getattr(guarded, name) is not getattr(translated, name):
             return True
-    tools = guarded.tools
-    return tools is not translated.tools and tools is not UNSET and any(t not in translated.tools for t in tools)
+    return tool_rewritten(translated, guarded)
 
 
 def _kept_tools(tools: list[Any], translated: ChatCompletionRequest, guarded: ChatCompletionRequest,
                 dropped: Dropped) -> list[FunctionTool]:
     """The caller's function tools the guard left offered; hosted tools never go."""
-    allowed = None if guarded.tools is translated.tools else {
-        t["function"]["name"] for t in guarded.tools or () if isinstance(t.get("function"), dict)}
+    allowed = granted(translated, guarded)
     kept = []
     for tool in tools:
         if is_hosted(tool):
@@ -121,13 +113,14 @@ def from_chat(req: ChatCompletionRequest, *, model: str, stream: bool, instructi
     items: list[dict[str, Any]] = []
     messages = req.messages
     if instructions and messages and messages[0].role == "system":
-        body["instructions"] = _text(messages[0].content)
+        body["instructions"] = content_text(messages[0].content)
         messages = messages[1:]
     for m in messages:
         if m.role in ("system", "developer"):
-            items.append({"type": "message", "role": "system", "content": _text(m.content)})
+            items.append({"type": "message", "role": "system", "content": content_text(m.content)})
         elif m.role == "tool":
-            items.append({"type": "function_call_output", "call_id": m.tool_call_id or "", "output": _text(m.content)})
+            items.append({"type": "function_call_output", "call_id": m.tool_call_id or "",
+                          "output": content_text(m.content)})
         elif m.role == "assistant":
             items.extend(_assistant(m))
         else:
@@ -162,17 +155,9 @@ def from_chat(req: ChatCompletionRequest, *, model: str, stream: bool, instructi
     return body
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n\n".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
-
-
 def _user(content: Any) -> str | list[dict[str, Any]]:
     if not isinstance(content, list):
-        return _text(content)
+        return content_text(content)
     parts: list[dict[str, Any]] = []
     for part in content:
         if not isinstance(part, dict):
@@ -190,7 +175,7 @@ def _user(content: Any) -> str | list[dict[str, Any]]:
 
 def _assistant(m: Any) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    text = _text(m.content)
+    text = content_text(m.content)
     if text or m.refusal:
         parts: list[dict[str, Any]] = [{"type": "output_text", "text": text}] if text else []
         if m.refusal:

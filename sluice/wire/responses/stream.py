@@ -26,7 +26,8 @@ import msgspec
 
 from sluice.core.errors import GatewayError, UpstreamError
 
-from .chat import Completion, ToolCall, Usage, completion_decoder
+from ..chat import Completion, ToolCall, completion_decoder
+from ..chat_stream import DONE, ChatStreamEncoder, sse_data
 from .encode import (
     INCOMPLETE,
     checked_arguments,
@@ -43,11 +44,10 @@ from .errors import failure, upstream_error
 from .schema import ResponsesRequest
 
 _json = msgspec.json.encode
-_DONE = b"[DONE]"
 _PREFIX = {"message": "msg", "reasoning": "rs", "function_call": "fc"}
 
 
-class StreamEncoder:
+class StreamEncoder(ChatStreamEncoder):
     """Chat SSE bytes in (split anywhere), Responses SSE bytes out.
 
     ``start`` sends the opening events; ``feed`` takes what the upstream sent and returns the
@@ -58,27 +58,19 @@ class StreamEncoder:
     still replace it (the store could not take it).
     """
 
-    __slots__ = ("id", "created_at", "input_tokens", "_echo", "_seq", "_buf", "_started", "_ended", "_items",
-                 "_open", "_pieces", "_tool_key", "_tools_seen", "_finish", "_usage", "_final", "_out", "_hold", "_held")
+    __slots__ = ("id", "created_at", "input_tokens", "_echo", "_seq", "_items", "_final", "_hold", "_held")
+    _CALL = "function_call"
 
     def __init__(self, *, id: str, request: ResponsesRequest, created_at: int, input_tokens: int = 0,
                  hold_end: bool = False) -> None:
+        super().__init__()  # its _open: the open item's type; _pieces: the open item's text or argument pieces
         self.id = id
         self.created_at = created_at
         self.input_tokens = input_tokens
         self._echo = echo(request)
         self._seq = 0
-        self._buf = b""
-        self._started = self._ended = False
         self._items: list[dict[str, Any]] = []  # the output items, the open one (if any) last
-        self._open: str | None = None  # the open item's type
-        self._pieces: list[str] = []  # the open item's text or argument pieces
-        self._tool_key: int | None = None  # the chat tool-call index the open function_call is
-        self._tools_seen: set[int] = set()
-        self._finish: str | None = None
-        self._usage: Usage | None = None
         self._final: dict[str, Any] | None = None
-        self._out: list[bytes] = []
         self._hold = hold_end
         self._held: str | None = None  # the closing event's type, while it is held
 
@@ -117,10 +109,10 @@ class StreamEncoder:
         for raw in events:
             if self._ended:
                 break
-            payload = _data(raw)
+            payload = sse_data(raw)
             if payload is None:
                 continue
-            if payload == _DONE:
+            if payload == DONE:
                 self._end()
                 continue
             try:
@@ -129,19 +121,6 @@ class StreamEncoder:
                 self._fail(UpstreamError("The upstream sent an event that is not a chat completion chunk."))
                 continue
             self._chunk(chunk)
-        return self._flush()
-
-    def close(self) -> bytes:
-        """The upstream stream ended: the tail, or ``response.failed`` if it ended before the reply did."""
-        if self._ended:
-            return b""
-        if self._buf.strip():
-            self._out.append(self.feed(b"\n\n"))  # a last event without its blank line
-        if not self._ended:
-            if self._finish is None:
-                self._fail(UpstreamError("The upstream stream ended before the reply was complete."))
-            else:
-                self._end()
         return self._flush()
 
     def fail(self, exc: GatewayError) -> bytes:
@@ -164,11 +143,6 @@ class StreamEncoder:
         return [dict(item) for item in self._items]
 
     # ---- the state machine ----------------------------------------------------------------
-
-    def _flush(self) -> bytes:
-        got = b"".join(self._out)
-        self._out.clear()
-        return got
 
     def _emit(self, kind: str, fields: dict[str, Any]) -> None:
         payload = {"type": kind, **fields, "sequence_number": self._seq}
@@ -208,7 +182,7 @@ class StreamEncoder:
                         return
             if choice.finish_reason is not None:
                 self._finish = choice.finish_reason
-                if not self._close_item():
+                if not self._close_part():
                     return
 
     def _where(self) -> dict[str, Any]:
@@ -222,7 +196,7 @@ class StreamEncoder:
 
     def _text(self, kind: str, text: str) -> bool:
         if self._open != kind:
-            if not self._close_item():
+            if not self._close_part():
                 return False
             index = len(self._items)
             if kind == "message":
@@ -238,30 +212,17 @@ class StreamEncoder:
         self._emit(name, {**self._where(), "content_index": 0, "delta": text, **extra})
         return True
 
-    def _tool(self, call: ToolCall) -> bool:
-        key = call.index if call.index is not None else (self._tool_key if call.id is None else len(self._tools_seen))
-        if key is None:
-            key = 0
-        if self._open != "function_call" or key != self._tool_key:
-            if key in self._tools_seen:
-                self._fail(UpstreamError("The upstream interleaved the arguments of parallel tool calls."))
-                return False
-            if not self._close_item():
-                return False
-            fn = call.function
-            self._tools_seen.add(key)
-            self._tool_key = key
-            item = function_call_item(output_id(self.id, "fc", len(self._items)),
-                                      call.id or f"call_{len(self._tools_seen) - 1}",
-                                      (fn.name if fn else None) or "", "", "in_progress")
-            self._open_item("function_call", item)
-        args = call.function.arguments if call.function is not None else None
-        if args:
-            self._pieces.append(args)
-            self._emit("response.function_call_arguments.delta", {**self._where(), "delta": args})
-        return True
+    def _open_call(self, call: ToolCall) -> None:
+        fn = call.function
+        item = function_call_item(output_id(self.id, "fc", len(self._items)),
+                                  call.id or f"call_{len(self._tools_seen) - 1}",
+                                  (fn.name if fn else None) or "", "", "in_progress")
+        self._open_item("function_call", item)
 
-    def _close_item(self) -> bool:
+    def _arguments(self, piece: str) -> None:
+        self._emit("response.function_call_arguments.delta", {**self._where(), "delta": piece})
+
+    def _close_part(self) -> bool:
         """Finish the open item (``incomplete`` if the reply was cut by a limit); a call's arguments
         must make a JSON object, or the stream fails."""
         kind = self._open
@@ -299,7 +260,7 @@ class StreamEncoder:
     def _end(self) -> None:
         if not self._started:
             self._begin()
-        if not self._close_item():
+        if not self._close_part():
             return
         incomplete = INCOMPLETE.get(self._finish or "stop")
         status = "incomplete" if incomplete else "completed"
@@ -327,10 +288,3 @@ class StreamEncoder:
         self._final = self._snapshot("failed", use, error=failure(exc))
         self._emit("response.failed", {"response": self._final})
         self._ended = True
-
-
-def _data(raw: bytes) -> bytes | None:
-    """The ``data`` of one SSE event (its data lines joined), or None for a comment or an empty event."""
-    lines = [line[5:].lstrip(b" ") if line.startswith(b"data:") else None for line in raw.split(b"\n")]
-    data = [d for d in lines if d is not None]
-    return b"\n".join(data) if data else None

@@ -1,5 +1,8 @@
-"""The chat-completions answers the encoders read (whole replies and stream chunks), typed
-loosely: only the fields a Messages answer is built from, anything else ignored."""
+"""The chat-completions answers the wire encoders read (whole replies and stream chunks), typed
+loosely: only the fields a Messages reply or a Response is built from, anything else ignored. One
+set serves both: the Messages encoder reads vLLM's ``stop_reason`` and the cache writes of an
+Anthropic upstream's answer; a Response also carries the reasoning text (vLLM's
+``reasoning_content``, or ``reasoning`` in newer vLLM) and the reasoning-token count."""
 
 from __future__ import annotations
 
@@ -27,7 +30,14 @@ class ToolCall(_Loose):
 class ReplyMessage(_Loose):
     role: str | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
     tool_calls: list[ToolCall] | None = None
+
+    @property
+    def thought(self) -> str | None:
+        """The reasoning text, under either of vLLM's names."""
+        return self.reasoning_content or self.reasoning
 
 
 class Choice(_Loose):
@@ -38,15 +48,20 @@ class Choice(_Loose):
     stop_reason: str | int | None = None  # vLLM: the stop string (or token id) that ended the choice
 
 
-class CachedDetails(_Loose):
+class PromptDetails(_Loose):
     cached_tokens: int | None = None
     cache_creation_tokens: int | None = None  # sluice's, on the chat form of an Anthropic upstream's answer
+
+
+class CompletionDetails(_Loose):
+    reasoning_tokens: int | None = None
 
 
 class Usage(_Loose):
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    prompt_tokens_details: CachedDetails | None = None
+    prompt_tokens_details: PromptDetails | None = None
+    completion_tokens_details: CompletionDetails | None = None
 
 
 class ErrorInfo(_Loose):
