@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-stress bench ab soak profile bench-routing clean
+.PHONY: install demo test test-stress bench ab soak profile bench-routing bench-mcp clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ test-stress: $(STAMP)
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bench/run.sh
+
+# sluice's own CPU per MCP tools/call (bench/mcp_calls.py; PROFILE=1 adds a py-spy round)
+bench-mcp: $(STAMP)
+	PYTHONPATH=$(CURDIR) $(BIN)/python bench/mcp_calls.py $(if $(PROFILE),--profile)
 
 ab: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bench/ab.sh

@@ -103,6 +103,7 @@ class Gateway:
         self.slot = current_slot()  # which of ``--workers N`` this is; worker 0 carries the control plane
         self.draining = False  # set on SIGTERM: /readyz answers 503 before the listeners stop
         self.mcp_upstreams: Upstreams | None = None
+        self.approvals: ToolApprovals | None = None  # its queued tool-decision rows are written at shutdown
 
     def secrets(self) -> list[str]:
         c = self.config
@@ -202,6 +203,7 @@ class Gateway:
                 run_checks(deployments, lambda: routing.table, c.resilience.health_interval_s), name="health-checks"))
         decisions = DecisionLog(c.resilience.decisions_kept)
         guard_stage, approvals, guard_records = self._guard(store, Sealer(pepper, b"sluice tool arguments v1"), policy)
+        self.approvals = approvals
         data_plane = DataPlane(guard=guard_stage, registry=registry, tokens=tokens, routes=routing, decisions=decisions,
                                resilience=c.resilience, ledger=ledger, limits=c.requests, limiter=limiter, prices=prices,
                                max_tokens_cap=c.limits.max_tokens_cap, over_cap=c.limits.over_cap,
@@ -408,6 +410,7 @@ class Gateway:
             ("control plane", self.control.stop if self.control is not None else None),
             ("upstream pools", (lambda: asyncio.gather(*(t.close() for t in self._all_transports)))),
             ("mcp upstreams", self.mcp_upstreams.close if self.mcp_upstreams is not None else None),
+            ("tool decisions flush", self.approvals.close if self.approvals is not None else None),
             ("simulated backend", self._sim_runner.cleanup if self._sim_runner is not None else None),
             ("store", self.store.close if self.store is not None else None),
         ]

@@ -17,7 +17,7 @@ import hashlib
 import logging
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -34,6 +34,8 @@ MASK = Detector()
 # The longest canonical arguments an approver is shown, and so the longest that can be approved:
 # 16,384 characters is several screens of JSON, more than any tool call a person can check by eye.
 SHOWN_CHARS = 16_384
+RECORD_AFTER_S = 0.05  # decision rows wait this long to be written together (``ToolApprovals.record``)
+RECORD_BATCH = 500
 _PUBLIC = ("id", "status", "tool", "model", "created_at", "expires_at", "decided_at", "used_at", "args_sha256",
            "args_masked", "args_chars", "request_id")
 
@@ -84,7 +86,8 @@ class ToolApprovals:
         self._sealer = sealer
         self._settings = settings  # the active policy's guardrails.approvals
         self.ttl_s = ttl_s
-        self._side: set[asyncio.Future] = set()
+        self._pending: list[dict[str, Any]] = []  # decision rows not yet written (``record``)
+        self._writer: asyncio.Future | None = None
 
     async def hold(self, j: Judgement, *, identity_id: str, identity_name: str, request_id: str, model: str,
                    context: str, ttl_s: float) -> str:
@@ -109,18 +112,35 @@ class ToolApprovals:
         return approval_id
 
     def record(self, rows: list[dict[str, Any]]) -> None:
-        """Write decisions off the request path; a store hiccup is logged, never raised."""
-        async def write() -> None:
+        """Queue decision rows; they are written off the request path, together, within ``RECORD_AFTER_S``.
+        One transaction per call cost an MCP tools/call about half of sluice's CPU (bench/README.md, "MCP
+        tools/call"); a store hiccup is logged, never raised."""
+        self._pending += rows
+        if self._writer is None:
+            self._writer = asyncio.ensure_future(self._write_later())
+
+    async def _write_later(self) -> None:
+        try:
+            await asyncio.sleep(RECORD_AFTER_S)
+        finally:  # cancelled by ``close``: what is queued is written all the same
+            self._writer = None
+            await self._write_pending()
+
+    async def _write_pending(self) -> None:
+        while self._pending:
+            rows, self._pending = self._pending[:RECORD_BATCH], self._pending[RECORD_BATCH:]
             try:
                 await self._records.record_decisions(rows)
             except Exception as exc:  # the reply is already decided; the log says what was lost
                 log.warning("tool decisions not recorded (%d): %s", len(rows), type(exc).__name__)
-        self._spawn(write())
 
-    def _spawn(self, job: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(job)
-        self._side.add(task)
-        task.add_done_callback(self._side.discard)
+    async def close(self) -> None:
+        """Write the queued decision rows now (at shutdown, before the store closes)."""
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+        await self._write_pending()
 
     async def get(self, approval_id: str, identity_id: str | None = None) -> dict[str, Any]:
         row = await self._records.get_approval(approval_id[:64])
