@@ -14,6 +14,7 @@ import time
 import httpx
 import pytest
 from mcp.shared.exceptions import MCPError
+from mcp.types import PromptReference
 
 from support import start_gateway
 from test_mcp_gateway import SECRET, UPSTREAM_SECRET, agent, mcp_extra, tools_server  # noqa: F401 - a fixture
@@ -78,7 +79,9 @@ async def test_an_identity_no_grant_names_sees_no_resource_or_prompt_and_is_refu
         assert (await o.list_prompts()).prompts == []
         for ask, reason in [(o.read_resource("docs://readme"), "resource_not_allowed"),
                             (o.read_resource("notes://x"), "resource_not_allowed"),
-                            (o.get_prompt("files__summarize", {"text": "x"}), "prompt_not_allowed")]:
+                            (o.get_prompt("files__summarize", {"text": "x"}), "prompt_not_allowed"),
+                            (o.complete(PromptReference(type="ref/prompt", name="files__summarize"),
+                                        {"name": "text", "value": "t"}), "prompt_not_allowed")]:
             with pytest.raises(MCPError) as err:
                 await ask
             assert err.value.code == -32010 and "refused by the gateway's policy" in err.value.error.message
