@@ -218,8 +218,9 @@ class Gateway:
         async def jwks(_: Exchange) -> Reply:
             return Reply.json(tokens.jwks(), headers={"Cache-Control": "public, max-age=60"})
 
+        mcp_endpoints: list[McpEndpoints] = []  # made below; the token endpoint mints for their canonical URIs
         exchange = TokenExchange(
-            registry, tokens, federation,
+            registry, tokens, federation, resources=lambda ex, uri: bool(mcp_endpoints) and mcp_endpoints[0].serves(ex, uri),
             per_source=gate(c.identity.token_requests_per_minute, "token requests from this address"),
             per_identity=gate(c.identity.token_requests_per_minute_per_identity, "token requests for this identity"))
         token_routes = [("POST", "/v1/token", exchange),
@@ -249,12 +250,13 @@ class Gateway:
         # the approval endpoints always: any policy version may add a tool registry
         data_routes += ApprovalEndpoints(data_plane.authenticate, approvals).routes()
         # issue 25: /mcp/{server}, authenticated as the model calls are, governed by the same tool registry
-        async def identify(ex: Exchange):
+        async def identify(ex: Exchange, audience: str):
             ctx = RequestContext(ex, "mcp")
-            await data_plane.authenticate(ctx)
+            await data_plane.authenticate(ctx, audience)  # a token must be this endpoint's (RFC 8707)
             return ctx.principal
 
-        data_routes += McpEndpoints(identify, mcp, c.mcp).routes()
+        mcp_endpoints.append(McpEndpoints(identify, mcp, c.mcp))
+        data_routes += mcp_endpoints[0].routes()
         data_routes.append(OpenApiEndpoint(data_plane.authenticate, data_routes).route)  # documents every route above
         self.data = NativeListener("data", c.data_plane, data_routes, max_body_bytes=c.requests.max_body_bytes,
                                    access_log=c.logging.access_log)

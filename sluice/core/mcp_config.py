@@ -103,6 +103,29 @@ class McpLimits(_Strict):
     concurrency_per_server: Rate | None = None  # tools/call in flight to one server, every caller together
 
 
+class _Grant(_Strict):
+    """Who (identities, teams; ``*``: everyone) may reach which of one server's resources or prompts."""
+
+    server: ServerName
+    identities: list[str] = msgspec.field(default_factory=list)
+    teams: list[str] = msgspec.field(default_factory=list)
+
+    def names_caller(self, identity: str, team: str | None) -> bool:
+        return "*" in self.identities or identity in self.identities or (team is not None and team in self.teams)
+
+
+class ResourceGrant(_Grant):
+    """``uris``: glob patterns (``fnmatch``) over resource URIs and resource templates' URI templates."""
+
+    uris: list[str] = msgspec.field(default_factory=list)
+
+
+class PromptGrant(_Grant):
+    """``names``: glob patterns over the server's own prompt names (not the ``server__`` namespaced ones)."""
+
+    names: list[str] = msgspec.field(default_factory=list)
+
+
 class Mcp(_Strict):
     """The MCP gateway: upstream servers, session lifetime, the bound on one tool result, the stdio sandbox."""
 
@@ -120,6 +143,10 @@ class Mcp(_Strict):
     pins: dict[ToolName, Sha256] = msgspec.field(default_factory=dict)  # seeds the policy's ``mcp.pins``
     # a tools/call is checked against the server's definitions as last listed, listed again when older than this
     pin_recheck_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
+    # who reads which resources and gets which prompts; with none, every caller may (each list on its own);
+    # with any, what no grant names is nobody's
+    resources: list[ResourceGrant] = msgspec.field(default_factory=list)
+    prompts: list[PromptGrant] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
         for kind, names in (("name", [s.name for s in self.servers]), ("prefix", [s.namespace for s in self.servers])):
@@ -130,6 +157,13 @@ class Mcp(_Strict):
             if not os.path.isabs(path):
                 raise msgspec.ValidationError(f"allowed_commands must be absolute paths: {path!r} - at "
                                               f"`$.mcp.allowed_commands`")
+        names = {s.name for s in self.servers}
+        for kind, grants in (("resources", self.resources), ("prompts", self.prompts)):
+            for g in grants:
+                if g.server not in names:
+                    raise msgspec.ValidationError(f"grant for unknown MCP server {g.server!r} - at `$.mcp.{kind}`")
+                if not g.identities and not g.teams:
+                    raise msgspec.ValidationError(f"a grant names identities or teams - at `$.mcp.{kind}`")
         allowed = {os.path.realpath(p) for p in self.allowed_commands}
         for s in self.servers:
             if s.command is not None and executable(s.command[0]) not in allowed:

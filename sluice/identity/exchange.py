@@ -2,12 +2,16 @@
 
 A caller presents an API key (``...:token-type:access_token``) or a federated workload
 token (``...:token-type:jwt`` or ``...:id_token``) and receives a short-lived sluice access
-token bound to its identity's scopes and environment, optionally narrowed by ``scope``.
+token bound to its identity's scopes and environment, optionally narrowed by ``scope``. Its
+audience is the gateway's own, or the resource named by ``resource`` (RFC 8707) or ``audience``
+when that is one the gateway serves (an MCP endpoint's canonical URI): such a token is accepted
+only there.
 Errors use the OpenAI envelope with the OAuth error name as ``code``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 import msgspec
@@ -47,7 +51,9 @@ class TokenExchange:
     """The token endpoint of the data plane."""
 
     def __init__(self, registry: CredentialRegistry, tokens: TokenService, federation: Federation, *,
-                 per_source: RateGate | None = None, per_identity: RateGate | None = None) -> None:
+                 per_source: RateGate | None = None, per_identity: RateGate | None = None,
+                 resources: Callable[[Exchange, str], bool] | None = None) -> None:
+        self._resources = resources  # whether a resource URI (the audience asked for) is served here
         self._registry = registry
         self._tokens = tokens
         self._federation = federation
@@ -78,8 +84,12 @@ class TokenExchange:
         if kind not in (ACCESS_TOKEN, JWT, ID_TOKEN):
             raise InvalidRequest(f"subject_token_type must be {ACCESS_TOKEN}, {JWT} or {ID_TOKEN}.",
                                  code="invalid_request", param="subject_token_type")
-        audience = form.get("audience")
-        if audience is not None and audience != self._tokens.audience:
+        audience = form.get("resource") or form.get("audience")
+        if form.get("resource") and form.get("audience") and form["resource"] != form["audience"]:
+            raise InvalidRequest("resource and audience name different targets.", code="invalid_target", param="audience")
+        if audience == self._tokens.audience:
+            audience = None
+        elif audience is not None and (self._resources is None or not self._resources(ex, audience)):
             raise InvalidRequest("audience is not served here.", code="invalid_target", param="audience")
 
         if kind == ACCESS_TOKEN:
@@ -111,7 +121,7 @@ class TokenExchange:
                 raise InvalidRequest(f"scope asks for models beyond the identity's: {' '.join(refused)}",
                                      code="invalid_scope", param="scope")
         # mint refuses an expired identity, and caps the token at the identity's and the key's expiry
-        token, ttl = self._tokens.mint(identity, credential, models=models, not_after=not_after)
+        token, ttl = self._tokens.mint(identity, credential, models=models, not_after=not_after, audience=audience)
         body = {"access_token": token, "issued_token_type": ACCESS_TOKEN, "token_type": "Bearer", "expires_in": ttl}
         if models is not None:
             body["scope"] = " ".join(models)

@@ -151,10 +151,11 @@ class _Scopes2:
 class _Seen:
     """A verified token: its claims that matter, and the principal built from them and its identity."""
 
-    __slots__ = ("principal", "identity", "identity_id", "credential", "exp", "scope", "ends")
+    __slots__ = ("principal", "identity", "identity_id", "credential", "exp", "scope", "ends", "aud")
 
-    def __init__(self, identity: Identity, credential: str, exp: float, scope: list[str] | None) -> None:
+    def __init__(self, identity: Identity, credential: str, exp: float, scope: list[str] | None, aud: str) -> None:
         self.credential, self.exp, self.scope, self.identity_id = credential, exp, scope, identity.id
+        self.aud = aud
         self.bind(identity)
 
     def bind(self, identity: Identity) -> None:
@@ -174,7 +175,8 @@ class TokenService:
         self._registry = registry
         self._cfg = cfg
         self._claims = jwt.JWTClaimsRegistry(
-            leeway=5, iss={"essential": True, "value": cfg.issuer}, aud={"essential": True, "value": cfg.audience},
+            # aud: one string, checked per request against the audience of the endpoint (``authenticate``)
+            leeway=5, iss={"essential": True, "value": cfg.issuer}, aud={"essential": True},
             exp={"essential": True}, sub={"essential": True}, cred={"essential": True},
         )
         # verified tokens, oldest first: bounded, so minting many tokens cannot grow memory (a plain
@@ -190,8 +192,11 @@ class TokenService:
         return self._keyring.jwks()
 
     def mint(self, identity: Identity, credential: str, *, models: list[str] | None = None,
-             ttl_s: float | None = None, not_after: float | None = None) -> tuple[str, int]:
+             ttl_s: float | None = None, not_after: float | None = None, audience: str | None = None) -> tuple[str, int]:
         """A signed token for an identity, bound to its environment and (optionally) fewer models.
+
+        Its ``aud`` is the gateway's own audience, or ``audience``: a narrower resource (RFC 8707) such as an
+        MCP endpoint's canonical URI, where alone it is accepted.
 
         It expires no later than ``not_after`` (its key's expiry or rotation-overlap end) nor
         its identity's expiry: a token never outlives what it was minted from.
@@ -205,7 +210,7 @@ class TokenService:
             raise Unauthenticated("The credential or its identity has expired.", code="invalid_grant")
         ttl = exp - now
         claims: dict[str, Any] = {
-            "iss": self._cfg.issuer, "aud": self._cfg.audience, "sub": identity.id, "iat": now, "nbf": now,
+            "iss": self._cfg.issuer, "aud": audience or self._cfg.audience, "sub": identity.id, "iat": now, "nbf": now,
             "exp": exp, "jti": uuid.uuid4().hex, "env": identity.environment, "cred": credential,
         }
         if models is not None:
@@ -214,12 +219,16 @@ class TokenService:
         token = jwt.encode({"alg": ALG, "kid": key.kid, "typ": "at+jwt"}, claims, key, algorithms=[ALG])
         return token, ttl
 
-    def authenticate(self, token: str) -> Principal:
-        """The principal behind a token of ours, or ``Unauthenticated``; cached after the first check."""
+    def authenticate(self, token: str, audience: str | None = None) -> Principal:
+        """The principal behind a token of ours minted for ``audience`` (default: the gateway's own), or
+        ``Unauthenticated``; cached after the first check."""
         seen = self._seen.get(token)
         now = clock.now()
         if seen is None:
             seen = self._verify(token, now)
+        if seen.aud != (audience or self._cfg.audience):  # RFC 8707: a token for another resource is no token here
+            raise Unauthenticated("The access token was minted for another audience; ask /v1/token for one whose "
+                                  "audience (resource) is this endpoint.", code="invalid_audience")
         identity = self._registry.identity(seen.identity_id)
         if identity is None:
             raise Unauthenticated("The identity behind this token is disabled.", code="identity_disabled")
@@ -250,7 +259,10 @@ class TokenService:
             raise Unauthenticated("The identity behind this token is disabled or unknown.", code="identity_disabled")
         if c.get("env") != identity.environment:
             raise Unauthenticated("The token's environment does not match its identity.", code="invalid_token")
-        seen = _Seen(identity, str(c["cred"]), float(c["exp"]), str(c["scope"]).split() if "scope" in c else None)
+        if not isinstance(c["aud"], str):
+            raise Unauthenticated("The access token's audience is not one of ours.", code="invalid_token")
+        seen = _Seen(identity, str(c["cred"]), float(c["exp"]), str(c["scope"]).split() if "scope" in c else None,
+                     c["aud"])
         if self._seen_max:
             if len(self._seen) >= self._seen_max:
                 del self._seen[next(iter(self._seen))]

@@ -5,13 +5,18 @@ who may call it (identities, teams), its risk, the JSON Schema of its arguments.
 tool it does not name is nobody's (default deny) and ``tools/list`` shows only what the caller may
 call; a policy version with no registry governs no tool call, MCP or model (as ``guard-in`` does).
 A call is judged by ``sluice.guard.tools.judge`` itself: allowed, blocked, or held for approval.
+
+Resources and prompts are not tools and have no registry entry: ``ContentAccess`` decides them from
+the config's ``mcp.resources`` (URI globs) and ``mcp.prompts`` (name globs) per identity or team.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from fnmatch import fnmatchcase
 from typing import Any
 
+from ..core.mcp_config import PromptGrant, ResourceGrant
 from ..guard import GuardPolicy, Judgement, ToolCall, judge
 from ..guard.tools import canonical
 
@@ -54,3 +59,27 @@ class ToolAccess:
         if reg is None:
             return None
         return judge(reg, identity, team, ToolCall(id=call_id, name=name, arguments=canonical(arguments)))
+
+
+class ContentAccess:
+    """Which resources (by URI glob) and prompts (by name glob) of a server a caller may reach (``mcp.resources``,
+    ``mcp.prompts`` of the config). A kind with no grants is open to every caller; with any, what no grant names
+    is nobody's (default deny)."""
+
+    __slots__ = ("_resources", "_prompts")
+
+    def __init__(self, resources: list[ResourceGrant], prompts: list[PromptGrant]) -> None:
+        self._resources = resources
+        self._prompts = prompts
+
+    def resource(self, server: str, uri: str, identity: str, team: str | None) -> bool:
+        if not self._resources:
+            return True
+        return any(g.server == server and g.names_caller(identity, team) and any(fnmatchcase(uri, p) for p in g.uris)
+                   for g in self._resources)
+
+    def prompt(self, server: str, name: str, identity: str, team: str | None) -> bool:
+        if not self._prompts:
+            return True
+        return any(g.server == server and g.names_caller(identity, team) and any(fnmatchcase(name, p) for p in g.names)
+                   for g in self._prompts)

@@ -34,7 +34,7 @@ TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 class McpEndpoints:
     """The handlers; ``identify`` is the data plane's Authenticate stage over an exchange."""
 
-    def __init__(self, identify: Callable[[Exchange], Awaitable[Principal]], gateway: McpGateway, cfg: Mcp) -> None:
+    def __init__(self, identify: Callable[[Exchange, str], Awaitable[Principal]], gateway: McpGateway, cfg: Mcp) -> None:
         self._identify = identify
         self._gateway = gateway
         self._public = cfg.public_url.rstrip("/") if cfg.public_url else None
@@ -45,16 +45,31 @@ class McpEndpoints:
         host = exchange.headers.get("Host") or ""
         return f"http://{host if _HOST.match(host) else 'localhost'}"
 
+    @staticmethod
+    def _path(exchange: Exchange) -> str:
+        server = exchange.params.get("server")
+        return "/mcp" if server is None else f"/mcp/{server if _SEGMENT.match(server) else ''}"
+
+    def serves(self, exchange: Exchange, resource: str) -> bool:
+        """Whether ``resource`` is the canonical URI of one of these endpoints, as seen from this request (the
+        token endpoint asks, to mint a token for it: RFC 8707)."""
+        base = self._base(exchange)
+        if resource == f"{base}/mcp":
+            return True
+        server = resource[len(base) + 5:] if resource.startswith(f"{base}/mcp/") else ""
+        return self._gateway.upstreams.get(server) is not None
+
     async def _who(self, exchange: Exchange) -> Principal:
+        """The caller; an access token must have been minted for this endpoint's canonical URI (RFC 8707),
+        a key carries no audience. 401 names the path's protected-resource metadata; 403: no invoker role."""
+        path = self._path(exchange)
         try:
-            return await self._identify(exchange)
+            return await self._identify(exchange, f"{self._base(exchange)}{path}")
         except GatewayError as exc:
             headers = dict(exc.headers or {})
             if exc.retry_after is not None:
                 headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
             if exc.status == 401:
-                server = exchange.params.get("server")
-                path = "/mcp" if server is None else f"/mcp/{server if _SEGMENT.match(server) else ''}"
                 headers["WWW-Authenticate"] = f'Bearer resource_metadata="{self._base(exchange)}{METADATA}{path}"'
             raise Refusal(mt.INVALID_REQUEST, exc.message, exc.code or "unauthenticated", exc.status, headers) from None
 

@@ -38,10 +38,11 @@ from ..core import scope
 from ..core.errors import GatewayError
 from ..core.mcp_config import Mcp
 from ..guard import Judgement, ToolApprovals, context_digest
-from ..guard.approvals import MASK
 from ..identity import Principal
 from ..core.errors import UpstreamTimeout
-from .authz import ToolAccess, namespaced, upstream_name
+from .authz import ContentAccess, ToolAccess, namespaced, upstream_name
+from .content import Content
+from .content import upstream_refusal as _upstream_refusal
 from .jsonrpc import NO_SESSION, REFUSED, UPSTREAM, Refusal
 from .limits import CallLimits
 from .pins import Pins
@@ -53,7 +54,8 @@ from .usage import TOOL_CALL_HEADER, TOOL_CALL_META, Call, CallLog
 log = logging.getLogger("sluice.mcp")
 APPROVAL_META = "sluice/approval"
 SESSION_HEADER = "Mcp-Session-Id"
-METHODS = frozenset({"initialize", "ping", "tools/list", "tools/call"})
+METHODS = frozenset({"initialize", "ping", "tools/list", "tools/call", "resources/list", "resources/templates/list",
+                     "resources/read", "prompts/list", "prompts/get", "completion/complete"})
 FEDERATED = "*"  # the session binding of /mcp (no server is named so: names are [A-Za-z0-9_-])
 
 
@@ -80,6 +82,8 @@ class McpGateway:
         self._active = active  # the active policy version (``.guard``, ``.version``, ``.hash``)
         self._access = self.access = ToolAccess(lambda: getattr(active(), "guard", None))
         self._limits = CallLimits(limiter, cfg.limits)
+        # resources, prompts, completion: relayed under ``mcp.resources`` / ``mcp.prompts`` (content.py)
+        self.content = Content(upstreams, ContentAccess(cfg.resources, cfg.prompts), self._guard)
         self._log = CallLog(approvals.record, active, metrics, tracer, cfg.max_recorded_result_chars)
         # issue 25 item 5: definitions pinned in the active version's ``mcp`` section; others quarantined
         self.pins = Pins(lambda: getattr(getattr(active(), "document", None), "mcp", None), cfg.pin_recheck_s,
@@ -123,6 +127,8 @@ class McpGateway:
             out = await self._list_tools(who, up)
         elif isinstance(req, mt.CallToolRequest):
             out = await self._call_tool(who, up, req.params, request_id, headers or {})
+        elif method in Content.METHODS:
+            out = await self.content.answer(who, up, req, request_id)
         else:
             raise Refusal(mt.METHOD_NOT_FOUND, f"Method not found: {method[:64]}.", "method_not_found")
         try:  # in the wire shape of the session's protocol version (fields it does not know are dropped)
@@ -145,7 +151,10 @@ class McpGateway:
                         if up is not None else
                         "Tools of every MCP server behind sluice, governed by sluice: names are `server__tool`.")
         result = mt.InitializeResult(
-            protocol_version=version, capabilities=mt.ServerCapabilities(tools=mt.ToolsCapability(list_changed=False)),
+            protocol_version=version, capabilities=mt.ServerCapabilities(
+                tools=mt.ToolsCapability(list_changed=False), completions=mt.CompletionsCapability(),
+                resources=mt.ResourcesCapability(subscribe=False, list_changed=False),
+                prompts=mt.PromptsCapability(list_changed=False)),
             server_info=mt.Implementation(name=f"sluice/{server if up is not None else 'mcp'}", version="0.1.0"),
             instructions=instructions)
         return Answer(result.model_dump(mode="json", by_alias=True, exclude_none=True), {SESSION_HEADER: sid})
@@ -254,18 +263,22 @@ class McpGateway:
             raise Refusal(UPSTREAM, exc.message, exc.code or "mcp_upstream_error") from None
         finally:
             self._limits.release(reservation)
-        p = self._access.registry()
-        try:
-            guarded = guard_result(result, max_bytes=self._cfg.max_result_bytes, policy=p or getattr(self._active(), "guard", None),
-                                   identity=who.identity_name, team=who.team, tool=name, request_id=request_id)
-        except GatewayError as exc:
-            raise Refusal(UPSTREAM, exc.message, exc.code or "mcp_upstream_error") from None
+        guarded = self._guard(result, who, name, request_id)
         self._log.result(call, guarded.body, guarded.size)
         if guarded.injection:
             call.reason = f"{call.reason}; injection {guarded.injection:.2f}"[:256]
         if guarded.kinds:
             call.reason = f"{call.reason}; masked {','.join(sorted(guarded.kinds))}"[:256]
         return guarded.body
+
+    def _guard(self, result: Any, who: Principal, name: str, request_id: str) -> Any:
+        """A tool's result, a resource's contents or a prompt's messages, as untrusted input (``results.py``)."""
+        p = self._access.registry()
+        try:
+            return guard_result(result, max_bytes=self._cfg.max_result_bytes, policy=p or getattr(self._active(), "guard", None),
+                                identity=who.identity_name, team=who.team, tool=name, request_id=request_id)
+        except GatewayError as exc:
+            raise Refusal(UPSTREAM, exc.message, exc.code or "mcp_upstream_error") from None
 
     async def _hold(self, who: Principal, j: Judgement, server: str, request_id: str) -> dict[str, Any]:
         guard = getattr(self._active(), "guard", None)
@@ -294,9 +307,3 @@ class McpGateway:
             raise Refusal(REFUSED, exc.message, exc.code or "approval_refused") from None
         finally:
             scope.request.reset(current)
-
-
-def _upstream_refusal(exc: MCPError) -> Refusal:
-    """The upstream's own JSON-RPC error, its message read by the detectors (a server may echo a secret)."""
-    return Refusal(exc.code if -32768 <= exc.code <= -32000 else UPSTREAM, MASK.mask(str(exc.error.message)[:1024]),
-                   "mcp_upstream_error")

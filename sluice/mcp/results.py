@@ -1,5 +1,8 @@
 """Tool results are untrusted input: bounded in size, read by the detectors before an agent (and its model) sees them.
 
+So are a resource's contents (``resources/read``: each text content; blobs are bounded, not read) and a
+prompt's messages (``prompts/get``): the same guard, the same bound.
+
 A result over ``mcp.max_result_bytes`` (its JSON) is refused whole, never cut: a cut result could
 drop what makes the rest safe to read. Every text a result carries (text content, embedded text
 resources, every string of ``structuredContent``) is read by the detectors of the caller's rule set
@@ -79,7 +82,17 @@ def _injection(policy: GuardPolicy | None, identity: str, team: str | None) -> t
     return "flag", 0.5, None
 
 
-def guard_result(result: mt.CallToolResult, *, max_bytes: int, policy: GuardPolicy | None, identity: str,
+def _block(block: Any, fix: Any) -> None:
+    """Fix the texts of one content block (text, or an embedded text resource) in place."""
+    if not isinstance(block, dict):
+        return
+    if block.get("type") == "text" and isinstance(block.get("text"), str):
+        block["text"] = fix(block["text"])
+    elif block.get("type") == "resource" and isinstance(block.get("resource", {}).get("text"), str):
+        block["resource"]["text"] = fix(block["resource"]["text"])
+
+
+def guard_result(result: mt.CallToolResult | mt.ReadResourceResult | mt.GetPromptResult, *, max_bytes: int, policy: GuardPolicy | None, identity: str,
                  team: str | None, tool: str, request_id: str) -> Guarded:
     """The result as the agent gets it (JSON-ready) and what was found in it, or ``ResultTooLarge``."""
     body = result.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -101,11 +114,13 @@ def guard_result(result: mt.CallToolResult, *, max_bytes: int, policy: GuardPoli
         kinds.update(f.kind for f in found)
         return text if action == "flag" else detector.mask(text, found)
 
-    for block in body.get("content", []):
-        if block.get("type") == "text" and isinstance(block.get("text"), str):
-            block["text"] = fix(block["text"])
-        elif block.get("type") == "resource" and isinstance(block.get("resource", {}).get("text"), str):
-            block["resource"]["text"] = fix(block["resource"]["text"])
+    for block in body.get("content", []):  # a tool's result
+        _block(block, fix)
+    for contents in body.get("contents", []):  # a resource's
+        if isinstance(contents.get("text"), str):
+            contents["text"] = fix(contents["text"])
+    for message in body.get("messages", []):  # a prompt's
+        _block(message.get("content"), fix)
     if "structuredContent" in body:
         body["structuredContent"] = _strings(body["structuredContent"], fix)
     if kinds:  # kinds only: the values never reach a log

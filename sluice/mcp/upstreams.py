@@ -177,6 +177,41 @@ class Upstream:
     async def call_tool(self, name: str, arguments: dict[str, Any]) -> mt.CallToolResult:
         return await self._run("tools/call", lambda c: c.call_tool(name, arguments))  # type: ignore[no-any-return]
 
+    async def _all(self, op: str, page: Any, items: str) -> list[Any]:
+        """Every item of a paged list (``page(client, cursor)``), at most 100 pages."""
+        async def pages(client: Client) -> list[Any]:
+            out: list[Any] = []
+            cursor: str | None = None
+            for _ in range(100):
+                got = await page(client, cursor)
+                out += getattr(got, items)
+                cursor = got.next_cursor
+                if not cursor:
+                    break
+            return out
+        return await self._run(op, pages)  # type: ignore[no-any-return]
+
+    async def list_resources(self) -> list[mt.Resource]:
+        return await self._all("resources/list", lambda c, k: c.list_resources(cursor=k, cache_mode="refresh"),
+                               "resources")
+
+    async def list_resource_templates(self) -> list[mt.ResourceTemplate]:
+        return await self._all("resources/templates/list",
+                               lambda c, k: c.list_resource_templates(cursor=k, cache_mode="refresh"), "resource_templates")
+
+    async def list_prompts(self) -> list[mt.Prompt]:
+        return await self._all("prompts/list", lambda c, k: c.list_prompts(cursor=k, cache_mode="refresh"), "prompts")
+
+    async def read_resource(self, uri: str) -> mt.ReadResourceResult:
+        return await self._run("resources/read", lambda c: c.read_resource(uri, cache_mode="refresh"))  # type: ignore[no-any-return]
+
+    async def get_prompt(self, name: str, arguments: dict[str, str] | None) -> mt.GetPromptResult:
+        return await self._run("prompts/get", lambda c: c.get_prompt(name, arguments))  # type: ignore[no-any-return]
+
+    async def complete(self, ref: mt.PromptReference | mt.ResourceTemplateReference, argument: dict[str, str],
+                       context: dict[str, str] | None) -> mt.CompleteResult:
+        return await self._run("completion/complete", lambda c: c.complete(ref, argument, context))  # type: ignore[no-any-return]
+
     async def ping(self) -> None:
         await self._run("ping", lambda c: c.send_ping())
 

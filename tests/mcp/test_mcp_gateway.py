@@ -124,7 +124,8 @@ async def test_an_allowed_call_runs_and_a_refused_one_is_a_jsonrpc_error_that_sa
 async def test_the_tool_server_never_sees_the_callers_key_or_token(gw, tools_server):
     token = httpx.post(gw.v1 + "/token", data={"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
                                                "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
-                                               "subject_token": gw.keys["agent"]}).json()["access_token"]
+                                               "subject_token": gw.keys["agent"],
+                                               "resource": f"{gw.url}/mcp/files"}).json()["access_token"]  # RFC 8707
     before = len(tools_server.seen())
     for credential in (gw.keys["agent"], token):
         async with agent(gw, credential) as a:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from ...core.errors import PermissionDenied, Unauthenticated, Unavailable
 from ...identity import CredentialRegistry, TokenService, inspect, looks_like_jwt
 from ..context import RequestContext
@@ -16,14 +18,17 @@ class Authenticate:
         self._registry = registry
         self._tokens = tokens
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    async def __call__(self, ctx: RequestContext, audience: str | None = None) -> None:
+        """``audience``: what an access token must have been minted for (default: the gateway's own audience);
+        an MCP endpoint passes its canonical URI (RFC 8707). Keys carry no audience."""
         failures = self._registry.failures
+        fn = self._authenticate if audience is None else partial(self._authenticate, audience=audience)
         if failures is None:
-            return self._authenticate(ctx)
+            return fn(ctx)
         # a source that keeps failing gets 429 instead of 401; a valid credential always passes
-        return failures.guard(ctx.exchange.peer, self._authenticate, ctx)
+        return failures.guard(ctx.exchange.peer, fn, ctx)
 
-    def _authenticate(self, ctx: RequestContext) -> None:
+    def _authenticate(self, ctx: RequestContext, audience: str | None = None) -> None:
         if self._registry.unconfirmed_too_long:
             raise Unavailable("The gateway cannot confirm credentials with its store; try again shortly.",
                               code="store_unavailable", retry_after=5)
@@ -33,7 +38,7 @@ class Authenticate:
             raise Unauthenticated("You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'"
                                   " (or 'x-api-key: YOUR_KEY').", code="missing_api_key")
         if self._tokens is not None and looks_like_jwt(token):
-            principal = self._tokens.authenticate(token)
+            principal = self._tokens.authenticate(token, audience)
         else:
             try:
                 principal = self._registry.authenticate(token, "data")

@@ -1,0 +1,162 @@
+"""Resources, prompts and completion through the MCP gateway: relayed to the upstream session, decided per caller.
+
+On ``/mcp/{server}`` each method goes to that server. On the federated ``/mcp`` prompts are namespaced as tools
+are (``server__prompt``) and routed by their namespace; resources keep their URI (a URI is already a global
+name, and rewriting it would break the links a resource's text carries) and a read goes to the server that
+lists that URI, else to the one whose resource template matches it (the first in config order when several
+do). Finding it lists the servers' resources at the time of the read: no replica keeps a map that another
+would lack.
+
+Who may reach what is ``ContentAccess`` (``mcp.resources``: URI globs; ``mcp.prompts``: name globs): lists show
+only what the caller may reach; a read, get or completion of anything else is JSON-RPC error -32010 saying so.
+What comes back (a resource's contents, a prompt's messages) is untrusted input and goes through the tool
+results' guard (``results.py``): the size bound and the detectors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import mcp.types as mt
+from mcp.shared.exceptions import MCPError
+
+from ..core.errors import GatewayError, UpstreamTimeout
+from ..guard.approvals import MASK
+from ..identity import Principal
+from .authz import ContentAccess, namespaced, upstream_name
+from .jsonrpc import REFUSED, UPSTREAM, Refusal
+from .upstreams import Upstream, Upstreams
+
+log = logging.getLogger("sluice.mcp")
+_DUMP = {"mode": "json", "by_alias": True, "exclude_none": True}
+
+
+def upstream_refusal(exc: MCPError) -> Refusal:
+    """The upstream's own JSON-RPC error, its message read by the detectors (a server may echo a secret)."""
+    return Refusal(exc.code if -32768 <= exc.code <= -32000 else UPSTREAM, MASK.mask(str(exc.error.message)[:1024]),
+                   "mcp_upstream_error")
+
+
+def _template(uri_template: str) -> re.Pattern[str]:
+    """An RFC 6570 template as a pattern over URIs (each ``{...}`` one or more characters)."""
+    parts = re.split(r"\{[^{}]*\}", uri_template)
+    return re.compile(".+".join(re.escape(p) for p in parts) + r"\Z")
+
+
+def _refused(kind: str, name: str, reason: str) -> Refusal:
+    return Refusal(REFUSED, f"The {kind} {name[:128]} is refused by the gateway's policy: {reason}.", f"{kind}_refused",
+                   data={"reason": reason})
+
+
+class Content:
+    """Answers ``resources/*``, ``prompts/*`` and ``completion/complete`` for one caller."""
+
+    METHODS = frozenset({"resources/list", "resources/templates/list", "resources/read", "prompts/list",
+                         "prompts/get", "completion/complete"})
+
+    def __init__(self, upstreams: Upstreams, access: ContentAccess,
+                 guard: Callable[[Any, Principal, str, str], Any]) -> None:
+        self._upstreams = upstreams
+        self.access = access
+        self._guard = guard
+
+    async def answer(self, who: Principal, up: Upstream | None, req: Any, request_id: str) -> dict[str, Any]:
+        if isinstance(req, mt.ListResourcesRequest):
+            found = await self._gather(up, lambda u: u.list_resources())
+            shown = [r for u, rs in found for r in rs if self._may_read(who, u, str(r.uri))]
+            return mt.ListResourcesResult(resources=shown).model_dump(**_DUMP)
+        if isinstance(req, mt.ListResourceTemplatesRequest):
+            found = await self._gather(up, lambda u: u.list_resource_templates())
+            shown = [t for u, ts in found for t in ts if self._may_read(who, u, t.uri_template)]
+            return mt.ListResourceTemplatesResult(resource_templates=shown).model_dump(**_DUMP)
+        if isinstance(req, mt.ReadResourceRequest):
+            uri = str(req.params.uri)
+            owner = up or await self._owner(uri)
+            if not self._may_read(who, owner, uri):
+                raise _refused("resource", uri, "resource_not_allowed")
+            result = await _relay(owner, owner.read_resource(uri))
+            return self._guard(result, who, uri, request_id).body  # type: ignore[no-any-return]
+        if isinstance(req, mt.ListPromptsRequest):
+            found = await self._gather(up, lambda u: u.list_prompts())
+            shown = [p.model_copy(update={"name": namespaced(u.namespace, p.name)}) for u, ps in found for p in ps
+                     if self.access.prompt(u.spec.name, p.name, who.identity_name, who.team)]
+            return mt.ListPromptsResult(prompts=shown).model_dump(**_DUMP)
+        if isinstance(req, mt.GetPromptRequest):
+            owner, name = self._prompt(who, up, req.params.name)
+            result = await _relay(owner, owner.get_prompt(name, req.params.arguments))
+            return self._guard(result, who, req.params.name, request_id).body  # type: ignore[no-any-return]
+        if isinstance(req, mt.CompleteRequest):
+            p = req.params
+            ref: mt.PromptReference | mt.ResourceTemplateReference
+            if isinstance(p.ref, mt.PromptReference):
+                owner, name = self._prompt(who, up, p.ref.name)
+                ref = p.ref.model_copy(update={"name": name})
+            else:
+                ref = p.ref
+                owner = up or await self._owner(ref.uri, templates_only=True)
+                if not self._may_read(who, owner, ref.uri):
+                    raise _refused("resource", ref.uri, "resource_not_allowed")
+            context = p.context.arguments if p.context is not None else None
+            result = await _relay(owner, owner.complete(ref, {"name": p.argument.name, "value": p.argument.value}, context))
+            return result.model_dump(**_DUMP)  # type: ignore[no-any-return]
+        raise Refusal(mt.METHOD_NOT_FOUND, "Method not found.", "method_not_found")
+
+    def _may_read(self, who: Principal, up: Upstream, uri: str) -> bool:
+        return self.access.resource(up.spec.name, uri, who.identity_name, who.team)
+
+    def _prompt(self, who: Principal, up: Upstream | None, name: str) -> tuple[Upstream, str]:
+        """The server and its own name of a prompt (namespaced ``server__prompt`` on ``/mcp`` and on a server's path),
+        or the refusal: unknown, or not the caller's."""
+        candidates = [up] if up is not None else sorted(self._upstreams.by_name.values(), key=lambda u: -len(u.namespace))
+        for u in candidates:
+            own = upstream_name(u.namespace, name)
+            if own is not None:
+                if not self.access.prompt(u.spec.name, own, who.identity_name, who.team):
+                    raise _refused("prompt", name, "prompt_not_allowed")
+                return u, own
+        hint = f"`{up.namespace}__<prompt>`" if up is not None else "`<server>__<prompt>`"
+        raise Refusal(mt.INVALID_PARAMS, f"Unknown prompt {name[:64]!r}: prompts here are named {hint}.", "unknown_prompt")
+
+    async def _gather(self, up: Upstream | None, ask: Callable[[Upstream], Awaitable[list[Any]]]) -> list[tuple[Upstream, list[Any]]]:
+        """What one server lists, or (on ``/mcp``) each server at once; one that fails is left out and logged."""
+        if up is not None:
+            return [(up, await _relay(up, ask(up)))]
+        ups = list(self._upstreams.by_name.values())
+        lists = await asyncio.gather(*(ask(u) for u in ups), return_exceptions=True)
+        out = []
+        for u, got in zip(ups, lists):
+            if isinstance(got, BaseException):
+                if not isinstance(got, Exception):
+                    raise got
+                if not (isinstance(got, MCPError) and got.code == mt.METHOD_NOT_FOUND):  # a server without any
+                    log.warning("mcp: /mcp: server %s left out of a list (%s)", u.spec.name, type(got).__name__)
+                continue
+            out.append((u, got))
+        return out
+
+    async def _owner(self, uri: str, templates_only: bool = False) -> Upstream:
+        """On ``/mcp``: the server that lists this URI, else the first whose resource template matches it."""
+        if not templates_only:
+            for u, resources in await self._gather(None, lambda u: u.list_resources()):
+                if any(str(r.uri) == uri for r in resources):
+                    return u
+        for u, templates in await self._gather(None, lambda u: u.list_resource_templates()):
+            if any(t.uri_template == uri or _template(t.uri_template).match(uri) for t in templates):
+                return u
+        raise Refusal(mt.INVALID_PARAMS, f"No server behind /mcp lists the resource {uri[:128]!r}.", "unknown_resource")
+
+
+async def _relay(up: Upstream, call: Awaitable[Any]) -> Any:
+    """One upstream request, its failures as the JSON-RPC errors a tool call gets."""
+    try:
+        return await call
+    except MCPError as exc:
+        raise upstream_refusal(exc) from None
+    except UpstreamTimeout:
+        raise Refusal(UPSTREAM, f"MCP server {up.spec.name} did not answer in time.", "mcp_upstream_timeout") from None
+    except GatewayError as exc:
+        raise Refusal(UPSTREAM, exc.message, exc.code or "mcp_upstream_error") from None

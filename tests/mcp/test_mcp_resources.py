@@ -1,0 +1,146 @@
+"""Resources, prompts and completion through the MCP gateway (issue 25, items 1 and 4), and its auth details
+(item 3): the ``mcp`` SDK's client as the agent, a real sluice in front of the fastmcp server of
+``upstream_server.py``.
+
+The agent lists and reads resources and gets prompts through sluice, on a server's path and on the federated
+``/mcp``; an identity no grant names sees neither and is refused with a JSON-RPC error that says so; a secret in
+a resource or a prompt reaches the agent masked. An access token minted for another endpoint is a 401 with the
+path's ``WWW-Authenticate``; one minted for this endpoint works; an identity without the invoker role is 403."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from mcp.shared.exceptions import MCPError
+from mcp.types import PromptReference
+
+from support import start_gateway
+from test_mcp_gateway import SECRET, UPSTREAM_SECRET, agent, mcp_extra, tools_server  # noqa: F401 - a fixture
+
+GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS = "urn:ietf:params:oauth:token-type:access_token"
+IDENTITIES = [{"name": n, "owner": "team@example.com", "models": ["*"]} for n in ("reader", "outsider")]
+
+
+@pytest.fixture(scope="module")
+def gw(tools_server, sim, tmp_path_factory):  # noqa: F811
+    extra = mcp_extra(tools_server)
+    extra["mcp"]["resources"] = [{"server": "files", "identities": ["reader"], "uris": ["docs://*", "config://*", "notes://*"]}]
+    extra["mcp"]["prompts"] = [{"server": "files", "identities": ["reader"], "names": ["summarize", "leak"]}]
+    g = start_gateway(tmp_path_factory.mktemp("mcp-res"), upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
+                      models=[{"name": "m", "upstream": "sim"}], identities=IDENTITIES,
+                      extra=extra, env={"FILES_TOKEN": UPSTREAM_SECRET})
+    yield g
+    g.stop()
+
+
+def federated(gw, credential: str):
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+    http = create_mcp_http_client(headers={"Authorization": f"Bearer {credential}"})
+    return Client(streamable_http_client(f"{gw.url}/mcp", http_client=http), cache=None)
+
+
+def token(gw, key: str, resource: str | None = None) -> httpx.Response:
+    form = {"grant_type": GRANT, "subject_token_type": ACCESS, "subject_token": key}
+    if resource is not None:
+        form["resource"] = resource
+    return httpx.post(gw.v1 + "/token", data=form)
+
+
+async def test_the_agent_lists_and_reads_resources_and_gets_prompts_through_sluice(gw):
+    async with agent(gw, gw.keys["reader"]) as a:
+        uris = {str(r.uri) for r in (await a.list_resources()).resources}
+        assert uris == {"docs://readme", "config://app"}
+        templates = {t.uri_template for t in (await a.list_resource_templates()).resource_templates}
+        assert templates == {"notes://{topic}"}
+        read = await a.read_resource("docs://readme")
+        assert read.contents[0].text.startswith("# files")
+        assert (await a.read_resource("notes://rivers")).contents[0].text == "a note on rivers"
+        prompts = {p.name for p in (await a.list_prompts()).prompts}
+        assert prompts == {"files__summarize", "files__leak"}
+        got = await a.get_prompt("files__summarize", {"text": "the tide"})
+        assert got.messages[0].content.text == "Summarize this: the tide"
+    async with federated(gw, gw.keys["reader"]) as f:  # /mcp: the same, resources by their URI
+        assert "docs://readme" in {str(r.uri) for r in (await f.list_resources()).resources}
+        assert (await f.read_resource("notes://seas")).contents[0].text == "a note on seas"
+        assert "files__summarize" in {p.name for p in (await f.list_prompts()).prompts}
+        got = await f.get_prompt("files__summarize", {"text": "waves"})
+        assert got.messages[0].content.text == "Summarize this: waves"
+
+
+async def test_an_identity_no_grant_names_sees_no_resource_or_prompt_and_is_refused(gw):
+    async with agent(gw, gw.keys["outsider"]) as o:
+        assert (await o.list_resources()).resources == []
+        assert (await o.list_resource_templates()).resource_templates == []
+        assert (await o.list_prompts()).prompts == []
+        for ask, reason in [(o.read_resource("docs://readme"), "resource_not_allowed"),
+                            (o.read_resource("notes://x"), "resource_not_allowed"),
+                            (o.get_prompt("files__summarize", {"text": "x"}), "prompt_not_allowed"),
+                            (o.complete(PromptReference(type="ref/prompt", name="files__summarize"),
+                                        {"name": "text", "value": "t"}), "prompt_not_allowed")]:
+            with pytest.raises(MCPError) as err:
+                await ask
+            assert err.value.code == -32010 and "refused by the gateway's policy" in err.value.error.message
+            assert err.value.error.data["reason"] == reason
+
+
+async def test_a_secret_in_a_resource_or_a_prompt_reaches_the_agent_masked(gw):
+    async with agent(gw, gw.keys["reader"]) as a:
+        text = (await a.read_resource("config://app")).contents[0].text
+        assert SECRET not in text and "region = eu-west-1" in text
+        prompt = (await a.get_prompt("files__leak")).messages[0].content.text
+        assert SECRET not in prompt and "log in" in prompt
+
+
+async def test_a_token_for_another_audience_is_401_and_one_for_this_endpoint_works(gw):
+    other = token(gw, gw.keys["reader"])  # the gateway's own audience: the model routes', not this endpoint's
+    assert other.status_code == 200, other.text
+    plain = other.json()["access_token"]
+    for_federated = token(gw, gw.keys["reader"], f"{gw.url}/mcp").json()["access_token"]
+    for_files = token(gw, gw.keys["reader"], f"{gw.url}/mcp/files")
+    assert for_files.status_code == 200, for_files.text
+    assert token(gw, gw.keys["reader"], f"{gw.url}/mcp/nope").json()["error"]["code"] == "invalid_target"
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
+    for bad in (plain, for_federated):
+        r = httpx.post(f"{gw.url}/mcp/files", json=init, headers={"Authorization": f"Bearer {bad}"})
+        assert r.status_code == 401, r.text
+        assert r.json()["error"]["data"]["code"] == "invalid_audience"
+        assert r.headers["WWW-Authenticate"] == \
+            f'Bearer resource_metadata="{gw.url}/.well-known/oauth-protected-resource/mcp/files"'
+    ok = httpx.post(f"{gw.url}/mcp/files", json=init, headers={"Authorization": f"Bearer {for_files.json()['access_token']}"})
+    assert ok.status_code == 200, ok.text  # initialize advertises what is relayed; list_changed is not (no GET stream)
+    caps = ok.json()["result"]["capabilities"]
+    assert caps["resources"] == {"subscribe": False, "listChanged": False} and caps["prompts"] == {"listChanged": False}
+    assert caps["completions"] == {}
+    async with agent(gw, for_files.json()["access_token"]) as a:
+        assert (await a.read_resource("docs://readme")).contents[0].text.startswith("# files")
+    async with federated(gw, for_federated) as f:
+        assert "docs://readme" in {str(r.uri) for r in (await f.list_resources()).resources}
+    # and the endpoint's token is no token on the model routes
+    m = httpx.post(gw.v1 + "/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                   headers={"Authorization": f"Bearer {for_federated}"})
+    assert m.status_code == 401 and m.json()["error"]["code"] == "invalid_audience"
+
+
+async def test_an_identity_without_the_invoker_role_is_403(gw):
+    made = gw.admin("POST", "/admin/identities", json={"name": "mcp-demoted", "owner": "ops@example.com"})
+    assert made.status_code == 201, made.text
+    key = gw.admin("POST", f"/admin/identities/{made.json()['id']}/keys", json={}).json()["key"]
+    init = {"jsonrpc": "2.0", "id": 7, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
+    r = httpx.post(f"{gw.url}/mcp/files", json=init, headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200, r.text  # an invoker: in
+    assert gw.admin("PUT", f"/admin/identities/{made.json()['id']}/roles", json={"roles": []}).status_code == 200
+    for _ in range(50):  # the key stays; the role is gone
+        r = httpx.post(f"{gw.url}/mcp/files", json=init, headers={"Authorization": f"Bearer {key}"})
+        if r.status_code != 200:
+            break
+        time.sleep(0.1)
+    assert r.status_code == 403, r.text
+    body = r.json()
+    assert body["jsonrpc"] == "2.0" and body["error"]["data"]["code"] == "not_invoker"
