@@ -27,7 +27,7 @@ JSONRPC = {"code", "message", "data"}  # the MCP routes answer every error as a 
 
 
 def envelope_of(path: str) -> set[str]:
-    if path.startswith("/mcp/"):
+    if path == "/mcp" or path.startswith("/mcp/"):
         return JSONRPC
     return ANTHROPIC if path.startswith("/v1/messages") else ENVELOPE
 
