@@ -17,7 +17,7 @@ from ..core import clock
 from ..core.types import ChangeEvent
 from . import schema as t
 from .base import Writes
-from .sql import SqlStore, _guarded
+from .sql import TableQueries, _guarded
 
 _PENDING_LOCK = 0x51_1C_E1  # pg advisory lock namespace: one identity's holds count and insert in turn
 
@@ -83,16 +83,8 @@ prompt_captures = Table(
 )
 
 
-class GuardRecords:
+class GuardRecords(TableQueries):
     """Queries of the guardrail tables over the store's engine."""
-
-    def __init__(self, store: SqlStore) -> None:
-        self._store = store
-        self._timeout = store._timeout
-
-    @property
-    def engine(self) -> Any:
-        return self._store.engine
 
     @_guarded
     async def create_approval(self, row: dict[str, Any], max_pending: int | None = None) -> float | None:

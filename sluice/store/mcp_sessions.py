@@ -7,13 +7,12 @@ expired anyway, then purged.
 
 from __future__ import annotations
 
-from typing import Any
 
 from sqlalchemy import Column, Float, Index, String, Table, delete, select
 
 from ..core import clock
 from . import schema as t
-from .sql import SqlStore, _guarded
+from .sql import TableQueries, _guarded
 
 mcp_ended_sessions = Table(
     "mcp_ended_sessions", t.metadata,
@@ -24,16 +23,8 @@ mcp_ended_sessions = Table(
 )
 
 
-class EndedSessions:
+class EndedSessions(TableQueries):
     """The ended-session list over the store's engine."""
-
-    def __init__(self, store: SqlStore) -> None:
-        self._store = store
-        self._timeout = store._timeout  # what ``_guarded`` bounds every query by
-
-    @property
-    def engine(self) -> Any:
-        return self._store.engine
 
     @_guarded
     async def end(self, digest: str, expires_at: float) -> None:

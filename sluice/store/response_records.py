@@ -13,7 +13,7 @@ from sqlalchemy import Column, Float, Index, String, Table, Text, delete, litera
 
 from ..core import clock
 from . import schema as t
-from .sql import SqlStore, _guarded
+from .sql import TableQueries, _guarded
 
 PURGE_BATCH = 1000  # rows per purge transaction: a long purge never holds the write lock for long
 
@@ -36,16 +36,8 @@ def of_identities(identity_ids: list[str]) -> tuple[Any, Any]:
     return stored_responses, stored_responses.c.identity_id.in_(identity_ids)
 
 
-class ResponseRecords:
+class ResponseRecords(TableQueries):
     """Queries of ``stored_responses`` over the store's engine."""
-
-    def __init__(self, store: SqlStore) -> None:
-        self._store = store
-        self._timeout = store._timeout  # what ``_guarded`` bounds every query by
-
-    @property
-    def engine(self) -> Any:
-        return self._store.engine
 
     @_guarded
     async def put(self, row: dict[str, Any]) -> None:

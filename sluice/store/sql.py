@@ -469,3 +469,16 @@ def _upgrade(connection: Any) -> None:
     cfg.set_main_option("script_location", str(_MIGRATIONS))
     cfg.attributes["connection"] = connection
     command.upgrade(cfg, "head")
+
+
+class TableQueries:
+    """Queries of some tables beside the ``Store`` interface (tool approvals, stored responses, ended MCP
+    sessions) over a ``SqlStore``'s engine, each bounded by its timeout (``_guarded``)."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self._store = store
+        self._timeout = store._timeout  # what ``_guarded`` bounds every query by
+
+    @property
+    def engine(self) -> Any:
+        return self._store.engine
