@@ -34,18 +34,12 @@ ROUTE_HEADER = "x-sluice-route"
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _prompt_estimate(ctx: RequestContext) -> int:
-    """The prompt's tokens when the upstream reported none: the estimate the limits reserve,
-    counted with the model's tokenizer where it has one (exact on the sim)."""
-    return ctx.prompt_estimate()
-
-
 def _settle(ctx: RequestContext, usage: TokenUsage | None, completion_estimate: int) -> None:
     if usage is not None:
         ctx.prompt_tokens, ctx.completion_tokens, ctx.usage_source = usage.prompt_tokens, usage.completion_tokens, "upstream"
         ctx.cached_tokens, ctx.cache_creation_tokens = usage.cached_tokens, usage.cache_creation_tokens
     else:
-        ctx.prompt_tokens = _prompt_estimate(ctx)
+        ctx.prompt_tokens = ctx.prompt_estimate()  # the upstream reported none: what the limits reserved
         ctx.completion_tokens = completion_estimate
         ctx.usage_source = "estimated"
 
@@ -59,7 +53,7 @@ def _charge_reserved(ctx: RequestContext) -> None:
         ctx.prompt_tokens, ctx.completion_tokens = int(r.amounts[INPUT]), int(r.amounts[OUTPUT])
         ctx.usage_source = "reserved"
     else:  # nothing was reserved: the prompt, at least, was read
-        ctx.prompt_tokens, ctx.usage_source = _prompt_estimate(ctx), "estimated"
+        ctx.prompt_tokens, ctx.usage_source = ctx.prompt_estimate(), "estimated"
 
 
 # Sent, and no answer that says the upstream did no work (a 504 is a proxy's timeout; an answer too

@@ -44,7 +44,6 @@ from .errors import failure, upstream_error
 from .schema import ResponsesRequest
 
 _json = msgspec.json.encode
-_PREFIX = {"message": "msg", "reasoning": "rs", "function_call": "fc"}
 
 
 class StreamEncoder(ChatStreamEncoder):
