@@ -15,7 +15,8 @@ ALLOWED: dict[str, set[str]] = {
     "core": set(),
     "store": {"core"}, "sim": {"core"}, "telemetry": {"core"}, "upstream": {"core"}, "guard": {"core"},
     "routing": {"core"}, "limits": {"core"}, "http": {"core"}, "wire": {"core"},
-    "identity": {"core", "store"}, "audit": {"core", "store"}, "memory": {"core", "store"}, "mcp": {"core", "store", "guard", "identity"}, "workers": {"core", "telemetry"},
+    "identity": {"core", "store"}, "audit": {"core", "store"}, "memory": {"core", "store"}, "workers": {"core", "telemetry"},
+    "mcp": {"core", "store", "guard", "identity", "upstream"},  # upstream: the connection pool of its HTTP client
     "policy": {"core", "store", "audit", "routing", "limits", "guard"},
     "pipeline": DOMAIN | {"wire"},  # the client APIs' adapters decode into, and encode out of, its one path
     "admin": DOMAIN | {"store", "mcp"},  # issue 25: the MCP servers, tools and pins

@@ -25,6 +25,7 @@ import mcp.types as mt
 from ..core.errors import GatewayError
 from ..guard import Detector, GuardPolicy
 from ..guard.injection import injection_score
+from .client import ToolResult
 
 log = logging.getLogger("sluice.mcp")
 _ALL = Detector()
@@ -92,11 +93,14 @@ def _block(block: Any, fix: Any) -> None:
         block["resource"]["text"] = fix(block["resource"]["text"])
 
 
-def guard_result(result: mt.CallToolResult | mt.ReadResourceResult | mt.GetPromptResult, *, max_bytes: int, policy: GuardPolicy | None, identity: str,
-                 team: str | None, tool: str, request_id: str) -> Guarded:
+def guard_result(result: ToolResult | mt.CallToolResult | mt.ReadResourceResult | mt.GetPromptResult, *, max_bytes: int,
+                 policy: GuardPolicy | None, identity: str, team: str | None, tool: str, request_id: str) -> Guarded:
     """The result as the agent gets it (JSON-ready) and what was found in it, or ``ResultTooLarge``."""
-    body = result.model_dump(mode="json", by_alias=True, exclude_none=True)
-    size = len(result.model_dump_json(by_alias=True, exclude_none=True))
+    if isinstance(result, ToolResult):  # a tool's result from an HTTP server, as it sent it (``client.py``)
+        body, size = result.body, result.size
+    else:
+        body = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+        size = len(result.model_dump_json(by_alias=True, exclude_none=True))
     if size > max_bytes:
         log.warning("mcp: request %s: %s returned %d bytes, over mcp.max_result_bytes (%d); refused",
                     request_id, tool, size, max_bytes)

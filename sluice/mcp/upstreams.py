@@ -1,8 +1,9 @@
 """The upstream MCP servers: one long-lived client session per server, shared by every caller.
 
-sluice is an MCP client (the ``mcp`` SDK's Streamable HTTP client, or its stdio client for a server sluice
-starts itself: ``stdio.py``) to each configured server. The session is made once and reused (no handshake
-per call); it is rebuilt when the connection fails, and a stdio server that dies is started again.
+sluice is an MCP client to each configured server: its own Streamable HTTP client (``client.py``) for a
+server at a URL, the ``mcp`` SDK's stdio client for a server sluice starts itself (``stdio.py``). The
+session is made once and reused (no handshake per call); it is made again when the server forgets it or
+the connection fails, and a stdio server that dies is started again.
 What goes upstream carries the server's own credential (``credential_env``), or none: the caller's
 key or token is never handed to a tool server, and callers never share a header with it.
 """
@@ -16,18 +17,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx2
 import mcp.types as mt
 from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
+from pydantic import BaseModel, ValidationError
 
 from ..core.errors import ConfigError, UpstreamError, UpstreamTimeout
 from ..core.mcp_config import Mcp, McpServer
+from .client import HttpClient, Invalid, ToolResult
 from .stdio import Sandbox, StdioServer, sandbox_for
 
 log = logging.getLogger("sluice.mcp")
+MAX_PAGES = 100  # a server that pages forever is cut off
 
 
 @asynccontextmanager
@@ -47,22 +48,134 @@ async def _first(*waits: Any) -> None:
 
 
 class Upstream:
-    """One server: its client session, opened on first use, held by a task of its own (anyio scopes are per task)."""
+    """One server as the gateway calls it: ``HttpUpstream`` (a URL) or ``StdioUpstream`` (a command)."""
 
-    def __init__(self, spec: McpServer, stdio: StdioServer | None = None) -> None:
+    def __init__(self, spec: McpServer) -> None:
         self.spec = spec
+        self.namespace = spec.namespace
+
+    def start(self) -> None:
+        """Begin what should not wait for the first call (a stdio server's process)."""
+
+    async def list_tools(self) -> list[mt.Tool]:
+        """Every tool the server lists (all pages)."""
+        raise NotImplementedError
+
+    async def call_tool(self, name: str, arguments: dict[str, Any]) -> ToolResult | mt.CallToolResult:
+        raise NotImplementedError
+
+    async def list_resources(self) -> list[mt.Resource]:
+        raise NotImplementedError
+
+    async def list_resource_templates(self) -> list[mt.ResourceTemplate]:
+        raise NotImplementedError
+
+    async def list_prompts(self) -> list[mt.Prompt]:
+        raise NotImplementedError
+
+    async def read_resource(self, uri: str) -> mt.ReadResourceResult:
+        raise NotImplementedError
+
+    async def get_prompt(self, name: str, arguments: dict[str, str] | None) -> mt.GetPromptResult:
+        raise NotImplementedError
+
+    async def complete(self, ref: mt.PromptReference | mt.ResourceTemplateReference, argument: dict[str, str],
+                       context: dict[str, str] | None) -> mt.CompleteResult:
+        raise NotImplementedError
+
+    async def ping(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        pass
+
+
+class HttpUpstream(Upstream):
+    """A Streamable HTTP server, over sluice's own client (``client.py``); results other than a tool's are read
+    into the SDK's types, which the gateway's lists, pins and content relay work with."""
+
+    def __init__(self, spec: McpServer, max_bytes: int) -> None:
+        super().__init__(spec)
+        assert spec.url is not None
+        self.client = HttpClient(spec.name, spec.url, _credential(spec), spec.timeout_s, max_bytes)
+
+    async def _typed(self, method: str, params: dict[str, Any] | None, model: type[BaseModel]) -> Any:
+        raw = await self.client.request(method, params)
+        try:
+            return model.model_validate_json(bytes(raw))
+        except ValidationError:
+            raise Invalid(f"The answer of MCP server {self.spec.name} to {method} is not valid MCP.") from None
+
+    async def _all(self, method: str, model: type[BaseModel], items: str) -> list[Any]:
+        out: list[Any] = []
+        cursor: str | None = None
+        for _ in range(MAX_PAGES):
+            page = await self._typed(method, {"cursor": cursor} if cursor else None, model)
+            out += getattr(page, items)
+            cursor = page.next_cursor  # type: ignore[attr-defined]
+            if not cursor:
+                break
+        return out
+
+    async def list_tools(self) -> list[mt.Tool]:
+        return await self._all("tools/list", mt.ListToolsResult, "tools")
+
+    async def call_tool(self, name: str, arguments: dict[str, Any]) -> ToolResult:
+        return await self.client.call_tool(name, arguments)
+
+    async def list_resources(self) -> list[mt.Resource]:
+        return await self._all("resources/list", mt.ListResourcesResult, "resources")
+
+    async def list_resource_templates(self) -> list[mt.ResourceTemplate]:
+        return await self._all("resources/templates/list", mt.ListResourceTemplatesResult, "resource_templates")
+
+    async def list_prompts(self) -> list[mt.Prompt]:
+        return await self._all("prompts/list", mt.ListPromptsResult, "prompts")
+
+    async def read_resource(self, uri: str) -> mt.ReadResourceResult:
+        return await self._typed("resources/read", {"uri": uri}, mt.ReadResourceResult)  # type: ignore[no-any-return]
+
+    async def get_prompt(self, name: str, arguments: dict[str, str] | None) -> mt.GetPromptResult:
+        params: dict[str, Any] = {"name": name}
+        if arguments is not None:
+            params["arguments"] = arguments
+        return await self._typed("prompts/get", params, mt.GetPromptResult)  # type: ignore[no-any-return]
+
+    async def complete(self, ref: mt.PromptReference | mt.ResourceTemplateReference, argument: dict[str, str],
+                       context: dict[str, str] | None) -> mt.CompleteResult:
+        params: dict[str, Any] = {"ref": ref.model_dump(mode="json", by_alias=True, exclude_none=True),
+                                  "argument": argument}
+        if context is not None:
+            params["context"] = {"arguments": context}
+        return await self._typed("completion/complete", params, mt.CompleteResult)  # type: ignore[no-any-return]
+
+    async def ping(self) -> None:
+        await self.client.request("ping")
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def _credential(spec: McpServer) -> dict[str, str]:
+    """The server's own credential, from the environment; a server meant to get one never gets a call without it."""
+    if not spec.credential_env:
+        return {}
+    secret = os.environ.get(spec.credential_env)
+    if not secret:
+        raise ConfigError(f"MCP server {spec.name!r}: the environment variable {spec.credential_env!r} is unset"
+                          f" - at `$.mcp.servers`")
+    return {"Authorization": f"Bearer {secret}"}
+
+
+class StdioUpstream(Upstream):
+    """A server sluice starts itself, over the SDK's stdio client: its session opened on first use (or at start),
+    held by a task of its own (anyio scopes are per task)."""
+
+    def __init__(self, spec: McpServer, stdio: StdioServer) -> None:
+        super().__init__(spec)
         self._stdio = stdio
         self._restart: asyncio.TimerHandle | None = None
         self._closed = False
-        self.namespace = spec.namespace
-        headers: dict[str, str] = {}
-        if spec.credential_env:
-            secret = os.environ.get(spec.credential_env)
-            if not secret:  # fail closed: a server meant to get a credential never gets a call without one
-                raise ConfigError(f"MCP server {spec.name!r}: the environment variable {spec.credential_env!r} is unset"
-                                  f" - at `$.mcp.servers`")
-            headers["Authorization"] = f"Bearer {secret}"
-        self._headers = headers
         self._client: Client | None = None
         self._ready: asyncio.Future[Client] | None = None
         self._stop: asyncio.Event | None = None
@@ -71,19 +184,12 @@ class Upstream:
 
     async def _hold(self, ready: asyncio.Future[Client], stop: asyncio.Event) -> None:
         try:
-            if self._stdio is not None:
-                async with self._stdio.transport() as (streams, died), \
-                        Client(_streams(streams), mode="legacy", cache=None, read_timeout_seconds=self.spec.timeout_s) as client:
-                    ready.set_result(client)
-                    await _first(stop.wait(), died.wait())
-                    if not stop.is_set():  # the process is gone: start it again, after a bounded backoff
-                        self._restart_later()
-                return
-            http = create_mcp_http_client(headers=self._headers, timeout=httpx2.Timeout(30.0, read=self.spec.timeout_s))
-            async with http, Client(streamable_http_client(self.spec.url, http_client=http), mode="legacy",
-                                    cache=None, read_timeout_seconds=self.spec.timeout_s) as client:
+            async with self._stdio.transport() as (streams, died), \
+                    Client(_streams(streams), mode="legacy", cache=None, read_timeout_seconds=self.spec.timeout_s) as client:
                 ready.set_result(client)
-                await stop.wait()
+                await _first(stop.wait(), died.wait())
+                if not stop.is_set():  # the process is gone: start it again, after a bounded backoff
+                    self._restart_later()
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the session
             if not ready.done():
                 ready.set_exception(exc if isinstance(exc, Exception) else ConnectionError("closed"))
@@ -115,8 +221,8 @@ class Upstream:
             return self._client
 
     def start(self) -> None:
-        """Start a stdio server now rather than at the first call (a failure is logged; calls retry it)."""
-        if self._stdio is not None and not self._closed:
+        """Start the server now rather than at the first call (a failure is logged; calls retry it)."""
+        if not self._closed:
             asyncio.get_running_loop().create_task(self._start(), name=f"mcp-start-{self.spec.name}")
 
     async def _start(self) -> None:
@@ -128,7 +234,7 @@ class Upstream:
             self._restart_later()
 
     def _restart_later(self) -> None:
-        if self._stdio is None or self._closed or self._restart is not None:
+        if self._closed or self._restart is not None:
             return
         delay = self._stdio.backoff()
         log.warning("mcp: server %s exited; starting it again in %.1f s", self.spec.name, delay)
@@ -161,11 +267,10 @@ class Upstream:
         raise AssertionError("unreachable")
 
     async def list_tools(self) -> list[mt.Tool]:
-        """Every tool the server lists (all pages)."""
         async def pages(client: Client) -> list[mt.Tool]:
             out: list[mt.Tool] = []
             cursor: str | None = None
-            for _ in range(100):  # a server that pages forever is cut off
+            for _ in range(MAX_PAGES):
                 page = await client.list_tools(cursor=cursor, cache_mode="refresh")
                 out += page.tools
                 cursor = page.next_cursor
@@ -182,7 +287,7 @@ class Upstream:
         async def pages(client: Client) -> list[Any]:
             out: list[Any] = []
             cursor: str | None = None
-            for _ in range(100):
+            for _ in range(MAX_PAGES):
                 got = await page(client, cursor)
                 out += getattr(got, items)
                 cursor = got.next_cursor
@@ -225,10 +330,11 @@ class Upstream:
 class Upstreams:
     """The configured servers by name; stdio servers are started here (a running event loop is needed)."""
 
-    def __init__(self, servers: list[McpServer], cfg: Mcp | None = None) -> None:
-        sandbox: Sandbox | None = sandbox_for(cfg) if cfg is not None else None
-        self.by_name = {s.name: Upstream(s, StdioServer(s, cfg, sandbox) if s.stdio and cfg is not None else None)
-                        for s in servers}
+    def __init__(self, servers: list[McpServer], cfg: Mcp) -> None:
+        sandbox: Sandbox | None = sandbox_for(cfg)
+        self.by_name: dict[str, Upstream] = {
+            s.name: StdioUpstream(s, StdioServer(s, cfg, sandbox)) if s.stdio else HttpUpstream(s, _bound(cfg))
+            for s in servers}
         for up in self.by_name.values():
             up.start()
 
@@ -237,3 +343,9 @@ class Upstreams:
 
     async def close(self) -> None:
         await asyncio.gather(*(u.close() for u in self.by_name.values()), return_exceptions=True)
+
+
+def _bound(cfg: Mcp) -> int:
+    """The largest answer read from a server: a result's JSON may be several times what reaches the caller
+    (the text again as structured content, escapes, fields dropped), and lists are longer than results."""
+    return 4 * cfg.max_result_bytes + (1 << 20)

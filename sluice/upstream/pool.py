@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import Callable
 
 from .connection import UpstreamConnection
 
@@ -23,7 +24,9 @@ class Pool:
     """Connections to one ``host:port`` (TLS when ``ssl_context`` is given)."""
 
     def __init__(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None, limit: int,
-                 connect_timeout: float, pool_timeout: float, idle_timeout: float, tick: float = 0.1) -> None:
+                 connect_timeout: float, pool_timeout: float, idle_timeout: float, tick: float = 0.1,
+                 protocol: Callable[[asyncio.AbstractEventLoop], UpstreamConnection] = UpstreamConnection) -> None:
+        self._protocol = protocol  # a subclass that reads more of the response head (the MCP client's)
         self._host = host
         self._port = port
         self._ssl = ssl_context
@@ -114,7 +117,7 @@ class Pool:
         self._open += 1
         try:
             _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamConnection(loop), self._host, self._port, ssl=self._ssl,
+                loop.create_connection(lambda: self._protocol(loop), self._host, self._port, ssl=self._ssl,
                                        server_hostname=self._host if self._ssl else None),
                 self._connect_timeout,
             )
