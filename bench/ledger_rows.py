@@ -1,5 +1,6 @@
 """CPU per usage row of the ledger's batch insert: SQLAlchemy Core (the old path) against the
-drivers' own ``executemany`` (sluice/store/usage_rows.py), on SQLite and, if it answers, Postgres.
+drivers' own ``executemany`` (sluice/store/usage_rows.py), on SQLite and, if it answers, Postgres;
+the same for the tool decision rows an MCP tools/call writes (``GuardRecords.record_decisions``).
 Run: ``.venv/bin/python bench/ledger_rows.py`` (about 20 s). On Postgres it writes to a throwaway
 database it creates and drops through SLUICE_PG_URL (default the machine's ``test`` database).
 CPU is the process's own (all threads), so the SQLite writer thread counts."""
@@ -17,6 +18,7 @@ import msgspec
 
 from sluice.core.types import UsageRecord
 from sluice.store import schema as t
+from sluice.store.guard_records import DECISION_COLUMNS, GuardRecords, tool_decisions
 from sluice.store.sql import SqlStore
 
 _ids = itertools.count()
@@ -38,15 +40,36 @@ async def core_write(store: SqlStore, batch: list[UsageRecord]) -> None:
                            [msgspec.structs.asdict(r) for r in batch])
 
 
-async def measure(url: str, size: int) -> dict[str, float]:
+def decisions(n: int) -> list[dict]:
+    """Rows as an MCP tools/call records them (sluice/mcp/usage.py)."""
+    now = time.time()
+    return [{"ts": now, "request_id": f"req_bench{next(_ids):012x}", "identity_id": "id_bench", "model": "mcp:files",
+             "context_digest": "d" * 64, "tool": "files__get_weather", "call_id": "", "decision": "allow",
+             "reason": "allowed", "args_masked": '{"city":"Paris"}', "args_sha256": "e" * 64, "approval_id": None,
+             "approver": None, "policy_version": 1, "policy_hash": "f" * 64, "latency_ms": 1.2, "result_bytes": 120,
+             "upstream_status": "ok", "tool_call_id": None, "result_masked": '{"content":[{"type":"text"}]}'}
+            for _ in range(n)]
+
+
+async def core_decisions(store: SqlStore, batch: list[dict]) -> None:
+    """What record_decisions did before: one SQLAlchemy executemany."""
+    async with store.engine.begin() as conn:
+        await conn.execute(tool_decisions.insert(), batch)
+
+
+async def measure(url: str, size: int, kind: str = "usage") -> dict[str, float]:
     store = SqlStore(url)
     await store.open()
     out: dict[str, list[float]] = {"sqlalchemy": [], "driver": []}
+    make = records if kind == "usage" else decisions
+    paths = ((("sqlalchemy", lambda b: core_write(store, b)), ("driver", store.write_usage)) if kind == "usage" else
+             (("sqlalchemy", lambda b: core_decisions(store, b)), ("driver", GuardRecords(store).record_decisions)))
+    assert DECISION_COLUMNS
     try:
         for _ in range(ROUNDS):
-            for name, write in (("sqlalchemy", lambda b: core_write(store, b)), ("driver", store.write_usage)):
-                batches = [records(size) for _ in range(BATCHES)]
-                await write(records(size))  # warm
+            for name, write in paths:
+                batches = [make(size) for _ in range(BATCHES)]
+                await write(make(size))  # warm
                 c0 = time.process_time()
                 for b in batches:
                     await write(b)
@@ -63,15 +86,17 @@ async def main() -> None:
         scratch = f"sluice_bench_ledger_{os.getpid()}"
         urls.append(("postgres", admin.rsplit("/", 1)[0] + "/" + scratch))
         await pg_admin(admin, f'CREATE DATABASE "{scratch}"')
-        print("store     batch  SQLAlchemy µs/row  driver µs/row  ratio")
-        for name, url in urls:
-            for size in (100, 500):
-                try:
-                    m = await measure(url, size)
-                except Exception as exc:  # Postgres not there: say so and go on
-                    print(f"{name:9} skipped: {type(exc).__name__}")
-                    break
-                print(f"{name:9} {size:5}  {m['sqlalchemy']:17.1f}  {m['driver']:13.1f}  {m['sqlalchemy'] / m['driver']:5.2f}")
+        print("rows       store     batch  SQLAlchemy µs/row  driver µs/row  ratio")
+        for kind, sizes in (("usage", (100, 500)), ("decisions", (20, 100))):
+            for name, url in urls:
+                for size in sizes:
+                    try:
+                        m = await measure(url, size, kind)
+                    except Exception as exc:  # Postgres not there: say so and go on
+                        print(f"{kind:10} {name:9} skipped: {type(exc).__name__}")
+                        break
+                    print(f"{kind:10} {name:9} {size:5}  {m['sqlalchemy']:17.1f}  {m['driver']:13.1f}  "
+                          f"{m['sqlalchemy'] / m['driver']:5.2f}")
         await pg_admin(admin, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
 
 

@@ -71,6 +71,8 @@ tool_decisions = Table(
     Column("result_masked", Text),  # the result as it went back, masked (bounded by the gateway)
 )
 
+DECISION_COLUMNS = tuple(c.name for c in tool_decisions.columns if c.name != "seq")
+
 prompt_captures = Table(
     "prompt_captures", t.metadata,
     Column("seq", t.RowSeq, primary_key=True, autoincrement=True),
@@ -159,9 +161,10 @@ class GuardRecords(TableQueries):
 
     @_guarded
     async def record_decisions(self, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            async with self.engine.begin() as conn:
-                await conn.execute(tool_decisions.insert(), rows)
+        """One row per tool decision (a column a row leaves out is NULL), on the driver: an MCP tools/call writes
+        one each, so this runs at the call rate (SQLAlchemy Core cost several times the CPU per row)."""
+        await self._store.insert_rows(tool_decisions, DECISION_COLUMNS,
+                                      [tuple(r.get(c) for c in DECISION_COLUMNS) for r in rows])
 
     @_guarded
     async def list_decisions(self, limit: int = 100) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from ..core.errors import Conflict
 from ..core.types import ApiKey, ChangeEvent, Identity, IdentityActivity, SigningKey, Team, UsageGroup, UsageRecord, UsageSummaryRow
 from . import schema as t
 from .base import Journal, Store, StoreUnavailable, Subscription, Writes
-from .usage_rows import SqliteUsageRows, write_postgres
+from .usage_rows import SqliteUsageRows, insert_sql, write_postgres
 from .writes import signing_values, snapshot, write
 
 P = ParamSpec("P")
@@ -298,6 +298,19 @@ class SqlStore(Store):
             async with self.engine.begin() as conn:
                 rows = [msgspec.structs.asdict(r) for r in batch]
                 await conn.execute(self._insert(t.usage).on_conflict_do_nothing(index_elements=[t.usage.c.request_id]), rows)
+
+    async def insert_rows(self, table: Any, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        """Many rows of one table in one transaction, on the driver as usage rows are (another table written at
+        the request rate: the tool decisions); through SQLAlchemy on an in-memory database."""
+        if not rows:
+            return
+        if self._usage_rows is not None:
+            await self._usage_rows.insert(insert_sql(table.name, columns, "sqlite"), rows)
+        elif self.dialect == "postgresql":
+            await write_postgres(self.engine, [], insert_sql(table.name, columns, "postgresql"), rows)
+        else:
+            async with self.engine.begin() as conn:
+                await conn.execute(table.insert(), [dict(zip(columns, r)) for r in rows])
 
     @_guarded
     async def list_usage(self, *, since: float = 0.0, limit: int = 1000) -> list[UsageRecord]:

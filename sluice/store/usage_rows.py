@@ -1,4 +1,5 @@
-"""The usage ledger's batch insert, on the database driver itself.
+"""The usage ledger's batch insert, on the database driver itself (and any other table written at the request
+rate: the tool decisions of MCP calls, ``insert_sql``).
 
 Every data-plane request leaves one usage row, so this insert runs at the gateway's request rate.
 Through SQLAlchemy Core it cost 38-57 µs of CPU per row on SQLite (aiosqlite: statement
@@ -31,6 +32,12 @@ POSTGRES_INSERT = f"INSERT INTO usage ({_COLUMNS}) VALUES ({', '.join(f'${i}' fo
 astuple = msgspec.structs.astuple
 
 
+def insert_sql(table: str, columns: tuple[str, ...], dialect: str) -> str:
+    """A plain INSERT of these columns (parameters in the driver's own style)."""
+    marks = ", ".join("?" * len(columns)) if dialect == "sqlite" else ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+
+
 class SqliteUsageRows:
     """One stdlib connection on one thread: a batch is one transaction and one loop wake-up."""
 
@@ -46,14 +53,14 @@ class SqliteUsageRows:
         db.execute("PRAGMA synchronous=NORMAL")
         return db
 
-    def _insert(self, rows: list[tuple]) -> None:
+    def _insert(self, rows: list[tuple], statement: str = SQLITE_INSERT) -> None:
         if self._db is None:
             self._db = self._connect()
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.executemany(SQLITE_INSERT, rows)
+                db.executemany(statement, rows)
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
@@ -68,6 +75,10 @@ class SqliteUsageRows:
         rows = [astuple(r) for r in records]
         await asyncio.get_running_loop().run_in_executor(self._thread, self._insert, rows)
 
+    async def insert(self, statement: str, rows: list[tuple]) -> None:
+        """Rows of another table (``insert_sql``), on the same connection and thread: one writer of the file."""
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._insert, rows, statement)
+
     def close(self) -> None:
         def shut() -> None:
             if self._db is not None:
@@ -78,14 +89,16 @@ class SqliteUsageRows:
         self._thread.shutdown(wait=True)
 
 
-async def write_postgres(engine: Any, records: list[UsageRecord]) -> None:
+async def write_postgres(engine: Any, records: list[UsageRecord], statement: str = POSTGRES_INSERT,
+                         rows: list[tuple] | None = None) -> None:
     """asyncpg's ``executemany`` on a pooled connection: one prepared statement, atomic per batch."""
     import asyncpg
 
-    rows = [astuple(r) for r in records]
+    if rows is None:
+        rows = [astuple(r) for r in records]
     async with engine.connect() as conn:
         raw = await conn.get_raw_connection()
         try:
-            await raw.driver_connection.executemany(POSTGRES_INSERT, rows)
+            await raw.driver_connection.executemany(statement, rows)
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreUnavailable(f"store unavailable: {type(exc).__name__}") from None

@@ -115,3 +115,19 @@ async def test_pending_approvals_per_identity_are_capped_across_replicas(records
     assert await one.decide(first, False, "approver", time.time(), **change("tool_approval.deny", first))
     assert await two.create_approval(approval("after"), 5) is None  # a decision frees a place
     assert await two.create_approval(approval("over"), 5) is not None
+
+
+async def test_decision_rows_of_a_batch_land_whole_each_column_it_leaves_out_null(records) -> None:
+    one, two = records
+    mcp_row = {"ts": time.time(), "request_id": "req-mcp", "identity_id": "id-1", "model": "mcp:files",
+               "context_digest": "d" * 64, "tool": "files__get_weather", "call_id": "", "decision": "allow",
+               "reason": "allowed", "args_masked": '{"city":"Oslo"}', "args_sha256": "e" * 64, "approval_id": None,
+               "approver": None, "policy_version": 3, "policy_hash": "f" * 64, "latency_ms": 1.25, "result_bytes": 42,
+               "upstream_status": "ok", "tool_call_id": "call_7", "result_masked": '{"content":[]}'}
+    model_row = {"ts": time.time(), "request_id": "req-model", "tool": "get_weather", "decision": "block",
+                 "reason": "not granted"}  # the model path's rows leave the MCP columns out
+    await one.record_decisions([mcp_row, model_row])
+    got = {d["request_id"]: d for d in await two.list_decisions()}
+    assert {k: v for k, v in got["req-mcp"].items() if k != "seq"} == mcp_row
+    assert got["req-model"]["latency_ms"] is None and got["req-model"]["upstream_status"] is None
+    assert got["req-model"]["decision"] == "block" and got["req-mcp"]["seq"] < got["req-model"]["seq"]
