@@ -110,13 +110,18 @@ def guard_result(result: ToolResult | mt.CallToolResult | mt.ReadResourceResult 
     kinds: set[str] = set()
     texts: list[str] = []
 
+    done: dict[str, str] = {}  # a text read once per result (structured content often repeats the text content)
+
     def fix(text: str) -> str:
+        out = done.get(text)
+        if out is not None:
+            return out
         texts.append(text)
         found = detector.find(text)
-        if not found:
-            return text
-        kinds.update(f.kind for f in found)
-        return text if action == "flag" else detector.mask(text, found)
+        if found:
+            kinds.update(f.kind for f in found)
+        out = done[text] = text if not found or action == "flag" else detector.mask(text, found)
+        return out
 
     for block in body.get("content", []):  # a tool's result
         _block(block, fix)

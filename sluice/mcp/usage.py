@@ -28,6 +28,17 @@ from ..guard.approvals import MASK
 from ..guard.tools import canonical, masked_args
 
 TOOL_CALL_META = "sluice/tool_call_id"
+_CONTEXTS: dict[tuple[str, str], str] = {}  # (server, tool) -> the context digest of its calls
+
+
+def _context(server: str, tool: str) -> str:
+    """What an MCP call's decision is tied to: its server and tool (the same digest for every call of it)."""
+    got = _CONTEXTS.get((server, tool))
+    if got is None:
+        if len(_CONTEXTS) > 10_000:  # tool names come from callers: the memo stays bounded
+            _CONTEXTS.clear()
+        got = _CONTEXTS[(server, tool)] = context_digest({"mcp": server, "tool": tool})
+    return got
 TOOL_CALL_HEADER = "x-sluice-tool-call-id"
 
 
@@ -85,7 +96,7 @@ class CallLog:
         active = self._active()
         self._record([{
             "ts": clock.now(), "request_id": request_id, "identity_id": who.identity_id, "model": f"mcp:{call.server}",
-            "context_digest": context_digest({"mcp": call.server, "tool": call.tool}), "tool": call.tool[:64],
+            "context_digest": _context(call.server, call.tool), "tool": call.tool[:64],
             "call_id": "", "decision": call.decision, "reason": call.reason,
             "args_masked": masked_args(args_text, MASK), "args_sha256": digest, "approval_id": call.approval_id,
             "approver": None, "policy_version": getattr(active, "version", None),
