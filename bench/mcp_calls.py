@@ -186,7 +186,8 @@ async def bench(gw: Sluice, calls: int, rounds: int, profile: Path | None, label
         out["c8"] = show(f"tools/call {label}, c=8", await measure(
             pid, rounds, calls, lambda n: mcp_round(client, url, headers, n, 8)))
         if profile is not None:
-            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--rate", "500", "--format", "raw",
+            beside = Path(sys.executable).parent / "py-spy"  # the venv's, else one on PATH
+            spy = subprocess.Popen([str(beside) if beside.exists() else "py-spy", "record", "--pid", str(pid), "--rate", "500", "--format", "raw",
                                     "--output", str(profile), "--nonblocking"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
