@@ -26,6 +26,7 @@ from .core.mcp_config import McpPolicy
 from .core.errors import ConfigError
 from .core.exchange import Exchange, Reply
 from .core.wire import extra_params
+from .core.types import ChangeEvent
 from .core.lifecycle import ignore_stop_signals, raise_open_file_limit
 from .http import Listener, NativeListener
 from .limits import Admission, AnomalyGuard, Limiter, PriceTable, Throttle, build_backend, warm
@@ -46,7 +47,7 @@ from .store.guard_records import GuardRecords
 from .store.response_records import ResponseRecords
 from .store.mcp_sessions import EndedSessions
 from .memory import ResponseMemory, Vault
-from .mcp import McpEndpoints, McpGateway, Sessions, Upstreams
+from .mcp import McpEndpoints, McpGateway, Sessions, Streams, Upstreams
 from .routing.health import run_checks
 from .store import Store, StoreUnavailable, open_store
 from .telemetry import Metrics, UsageLedger, configure
@@ -103,6 +104,7 @@ class Gateway:
         self.slot = current_slot()  # which of ``--workers N`` this is; worker 0 carries the control plane
         self.draining = False  # set on SIGTERM: /readyz answers 503 before the listeners stop
         self.mcp_upstreams: Upstreams | None = None
+        self.mcp_streams: Streams | None = None
         self.approvals: ToolApprovals | None = None  # its queued tool-decision rows are written at shutdown
 
     def secrets(self) -> list[str]:
@@ -234,11 +236,19 @@ class Gateway:
         # one budget of failed-login entries for the whole control plane: the dashboard's form is one more door
         failed_logins = FailedLogins(store, c.audit.failed_logins_per_minute).record
         dashboard = Dashboard(store, admin_auth, self._target_health, currency=c.currency, on_auth_failure=failed_logins)
-        self.mcp_upstreams = Upstreams(c.mcp.servers, c.mcp)
+        # GET /mcp[/{server}]: what the servers send on sluice's sessions, and sluice's own list_changed
+        self.mcp_streams = streams = Streams(c.mcp.streams, lambda: policy.current)
+        self.mcp_upstreams = Upstreams(c.mcp.servers, c.mcp, on_notice=streams.relay)
         ended = EndedSessions(store)  # type: ignore[arg-type]  # a DELETE ends a session on every replica
         self._tasks.append(asyncio.get_running_loop().create_task(self._every(3600.0, ended.purge), name="mcp-ended-purge"))
+
+        async def record_change(event: ChangeEvent) -> None:  # a quarantine changes what callers see: their streams hear it
+            await store.record_change(event)  # type: ignore[union-attr]
+            if event.action == "mcp.quarantine":
+                streams.quarantined(str((event.detail or {}).get("server", "")))
+
         mcp = McpGateway(c.mcp, self.mcp_upstreams, Sessions(pepper, c.mcp.session_ttl_s, ended, c.mcp.ended_check_s),
-                         approvals, lambda: policy.current, record_change=store.record_change, limiter=limiter,
+                         approvals, lambda: policy.current, record_change=record_change, limiter=limiter,
                          metrics=metrics, tracer=self.tracer)
         admin = AdminApi(admin_auth, identities, store, ledger.flush,
                          RoutingAdmin(routing, decisions, [u.name for u in c.upstreams], policy),
@@ -255,7 +265,7 @@ class Gateway:
             await data_plane.authenticate(ctx, audience)  # a token must be this endpoint's (RFC 8707)
             return ctx.principal
 
-        mcp_endpoints.append(McpEndpoints(identify, mcp, c.mcp))
+        mcp_endpoints.append(McpEndpoints(identify, mcp, c.mcp, streams))
         data_routes += mcp_endpoints[0].routes()
         data_routes.append(OpenApiEndpoint(data_plane.authenticate, data_routes).route)  # documents every route above
         self.data = NativeListener("data", c.data_plane, data_routes, max_body_bytes=c.requests.max_body_bytes,
@@ -404,6 +414,7 @@ class Gateway:
             task.cancel()
         steps: list[tuple[str, Callable[[], Awaitable[object]] | None]] = [
             ("identity sync", self.identity_sync.stop if self.identity_sync is not None else None),
+            ("mcp streams", self.mcp_streams.close if self.mcp_streams is not None else None),  # before the drain
             ("data plane drain", self.data.stop if self.data is not None else None),
             ("limits backend", self.limiter.close if self.limiter is not None else None),
             ("usage flush", self.ledger.close if self.ledger is not None else None),

@@ -103,6 +103,14 @@ class McpLimits(_Strict):
     concurrency_per_server: Rate | None = None  # tools/call in flight to one server, every caller together
 
 
+class McpStreams(_Strict):
+    """The server-to-client streams callers open with ``GET /mcp[/{server}]`` (list_changed notifications)."""
+
+    per_identity: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 16  # open at once by one identity (over: 429)
+    total: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 1000  # open at once on this replica (over: 503)
+    keepalive_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 15.0  # a comment on a quiet stream this often
+
+
 class _Grant(_Strict):
     """Who (identities, teams; ``*``: everyone) may reach which of one server's resources or prompts."""
 
@@ -134,6 +142,7 @@ class Mcp(_Strict):
     max_result_bytes: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024  # one tool result
     public_url: str | None = None  # the base URL callers reach sluice at (RFC 9728 metadata); default: the Host header
     limits: McpLimits = msgspec.field(default_factory=McpLimits)
+    streams: McpStreams = msgspec.field(default_factory=McpStreams)  # GET streams (``sluice.mcp.notify``)
     # how long a replica trusts "this session was not ended" before asking the store again (0: every request)
     ended_check_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 1.0
     max_recorded_result_chars: Annotated[int, msgspec.Meta(ge=0, le=1024 * 1024)] = 4096  # of the masked result, per call

@@ -4,7 +4,8 @@ upstream session per server under the server's own credential, the tool registry
 
 from .endpoints import McpEndpoints
 from .gateway import McpGateway
+from .notify import Streams
 from .session import Sessions
 from .upstreams import Upstreams
 
-__all__ = ["McpEndpoints", "McpGateway", "Sessions", "Upstreams"]
+__all__ = ["McpEndpoints", "McpGateway", "Sessions", "Streams", "Upstreams"]

@@ -152,9 +152,9 @@ class McpGateway:
                         "Tools of every MCP server behind sluice, governed by sluice: names are `server__tool`.")
         result = mt.InitializeResult(
             protocol_version=version, capabilities=mt.ServerCapabilities(
-                tools=mt.ToolsCapability(list_changed=False), completions=mt.CompletionsCapability(),
-                resources=mt.ResourcesCapability(subscribe=False, list_changed=False),
-                prompts=mt.PromptsCapability(list_changed=False)),
+                tools=mt.ToolsCapability(list_changed=True), completions=mt.CompletionsCapability(),
+                resources=mt.ResourcesCapability(subscribe=False, list_changed=True),
+                prompts=mt.PromptsCapability(list_changed=True)),  # on GET's stream (notify.py)
             server_info=mt.Implementation(name=f"sluice/{server if up is not None else 'mcp'}", version="0.1.0"),
             instructions=instructions)
         return Answer(result.model_dump(mode="json", by_alias=True, exclude_none=True), {SESSION_HEADER: sid})

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -29,6 +29,7 @@ from .stdio import Sandbox, StdioServer, sandbox_for
 
 log = logging.getLogger("sluice.mcp")
 MAX_PAGES = 100  # a server that pages forever is cut off
+Notice = Callable[[str, str], None]  # (server, method) of a notification a server sent on sluice's session
 
 
 @asynccontextmanager
@@ -48,11 +49,17 @@ async def _first(*waits: Any) -> None:
 
 
 class Upstream:
-    """One server as the gateway calls it: ``HttpUpstream`` (a URL) or ``StdioUpstream`` (a command)."""
+    """One server as the gateway calls it: ``HttpUpstream`` (a URL) or ``StdioUpstream`` (a command).
+    ``on_notice`` gets the notifications it sends on sluice's session (``notify.Streams.relay``)."""
 
-    def __init__(self, spec: McpServer) -> None:
+    def __init__(self, spec: McpServer, on_notice: Notice | None = None) -> None:
         self.spec = spec
         self.namespace = spec.namespace
+        self._on_notice = on_notice
+
+    def _notice(self, method: str) -> None:
+        if self._on_notice is not None:
+            self._on_notice(self.spec.name, method)
 
     def start(self) -> None:
         """Begin what should not wait for the first call (a stdio server's process)."""
@@ -94,10 +101,17 @@ class HttpUpstream(Upstream):
     """A Streamable HTTP server, over sluice's own client (``client.py``); results other than a tool's are read
     into the SDK's types, which the gateway's lists, pins and content relay work with."""
 
-    def __init__(self, spec: McpServer, max_bytes: int) -> None:
-        super().__init__(spec)
+    def __init__(self, spec: McpServer, max_bytes: int, on_notice: Notice | None = None) -> None:
+        super().__init__(spec, on_notice)
         assert spec.url is not None
-        self.client = HttpClient(spec.name, spec.url, _credential(spec), spec.timeout_s, max_bytes)
+        self.client = HttpClient(spec.name, spec.url, _credential(spec), spec.timeout_s, max_bytes,
+                                 on_message=lambda method, _params: self._notice(method))
+        self._listen: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Make the session now and hold the server's own stream (GET), where its notifications arrive."""
+        if self._listen is None:
+            self._listen = asyncio.get_running_loop().create_task(self.client.listen(), name=f"mcp-listen-{self.spec.name}")
 
     async def _typed(self, method: str, params: dict[str, Any] | None, model: type[BaseModel]) -> Any:
         raw = await self.client.request(method, params)
@@ -153,6 +167,9 @@ class HttpUpstream(Upstream):
         await self.client.request("ping")
 
     async def close(self) -> None:
+        if self._listen is not None:
+            self._listen.cancel()
+            await asyncio.gather(self._listen, return_exceptions=True)
         await self.client.close()
 
 
@@ -171,8 +188,8 @@ class StdioUpstream(Upstream):
     """A server sluice starts itself, over the SDK's stdio client: its session opened on first use (or at start),
     held by a task of its own (anyio scopes are per task)."""
 
-    def __init__(self, spec: McpServer, stdio: StdioServer) -> None:
-        super().__init__(spec)
+    def __init__(self, spec: McpServer, stdio: StdioServer, on_notice: Notice | None = None) -> None:
+        super().__init__(spec, on_notice)
         self._stdio = stdio
         self._restart: asyncio.TimerHandle | None = None
         self._closed = False
@@ -185,7 +202,8 @@ class StdioUpstream(Upstream):
     async def _hold(self, ready: asyncio.Future[Client], stop: asyncio.Event) -> None:
         try:
             async with self._stdio.transport() as (streams, died), \
-                    Client(_streams(streams), mode="legacy", cache=None, read_timeout_seconds=self.spec.timeout_s) as client:
+                    Client(_streams(streams), mode="legacy", cache=None, read_timeout_seconds=self.spec.timeout_s,
+                           message_handler=self._message) as client:
                 ready.set_result(client)
                 await _first(stop.wait(), died.wait())
                 if not stop.is_set():  # the process is gone: start it again, after a bounded backoff
@@ -197,6 +215,12 @@ class StdioUpstream(Upstream):
                 raise
         finally:
             self._client = None
+
+    async def _message(self, message: Any) -> None:
+        """What the SDK's session surfaces: a notification's method goes on (a transport fault is the session's)."""
+        method = getattr(message, "method", None)
+        if isinstance(method, str):
+            self._notice(method)
 
     async def _session(self) -> Client:
         if self._client is not None and self._task is not None and not self._task.done():
@@ -328,13 +352,14 @@ class StdioUpstream(Upstream):
 
 
 class Upstreams:
-    """The configured servers by name; stdio servers are started here (a running event loop is needed)."""
+    """The configured servers by name, started here (a running event loop is needed): a stdio server's process,
+    an HTTP server's session and stream."""
 
-    def __init__(self, servers: list[McpServer], cfg: Mcp) -> None:
+    def __init__(self, servers: list[McpServer], cfg: Mcp, on_notice: Notice | None = None) -> None:
         sandbox: Sandbox | None = sandbox_for(cfg)
         self.by_name: dict[str, Upstream] = {
-            s.name: StdioUpstream(s, StdioServer(s, cfg, sandbox)) if s.stdio else HttpUpstream(s, _bound(cfg))
-            for s in servers}
+            s.name: StdioUpstream(s, StdioServer(s, cfg, sandbox), on_notice) if s.stdio
+            else HttpUpstream(s, _bound(cfg), on_notice) for s in servers}
         for up in self.by_name.values():
             up.start()
 

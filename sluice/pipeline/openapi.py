@@ -147,6 +147,8 @@ _WHY = {
     403: "The identity may not call models (it has no invoker role).",
     404: "No such model for this caller (unknown and out of scope look the same), no such approval, or no such"
          " stored response of the caller's (another identity's looks the same).",
+    405: "The gateway offers no server-to-client MCP stream (mcp.streams set to 0).",
+    406: "The request's Accept does not allow the media type this route answers in.",
     409: "The approval is pending, denied, already used, or for other arguments.",
     410: "The approval has expired.",
     413: "The body is larger than the listener accepts, or a guardrail's size limit.",
@@ -186,6 +188,9 @@ _EVENT = {
     "properties": {"data": {"anyOf": [{"const": "[DONE]"}, {"type": "string", "contentMediaType": JSON_TYPE,
                                                             "contentSchema": _OBJECT}]}},
 }
+_MCP_EVENT = {"type": "object", "required": ["data"],
+              "description": "One JSON-RPC message: the answer to a POST, or a notification on the GET stream.",
+              "properties": {"data": {"type": "string", "contentMediaType": JSON_TYPE, "contentSchema": _OBJECT}}}
 _TEXT_EVENT = {**_EVENT, "description": "Sent when the request asks `stream: true`: each event's data is a "
                "text_completion chunk as the upstream writes it, or the error envelope if the stream fails after its "
                "first byte; then [DONE]."}
@@ -258,8 +263,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", PATH): Operation("openapi", "This document.", {JSON_TYPE: _OBJECT}),
     ("POST", "/mcp/{server}"): Operation(
         "mcpMessage", "One MCP JSON-RPC message over Streamable HTTP (`Mcp-Session-Id` after initialize); a JSON-RPC "
-        "result or error (200), or 202 for a notification.", {JSON_TYPE: _OBJECT}, (*_AUTH, 400, 404),
+        "result or error (200: JSON, or one SSE event when `Accept` prefers `text/event-stream`), or 202 for a "
+        "notification.", {JSON_TYPE: _OBJECT, SSE_TYPE: _MCP_EVENT}, (*_AUTH, 400, 404),
         JsonRpcMessage, error=JsonRpcError, answers=(200, 202)),
+    ("GET", "/mcp/{server}"): Operation(
+        "mcpStream", "The session's server-to-client stream (`Mcp-Session-Id`, `Accept: text/event-stream`): "
+        "list_changed notifications and keep-alive comments.", {SSE_TYPE: _MCP_EVENT},
+        (*_AUTH, 400, 404, 405, 406), error=JsonRpcError),
     ("DELETE", "/mcp/{server}"): Operation(
         "mcpEndSession", "End the MCP session named by `Mcp-Session-Id`.", {JSON_TYPE: _OBJECT}, (*_AUTH, 400, 404),
         error=JsonRpcError),
@@ -268,8 +278,11 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         public=True),
     ("POST", "/mcp"): Operation(
         "mcpFederatedMessage", "As `POST /mcp/{server}`, with every configured server behind one endpoint: tools are "
-        "listed together and routed by their `server__tool` names.", {JSON_TYPE: _OBJECT}, (*_AUTH, 400, 404, 503),
-        JsonRpcMessage, error=JsonRpcError, answers=(200, 202)),
+        "listed together and routed by their `server__tool` names.", {JSON_TYPE: _OBJECT, SSE_TYPE: _MCP_EVENT},
+        (*_AUTH, 400, 404, 503), JsonRpcMessage, error=JsonRpcError, answers=(200, 202)),
+    ("GET", "/mcp"): Operation(
+        "mcpFederatedStream", "As `GET /mcp/{server}`, for a `/mcp` session: every server's list_changed.",
+        {SSE_TYPE: _MCP_EVENT}, (*_AUTH, 400, 404, 405, 406), error=JsonRpcError),
     ("DELETE", "/mcp"): Operation(
         "mcpFederatedEndSession", "End the `/mcp` session named by `Mcp-Session-Id`, on every replica.",
         {JSON_TYPE: _OBJECT}, (*_AUTH, 400, 404, 503), error=JsonRpcError),

@@ -218,7 +218,8 @@ def test_bad_input_is_a_jsonrpc_or_http_error_never_a_500(gw):
     assert post(gw, key, LIST, sid).json()["result"]["tools"]  # the session itself is fine
     assert post(gw, key, LIST, sid, server="nowhere").status_code == 404
     assert post(gw, key, b'{"jsonrpc":"2.0","method":"notifications/initialized"}', sid).status_code == 202
-    assert httpx.get(f"{gw.url}/mcp/files", headers={"Authorization": f"Bearer {key}"}).status_code == 405
+    no_session = httpx.get(f"{gw.url}/mcp/files", headers={"Authorization": f"Bearer {key}"})  # the GET stream's
+    assert no_session.status_code == 400 and no_session.json()["error"]["data"]["code"] == "missing_session"
 
 
 def test_no_credential_gets_401_naming_the_protected_resource_metadata(gw):

@@ -113,9 +113,9 @@ async def test_a_token_for_another_audience_is_401_and_one_for_this_endpoint_wor
         assert r.headers["WWW-Authenticate"] == \
             f'Bearer resource_metadata="{gw.url}/.well-known/oauth-protected-resource/mcp/files"'
     ok = httpx.post(f"{gw.url}/mcp/files", json=init, headers={"Authorization": f"Bearer {for_files.json()['access_token']}"})
-    assert ok.status_code == 200, ok.text  # initialize advertises what is relayed; list_changed is not (no GET stream)
+    assert ok.status_code == 200, ok.text  # initialize advertises what is relayed (list_changed on the GET stream)
     caps = ok.json()["result"]["capabilities"]
-    assert caps["resources"] == {"subscribe": False, "listChanged": False} and caps["prompts"] == {"listChanged": False}
+    assert caps["resources"] == {"subscribe": False, "listChanged": True} and caps["prompts"] == {"listChanged": True}
     assert caps["completions"] == {}
     async with agent(gw, for_files.json()["access_token"]) as a:
         assert (await a.read_resource("docs://readme")).contents[0].text.startswith("# files")
