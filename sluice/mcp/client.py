@@ -73,11 +73,14 @@ def _visible_ascii(value: str) -> bool:
 class HttpClient:
     """One MCP session with one Streamable HTTP server, shared by every caller of the gateway.
 
-    ``headers`` are sluice's own for this server (its credential): nothing of a caller's request is sent.
+    ``authorization()`` is the value of the ``Authorization`` header for the next request (sluice's own credential
+    for this server, asked per request so a renewed one is used; None: none is sent): nothing of a caller's
+    request is sent.
     ``on_message(method, params)`` gets each notification the server sends (on a POST's stream or on the
     GET stream of ``listen``)."""
 
-    def __init__(self, name: str, url: str, headers: dict[str, str], timeout_s: float, max_bytes: int,
+    def __init__(self, name: str, url: str, timeout_s: float, max_bytes: int,
+                 authorization: Callable[[], str | None] | None = None,
                  on_message: Callable[[str, dict[str, Any] | None], None] | None = None) -> None:
         self.name = name
         u = urlsplit(url)
@@ -88,12 +91,14 @@ class HttpClient:
         authority = host if port == (443 if tls else 80) else f"{host}:{port}"
         if ":" in host:
             authority = f"[{host}]" if port == (443 if tls else 80) else f"[{host}]:{port}"
-        fixed = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         self._post = (f"POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n"
-                      f"Accept: application/json, text/event-stream\r\n{fixed}").encode("latin-1")
+                      f"Accept: application/json, text/event-stream\r\n").encode("latin-1")
         self._get = (f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: text/event-stream\r\n"
-                     f"Cache-Control: no-cache\r\n{fixed}").encode("latin-1")
-        self._delete = f"DELETE {path} HTTP/1.1\r\nHost: {authority}\r\n{fixed}".encode("latin-1")
+                     f"Cache-Control: no-cache\r\n").encode("latin-1")
+        self._delete = f"DELETE {path} HTTP/1.1\r\nHost: {authority}\r\n".encode("latin-1")
+        self._authorization = authorization
+        self._auth_value: str | None = None
+        self._auth_line = b""  # the Authorization line of ``_auth_value``, made once per value
         self._session = b""  # the Mcp-Session-Id and MCP-Protocol-Version lines, once initialized
         self.session_id: str | None = None
         self.protocol: str | None = None
@@ -189,8 +194,22 @@ class HttpClient:
         self._generation += 1
         self._ready = True
 
+    def _auth(self) -> bytes:
+        """The credential's header line for the next request (raises what the credential raises: fail closed)."""
+        if self._authorization is None:
+            return b""
+        value = self._authorization()
+        if value is None:
+            return b""
+        if value != self._auth_value:
+            if "\r" in value or "\n" in value:
+                raise UpstreamError(f"MCP server {self.name}: its credential is not a header value.",
+                                    code="mcp_upstream_error")
+            self._auth_value, self._auth_line = value, f"Authorization: {value}\r\n".encode("latin-1")
+        return self._auth_line
+
     def _request_bytes(self, head: bytes, body: bytes) -> bytes:
-        return b"".join((head, self._session, b"Content-Length: %d\r\n\r\n" % len(body), body))
+        return b"".join((head, self._auth(), self._session, b"Content-Length: %d\r\n\r\n" % len(body), body))
 
     async def _exchange(self, request: bytes, deadline: float) -> McpConnection:
         """Send on a pooled connection and wait for the response head."""
@@ -424,7 +443,7 @@ class HttpClient:
             lambda: McpConnection(loop), host, port, ssl=ssl_context,
             server_hostname=host if ssl_context else None), min(10.0, self._timeout))
         try:
-            conn.send(b"".join((self._get, self._session, b"\r\n")), float("inf"), float("inf"))
+            conn.send(b"".join((self._get, self._auth(), self._session, b"\r\n")), float("inf"), float("inf"))
             await conn.head()
             if conn.status == 405:
                 return None
@@ -450,7 +469,8 @@ class HttpClient:
         if self._ready and self.session_id is not None and self._loop is not None:
             try:
                 conn = await asyncio.wait_for(self._exchange(
-                    b"".join((self._delete, self._session, b"Content-Length: 0\r\n\r\n")), self._loop.time() + 1.0), 1.0)
+                    b"".join((self._delete, self._auth(), self._session, b"Content-Length: 0\r\n\r\n")),
+                    self._loop.time() + 1.0), 1.0)
                 await asyncio.wait_for(self._read_all(conn), 1.0)
             except (Exception, asyncio.TimeoutError):  # noqa: BLE001 - the server forgets it in time anyway
                 pass

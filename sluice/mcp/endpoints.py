@@ -191,8 +191,8 @@ def _accepts(accept: str | None, kind: str) -> bool:
 
 def _prefers_stream(accept: str | None) -> bool:
     """An SSE answer to a POST: only when the caller ranks text/event-stream above JSON (equal: JSON)."""
-    if not accept or "event-stream" not in accept:
-        return False
+    if not accept or "event-stream" not in accept or ("application/json" in accept and "q=" not in accept):
+        return False  # no stream asked for, or JSON at the same rank (what the SDK's client sends)
     m = _media(accept)
     sse = max(m.get(SSE_TYPE, 0.0), m.get("text/*", 0.0))
     return sse > 0.0 and sse > max(m.get("application/json", 0.0), m.get("application/*", 0.0), m.get("*/*", 0.0))

@@ -104,7 +104,8 @@ class HttpUpstream(Upstream):
     def __init__(self, spec: McpServer, max_bytes: int, on_notice: Notice | None = None) -> None:
         super().__init__(spec, on_notice)
         assert spec.url is not None
-        self.client = HttpClient(spec.name, spec.url, _credential(spec), spec.timeout_s, max_bytes,
+        credential = _credential(spec)
+        self.client = HttpClient(spec.name, spec.url, spec.timeout_s, max_bytes, authorization=lambda: credential,
                                  on_message=lambda method, _params: self._notice(method))
         self._listen: asyncio.Task | None = None
 
@@ -173,15 +174,16 @@ class HttpUpstream(Upstream):
         await self.client.close()
 
 
-def _credential(spec: McpServer) -> dict[str, str]:
-    """The server's own credential, from the environment; a server meant to get one never gets a call without it."""
+def _credential(spec: McpServer) -> str | None:
+    """The server's own ``Authorization``, from the environment; a server meant to get one never gets a call
+    without it (the start stops)."""
     if not spec.credential_env:
-        return {}
+        return None
     secret = os.environ.get(spec.credential_env)
     if not secret:
         raise ConfigError(f"MCP server {spec.name!r}: the environment variable {spec.credential_env!r} is unset"
                           f" - at `$.mcp.servers`")
-    return {"Authorization": f"Bearer {secret}"}
+    return f"Bearer {secret}"
 
 
 class StdioUpstream(Upstream):
