@@ -245,7 +245,8 @@ class Gateway:
         async def record_change(event: ChangeEvent) -> None:  # a quarantine changes what callers see: their streams hear it
             await store.record_change(event)  # type: ignore[union-attr]
             if event.action == "mcp.quarantine":
-                streams.quarantined(str((event.detail or {}).get("server", "")))
+                detail = event.detail or {}
+                streams.quarantined(str(detail.get("server", "")), str(detail.get("kind", "tool")))
 
         mcp = McpGateway(c.mcp, self.mcp_upstreams, Sessions(pepper, c.mcp.session_ttl_s, ended, c.mcp.ended_check_s),
                          approvals, lambda: policy.current, record_change=record_change, limiter=limiter,

@@ -41,6 +41,8 @@ TOOLS_CHANGED = "notifications/tools/list_changed"
 LIST_CHANGED = frozenset({TOOLS_CHANGED, "notifications/resources/list_changed", "notifications/prompts/list_changed"})
 TOO_MANY_STREAMS = -32014
 FEDERATED = "*"  # the session binding of /mcp (as gateway.FEDERATED)
+_KIND_CHANGED = {"tool": TOOLS_CHANGED, "prompt": "notifications/prompts/list_changed",
+                 "template": "notifications/resources/list_changed"}
 WATCH_S = 1.0  # how often the active policy version is looked at
 
 
@@ -146,9 +148,10 @@ class Streams:
         if method in LIST_CHANGED:
             self.publish(server, method)
 
-    def quarantined(self, server: str) -> None:
-        """A tool of this server was hidden because its definition changed."""
-        self.publish(server, TOOLS_CHANGED)
+    def quarantined(self, server: str, kind: str = "tool") -> None:
+        """A definition of this server was hidden because it changed (or is not pinned): a tool, a prompt, or a
+        resource template."""
+        self.publish(server, _KIND_CHANGED.get(kind, TOOLS_CHANGED))
 
     def end_session(self, session_id: str) -> None:
         """The session was ended (DELETE): its streams end now."""

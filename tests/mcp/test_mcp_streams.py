@@ -250,3 +250,35 @@ def test_open_streams_end_cleanly_when_sluice_shuts_down(server, sim, tmp_path):
     listener.join()
     assert listener.ended_cleanly and code == 0
     assert "still running after" not in g.log()  # the drain did not wait on the stream
+
+
+async def test_the_agent_hears_when_a_tool_it_sees_is_quarantined_though_the_server_said_nothing(sim, tmp_path):
+    from test_mcp_gateway import ToolServer
+    from test_mcp_pins import sha, upstream_definitions
+
+    files = ToolServer(tmp_path)  # its /_describe changes a description and tells no session
+    pinned = {"files__get_weather": sha((await upstream_definitions(files.url))["get_weather"])}
+    g = start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
+                      models=[{"name": "m", "upstream": "sim"}],
+                      identities=[{"name": "agent", "owner": "team@example.com", "models": ["*"]}],
+                      extra={"mcp": {"servers": [{"name": "files", "url": files.url}], "pins": pinned, "pin_recheck_s": 0},
+                             "tools": [{"name": "files__get_weather", "risk": "read", "identities": ["agent"]}]})
+    try:
+        heard: list[str] = []
+        async with agent(g, "/mcp/files", heard) as a:
+            assert {t.name for t in (await a.list_tools()).tools} == {"files__get_weather"}
+
+            def rug_pull(i: int) -> None:  # a new description each time: a definition not quarantined before
+                httpx.post(files.url.replace("/mcp", "/_describe"),
+                           json={"tool": "get_weather", "description": f"The weather, version {i}."}).raise_for_status()
+                post = httpx.post(g.url + "/mcp/files", json=INIT, headers={"Authorization": f"Bearer {g.keys['agent']}",
+                                                                            "Accept": BOTH})
+                sid = post.headers["mcp-session-id"]  # another session lists: sluice sees the change there
+                httpx.post(g.url + "/mcp/files", json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                           headers={"Authorization": f"Bearer {g.keys['agent']}", "Accept": BOTH, "Mcp-Session-Id": sid})
+
+            await hear("notifications/tools/list_changed", rug_pull, heard)
+            assert (await a.list_tools()).tools == []  # listed again: the changed tool is hidden
+    finally:
+        g.stop()
+        files.proc.stop()
