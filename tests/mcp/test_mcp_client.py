@@ -136,3 +136,30 @@ async def test_the_servers_own_jsonrpc_error_reaches_the_agent_with_its_code(gw,
 def test_the_server_sees_only_its_own_credential(gw, servers):
     seen = {line.split(" ", 1)[1] for s in servers.values() for line in s.seen()} - {f"Bearer {DIRECT}"}
     assert seen == {f"Bearer {SECRET}"}, seen  # never the agent's key, never nothing
+
+
+async def test_a_connection_cut_mid_call_is_tried_once_more_on_a_new_one(servers, sim, tmp_path):
+    import asyncio
+
+    from tcp_proxy import TcpProxy
+
+    plain = servers["plain"]
+    proxy = TcpProxy(("127.0.0.1", plain.port))
+    proxy.start()
+    g = start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
+                      models=[{"name": "m", "upstream": "sim"}],
+                      identities=[{"name": "agent", "owner": "team@example.com", "models": ["*"]}],
+                      extra={"mcp": {"servers": [{"name": "cut", "url": f"http://127.0.0.1:{proxy.port}/mcp",
+                                                  "credential_env": "WIRE_TOKEN", "pin": "off", "timeout_s": 30}]},
+                             "tools": [{"name": f"cut__{t}", "risk": "read", "identities": ["agent"]} for t in GRANTED]},
+                      env={"WIRE_TOKEN": SECRET})
+    try:
+        async with agent(g, "cut") as a:
+            call = asyncio.ensure_future(a.call_tool("cut__sleep", {"seconds": 3}))
+            await asyncio.sleep(1.0)
+            proxy.start()  # already forwarding: every live connection is cut, new ones are taken
+            assert text_of(await call) == "slept 3.0"  # the call was sent again, on a new connection
+            assert text_of(await a.call_tool("cut__get_weather", {"city": "Bern"})) == "sunny in Bern"
+    finally:
+        g.stop()
+        proxy.close()
