@@ -72,7 +72,9 @@ def servers(tmp_path_factory):
 
 def wire_config(servers: dict[str, WireServer], timeout_s: float = 3.0) -> dict:
     return {"mcp": {"servers": [{"name": n, "url": s.url, "credential_env": "WIRE_TOKEN", "pin": "off", "timeout_s": timeout_s}
-                                for n, s in servers.items()]},
+                                for n, s in servers.items()],
+                    # the agent may read any resource: a read of one the server lacks reaches the server
+                    "resources": [{"server": n, "identities": ["agent"], "uris": ["*"]} for n in servers]},
             "tools": [{"name": f"{n}__{t}", "risk": "read", "identities": ["agent"]} for n in servers for t in GRANTED]}
 
 
