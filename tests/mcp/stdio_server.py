@@ -1,7 +1,8 @@
 """A fastmcp server over stdio for the sandbox tests: sluice starts it itself (``mcp.servers[].command``).
 
 Its tools try what the sandbox must allow or stop: a TCP connection, the environment it got, a file in
-its working directory, its pid (to be killed), a line on stderr (which sluice logs, masked).
+its working directory, its pid (to be killed), a line on stderr (which sluice logs, masked); and one adds a
+tool and tells the session (``notifications/tools/list_changed`` on the pipe).
 
     python stdio_server.py
 """
@@ -13,7 +14,7 @@ import os
 import socket
 import sys
 
-from fastmcp import FastMCP
+from fastmcp import Context, FastMCP
 
 server = FastMCP("local")
 
@@ -56,6 +57,17 @@ def shout(text: str) -> str:
     """Write a line to stderr."""
     print(f"shouting: {text}", file=sys.stderr, flush=True)
     return "ok"
+
+
+@server.tool
+async def grow(name: str, ctx: Context) -> str:
+    """Add a tool called ``name`` and tell the session its tool list changed."""
+    def made() -> str:
+        return name
+    made.__name__ = name
+    server.tool(made)
+    await ctx.session.send_tool_list_changed()
+    return f"added {name}"
 
 
 if __name__ == "__main__":

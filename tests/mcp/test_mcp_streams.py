@@ -19,7 +19,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from support import Gateway, start_gateway
-from test_mcp_client import SECRET, WireServer
+from test_mcp_client import SECRET, WireServer, text_of
 
 ADDED = [f"added_{i}" for i in range(8)]
 TOOLS = [{"name": f"plain__{t}", "risk": "read", "identities": ["agent", "other"]} for t in ("get_weather", *ADDED)]
@@ -117,7 +117,9 @@ def agent(gw: Gateway, path: str, heard: list[str]) -> Client:
 async def hear(method: str, act, *heard: list[str], tries: int = 8) -> None:
     """Do ``act`` until ``method`` arrived to each agent (their streams open in the background after initialize)."""
     for i in range(tries):
-        act(i)
+        done = act(i)
+        if asyncio.iscoroutine(done):
+            await done
         for _ in range(40):
             if all(method in h for h in heard):
                 return
@@ -282,3 +284,19 @@ async def test_the_agent_hears_when_a_tool_it_sees_is_quarantined_though_the_ser
     finally:
         g.stop()
         files.proc.stop()
+
+
+async def test_a_stdio_servers_list_changed_reaches_the_agents_stream(sim, tmp_path):
+    from test_mcp_stdio import gateway as stdio_gateway
+
+    g = stdio_gateway(tmp_path, sim, allow_unsandboxed=True)  # the sandbox is not what this is about
+    try:
+        heard: list[str] = []
+        async with agent(g, "/mcp/local", heard) as a:
+            async def grow(i: int) -> None:
+                assert text_of(await a.call_tool("local__grow", {"name": f"grown_{i}"})) == f"added grown_{i}"
+
+            await hear("notifications/tools/list_changed", grow, heard)
+            assert "local__grown_0" in {t.name for t in (await a.list_tools()).tools}
+    finally:
+        g.stop()
