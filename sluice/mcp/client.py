@@ -1,8 +1,8 @@
 """sluice's own MCP client for a Streamable HTTP server: JSON-RPC over POST on sluice's native connection pool.
 
-The ``mcp`` SDK's client cost more of sluice's CPU per ``tools/call`` than the rest of the gateway together
-(anyio memory streams and task groups per message, pydantic models of every message, httpx2; bench/README.md),
-so HTTP servers are spoken to by this module instead; stdio servers stay on the SDK (``stdio.py``).
+The ``mcp`` SDK's client was the largest share of sluice's CPU per ``tools/call`` (anyio memory streams and
+task groups per message, pydantic models of every message, httpx2: ~35-40% of the samples holding the GIL;
+bench/README.md), so HTTP servers are spoken to by this module instead; stdio servers stay on the SDK.
 
 What it does of the transport (MCP 2025-03-26 to 2025-11-25, the initialize handshake):
 
@@ -17,8 +17,8 @@ What it does of the transport (MCP 2025-03-26 to 2025-11-25, the initialize hand
 * The server's JSON-RPC error is raised as the SDK's ``MCPError`` (the gateway relays it); a connection
   that breaks is tried once more on a fresh one; no answer within the server's ``timeout_s`` is
   ``UpstreamTimeout`` (``mcp_upstream_timeout``); an answer over ``max_bytes`` is refused whole.
-* Replies are decoded once by msgspec into typed structs (``Reply``); a ``tools/call`` result is checked
-  against the shape MCP gives it (``_ToolResultShape``) before the gateway reads it.
+* Replies are decoded once by msgspec into typed structs (``framing.Reply``); a ``tools/call`` result is
+  checked against the shape MCP gives it (``framing.TOOL_RESULT``) before the gateway reads it.
 * ``listen()`` holds the server-to-client stream (GET) that the notifications a server sends on its own
   arrive on (``notifications/tools/list_changed`` and the like).
 """
