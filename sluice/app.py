@@ -196,7 +196,8 @@ class Gateway:
         self.routing = routing = RoutingState(from_config(c), transports=deployments, breaker=c.resilience.breaker)
         self.policy = policy = PolicyService(store, routing, limiter, c.policy, PolicyDocument(
             routing=from_config(c), limits=LimitsSection(rules=list(c.limits.rules)), **self._guard_sections(c),
-            mcp=McpPolicy(pin={s.name: s.pin for s in c.mcp.servers}, pins=dict(c.mcp.pins))))
+            mcp=McpPolicy(pin={s.name: s.pin for s in c.mcp.servers}, pins=dict(c.mcp.pins),
+                          resources=list(c.mcp.resources), prompts=list(c.mcp.prompts))))
         await policy.bootstrap()
         if c.resilience.health_interval_s > 0:
             self._tasks.append(asyncio.get_running_loop().create_task(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
@@ -110,6 +110,11 @@ class _Grant(_Strict):
     identities: list[str] = msgspec.field(default_factory=list)
     teams: list[str] = msgspec.field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if not self.identities and not self.teams:
+            raise msgspec.ValidationError(f"a grant of MCP server {self.server!r} names identities or teams - at "
+                                          f"`$.mcp.{self.KIND}`")
+
     def names_caller(self, identity: str, team: str | None) -> bool:
         return "*" in self.identities or identity in self.identities or (team is not None and team in self.teams)
 
@@ -117,11 +122,15 @@ class _Grant(_Strict):
 class ResourceGrant(_Grant):
     """``uris``: glob patterns (``fnmatch``) over resource URIs and resource templates' URI templates."""
 
+    KIND: ClassVar[str] = "resources"
+
     uris: list[str] = msgspec.field(default_factory=list)
 
 
 class PromptGrant(_Grant):
     """``names``: glob patterns over the server's own prompt names (not the ``server__`` namespaced ones)."""
+
+    KIND: ClassVar[str] = "prompts"
 
     names: list[str] = msgspec.field(default_factory=list)
 
@@ -143,8 +152,8 @@ class Mcp(_Strict):
     pins: dict[ToolName, Sha256] = msgspec.field(default_factory=dict)  # seeds the policy's ``mcp.pins``
     # a tools/call is checked against the server's definitions as last listed, listed again when older than this
     pin_recheck_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
-    # who reads which resources and gets which prompts; with none, every caller may (each list on its own);
-    # with any, what no grant names is nobody's
+    # who reads which resources and gets which prompts: seed the policy's ``mcp.resources`` / ``mcp.prompts`` once
+    # (then only change sets change them); what no grant names is nobody's, so with none, nobody may
     resources: list[ResourceGrant] = msgspec.field(default_factory=list)
     prompts: list[PromptGrant] = msgspec.field(default_factory=list)
 
@@ -162,8 +171,6 @@ class Mcp(_Strict):
             for g in grants:
                 if g.server not in names:
                     raise msgspec.ValidationError(f"grant for unknown MCP server {g.server!r} - at `$.mcp.{kind}`")
-                if not g.identities and not g.teams:
-                    raise msgspec.ValidationError(f"a grant names identities or teams - at `$.mcp.{kind}`")
         allowed = {os.path.realpath(p) for p in self.allowed_commands}
         for s in self.servers:
             if s.command is not None and executable(s.command[0]) not in allowed:
@@ -172,14 +179,19 @@ class Mcp(_Strict):
 
 
 class McpPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The ``mcp`` section of the versioned policy: which tool definitions operators approved (issue 25, item 5).
+    """The ``mcp`` section of the versioned policy (issue 25): which definitions operators approved (item 5), and
+    who may reach which resources and prompts (item 4).
 
     ``pins`` maps a namespaced tool (``server__tool``) to the SHA-256 of the definition an operator approved;
     ``pin`` says per server whether its tools must be pinned (``required``, the default for a server it does
-    not name) or are not checked (``off``). Seeded from the config file's ``mcp.pins`` and ``servers[].pin``."""
+    not name) or are not checked (``off``). ``resources`` (URI globs) and ``prompts`` (name globs) grant a
+    server's resources and prompts per identity or team; what no grant names is nobody's (default deny).
+    Seeded once from the config file's ``mcp.pins``, ``servers[].pin``, ``mcp.resources`` and ``mcp.prompts``."""
 
     pin: dict[ServerName, PinMode] = msgspec.field(default_factory=dict)
     pins: dict[ToolName, Sha256] = msgspec.field(default_factory=dict)
+    resources: list[ResourceGrant] = msgspec.field(default_factory=list)
+    prompts: list[PromptGrant] = msgspec.field(default_factory=list)
 
     def mode(self, server: str) -> PinMode:
         return self.pin.get(server, "required")

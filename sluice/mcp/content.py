@@ -7,8 +7,9 @@ lists that URI, else to the one whose resource template matches it (the first in
 do). Finding it lists the servers' resources at the time of the read: no replica keeps a map that another
 would lack.
 
-Who may reach what is ``ContentAccess`` (``mcp.resources``: URI globs; ``mcp.prompts``: name globs): lists show
-only what the caller may reach; a read, get or completion of anything else is JSON-RPC error -32010 saying so.
+Who may reach what is ``ContentAccess``: the active policy's ``mcp.resources`` (URI globs) and ``mcp.prompts``
+(name globs), default deny. Lists show only what the caller may reach; a read, get or completion of anything
+else is JSON-RPC error -32010 saying so.
 What comes back (a resource's contents, a prompt's messages) is untrusted input and goes through the tool
 results' guard (``results.py``): the size bound and the detectors.
 """
@@ -48,8 +49,9 @@ def _template(uri_template: str) -> re.Pattern[str]:
 
 
 def _refused(kind: str, name: str, reason: str) -> Refusal:
-    return Refusal(REFUSED, f"The {kind} {name[:128]} is refused by the gateway's policy: {reason}.", f"{kind}_refused",
-                   data={"reason": reason})
+    why = f"no grant in the policy's mcp.{kind}s names it for this caller"
+    return Refusal(REFUSED, f"The {kind} {name[:128]} is refused by the gateway's policy: {reason} ({why}).",
+                   f"{kind}_refused", data={"reason": reason})
 
 
 class Content:

@@ -36,7 +36,7 @@ from pydantic import ValidationError
 
 from ..core import scope
 from ..core.errors import GatewayError
-from ..core.mcp_config import Mcp
+from ..core.mcp_config import Mcp, McpPolicy
 from ..guard import Judgement, ToolApprovals, context_digest
 from ..identity import Principal
 from ..core.errors import UpstreamTimeout
@@ -82,12 +82,14 @@ class McpGateway:
         self._active = active  # the active policy version (``.guard``, ``.version``, ``.hash``)
         self._access = self.access = ToolAccess(lambda: getattr(active(), "guard", None))
         self._limits = CallLimits(limiter, cfg.limits)
-        # resources, prompts, completion: relayed under ``mcp.resources`` / ``mcp.prompts`` (content.py)
-        self.content = Content(upstreams, ContentAccess(cfg.resources, cfg.prompts), self._guard)
+        def section() -> McpPolicy | None:  # the active version's ``mcp`` section
+            return getattr(getattr(active(), "document", None), "mcp", None)
+
+        # resources, prompts, completion: relayed under the active policy's ``mcp.resources`` / ``mcp.prompts``
+        self.content = Content(upstreams, ContentAccess(section), self._guard)
         self._log = CallLog(approvals.record, active, metrics, tracer, cfg.max_recorded_result_chars)
         # issue 25 item 5: definitions pinned in the active version's ``mcp`` section; others quarantined
-        self.pins = Pins(lambda: getattr(getattr(active(), "document", None), "mcp", None), cfg.pin_recheck_s,
-                         record_change)
+        self.pins = Pins(section, cfg.pin_recheck_s, record_change)
 
     def server(self, name: str) -> Upstream | None:
         """The server of a path (None: the federated path ``/mcp``), or a 404 refusal."""

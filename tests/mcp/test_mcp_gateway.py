@@ -174,6 +174,22 @@ async def test_a_secret_in_a_tool_result_is_masked_and_an_oversized_result_refus
     assert SECRET not in gw.log()
 
 
+async def test_without_a_grant_no_caller_lists_or_reads_a_resource_or_gets_a_prompt(gw):
+    """Default deny: this gateway's policy holds no ``mcp.resources`` or ``mcp.prompts`` grant, so the server's
+    resources, templates and prompts are nobody's: the lists are empty and a read or get says why it is refused."""
+    async with agent(gw, gw.keys["agent"]) as a:
+        assert (await a.list_resources()).resources == []
+        assert (await a.list_resource_templates()).resource_templates == []
+        assert (await a.list_prompts()).prompts == []
+        for ask, kind, reason in [(a.read_resource("docs://readme"), "resources", "resource_not_allowed"),
+                                  (a.read_resource("notes://rivers"), "resources", "resource_not_allowed"),
+                                  (a.get_prompt("files__summarize", {"text": "x"}), "prompts", "prompt_not_allowed")]:
+            with pytest.raises(MCPError) as err:
+                await ask
+            assert err.value.code == -32010 and err.value.error.data["reason"] == reason
+            assert f"no grant in the policy's mcp.{kind}" in err.value.error.message
+
+
 def post(gw: Gateway, key: str | None, body: bytes, session: str | None = None, server: str = "files") -> httpx.Response:
     headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
     if key:

@@ -9,6 +9,9 @@ path's ``WWW-Authenticate``; one minted for this endpoint works; an identity wit
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 
 import httpx
@@ -16,6 +19,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 from mcp.types import PromptReference
 
+from sluice.identity import generate
 from support import start_gateway
 from test_mcp_gateway import SECRET, UPSTREAM_SECRET, agent, mcp_extra, tools_server  # noqa: F401 - a fixture
 
@@ -144,3 +148,65 @@ async def test_an_identity_without_the_invoker_role_is_403(gw):
     assert r.status_code == 403, r.text
     body = r.json()
     assert body["jsonrpc"] == "2.0" and body["error"]["data"]["code"] == "not_invoker"
+
+
+def active_mcp(g) -> dict:
+    got = g.admin("GET", "/admin/policy/versions/active", params={"format": "json"})
+    assert got.status_code == 200, got.text
+    return got.json()["document"]["mcp"]
+
+
+def audit_entries(g, action: str) -> list[dict]:
+    got = g.admin("GET", "/admin/audit/entries", params={"since": "0", "limit": 100000})
+    assert got.status_code == 200, got.text
+    return [e for e in got.json()["data"] if f'"{action}"' in json.dumps(e)]
+
+
+async def test_grants_are_seeded_once_from_the_file_then_changed_only_by_an_audited_change_set(tools_server, sim,  # noqa: F811
+                                                                                             tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mcp-grants")
+    keys = {n: generate("dev") for n in ("reader", "outsider")}
+    idents = [{**i, "keys": [keys[i["name"]]]} for i in IDENTITIES]
+    admin = generate("prod", kind="admin")
+
+    def start(resources: list[dict], port: int | None = None):
+        extra = mcp_extra(tools_server)
+        extra["mcp"]["resources"] = resources
+        return start_gateway(tmp, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}], port=port,
+                             models=[{"name": "m", "upstream": "sim"}], identities=idents, admin_key=admin,
+                             extra=extra, env={"FILES_TOKEN": UPSTREAM_SECRET})
+
+    g = start([{"server": "files", "identities": ["reader"], "uris": ["docs://*"]}])
+    try:
+        seeded = active_mcp(g)
+        assert seeded["resources"] == [{"server": "files", "identities": ["reader"], "teams": [], "uris": ["docs://*"]}]
+        assert seeded["prompts"] == []  # none written: nobody's
+        async with agent(g, keys["outsider"]) as o:
+            assert (await o.list_resources()).resources == []
+        changed = {**seeded, "resources": seeded["resources"] + [
+            {"server": "files", "identities": ["outsider"], "teams": [], "uris": ["notes://*"]}]}
+        proposed = g.admin("POST", "/admin/policy/changes", json={"sections": {"mcp": changed}, "reason": "notes for the outsider"})
+        assert proposed.status_code == 201, proposed.text  # dev: applied at once, a new policy version
+        assert proposed.json()["sections"] == ["mcp"]
+        async with agent(g, keys["outsider"]) as o:  # read from the active version at the next request
+            assert (await o.read_resource("notes://tides")).contents[0].text == "a note on tides"
+            assert {t.uri_template for t in (await o.list_resource_templates()).resource_templates} == {"notes://{topic}"}
+            with pytest.raises(MCPError) as err:
+                await o.read_resource("docs://readme")
+            assert err.value.error.data["reason"] == "resource_not_allowed"
+        assert any(proposed.json()["id"] in json.dumps(e) for e in audit_entries(g, "policy.propose"))
+        port = g.port
+    finally:
+        g.stop()
+    # restarted with other grants in the file: the stored policy's grants stand (the file seeded them once)
+    g = start([{"server": "files", "identities": ["outsider"], "uris": ["*"]}], port=port)
+    try:
+        assert active_mcp(g)["resources"] == changed["resources"]
+        async with agent(g, keys["outsider"]) as o:
+            assert {str(r.uri) for r in (await o.list_resources()).resources} == set()
+            assert (await o.read_resource("notes://seas")).contents[0].text == "a note on seas"
+        verify = subprocess.run([sys.executable, "-m", "sluice", "audit", "verify", "-c", str(g.config_path)],
+                                capture_output=True, text=True, cwd=g.tmp, timeout=120)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+    finally:
+        g.stop()
