@@ -10,7 +10,9 @@ would lack.
 Who may reach what is ``ContentAccess``: the active policy's ``mcp.resources`` (URI globs) and ``mcp.prompts``
 (name globs), default deny. Lists show only what the caller may reach; a read, get or completion of anything
 else is JSON-RPC error -32010 saying so.
-What comes back (a resource's contents, a prompt's messages) is untrusted input and goes through the tool
+Prompts and resource templates are pinned as tools are (``pins.py``): a quarantined one is left out of its list
+and refused when got, read through or completed. What comes back (a resource's contents, a prompt's messages) is
+untrusted input and goes through the tool
 results' guard (``results.py``): the size bound and the detectors.
 """
 
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,6 +31,7 @@ from ..guard.approvals import MASK
 from ..identity import Principal
 from .authz import ContentAccess, namespaced, upstream_name
 from .jsonrpc import REFUSED, UPSTREAM, Refusal
+from .pins import Pins, template_pattern
 from .upstreams import Upstream, Upstreams
 
 log = logging.getLogger("sluice.mcp")
@@ -40,12 +42,6 @@ def upstream_refusal(exc: MCPError) -> Refusal:
     """The upstream's own JSON-RPC error, its message read by the detectors (a server may echo a secret)."""
     return Refusal(exc.code if -32768 <= exc.code <= -32000 else UPSTREAM, MASK.mask(str(exc.error.message)[:1024]),
                    "mcp_upstream_error")
-
-
-def _template(uri_template: str) -> re.Pattern[str]:
-    """An RFC 6570 template as a pattern over URIs (each ``{...}`` one or more characters)."""
-    parts = re.split(r"\{[^{}]*\}", uri_template)
-    return re.compile(".+".join(re.escape(p) for p in parts) + r"\Z")
 
 
 def _refused(kind: str, name: str, reason: str) -> Refusal:
@@ -60,10 +56,11 @@ class Content:
     METHODS = frozenset({"resources/list", "resources/templates/list", "resources/read", "prompts/list",
                          "prompts/get", "completion/complete"})
 
-    def __init__(self, upstreams: Upstreams, access: ContentAccess,
+    def __init__(self, upstreams: Upstreams, access: ContentAccess, pins: Pins,
                  guard: Callable[[Any, Principal, str, str], Any]) -> None:
         self._upstreams = upstreams
         self.access = access
+        self._pins = pins  # prompts and resource templates are pinned as tools are
         self._guard = guard
 
     async def answer(self, who: Principal, up: Upstream | None, req: Any, request_id: str) -> dict[str, Any]:
@@ -73,35 +70,41 @@ class Content:
             return mt.ListResourcesResult(resources=shown).model_dump(**_DUMP)
         if isinstance(req, mt.ListResourceTemplatesRequest):
             found = await self._gather(up, lambda u: u.list_resource_templates())
-            shown = [t for u, ts in found for t in ts if self._may_read(who, u, t.uri_template)]
+            shown = [t for u, ts in found for t in await self._pins.screen(u.spec.name, u.namespace, ts, "template")
+                     if self._may_read(who, u, t.uri_template)]
             return mt.ListResourceTemplatesResult(resource_templates=shown).model_dump(**_DUMP)
         if isinstance(req, mt.ReadResourceRequest):
             uri = str(req.params.uri)
             owner = up or await self._owner(uri)
             if not self._may_read(who, owner, uri):
                 raise _refused("resource", uri, "resource_not_allowed")
+            await _relay(owner, self._pins.check_read(owner.spec.name, owner.namespace, uri, owner.list_resources,
+                                                      owner.list_resource_templates))
             result = await _relay(owner, owner.read_resource(uri))
             return self._guard(result, who, uri, request_id).body  # type: ignore[no-any-return]
         if isinstance(req, mt.ListPromptsRequest):
             found = await self._gather(up, lambda u: u.list_prompts())
-            shown = [p.model_copy(update={"name": namespaced(u.namespace, p.name)}) for u, ps in found for p in ps
+            shown = [p.model_copy(update={"name": namespaced(u.namespace, p.name)}) for u, ps in found
+                     for p in await self._pins.screen(u.spec.name, u.namespace, ps, "prompt")
                      if self.access.prompt(u.spec.name, p.name, who.identity_name, who.team)]
             return mt.ListPromptsResult(prompts=shown).model_dump(**_DUMP)
         if isinstance(req, mt.GetPromptRequest):
-            owner, name = self._prompt(who, up, req.params.name)
+            owner, name = await self._pinned_prompt(who, up, req.params.name)
             result = await _relay(owner, owner.get_prompt(name, req.params.arguments))
             return self._guard(result, who, req.params.name, request_id).body  # type: ignore[no-any-return]
         if isinstance(req, mt.CompleteRequest):
             p = req.params
             ref: mt.PromptReference | mt.ResourceTemplateReference
             if isinstance(p.ref, mt.PromptReference):
-                owner, name = self._prompt(who, up, p.ref.name)
+                owner, name = await self._pinned_prompt(who, up, p.ref.name)
                 ref = p.ref.model_copy(update={"name": name})
             else:
                 ref = p.ref
                 owner = up or await self._owner(ref.uri, templates_only=True)
                 if not self._may_read(who, owner, ref.uri):
                     raise _refused("resource", ref.uri, "resource_not_allowed")
+                await _relay(owner, self._pins.check_template(owner.spec.name, owner.namespace, ref.uri,
+                                                              owner.list_resource_templates))
             context = p.context.arguments if p.context is not None else None
             result = await _relay(owner, owner.complete(ref, {"name": p.argument.name, "value": p.argument.value}, context))
             return result.model_dump(**_DUMP)  # type: ignore[no-any-return]
@@ -109,6 +112,12 @@ class Content:
 
     def _may_read(self, who: Principal, up: Upstream, uri: str) -> bool:
         return self.access.resource(up.spec.name, uri, who.identity_name, who.team)
+
+    async def _pinned_prompt(self, who: Principal, up: Upstream | None, name: str) -> tuple[Upstream, str]:
+        """``_prompt``, and refused when the prompt is quarantined (its definition unpinned or changed)."""
+        owner, own = self._prompt(who, up, name)
+        await _relay(owner, self._pins.check(owner.spec.name, owner.namespace, own, owner.list_prompts, "prompt"))
+        return owner, own
 
     def _prompt(self, who: Principal, up: Upstream | None, name: str) -> tuple[Upstream, str]:
         """The server and its own name of a prompt (namespaced ``server__prompt`` on ``/mcp`` and on a server's path),
@@ -147,7 +156,7 @@ class Content:
                 if any(str(r.uri) == uri for r in resources):
                     return u
         for u, templates in await self._gather(None, lambda u: u.list_resource_templates()):
-            if any(t.uri_template == uri or _template(t.uri_template).match(uri) for t in templates):
+            if any(t.uri_template == uri or template_pattern(t.uri_template).match(uri) for t in templates):
                 return u
         raise Refusal(mt.INVALID_PARAMS, f"No server behind /mcp lists the resource {uri[:128]!r}.", "unknown_resource")
 

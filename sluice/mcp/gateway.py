@@ -85,11 +85,11 @@ class McpGateway:
         def section() -> McpPolicy | None:  # the active version's ``mcp`` section
             return getattr(getattr(active(), "document", None), "mcp", None)
 
-        # resources, prompts, completion: relayed under the active policy's ``mcp.resources`` / ``mcp.prompts``
-        self.content = Content(upstreams, ContentAccess(section), self._guard)
-        self._log = CallLog(approvals.record, active, metrics, tracer, cfg.max_recorded_result_chars)
         # issue 25 item 5: definitions pinned in the active version's ``mcp`` section; others quarantined
         self.pins = Pins(section, cfg.pin_recheck_s, record_change)
+        # resources, prompts, completion: relayed under the active policy's ``mcp.resources`` / ``mcp.prompts``
+        self.content = Content(upstreams, ContentAccess(section), self.pins, self._guard)
+        self._log = CallLog(approvals.record, active, metrics, tracer, cfg.max_recorded_result_chars)
 
     def server(self, name: str) -> Upstream | None:
         """The server of a path (None: the federated path ``/mcp``), or a 404 refusal."""
