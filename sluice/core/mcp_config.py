@@ -100,6 +100,7 @@ class McpLimits(_Strict):
 
     calls_per_minute_per_identity: Rate | None = None  # every tools/call of one identity, any server
     calls_per_minute_per_tool: Rate | None = None  # one namespaced tool, every caller together
+    calls_per_minute_per_identity_per_tool: Rate | None = None  # one identity's calls to one namespaced tool
     concurrency_per_server: Rate | None = None  # tools/call in flight to one server, every caller together
 
 
