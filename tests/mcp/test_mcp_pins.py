@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -207,6 +208,12 @@ async def test_unpinned_prompts_are_quarantined_and_pinned_prompts_and_templates
     assert view["prompt:files__leak"]["state"] == "unpinned" and view["prompt:files__leak"]["quarantined"]
     assert tools_view(gw, kind="template")["template:files__note"]["sha256"] == pinned["template:files__note"]
     assert entries_for(gw, "mcp.quarantine", "prompt:files__leak")
+    for _ in range(50):  # the refused get is recorded like a tool call (rows are written off the request path)
+        rows = [r for r in gw.admin("GET", "/admin/tool-decisions?limit=500").json()["data"] if r["tool"] == "prompt:files__leak"]
+        if rows:
+            break
+        time.sleep(0.1)
+    assert rows and (rows[0]["decision"], rows[0]["reason"], rows[0]["upstream_status"]) == ("quarantined", "prompt_quarantined", None)
 
 
 @pytest.mark.parametrize("kind,own,name", [("prompt", "summarize", "prompt:files__summarize"),
