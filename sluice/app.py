@@ -235,7 +235,7 @@ class Gateway:
         # one budget of failed-login entries for the whole control plane: the dashboard's form is one more door
         failed_logins = FailedLogins(store, c.audit.failed_logins_per_minute).record
         dashboard = Dashboard(store, admin_auth, self._target_health, currency=c.currency, on_auth_failure=failed_logins)
-        self.mcp_upstreams = Upstreams(c.mcp.servers, c.mcp)
+        self.mcp_upstreams = Upstreams(c.mcp.servers, c.mcp, mint=tokens.mint_service)
         ended = EndedSessions(store)  # type: ignore[arg-type]  # a DELETE ends a session on every replica
         self._tasks.append(asyncio.get_running_loop().create_task(self._every(3600.0, ended.purge), name="mcp-ended-purge"))
         mcp = McpGateway(c.mcp, self.mcp_upstreams, Sessions(pepper, c.mcp.session_ttl_s, ended, c.mcp.ended_check_s),

@@ -40,6 +40,10 @@ class McpServer(_Strict):
     name: ServerName
     url: str | None = None  # the server's Streamable HTTP endpoint, e.g. http://tools.internal:8000/mcp
     credential_env: str | None = None  # the environment variable whose value goes as `Authorization: Bearer`
+    # mint: sluice sends a token it signs itself (the keys of /v1/token), `aud` the server's url, minted again
+    # after two thirds of `credential_ttl_s`; a server without either gets no Authorization header
+    credential: Literal["mint"] | None = None
+    credential_ttl_s: Annotated[float, msgspec.Meta(ge=10, le=3600)] = 300.0
     prefix: ServerName | None = None  # the tools' namespace (default: the name); `prefix__tool` stays stable
     timeout_s: Seconds = 60.0  # one call's wait for the upstream
     # stdio: argv whose executable is in `mcp.allowed_commands`; the only environment it gets besides PATH,
@@ -57,12 +61,14 @@ class McpServer(_Strict):
             raise msgspec.ValidationError(f"an MCP server needs exactly one of url and command: {at}")
         if self.url is not None and not self.url.startswith(("http://", "https://")):
             raise msgspec.ValidationError(f"an MCP server's url must be http(s): {at}")
+        if self.credential and self.credential_env:
+            raise msgspec.ValidationError(f"an MCP server has one credential: credential_env or credential: mint: {at}")
         if self.command is not None:
             if not self.command or not self.command[0]:
                 raise msgspec.ValidationError(f"an MCP server's command is an argv list, its executable first: {at}")
-            if self.credential_env:
-                raise msgspec.ValidationError(f"credential_env is for servers over HTTP; give a stdio server its "
-                                              f"credential in env: {at}")
+            if self.credential_env or self.credential:
+                raise msgspec.ValidationError(f"credential_env and credential are for servers over HTTP; give a stdio "
+                                              f"server its credential in env: {at}")
             if self.cwd is not None and not os.path.isabs(self.cwd):
                 raise msgspec.ValidationError(f"an MCP server's cwd must be an absolute path: {at}")
             reserved = sorted(RESERVED_ENV & set(self.env))

@@ -39,13 +39,15 @@ MAX_RESULT = 4096
 class ToolServer:
     """tests/mcp/upstream_server.py as a process; ``seen()`` is every Authorization header it received."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, jwks: str | None = None, audience: str | None = None) -> None:
+        """``jwks``: accept only sluice's tokens signed by a key there, minted for ``audience`` (default: its URL)."""
         self.port = free_port()
         self.auth_log = tmp / "upstream-auth.log"
         self.auth_log.touch()
-        self.proc = Proc([sys.executable, str(HERE / "upstream_server.py"), str(self.port), str(self.auth_log)],
-                         tmp / f"upstream-{self.port}.log")
         self.url = f"http://127.0.0.1:{self.port}/mcp"
+        verify = [jwks, audience or self.url] if jwks else []
+        self.proc = Proc([sys.executable, str(HERE / "upstream_server.py"), str(self.port), str(self.auth_log), *verify],
+                         tmp / f"upstream-{self.port}.log")
         for _ in range(300):  # up once it answers anything (a GET without a session is its 4xx)
             try:
                 httpx.get(self.url, timeout=1)

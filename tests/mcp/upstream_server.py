@@ -5,7 +5,11 @@ so a test can read exactly which credentials reached the tool server. ``POST /_d
 ``{"tool": NAME, "description": TEXT}`` changes a tool's description from then on (a rug pull, for the pin tests);
 ``{"prompt": NAME, ...}`` a prompt's, ``{"template": URI_TEMPLATE, ...}`` a resource template's.
 
-    python upstream_server.py PORT AUTH_LOG
+    python upstream_server.py PORT AUTH_LOG [JWKS_URL AUDIENCE]
+
+With JWKS_URL and AUDIENCE it is a server that accepts only ES256 bearer tokens issued by ``sluice``, signed by
+a key of that JWKS and minted for that audience (fastmcp's ``JWTVerifier``): what a server given a
+sluice-minted credential (``credential: mint``) checks.
 """
 
 from __future__ import annotations
@@ -89,6 +93,9 @@ def leak() -> str:
 
 def main() -> None:
     port, log_path = int(sys.argv[1]), sys.argv[2]
+    if len(sys.argv) > 4:
+        from fastmcp.server.auth.providers.jwt import JWTVerifier
+        server.auth = JWTVerifier(jwks_uri=sys.argv[3], issuer="sluice", audience=sys.argv[4], algorithm="ES256")
     app = server.http_app(path="/mcp", json_response=True)
 
     async def recording(scope, receive, send):  # the outermost layer: sees every request's headers
