@@ -8,6 +8,8 @@ JSON-RPC or HTTP error, never a 500; a session sealed by one gateway is served b
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -162,6 +164,29 @@ async def test_a_high_tool_is_held_then_runs_once_after_another_owners_operator_
         with pytest.raises(MCPError) as err:  # once
             await a.call_tool("files__transfer_funds", args, meta={"sluice/approval": apv})
         assert err.value.error.data["code"] == "approval_used"
+
+
+async def test_an_mcp_calls_approval_and_redemption_are_entries_of_the_merkle_log_that_verify_accepts(gw):
+    made = gw.admin("POST", "/admin/identities", json={"name": "mcp-auditor-op", "owner": "sec@example.com",
+                                                      "roles": ["operator"]})
+    assert made.status_code == 201, made.text
+    approver = gw.admin("POST", f"/admin/identities/{made.json()['id']}/keys", json={"plane": "control"}).json()["key"]
+    args = {"amount": 3.0, "to": "bob"}
+    async with agent(gw, gw.keys["agent"]) as a:
+        apv = (await a.call_tool("files__transfer_funds", args)).meta["sluice/approval"]["id"]
+        assert httpx.post(f"{gw.admin_url}/admin/tool-approvals/{apv}/decision", json={"approved": True},
+                          headers={"Authorization": f"Bearer {approver}"}).status_code == 200
+        assert text_of(await a.call_tool("files__transfer_funds", args, meta={"sluice/approval": apv})) == "sent 3.0 to bob"
+    entries = gw.admin("GET", "/admin/audit/entries", params={"since": "0", "limit": 100000}).json()["data"]
+    mine = {e["action"]: (i, e) for i, e in enumerate(entries) if e.get("target") == apv}
+    assert set(mine) == {"tool_approval.approve", "tool_approval.redeem"}, mine
+    leaf, approved = mine["tool_approval.approve"]
+    assert approved["actor"] == "mcp-auditor-op" and "files__transfer_funds" in json.dumps(approved)
+    proof = gw.admin("GET", "/admin/audit/proof/inclusion", params={"leaf": leaf})
+    assert proof.status_code == 200, proof.text  # a leaf of the Merkle tree
+    verify = subprocess.run([sys.executable, "-m", "sluice", "audit", "verify", "-c", str(gw.config_path)],
+                            capture_output=True, text=True, cwd=gw.tmp, timeout=120)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
 async def test_a_secret_in_a_tool_result_is_masked_and_an_oversized_result_refused(gw):
