@@ -22,16 +22,18 @@ def servers() -> None:
 
 @app.command()
 def tools(as_: Optional[str] = typer.Option(None, "--as", help="An identity: what its tools/list shows, and why not the rest."),
-          state: Optional[str] = typer.Option(None, help="pinned, changed, unpinned, off or quarantined.")) -> None:
-    """Every tool with its pin state, current and pinned hashes and the scan finding."""
-    query = {k: v for k, v in (("as", as_), ("state", state)) if v is not None}
+          state: Optional[str] = typer.Option(None, help="pinned, changed, unpinned, off or quarantined."),
+          kind: Optional[str] = typer.Option(None, help="tool (the default), prompt or template.")) -> None:
+    """Every tool (or prompt, or resource template) with its pin state, current and pinned hashes and the scan finding."""
+    query = {k: v for k, v in (("as", as_), ("state", state), ("kind", kind)) if v is not None}
     print_json(admin_call("GET", "/admin/mcp/tools" + (f"?{urlencode(query)}" if query else "")))
 
 
 @app.command()
 def approve(tool: str, reason: str = _REASON,
             sha256: Optional[str] = typer.Option(None, help="The hash you reviewed (refused if the definition changed).")) -> None:
-    """Propose the change set that pins TOOL's current definition (another operator approves it for prod)."""
+    """Propose the change set that pins TOOL's current definition (another operator approves it for prod); a prompt
+    is named prompt:SERVER__PROMPT, a resource template template:SERVER__NAME."""
     print_json(admin_call("POST", f"/admin/mcp/tools/{quote(tool, safe='')}/approve", {"reason": reason, "sha256": sha256}))
 
 
