@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-stress bench ab soak profile bench-routing bench-mcp clean
+.PHONY: install demo test test-stress bench ab soak profile instructions bench-routing bench-mcp clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ soak: $(STAMP)
 
 profile: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bench/profile.sh
+
+# instructions per request under callgrind: a cost that does not move with the machine's load
+instructions: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bench/instructions.sh
 
 # Placement policies in front of 4 sim replicas (a couple of minutes; not part of `make test`).
 bench-routing: $(STAMP)
