@@ -25,6 +25,15 @@ log = logging.getLogger("sluice.limits")
 Event = Callable[[str, str], None]  # (kind, label): "rejected" / "backend_down" / "settle_failed"
 
 
+def _amount(measure: int, value: float) -> str:
+    """A count as people read it: whole requests and tokens (a bucket refills in fractions, so what
+    remains is rounded down: a request that needs one does not fit into 0.4), money as a plain decimal."""
+    value = max(0.0, value)
+    if measure == SPEND:
+        return f"{value:.6f}".rstrip("0").rstrip(".")
+    return str(int(value))
+
+
 class Reservation:
     """What one request holds until it settles."""
 
@@ -142,9 +151,10 @@ class Limiter:
         self._on_event("rejected", hit.label.split(" (", 1)[0])
         retry = max(verdict.reset_s[verdict.failed], 0.001)  # type: ignore[index]  # set on refusal
         headers["retry-after-ms"] = str(int(math.ceil(retry * 1000)))
-        exc = RateLimited(f"Rate limit reached for {hit.label}: limit {hit.limit:g}, "
-                          f"remaining {max(0.0, verdict.remaining[verdict.failed]):g}, "
-                          f"this request needs {amounts[hit.measure]:g}. Retry after {retry:.2f}s.",
+        m = hit.measure
+        exc = RateLimited(f"Rate limit reached for {hit.label}: limit {_amount(m, hit.limit)}, "
+                          f"remaining {_amount(m, verdict.remaining[verdict.failed])}, "
+                          f"this request needs {_amount(m, amounts[m])}. Retry after {retry:.2f}s.",
                           code="rate_limit_exceeded", retry_after=retry)
         exc.headers = headers
         raise exc
