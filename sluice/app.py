@@ -188,7 +188,8 @@ class Gateway:
 
         anomaly = AnomalyGuard(c.limits.anomaly, on_throttle) if c.limits.anomaly else None
         self.limiter = limiter = Limiter(c.limits, build_backend(c.limits.backend, c.limits.redis_url,
-                                                                 c.limits.redis_timeout_s), metrics.limit_event, anomaly)
+                                                                 c.limits.redis_timeout_s), metrics.limit_event, anomaly,
+                                           apart=self.slot.count if c.limits.backend == "memory" else 1)
         # limits can be switched on at run time, so the tokenizers load now either way
         await asyncio.get_running_loop().run_in_executor(None, warm, [m.target_model for m in c.models] + [
             v.upstream_model or m.name for m in c.registry for v in m.versions], {m.name: m.tokenizer for m in c.models if m.tokenizer})

@@ -66,8 +66,11 @@ class Limiter:
     """Rules plus a backend (and, failing open, a local fallback)."""
 
     def __init__(self, cfg: Limits, backend: LimitBackend, on_event: Event | None = None,
-                 anomaly: AnomalyGuard | None = None) -> None:
+                 anomaly: AnomalyGuard | None = None, *, apart: int = 1) -> None:
         self._cfg = cfg
+        # how many processes keep counters of their own (``--workers N`` on the memory backend): above
+        # one, no limit rule can be exact, so none is taken (``unshared``)
+        self.apart = apart
         self.anomaly = anomaly
         self._backend = backend
         self._fallback: MemoryBackend | None = MemoryBackend() if cfg.on_backend_failure == "open" else None
@@ -82,6 +85,14 @@ class Limiter:
     def replace_rules(self, rules: list[LimitRule]) -> None:
         """New rules from the next request on; counters of unchanged rules carry over (same keys)."""
         self.install_rules(self.compile_rules(rules))
+
+    def unshared(self, rules: list[LimitRule]) -> str | None:
+        """Why these rules cannot be kept exact here (workers counting apart), or None."""
+        if not rules or self.apart <= 1:
+            return None
+        return (f"limit rules need limits.backend: redis while sluice runs as {self.apart} workers: the memory "
+                f"backend counts in each process, so a limit would not be exact; set limits.backend: redis and "
+                f"limits.redis_url (or run --workers 1)")
 
     def compile_rules(self, rules: list[LimitRule]) -> RuleSet:
         """A rule set for these rules, not yet in force (a policy version builds its own off to the side)."""

@@ -95,6 +95,9 @@ def compile_policy(version: int, hash: str, doc: PolicyDocument, canonical: byte
         if route.name in doc.switches.disabled_routes and not doc.switches.disabled_routes[route.name]:
             route.excluded = {t.name: KILLED for t in route.targets + route.fallbacks}
             route.targets, route.fallbacks, route.cumulative, route.total = (), (), (), 0
+    why = limiter.unshared(doc.limits.rules)
+    if why is not None:
+        raise PolicyInvalid(why)
     rules = limiter.compile_rules(doc.limits.rules)
     try:
         guard: GuardPolicy | None = GuardPolicy(doc.guardrails, doc.tools, table.reach)
