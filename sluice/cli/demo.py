@@ -54,7 +54,7 @@ def write_config(data: dict, path: Path) -> Path:
 
 def _activate() -> list[str]:
     """How another terminal finds ``sluice`` when this one runs from a virtualenv not on PATH (``make demo``)."""
-    bin_dir = Path(sys.executable).parent
+    bin_dir = Path(os.path.normpath(os.path.abspath(sys.executable))).parent  # not resolved: the venv's python links out
     on_path = any(Path(p).resolve() == bin_dir.resolve() for p in os.environ.get("PATH", "").split(os.pathsep) if p)
     if sys.prefix == sys.base_prefix or on_path or not (bin_dir / "activate").exists():
         return []
