@@ -2,13 +2,20 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+RUNTIME := $(VENV)/.installed
+# the test extras (SDKs, playwright, kubernetes-validate, fastmcp: about 275 MB) and Debian's chromium,
+# only for what runs the tests or the benches; `make demo` needs the runtime alone
+STAMP  := $(VENV)/.installed-test
 
 .PHONY: install demo test test-stress bench ab soak profile instructions bench-routing bench-mcp clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
 	$(BIN)/pip install --quiet -e '.[test]'
 	@# the dashboard's browser test drives Debian's chromium (no browser download by playwright)
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
@@ -17,7 +24,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(BIN)/sluice demo
 
 # The suite on parallel workers, a test file to a worker (its module fixtures start once), then the

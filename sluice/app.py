@@ -23,7 +23,7 @@ from .admin.dashboard import Dashboard
 from .core import config as cfgmod
 from .core.config import Config
 from .core.mcp_config import McpPolicy
-from .core.errors import ConfigError
+from .core.errors import ConfigError, ListenError
 from .core.exchange import Exchange, Reply
 from .core.wire import extra_params
 from .core.lifecycle import ignore_stop_signals, raise_open_file_limit
@@ -149,7 +149,7 @@ class Gateway:
         if c.sim is not None and self.slot.control:
             from .sim import serve as serve_sim
 
-            self._sim_runner, sim_port = await serve_sim(c.sim)
+            self._sim_runner, sim_port = await serve_sim(c.sim)  # a busy sim.port: ListenError
             log.info("simulated backend on %s:%d", c.sim.host, sim_port)
 
         deployments: dict[str, Deployment] = {}  # per upstream: its replicas and how requests are placed on them
@@ -188,7 +188,8 @@ class Gateway:
 
         anomaly = AnomalyGuard(c.limits.anomaly, on_throttle) if c.limits.anomaly else None
         self.limiter = limiter = Limiter(c.limits, build_backend(c.limits.backend, c.limits.redis_url,
-                                                                 c.limits.redis_timeout_s), metrics.limit_event, anomaly)
+                                                                 c.limits.redis_timeout_s), metrics.limit_event, anomaly,
+                                           apart=self.slot.count if c.limits.backend == "memory" else 1)
         # limits can be switched on at run time, so the tokenizers load now either way
         await asyncio.get_running_loop().run_in_executor(None, warm, [m.target_model for m in c.models] + [
             v.upstream_model or m.name for m in c.registry for v in m.versions], {m.name: m.tokenizer for m in c.models if m.tokenizer})
@@ -266,9 +267,15 @@ class Gateway:
                                     admin.routes() + health + [("GET", "/metrics", metrics_handler)] + dashboard.public_routes(),
                                     max_body_bytes=1024 * 1024, access_log=c.logging.access_log)
         self.data.reuse_port = self.slot.shared_port
-        await self.data.start()
+        try:
+            await self.data.start()
+        except OSError as exc:
+            raise ListenError(exc, "data_plane.port", c.data_plane.host, c.data_plane.port) from None
         if self.control is not None:
-            await self.control.start()
+            try:
+                await self.control.start()
+            except OSError as exc:
+                raise ListenError(exc, "control_plane.port", c.control_plane.host, c.control_plane.port) from None
         # Everything built so far lives as long as the process: keep the collector from
         # rescanning it on every full collection (long pauses showed up in the p99).
         gc.collect()

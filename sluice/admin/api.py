@@ -212,8 +212,13 @@ class AdminApi:
                 try:
                     actor = self._auth(exchange)
                 except Unauthenticated as exc:
-                    if self._on_auth_failure is not None:
+                    # a browser at the dashboard's bare URL goes to the sign-in form; one that brought no key
+                    # tried none, so that is no failed login
+                    redirect = self._dashboard.sign_in(exchange, exc) if self._dashboard is not None else None
+                    if self._on_auth_failure is not None and not (redirect and exc.code == "missing_api_key"):
                         await self._on_auth_failure(exchange.peer, exchange.path, exc.code)
+                    if redirect is not None:
+                        return redirect
                     raise
                 for needed in scopes:
                     actor.require(needed)

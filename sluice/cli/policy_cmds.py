@@ -10,16 +10,22 @@ import typer
 import yaml
 
 from .client import admin_call, admin_text, err, print_json
+from .switch_view import limit_text, switch_lines
 
 app = typer.Typer(no_args_is_help=True, help="The versioned policy: export, propose, approve, reject, rollback.")
 switch = typer.Typer(no_args_is_help=True, help="Incident switches: each takes effect on the next request.")
 _REASON = typer.Option(..., "--reason", "-r", help="Why: kept with the change.")
+_JSON = typer.Option(False, "--json", help="The control plane's JSON, for scripts.")
 
 
 @app.command()
-def show() -> None:
-    """The active version, its hash and switches."""
-    print_json(admin_call("GET", "/admin/policy"))
+def show(as_json: bool = _JSON) -> None:
+    """The active version, its hash, and every switch in force with who set it and when."""
+    got = admin_call("GET", "/admin/policy")
+    if as_json:
+        return print_json(got)
+    print(f"policy version {got['version']} ({got['tag']})" + (", control plane frozen" if got.get("frozen") else ""))
+    print("\n".join(switch_lines(got.get("in_force", []))))
 
 
 @app.command()
@@ -105,6 +111,15 @@ def rollback(version: Optional[int] = typer.Argument(None, help="Default: the ac
     print(restored(got))
 
 
+@switch.command("list")
+def list_switches(as_json: bool = _JSON) -> None:
+    """Every switch in force (freeze, killed targets and routes, switch limits): who set it, when and why."""
+    got = admin_call("GET", "/admin/switches")
+    if as_json:
+        return print_json(got)
+    print("\n".join(switch_lines(got["data"])))
+
+
 @switch.command("disable-target")
 def disable_target(target: str = typer.Argument(..., help="model@version"), reason: str = _REASON,
                    fallback: Optional[str] = typer.Option(None, help="model@version that takes its traffic")) -> None:
@@ -154,10 +169,11 @@ def unfreeze(reason: str = _REASON) -> None:
 def limit(model: str, reason: str = _REASON, rpm: Optional[int] = typer.Option(None, help="requests per minute"),
           concurrent: Optional[int] = typer.Option(None, help="requests in flight"),
           per_identity: bool = typer.Option(False, help="count per identity (default: the model as a whole)")) -> None:
-    """Put a model behind a stricter limit at once."""
-    print_json(admin_call("PUT", f"/admin/switches/models/{model}/limit", {
+    """Put a model behind a stricter limit at once; prints the limit it set."""
+    got = admin_call("PUT", f"/admin/switches/models/{model}/limit", {
         "reason": reason, "requests_per_minute": rpm, "concurrent_requests": concurrent,
-        "per": ["identity"] if per_identity else []}))
+        "per": ["identity"] if per_identity else []})
+    print(f"model {got['model']} limited to {limit_text(got['limit'])} (rule {got['rule']}, policy {got['tag']})")
 
 
 @switch.command()

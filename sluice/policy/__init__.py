@@ -5,6 +5,9 @@ from .document import (SECTIONS, LimitsSection, PolicyDocument, PolicyInvalid, S
                        to_yaml)
 from .dryrun import dry_run
 from .service import FROZEN, PendingApproval, PolicyService, changeset_view
+from .switches import in_force as switches_in_force
+from .switches import switch_rule
 
 __all__ = ["FROZEN", "HEADER", "SECTIONS", "ActivePolicy", "LimitsSection", "PendingApproval", "PolicyDocument", "PolicyInvalid",
-           "PolicyService", "Switches", "canonical", "changeset_view", "decode", "diff", "digest", "dry_run", "to_yaml"]
+           "PolicyService", "Switches", "canonical", "changeset_view", "decode", "diff", "digest", "dry_run", "switch_rule",
+           "switches_in_force", "to_yaml"]

@@ -62,6 +62,7 @@ SURFACE: list[tuple[str, str, int, set[str]]] = [
     ("GET", "/admin/openapi.json", 200, {O, K, A, W}),
     # versioned policy and incident switches (issue 11): operators change, auditors read, key-admins revoke
     ("GET", "/admin/policy", 200, {O, A}),
+    ("GET", "/admin/switches", 200, {O, A}),
     ("GET", "/admin/policy/versions", 200, {O, A}),
     ("GET", "/admin/policy/versions/v-nope", 404, {O, A}),
     ("GET", "/admin/policy/changes", 200, {O, A}),
