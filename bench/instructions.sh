@@ -3,7 +3,7 @@
 # figure does not move with what else the machine runs (CPU time under wrk does: a busy 2-core box
 # moved `make ab`'s CPU per request by 10% between runs). The canned upstream as for every bench;
 # one gateway at a time under callgrind with its instrumentation off until WARM requests are done,
-# then on for N sequential requests (httpx, keep-alive), off again. Prints instructions per request.
+# then on for N requests (httpx, 16 in flight, keep-alive), off again. Prints instructions per request.
 # Periodic work (the ledger's flush, the store's polls) falls into the window at its rate: compare
 # runs of the same N. Sides are run one after another and each one twice; the spread is printed.
 # Env: SIDES ("NAME:ROOT:API:KIND ..."; ROOT a checkout, API chat|messages|responses, KIND plain|stream;

@@ -1,11 +1,13 @@
-"""N sequential requests of one API and kind to the bench gateway (bench/instructions.sh), the same work
-as the wrk scripts (bench/*.lua and the yardstick's chat*.lua) send. Exits non-zero on any non-2xx.
+"""N requests of one API and kind to the bench gateway (bench/instructions.sh), 16 in flight (as wrk's c = 16:
+the window is short, so periodic work weighs on each request as it does under load), the same work as
+the wrk scripts (bench/*.lua and the yardstick's chat*.lua) send. Exits non-zero on any non-2xx.
 
 Usage: python bench/requests.py API KIND MODEL N   (API: chat|messages|responses, KIND: plain|stream)
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 
@@ -25,15 +27,27 @@ def body(api: str, model: str, stream: bool) -> dict:
     return out
 
 
-def main() -> None:
-    api, kind, model, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+CONCURRENCY = 16
+
+
+async def run(api: str, kind: str, model: str, n: int) -> None:
     headers = {"Authorization": f"Bearer {os.environ['BENCH_KEY']}"}
     payload = body(api, model, kind == "stream")
-    with httpx.Client(base_url="http://127.0.0.1:8080", headers=headers, timeout=600) as client:
-        for _ in range(n):
-            r = client.post(PATHS[api], json=payload)
-            if r.status_code >= 300:
-                sys.exit(f"{api} {kind}: {r.status_code} {r.text[:200]}")
+    left = [n]
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    async with httpx.AsyncClient(base_url="http://127.0.0.1:8080", headers=headers, timeout=600, limits=limits) as client:
+        async def worker() -> None:
+            while left[0] > 0:
+                left[0] -= 1
+                r = await client.post(PATHS[api], json=payload)
+                if r.status_code >= 300:
+                    sys.exit(f"{api} {kind}: {r.status_code} {r.text[:200]}")
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+
+
+def main() -> None:
+    api, kind, model, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    asyncio.run(run(api, kind, model, n))
 
 
 if __name__ == "__main__":
