@@ -14,8 +14,8 @@ from ..core.errors import Conflict, InvalidRequest, NotFound
 from ..core.exchange import Exchange, Reply
 from ..identity import Actor, IdentityService
 from ..identity import roles as r
-from ..policy import (FROZEN, ActivePolicy, PendingApproval, PolicyDocument, PolicyService, changeset_view, decode, diff,
-                      dry_run, to_yaml)
+from ..policy import (FROZEN, SWITCH_LIMIT, ActivePolicy, PendingApproval, PolicyDocument, PolicyService, changeset_view,
+                      decode, diff, dry_run, to_yaml)
 from ..routing.policy import version as registry_version
 from ..store import Store
 from .bodies import decode as _decode
@@ -85,12 +85,13 @@ def _summary(a: ActivePolicy) -> dict:
 
 
 def _switch_rule(model: str) -> str:
-    return "switch-" + "".join(c if c.isalnum() or c in "._-" else "_" for c in model)[:57]
+    return SWITCH_LIMIT + "".join(c if c.isalnum() or c in "._-" else "_" for c in model)[:57]
 
 
 # While frozen, only reads, switches and rollback reach the store. Deciding a change set is let through
 # to ``PolicyService``, which takes only a rollback's while frozen (a rollback that waits for approval).
-FROZEN_EXEMPT = ("/admin/switches/", "/admin/policy/rollback")
+# ``/admin/keys/find`` is a read: a POST only so that a leaked key travels in a body, not a URL.
+FROZEN_EXEMPT = ("/admin/switches/", "/admin/policy/rollback", "/admin/keys/find")
 DECIDE = ("/admin/policy/changes/{changeset_id}/approve", "/admin/policy/changes/{changeset_id}/reject")
 
 
