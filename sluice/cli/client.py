@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import httpx
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-err = Console(stderr=True)
+from .output import err
 
 
 def admin_call(method: str, path: str, body: dict | None = None) -> Any:
@@ -43,7 +41,3 @@ def _request(method: str, path: str, body: dict | None) -> httpx.Response:
         err.print(f"[red]{r.status_code}[/red] {escape(msg)}", highlight=False)
         raise typer.Exit(1)
     return r
-
-
-def print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2))

@@ -79,7 +79,7 @@ def gw(server, pinned, sim, tmp_path_factory):
 def cli(gw, key: str, *args: str) -> dict:
     """The ``sluice`` command as an operator runs it; its JSON output."""
     env = {**os.environ, "SLUICE_ADMIN_URL": gw.admin_url, "SLUICE_ADMIN_KEY": key}
-    got = subprocess.run([sys.executable, "-m", "sluice", *args], capture_output=True, text=True, env=env, timeout=120)
+    got = subprocess.run([sys.executable, "-m", "sluice", *args, "-o", "json"], capture_output=True, text=True, env=env, timeout=120)
     assert got.returncode == 0, got.stdout + got.stderr
     return json.loads(got.stdout)
 

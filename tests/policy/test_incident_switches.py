@@ -29,7 +29,7 @@ def changes(g) -> list[dict]:
 def switch(g, *args: str) -> dict:
     """Run one switch command; it must add exactly one entry to the change log."""
     before = len(changes(g))
-    done = cli(g, "switch", *args)
+    done = cli(g, "switch", *args, "-o", "json")
     assert done.returncode == 0, done.stderr
     assert len(changes(g)) == before + 1
     return json.loads(done.stdout)
