@@ -9,7 +9,7 @@ import typer
 
 from . import refs
 from .client import admin_call, admin_text
-from .output import Col, OutputOption, emit, day, fields, line, money, print_json, table, when
+from .output import Col, OutputOption, count, emit, day, fields, line, money, print_json, table, when
 from .params import TimeOption
 
 identities = typer.Typer(help="Service identities: the inventory, and changes to it.", invoke_without_command=True)
@@ -50,7 +50,7 @@ def inventory(
     if fmt == "json":
         print_json(rows)
         return
-    table(_INVENTORY, rows, title=f"{len(rows)} identities", empty="no identities")
+    table(_INVENTORY, rows, title=count(len(rows), "identity", "identities"), empty="no identities")
 
 
 def _identity(got: dict) -> None:
@@ -110,7 +110,8 @@ def offboard(owner: str,
     if fmt == "json":
         print_json(result)
         return
-    line(f"{result['action']} {len(result['identities'])} identities and {len(result['teams'])} teams of {owner}"
+    line(f"{result['action']} {count(len(result['identities']), 'identity', 'identities')} and "
+         f"{count(len(result['teams']), 'team')} of {owner}"
          + (f" (now {reassign_to}'s)" if reassign_to else ""))
     known = refs.names()
     if result["identities"]:

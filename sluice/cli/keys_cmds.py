@@ -6,7 +6,6 @@ import time
 
 import typer
 
-from .. import identity
 from . import refs
 from .client import admin_call
 from .output import Col, OutputOption, fields, line, out, print_json, table, when
@@ -19,6 +18,8 @@ _KEY = typer.Argument(..., metavar="KEY", help="Its id, its display form (slk_de
 @app.command()
 def check(key: str) -> None:
     """Tell offline whether KEY is a well-formed sluice key (prefix and checksum)."""
+    from .. import identity  # here, not at the top: the package costs a third of a second to import
+
     info = identity.inspect(key.strip())
     if info is None:
         out.print("[red]not a sluice key[/red] (wrong prefix, length or checksum)")
@@ -31,6 +32,8 @@ def check(key: str) -> None:
 def generate(env: str = typer.Option("dev", metavar="dev|prod", help="dev or prod"),
              admin: bool = typer.Option(False, help="An admin key.")) -> None:
     """Print a new random key (for config files fed from a secret store)."""
+    from .. import identity
+
     if env not in ("dev", "prod"):
         raise typer.BadParameter("env must be dev or prod")
     print(identity.generate(env, kind="admin" if admin else "data"))  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 NONE = "—"  # what a missing value reads as: never Python's None, never a blank cell
 GAP = 2  # spaces between two columns (rich's padding (0, 1) without edges)
@@ -70,6 +71,11 @@ def text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(text(v) for v in value)
     return str(value)
+
+
+def count(n: int, one: str, many: str | None = None) -> str:
+    """``1 identity``, ``2 identities``."""
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def money(value: Any) -> str:
@@ -165,9 +171,8 @@ def table(cols: Sequence[Col], rows: Iterable[Any], *, title: str | None = None,
     for r in cells:
         t.add_row(*(escape(r[i]) for i in keep))
     _print(t)
-    if left_out:
-        out.print(f"[dim](left out at {out.width} columns: {', '.join(left_out)}; -o json has every field)[/dim]",
-                  soft_wrap=True)
+    if left_out:  # wrapped to the width, in a pipe too: it belongs to the table
+        _print(Text(f"(left out at {out.width} columns: {', '.join(left_out)}; -o json has every field)", style="dim"))
 
 
 def fields(pairs: Sequence[tuple[str, Any]], *, title: str | None = None) -> None:

@@ -12,7 +12,7 @@ import yaml
 
 from . import refs
 from .client import admin_call, admin_text
-from .output import NONE, Col, OutputOption, emit, err, fields, line, print_json, table, text, warn, when
+from .output import NONE, Col, OutputOption, count, emit, err, fields, line, print_json, table, text, warn, when
 
 app = typer.Typer(no_args_is_help=True, help="The versioned policy: export, propose, approve, reject, rollback.")
 switch = typer.Typer(no_args_is_help=True, help="Incident switches: each takes effect on the next request.")
@@ -190,7 +190,7 @@ def rollback(version: Optional[int] = typer.Argument(None, metavar="VERSION",  #
     _print_diff(got.get("diff", {}))
     for change in got.get("switches", []):
         warn(f"a rollback restores the whole version, switches included: {change}")
-    print(restored(got))
+    line(restored(got))
 
 
 # --- switches
@@ -251,7 +251,7 @@ def revoke(reason: str = _REASON,
         return
     known = refs.names()
     who = ", ".join(known.get(i, i) for i in got["identities"])
-    line(f"revoked {len(got['revoked'])} credentials of {who}: refused from the next request on; "
+    line(f"revoked {count(len(got['revoked']), 'credential')} of {who}: refused from the next request on; "
          f"the identities stay (sluice keys issue IDENTITY gives a new key)")
 
 
@@ -259,7 +259,7 @@ def revoke(reason: str = _REASON,
 def freeze(reason: str = _REASON, fmt: str = OutputOption()) -> None:
     """Freeze the control plane: only switches and rollback until unfrozen."""
     _switched(admin_call("POST", "/admin/switches/freeze", {"reason": reason}), fmt,
-              "the control plane is frozen: only switches and rollback until `sluice switch unfreeze`")
+              "the control plane is frozen (only switches and rollback until sluice switch unfreeze)")
 
 
 @switch.command()

@@ -40,10 +40,12 @@ def names() -> dict[str, str]:
 
 
 def shown(ref: str) -> str:
-    """``ref`` as it may be printed: a whole key as its display form, never its secret."""
-    from ..identity import display, inspect
+    """``ref`` as it may be printed: anything longer than a display form that starts like a key (a whole key,
+    or one with a typo: a secret all the same) as its display form, never its secret."""
+    from ..identity import display
 
-    return display(ref.strip()) if inspect(ref.strip()) is not None else ref
+    ref = ref.strip()
+    return display(ref) if ref.startswith(("slk_", "sla_")) and len(ref) > 20 and "…" not in ref and "..." not in ref else ref
 
 
 def find_keys(ref: str) -> list[dict]:
