@@ -17,6 +17,9 @@ from .output import NONE, Col, OutputOption, count, emit, err, fields, line, pri
 app = typer.Typer(no_args_is_help=True, help="The versioned policy: export, propose, approve, reject, rollback.")
 switch = typer.Typer(no_args_is_help=True, help="Incident switches: each takes effect on the next request.")
 _REASON = typer.Option(..., "--reason", "-r", help="Why: kept with the change.")
+_CHANGES = "sluice policy changes --pending"
+_ROUTES = "sluice routes list"
+_SWITCHES = "sluice policy show"  # the switches in force
 _CHANGESET = typer.Argument(..., metavar="CHANGESET", help="A change set's id (sluice policy changes lists them).")
 
 
@@ -56,7 +59,7 @@ def versions(fmt: str = OutputOption()) -> None:
 @app.command()
 def export(version: str = typer.Argument("active", help="A version number (default: the active one).")) -> None:
     """A version as YAML: edit it, keep it in Git, propose it back."""
-    print(admin_text("GET", f"/admin/policy/versions/{quote(version, safe='')}"), end="")
+    print(admin_text("GET", f"/admin/policy/versions/{quote(version, safe='')}", listed_by="sluice policy versions"), end="")
 
 
 def _print_diff(diffs: dict[str, str]) -> None:
@@ -134,7 +137,7 @@ def changes(pending: bool = typer.Option(False, "--pending", help="Only those wa
 @app.command()
 def diff(changeset: str = _CHANGESET, fmt: str = OutputOption()) -> None:
     """A change set's diff (unified, per section) and dry run."""
-    got = admin_call("GET", f"/admin/policy/changes/{quote(changeset, safe='')}")
+    got = admin_call("GET", f"/admin/policy/changes/{quote(changeset, safe='')}", listed_by=_CHANGES)
     if fmt == "json":
         print_json(got)
         return
@@ -146,7 +149,8 @@ def diff(changeset: str = _CHANGESET, fmt: str = OutputOption()) -> None:
 @app.command()
 def approve(changeset: str = _CHANGESET, reason: str = _REASON, fmt: str = OutputOption()) -> None:
     """Approve a pending change set (an operator other than its proposer, for prod parts); it activates."""
-    got = admin_call("POST", f"/admin/policy/changes/{quote(changeset, safe='')}/approve", {"reason": reason})
+    got = admin_call("POST", f"/admin/policy/changes/{quote(changeset, safe='')}/approve", {"reason": reason},
+                     listed_by=_CHANGES)
     if fmt == "json":
         print_json(got)
         return
@@ -157,7 +161,8 @@ def approve(changeset: str = _CHANGESET, reason: str = _REASON, fmt: str = Outpu
 @app.command()
 def reject(changeset: str = _CHANGESET, reason: str = _REASON, fmt: str = OutputOption()) -> None:
     """Reject a pending change set."""
-    got = admin_call("POST", f"/admin/policy/changes/{quote(changeset, safe='')}/reject", {"reason": reason})
+    got = admin_call("POST", f"/admin/policy/changes/{quote(changeset, safe='')}/reject", {"reason": reason},
+                     listed_by=_CHANGES)
     emit(fmt, got, f"rejected change set {got['id']}")
 
 
@@ -209,7 +214,8 @@ def disable_target(target: str = typer.Argument(..., metavar="MODEL@VERSION"), r
                                                           help="The version that takes its traffic (else 503)."),
                    fmt: str = OutputOption()) -> None:
     """Kill switch: a model version takes no more requests (its fallback does, or 503)."""
-    got = admin_call("POST", f"/admin/switches/targets/{quote(target, safe='@')}/disable", {"reason": reason, "fallback": fallback})
+    got = admin_call("POST", f"/admin/switches/targets/{quote(target, safe='@')}/disable",
+                     {"reason": reason, "fallback": fallback}, listed_by=_ROUTES)
     _switched(got, fmt, f"{target} is switched off" + (f", {fallback} takes its traffic" if fallback else ", its requests get 503"))
 
 
@@ -217,7 +223,8 @@ def disable_target(target: str = typer.Argument(..., metavar="MODEL@VERSION"), r
 def enable_target(target: str = typer.Argument(..., metavar="MODEL@VERSION"), reason: str = _REASON,
                   fmt: str = OutputOption()) -> None:
     """Undo a target's kill switch."""
-    got = admin_call("POST", f"/admin/switches/targets/{quote(target, safe='@')}/enable", {"reason": reason})
+    got = admin_call("POST", f"/admin/switches/targets/{quote(target, safe='@')}/enable", {"reason": reason},
+                     listed_by=_SWITCHES)
     _switched(got, fmt, f"{target} takes traffic again")
 
 
@@ -227,14 +234,16 @@ def disable_route(route: str = typer.Argument(..., metavar="ROUTE", help="Its na
                                                          help="The version that takes the route's traffic (else 503)."),
                   fmt: str = OutputOption()) -> None:
     """Kill switch: a route sends everything to its fallback, or answers 503."""
-    got = admin_call("POST", f"/admin/switches/routes/{quote(route, safe='')}/disable", {"reason": reason, "fallback": fallback})
+    got = admin_call("POST", f"/admin/switches/routes/{quote(route, safe='')}/disable",
+                     {"reason": reason, "fallback": fallback}, listed_by=_ROUTES)
     _switched(got, fmt, f"route {route} is switched off" + (f", {fallback} takes its traffic" if fallback else ", it answers 503"))
 
 
 @switch.command("enable-route")
 def enable_route(route: str = typer.Argument(..., metavar="ROUTE"), reason: str = _REASON, fmt: str = OutputOption()) -> None:
     """Undo a route's kill switch."""
-    got = admin_call("POST", f"/admin/switches/routes/{quote(route, safe='')}/enable", {"reason": reason})
+    got = admin_call("POST", f"/admin/switches/routes/{quote(route, safe='')}/enable", {"reason": reason},
+                     listed_by=_SWITCHES)
     _switched(got, fmt, f"route {route} takes traffic again")
 
 
@@ -284,5 +293,5 @@ def limit(model: str = typer.Argument(..., metavar="MODEL"), reason: str = _REAS
 @switch.command()
 def unlimit(model: str = typer.Argument(..., metavar="MODEL"), fmt: str = OutputOption()) -> None:
     """Lift a model's switch limit."""
-    _switched(admin_call("DELETE", f"/admin/switches/models/{quote(model, safe='')}/limit"), fmt,
+    _switched(admin_call("DELETE", f"/admin/switches/models/{quote(model, safe='')}/limit", listed_by=_SWITCHES), fmt,
               f"{model}'s switch limit is lifted")

@@ -59,14 +59,16 @@ def weights(route: str = _ROUTE,
         if not sep or not weight.isdigit():
             raise typer.BadParameter(f"{t!r}: write model@version=WEIGHT")
         targets.append({"target": name, "weight": int(weight)})
-    _weights(admin_call("PUT", f"/admin/routing/routes/{quote(route, safe='')}/weights", {"targets": targets}), fmt,
+    _weights(admin_call("PUT", f"/admin/routing/routes/{quote(route, safe='')}/weights", {"targets": targets},
+                        listed_by="sluice routes list"), fmt,
              f"route {route}")
 
 
 @app.command()
 def rollback(route: str = _ROUTE, fmt: str = OutputOption()) -> None:
     """Restore the weights a route had before its last change."""
-    _weights(admin_call("POST", f"/admin/routing/routes/{quote(route, safe='')}/rollback"), fmt, f"route {route} is back to")
+    _weights(admin_call("POST", f"/admin/routing/routes/{quote(route, safe='')}/rollback", listed_by="sluice routes list"),
+             fmt, f"route {route} is back to")
 
 
 @app.command()
@@ -77,7 +79,7 @@ def approve(target: str = typer.Argument(..., metavar="MODEL@VERSION"),
     if not sep:
         raise typer.BadParameter("write model@version")
     got = admin_call("PUT", f"/admin/registry/{quote(model, safe='')}/versions/{quote(version, safe='')}/approval",
-                     {"approved": not revoke})
+                     {"approved": not revoke}, listed_by="sluice routes list")
     if fmt == "json":
         print_json(got)
     elif got.get("pending"):
