@@ -24,7 +24,7 @@ def _live(row: dict) -> list[dict]:
 
 _INVENTORY = [
     Col("name", "name"), Col("owner", "owner"), Col("env", "environment"),
-    Col("roles", "roles", wrap=True), Col("models", "models", wrap=True), Col("flags", lambda r: r["flags"] or "ok", wrap=True),
+    Col("roles", "roles", wrap=True), Col("models", "models", wrap=True), Col("flags", lambda r: (["disabled"] if r["disabled"] else []) + r["flags"] or "ok", wrap=True),
     Col("team", "team", optional=True),
     Col("keys", lambda r: ", ".join(c["display"] for c in _live(r)), wrap=True, optional=True),
     Col("next expiry", lambda r: day(min((c["expires_at"] for c in _live(r) if c["expires_at"]), default=None)),

@@ -128,8 +128,8 @@ def changes(pending: bool = typer.Option(False, "--pending", help="Only those wa
     if fmt == "json":
         print_json({**got, "data": rows})
         return
-    table([Col("id", "id"), Col("status", "status"), Col("author", "author"), Col("time", lambda c: when(c["created_at"])),
-           Col("sections", "sections", wrap=True), Col("reason", "reason", wrap=True, optional=True),
+    table([Col("id", "id"), Col("status", "status"), Col("author", "author"), Col("reason", "reason", wrap=True),
+           Col("sections", "sections", wrap=True, optional=True), Col("time", lambda c: when(c["created_at"]), optional=True),
            Col("version", "version", right=True, optional=True)],
           rows, empty="no pending change sets" if pending else "no change sets")
 

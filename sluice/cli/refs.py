@@ -22,6 +22,8 @@ def identities() -> list[dict]:
 
 def identity(ref: str) -> dict:
     """The identity with id ``ref``, else the one named ``ref``."""
+    if not ref.strip():
+        raise fail("give an identity: its name or id (sluice identities lists them)")
     rows = identities()
     for field in ("id", "name"):
         for row in rows:
@@ -55,6 +57,8 @@ def find_keys(ref: str) -> list[dict]:
 
 def key(ref: str) -> dict:
     """The one key ``ref`` names (its id, its display form, or the whole key), with its identity."""
+    if not ref.strip():
+        raise fail("give a key: its id, its display form (slk_dev_ab12…wxyz) or the whole key")
     found = find_keys(ref)
     if not found:
         raise fail(f"no key {shown(ref)!r} (looked for a key id, a display form like slk_dev_ab12…wxyz, or a whole key); "
