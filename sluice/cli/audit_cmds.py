@@ -22,7 +22,7 @@ _CONFIG = typer.Option(Path("sluice.yaml"), "--config", "-c", help="YAML config 
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]{escape(message)}[/red]", soft_wrap=True)
+    err.print(f"[red]{escape(message)}[/red]", soft_wrap=not err.is_terminal)
     return typer.Exit(code)
 
 
@@ -86,9 +86,9 @@ def _report(report: Any, fmt: str) -> None:
         print_json(report.as_dict())
     first = report.first
     if first is None:
-        (err if fmt == "json" else people).print(
-            f"[green]audit log verified[/green]: {report.size} entries, root {report.root.hex()},"
-            f" {report.checkpoints} checkpoint(s)", soft_wrap=True)
+        console = err if fmt == "json" else people
+        console.print(f"[green]audit log verified[/green]: {report.size} entries, root {report.root.hex()},"
+                      f" {report.checkpoints} checkpoint(s)", soft_wrap=not console.is_terminal)
         return
     where = f"entry {first.seq}" if first.seq is not None else "checkpoint"
     raise _fail(f"audit log FAILED at {where} ({first.kind}): {first.message}", 1)

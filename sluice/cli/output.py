@@ -157,9 +157,9 @@ def table(cols: Sequence[Col], rows: Iterable[Any], *, title: str | None = None,
     """Print rows as a table fitted to the terminal (80 columns when it is not one)."""
     rows = list(rows)
     if title:
-        out.print(escape(title), soft_wrap=True)
+        line(title)
     if not rows:
-        out.print(f"({escape(empty)})", soft_wrap=True)
+        line(f"({empty})")
         return
     cells = [[c.cell(r) for c in cols] for r in rows]
     widths, left_out = fit(cols, cells, out.width, header)
@@ -193,9 +193,10 @@ def _print(renderable: Any) -> None:
 
 
 def line(message: str) -> None:
-    """One line of prose for people (wraps at the terminal's width, never cut)."""
+    """One line of prose for people: wrapped at words to a terminal's width (the terminal itself would cut
+    a word at its last column); whole in a pipe, where a command in it is copied or grepped."""
     out.print(escape(message), soft_wrap=not out.is_terminal)
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=not err.is_terminal)

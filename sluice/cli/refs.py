@@ -11,7 +11,7 @@ from .output import err
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]{escape(message)}[/red]", soft_wrap=True)
+    err.print(f"[red]{escape(message)}[/red]", soft_wrap=not err.is_terminal)  # wrapped at words on a terminal
     return typer.Exit(code)
 
 
