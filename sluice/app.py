@@ -196,7 +196,8 @@ class Gateway:
         self.routing = routing = RoutingState(from_config(c), transports=deployments, breaker=c.resilience.breaker)
         self.policy = policy = PolicyService(store, routing, limiter, c.policy, PolicyDocument(
             routing=from_config(c), limits=LimitsSection(rules=list(c.limits.rules)), **self._guard_sections(c),
-            mcp=McpPolicy(pin={s.name: s.pin for s in c.mcp.servers}, pins=dict(c.mcp.pins))))
+            mcp=McpPolicy(pin={s.name: s.pin for s in c.mcp.servers}, pins=dict(c.mcp.pins),
+                          resources=list(c.mcp.resources), prompts=list(c.mcp.prompts))))
         await policy.bootstrap()
         if c.resilience.health_interval_s > 0:
             self._tasks.append(asyncio.get_running_loop().create_task(
@@ -234,7 +235,7 @@ class Gateway:
         # one budget of failed-login entries for the whole control plane: the dashboard's form is one more door
         failed_logins = FailedLogins(store, c.audit.failed_logins_per_minute).record
         dashboard = Dashboard(store, admin_auth, self._target_health, currency=c.currency, on_auth_failure=failed_logins)
-        self.mcp_upstreams = Upstreams(c.mcp.servers, c.mcp)
+        self.mcp_upstreams = Upstreams(c.mcp.servers, c.mcp, mint=tokens.mint_service)
         ended = EndedSessions(store)  # type: ignore[arg-type]  # a DELETE ends a session on every replica
         self._tasks.append(asyncio.get_running_loop().create_task(self._every(3600.0, ended.purge), name="mcp-ended-purge"))
         mcp = McpGateway(c.mcp, self.mcp_upstreams, Sessions(pepper, c.mcp.session_ttl_s, ended, c.mcp.ended_check_s),

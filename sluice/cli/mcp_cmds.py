@@ -42,21 +42,23 @@ def tools(as_: Optional[str] = typer.Option(None, "--as", metavar="IDENTITY",  #
                                             help="An identity (name or id): what its tools/list shows, and why not the rest."),
           state: Optional[str] = typer.Option(None, metavar="STATE",  # noqa: UP007
                                               help="pinned, changed, unpinned, off or quarantined."),
+          kind: Optional[str] = typer.Option(None, metavar="KIND", help="tool (the default), prompt or template."),  # noqa: UP007
           fmt: str = OutputOption()) -> None:
-    """Every tool with its pin state, current and pinned hashes and the scan finding."""
+    """Every tool (or prompt, or resource template) with its pin state, current and pinned hashes and the scan finding."""
     if as_ is not None:
         as_ = refs.identity(as_)["name"]
-    query = {k: v for k, v in (("as", as_), ("state", state)) if v is not None}
+    query = {k: v for k, v in (("as", as_), ("state", state), ("kind", kind)) if v is not None}
     got = admin_call("GET", "/admin/mcp/tools" + (f"?{urlencode(query)}" if query else ""))
     if fmt == "json":
         print_json(got)
         return
-    cols = [Col("tool", "name"), Col("state", lambda t: t["state"] + (" (quarantined)" if t["quarantined"] else ""), wrap=True),
+    cols = [Col(kind or "tool", "name"),
+            Col("state", lambda t: t["state"] + (" (quarantined)" if t["quarantined"] else ""), wrap=True),
             Col("scan", _scan, wrap=True), Col("sha256", lambda t: t["sha256"][:12], optional=True),
             Col("pinned", lambda t: (t["pinned"] or "")[:12], optional=True)]
     if as_ is not None:
         cols.insert(1, Col(f"as {as_}", "why", wrap=True))
-    table(cols, got["data"], empty="no tools")
+    table(cols, got["data"], empty=f"no {kind or 'tool'}s")
     for server, error in (got.get("errors") or {}).items():
         line(f"server {server} did not answer: {error}")
 
@@ -65,7 +67,8 @@ def tools(as_: Optional[str] = typer.Option(None, "--as", metavar="IDENTITY",  #
 def approve(tool: str, reason: str = _REASON,
             sha256: Optional[str] = typer.Option(None, help="The hash you reviewed (refused if the definition changed)."),  # noqa: UP007
             fmt: str = OutputOption()) -> None:
-    """Propose the change set that pins TOOL's current definition (another operator approves it for prod)."""
+    """Propose the change set that pins TOOL's current definition (another operator approves it for prod); a prompt
+    is named prompt:SERVER__PROMPT, a resource template template:SERVER__NAME."""
     got = admin_call("POST", f"/admin/mcp/tools/{quote(tool, safe='')}/approve", {"reason": reason, "sha256": sha256})
     if fmt == "json":
         print_json(got)

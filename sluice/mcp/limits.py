@@ -1,8 +1,8 @@
 """Limits on tool calls: the model calls' limiter (same backend, memory or Redis; same key prefix), MCP's own rules.
 
-``mcp.limits`` compiles into three rules over MCP calls only, so a rule written for model calls never
+``mcp.limits`` compiles into up to four rules over MCP calls only, so a rule written for model calls never
 counts a tool call: calls per minute per identity, calls per minute per namespaced tool (every caller
-together), tool calls in flight per server. A call is a request that spends no tokens (as
+together), calls per minute of one identity to one tool, tool calls in flight per server. A call is a request that spends no tokens (as
 ``count_tokens``): one request and one concurrency lease, settled when the upstream answers. A refused
 call is JSON-RPC error -32013 ``rate_limit_exceeded`` whose ``data.retry_after`` is seconds.
 
@@ -32,6 +32,9 @@ def rules_of(cfg: McpLimits) -> list[LimitRule]:
     if cfg.calls_per_minute_per_tool:
         out.append(LimitRule(name="mcp-tool", per=["model"], match={"model": "mcp:*"},
                              requests_per_minute=cfg.calls_per_minute_per_tool))
+    if cfg.calls_per_minute_per_identity_per_tool:
+        out.append(LimitRule(name="mcp-identity-tool", per=["identity", "model"], match={"model": "mcp:*"},
+                             requests_per_minute=cfg.calls_per_minute_per_identity_per_tool))
     if cfg.concurrency_per_server:
         out.append(LimitRule(name="mcp-server", per=["route"], match={"route": "mcp:*"},
                              concurrent_requests=cfg.concurrency_per_server))

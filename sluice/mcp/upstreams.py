@@ -3,15 +3,15 @@
 sluice is an MCP client (the ``mcp`` SDK's Streamable HTTP client, or its stdio client for a server sluice
 starts itself: ``stdio.py``) to each configured server. The session is made once and reused (no handshake
 per call); it is rebuilt when the connection fails, and a stdio server that dies is started again.
-What goes upstream carries the server's own credential (``credential_env``), or none: the caller's
-key or token is never handed to a tool server, and callers never share a header with it.
+What goes upstream carries the server's own credential (``credential_env``, or a token sluice mints for it:
+``credentials.py``), or none: the caller's key or token is never handed to a tool server, and callers never
+share a header with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,8 +23,9 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
-from ..core.errors import ConfigError, UpstreamError, UpstreamTimeout
+from ..core.errors import UpstreamError, UpstreamTimeout
 from ..core.mcp_config import Mcp, McpServer
+from .credentials import Minter, ServerCredential
 from .stdio import Sandbox, StdioServer, sandbox_for
 
 log = logging.getLogger("sluice.mcp")
@@ -49,20 +50,13 @@ async def _first(*waits: Any) -> None:
 class Upstream:
     """One server: its client session, opened on first use, held by a task of its own (anyio scopes are per task)."""
 
-    def __init__(self, spec: McpServer, stdio: StdioServer | None = None) -> None:
+    def __init__(self, spec: McpServer, stdio: StdioServer | None = None, mint: Minter | None = None) -> None:
         self.spec = spec
         self._stdio = stdio
         self._restart: asyncio.TimerHandle | None = None
         self._closed = False
         self.namespace = spec.namespace
-        headers: dict[str, str] = {}
-        if spec.credential_env:
-            secret = os.environ.get(spec.credential_env)
-            if not secret:  # fail closed: a server meant to get a credential never gets a call without one
-                raise ConfigError(f"MCP server {spec.name!r}: the environment variable {spec.credential_env!r} is unset"
-                                  f" - at `$.mcp.servers`")
-            headers["Authorization"] = f"Bearer {secret}"
-        self._headers = headers
+        self.credential = ServerCredential(spec, mint)  # its own Authorization, asked per request (credentials.py)
         self._client: Client | None = None
         self._ready: asyncio.Future[Client] | None = None
         self._stop: asyncio.Event | None = None
@@ -79,7 +73,7 @@ class Upstream:
                     if not stop.is_set():  # the process is gone: start it again, after a bounded backoff
                         self._restart_later()
                 return
-            http = create_mcp_http_client(headers=self._headers, timeout=httpx2.Timeout(30.0, read=self.spec.timeout_s))
+            http = create_mcp_http_client(auth=self.credential.auth(), timeout=httpx2.Timeout(30.0, read=self.spec.timeout_s))
             async with http, Client(streamable_http_client(self.spec.url, http_client=http), mode="legacy",
                                     cache=None, read_timeout_seconds=self.spec.timeout_s) as client:
                 ready.set_result(client)
@@ -225,9 +219,9 @@ class Upstream:
 class Upstreams:
     """The configured servers by name; stdio servers are started here (a running event loop is needed)."""
 
-    def __init__(self, servers: list[McpServer], cfg: Mcp | None = None) -> None:
+    def __init__(self, servers: list[McpServer], cfg: Mcp | None = None, mint: Minter | None = None) -> None:
         sandbox: Sandbox | None = sandbox_for(cfg) if cfg is not None else None
-        self.by_name = {s.name: Upstream(s, StdioServer(s, cfg, sandbox) if s.stdio and cfg is not None else None)
+        self.by_name = {s.name: Upstream(s, StdioServer(s, cfg, sandbox) if s.stdio and cfg is not None else None, mint)
                         for s in servers}
         for up in self.by_name.values():
             up.start()

@@ -72,7 +72,7 @@ class SSERelay:
         ``clean`` says afterwards whether the block returned was proved to be nothing but
         one-line ``data:`` events (the caller may then skip its own malformed-event check).
         """
-        if b"\r" in chunk:
+        if chunk.find(b"\r") >= 0:  # not `in`: CPython tries the needle as an int first
             chunk = chunk.replace(b"\r\n", b"\n")
         buf = self._buf + chunk if self._buf else chunk
         end = buf.rfind(b"\n\n")

@@ -238,3 +238,35 @@ def test_one_session_across_two_replicas_on_postgres_and_redis_through_a_restart
         one.stop()
         two.stop()
         asyncio.run(drop_pg_database(pg))
+
+
+async def test_each_identity_has_its_own_budget_on_one_tool_counted_exactly_across_two_replicas(servers, sim,
+                                                                                                tmp_path_factory):
+    """``calls_per_minute_per_identity_per_tool``: one identity's calls to one tool, on Redis shared by two replicas."""
+    files, notes = servers
+    tmp = tmp_path_factory.mktemp("mcp-per-tool")
+    keys = {n: generate("dev") for n in ("agent", "viewer")}
+    common = dict(upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}], models=[{"name": "m", "upstream": "sim"}],
+                  identities=[{"name": n, "owner": "team@example.com", "models": ["*"], "keys": [k]} for n, k in keys.items()],
+                  env=ENV, admin_key=generate("prod", kind="admin"),
+                  extra={"tools": CALL_TOOLS, "mcp": two_servers(files, notes, limits={"calls_per_minute_per_identity_per_tool": 3}),
+                         "limits": {"backend": "redis", "redis_url": REDIS_URL, "key_prefix": f"t{uuid.uuid4().hex[:8]}:"}})
+    one, two = start_gateway(tmp, **common), start_gateway(tmp, **common)  # one SQLite store, one Redis
+    try:
+        async with agent(one, keys["agent"]) as a1, agent(two, keys["agent"]) as a2:
+            for client in (a1, a2, a1):  # three calls of the agent's budget of three, on either replica
+                assert text_of(await client.call_tool("files__get_weather", {"city": "Oslo"})) == "sunny in Oslo"
+            with pytest.raises(MCPError) as err:
+                await a2.call_tool("files__get_weather", {"city": "Oslo"})
+            assert err.value.code == -32013 and "mcp-identity-tool" in err.value.error.message
+            assert 0 < err.value.error.data["retry_after"] <= 60
+            assert text_of(await a1.call_tool("files__read_config", {}))  # another tool: a budget of its own
+        async with agent(two, keys["viewer"]) as v:  # another identity, the same tool: its own three
+            for _ in range(3):
+                assert text_of(await v.call_tool("files__get_weather", {"city": "Rome"})) == "sunny in Rome"
+            with pytest.raises(MCPError) as err:
+                await v.call_tool("files__get_weather", {"city": "Rome"})
+            assert err.value.error.data["code"] == "rate_limit_exceeded"
+    finally:
+        one.stop()
+        two.stop()
