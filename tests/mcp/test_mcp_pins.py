@@ -178,7 +178,7 @@ def test_the_effective_view_per_identity_says_why_each_tool_is_not_shown(gw):
     # for people: the same views as tables within 80 columns, the identity by its id as well as its name
     agent_id = next(i["id"] for i in gw.admin("GET", "/admin/identities").json()["data"] if i["name"] == "agent")
     env = {**os.environ, "SLUICE_ADMIN_URL": gw.admin_url, "SLUICE_ADMIN_KEY": gw.operator}
-    for args, shown in ((["mcp", "tools", "--as", agent_id], ["files__read_config", "denied by the tool registry"]),
+    for args, shown in ((["mcp", "tools", "--as", agent_id], ["files__read_config", "shown", "quarantined", "denied by"]),
                         (["mcp", "servers"], ["files", "required"])):
         out = subprocess.run([sys.executable, "-m", "sluice", *args], capture_output=True, text=True, env=env, timeout=120)
         assert out.returncode == 0 and "None" not in out.stdout, out.stdout + out.stderr
