@@ -20,6 +20,9 @@ $(STAMP): $(RUNTIME)
 	@# the dashboard's browser test drives Debian's chromium (no browser download by playwright)
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
 		|| echo "chromium could not be installed: tests/admin/test_dashboard.py needs it"
+	@# the README's CLI tour runs in an 80x24 terminal: tmux
+	command -v tmux >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux) \
+		|| echo "tmux could not be installed: tests/cli/test_cli_tour.py needs it"
 	touch $(STAMP)
 
 install: $(STAMP)

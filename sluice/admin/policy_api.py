@@ -86,7 +86,8 @@ def _summary(a: ActivePolicy) -> dict:
 
 # While frozen, only reads, switches and rollback reach the store. Deciding a change set is let through
 # to ``PolicyService``, which takes only a rollback's while frozen (a rollback that waits for approval).
-FROZEN_EXEMPT = ("/admin/switches/", "/admin/policy/rollback")
+# ``/admin/keys/find`` is a read: a POST only so that a leaked key travels in a body, not a URL.
+FROZEN_EXEMPT = ("/admin/switches/", "/admin/policy/rollback", "/admin/keys/find")
 DECIDE = ("/admin/policy/changes/{changeset_id}/approve", "/admin/policy/changes/{changeset_id}/reject")
 
 

@@ -26,7 +26,8 @@ from ..routing import RoutingState
 from ..routing.policy import EnvironmentMismatch, Environments, PolicyError, RoutingPolicy, seed, touched_routes
 from ..store import Store, Writes
 from .active import ActivePolicy, compile_policy, install
-from .document import PolicyDocument, PolicyInvalid, canonical, changed_sections, decode, diff, digest, with_sections
+from .document import (PolicyDocument, PolicyInvalid, canonical, changed_sections, decode, diff, digest, switch_changes,
+                       with_sections)
 
 log = logging.getLogger("sluice.policy")
 Detail = Callable[[PolicyDocument, PolicyDocument], dict]
@@ -303,7 +304,7 @@ class PolicyService:
         if doc.switches.frozen != active.frozen:
             why.append("it would freeze the control plane" if doc.switches.frozen else "it would lift the freeze")
         plan = {"restores": version, "from": active.version, "sections": changed, "prod": prod,
-                "needs_approval": bool(why), "why": why,
+                "needs_approval": bool(why), "why": why, "switches": switch_changes(active.document, doc),
                 "diff": diff(active.document, doc, f"v{active.version}", f"v{version}")}
         if dry_run:
             return plan, None

@@ -13,9 +13,9 @@ from typing import Any
 import msgspec
 
 from ..store import Store
+from .document import SWITCH_LIMIT as SWITCH_RULE  # the prefix of the limit rules `switch limit` writes
 from .document import PolicyDocument, decode
 
-SWITCH_RULE = "switch-"  # the prefix of the limit rules ``switch limit`` writes
 _WALK = 500  # versions looked at, at most: an older switch reads "set before version N"
 
 

@@ -90,7 +90,7 @@ def gw(server, pinned, sim, tmp_path_factory):
 def cli(gw, key: str, *args: str) -> dict:
     """The ``sluice`` command as an operator runs it; its JSON output."""
     env = {**os.environ, "SLUICE_ADMIN_URL": gw.admin_url, "SLUICE_ADMIN_KEY": key}
-    got = subprocess.run([sys.executable, "-m", "sluice", *args], capture_output=True, text=True, env=env, timeout=120)
+    got = subprocess.run([sys.executable, "-m", "sluice", *args, "-o", "json"], capture_output=True, text=True, env=env, timeout=120)
     assert got.returncode == 0, got.stdout + got.stderr
     return json.loads(got.stdout)
 
@@ -175,6 +175,14 @@ def test_the_effective_view_per_identity_says_why_each_tool_is_not_shown(gw):
     servers = cli(gw, gw.operator, "mcp", "servers")["data"]
     assert servers == [{"name": "files", "url": servers[0]["url"], "namespace": "files", "pin": "required",
                         "healthy": True, "error": None, "tools": 6, "quarantined": 5}]
+    # for people: the same views as tables within 80 columns, the identity by its id as well as its name
+    agent_id = next(i["id"] for i in gw.admin("GET", "/admin/identities").json()["data"] if i["name"] == "agent")
+    env = {**os.environ, "SLUICE_ADMIN_URL": gw.admin_url, "SLUICE_ADMIN_KEY": gw.operator}
+    for args, shown in ((["mcp", "tools", "--as", agent_id], ["files__read_config", "shown", "quarantined", "denied by"]),
+                        (["mcp", "servers"], ["files", "required"])):
+        out = subprocess.run([sys.executable, "-m", "sluice", *args], capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0 and "None" not in out.stdout, out.stdout + out.stderr
+        assert all(len(row) <= 80 for row in out.stdout.splitlines()) and all(s in out.stdout for s in shown), out.stdout
 
 
 def test_rejecting_a_definition_leaves_it_quarantined_and_rejects_its_pending_pin(gw):

@@ -32,7 +32,7 @@ def changes(g) -> list[dict]:
 def switch(g, *args: str) -> dict | str:
     """Run one switch command; it must add exactly one entry to the change log. Its JSON, or its text."""
     before = len(changes(g))
-    done = cli(g, "switch", *args)
+    done = cli(g, "switch", *args, "-o", "json")
     assert done.returncode == 0, done.stderr
     assert len(changes(g)) == before + 1
     try:
@@ -168,7 +168,7 @@ def test_switch_list_and_policy_show_name_every_switch_in_force_with_who_set_it_
         assert all(int(start) - 1 <= calendar.timegm(time.strptime(t, "%Y-%m-%dT%H:%M:%SZ")) <= end + 1
                    for t in stamps), text
         assert "None" not in text and max(map(len, text.splitlines())) <= 80, text
-    assert json.loads(cli(g, "policy", "show", "--json").stdout)["in_force"] == api
+    assert json.loads(cli(g, "policy", "show", "-o", "json").stdout)["in_force"] == api
     switch(g, "unfreeze", "--reason", "over")
     switch(g, "enable-target", "chat@v1", "--reason", "fixed")
     assert {s["kind"] for s in g.admin("GET", "/admin/switches").json()["data"]} == {"limit", "route"}
