@@ -239,7 +239,7 @@ def test_scenario_2_a_bad_model_release_as_written(release, tmp_path, request):
         assert targets(g, app) == {"chat@v1": 10}
 
     def limit(out: str) -> None:
-        assert "chat is behind its switch limit" in out
+        assert "chat is limited to 600 requests/min" in out
         rule = next(r for r in g.admin("GET", "/admin/limits").json()["rules"] if r["name"] == "switch-chat")
         assert rule["requests_per_minute"] == 600 and rule["match"] == {"model": "chat"}
 

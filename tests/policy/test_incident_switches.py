@@ -91,8 +91,10 @@ def test_revoking_every_credential_of_an_identity_or_an_owner_refuses_the_next_r
 def test_a_stricter_limit_on_a_model_holds_from_the_next_request(g):
     key = g.keys["app"]
     assert [chat(g, key).status_code for _ in range(3)] == [200] * 3
-    out = switch(g, "limit", "chat", "--rpm", "1", "--reason", "runaway spend")
-    assert out.startswith("model chat limited to 1 requests/min, for the model as a whole (rule switch-chat"), out
+    before = len(changes(g))
+    out = cli(g, "switch", "limit", "chat", "--rpm", "1", "--reason", "runaway spend").stdout  # as a person reads it
+    assert len(changes(g)) == before + 1
+    assert out.startswith("chat is limited to 1 requests/min, for the model as a whole (rule switch-chat"), out
     r1, r2 = chat(g, key), chat(g, key)
     assert r1.status_code == 200 and r1.headers["x-ratelimit-limit-requests"] == "1"
     assert r2.status_code == 429 and r2.json()["error"]["code"] == "rate_limit_exceeded"
