@@ -301,8 +301,10 @@ def test_scenario_2_a_bad_model_release_as_written(release, tmp_path, request):
         assert set(targets(g, app, 40)) <= {"chat@v1", "chat@v3"}
 
     def show(out: str) -> None:
-        rows = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in out.splitlines() if line.strip())
+        fields = [line for line in out.splitlines() if re.search(r"\S\s{2,}\S", line)]
+        rows = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in fields)
         assert rows["version"] == "6" and rows["frozen"] == "no" and rows["killed targets"] == "—"
+        assert "no switch in force" in out  # the rollback lifted them all
         assert rows["sha256"] == policy()["hash"]
 
     run_scenario(op, 2, {
