@@ -148,13 +148,7 @@ class Content:
 
     def _result(self, call: Call, result: Any, who: Principal, name: str, request_id: str) -> dict[str, Any]:
         """The contents or messages as untrusted input (bounded, masked, read for injection), kept with the record."""
-        guarded = self._guard(result, who, name, request_id)
-        self._log.result(call, guarded.body, guarded.size)
-        if guarded.injection:
-            call.reason = f"{call.reason}; injection {guarded.injection:.2f}"[:256]
-        if guarded.kinds:
-            call.reason = f"{call.reason}; masked {','.join(sorted(guarded.kinds))}"[:256]
-        return guarded.body  # type: ignore[no-any-return]
+        return self._log.result(call, self._guard(result, who, name, request_id))
 
     async def _pinned_prompt(self, who: Principal, up: Upstream | None, name: str) -> tuple[Upstream, str]:
         """``_prompt``, and refused when the prompt is quarantined (its definition unpinned or changed)."""

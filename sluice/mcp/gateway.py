@@ -263,13 +263,7 @@ class McpGateway:
             raise Refusal(UPSTREAM, exc.message, exc.code or "mcp_upstream_error") from None
         finally:
             self._limits.release(reservation)
-        guarded = self._guard(result, who, name, request_id)
-        self._log.result(call, guarded.body, guarded.size)
-        if guarded.injection:
-            call.reason = f"{call.reason}; injection {guarded.injection:.2f}"[:256]
-        if guarded.kinds:
-            call.reason = f"{call.reason}; masked {','.join(sorted(guarded.kinds))}"[:256]
-        return guarded.body
+        return self._log.result(call, self._guard(result, who, name, request_id))
 
     def _guard(self, result: Any, who: Principal, name: str, request_id: str) -> Any:
         """A tool's result, a resource's contents or a prompt's messages, as untrusted input (``results.py``)."""

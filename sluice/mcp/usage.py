@@ -82,12 +82,19 @@ class CallLog:
         return Call(server, tool, arguments, str(proposed) if proposed is not None else None,
                     tracer.sampling(headers) if tracer is not None else None, method, label)
 
-    def result(self, call: Call, body: dict[str, Any], size: int) -> None:
-        """The result as it went back (already masked by the detectors), bounded for the record."""
-        call.result_bytes = size
+    def result(self, call: Call, guarded: Any) -> dict[str, Any]:
+        """A guarded result (``results.guard_result``) kept with its record as it goes back (already masked by the
+        detectors, bounded), with what the detectors found in the record's reason; its body."""
+        body: dict[str, Any] = guarded.body
+        call.result_bytes = guarded.size
         if self._max_result_chars:
             text = msgspec.json.encode(body).decode()
             call.result_masked = text if len(text) <= self._max_result_chars else text[:self._max_result_chars] + "…"
+        if guarded.injection:
+            call.reason = f"{call.reason}; injection {guarded.injection:.2f}"[:256]
+        if guarded.kinds:
+            call.reason = f"{call.reason}; masked {','.join(sorted(guarded.kinds))}"[:256]
+        return body
 
     def finish(self, call: Call, who: Any, request_id: str) -> None:
         seconds = time.perf_counter() - call.started
