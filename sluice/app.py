@@ -241,7 +241,8 @@ class Gateway:
         self._tasks.append(asyncio.get_running_loop().create_task(self._every(3600.0, ended.purge), name="mcp-ended-purge"))
         mcp = McpGateway(c.mcp, self.mcp_upstreams, Sessions(pepper, c.mcp.session_ttl_s, ended, c.mcp.ended_check_s),
                          approvals, lambda: policy.current, record_change=store.record_change, limiter=limiter,
-                         metrics=metrics, tracer=self.tracer)
+                         metrics=metrics, tracer=self.tracer,
+                         admission=Admission({s.name: s.capacity for s in c.mcp.servers if s.capacity is not None}))
         admin = AdminApi(admin_auth, identities, store, ledger.flush,
                          RoutingAdmin(routing, decisions, [u.name for u in c.upstreams], policy),
                          keyring, limiter, policy=PolicyAdmin(policy, store, identities), audit=AuditAdmin(audit),

@@ -8,6 +8,7 @@ from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
+from .routing_config import Capacity
 from .strict import Seconds
 from .strict import Strict as _Strict
 
@@ -54,6 +55,8 @@ class McpServer(_Strict):
     network: Literal["deny", "allow"] = "deny"  # deny: a network namespace of its own, with nothing in it
     limits: StdioLimits = msgspec.field(default_factory=StdioLimits)
     pin: PinMode = "required"  # seeds the policy's ``mcp.pin`` for this server (issue 25, rug-pull defence)
+    # tools/call in flight to this server from one replica, and the fair queue in front of them (sluice.mcp.limits)
+    capacity: Capacity | None = None
 
     def __post_init__(self) -> None:
         at = f"{self.name!r} - at `$.mcp.servers`"

@@ -74,14 +74,14 @@ class McpGateway:
 
     def __init__(self, cfg: Mcp, upstreams: Upstreams, sessions: Sessions, approvals: ToolApprovals,
                  active: Callable[[], Any], record_change: Callable[[Any], Any] | None = None, *,
-                 limiter: Any = None, metrics: Any = None, tracer: Any = None) -> None:
+                 limiter: Any = None, metrics: Any = None, tracer: Any = None, admission: Any = None) -> None:
         self._cfg = cfg
         self.upstreams = upstreams
         self.sessions = sessions
         self._approvals = approvals
         self._active = active  # the active policy version (``.guard``, ``.version``, ``.hash``)
         self._access = self.access = ToolAccess(lambda: getattr(active(), "guard", None))
-        self._limits = CallLimits(limiter, cfg.limits)
+        self._limits = CallLimits(limiter, cfg.limits, admission)  # admission: the servers' fair queues
         def section() -> McpPolicy | None:  # the active version's ``mcp`` section
             return getattr(getattr(active(), "document", None), "mcp", None)
 

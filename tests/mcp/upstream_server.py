@@ -14,6 +14,7 @@ sluice-minted credential (``credential: mint``) checks.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 
@@ -53,6 +54,13 @@ def read_config() -> str:
 def dump(size: int) -> str:
     """As many characters as asked."""
     return "x" * size
+
+
+@server.tool
+async def slow(seconds: float, tag: str) -> str:
+    """Takes its time, as a real tool that searches or builds does."""
+    await asyncio.sleep(min(seconds, 5.0))
+    return f"done {tag}"
 
 
 @server.tool
