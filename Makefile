@@ -2,22 +2,32 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+RUNTIME := $(VENV)/.installed
+# the test extras (SDKs, playwright, kubernetes-validate, fastmcp: about 275 MB) and Debian's chromium,
+# only for what runs the tests or the benches; `make demo` needs the runtime alone
+STAMP  := $(VENV)/.installed-test
 
-.PHONY: install demo test test-stress bench ab soak profile bench-routing bench-mcp clean
+.PHONY: install demo test test-stress bench ab soak profile instructions bench-routing bench-mcp clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
 	$(BIN)/pip install --quiet -e '.[test]'
 	@# the dashboard's browser test drives Debian's chromium (no browser download by playwright)
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
 		|| echo "chromium could not be installed: tests/admin/test_dashboard.py needs it"
+	@# the README's CLI tour runs in an 80x24 terminal: tmux
+	command -v tmux >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux) \
+		|| echo "tmux could not be installed: tests/cli/test_cli_tour.py needs it"
 	touch $(STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(BIN)/sluice demo
 
 # The suite on parallel workers, a test file to a worker (its module fixtures start once), then the
@@ -57,6 +67,10 @@ soak: $(STAMP)
 
 profile: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bench/profile.sh
+
+# instructions per request under callgrind: a cost that does not move with the machine's load
+instructions: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bench/instructions.sh
 
 # Placement policies in front of 4 sim replicas (a couple of minutes; not part of `make test`).
 bench-routing: $(STAMP)

@@ -23,7 +23,7 @@ from .admin.dashboard import Dashboard
 from .core import config as cfgmod
 from .core.config import Config
 from .core.mcp_config import McpPolicy
-from .core.errors import ConfigError
+from .core.errors import ConfigError, ListenError
 from .core.exchange import Exchange, Reply
 from .core.wire import extra_params
 from .core.types import ChangeEvent
@@ -151,7 +151,7 @@ class Gateway:
         if c.sim is not None and self.slot.control:
             from .sim import serve as serve_sim
 
-            self._sim_runner, sim_port = await serve_sim(c.sim)
+            self._sim_runner, sim_port = await serve_sim(c.sim)  # a busy sim.port: ListenError
             log.info("simulated backend on %s:%d", c.sim.host, sim_port)
 
         deployments: dict[str, Deployment] = {}  # per upstream: its replicas and how requests are placed on them
@@ -190,7 +190,8 @@ class Gateway:
 
         anomaly = AnomalyGuard(c.limits.anomaly, on_throttle) if c.limits.anomaly else None
         self.limiter = limiter = Limiter(c.limits, build_backend(c.limits.backend, c.limits.redis_url,
-                                                                 c.limits.redis_timeout_s), metrics.limit_event, anomaly)
+                                                                 c.limits.redis_timeout_s), metrics.limit_event, anomaly,
+                                           apart=self.slot.count if c.limits.backend == "memory" else 1)
         # limits can be switched on at run time, so the tokenizers load now either way
         await asyncio.get_running_loop().run_in_executor(None, warm, [m.target_model for m in c.models] + [
             v.upstream_model or m.name for m in c.registry for v in m.versions], {m.name: m.tokenizer for m in c.models if m.tokenizer})
@@ -198,7 +199,8 @@ class Gateway:
         self.routing = routing = RoutingState(from_config(c), transports=deployments, breaker=c.resilience.breaker)
         self.policy = policy = PolicyService(store, routing, limiter, c.policy, PolicyDocument(
             routing=from_config(c), limits=LimitsSection(rules=list(c.limits.rules)), **self._guard_sections(c),
-            mcp=McpPolicy(pin={s.name: s.pin for s in c.mcp.servers}, pins=dict(c.mcp.pins))))
+            mcp=McpPolicy(pin={s.name: s.pin for s in c.mcp.servers}, pins=dict(c.mcp.pins),
+                          resources=list(c.mcp.resources), prompts=list(c.mcp.prompts))))
         await policy.bootstrap()
         if c.resilience.health_interval_s > 0:
             self._tasks.append(asyncio.get_running_loop().create_task(
@@ -238,7 +240,7 @@ class Gateway:
         dashboard = Dashboard(store, admin_auth, self._target_health, currency=c.currency, on_auth_failure=failed_logins)
         # GET /mcp[/{server}]: what the servers send on sluice's sessions, and sluice's own list_changed
         self.mcp_streams = streams = Streams(c.mcp.streams, lambda: policy.current)
-        self.mcp_upstreams = Upstreams(c.mcp.servers, c.mcp, on_notice=streams.relay)
+        self.mcp_upstreams = Upstreams(c.mcp.servers, c.mcp, on_notice=streams.relay, mint=tokens.mint_service)
         ended = EndedSessions(store)  # type: ignore[arg-type]  # a DELETE ends a session on every replica
         self._tasks.append(asyncio.get_running_loop().create_task(self._every(3600.0, ended.purge), name="mcp-ended-purge"))
 
@@ -250,7 +252,8 @@ class Gateway:
 
         mcp = McpGateway(c.mcp, self.mcp_upstreams, Sessions(pepper, c.mcp.session_ttl_s, ended, c.mcp.ended_check_s),
                          approvals, lambda: policy.current, record_change=record_change, limiter=limiter,
-                         metrics=metrics, tracer=self.tracer)
+                         metrics=metrics, tracer=self.tracer,
+                         admission=Admission({s.name: s.capacity for s in c.mcp.servers if s.capacity is not None}))
         admin = AdminApi(admin_auth, identities, store, ledger.flush,
                          RoutingAdmin(routing, decisions, [u.name for u in c.upstreams], policy),
                          keyring, limiter, policy=PolicyAdmin(policy, store, identities), audit=AuditAdmin(audit),
@@ -276,9 +279,15 @@ class Gateway:
                                     admin.routes() + health + [("GET", "/metrics", metrics_handler)] + dashboard.public_routes(),
                                     max_body_bytes=1024 * 1024, access_log=c.logging.access_log)
         self.data.reuse_port = self.slot.shared_port
-        await self.data.start()
+        try:
+            await self.data.start()
+        except OSError as exc:
+            raise ListenError(exc, "data_plane.port", c.data_plane.host, c.data_plane.port) from None
         if self.control is not None:
-            await self.control.start()
+            try:
+                await self.control.start()
+            except OSError as exc:
+                raise ListenError(exc, "control_plane.port", c.control_plane.host, c.control_plane.port) from None
         # Everything built so far lives as long as the process: keep the collector from
         # rescanning it on every full collection (long pauses showed up in the p99).
         gc.collect()

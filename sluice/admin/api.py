@@ -68,6 +68,12 @@ class Rotation(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ttl_days: Annotated[float, msgspec.Meta(gt=0)] | None = None
 
 
+class KeyLookup(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A key to trace: the whole key, its display form (``slk_dev_ns9M…yEmr`` or with ``...``) or its id."""
+
+    key: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
 class Offboarding(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     reassign_to: str | None = None
 
@@ -176,6 +182,7 @@ class AdminApi:
             ("PUT", "/admin/identities/{identity_id}/roles", (r.ROLES_GRANT,), self.set_roles),
             ("GET", "/admin/identities/{identity_id}/keys", (r.KEYS_READ,), self.list_keys),
             ("POST", "/admin/identities/{identity_id}/keys", (r.KEYS_WRITE,), self.issue_key),
+            ("POST", "/admin/keys/find", (r.KEYS_READ,), self.find_key),
             ("POST", "/admin/keys/{key_id}/rotate", (r.KEYS_WRITE,), self.rotate_key),
             ("POST", "/admin/keys/{key_id}/revoke", (r.KEYS_WRITE,), self.revoke_key),
             ("POST", "/admin/owners/{owner}/offboard", (r.IDENTITIES_WRITE, r.KEYS_WRITE), self.offboard),
@@ -212,8 +219,13 @@ class AdminApi:
                 try:
                     actor = self._auth(exchange)
                 except Unauthenticated as exc:
-                    if self._on_auth_failure is not None:
+                    # a browser at the dashboard's bare URL goes to the sign-in form; one that brought no key
+                    # tried none, so that is no failed login
+                    redirect = self._dashboard.sign_in(exchange, exc) if self._dashboard is not None else None
+                    if self._on_auth_failure is not None and not (redirect and exc.code == "missing_api_key"):
                         await self._on_auth_failure(exchange.peer, exchange.path, exc.code)
+                    if redirect is not None:
+                        return redirect
                     raise
                 for needed in scopes:
                     actor.require(needed)
@@ -300,6 +312,16 @@ class AdminApi:
         key, secret = await self._ids.issue_key(actor, ex.params["identity_id"], ttl_days=req.ttl_days, plane=req.plane)
         return Reply.json({**_key(key, clock.now()), "key": secret}, status=201, headers={"Cache-Control": "no-store"})
 
+    @accepts(KeyLookup)
+    async def find_key(self, actor: Actor, ex: Exchange) -> Reply:
+        """Which identity, key and owner a leaked key belongs to (whole, display form or id); never the secret.
+        A POST, so a whole key travels in the body and not in a URL a log may keep; a read, allowed while frozen."""
+        req: KeyLookup = _decode(ex.body, KeyLookup)  # type: ignore[assignment]
+        now = clock.now()
+        return _listing([{"key": _key(k, now), "identity": None if i is None else {
+            "id": i.id, "name": i.name, "owner": i.owner, "team": i.team, "environment": i.environment,
+            "disabled": i.disabled_at is not None}} for k, i in await self._ids.find_keys(req.key)])
+
     @accepts(Rotation)
     async def rotate_key(self, actor: Actor, ex: Exchange) -> Reply:
         req: Rotation = _decode(ex.body, Rotation)  # type: ignore[assignment]
@@ -363,12 +385,15 @@ class AdminApi:
 
     @accepts(query=UsageReportQuery, content_types=("application/json", "text/csv"))
     async def usage_summary(self, actor: Actor, ex: Exchange) -> Reply:
-        """Usage per identity and model, or with ``by`` per identity, team, model, route, API or day with exact costs."""
+        """Usage per identity and model, or with ``by`` per identity, key, team, model, route, API or day with exact
+        costs (of one key's requests with ``key``); every row names its identity, key or group for a person."""
         q = chargeback.parse(ex.query)
         await self._flush_usage()
-        if q.by is not None or q.format == "csv" or q.until is not None:
+        if q.by is not None or q.format == "csv" or q.until is not None or q.key is not None:
             return await chargeback.report(self._store, q)
-        return _listing(await self._store.summarize_usage(since=_number(ex.query, "since", 0.0)))
+        names = await chargeback.names(self._store, "identity")
+        return _listing([{**msgspec.structs.asdict(row), "identity": names.get(row.identity_id, row.identity_id)}
+                         for row in await self._store.summarize_usage(since=_number(ex.query, "since", 0.0))])
 
     @accepts(content_types=("text/html",))
     async def dashboard(self, actor: Actor, ex: Exchange) -> Reply:

@@ -13,6 +13,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from html import escape
 from urllib.parse import parse_qs
 
@@ -24,7 +25,6 @@ from ..identity import roles as r
 from ..store import Store
 from .auth import COOKIE, DASHBOARD_PATH, AdminAuth
 from .charts import bar_chart, line_chart
-from .chargeback import cost_text
 
 Health = Callable[[], list[tuple[str, str, str | None]]]
 AuthFailure = Callable[[str | None, str, str | None], Awaitable[None]]  # (source, path, code): audit.logins
@@ -63,12 +63,15 @@ class Dashboard:
         self._health = health or (lambda: [])
         self._window = window_minutes
         self._currency = currency
+        self._started = clock.now()  # the charts begin here (or at the first record, if earlier)
 
     def public_routes(self) -> list[tuple[str, str, Callable]]:
         """The login form and its post: no key needed to see a form that asks for one."""
         return [("GET", LOGIN_PATH, self.login_form), ("POST", LOGIN_PATH, self.login)]
 
     async def login_form(self, ex: Exchange, message: str = "", status: int = 200) -> Reply:
+        if not message and ex.query.get("signed_out") == "1":
+            message = "Your sign-in is no longer valid; sign in again."
         note = f'<p class="s-open" role="alert">{escape(message)}</p>' if message else ""
         body = (f"<!doctype html><html><head><meta charset=utf-8><title>sluice: sign in</title><style>{_CSS}</style>"
                 f"</head><body><header><h1>sluice</h1><span>control plane</span></header><main><section>"
@@ -101,6 +104,15 @@ class Dashboard:
         return Reply(303, b"", HTML, headers={**_HEADERS, "Location": DASHBOARD_PATH, "Set-Cookie": cookie,
                                               "x-sluice-actor": actor.name})
 
+    @staticmethod
+    def sign_in(ex: Exchange, exc: Unauthenticated) -> Reply | None:
+        """A browser that asks for the page with no valid key is sent to the form (303), not given JSON:
+        ``None`` for anything else (an API client, another path) so it gets the usual 401."""
+        if ex.method != "GET" or ex.path != DASHBOARD_PATH or "text/html" not in ex.headers.get("Accept", ""):
+            return None
+        where = LOGIN_PATH if exc.code == "missing_api_key" else LOGIN_PATH + "?signed_out=1"
+        return Reply(303, b"", HTML, headers={**_HEADERS, "Location": where})
+
     async def _failed(self, ex: Exchange, code: str | None) -> None:
         """A refused key is a failed control-plane login: audited as every other 401, within the same
         per-minute budget (``audit.logins``); the entry names the path and the reason, never the key."""
@@ -114,15 +126,21 @@ class Dashboard:
 
     async def page(self, actor: Actor, ex: Exchange) -> Reply:
         now = clock.now()
-        start = (int(now) // 60 - self._window + 1) * 60
-        records = await self._store.list_usage(since=start, limit=50_000)
-        by_team = await self._store.aggregate_usage("team", since=start)
-        by_model = await self._store.aggregate_usage("model", since=start)
-        by_identity = await self._store.aggregate_usage("identity", since=start)
+        window_start = (int(now) // 60 - self._window + 1) * 60
+        records = await self._store.list_usage(since=window_start, limit=50_000)
+        by_team = await self._store.aggregate_usage("team", since=window_start)
+        by_model = await self._store.aggregate_usage("model", since=window_start)
+        by_identity = await self._store.aggregate_usage("identity", since=window_start)
         names = {i.id: i.name for i in await self._store.list_identities(include_disabled=True)}
         changes = await self._store.list_changes(limit=12) if r.AUDIT_READ in actor.grants else None
+        keys = ({k.id: f"{k.display} of {names.get(k.identity_id, '(gone)')}" for k in await self._store.list_keys()}
+                if changes else {})
 
-        n = self._window
+        # minutes from when this server started (or the first record in the window, if another replica or
+        # an earlier run wrote it): no stretch of zeros for a time nothing was listening
+        first = min([self._started] + [x.ts for x in records[:1]] + [x.ts for x in records[-1:]])
+        start = max(window_start, int(first) // 60 * 60)
+        n = int(now) // 60 - start // 60 + 1
         labels = [time.strftime("%H:%M", time.gmtime(start + 60 * i)) for i in range(n)]
         per: list[list] = [[] for _ in range(n)]
         for rec in records:
@@ -130,18 +148,20 @@ class Dashboard:
             if 0 <= i < n:
                 per[i].append(rec)
         rate = [len(b) / 60.0 for b in per]
-        pct = {q: [_percentile([x.latency_ms for x in b], q) for b in per] for q in (50, 95, 99)}
+        # a minute with no request has no latency: a gap in the line, not a zero
+        pct = {q: [_percentile([x.latency_ms for x in b], q) if b else None for b in per] for q in (50, 95, 99)}
         err5 = [sum(1 for x in b if x.status >= 500) for b in per]
         err4 = [sum(1 for x in b if 400 <= x.status < 500 and x.status != 429) for b in per]
         hits = [sum(1 for x in b if x.status == 429) for b in per]
         limit_kinds = Counter(x.error_code or "429" for x in records if x.status == 429)
         total_cost = sum(g.cost_nanos for g in by_team)
+        latencies = [x.latency_ms for x in records]
 
         panels = [
             _section("Traffic", _stats([("requests", str(len(records))), ("errors", str(sum(err5) + sum(err4))),
                                         ("limit hits", str(sum(hits))),
-                                        (f"spend ({self._currency})", cost_text(total_cost)),
-                                        ("p95 latency", f"{_percentile([x.latency_ms for x in records], 95):.0f} ms")])
+                                        (f"spend ({self._currency})", money(total_cost)),
+                                        ("p95 latency", _ms(latencies, 95)), ("p99 latency", _ms(latencies, 99))])
                      + line_chart("Request rate (req/s)", labels, {"req/s": rate})),
             _section("Latency", line_chart("Latency percentiles (ms)", labels,
                                            {"p50": pct[50], "p95": pct[95], "p99": pct[99]}, " ms")),
@@ -158,10 +178,11 @@ class Dashboard:
             _section("Upstream health", self._health_table()),
         ]
         if changes is not None:
-            panels.append(_section("Recent control-plane changes", _changes(changes)))
+            panels.append(_section("Recent control-plane changes", _changes(changes, {**names, **keys})))
+        since = time.strftime("%H:%M", time.gmtime(start))
         body = (f"<!doctype html><html><head><meta charset=utf-8><title>sluice dashboard</title>"
                 f'<meta http-equiv="refresh" content="15"><style>{_CSS}</style></head><body>'
-                f"<header><h1>sluice</h1><span>last {n} min, UTC, refreshed every 15 s</span>"
+                f"<header><h1>sluice</h1><span>since {since} UTC (at most {self._window} min), refreshed every 15 s</span>"
                 f"<span>signed in as {escape(actor.name)}</span></header><main>{''.join(panels)}</main></body></html>")
         return Reply(200, body.encode(), HTML, headers=dict(_HEADERS))
 
@@ -172,6 +193,16 @@ class Dashboard:
         cells = "".join(f"<tr><td>{escape(t)}</td><td>{escape(u)}</td>"
                         f'<td class="s-{escape(s or "closed")}">{escape(s or "closed")}</td></tr>' for t, u, s in rows)
         return f'<table class="health"><tr><th>target</th><th>upstream</th><th>breaker</th></tr>{cells}</table>'
+
+
+def money(nanos: int) -> str:
+    """Nano-units as a plain decimal, as short as it is exact: 13000 -> '0.000013', 0 -> '0'."""
+    text = f"{Decimal(nanos) / 1_000_000_000:f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _ms(values: list[float], q: int) -> str:
+    return f"{_percentile(values, q):.0f} ms" if values else "—"
 
 
 def _percentile(values: list[float], q: int) -> float:
@@ -192,20 +223,22 @@ def _stats(items: list[tuple[str, str]]) -> str:
 
 
 def _spend_bars(title: str, groups: list, currency: str) -> str:
-    return bar_chart(f"{title} ({currency})", [(g.key or "(none)", g.cost_nanos / 1e9, cost_text(g.cost_nanos))
+    return bar_chart(f"{title} ({currency})", [(g.key or "(no team)", g.cost_nanos / 1e9, money(g.cost_nanos))
                                                for g in sorted(groups, key=lambda g: -g.cost_nanos)[:10] if g.cost_nanos])
 
 
 def _token_bars(title: str, groups: list) -> str:
-    return bar_chart(title, [(g.key or "(none)", float(g.prompt_tokens + g.completion_tokens),
+    return bar_chart(title, [(g.key or "(no team)", float(g.prompt_tokens + g.completion_tokens),
                               f"{g.prompt_tokens} in / {g.completion_tokens} out")
                              for g in sorted(groups, key=lambda g: -(g.prompt_tokens + g.completion_tokens))[:10]
                              if g.prompt_tokens + g.completion_tokens])
 
 
-def _changes(changes: list) -> str:
+def _changes(changes: list, names: dict[str, str]) -> str:
+    """The newest changes: when, who, what, and the target by its name (an identity's, a key's display
+    form and owner), never its id."""
     if not changes:
         return '<p class="empty">no changes recorded</p>'
     rows = "".join(f"<tr><td>{time.strftime('%m-%d %H:%M:%S', time.gmtime(c.ts))}</td><td>{escape(c.actor)}</td>"
-                   f"<td>{escape(c.action)}</td><td>{escape(c.target)}</td></tr>" for c in changes)
+                   f"<td>{escape(c.action)}</td><td>{escape(names.get(c.target, c.target))}</td></tr>" for c in changes)
     return f'<table class="changes"><tr><th>when</th><th>who</th><th>what</th><th>target</th></tr>{rows}</table>'

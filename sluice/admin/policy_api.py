@@ -15,7 +15,7 @@ from ..core.exchange import Exchange, Reply
 from ..identity import Actor, IdentityService
 from ..identity import roles as r
 from ..policy import (FROZEN, ActivePolicy, PendingApproval, PolicyDocument, PolicyService, changeset_view, decode, diff,
-                      dry_run, to_yaml)
+                      dry_run, switch_rule, switches_in_force, to_yaml)
 from ..routing.policy import version as registry_version
 from ..store import Store
 from .bodies import decode as _decode
@@ -84,13 +84,10 @@ def _summary(a: ActivePolicy) -> dict:
             "switches": msgspec.to_builtins(a.document.switches)}
 
 
-def _switch_rule(model: str) -> str:
-    return "switch-" + "".join(c if c.isalnum() or c in "._-" else "_" for c in model)[:57]
-
-
 # While frozen, only reads, switches and rollback reach the store. Deciding a change set is let through
 # to ``PolicyService``, which takes only a rollback's while frozen (a rollback that waits for approval).
-FROZEN_EXEMPT = ("/admin/switches/", "/admin/policy/rollback")
+# ``/admin/keys/find`` is a read: a POST only so that a leaked key travels in a body, not a URL.
+FROZEN_EXEMPT = ("/admin/switches/", "/admin/policy/rollback", "/admin/keys/find")
 DECIDE = ("/admin/policy/changes/{changeset_id}/approve", "/admin/policy/changes/{changeset_id}/reject")
 
 
@@ -146,6 +143,7 @@ class PolicyAdmin:
             ("POST", "/admin/policy/changes/{changeset_id}/approve", (r.POLICY_APPROVE,), self.approve),
             ("POST", "/admin/policy/changes/{changeset_id}/reject", (r.POLICY_APPROVE,), self.reject),
             ("POST", "/admin/policy/rollback", (r.POLICY_ROLLBACK,), self.rollback),
+            ("GET", "/admin/switches", (r.POLICY_READ,), self.switches),
             ("POST", "/admin/switches/targets/{target}/disable", (r.SWITCHES_WRITE,), self.disable_target),
             ("POST", "/admin/switches/targets/{target}/enable", (r.SWITCHES_WRITE,), self.enable_target),
             ("POST", "/admin/switches/routes/{route}/disable", (r.SWITCHES_WRITE,), self.disable_route),
@@ -159,8 +157,17 @@ class PolicyAdmin:
 
     # --- versions
     async def active(self, actor: Actor, ex: Exchange) -> Reply:
-        """The active policy version, its hash and switches."""
-        return Reply.json(_summary(self._policy.current))
+        """The active policy version, its hash and switches; ``in_force`` lists each switch with who set it and when."""
+        current = self._policy.current
+        return Reply.json({**_summary(current), "in_force": await self._in_force(current)})
+
+    async def switches(self, actor: Actor, ex: Exchange) -> Reply:
+        """Every incident switch in force (freeze, killed targets and routes, switch limits): who set it, when, why."""
+        return Reply.json({"object": "list", "version": self._policy.current.version,
+                           "data": await self._in_force(self._policy.current)})
+
+    async def _in_force(self, active: ActivePolicy) -> list[dict]:
+        return await switches_in_force(self._store, active.version, active.document)
 
     async def versions(self, actor: Actor, ex: Exchange) -> Reply:
         """Every policy version (newest first): parent, author, time, reason, kind, content hash."""
@@ -319,18 +326,20 @@ class PolicyAdmin:
                                              "output_tokens_per_minute", "concurrent_requests")}
         if not any(caps.values()):
             raise InvalidRequest("name at least one cap, e.g. requests_per_minute", param="requests_per_minute")
-        rule = LimitRule(name=_switch_rule(model), per=req.per, match={"model": model}, **caps)
+        rule = LimitRule(name=switch_rule(model), per=req.per, match={"model": model}, **caps)
 
         def fn(d: PolicyDocument) -> PolicyDocument:
             rules = [x for x in d.limits.rules if x.name != rule.name] + [rule]
             return msgspec.structs.replace(d, limits=msgspec.structs.replace(d.limits, rules=rules))
 
-        return Reply.json(_summary(await self._policy.switch(actor, "switch.limit-model", model, req.reason, fn)))
+        done = await self._policy.switch(actor, "switch.limit-model", model, req.reason, fn)
+        limit = {k: v for k, v in msgspec.to_builtins(rule).items() if k not in ("name", "match") and v is not None}
+        return Reply.json({**_summary(done), "model": model, "rule": rule.name, "limit": limit})
 
     async def unlimit_model(self, actor: Actor, ex: Exchange) -> Reply:
         """Lift a model's switch limit."""
         model = ex.params["model"]
-        name = _switch_rule(model)
+        name = switch_rule(model)
         if name not in {x.name for x in self._policy.current.document.limits.rules}:
             raise NotFound(f"model {model[:256]!r} has no switch limit")
 

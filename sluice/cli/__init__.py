@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import typer
 
+from .params import tidy_help
 from . import admin_cmds, audit_cmds, config_cmds, keys_cmds, mcp_cmds, policy_cmds, prompts_cmds, responses_cmds, routes_cmds, serve_cmds
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="sluice: a governed inference gateway.")
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="sluice: a governed inference gateway.",
+                  pretty_exceptions_enable=False)
 serve_cmds.register(app)
 app.add_typer(keys_cmds.app, name="keys")
 app.add_typer(admin_cmds.identities, name="identities")
@@ -23,4 +25,4 @@ app.add_typer(mcp_cmds.app, name="mcp")  # issue 25: MCP servers, tools, pins
 
 
 def main() -> None:
-    app()
+    tidy_help(typer.main.get_command(app))(prog_name="sluice")

@@ -2,126 +2,184 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Optional
+from urllib.parse import quote, urlencode
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from .client import admin_call, admin_text, print_json
+from . import refs
+from .client import admin_call, admin_text
+from .output import Col, OutputOption, count, emit, day, fields, line, money, print_json, table, when
+from .params import TimeOption
 
 identities = typer.Typer(help="Service identities: the inventory, and changes to it.", invoke_without_command=True)
 teams = typer.Typer(no_args_is_help=True, help="Teams of identities.")
-out = Console()
+_IDENTITY = typer.Argument(..., metavar="IDENTITY", help="Its name or id.")
+_FORMAT = ("--format", "-f")
 
 
-def _when(ts: float | None) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d") if ts else "-"
+def _live(row: dict) -> list[dict]:
+    return [c for c in row["credentials"] if c["active"]]
+
+
+_INVENTORY = [
+    Col("name", "name"), Col("owner", "owner"), Col("env", "environment"),
+    Col("roles", "roles", wrap=True), Col("models", "models", wrap=True), Col("flags", lambda r: (["disabled"] if r["disabled"] else []) + r["flags"] or "ok", wrap=True),
+    Col("team", "team", optional=True),
+    Col("keys", lambda r: ", ".join(c["display"] for c in _live(r)), wrap=True, optional=True),
+    Col("next expiry", lambda r: day(min((c["expires_at"] for c in _live(r) if c["expires_at"]), default=None)),
+        optional=True),
+    Col("last used", lambda r: day(r["last_used_at"]), optional=True),
+]
 
 
 @identities.callback()
 def inventory(
     ctx: typer.Context,
-    fmt: str = typer.Option("table", "--format", "-f", help="table, json or csv"),
-    include_disabled: bool = typer.Option(False, "--include-disabled"),
+    fmt: str = OutputOption("table", "json", "csv", aliases=_FORMAT),
+    include_disabled: bool = typer.Option(False, "--include-disabled", help="Disabled identities too."),
 ) -> None:
     """Every identity with owner, environment, roles, scopes, credentials, last use and review flags."""
     if ctx.invoked_subcommand is not None:
         return
-    query = "?include_disabled=true" if include_disabled else ""
+    query = {"include_disabled": "true"} if include_disabled else {}
     if fmt == "csv":
-        sep = "&" if query else "?"
-        print(admin_text("GET", f"/admin/identities/inventory{query}{sep}format=csv"), end="")
+        print(admin_text("GET", "/admin/identities/inventory?" + urlencode({**query, "format": "csv"})), end="")
         return
-    rows = admin_call("GET", f"/admin/identities/inventory{query}")["data"]
+    rows = admin_call("GET", "/admin/identities/inventory" + (f"?{urlencode(query)}" if query else ""))["data"]
     if fmt == "json":
         print_json(rows)
         return
-    if fmt != "table":
-        raise typer.BadParameter("--format must be table, json or csv")
-    t = Table("name", "owner", "team", "env", "roles", "models", "credentials", "last used", "flags",
-              title=f"{len(rows)} identities")
-    for r in rows:
-        live = [c for c in r["credentials"] if c["active"]]
-        creds = ", ".join(f"{c['display']} {c['age_days']:.0f}d exp {_when(c['expires_at'])}" for c in live) or "none"
-        t.add_row(r["name"], r["owner"], r["team"] or "-", r["environment"], ",".join(r["roles"]),
-                  ",".join(r["models"]) or "-", creds, _when(r["last_used_at"]),
-                  ", ".join(r["flags"]) or "ok", style="dim" if r["disabled"] else None)
-    out.print(t)
+    table(_INVENTORY, rows, title=count(len(rows), "identity", "identities"), empty="no identities")
+
+
+def _identity(got: dict) -> None:
+    fields([("name", got["name"]), ("id", got["id"]), ("owner", got["owner"]), ("team", got.get("team")),
+            ("environment", got["environment"]), ("roles", got["roles"]), ("models", got["models"]),
+            ("expires", when(got.get("expires_at"))), ("disabled", when(got.get("disabled_at"))),
+            ("created", f"{when(got['created_at'])} by {got['created_by']}")])
 
 
 @identities.command()
 def create(
-    name: str, owner: str = typer.Option(...), env: str = typer.Option("dev"),
+    name: str, owner: str = typer.Option(..., help="Who answers for it (an e-mail address)."),
+    env: str = typer.Option("dev", metavar="dev|prod"),
     model: list[str] = typer.Option([], help="Model scope (repeat; 'prefix*' and '*' allowed)."),
     team: Optional[str] = typer.Option(None),  # noqa: UP007 - typer needs Optional
     role: list[str] = typer.Option([], help="Role (repeat); default invoker."),
+    fmt: str = OutputOption(),
 ) -> None:
     """Create an identity."""
     body = {"name": name, "owner": owner, "environment": env, "models": model, "team": team}
     if role:
         body["roles"] = role
-    print_json(admin_call("POST", "/admin/identities", body))
+    got = admin_call("POST", "/admin/identities", body)
+    emit(fmt, got, lambda: _identity(got))
 
 
 @identities.command()
-def disable(identity_id: str) -> None:
+def show(ident: str = _IDENTITY, fmt: str = OutputOption()) -> None:
+    """One identity."""
+    got = refs.identity(ident)
+    emit(fmt, got, lambda: _identity(got))
+
+
+@identities.command()
+def disable(ident: str = _IDENTITY, fmt: str = OutputOption()) -> None:
     """Disable an identity and revoke all its keys."""
-    print_json(admin_call("DELETE", f"/admin/identities/{identity_id}"))
+    who = refs.identity(ident)
+    got = admin_call("DELETE", f"/admin/identities/{who['id']}")
+    emit(fmt, got, f"disabled {who['name']} ({who['id']}) and revoked its keys")
 
 
 @identities.command()
-def roles(identity_id: str, role: list[str] = typer.Option(..., help="The roles it should hold (repeat).")) -> None:
+def roles(ident: str = _IDENTITY, role: list[str] = typer.Option(..., help="The roles it should hold (repeat)."),
+          fmt: str = OutputOption()) -> None:
     """Set an identity's roles (only roles you hold; never your own)."""
-    print_json(admin_call("PUT", f"/admin/identities/{identity_id}/roles", {"roles": role}))
+    who = refs.identity(ident)
+    got = admin_call("PUT", f"/admin/identities/{who['id']}/roles", {"roles": role})
+    emit(fmt, got, f"{got['name']} now holds: {', '.join(got['roles']) or 'no role'}")
 
 
 @identities.command()
-def offboard(owner: str, reassign_to: Optional[str] = typer.Option(None, help="New owner; without it everything is disabled.")) -> None:  # noqa: UP007
+def offboard(owner: str,
+             reassign_to: Optional[str] = typer.Option(None, help="New owner; without it everything is disabled."),  # noqa: UP007
+             fmt: str = OutputOption()) -> None:
     """Revoke or reassign everything an owner owns, in one recorded step."""
-    result = admin_call("POST", f"/admin/owners/{owner}/offboard", {"reassign_to": reassign_to})
-    out.print(f"{result['action']} {len(result['identities'])} identities and {len(result['teams'])} teams of {owner}")
-    print_json(result)
+    result = admin_call("POST", f"/admin/owners/{quote(owner, safe='@')}/offboard", {"reassign_to": reassign_to})
+    if fmt == "json":
+        print_json(result)
+        return
+    line(f"{result['action']} {count(len(result['identities']), 'identity', 'identities')} and "
+         f"{count(len(result['teams']), 'team')} of {owner}"
+         + (f" (now {reassign_to}'s)" if reassign_to else ""))
+    known = refs.names()
+    if result["identities"]:
+        line("identities: " + ", ".join(known.get(i, i) for i in result["identities"]))
+    if result["teams"]:
+        line("teams: " + ", ".join(result["teams"]))
 
 
 @teams.command("list")
-def list_teams() -> None:
+def list_teams(fmt: str = OutputOption()) -> None:
     """List teams."""
-    print_json(admin_call("GET", "/admin/teams")["data"])
+    rows = admin_call("GET", "/admin/teams")["data"]
+    if fmt == "json":
+        print_json(rows)
+        return
+    table([Col("name", "name"), Col("owner", "owner"), Col("created", lambda t: when(t.get("created_at"))),
+           Col("by", "created_by", optional=True)], rows, empty="no teams")
 
 
 @teams.command("create")
-def create_team(name: str, owner: str = typer.Option(...)) -> None:
+def create_team(name: str, owner: str = typer.Option(...), fmt: str = OutputOption()) -> None:
     """Create a team."""
-    print_json(admin_call("POST", "/admin/teams", {"name": name, "owner": owner}))
+    got = admin_call("POST", "/admin/teams", {"name": name, "owner": owner})
+    emit(fmt, got, f"created team {got['name']}, owner {got['owner']}")
+
+
+def _count(field: str) -> Col:
+    return Col({"requests": "requests", "errors": "errors", "prompt_tokens": "tokens in", "cached_tokens": "cached",
+                "completion_tokens": "tokens out"}[field], lambda r: str(r[field]), right=True,
+               optional=field in ("errors", "cached_tokens"))
 
 
 def usage(
-    since: float = typer.Option(0.0, help="UNIX time to start from."),
-    until: Optional[float] = typer.Option(None, help="UNIX time to stop before."),
-    by: Optional[str] = typer.Option(None, "--by", help="identity, team, model, route, API or day (with exact costs)"),
-    fmt: str = typer.Option("table", "--format", "-f", help="table, json or csv"),
+    since: Optional[float] = TimeOption(None, "--since", help="From this time (default: the first record)"),  # noqa: UP007
+    until: Optional[float] = TimeOption(None, "--until", help="Up to this time (default: now)"),  # noqa: UP007
+    by: Optional[str] = typer.Option(None, "--by", metavar="DIMENSION",  # noqa: UP007
+                                     help="identity, key, team, model, route, api or day (with exact costs)"),
+    key: Optional[str] = typer.Option(None, "--key", metavar="KEY",  # noqa: UP007
+                                      help="Only this key's requests: its id, display form or the whole key."),
+    fmt: str = OutputOption("table", "json", "csv", aliases=_FORMAT),
 ) -> None:
-    """Usage summary per identity and model; with --by, per one dimension with costs and a total."""
-    if by is None and fmt == "table":
-        rows = admin_call("GET", f"/admin/usage/summary?since={since}")["data"]
-        t = Table("identity", "model", "requests", "errors", "tokens in", "tokens out")
-        for r in rows:
-            t.add_row(str(r["identity_id"]), str(r["model"]), str(r["requests"]), str(r["errors"]),
-                      str(r["prompt_tokens"]), str(r["completion_tokens"]))
-        out.print(t)
-        return
-    query = f"/admin/usage/summary?since={since}&by={by or 'identity'}" + (f"&until={until}" if until is not None else "")
+    """Usage per identity and model; with --by, per one dimension with costs and a total; --key: what one key did."""
+    traced = refs.key(key) if key else None
+    query: dict = {"since": since or 0}
+    if until is not None:
+        query["until"] = until
+    if traced is not None:
+        query["key"] = traced["key"]["id"]
+        by = by or "model"
+    elif until is not None:
+        by = by or "identity"  # the per-identity-and-model view has no end time
+    if by is not None:
+        query["by"] = by
     if fmt == "csv":
-        print(admin_text("GET", query + "&format=csv"), end="")
+        print(admin_text("GET", "/admin/usage/summary?" + urlencode({**query, "format": "csv"})), end="")
         return
-    report = admin_call("GET", query)
+    report = admin_call("GET", "/admin/usage/summary?" + urlencode(query))
     if fmt == "json":
         print_json(report)
         return
-    t = Table(by or "identity", "requests", "errors", "tokens in", "cached", "tokens out", "cost")
-    for r in report["data"] + [{**report["totals"], "key": "TOTAL"}]:
-        t.add_row(str(r["key"]), str(r["requests"]), str(r["errors"]), str(r["prompt_tokens"]),
-                  str(r["cached_tokens"]), str(r["completion_tokens"]), r["cost"])
-    out.print(t)
+    span = f"since {when(since) if since else 'the first record'}" + (f" until {when(until)}" if until is not None else "")
+    if by is None:
+        table([Col("identity", "identity"), Col("model", "model"), *map(_count, ("requests", "errors", "prompt_tokens",
+                                                                                  "completion_tokens"))],
+              report["data"], title=f"usage per identity and model {span}", empty="no requests")
+        return
+    whose = f" of key {traced['key']['id']} ({traced['key']['display']}, {traced['identity']['name']})" if traced else ""
+    rows = report["data"] + [{**report["totals"], "name": "TOTAL"}]
+    table([Col(by, "name"), *map(_count, ("requests", "errors", "prompt_tokens", "cached_tokens", "completion_tokens")),
+           Col("cost", lambda r: money(r["cost"]), right=True)],
+          rows, title=f"usage per {by}{whose} {span}")

@@ -10,19 +10,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-from .client import print_json
+from .output import OutputOption, err, fields, print_json
+from .output import out as people
+from .params import TimeOption
 
 app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log: keygen, verify, prove, export, checkpoint.")
-err = Console(stderr=True)
 T = TypeVar("T")
 _CONFIG = typer.Option(Path("sluice.yaml"), "--config", "-c", help="YAML config file.")
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]{escape(message)}[/red]", soft_wrap=True)
+    err.print(f"[red]{escape(message)}[/red]", soft_wrap=not err.is_terminal)
     return typer.Exit(code)
 
 
@@ -81,12 +81,14 @@ def _notes(paths: list[Path]) -> list[str]:
     return out
 
 
-def _report(report: Any) -> None:
-    print_json(report.as_dict())
+def _report(report: Any, fmt: str) -> None:
+    if fmt == "json":
+        print_json(report.as_dict())
     first = report.first
     if first is None:
-        err.print(f"[green]audit log verified[/green]: {report.size} entries, root {report.root.hex()},"
-                  f" {report.checkpoints} checkpoint(s)")
+        console = err if fmt == "json" else people
+        console.print(f"[green]audit log verified[/green]: {report.size} entries, root {report.root.hex()},"
+                      f" {report.checkpoints} checkpoint(s)", soft_wrap=not console.is_terminal)
         return
     where = f"entry {first.seq}" if first.seq is not None else "checkpoint"
     raise _fail(f"audit log FAILED at {where} ({first.kind}): {first.message}", 1)
@@ -125,7 +127,8 @@ def verify(config: Path = _CONFIG,
            public_key: str = typer.Option(None, help="Verifier key (text or file); default: the configured key's."),
            offline: bool = typer.Option(False, help="Verify an export file without any database."),
            export: Path = typer.Option(None, help="With --offline: the JSON lines of `sluice audit export --since 0`."),
-           origin: str = typer.Option(None, help="With --offline: the expected origin (default: the key's name).")) -> None:
+           origin: str = typer.Option(None, help="With --offline: the expected origin (default: the key's name)."),
+           fmt: str = OutputOption()) -> None:
     """Recompute the log and its checkpoints; name the first entry altered, deleted, inserted or reordered."""
     from ..audit import Row
     from ..audit import verify as check
@@ -140,40 +143,40 @@ def verify(config: Path = _CONFIG,
         except OSError as exc:
             raise _fail(f"cannot read {export}: {exc.strerror}") from None
         _report(check([Row(None, line) for line in lines], verifier=verifier, notes=notes,
-                      origin=origin or verifier.name))
+                      origin=origin or verifier.name), fmt)
         return
-    _report(_with_log(config, lambda log: log.verify(notes, verifier)))
+    _report(_with_log(config, lambda log: log.verify(notes, verifier)), fmt)
 
 
 @app.command()
 def prove(config: Path = _CONFIG, leaf: int = typer.Option(None, help="Inclusion proof of this entry."),
           size: int = typer.Option(None, help="Tree size (default: the whole log)."),
-          consistency: tuple[int, int] = typer.Option((0, 0), help="OLD NEW: consistency proof between two sizes.")) -> None:
-    """Print an RFC 6962 inclusion or consistency proof as JSON."""
+          consistency: tuple[int, int] = typer.Option((0, 0), metavar="OLD NEW", show_default=False,
+                                                      help="A consistency proof between two sizes."),
+          fmt: str = OutputOption()) -> None:
+    """Print an RFC 6962 inclusion or consistency proof (-o json for a verifier)."""
     from ..core.errors import InvalidRequest
 
     if (leaf is None) == (consistency == (0, 0)):
         raise _fail("give exactly one of --leaf N and --consistency OLD NEW")
     try:
         if leaf is not None:
-            print_json(_with_log(config, lambda log: log.inclusion(leaf, size)))
+            proof = _with_log(config, lambda log: log.inclusion(leaf, size))
         else:
-            print_json(_with_log(config, lambda log: log.consistency(consistency[0], consistency[1])))
+            proof = _with_log(config, lambda log: log.consistency(consistency[0], consistency[1]))
     except InvalidRequest as exc:
         raise _fail(exc.message) from None
+    if fmt == "json":
+        print_json(proof)
+    else:
+        fields([(k.replace("_", " "), v) for k, v in proof.items()])
 
 
 @app.command()
-def export(config: Path = _CONFIG, since: str = typer.Option("0", help="Unix seconds or RFC 3339 time."),
+def export(config: Path = _CONFIG, since: float = TimeOption(0.0, "--since", help="Entries from this time"),
            out: Path = typer.Option(None, help="File to write (default: stdout).")) -> None:
     """Entries since a time as JSON lines (the canonical entries, one per line) for a SIEM or `verify --offline`."""
-    from ..audit.entry import parse_time
-
-    try:
-        start = parse_time(since)
-    except ValueError:
-        raise _fail("--since must be Unix seconds or an RFC 3339 time") from None
-    rows = _with_log(config, lambda log: log.rows(since=start))
+    rows = _with_log(config, lambda log: log.rows(since=since))
     data = b"".join(r.data + b"\n" for r in rows)
     if out is None:
         sys.stdout.buffer.write(data)

@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import httpx
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-err = Console(stderr=True)
+from .output import err
 
 
-def admin_call(method: str, path: str, body: dict | None = None) -> Any:
-    """Call the control plane; JSON in and out; exits with a clear message on any error."""
-    r = _request(method, path, body)
+def admin_call(method: str, path: str, body: dict | None = None, *, listed_by: str | None = None) -> Any:
+    """Call the control plane; JSON in and out; exits with a clear message on any error (on a 404, with the
+    command that lists what there is, ``listed_by``)."""
+    r = _request(method, path, body, listed_by)
     return r.json() if r.content else {}
 
 
-def admin_text(method: str, path: str) -> str:
-    return _request(method, path, None).text
+def admin_text(method: str, path: str, *, listed_by: str | None = None) -> str:
+    return _request(method, path, None, listed_by).text
 
 
-def _request(method: str, path: str, body: dict | None) -> httpx.Response:
+def _request(method: str, path: str, body: dict | None, listed_by: str | None = None) -> httpx.Response:
     base = os.environ.get("SLUICE_ADMIN_URL", "http://127.0.0.1:8081").rstrip("/")
     key = os.environ.get("SLUICE_ADMIN_KEY")
     if not key:
@@ -40,10 +39,7 @@ def _request(method: str, path: str, body: dict | None) -> httpx.Response:
             msg = r.json()["error"]["message"]
         except (ValueError, KeyError, TypeError):
             msg = r.text[:300]
-        err.print(f"[red]{r.status_code}[/red] {escape(msg)}", highlight=False)
+        hint = f"; list them with: {listed_by}" if listed_by and r.status_code == 404 else ""
+        err.print(f"[red]{r.status_code}[/red] {escape(msg + hint)}", highlight=False)
         raise typer.Exit(1)
     return r
-
-
-def print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2))

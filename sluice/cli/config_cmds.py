@@ -13,7 +13,6 @@ import msgspec
 
 from ..core import config as cfgmod
 from ..core.errors import ConfigError
-from ..guard.policy import from_file as guard_from_file
 
 app = typer.Typer(no_args_is_help=True, help="Configuration schema and validation.")
 
@@ -27,6 +26,8 @@ def schema() -> None:
 @app.command()
 def check(path: Path) -> None:
     """Validate a config file; names the field and the reason on error."""
+    from ..guard.policy import from_file as guard_from_file  # (lazily: every other command would pay for it)
+
     try:
         c = cfgmod.load(path)
         guard_from_file(msgspec.to_builtins(c.guardrails), msgspec.to_builtins(c.tools))  # as `serve` compiles them

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -11,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..core import config as cfgmod
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, ListenError
 
 err = Console(stderr=True)
 
@@ -38,6 +40,9 @@ def serve(config: Path = typer.Option(..., "--config", "-c", help="YAML config f
         _supervise_if_asked(cfg, config, workers)
     try:
         run(cfg, str(config))
+    except ListenError as exc:  # the setting named is the config file's
+        err.print(f"[red]cannot start:[/red] {escape(str(exc))} in {escape(str(config))}", soft_wrap=True)
+        raise typer.Exit(1) from None
     except ConfigError as exc:
         err.print(f"[red]config error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
@@ -83,11 +88,22 @@ def sim(
     """Run the simulated backend (vLLM-compatible wire) as its own process."""
     from ..sim import run as run_sim
 
-    run_sim(cfgmod.Sim(host=host, port=port, decode_ms_per_token=decode_ms, prefill_ms_per_token=prefill_ms,
-                       base_latency_ms=base_ms, max_concurrency=max_concurrency, models=model,
-                       prefix_cache_blocks=cache_blocks, block_tokens=block_tokens,
-                       prefill_concurrency=prefill_concurrency, decode_batch_slowdown=batch_slowdown,
-                       kv_events=kv_events))
+    with listening({"sim.port": "--port", "sim.host": "--host"}):
+        run_sim(cfgmod.Sim(host=host, port=port, decode_ms_per_token=decode_ms, prefill_ms_per_token=prefill_ms,
+                           base_latency_ms=base_ms, max_concurrency=max_concurrency, models=model,
+                           prefix_cache_blocks=cache_blocks, block_tokens=block_tokens,
+                           prefill_concurrency=prefill_concurrency, decode_batch_slowdown=batch_slowdown,
+                           kv_events=kv_events))
+
+
+@contextmanager
+def listening(flags: dict[str, str]) -> Iterator[None]:
+    """A listener that cannot bind is one line naming the flag to change (``flags``: setting -> flag), exit 1."""
+    try:
+        yield
+    except ListenError as exc:
+        err.print(f"[red]cannot start:[/red] {escape(exc.text(flags.get(exc.setting, exc.setting)))}", soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 def _free_port() -> int:
@@ -104,7 +120,9 @@ def demo(
     """Start sluice on the embedded default with the simulated backend, and show a working request."""
     from .demo import run_demo
 
-    sys.exit(run_demo(port, admin_port, _free_port(), once))
+    with listening({"data_plane.port": "--port", "control_plane.port": "--admin-port"}):
+        code = run_demo(port, admin_port, _free_port(), once)
+    sys.exit(code)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import msgspec
 
 
@@ -114,6 +117,23 @@ class UpstreamTimeout(GatewayError):
 
 class ConfigError(Exception):
     """The configuration is invalid; the message names the field and the reason."""
+
+
+class ListenError(ConfigError):
+    """A listener could not take its address (a busy port, a port below 1024, a host not on this machine):
+    one line that names the setting to change, ``data_plane.port`` or, from a command, its flag."""
+
+    def __init__(self, exc: OSError, setting: str, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        # uvloop's strerror repeats the address: the errno's own words are enough
+        self.why = (os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__).lower()
+        # a missing address is the host's fault; a taken or privileged port, the port's
+        self.setting = setting.rsplit(".", 1)[0] + ".host" if exc.errno == errno.EADDRNOTAVAIL else setting
+        super().__init__(self.text(self.setting))
+
+    def text(self, setting: str) -> str:
+        advice = "stop what listens there, or set another" if self.why == "address already in use" else "set another"
+        return f"cannot listen on {self.host}:{self.port} ({self.why}): {advice} {setting}"
 
 
 class ErrorDetail(msgspec.Struct):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
+from .routing_config import Capacity
 from .strict import Seconds
 from .strict import Strict as _Strict
 
@@ -40,6 +41,10 @@ class McpServer(_Strict):
     name: ServerName
     url: str | None = None  # the server's Streamable HTTP endpoint, e.g. http://tools.internal:8000/mcp
     credential_env: str | None = None  # the environment variable whose value goes as `Authorization: Bearer`
+    # mint: sluice sends a token it signs itself (the keys of /v1/token), `aud` the server's url, minted again
+    # after two thirds of `credential_ttl_s`; a server without either gets no Authorization header
+    credential: Literal["mint"] | None = None
+    credential_ttl_s: Annotated[float, msgspec.Meta(ge=10, le=3600)] = 300.0
     prefix: ServerName | None = None  # the tools' namespace (default: the name); `prefix__tool` stays stable
     timeout_s: Seconds = 60.0  # one call's wait for the upstream
     # stdio: argv whose executable is in `mcp.allowed_commands`; the only environment it gets besides PATH,
@@ -50,6 +55,8 @@ class McpServer(_Strict):
     network: Literal["deny", "allow"] = "deny"  # deny: a network namespace of its own, with nothing in it
     limits: StdioLimits = msgspec.field(default_factory=StdioLimits)
     pin: PinMode = "required"  # seeds the policy's ``mcp.pin`` for this server (issue 25, rug-pull defence)
+    # tools/call in flight to this server from one replica, and the fair queue in front of them (sluice.mcp.limits)
+    capacity: Capacity | None = None
 
     def __post_init__(self) -> None:
         at = f"{self.name!r} - at `$.mcp.servers`"
@@ -57,12 +64,14 @@ class McpServer(_Strict):
             raise msgspec.ValidationError(f"an MCP server needs exactly one of url and command: {at}")
         if self.url is not None and not self.url.startswith(("http://", "https://")):
             raise msgspec.ValidationError(f"an MCP server's url must be http(s): {at}")
+        if self.credential and self.credential_env:
+            raise msgspec.ValidationError(f"an MCP server has one credential: credential_env or credential: mint: {at}")
         if self.command is not None:
             if not self.command or not self.command[0]:
                 raise msgspec.ValidationError(f"an MCP server's command is an argv list, its executable first: {at}")
-            if self.credential_env:
-                raise msgspec.ValidationError(f"credential_env is for servers over HTTP; give a stdio server its "
-                                              f"credential in env: {at}")
+            if self.credential_env or self.credential:
+                raise msgspec.ValidationError(f"credential_env and credential are for servers over HTTP; give a stdio "
+                                              f"server its credential in env: {at}")
             if self.cwd is not None and not os.path.isabs(self.cwd):
                 raise msgspec.ValidationError(f"an MCP server's cwd must be an absolute path: {at}")
             reserved = sorted(RESERVED_ENV & set(self.env))
@@ -100,6 +109,7 @@ class McpLimits(_Strict):
 
     calls_per_minute_per_identity: Rate | None = None  # every tools/call of one identity, any server
     calls_per_minute_per_tool: Rate | None = None  # one namespaced tool, every caller together
+    calls_per_minute_per_identity_per_tool: Rate | None = None  # one identity's calls to one namespaced tool
     concurrency_per_server: Rate | None = None  # tools/call in flight to one server, every caller together
 
 
@@ -118,6 +128,11 @@ class _Grant(_Strict):
     identities: list[str] = msgspec.field(default_factory=list)
     teams: list[str] = msgspec.field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if not self.identities and not self.teams:
+            raise msgspec.ValidationError(f"a grant of MCP server {self.server!r} names identities or teams - at "
+                                          f"`$.mcp.{self.KIND}`")
+
     def names_caller(self, identity: str, team: str | None) -> bool:
         return "*" in self.identities or identity in self.identities or (team is not None and team in self.teams)
 
@@ -125,11 +140,15 @@ class _Grant(_Strict):
 class ResourceGrant(_Grant):
     """``uris``: glob patterns (``fnmatch``) over resource URIs and resource templates' URI templates."""
 
+    KIND: ClassVar[str] = "resources"
+
     uris: list[str] = msgspec.field(default_factory=list)
 
 
 class PromptGrant(_Grant):
     """``names``: glob patterns over the server's own prompt names (not the ``server__`` namespaced ones)."""
+
+    KIND: ClassVar[str] = "prompts"
 
     names: list[str] = msgspec.field(default_factory=list)
 
@@ -152,8 +171,8 @@ class Mcp(_Strict):
     pins: dict[ToolName, Sha256] = msgspec.field(default_factory=dict)  # seeds the policy's ``mcp.pins``
     # a tools/call is checked against the server's definitions as last listed, listed again when older than this
     pin_recheck_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 5.0
-    # who reads which resources and gets which prompts; with none, every caller may (each list on its own);
-    # with any, what no grant names is nobody's
+    # who reads which resources and gets which prompts: seed the policy's ``mcp.resources`` / ``mcp.prompts`` once
+    # (then only change sets change them); what no grant names is nobody's, so with none, nobody may
     resources: list[ResourceGrant] = msgspec.field(default_factory=list)
     prompts: list[PromptGrant] = msgspec.field(default_factory=list)
 
@@ -171,8 +190,6 @@ class Mcp(_Strict):
             for g in grants:
                 if g.server not in names:
                     raise msgspec.ValidationError(f"grant for unknown MCP server {g.server!r} - at `$.mcp.{kind}`")
-                if not g.identities and not g.teams:
-                    raise msgspec.ValidationError(f"a grant names identities or teams - at `$.mcp.{kind}`")
         allowed = {os.path.realpath(p) for p in self.allowed_commands}
         for s in self.servers:
             if s.command is not None and executable(s.command[0]) not in allowed:
@@ -181,14 +198,19 @@ class Mcp(_Strict):
 
 
 class McpPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """The ``mcp`` section of the versioned policy: which tool definitions operators approved (issue 25, item 5).
+    """The ``mcp`` section of the versioned policy (issue 25): which definitions operators approved (item 5), and
+    who may reach which resources and prompts (item 4).
 
     ``pins`` maps a namespaced tool (``server__tool``) to the SHA-256 of the definition an operator approved;
     ``pin`` says per server whether its tools must be pinned (``required``, the default for a server it does
-    not name) or are not checked (``off``). Seeded from the config file's ``mcp.pins`` and ``servers[].pin``."""
+    not name) or are not checked (``off``). ``resources`` (URI globs) and ``prompts`` (name globs) grant a
+    server's resources and prompts per identity or team; what no grant names is nobody's (default deny).
+    Seeded once from the config file's ``mcp.pins``, ``servers[].pin``, ``mcp.resources`` and ``mcp.prompts``."""
 
     pin: dict[ServerName, PinMode] = msgspec.field(default_factory=dict)
     pins: dict[ToolName, Sha256] = msgspec.field(default_factory=dict)
+    resources: list[ResourceGrant] = msgspec.field(default_factory=list)
+    prompts: list[PromptGrant] = msgspec.field(default_factory=list)
 
     def mode(self, server: str) -> PinMode:
         return self.pin.get(server, "required")

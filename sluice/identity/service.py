@@ -4,6 +4,7 @@ the record of who changed what in one transaction, then updates the in-memory re
 
 from __future__ import annotations
 
+import hmac
 import re
 import uuid
 
@@ -325,6 +326,21 @@ class IdentityService:
         if key is None:
             raise NotFound(f"no key {key_id!r}")
         return key
+
+    async def find_keys(self, text: str) -> list[tuple[ApiKey, Identity | None]]:
+        """The keys a leaked string names, with their identities: the whole key (matched by its HMAC, so the
+        secret is never compared or kept), its display form as ``sluice keys check`` prints it
+        (``slk_dev_ns9M…yEmr``, or with ``...``), or a key id. Several only when display forms collide."""
+        text = text.strip()
+        every = await self._store.list_keys()
+        if keys.inspect(text) is not None:
+            digest = self._hasher.digest(text)
+            found = [k for k in every if hmac.compare_digest(k.hash, digest)]
+        else:
+            shown = text.replace("...", "…")
+            found = [k for k in every if k.id == text or k.display == shown]
+        idents = {i.id: i for i in await self._store.list_identities(include_disabled=True)}
+        return [(k, idents.get(k.identity_id)) for k in found]
 
     async def revoke_key(self, actor: Actor, key_id: str) -> ApiKey:
         """Revoke a key (and every token minted from it); the registry forgets it before this returns."""

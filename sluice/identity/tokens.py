@@ -219,6 +219,17 @@ class TokenService:
         token = jwt.encode({"alg": ALG, "kid": key.kid, "typ": "at+jwt"}, claims, key, algorithms=[ALG])
         return token, ttl
 
+    def mint_service(self, audience: str, subject: str, ttl_s: float) -> tuple[str, int]:
+        """A token sluice signs for itself, to show a service it calls (an MCP server's own credential): ``iss``
+        sluice's issuer, ``aud`` that service, ``sub`` sluice's name for itself there. It carries no identity and
+        no ``cred``, so no endpoint of sluice's accepts it. (token, expiry as epoch seconds)"""
+        now = int(clock.now())
+        exp = now + int(min(ttl_s, self._cfg.max_ttl_s))  # the signing key stays published that long after rotating
+        claims = {"iss": self._cfg.issuer, "aud": audience, "sub": subject, "iat": now, "nbf": now, "exp": exp,
+                  "jti": uuid.uuid4().hex, "client_id": self._cfg.issuer}
+        key = self._keyring.current
+        return jwt.encode({"alg": ALG, "kid": key.kid, "typ": "at+jwt"}, claims, key, algorithms=[ALG]), exp
+
     def authenticate(self, token: str, audience: str | None = None) -> Principal:
         """The principal behind a token of ours minted for ``audience`` (default: the gateway's own), or
         ``Unauthenticated``; cached after the first check."""

@@ -25,6 +25,15 @@ log = logging.getLogger("sluice.limits")
 Event = Callable[[str, str], None]  # (kind, label): "rejected" / "backend_down" / "settle_failed"
 
 
+def _amount(measure: int, value: float) -> str:
+    """A count as people read it: whole requests and tokens (a bucket refills in fractions, so what
+    remains is rounded down: a request that needs one does not fit into 0.4), money as a plain decimal."""
+    value = max(0.0, value)
+    if measure == SPEND:
+        return f"{value:.6f}".rstrip("0").rstrip(".")
+    return str(int(value))
+
+
 class Reservation:
     """What one request holds until it settles."""
 
@@ -57,8 +66,11 @@ class Limiter:
     """Rules plus a backend (and, failing open, a local fallback)."""
 
     def __init__(self, cfg: Limits, backend: LimitBackend, on_event: Event | None = None,
-                 anomaly: AnomalyGuard | None = None) -> None:
+                 anomaly: AnomalyGuard | None = None, *, apart: int = 1) -> None:
         self._cfg = cfg
+        # how many processes keep counters of their own (``--workers N`` on the memory backend): above
+        # one, no limit rule can be exact, so none is taken (``unshared``)
+        self.apart = apart
         self.anomaly = anomaly
         self._backend = backend
         self._fallback: MemoryBackend | None = MemoryBackend() if cfg.on_backend_failure == "open" else None
@@ -73,6 +85,14 @@ class Limiter:
     def replace_rules(self, rules: list[LimitRule]) -> None:
         """New rules from the next request on; counters of unchanged rules carry over (same keys)."""
         self.install_rules(self.compile_rules(rules))
+
+    def unshared(self, rules: list[LimitRule]) -> str | None:
+        """Why these rules cannot be kept exact here (workers counting apart), or None."""
+        if not rules or self.apart <= 1:
+            return None
+        return (f"limit rules need limits.backend: redis while sluice runs as {self.apart} workers: the memory "
+                f"backend counts in each process, so a limit would not be exact; set limits.backend: redis and "
+                f"limits.redis_url (or run --workers 1)")
 
     def compile_rules(self, rules: list[LimitRule]) -> RuleSet:
         """A rule set for these rules, not yet in force (a policy version builds its own off to the side)."""
@@ -142,9 +162,10 @@ class Limiter:
         self._on_event("rejected", hit.label.split(" (", 1)[0])
         retry = max(verdict.reset_s[verdict.failed], 0.001)  # type: ignore[index]  # set on refusal
         headers["retry-after-ms"] = str(int(math.ceil(retry * 1000)))
-        exc = RateLimited(f"Rate limit reached for {hit.label}: limit {hit.limit:g}, "
-                          f"remaining {max(0.0, verdict.remaining[verdict.failed]):g}, "
-                          f"this request needs {amounts[hit.measure]:g}. Retry after {retry:.2f}s.",
+        m = hit.measure
+        exc = RateLimited(f"Rate limit reached for {hit.label}: limit {_amount(m, hit.limit)}, "
+                          f"remaining {_amount(m, verdict.remaining[verdict.failed])}, "
+                          f"this request needs {_amount(m, amounts[m])}. Retry after {retry:.2f}s.",
                           code="rate_limit_exceeded", retry_after=retry)
         exc.headers = headers
         raise exc

@@ -6,8 +6,8 @@ tool it does not name is nobody's (default deny) and ``tools/list`` shows only w
 call; a policy version with no registry governs no tool call, MCP or model (as ``guard-in`` does).
 A call is judged by ``sluice.guard.tools.judge`` itself: allowed, blocked, or held for approval.
 
-Resources and prompts are not tools and have no registry entry: ``ContentAccess`` decides them from
-the config's ``mcp.resources`` (URI globs) and ``mcp.prompts`` (name globs) per identity or team.
+Resources and prompts are not tools and have no registry entry: ``ContentAccess`` decides them from the
+active policy's ``mcp.resources`` (URI globs) and ``mcp.prompts`` (name globs) per identity or team, default deny.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from fnmatch import fnmatchcase
 from typing import Any
 
-from ..core.mcp_config import PromptGrant, ResourceGrant
+from ..core.mcp_config import McpPolicy
 from ..guard import GuardPolicy, Judgement, ToolCall, judge
 from ..guard.tools import canonical
 
@@ -62,24 +62,23 @@ class ToolAccess:
 
 
 class ContentAccess:
-    """Which resources (by URI glob) and prompts (by name glob) of a server a caller may reach (``mcp.resources``,
-    ``mcp.prompts`` of the config). A kind with no grants is open to every caller; with any, what no grant names
-    is nobody's (default deny)."""
+    """Which resources (by URI glob) and prompts (by name glob) of a server a caller may reach: the grants of the
+    active policy version's ``mcp`` section (``mcp.resources``, ``mcp.prompts``), read at each request. What no
+    grant names for the caller is nobody's: with no grant at all, no caller reaches anything (default deny)."""
 
-    __slots__ = ("_resources", "_prompts")
+    __slots__ = ("_section",)
 
-    def __init__(self, resources: list[ResourceGrant], prompts: list[PromptGrant]) -> None:
-        self._resources = resources
-        self._prompts = prompts
+    def __init__(self, section: Callable[[], McpPolicy | None]) -> None:
+        self._section = section  # the active version's ``mcp`` section (None: no policy yet, so no grant)
 
     def resource(self, server: str, uri: str, identity: str, team: str | None) -> bool:
-        if not self._resources:
-            return True
-        return any(g.server == server and g.names_caller(identity, team) and any(fnmatchcase(uri, p) for p in g.uris)
-                   for g in self._resources)
+        p = self._section()
+        return p is not None and any(
+            g.server == server and g.names_caller(identity, team) and any(fnmatchcase(uri, pat) for pat in g.uris)
+            for g in p.resources)
 
     def prompt(self, server: str, name: str, identity: str, team: str | None) -> bool:
-        if not self._prompts:
-            return True
-        return any(g.server == server and g.names_caller(identity, team) and any(fnmatchcase(name, p) for p in g.names)
-                   for g in self._prompts)
+        p = self._section()
+        return p is not None and any(
+            g.server == server and g.names_caller(identity, team) and any(fnmatchcase(name, pat) for pat in g.names)
+            for g in p.prompts)

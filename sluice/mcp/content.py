@@ -7,9 +7,13 @@ lists that URI, else to the one whose resource template matches it (the first in
 do). Finding it lists the servers' resources at the time of the read: no replica keeps a map that another
 would lack.
 
-Who may reach what is ``ContentAccess`` (``mcp.resources``: URI globs; ``mcp.prompts``: name globs): lists show
-only what the caller may reach; a read, get or completion of anything else is JSON-RPC error -32010 saying so.
-What comes back (a resource's contents, a prompt's messages) is untrusted input and goes through the tool
+Who may reach what is ``ContentAccess``: the active policy's ``mcp.resources`` (URI globs) and ``mcp.prompts``
+(name globs), default deny. Lists show only what the caller may reach; a read, get or completion of anything
+else is JSON-RPC error -32010 saying so.
+A ``resources/read`` or ``prompts/get`` that reaches a server ends in one record, metric and span as a tool call
+does (``usage.py``). Prompts and resource templates are pinned as tools are (``pins.py``): a quarantined one is left out of its list
+and refused when got, read through or completed. What comes back (a resource's contents, a prompt's messages) is
+untrusted input and goes through the tool
 results' guard (``results.py``): the size bound and the detectors.
 """
 
@@ -17,8 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import mcp.types as mt
@@ -29,10 +32,13 @@ from ..guard.approvals import MASK
 from ..identity import Principal
 from .authz import ContentAccess, namespaced, upstream_name
 from .jsonrpc import REFUSED, UPSTREAM, Refusal
+from .pins import Pins, template_pattern
 from .upstreams import Upstream, Upstreams
+from .usage import Call, CallLog
 
 log = logging.getLogger("sluice.mcp")
 _DUMP = {"mode": "json", "by_alias": True, "exclude_none": True}
+_NO_HEADERS: Mapping[str, str] = {}
 
 
 def upstream_refusal(exc: MCPError) -> Refusal:
@@ -41,15 +47,10 @@ def upstream_refusal(exc: MCPError) -> Refusal:
                    "mcp_upstream_error")
 
 
-def _template(uri_template: str) -> re.Pattern[str]:
-    """An RFC 6570 template as a pattern over URIs (each ``{...}`` one or more characters)."""
-    parts = re.split(r"\{[^{}]*\}", uri_template)
-    return re.compile(".+".join(re.escape(p) for p in parts) + r"\Z")
-
-
 def _refused(kind: str, name: str, reason: str) -> Refusal:
-    return Refusal(REFUSED, f"The {kind} {name[:128]} is refused by the gateway's policy: {reason}.", f"{kind}_refused",
-                   data={"reason": reason})
+    why = f"no grant in the policy's mcp.{kind}s names it for this caller"
+    return Refusal(REFUSED, f"The {kind} {name[:128]} is refused by the gateway's policy: {reason} ({why}).",
+                   f"{kind}_refused", data={"reason": reason})
 
 
 class Content:
@@ -58,48 +59,57 @@ class Content:
     METHODS = frozenset({"resources/list", "resources/templates/list", "resources/read", "prompts/list",
                          "prompts/get", "completion/complete"})
 
-    def __init__(self, upstreams: Upstreams, access: ContentAccess,
-                 guard: Callable[[Any, Principal, str, str], Any]) -> None:
+    def __init__(self, upstreams: Upstreams, access: ContentAccess, pins: Pins,
+                 guard: Callable[[Any, Principal, str, str], Any], log: CallLog) -> None:
         self._upstreams = upstreams
         self.access = access
+        self._pins = pins  # prompts and resource templates are pinned as tools are
         self._guard = guard
+        self._log = log  # a read or get ends in one record, metric and span, as a tool call does
 
-    async def answer(self, who: Principal, up: Upstream | None, req: Any, request_id: str) -> dict[str, Any]:
+    async def answer(self, who: Principal, up: Upstream | None, req: Any, request_id: str,
+                     headers: Mapping[str, str] = _NO_HEADERS) -> dict[str, Any]:
         if isinstance(req, mt.ListResourcesRequest):
             found = await self._gather(up, lambda u: u.list_resources())
             shown = [r for u, rs in found for r in rs if self._may_read(who, u, str(r.uri))]
             return mt.ListResourcesResult(resources=shown).model_dump(**_DUMP)
         if isinstance(req, mt.ListResourceTemplatesRequest):
             found = await self._gather(up, lambda u: u.list_resource_templates())
-            shown = [t for u, ts in found for t in ts if self._may_read(who, u, t.uri_template)]
+            shown = [t for u, ts in found for t in await self._pins.screen(u.spec.name, u.namespace, ts, "template")
+                     if self._may_read(who, u, t.uri_template)]
             return mt.ListResourceTemplatesResult(resource_templates=shown).model_dump(**_DUMP)
         if isinstance(req, mt.ReadResourceRequest):
             uri = str(req.params.uri)
             owner = up or await self._owner(uri)
-            if not self._may_read(who, owner, uri):
-                raise _refused("resource", uri, "resource_not_allowed")
-            result = await _relay(owner, owner.read_resource(uri))
-            return self._guard(result, who, uri, request_id).body  # type: ignore[no-any-return]
+            call = self._log.begin(owner.spec.name, f"resource:{uri}", {"uri": uri}, headers, dict(req.params.meta or {}),
+                                   "resources/read", "resources/read")
+            return await self._recorded(call, who, request_id, self._read(who, owner, uri, call, request_id))
         if isinstance(req, mt.ListPromptsRequest):
             found = await self._gather(up, lambda u: u.list_prompts())
-            shown = [p.model_copy(update={"name": namespaced(u.namespace, p.name)}) for u, ps in found for p in ps
+            shown = [p.model_copy(update={"name": namespaced(u.namespace, p.name)}) for u, ps in found
+                     for p in await self._pins.screen(u.spec.name, u.namespace, ps, "prompt")
                      if self.access.prompt(u.spec.name, p.name, who.identity_name, who.team)]
             return mt.ListPromptsResult(prompts=shown).model_dump(**_DUMP)
         if isinstance(req, mt.GetPromptRequest):
-            owner, name = self._prompt(who, up, req.params.name)
-            result = await _relay(owner, owner.get_prompt(name, req.params.arguments))
-            return self._guard(result, who, req.params.name, request_id).body  # type: ignore[no-any-return]
+            owner, own = self._route_prompt(up, req.params.name)
+            key = f"prompt:{namespaced(owner.namespace, own)}"
+            call = self._log.begin(owner.spec.name, key, dict(req.params.arguments or {}), headers,
+                                   dict(req.params.meta or {}), "prompts/get")
+            return await self._recorded(call, who, request_id, self._get(who, owner, own, req.params.arguments, call,
+                                                                         request_id))
         if isinstance(req, mt.CompleteRequest):
             p = req.params
             ref: mt.PromptReference | mt.ResourceTemplateReference
             if isinstance(p.ref, mt.PromptReference):
-                owner, name = self._prompt(who, up, p.ref.name)
+                owner, name = await self._pinned_prompt(who, up, p.ref.name)
                 ref = p.ref.model_copy(update={"name": name})
             else:
                 ref = p.ref
                 owner = up or await self._owner(ref.uri, templates_only=True)
                 if not self._may_read(who, owner, ref.uri):
                     raise _refused("resource", ref.uri, "resource_not_allowed")
+                await _relay(owner, self._pins.check_template(owner.spec.name, owner.namespace, ref.uri,
+                                                              owner.list_resource_templates))
             context = p.context.arguments if p.context is not None else None
             result = await _relay(owner, owner.complete(ref, {"name": p.argument.name, "value": p.argument.value}, context))
             return result.model_dump(**_DUMP)  # type: ignore[no-any-return]
@@ -108,15 +118,58 @@ class Content:
     def _may_read(self, who: Principal, up: Upstream, uri: str) -> bool:
         return self.access.resource(up.spec.name, uri, who.identity_name, who.team)
 
+    async def _recorded(self, call: Call, who: Principal, request_id: str, work: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        """Run a read or get; whatever becomes of it, its one record is written at the end."""
+        try:
+            return await work
+        except Refusal as r:
+            if call.decision == "allow":
+                call.refuse("quarantined" if r.reason.endswith("_quarantined") else "error", r.reason)
+            raise
+        finally:
+            self._log.finish(call, who, request_id)
+
+    async def _read(self, who: Principal, owner: Upstream, uri: str, call: Call, request_id: str) -> dict[str, Any]:
+        if not self._may_read(who, owner, uri):
+            call.refuse("block", "resource_not_allowed")
+            raise _refused("resource", uri, "resource_not_allowed")
+        await _relay(owner, self._pins.check_read(owner.spec.name, owner.namespace, uri, owner.list_resources,
+                                                  owner.list_resource_templates))
+        return self._result(call, await _relay(owner, owner.read_resource(uri), call), who, uri, request_id)
+
+    async def _get(self, who: Principal, owner: Upstream, own: str, arguments: dict[str, str] | None, call: Call,
+                   request_id: str) -> dict[str, Any]:
+        if not self.access.prompt(owner.spec.name, own, who.identity_name, who.team):
+            call.refuse("block", "prompt_not_allowed")
+            raise _refused("prompt", namespaced(owner.namespace, own), "prompt_not_allowed")
+        await _relay(owner, self._pins.check(owner.spec.name, owner.namespace, own, owner.list_prompts, "prompt"))
+        result = await _relay(owner, owner.get_prompt(own, arguments), call)
+        return self._result(call, result, who, namespaced(owner.namespace, own), request_id)
+
+    def _result(self, call: Call, result: Any, who: Principal, name: str, request_id: str) -> dict[str, Any]:
+        """The contents or messages as untrusted input (bounded, masked, read for injection), kept with the record."""
+        return self._log.result(call, self._guard(result, who, name, request_id))
+
+    async def _pinned_prompt(self, who: Principal, up: Upstream | None, name: str) -> tuple[Upstream, str]:
+        """``_prompt``, and refused when the prompt is quarantined (its definition unpinned or changed)."""
+        owner, own = self._prompt(who, up, name)
+        await _relay(owner, self._pins.check(owner.spec.name, owner.namespace, own, owner.list_prompts, "prompt"))
+        return owner, own
+
     def _prompt(self, who: Principal, up: Upstream | None, name: str) -> tuple[Upstream, str]:
+        """The server and its own name of a prompt, or the refusal: unknown, or not the caller's."""
+        owner, own = self._route_prompt(up, name)
+        if not self.access.prompt(owner.spec.name, own, who.identity_name, who.team):
+            raise _refused("prompt", name, "prompt_not_allowed")
+        return owner, own
+
+    def _route_prompt(self, up: Upstream | None, name: str) -> tuple[Upstream, str]:
         """The server and its own name of a prompt (namespaced ``server__prompt`` on ``/mcp`` and on a server's path),
-        or the refusal: unknown, or not the caller's."""
+        or the refusal naming how prompts are named here."""
         candidates = [up] if up is not None else sorted(self._upstreams.by_name.values(), key=lambda u: -len(u.namespace))
         for u in candidates:
             own = upstream_name(u.namespace, name)
             if own is not None:
-                if not self.access.prompt(u.spec.name, own, who.identity_name, who.team):
-                    raise _refused("prompt", name, "prompt_not_allowed")
                 return u, own
         hint = f"`{up.namespace}__<prompt>`" if up is not None else "`<server>__<prompt>`"
         raise Refusal(mt.INVALID_PARAMS, f"Unknown prompt {name[:64]!r}: prompts here are named {hint}.", "unknown_prompt")
@@ -145,18 +198,28 @@ class Content:
                 if any(str(r.uri) == uri for r in resources):
                     return u
         for u, templates in await self._gather(None, lambda u: u.list_resource_templates()):
-            if any(t.uri_template == uri or _template(t.uri_template).match(uri) for t in templates):
+            if any(t.uri_template == uri or template_pattern(t.uri_template).match(uri) for t in templates):
                 return u
         raise Refusal(mt.INVALID_PARAMS, f"No server behind /mcp lists the resource {uri[:128]!r}.", "unknown_resource")
 
 
-async def _relay(up: Upstream, call: Awaitable[Any]) -> Any:
-    """One upstream request, its failures as the JSON-RPC errors a tool call gets."""
+async def _relay(up: Upstream, call: Awaitable[Any], record: Call | None = None) -> Any:
+    """One upstream request, its failures as the JSON-RPC errors a tool call gets; ``record``: the read or get
+    whose upstream status this is."""
+    status = None
     try:
-        return await call
+        got = await call
+        status = "ok"
+        return got
     except MCPError as exc:
+        status = f"error {exc.code}"
         raise upstream_refusal(exc) from None
     except UpstreamTimeout:
+        status = "timeout"
         raise Refusal(UPSTREAM, f"MCP server {up.spec.name} did not answer in time.", "mcp_upstream_timeout") from None
     except GatewayError as exc:
+        status = "unreachable"
         raise Refusal(UPSTREAM, exc.message, exc.code or "mcp_upstream_error") from None
+    finally:
+        if record is not None:
+            record.upstream_status = status

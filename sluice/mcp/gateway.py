@@ -36,7 +36,7 @@ from pydantic import ValidationError
 
 from ..core import scope
 from ..core.errors import GatewayError
-from ..core.mcp_config import Mcp
+from ..core.mcp_config import Mcp, McpPolicy
 from ..guard import Judgement, ToolApprovals, context_digest
 from ..identity import Principal
 from ..core.errors import UpstreamTimeout
@@ -49,7 +49,7 @@ from .pins import Pins
 from .results import guard_result
 from .session import Session, Sessions
 from .upstreams import Upstream, Upstreams
-from .usage import TOOL_CALL_HEADER, TOOL_CALL_META, Call, CallLog
+from .usage import Call, CallLog
 
 log = logging.getLogger("sluice.mcp")
 APPROVAL_META = "sluice/approval"
@@ -74,20 +74,23 @@ class McpGateway:
 
     def __init__(self, cfg: Mcp, upstreams: Upstreams, sessions: Sessions, approvals: ToolApprovals,
                  active: Callable[[], Any], record_change: Callable[[Any], Any] | None = None, *,
-                 limiter: Any = None, metrics: Any = None, tracer: Any = None) -> None:
+                 limiter: Any = None, metrics: Any = None, tracer: Any = None, admission: Any = None) -> None:
         self._cfg = cfg
         self.upstreams = upstreams
         self.sessions = sessions
         self._approvals = approvals
         self._active = active  # the active policy version (``.guard``, ``.version``, ``.hash``)
         self._access = self.access = ToolAccess(lambda: getattr(active(), "guard", None))
-        self._limits = CallLimits(limiter, cfg.limits)
-        # resources, prompts, completion: relayed under ``mcp.resources`` / ``mcp.prompts`` (content.py)
-        self.content = Content(upstreams, ContentAccess(cfg.resources, cfg.prompts), self._guard)
+        self._limits = CallLimits(limiter, cfg.limits, admission)  # admission: the servers' fair queues
+        def section() -> McpPolicy | None:  # the active version's ``mcp`` section
+            return getattr(getattr(active(), "document", None), "mcp", None)
+
         self._log = CallLog(approvals.record, active, metrics, tracer, cfg.max_recorded_result_chars)
         # issue 25 item 5: definitions pinned in the active version's ``mcp`` section; others quarantined
-        self.pins = Pins(lambda: getattr(getattr(active(), "document", None), "mcp", None), cfg.pin_recheck_s,
-                         record_change)
+        self.pins = Pins(section, cfg.pin_recheck_s, record_change)
+        # resources, prompts, completion: relayed under the active policy's ``mcp.resources`` / ``mcp.prompts``,
+        # each read and get recorded as a tool call is
+        self.content = Content(upstreams, ContentAccess(section), self.pins, self._guard, self._log)
 
     def server(self, name: str) -> Upstream | None:
         """The server of a path (None: the federated path ``/mcp``), or a 404 refusal."""
@@ -128,7 +131,7 @@ class McpGateway:
         elif isinstance(req, mt.CallToolRequest):
             out = await self._call_tool(who, up, req.params, request_id, headers or {})
         elif method in Content.METHODS:
-            out = await self.content.answer(who, up, req, request_id)
+            out = await self.content.answer(who, up, req, request_id, headers or {})
         else:
             raise Refusal(mt.METHOD_NOT_FOUND, f"Method not found: {method[:64]}.", "method_not_found")
         try:  # in the wire shape of the session's protocol version (fields it does not know are dropped)
@@ -202,10 +205,7 @@ class McpGateway:
         name, arguments = params.name, dict(params.arguments or {})
         up, tool = self._route(up, name)
         meta: dict[str, Any] = dict(params.meta or {})
-        proposed = meta.get(TOOL_CALL_META) or headers.get(TOOL_CALL_HEADER)
-        tracer = self._log.tracer
-        call = Call(up.spec.name, name, arguments, str(proposed) if proposed is not None else None,
-                    tracer.sampling(headers) if tracer is not None else None)
+        call = self._log.begin(up.spec.name, name, arguments, headers, meta)
         try:
             return await self._run_call(who, up, tool, call, meta, request_id)
         except Refusal as r:
@@ -263,13 +263,7 @@ class McpGateway:
             raise Refusal(UPSTREAM, exc.message, exc.code or "mcp_upstream_error") from None
         finally:
             self._limits.release(reservation)
-        guarded = self._guard(result, who, name, request_id)
-        self._log.result(call, guarded.body, guarded.size)
-        if guarded.injection:
-            call.reason = f"{call.reason}; injection {guarded.injection:.2f}"[:256]
-        if guarded.kinds:
-            call.reason = f"{call.reason}; masked {','.join(sorted(guarded.kinds))}"[:256]
-        return guarded.body
+        return self._log.result(call, self._guard(result, who, name, request_id))
 
     def _guard(self, result: Any, who: Principal, name: str, request_id: str) -> Any:
         """A tool's result, a resource's contents or a prompt's messages, as untrusted input (``results.py``)."""

@@ -4,15 +4,15 @@ sluice is an MCP client to each configured server: its own Streamable HTTP clien
 server at a URL, the ``mcp`` SDK's stdio client for a server sluice starts itself (``stdio.py``). The
 session is made once and reused (no handshake per call); it is made again when the server forgets it or
 the connection fails, and a stdio server that dies is started again.
-What goes upstream carries the server's own credential (``credential_env``), or none: the caller's
-key or token is never handed to a tool server, and callers never share a header with it.
+What goes upstream carries the server's own credential (``credential_env``, or a token sluice mints for it:
+``credentials.py``), or none: the caller's key or token is never handed to a tool server, and callers never
+share a header with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,9 +22,10 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ValidationError
 
-from ..core.errors import ConfigError, UpstreamError, UpstreamTimeout
+from ..core.errors import UpstreamError, UpstreamTimeout
 from ..core.mcp_config import Mcp, McpServer
 from .client import HttpClient, Invalid, ToolResult
+from .credentials import Minter, ServerCredential
 from .stdio import Sandbox, StdioServer, sandbox_for
 
 log = logging.getLogger("sluice.mcp")
@@ -52,10 +53,11 @@ class Upstream:
     """One server as the gateway calls it: ``HttpUpstream`` (a URL) or ``StdioUpstream`` (a command).
     ``on_notice`` gets the notifications it sends on sluice's session (``notify.Streams.relay``)."""
 
-    def __init__(self, spec: McpServer, on_notice: Notice | None = None) -> None:
+    def __init__(self, spec: McpServer, on_notice: Notice | None = None, mint: Minter | None = None) -> None:
         self.spec = spec
         self.namespace = spec.namespace
         self._on_notice = on_notice
+        self.credential = ServerCredential(spec, mint)  # its own Authorization, asked per request (credentials.py)
 
     def _notice(self, method: str) -> None:
         if self._on_notice is not None:
@@ -101,11 +103,10 @@ class HttpUpstream(Upstream):
     """A Streamable HTTP server, over sluice's own client (``client.py``); results other than a tool's are read
     into the SDK's types, which the gateway's lists, pins and content relay work with."""
 
-    def __init__(self, spec: McpServer, max_bytes: int, on_notice: Notice | None = None) -> None:
-        super().__init__(spec, on_notice)
+    def __init__(self, spec: McpServer, max_bytes: int, on_notice: Notice | None = None, mint: Minter | None = None) -> None:
+        super().__init__(spec, on_notice, mint)
         assert spec.url is not None
-        credential = _credential(spec)
-        self.client = HttpClient(spec.name, spec.url, spec.timeout_s, max_bytes, authorization=lambda: credential,
+        self.client = HttpClient(spec.name, spec.url, spec.timeout_s, max_bytes, authorization=self.credential.authorization,
                                  on_message=lambda method, _params: self._notice(method))
         self._listen: asyncio.Task | None = None
 
@@ -174,24 +175,12 @@ class HttpUpstream(Upstream):
         await self.client.close()
 
 
-def _credential(spec: McpServer) -> str | None:
-    """The server's own ``Authorization``, from the environment; a server meant to get one never gets a call
-    without it (the start stops)."""
-    if not spec.credential_env:
-        return None
-    secret = os.environ.get(spec.credential_env)
-    if not secret:
-        raise ConfigError(f"MCP server {spec.name!r}: the environment variable {spec.credential_env!r} is unset"
-                          f" - at `$.mcp.servers`")
-    return f"Bearer {secret}"
-
-
 class StdioUpstream(Upstream):
     """A server sluice starts itself, over the SDK's stdio client: its session opened on first use (or at start),
     held by a task of its own (anyio scopes are per task)."""
 
     def __init__(self, spec: McpServer, stdio: StdioServer, on_notice: Notice | None = None) -> None:
-        super().__init__(spec, on_notice)
+        super().__init__(spec, on_notice)  # a stdio server's credential is in its env
         self._stdio = stdio
         self._restart: asyncio.TimerHandle | None = None
         self._closed = False
@@ -357,11 +346,12 @@ class Upstreams:
     """The configured servers by name, started here (a running event loop is needed): a stdio server's process,
     an HTTP server's session and stream."""
 
-    def __init__(self, servers: list[McpServer], cfg: Mcp, on_notice: Notice | None = None) -> None:
+    def __init__(self, servers: list[McpServer], cfg: Mcp, on_notice: Notice | None = None,
+                 mint: Minter | None = None) -> None:
         sandbox: Sandbox | None = sandbox_for(cfg)
         self.by_name: dict[str, Upstream] = {
             s.name: StdioUpstream(s, StdioServer(s, cfg, sandbox), on_notice) if s.stdio
-            else HttpUpstream(s, _bound(cfg), on_notice) for s in servers}
+            else HttpUpstream(s, _bound(cfg), on_notice, mint) for s in servers}
         for up in self.by_name.values():
             up.start()
 

@@ -1,8 +1,13 @@
-"""One record per MCP tool call: the ``tool_decisions`` row, the metric, the span.
+"""One record per MCP tool call, resource read and prompt get: the ``tool_decisions`` row, the metric, the span.
 
 Every ``tools/call`` that names a tool of a server ends in exactly one ``Call.finish``, whatever became
-of it: refused by the registry (``block``), held (``hold``), refused by a limit (``limited``), run
-(``allow``), or failed upstream or in the result checks (``error``). The row says who, which server
+of it: refused by the registry (``block``), held (``hold``), refused by a limit (``limited``), quarantined
+(``quarantined``), run (``allow``), or failed upstream or in the result checks (``error``). A
+``resources/read`` or ``prompts/get`` that reaches a server ends in one as well, in the same columns: its
+``tool`` is ``resource:URI`` or ``prompt:server__prompt``, its arguments the URI or the prompt's arguments,
+its decision ``allow``, ``block`` (no grant), ``quarantined`` or ``error``; its metric label is
+``prompt:server__prompt`` or, for every resource, ``resources/read`` (URIs are unbounded); its span is
+``mcp resources/read`` or ``mcp prompts/get``. The row says who, which server
 and tool, the arguments' hash (and masked form), the decision and its reason, the latency, the result's
 size, the upstream's status, the result as it went back (masked, bounded) and, when the caller names
 it, the model tool call that proposed this call (``tool_call_id``: ``_meta["sluice/tool_call_id"]`` or
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -46,11 +52,13 @@ class Call:
     """What one tools/call came to, filled in along the call path and written once at its end."""
 
     __slots__ = ("server", "tool", "arguments", "tool_call_id", "judgement", "decision", "reason", "upstream_status",
-                 "result_bytes", "result_masked", "approval_id", "started", "started_ns", "sampling")
+                 "result_bytes", "result_masked", "approval_id", "started", "started_ns", "sampling", "method", "label")
 
     def __init__(self, server: str, tool: str, arguments: dict[str, Any], tool_call_id: str | None,
-                 sampling: Any) -> None:
+                 sampling: Any, method: str = "tools/call", label: str | None = None) -> None:
         self.server, self.tool, self.arguments = server, tool, arguments
+        self.method = method  # tools/call, resources/read, prompts/get
+        self.label = label or tool  # the metric's ``tool`` label
         self.tool_call_id = tool_call_id[:128] if tool_call_id else None
         self.judgement: Judgement | None = None
         self.decision, self.reason = "allow", "allowed"
@@ -77,12 +85,27 @@ class CallLog:
         self.tracer = tracer
         self._max_result_chars = max_result_chars
 
-    def result(self, call: Call, body: dict[str, Any], size: int) -> None:
-        """The result as it went back (already masked by the detectors), bounded for the record."""
-        call.result_bytes = size
+    def begin(self, server: str, tool: str, arguments: dict[str, Any], headers: Mapping[str, str], meta: Mapping[str, Any],
+              method: str = "tools/call", label: str | None = None) -> Call:
+        """A call's record, started: the proposing tool call's id from ``_meta`` or the header, the trace sampling."""
+        proposed = meta.get(TOOL_CALL_META) or headers.get(TOOL_CALL_HEADER)
+        tracer = self.tracer
+        return Call(server, tool, arguments, str(proposed) if proposed is not None else None,
+                    tracer.sampling(headers) if tracer is not None else None, method, label)
+
+    def result(self, call: Call, guarded: Any) -> dict[str, Any]:
+        """A guarded result (``results.guard_result``) kept with its record as it goes back (already masked by the
+        detectors, bounded), with what the detectors found in the record's reason; its body."""
+        body: dict[str, Any] = guarded.body
+        call.result_bytes = guarded.size
         if self._max_result_chars:
             text = msgspec.json.encode(body).decode()
             call.result_masked = text if len(text) <= self._max_result_chars else text[:self._max_result_chars] + "…"
+        if guarded.injection:
+            call.reason = f"{call.reason}; injection {guarded.injection:.2f}"[:256]
+        if guarded.kinds:
+            call.reason = f"{call.reason}; masked {','.join(sorted(guarded.kinds))}"[:256]
+        return body
 
     def finish(self, call: Call, who: Any, request_id: str) -> None:
         seconds = time.perf_counter() - call.started
@@ -104,9 +127,9 @@ class CallLog:
             "result_bytes": call.result_bytes, "upstream_status": call.upstream_status,
             "tool_call_id": call.tool_call_id, "result_masked": call.result_masked}])
         if self._metrics is not None:
-            self._metrics.mcp_call(call.server, call.tool, call.decision, seconds)
+            self._metrics.mcp_call(call.server, call.label, call.decision, seconds)
         if self.tracer is not None and call.sampling is not None:
-            attrs: dict[str, Any] = {"mcp.server": call.server, "mcp.tool": call.tool, "mcp.method": "tools/call",
+            attrs: dict[str, Any] = {"mcp.server": call.server, "mcp.tool": call.tool, "mcp.method": call.method,
                                      "sluice.decision": call.decision, "sluice.identity": who.identity_name,
                                      "sluice.request_id": request_id}
             if call.upstream_status:
@@ -115,6 +138,6 @@ class CallLog:
                 attrs["mcp.result_bytes"] = call.result_bytes
             if call.tool_call_id:
                 attrs["gen_ai.tool.call.id"] = call.tool_call_id
-            error = call.reason if call.decision in ("error", "limited", "block") else None
-            self.tracer.single("mcp tools/call", call.sampling, who.identity_id, attrs, error, call.started_ns,
+            error = call.reason if call.decision in ("error", "limited", "block", "quarantined") else None
+            self.tracer.single(f"mcp {call.method}", call.sampling, who.identity_id, attrs, error, call.started_ns,
                                time.time_ns())

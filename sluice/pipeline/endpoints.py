@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -73,7 +72,7 @@ class ModelCall:
             if self._encode is None:
                 return reply
             out = self._encode(ctx, reply)
-            return (await out) if inspect.isawaitable(out) else out
+            return out if type(out) is Reply or type(out) is StreamReply else await out  # an async encoder's answer
         except GatewayError as exc:
             ctx.status, ctx.error_code = exc.status, exc.code
             streaming = False

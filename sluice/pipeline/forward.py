@@ -7,7 +7,9 @@ leaves), the account stage sees the context once, with the tokens actually produ
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import re
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
@@ -22,6 +24,7 @@ from ..core.prompt import completion_text, estimate_tokens
 from ..core.wire import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, StreamOptions, TokenUsage
 from ..routing import Decision, Target
 from ..upstream import SSERelay, UpstreamReply, UpstreamStream, error_event
+from ..upstream.relay import renamed
 from ..limits import INPUT, OUTPUT
 from ..upstream.errors import from_status
 from ..upstream.usage import completion_chars, reported_usage
@@ -30,6 +33,8 @@ from .native import leg
 
 CLIENT_CLOSED = 499  # nginx's convention: the client went away before the answer was complete
 _encode = msgspec.json.encode
+log = logging.getLogger("sluice.upstream")
+_USERINFO = re.compile(r"//[^/@]*@")  # a URL's user:password@, never logged
 ROUTE_HEADER = "x-sluice-route"
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -60,6 +65,24 @@ def _charge_reserved(ctx: RequestContext) -> None:
 # large to read was work done); unlike upstream_unreachable and upstream_connect_timeout, where
 # nothing was sent.
 _UNANSWERED = frozenset({UpstreamTimeout.code, "upstream_disconnected", "upstream_response_too_large"})
+
+
+_NOTED: dict[tuple[str, str], float] = {}  # (upstream URL, model) -> when it was last logged as not served
+
+
+def _noted(err: GatewayError, ctx: RequestContext, replica: Any) -> GatewayError:
+    """``err``; an upstream that does not serve the model asked of it (404) is logged with its URL and that
+    model, at most once a minute for each pair: the caller's error names neither, the fix is the operator's."""
+    if err.code == "upstream_not_found":
+        target: Target = ctx.target  # type: ignore[assignment]
+        key = (replica.url, target.upstream_model)
+        now = clock.monotonic()
+        if now - _NOTED.get(key, -60.0) >= 60.0:
+            _NOTED[key] = now
+            log.warning("upstream %s at %s does not serve model %r (asked for target %s): check that model's "
+                        "upstream_model in the config's models or the policy registry", target.upstream,
+                        _USERINFO.sub("//", replica.url), target.upstream_model, target.name)
+    return err
 
 
 class Forward:
@@ -133,7 +156,7 @@ class Forward:
                 try:
                     path, body, headers = self._leg(ctx, replica)
                     reply: UpstreamReply = await replica.transport.send(path, body, headers)
-                    err: GatewayError | None = None if reply.status == 200 else from_status(reply)
+                    err: GatewayError | None = None if reply.status == 200 else _noted(from_status(reply), ctx, replica)
                 except GatewayError as exc:
                     err = exc
                 finally:
@@ -162,6 +185,8 @@ class Forward:
         usage = reported_usage(reply.body)
         _settle(ctx, usage, 0 if usage else estimate_tokens(completion_chars(reply.body)))
         body = reply.body if ctx.guard is None else await ctx.guard.reply(reply.body)  # guard-out (issue 12)
+        # the reply names the model as the caller did; which version served it is in x-sluice-route
+        body = renamed(body, _encode(ctx.request.model))
         return Reply(200, body, headers={ROUTE_HEADER: ctx.decision.header()})  # type: ignore[union-attr]
 
     @staticmethod
@@ -185,7 +210,7 @@ class Forward:
             try:
                 path, body, headers = self._leg(ctx, replica)
                 opened = await replica.transport.open_stream(path, body, headers)
-                err = from_status(opened) if isinstance(opened, UpstreamReply) else None
+                err = _noted(from_status(opened), ctx, replica) if isinstance(opened, UpstreamReply) else None
             except GatewayError as exc:
                 err = exc
             ms = (clock.monotonic() - t0) * 1000.0
@@ -230,7 +255,8 @@ class Forward:
         self, ctx: RequestContext, current: list[UpstreamStream], t0: float, started: list[bool], *, strip_usage: bool
     ) -> AsyncGenerator[bytes, None]:
         started[0] = True
-        relay = SSERelay(strip_usage=strip_usage)
+        rename = _encode(ctx.request.model)  # every event names the model as the caller did
+        relay = SSERelay(strip_usage=strip_usage, rename=rename)
         guard = ctx.guard  # guard-out (issue 12): minimises every chat stream; None for embeddings
         sent = False
         pending: asyncio.Future | None = None
@@ -282,7 +308,7 @@ class Forward:
                     ctx.transport = None
                     raise exc
                 await self._pause(ctx, nxt)
-                relay = SSERelay(strip_usage=strip_usage)
+                relay = SSERelay(strip_usage=strip_usage, rename=rename)
                 if guard is not None:  # what it held of the failed attempt never reaches the client
                     guard = ctx.guard = guard.fresh()
                 current[0] = await self._open(ctx)

@@ -35,7 +35,9 @@ def encode(ctx: RequestContext, reply: Reply | StreamReply) -> Reply | StreamRep
     """The chat answer of a Messages request in Anthropic's shape."""
     native: NativeMessages = ctx.native
     if isinstance(reply, Reply):
-        message = native.answer.restore(anthropic.encode_message(reply.body))
+        message = anthropic.encode_message(reply.body)
+        if native.answer is not None:
+            message = native.answer.restore(message)
         return Reply(reply.status, msgspec.json.encode(message), JSON_TYPE, reply.headers)
     encoder = anthropic.StreamEncoder(ctx.request.model, input_tokens=ctx.prompt_estimate(), native=native.answer)
     return StreamReply(reencoded(reply, encoder, anthropic.ping()), reply.status, reply.content_type, reply.headers,

@@ -92,40 +92,47 @@ class NativeForm:
 class NativeMessages(NativeForm):
     """One Messages request's own form, for its attempts on ``api: anthropic`` targets (``ctx.native``)."""
 
-    __slots__ = ("source", "translated", "dropped", "headers", "answer")
+    __slots__ = ("source", "translated", "dropped", "_caller", "answer")
 
     def __init__(self, translated: anthropic.Translated, headers: Mapping[str, str]) -> None:
         self.source: MessagesRequest = translated.source
         self.translated: ChatCompletionRequest = translated.request  # as decoded: what guard-in may rewrite since
         self.dropped = translated.dropped  # what the chat form could not carry
-        self.headers = relayed_headers(headers)
-        self.answer = anthropic.NativeAnswer()
+        self._caller = headers  # read for the relayed headers by an attempt on an Anthropic upstream
+        # what an Anthropic answer carries beside its chat form; None until an attempt goes to an Anthropic
+        # upstream (most go to chat ones: nothing is made for them)
+        self.answer: anthropic.NativeAnswer | None = None
 
     def prepare(self, ctx: RequestContext, api: str) -> tuple[str, bytes, dict[str, str]] | None:
         """This attempt's path, body and headers when its target speaks Anthropic's API; None: the chat leg."""
         if api == RESPONSES:
             raise wrong_api(api)
         if api != ANTHROPIC:
-            self.answer.reset(False)
+            if self.answer is not None:
+                self.answer.reset(False)
             if self.dropped:
                 log.info("messages: dropped %s (no chat equivalent) for model %s", ", ".join(self.dropped),
                          self.source.model[:100])
             return None
+        if self.answer is None:
+            self.answer = anthropic.NativeAnswer()
         self.answer.reset(True)
         target = ctx.target
         assert target is not None
         out = anthropic.messages_body(self.source, self.translated, ctx.request, model=target.upstream_model,
                                       stream=ctx.stream)
         _logged("messages", out, self.source.model)
-        return "/messages", out.body, self.headers
+        return "/messages", out.body, relayed_headers(self._caller)
 
     def whole(self, body: bytes) -> bytes:
         """A whole answer in the chat form (an Anthropic message read; a chat completion as it is)."""
-        return anthropic.chat_completion(body, self.answer) if self.answer.active else body
+        answer = self.answer
+        return anthropic.chat_completion(body, answer) if answer is not None and answer.active else body
 
     def stream(self, opened: UpstreamStream) -> UpstreamStream:
         """A stream in the chat form (an Anthropic stream read as it arrives; a chat stream as it is)."""
-        return ChatStream(opened, anthropic.ChatEvents(self.answer)) if self.answer.active else opened
+        answer = self.answer
+        return ChatStream(opened, anthropic.ChatEvents(answer)) if answer is not None and answer.active else opened
 
 
 def leg(ctx: RequestContext, api: str, path: str, chat_body: Callable[[RequestContext], bytes]

@@ -16,12 +16,11 @@ from ..core.config import WeightedTarget
 from ..core.errors import ConfigError
 from ..guard import GuardPolicy
 from ..limits import Limiter
-from ..routing import RoutingState
+from ..routing import KILLED, RoutingState
 from ..routing.policy import Environments, PolicyError, RoutingPolicy, replace_version
 from .document import PolicyDocument, PolicyInvalid, Switches
 
 HEADER = "x-sluice-policy"
-KILLED = "disabled by a kill switch"
 
 
 class ActivePolicy:
@@ -90,9 +89,15 @@ def compile_policy(version: int, hash: str, doc: PolicyDocument, canonical: byte
     except KeyError as exc:
         raise PolicyInvalid(f"the policy names {exc.args[0]!r}, which is not in the registry") from None
     for route in table.routes:
+        for target in doc.switches.disabled_targets:  # unapproved by the switch: say so in explanations and 503s
+            if target in route.excluded:
+                route.excluded[target] = KILLED
         if route.name in doc.switches.disabled_routes and not doc.switches.disabled_routes[route.name]:
             route.excluded = {t.name: KILLED for t in route.targets + route.fallbacks}
             route.targets, route.fallbacks, route.cumulative, route.total = (), (), (), 0
+    why = limiter.unshared(doc.limits.rules)
+    if why is not None:
+        raise PolicyInvalid(why)
     rules = limiter.compile_rules(doc.limits.rules)
     try:
         guard: GuardPolicy | None = GuardPolicy(doc.guardrails, doc.tools, table.reach)

@@ -104,3 +104,34 @@ def diff(before: PolicyDocument, after: PolicyDocument, before_name: str, after_
         a, b = to_yaml(before, (name,)).splitlines(keepends=True), to_yaml(after, (name,)).splitlines(keepends=True)
         out[name] = "".join(difflib.unified_diff(a, b, f"{before_name}/{name}", f"{after_name}/{name}"))
     return out
+
+
+SWITCH_LIMIT = "switch-"  # the limit rules an incident switch puts in (``sluice switch limit``) start so
+
+
+def switch_changes(before: PolicyDocument, after: PolicyDocument) -> list[str]:
+    """What going from ``before`` to ``after`` does to the incident switches, one sentence each: a rollback
+    re-activates a whole earlier document, so it can lift a kill switch or restore a freeze nobody asked for."""
+    out = []
+    if before.switches.frozen != after.switches.frozen:
+        out.append("it freezes the control plane" if after.switches.frozen else "it lifts the freeze")
+    for kind, field in (("target", "disabled_targets"), ("route", "disabled_routes")):
+        now, then = getattr(before.switches, field), getattr(after.switches, field)
+        for name in sorted(set(now) | set(then)):
+            if name not in then:
+                out.append(f"it switches {kind} {name} back on (killed now)")
+            elif name not in now:
+                out.append(f"it kills {kind} {name} again" + (f" (fallback {then[name]})" if then[name] else ""))
+            elif now[name] != then[name]:
+                out.append(f"it changes the fallback of killed {kind} {name} to {then[name] or 'none (503)'}")
+    now_rules = {r.name: r for r in before.limits.rules if r.name.startswith(SWITCH_LIMIT)}
+    then_rules = {r.name: r for r in after.limits.rules if r.name.startswith(SWITCH_LIMIT)}
+    for name in sorted(set(now_rules) | set(then_rules)):
+        model = (then_rules.get(name) or now_rules[name]).match.get("model", name)
+        if name not in then_rules:
+            out.append(f"it lifts the switch limit on {model}")
+        elif name not in now_rules:
+            out.append(f"it puts the switch limit on {model} back")
+        elif msgspec.to_builtins(now_rules[name]) != msgspec.to_builtins(then_rules[name]):
+            out.append(f"it changes the switch limit on {model}")
+    return out

@@ -26,11 +26,13 @@ from ..routing import RoutingState
 from ..routing.policy import EnvironmentMismatch, Environments, PolicyError, RoutingPolicy, seed, touched_routes
 from ..store import Store, Writes
 from .active import ActivePolicy, compile_policy, install
-from .document import PolicyDocument, PolicyInvalid, canonical, changed_sections, decode, diff, digest, with_sections
+from .document import (PolicyDocument, PolicyInvalid, canonical, changed_sections, decode, diff, digest, switch_changes,
+                       with_sections)
 
 log = logging.getLogger("sluice.policy")
 Detail = Callable[[PolicyDocument, PolicyDocument], dict]
 GUARD_SECTIONS = ("guardrails", "tools")
+MCP_GRANTS = ("resources", "prompts")  # fields of the ``mcp`` section added after it (issue 25)
 FROZEN = ("The control plane is frozen: only incident switches and rollback are accepted. "
           "Unfreeze with POST /admin/switches/unfreeze.")
 # The change-set table has no kind column: a rollback that waits for approval is a change set whose
@@ -139,6 +141,11 @@ class PolicyService:
                 adopt = {k: getattr(self._file, k) for k in GUARD_SECTIONS if k not in stored}
                 if "mcp" not in stored and self._file.mcp != PolicyDocument().mcp:  # issue 25: pins seeded once
                     adopt["mcp"] = self._file.mcp
+                elif "mcp" in stored:  # the grants, once, into a section stored before they were in it
+                    grants = {k: getattr(self._file.mcp, k) for k in MCP_GRANTS
+                              if k not in stored["mcp"] and getattr(self._file.mcp, k)}
+                    if grants:
+                        adopt["mcp"] = msgspec.structs.replace(doc.mcp, **grants)
                 if merged != doc.routing or any(adopt.values()):
                     await self._commit(Named("config"), msgspec.structs.replace(doc, routing=merged, **adopt), version,
                                        "config", "the config file adds registry versions, routes or guardrails",
@@ -297,7 +304,7 @@ class PolicyService:
         if doc.switches.frozen != active.frozen:
             why.append("it would freeze the control plane" if doc.switches.frozen else "it would lift the freeze")
         plan = {"restores": version, "from": active.version, "sections": changed, "prod": prod,
-                "needs_approval": bool(why), "why": why,
+                "needs_approval": bool(why), "why": why, "switches": switch_changes(active.document, doc),
                 "diff": diff(active.document, doc, f"v{active.version}", f"v{version}")}
         if dry_run:
             return plan, None

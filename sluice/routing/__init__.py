@@ -6,8 +6,8 @@ from .egress import refused_url
 from .policy import PolicyError, RoutingPolicy, from_config
 from .placement import Deployment, LeastOutstanding, Placement, PrefixAffinity, Replica, RoundRobin, build_placement
 from .state import RoutingState
-from .table import CompiledRoute, Decision, NoTarget, RouteTable, Target
+from .table import KILLED, CompiledRoute, Decision, NoTarget, RouteTable, Target
 
-__all__ = ["CircuitBreaker", "CompiledRoute", "Decision", "DecisionLog", "Deployment", "LeastOutstanding", "NoTarget",
+__all__ = ["KILLED", "CircuitBreaker", "CompiledRoute", "Decision", "DecisionLog", "Deployment", "LeastOutstanding", "NoTarget",
            "Placement", "PolicyError", "PrefixAffinity", "Replica", "RoundRobin", "RouteTable",
            "RoutingPolicy", "RoutingState", "Target", "build_placement", "explain", "from_config", "refused_url"]

@@ -204,6 +204,10 @@ class Decision:
         self.skipped.append(f"{t.name}: {why}")
 
 
+# Why a target is left out of a route because an operator switched it (or the route) off.
+KILLED = "disabled by a kill switch"
+
+
 class NoTarget(Exception):
     """A route matched but none of its targets can take the request (breakers open, none approved)."""
 
@@ -211,6 +215,11 @@ class NoTarget(Exception):
         super().__init__(why)
         self.route = route
         self.why = why
+
+    @property
+    def killed(self) -> bool:
+        """Whether an operator's kill switch, not an outage, left the route with nothing to serve."""
+        return KILLED in self.route.excluded.values()
 
 
 class RouteTable:

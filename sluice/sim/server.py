@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from sluice.core.config import Sim
+from sluice.core.errors import ListenError
 
 from .completions import Completions
 from .controls import SimControls
@@ -64,7 +65,11 @@ async def serve(settings: Sim, *, replica: str = "sim-0") -> tuple[web.AppRunner
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=4096)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ListenError(exc, "sim.port", settings.host, settings.port) from None
     port = int(runner.addresses[0][1])
     return runner, port
 

@@ -221,8 +221,10 @@ class Store(abc.ABC):
         """Requests, errors (status >= 400) and tokens per identity and model since a time."""
 
     @abc.abstractmethod
-    async def aggregate_usage(self, by: str, *, since: float = 0.0, until: float | None = None) -> list[UsageGroup]:
-        """Usage summed per identity, team, model, route, API or day (UTC, ``YYYY-MM-DD``) in ``[since, until)``."""
+    async def aggregate_usage(self, by: str, *, since: float = 0.0, until: float | None = None,
+                              key_id: str | None = None) -> list[UsageGroup]:
+        """Usage summed per identity, key, team, model, route, API or day (UTC, ``YYYY-MM-DD``) in ``[since, until)``,
+        of one key's requests when ``key_id`` is given."""
         raise NotImplementedError
 
     @abc.abstractmethod

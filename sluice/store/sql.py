@@ -332,17 +332,19 @@ class SqlStore(Store):
                     for r in await conn.execute(q)]
 
     @_guarded
-    async def aggregate_usage(self, by: str, *, since: float = 0.0, until: float | None = None) -> list[UsageGroup]:
+    async def aggregate_usage(self, by: str, *, since: float = 0.0, until: float | None = None,
+                              key_id: str | None = None) -> list[UsageGroup]:
         u = t.usage.c
         if by == "day":
             # whole days since the epoch, floored on both backends (a cast rounds on Postgres)
             key = (func.floor(u.ts / 86400) if self.dialect == "postgresql"
                    else func.cast(u.ts / 86400, t.usage.c.prompt_tokens.type))
         else:
-            key = {"identity": u.identity_id, "team": u.team, "model": u.model, "route": u.route, "api": u.api}[by]
+            key = {"identity": u.identity_id, "key": u.key_id, "team": u.team, "model": u.model, "route": u.route,
+                   "api": u.api}[by]
         errors = func.sum(func.cast(u.status >= 400, t.usage.c.prompt_tokens.type))
         total = lambda c: func.coalesce(func.sum(c), 0)  # noqa: E731
-        where = [u.ts >= since] + ([u.ts < until] if until is not None else [])
+        where = [u.ts >= since] + ([u.ts < until] if until is not None else []) + ([u.key_id == key_id] if key_id else [])
         q = (select(key.label("key"), func.count().label("requests"), errors.label("errors"),
                     total(u.prompt_tokens).label("p"), total(u.completion_tokens).label("c"),
                     total(u.cached_tokens).label("k"), total(u.cost_nanos).label("n"))

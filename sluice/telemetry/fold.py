@@ -52,7 +52,8 @@ class RecordFold:
                 "ts": _ts(rec.ts), "level": "info", "logger": "sluice.request", "msg": "request",
                 "request_id": rec.request_id, "identity": rec.identity_id, "team": rec.team,
                 "endpoint": rec.endpoint, "model": rec.model, "route": rec.route,
-                "target": f"{rec.upstream}/{rec.version}" if rec.upstream else None,
+                # the target as x-sluice-route names it (model@version), and the upstream that served it
+                "target": f"{rec.model}@{rec.version}" if rec.version else None, "upstream": rec.upstream,
                 "status": rec.status, "error": rec.error_code, "stream": rec.stream,
                 "latency_ms": round(rec.latency_ms, 2),
                 "ttft_ms": None if rec.ttft_ms is None else round(rec.ttft_ms, 2),

@@ -52,14 +52,51 @@ def _event_too_large() -> UpstreamError:
     return UpstreamError("The upstream sent an event larger than this gateway relays.", code="upstream_event_too_large")
 
 
+# a "model" member with a string value; JSON escapes are skipped whole, so an escaped quote never ends it
+# (the unrolled form: an alternation per character cost three times as much)
+_MODEL = re.compile(rb'"model"[ \t\r\n]*:[ \t\r\n]*("[^"\\]*(?:\\.[^"\\]*)*")')
+
+
+def model_member(block: bytes) -> tuple[int, int, int] | None:
+    """Where the first ``"model"`` member with a string value is in a JSON text (or an SSE block): (the key's
+    start, the value's opening quote, just past its closing quote), or None.
+
+    A JSON string holds its quotes escaped, so ``"model"`` with both quotes bare is a key or a value, never
+    content; a value is not followed by a colon. An OpenAI-shaped reply's first such key is its top-level
+    ``model`` (nothing it nests has one).
+    """
+    at = block.find(b'"model"')  # a plain search first: the regex then only reads the member itself
+    while at >= 0:
+        m = _MODEL.match(block, at)
+        if m is not None:
+            return at, m.start(1), m.end(1)
+        at = block.find(b'"model"', at + 7)
+    return None
+
+
+def renamed(body: bytes, name: bytes) -> bytes:
+    """A whole reply whose ``model`` is ``name`` (a JSON string): the caller's name for the model, not the
+    upstream's. One search and, only when the names differ, one copy; never a decode."""
+    got = model_member(body)
+    if got is None or body[got[1]:got[2]] == name:
+        return body
+    return body[:got[1]] + name + body[got[2]:]
+
+
 class SSERelay:
-    """Splits upstream bytes into whole events, tracks usage and the end, returns what to forward."""
+    """Splits upstream bytes into whole events, tracks usage and the end, returns what to forward.
 
-    __slots__ = ("_buf", "_strip_usage", "events", "done", "usage", "clean", "_legacy")
+    ``rename`` (a JSON string) replaces the upstream's ``model`` in every event: the member as the first
+    event spells it is learnt once, then each block is one ``bytes.replace``; nothing when the names agree.
+    """
 
-    def __init__(self, *, strip_usage: bool) -> None:
+    __slots__ = ("_buf", "_strip_usage", "events", "done", "usage", "clean", "_legacy", "_rename", "_member")
+
+    def __init__(self, *, strip_usage: bool, rename: bytes | None = None) -> None:
         self._buf = b""
         self._strip_usage = strip_usage
+        self._rename = rename
+        self._member: tuple[bytes, bytes] | None = None  # (the upstream's member, the caller's)
         self.events = 0
         self.done = False
         self.usage: TokenUsage | None = None
@@ -72,7 +109,7 @@ class SSERelay:
         ``clean`` says afterwards whether the block returned was proved to be nothing but
         one-line ``data:`` events (the caller may then skip its own malformed-event check).
         """
-        if b"\r" in chunk:
+        if chunk.find(b"\r") >= 0:  # not `in`: CPython tries the needle as an int first
             chunk = chunk.replace(b"\r\n", b"\n")
         buf = self._buf + chunk if self._buf else chunk
         end = buf.rfind(b"\n\n")
@@ -108,7 +145,21 @@ class SSERelay:
         at = out.rfind(b'"usage"')  # the usage event is nearly always last: a reverse search is short
         if at >= 0:
             out = self._take_usage(out, at)
+        if self._rename is not None:
+            out = self._renamed(out)
         return out
+
+    def _renamed(self, out: bytes) -> bytes:
+        member = self._member
+        if member is None:
+            got = model_member(out)
+            if got is None:
+                return out  # no chunk with a model yet (a comment, a keepalive): look again in the next block
+            if out[got[1]:got[2]] == self._rename:
+                self._rename = None  # the upstream already answers with the caller's name
+                return out
+            member = self._member = (out[got[0]:got[2]], out[got[0]:got[1]] + self._rename)  # type: ignore[operator]
+        return out.replace(member[0], member[1])
 
     def _take_usage(self, block: bytes, at: int) -> bytes:
         # From the last mention of "usage" backwards, only the event around each usage object

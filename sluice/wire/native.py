@@ -52,7 +52,7 @@ class NativeStream:
         if self.done:
             return []
         buf = self._buf + data if self._buf else data
-        if b"\r" in buf:
+        if buf.find(b"\r") >= 0:  # not `in`: CPython tries the needle as an int first
             buf = buf.replace(b"\r\n", b"\n")
         *events, self._buf = buf.split(b"\n\n")
         if len(self._buf) > MAX_EVENT_BYTES:

@@ -27,10 +27,12 @@ def refusal(cfg: Config, count: int) -> str | None:
     """Why this config cannot run as ``count`` workers, or None."""
     if count <= 1:
         return None
-    if cfg.limits.backend == "memory":
-        return (f"--workers {count} needs limits.backend: redis. The memory backend counts in each process, so "
-                f"limits would not be exact across workers; set limits.backend: redis and limits.redis_url "
-                f"(or run --workers 1).")
+    if cfg.limits.backend == "memory" and (cfg.limits.rules or cfg.limits.anomaly is not None):
+        # with nothing to count there is nothing to keep exact; rules added later are refused the same way
+        what = "limits.rules" if cfg.limits.rules else "limits.anomaly"
+        return (f"--workers {count} with {what} set needs limits.backend: redis. The memory backend counts in "
+                f"each process, so limits would not be exact across workers; set limits.backend: redis and "
+                f"limits.redis_url (or run --workers 1).")
     if cfg.data_plane.port == 0:
         return f"--workers {count} needs a fixed data_plane.port (workers share it); port 0 picks one per process."
     if cfg.sim is not None and cfg.sim.port == 0:

@@ -163,15 +163,15 @@ def test_the_cli_issues_rotates_revokes_and_lists_keys_and_reads_usage_and_teams
     ident = gw.admin("POST", "/admin/identities", json={"name": f"cli-{time.time_ns() % 10**9}", "owner": "o",
                                                         "models": ["sim-small"]}).json()
     chat = {**CHAT, "model": "sim-small", "max_tokens": 2}
-    issued = json.loads(_cli(gw, "keys", "issue", ident["id"]).stdout)
+    issued = json.loads(_cli(gw, "keys", "issue", ident["id"], "-o", "json").stdout)
     assert gw.post("/v1/chat/completions", issued["key"], json=chat).status_code == 200
-    rotated = json.loads(_cli(gw, "keys", "rotate", issued["id"]).stdout)
+    rotated = json.loads(_cli(gw, "keys", "rotate", issued["id"], "-o", "json").stdout)
     assert gw.post("/v1/chat/completions", issued["key"], json=chat).status_code == 401  # no overlap asked
     assert gw.post("/v1/chat/completions", rotated["key"], json=chat).status_code == 200
     r = _cli(gw, "keys", "revoke", rotated["id"])
     assert r.returncode == 0, r.stderr
     assert gw.post("/v1/chat/completions", rotated["key"], json=chat).status_code == 401
-    listed = json.loads(_cli(gw, "keys", "list", ident["id"]).stdout)["data"]
+    listed = json.loads(_cli(gw, "keys", "list", ident["name"], "-o", "json").stdout)["data"]
     assert sorted(k["id"] for k in listed) == sorted([issued["id"], rotated["id"]])
     assert not any(k["active"] for k in listed) and rotated["key"] not in json.dumps(listed)
 
@@ -179,6 +179,6 @@ def test_the_cli_issues_rotates_revokes_and_lists_keys_and_reads_usage_and_teams
     assert _cli(gw, "teams", "create", team, "--owner", "o@example.com").returncode == 0
     assert team in _cli(gw, "teams", "list").stdout
     usage = _cli(gw, "usage")
-    assert usage.returncode == 0 and ident["id"] in usage.stdout, usage.stdout + usage.stderr
+    assert usage.returncode == 0 and ident["name"] in usage.stdout, usage.stdout + usage.stderr  # names, not ids
     r = _cli(gw, "keys", "revoke", "key-nope")
-    assert r.returncode == 1 and "404" in r.stderr
+    assert r.returncode == 1 and "no key 'key-nope'" in r.stderr and "sluice keys list" in r.stderr

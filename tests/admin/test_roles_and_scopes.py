@@ -31,6 +31,7 @@ SURFACE: list[tuple[str, str, int, set[str]]] = [
     ("PUT", "/admin/identities/id-nope/roles", 400, {W}),
     ("GET", "/admin/identities/id-nope/keys", 404, {K, A}),
     ("POST", "/admin/identities/id-nope/keys", 404, {K}),
+    ("POST", "/admin/keys/find", 400, {K, A}),  # issue 26: a leaked key traced (keys:read)
     ("POST", "/admin/keys/key-nope/rotate", 404, {K}),
     ("POST", "/admin/keys/key-nope/revoke", 404, {K}),
     ("POST", "/admin/owners/nobody@example.com/offboard", 200, {K}),
@@ -62,6 +63,7 @@ SURFACE: list[tuple[str, str, int, set[str]]] = [
     ("GET", "/admin/openapi.json", 200, {O, K, A, W}),
     # versioned policy and incident switches (issue 11): operators change, auditors read, key-admins revoke
     ("GET", "/admin/policy", 200, {O, A}),
+    ("GET", "/admin/switches", 200, {O, A}),
     ("GET", "/admin/policy/versions", 200, {O, A}),
     ("GET", "/admin/policy/versions/v-nope", 404, {O, A}),
     ("GET", "/admin/policy/changes", 200, {O, A}),

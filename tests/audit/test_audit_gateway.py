@@ -142,7 +142,7 @@ def test_cli_verifies_exports_and_verifies_offline_from_three_files(gw, tmp_path
     (tmp_path / "pub").write_text(pub)
     assert sluice(gw, "export", "-c", cfg, "--since", "1970-01-01T00:00:00Z", "--out", str(tmp_path / "export.jsonl")).returncode == 0
     offline = ["verify", "--offline", "--export", str(tmp_path / "export.jsonl"), "--checkpoint", str(tmp_path / "cp"),
-               "--public-key", str(tmp_path / "pub"), "-c", "/nonexistent.yaml"]
+               "--public-key", str(tmp_path / "pub"), "-c", "/nonexistent.yaml", "-o", "json"]
     got = sluice(gw, *offline)
     assert got.returncode == 0, got.stdout + got.stderr
     lines = (tmp_path / "export.jsonl").read_bytes().splitlines(keepends=True)
@@ -163,9 +163,11 @@ def test_cli_verify_names_the_row_edited_in_the_database(gw):
         (entry,) = db.execute("SELECT entry FROM audit_log WHERE seq = 2").fetchone()
         db.execute("UPDATE audit_log SET entry = ? WHERE seq = 2", (entry.replace('"actor":"', '"actor":"x'),))
         db.commit()
-        got = sluice(gw, "verify", "-c", str(gw.config_path))
+        got = sluice(gw, "verify", "-c", str(gw.config_path), "-o", "json")
         assert got.returncode == 1 and json.loads(got.stdout)["first"]["seq"] == 2, got.stdout
         assert "entry 2" in got.stderr
+        for_people = sluice(gw, "verify", "-c", str(gw.config_path))
+        assert for_people.returncode == 1 and "FAILED at entry 2" in for_people.stderr and not for_people.stdout
         assert gw.admin("GET", "/admin/audit/verify").json()["first"]["seq"] == 2
     finally:
         db.execute("UPDATE audit_log SET entry = ? WHERE seq = 2", (entry,))

@@ -238,3 +238,86 @@ def test_one_session_across_two_replicas_on_postgres_and_redis_through_a_restart
         one.stop()
         two.stop()
         asyncio.run(drop_pg_database(pg))
+
+
+async def test_each_identity_has_its_own_budget_on_one_tool_counted_exactly_across_two_replicas(servers, sim,
+                                                                                                tmp_path_factory):
+    """``calls_per_minute_per_identity_per_tool``: one identity's calls to one tool, on Redis shared by two replicas."""
+    files, notes = servers
+    tmp = tmp_path_factory.mktemp("mcp-per-tool")
+    keys = {n: generate("dev") for n in ("agent", "viewer")}
+    common = dict(upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}], models=[{"name": "m", "upstream": "sim"}],
+                  identities=[{"name": n, "owner": "team@example.com", "models": ["*"], "keys": [k]} for n, k in keys.items()],
+                  env=ENV, admin_key=generate("prod", kind="admin"),
+                  extra={"tools": CALL_TOOLS, "mcp": two_servers(files, notes, limits={"calls_per_minute_per_identity_per_tool": 3}),
+                         "limits": {"backend": "redis", "redis_url": REDIS_URL, "key_prefix": f"t{uuid.uuid4().hex[:8]}:"}})
+    one, two = start_gateway(tmp, **common), start_gateway(tmp, **common)  # one SQLite store, one Redis
+    try:
+        async with agent(one, keys["agent"]) as a1, agent(two, keys["agent"]) as a2:
+            for client in (a1, a2, a1):  # three calls of the agent's budget of three, on either replica
+                assert text_of(await client.call_tool("files__get_weather", {"city": "Oslo"})) == "sunny in Oslo"
+            with pytest.raises(MCPError) as err:
+                await a2.call_tool("files__get_weather", {"city": "Oslo"})
+            assert err.value.code == -32013 and "mcp-identity-tool" in err.value.error.message
+            assert 0 < err.value.error.data["retry_after"] <= 60
+            assert text_of(await a1.call_tool("files__read_config", {}))  # another tool: a budget of its own
+        async with agent(two, keys["viewer"]) as v:  # another identity, the same tool: its own three
+            for _ in range(3):
+                assert text_of(await v.call_tool("files__get_weather", {"city": "Rome"})) == "sunny in Rome"
+            with pytest.raises(MCPError) as err:
+                await v.call_tool("files__get_weather", {"city": "Rome"})
+            assert err.value.error.data["code"] == "rate_limit_exceeded"
+    finally:
+        one.stop()
+        two.stop()
+
+
+def test_a_busy_agent_queued_on_a_server_at_capacity_does_not_make_another_wait_behind_its_backlog(servers, sim,
+                                                                                                 tmp_path_factory):
+    """A server with capacity 1 and a queue of 6: one identity sends five slow calls at once, another one call while
+    they wait; the fair queue admits the other identity's call next (the fewest calls admitted go first), where
+    first-come-first-served would run it last. A full share of the queue is -32013 capacity_exceeded."""
+    files, notes = servers
+    mcp = two_servers(files, notes)
+    mcp["servers"][0]["capacity"] = {"concurrency": 1, "queue": 6, "queue_timeout_s": 60}
+    slow = [{"name": "files__slow", "risk": "read", "identities": WHO}]
+    g = start_gateway(tmp_path_factory.mktemp("mcp-fair"), upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
+                      models=[{"name": "m", "upstream": "sim"}],
+                      identities=[{"name": n, "owner": "team@example.com", "models": ["*"]} for n in WHO],
+                      extra={"mcp": mcp, "tools": slow}, env=ENV)
+    try:
+        sessions = {n: session_of_path(g, g.keys[n], "/mcp/files") for n in ("busy", "agent")}
+        done: list[str] = []
+
+        async def call(who: str, tag: str, client: httpx.AsyncClient) -> dict:
+            h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+                 "Authorization": f"Bearer {g.keys[who]}", "Mcp-Session-Id": sessions[who]}
+            r = await client.post(f"{g.url}/mcp/files", headers=h, timeout=60,
+                                  content=call_body("files__slow", {"seconds": 1.5, "tag": tag}))
+            assert r.status_code == 200, r.text
+            if "result" in r.json():
+                done.append(tag)  # in the order the calls came back done
+            return r.json()
+
+        async def run() -> list[dict]:
+            async with httpx.AsyncClient(limits=httpx.Limits(max_connections=20)) as client:
+                backlog = [asyncio.create_task(call("busy", f"busy-{i}", client)) for i in range(5)]
+                await asyncio.sleep(0.5)  # the first runs (1.5 s), four wait
+                mine = asyncio.create_task(call("agent", "agent", client))
+                await asyncio.sleep(0.2)
+                # busy holds four of the queue's six places, agent one: one more of busy's fills it, the next is
+                # refused (the queue is shared fairly: agent's one place was never at risk)
+                more = [asyncio.create_task(call("busy", f"busy-more-{i}", client)) for i in range(2)]
+                return await asyncio.gather(*backlog, mine, *more)
+
+        answers = asyncio.run(run())
+        # busy-0 runs; at its end busy and agent have had one call each admitted (agent starts level: waiting earns
+        # no credit) and the tie goes to the earlier line, so agent's call is the third done; first come, first
+        # served would have made it the sixth
+        assert done.index("agent") == 2, done
+        refused = [a for a in answers if "error" in a]
+        assert len(refused) == 1 and refused[0]["error"]["code"] == -32013, answers
+        assert refused[0]["error"]["data"]["code"] == "capacity_exceeded", refused
+        assert "files is at capacity" in refused[0]["error"]["message"]
+    finally:
+        g.stop()

@@ -8,6 +8,8 @@ JSON-RPC or HTTP error, never a 500; a session sealed by one gateway is served b
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,13 +41,15 @@ MAX_RESULT = 4096
 class ToolServer:
     """tests/mcp/upstream_server.py as a process; ``seen()`` is every Authorization header it received."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, jwks: str | None = None, audience: str | None = None) -> None:
+        """``jwks``: accept only sluice's tokens signed by a key there, minted for ``audience`` (default: its URL)."""
         self.port = free_port()
         self.auth_log = tmp / "upstream-auth.log"
         self.auth_log.touch()
-        self.proc = Proc([sys.executable, str(HERE / "upstream_server.py"), str(self.port), str(self.auth_log)],
-                         tmp / f"upstream-{self.port}.log")
         self.url = f"http://127.0.0.1:{self.port}/mcp"
+        verify = [jwks, audience or self.url] if jwks else []
+        self.proc = Proc([sys.executable, str(HERE / "upstream_server.py"), str(self.port), str(self.auth_log), *verify],
+                         tmp / f"upstream-{self.port}.log")
         for _ in range(300):  # up once it answers anything (a GET without a session is its 4xx)
             try:
                 httpx.get(self.url, timeout=1)
@@ -162,6 +166,29 @@ async def test_a_high_tool_is_held_then_runs_once_after_another_owners_operator_
         assert err.value.error.data["code"] == "approval_used"
 
 
+async def test_an_mcp_calls_approval_and_redemption_are_entries_of_the_merkle_log_that_verify_accepts(gw):
+    made = gw.admin("POST", "/admin/identities", json={"name": "mcp-auditor-op", "owner": "sec@example.com",
+                                                      "roles": ["operator"]})
+    assert made.status_code == 201, made.text
+    approver = gw.admin("POST", f"/admin/identities/{made.json()['id']}/keys", json={"plane": "control"}).json()["key"]
+    args = {"amount": 3.0, "to": "bob"}
+    async with agent(gw, gw.keys["agent"]) as a:
+        apv = (await a.call_tool("files__transfer_funds", args)).meta["sluice/approval"]["id"]
+        assert httpx.post(f"{gw.admin_url}/admin/tool-approvals/{apv}/decision", json={"approved": True},
+                          headers={"Authorization": f"Bearer {approver}"}).status_code == 200
+        assert text_of(await a.call_tool("files__transfer_funds", args, meta={"sluice/approval": apv})) == "sent 3.0 to bob"
+    entries = gw.admin("GET", "/admin/audit/entries", params={"since": "0", "limit": 100000}).json()["data"]
+    mine = {e["action"]: (i, e) for i, e in enumerate(entries) if e.get("target") == apv}
+    assert set(mine) == {"tool_approval.approve", "tool_approval.redeem"}, mine
+    leaf, approved = mine["tool_approval.approve"]
+    assert approved["actor"] == "mcp-auditor-op" and "files__transfer_funds" in json.dumps(approved)
+    proof = gw.admin("GET", "/admin/audit/proof/inclusion", params={"leaf": leaf})
+    assert proof.status_code == 200, proof.text  # a leaf of the Merkle tree
+    verify = subprocess.run([sys.executable, "-m", "sluice", "audit", "verify", "-c", str(gw.config_path)],
+                            capture_output=True, text=True, cwd=gw.tmp, timeout=120)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
 async def test_a_secret_in_a_tool_result_is_masked_and_an_oversized_result_refused(gw):
     async with agent(gw, gw.keys["agent"]) as a:
         got = await a.call_tool("files__read_config", {})
@@ -172,6 +199,22 @@ async def test_a_secret_in_a_tool_result_is_masked_and_an_oversized_result_refus
             await a.call_tool("files__dump", {"size": MAX_RESULT * 2})
         assert err.value.code == -32011 and err.value.error.data["code"] == "mcp_result_too_large"
     assert SECRET not in gw.log()
+
+
+async def test_without_a_grant_no_caller_lists_or_reads_a_resource_or_gets_a_prompt(gw):
+    """Default deny: this gateway's policy holds no ``mcp.resources`` or ``mcp.prompts`` grant, so the server's
+    resources, templates and prompts are nobody's: the lists are empty and a read or get says why it is refused."""
+    async with agent(gw, gw.keys["agent"]) as a:
+        assert (await a.list_resources()).resources == []
+        assert (await a.list_resource_templates()).resource_templates == []
+        assert (await a.list_prompts()).prompts == []
+        for ask, kind, reason in [(a.read_resource("docs://readme"), "resources", "resource_not_allowed"),
+                                  (a.read_resource("notes://rivers"), "resources", "resource_not_allowed"),
+                                  (a.get_prompt("files__summarize", {"text": "x"}), "prompts", "prompt_not_allowed")]:
+            with pytest.raises(MCPError) as err:
+                await ask
+            assert err.value.code == -32010 and err.value.error.data["reason"] == reason
+            assert f"no grant in the policy's mcp.{kind}" in err.value.error.message
 
 
 def post(gw: Gateway, key: str | None, body: bytes, session: str | None = None, server: str = "files") -> httpx.Response:

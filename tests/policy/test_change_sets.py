@@ -53,7 +53,7 @@ def test_propose_from_a_file_dry_run_approve_by_a_second_operator_and_activate(s
         doc["routing"]["routes"][0]["targets"] = [{"target": "chat@v2", "weight": 100}]
         path = tmp_path / "routing.yaml"
         path.write_text(yaml.safe_dump({"routing": doc["routing"]}))
-        done = cli(g, "policy", "propose", str(path), "--reason", "move chat to v2")
+        done = cli(g, "policy", "propose", str(path), "--reason", "move chat to v2", "-o", "json")
         assert done.returncode == 0, done.stderr
         cs = json.loads(done.stdout)
         assert cs["status"] == "pending" and cs["needs_approval"] and cs["base"] == 1

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import calendar
 import json
+import re
+import time
 
 import pytest
 
@@ -26,13 +29,16 @@ def changes(g) -> list[dict]:
     return g.admin("GET", "/admin/changes?limit=1000").json()["data"]
 
 
-def switch(g, *args: str) -> dict:
-    """Run one switch command; it must add exactly one entry to the change log."""
+def switch(g, *args: str) -> dict | str:
+    """Run one switch command; it must add exactly one entry to the change log. Its JSON, or its text."""
     before = len(changes(g))
-    done = cli(g, "switch", *args)
+    done = cli(g, "switch", *args, "-o", "json")
     assert done.returncode == 0, done.stderr
     assert len(changes(g)) == before + 1
-    return json.loads(done.stdout)
+    try:
+        return json.loads(done.stdout)
+    except ValueError:
+        return done.stdout
 
 
 def test_a_killed_model_version_takes_no_next_request_and_its_fallback_does(g):
@@ -44,17 +50,18 @@ def test_a_killed_model_version_takes_no_next_request_and_its_fallback_does(g):
     assert changes(g)[0]["action"] == "switch.disable-target" and changes(g)[0]["detail"]["reason"] == "bad release"
     switch(g, "enable-target", "chat@v1", "--reason", "fixed")
     assert target_of(chat(g, key)) == "chat@v1"
-    # without a fallback a killed sole target answers 503, with an OpenAI error
+    # without a fallback a killed sole target answers 503, with an OpenAI error of its own (not an outage's)
     switch(g, "disable-target", "chat@v1", "--reason", "stop it")
     r = chat(g, key)
-    assert r.status_code == 503 and r.json()["error"]["code"] == "no_healthy_target" and "retry-after" in r.headers
+    assert r.status_code == 503 and r.json()["error"]["code"] == "disabled_by_operator" and "retry-after" in r.headers
+    assert "switched off by an operator" in r.json()["error"]["message"]
 
 
 def test_a_killed_route_answers_503_or_sends_everything_to_its_fallback(g):
     key = g.keys["app"]
     switch(g, "disable-route", "chat", "--reason", "incident 42")
     r = chat(g, key)
-    assert r.status_code == 503 and r.json()["error"]["code"] == "no_healthy_target"
+    assert r.status_code == 503 and r.json()["error"]["code"] == "disabled_by_operator"
     switch(g, "enable-route", "chat", "--reason", "over")
     assert chat(g, key).status_code == 200
     switch(g, "disable-route", "chat", "--fallback", "chat@v2", "--reason", "drain v1")
@@ -84,10 +91,15 @@ def test_revoking_every_credential_of_an_identity_or_an_owner_refuses_the_next_r
 def test_a_stricter_limit_on_a_model_holds_from_the_next_request(g):
     key = g.keys["app"]
     assert [chat(g, key).status_code for _ in range(3)] == [200] * 3
-    switch(g, "limit", "chat", "--rpm", "1", "--reason", "runaway spend")
+    before = len(changes(g))
+    out = cli(g, "switch", "limit", "chat", "--rpm", "1", "--reason", "runaway spend").stdout  # as a person reads it
+    assert len(changes(g)) == before + 1
+    assert out.startswith("chat is limited to 1 requests/min, for the model as a whole (rule switch-chat"), out
     r1, r2 = chat(g, key), chat(g, key)
     assert r1.status_code == 200 and r1.headers["x-ratelimit-limit-requests"] == "1"
     assert r2.status_code == 429 and r2.json()["error"]["code"] == "rate_limit_exceeded"
+    # the bucket has refilled a sliver since r1: what remains reads as whole requests, never 0.0024
+    assert re.search(r"limit 1, remaining 0, this request needs 1\.", r2.json()["error"]["message"]), r2.text
     assert chat(g, g.keys["leaky"]).status_code == 429  # the model as a whole, every caller
     switch(g, "unlimit", "chat")
     assert chat(g, key).status_code == 200
@@ -124,3 +136,41 @@ def test_a_frozen_control_plane_takes_only_switches_and_rollback(g):
     switch(g, "freeze", "--reason", "again")
     switch(g, "unfreeze", "--reason", "over")
     assert g.admin("PUT", "/admin/limits", json={"rules": []}).status_code in (200, 202)
+
+
+def test_switch_list_and_policy_show_name_every_switch_in_force_with_who_set_it_and_when(g):
+    listed = cli(g, "switch", "list")
+    assert listed.returncode == 0 and listed.stdout.strip() == "no switch in force", listed.stdout
+    second = operator(g, "second")
+    start = time.time()
+    switch(g, "disable-target", "chat@v1", "--fallback", "chat@v2", "--reason", "bad release")
+    switch(g, "limit", "chat", "--rpm", "60", "--per-identity", "--reason", "runaway spend")
+    done = cli(g, "switch", "disable-route", "chat", "--reason", "incident 42", key=second)
+    assert done.returncode == 0, done.stderr
+    switch(g, "freeze", "--reason", "hands off")
+    end = time.time()
+    by = {i["name"]: i for i in g.admin("GET", "/admin/identities").json()["data"]}
+    second_name = next(n for n in by if n.startswith("second-"))
+    api = g.admin("GET", "/admin/switches").json()["data"]
+    assert {(s["kind"], s["name"], s["set_by"], s["reason"]) for s in api} == {
+        ("target", "chat@v1", "config-admin-0", "bad release"), ("limit", "chat", "config-admin-0", "runaway spend"),
+        ("route", "chat", second_name, "incident 42"), ("freeze", "control-plane", "config-admin-0", "hands off")}
+    assert all(start - 1 <= s["set_at"] <= end + 1 for s in api), api
+    # a later switch does not move when an earlier one was set
+    versions = {s["kind"]: s["version"] for s in api}
+    assert versions["target"] < versions["limit"] < versions["route"] < versions["freeze"]
+    for args in (("switch", "list"), ("policy", "show")):
+        text = cli(g, *args).stdout
+        assert "target chat@v1 switched off: its traffic goes to chat@v2" in text, text
+        assert "model chat limited to 60 requests/min, per identity" in text
+        assert "route chat switched off: it answers 503" in text and "control plane frozen" in text
+        assert f"set by {second_name} at " in text and ": incident 42" in text
+        stamps = re.findall(r"at (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ) \(version", text)
+        assert len(stamps) == 4, text
+        assert all(int(start) - 1 <= calendar.timegm(time.strptime(t, "%Y-%m-%dT%H:%M:%SZ")) <= end + 1
+                   for t in stamps), text
+        assert "None" not in text and max(map(len, text.splitlines())) <= 80, text
+    assert json.loads(cli(g, "policy", "show", "-o", "json").stdout)["in_force"] == api
+    switch(g, "unfreeze", "--reason", "over")
+    switch(g, "enable-target", "chat@v1", "--reason", "fixed")
+    assert {s["kind"] for s in g.admin("GET", "/admin/switches").json()["data"]} == {"limit", "route"}

@@ -1,6 +1,6 @@
 """``sluice serve --workers 2``: two processes on one data port behave as one gateway: a killed
 worker is back within 2 s, limits are exact across workers, /metrics is their sum, SIGTERM
-drains all and no usage is lost; the memory limit backend is refused."""
+drains all and no usage is lost; the memory limit backend is refused once there are limit rules."""
 
 from __future__ import annotations
 
@@ -169,16 +169,33 @@ def test_sigterm_drains_every_worker_and_loses_no_usage(workers, tmp_path):
     assert sqlite_usage(tmp / "sluice.db", "status = 200") == sent, gw.log()[-3000:]
 
 
-def test_the_memory_limit_backend_is_refused_with_workers(tmp_path):
+def test_the_memory_limit_backend_is_refused_with_workers_only_when_there_are_limits_to_count(tmp_path):
+    rules = {"rules": [{"name": "r", "requests_per_minute": 5}]}
     cfg = {"data_plane": {"port": free_port()}, "control_plane": {"port": free_port()},
-           "store": {"url": f"sqlite:///{tmp_path}/s.db"}, "security": {"pepper": "x" * 32}}
+           "store": {"url": f"sqlite:///{tmp_path}/s.db"}, "security": {"pepper": "x" * 32}, "limits": rules}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
     r = subprocess.run([sys.executable, "-m", "sluice", "serve", "--config", str(path), "--workers", "2"],
                        capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 2, r.stderr
-    assert "limits.backend: redis" in " ".join(r.stderr.split()), r.stderr
+    assert "with limits.rules set needs limits.backend: redis" in " ".join(r.stderr.split()), r.stderr
     assert "Traceback" not in r.stderr
     bad = subprocess.run([sys.executable, "-m", "sluice", "serve", "--config", str(path), "--workers", "lots"],
                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert bad.returncode == 2 and "--workers" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_two_workers_without_limit_rules_start_on_the_memory_backend_and_refuse_a_rule_later(sim, tmp_path):
+    gw = start_gateway(tmp_path, args=["--workers", "2"], upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
+                       models=[{"name": "sim-small", "upstream": "sim"}],
+                       identities=[{"name": "app", "owner": "o", "models": ["*"]}])
+    try:
+        poll(lambda: len(worker_pids(gw.log()).get(1, [])) >= 1, 30, "worker 1 never started")
+        body = {"model": "sim-small", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]}
+        assert gw.post("/v1/chat/completions", gw.keys["app"], json=body).status_code == 200
+        # a rule added at run time could not be exact either: refused, with the same advice
+        r = gw.admin("PUT", "/admin/switches/models/sim-small/limit", json={"reason": "x", "requests_per_minute": 1})
+        assert r.status_code == 400 and "limits.backend: redis" in r.json()["error"]["message"], r.text
+        assert gw.post("/v1/chat/completions", gw.keys["app"], json=body).status_code == 200
+    finally:
+        assert gw.stop() == 0, gw.log()[-2000:]

@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import time
+from decimal import Decimal
 
 import httpx
 import openai
@@ -163,9 +164,10 @@ def test_the_cli_prints_the_team_report_as_csv_with_an_exact_total(ledger_gw, ru
     assert table[-1]["team"] == "TOTAL"
     total = sum(r["cost_nanos"] for r in rows)
     assert int(table[-1]["cost_nanos"]) == total
-    assert table[-1]["cost"] == f"{total // 10**9}.{total % 10**9:09d}"
+    # money as a plain decimal, exact, without trailing zeros (never 0E-9)
+    assert Decimal(table[-1]["cost"]) == Decimal(total) / 10**9 and re.fullmatch(r"\d+(\.\d*[1-9])?", table[-1]["cost"])
     assert sum(int(t["cost_nanos"]) for t in table[:-1]) == total
-    assert {t["team"] for t in table[:-1]} == {"red", "blue", ""}
+    assert {t["team"] for t in table[:-1]} == {"red", "blue", "(no team)"}  # the no-team group is named
 
 
 def test_bad_report_queries_are_400_not_500(ledger_gw):

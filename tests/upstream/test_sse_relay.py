@@ -103,3 +103,28 @@ def test_event_counts_usage_and_shape_agree_with_a_slow_reference_on_random_stre
             assert (relay.usage.prompt_tokens if relay.usage else None) == prompt, stream
         # A field-less event stops the relay; events of two lines may hide one from the cheap count.
         assert stopped == (not all(shapes)) or (not stopped and b"\ndata: " in stream.replace(b"\n\ndata: ", b"")), stream
+
+
+def test_the_model_member_is_the_key_never_a_value_or_text_and_is_renamed_in_every_event():
+    from sluice.upstream.relay import model_member, renamed
+
+    body = b'{"object":"model","content":"say \\"model\\": \\"x\\"","model" : "up\\\\"}'
+    at, start, end = model_member(body)
+    assert body[at:end] == b'"model" : "up\\\\"'  # the value ends at the quote after an escaped backslash
+    assert json.loads(renamed(body, b'"mine"'))["model"] == "mine" and json.loads(renamed(body, b'"mine"'))["object"] == "model"
+    quoted = b'{"model":"a\\"b","x":1}'
+    assert quoted[slice(*model_member(quoted)[1:])] == b'"a\\"b"'  # an escaped quote does not end it
+    assert model_member(b'{"model": null}') is None and renamed(b'{"a":1}', b'"m"') == b'{"a":1}'
+    same = b'{"model":"m","x":1}'
+    assert renamed(same, b'"m"') is same  # the names agree: no copy
+    chunks = [event({"id": "c", "model": "upstream-name", "choices": [{"index": 0, "delta": {"content": f"model{i}"}}]})
+              for i in range(4)]
+    usage = event({"id": "c", "model": "upstream-name", "choices": [],
+                   "usage": {"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6}})
+    stream = b": keepalive\n\n" + b"".join(chunks) + usage + DONE
+    relay = SSERelay(strip_usage=True, rename=b'"asked-for"')
+    out = b"".join(relay.feed(stream[i:i + 5]) for i in range(0, len(stream), 5))
+    events = [json.loads(e[6:]) for e in out.split(b"\n\n") if e.startswith(b"data: {")]
+    assert len(events) == 4 and {e["model"] for e in events} == {"asked-for"}
+    assert [e["choices"][0]["delta"]["content"] for e in events] == [f"model{i}" for i in range(4)]
+    assert relay.usage.completion_tokens == 4 and relay.done

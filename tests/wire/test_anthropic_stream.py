@@ -210,7 +210,14 @@ def test_a_long_text_run_in_one_block_takes_the_fast_path() -> None:
     # a chunk of another shape whose quotes make up for the extra ones of the next: only the rebuild tells
     b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":null}]}\n\n'
     b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"x","role":"assistant"},"finish_reason":null}]}\n\n',
-], ids=["another-field-after", "a-value-that-is-not-one-string", "null", "another-prefix", "quotes-that-balance"])
+    # two chunks whose quotes balance between them (four and none): each must be one JSON string on its own
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"a","x":"b"},"finish_reason":null}]}\n\n'
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":7},"finish_reason":null}]}\n\n',
+    # one ending in an escaped quote (one quote of its own) beside one with three
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"ab\\"},"finish_reason":null}]}\n\n'
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"c"d"},"finish_reason":null}]}\n\n',
+], ids=["another-field-after", "a-value-that-is-not-one-string", "null", "another-prefix", "quotes-that-balance",
+        "quotes-that-balance-across-two", "an-escaped-closing-quote"])
 def test_an_odd_chunk_inside_a_text_run_is_encoded_as_event_by_event(odd: bytes) -> None:
     """A chunk that is not P + one JSON string + S, between learned text chunks, sends the block the slow way."""
     def text(t: str) -> bytes:

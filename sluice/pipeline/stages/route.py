@@ -29,8 +29,12 @@ class Route:
         try:
             decision = table.decide(model, ctx.principal, ctx.request, ctx.exchange, clock.now())
         except NoTarget as exc:
-            err = Unavailable(f"No target of the model `{model[:256]}` can take requests now; retry later.",
-                              code="no_healthy_target", retry_after=1.0)
+            if exc.killed:
+                err = Unavailable(f"The model `{model[:256]}` is switched off by an operator; ask them, or retry "
+                                  "once it is switched back on.", code="disabled_by_operator", retry_after=10.0)
+            else:
+                err = Unavailable(f"No target of the model `{model[:256]}` can take requests now; retry later.",
+                                  code="no_healthy_target", retry_after=1.0)
             err.headers = {ROUTE_HEADER: f"{exc.route.name}; target=-"}
             raise err from None
         if decision is None:

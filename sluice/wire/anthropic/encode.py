@@ -42,7 +42,9 @@ _args_decoder = msgspec.json.Decoder(dict[str, Any])
 def message_id(chat_id: str) -> str:
     """``msg_`` and the upstream's id without its ``chatcmpl-`` prefix (the same id whole or streamed); an
     Anthropic upstream's ``msg_`` id stays as it is."""
-    rest = _ID_SAFE.sub("", chat_id.removeprefix("chatcmpl-").removeprefix("msg_"))
+    rest = chat_id.removeprefix("chatcmpl-").removeprefix("msg_")
+    if not (rest.isascii() and rest.replace("-", "a").replace("_", "a").isalnum()):  # the usual id skips the regex
+        rest = _ID_SAFE.sub("", rest)
     return "msg_" + (rest or "sluice")
 
 

@@ -94,7 +94,7 @@ class StreamEncoder(ChatStreamEncoder):
         if self._ended:
             return b""
         buf = self._buf + data if self._buf else data
-        if b"\r" in buf:
+        if buf.find(b"\r") >= 0:  # not `in`: CPython tries the needle as an int first
             buf = buf.replace(b"\r\n", b"\n")
         out = self._out
         run = self._run
