@@ -174,7 +174,7 @@ def test_the_effective_view_per_identity_says_why_each_tool_is_not_shown(gw):
     assert {n for n, t in me.items() if t["shown"]} == {"files__get_weather"}
     servers = cli(gw, gw.operator, "mcp", "servers")["data"]
     assert servers == [{"name": "files", "url": servers[0]["url"], "namespace": "files", "pin": "required",
-                        "healthy": True, "error": None, "tools": 6, "quarantined": 5}]
+                        "healthy": True, "error": None, "tools": 7, "quarantined": 6}]
     # for people: the same views as tables within 80 columns, the identity by its id as well as its name
     agent_id = next(i["id"] for i in gw.admin("GET", "/admin/identities").json()["data"] if i["name"] == "agent")
     env = {**os.environ, "SLUICE_ADMIN_URL": gw.admin_url, "SLUICE_ADMIN_KEY": gw.operator}
