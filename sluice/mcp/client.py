@@ -245,16 +245,8 @@ class HttpClient:
             if len(data) > self._max:
                 raise self._failure(TooLarge())
             return data
-        pieces, room = [], self._max
         try:
-            while True:
-                piece = await conn.read()
-                if not piece:
-                    break
-                room -= len(piece)
-                if room < 0:
-                    raise TooLarge()
-                pieces.append(piece)
+            pieces = await conn.read_all(self._max)
         except Exception as exc:
             raise self._failure(exc) from None
         finally:

@@ -215,6 +215,20 @@ class UpstreamConnection(asyncio.Protocol):
             await self._wait()
         return self.status
 
+    async def read_all(self, limit: int) -> list[bytes]:
+        """The rest of the body, as the pieces it came in; ``TooLarge`` once it passes ``limit`` bytes (the
+        connection must not go back to the pool then: its response was not read to the end)."""
+        pieces: list[bytes] = []
+        room = limit
+        while True:
+            piece = await self.read()
+            if not piece:
+                return pieces
+            room -= len(piece)
+            if room < 0:
+                raise TooLarge()
+            pieces.append(piece)
+
     async def read(self) -> bytes:
         """The next piece of body; ``b""`` once the body is complete."""
         while True:

@@ -147,17 +147,8 @@ class NativeTransport(Transport):
         return conn
 
     async def _read_all(self, conn: UpstreamConnection) -> bytes:
-        pieces = []
-        room = self._max_response
         try:
-            while True:
-                piece = await conn.read()
-                if not piece:
-                    break
-                room -= len(piece)
-                if room < 0:
-                    raise TooLarge()  # the connection goes: its response was not read to the end
-                pieces.append(piece)
+            pieces = await conn.read_all(self._max_response)
         except Exception as exc:
             raise _translate(exc) from None
         finally:
