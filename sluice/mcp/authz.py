@@ -16,9 +16,12 @@ from collections.abc import Callable
 from fnmatch import fnmatchcase
 from typing import Any
 
+import mcp.types as mt
+
 from ..core.mcp_config import McpPolicy
 from ..guard import GuardPolicy, Judgement, ToolCall, judge
 from ..guard.tools import canonical
+from .jsonrpc import Refusal
 
 SEPARATOR = "__"
 
@@ -31,6 +34,19 @@ def upstream_name(namespace: str, name: str) -> str | None:
     """The server's own name of a namespaced tool, or None when the name is not in this namespace."""
     head = namespace + SEPARATOR
     return name[len(head):] if name.startswith(head) and len(name) > len(head) else None
+
+
+def owner_of(up: Any, servers: Any, name: str, kind: str) -> tuple[Any, str]:
+    """The server and its own name of a namespaced tool or prompt (``server__name``): on a server's path that
+    server, on ``/mcp`` (``up`` None) the one of ``servers`` whose namespace it carries, the longest first; else
+    the refusal saying how a ``kind`` is named here."""
+    candidates = [up] if up is not None else sorted(servers, key=lambda u: -len(u.namespace))
+    for u in candidates:
+        own = upstream_name(u.namespace, name)
+        if own is not None:
+            return u, own
+    hint = f"`{up.namespace}__<{kind}>`" if up is not None else f"`<server>__<{kind}>`"
+    raise Refusal(mt.INVALID_PARAMS, f"Unknown {kind} {name[:64]!r}: {kind}s here are named {hint}.", f"unknown_{kind}")
 
 
 class ToolAccess:

@@ -30,7 +30,7 @@ from mcp.shared.exceptions import MCPError
 from ..core.errors import GatewayError, UpstreamTimeout
 from ..guard.approvals import MASK
 from ..identity import Principal
-from .authz import ContentAccess, namespaced, upstream_name
+from .authz import ContentAccess, namespaced, owner_of
 from .jsonrpc import REFUSED, UPSTREAM, Refusal
 from .pins import Pins, template_pattern
 from .upstreams import Upstream, Upstreams
@@ -164,15 +164,8 @@ class Content:
         return owner, own
 
     def _route_prompt(self, up: Upstream | None, name: str) -> tuple[Upstream, str]:
-        """The server and its own name of a prompt (namespaced ``server__prompt`` on ``/mcp`` and on a server's path),
-        or the refusal naming how prompts are named here."""
-        candidates = [up] if up is not None else sorted(self._upstreams.by_name.values(), key=lambda u: -len(u.namespace))
-        for u in candidates:
-            own = upstream_name(u.namespace, name)
-            if own is not None:
-                return u, own
-        hint = f"`{up.namespace}__<prompt>`" if up is not None else "`<server>__<prompt>`"
-        raise Refusal(mt.INVALID_PARAMS, f"Unknown prompt {name[:64]!r}: prompts here are named {hint}.", "unknown_prompt")
+        """The server and its own name of a prompt (namespaced ``server__prompt`` on ``/mcp`` and on a server's path)."""
+        return owner_of(up, self._upstreams.by_name.values(), name, "prompt")  # type: ignore[no-any-return]
 
     async def _gather(self, up: Upstream | None, ask: Callable[[Upstream], Awaitable[list[Any]]]) -> list[tuple[Upstream, list[Any]]]:
         """What one server lists, or (on ``/mcp``) each server at once; one that fails is left out and logged."""

@@ -40,7 +40,7 @@ from ..core.mcp_config import Mcp, McpPolicy
 from ..guard import Judgement, ToolApprovals, context_digest
 from ..identity import Principal
 from ..core.errors import UpstreamTimeout
-from .authz import ContentAccess, ToolAccess, namespaced, upstream_name
+from .authz import ContentAccess, ToolAccess, namespaced, owner_of
 from .content import Content
 from .content import upstream_refusal as _upstream_refusal
 from .jsonrpc import NO_SESSION, REFUSED, UPSTREAM, Refusal
@@ -190,20 +190,10 @@ class McpGateway:
                 shown.append(tool.model_copy(update={"name": name}))
         return shown
 
-    def _route(self, up: Upstream | None, name: str) -> tuple[Upstream, str]:
-        """The server and its own name of a namespaced tool (on ``/mcp``: the server whose namespace it carries)."""
-        candidates = [up] if up is not None else sorted(self.upstreams.by_name.values(), key=lambda u: -len(u.namespace))
-        for u in candidates:
-            tool = upstream_name(u.namespace, name)
-            if tool is not None:
-                return u, tool
-        hint = f"`{up.namespace}__<tool>`" if up is not None else "`<server>__<tool>`"
-        raise Refusal(mt.INVALID_PARAMS, f"Unknown tool {name[:64]!r}: tools here are named {hint}.", "unknown_tool")
-
     async def _call_tool(self, who: Principal, up: Upstream | None, params: mt.CallToolRequestParams, request_id: str,
                          headers: Mapping[str, str]) -> dict[str, Any]:
         name, arguments = params.name, dict(params.arguments or {})
-        up, tool = self._route(up, name)
+        up, tool = owner_of(up, self.upstreams.by_name.values(), name, "tool")
         meta: dict[str, Any] = dict(params.meta or {})
         call = self._log.begin(up.spec.name, name, arguments, headers, meta)
         try:
