@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-test
 
 .PHONY: install demo test test-stress bench ab soak profile instructions bench-routing bench-mcp clean
 
-$(RUNTIME): pyproject.toml
+$(RUNTIME): pyproject.toml sluice/core/bytescan.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e .

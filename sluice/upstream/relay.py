@@ -12,6 +12,7 @@ import re
 
 import msgspec
 
+from ..core.bytescan import replace, sse_events
 from ..core.errors import GatewayError, UpstreamError, error_body
 from ..core.wire import TokenUsage, UsageEnvelope
 
@@ -126,17 +127,8 @@ class SSERelay:
             out, self._buf = buf[:end], buf[end:]
             if len(self._buf) > MAX_EVENT_BYTES:
                 raise _event_too_large()
-        # Two passes that skip fast (a one-byte count, a seven-byte needle) instead of counting
-        # the two-byte b"\n\n" (the slowest needle for bytes.count) and then counting fields:
-        # if every newline belongs to a b"\n\ndata:" or the final blank line, the block is
-        # one-line data events only, exactly ``data`` of them.
-        data = out.count(b"\n\ndata:") + out.startswith(b"data:")
-        if out.count(b"\n") == 2 * data:
-            self.clean = True
-            self.events += data
-        else:
-            self.clean = False
-            self.events += out.count(b"\n\n")
+        n, self.clean = sse_events(out)  # one-line data events only (the caller may skip its own check)?
+        self.events += n
         if not self.done and _ends_stream(out):
             self.done = True
             self.events -= 1
@@ -159,7 +151,7 @@ class SSERelay:
                 self._rename = None  # the upstream already answers with the caller's name
                 return out
             member = self._member = (out[got[0]:got[2]], out[got[0]:got[1]] + self._rename)  # type: ignore[operator]
-        return out.replace(member[0], member[1])
+        return replace(out, member[0], member[1])
 
     def _take_usage(self, block: bytes, at: int) -> bytes:
         # From the last mention of "usage" backwards, only the event around each usage object

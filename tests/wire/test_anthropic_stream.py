@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from messages_grammar import GrammarError, parse_sse, validate
 from pydantic import TypeAdapter
 
+from sluice.core import bytescan
 from sluice.core.errors import RateLimited
-from sluice.wire.anthropic import StreamEncoder, encode_message, ping
+from sluice.wire.anthropic import StreamEncoder, encode_message, ping, text_run
 
 GOLDEN = Path(__file__).parent / "golden" / "streams"
 EVENT = TypeAdapter(anthropic.types.RawMessageStreamEvent)
@@ -176,11 +177,17 @@ def test_text_runs_fed_in_blocks_encode_exactly_as_event_by_event(texts: list[st
     events = [ev + b"\n\n" for ev in raw.split(b"\n\n") if ev]
     cuts = sorted(set(data.draw(st.lists(st.integers(1, len(events) - 1), max_size=6)))) if len(events) > 1 else []
     bounds = [0, *cuts, len(events)]
-    enc = StreamEncoder("sim-small", message_id="msg_x")
-    got = parse_sse(enc.start() + b"".join(enc.feed(b"".join(events[a:b])) for a, b in zip(bounds, bounds[1:]))
-                    + enc.close())
-    assert got == _events_per_event(raw)
-    validate(got)
+    want = _events_per_event(raw)
+    for reframe in {bytescan.reframe, bytescan.py_reframe}:  # compiled (where built) and its pure-Python twin
+        text_run.reframe = reframe
+        try:
+            enc = StreamEncoder("sim-small", message_id="msg_x")
+            got = parse_sse(enc.start() + b"".join(enc.feed(b"".join(events[a:b])) for a, b in zip(bounds, bounds[1:]))
+                            + enc.close())
+        finally:
+            text_run.reframe = bytescan.reframe
+        assert got == want
+        validate(got)
 
 
 def test_a_long_text_run_in_one_block_takes_the_fast_path() -> None:

@@ -1,26 +1,25 @@
-"""The common stretch of a chat stream, text deltas one after another, re-encoded in two byte replaces.
+"""The common stretch of a chat stream, text deltas one after another, re-framed in one pass.
 
 Every content chunk of one chat stream is the same bytes around its text: OpenAI and vLLM repeat the
 id, object, created and model on each, so a chunk is ``P + "<text>" + S`` with ``P`` and ``S`` fixed.
 Once one chunk has been decoded and seen to be exactly that (``learn``), a block of such chunks
-becomes Anthropic ``text_delta`` events with a handful of C-level byte operations and one slice per
-event (``convert``: 20 µs for the yardstick's 64-chunk stream against 150 µs event by event); the
+becomes Anthropic ``text_delta`` events in one pass over the block (``convert``), not event by event; the
 JSON string of the text is carried as it came, escapes and all. Anything else in the block (a role, a
 tool call, a finish, usage, a chunk of another shape) sends the caller back to the event-by-event
 encoder, which stays the reference.
 
-How ``convert`` knows the block is such a run without parsing it: the texts cut out of every other
-line of the block (an event's line, then its blank one), joined again with ``S + P``, must give back
-the block byte for byte (a memcmp), and the texts alone must decode as exactly as many JSON strings,
-none empty (one msgspec pass over a few hundred bytes; counting the block's quotes instead read every
-byte in a slow loop, and took an escaped quote at a text's end for its closing one). A JSON string
-holds no raw newline and no unescaped quote, so nothing a model writes can fool this.
+``convert`` hands the block to ``core.bytescan.reframe``: compiled, it reads each text as a JSON string
+(escapes, UTF-8) and stops at the first event that is not ``P`` + one non-empty string + ``S``, ~5 µs for
+the yardstick's stream; its pure-Python twin (where the extension is not built) rebuilds the block from
+the texts and compares, then decodes the texts once with msgspec. A JSON string holds no raw newline and
+no unescaped quote, so nothing a model writes can fool either.
 """
 
 from __future__ import annotations
 
 import msgspec
 
+from ...core.bytescan import reframe
 from ..chat import Completion
 
 _DELTA = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,"delta":{"type":"text_delta","text":'
@@ -41,19 +40,18 @@ class _Chunk(msgspec.Struct):
 
 
 _raw = msgspec.json.Decoder(_Chunk)
-_strings = msgspec.json.Decoder(list[str])
 
 
 class TextRun:
     """The fixed bytes around the text of one stream's content chunks, once learned."""
 
-    __slots__ = ("prefix", "suffix", "_index", "_out_prefix", "_join")
+    __slots__ = ("prefix", "suffix", "_index", "_out_prefix")
 
     def __init__(self) -> None:
         self.prefix = b""  # P: empty until learned
         self.suffix = b""
         self._index = -1
-        self._out_prefix = self._join = b""
+        self._out_prefix = b""
 
     def learn(self, event: bytes, chunk: Completion) -> None:
         """Take ``P`` and ``S`` from one whole event (``data: ...\\n\\n``) whose decoded ``chunk`` is a
@@ -82,28 +80,12 @@ class TextRun:
     def convert(self, block: bytes, index: int) -> tuple[bytes, bytes] | None:
         """(``text_delta`` events of block ``index``, the rest of the block) when the block opens with a
         run of learned text chunks; None when it does not (the caller encodes it event by event)."""
-        p, s = self.prefix, self.suffix
+        p = self.prefix
         if not p or not block.startswith(p):
-            return None
-        end = block.rfind(s)
-        if end < 0:
-            return None
-        end += len(s)
-        head = block[:end] if end != len(block) else block
-        # one event a line, then a blank one: "P X S'", "", "P X S'", "", "" (the rebuild below checks it)
-        lp, ls = len(p), len(s) - 2
-        texts = [line[lp:-ls] for line in head.split(b"\n")[0:-1:2]]
-        n = len(texts)
-        # the block is exactly P X S P X S ... (rebuilt and compared: a memcmp)
-        if (s + p).join(texts) != head[lp:-len(s)]:
-            return None
-        try:  # and every X one JSON string: a text holding more (a quote, a field) is not one
-            strings = _strings.decode(b"[" + b",".join(texts) + b"]")
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return None
-        if len(strings) != n or "" in strings:  # an empty text is no delta: the slow way drops it
             return None
         if index != self._index:
             self._index, self._out_prefix = index, _DELTA % index
-            self._join = _END + self._out_prefix
-        return self._out_prefix + self._join.join(texts) + _END, block[end:]
+        got = reframe(block, p, self.suffix, self._out_prefix, _END)
+        if got is None:
+            return None
+        return got[0], block[got[1]:] if got[1] != len(block) else b""
