@@ -7,7 +7,8 @@
 # Periodic work (the ledger's flush, the store's polls) falls into the window at its rate: compare
 # runs of the same N. Sides are run one after another and each one twice; the spread is printed.
 # Env: SIDES ("NAME:ROOT:API:KIND ..."; ROOT a checkout, API chat|messages|responses, KIND plain|stream;
-#      default: this checkout's chat and messages, plain and stream), N (default 1000), WARM (default 100).
+#      default: this checkout's chat and messages, plain and stream), N (default 1000), WARM (default 100),
+#      KEEP (a directory: each run's callgrind file is kept there as NAME-RUN.out, for callgrind_annotate).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 command -v valgrind >/dev/null || { echo "installing valgrind"; (apt-get update -qq && apt-get install -y -qq valgrind) >/dev/null; }
@@ -23,7 +24,7 @@ _init = _s.SqlStore.__init__
 _s.SqlStore.__init__ = lambda self, url, *, timeout=5.0: _init(self, url, timeout=600.0)
 EOF
 
-count() {  # $1 root, $2 api, $3 kind: prints instructions per request
+count() {  # $1 root, $2 api, $3 kind, $4 the kept file's name: prints instructions per request
   local side_root=$1 out log gwpid
   api_request "$2" "$3"
   out=$(mktemp) log=$(mktemp)
@@ -38,14 +39,15 @@ count() {  # $1 root, $2 api, $3 kind: prints instructions per request
   callgrind_control -i off "$gwpid" >/dev/null
   kill -INT "$gwpid"; wait "$gwpid" || true
   awk -v n="$N" '/refs:/ {gsub(",", "", $4); printf "%.0f\n", $4 / n}' "$log"
-  rm -f "$out" "$log"
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; mv "$out" "$KEEP/$4.out"; else rm -f "$out"; fi
+  rm -f "$log"
 }
 
 printf "%-12s %-8s %-6s %12s %12s\n" side api kind "instr/req" "2nd run"
 for side in $SIDES; do
   IFS=: read -r name side_root api kind <<<"$side"
-  a=$(count "$side_root" "$api" "$kind")
-  b=$(count "$side_root" "$api" "$kind")
+  a=$(count "$side_root" "$api" "$kind" "$name-1")
+  b=$(count "$side_root" "$api" "$kind" "$name-2")
   printf "%-12s %-8s %-6s %12s %12s\n" "$name" "$api" "$kind" "$a" "$b"
 done
 rm -rf "$pre"
