@@ -47,7 +47,7 @@ from .store.guard_records import GuardRecords
 from .store.response_records import ResponseRecords
 from .store.mcp_sessions import EndedSessions
 from .memory import ResponseMemory, Vault
-from .mcp import McpEndpoints, McpGateway, Sessions, Streams, Upstreams
+from .mcp import McpEndpoints, McpGateway, Sessions, Streams, Subscriptions, Upstreams
 from .routing.health import run_checks
 from .store import Store, StoreUnavailable, open_store
 from .telemetry import Metrics, UsageLedger, configure
@@ -105,6 +105,7 @@ class Gateway:
         self.draining = False  # set on SIGTERM: /readyz answers 503 before the listeners stop
         self.mcp_upstreams: Upstreams | None = None
         self.mcp_streams: Streams | None = None
+        self.mcp_subscriptions: Subscriptions | None = None
         self.approvals: ToolApprovals | None = None  # its queued tool-decision rows are written at shutdown
 
     def secrets(self) -> list[str]:
@@ -254,6 +255,7 @@ class Gateway:
                          approvals, lambda: policy.current, record_change=record_change, limiter=limiter,
                          metrics=metrics, tracer=self.tracer,
                          admission=Admission({s.name: s.capacity for s in c.mcp.servers if s.capacity is not None}))
+        self.mcp_subscriptions = mcp.subscriptions
         admin = AdminApi(admin_auth, identities, store, ledger.flush,
                          RoutingAdmin(routing, decisions, [u.name for u in c.upstreams], policy),
                          keyring, limiter, policy=PolicyAdmin(policy, store, identities), audit=AuditAdmin(audit),
@@ -432,6 +434,7 @@ class Gateway:
              if self.tracer is not None else None),
             ("control plane", self.control.stop if self.control is not None else None),
             ("upstream pools", (lambda: asyncio.gather(*(t.close() for t in self._all_transports)))),
+            ("mcp subscriptions", self.mcp_subscriptions.close if self.mcp_subscriptions is not None else None),
             ("mcp upstreams", self.mcp_upstreams.close if self.mcp_upstreams is not None else None),
             ("tool decisions flush", self.approvals.close if self.approvals is not None else None),
             ("simulated backend", self._sim_runner.cleanup if self._sim_runner is not None else None),

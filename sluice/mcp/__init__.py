@@ -6,6 +6,7 @@ from .endpoints import McpEndpoints
 from .gateway import McpGateway
 from .notify import Streams
 from .session import Sessions
+from .subscriptions import Subscriptions
 from .upstreams import Upstreams
 
-__all__ = ["McpEndpoints", "McpGateway", "Sessions", "Streams", "Upstreams"]
+__all__ = ["McpEndpoints", "McpGateway", "Sessions", "Streams", "Subscriptions", "Upstreams"]

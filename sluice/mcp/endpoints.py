@@ -43,6 +43,7 @@ class McpEndpoints:
         self._gateway = gateway
         self._public = cfg.public_url.rstrip("/") if cfg.public_url else None
         self.streams = streams or Streams(cfg.streams)
+        self.streams.subscribed = gateway.subscriptions.subscribed  # resources/updated: to the sessions subscribed
 
     def _base(self, exchange: Exchange) -> str:
         if self._public is not None:
@@ -129,6 +130,7 @@ class McpEndpoints:
             session = await self._gateway.session(who, server, sid)
             await self._gateway.sessions.end(sid, session)  # type: ignore[arg-type]  # session() checked it
             self.streams.end_session(sid)  # type: ignore[arg-type]
+            await self._gateway.subscriptions.end_session(sid)  # type: ignore[arg-type]
             return Reply.json({})
         except Refusal as r:
             return Reply(r.status, jsonrpc.error(None, r), headers=r.headers)

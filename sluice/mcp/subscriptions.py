@@ -1,0 +1,157 @@
+"""Resource subscriptions through the MCP gateway: which callers' sessions asked for which resource's updates.
+
+sluice holds one session per server, shared by every caller (``upstreams.py``), so a server sees sluice subscribed,
+never the callers. This table says which of the callers' sessions subscribed to which resource (server, URI):
+sluice sends ``resources/subscribe`` on its own session when the first caller's session subscribes to a URI and
+``resources/unsubscribe`` when the last one leaves it: by ``resources/unsubscribe``, by its session's DELETE
+(``end_session``), or by its session having ended on another replica or expired (found by ``sweep``, every
+``SWEEP_S``). A ``notifications/resources/updated`` that a server sends on sluice's session goes to the GET
+streams of exactly the sessions subscribed to that URI of that server whose identity may still read it under the
+active policy, judged when it is relayed (``subscribed``): a grant taken away stops the relays at once.
+
+The table is this replica's memory, as its GET streams and its upstream sessions are: a subscription is heard
+on the replica that took it (see the README, "Resource subscriptions", for what that means behind a balancer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+from .jsonrpc import Refusal
+from .upstreams import Upstream, Upstreams
+
+log = logging.getLogger("sluice.mcp")
+SWEEP_S = 5.0  # how often sessions holding subscriptions are checked for an end on another replica, or expiry
+PER_SESSION = 100  # subscriptions one session may hold
+TOTAL = 100_000  # subscriptions on this replica, every session together
+TOO_MANY = -32013  # as the MCP limits' refusals
+Key = tuple[str, str]  # (server, URI)
+
+
+class Subscriber:
+    """A session subscribed to a resource: whose, on which path (for the ended check), until when."""
+
+    __slots__ = ("identity_id", "identity_name", "team", "path", "expires")
+
+    def __init__(self, identity_id: str, identity_name: str, team: str | None, path: str, expires: float) -> None:
+        self.identity_id, self.identity_name, self.team, self.path, self.expires = \
+            identity_id, identity_name, team, path, expires
+
+
+class Subscriptions:
+    """This replica's subscription table, and the upstream subscriptions it keeps in step with it.
+
+    ``may_read(server, uri, identity_name, team)``: the active policy's resource grant (``ContentAccess.resource``);
+    ``still_open(session_id, subscriber)``: whether the session is neither ended (on any replica) nor expired."""
+
+    def __init__(self, upstreams: Upstreams, may_read: Callable[[str, str, str, str | None], bool],
+                 still_open: Callable[[str, Subscriber], Awaitable[bool]]) -> None:
+        self._upstreams = upstreams
+        self._may_read = may_read
+        self._still_open = still_open
+        self._by_key: dict[Key, dict[str, Subscriber]] = {}  # (server, uri) -> session id -> its subscriber
+        self._by_session: dict[str, set[Key]] = {}
+        self._count = 0
+        self._locks: dict[str, asyncio.Lock] = {}  # per server: one upstream (un)subscribe at a time
+        self._sweep: asyncio.Task | None = None
+
+    def _lock(self, server: str) -> asyncio.Lock:
+        lock = self._locks.get(server)
+        if lock is None:
+            lock = self._locks[server] = asyncio.Lock()
+        return lock
+
+    async def subscribe(self, session_id: str, sub: Subscriber, owner: Upstream, uri: str) -> None:
+        """Subscribe this session to ``uri`` of ``owner`` (again: nothing changes); the first to it subscribes
+        sluice upstream, whose failure is the caller's (raised as the upstream raised it)."""
+        key = (owner.spec.name, uri)
+        held = self._by_session.get(session_id, set())
+        if key in held:
+            return
+        if len(held) >= PER_SESSION:
+            raise Refusal(TOO_MANY, f"This session holds {PER_SESSION} resource subscriptions; unsubscribe one first.",
+                          "too_many_subscriptions")
+        if self._count >= TOTAL:
+            raise Refusal(TOO_MANY, "This gateway holds as many resource subscriptions as it allows; retry later.",
+                          "subscriptions_full", data={"retry_after": 60})
+        async with self._lock(key[0]):
+            sessions = self._by_key.get(key)
+            if not sessions:
+                await owner.subscribe(uri)
+                sessions = self._by_key[key] = {}
+            if session_id not in sessions:
+                sessions[session_id] = sub
+                self._by_session.setdefault(session_id, set()).add(key)
+                self._count += 1
+        self._start_sweep()
+
+    async def unsubscribe(self, session_id: str, server: str | None, uri: str) -> None:
+        """This session's subscription to ``uri`` (of ``server``; None: whichever it holds) ends; none: nothing."""
+        for key in [k for k in self._by_session.get(session_id, ()) if k[1] == uri and server in (None, k[0])]:
+            await self._leave(session_id, key)
+
+    async def end_session(self, session_id: str) -> None:
+        """The session ended (DELETE, or found ended or expired): every subscription of it ends."""
+        for key in list(self._by_session.get(session_id, ())):
+            await self._leave(session_id, key)
+
+    async def _leave(self, session_id: str, key: Key) -> None:
+        async with self._lock(key[0]):
+            held = self._by_session.get(session_id)
+            if held is not None:
+                held.discard(key)
+                if not held:
+                    del self._by_session[session_id]
+            sessions = self._by_key.get(key)
+            if sessions is None or sessions.pop(session_id, None) is None:
+                return
+            self._count -= 1
+            if sessions:
+                return
+            del self._by_key[key]
+            up = self._upstreams.get(key[0])
+            if up is None:
+                return
+            try:  # the last one left: sluice leaves too (a failure leaves the server sending what nobody hears)
+                await up.subscribe(key[1], on=False)
+            except Exception as exc:  # noqa: BLE001 - logged; updates for a URI nobody holds are dropped anyway
+                log.warning("mcp: server %s: resources/unsubscribe failed (%s)", key[0], type(exc).__name__)
+
+    def subscribed(self, server: str, uri: str) -> Iterator[str]:
+        """The sessions to tell that ``uri`` of ``server`` changed: subscribed, unexpired, and still granted it."""
+        sessions = self._by_key.get((server, uri))
+        if not sessions:
+            return
+        now = time.time()
+        for session_id, sub in list(sessions.items()):
+            if sub.expires > now and self._may_read(server, uri, sub.identity_name, sub.team):
+                yield session_id
+
+    def count(self, server: str, uri: str) -> int:
+        return len(self._by_key.get((server, uri), ()))
+
+    def _start_sweep(self) -> None:
+        if self._sweep is None or self._sweep.done():
+            self._sweep = asyncio.get_running_loop().create_task(self._sweeping(), name="mcp-subscriptions-sweep")
+
+    async def _sweeping(self) -> None:
+        while self._by_session:
+            await asyncio.sleep(SWEEP_S)
+            await self.sweep()
+
+    async def sweep(self) -> None:
+        """End the subscriptions of sessions that have expired or were ended on another replica."""
+        for session_id in list(self._by_session):
+            keys = self._by_session.get(session_id)
+            sub = self._by_key.get(next(iter(keys)), {}).get(session_id) if keys else None
+            if sub is not None and sub.expires > time.time() and await self._still_open(session_id, sub):
+                continue
+            await self.end_session(session_id)
+
+    async def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            await asyncio.gather(self._sweep, return_exceptions=True)
