@@ -172,16 +172,16 @@ class Content:
         return self._result(call, result, who, call.tool, request_id)
 
     async def subscription(self, who: Principal, up: Upstream | None, req: mt.SubscribeRequest | mt.UnsubscribeRequest,
-                           table: Subscriptions, session_id: str, sub: Subscriber) -> dict[str, Any]:
+                           table: Subscriptions, sub: Subscriber) -> dict[str, Any]:
         """``resources/subscribe``: judged as a read of the URI (granted, not quarantined), then this session is in
         the table (sluice subscribed upstream if it is the first); ``resources/unsubscribe``: out of it."""
         uri = str(req.params.uri)
         if isinstance(req, mt.UnsubscribeRequest):
-            await table.unsubscribe(session_id, up.spec.name if up is not None else None, uri)
+            await table.unsubscribe(sub.digest, up.spec.name if up is not None else None, uri)
             return {}
         owner = up or await self._owner(uri)
         await self._granted_resource(who, owner, uri, None, "subscribed to")
-        await _relay(owner, table.subscribe(session_id, sub, owner, uri))
+        await _relay(owner, table.subscribe(sub, owner, uri))
         return {}
 
     def _result(self, call: Call, result: Any, who: Principal, name: str, request_id: str) -> dict[str, Any]:

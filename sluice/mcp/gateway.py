@@ -94,9 +94,9 @@ class McpGateway:
         # each read and get recorded as a tool call is
         self.content = Content(upstreams, ContentAccess(section), self.pins, self._guard, self._log)
 
-        async def still_open(session_id: str, sub: Subscriber) -> bool:
+        async def still_open(sub: Subscriber) -> bool:
             try:
-                return await sessions.open(session_id, sub.identity_id, sub.path) is not None
+                return await sessions.open(sub.session_id, sub.identity_id, sub.path) is not None
             except Refusal:  # the store cannot say now: kept until the next sweep
                 return True
 
@@ -144,9 +144,8 @@ class McpGateway:
         elif method in Content.METHODS:
             out = await self.content.answer(who, up, req, request_id, headers or {})
         elif isinstance(req, (mt.SubscribeRequest, mt.UnsubscribeRequest)):
-            out = await self.content.subscription(who, up, req, self.subscriptions, session_id,  # type: ignore[arg-type]
-                                                  Subscriber(who.identity_id, who.identity_name, who.team, server,
-                                                             session.expires))
+            out = await self.content.subscription(who, up, req, self.subscriptions, Subscriber(
+                session_id, who.identity_id, who.identity_name, who.team, server, session.expires))  # type: ignore[arg-type]
         else:
             raise Refusal(mt.METHOD_NOT_FOUND, f"Method not found: {method[:64]}.", "method_not_found")
         try:  # in the wire shape of the session's protocol version (fields it does not know are dropped)

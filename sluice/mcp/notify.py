@@ -7,7 +7,8 @@ comment every ``mcp.streams.keepalive_s`` while quiet. What is sent:
 * what an upstream server sends sluice on its own session (relayed by ``upstreams.py``): to the streams of
   that server's path and of the federated ``/mcp``;
 * ``notifications/resources/updated`` a server sends on sluice's session: to the streams of exactly the sessions
-  subscribed to that URI and still granted it (``subscriptions.py`` says which);
+  subscribed to that URI and still granted it (``subscriptions.py`` says which), on this replica and, with
+  ``fanout`` (Redis), on the others (``fanout.py``);
 * sluice's own ``tools/list_changed`` when what a caller may see changes: a new active policy version (the
   tool registry and the pins are in it; watched once a second) and a tool quarantined by its definition
   changing (``quarantined``), on every stream (a version) or that server's (a quarantine).
@@ -36,7 +37,9 @@ import msgspec
 
 from ..core.exchange import StreamReply
 from ..core.mcp_config import McpStreams
+from .fanout import Fanout
 from .jsonrpc import Refusal
+from .session import Sessions
 
 log = logging.getLogger("sluice.mcp")
 TOOLS_CHANGED = "notifications/tools/list_changed"
@@ -64,10 +67,11 @@ def event(data: bytes) -> bytes:
 class Stream:
     """One open GET stream: whose, on which path, what waits to be sent."""
 
-    __slots__ = ("identity_id", "server", "session_id", "pending", "wake", "closed")
+    __slots__ = ("identity_id", "server", "session_id", "digest", "pending", "wake", "closed")
 
     def __init__(self, identity_id: str, server: str, session_id: str) -> None:
         self.identity_id, self.server, self.session_id = identity_id, server, session_id
+        self.digest = Sessions.digest(session_id)  # as subscriptions and other replicas name the session
         self.pending: dict[bytes, None] = {}  # notifications (JSON-RPC), in order, each once
         self.wake = asyncio.Event()
         self.closed = False
@@ -91,8 +95,9 @@ class Streams:
         self._by_identity: dict[str, int] = {}
         self._watch: asyncio.Task | None = None
         self._closing = False
-        # (server, uri) -> the session ids subscribed to it and still granted it (``Subscriptions.subscribed``)
+        # (server, uri) -> the sessions (id digests) subscribed to it, still granted it (``Subscriptions.subscribed``)
         self.subscribed: Callable[[str, str], Iterable[str]] | None = None
+        self.fanout: Fanout | None = None  # the other replicas' streams (``fanout.py``)
 
     @property
     def count(self) -> int:
@@ -163,11 +168,24 @@ class Streams:
             self.publish(server, method)
         elif method == UPDATED and self.subscribed is not None and isinstance((params or {}).get("uri"), str):
             uri = params["uri"]  # type: ignore[index]
-            sessions = set(self.subscribed(server, uri))
-            if sessions:
-                for stream in self._open:
-                    if stream.session_id in sessions:
-                        stream.push(UPDATED, {"uri": uri})
+            digests = list(self.subscribed(server, uri))
+            if digests:
+                self.updated(digests, uri)
+                if self.fanout is not None:  # their streams may be on other replicas
+                    self.fanout.publish({"k": "updated", "d": digests, "u": uri})
+
+    def updated(self, digests: Iterable[str], uri: str) -> None:
+        """Tell these sessions' streams on this replica that the resource ``uri`` changed."""
+        wanted = set(digests)
+        for stream in self._open:
+            if stream.digest in wanted:
+                stream.push(UPDATED, {"uri": uri})
+
+    def heard(self, message: dict[str, Any]) -> None:
+        """An update another replica heard, for the sessions it names (``fanout.py``)."""
+        digests, uri = message.get("d"), message.get("u")
+        if message.get("k") == "updated" and isinstance(digests, list) and isinstance(uri, str):
+            self.updated((d for d in digests if isinstance(d, str)), uri)
 
     def quarantined(self, server: str, kind: str = "tool") -> None:
         """A definition of this server was hidden because it changed (or is not pinned): a tool, a prompt, or a

@@ -9,8 +9,11 @@ sluice sends ``resources/subscribe`` on its own session when the first caller's 
 streams of exactly the sessions subscribed to that URI of that server whose identity may still read it under the
 active policy, judged when it is relayed (``subscribed``): a grant taken away stops the relays at once.
 
-The table is this replica's memory, as its GET streams and its upstream sessions are: a subscription is heard
-on the replica that took it (see the README, "Resource subscriptions", for what that means behind a balancer).
+The table is this replica's memory, as its upstream sessions are: the replica that took a subscription holds it
+and hears its updates. With ``fanout`` (Redis, ``fanout.py``) those updates reach the session's stream on any
+replica, and an unsubscribe or DELETE received by another replica reaches this one; without it, a subscription is
+heard only by a stream on the replica that took it (see the README, "Resource subscriptions"). Sessions are keyed
+by the SHA-256 of their id (``Sessions.digest``), as the ended list and the fan-out know them.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 
+from .fanout import Fanout
 from .jsonrpc import Refusal
+from .session import Sessions
 from .upstreams import Upstream, Upstreams
 
 log = logging.getLogger("sluice.mcp")
@@ -32,11 +37,13 @@ Key = tuple[str, str]  # (server, URI)
 
 
 class Subscriber:
-    """A session subscribed to a resource: whose, on which path (for the ended check), until when."""
+    """A session subscribed to a resource: which, whose, on which path (for the ended check), until when."""
 
-    __slots__ = ("identity_id", "identity_name", "team", "path", "expires")
+    __slots__ = ("session_id", "digest", "identity_id", "identity_name", "team", "path", "expires")
 
-    def __init__(self, identity_id: str, identity_name: str, team: str | None, path: str, expires: float) -> None:
+    def __init__(self, session_id: str, identity_id: str, identity_name: str, team: str | None, path: str,
+                 expires: float) -> None:
+        self.session_id, self.digest = session_id, Sessions.digest(session_id)
         self.identity_id, self.identity_name, self.team, self.path, self.expires = \
             identity_id, identity_name, team, path, expires
 
@@ -45,18 +52,19 @@ class Subscriptions:
     """This replica's subscription table, and the upstream subscriptions it keeps in step with it.
 
     ``may_read(server, uri, identity_name, team)``: the active policy's resource grant (``ContentAccess.resource``);
-    ``still_open(session_id, subscriber)``: whether the session is neither ended (on any replica) nor expired."""
+    ``still_open(subscriber)``: whether its session is neither ended (on any replica) nor expired."""
 
     def __init__(self, upstreams: Upstreams, may_read: Callable[[str, str, str, str | None], bool],
-                 still_open: Callable[[str, Subscriber], Awaitable[bool]]) -> None:
+                 still_open: Callable[[Subscriber], Awaitable[bool]]) -> None:
         self._upstreams = upstreams
         self._may_read = may_read
         self._still_open = still_open
-        self._by_key: dict[Key, dict[str, Subscriber]] = {}  # (server, uri) -> session id -> its subscriber
+        self._by_key: dict[Key, dict[str, Subscriber]] = {}  # (server, uri) -> session digest -> its subscriber
         self._by_session: dict[str, set[Key]] = {}
         self._count = 0
         self._locks: dict[str, asyncio.Lock] = {}  # per server: one upstream (un)subscribe at a time
         self._sweep: asyncio.Task | None = None
+        self.fanout: Fanout | None = None  # other replicas: told of an unsubscribe or an end taken here
 
     def _lock(self, server: str) -> asyncio.Lock:
         lock = self._locks.get(server)
@@ -64,11 +72,11 @@ class Subscriptions:
             lock = self._locks[server] = asyncio.Lock()
         return lock
 
-    async def subscribe(self, session_id: str, sub: Subscriber, owner: Upstream, uri: str) -> None:
+    async def subscribe(self, sub: Subscriber, owner: Upstream, uri: str) -> None:
         """Subscribe this session to ``uri`` of ``owner`` (again: nothing changes); the first to it subscribes
         sluice upstream, whose failure is the caller's (raised as the upstream raised it)."""
-        key = (owner.spec.name, uri)
-        held = self._by_session.get(session_id, set())
+        key, digest = (owner.spec.name, uri), sub.digest
+        held = self._by_session.get(digest, set())
         if key in held:
             return
         if len(held) >= PER_SESSION:
@@ -82,31 +90,48 @@ class Subscriptions:
             if not sessions:
                 await owner.subscribe(uri)
                 sessions = self._by_key[key] = {}
-            if session_id not in sessions:
-                sessions[session_id] = sub
-                self._by_session.setdefault(session_id, set()).add(key)
+            if digest not in sessions:
+                sessions[digest] = sub
+                self._by_session.setdefault(digest, set()).add(key)
                 self._count += 1
         self._start_sweep()
 
-    async def unsubscribe(self, session_id: str, server: str | None, uri: str) -> None:
-        """This session's subscription to ``uri`` (of ``server``; None: whichever it holds) ends; none: nothing."""
-        for key in [k for k in self._by_session.get(session_id, ()) if k[1] == uri and server in (None, k[0])]:
-            await self._leave(session_id, key)
+    async def unsubscribe(self, digest: str, server: str | None, uri: str, share: bool = True) -> None:
+        """This session's subscription to ``uri`` (of ``server``; None: whichever it holds) ends, here and (``share``)
+        on the replica that holds it; none: nothing. ``digest``: the session id's digest."""
+        for key in [k for k in self._by_session.get(digest, ()) if k[1] == uri and server in (None, k[0])]:
+            await self._leave(digest, key)
+        if share and self.fanout is not None:
+            self.fanout.publish({"k": "leave", "d": digest, "s": server, "u": uri})
 
-    async def end_session(self, session_id: str) -> None:
-        """The session ended (DELETE, or found ended or expired): every subscription of it ends."""
-        for key in list(self._by_session.get(session_id, ())):
-            await self._leave(session_id, key)
+    async def end_session(self, digest: str, share: bool = True) -> None:
+        """The session ended (DELETE, or found ended or expired): every subscription of it ends, here and (``share``)
+        on every replica. ``digest``: the session id's digest."""
+        for key in list(self._by_session.get(digest, ())):
+            await self._leave(digest, key)
+        if share and self.fanout is not None:
+            self.fanout.publish({"k": "end", "d": digest})
 
-    async def _leave(self, session_id: str, key: Key) -> None:
+    async def heard(self, message: dict) -> None:
+        """An unsubscribe or an end another replica received (``fanout.py``)."""
+        digest = message.get("d")
+        if not isinstance(digest, str) or digest not in self._by_session:
+            return
+        if message.get("k") == "end":
+            await self.end_session(digest, share=False)
+        elif message.get("k") == "leave" and isinstance(message.get("u"), str):
+            server = message.get("s")
+            await self.unsubscribe(digest, server if isinstance(server, str) else None, message["u"], share=False)
+
+    async def _leave(self, digest: str, key: Key) -> None:
         async with self._lock(key[0]):
-            held = self._by_session.get(session_id)
+            held = self._by_session.get(digest)
             if held is not None:
                 held.discard(key)
                 if not held:
-                    del self._by_session[session_id]
+                    del self._by_session[digest]
             sessions = self._by_key.get(key)
-            if sessions is None or sessions.pop(session_id, None) is None:
+            if sessions is None or sessions.pop(digest, None) is None:
                 return
             self._count -= 1
             if sessions:
@@ -121,14 +146,14 @@ class Subscriptions:
                 log.warning("mcp: server %s: resources/unsubscribe failed (%s)", key[0], type(exc).__name__)
 
     def subscribed(self, server: str, uri: str) -> Iterator[str]:
-        """The sessions to tell that ``uri`` of ``server`` changed: subscribed, unexpired, and still granted it."""
+        """The sessions (digests) to tell that ``uri`` of ``server`` changed: subscribed, unexpired, still granted it."""
         sessions = self._by_key.get((server, uri))
         if not sessions:
             return
         now = time.time()
-        for session_id, sub in list(sessions.items()):
+        for digest, sub in list(sessions.items()):
             if sub.expires > now and self._may_read(server, uri, sub.identity_name, sub.team):
-                yield session_id
+                yield digest
 
     def count(self, server: str, uri: str) -> int:
         return len(self._by_key.get((server, uri), ()))
@@ -144,12 +169,12 @@ class Subscriptions:
 
     async def sweep(self) -> None:
         """End the subscriptions of sessions that have expired or were ended on another replica."""
-        for session_id in list(self._by_session):
-            keys = self._by_session.get(session_id)
-            sub = self._by_key.get(next(iter(keys)), {}).get(session_id) if keys else None
-            if sub is not None and sub.expires > time.time() and await self._still_open(session_id, sub):
+        for digest in list(self._by_session):
+            keys = self._by_session.get(digest)
+            sub = self._by_key.get(next(iter(keys)), {}).get(digest) if keys else None
+            if sub is not None and sub.expires > time.time() and await self._still_open(sub):
                 continue
-            await self.end_session(session_id)
+            await self.end_session(digest, share=False)  # every replica finds it so
 
     async def close(self) -> None:
         if self._sweep is not None:

@@ -4,13 +4,16 @@ server of ``upstream_server.py``, whose ``live://{name}`` resources change when 
 
 A session that subscribed to a URI hears its updates on its GET stream; a session that did not, and another
 identity, do not; a URI the caller may not read cannot be subscribed to; unsubscribing stops the relays, and sluice
-keeps one subscription of its own upstream, which it ends when the last session leaves. Across replicas, a
-subscription is heard on the replica that took it (the documented limit)."""
+keeps one subscription of its own upstream, which it ends when the last session leaves; a grant taken away stops
+the relays. Across replicas: with Redis (``limits.backend: redis``) a subscription taken on one replica is heard by
+the session's stream on another and can be left there; without it, only on the replica that took it (as the README
+says)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import httpx
 import pytest
@@ -21,6 +24,7 @@ from mcp.shared.exceptions import MCPError
 
 from sluice.identity import generate
 from support import Gateway, start_gateway
+from test_mcp_calls import REDIS_URL
 from test_mcp_gateway import UPSTREAM_SECRET, mcp_extra, tools_server  # noqa: F401 - a fixture
 from test_mcp_streams import Listener
 
@@ -167,34 +171,75 @@ async def test_a_grant_taken_away_stops_the_relays_at_once(gw, tools_server):  #
         assert len(theirs.updates) == kept
 
 
-def test_across_replicas_a_subscription_is_heard_on_the_replica_that_took_it(tools_server, sim, tmp_path_factory):  # noqa: F811
-    tmp = tmp_path_factory.mktemp("mcp-subs-two")  # one store and one pepper, two processes
-    keys = {"reader": generate("dev")}
+def replicas(tools_server, sim, tmp, limits: dict | None = None) -> tuple[Gateway, Gateway, str, dict[str, str]]:  # noqa: F811
+    """Two processes on one store and one pepper, and a session of the reader's begun on the first: its headers."""
+    key = generate("dev")
+    e = {**extra(tools_server), **({"limits": limits} if limits else {})}
     common = dict(upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}], models=[{"name": "m", "upstream": "sim"}],
-                  identities=[{**IDENTITIES[0], "keys": [keys["reader"]]}], extra=extra(tools_server),
-                  env={"FILES_TOKEN": UPSTREAM_SECRET}, admin_key=generate("prod", kind="admin"))
-    one, two = start_gateway(tmp, **common), start_gateway(tmp, **common)
+                  identities=[{**IDENTITIES[0], "keys": [key]}], extra=e, env={"FILES_TOKEN": UPSTREAM_SECRET},
+                  admin_key=generate("prod", kind="admin"))
+    one = start_gateway(tmp, **common)
+    two = start_gateway(tmp, **common)
+    auth = {"Authorization": f"Bearer {key}", "Accept": "application/json, text/event-stream"}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
+    sid = httpx.post(one.url + "/mcp/files", headers=auth, json=init).headers["mcp-session-id"]
+    return one, two, sid, {**auth, "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-06-18"}
+
+
+def rpc(g: Gateway, headers: dict[str, str], method: str, uri: str) -> dict:
+    r = httpx.post(g.url + "/mcp/files", headers=headers, json={"jsonrpc": "2.0", "id": 2, "method": method,
+                                                               "params": {"uri": uri}})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def told(listener: Listener, uri: str) -> bool:
+    return any(UPDATED in line and f'"{uri}"' in line for line in listener.lines)
+
+
+def touch_until(tools_server, uri: str, listener: Listener) -> None:  # noqa: F811
+    for _ in range(50):
+        touch(tools_server, uri)
+        time.sleep(0.1)
+        if told(listener, uri):
+            return
+    raise AssertionError(listener.lines)
+
+
+def test_without_redis_a_subscription_is_heard_only_on_the_replica_that_took_it(tools_server, sim, tmp_path):  # noqa: F811
+    one, two, sid, headers = replicas(tools_server, sim, tmp_path)
     try:
-        auth = {"Authorization": f"Bearer {keys['reader']}", "Accept": "application/json, text/event-stream"}
-        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
-        sid = httpx.post(one.url + "/mcp/files", headers=auth, json=init).headers["mcp-session-id"]
-        headers = {**auth, "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-06-18"}
-        sub = {"jsonrpc": "2.0", "id": 2, "method": "resources/subscribe", "params": {"uri": "live://x"}}
-        assert httpx.post(one.url + "/mcp/files", headers=headers, json=sub).json()["result"] == {}
+        assert rpc(one, headers, "resources/subscribe", "live://x")["result"] == {}
         on_two = Listener(two.url + "/mcp/files", headers)  # the same session's stream, on the other replica
         on_one = Listener(one.url + "/mcp/files", headers)
         assert on_two.status == on_one.status == 200
-        for _ in range(50):
-            touch(tools_server, "live://x")
-            if any("live://x" in line for line in on_one.lines):
-                break
-            time.sleep(0.1)
-        assert any(UPDATED in line and "live://x" in line for line in on_one.lines), on_one.lines
-        assert not any("live://x" in line for line in on_two.lines), on_two.lines  # not told: see the README
+        touch_until(tools_server, "live://x", on_one)
+        assert not told(on_two, "live://x"), on_two.lines  # not told: the README says so
         on_one.end()
         on_two.join()  # the session ended: the other replica's stream ends at its next keep-alive
     finally:
         one.stop()
         two.stop()
 
+
+def test_with_redis_a_subscription_taken_on_one_replica_is_heard_on_the_others_and_left_there(tools_server, sim,  # noqa: F811
+                                                                                             tmp_path):
+    limits = {"backend": "redis", "redis_url": REDIS_URL, "key_prefix": f"s{uuid.uuid4().hex[:8]}:", "redis_timeout_s": 5}
+    one, two, sid, headers = replicas(tools_server, sim, tmp_path, limits)
+    try:
+        assert rpc(one, headers, "resources/subscribe", "live://y")["result"] == {}
+        on_two = Listener(two.url + "/mcp/files", headers)  # the stream is on the replica that did not take it
+        assert on_two.status == 200
+        touch_until(tools_server, "live://y", on_two)
+        assert rpc(two, headers, "resources/unsubscribe", "live://y")["result"] == {}  # left on the other replica
+        for _ in range(50):
+            if "live://y" not in upstream(tools_server)["subscribed"]:
+                break
+            time.sleep(0.1)
+        assert "live://y" not in upstream(tools_server)["subscribed"]  # the replica holding it let it go upstream
+        assert upstream(tools_server)["calls"].count("unsubscribe live://y") == 1
+        on_two.end()
+    finally:
+        one.stop()
+        two.stop()
