@@ -10,8 +10,9 @@ would lack.
 Who may reach what is ``ContentAccess``: the active policy's ``mcp.resources`` (URI globs) and ``mcp.prompts``
 (name globs), default deny. Lists show only what the caller may reach; a read, get or completion of anything
 else is JSON-RPC error -32010 saying so.
-A ``resources/read`` or ``prompts/get`` that reaches a server ends in one record, metric and span as a tool call
-does (``usage.py``). Prompts and resource templates are pinned as tools are (``pins.py``): a quarantined one is left out of its list
+A ``resources/read``, ``prompts/get`` or ``completion/complete`` that reaches a server ends in one record, metric
+and span as a tool call does (``usage.py``). ``resources/subscribe`` is judged as a read of its URI, and kept in the
+subscription table (``subscriptions.py``). Prompts and resource templates are pinned as tools are (``pins.py``): a quarantined one is left out of its list
 and refused when got, read through or completed. What comes back (a resource's contents, a prompt's messages) is
 untrusted input and goes through the tool
 results' guard (``results.py``): the size bound and the detectors.
