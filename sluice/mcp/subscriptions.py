@@ -5,7 +5,8 @@ never the callers. This table says which of the callers' sessions subscribed to 
 sluice sends ``resources/subscribe`` on its own session when the first caller's session subscribes to a URI and
 ``resources/unsubscribe`` when the last one leaves it: by ``resources/unsubscribe``, by its session's DELETE
 (``end_session``), or by its session having ended on another replica or expired (found by ``sweep``, every
-``SWEEP_S``). A ``notifications/resources/updated`` that a server sends on sluice's session goes to the GET
+``SWEEP_S``). When sluice has had to make a new session with a server (it restarted and forgot the old one), the
+sweep subscribes the new one to every URI the table holds of that server. A ``notifications/resources/updated`` that a server sends on sluice's session goes to the GET
 streams of exactly the sessions subscribed to that URI of that server whose identity may still read it under the
 active policy, judged when it is relayed (``subscribed``): a grant taken away stops the relays at once.
 
@@ -63,6 +64,7 @@ class Subscriptions:
         self._by_session: dict[str, set[Key]] = {}
         self._count = 0
         self._locks: dict[str, asyncio.Lock] = {}  # per server: one upstream (un)subscribe at a time
+        self._generation: dict[Key, int] = {}  # the upstream session (``Upstream.generation``) that subscribed
         self._sweep: asyncio.Task | None = None
         self.fanout: Fanout | None = None  # other replicas: told of an unsubscribe or an end taken here
 
@@ -89,6 +91,7 @@ class Subscriptions:
             sessions = self._by_key.get(key)
             if not sessions:
                 await owner.subscribe(uri)
+                self._generation[key] = owner.generation()
                 sessions = self._by_key[key] = {}
             if digest not in sessions:
                 sessions[digest] = sub
@@ -137,6 +140,7 @@ class Subscriptions:
             if sessions:
                 return
             del self._by_key[key]
+            self._generation.pop(key, None)
             up = self._upstreams.get(key[0])
             if up is None:
                 return
@@ -168,13 +172,32 @@ class Subscriptions:
             await self.sweep()
 
     async def sweep(self) -> None:
-        """End the subscriptions of sessions that have expired or were ended on another replica."""
+        """End the subscriptions of sessions that have expired or were ended on another replica; subscribe a server's
+        new session (it restarted) to what the table holds of it."""
+        await self._resubscribe()
         for digest in list(self._by_session):
             keys = self._by_session.get(digest)
             sub = self._by_key.get(next(iter(keys)), {}).get(digest) if keys else None
             if sub is not None and sub.expires > time.time() and await self._still_open(sub):
                 continue
             await self.end_session(digest, share=False)  # every replica finds it so
+
+    async def _resubscribe(self) -> None:
+        for key in list(self._by_key):
+            up = self._upstreams.get(key[0])
+            if up is None or up.generation() == self._generation.get(key):
+                continue
+            async with self._lock(key[0]):
+                if key not in self._by_key:
+                    continue
+                try:
+                    await up.subscribe(key[1])
+                except Exception as exc:  # noqa: BLE001 - tried again at the next sweep
+                    log.warning("mcp: server %s: resources/subscribe on its new session failed (%s)", key[0],
+                                type(exc).__name__)
+                    continue
+                self._generation[key] = up.generation()
+                log.info("mcp: server %s: its new session is subscribed again to a resource callers hold", key[0])
 
     async def close(self) -> None:
         if self._sweep is not None:

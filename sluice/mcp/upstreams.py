@@ -101,6 +101,10 @@ class Upstream:
         """Whether the server said it takes resource subscriptions (None: not known yet)."""
         return None
 
+    def generation(self) -> int:
+        """Which of sluice's sessions with the server this is: a new one holds none of the last one's subscriptions."""
+        return 0
+
     async def ping(self) -> None:
         raise NotImplementedError
 
@@ -181,6 +185,9 @@ class HttpUpstream(Upstream):
         caps = self.client.capabilities
         return bool((caps.get("resources") or {}).get("subscribe")) if caps else None
 
+    def generation(self) -> int:
+        return self.client.generation
+
     async def ping(self) -> None:
         await self.client.request("ping")
 
@@ -205,6 +212,10 @@ class StdioUpstream(Upstream):
         self._stop: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
+        self._made = 0  # sessions made so far (``generation``)
+
+    def generation(self) -> int:
+        return self._made
 
     async def _hold(self, ready: asyncio.Future[Client], stop: asyncio.Event) -> None:
         try:
@@ -243,6 +254,7 @@ class StdioUpstream(Upstream):
                                                                 name=f"mcp-upstream-{self.spec.name}")
             try:
                 self._client = await asyncio.wait_for(ready, self.spec.timeout_s)
+                self._made += 1
             except asyncio.TimeoutError:
                 await self._drop()
                 raise UpstreamTimeout(f"MCP server {self.spec.name} did not answer the handshake in time.",

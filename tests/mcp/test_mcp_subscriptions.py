@@ -147,6 +147,16 @@ async def test_unsubscribing_stops_the_relays_and_the_last_session_to_leave_ends
         assert "live://u" not in upstream(tools_server)["subscribed"]
 
 
+async def test_when_the_server_restarts_sluice_subscribes_its_new_session_again(gw, tools_server):  # noqa: F811
+    mine = Agent(gw, "reader")
+    async with mine as a:
+        await a.subscribe_resource("live://r")
+        await heard(tools_server, "live://r", mine)
+        tools_server.restart()  # it forgets sluice's session and its subscription
+        await heard(tools_server, "live://r", mine, tries=30)  # sluice's stream comes back, then the sweep (5 s)
+        assert upstream(tools_server)["calls"] == ["subscribe live://r"]  # this server's calls since its restart
+
+
 def test_initialize_advertises_subscribe(gw):
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
