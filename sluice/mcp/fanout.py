@@ -31,7 +31,7 @@ class Fanout:
     """One replica's end of the channel: ``publish`` to the others, ``on_message`` for what they publish."""
 
     def __init__(self, url: str, channel: str, timeout_s: float = 1.0) -> None:
-        self._url, self._channel = url, channel
+        self._url, self._channel, self._timeout = url, channel, timeout_s
         self._publisher = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self.origin = os.urandom(8).hex()  # this replica's own messages come back to it: skipped
         self.on_message: Callable[[dict[str, Any]], Any] | None = None
@@ -57,7 +57,8 @@ class Fanout:
     async def _listening(self) -> None:
         delay = 0.5
         while True:
-            client = aioredis.from_url(self._url)  # no read timeout: it waits for messages
+            # no read timeout: it waits for messages (a dead peer is found by TCP keep-alive)
+            client = aioredis.from_url(self._url, socket_connect_timeout=self._timeout, socket_keepalive=True)
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel)
