@@ -47,7 +47,7 @@ from .store.guard_records import GuardRecords
 from .store.response_records import ResponseRecords
 from .store.mcp_sessions import EndedSessions
 from .memory import ResponseMemory, Vault
-from .mcp import McpEndpoints, McpGateway, Sessions, Streams, Upstreams
+from .mcp import Fanout, McpEndpoints, McpGateway, Sessions, Streams, Subscriptions, Upstreams
 from .routing.health import run_checks
 from .store import Store, StoreUnavailable, open_store
 from .telemetry import Metrics, UsageLedger, configure
@@ -105,6 +105,8 @@ class Gateway:
         self.draining = False  # set on SIGTERM: /readyz answers 503 before the listeners stop
         self.mcp_upstreams: Upstreams | None = None
         self.mcp_streams: Streams | None = None
+        self.mcp_subscriptions: Subscriptions | None = None
+        self.mcp_fanout: Fanout | None = None
         self.approvals: ToolApprovals | None = None  # its queued tool-decision rows are written at shutdown
 
     def secrets(self) -> list[str]:
@@ -254,6 +256,7 @@ class Gateway:
                          approvals, lambda: policy.current, record_change=record_change, limiter=limiter,
                          metrics=metrics, tracer=self.tracer,
                          admission=Admission({s.name: s.capacity for s in c.mcp.servers if s.capacity is not None}))
+        self.mcp_subscriptions = mcp.subscriptions
         admin = AdminApi(admin_auth, identities, store, ledger.flush,
                          RoutingAdmin(routing, decisions, [u.name for u in c.upstreams], policy),
                          keyring, limiter, policy=PolicyAdmin(policy, store, identities), audit=AuditAdmin(audit),
@@ -269,7 +272,10 @@ class Gateway:
             await data_plane.authenticate(ctx, audience)  # a token must be this endpoint's (RFC 8707)
             return ctx.principal
 
-        mcp_endpoints.append(McpEndpoints(identify, mcp, c.mcp, streams))
+        if c.limits.backend == "redis":  # resource updates reach a session's stream on any replica (mcp/fanout.py)
+            self.mcp_fanout = Fanout(c.limits.redis_url, f"{c.limits.key_prefix}mcp-notices", c.limits.redis_timeout_s)
+            self.mcp_fanout.start()
+        mcp_endpoints.append(McpEndpoints(identify, mcp, c.mcp, streams, self.mcp_fanout))
         data_routes += mcp_endpoints[0].routes()
         data_routes.append(OpenApiEndpoint(data_plane.authenticate, data_routes).route)  # documents every route above
         self.data = NativeListener("data", c.data_plane, data_routes, max_body_bytes=c.requests.max_body_bytes,
@@ -432,6 +438,8 @@ class Gateway:
              if self.tracer is not None else None),
             ("control plane", self.control.stop if self.control is not None else None),
             ("upstream pools", (lambda: asyncio.gather(*(t.close() for t in self._all_transports)))),
+            ("mcp subscriptions", self.mcp_subscriptions.close if self.mcp_subscriptions is not None else None),
+            ("mcp fan-out", self.mcp_fanout.close if self.mcp_fanout is not None else None),
             ("mcp upstreams", self.mcp_upstreams.close if self.mcp_upstreams is not None else None),
             ("tool decisions flush", self.approvals.close if self.approvals is not None else None),
             ("simulated backend", self._sim_runner.cleanup if self._sim_runner is not None else None),

@@ -119,6 +119,11 @@ class HttpClient:
         self._background: set[asyncio.Task] = set()
         self._closed = False
 
+    @property
+    def generation(self) -> int:
+        """How many sessions were made with the server so far (a new one forgets what the last had subscribed)."""
+        return self._generation
+
     # -- the requests ------------------------------------------------------------------
 
     async def request(self, method: str, params: dict[str, Any] | None = None) -> msgspec.Raw:

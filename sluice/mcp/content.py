@@ -10,8 +10,9 @@ would lack.
 Who may reach what is ``ContentAccess``: the active policy's ``mcp.resources`` (URI globs) and ``mcp.prompts``
 (name globs), default deny. Lists show only what the caller may reach; a read, get or completion of anything
 else is JSON-RPC error -32010 saying so.
-A ``resources/read`` or ``prompts/get`` that reaches a server ends in one record, metric and span as a tool call
-does (``usage.py``). Prompts and resource templates are pinned as tools are (``pins.py``): a quarantined one is left out of its list
+A ``resources/read``, ``prompts/get`` or ``completion/complete`` that reaches a server ends in one record, metric
+and span as a tool call does (``usage.py``). ``resources/subscribe`` is judged as a read of its URI, and kept in the
+subscription table (``subscriptions.py``). Prompts and resource templates are pinned as tools are (``pins.py``): a quarantined one is left out of its list
 and refused when got, read through or completed. What comes back (a resource's contents, a prompt's messages) is
 untrusted input and goes through the tool
 results' guard (``results.py``): the size bound and the detectors.
@@ -33,6 +34,7 @@ from ..identity import Principal
 from .authz import ContentAccess, namespaced, owner_of
 from .jsonrpc import REFUSED, UPSTREAM, Refusal
 from .pins import Pins, template_pattern
+from .subscriptions import Subscriber, Subscriptions
 from .upstreams import Upstream, Upstreams
 from .usage import Call, CallLog
 
@@ -47,9 +49,11 @@ def upstream_refusal(exc: MCPError) -> Refusal:
                    "mcp_upstream_error")
 
 
-def _refused(kind: str, name: str, reason: str) -> Refusal:
+def _refused(kind: str, name: str, reason: str, what: str = "") -> Refusal:
+    """``what``: how it was to be used, when not just read or got (``subscribed to``)."""
     why = f"no grant in the policy's mcp.{kind}s names it for this caller"
-    return Refusal(REFUSED, f"The {kind} {name[:128]} is refused by the gateway's policy: {reason} ({why}).",
+    how = f" cannot be {what}: it" if what else ""
+    return Refusal(REFUSED, f"The {kind} {name[:128]}{how} is refused by the gateway's policy: {reason} ({why}).",
                    f"{kind}_refused", data={"reason": reason})
 
 
@@ -99,20 +103,20 @@ class Content:
                                                                          request_id))
         if isinstance(req, mt.CompleteRequest):
             p = req.params
-            ref: mt.PromptReference | mt.ResourceTemplateReference
             if isinstance(p.ref, mt.PromptReference):
-                owner, name = await self._pinned_prompt(who, up, p.ref.name)
-                ref = p.ref.model_copy(update={"name": name})
+                owner, own = self._route_prompt(up, p.ref.name)
+                named = namespaced(owner.namespace, own)
             else:
-                ref = p.ref
-                owner = up or await self._owner(ref.uri, templates_only=True)
-                if not self._may_read(who, owner, ref.uri):
-                    raise _refused("resource", ref.uri, "resource_not_allowed")
-                await _relay(owner, self._pins.check_template(owner.spec.name, owner.namespace, ref.uri,
-                                                              owner.list_resource_templates))
+                owner, own = up or await self._owner(p.ref.uri, templates_only=True), p.ref.uri
+                named = own
             context = p.context.arguments if p.context is not None else None
-            result = await _relay(owner, owner.complete(ref, {"name": p.argument.name, "value": p.argument.value}, context))
-            return result.model_dump(**_DUMP)  # type: ignore[no-any-return]
+            argument = {"name": p.argument.name, "value": p.argument.value}
+            call = self._log.begin(owner.spec.name, f"completion:{named}", {"ref": named, "argument": argument,
+                                   **({"context": context} if context is not None else {})}, headers,
+                                   dict(p.meta or {}), "completion/complete",
+                                   f"completion:{named}" if isinstance(p.ref, mt.PromptReference) else "completion/complete")
+            return await self._recorded(call, who, request_id, self._complete(who, owner, own, p.ref, argument, context,
+                                                                              call, request_id))
         raise Refusal(mt.METHOD_NOT_FOUND, "Method not found.", "method_not_found")
 
     def _may_read(self, who: Principal, up: Upstream, uri: str) -> bool:
@@ -129,39 +133,61 @@ class Content:
         finally:
             self._log.finish(call, who, request_id)
 
-    async def _read(self, who: Principal, owner: Upstream, uri: str, call: Call, request_id: str) -> dict[str, Any]:
+    async def _granted_resource(self, who: Principal, owner: Upstream, uri: str, call: Call | None, what: str = "",
+                                template: bool = False) -> None:
+        """Refused unless a grant names this URI (or URI template) for the caller and it is not quarantined."""
         if not self._may_read(who, owner, uri):
-            call.refuse("block", "resource_not_allowed")
-            raise _refused("resource", uri, "resource_not_allowed")
-        await _relay(owner, self._pins.check_read(owner.spec.name, owner.namespace, uri, owner.list_resources,
-                                                  owner.list_resource_templates))
-        return self._result(call, await _relay(owner, owner.read_resource(uri), call), who, uri, request_id)
+            if call is not None:
+                call.refuse("block", "resource_not_allowed")
+            raise _refused("resource", uri, "resource_not_allowed", what)
+        name, ns = owner.spec.name, owner.namespace
+        await _relay(owner, self._pins.check_template(name, ns, uri, owner.list_resource_templates) if template
+                     else self._pins.check_read(name, ns, uri, owner.list_resources, owner.list_resource_templates))
 
-    async def _get(self, who: Principal, owner: Upstream, own: str, arguments: dict[str, str] | None, call: Call,
-                   request_id: str) -> dict[str, Any]:
+    async def _granted_prompt(self, who: Principal, owner: Upstream, own: str, call: Call) -> None:
+        """Refused unless a grant names this prompt for the caller and it is not quarantined."""
         if not self.access.prompt(owner.spec.name, own, who.identity_name, who.team):
             call.refuse("block", "prompt_not_allowed")
             raise _refused("prompt", namespaced(owner.namespace, own), "prompt_not_allowed")
         await _relay(owner, self._pins.check(owner.spec.name, owner.namespace, own, owner.list_prompts, "prompt"))
+
+    async def _read(self, who: Principal, owner: Upstream, uri: str, call: Call, request_id: str) -> dict[str, Any]:
+        await self._granted_resource(who, owner, uri, call)
+        return self._result(call, await _relay(owner, owner.read_resource(uri), call), who, uri, request_id)
+
+    async def _get(self, who: Principal, owner: Upstream, own: str, arguments: dict[str, str] | None, call: Call,
+                   request_id: str) -> dict[str, Any]:
+        await self._granted_prompt(who, owner, own, call)
         result = await _relay(owner, owner.get_prompt(own, arguments), call)
         return self._result(call, result, who, namespaced(owner.namespace, own), request_id)
+
+    async def _complete(self, who: Principal, owner: Upstream, own: str, ref: Any, argument: dict[str, str],
+                        context: dict[str, str] | None, call: Call, request_id: str) -> dict[str, Any]:
+        """A completion, judged as the prompt or the resource template it names (granted, not quarantined)."""
+        if isinstance(ref, mt.PromptReference):
+            await self._granted_prompt(who, owner, own, call)
+            ref = ref.model_copy(update={"name": own})
+        else:
+            await self._granted_resource(who, owner, own, call, template=True)
+        result = await _relay(owner, owner.complete(ref, argument, context), call)
+        return self._result(call, result, who, call.tool, request_id)
+
+    async def subscription(self, who: Principal, up: Upstream | None, req: mt.SubscribeRequest | mt.UnsubscribeRequest,
+                           table: Subscriptions, sub: Subscriber) -> dict[str, Any]:
+        """``resources/subscribe``: judged as a read of the URI (granted, not quarantined), then this session is in
+        the table (sluice subscribed upstream if it is the first); ``resources/unsubscribe``: out of it."""
+        uri = str(req.params.uri)
+        if isinstance(req, mt.UnsubscribeRequest):
+            await table.unsubscribe(sub.digest, up.spec.name if up is not None else None, uri)
+            return {}
+        owner = up or await self._owner(uri)
+        await self._granted_resource(who, owner, uri, None, "subscribed to")
+        await _relay(owner, table.subscribe(sub, owner, uri))
+        return {}
 
     def _result(self, call: Call, result: Any, who: Principal, name: str, request_id: str) -> dict[str, Any]:
         """The contents or messages as untrusted input (bounded, masked, read for injection), kept with the record."""
         return self._log.result(call, self._guard(result, who, name, request_id))
-
-    async def _pinned_prompt(self, who: Principal, up: Upstream | None, name: str) -> tuple[Upstream, str]:
-        """``_prompt``, and refused when the prompt is quarantined (its definition unpinned or changed)."""
-        owner, own = self._prompt(who, up, name)
-        await _relay(owner, self._pins.check(owner.spec.name, owner.namespace, own, owner.list_prompts, "prompt"))
-        return owner, own
-
-    def _prompt(self, who: Principal, up: Upstream | None, name: str) -> tuple[Upstream, str]:
-        """The server and its own name of a prompt, or the refusal: unknown, or not the caller's."""
-        owner, own = self._route_prompt(up, name)
-        if not self.access.prompt(owner.spec.name, own, who.identity_name, who.team):
-            raise _refused("prompt", name, "prompt_not_allowed")
-        return owner, own
 
     def _route_prompt(self, up: Upstream | None, name: str) -> tuple[Upstream, str]:
         """The server and its own name of a prompt (namespaced ``server__prompt`` on ``/mcp`` and on a server's path)."""

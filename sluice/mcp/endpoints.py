@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import mcp.types as mt
 
@@ -26,7 +27,9 @@ from ..identity import Principal
 from . import jsonrpc
 from .gateway import FEDERATED, SESSION_HEADER, McpGateway
 from .jsonrpc import Refusal
+from .fanout import Fanout
 from .notify import Streams
+from .session import Sessions
 
 METADATA = "/.well-known/oauth-protected-resource"
 AUTH_SERVER = "/.well-known/oauth-authorization-server"
@@ -38,11 +41,21 @@ class McpEndpoints:
     """The handlers; ``identify`` is the data plane's Authenticate stage over an exchange."""
 
     def __init__(self, identify: Callable[[Exchange, str], Awaitable[Principal]], gateway: McpGateway, cfg: Mcp,
-                 streams: Streams | None = None) -> None:
+                 streams: Streams | None = None, fanout: Fanout | None = None) -> None:
+        """``fanout``: the other replicas (Redis), for resource subscriptions across replicas (``fanout.py``)."""
         self._identify = identify
         self._gateway = gateway
         self._public = cfg.public_url.rstrip("/") if cfg.public_url else None
         self.streams = streams or Streams(cfg.streams)
+        subscriptions = gateway.subscriptions
+        self.streams.subscribed = subscriptions.subscribed  # resources/updated: to the sessions subscribed
+        if fanout is not None:
+            self.streams.fanout = subscriptions.fanout = fanout
+
+            def heard(message: dict) -> Any:
+                self.streams.heard(message)
+                return subscriptions.heard(message)
+            fanout.on_message = heard
 
     def _base(self, exchange: Exchange) -> str:
         if self._public is not None:
@@ -129,6 +142,7 @@ class McpEndpoints:
             session = await self._gateway.session(who, server, sid)
             await self._gateway.sessions.end(sid, session)  # type: ignore[arg-type]  # session() checked it
             self.streams.end_session(sid)  # type: ignore[arg-type]
+            await self._gateway.subscriptions.end_session(Sessions.digest(sid))  # type: ignore[arg-type]
             return Reply.json({})
         except Refusal as r:
             return Reply(r.status, jsonrpc.error(None, r), headers=r.headers)

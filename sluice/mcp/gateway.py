@@ -48,6 +48,7 @@ from .limits import CallLimits
 from .pins import Pins
 from .results import guard_result
 from .session import Session, Sessions
+from .subscriptions import Subscriber, Subscriptions
 from .upstreams import Upstream, Upstreams
 from .usage import Call, CallLog
 
@@ -55,7 +56,8 @@ log = logging.getLogger("sluice.mcp")
 APPROVAL_META = "sluice/approval"
 SESSION_HEADER = "Mcp-Session-Id"
 METHODS = frozenset({"initialize", "ping", "tools/list", "tools/call", "resources/list", "resources/templates/list",
-                     "resources/read", "prompts/list", "prompts/get", "completion/complete"})
+                     "resources/read", "prompts/list", "prompts/get", "completion/complete", "resources/subscribe",
+                     "resources/unsubscribe"})
 FEDERATED = "*"  # the session binding of /mcp (no server is named so: names are [A-Za-z0-9_-])
 
 
@@ -91,6 +93,15 @@ class McpGateway:
         # resources, prompts, completion: relayed under the active policy's ``mcp.resources`` / ``mcp.prompts``,
         # each read and get recorded as a tool call is
         self.content = Content(upstreams, ContentAccess(section), self.pins, self._guard, self._log)
+
+        async def still_open(sub: Subscriber) -> bool:
+            try:
+                return await sessions.open(sub.session_id, sub.identity_id, sub.path) is not None
+            except Refusal:  # the store cannot say now: kept until the next sweep
+                return True
+
+        # resources/subscribe: which sessions hear which resource's updates (this replica's table, subscriptions.py)
+        self.subscriptions = Subscriptions(upstreams, self.content.access.resource, still_open)
 
     def server(self, name: str) -> Upstream | None:
         """The server of a path (None: the federated path ``/mcp``), or a 404 refusal."""
@@ -132,6 +143,9 @@ class McpGateway:
             out = await self._call_tool(who, up, req.params, request_id, headers or {})
         elif method in Content.METHODS:
             out = await self.content.answer(who, up, req, request_id, headers or {})
+        elif isinstance(req, (mt.SubscribeRequest, mt.UnsubscribeRequest)):
+            out = await self.content.subscription(who, up, req, self.subscriptions, Subscriber(
+                session_id, who.identity_id, who.identity_name, who.team, server, session.expires))  # type: ignore[arg-type]
         else:
             raise Refusal(mt.METHOD_NOT_FOUND, f"Method not found: {method[:64]}.", "method_not_found")
         try:  # in the wire shape of the session's protocol version (fields it does not know are dropped)
@@ -156,11 +170,17 @@ class McpGateway:
         result = mt.InitializeResult(
             protocol_version=version, capabilities=mt.ServerCapabilities(
                 tools=mt.ToolsCapability(list_changed=True), completions=mt.CompletionsCapability(),
-                resources=mt.ResourcesCapability(subscribe=False, list_changed=True),
+                resources=mt.ResourcesCapability(subscribe=self._subscribes(up), list_changed=True),
                 prompts=mt.PromptsCapability(list_changed=True)),  # on GET's stream (notify.py)
             server_info=mt.Implementation(name=f"sluice/{server if up is not None else 'mcp'}", version="0.1.0"),
             instructions=instructions)
         return Answer(result.model_dump(mode="json", by_alias=True, exclude_none=True), {SESSION_HEADER: sid})
+
+    def _subscribes(self, up: Upstream | None) -> bool:
+        """``resources/subscribe`` is offered where its updates can be heard (the GET stream is on) and, on a server's
+        path, unless that server said it takes none."""
+        streams = self._cfg.streams
+        return streams.per_identity > 0 and streams.total > 0 and (up is None or up.subscribes() is not False)
 
     async def _list_tools(self, who: Principal, up: Upstream | None) -> dict[str, Any]:
         if up is not None:

@@ -6,13 +6,16 @@ comment every ``mcp.streams.keepalive_s`` while quiet. What is sent:
 
 * what an upstream server sends sluice on its own session (relayed by ``upstreams.py``): to the streams of
   that server's path and of the federated ``/mcp``;
+* ``notifications/resources/updated`` a server sends on sluice's session: to the streams of exactly the sessions
+  subscribed to that URI and still granted it (``subscriptions.py`` says which), on this replica and, with
+  ``fanout`` (Redis), on the others (``fanout.py``);
 * sluice's own ``tools/list_changed`` when what a caller may see changes: a new active policy version (the
   tool registry and the pins are in it; watched once a second) and a tool quarantined by its definition
   changing (``quarantined``), on every stream (a version) or that server's (a quarantine).
 
-A notification only says "list again": the list a caller then gets is decided as always, so a stream
-carries no tool, resource or prompt and nothing of another identity. Pending notifications of one stream
-are coalesced (one of each method).
+A list_changed notification only says "list again": the list a caller then gets is decided as always, and an
+update names only a URI the caller subscribed to and may read, so a stream carries no tool, resource or prompt
+and nothing of another identity. Pending notifications of one stream are coalesced (each one once).
 
 Bounds: ``mcp.streams.per_identity`` streams open at once for one identity (beyond: 429 with Retry-After)
 and ``mcp.streams.total`` on this replica (beyond: 503), both as JSON-RPC errors. A stream ends when its
@@ -27,18 +30,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import msgspec
 
 from ..core.exchange import StreamReply
 from ..core.mcp_config import McpStreams
+from .fanout import Fanout
 from .jsonrpc import Refusal
+from .session import Sessions
 
 log = logging.getLogger("sluice.mcp")
 TOOLS_CHANGED = "notifications/tools/list_changed"
 LIST_CHANGED = frozenset({TOOLS_CHANGED, "notifications/resources/list_changed", "notifications/prompts/list_changed"})
+UPDATED = "notifications/resources/updated"
 TOO_MANY_STREAMS = -32014
 FEDERATED = "*"  # the session binding of /mcp (as gateway.FEDERATED)
 _KIND_CHANGED = {"tool": TOOLS_CHANGED, "prompt": "notifications/prompts/list_changed",
@@ -46,23 +52,32 @@ _KIND_CHANGED = {"tool": TOOLS_CHANGED, "prompt": "notifications/prompts/list_ch
 WATCH_S = 1.0  # how often the active policy version is looked at
 
 
-def event(method: str) -> bytes:
-    return b"event: message\ndata: " + msgspec.json.encode({"jsonrpc": "2.0", "method": method}) + b"\n\n"
+def message(method: str, params: dict[str, Any] | None = None) -> bytes:
+    """A notification as JSON-RPC (what an SSE event carries)."""
+    body: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        body["params"] = params
+    return msgspec.json.encode(body)
+
+
+def event(data: bytes) -> bytes:
+    return b"event: message\ndata: " + data + b"\n\n"
 
 
 class Stream:
     """One open GET stream: whose, on which path, what waits to be sent."""
 
-    __slots__ = ("identity_id", "server", "session_id", "pending", "wake", "closed")
+    __slots__ = ("identity_id", "server", "session_id", "digest", "pending", "wake", "closed")
 
     def __init__(self, identity_id: str, server: str, session_id: str) -> None:
         self.identity_id, self.server, self.session_id = identity_id, server, session_id
-        self.pending: dict[str, None] = {}  # methods, in order, each once
+        self.digest = Sessions.digest(session_id)  # as subscriptions and other replicas name the session
+        self.pending: dict[bytes, None] = {}  # notifications (JSON-RPC), in order, each once
         self.wake = asyncio.Event()
         self.closed = False
 
-    def push(self, method: str) -> None:
-        self.pending[method] = None
+    def push(self, method: str, params: dict[str, Any] | None = None) -> None:
+        self.pending[message(method, params)] = None
         self.wake.set()
 
     def end(self) -> None:
@@ -80,6 +95,9 @@ class Streams:
         self._by_identity: dict[str, int] = {}
         self._watch: asyncio.Task | None = None
         self._closing = False
+        # (server, uri) -> the sessions (id digests) subscribed to it, still granted it (``Subscriptions.subscribed``)
+        self.subscribed: Callable[[str, str], Iterable[str]] | None = None
+        self.fanout: Fanout | None = None  # the other replicas' streams (``fanout.py``)
 
     @property
     def count(self) -> int:
@@ -123,8 +141,8 @@ class Streams:
                         yield b": keep-alive\n\n"
                         continue
                 if stream.pending:
-                    methods, stream.pending = list(stream.pending), {}
-                    yield b"".join(event(m) for m in methods)
+                    sent, stream.pending = list(stream.pending), {}
+                    yield b"".join(event(m) for m in sent)
         finally:
             self._drop(stream)
 
@@ -143,10 +161,31 @@ class Streams:
             if server is None or stream.server in (server, FEDERATED):
                 stream.push(method)
 
-    def relay(self, server: str, method: str) -> None:
-        """What an upstream server sent on its session: its list_changed notifications go on; others do not."""
+    def relay(self, server: str, method: str, params: dict[str, Any] | None = None) -> None:
+        """What an upstream server sent on its session: its list_changed notifications go on, and an update of a
+        resource to the sessions subscribed to it (``subscribed``); others do not."""
         if method in LIST_CHANGED:
             self.publish(server, method)
+        elif method == UPDATED and self.subscribed is not None and isinstance((params or {}).get("uri"), str):
+            uri = params["uri"]  # type: ignore[index]
+            digests = list(self.subscribed(server, uri))
+            if digests:
+                self.updated(digests, uri)
+                if self.fanout is not None:  # their streams may be on other replicas
+                    self.fanout.publish({"k": "updated", "d": digests, "u": uri})
+
+    def updated(self, digests: Iterable[str], uri: str) -> None:
+        """Tell these sessions' streams on this replica that the resource ``uri`` changed."""
+        wanted = set(digests)
+        for stream in self._open:
+            if stream.digest in wanted:
+                stream.push(UPDATED, {"uri": uri})
+
+    def heard(self, message: dict[str, Any]) -> None:
+        """An update another replica heard, for the sessions it names (``fanout.py``)."""
+        digests, uri = message.get("d"), message.get("u")
+        if message.get("k") == "updated" and isinstance(digests, list) and isinstance(uri, str):
+            self.updated((d for d in digests if isinstance(d, str)), uri)
 
     def quarantined(self, server: str, kind: str = "tool") -> None:
         """A definition of this server was hidden because it changed (or is not pinned): a tool, a prompt, or a

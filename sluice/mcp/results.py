@@ -130,6 +130,9 @@ def guard_result(result: ToolResult | mt.CallToolResult | mt.ReadResourceResult 
             contents["text"] = fix(contents["text"])
     for message in body.get("messages", []):  # a prompt's
         _block(message.get("content"), fix)
+    completion = body.get("completion")  # a completion's values (completion/complete)
+    if isinstance(completion, dict) and isinstance(completion.get("values"), list):
+        completion["values"] = [fix(v) if isinstance(v, str) else v for v in completion["values"]]
     if "structuredContent" in body:
         body["structuredContent"] = _strings(body["structuredContent"], fix)
     if kinds:  # kinds only: the values never reach a log

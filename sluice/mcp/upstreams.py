@@ -30,7 +30,8 @@ from .stdio import Sandbox, StdioServer, sandbox_for
 
 log = logging.getLogger("sluice.mcp")
 MAX_PAGES = 100  # a server that pages forever is cut off
-Notice = Callable[[str, str], None]  # (server, method) of a notification a server sent on sluice's session
+Notice = Callable[[str, str, "dict[str, Any] | None"], None]  # (server, method, params) of a notification a server
+# sent on sluice's session
 
 
 @asynccontextmanager
@@ -59,9 +60,9 @@ class Upstream:
         self._on_notice = on_notice
         self.credential = ServerCredential(spec, mint)  # its own Authorization, asked per request (credentials.py)
 
-    def _notice(self, method: str) -> None:
+    def _notice(self, method: str, params: dict[str, Any] | None = None) -> None:
         if self._on_notice is not None:
-            self._on_notice(self.spec.name, method)
+            self._on_notice(self.spec.name, method, params)
 
     def start(self) -> None:
         """Begin what should not wait for the first call (a stdio server's process)."""
@@ -92,6 +93,18 @@ class Upstream:
                        context: dict[str, str] | None) -> mt.CompleteResult:
         raise NotImplementedError
 
+    async def subscribe(self, uri: str, on: bool = True) -> None:
+        """``resources/subscribe`` (``on``) or ``resources/unsubscribe`` on sluice's session (``subscriptions.py``)."""
+        raise NotImplementedError
+
+    def subscribes(self) -> bool | None:
+        """Whether the server said it takes resource subscriptions (None: not known yet)."""
+        return None
+
+    def generation(self) -> int:
+        """Which of sluice's sessions with the server this is: a new one holds none of the last one's subscriptions."""
+        return 0
+
     async def ping(self) -> None:
         raise NotImplementedError
 
@@ -107,7 +120,7 @@ class HttpUpstream(Upstream):
         super().__init__(spec, on_notice, mint)
         assert spec.url is not None
         self.client = HttpClient(spec.name, spec.url, spec.timeout_s, max_bytes, authorization=self.credential.authorization,
-                                 on_message=lambda method, _params: self._notice(method))
+                                 on_message=self._notice)
         self._listen: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -165,6 +178,16 @@ class HttpUpstream(Upstream):
             params["context"] = {"arguments": context}
         return await self._typed("completion/complete", params, mt.CompleteResult)  # type: ignore[no-any-return]
 
+    async def subscribe(self, uri: str, on: bool = True) -> None:
+        await self.client.request("resources/subscribe" if on else "resources/unsubscribe", {"uri": uri})
+
+    def subscribes(self) -> bool | None:
+        caps = self.client.capabilities
+        return bool((caps.get("resources") or {}).get("subscribe")) if caps else None
+
+    def generation(self) -> int:
+        return self.client.generation
+
     async def ping(self) -> None:
         await self.client.request("ping")
 
@@ -189,6 +212,10 @@ class StdioUpstream(Upstream):
         self._stop: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
+        self._made = 0  # sessions made so far (``generation``)
+
+    def generation(self) -> int:
+        return self._made
 
     async def _hold(self, ready: asyncio.Future[Client], stop: asyncio.Event) -> None:
         try:
@@ -211,7 +238,9 @@ class StdioUpstream(Upstream):
         """What the SDK's session surfaces: a notification's method goes on (a transport fault is the session's)."""
         method = getattr(message, "method", None)
         if isinstance(method, str):
-            self._notice(method)
+            params = getattr(message, "params", None)
+            self._notice(method, params.model_dump(mode="json", by_alias=True, exclude_none=True)
+                         if isinstance(params, BaseModel) else None)
 
     async def _session(self) -> Client:
         if self._client is not None and self._task is not None and not self._task.done():
@@ -225,6 +254,7 @@ class StdioUpstream(Upstream):
                                                                 name=f"mcp-upstream-{self.spec.name}")
             try:
                 self._client = await asyncio.wait_for(ready, self.spec.timeout_s)
+                self._made += 1
             except asyncio.TimeoutError:
                 await self._drop()
                 raise UpstreamTimeout(f"MCP server {self.spec.name} did not answer the handshake in time.",
@@ -331,6 +361,13 @@ class StdioUpstream(Upstream):
     async def complete(self, ref: mt.PromptReference | mt.ResourceTemplateReference, argument: dict[str, str],
                        context: dict[str, str] | None) -> mt.CompleteResult:
         return await self._run("completion/complete", lambda c: c.complete(ref, argument, context))  # type: ignore[no-any-return]
+
+    async def subscribe(self, uri: str, on: bool = True) -> None:
+        method = "resources/subscribe" if on else "resources/unsubscribe"
+        request = (mt.SubscribeRequest(params=mt.SubscribeRequestParams(uri=uri)) if on
+                   else mt.UnsubscribeRequest(params=mt.UnsubscribeRequestParams(uri=uri)))
+        # the SDK's subscribe_resource warns (the method leaves the protocol after 2026-07-28): sent as a plain request
+        await self._run(method, lambda c: c.session.send_request(request, mt.EmptyResult))
 
     async def ping(self) -> None:
         await self._run("ping", lambda c: c.send_ping())

@@ -1,4 +1,5 @@
-"""One record per MCP tool call, resource read and prompt get: the ``tool_decisions`` row, the metric, the span.
+"""One record per MCP tool call, resource read, prompt get and completion: the ``tool_decisions`` row, the metric,
+the span.
 
 Every ``tools/call`` that names a tool of a server ends in exactly one ``Call.finish``, whatever became
 of it: refused by the registry (``block``), held (``hold``), refused by a limit (``limited``), quarantined
@@ -7,7 +8,9 @@ of it: refused by the registry (``block``), held (``hold``), refused by a limit 
 ``tool`` is ``resource:URI`` or ``prompt:server__prompt``, its arguments the URI or the prompt's arguments,
 its decision ``allow``, ``block`` (no grant), ``quarantined`` or ``error``; its metric label is
 ``prompt:server__prompt`` or, for every resource, ``resources/read`` (URIs are unbounded); its span is
-``mcp resources/read`` or ``mcp prompts/get``. The row says who, which server
+``mcp resources/read`` or ``mcp prompts/get``. A ``completion/complete`` likewise: ``tool`` ``completion:`` and the
+prompt (``server__prompt``) or resource template it names, its arguments the ref, the argument and the context,
+its metric label ``completion:server__prompt`` or, for every template, ``completion/complete``. The row says who, which server
 and tool, the arguments' hash (and masked form), the decision and its reason, the latency, the result's
 size, the upstream's status, the result as it went back (masked, bounded) and, when the caller names
 it, the model tool call that proposed this call (``tool_call_id``: ``_meta["sluice/tool_call_id"]`` or

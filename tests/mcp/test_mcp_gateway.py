@@ -47,9 +47,14 @@ class ToolServer:
         self.auth_log = tmp / "upstream-auth.log"
         self.auth_log.touch()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
-        verify = [jwks, audience or self.url] if jwks else []
-        self.proc = Proc([sys.executable, str(HERE / "upstream_server.py"), str(self.port), str(self.auth_log), *verify],
-                         tmp / f"upstream-{self.port}.log")
+        self._args = [sys.executable, str(HERE / "upstream_server.py"), str(self.port), str(self.auth_log),
+                      *([jwks, audience or self.url] if jwks else [])]
+        self._tmp = tmp
+        self._start()
+        self.auth_log.write_text("")  # the readiness probes above are the test's, not the gateway's
+
+    def _start(self) -> None:
+        self.proc = Proc(self._args, self._tmp / f"upstream-{self.port}-{time.monotonic_ns()}.log")
         for _ in range(300):  # up once it answers anything (a GET without a session is its 4xx)
             try:
                 httpx.get(self.url, timeout=1)
@@ -58,7 +63,11 @@ class ToolServer:
                 time.sleep(0.1)
         else:
             raise TimeoutError(self.proc.log())
-        self.auth_log.write_text("")  # the readiness probes above are the test's, not the gateway's
+
+    def restart(self) -> None:
+        """Stop it and start it again on the same port: it forgets every session (and what they subscribed to)."""
+        self.proc.stop()
+        self._start()
 
     def seen(self) -> list[str]:
         return self.auth_log.read_text().splitlines()

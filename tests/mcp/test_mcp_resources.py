@@ -17,7 +17,7 @@ import time
 import httpx
 import pytest
 from mcp.shared.exceptions import MCPError
-from mcp.types import PromptReference
+from mcp.types import PromptReference, ResourceTemplateReference
 
 from sluice.identity import generate
 from support import start_gateway
@@ -156,6 +156,39 @@ async def test_each_read_and_get_ends_in_one_record_a_metric_and_a_span(gw, coll
     assert spans["prompt:files__summarize"][0] == "mcp prompts/get"
 
 
+async def test_each_completion_that_reaches_a_server_ends_in_one_record_a_metric_and_a_span(gw, collector):
+    async with agent(gw, gw.keys["reader"]) as a, agent(gw, gw.keys["outsider"]) as o:
+        done = await a.complete(PromptReference(type="ref/prompt", name="files__summarize"), {"name": "text", "value": "the ti"})
+        assert done.completion.values == ["the tide", "the tidal bore"]
+        topics = await a.complete(ResourceTemplateReference(type="ref/resource", uri="notes://{topic}"),
+                                  {"name": "topic", "value": "r"})
+        assert topics.completion.values == ["rivers", "rain"]
+        with pytest.raises(MCPError):
+            await o.complete(PromptReference(type="ref/prompt", name="files__summarize"), {"name": "text", "value": "wxyz-q"})
+    ids = {i["name"]: i["id"] for i in gw.admin("GET", "/admin/identities").json()["data"]}
+    [prompt] = decisions(gw, lambda r: r["tool"] == "completion:files__summarize" and r["identity_id"] == ids["reader"])
+    assert (prompt["model"], prompt["decision"], prompt["upstream_status"]) == ("mcp:files", "allow", "ok")
+    assert prompt["latency_ms"] > 0 and prompt["result_bytes"] > 20 and len(prompt["args_sha256"]) == 64
+    assert "the tidal bore" in prompt["result_masked"] and "the ti" in prompt["args_masked"]
+    [template] = decisions(gw, lambda r: r["tool"] == "completion:notes://{topic}")
+    assert (template["decision"], template["upstream_status"]) == ("allow", "ok") and "rivers" in template["result_masked"]
+    [refused] = decisions(gw, lambda r: r["tool"] == "completion:files__summarize" and "wxyz-q" in r["args_masked"])
+    assert refused["identity_id"] == ids["outsider"]
+    assert (refused["decision"], refused["reason"], refused["upstream_status"], refused["result_bytes"]) == (
+        "block", "prompt_not_allowed", None, None)
+    text = gw.admin("GET", "/metrics").text
+    lines = [ln for ln in text.splitlines() if ln.startswith("sluice_mcp_calls_total{") and 'server="files"' in ln]
+    assert any('tool="completion:files__summarize"' in ln and 'decision="block"' in ln for ln in lines), lines
+    assert any('tool="completion/complete"' in ln and 'decision="allow"' in ln for ln in lines), lines  # templates: one label
+    for _ in range(100):
+        spans = {attrs(s).get("mcp.tool"): (s.name, attrs(s)) for s in collector.spans}
+        if "completion:notes://{topic}" in spans:
+            break
+        time.sleep(0.1)
+    name, span = spans["completion:notes://{topic}"]
+    assert name == "mcp completion/complete" and span["mcp.method"] == "completion/complete" and span["sluice.decision"] == "allow"
+
+
 async def test_a_token_for_another_audience_is_401_and_one_for_this_endpoint_works(gw):
     other = token(gw, gw.keys["reader"])  # the gateway's own audience: the model routes', not this endpoint's
     assert other.status_code == 200, other.text
@@ -175,7 +208,7 @@ async def test_a_token_for_another_audience_is_401_and_one_for_this_endpoint_wor
     ok = httpx.post(f"{gw.url}/mcp/files", json=init, headers={"Authorization": f"Bearer {for_files.json()['access_token']}"})
     assert ok.status_code == 200, ok.text  # initialize advertises what is relayed (list_changed on the GET stream)
     caps = ok.json()["result"]["capabilities"]
-    assert caps["resources"] == {"subscribe": False, "listChanged": True} and caps["prompts"] == {"listChanged": True}
+    assert caps["resources"] == {"subscribe": True, "listChanged": True} and caps["prompts"] == {"listChanged": True}
     assert caps["completions"] == {}
     async with agent(gw, for_files.json()["access_token"]) as a:
         assert (await a.read_resource("docs://readme")).contents[0].text.startswith("# files")
