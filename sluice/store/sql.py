@@ -323,7 +323,7 @@ class SqlStore(Store):
     @_guarded
     async def summarize_usage(self, *, since: float = 0.0) -> list[UsageSummaryRow]:
         async with self.engine.connect() as conn:
-            got = await usage_reads.sums(conn, self.dialect, ("identity", "model"), since, None)
+            got = await usage_reads.sums(conn, ("identity", "model"), since, None)
         return [UsageSummaryRow(identity_id=k[0], model=k[1], requests=v[0], errors=v[1], prompt_tokens=v[2],
                                 completion_tokens=v[3]) for k, v in ((k, got[k]) for k in usage_reads.ordered(list(got), self.dialect))]
 
@@ -332,7 +332,7 @@ class SqlStore(Store):
                               key_id: str | None = None) -> list[UsageGroup]:
         # from the rollups, and the raw rows of a minute not whole at either end (usage_reads.py)
         async with self.engine.connect() as conn:
-            got = await usage_reads.sums(conn, self.dialect, (by,), since, until, key_id)
+            got = await usage_reads.sums(conn, (by,), since, until, key_id)
         return [UsageGroup(key=_day(k[0]) if by == "day" else k[0], **dict(zip(usage_reads.TOTALS, got[k])))
                 for k in usage_reads.ordered(list(got), self.dialect)]
 

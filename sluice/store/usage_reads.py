@@ -90,7 +90,7 @@ def _key(values: Sequence[Any]) -> tuple:
     return tuple(None if v == "" else v for v in values)
 
 
-async def sums(conn: Any, dialect: str, dims: Sequence[str], since: float, until: float | None,
+async def sums(conn: Any, dims: Sequence[str], since: float, until: float | None,
                key_id: str | None = None) -> dict[tuple, list[int]]:
     """``TOTALS`` per value of ``dims`` over ``[since, until)`` (of one key's requests with ``key_id``)."""
     raw, spans = rollups.spans(since, until)

@@ -97,6 +97,12 @@ def _expected(raw: list[UsageRecord], grain: int) -> dict[tuple, tuple]:
     return {k: tuple(v) for k, v in out.items()}
 
 
+def _differences(got: dict[tuple, tuple], want: dict[tuple, tuple]) -> list:
+    """The first few rollup rows that differ, as (key, stored, expected): a short message where pytest's own
+    diff of thousands of 147-column rows would take minutes."""
+    return [(k, got.get(k), want.get(k)) for k in sorted(set(got) | set(want), key=repr) if got.get(k) != want.get(k)][:3]
+
+
 async def _stored(store: SqlStore, table, region: int) -> dict[tuple, tuple]:
     q = select(table).where(table.c.bucket >= region - DAY, table.c.bucket < region + 3 * DAY)
     async with store.engine.connect() as conn:
@@ -121,7 +127,7 @@ async def test_rollups_equal_the_raw_rows_exactly_over_random_batches(store, bat
     raw = await _raw(store, prefix)
     assert len(raw) == len({d["id"] for b in batches for d in b})  # a repeated id is one row
     for grain, table in ((60, t.usage_minute), (3600, t.usage_hour), (DAY, t.usage_day)):
-        assert await _stored(store, table, region) == _expected(raw, grain), grain
+        assert _differences(await _stored(store, table, region), _expected(raw, grain)) == [], grain
     for lo, hi in bounds:
         since, until = region + lo, (None if hi is None else region + hi)
         inside = [r for r in raw if r.ts >= since and (until is None or r.ts < until)]
@@ -223,7 +229,7 @@ def test_a_gateway_s_rollups_and_summary_equal_its_raw_rows_after_random_traffic
         raw, stored = asyncio.run(_raw_of(store_url)), asyncio.run(_rollups_of(store_url))
         assert any(r.stream for r in raw) and any(r.ttft_ms is not None for r in raw) and any(r.cost_nanos for r in raw)
         for grain, name in ((60, "usage_minute"), (3600, "usage_hour"), (DAY, "usage_day")):
-            assert stored[name] == _expected(raw, grain), name
+            assert _differences(stored[name], _expected(raw, grain)) == [], name
     finally:
         if g is not None:
             g.stop()
@@ -250,3 +256,57 @@ async def _rollups_of(url: str) -> dict[str, dict[tuple, tuple]]:
         return out
     finally:
         await s.close()
+
+
+@pytest.mark.timeout(600)
+async def test_the_migration_backfills_rollups_from_rows_written_before_it(store_url):
+    """A database at revision 0014 with usage rows (as an older sluice wrote them: no rollups); opening it with
+    this sluice migrates to 0015, whose rollups then equal those rows, and later batches add to them."""
+    import random
+
+    from sqlalchemy import insert
+
+    from sluice.store.sql import _MIGRATIONS
+
+    def to_0014(connection) -> None:
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(_MIGRATIONS))
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "0014")
+
+    rnd = random.Random(15)
+    old = [UsageRecord(request_id=f"old-{i}", ts=BASE + rnd.uniform(0, 3 * DAY), identity_id=rnd.choice(["a", None]),
+                       key_id=None, endpoint="chat.completions", model=rnd.choice(["m1", "m2"]), upstream="u",
+                       status=rnd.choice([200, 429, 502]), latency_ms=rnd.uniform(0, 5000), stream=rnd.random() < 0.5,
+                       ttft_ms=rnd.choice([None, rnd.uniform(0, 900)]), prompt_tokens=rnd.randint(0, 999),
+                       cost_nanos=rnd.randint(0, 10 ** 12), team=rnd.choice(["red", None]))
+           for i in range(25_000)]  # more than one backfill chunk
+    s = SqlStore(store_url)
+    await s.open(migrate=False)
+    try:
+        async with s.engine.begin() as conn:
+            await conn.run_sync(to_0014)
+            await conn.execute(insert(t.usage), [{f: getattr(r, f) for f in UsageRecord.__struct_fields__} for r in old])
+    finally:
+        await s.close()
+    s = SqlStore(store_url, timeout=120)
+    await s.open()
+    try:
+        assert await s.schema_version() == "0015"
+        stored = {tb.name: await _stored(s, tb, BASE) for tb in (t.usage_minute, t.usage_hour, t.usage_day)}
+        for grain, name in ((60, "usage_minute"), (3600, "usage_hour"), (DAY, "usage_day")):
+            assert _differences(stored[name], _expected(old, grain)) == [], name
+        new = [msgspec_replace(r, request_id="new-" + r.request_id) for r in old[:100]]
+        await s.write_usage(new)
+        assert _differences(await _stored(s, t.usage_day, BASE), _expected(old + new, DAY)) == []
+    finally:
+        await s.close()
+
+
+def msgspec_replace(r: UsageRecord, **changes) -> UsageRecord:
+    import msgspec
+
+    return msgspec.structs.replace(r, **changes)
