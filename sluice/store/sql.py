@@ -324,8 +324,9 @@ class SqlStore(Store):
     async def summarize_usage(self, *, since: float = 0.0) -> list[UsageSummaryRow]:
         async with self.engine.connect() as conn:
             got = await usage_reads.sums(conn, ("identity", "model"), since, None)
-        return [UsageSummaryRow(identity_id=k[0], model=k[1], requests=v[0], errors=v[1], prompt_tokens=v[2],
-                                completion_tokens=v[3]) for k, v in ((k, got[k]) for k in usage_reads.ordered(list(got), self.dialect))]
+        return [UsageSummaryRow(identity_id=k[0], model=k[1], requests=got[k][0], errors=got[k][1],
+                                prompt_tokens=got[k][2], completion_tokens=got[k][3])
+                for k in usage_reads.ordered(list(got), self.dialect)]
 
     @_guarded
     async def aggregate_usage(self, by: str, *, since: float = 0.0, until: float | None = None,
