@@ -1,6 +1,10 @@
-"""CPU per usage row of the ledger's batch insert: SQLAlchemy Core (the old path) against the
-drivers' own ``executemany`` (sluice/store/usage_rows.py), on SQLite and, if it answers, Postgres;
-the same for the tool decision rows an MCP tools/call writes (``GuardRecords.record_decisions``).
+"""CPU per usage row of the ledger's batch insert: SQLAlchemy Core (the old path, raw rows only) against
+the drivers' own ``executemany`` (sluice/store/usage_rows.py, with the rollups since issue 29), on SQLite
+and, if it answers, Postgres, with rows per second of the driver path (wall clock, one writer); the same
+for the tool decision rows an MCP tools/call writes (``GuardRecords.record_decisions``).
+The usage rows spread over ``SLUICE_BENCH_GROUPS`` rollup groups (default 96: 16 identities, 3 models,
+one request in 10 a 429; 1: every row the same group). Before/after: run it with PYTHONPATH at the
+older checkout, then at this one.
 Run: ``.venv/bin/python bench/ledger_rows.py`` (about 20 s). On Postgres it writes to a throwaway
 database it creates and drops through SLUICE_PG_URL (default the machine's ``test`` database).
 CPU is the process's own (all threads), so the SQLite writer thread counts."""
@@ -25,12 +29,22 @@ _ids = itertools.count()
 ROUNDS, BATCHES = 5, 10
 
 
+GROUPS = int(os.environ.get("SLUICE_BENCH_GROUPS", "96"))
+
+
 def records(n: int) -> list[UsageRecord]:
     now = time.time()
-    return [UsageRecord(request_id=f"req_bench{next(_ids):012x}", ts=now, identity_id="id_bench", key_id="key_bench",
-                        endpoint="chat.completions", model="mock-model", upstream="mock", status=200, prompt_tokens=12,
-                        completion_tokens=20, latency_ms=1.2, upstream_ms=0.8, usage_source="upstream", team="t",
-                        route="r", cost_nanos=123) for _ in range(n)]
+    out = []
+    for _ in range(n):
+        i = next(_ids)
+        g = i % GROUPS
+        out.append(UsageRecord(
+            request_id=f"req_bench{i:012x}", ts=now, identity_id=f"id_bench{g % 16}", key_id=f"key_bench{g % 16}",
+            endpoint="chat.completions", model=f"mock-model{g // 16 % 3}", upstream="mock",
+            status=429 if g // 48 % 2 and i % 10 == 0 else 200, prompt_tokens=12, completion_tokens=20,
+            latency_ms=1.2 + i % 300, ttft_ms=0.5 + i % 50 if i % 2 else None, upstream_ms=0.8, stream=bool(i % 2),
+            usage_source="upstream", team=f"t{g % 4}", route="r", api="chat", cost_nanos=123))
+    return out
 
 
 async def core_write(store: SqlStore, batch: list[UsageRecord]) -> None:
@@ -60,7 +74,7 @@ async def core_decisions(store: SqlStore, batch: list[dict]) -> None:
 async def measure(url: str, size: int, kind: str = "usage") -> dict[str, float]:
     store = SqlStore(url)
     await store.open()
-    out: dict[str, list[float]] = {"sqlalchemy": [], "driver": []}
+    out: dict[str, list[float]] = {"sqlalchemy": [], "driver": [], "rows/s": []}
     make = records if kind == "usage" else decisions
     paths = ((("sqlalchemy", lambda b: core_write(store, b)), ("driver", store.write_usage)) if kind == "usage" else
              (("sqlalchemy", lambda b: core_decisions(store, b)), ("driver", GuardRecords(store).record_decisions)))
@@ -70,10 +84,12 @@ async def measure(url: str, size: int, kind: str = "usage") -> dict[str, float]:
             for name, write in paths:
                 batches = [make(size) for _ in range(BATCHES)]
                 await write(make(size))  # warm
-                c0 = time.process_time()
+                c0, w0 = time.process_time(), time.perf_counter()
                 for b in batches:
                     await write(b)
                 out[name].append(1e6 * (time.process_time() - c0) / (BATCHES * size))
+                if name == "driver":
+                    out["rows/s"].append(BATCHES * size / (time.perf_counter() - w0))
     finally:
         await store.close()
     return {k: statistics.median(v) for k, v in out.items()}
@@ -86,7 +102,8 @@ async def main() -> None:
         scratch = f"sluice_bench_ledger_{os.getpid()}"
         urls.append(("postgres", admin.rsplit("/", 1)[0] + "/" + scratch))
         await pg_admin(admin, f'CREATE DATABASE "{scratch}"')
-        print("rows       store     batch  SQLAlchemy µs/row  driver µs/row  ratio")
+        print(f"usage rows over {GROUPS} rollup groups")
+        print("rows       store     batch  SQLAlchemy µs/row  driver µs/row  ratio  driver rows/s")
         for kind, sizes in (("usage", (100, 500)), ("decisions", (20, 100))):
             for name, url in urls:
                 for size in sizes:
@@ -96,7 +113,7 @@ async def main() -> None:
                         print(f"{kind:10} {name:9} skipped: {type(exc).__name__}")
                         break
                     print(f"{kind:10} {name:9} {size:5}  {m['sqlalchemy']:17.1f}  {m['driver']:13.1f}  "
-                          f"{m['sqlalchemy'] / m['driver']:5.2f}")
+                          f"{m['sqlalchemy'] / m['driver']:5.2f}  {m['rows/s']:12,.0f}")
         await pg_admin(admin, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
 
 

@@ -182,12 +182,13 @@ async def main() -> None:
 
 
 def _ddl() -> list:
-    """The usage table and its indexes as sluice's schema declares them, for SQLite."""
+    """The usage table, its indexes and its rollups as sluice's schema declares them, for SQLite."""
     from sqlalchemy.dialects import sqlite
     from sqlalchemy.schema import CreateIndex, CreateTable
     dialect = sqlite.dialect()
     return [CreateTable(schema.usage).compile(dialect=dialect)] + [
-        CreateIndex(ix).compile(dialect=dialect) for ix in schema.usage.indexes]
+        CreateIndex(ix).compile(dialect=dialect) for ix in schema.usage.indexes] + [
+        CreateTable(r).compile(dialect=dialect) for r in (schema.usage_minute, schema.usage_hour, schema.usage_day)]
 
 
 uvloop.run(main())

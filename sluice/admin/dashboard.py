@@ -9,7 +9,7 @@ auditor); the change-log panel shows only to a reader with ``audit:read``.
 
 from __future__ import annotations
 
-import statistics
+import functools
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -23,6 +23,7 @@ from ..core.exchange import Exchange, Reply
 from ..identity import Actor
 from ..identity import roles as r
 from ..store import Store
+from ..store.usage_reads import UsageRollup
 from .auth import COOKIE, DASHBOARD_PATH, AdminAuth
 from .charts import bar_chart, line_chart
 
@@ -127,7 +128,9 @@ class Dashboard:
     async def page(self, actor: Actor, ex: Exchange) -> Reply:
         now = clock.now()
         window_start = (int(now) // 60 - self._window + 1) * 60
-        records = await self._store.list_usage(since=window_start, limit=50_000)
+        # the window's minute rollups per status class and error code: as many rows as minutes and classes,
+        # however many requests they hold (percentiles from their histograms, store/rollups.py)
+        minutes = await self._store.rollup_usage(("bucket", "status_class", "error_code"), since=window_start)
         by_team = await self._store.aggregate_usage("team", since=window_start)
         by_model = await self._store.aggregate_usage("model", since=window_start)
         by_identity = await self._store.aggregate_usage("identity", since=window_start)
@@ -138,30 +141,34 @@ class Dashboard:
 
         # minutes from when this server started (or the first record in the window, if another replica or
         # an earlier run wrote it): no stretch of zeros for a time nothing was listening
-        first = min([self._started] + [x.ts for x in records[:1]] + [x.ts for x in records[-1:]])
+        first = min([self._started] + [m.key[0] for m in minutes[:1]])
         start = max(window_start, int(first) // 60 * 60)
         n = int(now) // 60 - start // 60 + 1
         labels = [time.strftime("%H:%M", time.gmtime(start + 60 * i)) for i in range(n)]
         per: list[list] = [[] for _ in range(n)]
-        for rec in records:
-            i = int((rec.ts - start) // 60)
+        for m in minutes:
+            i = (m.key[0] - start) // 60
             if 0 <= i < n:
-                per[i].append(rec)
-        rate = [len(b) / 60.0 for b in per]
+                per[i].append(m)
+        merged = [merge(b) for b in per]
+        rate = [(m.requests if m else 0) / 60.0 for m in merged]
         # a minute with no request has no latency: a gap in the line, not a zero
-        pct = {q: [_percentile([x.latency_ms for x in b], q) if b else None for b in per] for q in (50, 95, 99)}
-        err5 = [sum(1 for x in b if x.status >= 500) for b in per]
-        err4 = [sum(1 for x in b if 400 <= x.status < 500 and x.status != 429) for b in per]
-        hits = [sum(1 for x in b if x.status == 429) for b in per]
-        limit_kinds = Counter(x.error_code or "429" for x in records if x.status == 429)
+        pct = {q: [m.latency_ms(q) if m else None for m in merged] for q in (50, 95, 99)}
+        err5 = [sum(x.requests for x in b if x.key[1] == 500) for b in per]
+        err4 = [sum(x.requests for x in b if x.key[1] == 400) for b in per]
+        hits = [sum(x.requests for x in b if x.key[1] == 429) for b in per]
+        limit_kinds = Counter()
+        for m in minutes:
+            if m.key[1] == 429:
+                limit_kinds[m.key[2] or "429"] += m.requests
         total_cost = sum(g.cost_nanos for g in by_team)
-        latencies = [x.latency_ms for x in records]
+        whole = merge(minutes)
 
         panels = [
-            _section("Traffic", _stats([("requests", str(len(records))), ("errors", str(sum(err5) + sum(err4))),
-                                        ("limit hits", str(sum(hits))),
+            _section("Traffic", _stats([("requests", str(whole.requests if whole else 0)),
+                                        ("errors", str(sum(err5) + sum(err4))), ("limit hits", str(sum(hits))),
                                         (f"spend ({self._currency})", money(total_cost)),
-                                        ("p95 latency", _ms(latencies, 95)), ("p99 latency", _ms(latencies, 99))])
+                                        ("p95 latency", _ms(whole, 95)), ("p99 latency", _ms(whole, 99))])
                      + line_chart("Request rate (req/s)", labels, {"req/s": rate})),
             _section("Latency", line_chart("Latency percentiles (ms)", labels,
                                            {"p50": pct[50], "p95": pct[95], "p99": pct[99]}, " ms")),
@@ -201,16 +208,14 @@ def money(nanos: int) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
-def _ms(values: list[float], q: int) -> str:
-    return f"{_percentile(values, q):.0f} ms" if values else "—"
+def merge(rows: list[UsageRollup]) -> UsageRollup | None:
+    """Rollups of several groups (or minutes) as one: their requests' sums and histograms together."""
+    return functools.reduce(UsageRollup.plus, rows) if rows else None
 
 
-def _percentile(values: list[float], q: int) -> float:
-    if not values:
-        return 0.0
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+def _ms(m: UsageRollup | None, q: int) -> str:
+    got = m.latency_ms(q) if m else None
+    return f"{got:.0f} ms" if got is not None else "—"
 
 
 def _section(title: str, inner: str) -> str:

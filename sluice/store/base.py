@@ -227,6 +227,12 @@ class Store(abc.ABC):
         of one key's requests when ``key_id`` is given."""
         raise NotImplementedError
 
+    async def rollup_usage(self, by: Sequence[str], *, grain: str = "minute", since: float = 0.0,
+                           until: float | None = None) -> list[Any]:
+        """Rollup rows of one grain (minute, hour, day) with buckets in ``[since, until)`` merged per value of ``by``
+        (``bucket``, ``day``, a group column): sums, and latency and TTFT histograms (``store.usage_reads.UsageRollup``)."""
+        raise NotImplementedError
+
     @abc.abstractmethod
     async def identity_activity(self) -> list[IdentityActivity]:
         """Per identity and model: how many requests and when the last one was."""

@@ -89,6 +89,30 @@ usage = Table(
     Index("ux_usage_request_id", "request_id", unique=True),  # the idempotency key (migration 0007)
 )
 
+
+def _rollup(grain: str) -> Table:
+    """Usage summed per ``grain`` and group (sluice/store/rollups.py says what each column holds); keyed by
+    the bucket's start and the group, without a rowid on SQLite (the key is the table's own B-tree)."""
+    from .rollups import KEY, VALUES
+
+    def column(name: str) -> Column:
+        if name in KEY:
+            return Column(name, Integer if name == "status_class" else String(256), primary_key=True)
+        if name in ("lat_min", "lat_max", "last_ts", "ttft_min", "ttft_max"):
+            return Column(name, Float, nullable=not name.startswith(("lat", "last")))  # no TTFT: NULL
+        return Column(name, BigInteger, nullable=False)  # sums and histogram counts
+
+    return Table(
+        f"usage_{grain}", metadata,
+        Column("bucket", BigInteger, primary_key=True, autoincrement=False),  # Unix seconds, start of the bucket
+        *map(column, KEY + VALUES),
+        sqlite_with_rowid=False,
+    )
+
+
+# migration 0015: one table per grain; nothing refers to the raw rows, so dropping those leaves these whole
+usage_minute, usage_hour, usage_day = (_rollup(g) for g in ("minute", "hour", "day"))
+
 changes = Table(
     "changes", metadata,
     Column("seq", RowSeq, primary_key=True, autoincrement=True),

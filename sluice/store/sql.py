@@ -21,7 +21,8 @@ from ..core.errors import Conflict
 from ..core.types import ApiKey, ChangeEvent, Identity, IdentityActivity, SigningKey, Team, UsageGroup, UsageRecord, UsageSummaryRow
 from . import schema as t
 from .base import Journal, Store, StoreUnavailable, Subscription, Writes
-from .usage_rows import SqliteUsageRows, insert_sql, write_postgres
+from . import usage_reads
+from .usage_rows import SqliteUsageRows, insert_sql, write_postgres, write_postgres_usage, write_sqlite_batch
 from .writes import signing_values, snapshot, write
 
 P = ParamSpec("P")
@@ -293,11 +294,12 @@ class SqlStore(Store):
         if self._usage_rows is not None:
             await self._usage_rows.write(batch)
         elif self.dialect == "postgresql":
-            await write_postgres(self.engine, batch)
-        else:
+            await write_postgres_usage(self.engine, batch)
+        else:  # an in-memory SQLite: the same statements through the engine's own connection
             async with self.engine.begin() as conn:
-                rows = [msgspec.structs.asdict(r) for r in batch]
-                await conn.execute(self._insert(t.usage).on_conflict_do_nothing(index_elements=[t.usage.c.request_id]), rows)
+                await conn.run_sync(lambda c: write_sqlite_batch(
+                    lambda sql, p: c.exec_driver_sql(sql, p).fetchall(),
+                    lambda sql, rows: c.exec_driver_sql(sql, rows) if rows else None, batch))
 
     async def insert_rows(self, table: Any, columns: tuple[str, ...], rows: list[tuple]) -> None:
         """Many rows of one table in one transaction, on the driver as usage rows are (another table written at
@@ -307,7 +309,7 @@ class SqlStore(Store):
         if self._usage_rows is not None:
             await self._usage_rows.insert(insert_sql(table.name, columns, "sqlite"), rows)
         elif self.dialect == "postgresql":
-            await write_postgres(self.engine, [], insert_sql(table.name, columns, "postgresql"), rows)
+            await write_postgres(self.engine, insert_sql(table.name, columns, "postgresql"), rows)
         else:
             async with self.engine.begin() as conn:
                 await conn.execute(table.insert(), [dict(zip(columns, r)) for r in rows])
@@ -320,49 +322,35 @@ class SqlStore(Store):
 
     @_guarded
     async def summarize_usage(self, *, since: float = 0.0) -> list[UsageSummaryRow]:
-        u = t.usage.c
-        errors = func.sum(func.cast(u.status >= 400, t.usage.c.prompt_tokens.type))
-        q = (select(u.identity_id, u.model, func.count().label("requests"), errors.label("errors"),
-                    func.sum(u.prompt_tokens).label("prompt_tokens"), func.sum(u.completion_tokens).label("completion_tokens"))
-             .where(u.ts >= since).group_by(u.identity_id, u.model).order_by(u.identity_id, u.model))
         async with self.engine.connect() as conn:
-            return [UsageSummaryRow(identity_id=r.identity_id, model=r.model, requests=int(r.requests),
-                                    errors=int(r.errors or 0), prompt_tokens=int(r.prompt_tokens or 0),
-                                    completion_tokens=int(r.completion_tokens or 0))
-                    for r in await conn.execute(q)]
+            got = await usage_reads.sums(conn, ("identity", "model"), since, None)
+        return [UsageSummaryRow(identity_id=k[0], model=k[1], requests=got[k][0], errors=got[k][1],
+                                prompt_tokens=got[k][2], completion_tokens=got[k][3])
+                for k in usage_reads.ordered(list(got), self.dialect)]
 
     @_guarded
     async def aggregate_usage(self, by: str, *, since: float = 0.0, until: float | None = None,
                               key_id: str | None = None) -> list[UsageGroup]:
-        u = t.usage.c
-        if by == "day":
-            # whole days since the epoch, floored on both backends (a cast rounds on Postgres)
-            key = (func.floor(u.ts / 86400) if self.dialect == "postgresql"
-                   else func.cast(u.ts / 86400, t.usage.c.prompt_tokens.type))
-        else:
-            key = {"identity": u.identity_id, "key": u.key_id, "team": u.team, "model": u.model, "route": u.route,
-                   "api": u.api}[by]
-        errors = func.sum(func.cast(u.status >= 400, t.usage.c.prompt_tokens.type))
-        total = lambda c: func.coalesce(func.sum(c), 0)  # noqa: E731
-        where = [u.ts >= since] + ([u.ts < until] if until is not None else []) + ([u.key_id == key_id] if key_id else [])
-        q = (select(key.label("key"), func.count().label("requests"), errors.label("errors"),
-                    total(u.prompt_tokens).label("p"), total(u.completion_tokens).label("c"),
-                    total(u.cached_tokens).label("k"), total(u.cost_nanos).label("n"))
-             .where(*where).group_by(key).order_by(key))
+        # from the rollups, and the raw rows of a minute not whole at either end (usage_reads.py)
         async with self.engine.connect() as conn:
-            rows = list(await conn.execute(q))
-        return [UsageGroup(key=_day(r.key) if by == "day" else r.key, requests=int(r.requests), errors=int(r.errors or 0),
-                           prompt_tokens=int(r.p), completion_tokens=int(r.c), cached_tokens=int(r.k),
-                           cost_nanos=int(r.n)) for r in rows]
+            got = await usage_reads.sums(conn, (by,), since, until, key_id)
+        return [UsageGroup(key=_day(k[0]) if by == "day" else k[0], **dict(zip(usage_reads.TOTALS, got[k])))
+                for k in usage_reads.ordered(list(got), self.dialect)]
+
+    @_guarded
+    async def rollup_usage(self, by: Sequence[str], *, grain: str = "minute", since: float = 0.0,
+                           until: float | None = None) -> list[usage_reads.UsageRollup]:
+        async with self.engine.connect() as conn:
+            return await usage_reads.merged(conn, by, grain, since, until)
 
     @_guarded
     async def identity_activity(self) -> list[IdentityActivity]:
-        u = t.usage.c
-        q = (select(u.identity_id, u.model, func.count().label("requests"), func.max(u.ts).label("last_at"))
-             .where(u.identity_id.is_not(None)).group_by(u.identity_id, u.model))
+        d = t.usage_day.c  # every day's rollup: as old as the ledger, whatever raw rows retention has dropped
+        q = (select(d.identity_id, d.model, func.sum(d.requests).label("requests"), func.max(d.last_ts).label("last_at"))
+             .where(d.identity_id != "").group_by(d.identity_id, d.model))
         async with self.engine.connect() as conn:
-            return [IdentityActivity(identity_id=r.identity_id, model=r.model, requests=int(r.requests), last_at=r.last_at)
-                    for r in await conn.execute(q)]
+            return [IdentityActivity(identity_id=r.identity_id, model=r.model or None, requests=int(r.requests),
+                                     last_at=r.last_at) for r in await conn.execute(q)]
 
     # teams
     @_guarded

@@ -9,27 +9,71 @@ compilation, parameter processing, and a thread hop with an eventfd wake-up per 
 ``bench/ledger_rows.py``. The statement is the same on both: every field of ``UsageRecord`` in
 declaration order, and a row whose request id is already there is skipped (the idempotency key
 that lets the spill file be replayed). Everything else in the store stays on SQLAlchemy.
+
+The same transaction adds the rows it inserted to the rollups (``rollups.py``): one upsert per group and
+grain. Only rows actually inserted count, so a replayed spill file or a repeated id changes neither: on
+SQLite the batch's ids already stored are read first (the transaction holds the file's write lock), on
+Postgres the insert returns the ids it inserted (``unnest`` arrays, one statement).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgspec
 
 from ..core.types import UsageRecord
+from . import rollups
 from .base import StoreUnavailable
+from .schema import usage as _usage_table
 
 FIELDS = UsageRecord.__struct_fields__
 _COLUMNS = ", ".join(FIELDS)
 _SKIP_REPEATS = "ON CONFLICT (request_id) DO NOTHING"
 SQLITE_INSERT = f"INSERT INTO usage ({_COLUMNS}) VALUES ({', '.join('?' * len(FIELDS))}) {_SKIP_REPEATS}"
-POSTGRES_INSERT = f"INSERT INTO usage ({_COLUMNS}) VALUES ({', '.join(f'${i}' for i in range(1, len(FIELDS) + 1))}) {_SKIP_REPEATS}"
 
 astuple = msgspec.structs.astuple
+_PG_TYPES = {"String": "text", "Text": "text", "Float": "float8", "Integer": "int4", "BigInteger": "int8", "Boolean": "bool"}
+# Postgres: the batch as one array per column, and back the ids it inserted (a repeat is skipped)
+POSTGRES_INSERT_RETURNING = (
+    f"INSERT INTO usage ({_COLUMNS}) SELECT * FROM unnest("
+    + ", ".join(f"${i}::{_PG_TYPES[type(_usage_table.c[f].type).__name__]}[]" for i, f in enumerate(FIELDS, 1))
+    + f") {_SKIP_REPEATS} RETURNING request_id")
+ROLLUP_SQLITE = {t: rollups.upsert_sql(t, "qmark") for t in rollups.TABLES.values()}
+ROLLUP_POSTGRES = {t: rollups.upsert_sql(t, "dollar") for t in rollups.TABLES.values()}
+_IN_CHUNK = 500  # ids per "already stored?" query on SQLite
+
+
+def unique(records: list[UsageRecord]) -> list[UsageRecord]:
+    """The batch without a second record of one request id (the first is the one the insert keeps)."""
+    seen: set[str] = set()
+    out = []
+    for r in records:
+        if r.request_id not in seen:
+            seen.add(r.request_id)
+            out.append(r)
+    return out
+
+
+def write_sqlite_batch(query: Callable[[str, tuple], list], executemany: Callable[[str, list], object],
+                       records: list[UsageRecord]) -> None:
+    """Inside an open write transaction: the rows not stored yet, then their rollups (one upsert per group and grain)."""
+    fresh = unique(records)
+    stored: set[str] = set()
+    for i in range(0, len(fresh), _IN_CHUNK):
+        ids = tuple(r.request_id for r in fresh[i: i + _IN_CHUNK])
+        stored.update(row[0] for row in query(f"SELECT request_id FROM usage WHERE request_id IN ({', '.join('?' * len(ids))})", ids))
+    if stored:
+        fresh = [r for r in fresh if r.request_id not in stored]
+    if not fresh:
+        return
+    executemany(SQLITE_INSERT, [astuple(r) for r in fresh])
+    for table, params in rollups.per_grain(fresh):
+        executemany(ROLLUP_SQLITE[table], params)
 
 
 def insert_sql(table: str, columns: tuple[str, ...], dialect: str) -> str:
@@ -53,14 +97,20 @@ class SqliteUsageRows:
         db.execute("PRAGMA synchronous=NORMAL")
         return db
 
-    def _insert(self, rows: list[tuple], statement: str = SQLITE_INSERT) -> None:
+    def _insert(self, rows: list[tuple], statement: str) -> None:
+        self._transact(lambda db: db.executemany(statement, rows))
+
+    def _write(self, records: list[UsageRecord]) -> None:
+        self._transact(lambda db: write_sqlite_batch(lambda sql, p: db.execute(sql, p).fetchall(), db.executemany, records))
+
+    def _transact(self, work: Callable[[sqlite3.Connection], object]) -> None:
         if self._db is None:
             self._db = self._connect()
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.executemany(statement, rows)
+                work(db)
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
@@ -72,8 +122,7 @@ class SqliteUsageRows:
             raise StoreUnavailable(f"store unavailable: {type(exc).__name__}") from None
 
     async def write(self, records: list[UsageRecord]) -> None:
-        rows = [astuple(r) for r in records]
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._insert, rows)
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._write, records)
 
     async def insert(self, statement: str, rows: list[tuple]) -> None:
         """Rows of another table (``insert_sql``), on the same connection and thread: one writer of the file."""
@@ -89,13 +138,29 @@ class SqliteUsageRows:
         self._thread.shutdown(wait=True)
 
 
-async def write_postgres(engine: Any, records: list[UsageRecord], statement: str = POSTGRES_INSERT,
-                         rows: list[tuple] | None = None) -> None:
+async def write_postgres_usage(engine: Any, records: list[UsageRecord]) -> None:
+    """The batch's rows and their rollups in one transaction on a pooled asyncpg connection."""
+    import asyncpg
+
+    records = unique(records)
+    columns = [list(c) for c in zip(*map(astuple, records))]
+    async with engine.connect() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        try:
+            async with raw.transaction():
+                inserted = {row[0] for row in await raw.fetch(POSTGRES_INSERT_RETURNING, *columns)}
+                fresh = [r for r in records if r.request_id in inserted]
+                for table, params in rollups.per_grain(fresh):
+                    if params:
+                        await raw.executemany(ROLLUP_POSTGRES[table], params)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(f"store unavailable: {type(exc).__name__}") from None
+
+
+async def write_postgres(engine: Any, statement: str, rows: list[tuple]) -> None:
     """asyncpg's ``executemany`` on a pooled connection: one prepared statement, atomic per batch."""
     import asyncpg
 
-    if rows is None:
-        rows = [astuple(r) for r in records]
     async with engine.connect() as conn:
         raw = await conn.get_raw_connection()
         try:

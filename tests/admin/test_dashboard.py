@@ -7,16 +7,18 @@ refused, at the form and on the page."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
-import sqlite3
 import time
 
 import httpx
 import openai
 import pytest
 
+from sluice.core.types import UsageRecord
+from sluice.store.sql import SqlStore
 from support import start_gateway
 
 CHROMIUM = os.environ.get("SLUICE_CHROMIUM", "/usr/bin/chromium")
@@ -28,12 +30,20 @@ EARLIER = 185  # seconds before this run: a request an earlier run recorded, thr
 
 
 def _earlier_run(db, ts: float) -> None:
-    """A usage row as an earlier run of the gateway left it in the shared store (batch, 42 ms)."""
-    with sqlite3.connect(db) as conn:
-        conn.execute("INSERT INTO usage (request_id, ts, identity_id, endpoint, model, upstream, status, prompt_tokens, "
-                     "completion_tokens, latency_ms, stream, usage_source, team, cost_nanos) VALUES "
-                     "('earlier-run', ?, 'cfg-batch', 'chat.completions', 'sim-small', 'sim', 200, 3, 2, 42.0, 0, "
-                     "'upstream', 'data', 13000)", (ts,))
+    """A usage record as an earlier run of the gateway left it in the shared store (batch, 42 ms), written as the
+    ledger writes one: the raw row and its rollups, which the page reads."""
+    async def write() -> None:
+        store = SqlStore(f"sqlite:///{db}")
+        await store.open()
+        try:
+            await store.write_usage([UsageRecord(
+                request_id="earlier-run", ts=ts, identity_id="cfg-batch", key_id=None, endpoint="chat.completions",
+                model="sim-small", upstream="sim", status=200, prompt_tokens=3, completion_tokens=2, latency_ms=42.0,
+                usage_source="upstream", team="data", cost_nanos=13000)])
+        finally:
+            await store.close()
+
+    asyncio.run(write())
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,216 @@
+"""Usage rollups: the ledger's rows summed per minute, hour and day and per group, so every reader's cost
+depends on the time range and the number of groups, not on the number of requests.
+
+A group is (identity, team, key, model, version, route, API, status class, error code); ``None`` is stored
+as ``''`` because a NULL never conflicts in a unique key (on SQLite, nor on Postgres before 15). The status
+class is the status's hundred (200, 400, 500), except 429, its own class (limit hits are read apart from
+other refusals). The error code is sluice's own (a bounded set), so the dashboard can say why requests
+were refused without reading them.
+
+Each rollup row holds the group's requests, errors (status >= 400), streams, tokens, cost (integer
+nano-units, so sums stay exact), the newest record's time, and latency and time to first token as fixed
+bucket histograms with their minimum and maximum. Buckets are log-spaced, three per doubling from 1 ms to
+2^20 ms (~17.5 min): a bucket's upper edge is 2^(1/3) times its lower one, and a percentile estimated as
+the geometric middle of the bucket holding its rank (clamped to the range's minimum and maximum) is
+within 2^(1/6) - 1 = 12.3% of the value at that rank (within 0.5 ms below 1 ms; above 2^20 ms it is the
+maximum). The histograms add element by element, so any set of rows merges into the histogram of all
+their requests.
+
+The ledger's batch writes the raw rows and, in the same transaction, one upsert per group and table for
+the rows it actually inserted (a request id already stored is skipped in both), in key order so two
+writers lock rows in the same order. The rollup tables do not reference the raw table: dropping raw rows
+(retention, partitions) leaves them whole.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+
+from ..core.types import UsageRecord
+
+EDGES = tuple(2 ** (k / 3) for k in range(61))  # ms: 1 .. 2^20; bucket i is [EDGES[i-1], EDGES[i])
+BUCKETS = len(EDGES) + 1  # below 1 ms, 60 between the edges, from 2^20 ms up
+GRAINS = {"minute": 60, "hour": 3600, "day": 86400}
+TABLES = {g: f"usage_{g}" for g in GRAINS}
+# the group, in the rollup key's order after the bucket
+KEY = ("identity_id", "team", "key_id", "model", "version", "route", "api", "status_class", "error_code")
+SUMS = ("requests", "errors", "streams", "prompt_tokens", "completion_tokens", "cached_tokens",
+        "cache_creation_tokens", "cost_nanos")
+LAT = tuple(f"lat_{i:02d}" for i in range(BUCKETS))
+TTFT = tuple(f"ttft_{i:02d}" for i in range(BUCKETS))
+LOWEST = ("lat_min", "ttft_min")
+HIGHEST = ("lat_max", "ttft_max", "last_ts")
+# a rollup row's values after its key, in this order
+VALUES = (*SUMS, "lat_min", "lat_max", "ttft_min", "ttft_max", "last_ts", *LAT, *TTFT)
+COLUMNS = ("bucket", *KEY, *VALUES)
+_V = {name: i for i, name in enumerate(VALUES)}
+_LAT0, _TTFT0 = _V["lat_00"], _V["ttft_00"]
+_LMIN, _LMAX, _TMIN, _TMAX, _LAST = (_V[n] for n in ("lat_min", "lat_max", "ttft_min", "ttft_max", "last_ts"))
+
+
+def status_class(status: int) -> int:
+    """200, 300, 400, 500; 429 (a limit hit) its own class."""
+    return 429 if status == 429 else status // 100 * 100
+
+
+def bucket_of(ms: float) -> int:
+    """The histogram bucket of a duration in ms."""
+    return bisect_right(EDGES, ms)
+
+
+def fold(records: Iterable[UsageRecord], grain: int = 60) -> dict[tuple, list]:
+    """Rollup values per (bucket start, group) of these records: what the rollup rows gain from them."""
+    out: dict[tuple, list] = {}
+    zero = [0] * len(SUMS) + [None] * 5 + [0] * (2 * BUCKETS)
+    for r in records:
+        key = (int(r.ts // grain) * grain, r.identity_id or "", r.team or "", r.key_id or "", r.model or "",
+               r.version or "", r.route or "", r.api or "", status_class(r.status), r.error_code or "")
+        v = out.get(key)
+        if v is None:
+            v = out[key] = zero.copy()
+        v[0] += 1
+        v[1] += r.status >= 400
+        v[2] += r.stream
+        v[3] += r.prompt_tokens
+        v[4] += r.completion_tokens
+        v[5] += r.cached_tokens
+        v[6] += r.cache_creation_tokens
+        v[7] += r.cost_nanos
+        lat = r.latency_ms
+        v[_LAT0 + bisect_right(EDGES, lat)] += 1
+        if v[_LMIN] is None or lat < v[_LMIN]:
+            v[_LMIN] = lat
+        if v[_LMAX] is None or lat > v[_LMAX]:
+            v[_LMAX] = lat
+        ttft = r.ttft_ms
+        if ttft is not None:
+            v[_TTFT0 + bisect_right(EDGES, ttft)] += 1
+            if v[_TMIN] is None or ttft < v[_TMIN]:
+                v[_TMIN] = ttft
+            if v[_TMAX] is None or ttft > v[_TMAX]:
+                v[_TMAX] = ttft
+        if v[_LAST] is None or r.ts > v[_LAST]:
+            v[_LAST] = r.ts
+    return out
+
+
+def merge_into(into: list, v: Sequence) -> None:
+    """Add one rollup's values to another's (sums and histograms add; minimum, maximum and newest merge)."""
+    for i, x in enumerate(v):
+        if x is None:
+            continue
+        y = into[i]
+        if i in (_LMIN, _TMIN):
+            into[i] = x if y is None or x < y else y
+        elif i in (_LMAX, _TMAX, _LAST):
+            into[i] = x if y is None or x > y else y
+        else:
+            into[i] = y + x
+
+
+def regrain(minutes: dict[tuple, list], grain: int) -> dict[tuple, list]:
+    """Minute rollups summed into a coarser grain (hour, day)."""
+    out: dict[tuple, list] = {}
+    for key, v in minutes.items():
+        k = (key[0] // grain * grain, *key[1:])
+        got = out.get(k)
+        if got is None:
+            out[k] = list(v)
+        else:
+            merge_into(got, v)
+    return out
+
+
+def rows(groups: dict[tuple, list]) -> list[tuple]:
+    """Upsert parameters, in key order: every writer locks the rows of a batch in the same order."""
+    return [(*key, *groups[key]) for key in sorted(groups)]
+
+
+def upsert_sql(table: str, style: str) -> str:
+    """One group's upsert: ``qmark`` (sqlite3), ``dollar`` (asyncpg) or ``named`` (SQLAlchemy ``text``)."""
+    if style == "qmark":
+        marks = ", ".join("?" * len(COLUMNS))
+    elif style == "dollar":
+        marks = ", ".join(f"${i}" for i in range(1, len(COLUMNS) + 1))
+    else:
+        marks = ", ".join(f":{c}" for c in COLUMNS)
+    sets = []
+    for c in VALUES:
+        old, new = f"{table}.{c}", f"excluded.{c}"
+        if c in LOWEST or c in HIGHEST:  # NULL (no value yet) on either side gives the other
+            cmp = "<" if c in LOWEST else ">"
+            sets.append(f"{c} = CASE WHEN {old} IS NULL OR {new} {cmp} {old} THEN {new} ELSE {old} END")
+        else:
+            sets.append(f"{c} = {old} + {new}")
+    return (f"INSERT INTO {table} ({', '.join(COLUMNS)}) VALUES ({marks}) "
+            f"ON CONFLICT (bucket, {', '.join(KEY)}) DO UPDATE SET {', '.join(sets)}")
+
+
+def per_grain(records: list[UsageRecord]) -> list[tuple[str, list[tuple]]]:
+    """(table, upsert rows) for each grain, from the records a batch inserted."""
+    minutes = fold(records)
+    return [(TABLES["minute"], rows(minutes)), (TABLES["hour"], rows(regrain(minutes, 3600))),
+            (TABLES["day"], rows(regrain(minutes, 86400)))]
+
+
+def spans(since: float, until: float | None) -> tuple[list[tuple[float, float]], dict[str, list[tuple[int, float]]]]:
+    """``[since, until)`` as raw-row edges, each within one minute, and whole minutes, hours and days: each
+    rollup row read lies wholly inside the range, and the raw rows read are at most a minute at each end."""
+    hi = math.inf if until is None else until
+    lo = max(since, 0.0)
+    raw: list[tuple[float, float]] = []
+    out: dict[str, list[tuple[int, float]]] = {t: [] for t in TABLES.values()}
+    if hi <= lo:
+        return raw, out
+    a, b = math.ceil(lo / 60) * 60, (hi if hi == math.inf else math.floor(hi / 60) * 60)
+    if a > b:  # within one minute
+        return [(lo, hi)], out
+    if a == b:  # across one minute's edge: a piece on each side
+        return [(x, y) for x, y in ((lo, float(a)), (float(a), hi)) if x < y], out
+    if lo < a:
+        raw.append((lo, float(a)))
+    if b < hi:
+        raw.append((float(b), hi))
+    levels = list(GRAINS.items())
+    for i, (grain, size) in enumerate(levels):
+        table = TABLES[grain]
+        if i + 1 == len(levels):
+            out[table].append((a, b))
+            break
+        nxt = levels[i + 1][1]
+        a2, b2 = math.ceil(a / nxt) * nxt, (b if b == math.inf else math.floor(b / nxt) * nxt)
+        if a2 >= b2:
+            out[table].append((a, b))
+            break
+        if a < a2:
+            out[table].append((a, a2))
+        if b2 < b:
+            out[table].append((b2, b))
+        a, b = a2, b2
+    return raw, out
+
+
+def percentile(hist: Sequence[int], q: float, lowest: float | None, highest: float | None) -> float | None:
+    """The value at rank ceil(q% of n) estimated from a histogram (see the module's error bound); None if empty."""
+    n = sum(hist)
+    if n == 0:
+        return None
+    rank = max(1, math.ceil(q / 100 * n))
+    seen = 0
+    for i, c in enumerate(hist):
+        seen += c
+        if seen >= rank:
+            break
+    if i == 0:
+        mid = EDGES[0] / 2
+    elif i == len(EDGES):
+        mid = highest if highest is not None else EDGES[-1]
+    else:
+        mid = math.sqrt(EDGES[i - 1] * EDGES[i])
+    if lowest is not None:
+        mid = max(mid, lowest)
+    if highest is not None:
+        mid = min(mid, highest)
+    return mid
