@@ -16,19 +16,25 @@ import msgspec
 from sqlalchemy import event, func, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from ..core.errors import Conflict
 from ..core.types import ApiKey, ChangeEvent, Identity, IdentityActivity, SigningKey, Team, UsageGroup, UsageRecord, UsageSummaryRow
 from . import schema as t
-from .base import Journal, Store, StoreUnavailable, Subscription, Writes
 from . import usage_reads
-from .usage_rows import SqliteUsageRows, insert_sql, write_postgres, write_postgres_usage, write_sqlite_batch
+from .base import Journal, Store, StoreUnavailable, Subscription, Writes
+from .migrate import MIGRATE_TIMEOUT_S, migrated
+from .usage_rows import (
+    SqliteUsageRows,
+    insert_sql,
+    write_postgres,
+    write_postgres_usage,
+    write_sqlite_batch,
+)
 from .writes import signing_values, snapshot, write
 
 P = ParamSpec("P")
 R = TypeVar("R")
-_MIGRATIONS = Path(__file__).parent / "migrations"
-_MIGRATION_LOCK = 0x51_1C_E0  # pg advisory lock id: replicas starting together migrate once
 CHANNEL = "sluice_identity"  # pg NOTIFY channel: an identity change was committed
 
 
@@ -136,12 +142,18 @@ class SqlStore(Store):
         if path and path != ":memory:":  # an in-memory database is the engine's own: no second connection
             self._usage_rows = SqliteUsageRows(path, self._timeout)
 
-    @_guarded
     async def _migrate(self) -> None:
-        async with self.engine.begin() as conn:
-            if self.dialect == "postgresql":
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK})
-            await conn.run_sync(_upgrade)
+        """The schema to head within ``MIGRATE_TIMEOUT_S``, not the store timeout (a backfill reads the ledger, a
+        replica waits while another migrates); on Postgres on its own connection, statements unbounded."""
+        own = self.dialect == "postgresql"
+        engine = create_async_engine(self._url, poolclass=NullPool, connect_args={"timeout": self._timeout}) if own else self.engine
+        try:
+            await asyncio.wait_for(migrated(engine, own), MIGRATE_TIMEOUT_S)
+        except (SQLAlchemyError, OSError, asyncio.TimeoutError, ConnectionError) as exc:
+            raise StoreUnavailable(f"store unavailable: {type(exc).__name__}") from None
+        finally:
+            if own:
+                await engine.dispose()
 
     async def close(self) -> None:
         if self._usage_rows is not None:
@@ -462,16 +474,6 @@ class _PgSubscription(Subscription):
             await asyncio.wait_for(self._conn.close(), 2.0)
         except Exception:  # closing a dead connection: nothing left to release
             self._conn.terminate()
-
-
-def _upgrade(connection: Any) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(_MIGRATIONS))
-    cfg.attributes["connection"] = connection
-    command.upgrade(cfg, "head")
 
 
 class TableQueries:
