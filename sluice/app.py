@@ -22,7 +22,9 @@ from .audit.logins import FailedLogins
 from .admin.dashboard import Dashboard
 from .core import config as cfgmod
 from .core.config import Config
-from .core.mcp_config import McpPolicy
+from .core.env_refs import expand
+from .core.mcp_config import McpPolicy, capacities
+from .core.mcp_config import refusal as mcp_refusal
 from .core.errors import ConfigError, ListenError
 from .core.exchange import Exchange, Reply
 from .core.wire import extra_params
@@ -33,7 +35,7 @@ from .limits import Admission, AnomalyGuard, Limiter, PriceTable, Throttle, buil
 from .identity import (SYSTEM, CredentialRegistry, Federation, Hasher, IdentityService, IdentitySync, Keyring, Sealer,
                        TokenExchange, TokenService, gate)
 from .pipeline import DataPlane, RequestContext
-from .policy import LimitsSection, PendingApproval, PolicyDocument, PolicyService
+from .policy import ActivePolicy, LimitsSection, PendingApproval, PolicyDocument, PolicyService
 from .admin.policy_api import PolicyAdmin
 from .routing import DecisionLog, Deployment, Replica, RoutingState, build_placement, from_config, refused_url
 from .admin.guard_api import GuardAdmin
@@ -112,7 +114,8 @@ class Gateway:
         out = list(c.admin.keys) + [k for i in c.identities for k in i.keys]
         out += [u.api_key for u in c.upstreams if u.api_key]
         out += [os.environ[s.credential_env] for s in c.mcp.servers if s.credential_env and os.environ.get(s.credential_env)]
-        out += [v for s in c.mcp.servers for v in s.env.values()]  # a stdio server's env may hold its credential
+        for s in c.mcp.servers:  # a stdio server's env may hold its credential (as written: references, resolved here)
+            out += [expand(v) for v in s.env.values()]
         if c.security.pepper:
             out.append(c.security.pepper)
         return out
@@ -200,7 +203,8 @@ class Gateway:
         self.policy = policy = PolicyService(store, routing, limiter, c.policy, PolicyDocument(
             routing=from_config(c), limits=LimitsSection(rules=list(c.limits.rules)), **self._guard_sections(c),
             mcp=McpPolicy(pin={s.name: s.pin for s in c.mcp.servers}, pins=dict(c.mcp.pins),
-                          resources=list(c.mcp.resources), prompts=list(c.mcp.prompts))))
+                          resources=list(c.mcp.resources), prompts=list(c.mcp.prompts),
+                          servers=[s.entry() for s in c.mcp.servers])), vet=self._vet_mcp)
         await policy.bootstrap()
         if c.resilience.health_interval_s > 0:
             self._tasks.append(asyncio.get_running_loop().create_task(
@@ -240,7 +244,10 @@ class Gateway:
         dashboard = Dashboard(store, admin_auth, self._target_health, currency=c.currency, on_auth_failure=failed_logins)
         # GET /mcp[/{server}]: what the servers send on sluice's sessions, and sluice's own list_changed
         self.mcp_streams = streams = Streams(c.mcp.streams, lambda: policy.current)
-        self.mcp_upstreams = Upstreams(c.mcp.servers, c.mcp, on_notice=streams.relay, mint=tokens.mint_service)
+        # the servers of the active policy's ``mcp`` section, reconciled at each version this replica activates
+        servers = policy.current.document.mcp.servers
+        self.mcp_upstreams = upstreams = Upstreams(servers, c.mcp, on_notice=streams.relay, mint=tokens.mint_service)
+        queues = Admission(capacities(servers))
         ended = EndedSessions(store)  # type: ignore[arg-type]  # a DELETE ends a session on every replica
         self._tasks.append(asyncio.get_running_loop().create_task(self._every(3600.0, ended.purge), name="mcp-ended-purge"))
 
@@ -253,7 +260,16 @@ class Gateway:
         mcp = McpGateway(c.mcp, self.mcp_upstreams, Sessions(pepper, c.mcp.session_ttl_s, ended, c.mcp.ended_check_s),
                          approvals, lambda: policy.current, record_change=record_change, limiter=limiter,
                          metrics=metrics, tracer=self.tracer,
-                         admission=Admission({s.name: s.capacity for s in c.mcp.servers if s.capacity is not None}))
+                         admission=queues)
+
+        def activate_servers(active: ActivePolicy) -> None:
+            servers = active.document.mcp.servers
+            upstreams.reconcile(servers)
+            queues.update(capacities(servers))
+            mcp.limits.queues(queues)
+
+        policy.on_install.append(activate_servers)
+        activate_servers(policy.current)  # a version installed since the servers were read
         admin = AdminApi(admin_auth, identities, store, ledger.flush,
                          RoutingAdmin(routing, decisions, [u.name for u in c.upstreams], policy),
                          keyring, limiter, policy=PolicyAdmin(policy, store, identities), audit=AuditAdmin(audit),
@@ -297,6 +313,14 @@ class Gateway:
                      self.data.host, self.data.port, self.control.host, self.control.port, len(c.models), len(registry))
         else:
             log.info("worker %d of %d: data plane on %s:%d", self.slot.index, self.slot.count, self.data.host, self.data.port)
+
+    def _vet_mcp(self, before: PolicyDocument, after: PolicyDocument, rollback: bool) -> str | None:
+        """Why this replica refuses a version's MCP servers: the config file's allow-list and sandbox, credentials."""
+        if before.mcp.servers == after.mcp.servers:
+            return None
+        up = self.mcp_upstreams
+        return mcp_refusal(self.config.mcp, before.mcp.servers, after.mcp.servers, up.no_sandbox if up else None,
+                           rollback)
 
     @staticmethod
     def _guard_sections(c: Config) -> dict:

@@ -81,7 +81,7 @@ class McpGateway:
         self._approvals = approvals
         self._active = active  # the active policy version (``.guard``, ``.version``, ``.hash``)
         self._access = self.access = ToolAccess(lambda: getattr(active(), "guard", None))
-        self._limits = CallLimits(limiter, cfg.limits, admission)  # admission: the servers' fair queues
+        self._limits = self.limits = CallLimits(limiter, cfg.limits, admission)  # admission: the servers' fair queues
         def section() -> McpPolicy | None:  # the active version's ``mcp`` section
             return getattr(getattr(active(), "document", None), "mcp", None)
 

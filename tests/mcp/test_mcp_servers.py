@@ -1,0 +1,229 @@
+"""The upstream MCP servers as part of the versioned policy (issue 25, item 2): the config file seeds the ``mcp``
+section's ``servers`` once; after that a change set adds, changes or removes a server, and every replica reconciles
+its live servers when it activates the version, without a restart.
+
+Real parts: sluice processes (two replicas sharing Postgres), fastmcp servers over HTTP (upstream_server.py) and
+over stdio (stdio_server.py, launched by sluice), the admin API as ``sluice policy propose`` uses it, and
+``sluice audit verify``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sluice.identity import generate
+from support import Gateway, start_gateway
+from store.pg_databases import drop_pg_database, fresh_pg_database
+from test_mcp_calls import ENV, call_body, post_path, session_of_path
+from test_mcp_gateway import INIT, ToolServer
+from test_mcp_resources import active_mcp, audit_entries
+
+HERE = Path(__file__).parent
+WEATHER = [{"name": f"{s}__{t}", "risk": "read", "identities": ["agent"]}
+           for s in ("files", "notes", "local") for t in ("get_weather", "slow", "pid")]
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    files, notes = ToolServer(tmp_path_factory.mktemp("files")), ToolServer(tmp_path_factory.mktemp("notes"))
+    yield files, notes
+    files.proc.stop()
+    notes.proc.stop()
+
+
+def files_only(files: ToolServer) -> dict:
+    # pin: off - these tests are about which servers run, not their definitions (test_mcp_pins.py pins)
+    return {"servers": [{"name": "files", "url": files.url, "credential_env": "FILES_TOKEN", "pin": "off"}]}
+
+
+def call(g: Gateway, key: str, server: str, tool: str, args: dict) -> httpx.Response:
+    """One tools/call on ``/mcp/{server}`` in a session of its own (``/mcp`` when server is empty)."""
+    path = f"/mcp/{server}" if server else "/mcp"
+    init = post_path(g, key, INIT, None, path)
+    if init.status_code != 200:
+        return init
+    return post_path(g, key, call_body(tool, args), init.headers["mcp-session-id"], path)
+
+
+def text(r: httpx.Response) -> str | None:
+    body = r.json() if r.status_code == 200 else {}
+    return body.get("result", {}).get("content", [{}])[0].get("text")
+
+
+def eventually(check: Callable[[], bool], what: str, within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def propose(g: Gateway, mcp: dict, reason: str) -> httpx.Response:
+    return g.admin("POST", "/admin/policy/changes", json={"sections": {"mcp": mcp}, "reason": reason})
+
+
+def verify_audit(g: Gateway) -> None:
+    done = subprocess.run([sys.executable, "-m", "sluice", "audit", "verify", "-c", str(g.config_path)],
+                          capture_output=True, text=True, cwd=g.tmp, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_server_added_by_a_change_set_serves_on_two_replicas_then_leaves_and_a_rollback_brings_it_back(
+        servers, sim, tmp_path_factory):
+    files, notes = servers
+    pg = asyncio.run(fresh_pg_database())
+    tmp = tmp_path_factory.mktemp("mcp-servers-replicas")
+    key = generate("dev")
+    common = dict(upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}], models=[{"name": "m", "upstream": "sim"}],
+                  identities=[{"name": "agent", "owner": "team@example.com", "models": ["*"], "keys": [key]}],
+                  env=ENV, admin_key=generate("prod", kind="admin"),
+                  extra={"store": {"url": pg}, "tools": WEATHER, "mcp": files_only(files)})
+    for side in ("a", "b"):
+        (tmp / side).mkdir()
+    one, two = start_gateway(tmp / "a", **common), start_gateway(tmp / "b", **common)
+    both = (one, two)
+    try:
+        seeded = active_mcp(one)
+        assert [s["name"] for s in seeded["servers"]] == ["files"]  # the config file seeded the section
+        assert "pin" not in seeded["servers"][0] and seeded["pin"] == {"files": "off"}
+        for g in both:
+            assert call(g, key, "notes", "notes__get_weather", {"city": "Oslo"}).json()["error"]["data"]["code"] == \
+                "unknown_server"
+        with_notes = {**seeded, "pin": {**seeded["pin"], "notes": "off"}, "servers": seeded["servers"] + [
+            {"name": "notes", "url": notes.url, "credential_env": "NOTES_TOKEN"}]}
+        added = propose(one, with_notes, "the notes server")
+        assert added.status_code == 201, added.text
+        before_notes = len(notes.seen())
+        for g, city in ((one, "Lima"), (two, "Quito")):  # no restart: the other replica within its poll interval
+            eventually(lambda: text(call(g, key, "notes", "notes__get_weather", {"city": city})) == f"sunny in {city}",
+                       f"notes never served on {g.url}")
+            assert text(call(g, key, "", "notes__get_weather", {"city": city})) == f"sunny in {city}"  # and on /mcp
+        assert set(notes.seen()[before_notes:]) == {f"Bearer {ENV['NOTES_TOKEN']}"}  # its own credential
+        assert text(call(two, key, "files", "files__get_weather", {"city": "Cusco"})) == "sunny in Cusco"
+
+        async def slow_call_while_removed() -> httpx.Response:  # in flight when its server is removed: it finishes
+            sid = session_of_path(two, key, "/mcp/notes")
+            async with httpx.AsyncClient(timeout=30) as client:
+                slow = asyncio.ensure_future(client.post(f"{two.url}/mcp/notes", content=call_body(
+                    "notes__slow", {"seconds": 3, "tag": "late"}), headers={
+                    "Authorization": f"Bearer {key}", "Mcp-Session-Id": sid, "Content-Type": "application/json",
+                    "Accept": "application/json, text/event-stream"}))
+                await asyncio.sleep(1.0)
+                removed = await asyncio.to_thread(propose, one, seeded, "notes is retired")
+                assert removed.status_code == 201, removed.text
+                return await asyncio.wait_for(slow, 20)
+
+        t0 = time.monotonic()
+        late = asyncio.run(slow_call_while_removed())
+        assert text(late) == "done late" and time.monotonic() - t0 < 15, late.text
+        for g in both:  # gone on both: the existing refusals, a new session as an old one
+            eventually(lambda: call(g, key, "notes", "notes__get_weather", {"city": "Oslo"}).status_code == 404,
+                       f"notes still served on {g.url}")
+            gone = call(g, key, "notes", "notes__get_weather", {"city": "Oslo"}).json()["error"]
+            assert gone["data"]["code"] == "unknown_server", gone
+            assert call(g, key, "", "notes__get_weather", {"city": "Oslo"}).json()["error"]["data"]["code"] == \
+                "unknown_tool"
+            assert text(call(g, key, "files", "files__get_weather", {"city": "Arica"})) == "sunny in Arica"
+        assert "mcp: servers files (started none, retired notes)" in two.log()
+
+        back = one.admin("POST", "/admin/policy/rollback", json={"reason": "notes again"})
+        assert back.status_code == 200, back.text
+        assert [s["name"] for s in active_mcp(one)["servers"]] == ["files", "notes"]
+        for g, city in ((one, "Iquique"), (two, "Tacna")):
+            eventually(lambda: text(call(g, key, "notes", "notes__get_weather", {"city": city})) == f"sunny in {city}",
+                       f"the rollback never brought notes back on {g.url}")
+        actions = {a: len(audit_entries(one, a)) for a in ("policy.propose", "policy.rollback")}
+        assert actions["policy.propose"] >= 2 and actions["policy.rollback"] >= 1, actions
+        verify_audit(one)
+    finally:
+        one.stop()
+        two.stop()
+        asyncio.run(drop_pg_database(pg))
+
+
+@pytest.fixture(scope="module")
+def gw(servers, sim, tmp_path_factory):
+    files, _ = servers
+    mcp = {**files_only(files), "allowed_commands": [sys.executable]}
+    g = start_gateway(tmp_path_factory.mktemp("mcp-servers"), upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
+                      models=[{"name": "m", "upstream": "sim"}],
+                      identities=[{"name": "agent", "owner": "team@example.com", "models": ["*"]}],
+                      extra={"tools": WEATHER, "mcp": mcp}, env={**ENV, "LOCAL_TOKEN": "local-token-5d1e"})
+    yield g
+    g.stop()
+
+
+def test_a_stdio_command_off_the_config_files_allow_list_is_refused_at_propose_and_never_launched(gw, tmp_path):
+    marker = tmp_path / "launched"
+    section = active_mcp(gw)
+    version = gw.admin("GET", "/admin/policy").json()["version"]
+    shell = {"name": "shell", "command": ["/bin/sh", "-c", f"touch {marker}"], "network": "allow"}
+    refused = propose(gw, {**section, "servers": section["servers"] + [shell]}, "a shell")
+    assert refused.status_code == 400, refused.text
+    message = refused.json()["error"]["message"]
+    assert "MCP server 'shell' runs '/bin/sh', which is not in the config file's mcp.allowed_commands" in message
+    time.sleep(1.0)
+    assert not marker.exists() and gw.admin("GET", "/admin/policy").json()["version"] == version
+    assert "shell" not in gw.log()
+
+
+@pytest.mark.parametrize("entry, why", [
+    ({"name": "files", "prefix": "docs"}, "MCP server 'files' keeps its namespace 'files'"),
+    ({"name": "other", "url": "http://127.0.0.1:9/mcp", "credential_env": "UNSET_IN_ANY_TEST_71"},
+     "the environment variable 'UNSET_IN_ANY_TEST_71' (credential_env) is unset here"),
+    ({"name": "other", "url": "http://u:secret@127.0.0.1:9/mcp"}, "carries no credential"),
+    ({"name": "other", "url": "ftp://127.0.0.1/mcp"}, "url must be http(s)"),
+    ({"name": "no good", "url": "http://127.0.0.1:9/mcp"}, "`$.mcp.servers[1].name`"),
+    ({"name": "other", "url": "http://127.0.0.1:9/mcp", "pin": "off"}, "unknown field `pin`"),
+    ({"name": "other", "url": "http://127.0.0.1:9/mcp", "prefix": "files"}, "duplicate MCP server prefix 'files'"),
+])
+def test_a_server_entry_is_validated_when_proposed(gw, entry, why):
+    section = active_mcp(gw)
+    files = section["servers"][0]
+    servers = [{**files, **entry}] if entry["name"] == "files" else [files, {**entry}]
+    refused = propose(gw, {**section, "servers": servers}, "a bad server")
+    assert refused.status_code == 400, refused.text
+    assert why in refused.json()["error"]["message"], refused.text
+    assert "secret" not in refused.text
+
+
+def test_a_stdio_server_added_by_a_change_set_is_launched_and_stopped_when_removed(gw):
+    section = active_mcp(gw)
+    local = {"name": "local", "command": [sys.executable, str(HERE / "stdio_server.py")], "network": "allow",
+             "env": {"LOCAL_TOKEN": "${LOCAL_TOKEN}"}}
+    added = propose(gw, {**section, "pin": {**section["pin"], "local": "off"}, "servers": section["servers"] + [local]},
+                    "a local server")
+    assert added.status_code == 201, added.text
+    stored = next(s for s in active_mcp(gw)["servers"] if s["name"] == "local")
+    assert stored["env"] == {"LOCAL_TOKEN": "${LOCAL_TOKEN}"}  # the reference is stored, never the secret
+    key = gw.keys["agent"]
+    pid = None
+
+    def launched() -> bool:
+        nonlocal pid
+        got = text(call(gw, key, "local", "local__pid", {}))
+        pid = int(got) if got and got.isdigit() else None
+        return pid is not None
+
+    eventually(launched, "the stdio server never served")
+    os.kill(pid, 0)
+    removed = propose(gw, section, "no local server")
+    assert removed.status_code == 201, removed.text
+    assert call(gw, key, "local", "local__pid", {}).status_code == 404
+
+    def stopped() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    eventually(stopped, "the removed server's process still runs", within=10)
+    assert "server local exited; starting it again" not in gw.log()
