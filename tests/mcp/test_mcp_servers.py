@@ -227,3 +227,64 @@ def test_a_stdio_server_added_by_a_change_set_is_launched_and_stopped_when_remov
 
     eventually(stopped, "the removed server's process still runs", within=10)
     assert "server local exited; starting it again" not in gw.log()
+
+
+def test_the_config_file_seeds_the_servers_once_and_a_restart_keeps_the_policys(servers, sim, tmp_path):
+    files, notes = servers
+    admin = generate("prod", kind="admin")
+    key = generate("dev")
+
+    def start(mcp: dict, port: int | None = None) -> Gateway:
+        return start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}], port=port,
+                             models=[{"name": "m", "upstream": "sim"}], admin_key=admin, env=ENV,
+                             identities=[{"name": "agent", "owner": "team@example.com", "models": ["*"], "keys": [key]}],
+                             extra={"tools": WEATHER, "mcp": mcp})
+
+    g = start(files_only(files))
+    try:
+        port = g.port
+        assert [s["name"] for s in active_mcp(g)["servers"]] == ["files"]
+    finally:
+        g.stop()
+    more = {"servers": files_only(files)["servers"] + [
+        {"name": "notes", "url": notes.url, "credential_env": "NOTES_TOKEN", "pin": "off"}]}
+    g = start(more, port)  # the file now names notes too: the stored policy's servers stand
+    try:
+        assert [s["name"] for s in active_mcp(g)["servers"]] == ["files"]
+        assert call(g, key, "notes", "notes__get_weather", {"city": "Oslo"}).json()["error"]["data"]["code"] == \
+            "unknown_server"
+        assert text(call(g, key, "files", "files__get_weather", {"city": "Oslo"})) == "sunny in Oslo"
+    finally:
+        g.stop()
+
+
+def test_with_mcp_tagged_prod_a_new_server_waits_for_another_operator(servers, sim, tmp_path):
+    files, notes = servers
+    g = start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
+                      models=[{"name": "m", "upstream": "sim"}], env=ENV,
+                      identities=[{"name": "agent", "owner": "team@example.com", "models": ["*"]}],
+                      extra={"tools": WEATHER, "mcp": files_only(files), "policy": {"prod": ["mcp"]}})
+    try:
+        made = g.admin("POST", "/admin/identities", json={"name": "mcp-operator", "owner": "ops@example.com",
+                                                         "roles": ["operator"]})
+        assert made.status_code == 201, made.text
+        operator = g.admin("POST", f"/admin/identities/{made.json()['id']}/keys", json={"plane": "control"}).json()["key"]
+        as_operator = {"Authorization": f"Bearer {operator}"}
+        section = active_mcp(g)
+        with_notes = {**section, "pin": {**section["pin"], "notes": "off"}, "servers": section["servers"] + [
+            {"name": "notes", "url": notes.url, "credential_env": "NOTES_TOKEN"}]}
+        proposed = httpx.post(f"{g.admin_url}/admin/policy/changes", headers=as_operator, timeout=10,
+                              json={"sections": {"mcp": with_notes}, "reason": "the notes server"})
+        assert proposed.status_code == 202 and proposed.json()["status"] == "pending", proposed.text
+        key = g.keys["agent"]
+        assert call(g, key, "notes", "notes__get_weather", {"city": "Oslo"}).status_code == 404  # not yet
+        cid = proposed.json()["id"]
+        own = httpx.post(f"{g.admin_url}/admin/policy/changes/{cid}/approve", json={"reason": "mine"},
+                         headers=as_operator, timeout=10)
+        assert own.status_code == 403 and own.json()["error"]["code"] == "self_approval"
+        assert g.admin("POST", f"/admin/policy/changes/{cid}/approve", json={"reason": "ok"}).status_code == 200
+        assert text(call(g, key, "notes", "notes__get_weather", {"city": "Oslo"})) == "sunny in Oslo"
+        assert audit_entries(g, "policy.approve")
+        verify_audit(g)
+    finally:
+        g.stop()
