@@ -22,21 +22,13 @@ import pytest
 from sluice.identity import generate
 from support import Gateway, start_gateway
 from store.pg_databases import drop_pg_database, fresh_pg_database
-from test_mcp_calls import ENV, call_body, post_path, session_of_path
+from test_mcp_calls import ENV, call_body, post_path, servers, session_of_path  # noqa: F401 - servers: a fixture
 from test_mcp_gateway import INIT, ToolServer
 from test_mcp_resources import active_mcp, audit_entries
 
 HERE = Path(__file__).parent
 WEATHER = [{"name": f"{s}__{t}", "risk": "read", "identities": ["agent"]}
            for s in ("files", "notes", "local") for t in ("get_weather", "slow", "pid")]
-
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    files, notes = ToolServer(tmp_path_factory.mktemp("files")), ToolServer(tmp_path_factory.mktemp("notes"))
-    yield files, notes
-    files.proc.stop()
-    notes.proc.stop()
 
 
 def files_only(files: ToolServer) -> dict:
@@ -76,7 +68,7 @@ def verify_audit(g: Gateway) -> None:
 
 
 def test_a_server_added_by_a_change_set_serves_on_two_replicas_then_leaves_and_a_rollback_brings_it_back(
-        servers, sim, tmp_path_factory):
+        servers, sim, tmp_path_factory):  # noqa: F811
     files, notes = servers
     pg = asyncio.run(fresh_pg_database())
     tmp = tmp_path_factory.mktemp("mcp-servers-replicas")
@@ -149,7 +141,7 @@ def test_a_server_added_by_a_change_set_serves_on_two_replicas_then_leaves_and_a
 
 
 @pytest.fixture(scope="module")
-def gw(servers, sim, tmp_path_factory):
+def gw(servers, sim, tmp_path_factory):  # noqa: F811
     files, _ = servers
     mcp = {**files_only(files), "allowed_commands": [sys.executable]}
     g = start_gateway(tmp_path_factory.mktemp("mcp-servers"), upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
@@ -187,8 +179,8 @@ def test_a_stdio_command_off_the_config_files_allow_list_is_refused_at_propose_a
 def test_a_server_entry_is_validated_when_proposed(gw, entry, why):
     section = active_mcp(gw)
     files = section["servers"][0]
-    servers = [{**files, **entry}] if entry["name"] == "files" else [files, {**entry}]
-    refused = propose(gw, {**section, "servers": servers}, "a bad server")
+    entries = [{**files, **entry}] if entry["name"] == "files" else [files, {**entry}]
+    refused = propose(gw, {**section, "servers": entries}, "a bad server")
     assert refused.status_code == 400, refused.text
     assert why in refused.json()["error"]["message"], refused.text
     assert "secret" not in refused.text
@@ -229,7 +221,7 @@ def test_a_stdio_server_added_by_a_change_set_is_launched_and_stopped_when_remov
     assert "server local exited; starting it again" not in gw.log()
 
 
-def test_the_config_file_seeds_the_servers_once_and_a_restart_keeps_the_policys(servers, sim, tmp_path):
+def test_the_config_file_seeds_the_servers_once_and_a_restart_keeps_the_policys(servers, sim, tmp_path):  # noqa: F811
     files, notes = servers
     admin = generate("prod", kind="admin")
     key = generate("dev")
@@ -258,7 +250,7 @@ def test_the_config_file_seeds_the_servers_once_and_a_restart_keeps_the_policys(
         g.stop()
 
 
-def test_with_mcp_tagged_prod_a_new_server_waits_for_another_operator(servers, sim, tmp_path):
+def test_with_mcp_tagged_prod_a_new_server_waits_for_another_operator(servers, sim, tmp_path):  # noqa: F811
     files, notes = servers
     g = start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
                       models=[{"name": "m", "upstream": "sim"}], env=ENV,
