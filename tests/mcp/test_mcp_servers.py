@@ -28,7 +28,7 @@ from test_mcp_resources import active_mcp, audit_entries
 
 HERE = Path(__file__).parent
 WEATHER = [{"name": f"{s}__{t}", "risk": "read", "identities": ["agent"]}
-           for s in ("files", "notes", "local") for t in ("get_weather", "slow", "pid")]
+           for s in ("files", "notes", "local", "moving") for t in ("get_weather", "slow", "pid")]
 
 
 def files_only(files: ToolServer) -> dict:
@@ -280,3 +280,25 @@ def test_with_mcp_tagged_prod_a_new_server_waits_for_another_operator(servers, s
         verify_audit(g)
     finally:
         g.stop()
+
+
+def test_a_changed_server_is_replaced_and_its_calls_go_to_the_new_url_with_the_new_credential(gw, servers):  # noqa: F811
+    files, notes = servers
+    section = active_mcp(gw)
+    key = gw.keys["agent"]
+    first = {"name": "moving", "url": files.url, "credential_env": "FILES_TOKEN", "timeout_s": 30}
+    added = propose(gw, {**section, "pin": {**section["pin"], "moving": "off"}, "servers": section["servers"] + [first]},
+                    "a server that will move")
+    assert added.status_code == 201, added.text
+    at_files, at_notes = len(files.seen()), len(notes.seen())
+    assert text(call(gw, key, "moving", "moving__get_weather", {"city": "Oslo"})) == "sunny in Oslo"
+    assert f"Bearer {ENV['FILES_TOKEN']}" in files.seen()[at_files:] and len(notes.seen()) == at_notes
+    moved = active_mcp(gw)
+    moved["servers"] = [s if s["name"] != "moving" else {**s, "url": notes.url, "credential_env": "NOTES_TOKEN"}
+                        for s in moved["servers"]]
+    changed = propose(gw, moved, "it moved")
+    assert changed.status_code == 201, changed.text
+    assert text(call(gw, key, "moving", "moving__get_weather", {"city": "Bergen"})) == "sunny in Bergen"
+    assert set(notes.seen()[at_notes:]) == {f"Bearer {ENV['NOTES_TOKEN']}"}  # the new server, its own credential
+    eventually(lambda: "mcp: servers files, moving (started moving, retired moving)" in gw.log(), "no replacement logged")
+    assert propose(gw, section, "no more moving").status_code == 201
