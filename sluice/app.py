@@ -24,7 +24,6 @@ from .core import config as cfgmod
 from .core.config import Config
 from .core.env_refs import expand
 from .core.mcp_config import McpPolicy, capacities
-from .core.mcp_config import refusal as mcp_refusal
 from .core.errors import ConfigError, ListenError
 from .core.exchange import Exchange, Reply
 from .core.wire import extra_params
@@ -114,8 +113,7 @@ class Gateway:
         out = list(c.admin.keys) + [k for i in c.identities for k in i.keys]
         out += [u.api_key for u in c.upstreams if u.api_key]
         out += [os.environ[s.credential_env] for s in c.mcp.servers if s.credential_env and os.environ.get(s.credential_env)]
-        for s in c.mcp.servers:  # a stdio server's env may hold its credential (as written: references, resolved here)
-            out += [expand(v) for v in s.env.values()]
+        out += [expand(v) for s in c.mcp.servers for v in s.env.values()]  # a stdio server's env may hold its credential
         if c.security.pepper:
             out.append(c.security.pepper)
         return out
@@ -204,7 +202,8 @@ class Gateway:
             routing=from_config(c), limits=LimitsSection(rules=list(c.limits.rules)), **self._guard_sections(c),
             mcp=McpPolicy(pin={s.name: s.pin for s in c.mcp.servers}, pins=dict(c.mcp.pins),
                           resources=list(c.mcp.resources), prompts=list(c.mcp.prompts),
-                          servers=[s.entry() for s in c.mcp.servers])), vet=self._vet_mcp)
+                          servers=[s.entry() for s in c.mcp.servers])),
+            vet=lambda now, then, back: self.mcp_upstreams.vet(now.mcp.servers, then.mcp.servers, back))  # type: ignore[union-attr]
         await policy.bootstrap()
         if c.resilience.health_interval_s > 0:
             self._tasks.append(asyncio.get_running_loop().create_task(
@@ -244,10 +243,8 @@ class Gateway:
         dashboard = Dashboard(store, admin_auth, self._target_health, currency=c.currency, on_auth_failure=failed_logins)
         # GET /mcp[/{server}]: what the servers send on sluice's sessions, and sluice's own list_changed
         self.mcp_streams = streams = Streams(c.mcp.streams, lambda: policy.current)
-        # the servers of the active policy's ``mcp`` section, reconciled at each version this replica activates
-        servers = policy.current.document.mcp.servers
-        self.mcp_upstreams = upstreams = Upstreams(servers, c.mcp, on_notice=streams.relay, mint=tokens.mint_service)
-        queues = Admission(capacities(servers))
+        self.mcp_upstreams = upstreams = Upstreams(policy.current.document.mcp.servers, c.mcp, on_notice=streams.relay,
+                                                   mint=tokens.mint_service)
         ended = EndedSessions(store)  # type: ignore[arg-type]  # a DELETE ends a session on every replica
         self._tasks.append(asyncio.get_running_loop().create_task(self._every(3600.0, ended.purge), name="mcp-ended-purge"))
 
@@ -259,17 +256,15 @@ class Gateway:
 
         mcp = McpGateway(c.mcp, self.mcp_upstreams, Sessions(pepper, c.mcp.session_ttl_s, ended, c.mcp.ended_check_s),
                          approvals, lambda: policy.current, record_change=record_change, limiter=limiter,
-                         metrics=metrics, tracer=self.tracer,
-                         admission=queues)
+                         metrics=metrics, tracer=self.tracer, admission=(queues := Admission({})))
 
-        def activate_servers(active: ActivePolicy) -> None:
-            servers = active.document.mcp.servers
-            upstreams.reconcile(servers)
-            queues.update(capacities(servers))
+        def activate_servers(active: ActivePolicy) -> None:  # the policy's MCP servers and their fair queues, live here
+            upstreams.reconcile(active.document.mcp.servers)
+            queues.update(capacities(active.document.mcp.servers))
             mcp.limits.queues(queues)
 
         policy.on_install.append(activate_servers)
-        activate_servers(policy.current)  # a version installed since the servers were read
+        activate_servers(policy.current)  # the queues, and a version installed since the servers were read
         admin = AdminApi(admin_auth, identities, store, ledger.flush,
                          RoutingAdmin(routing, decisions, [u.name for u in c.upstreams], policy),
                          keyring, limiter, policy=PolicyAdmin(policy, store, identities), audit=AuditAdmin(audit),
@@ -313,14 +308,6 @@ class Gateway:
                      self.data.host, self.data.port, self.control.host, self.control.port, len(c.models), len(registry))
         else:
             log.info("worker %d of %d: data plane on %s:%d", self.slot.index, self.slot.count, self.data.host, self.data.port)
-
-    def _vet_mcp(self, before: PolicyDocument, after: PolicyDocument, rollback: bool) -> str | None:
-        """Why this replica refuses a version's MCP servers: the config file's allow-list and sandbox, credentials."""
-        if before.mcp.servers == after.mcp.servers:
-            return None
-        up = self.mcp_upstreams
-        return mcp_refusal(self.config.mcp, before.mcp.servers, after.mcp.servers, up.no_sandbox if up else None,
-                           rollback)
 
     @staticmethod
     def _guard_sections(c: Config) -> dict:

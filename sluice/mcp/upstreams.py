@@ -27,7 +27,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ValidationError
 
 from ..core.errors import ConfigError, UpstreamError, UpstreamTimeout
-from ..core.mcp_config import Mcp, McpServer, unrunnable
+from ..core.mcp_config import Mcp, McpServer, refusal, unrunnable
 from .client import HttpClient, Invalid, ToolResult
 from .credentials import Minter, ServerCredential
 from .stdio import Sandbox, StdioServer, sandbox_for
@@ -420,6 +420,11 @@ class Upstreams:
 
     def get(self, name: str) -> Upstream | None:
         return self.by_name.get(name)
+
+    def vet(self, before: list[McpServer], after: list[McpServer], rollback: bool) -> str | None:
+        """Why this replica refuses a policy change's servers (``mcp_config.refusal``: the config file's allow-list
+        and sandbox, the credentials set here, stable namespaces); None: it takes them."""
+        return None if before == after else refusal(self._cfg, before, after, self.no_sandbox, rollback)
 
     def reconcile(self, servers: list[McpServer], strict: frozenset[str] = frozenset()) -> None:
         """Make the live servers these, in one swap of ``by_name`` (no request sees half of it): unchanged ones
