@@ -22,6 +22,7 @@ from .audit.logins import FailedLogins
 from .admin.dashboard import Dashboard
 from .core import config as cfgmod
 from .core.config import Config
+from .core.env_refs import expand
 from .core.mcp_config import McpPolicy
 from .core.errors import ConfigError, ListenError
 from .core.exchange import Exchange, Reply
@@ -114,7 +115,7 @@ class Gateway:
         out = list(c.admin.keys) + [k for i in c.identities for k in i.keys]
         out += [u.api_key for u in c.upstreams if u.api_key]
         out += [os.environ[s.credential_env] for s in c.mcp.servers if s.credential_env and os.environ.get(s.credential_env)]
-        out += [v for s in c.mcp.servers for v in s.env.values()]  # a stdio server's env may hold its credential
+        out += [expand(v) for s in c.mcp.servers for v in s.env.values()]  # a stdio server's env may hold its credential
         if c.security.pepper:
             out.append(c.security.pepper)
         return out
@@ -202,7 +203,9 @@ class Gateway:
         self.policy = policy = PolicyService(store, routing, limiter, c.policy, PolicyDocument(
             routing=from_config(c), limits=LimitsSection(rules=list(c.limits.rules)), **self._guard_sections(c),
             mcp=McpPolicy(pin={s.name: s.pin for s in c.mcp.servers}, pins=dict(c.mcp.pins),
-                          resources=list(c.mcp.resources), prompts=list(c.mcp.prompts))))
+                          resources=list(c.mcp.resources), prompts=list(c.mcp.prompts),
+                          servers=[s.entry() for s in c.mcp.servers])),
+            vet=lambda now, then, back: self.mcp_upstreams.vet(now.mcp.servers, then.mcp.servers, back))  # type: ignore[union-attr]
         await policy.bootstrap()
         if c.resilience.health_interval_s > 0:
             self._tasks.append(asyncio.get_running_loop().create_task(
@@ -242,7 +245,7 @@ class Gateway:
         dashboard = Dashboard(store, admin_auth, self._target_health, currency=c.currency, on_auth_failure=failed_logins)
         # GET /mcp[/{server}]: what the servers send on sluice's sessions, and sluice's own list_changed
         self.mcp_streams = streams = Streams(c.mcp.streams, lambda: policy.current)
-        self.mcp_upstreams = Upstreams(c.mcp.servers, c.mcp, on_notice=streams.relay, mint=tokens.mint_service)
+        self.mcp_upstreams = Upstreams(policy.current.document.mcp.servers, c.mcp, on_notice=streams.relay, mint=tokens.mint_service)
         ended = EndedSessions(store)  # type: ignore[arg-type]  # a DELETE ends a session on every replica
         self._tasks.append(asyncio.get_running_loop().create_task(self._every(3600.0, ended.purge), name="mcp-ended-purge"))
 
@@ -254,9 +257,10 @@ class Gateway:
 
         mcp = McpGateway(c.mcp, self.mcp_upstreams, Sessions(pepper, c.mcp.session_ttl_s, ended, c.mcp.ended_check_s),
                          approvals, lambda: policy.current, record_change=record_change, limiter=limiter,
-                         metrics=metrics, tracer=self.tracer,
-                         admission=Admission({s.name: s.capacity for s in c.mcp.servers if s.capacity is not None}))
+                         metrics=metrics, tracer=self.tracer, admission=Admission({}))
         self.mcp_subscriptions = mcp.subscriptions
+        policy.on_install.append(lambda active: mcp.activate(active.document.mcp.servers))
+        mcp.activate(policy.current.document.mcp.servers)  # the queues, and a version installed since the servers were read
         admin = AdminApi(admin_auth, identities, store, ledger.flush,
                          RoutingAdmin(routing, decisions, [u.name for u in c.upstreams], policy),
                          keyring, limiter, policy=PolicyAdmin(policy, store, identities), audit=AuditAdmin(audit),
@@ -434,8 +438,7 @@ class Gateway:
             ("data plane drain", self.data.stop if self.data is not None else None),
             ("limits backend", self.limiter.close if self.limiter is not None else None),
             ("usage flush", self.ledger.close if self.ledger is not None else None),
-            ("trace export", (lambda: asyncio.get_running_loop().run_in_executor(None, self.tracer.shutdown))
-             if self.tracer is not None else None),
+            ("trace export", (lambda: asyncio.get_running_loop().run_in_executor(None, self.tracer.shutdown)) if self.tracer else None),
             ("control plane", self.control.stop if self.control is not None else None),
             ("upstream pools", (lambda: asyncio.gather(*(t.close() for t in self._all_transports)))),
             ("mcp subscriptions", self.mcp_subscriptions.close if self.mcp_subscriptions is not None else None),

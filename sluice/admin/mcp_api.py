@@ -84,7 +84,9 @@ class McpAdmin:
         ]
 
     async def _listing(self, name: str, kind: Kind = "tool") -> list[Seen]:
-        up = self._gw.upstreams.by_name[name]
+        up = self._gw.upstreams.get(name)
+        if up is None:  # removed by a policy version since the names were read
+            raise NotFound(f"no MCP server {name!r}", param="server")
         items = await (up.list_tools() if kind == "tool" else up.list_prompts() if kind == "prompt"
                        else up.list_resource_templates())
         return await self._gw.pins.observe(name, up.namespace, items, kind)

@@ -14,6 +14,7 @@ import msgspec
 import yaml
 
 from .audit_settings import Audit
+from .env_refs import expand
 from .errors import ConfigError
 from .policy_settings import PolicySettings
 from .telemetry_config import Telemetry
@@ -244,23 +245,18 @@ def _check_unique(section: str, names: list[str]) -> None:
         seen.add(name)
 
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# a stdio MCP server's env: kept as written (resolved when the server starts), so the policy it seeds holds no secret
+_RAW = re.compile(r"^\$\.mcp\.servers\[\d+\]\.env$")
 
 
 def interpolate(value: Any, path: str = "$") -> Any:
     """Replace ``${NAME}`` and ``${NAME:-default}`` in every string, naming the field of a missing one."""
     if isinstance(value, str):
-
-        def sub(m: re.Match[str]) -> str:
-            name, default = m.group(1), m.group(2)
-            got = os.environ.get(name)
-            if got is None or got == "":
-                if default is not None:
-                    return default
-                raise ConfigError(f"environment variable {name} is not set - at `{path}`")
-            return got
-
-        return _ENV.sub(sub, value)
+        return expand(value, path)
+    if isinstance(value, dict) and _RAW.match(path):
+        for k, v in value.items():  # checked now all the same: an unset variable fails the load
+            interpolate(v, f"{path}.{k}")
+        return dict(value)
     if isinstance(value, dict):
         return {k: interpolate(v, f"{path}.{k}") for k, v in value.items()}
     if isinstance(value, list):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 from typing import Annotated, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
+from .env_refs import ENV_REF
 from .routing_config import Capacity
 from .strict import Seconds
 from .strict import Strict as _Strict
@@ -36,7 +38,8 @@ PinMode = Literal["required", "off"]
 
 class McpServer(_Strict):
     """One upstream MCP server: over Streamable HTTP (``url``), or over stdio from a ``command`` sluice starts
-    itself in a sandbox. sluice calls it with its own credential, never the caller's."""
+    itself in a sandbox. sluice calls it with its own credential, never the caller's. An entry of the policy's
+    ``mcp.servers`` (seeded from the config file's, then changed only by change sets)."""
 
     name: ServerName
     url: str | None = None  # the server's Streamable HTTP endpoint, e.g. http://tools.internal:8000/mcp
@@ -54,7 +57,6 @@ class McpServer(_Strict):
     cwd: str | None = None
     network: Literal["deny", "allow"] = "deny"  # deny: a network namespace of its own, with nothing in it
     limits: StdioLimits = msgspec.field(default_factory=StdioLimits)
-    pin: PinMode = "required"  # seeds the policy's ``mcp.pin`` for this server (issue 25, rug-pull defence)
     # tools/call in flight to this server from one replica, and the fair queue in front of them (sluice.mcp.limits)
     capacity: Capacity | None = None
 
@@ -64,6 +66,9 @@ class McpServer(_Strict):
             raise msgspec.ValidationError(f"an MCP server needs exactly one of url and command: {at}")
         if self.url is not None and not self.url.startswith(("http://", "https://")):
             raise msgspec.ValidationError(f"an MCP server's url must be http(s): {at}")
+        if self.url is not None and "@" in urlsplit(self.url).netloc:  # it would be stored in the policy
+            raise msgspec.ValidationError(f"an MCP server's url carries no credential (user:password@); use "
+                                          f"credential_env: {at}")
         if self.credential and self.credential_env:
             raise msgspec.ValidationError(f"an MCP server has one credential: credential_env or credential: mint: {at}")
         if self.command is not None:
@@ -87,6 +92,16 @@ class McpServer(_Strict):
     @property
     def stdio(self) -> bool:
         return self.command is not None
+
+
+class McpServerSeed(McpServer):
+    """A server as the config file writes it: the policy's entry, and the pin mode it seeds ``mcp.pin`` with."""
+
+    pin: PinMode = "required"  # seeds the policy's ``mcp.pin`` for this server (issue 25, rug-pull defence)
+
+    def entry(self) -> McpServer:
+        """The policy's entry for this server (its pin mode goes to ``mcp.pin``)."""
+        return McpServer(**{f: getattr(self, f) for f in McpServer.__struct_fields__})
 
 
 def executable(command: str) -> str:
@@ -156,7 +171,7 @@ class PromptGrant(_Grant):
 class Mcp(_Strict):
     """The MCP gateway: upstream servers, session lifetime, the bound on one tool result, the stdio sandbox."""
 
-    servers: list[McpServer] = msgspec.field(default_factory=list)
+    servers: list[McpServerSeed] = msgspec.field(default_factory=list)  # seed the policy's ``mcp.servers`` once
     session_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=30 * 86400)] = 86400.0  # a sealed session id's life
     max_result_bytes: Annotated[int, msgspec.Meta(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024  # one tool result
     public_url: str | None = None  # the base URL callers reach sluice at (RFC 9728 metadata); default: the Host header
@@ -177,10 +192,7 @@ class Mcp(_Strict):
     prompts: list[PromptGrant] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
-        for kind, names in (("name", [s.name for s in self.servers]), ("prefix", [s.namespace for s in self.servers])):
-            dup = {n for n in names if names.count(n) > 1}
-            if dup:
-                raise msgspec.ValidationError(f"duplicate MCP server {kind} {sorted(dup)[0]!r} - at `$.mcp.servers`")
+        _unique(self.servers)
         for path in self.allowed_commands:
             if not os.path.isabs(path):
                 raise msgspec.ValidationError(f"allowed_commands must be absolute paths: {path!r} - at "
@@ -190,11 +202,67 @@ class Mcp(_Strict):
             for g in grants:
                 if g.server not in names:
                     raise msgspec.ValidationError(f"grant for unknown MCP server {g.server!r} - at `$.mcp.{kind}`")
-        allowed = {os.path.realpath(p) for p in self.allowed_commands}
         for s in self.servers:
-            if s.command is not None and executable(s.command[0]) not in allowed:
+            if s.command is not None and not self.allows(s.command[0]):
                 raise msgspec.ValidationError(f"MCP server {s.name!r} runs {s.command[0]!r}, which is not in "
                                               f"allowed_commands - at `$.mcp.servers`")
+
+    def allows(self, command: str) -> bool:
+        """Whether a stdio server may run ``command`` (its executable, resolved, is in ``allowed_commands``)."""
+        return executable(command) in {os.path.realpath(p) for p in self.allowed_commands}
+
+
+def capacities(servers: list[McpServer]) -> dict[str, Capacity]:
+    """The fair queues the servers ask for (``servers[].capacity``), by server."""
+    return {s.name: s.capacity for s in servers if s.capacity is not None}
+
+
+def _unique(servers: list[McpServer]) -> None:
+    for kind, names in (("name", [s.name for s in servers]), ("prefix", [s.namespace for s in servers])):
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise msgspec.ValidationError(f"duplicate MCP server {kind} {sorted(dup)[0]!r} - at `$.mcp.servers`")
+
+
+def unrunnable(cfg: Mcp, s: McpServer, no_sandbox: str | None) -> str | None:
+    """Why this replica cannot run server ``s`` as its config stands (None: it can). The config file keeps what is
+    security: a stdio command must be in its ``allowed_commands``, a ``network: deny`` server needs the sandbox (or
+    ``allow_unsandboxed``); and a credential named by ``credential_env`` or an ``env`` reference must be set here.
+    ``no_sandbox``: why this machine cannot make a network namespace (None: it can, or nobody asked)."""
+    at = f"MCP server {s.name!r}"
+    if s.command is not None:
+        if not cfg.allows(s.command[0]):
+            return (f"{at} runs {s.command[0]!r}, which is not in the config file's mcp.allowed_commands (a stdio "
+                    f"command is allowed there only)")
+        if s.network == "deny" and no_sandbox is not None and not cfg.allow_unsandboxed:
+            return (f"{at} has network: deny, but this machine cannot make a network namespace ({no_sandbox}); set "
+                    f"network: allow on it, or mcp.allow_unsandboxed: true in the config file")
+        for name, value in s.env.items():
+            for ref in ENV_REF.finditer(value):
+                if ref.group(2) is None and not os.environ.get(ref.group(1)):
+                    return f"{at}: env {name} names the environment variable {ref.group(1)}, which is unset here"
+    if s.credential_env and not os.environ.get(s.credential_env):
+        return f"{at}: the environment variable {s.credential_env!r} (credential_env) is unset here"
+    return None
+
+
+def refusal(cfg: Mcp, before: list[McpServer], after: list[McpServer], no_sandbox: str | None,
+            rollback: bool = False) -> str | None:
+    """Why a policy change's servers are refused on this replica (None: taken). Only the servers it adds or changes
+    are judged; an existing server keeps its namespace, so its tools' names (``server__tool``) never change under
+    the registry, the pins and the agents that use them (a rollback restores an earlier version's as they were)."""
+    old = {s.name: s for s in before}
+    for s in after:
+        was = old.get(s.name)
+        if was == s:
+            continue
+        if was is not None and was.namespace != s.namespace and not rollback:
+            return (f"MCP server {s.name!r} keeps its namespace {was.namespace!r} (its tools are named "
+                    f"{was.namespace}__tool); remove it and add a server of another name to change it")
+        why = unrunnable(cfg, s, no_sandbox)
+        if why is not None:
+            return why
+    return None
 
 
 class McpPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -205,12 +273,19 @@ class McpPolicy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ``pin`` says per server whether its tools must be pinned (``required``, the default for a server it does
     not name) or are not checked (``off``). ``resources`` (URI globs) and ``prompts`` (name globs) grant a
     server's resources and prompts per identity or team; what no grant names is nobody's (default deny).
-    Seeded once from the config file's ``mcp.pins``, ``servers[].pin``, ``mcp.resources`` and ``mcp.prompts``."""
+    ``servers`` are the upstream servers each replica runs (item 2): a change set adds, changes or removes one,
+    and every replica reconciles its live sessions when it activates the version (``sluice.mcp.upstreams``).
+    Seeded once from the config file's ``mcp.pins``, ``servers`` (their ``pin``), ``mcp.resources`` and
+    ``mcp.prompts``."""
 
     pin: dict[ServerName, PinMode] = msgspec.field(default_factory=dict)
     pins: dict[ToolName, Sha256] = msgspec.field(default_factory=dict)
     resources: list[ResourceGrant] = msgspec.field(default_factory=list)
     prompts: list[PromptGrant] = msgspec.field(default_factory=list)
+    servers: list[McpServer] = msgspec.field(default_factory=list)  # the upstream servers, in the order /mcp asks them
+
+    def __post_init__(self) -> None:
+        _unique(self.servers)
 
     def mode(self, server: str) -> PinMode:
         return self.pin.get(server, "required")

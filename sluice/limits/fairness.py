@@ -145,6 +145,12 @@ class Admission:
     def __bool__(self) -> bool:
         return bool(self._gates)
 
+    def update(self, capacities: dict[str, Capacity]) -> None:
+        """Gates for these capacities: one whose capacity is unchanged is kept with its queue; a new or changed one
+        starts empty (calls holding a slot of the old gate give it back there)."""
+        self._gates = {name: gate if (gate := self._gates.get(name)) is not None and gate._cap == cap
+                       else FairGate(cap) for name, cap in capacities.items()}
+
     async def acquire(self, model: str, identity: str, estimate: float) -> Slot | None:
         gate = self._gates.get(model)
         return None if gate is None else await gate.acquire(identity, estimate)

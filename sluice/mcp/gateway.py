@@ -36,7 +36,7 @@ from pydantic import ValidationError
 
 from ..core import scope
 from ..core.errors import GatewayError
-from ..core.mcp_config import Mcp, McpPolicy
+from ..core.mcp_config import Mcp, McpPolicy, capacities
 from ..guard import Judgement, ToolApprovals, context_digest
 from ..identity import Principal
 from ..core.errors import UpstreamTimeout
@@ -83,7 +83,8 @@ class McpGateway:
         self._approvals = approvals
         self._active = active  # the active policy version (``.guard``, ``.version``, ``.hash``)
         self._access = self.access = ToolAccess(lambda: getattr(active(), "guard", None))
-        self._limits = CallLimits(limiter, cfg.limits, admission)  # admission: the servers' fair queues
+        self._limits = self.limits = CallLimits(limiter, cfg.limits, admission)  # admission: the servers' fair queues
+        self._admission = admission
         def section() -> McpPolicy | None:  # the active version's ``mcp`` section
             return getattr(getattr(active(), "document", None), "mcp", None)
 
@@ -102,6 +103,14 @@ class McpGateway:
 
         # resources/subscribe: which sessions hear which resource's updates (this replica's table, subscriptions.py)
         self.subscriptions = Subscriptions(upstreams, self.content.access.resource, still_open)
+
+    def activate(self, servers: Any) -> None:
+        """A policy version's MCP servers, live on this replica: their sessions reconciled (``Upstreams.reconcile``),
+        their fair queues sized by their ``capacity``."""
+        self.upstreams.reconcile(servers)
+        if self._admission is not None:
+            self._admission.update(capacities(servers))
+        self.limits.queues(self._admission)
 
     def server(self, name: str) -> Upstream | None:
         """The server of a path (None: the federated path ``/mcp``), or a 404 refusal."""

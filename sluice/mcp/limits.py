@@ -61,6 +61,10 @@ class CallLimits:
         # the servers' fair queues (``acquire(server, identity, 1.0)`` -> a slot or None), handed in as the limiter is
         self._admission = admission if admission else None
 
+    def queues(self, admission: Any) -> None:
+        """The servers' fair queues as a policy version left them (none: a call waits in no queue)."""
+        self._admission = admission if admission else None
+
     async def take(self, request_id: str, identity_id: str, team: str | None, server: str, tool: str) -> Any:
         """The call's hold (None: no rule, no queue): its reservation, then its place in the server's fair queue;
         or a ``Refusal`` naming the limit and when to retry (a reservation made is given back)."""

@@ -33,6 +33,7 @@ from typing import Any
 
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
+from ..core.env_refs import expand
 from ..core.errors import ConfigError
 from ..core.mcp_config import STDIO_PATH, Mcp, McpServer, executable
 from ..guard.approvals import MASK
@@ -63,20 +64,19 @@ def probe() -> Sandbox:
 
 
 def sandbox_for(cfg: Mcp) -> Sandbox | None:
-    """Probe when a stdio server wants no network; refuse the start where that cannot be had and is not waived."""
-    deny = [s.name for s in cfg.servers if s.stdio and s.network == "deny"]
-    if not deny:
+    """Probe once at start when stdio servers may run here (``allowed_commands``); what it finds is logged. Whether a
+    ``network: deny`` server may then run without it is ``mcp_config.unrunnable``'s to say (``allow_unsandboxed``)."""
+    if not cfg.allowed_commands:
         return None
     box = probe()
     if box.isolated:
-        log.info("mcp: stdio servers %s run without network: each in a new %s", deny, box.detail)
+        log.info("mcp: stdio servers with network: deny run without network: each in a new %s", box.detail)
     elif cfg.allow_unsandboxed:
         log.warning("mcp: this machine cannot isolate the network (%s); allow_unsandboxed is set, so stdio "
-                    "servers %s run WITH network access", box.detail, deny)
+                    "servers with network: deny run WITH network access", box.detail)
     else:
-        raise ConfigError(f"MCP server {deny[0]!r} has network: deny, but this machine cannot make a network "
-                          f"namespace ({box.detail}); set network: allow on it, or mcp.allow_unsandboxed: true "
-                          f"- at `$.mcp.servers`")
+        log.warning("mcp: this machine cannot isolate the network (%s): a stdio server with network: deny is not "
+                    "started", box.detail)
     return box
 
 
@@ -109,7 +109,9 @@ class StdioServer:
         lim = spec.limits
         limits = {"AS": lim.memory_mb << 20, "NOFILE": lim.open_files, "NPROC": lim.processes, "CPU": lim.cpu_s,
                   "FSIZE": lim.file_size_mb << 20}
-        self.env = {**spec.env, "PATH": STDIO_PATH, "LANG": "C.UTF-8", "HOME": self.home,
+        # the references its env holds (``${NAME}``) are resolved here, on this replica: the policy stores them as written
+        env = {k: expand(v, f"$.mcp.servers.{spec.name}.env.{k}") for k, v in spec.env.items()}
+        self.env = {**env, "PATH": STDIO_PATH, "LANG": "C.UTF-8", "HOME": self.home,
                     "TMPDIR": os.path.join(self.home, "tmp")}
         self.args = ["-I", LAUNCHER, f"--network={'deny' if deny else 'allow'}",
                      "--limits=" + ",".join(f"{k}:{v}" for k, v in limits.items()),

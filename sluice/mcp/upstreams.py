@@ -4,6 +4,10 @@ sluice is an MCP client to each configured server: its own Streamable HTTP clien
 server at a URL, the ``mcp`` SDK's stdio client for a server sluice starts itself (``stdio.py``). The
 session is made once and reused (no handshake per call); it is made again when the server forgets it or
 the connection fails, and a stdio server that dies is started again.
+The servers are the active policy's ``mcp.servers``: ``Upstreams.reconcile`` makes the live set match each
+version this replica activates. A new server is started, a removed one retired (no new request; the ones on
+their way finish within their own timeouts; then its session is ended and its process stopped), a changed one
+replaced by a new one (retired likewise); an unchanged one keeps its session.
 What goes upstream carries the server's own credential (``credential_env``, or a token sluice mints for it:
 ``credentials.py``), or none: the caller's key or token is never handed to a tool server, and callers never
 share a header with it.
@@ -22,8 +26,8 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ValidationError
 
-from ..core.errors import UpstreamError, UpstreamTimeout
-from ..core.mcp_config import Mcp, McpServer
+from ..core.errors import ConfigError, UpstreamError, UpstreamTimeout
+from ..core.mcp_config import Mcp, McpServer, refusal, unrunnable
 from .client import HttpClient, Invalid, ToolResult
 from .credentials import Minter, ServerCredential
 from .stdio import Sandbox, StdioServer, sandbox_for
@@ -59,6 +63,35 @@ class Upstream:
         self.namespace = spec.namespace
         self._on_notice = on_notice
         self.credential = ServerCredential(spec, mint)  # its own Authorization, asked per request (credentials.py)
+        self.inflight = 0  # requests on their way to the server: a retired server is closed once none is
+        self.retired = False
+        self._drained: asyncio.Event | None = None
+
+    def _enter(self) -> None:
+        """A request starts (refused once the server is retired: it no longer takes any)."""
+        if self.retired:
+            raise UpstreamError(f"MCP server {self.spec.name} was removed or replaced by a policy change; call again.",
+                                code="mcp_upstream_error")
+        self.inflight += 1
+
+    def _leave(self) -> None:
+        self.inflight -= 1
+        if self._drained is not None and not self.inflight:
+            self._drained.set()
+
+    async def retire(self) -> None:
+        """Out of service (a policy version removed or changed it): no new request; those on their way finish or
+        fail at their own timeouts (the session and its timers live until then); then ``close``."""
+        self.retired = True
+        if self.inflight:
+            self._drained = asyncio.Event()
+            bound = 4 * self.spec.timeout_s + 5  # two attempts, each after a handshake of its own, all bounded
+            try:
+                await asyncio.wait_for(self._drained.wait(), bound)
+            except asyncio.TimeoutError:
+                log.warning("mcp: server %s: %d requests still on their way after %.0f s; closing", self.spec.name,
+                            self.inflight, bound)
+        await self.close()
 
     def _notice(self, method: str, params: dict[str, Any] | None = None) -> None:
         if self._on_notice is not None:
@@ -129,7 +162,11 @@ class HttpUpstream(Upstream):
             self._listen = asyncio.get_running_loop().create_task(self.client.listen(), name=f"mcp-listen-{self.spec.name}")
 
     async def _typed(self, method: str, params: dict[str, Any] | None, model: type[BaseModel]) -> Any:
-        raw = await self.client.request(method, params)
+        self._enter()
+        try:
+            raw = await self.client.request(method, params)
+        finally:
+            self._leave()
         try:
             return model.model_validate_json(bytes(raw))
         except ValidationError:
@@ -150,7 +187,15 @@ class HttpUpstream(Upstream):
         return await self._all("tools/list", mt.ListToolsResult, "tools")
 
     async def call_tool(self, name: str, arguments: dict[str, Any]) -> ToolResult:
-        return await self.client.call_tool(name, arguments)
+        if self.retired:  # ``_enter`` and ``_leave`` written out: the hot path (~25 ns a call, not ~75)
+            self._enter()
+        self.inflight += 1
+        try:
+            return await self.client.call_tool(name, arguments)
+        finally:
+            self.inflight -= 1
+            if self._drained is not None and not self.inflight:
+                self._drained.set()
 
     async def list_resources(self) -> list[mt.Resource]:
         return await self._all("resources/list", mt.ListResourcesResult, "resources")
@@ -189,7 +234,11 @@ class HttpUpstream(Upstream):
         return self.client.generation
 
     async def ping(self) -> None:
-        await self.client.request("ping")
+        self._enter()
+        try:
+            await self.client.request("ping")
+        finally:
+            self._leave()
 
     async def close(self) -> None:
         if self._listen is not None:
@@ -294,6 +343,13 @@ class StdioUpstream(Upstream):
             await asyncio.gather(task, return_exceptions=True)
 
     async def _run(self, op: str, call: Any) -> Any:
+        self._enter()
+        try:
+            return await self._attempts(op, call)
+        finally:
+            self._leave()
+
+    async def _attempts(self, op: str, call: Any) -> Any:
         """One request on the shared session; a broken connection is rebuilt and the request tried once more."""
         for attempt in (0, 1):
             client = await self._session()
@@ -380,23 +436,85 @@ class StdioUpstream(Upstream):
 
 
 class Upstreams:
-    """The configured servers by name, started here (a running event loop is needed): a stdio server's process,
+    """The live servers by name (``by_name``, in the policy's order), made to match the active policy's
+    ``mcp.servers`` by ``reconcile``; started here (a running event loop is needed): a stdio server's process,
     an HTTP server's session and stream."""
 
     def __init__(self, servers: list[McpServer], cfg: Mcp, on_notice: Notice | None = None,
                  mint: Minter | None = None) -> None:
-        sandbox: Sandbox | None = sandbox_for(cfg)
-        self.by_name: dict[str, Upstream] = {
-            s.name: StdioUpstream(s, StdioServer(s, cfg, sandbox), on_notice) if s.stdio
-            else HttpUpstream(s, _bound(cfg), on_notice, mint) for s in servers}
-        for up in self.by_name.values():
-            up.start()
+        self._cfg = cfg
+        self._on_notice = on_notice
+        self._mint = mint
+        self._sandbox: Sandbox | None = sandbox_for(cfg)
+        # why this machine cannot isolate a stdio server's network (None: it can, or no stdio server may run)
+        self.no_sandbox = None if self._sandbox is None or self._sandbox.isolated else self._sandbox.detail
+        self.by_name: dict[str, Upstream] = {}
+        self._specs: list[McpServer] | None = None
+        self._leaving: dict[asyncio.Task, Upstream] = {}
+        # a server the config file names fails the start as the config check always did; one only a policy
+        # version names is left out with the reason logged, so no policy change keeps a replica from starting
+        self.reconcile(servers, strict=frozenset(s.name for s in cfg.servers))
 
     def get(self, name: str) -> Upstream | None:
         return self.by_name.get(name)
 
+    def vet(self, before: list[McpServer], after: list[McpServer], rollback: bool) -> str | None:
+        """Why this replica refuses a policy change's servers (``mcp_config.refusal``: the config file's allow-list
+        and sandbox, the credentials set here, stable namespaces); None: it takes them."""
+        return None if before == after else refusal(self._cfg, before, after, self.no_sandbox, rollback)
+
+    def reconcile(self, servers: list[McpServer], strict: frozenset[str] = frozenset()) -> None:
+        """Make the live servers these, in one swap of ``by_name`` (no request sees half of it): unchanged ones
+        kept with their sessions, new and changed ones made and started, removed and changed ones retired. One
+        this replica cannot run (``mcp_config.unrunnable``: a command off the allow-list, no sandbox, a credential
+        unset here) is never started; its calls find no server."""
+        if servers == self._specs:
+            return
+        old, new, started = self.by_name, {}, []
+        for spec in servers:
+            current = old.get(spec.name)
+            if current is not None and current.spec == spec:
+                new[spec.name] = current
+                continue
+            why = unrunnable(self._cfg, spec, self.no_sandbox)
+            up = None
+            if why is None:
+                try:
+                    up = self._build(spec)
+                except ConfigError as exc:
+                    why = str(exc)
+            if up is None:
+                if spec.name in strict:
+                    raise ConfigError(f"{why} - at `$.mcp.servers`")
+                log.error("mcp: server %s is not run on this replica: %s", spec.name, why)
+                continue
+            new[spec.name] = up
+            started.append(up)
+        self.by_name, self._specs = new, list(servers)
+        for up in started:
+            up.start()
+        gone = [up for name, up in old.items() if new.get(name) is not up]
+        for up in gone:
+            self._retire(up)
+        if old or gone:
+            log.info("mcp: servers %s (started %s, retired %s)", ", ".join(new) or "none",
+                     ", ".join(u.spec.name for u in started) or "none", ", ".join(u.spec.name for u in gone) or "none")
+
+    def _build(self, spec: McpServer) -> Upstream:
+        if spec.stdio:
+            return StdioUpstream(spec, StdioServer(spec, self._cfg, self._sandbox), self._on_notice)
+        return HttpUpstream(spec, _bound(self._cfg), self._on_notice, self._mint)
+
+    def _retire(self, up: Upstream) -> None:
+        task = asyncio.get_running_loop().create_task(up.retire(), name=f"mcp-retire-{up.spec.name}")
+        self._leaving[task] = up
+        task.add_done_callback(lambda t: self._leaving.pop(t, None))
+
     async def close(self) -> None:
-        await asyncio.gather(*(u.close() for u in self.by_name.values()), return_exceptions=True)
+        leaving = list(self._leaving.values())
+        for task in list(self._leaving):
+            task.cancel()
+        await asyncio.gather(*(u.close() for u in [*self.by_name.values(), *leaving]), return_exceptions=True)
 
 
 def _bound(cfg: Mcp) -> int:

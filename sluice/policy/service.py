@@ -31,8 +31,11 @@ from .document import (PolicyDocument, PolicyInvalid, canonical, changed_section
 
 log = logging.getLogger("sluice.policy")
 Detail = Callable[[PolicyDocument, PolicyDocument], dict]
+# Why this replica refuses a document (None: it takes it), for what the document cannot judge alone: the config
+# file's security settings, this machine. (the active document, the new one, whether it is a rollback)
+Vet = Callable[[PolicyDocument, PolicyDocument, bool], str | None]
 GUARD_SECTIONS = ("guardrails", "tools")
-MCP_GRANTS = ("resources", "prompts")  # fields of the ``mcp`` section added after it (issue 25)
+MCP_LATER = ("resources", "prompts", "servers")  # fields of the ``mcp`` section added after it (issue 25)
 FROZEN = ("The control plane is frozen: only incident switches and rollback are accepted. "
           "Unfreeze with POST /admin/switches/unfreeze.")
 # The change-set table has no kind column: a rollback that waits for approval is a change set whose
@@ -83,7 +86,7 @@ class PolicyService:
     """The one writer of policy versions on this replica, and the holder of its active version."""
 
     def __init__(self, store: Store, routing: RoutingState, limiter: Limiter, settings: PolicySettings,
-                 file_document: PolicyDocument) -> None:
+                 file_document: PolicyDocument, vet: Vet | None = None) -> None:
         self._store = store
         self._routing = routing
         self._limiter = limiter
@@ -91,7 +94,10 @@ class PolicyService:
         self._file = file_document
         self._environments = Environments(file_document.routing)  # the rule every version compiles under
         self._lock = asyncio.Lock()
+        self._vet = vet
         self.active: ActivePolicy | None = None
+        # called with each version this replica installs, after it is swapped in (the MCP servers reconcile here)
+        self.on_install: list[Callable[[ActivePolicy], None]] = []
 
     # --- reading
     @property
@@ -119,6 +125,16 @@ class PolicyService:
             return  # a newer one is already serving (the watcher and a local change crossed)
         install(active, self._routing, self._limiter)
         self.active = active
+        for hook in self.on_install:
+            try:
+                hook(active)
+            except Exception:  # a section's own activation failing must not unsettle the version installed
+                log.exception("policy version %s: an activation hook failed", active.tag)
+
+    def _vetted(self, before: PolicyDocument, after: PolicyDocument, rollback: bool = False) -> None:
+        why = self._vet(before, after, rollback) if self._vet is not None else None
+        if why is not None:
+            raise InvalidRequest(why, param="sections")
 
     async def bootstrap(self) -> None:
         """At start: the config file seeds version 1 (over a routing document an older sluice stored); later
@@ -141,8 +157,8 @@ class PolicyService:
                 adopt = {k: getattr(self._file, k) for k in GUARD_SECTIONS if k not in stored}
                 if "mcp" not in stored and self._file.mcp != PolicyDocument().mcp:  # issue 25: pins seeded once
                     adopt["mcp"] = self._file.mcp
-                elif "mcp" in stored:  # the grants, once, into a section stored before they were in it
-                    grants = {k: getattr(self._file.mcp, k) for k in MCP_GRANTS
+                elif "mcp" in stored:  # the grants and servers, once, into a section stored before they were in it
+                    grants = {k: getattr(self._file.mcp, k) for k in MCP_LATER
                               if k not in stored["mcp"] and getattr(self._file.mcp, k)}
                     if grants:
                         adopt["mcp"] = msgspec.structs.replace(doc.mcp, **grants)
@@ -223,6 +239,7 @@ class PolicyService:
         if not changed:
             raise InvalidRequest("the change set changes nothing in the active policy", param="sections")
         self._compile(base + 1, doc)  # validates before anything is stored
+        self._vetted(active.document, doc)
         prod = self._prod_parts(active.document, doc, changed)
         row = pending_row(uuid.uuid4().hex[:16], actor, base, reason, changed, bool(prod), canonical(doc).decode())
         info = {"changeset": row["id"], "base": base, "sections": changed, "prod": prod, "reason": reason,
@@ -264,6 +281,7 @@ class PolicyService:
         row = {**row, "status": "applied", "decided_by": actor.name, "decided_at": clock.now(), "decision_reason": reason}
         doc = decode(row["document"])
         restored = restores(row)
+        self._vetted(self.current.document, doc, restored is not None)
         detail = {"changeset": changeset_id, "proposer": row["author"], "reason": reason,
                   **({"to": restored} if restored is not None else {})}
         applied = await self._commit(actor, doc, row["base"], "change" if restored is None else "rollback", row["reason"],
@@ -296,6 +314,7 @@ class PolicyService:
         old, doc = await self.document_of(version)
         data = old["document"].encode()
         self._compile(active.version + 1, doc, data)  # an old version is held to today's rules (environments)
+        self._vetted(active.document, doc, True)
         changed = changed_sections(active.document, doc)
         prod = self._prod_parts(active.document, doc, changed)
         why = [] if version == parent else [f"version {version} is not the parent of the active version {active.version}"]

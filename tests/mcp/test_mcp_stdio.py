@@ -145,6 +145,11 @@ async def test_the_server_gets_none_of_sluices_secrets_only_its_own_env(gw):
     dump = json.dumps(env)
     for secret in (PEPPER, SIM_KEY, gw.admin_key, *gw.keys.values(), "sluice-own-setting-5511", "SLUICE_"):
         assert secret not in dump
+    # the config file seeded the policy's `mcp.servers` with the reference as written, never the secret (issue 25)
+    policy = gw.admin("GET", "/admin/policy/versions/active", params={"format": "json"})
+    assert policy.status_code == 200 and LOCAL_TOKEN not in policy.text, policy.text
+    [local] = policy.json()["document"]["mcp"]["servers"]
+    assert local["env"] == {"GREETING": "hello", "LOCAL_TOKEN": "${LOCAL_TOKEN}"} and "pin" not in local
 
 
 async def test_the_working_directory_is_private_to_the_server(gw):
