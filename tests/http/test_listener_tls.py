@@ -202,7 +202,7 @@ def test_a_second_connection_resumes_the_first_ones_session(tls_gw, version):
 def test_openssl_s_client_shows_tls_1_3_and_resumption(tls_gw, tmp_path):
     gw, certs = tls_gw
     sess = tmp_path / "session.pem"
-    request = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    request = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     base = ["openssl", "s_client", "-connect", f"127.0.0.1:{gw.port}", "-CAfile", str(certs.ca_file), "-ign_eof"]
     first = subprocess.run(base + ["-sess_out", str(sess)], input=request, capture_output=True, text=True, timeout=30)
     assert "New, TLSv1.3" in first.stdout and '"status":"ok"' in first.stdout.replace(" ", ""), first.stdout[-2000:]
