@@ -194,6 +194,7 @@ def test_a_second_connection_resumes_the_first_ones_session(tls_gw, version):
         while s.recv(4096):  # read to the end: a TLS 1.3 ticket arrives after the handshake
             pass
         session = s.session
+    assert session is not None and session.has_ticket  # session tickets are on: no server-side cache needed
     raw = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
     with ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as again:
         assert again.session_reused
