@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 from ..core.tls_config import ListenerTls
 
@@ -126,9 +128,24 @@ def check(cfg: ListenerTls, now: datetime.datetime | None = None) -> Pair:
     if leaf.not_valid_after_utc <= now:
         raise Refused(f"the certificate {cfg.cert_file} (serial {leaf.serial_number:x}) expired at "
                       f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC")
+    _check_key(cfg, key_pem)
     pair = Pair(cert_pem, key_pem, leaf)
     _load(server_context(), pair, cfg)
     return pair
+
+
+def _check_key(cfg: ListenerTls, key_pem: bytes) -> None:
+    """The key parses, with its password if it is encrypted (OpenSSL says only "PEM lib" for every way
+    this fails; cryptography tells them apart)."""
+    password = _password(cfg) or None
+    encrypted = b"ENCRYPTED" in key_pem  # PKCS#8's "ENCRYPTED PRIVATE KEY", or the legacy "Proc-Type: 4,ENCRYPTED"
+    if encrypted and password is None:
+        raise Refused(f"the key {cfg.key_file} is encrypted: set key_password_env")
+    try:
+        serialization.load_pem_private_key(key_pem, password if encrypted else None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise Refused(f"the key {cfg.key_file} could not be decrypted: check ${cfg.key_password_env}" if encrypted
+                      else f"the key {cfg.key_file} holds no PEM private key") from None
 
 
 def _load(ctx: ssl.SSLContext, pair: Pair, cfg: ListenerTls) -> None:
@@ -140,9 +157,6 @@ def _load(ctx: ssl.SSLContext, pair: Pair, cfg: ListenerTls) -> None:
             # OpenSSL's reasons carry no key material; the memfd paths mean nothing to a reader, so name the files
             if exc.reason == "KEY_VALUES_MISMATCH":
                 raise Refused(f"the key {cfg.key_file} does not match the certificate {cfg.cert_file}") from None
-            if exc.reason in ("BAD_DECRYPT", "BAD_PASSWORD_READ", "PROBLEMS_GETTING_PASSWORD"):
-                raise Refused(f"the key {cfg.key_file} could not be decrypted: check ${cfg.key_password_env}"
-                              if cfg.key_password_env else f"the key {cfg.key_file} is encrypted: set key_password_env") from None
             raise Refused(f"the key {cfg.key_file} is not a usable PEM private key for {cfg.cert_file}"
                           f" ({exc.reason or 'unreadable'})") from None
 

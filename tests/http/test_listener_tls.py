@@ -23,6 +23,7 @@ import openai
 import pytest
 import trustme
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from support import start_gateway
 
@@ -276,15 +277,48 @@ def test_the_cli_reaches_an_https_control_plane_with_sluice_admin_ca(tls_gw):
     assert "Traceback" not in untrusted.stderr
 
 
-def test_a_gateway_does_not_start_on_an_expired_certificate(sim, tmp_path):
+def _encrypted(leaf: trustme.LeafCert, password: bytes) -> bytes:
+    key = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.BestAvailableEncryption(password))
+
+
+@pytest.mark.parametrize("case", ["expired", "encrypted, no password", "wrong password"])
+def test_a_gateway_does_not_start_on_a_pair_that_cannot_serve(sim, tmp_path, case):
     certs = Certs(tmp_path)
     past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)
-    certs.install(certs.issue(not_before=past - datetime.timedelta(days=30), not_after=past))
+    tls, env = certs.tls(), {"TLS_KEY_PASS": "not-the-password"}
+    if case == "expired":
+        certs.install(certs.issue(not_before=past - datetime.timedelta(days=30), not_after=past))
+    else:
+        leaf = certs.issue()
+        certs.install(leaf, key_pem=_encrypted(leaf, b"the-password"))
+        if case == "wrong password":
+            tls["key_password_env"] = "TLS_KEY_PASS"
     with pytest.raises(RuntimeError) as refused:
         start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}], models=[], identities=[],
-                      extra={"data_plane": {"tls": certs.tls()}}, verify=certs.client())
-    assert f"the certificate {certs.cert_file}" in str(refused.value) and "expired" in str(refused.value)
-    assert "$.data_plane.tls" in str(refused.value) and "Traceback" not in str(refused.value)
+                      extra={"data_plane": {"tls": tls}}, env=env, verify=certs.client())
+    why = {"expired": f"the certificate {certs.cert_file} (serial ",
+           "encrypted, no password": f"the key {certs.key_file} is encrypted: set key_password_env",
+           "wrong password": f"the key {certs.key_file} could not be decrypted: check $TLS_KEY_PASS"}[case]
+    message = str(refused.value)
+    assert why in message and "$.data_plane.tls" in message, message
+    assert case != "expired" or ") expired at " in message, message
+    assert "Traceback" not in message and "not-the-password" not in message
+
+
+def test_an_encrypted_key_serves_with_its_password_from_the_environment(sim, tmp_path):
+    certs = Certs(tmp_path)
+    leaf = certs.issue()
+    certs.serial = certs.install(leaf, key_pem=_encrypted(leaf, b"the-password"))
+    gw = start_gateway(tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}], models=[], identities=[],
+                       extra={"data_plane": {"tls": certs.tls(key_password_env="TLS_KEY_PASS")}},
+                       env={"TLS_KEY_PASS": "the-password"}, verify=certs.client())
+    try:
+        assert served_serial(gw.port, certs.client()) == certs.serial
+        assert "the-password" not in gw.log()
+    finally:
+        gw.stop()
 
 
 def test_every_worker_reloads_on_a_sighup_to_the_supervisor(sim, tmp_path):
