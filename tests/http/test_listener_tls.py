@@ -152,6 +152,11 @@ def test_the_openai_sdk_calls_the_data_plane_over_https_with_a_custom_ca(tls_gw)
     client = openai.OpenAI(base_url=gw.v1, api_key=gw.keys["app"], http_client=httpx.Client(verify=certs.client()))
     got = client.chat.completions.create(model="sim-small", max_tokens=3, messages=[{"role": "user", "content": "hi"}])
     assert got.choices[0].message.content
+    stream = client.chat.completions.create(model="sim-small", max_tokens=8, stream=True,
+                                            stream_options={"include_usage": True},
+                                            messages=[{"role": "user", "content": "hi"}])
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) and chunks[-1].usage.completion_tokens
     untrusted = openai.OpenAI(base_url=gw.v1, api_key=gw.keys["app"], max_retries=0)
     with pytest.raises(openai.APIConnectionError):  # the system's trust store does not know the test CA
         untrusted.models.list()
