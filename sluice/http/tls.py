@@ -83,15 +83,16 @@ def _in_memory(data: bytes) -> Iterator[str]:
     if hasattr(os, "memfd_create"):
         fd = os.memfd_create("sluice-tls", os.MFD_CLOEXEC)
         try:
-            os.write(fd, data)
+            with os.fdopen(fd, "wb", closefd=False) as f:  # a buffered write: all of it, however os.write splits it
+                f.write(data)
             yield f"/proc/self/fd/{fd}"
         finally:
             os.close(fd)
         return
     fd, path = tempfile.mkstemp(prefix="sluice-tls-")
     try:
-        os.write(fd, data)
-        os.close(fd)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         yield path
     finally:
         os.unlink(path)
