@@ -30,7 +30,7 @@ from .core.wire import extra_params
 from .core.types import ChangeEvent
 from .core.lifecycle import ignore_stop_signals, raise_open_file_limit
 from .http import Listener, NativeListener
-from .http.tls import Refused as TlsRefused, ServerTls
+from .http.tls import Refused as TlsRefused, ServerTls, at_setting
 from .limits import Admission, AnomalyGuard, Limiter, PriceTable, Throttle, build_backend, warm
 from .identity import (SYSTEM, CredentialRegistry, Federation, Hasher, IdentityService, IdentitySync, Keyring, Sealer,
                        TokenExchange, TokenService, gate)
@@ -317,7 +317,7 @@ class Gateway:
         try:
             tls = ServerTls(plane, listener.tls)
         except TlsRefused as exc:
-            raise ConfigError(f"{exc} - at `$.{plane}_plane.tls`") from None
+            raise at_setting(plane, exc) from None
         self.tls.append(tls)
         self._tasks.append(asyncio.get_running_loop().create_task(tls.watch(), name=f"tls-watch-{plane}"))
         return tls.context

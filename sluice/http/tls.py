@@ -28,6 +28,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
+from ..core.errors import ConfigError
 from ..core.tls_config import ListenerTls
 
 log = logging.getLogger("sluice.tls")
@@ -37,6 +38,11 @@ ALPN = ["http/1.1"]
 
 class Refused(Exception):
     """A certificate pair that cannot serve; the message names the file and why (never key material)."""
+
+
+def at_setting(plane: str, exc: Refused) -> ConfigError:
+    """A refusal at start (``serve``, ``config check``): the same words, naming the setting."""
+    return ConfigError(f"{exc} - at `$.{plane}_plane.tls`")
 
 
 class Pair(NamedTuple):

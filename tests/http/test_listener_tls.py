@@ -22,6 +22,7 @@ import httpx
 import openai
 import pytest
 import trustme
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -343,3 +344,18 @@ def test_every_worker_reloads_on_a_sighup_to_the_supervisor(sim, tmp_path):
         assert gw.post("/v1/chat/completions", gw.keys["app"], json=BODY).status_code == 200
     finally:
         gw.stop()
+
+
+def test_config_check_checks_each_listeners_pair_as_serve_does(tmp_path):
+    certs = Certs(tmp_path)
+    path = tmp_path / "sluice.yaml"
+    path.write_text(yaml.safe_dump({"data_plane": {"port": 8443, "tls": certs.tls()},
+                                    "control_plane": {"port": 8444, "tls": certs.tls()}}))
+    cmd = [sys.executable, "-m", "sluice", "config", "check", str(path)]
+    good = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert good.returncode == 0 and "valid" in good.stdout, good.stderr
+    certs.install(certs.issue(), key_pem=certs.issue().private_key_pem.bytes())
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    said = " ".join(bad.stderr.split())
+    assert bad.returncode == 2 and f"the key {certs.key_file} does not match" in said.replace("\n", ""), bad.stderr
+    assert "$.data_plane.tls" in said and "Traceback" not in bad.stderr
