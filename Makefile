@@ -88,3 +88,9 @@ bench-floor: $(STAMP)
 .PHONY: bench-workers
 bench-workers: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bench/workers.sh
+
+# TLS on the data plane against plain HTTP, keep-alive and a handshake per request (bench/README.md);
+# run it as: unshare -n sh -c 'ip link set lo up && make bench-tls'
+.PHONY: bench-tls
+bench-tls: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" bench/tls.sh

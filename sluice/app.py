@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import signal
+import ssl
 import time
 from functools import partial
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,7 @@ from .core.wire import extra_params
 from .core.types import ChangeEvent
 from .core.lifecycle import ignore_stop_signals, raise_open_file_limit
 from .http import Listener, NativeListener
+from .http.tls import Refused as TlsRefused, ServerTls, at_setting
 from .limits import Admission, AnomalyGuard, Limiter, PriceTable, Throttle, build_backend, warm
 from .identity import (SYSTEM, CredentialRegistry, Federation, Hasher, IdentityService, IdentitySync, Keyring, Sealer,
                        TokenExchange, TokenService, gate)
@@ -109,6 +111,7 @@ class Gateway:
         self.mcp_subscriptions: Subscriptions | None = None
         self.mcp_fanout: Fanout | None = None
         self.approvals: ToolApprovals | None = None  # its queued tool-decision rows are written at shutdown
+        self.tls: list[ServerTls] = []  # the listeners' live TLS contexts, reloaded on SIGHUP and file changes
 
     def secrets(self) -> list[str]:
         c = self.config
@@ -118,6 +121,8 @@ class Gateway:
         out += [expand(v) for s in c.mcp.servers for v in s.env.values()]  # a stdio server's env may hold its credential
         if c.security.pepper:
             out.append(c.security.pepper)
+        out += [os.environ[t.key_password_env] for t in (c.data_plane.tls, c.control_plane.tls)  # masked too
+                if t is not None and t.key_password_env and os.environ.get(t.key_password_env)]
         return out
 
     async def start(self) -> None:
@@ -283,11 +288,12 @@ class Gateway:
         data_routes += mcp_endpoints[0].routes()
         data_routes.append(OpenApiEndpoint(data_plane.authenticate, data_routes).route)  # documents every route above
         self.data = NativeListener("data", c.data_plane, data_routes, max_body_bytes=c.requests.max_body_bytes,
-                                   access_log=c.logging.access_log)
+                                   access_log=c.logging.access_log, ssl_context=self._tls("data", c.data_plane))
         if self.slot.control:
             self.control = Listener("control", c.control_plane.host, c.control_plane.port,
                                     admin.routes() + health + [("GET", "/metrics", metrics_handler)] + dashboard.public_routes(),
-                                    max_body_bytes=1024 * 1024, access_log=c.logging.access_log)
+                                    max_body_bytes=1024 * 1024, access_log=c.logging.access_log,
+                                    ssl_context=self._tls("control", c.control_plane))
         self.data.reuse_port = self.slot.shared_port
         try:
             await self.data.start()
@@ -307,6 +313,18 @@ class Gateway:
                      self.data.host, self.data.port, self.control.host, self.control.port, len(c.models), len(registry))
         else:
             log.info("worker %d of %d: data plane on %s:%d", self.slot.index, self.slot.count, self.data.host, self.data.port)
+
+    def _tls(self, plane: str, listener: cfgmod.Listener) -> ssl.SSLContext | None:
+        """The plane's live TLS context (None: plain HTTP), watched for new files; a pair that cannot serve stops the start."""
+        if listener.tls is None:
+            return None
+        try:
+            tls = ServerTls(plane, listener.tls)
+        except TlsRefused as exc:
+            raise at_setting(plane, exc) from None
+        self.tls.append(tls)
+        self._tasks.append(asyncio.get_running_loop().create_task(tls.watch(), name=f"tls-watch-{plane}"))
+        return tls.context
 
     @staticmethod
     def _guard_sections(c: Config) -> dict:
@@ -366,8 +384,13 @@ class Gateway:
                     log.info("identity state confirmed again: serving model calls")
             await asyncio.sleep(0.25)
 
-    def reload(self, path: str) -> None:
-        """SIGHUP: take limits and prices from the config file again; a bad file changes nothing."""
+    def reload(self, path: str | None) -> None:
+        """SIGHUP: reload the listeners' certificates, and take limits and prices from the config file again;
+        a bad file changes nothing (each certificate pair is checked on its own)."""
+        for tls in self.tls:
+            tls.reload("SIGHUP")
+        if path is None:
+            return
         try:
             fresh = cfgmod.load(path)
         except ConfigError as exc:
@@ -462,13 +485,12 @@ class Gateway:
 
 
 async def serve_until_signalled(gateway: Gateway, config_path: str | None = None) -> None:
-    """Run until SIGINT or SIGTERM, then shut down gracefully; SIGHUP reloads limits and prices."""
+    """Run until SIGINT or SIGTERM, then shut down gracefully; SIGHUP reloads certificates, limits and prices."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if config_path is not None:
-        loop.add_signal_handler(signal.SIGHUP, gateway.reload, config_path)
+    loop.add_signal_handler(signal.SIGHUP, gateway.reload, config_path)
     try:
         await gateway.start()
     except BaseException:

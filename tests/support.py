@@ -94,7 +94,7 @@ class Proc:
         self.popen = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd)
         _started.append(self)
 
-    def wait_http(self, url: str, timeout: float = 20.0) -> None:
+    def wait_http(self, url: str, timeout: float = 20.0, verify: Any = True) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.popen.poll() is not None:
@@ -103,7 +103,7 @@ class Proc:
                 raise (PortTaken if _PORT_TAKEN.search(log) else RuntimeError)(
                     f"process exited with {self.popen.returncode}:\n{log}")
             try:
-                if httpx.get(url, timeout=1.0).status_code == 200:
+                if httpx.get(url, timeout=1.0, verify=verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -165,7 +165,8 @@ class Gateway:
     """A sluice process started from a config written for the test."""
 
     def __init__(self, tmp: Path, config: dict[str, Any], keys: dict[str, str], admin_key: str, env: dict[str, str] | None = None,
-                 args: list[str] | None = None, port: int | None = None, wait_for: str = "/readyz") -> None:
+                 args: list[str] | None = None, port: int | None = None, wait_for: str = "/readyz", verify: Any = True) -> None:
+        self.verify = verify  # httpx's: a context trusting the test's CA when a plane speaks TLS
         for attempt in range(3):  # a port taken under us is tried again on fresh ones, unless the test chose it
             try:
                 self._start(tmp, config, keys, admin_key, env, args, port, wait_for)
@@ -187,32 +188,34 @@ class Gateway:
             "logging": {"level": "info"},
             **config,
         }
-        # A test may give data_plane settings without the port.
+        # A test may give data_plane or control_plane settings (tls) without the port.
         config["data_plane"] = {"port": self.port, **config["data_plane"]}
+        config["control_plane"] = {"port": self.admin_port, **config["control_plane"]}
         self.config_path = tmp / f"gateway-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.keys = keys
         self.admin_key = admin_key
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
+        self.url = f"{'https' if config['data_plane'].get('tls') else 'http'}://127.0.0.1:{self.port}"
+        self.admin_url = f"{'https' if config['control_plane'].get('tls') else 'http'}://127.0.0.1:{self.admin_port}"
         self.proc = Proc([sys.executable, "-m", "sluice", "serve", "--config", str(self.config_path), *(args or [])],
                          tmp / f"gateway-{self.port}.log", env=env, cwd=tmp)
         # 60 s, not 20: on a shared 2-core machine under `make test-stress` a start took longer than 20 s
         # ``wait_for="/healthz"``: a gateway started where it cannot be ready (its limits backend is down)
-        self.proc.wait_http(self.admin_url + wait_for, timeout=60.0)
+        self.proc.wait_http(self.admin_url + wait_for, timeout=60.0, verify=self.verify)
 
     @property
     def v1(self) -> str:
         return self.url + "/v1"
 
     def admin(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        return httpx.request(method, self.admin_url + path, headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=10, **kw)
+        return httpx.request(method, self.admin_url + path, headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=10,
+                             verify=self.verify, **kw)
 
     def post(self, path: str, key: str | None = None, **kw: Any) -> httpx.Response:
         headers = kw.pop("headers", {})
         if key is not None:
             headers["Authorization"] = f"Bearer {key}"
-        return httpx.post(self.url + path, headers=headers, timeout=30, **kw)
+        return httpx.post(self.url + path, headers=headers, timeout=30, verify=self.verify, **kw)
 
     def stop(self, timeout: float = 15.0) -> int:
         return self.proc.stop(timeout=timeout)
@@ -223,7 +226,8 @@ class Gateway:
 
 def start_gateway(tmp: Path, *, upstreams: list[dict], models: list[dict], identities: list[dict],
                   extra: dict | None = None, env: dict[str, str] | None = None, args: list[str] | None = None,
-                  port: int | None = None, admin_key: str | None = None, wait_for: str = "/readyz") -> Gateway:
+                  port: int | None = None, admin_key: str | None = None, wait_for: str = "/readyz",
+                  verify: Any = True) -> Gateway:
     """Each identity gets one generated key in its environment unless it lists its own."""
     keys: dict[str, str] = {}
     idents = []
@@ -235,7 +239,7 @@ def start_gateway(tmp: Path, *, upstreams: list[dict], models: list[dict], ident
         idents.append(ident)
     admin_key = admin_key or generate("prod", kind="admin")
     config = {"upstreams": upstreams, "models": models, "identities": idents, **(extra or {})}
-    return Gateway(tmp, config, keys, admin_key, env, args, port, wait_for)
+    return Gateway(tmp, config, keys, admin_key, env, args, port, wait_for, verify)
 
 
 class QuietHandler(BaseHTTPRequestHandler):

@@ -31,12 +31,25 @@ def check(path: Path) -> None:
     try:
         c = cfgmod.load(path)
         guard_from_file(msgspec.to_builtins(c.guardrails), msgspec.to_builtins(c.tools))  # as `serve` compiles them
+        _check_tls(c)
     except ConfigError as exc:
         Console(stderr=True).print(f"[red]invalid:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
     Console().print(f"[green]valid[/green]: {len(c.upstreams)} upstreams, {len(c.models)} models, {len(c.identities)} declared identities")
     for warning in _revoked_in_store(c):
         Console(stderr=True).print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
+
+
+def _check_tls(c: cfgmod.Config) -> None:
+    """Each listener's certificate pair as ``serve`` checks it (readable, not expired, key matching)."""
+    from ..http.tls import Refused, at_setting, check as check_pair
+
+    for plane, listener in (("data", c.data_plane), ("control", c.control_plane)):
+        if listener.tls is not None:
+            try:
+                check_pair(listener.tls)
+            except Refused as exc:
+                raise at_setting(plane, exc) from None
 
 
 def _revoked_in_store(c: cfgmod.Config) -> list[str]:

@@ -33,6 +33,7 @@ from .routing_config import (LEGACY_VERSION, Breaker, Capacity, Compliance, Extr
                              Upstream, WeightedTarget)
 from .strict import Port, Seconds
 from .strict import Strict as _Strict
+from .tls_config import ListenerTls
 
 
 class Listener(_Strict):
@@ -40,6 +41,7 @@ class Listener(_Strict):
 
     host: str = "127.0.0.1"
     port: Port = 8080
+    tls: ListenerTls | None = None  # None: plain HTTP
 
 
 class DataPlaneListener(Listener):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -37,8 +38,10 @@ class Listener:
     reuse_port = False  # True beside other workers on the same port (``sluice serve --workers N``)
 
     def __init__(self, name: str, host: str, port: int, routes: list[Route], *, max_body_bytes: int,
-                 access_log: bool = False, shutdown_timeout: float = 10.0) -> None:
+                 access_log: bool = False, shutdown_timeout: float = 10.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.name = name
+        self.ssl_context = ssl_context  # TLS on this listener (``tls.ServerTls.context``), None: plain HTTP
         self.host = host
         self.port = port
         self._routes = routes
@@ -103,7 +106,7 @@ class Listener:
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=4096, reuse_address=True,
-                           reuse_port=self.reuse_port or None)
+                           reuse_port=self.reuse_port or None, ssl_context=self.ssl_context)
         await site.start()
         server = site._server  # the bound port when 0 was asked for
         if server is not None and server.sockets:  # type: ignore[union-attr]

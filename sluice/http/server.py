@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
 from ..core.config import DataPlaneListener
 from ..core.errors import Unavailable
@@ -41,8 +42,9 @@ class NativeListener:
     max_url_bytes = 8190  # aiohttp's request-line limit
 
     def __init__(self, name: str, cfg: DataPlaneListener, routes: list[tuple[str, str, Handler]], *,
-                 max_body_bytes: int, access_log: bool = False) -> None:
+                 max_body_bytes: int, access_log: bool = False, ssl_context: ssl.SSLContext | None = None) -> None:
         self.name = name
+        self.ssl_context = ssl_context  # TLS on this listener (``tls.ServerTls.context``), None: plain HTTP
         self.host = cfg.host
         self.port = cfg.port
         self.router = Router(routes)
@@ -70,7 +72,9 @@ class NativeListener:
         self.loop = loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: Connection(self), self.host, self.port, backlog=4096, reuse_address=True,
-            reuse_port=self.reuse_port or None,
+            reuse_port=self.reuse_port or None, ssl=self.ssl_context,
+            # a connection counts against max_connections only once its handshake is done: bound the wait
+            ssl_handshake_timeout=self.header_timeout if self.ssl_context is not None else None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._ticker = loop.call_later(1.0, self._tick)
