@@ -28,8 +28,7 @@ from .core.mcp_config import McpPolicy
 from .core.errors import ConfigError, ListenError
 from .core.exchange import Exchange, Reply
 from .core.wire import extra_params
-from .core.types import ChangeEvent
-from .core.lifecycle import ignore_stop_signals, raise_open_file_limit
+from .core.lifecycle import every, ignore_stop_signals, raise_open_file_limit
 from .http import Listener, NativeListener
 from .http.tls import Refused as TlsRefused, ServerTls, at_setting
 from .limits import Admission, AnomalyGuard, Limiter, PriceTable, Throttle, build_backend, warm
@@ -48,9 +47,9 @@ from .pipeline.openapi import OpenApiEndpoint
 from .pipeline.stages import Guard
 from .store.guard_records import GuardRecords
 from .store.response_records import ResponseRecords
-from .store.mcp_sessions import EndedSessions
 from .memory import ResponseMemory, Vault
-from .mcp import Fanout, McpEndpoints, McpGateway, Sessions, Streams, Subscriptions, Upstreams
+from .mcp import Fanout, McpEndpoints, Streams, Subscriptions, Upstreams
+from .mcp.assembly import McpParts
 from .routing.health import run_checks
 from .store import Store, StoreUnavailable, open_store
 from .telemetry import Metrics, UsageLedger, configure
@@ -187,7 +186,7 @@ class Gateway:
         self.ledger = ledger = UsageLedger(c.usage, metrics, store.write_usage, store.touch_keys, registry.take_last_used,
                                            fold, spill=SpillFile(c.lifecycle.spill_dir), spill_after=c.lifecycle.spill_after)
         ledger.start()
-        self._tasks.append(asyncio.get_running_loop().create_task(self._every(30.0, keyring.maintain), name="keyring"))
+        self._tasks.append(asyncio.get_running_loop().create_task(every(30.0, keyring.maintain), name="keyring"))
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_outage(registry), name="outage-grace"))
 
         def on_throttle(t: Throttle) -> None:
@@ -248,24 +247,12 @@ class Gateway:
         # one budget of failed-login entries for the whole control plane: the dashboard's form is one more door
         failed_logins = FailedLogins(store, c.audit.failed_logins_per_minute).record
         dashboard = Dashboard(store, admin_auth, self._target_health, currency=c.currency, on_auth_failure=failed_logins)
-        # GET /mcp[/{server}]: what the servers send on sluice's sessions, and sluice's own list_changed
-        self.mcp_streams = streams = Streams(c.mcp.streams, lambda: policy.current)
-        self.mcp_upstreams = Upstreams(policy.current.document.mcp.servers, c.mcp, on_notice=streams.relay, mint=tokens.mint_service)
-        ended = EndedSessions(store)  # type: ignore[arg-type]  # a DELETE ends a session on every replica
-        self._tasks.append(asyncio.get_running_loop().create_task(self._every(3600.0, ended.purge), name="mcp-ended-purge"))
-
-        async def record_change(event: ChangeEvent) -> None:  # a quarantine changes what callers see: their streams hear it
-            await store.record_change(event)  # type: ignore[union-attr]
-            if event.action == "mcp.quarantine":
-                detail = event.detail or {}
-                streams.quarantined(str(detail.get("server", "")), str(detail.get("kind", "tool")))
-
-        mcp = McpGateway(c.mcp, self.mcp_upstreams, Sessions(pepper, c.mcp.session_ttl_s, ended, c.mcp.ended_check_s),
-                         approvals, lambda: policy.current, record_change=record_change, limiter=limiter,
-                         metrics=metrics, tracer=self.tracer, admission=Admission({}))
+        redis = (c.limits.redis_url, f"{c.limits.key_prefix}mcp-notices", c.limits.redis_timeout_s) if c.limits.backend == "redis" else None
+        parts = McpParts(c.mcp, policy, store, pepper, approvals, admission=Admission({}), mint=tokens.mint_service,
+                         limiter=limiter, metrics=metrics, tracer=self.tracer, redis=redis)
+        self.mcp_streams, self.mcp_upstreams, self.mcp_fanout, mcp = parts.streams, parts.upstreams, parts.fanout, parts.gateway
         self.mcp_subscriptions = mcp.subscriptions
-        policy.on_install.append(lambda active: mcp.activate(active.document.mcp.servers))
-        mcp.activate(policy.current.document.mcp.servers)  # the queues, and a version installed since the servers were read
+        self._tasks.append(asyncio.get_running_loop().create_task(every(3600.0, parts.ended.purge), name="mcp-ended-purge"))
         admin = AdminApi(admin_auth, identities, store, ledger.flush,
                          RoutingAdmin(routing, decisions, [u.name for u in c.upstreams], policy),
                          keyring, limiter, policy=PolicyAdmin(policy, store, identities), audit=AuditAdmin(audit),
@@ -281,10 +268,7 @@ class Gateway:
             await data_plane.authenticate(ctx, audience)  # a token must be this endpoint's (RFC 8707)
             return ctx.principal
 
-        if c.limits.backend == "redis":  # resource updates reach a session's stream on any replica (mcp/fanout.py)
-            self.mcp_fanout = Fanout(c.limits.redis_url, f"{c.limits.key_prefix}mcp-notices", c.limits.redis_timeout_s)
-            self.mcp_fanout.start()
-        mcp_endpoints.append(McpEndpoints(identify, mcp, c.mcp, streams, self.mcp_fanout))
+        mcp_endpoints.append(McpEndpoints(identify, mcp, c.mcp, parts.streams, self.mcp_fanout))
         data_routes += mcp_endpoints[0].routes()
         data_routes.append(OpenApiEndpoint(data_plane.authenticate, data_routes).route)  # documents every route above
         self.data = NativeListener("data", c.data_plane, data_routes, max_body_bytes=c.requests.max_body_bytes,
@@ -360,15 +344,6 @@ class Gateway:
         task = asyncio.ensure_future(job)
         self._side.add(task)
         task.add_done_callback(self._side.discard)
-
-    @staticmethod
-    async def _every(seconds: float, job: Callable[[], Awaitable[None]]) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            try:
-                await job()
-            except Exception as exc:  # a maintenance hiccup must not end the loop
-                log.warning("periodic %s failed: %s", getattr(job, "__name__", "job"), type(exc).__name__)
 
     async def _watch_outage(self, registry: CredentialRegistry) -> None:
         """Past ``lifecycle.outage_grace_s`` without confirming the registry (the store is away),

@@ -4,7 +4,9 @@ and the last step of a drained exit."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import msgspec
@@ -88,3 +90,13 @@ async def stop_task(task: asyncio.Task | None, every: float = 0.5) -> None:
         await asyncio.wait({task}, timeout=every)
     if not task.cancelled():
         task.exception()
+
+
+async def every(seconds: float, job: Callable[[], Awaitable[None]]) -> None:
+    """Run ``job`` every ``seconds`` until cancelled; a maintenance hiccup is logged and does not end the loop."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await job()
+        except Exception as exc:
+            logging.getLogger("sluice").warning("periodic %s failed: %s", getattr(job, "__name__", "job"), type(exc).__name__)
