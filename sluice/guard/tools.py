@@ -75,9 +75,13 @@ def parse_arguments(text: str) -> Any:
         raise ArgumentsError("not_json") from None
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical(args: Any) -> str:
-    """One spelling of a JSON value: sorted keys, no spaces; what approvals hash and what allowed calls carry."""
-    return json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """One spelling of a JSON value: sorted keys, no spaces; what approvals hash and what allowed calls carry.
+    (``json.dumps`` with these options built a new encoder per call: one is kept.)"""
+    return _CANONICAL.encode(args)
 
 
 def args_digest(args: Any) -> str:
