@@ -7,7 +7,7 @@ RUNTIME := $(VENV)/.installed
 # only for what runs the tests or the benches; `make demo` needs the runtime alone
 STAMP  := $(VENV)/.installed-test
 
-.PHONY: install demo test test-stress bench ab soak profile instructions bench-routing bench-mcp clean
+.PHONY: install demo test test-stress bench ab soak profile instructions instructions-mcp bench-routing bench-mcp clean
 
 $(RUNTIME): pyproject.toml sluice/core/bytescan.c
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,11 @@ profile: $(STAMP)
 # instructions per request under callgrind: a cost that does not move with the machine's load
 instructions: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bench/instructions.sh
+
+# the same for MCP tools/call (pin: off and required) beside a chat completion, on one config in one run
+instructions-mcp: $(STAMP)
+	CONFIG=bench/gateway-mcp.yaml BENCH_PORT=8090 MOCK_PORT=18020 MOCK_STREAM_PORT=18021 SIDES="chat:$(CURDIR):chat:plain mcp:$(CURDIR):mcp:plain mcp-pin:$(CURDIR):mcp:pinned" \
+	  PATH="$(CURDIR)/$(BIN):$$PATH" bench/instructions.sh
 
 # Placement policies in front of 4 sim replicas (a couple of minutes; not part of `make test`).
 bench-routing: $(STAMP)

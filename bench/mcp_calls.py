@@ -187,7 +187,7 @@ async def bench(gw: Sluice, calls: int, rounds: int, profile: Path | None, label
             pid, rounds, calls, lambda n: mcp_round(client, url, headers, n, 8)))
         if profile is not None:
             beside = Path(sys.executable).parent / "py-spy"  # the venv's, else one on PATH
-            spy = subprocess.Popen([str(beside) if beside.exists() else "py-spy", "record", "--pid", str(pid), "--rate", "500", "--format", "raw",
+            spy = subprocess.Popen([str(beside) if beside.exists() else "py-spy", "record", "--pid", str(pid), "--rate", "500", "--gil", "--format", "raw",
                                     "--output", str(profile), "--nonblocking"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)

@@ -21,6 +21,7 @@ from ..core.errors import ConfigError
 from ..core.guardrails import Guardrails, RuleSet, ToolSpec
 from .detectors import KINDS, Detector
 from .minimise import Shape, shape
+from .plain_schema import Check, compile_plain
 
 
 
@@ -46,7 +47,7 @@ def from_file(guardrails: Any, tools: Any) -> tuple[Guardrails, list[ToolSpec]]:
 class Tool:
     """A registry entry, compiled: its argument validator and who may call it."""
 
-    __slots__ = ("name", "risk", "identities", "teams", "validator")
+    __slots__ = ("name", "risk", "identities", "teams", "validator", "plain")
 
     def __init__(self, spec: ToolSpec, at: str) -> None:
         self.name = spec.name
@@ -54,6 +55,7 @@ class Tool:
         self.identities = frozenset(spec.identities)
         self.teams = frozenset(spec.teams)
         self.validator: Draft202012Validator | None = None
+        self.plain: Check | None = None  # the schema compiled once into a quick check, when it is plain
         if spec.parameters is not None:
             try:
                 Draft202012Validator.check_schema(spec.parameters)
@@ -65,13 +67,14 @@ class Tool:
                                   f"with `#`); sluice never fetches a schema - at `{at}.parameters{where}`")
             # a registry that holds nothing and retrieves nothing: a reference is resolved inside the schema or fails
             self.validator = Draft202012Validator(spec.parameters, registry=_NOWHERE)
+            self.plain = compile_plain(spec.parameters)
 
     def allows(self, identity: str | None, team: str | None) -> bool:
         """An empty allowlist is nobody's: a tool must name who may use it."""
         return identity in self.identities or (team is not None and team in self.teams)
 
     def argument_error(self, args: Any) -> str | None:
-        if self.validator is None:
+        if self.validator is None or (self.plain is not None and self.plain(args)):
             return None
         try:
             err = next(iter(self.validator.iter_errors(args)), None)

@@ -75,9 +75,13 @@ def parse_arguments(text: str) -> Any:
         raise ArgumentsError("not_json") from None
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical(args: Any) -> str:
-    """One spelling of a JSON value: sorted keys, no spaces; what approvals hash and what allowed calls carry."""
-    return json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    """One spelling of a JSON value: sorted keys, no spaces; what approvals hash and what allowed calls carry.
+    (``json.dumps`` with these options built a new encoder per call: one is kept.)"""
+    return _CANONICAL.encode(args)
 
 
 def args_digest(args: Any) -> str:
@@ -94,10 +98,32 @@ def judge(policy: GuardPolicy, identity: str, team: str | None, call: ToolCall) 
     except ArgumentsError as exc:
         reason = "arguments_not_json" if str(exc) == "not_json" else f"arguments_not_json ({exc})"
         return Judgement(call=call, verdict="block", reason=reason, risk=tool.risk)
+    return _checked(tool, call, args, canonical(args))
+
+
+def judge_value(policy: GuardPolicy, identity: str, team: str | None, name: str, args: dict[str, Any],
+                call_id: str = "") -> Judgement:
+    """``judge`` for arguments that arrived already decoded from a JSON body (an MCP ``tools/call``): spelled
+    once in canonical JSON and checked as they are, not spelled, re-read and spelled again. The body's decoder
+    kept one value per key; a float it read as infinite or NaN (``1e400``) is no JSON value and is blocked."""
+    try:
+        text = canonical(args)
+    except (ValueError, TypeError, RecursionError):
+        text = None
+    call = ToolCall(id=call_id, name=name, arguments=text or "")
+    tool = policy.tools.get(name)
+    if tool is None or not tool.allows(identity, team):
+        return Judgement(call=call, verdict="block", reason="tool_not_allowed")
+    if text is None:
+        return Judgement(call=call, verdict="block", reason="arguments_not_json (number_out_of_range)", risk=tool.risk)
+    return _checked(tool, call, args, text)
+
+
+def _checked(tool: Any, call: ToolCall, args: Any, text: str) -> Judgement:
+    """The verdict on arguments read as ``args`` and spelled canonically as ``text``: the schema, then the risk."""
     problem = tool.argument_error(args)
     if problem is not None:
         return Judgement(call=call, verdict="block", reason=f"arguments_invalid ({problem})", risk=tool.risk)
-    text = canonical(args)
     digest = hashlib.sha256(text.encode()).hexdigest()
     if tool.risk == "high":
         return Judgement(call=call, verdict="hold", reason="approval_required", risk=tool.risk, args_sha256=digest,

@@ -19,8 +19,8 @@ from typing import Any
 import mcp.types as mt
 
 from ..core.mcp_config import McpPolicy
-from ..guard import GuardPolicy, Judgement, ToolCall, judge
-from ..guard.tools import canonical
+from ..guard import GuardPolicy, Judgement
+from ..guard.tools import judge_value
 from .jsonrpc import Refusal
 
 SEPARATOR = "__"
@@ -70,11 +70,12 @@ class ToolAccess:
 
     def judge(self, name: str, arguments: dict[str, Any], identity: str, team: str | None,
               call_id: str = "") -> Judgement | None:
-        """The registry's verdict on this call; None when no registry governs tool calls."""
+        """The registry's verdict on this call; None when no registry governs tool calls. ``arguments`` as the
+        body's JSON decoder read them: judged as they are (``judge_value``), with no JSON round trip."""
         reg = self.registry()
         if reg is None:
             return None
-        return judge(reg, identity, team, ToolCall(id=call_id, name=name, arguments=canonical(arguments)))
+        return judge_value(reg, identity, team, name, arguments, call_id)
 
 
 class ContentAccess:

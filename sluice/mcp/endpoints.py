@@ -97,7 +97,7 @@ class McpEndpoints:
         try:
             who = await self._who(exchange)
             msg = jsonrpc.parse(exchange.body)
-            if not isinstance(msg, mt.JSONRPCRequest):  # notifications, and answers to requests we never send
+            if not isinstance(msg, jsonrpc.REQUESTS):  # notifications, and answers to requests we never send
                 self._gateway.server(server)
                 return Reply(202, b"")
             msg_id = msg.id

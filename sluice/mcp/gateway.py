@@ -43,7 +43,7 @@ from ..core.errors import UpstreamTimeout
 from .authz import ContentAccess, ToolAccess, namespaced, owner_of
 from .content import Content
 from .content import upstream_refusal as _upstream_refusal
-from .jsonrpc import NO_SESSION, REFUSED, UPSTREAM, Refusal
+from .jsonrpc import NO_SESSION, PLAIN_VERSIONS, REFUSED, UPSTREAM, CallParams, Refusal, Request, call_params, plain_result
 from .limits import CallLimits
 from .pins import Pins
 from .results import guard_result
@@ -130,7 +130,7 @@ class McpGateway:
             raise Refusal(NO_SESSION, "No such session; initialize a new one.", "unknown_session", 404)
         return got
 
-    async def request(self, who: Principal, server: str, msg: mt.JSONRPCRequest, session_id: str | None,
+    async def request(self, who: Principal, server: str, msg: mt.JSONRPCRequest | Request, session_id: str | None,
                       request_id: str, headers: Mapping[str, str] | None = None) -> Answer:
         """``server``: a configured server's name, or ``FEDERATED`` for ``/mcp``."""
         up = self.server(server)
@@ -140,6 +140,10 @@ class McpGateway:
         if method == "initialize":
             return self._initialize(who, server, msg.params)
         session = await self.session(who, server, session_id)
+        fast = call_params(msg.params) if method == "tools/call" and session.protocol in PLAIN_VERSIONS else None
+        if fast is not None:  # the common tools/call, read and answered without the SDK's models (jsonrpc.py)
+            out = await self._call_tool(who, up, fast, request_id, headers or {})
+            return Answer(out if plain_result(out) else self._wire(method, session.protocol, out))
         try:
             req = parse_client_request(method, session.protocol, msg.params)
         except (ValidationError, KeyError, ValueError):
@@ -157,8 +161,12 @@ class McpGateway:
                 session_id, who.identity_id, who.identity_name, who.team, server, session.expires))  # type: ignore[arg-type]
         else:
             raise Refusal(mt.METHOD_NOT_FOUND, f"Method not found: {method[:64]}.", "method_not_found")
+        return Answer(self._wire(method, session.protocol, out))
+
+    @staticmethod
+    def _wire(method: str, protocol: str, out: dict[str, Any]) -> dict[str, Any]:
         try:  # in the wire shape of the session's protocol version (fields it does not know are dropped)
-            return Answer(serialize_server_result(method, session.protocol, out))
+            return serialize_server_result(method, protocol, out)
         except ValidationError:
             raise Refusal(UPSTREAM, f"The upstream's answer to {method} is not valid MCP.", "mcp_upstream_invalid") from None
 
@@ -219,7 +227,7 @@ class McpGateway:
                 shown.append(tool.model_copy(update={"name": name}))
         return shown
 
-    async def _call_tool(self, who: Principal, up: Upstream | None, params: mt.CallToolRequestParams, request_id: str,
+    async def _call_tool(self, who: Principal, up: Upstream | None, params: mt.CallToolRequestParams | CallParams, request_id: str,
                          headers: Mapping[str, str]) -> dict[str, Any]:
         name, arguments = params.name, dict(params.arguments or {})
         up, tool = owner_of(up, self.upstreams.by_name.values(), name, "tool")

@@ -139,9 +139,15 @@ class Pins:
         return self._policy() or _NO_PINS
 
     def judge(self, server: str, namespace: str, item: Definition, kind: Kind = "tool") -> Seen:
+        return self._state(server, kind, pin_key(kind, namespace, item.name), item, definition_hash(item, kind))
+
+    def rejudge(self, seen: Seen) -> Seen:
+        """A listed definition under the pins active now (they may have changed since it was listed), by the hash
+        its listing computed: the definition is the one listed, so its hash is too."""
+        return self._state(seen.server, seen.kind, seen.name, seen.item, seen.sha256)
+
+    def _state(self, server: str, kind: Kind, name: str, item: Definition, digest: str) -> Seen:
         p = self.section()
-        name = pin_key(kind, namespace, item.name)
-        digest = definition_hash(item, kind)
         pinned = p.pins.get(name)
         if p.mode(server) == "off":
             state: State = "off"
@@ -179,7 +185,7 @@ class Pins:
         if self.section().mode(server) == "off":
             return
         got = (await self._current(server, namespace, kind, listing)).get(own)
-        seen = self.judge(server, namespace, got.item, kind) if got is not None else None  # pins may have changed since
+        seen = self.rejudge(got) if got is not None else None  # pins may have changed since
         if seen is None or seen.quarantined:
             raise _refusal(kind, pin_key(kind, namespace, own), seen)
 
@@ -214,7 +220,7 @@ class Pins:
         self._allow_templates(server, namespace, found, uri)
 
     def _allow_templates(self, server: str, namespace: str, found: list[Seen], what: str) -> None:
-        judged = [self.judge(server, namespace, s.item, "template") for s in found]  # pins may have changed since
+        judged = [self.rejudge(s) for s in found]  # pins may have changed since
         if any(not s.quarantined for s in judged):
             return
         if judged:

@@ -14,6 +14,7 @@ within that window. With 0 the store is read on every request (see the README fo
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import os
@@ -49,7 +50,7 @@ class Session(msgspec.Struct, array_like=True):
 class Sessions:
     """Seals new sessions into ids and opens them again for the same identity and server."""
 
-    __slots__ = ("_aead", "_ttl_s", "_ended", "_live", "_shared", "_check_s", "_opened")
+    __slots__ = ("_aead", "_ttl_s", "_ended", "_live", "_shared", "_check_s", "_opened", "_asking")
 
     def __init__(self, pepper: bytes, ttl_s: float, shared: EndedSessions | None = None, check_s: float = 1.0) -> None:
         key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=PURPOSE).derive(pepper)
@@ -62,6 +63,10 @@ class Sessions:
         # id -> (the identity and server it was opened for, its session, its digest): an agent sends the same id
         # on every request, and opening it costs AES-GCM, base64 and SHA-256 (~10 µs of a ~300 µs tools/call)
         self._opened: OrderedDict[str, tuple[bytes, Session, str]] = OrderedDict()
+        # digest -> the store read under way: the requests of a session that arrive while its "not ended" answer
+        # is being renewed wait for that one read (each reading the store took a pooled connection each, past
+        # the pool's size: new connections opened and closed every ``ended_check_s`` under concurrency)
+        self._asking: dict[str, asyncio.Future[bool]] = {}
 
     @staticmethod
     def _bound(identity_id: str, server: str) -> bytes:
@@ -123,8 +128,12 @@ class Sessions:
         now = time.time()
         if self._live.get(digest, 0.0) > now:
             return session
+        asking = self._asking.get(digest)
+        if asking is None:
+            asking = self._asking[digest] = asyncio.ensure_future(self._shared.ended(digest))
+            asking.add_done_callback(lambda _: self._asking.pop(digest, None))
         try:
-            ended = await self._shared.ended(digest)
+            ended = await asyncio.shield(asking)  # one waiter cancelled does not cancel the read the others wait for
         except StoreUnavailable:  # fail closed: an end we cannot read could be one
             raise Refusal(-32603, "Sessions cannot be checked right now; retry shortly.", "store_unavailable", 503,
                           {"Retry-After": "1"}) from None

@@ -117,7 +117,10 @@ class CallLog:
             args_text = j.canonical or j.call.arguments
             digest = j.args_sha256
         else:
-            args_text = canonical(call.arguments)
+            try:
+                args_text = canonical(call.arguments)
+            except (ValueError, TypeError, RecursionError):  # a float the body's decoder read as NaN or infinite
+                args_text = '"[not JSON]"'
             digest = hashlib.sha256(args_text.encode()).hexdigest()
         active = self._active()
         self._record([{
