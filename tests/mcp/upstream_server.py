@@ -25,6 +25,7 @@ import sys
 
 import mcp.types as mt
 import uvicorn
+from doors import read_body, reply
 from fastmcp import FastMCP
 
 SECRET = "ghp_16C7e42F292c6912E7710c838347Ae178B4a"  # a GitHub token shape the detectors know
@@ -151,20 +152,6 @@ async def touch(uri: str) -> None:
             SUBSCRIBED[uri].pop(sid, None)
 
 
-async def _body(receive) -> bytes:
-    body = b""
-    while True:
-        msg = await receive()
-        body += msg.get("body", b"")
-        if not msg.get("more_body"):
-            return body
-
-
-async def _reply(send, status: int, body: bytes = b"") -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": body})
-
-
 def main() -> None:
     port, log_path = int(sys.argv[1]), sys.argv[2]
     if len(sys.argv) > 4:
@@ -174,19 +161,13 @@ def main() -> None:
 
     async def recording(scope, receive, send):  # the outermost layer: sees every request's headers
         if scope["type"] == "http" and scope["path"] == "/_touch":  # the test's own doors, not MCP
-            await touch(json.loads(await _body(receive))["uri"])
-            return await _reply(send, 204)
+            await touch(json.loads(await read_body(receive))["uri"])
+            return await reply(send, 204)
         if scope["type"] == "http" and scope["path"] == "/_subscriptions":
             now = {uri: len(sessions) for uri, sessions in SUBSCRIBED.items() if sessions}
-            return await _reply(send, 200, json.dumps({"subscribed": now, "calls": CALLS}).encode())
+            return await reply(send, 200, json.dumps({"subscribed": now, "calls": CALLS}).encode())
         if scope["type"] == "http" and scope["path"] == "/_describe":  # the test's own door, not MCP
-            body = b""
-            while True:
-                msg = await receive()
-                body += msg.get("body", b"")
-                if not msg.get("more_body"):
-                    break
-            change = json.loads(body)
+            change = json.loads(await read_body(receive))
             update = {"description": change["description"]}
             if "tool" in change:
                 server.add_tool((await server.get_tool(change["tool"])).model_copy(update=update))
@@ -194,9 +175,7 @@ def main() -> None:
                 server.add_prompt((await server.get_prompt(change["prompt"])).model_copy(update=update))
             else:
                 server.add_template((await server.get_resource_template(change["template"])).model_copy(update=update))
-            await send({"type": "http.response.start", "status": 204, "headers": []})
-            await send({"type": "http.response.body", "body": b""})
-            return
+            return await reply(send, 204)
         if scope["type"] == "http":
             auth = dict(scope["headers"]).get(b"authorization", b"-").decode()
             with open(log_path, "a") as f:

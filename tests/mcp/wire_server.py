@@ -17,6 +17,7 @@ import json
 import sys
 
 import uvicorn
+from doors import read_body, reply
 from fastmcp import Context, FastMCP
 from fastmcp.server.middleware import Middleware
 
@@ -90,17 +91,9 @@ def main() -> None:
 
     async def recording(scope, receive, send):
         if scope["type"] == "http" and scope["path"] == "/_add":  # the test's own door, not MCP
-            body = b""
-            while True:
-                msg = await receive()
-                body += msg.get("body", b"")
-                if not msg.get("more_body"):
-                    break
-            change = json.loads(body)
+            change = json.loads(await read_body(receive))
             await add(change["kind"], change["name"])
-            await send({"type": "http.response.start", "status": 204, "headers": []})
-            await send({"type": "http.response.body", "body": b""})
-            return
+            return await reply(send, 204)
         if scope["type"] == "http" and scope["path"].startswith("/mcp"):
             auth = dict(scope["headers"]).get(b"authorization", b"-").decode()
             with open(log_path, "a") as f:
