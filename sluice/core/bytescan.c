@@ -18,7 +18,6 @@
 static PyObject *
 replace(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer data, old, new_;
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "replace(data, old, new)");
         return NULL;
@@ -27,35 +26,34 @@ replace(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "replace takes bytes");
         return NULL;
     }
-    data.buf = PyBytes_AS_STRING(args[0]); data.len = PyBytes_GET_SIZE(args[0]);
-    old.buf = PyBytes_AS_STRING(args[1]); old.len = PyBytes_GET_SIZE(args[1]);
-    new_.buf = PyBytes_AS_STRING(args[2]); new_.len = PyBytes_GET_SIZE(args[2]);
-    if (old.len == 0) {
+    const char *s = PyBytes_AS_STRING(args[0]), *old = PyBytes_AS_STRING(args[1]), *new_ = PyBytes_AS_STRING(args[2]);
+    Py_ssize_t len = PyBytes_GET_SIZE(args[0]), lo = PyBytes_GET_SIZE(args[1]), ln = PyBytes_GET_SIZE(args[2]);
+    if (lo == 0) {
         PyErr_SetString(PyExc_ValueError, "replace: empty needle");
         return NULL;
     }
-    const char *s = data.buf, *end = s + data.len, *at;
+    const char *end = s + len, *at;
     Py_ssize_t n = 0;
-    for (const char *p = s; (at = memmem(p, end - p, old.buf, old.len)) != NULL; p = at + old.len)
+    for (const char *p = s; (at = memmem(p, end - p, old, lo)) != NULL; p = at + lo)
         n++;
     if (n == 0) {
         Py_INCREF(args[0]);
         return args[0];
     }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, data.len + n * (new_.len - old.len));
+    PyObject *out = PyBytes_FromStringAndSize(NULL, len + n * (ln - lo));
     if (out == NULL)
         return NULL;
     char *w = PyBytes_AS_STRING(out);
-    for (const char *p = s;; p = at + old.len) {
-        at = memmem(p, end - p, old.buf, old.len);
+    for (const char *p = s;; p = at + lo) {
+        at = memmem(p, end - p, old, lo);
         if (at == NULL) {
             memcpy(w, p, end - p);
             break;
         }
         memcpy(w, p, at - p);
         w += at - p;
-        memcpy(w, new_.buf, new_.len);
-        w += new_.len;
+        memcpy(w, new_, ln);
+        w += ln;
     }
     return out;
 }

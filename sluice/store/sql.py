@@ -24,13 +24,7 @@ from . import schema as t
 from . import usage_reads
 from .base import Journal, Store, StoreUnavailable, Subscription, Writes
 from .migrate import MIGRATE_TIMEOUT_S, migrated
-from .usage_rows import (
-    SqliteUsageRows,
-    insert_sql,
-    write_postgres,
-    write_postgres_usage,
-    write_sqlite_batch,
-)
+from .usage_rows import SqliteUsageRows, insert_sql, write_postgres, write_postgres_usage, write_sqlite_batch
 from .writes import signing_values, snapshot, write
 
 P = ParamSpec("P")

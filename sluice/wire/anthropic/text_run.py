@@ -81,7 +81,7 @@ class TextRun:
         """(``text_delta`` events of block ``index``, the rest of the block) when the block opens with a
         run of learned text chunks; None when it does not (the caller encodes it event by event)."""
         p = self.prefix
-        if not p or not block.startswith(p):
+        if not p:  # reframe checks each event's prefix, the first one included
             return None
         if index != self._index:
             self._index, self._out_prefix = index, _DELTA % index
