@@ -373,18 +373,21 @@ class Gateway:
             return
         if self.limiter is not None and self.prices is not None:
             self.prices.replace(fresh.prices)
+            done = f"config reloaded: {len(fresh.limits.rules)} limit rules, {len(fresh.prices)} prices"
             if self.policy is not None:  # the file's limits become a change set of the versioned policy
-                self._spawn(self._reload_limits(fresh.limits.rules))
+                self._spawn(self._reload_limits(fresh.limits.rules, done))
             else:
                 self.limiter.replace_rules(fresh.limits.rules)
-            log.info("config reloaded: %d limit rules, %d prices", len(fresh.limits.rules), len(fresh.prices))
+                log.info(done)
 
-    async def _reload_limits(self, rules: list) -> None:
+    async def _reload_limits(self, rules: list, done: str) -> None:
+        """The file's limits as a change set; ``done`` is logged once they are the active version, not before."""
         try:
             await self.policy.change_section(  # type: ignore[union-attr]
                 SYSTEM, "limits", lambda s: msgspec.structs.replace(s, rules=rules), action="limits.reload",
                 target="limits", detail=lambda b, a: {"to": msgspec.to_builtins(a.limits.rules)},
                 reason="SIGHUP: the config file's limits")
+            log.info(done)
         except PendingApproval as pending:
             log.warning("the config file's limits wait for approval as change set %s", pending.changeset["id"])
         except Exception as exc:  # a reload must never take the process down
