@@ -12,7 +12,8 @@ that lets the spill file be replayed). Everything else in the store stays on SQL
 
 The same transaction adds the rows it inserted to the rollups (``rollups.py``): one upsert per group and
 grain. Only rows actually inserted count, so a replayed spill file or a repeated id changes neither: on
-SQLite the batch's ids already stored are read first (the transaction holds the file's write lock), on
+SQLite the rows go in inside a savepoint, and only when fewer went in than were sent (a replay) is the
+savepoint undone and the ids already stored read first (the transaction holds the file's write lock); on
 Postgres the insert returns the ids it inserted (``unnest`` arrays, one statement).
 """
 
@@ -60,9 +61,24 @@ def unique(records: list[UsageRecord]) -> list[UsageRecord]:
 
 
 def write_sqlite_batch(query: Callable[[str, tuple], list], executemany: Callable[[str, list], object],
-                       records: list[UsageRecord]) -> None:
-    """Inside an open write transaction: the rows not stored yet, then their rollups (one upsert per group and grain)."""
+                       records: list[UsageRecord], changes: Callable[[], int] | None = None) -> None:
+    """Inside an open write transaction: the rows not stored yet, then their rollups (one upsert per group and grain).
+
+    With ``changes`` (the connection's ``total_changes``) the rows are inserted first in a savepoint: when
+    every one went in (the case of every batch but a replayed spill file) no query asks which ids were
+    already stored. Otherwise the savepoint is rolled back and the ids stored are read first.
+    """
     fresh = unique(records)
+    if changes is not None:
+        query("SAVEPOINT usage_rows", ())
+        before = changes()
+        executemany(SQLITE_INSERT, [astuple(r) for r in fresh])
+        if changes() - before == len(fresh):
+            query("RELEASE usage_rows", ())
+            _upsert_rollups(executemany, fresh)
+            return
+        query("ROLLBACK TO usage_rows", ())
+        query("RELEASE usage_rows", ())
     stored: set[str] = set()
     for i in range(0, len(fresh), _IN_CHUNK):
         ids = tuple(r.request_id for r in fresh[i: i + _IN_CHUNK])
@@ -72,6 +88,10 @@ def write_sqlite_batch(query: Callable[[str, tuple], list], executemany: Callabl
     if not fresh:
         return
     executemany(SQLITE_INSERT, [astuple(r) for r in fresh])
+    _upsert_rollups(executemany, fresh)
+
+
+def _upsert_rollups(executemany: Callable[[str, list], object], fresh: list[UsageRecord]) -> None:
     for table, params in rollups.per_grain(fresh):
         executemany(ROLLUP_SQLITE[table], params)
 
@@ -101,7 +121,8 @@ class SqliteUsageRows:
         self._transact(lambda db: db.executemany(statement, rows))
 
     def _write(self, records: list[UsageRecord]) -> None:
-        self._transact(lambda db: write_sqlite_batch(lambda sql, p: db.execute(sql, p).fetchall(), db.executemany, records))
+        self._transact(lambda db: write_sqlite_batch(lambda sql, p: db.execute(sql, p).fetchall(), db.executemany, records,
+                                                         lambda: db.total_changes))
 
     def _transact(self, work: Callable[[sqlite3.Connection], object]) -> None:
         if self._db is None:
