@@ -7,7 +7,9 @@ one request in 10 a 429; 1: every row the same group). Before/after: run it with
 older checkout, then at this one.
 Run: ``.venv/bin/python bench/ledger_rows.py`` (about 20 s). On Postgres it writes to a throwaway
 database it creates and drops through SLUICE_PG_URL (default the machine's ``test`` database).
-CPU is the process's own (all threads), so the SQLite writer thread counts."""
+CPU is the process's own (all threads), so the SQLite writer thread counts; on Postgres the server's CPU for
+the driver path (its backends for the scratch database, from /proc) is printed beside it, since the rollups
+are folded by the server there."""
 
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ async def core_decisions(store: SqlStore, batch: list[dict]) -> None:
 async def measure(url: str, size: int, kind: str = "usage") -> dict[str, float]:
     store = SqlStore(url)
     await store.open()
-    out: dict[str, list[float]] = {"sqlalchemy": [], "driver": [], "rows/s": []}
+    out: dict[str, list[float]] = {"sqlalchemy": [], "driver": [], "rows/s": [], "server": []}
     make = records if kind == "usage" else decisions
     paths = ((("sqlalchemy", lambda b: core_write(store, b)), ("driver", store.write_usage)) if kind == "usage" else
              (("sqlalchemy", lambda b: core_decisions(store, b)), ("driver", GuardRecords(store).record_decisions)))
@@ -84,15 +86,35 @@ async def measure(url: str, size: int, kind: str = "usage") -> dict[str, float]:
             for name, write in paths:
                 batches = [make(size) for _ in range(BATCHES)]
                 await write(make(size))  # warm
+                s0 = await server_cpu(store)
                 c0, w0 = time.process_time(), time.perf_counter()
                 for b in batches:
                     await write(b)
                 out[name].append(1e6 * (time.process_time() - c0) / (BATCHES * size))
                 if name == "driver":
                     out["rows/s"].append(BATCHES * size / (time.perf_counter() - w0))
+                    out["server"].append(1e6 * (await server_cpu(store) - s0) / (BATCHES * size))
     finally:
         await store.close()
     return {k: statistics.median(v) for k, v in out.items()}
+
+
+async def server_cpu(store: SqlStore) -> float:
+    """CPU seconds so far of the Postgres backends serving this store's database (0 on SQLite)."""
+    if store.dialect != "postgresql":
+        return 0.0
+    async with store.engine.connect() as conn:
+        pids = (await conn.exec_driver_sql(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")).scalars().all()
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # a backend that ended meanwhile
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 async def main() -> None:
@@ -103,7 +125,7 @@ async def main() -> None:
         urls.append(("postgres", admin.rsplit("/", 1)[0] + "/" + scratch))
         await pg_admin(admin, f'CREATE DATABASE "{scratch}"')
         print(f"usage rows over {GROUPS} rollup groups")
-        print("rows       store     batch  SQLAlchemy µs/row  driver µs/row  ratio  driver rows/s")
+        print("rows       store     batch  SQLAlchemy µs/row  driver µs/row  ratio  driver rows/s  server µs/row")
         for kind, sizes in (("usage", (100, 500)), ("decisions", (20, 100))):
             for name, url in urls:
                 for size in sizes:
@@ -113,7 +135,7 @@ async def main() -> None:
                         print(f"{kind:10} {name:9} skipped: {type(exc).__name__}")
                         break
                     print(f"{kind:10} {name:9} {size:5}  {m['sqlalchemy']:17.1f}  {m['driver']:13.1f}  "
-                          f"{m['sqlalchemy'] / m['driver']:5.2f}  {m['rows/s']:12,.0f}")
+                          f"{m['sqlalchemy'] / m['driver']:5.2f}  {m['rows/s']:12,.0f}  {m['server']:13.1f}")
         await pg_admin(admin, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
 
 

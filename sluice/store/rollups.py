@@ -214,3 +214,36 @@ def percentile(hist: Sequence[int], q: float, lowest: float | None, highest: flo
     if highest is not None:
         mid = min(mid, highest)
     return mid
+
+
+def postgres_insert_and_fold(insert: str, edges_param: int) -> str:
+    """One Postgres statement: ``insert`` (the raw rows, ``ON CONFLICT DO NOTHING``) and, for the rows it
+    actually inserted, the upsert of their groups into every grain's table, folded by the server (``fold``'s
+    rules in SQL: the same buckets, since ``width_bucket`` over ``EDGES`` counts the edges at or below a value
+    as ``bisect_right`` does, and the same floor of the time). Nothing of the rollups crosses the wire:
+    ``$edges_param`` is ``EDGES``. Answers the number of rows inserted."""
+    used = ("ts", "identity_id", "team", "key_id", "model", "version", "route", "api", "status", "error_code",
+            "stream", "prompt_tokens", "completion_tokens", "cached_tokens", "cache_creation_tokens", "cost_nanos",
+            "latency_ms", "ttft_ms")
+    parts = [f"ins AS ({insert} RETURNING {', '.join(used)})",
+             f"r AS (SELECT *, width_bucket(latency_ms, ${edges_param}::float8[]) AS lb, "
+             f"width_bucket(ttft_ms, ${edges_param}::float8[]) AS tb, "
+             "CASE WHEN status = 429 THEN 429 ELSE status / 100 * 100 END AS sc FROM ins)"]
+    group = ", ".join(str(i) for i in range(1, len(KEY) + 2))
+    for grain, size in GRAINS.items():
+        table = TABLES[grain]
+        q = f"floor(ts / {size})"
+        bucket = f"((CASE WHEN {q} * {size} > ts THEN {q} - 1 ELSE {q} END) * {size})::bigint"
+        keys = [f"coalesce({k}, '')" for k in KEY]
+        keys[KEY.index("status_class")] = "sc"
+        sums = ["count(*)", "count(*) FILTER (WHERE status >= 400)", "count(*) FILTER (WHERE stream)",
+                *(f"coalesce(sum({c}), 0)::bigint" for c in SUMS[3:])]
+        extremes = ["min(latency_ms)", "max(latency_ms)", "min(ttft_ms)", "max(ttft_ms)", "max(ts)"]
+        hist = [f"count(*) FILTER (WHERE lb = {i})" for i in range(BUCKETS)]
+        hist += [f"count(*) FILTER (WHERE tb = {i})" for i in range(BUCKETS)]
+        select = ", ".join([bucket, *keys, *sums, *extremes, *hist])
+        upsert = upsert_sql(table, "dollar")
+        head, conflict = upsert[:upsert.index(" VALUES (")], upsert[upsert.index(" ON CONFLICT"):]
+        # in key order, as the client-side upserts were: two writers lock a batch's rows in the same order
+        parts.append(f"{grain} AS ({head} SELECT {select} FROM r GROUP BY {group} ORDER BY {group}{conflict})")
+    return f"WITH {', '.join(parts)} SELECT count(*) FROM ins"
