@@ -51,12 +51,14 @@ from .memory import ResponseMemory, Vault
 from .mcp import Fanout, McpEndpoints, Streams, Subscriptions, Upstreams
 from .mcp.assembly import McpParts
 from .routing.health import run_checks
+from .routing.supply import NO_DIGEST, SUPPLY_INTERVAL_S, Supply, Verdict
 from .store import Store, StoreUnavailable, open_store
 from .telemetry import Metrics, UsageLedger, configure
 from .telemetry import tracing
 from .telemetry.fold import RecordFold
 from .telemetry.metrics import CONTENT_TYPE as METRICS_TYPE
 from .upstream import NativeTransport, OpenAITransport, Transport
+from .upstream.digest import DigestReader
 from .telemetry.spill import SpillFile
 from .workers import current_slot
 
@@ -110,6 +112,8 @@ class Gateway:
         self.mcp_subscriptions: Subscriptions | None = None
         self.mcp_fanout: Fanout | None = None
         self.approvals: ToolApprovals | None = None  # its queued tool-decision rows are written at shutdown
+        self.supply: Supply | None = None  # issue 28: the digest verdicts of this process
+        self.identities: IdentityService | None = None
         self.tls: list[ServerTls] = []  # the listeners' live TLS contexts, reloaded on SIGHUP and file changes
 
     def secrets(self) -> list[str]:
@@ -138,7 +142,7 @@ class Gateway:
                                                                       name="audit-checkpoints"))
         registry = CredentialRegistry(hasher)
         registry.failures = gate(c.identity.auth_failures_per_minute, "failed authentications from this address")
-        identities = IdentityService(store, registry, hasher, c.security)
+        self.identities = identities = IdentityService(store, registry, hasher, c.security)
         await identities.sync_declared(c.identities, c.teams)
         async def reload_state() -> bool:
             # one store watcher: every identity or policy change bumps the same version (Store.apply)
@@ -180,7 +184,7 @@ class Gateway:
         # a caller's sampled traceparent is honoured per identity within this gate (None: never)
         callers = gate(c.telemetry.tracing.caller_sampled_per_minute, "sampled traces")
         self.tracer = tracing.build(c.telemetry.tracing, callers.allows if callers else None)  # None: tracing off
-        metrics = Metrics(max_identities=c.telemetry.max_identities, health=self._target_health)
+        metrics = Metrics(max_identities=c.telemetry.max_identities, health=self._target_health, supply=self._supply_rows)
         self.prices = prices = PriceTable(c.prices)
         fold = RecordFold(metrics, prices.nanos, masker=masker, log_requests=c.telemetry.request_log)
         self.ledger = ledger = UsageLedger(c.usage, metrics, store.write_usage, store.touch_keys, registry.take_last_used,
@@ -204,6 +208,11 @@ class Gateway:
             v.upstream_model or m.name for m in c.registry for v in m.versions], {m.name: m.tokenizer for m in c.models if m.tokenizer})
         # The versioned policy drives routing and limits: no routing store of its own, no second poller.
         self.routing = routing = RoutingState(from_config(c), transports=deployments, breaker=c.resilience.breaker)
+        # issue 28: versions with a digest serve only from replicas that report it (held until checked)
+        self.supply = supply = Supply(deployments, {u.name: DigestReader(u.digest_probe) for u in c.upstreams
+                                                    if u.digest_probe is not None}, on_change=self._supply_changed)
+        supply.apply(routing.table)
+        routing.on_change.append(supply.installed)
         self.policy = policy = PolicyService(store, routing, limiter, c.policy, PolicyDocument(
             routing=from_config(c), limits=LimitsSection(rules=list(c.limits.rules)), **self._guard_sections(c),
             mcp=McpPolicy(pin={s.name: s.pin for s in c.mcp.servers}, pins=dict(c.mcp.pins),
@@ -211,6 +220,9 @@ class Gateway:
                           servers=[s.entry() for s in c.mcp.servers])),
             vet=lambda now, then, back: self.mcp_upstreams.vet(now.mcp.servers, then.mcp.servers, back))  # type: ignore[union-attr]
         await policy.bootstrap()
+        await supply.check(lambda: routing.table)  # before the listeners open: verified versions serve from the first request
+        self._tasks.append(asyncio.get_running_loop().create_task(supply.run(
+            lambda: routing.table, c.resilience.health_interval_s or SUPPLY_INTERVAL_S), name="supply-checks"))
         if c.resilience.health_interval_s > 0:
             self._tasks.append(asyncio.get_running_loop().create_task(
                 run_checks(deployments, lambda: routing.table, c.resilience.health_interval_s), name="health-checks"))
@@ -254,7 +266,7 @@ class Gateway:
         self.mcp_subscriptions = mcp.subscriptions
         self._tasks.append(asyncio.get_running_loop().create_task(every(3600.0, parts.ended.purge), name="mcp-ended-purge"))
         admin = AdminApi(admin_auth, identities, store, ledger.flush,
-                         RoutingAdmin(routing, decisions, [u.name for u in c.upstreams], policy),
+                         RoutingAdmin(routing, decisions, [u.name for u in c.upstreams], policy, supply),
                          keyring, limiter, policy=PolicyAdmin(policy, store, identities), audit=AuditAdmin(audit),
                          on_auth_failure=failed_logins,
                          guard=GuardAdmin(approvals, guard_records), dashboard=dashboard,
@@ -338,6 +350,19 @@ class Gateway:
             return []
         return [(t.name, t.upstream, t.breaker.state if t.breaker is not None else None)
                 for t in self.routing.table.targets.values()]
+
+    def _supply_rows(self) -> list[tuple[str, str, str]]:
+        """(version, replica, digest state) of every version with a digest, for the metrics."""
+        if self.routing is None or self.supply is None:
+            return []
+        return [(v.target, v.replica, v.state) for v in self.supply.rows(self.routing.table) if v.state != NO_DIGEST]
+
+    def _supply_changed(self, event: str, v: Verdict) -> None:
+        """A replica found serving other weights than its version's digest, or readmitted: in the change log, written
+        by the process carrying the control plane only (every worker reaches the same verdict)."""
+        if self.slot.control and self.identities is not None:
+            self._spawn(self.identities.record(SYSTEM, f"registry.digest_{event}", v.target, {
+                "replica": v.replica, "approved": v.approved, "reported": v.reported, "checked_at": v.checked_at}))
 
     def _spawn(self, job: Awaitable[None]) -> None:
         """Run a side job (a change record) off the request path, keeping a reference until it ends."""
