@@ -37,7 +37,7 @@ from .identity import (SYSTEM, CredentialRegistry, Federation, Hasher, IdentityS
 from .pipeline import DataPlane, RequestContext
 from .policy import LimitsSection, PendingApproval, PolicyDocument, PolicyService
 from .admin.policy_api import PolicyAdmin
-from .routing import DecisionLog, Deployment, Replica, RoutingState, build_placement, from_config, refused_url
+from .routing import DecisionLog, Deployment, Replica, RoutingState, Supply, build_placement, from_config, refused_url, run_checks
 from .admin.guard_api import GuardAdmin
 from .admin.mcp_api import McpAdmin
 from .guard import ToolApprovals
@@ -50,15 +50,12 @@ from .store.response_records import ResponseRecords
 from .memory import ResponseMemory, Vault
 from .mcp import Fanout, McpEndpoints, Streams, Subscriptions, Upstreams
 from .mcp.assembly import McpParts
-from .routing.health import run_checks
-from .routing.supply import NO_DIGEST, SUPPLY_INTERVAL_S, Supply, Verdict
 from .store import Store, StoreUnavailable, open_store
 from .telemetry import Metrics, UsageLedger, configure
 from .telemetry import tracing
 from .telemetry.fold import RecordFold
 from .telemetry.metrics import CONTENT_TYPE as METRICS_TYPE
 from .upstream import NativeTransport, OpenAITransport, Transport
-from .upstream.digest import DigestReader
 from .telemetry.spill import SpillFile
 from .workers import current_slot
 
@@ -112,8 +109,6 @@ class Gateway:
         self.mcp_subscriptions: Subscriptions | None = None
         self.mcp_fanout: Fanout | None = None
         self.approvals: ToolApprovals | None = None  # its queued tool-decision rows are written at shutdown
-        self.supply: Supply | None = None  # issue 28: the digest verdicts of this process
-        self.identities: IdentityService | None = None
         self.tls: list[ServerTls] = []  # the listeners' live TLS contexts, reloaded on SIGHUP and file changes
 
     def secrets(self) -> list[str]:
@@ -142,7 +137,7 @@ class Gateway:
                                                                       name="audit-checkpoints"))
         registry = CredentialRegistry(hasher)
         registry.failures = gate(c.identity.auth_failures_per_minute, "failed authentications from this address")
-        self.identities = identities = IdentityService(store, registry, hasher, c.security)
+        identities = IdentityService(store, registry, hasher, c.security)
         await identities.sync_declared(c.identities, c.teams)
         async def reload_state() -> bool:
             # one store watcher: every identity or policy change bumps the same version (Store.apply)
@@ -184,7 +179,8 @@ class Gateway:
         # a caller's sampled traceparent is honoured per identity within this gate (None: never)
         callers = gate(c.telemetry.tracing.caller_sampled_per_minute, "sampled traces")
         self.tracer = tracing.build(c.telemetry.tracing, callers.allows if callers else None)  # None: tracing off
-        metrics = Metrics(max_identities=c.telemetry.max_identities, health=self._target_health, supply=self._supply_rows)
+        supply = Supply.from_config(c.upstreams, deployments, record=partial(identities.record, SYSTEM) if self.slot.control else None)
+        metrics = Metrics(max_identities=c.telemetry.max_identities, health=self._target_health, supply=supply.metric_rows)
         self.prices = prices = PriceTable(c.prices)
         fold = RecordFold(metrics, prices.nanos, masker=masker, log_requests=c.telemetry.request_log)
         self.ledger = ledger = UsageLedger(c.usage, metrics, store.write_usage, store.touch_keys, registry.take_last_used,
@@ -208,11 +204,6 @@ class Gateway:
             v.upstream_model or m.name for m in c.registry for v in m.versions], {m.name: m.tokenizer for m in c.models if m.tokenizer})
         # The versioned policy drives routing and limits: no routing store of its own, no second poller.
         self.routing = routing = RoutingState(from_config(c), transports=deployments, breaker=c.resilience.breaker)
-        # issue 28: versions with a digest serve only from replicas that report it (held until checked)
-        self.supply = supply = Supply(deployments, {u.name: DigestReader(u.digest_probe) for u in c.upstreams
-                                                    if u.digest_probe is not None}, on_change=self._supply_changed)
-        supply.apply(routing.table)
-        routing.on_change.append(supply.installed)
         self.policy = policy = PolicyService(store, routing, limiter, c.policy, PolicyDocument(
             routing=from_config(c), limits=LimitsSection(rules=list(c.limits.rules)), **self._guard_sections(c),
             mcp=McpPolicy(pin={s.name: s.pin for s in c.mcp.servers}, pins=dict(c.mcp.pins),
@@ -220,9 +211,7 @@ class Gateway:
                           servers=[s.entry() for s in c.mcp.servers])),
             vet=lambda now, then, back: self.mcp_upstreams.vet(now.mcp.servers, then.mcp.servers, back))  # type: ignore[union-attr]
         await policy.bootstrap()
-        await supply.check(lambda: routing.table)  # before the listeners open: verified versions serve from the first request
-        self._tasks.append(asyncio.get_running_loop().create_task(supply.run(
-            lambda: routing.table, c.resilience.health_interval_s or SUPPLY_INTERVAL_S), name="supply-checks"))
+        self._tasks.append(await supply.start(routing, c.resilience.health_interval_s))  # issue 28: checked before listening
         if c.resilience.health_interval_s > 0:
             self._tasks.append(asyncio.get_running_loop().create_task(
                 run_checks(deployments, lambda: routing.table, c.resilience.health_interval_s), name="health-checks"))
@@ -233,8 +222,7 @@ class Gateway:
                                resilience=c.resilience, ledger=ledger, limits=c.requests, limiter=limiter, prices=prices,
                                max_tokens_cap=c.limits.max_tokens_cap, over_cap=c.limits.over_cap,
                                admission=Admission({m.name: m.capacity for m in c.models if m.capacity}),
-                               extra_params={m: extra_params(p) for m, p in cfgmod.model_extra_params(c).items()},
-                               tracer=self.tracer,
+                               extra_params={m: extra_params(p) for m, p in cfgmod.model_extra_params(c).items()}, tracer=self.tracer,
                                memory=ResponseMemory(ResponseRecords(store), Vault(pepper), c.responses))  # type: ignore[arg-type]
         health = [("GET", "/healthz", self._healthz), ("GET", "/readyz", self._readyz)]
         # /health as vLLM, SGLang and TGI serve it: what their tools (guidellm) check first.
@@ -350,19 +338,6 @@ class Gateway:
             return []
         return [(t.name, t.upstream, t.breaker.state if t.breaker is not None else None)
                 for t in self.routing.table.targets.values()]
-
-    def _supply_rows(self) -> list[tuple[str, str, str]]:
-        """(version, replica, digest state) of every version with a digest, for the metrics."""
-        if self.routing is None or self.supply is None:
-            return []
-        return [(v.target, v.replica, v.state) for v in self.supply.rows(self.routing.table) if v.state != NO_DIGEST]
-
-    def _supply_changed(self, event: str, v: Verdict) -> None:
-        """A replica found serving other weights than its version's digest, or readmitted: in the change log, written
-        by the process carrying the control plane only (every worker reaches the same verdict)."""
-        if self.slot.control and self.identities is not None:
-            self._spawn(self.identities.record(SYSTEM, f"registry.digest_{event}", v.target, {
-                "replica": v.replica, "approved": v.approved, "reported": v.reported, "checked_at": v.checked_at}))
 
     def _spawn(self, job: Awaitable[None]) -> None:
         """Run a side job (a change record) off the request path, keeping a reference until it ends."""

@@ -18,9 +18,8 @@ from ..core.errors import InvalidRequest, NotFound
 from ..core.exchange import Exchange, Reply
 from ..identity import Actor
 from ..identity import roles as r
-from ..routing import DecisionLog, PolicyError, RoutingPolicy, RoutingState, explain
+from ..routing import DecisionLog, PolicyError, RoutingPolicy, RoutingState, Supply, explain
 from ..routing import policy as pol
-from ..routing.supply import Supply
 from ..policy import PendingApproval, PolicyService, changeset_view
 from .bodies import decode as _decode
 from .openapi import accepts
@@ -162,10 +161,8 @@ class RoutingAdmin:
     async def verify(self, actor: Actor, ex: Exchange) -> Reply:
         """Every registry version's digest state on every replica of its upstream, as this process last checked it
         (``?check=now``: checked first). Only ``verified`` replicas take a version's traffic."""
-        table = self._state.table
         if self._supply is None:
             return Reply.json({"object": "list", "data": []})
         if ex.query.get("check") == "now":
-            await self._supply.check(lambda: self._state.table)
-            table = self._state.table
-        return Reply.json({"object": "list", "data": msgspec.to_builtins(self._supply.rows(table))})
+            await self._supply.check()
+        return Reply.json({"object": "list", "data": msgspec.to_builtins(self._supply.rows())})

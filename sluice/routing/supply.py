@@ -18,21 +18,25 @@ verifies a replica again. Versions without a digest are not checked. None of thi
 check changes routes and deployments in place, and a request reads them as it reads a compiled table.
 
 Each process checks on its own (workers and gateway replicas reach the same verdict from the same backends).
-Moves into and out of ``mismatch`` are written to the change log by the process that carries the control plane
-(``on_change``, wired in ``app``): one audit entry per state change per gateway replica, not per worker.
+Moves into and out of ``mismatch`` are written to the change log (``registry.digest_mismatch``,
+``registry.digest_readmitted``) by the process that carries the control plane (``record``, given to worker 0 only):
+one audit entry per state change per replica of a version, per gateway replica, never per worker or per check.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 import msgspec
 
 from ..core import clock
+from ..core.config import Upstream
+from .digest import DigestReader
 from .placement import Deployment, Replica
+from .state import RoutingState
 from .table import RouteTable, Target
 
 log = logging.getLogger("sluice.routing")
@@ -83,14 +87,35 @@ class Supply:
     """The verdicts of one process, and what they do to the routes and deployments serving now."""
 
     def __init__(self, deployments: Mapping[str, Deployment], readers: Mapping[str, Reader], *,
-                 on_change: Callable[[str, Verdict], None] | None = None) -> None:
+                 record: Callable[[str, str, dict], Awaitable[None]] | None = None) -> None:
         self._deployments = deployments
         self._readers = readers
         self._verdicts: dict[tuple[str, str], Verdict] = {}  # (target, replica name) -> the last verdict
         self._flagged: set[tuple[str, str]] = set()  # found in mismatch, not verified since
         self._wake = asyncio.Event()
-        # ("mismatch" | "readmitted", verdict): a replica found serving other weights, or serving the approved ones again
-        self.on_change = on_change
+        self._routing: RoutingState | None = None
+        # (action, target, detail) -> a change-log entry; None: this process does not write them (not worker 0)
+        self._record = record
+        self._side: set[asyncio.Future] = set()
+
+    @classmethod
+    def from_config(cls, upstreams: Sequence[Upstream], deployments: Mapping[str, Deployment], *,
+                    record: Callable[[str, str, dict], Awaitable[None]] | None = None) -> Supply:
+        """The checks of the upstreams that have a ``digest_probe``."""
+        return cls(deployments, {u.name: DigestReader(u.digest_probe) for u in upstreams if u.digest_probe is not None},
+                   record=record)
+
+    def attach(self, routing: RoutingState) -> None:
+        """Govern the tables ``routing`` serves: this one now (versions with a digest held until checked), each
+        later one as it is installed."""
+        self._routing = routing
+        self.apply(routing.table)
+        routing.on_change.append(self.installed)
+
+    @property
+    def _table(self) -> RouteTable:
+        assert self._routing is not None, "attach() first"
+        return self._routing.table
 
     def _verdict(self, t: Target, r: Replica) -> Verdict:
         v = self._verdicts.get((t.name, r.name))
@@ -99,20 +124,24 @@ class Supply:
                            state=PENDING if t.upstream in self._readers else NO_PROBE)
         return v
 
-    def rows(self, table: RouteTable) -> list[Verdict]:
+    def rows(self) -> list[Verdict]:
         """Every version's state on every replica of its upstream (``no_digest``: not checked)."""
         out = []
-        for t in table.targets.values():
+        for t in self._table.targets.values():
             dep = self._deployments.get(t.upstream)
             for r in dep.replicas if dep is not None else ():
                 out.append(self._verdict(t, r) if t.digest is not None
                            else Verdict(target=t.name, replica=r.name, state=NO_DIGEST))
         return out
 
-    async def check(self, table: Callable[[], RouteTable]) -> None:
+    def metric_rows(self) -> list[tuple[str, str, str]]:
+        """(version, replica, state) of every version with a digest (``sluice_model_digest_state``)."""
+        return [(v.target, v.replica, v.state) for v in self.rows() if v.state != NO_DIGEST] if self._routing else []
+
+    async def check(self) -> None:
         """Ask every replica of every version with a digest, judge, and apply to the table serving by then."""
         asks: dict[tuple[Replica, str], Awaitable[bytes | None]] = {}
-        for t in table().targets.values():
+        for t in self._table.targets.values():
             reader = self._readers.get(t.upstream)
             dep = self._deployments.get(t.upstream)
             if t.digest is None or reader is None or dep is None:
@@ -123,7 +152,7 @@ class Supply:
                     asks[key] = r.transport.fetch(key[1])
         got = dict(zip(asks, await asyncio.gather(*asks.values())))
         now = clock.now()
-        current = table()  # a policy version may have been installed while the probes were out
+        current = self._table  # a policy version may have been installed while the probes were out
         for t in current.targets.values():
             reader = self._readers.get(t.upstream)
             dep = self._deployments.get(t.upstream)
@@ -161,8 +190,18 @@ class Supply:
             self._flagged.discard(key)
             event = "readmitted"
             log.info("model supply: %s on replica %s serves the approved digest again: readmitted", v.target, v.replica)
-        if event is not None and self.on_change is not None:
-            self.on_change(event, v)
+        if event is not None and self._record is not None:
+            task = asyncio.ensure_future(self._write(f"registry.digest_{event}", v))
+            self._side.add(task)
+            task.add_done_callback(self._side.discard)
+
+    async def _write(self, action: str, v: Verdict) -> None:
+        try:
+            await self._record(action, v.target, {"replica": v.replica, "approved": v.approved,  # type: ignore[misc]
+                                                  "reported": v.reported, "checked_at": v.checked_at})
+        except Exception as exc:  # the store may be away: the verdict holds anyway, the log says so
+            log.warning("model supply: %s for %s not written to the change log: %s", action, v.target,
+                        type(exc).__name__)
 
     def apply(self, table: RouteTable) -> None:
         """Place each version with a digest on its verified replicas only; hold those with none (see module)."""
@@ -192,15 +231,21 @@ class Supply:
         if any(t.digest is not None for t in table.targets.values()):
             self._wake.set()
 
-    async def run(self, table: Callable[[], RouteTable], interval: float) -> None:
-        """Check every ``interval`` seconds and whenever a version is installed (a background task)."""
+    async def start(self, routing: RoutingState, interval: float) -> asyncio.Task:
+        """Govern ``routing`` (``attach``), check once now (before the listeners open), then every ``interval``
+        seconds (0: ``SUPPLY_INTERVAL_S``) and whenever a version is installed, in the background task returned."""
+        self.attach(routing)
+        await self.check()
+        return asyncio.get_running_loop().create_task(self._run(interval or SUPPLY_INTERVAL_S), name="supply-checks")
+
+    async def _run(self, interval: float) -> None:
         while True:
-            self._wake.clear()
-            try:
-                await self.check(table)
-            except Exception as exc:  # a probe bug must not end the loop
-                log.warning("model supply check failed: %s", type(exc).__name__)
             try:
                 await asyncio.wait_for(self._wake.wait(), interval)
             except asyncio.TimeoutError:
                 pass
+            self._wake.clear()
+            try:
+                await self.check()
+            except Exception as exc:  # a probe bug must not end the loop
+                log.warning("model supply check failed: %s", type(exc).__name__)
