@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Protocol
 
 import msgspec
 
@@ -43,16 +42,7 @@ log = logging.getLogger("sluice.routing")
 
 VERIFIED, MISMATCH, UNREACHABLE, PENDING, NO_PROBE, NO_DIGEST = (
     "verified", "mismatch", "unreachable", "pending", "no_probe", "no_digest")
-STATES = (VERIFIED, MISMATCH, UNREACHABLE, PENDING, NO_PROBE)
 SUPPLY_INTERVAL_S = 10.0
-
-
-class Reader(Protocol):
-    """Where a backend reports a model's digest (``sluice.upstream.digest.DigestReader``)."""
-
-    def path(self, model: str) -> str: ...
-
-    def read(self, body: bytes, model: str) -> str | None: ...
 
 
 class Verdict(msgspec.Struct, kw_only=True):
@@ -86,7 +76,7 @@ def _why(v: Verdict) -> str:
 class Supply:
     """The verdicts of one process, and what they do to the routes and deployments serving now."""
 
-    def __init__(self, deployments: Mapping[str, Deployment], readers: Mapping[str, Reader], *,
+    def __init__(self, deployments: Mapping[str, Deployment], readers: Mapping[str, DigestReader], *,
                  record: Callable[[str, str, dict], Awaitable[None]] | None = None) -> None:
         self._deployments = deployments
         self._readers = readers

@@ -60,13 +60,17 @@ def test_a_sim_serving_another_digest_takes_no_traffic_until_it_serves_the_appro
                    {"version": "v2", "upstream": "canary", "upstream_model": "sim-small", "approved": True,
                     "digest": APPROVED}]}],
                "routes": [{"name": "r", "match": {"models": ["m"]}, "targets": [{"target": "m@v2"}],
-                           "fallbacks": ["m@v1"]}],
+                           "fallbacks": ["m@v1"]},
+                          {"name": "solo", "match": {"models": ["solo"]}, "targets": [{"target": "m@v2"}]}],
                "resilience": {"health_interval_s": 0.2}})
     try:
         # checked before the listeners opened: not one request reaches the unapproved weights
         for _ in range(5):
             r = g.post("/v1/chat/completions", g.keys["app"], json=BODY)
             assert r.status_code == 200 and r.headers["x-sluice-route"] == "r; target=m@v1", r.text
+        # a route with nowhere else to go answers 503 rather than send the request to them
+        alone = g.post("/v1/chat/completions", g.keys["app"], json={**BODY, "model": "solo"})
+        assert alone.status_code == 503 and alone.json()["error"]["code"] == "no_healthy_target", alone.text
         assert canary.stats()["chat_requests"] == 0
         why = g.admin("GET", f"/admin/routes/decisions/{r.headers['x-request-id']}").json()
         assert why["excluded"]["m@v2"] == f"digest mismatch: the backend serves {OTHER}, approved {APPROVED}"
@@ -92,7 +96,8 @@ def test_a_sim_serving_another_digest_takes_no_traffic_until_it_serves_the_appro
         for _ in range(5):
             r = g.post("/v1/chat/completions", g.keys["app"], json=BODY)
             assert r.status_code == 200 and r.headers["x-sluice-route"] == "r; target=m@v2", r.text
-        assert canary.stats()["chat_requests"] == 5
+        assert g.post("/v1/chat/completions", g.keys["app"], json={**BODY, "model": "solo"}).status_code == 200
+        assert canary.stats()["chat_requests"] == 6
         [entry] = changes(g, "registry.digest_readmitted")
         assert entry["target"] == "m@v2" and entry["detail"]["reported"] == APPROVED
         assert len(changes(g, "registry.digest_mismatch")) == 1  # one entry per change of state, not per check
@@ -114,11 +119,20 @@ class FakeOllama:
 
         class Handler(QuietHandler):
             def do_GET(self) -> None:  # noqa: N802
-                if self.path == "/api/tags":
-                    self.send_body(json.dumps({"models": [
+                if self.path == "/api/tags":  # chunked, as Ollama's Go server sends a list past 4 KiB
+                    body = json.dumps({"models": [
                         {"name": "mistral:latest", "model": "mistral:latest", "digest": "f" * 64},
                         {"name": "llama3:latest", "model": "llama3:latest", "digest": fake.digest,
-                         "size": 4661224676, "details": {"format": "gguf", "family": "llama"}}]}).encode())
+                         "size": 4661224676, "details": {"format": "gguf", "family": "llama"}}]}).encode()
+                    self.protocol_version = "HTTP/1.1"
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    for piece in (body[:40], body[40:]):
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    self.wfile.write(b"0\r\n\r\n")
                 else:  # /v1/models: the health check
                     self.send_body(b'{"object": "list", "data": []}')
 
