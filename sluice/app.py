@@ -37,7 +37,7 @@ from .identity import (SYSTEM, CredentialRegistry, Federation, Hasher, IdentityS
 from .pipeline import DataPlane, RequestContext
 from .policy import LimitsSection, PendingApproval, PolicyDocument, PolicyService
 from .admin.policy_api import PolicyAdmin
-from .routing import DecisionLog, Deployment, Replica, RoutingState, build_placement, from_config, refused_url
+from .routing import DecisionLog, Deployment, Replica, RoutingState, Supply, build_placement, from_config, refused_url, run_checks
 from .admin.guard_api import GuardAdmin
 from .admin.mcp_api import McpAdmin
 from .guard import ToolApprovals
@@ -50,7 +50,6 @@ from .store.response_records import ResponseRecords
 from .memory import ResponseMemory, Vault
 from .mcp import Fanout, McpEndpoints, Streams, Subscriptions, Upstreams
 from .mcp.assembly import McpParts
-from .routing.health import run_checks
 from .store import Store, StoreUnavailable, open_store
 from .telemetry import Metrics, UsageLedger, configure
 from .telemetry import tracing
@@ -180,7 +179,8 @@ class Gateway:
         # a caller's sampled traceparent is honoured per identity within this gate (None: never)
         callers = gate(c.telemetry.tracing.caller_sampled_per_minute, "sampled traces")
         self.tracer = tracing.build(c.telemetry.tracing, callers.allows if callers else None)  # None: tracing off
-        metrics = Metrics(max_identities=c.telemetry.max_identities, health=self._target_health)
+        supply = Supply.from_config(c.upstreams, deployments, record=partial(identities.record, SYSTEM) if self.slot.control else None)
+        metrics = Metrics(max_identities=c.telemetry.max_identities, health=self._target_health, supply=supply.metric_rows)
         self.prices = prices = PriceTable(c.prices)
         fold = RecordFold(metrics, prices.nanos, masker=masker, log_requests=c.telemetry.request_log)
         self.ledger = ledger = UsageLedger(c.usage, metrics, store.write_usage, store.touch_keys, registry.take_last_used,
@@ -211,6 +211,7 @@ class Gateway:
                           servers=[s.entry() for s in c.mcp.servers])),
             vet=lambda now, then, back: self.mcp_upstreams.vet(now.mcp.servers, then.mcp.servers, back))  # type: ignore[union-attr]
         await policy.bootstrap()
+        self._tasks.append(await supply.start(routing, c.resilience.health_interval_s))  # issue 28: checked before listening
         if c.resilience.health_interval_s > 0:
             self._tasks.append(asyncio.get_running_loop().create_task(
                 run_checks(deployments, lambda: routing.table, c.resilience.health_interval_s), name="health-checks"))
@@ -221,8 +222,7 @@ class Gateway:
                                resilience=c.resilience, ledger=ledger, limits=c.requests, limiter=limiter, prices=prices,
                                max_tokens_cap=c.limits.max_tokens_cap, over_cap=c.limits.over_cap,
                                admission=Admission({m.name: m.capacity for m in c.models if m.capacity}),
-                               extra_params={m: extra_params(p) for m, p in cfgmod.model_extra_params(c).items()},
-                               tracer=self.tracer,
+                               extra_params={m: extra_params(p) for m, p in cfgmod.model_extra_params(c).items()}, tracer=self.tracer,
                                memory=ResponseMemory(ResponseRecords(store), Vault(pepper), c.responses))  # type: ignore[arg-type]
         health = [("GET", "/healthz", self._healthz), ("GET", "/readyz", self._readyz)]
         # /health as vLLM, SGLang and TGI serve it: what their tools (guidellm) check first.
@@ -254,7 +254,7 @@ class Gateway:
         self.mcp_subscriptions = mcp.subscriptions
         self._tasks.append(asyncio.get_running_loop().create_task(every(3600.0, parts.ended.purge), name="mcp-ended-purge"))
         admin = AdminApi(admin_auth, identities, store, ledger.flush,
-                         RoutingAdmin(routing, decisions, [u.name for u in c.upstreams], policy),
+                         RoutingAdmin(routing, decisions, [u.name for u in c.upstreams], policy, supply),
                          keyring, limiter, policy=PolicyAdmin(policy, store, identities), audit=AuditAdmin(audit),
                          on_auth_failure=failed_logins,
                          guard=GuardAdmin(approvals, guard_records), dashboard=dashboard,

@@ -132,9 +132,9 @@ class Proc:
 class Sim:
     """The simulated backend as its own process."""
 
-    def __init__(self, tmp: Path, **flags: Any) -> None:
-        for attempt in range(3):
-            self.port = free_port()
+    def __init__(self, tmp: Path, port: int | None = None, **flags: Any) -> None:
+        for attempt in range(3):  # ``port``: where an earlier sim listened (a redeploy)
+            self.port = port or free_port()
             args = [sys.executable, "-m", "sluice", "sim", "--port", str(self.port)]
             opts = {"decode-ms": 0, "prefill-ms": 0, "base-ms": 0, **flags}
             for k, v in opts.items():
@@ -145,7 +145,7 @@ class Sim:
                 self.proc.wait_http(self.url + "/health")
                 return
             except PortTaken:
-                if attempt == 2:
+                if attempt == 2 or port is not None:
                     raise
 
     def faults(self, **spec: Any) -> None:

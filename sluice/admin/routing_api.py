@@ -18,7 +18,7 @@ from ..core.errors import InvalidRequest, NotFound
 from ..core.exchange import Exchange, Reply
 from ..identity import Actor
 from ..identity import roles as r
-from ..routing import DecisionLog, PolicyError, RoutingPolicy, RoutingState, explain
+from ..routing import DecisionLog, PolicyError, RoutingPolicy, RoutingState, Supply, explain
 from ..routing import policy as pol
 from ..policy import PendingApproval, PolicyService, changeset_view
 from .bodies import decode as _decode
@@ -52,8 +52,10 @@ def _weights(policy: RoutingPolicy, route: str) -> list:
 class RoutingAdmin:
     """The routing endpoints of the control plane."""
 
-    def __init__(self, state: RoutingState, decisions: DecisionLog, upstreams: list[str], policy: PolicyService) -> None:
+    def __init__(self, state: RoutingState, decisions: DecisionLog, upstreams: list[str], policy: PolicyService,
+                 supply: Supply | None = None) -> None:
         self._state = state
+        self._supply = supply
         self._policy = policy
         self._decisions = decisions
         self._upstreams = set(upstreams)
@@ -67,6 +69,7 @@ class RoutingAdmin:
             ("PUT", "/admin/routing/routes/{route}/weights", (r.ROUTING_WRITE,), self.set_weights),
             ("POST", "/admin/routing/routes/{route}/rollback", (r.ROUTING_WRITE,), self.rollback),
             ("PUT", "/admin/registry/{model}/versions/{version}/approval", (r.ROUTING_WRITE,), self.approve),
+            ("GET", "/admin/registry/verify", (r.ROUTING_READ,), self.verify),
         ]
 
     async def _change(self, actor: Actor, fn: Callable[[RoutingPolicy], RoutingPolicy], action: str, target: str,
@@ -154,3 +157,12 @@ class RoutingAdmin:
         if isinstance(got, Reply):
             return got
         return Reply.json({"target": target, "approved": req.approved, "version": self._state.version})
+
+    async def verify(self, actor: Actor, ex: Exchange) -> Reply:
+        """Every registry version's digest state on every replica of its upstream, as this process last checked it
+        (``?check=now``: checked first). Only ``verified`` replicas take a version's traffic."""
+        if self._supply is None:
+            return Reply.json({"object": "list", "data": []})
+        if ex.query.get("check") == "now":
+            await self._supply.check()
+        return Reply.json({"object": "list", "data": msgspec.to_builtins(self._supply.rows())})

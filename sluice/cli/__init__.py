@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from .params import tidy_help
-from . import admin_cmds, audit_cmds, config_cmds, keys_cmds, mcp_cmds, policy_cmds, prompts_cmds, responses_cmds, routes_cmds, serve_cmds
+from . import (admin_cmds, audit_cmds, config_cmds, keys_cmds, mcp_cmds, policy_cmds, prompts_cmds, registry_cmds,
+               responses_cmds, routes_cmds, serve_cmds)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="sluice: a governed inference gateway.",
                   pretty_exceptions_enable=False)
@@ -15,6 +16,7 @@ app.add_typer(admin_cmds.identities, name="identities")
 app.add_typer(admin_cmds.teams, name="teams")
 app.add_typer(config_cmds.app, name="config")
 app.add_typer(routes_cmds.app, name="routes")
+app.add_typer(registry_cmds.app, name="registry")  # issue 28: verified model supply
 app.command("usage")(admin_cmds.usage)
 app.add_typer(policy_cmds.app, name="policy")
 app.add_typer(policy_cmds.switch, name="switch")

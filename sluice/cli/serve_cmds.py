@@ -84,6 +84,7 @@ def sim(
     prefill_concurrency: int = typer.Option(0, help="Prefills at once (0 = unbounded, 1 = one at a time)."),
     batch_slowdown: float = typer.Option(0.0, help="Decode step slowdown per other sequence in the batch."),
     kv_events: bool = typer.Option(False, help="Publish vLLM-shaped KV block events at /sim/kv_events."),
+    digest: str = typer.Option(None, help="The weights digest every model reports in GET /v1/models."),
 ) -> None:
     """Run the simulated backend (vLLM-compatible wire) as its own process."""
     from ..sim import run as run_sim
@@ -93,7 +94,7 @@ def sim(
                            base_latency_ms=base_ms, max_concurrency=max_concurrency, models=model,
                            prefix_cache_blocks=cache_blocks, block_tokens=block_tokens,
                            prefill_concurrency=prefill_concurrency, decode_batch_slowdown=batch_slowdown,
-                           kv_events=kv_events))
+                           kv_events=kv_events, digest=digest))
 
 
 @contextmanager

@@ -28,7 +28,7 @@ from .guardrails import Guardrails, ToolSpec
 from .identity_config import (Admin, DeclaredIdentity, DeclaredTeam, FederationAlg, FederationRule,  # noqa: F401
                               IdentitySettings, Security, Tokens, TrustedIssuer)
 from .limits_config import Anomaly, LimitDim, LimitRule, Limits, Price  # noqa: F401
-from .routing_config import (LEGACY_VERSION, Breaker, Capacity, Compliance, ExtraParams, Model,  # noqa: F401
+from .routing_config import (LEGACY_VERSION, Breaker, Capacity, Compliance, DigestProbe, ExtraParams, Model,  # noqa: F401
                              ModelVersion, PlacementSettings, RegisteredModel, Resilience, RouteMatch, RouteSpec,
                              Upstream, WeightedTarget)
 from .strict import Port, Seconds
@@ -123,6 +123,9 @@ class Sim(_Strict):
     # Publish vLLM-shaped KV block events (stored/removed/cleared) at GET /sim/kv_events.
     kv_events: bool = False
     seed: int = 0
+    # The weights digest every model reports in ``GET /v1/models`` (``digest``): what a registry version's digest is
+    # checked against (routing.supply); None: no digest field
+    digest: str | None = None
 
 
 class Responses(_Strict):
@@ -213,6 +216,7 @@ def _check_routing(config: Config, upstreams: set[str]) -> None:
     _check_unique("routes", [r.name for r in config.routes])
     versions: set[str] = {f"{m.name}@{LEGACY_VERSION}" for m in config.models}
     legacy = {m.name for m in config.models}
+    probed = {u.name for u in config.upstreams if u.digest_probe is not None}
     for i, m in enumerate(config.registry):
         if m.name in legacy:
             raise msgspec.ValidationError(f"{m.name!r} is already a model in `models` - at `$.registry[{i}].name`")
@@ -221,6 +225,10 @@ def _check_routing(config: Config, upstreams: set[str]) -> None:
             if v.upstream not in upstreams:
                 raise msgspec.ValidationError(
                     f"upstream {v.upstream!r} is not declared in `upstreams` - at `$.registry[{i}].versions[{j}].upstream`")
+            if v.digest is not None and v.upstream not in probed:
+                raise msgspec.ValidationError(
+                    f"a digest is checked against what the upstream reports, and upstream {v.upstream!r} has no "
+                    f"digest_probe - at `$.registry[{i}].versions[{j}].digest`")
             versions.add(f"{m.name}@{v.version}")
     catch_all: str | None = None
     for i, route in enumerate(config.routes):

@@ -33,6 +33,20 @@ class PlacementSettings(_Strict):
     min_match_blocks: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] = 1
 
 
+# A field path into a JSON answer: keys joined by dots, ``[N]`` for a list's Nth item, ``[key=value]`` for the first
+# item whose ``key`` is ``value``; ``{model}`` stands for the version's upstream model (``data[id={model}].digest``).
+_FieldPath = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]+(\[[^\]\[]+\])*(\.[A-Za-z0-9_-]+(\[[^\]\[]+\])*)*$",
+                                         max_length=512)]
+
+
+class DigestProbe(_Strict):
+    """Where an OpenAI-compatible backend says which weights it serves: a JSON field of a GET on its server
+    (``path`` from the server's root, not under base_url; ``{model}`` may appear in either)."""
+
+    path: Annotated[str, msgspec.Meta(pattern=r"^/[^\s]*$", max_length=512)] = "/v1/models"
+    field: _FieldPath = "data[id={model}].digest"
+
+
 class Upstream(_Strict):
     """One model backend: OpenAI's wire protocol (vLLM, Ollama, llama.cpp, OpenAI), Anthropic's Messages API, or
     the OpenAI Responses API served by the backend itself (vLLM, OpenAI)."""
@@ -69,6 +83,9 @@ class Upstream(_Strict):
     allow_link_local: bool = False
     # How requests are placed on base_url and the replicas.
     placement: PlacementSettings = msgspec.field(default_factory=PlacementSettings)
+    # How a registry version's ``digest`` is checked on this upstream's replicas (routing.supply): ``ollama``
+    # (the model's ``digest`` in ``GET /api/tags``) or a probe; None: versions here may not carry a digest.
+    digest_probe: Literal["ollama"] | DigestProbe | None = None
 
     @property
     def base_urls(self) -> list[str]:
@@ -114,7 +131,8 @@ class ModelVersion(_Strict, kw_only=True):
     upstream_model: str | None = None
     context_window: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] | None = None
     price: Price | None = None
-    digest: str | None = None  # weights hash or the upstream-reported identifier
+    # The weights the backend must report (routing.supply; ``sha256:`` and case are ignored); None: not checked
+    digest: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
     approved: bool = False
     environment: Environment | None = None  # only callers of this environment; None: any
     region: str | None = None

@@ -3,11 +3,14 @@
 from .breaker import CircuitBreaker
 from .decisions import DecisionLog, explain
 from .egress import refused_url
+from .health import run_checks
 from .policy import PolicyError, RoutingPolicy, from_config
 from .placement import Deployment, LeastOutstanding, Placement, PrefixAffinity, Replica, RoundRobin, build_placement
 from .state import RoutingState
+from .supply import Supply
 from .table import KILLED, CompiledRoute, Decision, NoTarget, RouteTable, Target
 
 __all__ = ["KILLED", "CircuitBreaker", "CompiledRoute", "Decision", "DecisionLog", "Deployment", "LeastOutstanding", "NoTarget",
            "Placement", "PolicyError", "PrefixAffinity", "Replica", "RoundRobin", "RouteTable",
-           "RoutingPolicy", "RoutingState", "Target", "build_placement", "explain", "from_config", "refused_url"]
+           "RoutingPolicy", "RoutingState", "Supply", "Target", "build_placement", "explain", "from_config", "refused_url",
+           "run_checks"]

@@ -286,18 +286,34 @@ class Deployment:
     ``live`` holds the replicas placement may choose from: all of them, less those that failed
     their last active health check (``eject``), but never none (a deployment whose every replica
     fails is left to the breakers). It is swapped whole, so a pick sees one consistent tuple.
+    A target whose digest some replicas do not serve sends through a view of it (``without``).
     """
 
-    __slots__ = ("name", "replicas", "live", "placement", "down")
+    __slots__ = ("name", "replicas", "live", "placement", "down", "barred", "_views")
 
-    def __init__(self, name: str, replicas: Sequence[Replica], placement: Placement | None = None) -> None:
+    def __init__(self, name: str, replicas: Sequence[Replica], placement: Placement | None = None,
+                 barred: frozenset[Replica] = frozenset()) -> None:
         if not replicas:
             raise ValueError("a deployment needs at least one replica")
         self.name = name
         self.replicas = tuple(replicas)
-        self.live = self.replicas
         self.placement = placement or LeastOutstanding()
         self.down: frozenset[Replica] = frozenset()
+        # replicas a view never picks (they serve other weights than the version's: routing.supply)
+        self.barred = barred
+        self._views: dict[frozenset[Replica], Deployment] = {}
+        self._set_down(self.down)
+
+    def without(self, barred: frozenset[Replica]) -> Deployment:
+        """This deployment as one target sees it when ``barred`` serve other weights than that target's: the
+        same replicas, placement and health, never picking a barred one. Kept per set, updated by ``eject``."""
+        if not barred:
+            return self
+        view = self._views.get(barred)
+        if view is None:
+            view = self._views[barred] = Deployment(self.name, self.replicas, self.placement, barred)
+        view._set_down(self.down)
+        return view
 
     def eject(self, replica: Replica) -> None:
         """``replica`` failed a health check: no more picks, and what placement learned about it is stale."""
@@ -311,7 +327,11 @@ class Deployment:
 
     def _set_down(self, down: frozenset[Replica]) -> None:
         self.down = down
-        self.live = tuple(r for r in self.replicas if r not in down) or self.replicas
+        barred = self.barred
+        allowed = tuple(r for r in self.replicas if r not in barred) or self.replicas
+        self.live = tuple(r for r in allowed if r not in down) or allowed
+        for view in self._views.values():
+            view._set_down(down)
 
 
 def conversation_text(messages: Sequence[Any]) -> str:

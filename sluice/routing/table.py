@@ -104,7 +104,7 @@ class CompiledRoute:
     """One route ready to decide: its checks, usable weighted targets, fallbacks, and what was left out."""
 
     __slots__ = ("name", "spec", "checks", "targets", "cumulative", "total", "fallbacks", "sticky", "retries",
-                 "excluded", "weights", "headers", "windowed", "served")
+                 "excluded", "weights", "headers", "windowed", "served", "_unheld")
 
     def __init__(self, spec: RouteSpec, targets: Mapping[str, Target]) -> None:
         self.name = spec.name
@@ -134,6 +134,27 @@ class CompiledRoute:
         self.headers = {t.name: f"{self.name}; target={t.name}" for t in self.targets + self.fallbacks}
         # Whether a request's size must be measured against a version's context window on this route.
         self.windowed = any(t.context_window is not None for t in self.targets + self.fallbacks)
+        # (targets, fallbacks, excluded) before any hold: what ``hold`` filters, each time from the same start
+        self._unheld: tuple[tuple[Target, ...], tuple[Target, ...], dict[str, str]] | None = None
+
+    def hold(self, held: Mapping[str, str]) -> None:
+        """Leave out the targets ``held`` names (name -> why), until a later call no longer names them: a
+        version whose backends serve other weights than its digest (routing.supply). The route is changed
+        in place, each attribute by one assignment; a request decides on it as on a compiled route."""
+        if self._unheld is None:
+            if not held:
+                return
+            self._unheld = (self.targets, self.fallbacks, dict(self.excluded))
+        targets, fallbacks, excluded = self._unheld
+        keep = tuple(t for t in targets if t.name not in held)
+        acc, cumulative = 0, []
+        for t in keep:
+            acc += self.weights[t.name]
+            cumulative.append(acc)
+        self.excluded = {**excluded, **{n: why for n, why in held.items() if n in self.served}}
+        self.cumulative, self.total = tuple(cumulative), acc
+        self.fallbacks = tuple(t for t in fallbacks if t.name not in held)
+        self.targets = keep
 
     def _usable(self, t: Target, c: Compliance | None) -> bool:
         if not t.approved:

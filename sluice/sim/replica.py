@@ -14,6 +14,7 @@ from itertools import count
 from typing import Any
 
 import msgspec
+from msgspec import UNSET
 from aiohttp import web
 
 from sluice.core import clock
@@ -66,7 +67,8 @@ class ReplicaBase:
         self._closing = asyncio.Event()
         created = int(clock.now())
         self._model_list = encode(
-            ModelList(data=[ModelCard(id=m, created=created, max_model_len=MAX_MODEL_LEN, root=m) for m in settings.models])
+            ModelList(data=[ModelCard(id=m, created=created, max_model_len=MAX_MODEL_LEN, root=m,
+                                 digest=UNSET if settings.digest is None else settings.digest) for m in settings.models])
         )
 
     def _new_id(self, prefix: str) -> str:

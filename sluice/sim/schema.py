@@ -196,6 +196,7 @@ class ModelCard(msgspec.Struct, kw_only=True):
     root: str | None = None
     parent: None = None
     max_model_len: int
+    digest: str | UnsetType = UNSET  # the sim's ``--digest`` (vLLM has no such field; a probe reads it: routing.supply)
 
 
 class ModelList(msgspec.Struct, kw_only=True):

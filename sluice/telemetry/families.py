@@ -24,6 +24,9 @@ _BREAKER_STATES = ("closed", "half-open", "open")
 
 # (target, upstream, breaker state or None) of every routing target, read at scrape time
 Health = list[tuple[str, str, str | None]]
+# (target, replica, digest state) of every version with a digest on every replica of its upstream (routing.supply)
+Supply = list[tuple[str, str, str]]
+_SUPPLY_STATES = ("verified", "mismatch", "unreachable", "pending", "no_probe")
 
 
 class CallerFamilies:
@@ -140,6 +143,30 @@ class _HealthCollector(Collector):
             up.add_metric([upstream], float(ok))
         yield states
         yield up
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+class SupplyCollector(Collector):
+    """Per version with a digest and replica of its upstream: 1 for the state of its digest check (issue 28)."""
+
+    def __init__(self, supply: Callable[[], Supply]) -> None:
+        self._supply = supply
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("sluice_model_digest_state", "1 for the state of each registry version's digest on "
+                                   "each replica of its upstream: verified, mismatch, unreachable, pending, no_probe "
+                                   "(only verified replicas take the version's traffic).",
+                                   labels=["target", "replica", "state"])
+        try:
+            rows = self._supply()
+        except Exception:  # a scrape must answer even while routing reloads
+            rows = []
+        for target, replica, state in rows:
+            for s in _SUPPLY_STATES:
+                family.add_metric([target, replica, s], 1.0 if s == state else 0.0)
+        yield family
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())

@@ -13,7 +13,7 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Pro
                                generate_latest)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .families import CallerFamilies, Health
+from .families import CallerFamilies, Health, Supply, SupplyCollector
 from .tally import Tally
 
 from ..core.types import UsageRecord
@@ -27,7 +27,8 @@ disable_created_metrics()  # the _created series double the output and nobody gr
 class Metrics:
     """The gateway's metric families, in a registry of their own."""
 
-    def __init__(self, *, max_identities: int = 200, health: Callable[[], Health] | None = None) -> None:
+    def __init__(self, *, max_identities: int = 200, health: Callable[[], Health] | None = None,
+                 supply: Callable[[], Supply] | None = None) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.requests = Counter("sluice_requests", "Data-plane requests by endpoint, model and status.",
                                 ["endpoint", "model", "status"], registry=r)
@@ -58,6 +59,8 @@ class Metrics:
         self._live = CollectorRegistry(auto_describe=True)
         self.callers = CallerFamilies(r, _LATENCY_BUCKETS, max_identities, health, live=self._live)
         ProcessCollector(registry=self._live)
+        if supply is not None:
+            self._live.register(SupplyCollector(supply))
 
     def observe(self, records: Iterable[UsageRecord]) -> None:
         """Fold finished requests into the metric families (summed per series first: tally.py)."""

@@ -56,6 +56,11 @@ class Transport(abc.ABC):
         """Whether the backend answers at all (an active health check); None: this transport cannot tell."""
         return None
 
+    async def fetch(self, path: str) -> bytes | None:
+        """GET ``path`` from the backend server's root and the body of a 200 answer (a model list, for its
+        digests), on a connection of its own; None: no 200 answer, or this transport cannot ask."""
+        return None
+
     @abc.abstractmethod
     async def open_stream(self, path: str, body: bytes, headers: dict[str, str] | None = None
                           ) -> UpstreamStream | UpstreamReply:

@@ -17,7 +17,7 @@ from .base import Transport, UpstreamReply, UpstreamStream, credentials
 from .connection import Cut, Stalled, TooLarge, UpstreamConnection
 from .errors import too_large
 from .pool import Pool, PoolTimeout
-from .probe import answers
+from .probe import answers, fetch
 from .tls import tls_context
 
 
@@ -174,6 +174,11 @@ class NativeTransport(Transport):
         host, port, tls, timeout = self._probe_at
         return await answers(host, port, tls, b"".join((
             b"GET ", self._prefix, b"/models HTTP/1.1\r\n", self._head, b"Connection: close\r\n\r\n")), timeout)
+
+    async def fetch(self, path: str) -> bytes | None:
+        host, port, tls, timeout = self._probe_at
+        return await fetch(host, port, tls, b"".join((
+            b"GET ", path.encode(), b" HTTP/1.1\r\n", self._head, b"Connection: close\r\n\r\n")), timeout)
 
     async def open_stream(self, path: str, body: bytes, headers: dict[str, str] | None = None
                           ) -> UpstreamStream | UpstreamReply:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -119,6 +120,16 @@ class OpenAITransport(Transport):
                 return resp.status < 500
         except _ERRORS:
             return False
+
+    async def fetch(self, path: str) -> bytes | None:
+        assert self._session is not None
+        url = urlsplit(self._base)
+        try:
+            async with self._session.get(f"{url.scheme}://{url.netloc}{path}", timeout=aiohttp.ClientTimeout(
+                    total=self._cfg.connect_timeout + 1.0)) as resp:
+                return await _read(resp, 1 << 20) if resp.status == 200 else None
+        except (*_ERRORS, UpstreamError):  # too large is an UpstreamError
+            return None
 
     async def open_stream(self, path: str, body: bytes, headers: dict[str, str] | None = None
                           ) -> UpstreamStream | UpstreamReply:

@@ -38,10 +38,10 @@ STICKY_CALLERS = [f"caller-{i}" for i in range(12)]
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("route-policy")
-    a, b = Sim(tmp), Sim(tmp)
+    a, b = Sim(tmp, digest="sha256:v1"), Sim(tmp)  # chat@v1's digest, checked (routing.supply)
     g = start_gateway(
         tmp,
-        upstreams=[{"name": "a", "base_url": a.url + "/v1"}, {"name": "b", "base_url": b.url + "/v1"}],
+        upstreams=[{"name": "a", "base_url": a.url + "/v1", "digest_probe": {}}, {"name": "b", "base_url": b.url + "/v1"}],
         models=[{"name": "sim-small", "upstream": "a"}],
         identities=[{"name": "app", "owner": "o", "models": ["*"]},
                     {"name": "lab", "owner": "o", "models": ["*"], "team": "research"},
