@@ -38,11 +38,13 @@ SQLITE_INSERT = f"INSERT INTO usage ({_COLUMNS}) VALUES ({', '.join('?' * len(FI
 
 astuple = msgspec.structs.astuple
 _PG_TYPES = {"String": "text", "Text": "text", "Float": "float8", "Integer": "int4", "BigInteger": "int8", "Boolean": "bool"}
-# Postgres: the batch as one array per column, and back the ids it inserted (a repeat is skipped)
+# Postgres: the batch as one array per column, and back the ids it inserted (a repeat is skipped). The table is
+# partitioned by ``ts`` (migration 0016), so its unique key holds ``ts`` too: a replayed record keeps its time.
+_SKIP_REPEATS_PG = "ON CONFLICT (request_id, ts) DO NOTHING"
 POSTGRES_INSERT_RETURNING = (
     f"INSERT INTO usage ({_COLUMNS}) SELECT * FROM unnest("
     + ", ".join(f"${i}::{_PG_TYPES[type(_usage_table.c[f].type).__name__]}[]" for i, f in enumerate(FIELDS, 1))
-    + f") {_SKIP_REPEATS} RETURNING request_id")
+    + f") {_SKIP_REPEATS_PG} RETURNING request_id")
 ROLLUP_SQLITE = {t: rollups.upsert_sql(t, "qmark") for t in rollups.TABLES.values()}
 ROLLUP_POSTGRES = {t: rollups.upsert_sql(t, "dollar") for t in rollups.TABLES.values()}
 _IN_CHUNK = 500  # ids per "already stored?" query on SQLite
