@@ -29,7 +29,7 @@ from ..core.config import Ledger
 from . import rollups, usage_partitions
 from . import schema as t
 from .leases import Leases
-from .usage_export import day_text, export_day
+from .usage_export import ExportFailed, day_text, export_apart, export_day, parse_day
 from .usage_reads import day_of
 
 log = logging.getLogger("sluice.usage")
@@ -72,26 +72,38 @@ class UsageRetention:
         if postgres:
             await self.partitions(today)
         done: dict = {"exported": [], "dropped": []}
-        for day in await self._expired(today - s.raw_retention_days):
+        expired = await self._expired(today - s.raw_retention_days)
+        manifests: dict[int, dict] = {}
+        if expired and s.export_dir is not None:
+            try:
+                written = await self._export(expired, None if postgres else await self._max_seq())
+            except (OSError, ExportFailed) as exc:  # the rows of the days not written stay for the next run
+                log.warning("usage export failed, the rows of days not exported are kept: %s", exc)
+                written = getattr(exc, "done", [])
+            manifests = {parse_day(m["day"]): m for m in written}
+        for day in expired:
+            manifest = manifests.get(day)
+            if s.export_dir is not None and manifest is None:
+                continue
             await self._renew()
-            manifest = None
-            if s.export_dir is not None:
-                upto = None if postgres else await self._max_seq()
-                try:
-                    manifest = await export_day(engine, day, s.export_dir, upto_seq=upto)
-                except OSError as exc:  # the rows stay for the next run
-                    log.warning("usage export of %s failed, its rows are kept: %s", day_text(day), type(exc).__name__)
-                    continue
-                done["exported"].append(manifest)
             if postgres:
                 if not await usage_partitions.drop(engine, day, manifest["rows"] if manifest else None):
                     log.info("usage of %s changed while exported; tried again on the next run", day_text(day))
                     continue
             else:
-                await self._delete_rows(day, manifest["max_seq"] if manifest else None)
+                await self._delete_rows(day, (manifest["max_seq"] or 0) if manifest else None)
+            if manifest:
+                done["exported"].append(manifest)
             done["dropped"].append(day_text(day))
         done["rollup_rows"] = await self._trim_rollups((today - s.rollup_retention_days) * DAY)
         return done
+
+    async def _export(self, days: list[int], upto_seq: int | None) -> list[dict]:
+        """In a child process (``usage_export.export_apart``), unless the store is in this process's memory."""
+        url, out = self._store._url, self._settings.export_dir
+        if url.endswith((":memory:", ":///")):
+            return [await export_day(self._store.engine, day, out, upto_seq=upto_seq) for day in days]
+        return await export_apart(url, days, out, upto_seq=upto_seq, renew=self._renew)
 
     async def partitions(self, today: int) -> None:
         """Postgres: move the default partition's rows into their days' partitions, and make the days ahead."""
