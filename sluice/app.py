@@ -51,8 +51,7 @@ from .memory import ResponseMemory, Vault
 from .mcp import Fanout, McpEndpoints, Streams, Subscriptions, Upstreams
 from .mcp.assembly import McpParts
 from .routing.health import run_checks
-from .store import Store, StoreUnavailable, open_store
-from .store.usage_retention import UsageRetention
+from .store import Store, StoreUnavailable, open_store, usage_retention
 from .telemetry import Metrics, UsageLedger, configure
 from .telemetry import tracing
 from .telemetry.fold import RecordFold
@@ -135,8 +134,8 @@ class Gateway:
         await store.open()
         audit = AuditLog(store, c.audit, load_signer(c.audit))
         if c.audit.checkpoint_interval_s > 0:
-            self._tasks.append(asyncio.get_running_loop().create_task(audit.run(c.audit.checkpoint_interval_s),
-                                                                      name="audit-checkpoints"))
+            self._tasks.append(asyncio.get_running_loop().create_task(audit.run(c.audit.checkpoint_interval_s), name="audit-checkpoints"))
+        self._tasks.append(asyncio.get_running_loop().create_task(every(c.ledger.retention_interval, usage_retention.UsageRetention(store, c.ledger).run), name="usage-retention"))
         registry = CredentialRegistry(hasher)
         registry.failures = gate(c.identity.auth_failures_per_minute, "failed authentications from this address")
         identities = IdentityService(store, registry, hasher, c.security)
@@ -187,9 +186,6 @@ class Gateway:
         self.ledger = ledger = UsageLedger(c.usage, metrics, store.write_usage, store.touch_keys, registry.take_last_used,
                                            fold, spill=SpillFile(c.lifecycle.spill_dir), spill_after=c.lifecycle.spill_after)
         ledger.start()
-        if self.slot.control:  # one retention job per process group; the store's lease makes it one per deployment
-            self._tasks.append(asyncio.get_running_loop().create_task(
-                every(c.ledger.retention_interval, UsageRetention(store, c.ledger).run), name="usage-retention"))
         self._tasks.append(asyncio.get_running_loop().create_task(every(30.0, keyring.maintain), name="keyring"))
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_outage(registry), name="outage-grace"))
 

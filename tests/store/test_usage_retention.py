@@ -29,7 +29,7 @@ from sluice.store.sql import SqlStore
 from sluice.store.usage_retention import LEASE, UsageRetention
 
 DAY = 86_400
-TODAY = 20_411  # 19 Nov 2026, whole days since the epoch
+TODAY = 20_411  # 19 Nov 2025, whole days since the epoch
 NOW = TODAY * DAY + 43_200.0  # its noon
 
 
