@@ -50,7 +50,7 @@ from .store.response_records import ResponseRecords
 from .memory import ResponseMemory, Vault
 from .mcp import Fanout, McpEndpoints, Streams, Subscriptions, Upstreams
 from .mcp.assembly import McpParts
-from .store import Store, StoreUnavailable, open_store
+from .store import Store, StoreUnavailable, open_store, usage_retention
 from .telemetry import Metrics, UsageLedger, configure
 from .telemetry import tracing
 from .telemetry.fold import RecordFold
@@ -133,8 +133,8 @@ class Gateway:
         await store.open()
         audit = AuditLog(store, c.audit, load_signer(c.audit))
         if c.audit.checkpoint_interval_s > 0:
-            self._tasks.append(asyncio.get_running_loop().create_task(audit.run(c.audit.checkpoint_interval_s),
-                                                                      name="audit-checkpoints"))
+            self._tasks.append(asyncio.get_running_loop().create_task(audit.run(c.audit.checkpoint_interval_s), name="audit-checkpoints"))
+        self._tasks.append(asyncio.get_running_loop().create_task(every(c.ledger.retention_interval, usage_retention.UsageRetention(store, c.ledger).run), name="usage-retention"))
         registry = CredentialRegistry(hasher)
         registry.failures = gate(c.identity.auth_failures_per_minute, "failed authentications from this address")
         identities = IdentityService(store, registry, hasher, c.security)

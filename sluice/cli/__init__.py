@@ -17,7 +17,7 @@ app.add_typer(admin_cmds.teams, name="teams")
 app.add_typer(config_cmds.app, name="config")
 app.add_typer(routes_cmds.app, name="routes")
 app.add_typer(registry_cmds.app, name="registry")  # issue 28: verified model supply
-app.command("usage")(admin_cmds.usage)
+app.add_typer(admin_cmds.usage_app, name="usage")
 app.add_typer(policy_cmds.app, name="policy")
 app.add_typer(policy_cmds.switch, name="switch")
 app.add_typer(audit_cmds.app, name="audit")

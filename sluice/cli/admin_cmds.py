@@ -1,7 +1,9 @@
-"""``sluice identities``, ``sluice teams`` and ``sluice usage``: control-plane reads and changes."""
+"""``sluice identities``, ``sluice teams`` and ``sluice usage``: control-plane reads and changes (and
+``sluice usage export``, a day's raw rows to files, against the store as the other maintenance jobs)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 from urllib.parse import quote, urlencode
 
@@ -14,6 +16,8 @@ from .params import TimeOption
 
 identities = typer.Typer(help="Service identities: the inventory, and changes to it.", invoke_without_command=True)
 teams = typer.Typer(no_args_is_help=True, help="Teams of identities.")
+usage_app = typer.Typer(help="Usage and cost: summaries, chargeback, and a day's raw rows exported.",
+                        invoke_without_command=True)
 _IDENTITY = typer.Argument(..., metavar="IDENTITY", help="Its name or id.")
 _FORMAT = ("--format", "-f")
 
@@ -144,7 +148,9 @@ def _count(field: str) -> Col:
                optional=field in ("errors", "cached_tokens"))
 
 
+@usage_app.callback()
 def usage(
+    ctx: typer.Context,
     since: Optional[float] = TimeOption(None, "--since", help="From this time (default: the first record)"),  # noqa: UP007
     until: Optional[float] = TimeOption(None, "--until", help="Up to this time (default: now)"),  # noqa: UP007
     by: Optional[str] = typer.Option(None, "--by", metavar="DIMENSION",  # noqa: UP007
@@ -154,6 +160,8 @@ def usage(
     fmt: str = OutputOption("table", "json", "csv", aliases=_FORMAT),
 ) -> None:
     """Usage per identity and model; with --by, per one dimension with costs and a total; --key: what one key did."""
+    if ctx.invoked_subcommand is not None:
+        return
     traced = refs.key(key) if key else None
     query: dict = {"since": since or 0}
     if until is not None:
@@ -183,3 +191,30 @@ def usage(
     table([Col(by, "name"), *map(_count, ("requests", "errors", "prompt_tokens", "cached_tokens", "completion_tokens")),
            Col("cost", lambda r: money(r["cost"]), right=True)],
           rows, title=f"usage per {by}{whose} {span}")
+
+
+@usage_app.command("export")
+def export(
+    day: str = typer.Option(..., "--day", metavar="YYYY-MM-DD", help="The UTC day whose raw rows to export."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Directory for the files (default: ledger.export_dir)."),  # noqa: UP007
+    config: Path = typer.Option(..., "--config", "-c", help="The gateway's config file (for its store)."),
+    fmt: str = OutputOption(),
+) -> None:
+    """A day's raw usage rows as gzip JSON lines, with a manifest (rows, columns, SHA-256 of each file)."""
+    from ..core import config as cfgmod
+    from ..store.usage_export import export_day, parse_day
+    from .store_jobs import on_store
+
+    try:
+        when_day = parse_day(day)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--day") from None
+    target = out or cfgmod.load(config).ledger.export_dir
+    if target is None:
+        raise typer.BadParameter("no --out and no ledger.export_dir in the config", param_hint="--out")
+    manifest = on_store(config, lambda store: export_day(store.engine, when_day, target, replace=True))
+    if fmt == "json":
+        print_json(manifest)
+        return
+    f = manifest["files"][0]
+    line(f"exported {manifest['rows']} rows of {manifest['day']} to {Path(target) / f['path']} (sha256 {f['sha256']})")

@@ -87,6 +87,19 @@ class Usage(_Strict):
     queue_max: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] = 200_000
 
 
+class Ledger(_Strict):
+    """What the usage ledger keeps and where it leaves (sluice/store/usage_retention.py): raw rows for
+    ``raw_retention_days`` whole UTC days (on Postgres a partition per day, dropped whole), rollups for
+    ``rollup_retention_days``; with ``export_dir`` a day's raw rows are written there as gzip JSON lines
+    with a manifest before they go, and a failed export keeps them."""
+
+    raw_retention_days: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 30
+    rollup_retention_days: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 400
+    export_dir: str | None = None
+    retention_interval: Seconds = 3600.0  # how often a replica tries for the lease and runs retention
+    partitions_ahead: Annotated[int, msgspec.Meta(ge=1, le=366)] = 3  # Postgres: day partitions made past today
+
+
 class RequestLimits(_Strict):
     """Guards on what a request may be, before any parsing work is spent on it."""
 
@@ -157,6 +170,7 @@ class Config(_Strict):
     security: Security = msgspec.field(default_factory=Security)
     store: Store = msgspec.field(default_factory=Store)
     usage: Usage = msgspec.field(default_factory=Usage)
+    ledger: Ledger = msgspec.field(default_factory=Ledger)  # issue 29: retention and export of the usage ledger
     requests: RequestLimits = msgspec.field(default_factory=RequestLimits)
     logging: Logging = msgspec.field(default_factory=Logging)
     sim: Sim | None = None

@@ -87,6 +87,8 @@ usage = Table(
     Column("cache_creation_tokens", Integer, nullable=False, server_default="0"),  # migration 0014
     Index("ix_usage_ts", "ts"),  # (identity_id, ts) was dropped in migration 0012: no query used it
     Index("ux_usage_request_id", "request_id", unique=True),  # the idempotency key (migration 0007)
+    # On Postgres (migration 0016) the table is partitioned by day on ``ts``: the primary key is (seq, ts) and
+    # the idempotency key (request_id, ts), a partitioned table's unique keys holding its partition key.
 )
 
 

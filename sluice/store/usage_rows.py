@@ -41,11 +41,13 @@ SQLITE_INSERT = f"INSERT INTO usage ({_COLUMNS}) VALUES ({', '.join('?' * len(FI
 
 astuple = msgspec.structs.astuple
 _PG_TYPES = {"String": "text", "Text": "text", "Float": "float8", "Integer": "int4", "BigInteger": "int8", "Boolean": "bool"}
-# Postgres: the batch as one array per column (a repeat is skipped)
+# Postgres: the batch as one array per column (a repeat is skipped). The table is partitioned by ``ts``
+# (migration 0016), so its unique key holds ``ts`` too: a replayed record keeps its time.
+_SKIP_REPEATS_PG = "ON CONFLICT (request_id, ts) DO NOTHING"
 POSTGRES_INSERT = (
     f"INSERT INTO usage ({_COLUMNS}) SELECT * FROM unnest("
     + ", ".join(f"${i}::{_PG_TYPES[type(_usage_table.c[f].type).__name__]}[]" for i, f in enumerate(FIELDS, 1))
-    + f") {_SKIP_REPEATS}")
+    + f") {_SKIP_REPEATS_PG}")
 ROLLUP_SQLITE = {t: rollups.upsert_sql(t, "qmark") for t in rollups.TABLES.values()}
 # the raw rows and their rollups in one statement, folded by the server (rollups.postgres_insert_and_fold)
 POSTGRES_INSERT_AND_FOLD = rollups.postgres_insert_and_fold(

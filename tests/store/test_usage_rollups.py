@@ -68,9 +68,13 @@ _bounds = st.tuples(st.floats(-100, 2 * DAY + 100), st.one_of(st.none(), st.floa
 
 
 def _records(batches: list[list[dict]], region: int, prefix: str) -> list[list[UsageRecord]]:
+    """A repeated id keeps its first time, as a replayed record does (on Postgres the idempotency key is
+    (request_id, ts): the table is partitioned on ts, migration 0016)."""
     out = []
+    first: dict[int, float] = {}
     for batch in batches:
-        out.append([UsageRecord(request_id=f"{prefix}-{d['id']}", ts=region + d["offset"], endpoint="chat.completions",
+        out.append([UsageRecord(request_id=f"{prefix}-{d['id']}", ts=region + first.setdefault(d["id"], d["offset"]),
+                                endpoint="chat.completions",
                                 upstream="sim", usage_source="upstream",
                                 **{k: v for k, v in d.items() if k not in ("id", "offset")}) for d in batch])
     return out
@@ -301,7 +305,7 @@ async def test_the_migration_backfills_rollups_from_rows_written_before_it_past_
     s = SqlStore(store_url, timeout=120)
     await s.open()
     try:
-        assert await s.schema_version() == "0015"
+        assert await s.schema_version() >= "0015"  # 0015 or a later head
         stored = {tb.name: await _stored(s, tb, BASE) for tb in (t.usage_minute, t.usage_hour, t.usage_day)}
         for grain, name in ((60, "usage_minute"), (3600, "usage_hour"), (DAY, "usage_day")):
             assert _differences(stored[name], _expected(old, grain)) == [], name
