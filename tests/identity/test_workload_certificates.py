@@ -9,6 +9,8 @@ The CA is made here with ``cryptography`` (``x509_ca``); the gateway is a real p
 from __future__ import annotations
 
 import datetime
+import signal
+import socket
 import ssl
 import time
 
@@ -160,3 +162,57 @@ def test_a_key_and_a_certificate_must_name_the_same_identity(mtls):
     # accept mode: no certificate at all, a key as ever; and neither is the usual missing-key 401
     assert g.post("/v1/chat/completions", g.keys["checkout"], json=CHAT).status_code == 200
     assert refusal(g.post("/v1/chat/completions", None, json=CHAT))["code"] == "missing_api_key"
+
+
+def _get(port: int, ctx: ssl.SSLContext, session: ssl.SSLSession | None = None) -> tuple[bytes, ssl.SSLSession, bool]:
+    """One GET /v1/models on a new connection (resuming ``session`` if given): the answer's bytes (b"" if the
+    connection was cut), the session, and whether it was resumed."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as s:
+        reused = s.session_reused
+        got = b""
+        try:
+            s.sendall("GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+            while chunk := s.recv(65536):  # to the end: a TLS 1.3 ticket arrives after the handshake
+                got += chunk
+        except (ssl.SSLError, OSError):
+            pass
+        return got, s.session, reused
+
+
+def test_require_mode_and_a_reload_that_replaces_the_client_cas(sim, tmp_path):
+    old, new = TestCA(tmp_path, "old-ca"), TestCA(tmp_path, "new-ca")
+    server = old.issue(cn="sluice", ip="127.0.0.1")
+    bundle = tmp_path / "clients.pem"
+    bundle.write_bytes(old.ca_file.read_bytes())
+    g = start_gateway(
+        tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}],
+        models=[{"name": "sim-small", "upstream": "sim"}],
+        identities=[{"name": "checkout", "owner": "payments@example.com", "models": ["sim-small"]}],
+        extra={"data_plane": {"tls": {
+            "cert_file": str(server.cert_file), "key_file": str(server.key_file), "watch_interval_s": 0,
+            "client_certs": {"mode": "require", "ca_files": [str(bundle)],
+                             "rules": [{"match": {"trust_domain": "example.org", "sub": "*/ns/payments/sa/*"},
+                                        "identity": "checkout"}]}}}},
+        verify=ssl.create_default_context(cafile=str(old.ca_file)))
+    try:
+        by_old, by_new = old.issue(spiffe_id=CHECKOUT).client(old.ca_file), new.issue(spiffe_id=CHECKOUT).client(old.ca_file)
+        nobody = ssl.create_default_context(cafile=str(old.ca_file))
+        assert _get(g.port, nobody)[0] == b""  # require: no certificate, no request
+        got, session, _ = _get(g.port, by_old)
+        assert b" 200 OK" in got and b"sim-small" in got
+        assert _get(g.port, by_new)[0] == b""  # not yet trusted
+
+        bundle.write_bytes(new.ca_file.read_bytes())  # the old CA is retired, the new one trusted
+        g.proc.popen.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while "tls: data plane reloaded" not in g.log():
+            assert time.monotonic() < deadline, g.log()[-2000:]
+            time.sleep(0.05)
+        assert b" 200 OK" in _get(g.port, by_new)[0]
+        assert _get(g.port, by_old)[0] == b""
+        # a session of the old CA's certificate, resumed after the reload, is refused as its full handshake is
+        got, _, reused = _get(g.port, by_old, session)
+        assert reused and got == b""
+    finally:
+        g.stop()
