@@ -8,18 +8,24 @@ The CA is made here with ``cryptography`` (``x509_ca``); the gateway is a real p
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import time
 
 import httpx
 import openai
 import pytest
+import yaml
 
 from local_issuer import LocalIssuer
-from support import start_gateway
+from sluice.identity import generate
+from store.pg_databases import drop_pg_database, fresh_pg_database
+from support import Gateway, start_gateway
 from x509_ca import TestCA
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -216,3 +222,70 @@ def test_require_mode_and_a_reload_that_replaces_the_client_cas(sim, tmp_path):
         assert reused and got == b""
     finally:
         g.stop()
+
+
+def test_a_disabled_identity_is_refused_on_another_replica_as_a_revoked_key_is(sim, tmp_path):
+    """Two replicas on one Postgres: disabling on one refuses the certificate's next call on the other, by
+    the path a key's revocation takes (the identity-state version); the time is printed (``-s``)."""
+    url = asyncio.run(fresh_pg_database())
+    ca = TestCA(tmp_path)
+    server = ca.issue(cn="sluice", ip="127.0.0.1")
+    admin_key = generate("prod", kind="admin")
+    config = {
+        "upstreams": [{"name": "sim", "base_url": sim.url + "/v1"}], "models": [{"name": "sim-small", "upstream": "sim"}],
+        "store": {"url": url}, "logging": {"level": "warning"},
+        "data_plane": {"tls": {"cert_file": str(server.cert_file), "key_file": str(server.key_file),
+                               "watch_interval_s": 0,
+                               "client_certs": {"ca_files": [str(ca.ca_file)],
+                                                "rules": [{"match": {"sub": CHECKOUT}, "identity": "replicated"}]}}},
+    }
+    verify = ssl.create_default_context(cafile=str(ca.ca_file))
+    gws: list[Gateway] = []
+    try:
+        for name in "ab":
+            (tmp_path / name).mkdir()
+            gws.append(Gateway(tmp_path / name, config, {}, admin_key, verify=verify))
+        a, b = gws
+        made = a.admin("POST", "/admin/identities", json={"name": "replicated", "owner": "o@example.com",
+                                                            "models": ["sim-small"]})
+        assert made.status_code == 201, made.text
+        with client_of(b, ca, spiffe_id=CHECKOUT) as c:
+            t0 = time.monotonic()
+            while c.get("/v1/models").status_code != 200:  # b learns of the new identity as it would of a key
+                assert time.monotonic() - t0 < 10
+                time.sleep(0.05)
+            assert a.admin("DELETE", f"/admin/identities/{made.json()['id']}").status_code == 200
+            t0 = time.monotonic()
+            while (r := c.get("/v1/models")).status_code == 200:
+                assert time.monotonic() - t0 < 5, "replica b still serves the disabled identity's certificate"
+                time.sleep(0.01)
+            print(f"\nrefused on the other replica after {time.monotonic() - t0:.3f} s")
+            assert refusal(r)["code"] == "invalid_client_certificate"
+    finally:
+        for g in gws:
+            g.stop()
+        asyncio.run(drop_pg_database(url))
+
+
+def test_config_check_refuses_an_unreadable_client_ca_bundle_and_rules_on_the_control_plane(tmp_path):
+    ca = TestCA(tmp_path)
+    server = ca.issue(cn="sluice", ip="127.0.0.1")
+    pair = {"cert_file": str(server.cert_file), "key_file": str(server.key_file)}
+    not_pem = tmp_path / "not-a-bundle.pem"
+    not_pem.write_text("no certificate here\n")
+    cases = {
+        "a bundle with no certificate": ({"data_plane": {"tls": {**pair, "client_certs": {"ca_files": [str(not_pem)]}}}},
+                                         f"the client CA bundle {not_pem} holds no PEM certificate", "$.data_plane.tls"),
+        "rules on the control plane": (
+            {"control_plane": {"tls": {**pair, "client_certs": {"ca_files": [str(ca.ca_file)],
+                                                                "rules": [{"match": {"sub": "*"}, "identity": "x"}]}}}},
+            "the control plane maps no client certificate to an identity", "$.control_plane.tls"),
+    }
+    for case, (config, message, where) in cases.items():
+        path = tmp_path / "sluice.yaml"
+        path.write_text(yaml.safe_dump(config))
+        bad = subprocess.run([sys.executable, "-m", "sluice", "config", "check", str(path)],
+                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        said = " ".join(bad.stderr.split())
+        assert bad.returncode == 2 and message in said and where in said, (case, bad.stderr)
+        assert "Traceback" not in bad.stderr
