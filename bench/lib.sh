@@ -38,7 +38,8 @@ start_gateway() {
   env ${4:-} taskset -c 0 sluice serve --config "$config" 2> ".sluice/$2" &
   last_gw=$!
   gateways+=("$last_gw")
-  for _ in $(seq 100); do curl -fs "127.0.0.1:$((8081 + off))/readyz" >/dev/null 2>&1 && return; sleep 0.1; done
+  # READY_WAIT_S (default 10): longer on a machine busy with other sessions' work
+  for _ in $(seq $((${READY_WAIT_S:-10} * 10))); do curl -fs "127.0.0.1:$((8081 + off))/readyz" >/dev/null 2>&1 && return; sleep 0.1; done
   echo "sluice did not become ready; see .sluice/$2" >&2; exit 1
 }
 

@@ -30,10 +30,10 @@ from .core.exchange import Exchange, Reply
 from .core.wire import extra_params
 from .core.lifecycle import every, ignore_stop_signals, raise_open_file_limit
 from .http import Listener, NativeListener
-from .http.tls import Refused as TlsRefused, ServerTls, at_setting
+from .http.tls import Refused as TlsRefused, ServerTls, at_setting, check_plane
 from .limits import Admission, AnomalyGuard, Limiter, PriceTable, Throttle, build_backend, warm
-from .identity import (SYSTEM, CredentialRegistry, Federation, Hasher, IdentityService, IdentitySync, Keyring, Sealer,
-                       TokenExchange, TokenService, gate)
+from .identity import (SYSTEM, CertificateIdentities, CredentialRegistry, Federation, Hasher, IdentityService,
+                       IdentitySync, Keyring, Sealer, TokenExchange, TokenService, gate)
 from .pipeline import DataPlane, RequestContext
 from .policy import LimitsSection, PendingApproval, PolicyDocument, PolicyService
 from .admin.policy_api import PolicyAdmin
@@ -273,11 +273,14 @@ class Gateway:
         data_routes.append(OpenApiEndpoint(data_plane.authenticate, data_routes).route)  # documents every route above
         self.data = NativeListener("data", c.data_plane, data_routes, max_body_bytes=c.requests.max_body_bytes,
                                    access_log=c.logging.access_log, ssl_context=self._tls("data", c.data_plane))
+        self.data.peer_cert = self._peer_certs(c.data_plane, federation)
         if self.slot.control:
             self.control = Listener("control", c.control_plane.host, c.control_plane.port,
                                     admin.routes() + health + [("GET", "/metrics", metrics_handler)] + dashboard.public_routes(),
                                     max_body_bytes=1024 * 1024, access_log=c.logging.access_log,
                                     ssl_context=self._tls("control", c.control_plane))
+            if self.tls and self.tls[-1].plane == "control" and c.control_plane.tls.client_certs is not None:  # type: ignore[union-attr]
+                self.control.peer_check = self.tls[-1].peer  # a gate only: control keys still authenticate
         self.data.reuse_port = self.slot.shared_port
         try:
             await self.data.start()
@@ -304,11 +307,33 @@ class Gateway:
             return None
         try:
             tls = ServerTls(plane, listener.tls)
+            check_plane(plane, listener.tls)
         except TlsRefused as exc:
             raise at_setting(plane, exc) from None
         self.tls.append(tls)
         self._tasks.append(asyncio.get_running_loop().create_task(tls.watch(), name=f"tls-watch-{plane}"))
         return tls.context
+
+    def _peer_certs(self, listener: cfgmod.Listener, federation: Federation) -> Callable[[ssl.SSLObject | None], object] | None:
+        """mTLS on a data-plane listener: what a connection's client certificate maps to (``identity.certs``),
+        by the listener's ``client_certs`` rules, then those of the federation issuers it names."""
+        cc = listener.tls.client_certs if listener.tls is not None else None
+        if cc is None:
+            return None
+        rules = list(cc.rules)
+        for i, name in enumerate(cc.federation):
+            more = federation.rules_of(name)
+            if more is None:
+                raise ConfigError(f"no federation issuer is named {name!r} - at `$.data_plane.tls.client_certs.federation[{i}]`")
+            rules += more
+        tls = next(t for t in self.tls if t.cfg is listener.tls)
+        mapping = CertificateIdentities(rules) if rules else None  # none: a certificate only admits its caller
+
+        def read(conn: ssl.SSLObject | None) -> object:
+            der = tls.peer(conn)
+            return None if der is None or mapping is None else mapping.read(der)
+
+        return read
 
     @staticmethod
     def _guard_sections(c: Config) -> dict:

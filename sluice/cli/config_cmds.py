@@ -42,12 +42,13 @@ def check(path: Path) -> None:
 
 def _check_tls(c: cfgmod.Config) -> None:
     """Each listener's certificate pair as ``serve`` checks it (readable, not expired, key matching)."""
-    from ..http.tls import Refused, at_setting, check as check_pair
+    from ..http.tls import Refused, at_setting, check as check_pair, check_plane
 
     for plane, listener in (("data", c.data_plane), ("control", c.control_plane)):
         if listener.tls is not None:
             try:
                 check_pair(listener.tls)
+                check_plane(plane, listener.tls)
             except Refused as exc:
                 raise at_setting(plane, exc) from None
 

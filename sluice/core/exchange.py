@@ -20,13 +20,14 @@ HEADERS_FIRST_ABOVE = 64 * 1024
 
 
 class Exchange:
-    """One incoming request: method, path, path parameters, query, headers and body."""
+    """One incoming request: method, path, path parameters, query, headers and body; and the client
+    certificate its connection showed (mTLS), as the listener's ``client_certs`` rules read it."""
 
-    __slots__ = ("method", "path", "params", "query", "headers", "body", "peer", "request_id")
+    __slots__ = ("method", "path", "params", "query", "headers", "body", "peer", "request_id", "peer_cert")
 
     def __init__(
         self, method: str, path: str, params: Mapping[str, str], query: Mapping[str, str],
-        headers: Mapping[str, str], body: bytes, peer: str | None, request_id: str,
+        headers: Mapping[str, str], body: bytes, peer: str | None, request_id: str, peer_cert: Any = None,
     ) -> None:
         self.method = method
         self.path = path
@@ -36,6 +37,7 @@ class Exchange:
         self.body = body
         self.peer = peer
         self.request_id = request_id
+        self.peer_cert = peer_cert  # an ``identity.certs.PeerCertificate``, or None: no certificate to map
 
     def bearer(self) -> str | None:
         """The token of an ``Authorization: Bearer`` header, or None."""

@@ -73,6 +73,9 @@ class Upstream(_Strict):
     pool_timeout: Seconds = 10.0
     idle_timeout: Seconds = 30.0
     tls_ca_file: str | None = None
+    # mTLS to this upstream: the client certificate chain and key (PEM) sluice presents to it
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
     # The largest whole (non-streamed) answer read from this upstream; a bigger one is a 502
     # (upstream_response_too_large) instead of memory. 256 MiB holds a float embeddings batch of
     # 2,048 inputs at 3,072 dimensions about three times over.
@@ -86,6 +89,10 @@ class Upstream(_Strict):
     # How a registry version's ``digest`` is checked on this upstream's replicas (routing.supply): ``ollama``
     # (the model's ``digest`` in ``GET /api/tags``) or a probe; None: versions here may not carry a digest.
     digest_probe: Literal["ollama"] | DigestProbe | None = None
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise msgspec.ValidationError(f"upstream {self.name!r}: give both tls_cert_file and tls_key_file, or neither")
 
     @property
     def base_urls(self) -> list[str]:

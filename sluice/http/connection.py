@@ -33,6 +33,7 @@ from ..core.errors import GatewayError, InvalidRequest
 from ..core.exchange import HEADERS_FIRST_ABOVE, Exchange, StreamReply
 from .envelope import error_reply
 from .host import ConnectionHost
+from .tls import Untrusted
 from .listener import next_request_id
 from .parsed import ParsedRequest
 from .refusals import ExpectationFailed, Refuse, RequestTimeout, UriTooLong, head_too_large, too_large
@@ -56,6 +57,7 @@ class Connection(Writes):
         super().__init__(server)
         self._parser = httptools.HttpRequestParser(self)
         self._peer: str | None = None
+        self._cert: object = None  # the client certificate as the listener read it (mTLS), or None
         self._queue: deque[ParsedRequest] = deque()
         self._task: asyncio.Task[None] | None = None  # the runner, while it answers a request
         self._runner: asyncio.Task[None] | None = None  # this connection's task, from its first request
@@ -87,6 +89,13 @@ class Connection(Writes):
                 self._refused = True
                 self._loop.call_later(SHED_LINGER, self.abort)
             return
+        if server.peer_cert is not None:
+            try:
+                self._cert = server.peer_cert(transport.get_extra_info("ssl_object"))
+            except (Untrusted, ValueError):  # a resumed session's certificate no CA vouches for now: refused as its
+                self._parsing = False  # full handshake would be (ValueError: one OpenSSL took that we cannot read)
+                transport.abort()
+                return
         peer = transport.get_extra_info("peername")
         self._peer = peer[0] if peer else None
         transport.set_write_buffer_limits(high=self._server.write_high_water)  # type: ignore[attr-defined]
@@ -350,7 +359,7 @@ class Connection(Writes):
             handler, params = server.router.resolve(req.method, text)
             body = b"".join(req.body) if req.body else b""
             req.body = []
-            reply = await handler(Exchange(req.method, text, params, query, req.headers, body, self._peer, rid))
+            reply = await handler(Exchange(req.method, text, params, query, req.headers, body, self._peer, rid, self._cert))
         except GatewayError as exc:
             reply = error_reply(exc)
         except asyncio.CancelledError:
@@ -389,7 +398,7 @@ class Connection(Writes):
             check_headers = getattr(handler, "check_headers", None)
             if check_headers is not None:
                 try:
-                    await check_headers(Exchange(req.method, path, params, _NO_QUERY, req.headers, b"", self._peer, ""))
+                    await check_headers(Exchange(req.method, path, params, _NO_QUERY, req.headers, b"", self._peer, "", self._cert))
                 except GatewayError as exc:
                     return exc
         if req.expect and not self._lost and not req.complete:

@@ -5,6 +5,8 @@ and the state it shares with every connection. A protocol, so that ``connection`
 from __future__ import annotations
 
 import asyncio
+import ssl
+from collections.abc import Callable
 from typing import Protocol
 
 from .router import Router
@@ -28,5 +30,7 @@ class ConnectionHost(Protocol):
     connections: set  # of the listener's live connections
     shedding: int  # refused connections still reading their 503
     draining: bool
+    # mTLS: reads a connection's client certificate once its handshake is done (None: the listener maps none)
+    peer_cert: Callable[[ssl.SSLObject | None], object] | None
 
     def refuse(self, transport: asyncio.Transport) -> bool: ...

@@ -16,11 +16,12 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..core.ids import unique_id
-from ..core.errors import GatewayError, NotFound, PayloadTooLarge
+from ..core.errors import GatewayError, NotFound, PayloadTooLarge, Unauthenticated
 from ..core.exchange import Exchange, Reply, StreamReply
 from .envelope import error_reply, to_response
 from .protocol import HANDLER_ARGS, EnvelopeRunner
 from .router import Router
+from .tls import Untrusted
 
 log = logging.getLogger("sluice.http")
 
@@ -36,6 +37,8 @@ class Listener:
     """A named plane (data or control) on its own host and port."""
 
     reuse_port = False  # True beside other workers on the same port (``sluice serve --workers N``)
+    # mTLS: raises for a connection whose client certificate no configured CA vouches for now (``tls.ServerTls.peer``)
+    peer_check: Callable[[ssl.SSLObject | None], object] | None = None
 
     def __init__(self, name: str, host: str, port: int, routes: list[Route], *, max_body_bytes: int,
                  access_log: bool = False, shutdown_timeout: float = 10.0,
@@ -75,6 +78,12 @@ class Listener:
         async def serve(request: web.Request) -> web.StreamResponse:
             rid = next_request_id()
             try:
+                if self.peer_check is not None and request.transport is not None:
+                    try:
+                        self.peer_check(request.transport.get_extra_info("ssl_object"))
+                    except Untrusted:
+                        raise Unauthenticated("The client certificate is no longer trusted here.",
+                                              code="invalid_client_certificate") from None
                 if request.body_exists:
                     size = request.content_length
                     if size is not None and size > max_body:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 
 from ..core.config import DataPlaneListener
 from ..core.errors import Unavailable
@@ -40,6 +41,8 @@ class NativeListener:
     write_high_water = 64 * 1024
     reuse_port = False  # True beside other workers on the same port (``sluice serve --workers N``)
     max_url_bytes = 8190  # aiohttp's request-line limit
+    # mTLS: a connection's client certificate as this listener's rules read it (``identity.certs``), set by the app
+    peer_cert: Callable[[ssl.SSLObject | None], object] | None = None
 
     def __init__(self, name: str, cfg: DataPlaneListener, routes: list[tuple[str, str, Handler]], *,
                  max_body_bytes: int, access_log: bool = False, ssl_context: ssl.SSLContext | None = None) -> None:

@@ -10,6 +10,14 @@ pair; a refused pair leaves the live context untouched, with one log line naming
 The context speaks TLS 1.2 and 1.3, offers ALPN ``http/1.1``, and resumes sessions: OpenSSL's
 session tickets stay on (their keys live in the context, so they survive a reload; each process
 of ``--workers N`` has its own, so a ticket resumes on the worker that issued it).
+
+With ``client_certs`` (mTLS) the context also asks callers for a certificate and verifies it against
+the configured CA bundles in the handshake (``require``: none is a failed handshake; ``accept``: none is
+served, a key then authenticates). A CA store cannot be emptied in place, so a reload with client
+certificates builds a whole new context and the live one's SNI callback (OpenSSL calls it for every
+ClientHello, with a server name or without) moves each new handshake onto it; tickets stay with the
+live context, so sessions still resume. A session resumed from before a change of the CAs is checked
+again against the CAs of now (``peer``): one whose CA was removed is refused as its full handshake would be.
 """
 
 from __future__ import annotations
@@ -25,11 +33,11 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from ..core.errors import ConfigError
-from ..core.tls_config import ListenerTls
+from ..core.tls_config import ClientCerts, ListenerTls
 
 log = logging.getLogger("sluice.tls")
 
@@ -40,9 +48,22 @@ class Refused(Exception):
     """A certificate pair that cannot serve; the message names the file and why (never key material)."""
 
 
+class Untrusted(Exception):
+    """A resumed session's client certificate that no CA configured now vouches for."""
+
+
 def at_setting(plane: str, exc: Refused) -> ConfigError:
     """A refusal at start (``serve``, ``config check``): the same words, naming the setting."""
     return ConfigError(f"{exc} - at `$.{plane}_plane.tls`")
+
+
+def check_plane(plane: str, cfg: ListenerTls) -> None:
+    """The control plane takes client certificates as a gate only (its keys still authenticate):
+    rules there would map nothing, so they are refused rather than silently ignored."""
+    cc = cfg.client_certs
+    if plane == "control" and cc is not None and (cc.rules or cc.federation):
+        raise Refused("the control plane maps no client certificate to an identity (control-plane keys"
+                      " authenticate there): remove client_certs.rules and client_certs.federation")
 
 
 class Pair(NamedTuple):
@@ -51,6 +72,7 @@ class Pair(NamedTuple):
     cert_pem: bytes
     key_pem: bytes
     leaf: x509.Certificate
+    cas: tuple[bytes, list[x509.Certificate]] | None  # client CAs (mTLS): their PEM and certificates
 
     def describe(self) -> str:
         cn = self.leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
@@ -70,10 +92,15 @@ def server_context() -> ssl.SSLContext:
     return ctx
 
 
+def _files(cfg: ListenerTls) -> list[str]:
+    """Every file a reload reads: the pair, and the client CA bundles."""
+    return [cfg.cert_file, cfg.key_file, *(cfg.client_certs.ca_files if cfg.client_certs is not None else ())]
+
+
 def _signature(cfg: ListenerTls) -> tuple:
     """What the watcher compares: each file's device, inode, size and mtime (None while it is missing)."""
     out = []
-    for path in (cfg.cert_file, cfg.key_file):
+    for path in _files(cfg):
         try:
             st = os.stat(path)
         except OSError:
@@ -136,9 +163,25 @@ def check(cfg: ListenerTls, now: datetime.datetime | None = None) -> Pair:
         raise Refused(f"the certificate {cfg.cert_file} (serial {leaf.serial_number:x}) expired at "
                       f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC")
     _check_key(cfg, key_pem)
-    pair = Pair(cert_pem, key_pem, leaf)
+    pair = Pair(cert_pem, key_pem, leaf, client_cas(cfg.client_certs))
     _load(server_context(), pair, cfg)
     return pair
+
+
+def client_cas(cfg: ClientCerts | None) -> tuple[bytes, list[x509.Certificate]] | None:
+    """The client CA bundles' PEM text and certificates (None without ``client_certs``); :class:`Refused` names
+    a file that cannot be read or holds no certificate."""
+    if cfg is None:
+        return None
+    pem, certs = b"", []
+    for path in cfg.ca_files:
+        data = _read(path, "client CA bundle")
+        try:
+            certs += x509.load_pem_x509_certificates(data)
+        except ValueError:
+            raise Refused(f"the client CA bundle {path} holds no PEM certificate") from None
+        pem += data if data.endswith(b"\n") else data + b"\n"
+    return pem, certs
 
 
 def _check_key(cfg: ListenerTls, key_pem: bytes) -> None:
@@ -155,7 +198,14 @@ def _check_key(cfg: ListenerTls, key_pem: bytes) -> None:
                       else f"the key {cfg.key_file} holds no PEM private key") from None
 
 
-def _load(ctx: ssl.SSLContext, pair: Pair, cfg: ListenerTls) -> None:
+def _load(ctx: ssl.SSLContext, pair: Pair, cfg: ListenerTls, cas: bool = True) -> None:
+    if cas and pair.cas is not None and cfg.client_certs is not None:
+        try:
+            ctx.load_verify_locations(cadata=pair.cas[0].decode("ascii", "replace"))
+        except ssl.SSLError as exc:
+            raise Refused(f"a client CA bundle of {', '.join(cfg.client_certs.ca_files)} is not usable"
+                          f" ({exc.reason or 'unreadable'})") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED if cfg.client_certs.mode == "require" else ssl.CERT_OPTIONAL
     password = _password(cfg)
     with _in_memory(pair.cert_pem) as cert, _in_memory(pair.key_pem) as key:
         try:
@@ -178,14 +228,39 @@ class ServerTls:
         self._seen = _signature(cfg)
         self.current = check(cfg)
         _load(self.context, self.current, cfg)
+        # mTLS: the context new handshakes move to (a reload's), and how many times the CAs changed
+        self._serving = self.context
+        self.ca_changes = 0
+        if cfg.client_certs is not None:
+            self.context.sni_callback = self._pick
         log.info("tls: %s plane serves %s (%s)", plane, cfg.cert_file, self.current.describe())
+
+    def _pick(self, conn: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        if self._serving is not self.context:
+            conn.context = self._serving  # its certificate and CAs; verify mode and tickets stay the live one's
+
+    def peer(self, conn: ssl.SSLObject | None) -> bytes | None:
+        """The DER of the client certificate the handshake verified, or None without one; :class:`Untrusted`
+        for a session resumed from before the CAs changed whose CA is no longer configured."""
+        der = conn.getpeercert(binary_form=True) if conn is not None else None
+        if der and self.ca_changes and conn.session_reused and self.current.cas is not None:  # type: ignore[union-attr]
+            if not _issued_under(x509.load_der_x509_certificate(der), self.current.cas[1], conn):  # type: ignore[arg-type]
+                raise Untrusted()
+        return der or None
 
     def reload(self, why: str) -> bool:
         """Check the files again and, if they pass, serve them to new handshakes; else keep the current pair."""
         self._seen = _signature(self.cfg)
         try:
             pair = check(self.cfg)
-            _load(self.context, pair, self.cfg)  # the same bytes as checked: this cannot fail halfway
+            # the same bytes as checked: this cannot fail halfway (client CAs go to the fresh context alone)
+            _load(self.context, pair, self.cfg, cas=False)
+            if pair.cas is not None:
+                fresh = server_context()  # a CA store only grows: removed CAs leave only with a new context
+                _load(fresh, pair, self.cfg)
+                if self.current.cas is None or pair.cas[0] != self.current.cas[0]:
+                    self.ca_changes += 1
+                self._serving = fresh
         except Refused as exc:
             log.error("tls: %s plane refused its new certificate (%s), still serving %s: %s", self.plane, why,
                       self.current.describe(), exc)
@@ -208,3 +283,43 @@ class ServerTls:
             if now != self._seen and now == last:
                 self.reload("the files changed")
             last = now
+
+
+def _issued_under(leaf: x509.Certificate, cas: list[x509.Certificate], conn: ssl.SSLObject) -> bool:
+    """Whether ``leaf`` chains to one of ``cas`` through the chain the client sent (a resumed session
+    keeps it), each link's signature checked and each certificate within its validity."""
+    sent = _sent_chain(conn)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = leaf
+    for _ in range(10):
+        for ca in cas:
+            if ca.subject == cert.issuer and _signed_by(cert, ca, now):
+                return True
+        nxt = next((c for c in sent if c.subject == cert.issuer and c != cert and _signed_by(cert, c, now)), None)
+        if nxt is None:
+            return False
+        cert = nxt
+    return False
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate, now: datetime.datetime) -> bool:
+    if not issuer.not_valid_before_utc <= now < issuer.not_valid_after_utc:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def _sent_chain(conn: ssl.SSLObject) -> list[x509.Certificate]:
+    """The certificates the client sent (public from Python 3.13; the same method on ``_sslobj`` before)."""
+    get = getattr(conn, "get_unverified_chain", None) or getattr(getattr(conn, "_sslobj", None),
+                                                                 "get_unverified_chain", None)
+    if get is None:
+        return []
+    out = []
+    for c in get() or ():
+        der = c if isinstance(c, bytes) else c.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
+        out.append(x509.load_der_x509_certificate(der))
+    return out

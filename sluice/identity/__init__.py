@@ -1,5 +1,6 @@
 """Who is calling: key format and hashing, the credential registry, roles, tokens, federation."""
 
+from .certs import CertificateIdentities, PeerCertificate
 from .exchange import TokenExchange
 from .federation import Federation
 from .keys import Hasher, KeyInfo, display, generate, inspect
@@ -11,6 +12,6 @@ from .sync import IdentitySync
 from .tokens import Keyring, Sealer, TokenService, looks_like_jwt
 
 __all__ = [
-    "SYSTEM", "Actor", "CredentialRegistry", "Federation", "Hasher", "IdentityService", "IdentitySync", "KeyInfo", "Keyring",
-    "Principal", "RateGate", "Scopes", "Sealer", "TokenExchange", "TokenService", "display", "gate", "generate", "inspect", "looks_like_jwt",
+    "SYSTEM", "Actor", "CertificateIdentities", "CredentialRegistry", "Federation", "Hasher", "IdentityService", "IdentitySync", "KeyInfo", "Keyring",
+    "PeerCertificate", "Principal", "RateGate", "Scopes", "Sealer", "TokenExchange", "TokenService", "display", "gate", "generate", "inspect", "looks_like_jwt",
 ]

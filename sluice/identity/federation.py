@@ -10,6 +10,7 @@ import fnmatch
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from ..core.config import TrustedIssuer
+from ..core.config import FederationRule, TrustedIssuer
 from ..core.errors import Unauthenticated
 
 log = logging.getLogger("sluice.federation")
@@ -120,10 +121,19 @@ class Issuer:
 
     def identity_for(self, claims: dict[str, Any]) -> str:
         """The identity named by the first rule whose claims all match."""
-        for rule in self.cfg.rules:
-            if all(isinstance(claims.get(k), str) and fnmatch.fnmatchcase(claims[k], v) for k, v in rule.match.items()):
-                return rule.identity
-        raise Unauthenticated("No sluice identity is mapped to this workload.", code="unmapped_workload")
+        name = identity_for(self.cfg.rules, claims)
+        if name is None:
+            raise Unauthenticated("No sluice identity is mapped to this workload.", code="unmapped_workload")
+        return name
+
+
+def identity_for(rules: list[FederationRule], claims: Mapping[str, Any]) -> str | None:
+    """The identity named by the first rule whose claims all match (exact or glob values), or None.
+    Workload tokens and client certificates (``certs``) are mapped by this one function."""
+    for rule in rules:
+        if all(isinstance(claims.get(k), str) and fnmatch.fnmatchcase(claims[k], v) for k, v in rule.match.items()):
+            return rule.identity
+    return None
 
 
 class Federation:
@@ -134,6 +144,10 @@ class Federation:
 
     def __bool__(self) -> bool:
         return bool(self._by_iss)
+
+    def rules_of(self, name: str) -> list[FederationRule] | None:
+        """The rules of the issuer called ``name`` (the config's ``name``), or None if none is."""
+        return next((i.cfg.rules for i in self._by_iss.values() if i.cfg.name == name), None)
 
     async def warm(self) -> None:
         """Fetch every key set once at start (failures are retried on first use)."""

@@ -18,7 +18,7 @@ from .connection import Cut, Stalled, TooLarge, UpstreamConnection
 from .errors import too_large
 from .pool import Pool, PoolTimeout
 from .probe import answers, fetch
-from .tls import tls_context
+from .tls import upstream_context
 
 
 def _translate(exc: BaseException) -> Exception:
@@ -97,7 +97,7 @@ class NativeTransport(Transport):
         self._read_timeout = cfg.read_timeout
         self._total = cfg.total_timeout
         self._max_response = cfg.max_response_bytes
-        ssl_context = tls_context(cfg.tls_ca_file) if tls else None
+        ssl_context = upstream_context(cfg) if tls else None
         self._pool = Pool(host, port, ssl_context=ssl_context,
                           limit=cfg.max_connections, connect_timeout=cfg.connect_timeout,
                           pool_timeout=cfg.pool_timeout, idle_timeout=cfg.idle_timeout,

@@ -16,7 +16,7 @@ from ..core.config import Upstream
 from ..core.errors import UpstreamError, UpstreamTimeout
 from .base import Transport, UpstreamReply, UpstreamStream, credentials
 from .errors import too_large
-from .tls import tls_context
+from .tls import upstream_context
 
 
 def _translate(exc: BaseException) -> Exception:
@@ -86,7 +86,7 @@ class OpenAITransport(Transport):
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        tls = tls_context(self._cfg.tls_ca_file) if self._base.startswith("https:") else None
+        tls = upstream_context(self._cfg) if self._base.startswith("https:") else None
         connector = aiohttp.TCPConnector(
             limit=self._cfg.max_connections, limit_per_host=0, ttl_dns_cache=300,
             keepalive_timeout=self._cfg.idle_timeout, ssl=tls if tls is not None else True,

@@ -20,14 +20,19 @@ REPLY = {
 
 
 class TLSUpstream:
-    """Serves ``POST /v1/chat/completions`` on 127.0.0.1 with a certificate from its own CA."""
+    """Serves ``POST /v1/chat/completions`` on 127.0.0.1 with a certificate from its own CA; with
+    ``client_ca``, only to callers showing a certificate of that CA (mTLS)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, client_ca: trustme.CA | None = None) -> None:
         ca = trustme.CA()
         self.ca_file = tmp / "ca.pem"
         ca.cert_pem.write_to_path(str(self.ca_file))
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ca.issue_cert("127.0.0.1").configure_cert(ctx)
+        if client_ca is not None:
+            client_ca.configure_trust(ctx)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        self.calls = 0
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}/v1"
         self._loop = asyncio.new_event_loop()
@@ -35,6 +40,7 @@ class TLSUpstream:
         ready = threading.Event()
 
         async def chat(_: web.Request) -> web.Response:
+            self.calls += 1
             return web.json_response(REPLY)
 
         async def start() -> None:

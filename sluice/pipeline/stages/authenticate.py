@@ -10,7 +10,9 @@ from ..context import RequestContext
 
 
 class Authenticate:
-    """Resolves the bearer key or access token to a principal, or stops the request with 401."""
+    """Resolves the bearer key or access token, or else the connection's client certificate (mTLS), to a
+    principal, or stops the request with 401. A key (or token) with a certificate the rules map must name
+    the same identity as the certificate; a certificate no rule maps leaves the key to decide alone."""
 
     __slots__ = ("_registry", "_tokens")
 
@@ -34,10 +36,13 @@ class Authenticate:
                               code="store_unavailable", retry_after=5)
         ex = ctx.exchange
         token = ex.bearer() or ex.headers.get("x-api-key")  # the second, as Anthropic's SDKs send it
+        cert = ex.peer_cert  # mTLS: the connection's client certificate as its listener's rules read it
         if not token:
-            raise Unauthenticated("You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'"
-                                  " (or 'x-api-key: YOUR_KEY').", code="missing_api_key")
-        if self._tokens is not None and looks_like_jwt(token):
+            if cert is None:
+                raise Unauthenticated("You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'"
+                                      " (or 'x-api-key: YOUR_KEY').", code="missing_api_key")
+            principal = cert.authenticate(self._registry)  # a workload's certificate alone (X.509-SVID)
+        elif self._tokens is not None and looks_like_jwt(token):
             principal = self._tokens.authenticate(token, audience)
         else:
             try:
@@ -48,6 +53,10 @@ class Authenticate:
                     raise Unauthenticated("Control-plane credentials are not accepted on the data plane.",
                                           code="wrong_plane") from None
                 raise
+        if token and cert is not None and cert.name is not None and cert.name != principal.identity_name:
+            # a key and a certificate naming two identities: neither is believed (no acting as the other)
+            raise Unauthenticated("The API key and the client certificate belong to different identities.",
+                                  code="credential_mismatch")
         if "invoker" not in principal.roles:
             raise PermissionDenied("This identity may not call models (it has no invoker role).", code="not_invoker")
         ctx.principal = principal
