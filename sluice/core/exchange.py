@@ -22,12 +22,14 @@ HEADERS_FIRST_ABOVE = 64 * 1024
 class Exchange:
     """One incoming request: method, path, path parameters, query, headers and body."""
 
-    __slots__ = ("method", "path", "params", "query", "headers", "body", "peer", "request_id")
+    __slots__ = ("method", "path", "params", "query", "headers", "body", "peer", "request_id", "listener")
 
     def __init__(
         self, method: str, path: str, params: Mapping[str, str], query: Mapping[str, str],
-        headers: Mapping[str, str], body: bytes, peer: str | None, request_id: str,
+        headers: Mapping[str, str], body: bytes, peer: str | None, request_id: str, listener: Any = None,
     ) -> None:
+        # the named data-plane listener it came through (``identity.Served``), None on a single unnamed one
+        self.listener = listener
         self.method = method
         self.path = path
         self.params = params

@@ -28,5 +28,6 @@ class ConnectionHost(Protocol):
     connections: set  # of the listener's live connections
     shedding: int  # refused connections still reading their 503
     draining: bool
+    served: object | None  # the named listener's gate, carried by each Exchange (None: a single unnamed listener)
 
     def refuse(self, transport: asyncio.Transport) -> bool: ...

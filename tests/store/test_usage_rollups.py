@@ -290,7 +290,9 @@ async def test_the_migration_backfills_rollups_from_rows_written_before_it_past_
     try:
         async with s.engine.begin() as conn:
             await conn.run_sync(to_0014)
-            await conn.execute(insert(t.usage), [{f: getattr(r, f) for f in UsageRecord.__struct_fields__} for r in old])
+            # the columns of 0014 (later revisions add their own: 0017's listener)
+            await conn.execute(insert(t.usage), [{f: getattr(r, f) for f in UsageRecord.__struct_fields__ if f != "listener"}
+                                                 for r in old])
     finally:
         await s.close()
     # the store timeout (for requests) far below what the migration takes: a start's migration has its own bound
@@ -301,7 +303,7 @@ async def test_the_migration_backfills_rollups_from_rows_written_before_it_past_
     s = SqlStore(store_url, timeout=120)
     await s.open()
     try:
-        assert await s.schema_version() == "0015"
+        assert await s.schema_version() >= "0015"  # and every revision after it
         stored = {tb.name: await _stored(s, tb, BASE) for tb in (t.usage_minute, t.usage_hour, t.usage_day)}
         for grain, name in ((60, "usage_minute"), (3600, "usage_hour"), (DAY, "usage_day")):
             assert _differences(stored[name], _expected(old, grain)) == [], name

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 from ...core.errors import PermissionDenied, Unauthenticated, Unavailable
-from ...identity import CredentialRegistry, TokenService, inspect, looks_like_jwt
+from ...identity import CredentialRegistry, TokenService, inspect, looks_like_jwt, unknown_identity
 from ..context import RequestContext
 
 
@@ -37,11 +37,14 @@ class Authenticate:
         if not token:
             raise Unauthenticated("You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'"
                                   " (or 'x-api-key: YOUR_KEY').", code="missing_api_key")
+        served = ex.listener  # a named listener: a caller it does not serve is unknown here
         if self._tokens is not None and looks_like_jwt(token):
             principal = self._tokens.authenticate(token, audience)
+            if served is not None and not served.admits(principal):
+                raise unknown_identity()
         else:
             try:
-                principal = self._registry.authenticate(token, "data")
+                principal = self._registry.authenticate(token, "data", served)
             except Unauthenticated as exc:
                 info = inspect(token)
                 if exc.code == "invalid_api_key" and info is not None and info.kind == "admin":
