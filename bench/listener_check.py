@@ -2,10 +2,9 @@
 ``python bench/listener_check.py N [named]`` runs N requests' worth of the code the check touches (the
 Exchange made, the key authenticated, the model authorized, the routing decision made), nothing else.
 
-Under callgrind the per-request count is (total at N - total at 0) / N, the same on a loaded machine:
-
-    for n in 0 20000; do PYTHONHASHSEED=0 valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
-        python bench/listener_check.py $n 2>&1 | grep refs; done
+Under callgrind with instrumentation off until the loop starts (the script waits for a line on stdin once
+it is set up, so the imports are not counted), the per-request count is the instructions counted / N, the
+same on a loaded machine: ``bench/listener_check.sh``.
 
 ``named``: through a named listener whose ``serves`` lists the caller's identity, environment and model (the
 check run and passed); without it, a single unnamed listener (the check skipped), comparable with a checkout
@@ -44,6 +43,8 @@ def main(n: int, named: bool) -> None:
     if "listener" in Exchange.__slots__:
         args += (served,)
     request = _Request()
+    print("ready", flush=True)
+    sys.stdin.readline()  # instrumentation goes on now (callgrind_control -i on)
     for _ in range(n):
         ctx = RequestContext(Exchange(*args), "chat.completions")
         _run(authenticate(ctx))
@@ -51,6 +52,8 @@ def main(n: int, named: bool) -> None:
         _run(authorize(ctx))
         if named:  # what Route and Account read besides (on an unnamed listener: one load and test each)
             assert ctx.exchange.listener.name
+    print("done", flush=True)
+    sys.stdin.readline()
 
 
 def _run(coro) -> None:  # noqa: ANN001  # a stage that does not wait: one send, no loop
