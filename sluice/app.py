@@ -23,6 +23,7 @@ from .audit.logins import FailedLogins
 from .admin.dashboard import Dashboard
 from .core import config as cfgmod
 from .core.config import Config
+from .core.listener_config import setting, tls_refused
 from .core.env_refs import expand
 from .core.mcp_config import McpPolicy
 from .core.errors import ConfigError, ListenError
@@ -33,7 +34,7 @@ from .http import Listener, NativeListener
 from .http.tls import Refused as TlsRefused, ServerTls, at_setting, check_plane
 from .limits import Admission, AnomalyGuard, Limiter, PriceTable, Throttle, build_backend, warm
 from .identity import (SYSTEM, CertificateIdentities, CredentialRegistry, Federation, Hasher, IdentityService,
-                       IdentitySync, Keyring, Sealer, TokenExchange, TokenService, gate)
+                       IdentitySync, Keyring, Sealer, Served, TokenExchange, TokenService, gate)
 from .pipeline import DataPlane, RequestContext
 from .policy import LimitsSection, PendingApproval, PolicyDocument, PolicyService
 from .admin.policy_api import PolicyAdmin
@@ -89,7 +90,7 @@ class Gateway:
         self.config = config
         self.store: Store | None = None
         self.ledger: UsageLedger | None = None
-        self.data: NativeListener | None = None
+        self.data: list[NativeListener] = []  # the data-plane listeners (one, or each of a named list)
         self.control: Listener | None = None
         self._all_transports: list[Transport] = []
         self.routing: RoutingState | None = None
@@ -119,7 +120,7 @@ class Gateway:
         out += [expand(v) for s in c.mcp.servers for v in s.env.values()]  # a stdio server's env may hold its credential
         if c.security.pepper:
             out.append(c.security.pepper)
-        out += [os.environ[t.key_password_env] for t in (c.data_plane.tls, c.control_plane.tls)  # masked too
+        out += [os.environ[t.key_password_env] for t in (*(lst.tls for lst in c.listeners), c.control_plane.tls)  # masked too
                 if t is not None and t.key_password_env and os.environ.get(t.key_password_env)]
         return out
 
@@ -180,7 +181,8 @@ class Gateway:
         callers = gate(c.telemetry.tracing.caller_sampled_per_minute, "sampled traces")
         self.tracer = tracing.build(c.telemetry.tracing, callers.allows if callers else None)  # None: tracing off
         supply = Supply.from_config(c.upstreams, deployments, record=partial(identities.record, SYSTEM) if self.slot.control else None)
-        metrics = Metrics(max_identities=c.telemetry.max_identities, health=self._target_health, supply=supply.metric_rows)
+        metrics = Metrics(max_identities=c.telemetry.max_identities, health=self._target_health, supply=supply.metric_rows,
+                          listeners=any(lst.name is not None for lst in c.listeners))
         self.prices = prices = PriceTable(c.prices)
         fold = RecordFold(metrics, prices.nanos, masker=masker, log_requests=c.telemetry.request_log)
         self.ledger = ledger = UsageLedger(c.usage, metrics, store.write_usage, store.touch_keys, registry.take_last_used,
@@ -218,8 +220,11 @@ class Gateway:
         decisions = DecisionLog(c.resilience.decisions_kept)
         guard_stage, approvals, guard_records = self._guard(store, Sealer(pepper, b"sluice tool arguments v1"), policy)
         self.approvals = approvals
+        # each listener refuses a body over its own limit as it arrives; decoding allows the largest of them
+        body_limits = [lst.max_body_bytes or c.requests.max_body_bytes for lst in c.listeners]
         data_plane = DataPlane(guard=guard_stage, registry=registry, tokens=tokens, routes=routing, decisions=decisions,
-                               resilience=c.resilience, ledger=ledger, limits=c.requests, limiter=limiter, prices=prices,
+                               resilience=c.resilience, ledger=ledger, limiter=limiter, prices=prices,
+                               limits=msgspec.structs.replace(c.requests, max_body_bytes=max(body_limits)),
                                max_tokens_cap=c.limits.max_tokens_cap, over_cap=c.limits.over_cap,
                                admission=Admission({m.name: m.capacity for m in c.models if m.capacity}),
                                extra_params={m: extra_params(p) for m, p in cfgmod.model_extra_params(c).items()}, tracer=self.tracer,
@@ -271,9 +276,13 @@ class Gateway:
         mcp_endpoints.append(McpEndpoints(identify, mcp, c.mcp, parts.streams, self.mcp_fanout))
         data_routes += mcp_endpoints[0].routes()
         data_routes.append(OpenApiEndpoint(data_plane.authenticate, data_routes).route)  # documents every route above
-        self.data = NativeListener("data", c.data_plane, data_routes, max_body_bytes=c.requests.max_body_bytes,
-                                   access_log=c.logging.access_log, ssl_context=self._tls("data", c.data_plane))
-        self.data.peer_cert = self._peer_certs(c.data_plane, federation)
+        # one server per listener, all on the same routes; a named one hands its gate to every request it takes
+        self.data = [NativeListener(lst.name or "data", lst, data_routes, max_body_bytes=limit,
+                                    access_log=c.logging.access_log, ssl_context=self._tls(lst.name or "data", lst, i),
+                                    served=None if lst.name is None else Served(lst.name, lst.serves))
+                     for i, (lst, limit) in enumerate(zip(c.listeners, body_limits))]
+        for lst, data in zip(c.listeners, self.data):
+            data.peer_cert = self._peer_certs(lst, federation)
         if self.slot.control:
             self.control = Listener("control", c.control_plane.host, c.control_plane.port,
                                     admin.routes() + health + [("GET", "/metrics", metrics_handler)] + dashboard.public_routes(),
@@ -281,11 +290,12 @@ class Gateway:
                                     ssl_context=self._tls("control", c.control_plane))
             if self.tls and self.tls[-1].plane == "control" and c.control_plane.tls.client_certs is not None:  # type: ignore[union-attr]
                 self.control.peer_check = self.tls[-1].peer  # a gate only: control keys still authenticate
-        self.data.reuse_port = self.slot.shared_port
-        try:
-            await self.data.start()
-        except OSError as exc:
-            raise ListenError(exc, "data_plane.port", c.data_plane.host, c.data_plane.port) from None
+        for i, data in enumerate(self.data):
+            data.reuse_port = self.slot.shared_port  # every worker binds every listener (SO_REUSEPORT)
+            try:
+                await data.start()
+            except OSError as exc:
+                raise ListenError(exc, setting(c, i, "port"), data.host, data.port) from None
         if self.control is not None:
             try:
                 await self.control.start()
@@ -295,21 +305,25 @@ class Gateway:
         # rescanning it on every full collection (long pauses showed up in the p99).
         gc.collect()
         gc.freeze()
+        where = ", ".join(f"{d.name + ' ' if d.served is not None else ''}{d.host}:{d.port}" for d in self.data)
         if self.control is not None:
-            log.info("data plane on %s:%d, control plane on %s:%d, %d models, %d live keys",
-                     self.data.host, self.data.port, self.control.host, self.control.port, len(c.models), len(registry))
+            log.info("data plane on %s, control plane on %s:%d, %d models, %d live keys",
+                     where, self.control.host, self.control.port, len(c.models), len(registry))
         else:
-            log.info("worker %d of %d: data plane on %s:%d", self.slot.index, self.slot.count, self.data.host, self.data.port)
+            log.info("worker %d of %d: data plane on %s", self.slot.index, self.slot.count, where)
 
-    def _tls(self, plane: str, listener: cfgmod.Listener) -> ssl.SSLContext | None:
-        """The plane's live TLS context (None: plain HTTP), watched for new files; a pair that cannot serve stops the start."""
+    def _tls(self, plane: str, listener: cfgmod.Listener, index: int | None = None) -> ssl.SSLContext | None:
+        """The plane's live TLS context (None: plain HTTP), watched for new files; a pair that cannot serve stops the start.
+        ``index``: a data-plane listener's place, for the setting an error names (``data_plane[1].tls``)."""
         if listener.tls is None:
             return None
         try:
             tls = ServerTls(plane, listener.tls)
             check_plane(plane, listener.tls)
         except TlsRefused as exc:
-            raise at_setting(plane, exc) from None
+            if index is None:
+                raise at_setting(plane, exc) from None
+            raise tls_refused(self.config, index, exc) from None
         self.tls.append(tls)
         self._tasks.append(asyncio.get_running_loop().create_task(tls.watch(), name=f"tls-watch-{plane}"))
         return tls.context
@@ -461,7 +475,7 @@ class Gateway:
         steps: list[tuple[str, Callable[[], Awaitable[object]] | None]] = [
             ("identity sync", self.identity_sync.stop if self.identity_sync is not None else None),
             ("mcp streams", self.mcp_streams.close if self.mcp_streams is not None else None),  # before the drain
-            ("data plane drain", self.data.stop if self.data is not None else None),
+            ("data plane drain", (lambda: asyncio.gather(*(d.stop() for d in self.data))) if self.data else None),
             ("limits backend", self.limiter.close if self.limiter is not None else None),
             ("usage flush", self.ledger.close if self.ledger is not None else None),
             ("trace export", (lambda: asyncio.get_running_loop().run_in_executor(None, self.tracer.shutdown)) if self.tracer else None),

@@ -25,6 +25,7 @@ ALONE = (
     "http/test_stream_writes.py::test_a_paced_stream_gets_its_head_and_first_token_through_sluice_within",
     # its slowest request against a bound (1.5 s): beside the parallel suite it once took 1.55 s
     "telemetry/test_tracing.py::test_a_collector_that_hangs_neither_slows_requests_nor_grows_memory_nor_holds_shutdown",
+    "listeners/test_isolated_listeners.py::test_a_refused_key_takes_no_longer_than_an_unknown_one",
 )
 
 

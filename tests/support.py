@@ -172,7 +172,8 @@ class Gateway:
                 self._start(tmp, config, keys, admin_key, env, args, port, wait_for)
                 return
             except PortTaken:
-                if attempt == 2 or port is not None or "port" in config.get("data_plane", {}):
+                if attempt == 2 or port is not None or isinstance(config.get("data_plane"), list) \
+                        or "port" in config.get("data_plane", {}):
                     raise
 
     def _start(self, tmp: Path, config: dict[str, Any], keys: dict[str, str], admin_key: str, env: dict[str, str] | None,
@@ -188,20 +189,26 @@ class Gateway:
             "logging": {"level": "info"},
             **config,
         }
-        # A test may give data_plane or control_plane settings (tls) without the port.
-        config["data_plane"] = {"port": self.port, **config["data_plane"]}
+        # A test may give data_plane or control_plane settings (tls) without the port; a list of named
+        # listeners gives its own ports, and ``url`` is the first one's.
+        if isinstance(config["data_plane"], list):
+            self.port = config["data_plane"][0]["port"]
+        else:
+            config["data_plane"] = {"port": self.port, **config["data_plane"]}
         config["control_plane"] = {"port": self.admin_port, **config["control_plane"]}
         self.config_path = tmp / f"gateway-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.keys = keys
         self.admin_key = admin_key
-        self.url = f"{'https' if config['data_plane'].get('tls') else 'http'}://127.0.0.1:{self.port}"
+        first = config["data_plane"][0] if isinstance(config["data_plane"], list) else config["data_plane"]
+        self.url = f"{'https' if first.get('tls') else 'http'}://127.0.0.1:{self.port}"
         self.admin_url = f"{'https' if config['control_plane'].get('tls') else 'http'}://127.0.0.1:{self.admin_port}"
         self.proc = Proc([sys.executable, "-m", "sluice", "serve", "--config", str(self.config_path), *(args or [])],
                          tmp / f"gateway-{self.port}.log", env=env, cwd=tmp)
         # 60 s, not 20: on a shared 2-core machine under `make test-stress` a start took longer than 20 s
         # ``wait_for="/healthz"``: a gateway started where it cannot be ready (its limits backend is down)
-        self.proc.wait_http(self.admin_url + wait_for, timeout=60.0, verify=self.verify)
+        # TEST_READY_S: longer still, on a machine other sessions load far past its cores
+        self.proc.wait_http(self.admin_url + wait_for, timeout=float(os.environ.get("TEST_READY_S", 60)), verify=self.verify)
 
     @property
     def v1(self) -> str:

@@ -44,13 +44,20 @@ def _check_tls(c: cfgmod.Config) -> None:
     """Each listener's certificate pair as ``serve`` checks it (readable, not expired, key matching)."""
     from ..http.tls import Refused, at_setting, check as check_pair, check_plane
 
-    for plane, listener in (("data", c.data_plane), ("control", c.control_plane)):
+    from ..core.listener_config import tls_refused
+
+    for i, listener in enumerate(c.listeners):
         if listener.tls is not None:
             try:
                 check_pair(listener.tls)
-                check_plane(plane, listener.tls)
             except Refused as exc:
-                raise at_setting(plane, exc) from None
+                raise tls_refused(c, i, exc) from None
+    if c.control_plane.tls is not None:
+        try:
+            check_pair(c.control_plane.tls)
+            check_plane("control", c.control_plane.tls)
+        except Refused as exc:
+            raise at_setting("control", exc) from None
 
 
 def _revoked_in_store(c: cfgmod.Config) -> list[str]:

@@ -34,6 +34,7 @@ from .routing_config import (LEGACY_VERSION, Breaker, Capacity, Compliance, Dige
 from .strict import Port, Seconds
 from .strict import Strict as _Strict
 from .tls_config import ListenerTls
+from .listener_config import Serves, check_listeners
 
 
 class Listener(_Strict):
@@ -45,7 +46,10 @@ class Listener(_Strict):
 
 
 class DataPlaneListener(Listener):
-    """The public listener, on sluice's own HTTP server (asyncio protocols and llhttp).
+    """A data-plane listener, on sluice's own HTTP server (asyncio protocols and llhttp).
+
+    ``data_plane`` is one of these (unnamed: today's single listener, serving every caller) or a list of
+    named ones, each serving what its ``serves`` says (``listener_config``).
 
     ``server: aiohttp`` selected the framework server until issue 23.21 retired it (it lacked the
     connection bound and the send timeout, and every hardening had to be done twice); a config
@@ -66,6 +70,10 @@ class DataPlaneListener(Listener):
     # Client connections at once; past it a new one gets 503 and a close. None: half the process's
     # open-file limit, the other half left to upstream connections, the control plane and the store.
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] | None = None
+    name: str | None = None  # a listener of a list: recorded on usage rows, metrics and decisions
+    # this listener's own body limit (None: ``requests.max_body_bytes``)
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024, le=MAX_INT)] | None = None
+    serves: Serves | None = None  # None: every caller, every model its scopes allow
 
     def __post_init__(self) -> None:
         if self.server == "aiohttp":
@@ -151,7 +159,8 @@ class Responses(_Strict):
 class Config(_Strict):
     """The whole gateway configuration."""
 
-    data_plane: DataPlaneListener = msgspec.field(default_factory=lambda: DataPlaneListener(port=8080))
+    # one listener, or a list of named ones (issue 28 item 3): ``listeners`` gives both as a list
+    data_plane: DataPlaneListener | list[DataPlaneListener] = msgspec.field(default_factory=lambda: DataPlaneListener(port=8080))
     control_plane: Listener = msgspec.field(default_factory=lambda: Listener(port=8081))
     upstreams: list[Upstream] = msgspec.field(default_factory=list)
     models: list[Model] = msgspec.field(default_factory=list)
@@ -183,7 +192,13 @@ class Config(_Strict):
     responses: Responses = msgspec.field(default_factory=Responses)  # issue 24: sluice.memory
     mcp: Mcp = msgspec.field(default_factory=Mcp)  # issue 25: sluice.mcp
 
+    @property
+    def listeners(self) -> list[DataPlaneListener]:
+        """The data-plane listeners, the single-object form as a list of one."""
+        return self.data_plane if isinstance(self.data_plane, list) else [self.data_plane]
+
     def __post_init__(self) -> None:
+        check_listeners(self)
         _check_unique("upstreams", [u.name for u in self.upstreams])
         _check_unique("models", [m.name for m in self.models])
         _check_unique("identities", [i.name for i in self.identities])

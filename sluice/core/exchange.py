@@ -23,12 +23,15 @@ class Exchange:
     """One incoming request: method, path, path parameters, query, headers and body; and the client
     certificate its connection showed (mTLS), as the listener's ``client_certs`` rules read it."""
 
-    __slots__ = ("method", "path", "params", "query", "headers", "body", "peer", "request_id", "peer_cert")
+    __slots__ = ("method", "path", "params", "query", "headers", "body", "peer", "request_id", "peer_cert", "listener")
 
     def __init__(
         self, method: str, path: str, params: Mapping[str, str], query: Mapping[str, str],
         headers: Mapping[str, str], body: bytes, peer: str | None, request_id: str, peer_cert: Any = None,
+        listener: Any = None,
     ) -> None:
+        # the named data-plane listener it came through (``identity.Served``), None on a single unnamed one
+        self.listener = listener
         self.method = method
         self.path = path
         self.params = params

@@ -115,6 +115,8 @@ class UsageRecord(msgspec.Struct, kw_only=True, gc=False):
     api: str | None = None
     # prompt tokens written to the upstream's cache (Anthropic's cache_creation_input_tokens), priced apart
     cache_creation_tokens: int = 0
+    # the named data-plane listener that took it (issue 28); None on a single unnamed listener
+    listener: str | None = None
 
 
 class ChangeEvent(msgspec.Struct, kw_only=True):

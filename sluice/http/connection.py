@@ -359,7 +359,8 @@ class Connection(Writes):
             handler, params = server.router.resolve(req.method, text)
             body = b"".join(req.body) if req.body else b""
             req.body = []
-            reply = await handler(Exchange(req.method, text, params, query, req.headers, body, self._peer, rid, self._cert))
+            reply = await handler(Exchange(req.method, text, params, query, req.headers, body, self._peer, rid, self._cert,
+                                           server.served))
         except GatewayError as exc:
             reply = error_reply(exc)
         except asyncio.CancelledError:
@@ -398,7 +399,8 @@ class Connection(Writes):
             check_headers = getattr(handler, "check_headers", None)
             if check_headers is not None:
                 try:
-                    await check_headers(Exchange(req.method, path, params, _NO_QUERY, req.headers, b"", self._peer, "", self._cert))
+                    await check_headers(Exchange(req.method, path, params, _NO_QUERY, req.headers, b"", self._peer, "",
+                                                 self._cert, server.served))
                 except GatewayError as exc:
                     return exc
         if req.expect and not self._lost and not req.complete:

@@ -32,5 +32,6 @@ class ConnectionHost(Protocol):
     draining: bool
     # mTLS: reads a connection's client certificate once its handshake is done (None: the listener maps none)
     peer_cert: Callable[[ssl.SSLObject | None], object] | None
+    served: object | None  # the named listener's gate, carried by each Exchange (None: a single unnamed listener)
 
     def refuse(self, transport: asyncio.Transport) -> bool: ...

@@ -45,8 +45,11 @@ class NativeListener:
     peer_cert: Callable[[ssl.SSLObject | None], object] | None = None
 
     def __init__(self, name: str, cfg: DataPlaneListener, routes: list[tuple[str, str, Handler]], *,
-                 max_body_bytes: int, access_log: bool = False, ssl_context: ssl.SSLContext | None = None) -> None:
+                 max_body_bytes: int, access_log: bool = False, ssl_context: ssl.SSLContext | None = None,
+                 served: object | None = None) -> None:
         self.name = name
+        # a named listener's gate (``identity.Served``), handed to every request it takes; None: serves everyone
+        self.served = served
         self.ssl_context = ssl_context  # TLS on this listener (``tls.ServerTls.context``), None: plain HTTP
         self.host = cfg.host
         self.port = cfg.port

@@ -20,7 +20,7 @@ from ..core.errors import InvalidRequest, Unauthenticated
 from ..core.exchange import Exchange, Reply
 from .federation import Federation
 from .gate import RateGate
-from .principal import Scopes
+from .principal import Principal, Scopes
 from .registry import CredentialRegistry
 from .tokens import TokenService, looks_like_jwt
 
@@ -96,7 +96,7 @@ class TokenExchange:
             if looks_like_jwt(subject):
                 raise Unauthenticated("A sluice access token cannot be exchanged for another; present the key.",
                                       code="invalid_grant")
-            principal = self._registry.authenticate(subject, plane="data")
+            principal = self._registry.authenticate(subject, plane="data", served=ex.listener)
             identity = self._registry.identity(principal.identity_id)
             credential = principal.key_id or ""
             not_after = principal.expires_at  # the key's expiry, or the end of its rotation overlap
@@ -107,6 +107,9 @@ class TokenExchange:
             identity = self._registry.identity_by_name(name)
             credential = f"fed:{issuer}"
             not_after = None
+        if identity is not None and ex.listener is not None and kind != ACCESS_TOKEN \
+                and not ex.listener.admits(Principal(identity, None)):
+            identity = None  # a federated workload this listener does not serve: as one mapped to no identity
         if identity is None or "invoker" not in identity.roles:
             raise Unauthenticated("The identity is disabled or may not call models.", code="invalid_grant")
         if self._per_identity is not None:

@@ -13,6 +13,12 @@ from ..core.types import ApiKey, Identity, Plane
 from .keys import Hasher
 from .gate import RateGate
 from .principal import Principal
+from .served import Served
+
+
+def unknown_key() -> Unauthenticated:
+    """The answer to a key that is not one of ours, and to one of ours on a listener that does not serve it."""
+    return Unauthenticated("Incorrect API key provided.", code="invalid_api_key")
 
 
 class CredentialRegistry:
@@ -101,11 +107,12 @@ class CredentialRegistry:
         ends = self._by_hash[digest].expires_at
         return ends is None or now < ends
 
-    def authenticate(self, secret: str, plane: Plane = "data") -> Principal:
-        """The principal of a live key of this plane, or ``Unauthenticated`` (401)."""
+    def authenticate(self, secret: str, plane: Plane = "data", served: Served | None = None) -> Principal:
+        """The principal of a live key of this plane, or ``Unauthenticated`` (401). ``served``: the named
+        listener the key came through; one it does not serve is unknown there, whatever else is true of it."""
         principal = self._by_hash.get(self._hasher.digest(secret))
-        if principal is None:
-            raise Unauthenticated("Incorrect API key provided.", code="invalid_api_key")
+        if principal is None or served is not None and not served.admits(principal):
+            raise unknown_key()
         if principal.plane != plane:
             raise Unauthenticated(f"This key belongs to the {principal.plane} plane and is not accepted here.", code="wrong_plane")
         now = clock.now()

@@ -35,6 +35,11 @@ _ATTEMPTS = 5
 AUTOMATIC = Actor("auto-rotation")  # the actor of a rotation the keyring made because no key was current
 
 
+def unknown_identity() -> Unauthenticated:
+    """The answer to a token of ours whose identity is not known, and to one on a listener that does not serve it."""
+    return Unauthenticated("The identity behind this token is disabled or unknown.", code="identity_disabled")
+
+
 def looks_like_jwt(token: str) -> bool:
     """A compact JWS: three base64url parts, a JSON header."""
     return token.startswith("eyJ") and token.count(".") == 2
@@ -267,7 +272,7 @@ class TokenService:
         c = decoded.claims
         identity = self._registry.identity(c["sub"])
         if identity is None:
-            raise Unauthenticated("The identity behind this token is disabled or unknown.", code="identity_disabled")
+            raise unknown_identity()
         if c.get("env") != identity.environment:
             raise Unauthenticated("The token's environment does not match its identity.", code="invalid_token")
         if not isinstance(c["aud"], str):

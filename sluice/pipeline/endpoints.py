@@ -122,6 +122,9 @@ class ListModels:
         assert p is not None  # authenticate set it or raised
         table = self._routes.table
         names = [name for name in table.names() if p.scopes.allows(name) and table.serves(name, p.environment)]
+        served = exchange.listener
+        if served is not None:  # a named listener lists only the models it answers
+            names = [name for name in names if served.serves_model(name)]
         if exchange.headers.get("anthropic-version") is not None:
             created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._created))
             data = [{"type": "model", "id": n, "display_name": n, "created_at": created} for n in names]

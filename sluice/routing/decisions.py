@@ -54,4 +54,5 @@ def explain(d: Decision) -> dict[str, Any]:
         "skipped": d.skipped or [],
         "attempts": [{"target": name, "outcome": outcome, "ms": round(ms, 3)} for name, outcome, ms in d.attempts],
         "policy": {"version": d.policy.version, "hash": d.policy.hash} if d.policy is not None else None,
+        "listener": d.listener,
     }

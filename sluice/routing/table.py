@@ -176,7 +176,7 @@ class Decision:
     """Why and where one request goes: the route, the chosen target, the attempts made (for explanations)."""
 
     __slots__ = ("request_id", "route", "target", "skipped", "attempts", "environment", "alias", "at", "needed",
-                 "policy")
+                 "policy", "listener")
 
     def __init__(self, request_id: str, alias: str, route: CompiledRoute, target: Target | None,
                  environment: str, skipped: list[str] | None, at: float) -> None:
@@ -190,6 +190,7 @@ class Decision:
         self.at = at
         self.needed: int | None = None  # prompt + completion tokens, on a route with context windows
         self.policy: Any = None  # the policy version (``version``, ``hash``) the request ran under
+        self.listener: str | None = None  # the named data-plane listener it came through (None: the only one)
 
     def header(self, target: Target | None = None) -> str:
         """The ``x-sluice-route`` value: the route and the target that answered (or was last tried)."""

@@ -85,6 +85,7 @@ usage = Table(
     Column("cost_nanos", BigInteger, nullable=False, server_default="0"),
     Column("api", String(16)),  # the client API that carried the request (migration 0014)
     Column("cache_creation_tokens", Integer, nullable=False, server_default="0"),  # migration 0014
+    Column("listener", String(64)),  # the named data-plane listener that took it (migration 0017)
     Index("ix_usage_ts", "ts"),  # (identity_id, ts) was dropped in migration 0012: no query used it
     Index("ux_usage_request_id", "request_id", unique=True),  # the idempotency key (migration 0007)
     # On Postgres (migration 0016) the table is partitioned by day on ``ts``: the primary key is (seq, ts) and

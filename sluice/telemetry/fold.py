@@ -60,7 +60,7 @@ class RecordFold:
                 "upstream_ms": None if rec.upstream_ms is None else round(rec.upstream_ms, 2),
                 "prompt_tokens": rec.prompt_tokens, "completion_tokens": rec.completion_tokens,
                 "cached_tokens": rec.cached_tokens, "cache_creation_tokens": rec.cache_creation_tokens,
-                "cost_nanos": rec.cost_nanos, "api": rec.api,
+                "cost_nanos": rec.cost_nanos, "api": rec.api, "listener": rec.listener,
             }))
         text = self._masker.mask(b"\n".join(lines).decode()) + "\n"
         stream = self._stream or sys.stderr

@@ -28,10 +28,14 @@ class Metrics:
     """The gateway's metric families, in a registry of their own."""
 
     def __init__(self, *, max_identities: int = 200, health: Callable[[], Health] | None = None,
-                 supply: Callable[[], Supply] | None = None) -> None:
+                 supply: Callable[[], Supply] | None = None, listeners: bool = False) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("sluice_requests", "Data-plane requests by endpoint, model and status.",
-                                ["endpoint", "model", "status"], registry=r)
+        # named data-plane listeners (issue 28): requests are counted per listener too; one unnamed listener
+        # keeps the family's labels as they always were
+        self._listeners = listeners
+        self.requests = Counter("sluice_requests", "Data-plane requests by endpoint, model, status and listener."
+                                if listeners else "Data-plane requests by endpoint, model and status.",
+                                ["endpoint", "model", "status", *(["listener"] if listeners else [])], registry=r)
         self.latency = Histogram("sluice_request_duration_seconds", "Time from request to last byte, by model and status.",
                                  ["model", "status"], buckets=_LATENCY_BUCKETS, registry=r)
         self.upstream_latency = Histogram("sluice_upstream_duration_seconds", "Time spent on the upstream, by upstream.",
@@ -69,12 +73,13 @@ class Metrics:
         inc, observe = tally.inc, tally.observe
         for rec in records:
             model = rec.model or ""
-            key = (rec.endpoint, model, rec.status, rec.upstream)
+            key = (rec.endpoint, model, rec.status, rec.upstream, rec.listener)
             c = children.get(key)
             if c is None:
                 status = str(rec.status)
                 c = (
-                    self.requests.labels(rec.endpoint, model, status),
+                    self.requests.labels(rec.endpoint, model, status, rec.listener or "") if self._listeners
+                    else self.requests.labels(rec.endpoint, model, status),
                     self.latency.labels(model, status),
                     self.upstream_latency.labels(rec.upstream) if rec.upstream else None,
                     self.ttft.labels(model),

@@ -33,8 +33,10 @@ def refusal(cfg: Config, count: int) -> str | None:
         return (f"--workers {count} with {what} set needs limits.backend: redis. The memory backend counts in "
                 f"each process, so limits would not be exact across workers; set limits.backend: redis and "
                 f"limits.redis_url (or run --workers 1).")
-    if cfg.data_plane.port == 0:
-        return f"--workers {count} needs a fixed data_plane.port (workers share it); port 0 picks one per process."
+    for i, lst in enumerate(cfg.listeners):
+        if lst.port == 0:
+            where = f"data_plane[{i}].port" if isinstance(cfg.data_plane, list) else "data_plane.port"
+            return f"--workers {count} needs a fixed {where} (workers share it); port 0 picks one per process."
     if cfg.sim is not None and cfg.sim.port == 0:
         return f"--workers {count} needs a fixed sim.port for the embedded simulator."
     return None
@@ -120,7 +122,7 @@ class Supervisor:
                 return code or 1
             for w in self.workers[1:]:
                 self._spawn(w)
-            log.info("%d workers serving on port %d", self.count, self.cfg.data_plane.port)
+            log.info("%d workers serving on port %s", self.count, ", ".join(str(lst.port) for lst in self.cfg.listeners))
             return self._supervise()
         finally:
             self._shutdown()
@@ -164,7 +166,7 @@ class Supervisor:
 
     def _shutdown(self) -> None:
         self._signal_all(signal.SIGTERM)
-        grace = self.cfg.data_plane.shutdown_timeout + self.cfg.lifecycle.ready_grace_s + 15.0
+        grace = max(lst.shutdown_timeout for lst in self.cfg.listeners) + self.cfg.lifecycle.ready_grace_s + 15.0
         deadline = time.monotonic() + grace
         for w in self.workers:
             if w.proc is None:

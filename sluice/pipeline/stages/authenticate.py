@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 from ...core.errors import PermissionDenied, Unauthenticated, Unavailable
-from ...identity import CredentialRegistry, TokenService, inspect, looks_like_jwt
+from ...identity import CredentialRegistry, TokenService, inspect, looks_like_jwt, unknown_identity
 from ..context import RequestContext
 
 
@@ -37,16 +37,21 @@ class Authenticate:
         ex = ctx.exchange
         token = ex.bearer() or ex.headers.get("x-api-key")  # the second, as Anthropic's SDKs send it
         cert = ex.peer_cert  # mTLS: the connection's client certificate as its listener's rules read it
+        served = ex.listener  # a named listener: a caller it does not serve is unknown here
         if not token:
             if cert is None:
                 raise Unauthenticated("You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'"
                                       " (or 'x-api-key: YOUR_KEY').", code="missing_api_key")
             principal = cert.authenticate(self._registry)  # a workload's certificate alone (X.509-SVID)
+            if served is not None and not served.admits(principal):
+                raise unknown_identity()
         elif self._tokens is not None and looks_like_jwt(token):
             principal = self._tokens.authenticate(token, audience)
+            if served is not None and not served.admits(principal):
+                raise unknown_identity()
         else:
             try:
-                principal = self._registry.authenticate(token, "data")
+                principal = self._registry.authenticate(token, "data", served)
             except Unauthenticated as exc:
                 info = inspect(token)
                 if exc.code == "invalid_api_key" and info is not None and info.kind == "admin":

@@ -15,11 +15,14 @@ def model_not_found(model: str) -> NotFound:
 
 
 class Authorize:
-    """Checks the requested model against the principal's model scopes."""
+    """Checks the requested model against the principal's model scopes, and a named listener's models."""
 
     __slots__ = ()
 
     async def __call__(self, ctx: RequestContext) -> None:
         model = ctx.request.model
         if not ctx.principal.scopes.allows(model):  # type: ignore[union-attr]
+            raise model_not_found(model)
+        served = ctx.exchange.listener
+        if served is not None and not served.serves_model(model):
             raise model_not_found(model)

@@ -40,6 +40,9 @@ class Route:
         if decision is None:
             raise model_not_found(model)
         decision.policy = ctx.policy  # the lookup names the version the request ran under (issue 11)
+        served = ctx.exchange.listener
+        if served is not None:
+            decision.listener = served.name
         self._log.add(decision)
         ctx.decision = decision
         ctx.target = decision.target

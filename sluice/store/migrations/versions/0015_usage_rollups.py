@@ -56,7 +56,9 @@ def _backfill(conn: sa.engine.Connection) -> None:
     from sluice.store import rollups
 
     assert rollups.BUCKETS == BUCKETS and rollups.KEY == KEY  # a later change of columns backfills in its own revision
-    fields = UsageRecord.__struct_fields__
+    # the record's fields that ``usage`` has at this revision (later ones add columns, 0017's ``listener``)
+    present = {c["name"] for c in sa.inspect(conn).get_columns("usage")}
+    fields = tuple(f for f in UsageRecord.__struct_fields__ if f in present)
     read = sa.text(f"SELECT seq, {', '.join(fields)} FROM usage WHERE seq > :after ORDER BY seq LIMIT {_CHUNK}")
     upserts = {t: sa.text(rollups.upsert_sql(t, "named")) for t in rollups.TABLES.values()}
     after = -1
