@@ -23,7 +23,7 @@ from .audit.logins import FailedLogins
 from .admin.dashboard import Dashboard
 from .core import config as cfgmod
 from .core.config import Config
-from .core.listener_config import setting, tls_refused
+from .core.listener_config import setting
 from .core.env_refs import expand
 from .core.mcp_config import McpPolicy
 from .core.errors import ConfigError, ListenError
@@ -31,10 +31,10 @@ from .core.exchange import Exchange, Reply
 from .core.wire import extra_params
 from .core.lifecycle import every, ignore_stop_signals, raise_open_file_limit
 from .http import Listener, NativeListener
-from .http.tls import Refused as TlsRefused, ServerTls, at_setting, check_plane
+from .http.tls import ServerTls
 from .limits import Admission, AnomalyGuard, Limiter, PriceTable, Throttle, build_backend, warm
-from .identity import (SYSTEM, CertificateIdentities, CredentialRegistry, Federation, Hasher, IdentityService,
-                       IdentitySync, Keyring, Sealer, Served, TokenExchange, TokenService, gate)
+from .identity import (SYSTEM, CredentialRegistry, Federation, Hasher, IdentityService, IdentitySync, Keyring, Sealer,
+                       Served, TokenExchange, TokenService, gate)
 from .pipeline import DataPlane, RequestContext
 from .policy import LimitsSection, PendingApproval, PolicyDocument, PolicyService
 from .admin.policy_api import PolicyAdmin
@@ -51,7 +51,7 @@ from .store.response_records import ResponseRecords
 from .memory import ResponseMemory, Vault
 from .mcp import Fanout, McpEndpoints, Streams, Subscriptions, Upstreams
 from .mcp.assembly import McpParts
-from .store import Store, StoreUnavailable, open_store, usage_retention
+from .store import Store, open_store, usage_retention
 from .telemetry import Metrics, UsageLedger, configure
 from .telemetry import tracing
 from .telemetry.fold import RecordFold
@@ -59,6 +59,8 @@ from .telemetry.metrics import CONTENT_TYPE as METRICS_TYPE
 from .upstream import NativeTransport, OpenAITransport, Transport
 from .telemetry.spill import SpillFile
 from .workers import current_slot
+from . import edge
+from .probes import Probes
 
 log = logging.getLogger("sluice")
 
@@ -95,7 +97,6 @@ class Gateway:
         self._all_transports: list[Transport] = []
         self.routing: RoutingState | None = None
         self._sim_runner = None
-        self._ready_cache: tuple[float, bool, tuple[bool, str | None]] = (0.0, False, (True, None))
         self._tasks: list[asyncio.Task] = []
         self._side: set[asyncio.Future] = set()
         self.limiter: Limiter | None = None
@@ -229,9 +230,10 @@ class Gateway:
                                admission=Admission({m.name: m.capacity for m in c.models if m.capacity}),
                                extra_params={m: extra_params(p) for m, p in cfgmod.model_extra_params(c).items()}, tracer=self.tracer,
                                memory=ResponseMemory(ResponseRecords(store), Vault(pepper), c.responses))  # type: ignore[arg-type]
-        health = [("GET", "/healthz", self._healthz), ("GET", "/readyz", self._readyz)]
+        probes = Probes(self)
+        health = [("GET", "/healthz", probes.healthz), ("GET", "/readyz", probes.readyz)]
         # /health as vLLM, SGLang and TGI serve it: what their tools (guidellm) check first.
-        vllm_health = [("GET", "/health", self._healthz)]
+        vllm_health = [("GET", "/health", probes.healthz)]
 
         async def jwks(_: Exchange) -> Reply:
             return Reply.json(tokens.jwks(), headers={"Cache-Control": "public, max-age=60"})
@@ -282,7 +284,7 @@ class Gateway:
                                     served=None if lst.name is None else Served(lst.name, lst.serves))
                      for i, (lst, limit) in enumerate(zip(c.listeners, body_limits))]
         for lst, data in zip(c.listeners, self.data):
-            data.peer_cert = self._peer_certs(lst, federation)
+            data.peer_cert = edge.peer_certs(lst, federation, self.tls)
         if self.slot.control:
             self.control = Listener("control", c.control_plane.host, c.control_plane.port,
                                     admin.routes() + health + [("GET", "/metrics", metrics_handler)] + dashboard.public_routes(),
@@ -313,41 +315,7 @@ class Gateway:
             log.info("worker %d of %d: data plane on %s", self.slot.index, self.slot.count, where)
 
     def _tls(self, plane: str, listener: cfgmod.Listener, index: int | None = None) -> ssl.SSLContext | None:
-        """The plane's live TLS context (None: plain HTTP), watched for new files; a pair that cannot serve stops the start.
-        ``index``: a data-plane listener's place, for the setting an error names (``data_plane[1].tls``)."""
-        if listener.tls is None:
-            return None
-        try:
-            tls = ServerTls(plane, listener.tls)
-            check_plane(plane, listener.tls)
-        except TlsRefused as exc:
-            if index is None:
-                raise at_setting(plane, exc) from None
-            raise tls_refused(self.config, index, exc) from None
-        self.tls.append(tls)
-        self._tasks.append(asyncio.get_running_loop().create_task(tls.watch(), name=f"tls-watch-{plane}"))
-        return tls.context
-
-    def _peer_certs(self, listener: cfgmod.Listener, federation: Federation) -> Callable[[ssl.SSLObject | None], object] | None:
-        """mTLS on a data-plane listener: what a connection's client certificate maps to (``identity.certs``),
-        by the listener's ``client_certs`` rules, then those of the federation issuers it names."""
-        cc = listener.tls.client_certs if listener.tls is not None else None
-        if cc is None:
-            return None
-        rules = list(cc.rules)
-        for i, name in enumerate(cc.federation):
-            more = federation.rules_of(name)
-            if more is None:
-                raise ConfigError(f"no federation issuer is named {name!r} - at `$.data_plane.tls.client_certs.federation[{i}]`")
-            rules += more
-        tls = next(t for t in self.tls if t.cfg is listener.tls)
-        mapping = CertificateIdentities(rules) if rules else None  # none: a certificate only admits its caller
-
-        def read(conn: ssl.SSLObject | None) -> object:
-            der = tls.peer(conn)
-            return None if der is None or mapping is None else mapping.read(der)
-
-        return read
+        return edge.server_tls(self, plane, listener, index)
 
     @staticmethod
     def _guard_sections(c: Config) -> dict:
@@ -431,41 +399,6 @@ class Gateway:
             log.warning("the config file's limits wait for approval as change set %s", pending.changeset["id"])
         except Exception as exc:  # a reload must never take the process down
             log.error("config reload of limits refused: %s", getattr(exc, "message", type(exc).__name__))
-
-    async def _healthz(self, _: Exchange) -> Reply:
-        return Reply.json({"status": "ok"})
-
-    async def _readyz(self, _: Exchange) -> Reply:
-        """Ready when the store answers within a second, usage is being written, the credential
-        registry was confirmed current within ``identity.max_staleness_s``, and the limits
-        backend answers or its failure mode still serves calls; the body names what is wrong."""
-        loop = asyncio.get_running_loop()
-        at, store_ok, limits = self._ready_cache
-        if loop.time() - at > 1.0:
-            # at once and each bounded, so a probe never waits much over a second
-            store_ok, limits = await asyncio.gather(self._store_answers(), self.limiter.readiness(1.0))  # type: ignore[union-attr]
-            self._ready_cache = (loop.time(), store_ok, limits)
-        limits_ok, limits_problem = limits
-        current = self.identity_sync is not None and self.identity_sync.current
-        writing = self.ledger is not None and self.ledger.healthy
-        ok = store_ok and limits_ok and writing and current and not self.draining
-        wrong = {"draining: shutting down": self.draining, "store unavailable": not store_ok,
-                 "identity state not confirmed current": not current, "usage records are not being written": not writing}
-        reasons = [why for why, bad in wrong.items() if bad] + ([limits_problem] if limits_problem else [])
-        body = {"status": ("degraded" if reasons else "ready") if ok else "draining" if self.draining else "not ready",
-                "store": "ok" if store_ok else "unavailable", "identity": "current" if current else "stale",
-                "limits": "ok" if limits_problem is None else "unavailable",
-                "usage_spilled": self.ledger.spilled if self.ledger is not None else 0}
-        if reasons:
-            body["reasons"] = reasons
-        return Reply.json(body, status=200 if ok else 503, headers=None if ok else {"Retry-After": "1"})
-
-    async def _store_answers(self) -> bool:
-        try:
-            await asyncio.wait_for(self.store.ping(), 1.0)  # type: ignore[union-attr]
-            return True
-        except (StoreUnavailable, asyncio.TimeoutError):
-            return False
 
     async def stop(self) -> None:
         """Graceful: stop taking requests, finish those in flight, flush usage, close everything.

@@ -4,7 +4,7 @@
 a single unnamed listener and on rows written before this revision. Not part of the rollups' groups.
 
 Revision ID: 0017
-Revises: 0015
+Revises: 0016
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0017"
-down_revision = "0015"  # the lead re-chains it after 0016
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
