@@ -16,11 +16,10 @@ from pathlib import Path
 
 import msgspec
 
-from .admin import AdminApi, AdminAuth, RoutingAdmin
-from .admin.audit_api import AuditAdmin
+from .admin import AdminApi, AdminAuth, AuditAdmin, CacheAdmin, Dashboard, GuardAdmin, McpAdmin, PolicyAdmin, RoutingAdmin
 from .audit import AuditLog, MerkleJournal, load_signer
 from .audit.logins import FailedLogins
-from .admin.dashboard import Dashboard
+from .cache import CacheStore, build_store
 from .core import config as cfgmod
 from .core.config import Config
 from .core.env_refs import expand
@@ -36,10 +35,8 @@ from .identity import (SYSTEM, CredentialRegistry, Federation, Hasher, IdentityS
                        TokenExchange, TokenService, gate)
 from .pipeline import DataPlane, RequestContext
 from .policy import LimitsSection, PendingApproval, PolicyDocument, PolicyService
-from .admin.policy_api import PolicyAdmin
 from .routing import DecisionLog, Deployment, Replica, RoutingState, build_placement, from_config, refused_url
-from .admin.guard_api import GuardAdmin
-from .admin.mcp_api import McpAdmin
+from .core.cache_config import CacheSection
 from .guard import ToolApprovals
 from .guard.policy import from_file as guard_from_file
 from .pipeline.approvals import ApprovalEndpoints
@@ -52,8 +49,7 @@ from .mcp import Fanout, McpEndpoints, Streams, Subscriptions, Upstreams
 from .mcp.assembly import McpParts
 from .routing.health import run_checks
 from .store import Store, StoreUnavailable, open_store
-from .telemetry import Metrics, UsageLedger, configure
-from .telemetry import tracing
+from .telemetry import Metrics, UsageLedger, configure, tracing
 from .telemetry.fold import RecordFold
 from .telemetry.metrics import CONTENT_TYPE as METRICS_TYPE
 from .upstream import NativeTransport, OpenAITransport, Transport
@@ -102,6 +98,7 @@ class Gateway:
         self.prices: PriceTable | None = None
         self.identity_sync: IdentitySync | None = None
         self.policy: PolicyService | None = None
+        self.cache: CacheStore | None = None  # issue 27: the response cache's entries (memory or Redis)
         self.tracer: tracing.Tracer | None = None
         self.slot = current_slot()  # which of ``--workers N`` this is; worker 0 carries the control plane
         self.draining = False  # set on SIGTERM: /readyz answers 503 before the listeners stop
@@ -217,12 +214,14 @@ class Gateway:
         decisions = DecisionLog(c.resilience.decisions_kept)
         guard_stage, approvals, guard_records = self._guard(store, Sealer(pepper, b"sluice tool arguments v1"), policy)
         self.approvals = approvals
+        self.cache = cache = build_store(c.cache)
+        identities.on_retire.append(lambda ids: [self._spawn(cache.purge("identity", i)) for i in ids])  # offboarding
         data_plane = DataPlane(guard=guard_stage, registry=registry, tokens=tokens, routes=routing, decisions=decisions,
                                resilience=c.resilience, ledger=ledger, limits=c.requests, limiter=limiter, prices=prices,
                                max_tokens_cap=c.limits.max_tokens_cap, over_cap=c.limits.over_cap,
                                admission=Admission({m.name: m.capacity for m in c.models if m.capacity}),
                                extra_params={m: extra_params(p) for m, p in cfgmod.model_extra_params(c).items()},
-                               tracer=self.tracer,
+                               tracer=self.tracer, cache=cache,
                                memory=ResponseMemory(ResponseRecords(store), Vault(pepper), c.responses))  # type: ignore[arg-type]
         health = [("GET", "/healthz", self._healthz), ("GET", "/readyz", self._readyz)]
         # /health as vLLM, SGLang and TGI serve it: what their tools (guidellm) check first.
@@ -258,7 +257,7 @@ class Gateway:
                          keyring, limiter, policy=PolicyAdmin(policy, store, identities), audit=AuditAdmin(audit),
                          on_auth_failure=failed_logins,
                          guard=GuardAdmin(approvals, guard_records), dashboard=dashboard,
-                         mcp=McpAdmin(mcp, policy, store))
+                         mcp=McpAdmin(mcp, policy, store), cache=CacheAdmin(cache, identities))
         data_routes = data_plane.routes() + token_routes + health + vllm_health
         # the approval endpoints always: any policy version may add a tool registry
         data_routes += ApprovalEndpoints(data_plane.authenticate, approvals).routes()
@@ -312,9 +311,9 @@ class Gateway:
 
     @staticmethod
     def _guard_sections(c: Config) -> dict:
-        """The config file's ``guardrails:`` and ``tools:``, checked, as the policy sections they seed (issue 11)."""
+        """The config file's ``guardrails:``, ``tools:`` (checked) and ``cache.rules``, as the policy sections they seed."""
         gr, tools = guard_from_file(msgspec.to_builtins(c.guardrails), msgspec.to_builtins(c.tools))
-        return {"guardrails": gr, "tools": tools}
+        return {"guardrails": gr, "tools": tools, "cache": CacheSection(rules=list(c.cache.rules))}
 
     def _guard(self, store: Store, sealer: Sealer, policy: PolicyService) -> tuple[Guard, ToolApprovals, GuardRecords]:
         """The guard stage, the approval book and the guardrail records (issue 12), always: the rules
@@ -438,6 +437,7 @@ class Gateway:
             ("mcp streams", self.mcp_streams.close if self.mcp_streams is not None else None),  # before the drain
             ("data plane drain", self.data.stop if self.data is not None else None),
             ("limits backend", self.limiter.close if self.limiter is not None else None),
+            ("response cache", self.cache.close if self.cache is not None else None),
             ("usage flush", self.ledger.close if self.ledger is not None else None),
             ("trace export", (lambda: asyncio.get_running_loop().run_in_executor(None, self.tracer.shutdown)) if self.tracer else None),
             ("control plane", self.control.stop if self.control is not None else None),
