@@ -218,3 +218,39 @@ def test_an_operator_purges_an_identitys_entries_and_disabling_it_purges_them_to
     with httpx.Client() as h:
         assert h.post(g.v1 + "/chat/completions", headers={"Authorization": f"Bearer {g.keys['other']}"},
                       json={"model": "sim-small", "messages": [{"role": "user", "content": q}]}).status_code == 401
+
+
+def operator(g: Gateway, name: str) -> str:
+    """A second operator's control-plane key."""
+    ident = g.admin("POST", "/admin/identities", json={"name": f"{name}-{time.time_ns() % 10**9}", "owner": "ops@example.com",
+                                                       "roles": ["operator"]})
+    assert ident.status_code == 201, ident.text
+    key = g.admin("POST", f"/admin/identities/{ident.json()['id']}/keys", json={"plane": "control"})
+    assert key.status_code == 201, key.text
+    return key.json()["key"]
+
+
+def test_the_cache_section_is_versioned_a_change_starts_a_new_key_space_and_global_scope_needs_a_second_operator(rig):
+    g, _ = rig
+    q = "Which policy version cached me?"
+    assert ask(g, q)[1] == "miss" and ask(g, q)[1] == "hit"
+    shorter = [{**RULES[0]}, {**RULES[1]}, {**RULES[2], "ttl_s": 30}]
+    r = g.admin("POST", "/admin/policy/changes", json={"sections": {"cache": {"rules": shorter}}, "reason": "shorter ttl"})
+    assert r.status_code == 201, r.text  # a dev change: applied at once, a new version
+    assert ask(g, q)[1] == "miss"  # the section changed: a new key space
+    assert ask(g, q)[1] == "hit"
+    everyone = [{"name": "everyone", "match": {"models": ["sim-priced"]}, "scope": "global", "ttl_s": 60}, *shorter]
+    r = g.admin("POST", "/admin/policy/changes", json={"sections": {"cache": {"rules": everyone}}, "reason": "share"})
+    assert r.status_code == 202, r.text  # waits: an answer shared by every identity
+    cs = r.json()
+    assert cs["needs_approval"] and cs["status"] == "pending" and cs["sections"] == ["cache"]
+    own = g.admin("POST", f"/admin/policy/changes/{cs['id']}/approve", json={"reason": "mine"})
+    assert own.status_code == 403 and own.json()["error"]["code"] == "self_approval"
+    assert ask(g, "Shared by all?", model="sim-priced")[1] == "miss"
+    assert ask(g, "Shared by all?", "mate", model="sim-priced")[1] == "miss"  # pending: still identity scope
+    second = operator(g, "second")
+    done = httpx.post(g.admin_url + f"/admin/policy/changes/{cs['id']}/approve", json={"reason": "reviewed"},
+                      headers={"Authorization": f"Bearer {second}"}, timeout=10)
+    assert done.status_code == 200, done.text
+    assert ask(g, "Shared by all, now?", model="sim-priced")[1] == "miss"
+    assert ask(g, "Shared by all, now?", "mate", model="sim-priced")[1] == "hit"  # global: another identity hits
