@@ -10,22 +10,18 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from .guardrails import GuardMatch
+from .strict import Strict as _Strict
 from .types import MAX_INT
 
 CacheMode = Literal["off", "exact", "semantic"]
 CacheScope = Literal["identity", "team", "global"]
 
 
-class _Strict(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    pass
+class CacheMatch(GuardMatch):
+    """Which requests a rule set covers (a guardrail rule set's match, and routes); an empty list matches
+    anything. Models are the names callers use."""
 
-
-class CacheMatch(_Strict):
-    """Which requests a rule set covers; an empty list matches anything. Models are the names callers use."""
-
-    identities: list[str] = msgspec.field(default_factory=list)
-    teams: list[str] = msgspec.field(default_factory=list)
-    models: list[str] = msgspec.field(default_factory=list)
     routes: list[str] = msgspec.field(default_factory=list)
 
 

@@ -60,7 +60,8 @@ class DataPlane:
         admit = Admit(admission, max_tokens_cap)
         settle, account = Settle(limiter, prices), Account(ledger, prices)
         store = cache if cache is not None else MemoryStore(64 * 1024 * 1024)
-        lookup, keeper = Lookup(store, limit), Keeper(store)  # issue 27: the response cache
+        flights: dict = {}  # issue 27: the response cache, and the requests in flight that identical ones wait for
+        lookup, keeper = Lookup(store, limit, flights), Keeper(store, flights)
         size = {"max_bytes": limits.max_body_bytes, "max_depth": limits.max_json_depth}
 
         def finish(ctx: RequestContext) -> None:

@@ -43,7 +43,7 @@ class Served(Exception):
 class CacheState:
     """One request's dealings with the cache: its rule, key, the target it was looked up for, the outcome."""
 
-    __slots__ = ("rule", "key", "target", "outcome", "entry")
+    __slots__ = ("rule", "key", "target", "outcome", "entry", "flight")
 
     def __init__(self, rule: Rule) -> None:
         self.rule = rule
@@ -51,6 +51,7 @@ class CacheState:
         self.target: Any = None
         self.outcome = "bypass"
         self.entry: Entry | None = None
+        self.flight: asyncio.Future | None = None  # this request leads identical ones in flight: they wait on it
 
     def counted(self) -> tuple[int, int]:
         """The tokens a hit counts in the limits: the answer's when its rule says so, else none."""
@@ -76,13 +77,16 @@ def _bypass(ctx: RequestContext, req: ChatCompletionRequest, rule: Rule) -> bool
 
 
 class Lookup:
-    """Stage: the cache, between guard-in and limits."""
+    """Stage: the cache, between guard-in and limits. A miss while an identical request (same key: same scope)
+    is in flight on this process waits for that one's answer instead of asking the upstream again (request
+    coalescing, issue 27 item 3); it is served as a hit then, or goes upstream itself if that one failed."""
 
-    __slots__ = ("_store", "_limit")
+    __slots__ = ("_store", "_limit", "_flights")
 
-    def __init__(self, store: CacheStore, limit: Limit) -> None:
+    def __init__(self, store: CacheStore, limit: Limit, flights: dict[str, asyncio.Future]) -> None:
         self._store = store
         self._limit = limit
+        self._flights = flights  # key -> the answer (an Entry, or None) of the request in flight for it
 
     async def __call__(self, ctx: RequestContext) -> None:
         active = ctx.policy
@@ -103,14 +107,23 @@ class Lookup:
         state.outcome, state.target = "miss", target
         state.key = cache_key(rules.digest, scope_of(rule.scope, p.identity_id, p.team), target, req)  # type: ignore[union-attr]
         data = await store.get(state.key)
+        source = "cache"
         if data is None:
-            return
-        try:
-            entry = entry_decoder.decode(data)
-        except Exception:  # an entry this version cannot read (written by another): a miss, overwritten
-            return
+            flight = self._flights.get(state.key)
+            if flight is None:  # the first: it goes upstream, and whoever asks the same meanwhile waits for it
+                self._flights[state.key] = state.flight = asyncio.get_running_loop().create_future()
+                return
+            got = await asyncio.shield(flight)  # a waiter that leaves cancels only its own wait
+            if got is None:  # the first one's answer could not be kept (an error, a cut): this one asks itself
+                return
+            entry, source = got, "coalesced"
+        else:
+            try:
+                entry = entry_decoder.decode(data)
+            except Exception:  # an entry this version cannot read (written by another): a miss, overwritten
+                return
         state.outcome, state.entry = "hit", entry
-        ctx.usage_source = "cache"
+        ctx.usage_source = source
         await self._limit.count_hit(ctx, *state.counted())
         raise Served(_serve(ctx, entry))
 
@@ -133,11 +146,21 @@ async def _once(body: bytes) -> AsyncGenerator[bytes, None]:
 class Keeper:
     """What a miss answered, stored in the background (the caller never waits on the cache's writes)."""
 
-    __slots__ = ("_store", "_writes")
+    __slots__ = ("_store", "_writes", "_flights")
 
-    def __init__(self, store: CacheStore) -> None:
+    def __init__(self, store: CacheStore, flights: dict[str, asyncio.Future]) -> None:
         self._store = store
         self._writes: set[asyncio.Task] = set()
+        self._flights = flights
+
+    def land(self, state: CacheState, entry: Entry | None) -> None:
+        """The leader's answer to the requests waiting on it (None: none they may be served; each asks itself)."""
+        flight = state.flight
+        if flight is not None:
+            state.flight = None
+            if self._flights.get(state.key) is flight:
+                del self._flights[state.key]
+            flight.set_result(entry)
 
     def keep(self, ctx: RequestContext, reply: Reply | StreamReply) -> Reply | StreamReply:
         state: CacheState = ctx.cache
@@ -148,14 +171,23 @@ class Keeper:
             return reply
         if type(reply) is StreamReply:
             reply.chunks = self._tee(ctx, state, reply.chunks)
-        elif _clean(ctx, state):
-            self._put(ctx, state, from_whole(reply.body, ctx.prompt_tokens, ctx.completion_tokens))
+            abandon = reply.abandon
+
+            def abandoned() -> None:  # the stream was never started: nobody waits on it any longer
+                if abandon is not None:
+                    abandon()
+                self.land(state, None)
+            reply.abandon = abandoned
+        else:
+            self.land(state, self._put(ctx, state, from_whole(reply.body, ctx.prompt_tokens, ctx.completion_tokens))
+                      if _clean(ctx, state) else None)
         return reply
 
     async def _tee(self, ctx: RequestContext, state: CacheState, inner: AsyncGenerator[bytes, None]
                    ) -> AsyncGenerator[bytes, None]:
         parts: list[bytes] | None = []
         size, cap = 0, state.rule.max_entry_bytes * 8  # events carry their envelope: past this the entry is too big
+        entry = None
         try:
             async for chunk in inner:
                 if parts is not None:
@@ -165,24 +197,28 @@ class Keeper:
                     else:
                         parts = None
                 yield chunk
+            await inner.aclose()  # the relay's own clean-up (settling, the usage record) has run
+            if parts is not None and _clean(ctx, state):  # the stream went out whole: its end was written
+                entry = self._put(ctx, state, from_stream(parts, ctx.prompt_tokens, ctx.completion_tokens))
         finally:
-            await inner.aclose()  # the relay's own clean-up (settling, the usage record) runs now, whatever happened
-        if parts is not None and _clean(ctx, state):  # the stream went out whole: its end was written
-            self._put(ctx, state, from_stream(parts, ctx.prompt_tokens, ctx.completion_tokens))
+            await inner.aclose()
+            self.land(state, entry)
 
-    def _put(self, ctx: RequestContext, state: CacheState, entry: Entry | None) -> None:
+    def _put(self, ctx: RequestContext, state: CacheState, entry: Entry | None) -> Entry | None:
+        """Store ``entry`` if its rule lets it be kept; the entry kept, or None."""
         rule = state.rule
         if entry is None or (not rule.tool_calls and entry.has_calls()):
-            return
+            return None
         data = encode_entry(entry)
         if len(data) > rule.max_entry_bytes:
-            return
+            return None
         p, t = ctx.principal, ctx.target
         tags = {"identity": p.identity_id, "team": p.team or "", "model": t.model,  # type: ignore[union-attr]
                 "route": ctx.decision.route.name}  # type: ignore[union-attr]
         task = asyncio.ensure_future(self._store.put(state.key, data, rule.ttl_s, tags))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
+        return entry
 
 
 def _clean(ctx: RequestContext, state: CacheState) -> bool:

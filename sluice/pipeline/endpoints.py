@@ -84,6 +84,8 @@ class ModelCall:
         except GatewayError as exc:
             ctx.status, ctx.error_code = exc.status, exc.code
             streaming = False
+            if ctx.cache is not None:  # requests waiting on this one's answer ask for their own
+                self._keeper.land(ctx.cache, None)  # type: ignore[union-attr]
             if ctx.limit_headers:
                 exc.headers = {**ctx.limit_headers, **(exc.headers or {})}
             if ctx.decision is not None:
@@ -95,6 +97,8 @@ class ModelCall:
             if ctx.error_code != "client_closed":  # the upstream leg has said why
                 ctx.status, ctx.error_code = 500, "internal_error"
             streaming = False
+            if ctx.cache is not None:
+                self._keeper.land(ctx.cache, None)  # type: ignore[union-attr]
             raise
         finally:
             # A stream is accounted when it ends; everything else right after its answer is

@@ -46,8 +46,9 @@ class Account:
             api=API_OF.get(ctx.endpoint),
             cache_creation_tokens=ctx.cache_creation_tokens,
         )
-        if ctx.usage_source == "cache":  # a cached answer (issue 27): no upstream tokens, the rule's charge
-            rec.cost_nanos = ctx.cache.rule.charge_nanos
+        cached = ctx.cache
+        if cached is not None and cached.outcome == "hit":  # a cached or coalesced answer (issue 27): the rule's charge
+            rec.cost_nanos = cached.rule.charge_nanos
         elif t is not None and t.price is not None and self._prices is not None:
             # a registry version's own price, as limits settled it; the ledger's fold prices the rest
             rec.cost_nanos = self._prices.nanos(t.model, ctx.prompt_tokens, ctx.completion_tokens, ctx.cached_tokens, t.price,

@@ -96,8 +96,8 @@ class Settle:
         if r is None:
             return
         ctx.reservation = None
-        if ctx.usage_source == "cache":  # a hit (issue 27): the rule's charge, and the answer's tokens if it counts them
-            hit = ctx.cache
+        hit = ctx.cache
+        if hit is not None and hit.outcome == "hit":  # issue 27: the rule's charge, the answer's tokens if it counts them
             self._limiter.settle(r, *hit.counted(), hit.rule.charge_nanos / NANOS)
             return
         t = ctx.target
