@@ -19,7 +19,7 @@ import msgspec
 from .admin import AdminApi, AdminAuth, AuditAdmin, CacheAdmin, Dashboard, GuardAdmin, McpAdmin, PolicyAdmin, RoutingAdmin
 from .audit import AuditLog, MerkleJournal, load_signer
 from .audit.logins import FailedLogins
-from .cache import CacheStore, build_store
+from .cache import CacheStore, build_store, purge_quietly
 from .core import config as cfgmod
 from .core.config import Config
 from .core.env_refs import expand
@@ -215,7 +215,7 @@ class Gateway:
         guard_stage, approvals, guard_records = self._guard(store, Sealer(pepper, b"sluice tool arguments v1"), policy)
         self.approvals = approvals
         self.cache = cache = build_store(c.cache)
-        identities.on_retire.append(lambda ids: [self._spawn(cache.purge("identity", i)) for i in ids])  # offboarding
+        identities.on_retire.append(lambda ids: [self._spawn(purge_quietly(cache, "identity", i)) for i in ids])  # offboarding
         data_plane = DataPlane(guard=guard_stage, registry=registry, tokens=tokens, routes=routing, decisions=decisions,
                                resilience=c.resilience, ledger=ledger, limits=c.requests, limiter=limiter, prices=prices,
                                max_tokens_cap=c.limits.max_tokens_cap, over_cap=c.limits.over_cap,

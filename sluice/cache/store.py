@@ -157,6 +157,15 @@ class RedisStore:
         await self._redis.aclose()
 
 
+async def purge_quietly(store: CacheStore, kind: str, value: str) -> None:
+    """A purge nobody waits on (offboarding): a failure is logged by its kind, never raised."""
+    try:
+        await store.purge(kind, value)
+    except Exception as exc:
+        log.warning("cache: purge of %s %s failed (%s); purge it again with sluice cache purge", kind, value,
+                    type(exc).__name__)
+
+
 def build_store(settings: CacheStorage) -> CacheStore:
     if settings.backend == "redis":
         return RedisStore(settings)
