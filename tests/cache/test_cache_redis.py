@@ -15,23 +15,10 @@ from urllib.parse import urlsplit
 
 import openai
 import pytest
-import redis
 
 from store.pg_databases import drop_pg_database, fresh_pg_database
-from support import IN_CI, Gateway, Sim, free_port, start_gateway
+from support import REDIS_URL, Gateway, Sim, free_port, require_redis, start_gateway
 from tcp_proxy import TcpProxy
-
-REDIS_URL = os.environ.get("SLUICE_TEST_REDIS", "redis://127.0.0.1:6379/0")
-
-
-def require_redis() -> None:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping()
-    except redis.RedisError as exc:
-        if IN_CI:
-            pytest.fail(f"Redis is required in CI and unreachable: {exc}")
-        pytest.skip(f"Redis unreachable: {exc}")
-
 
 IDENTITIES = [{"name": "app", "owner": "a@example.com", "models": ["*"]},
               {"name": "b-app", "owner": "b@example.com", "models": ["*"]}]

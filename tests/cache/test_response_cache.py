@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from support import Gateway, Sim, start_gateway
+from support import Gateway, Sim, start_gateway, usage_rows
 
 TEAMS = [{"name": "blue", "owner": "blue@example.com"}]
 IDENTITIES = [
@@ -61,15 +61,6 @@ def ask(g: Gateway, question: str, who: str = "app", model: str = "sim-small", *
 
 def chats(sim: Sim) -> int:
     return sim.stats()["chat_requests"]
-
-
-def usage_rows(g: Gateway, since: float, n: int) -> list[dict]:
-    deadline = time.monotonic() + 10
-    while True:
-        rows = g.admin("GET", f"/admin/usage?since={since}&limit=1000").json()["data"]
-        if len(rows) >= n or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.1)
 
 
 def test_repeated_questions_through_the_sdk_hit_and_the_model_answers_once(rig):
