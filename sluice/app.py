@@ -16,11 +16,10 @@ from pathlib import Path
 
 import msgspec
 
-from .admin import AdminApi, AdminAuth, RoutingAdmin
-from .admin.audit_api import AuditAdmin
+from .admin import AdminApi, AdminAuth, AuditAdmin, CacheAdmin, Dashboard, GuardAdmin, McpAdmin, PolicyAdmin, RoutingAdmin
 from .audit import AuditLog, MerkleJournal, load_signer
 from .audit.logins import FailedLogins
-from .admin.dashboard import Dashboard
+from .cache import CacheStore, build_store, purge_quietly
 from .core import config as cfgmod
 from .core.config import Config
 from .core.listener_config import setting
@@ -37,10 +36,8 @@ from .identity import (SYSTEM, CredentialRegistry, Federation, Hasher, IdentityS
                        Served, TokenExchange, TokenService, gate)
 from .pipeline import DataPlane, RequestContext
 from .policy import LimitsSection, PendingApproval, PolicyDocument, PolicyService
-from .admin.policy_api import PolicyAdmin
 from .routing import DecisionLog, Deployment, Replica, RoutingState, Supply, build_placement, from_config, refused_url, run_checks
-from .admin.guard_api import GuardAdmin
-from .admin.mcp_api import McpAdmin
+from .core.cache_config import CacheSection
 from .guard import ToolApprovals
 from .guard.policy import from_file as guard_from_file
 from .pipeline.approvals import ApprovalEndpoints
@@ -52,8 +49,7 @@ from .memory import ResponseMemory, Vault
 from .mcp import Fanout, McpEndpoints, Streams, Subscriptions, Upstreams
 from .mcp.assembly import McpParts
 from .store import Store, open_store, usage_retention
-from .telemetry import Metrics, UsageLedger, configure
-from .telemetry import tracing
+from .telemetry import Metrics, UsageLedger, configure, tracing
 from .telemetry.fold import RecordFold
 from .telemetry.metrics import CONTENT_TYPE as METRICS_TYPE
 from .upstream import NativeTransport, OpenAITransport, Transport
@@ -103,6 +99,7 @@ class Gateway:
         self.prices: PriceTable | None = None
         self.identity_sync: IdentitySync | None = None
         self.policy: PolicyService | None = None
+        self.cache: CacheStore | None = None  # issue 27: the response cache's entries (memory or Redis)
         self.tracer: tracing.Tracer | None = None
         self.slot = current_slot()  # which of ``--workers N`` this is; worker 0 carries the control plane
         self.draining = False  # set on SIGTERM: /readyz answers 503 before the listeners stop
@@ -223,12 +220,15 @@ class Gateway:
         self.approvals = approvals
         # each listener refuses a body over its own limit as it arrives; decoding allows the largest of them
         body_limits = [lst.max_body_bytes or c.requests.max_body_bytes for lst in c.listeners]
+        self.cache = cache = build_store(c.cache)
+        identities.on_retire.append(lambda ids: [self._spawn(purge_quietly(cache, "identity", i)) for i in ids])  # offboarding
         data_plane = DataPlane(guard=guard_stage, registry=registry, tokens=tokens, routes=routing, decisions=decisions,
                                resilience=c.resilience, ledger=ledger, limiter=limiter, prices=prices,
                                limits=msgspec.structs.replace(c.requests, max_body_bytes=max(body_limits)),
                                max_tokens_cap=c.limits.max_tokens_cap, over_cap=c.limits.over_cap,
                                admission=Admission({m.name: m.capacity for m in c.models if m.capacity}),
-                               extra_params={m: extra_params(p) for m, p in cfgmod.model_extra_params(c).items()}, tracer=self.tracer,
+                               extra_params={m: extra_params(p) for m, p in cfgmod.model_extra_params(c).items()},
+                               tracer=self.tracer, cache=cache,
                                memory=ResponseMemory(ResponseRecords(store), Vault(pepper), c.responses))  # type: ignore[arg-type]
         probes = Probes(self)
         health = [("GET", "/healthz", probes.healthz), ("GET", "/readyz", probes.readyz)]
@@ -265,7 +265,7 @@ class Gateway:
                          keyring, limiter, policy=PolicyAdmin(policy, store, identities), audit=AuditAdmin(audit),
                          on_auth_failure=failed_logins,
                          guard=GuardAdmin(approvals, guard_records), dashboard=dashboard,
-                         mcp=McpAdmin(mcp, policy, store))
+                         mcp=McpAdmin(mcp, policy, store), cache=CacheAdmin(cache, identities))
         data_routes = data_plane.routes() + token_routes + health + vllm_health
         # the approval endpoints always: any policy version may add a tool registry
         data_routes += ApprovalEndpoints(data_plane.authenticate, approvals).routes()
@@ -319,9 +319,9 @@ class Gateway:
 
     @staticmethod
     def _guard_sections(c: Config) -> dict:
-        """The config file's ``guardrails:`` and ``tools:``, checked, as the policy sections they seed (issue 11)."""
+        """The config file's ``guardrails:``, ``tools:`` (checked) and ``cache.rules``, as the policy sections they seed."""
         gr, tools = guard_from_file(msgspec.to_builtins(c.guardrails), msgspec.to_builtins(c.tools))
-        return {"guardrails": gr, "tools": tools}
+        return {"guardrails": gr, "tools": tools, "cache": CacheSection(rules=list(c.cache.rules))}
 
     def _guard(self, store: Store, sealer: Sealer, policy: PolicyService) -> tuple[Guard, ToolApprovals, GuardRecords]:
         """The guard stage, the approval book and the guardrail records (issue 12), always: the rules
@@ -410,6 +410,7 @@ class Gateway:
             ("mcp streams", self.mcp_streams.close if self.mcp_streams is not None else None),  # before the drain
             ("data plane drain", (lambda: asyncio.gather(*(d.stop() for d in self.data))) if self.data else None),
             ("limits backend", self.limiter.close if self.limiter is not None else None),
+            ("response cache", self.cache.close if self.cache is not None else None),
             ("usage flush", self.ledger.close if self.ledger is not None else None),
             ("trace export", (lambda: asyncio.get_running_loop().run_in_executor(None, self.tracer.shutdown)) if self.tracer else None),
             ("control plane", self.control.stop if self.control is not None else None),

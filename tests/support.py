@@ -23,6 +23,20 @@ from sluice.identity import generate
 
 IN_CI = os.environ.get("CI") == "true"
 PEPPER = "test-pepper-0123456789abcdef"
+REDIS_URL = os.environ.get("SLUICE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def require_redis() -> None:
+    """Skip without Redis (fail in CI, where it is required)."""
+    import pytest
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping()
+    except redis.RedisError as exc:
+        if IN_CI:
+            pytest.fail(f"Redis is required in CI and unreachable: {exc}")
+        pytest.skip(f"Redis unreachable: {exc}")
 
 
 def _ephemeral_low() -> int:
@@ -310,3 +324,13 @@ def fuzz_within_contract(operation: Any, base_url: str, headers: dict[str, str],
             assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
     fuzz()
+
+
+def usage_rows(g: Gateway, since: float, n: int) -> list[dict]:
+    """The usage records since ``since``, once ``n`` of them are written (the ledger writes in batches)."""
+    deadline = time.monotonic() + 10
+    while True:
+        rows = g.admin("GET", f"/admin/usage?since={since}&limit=1000").json()["data"]
+        if len(rows) >= n or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "sluice"
-DOMAIN = {"core", "identity", "limits", "routing", "guard", "policy", "audit", "upstream", "telemetry", "memory"}
+DOMAIN = {"core", "identity", "limits", "routing", "guard", "policy", "audit", "upstream", "telemetry", "memory", "cache"}
 # package -> the packages of ours it may import (DESIGN.md's table)
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
     "store": {"core"}, "sim": {"core"}, "telemetry": {"core"}, "upstream": {"core"}, "guard": {"core"},
     "routing": {"core"}, "limits": {"core"}, "http": {"core"}, "wire": {"core"},
-    "identity": {"core", "store"}, "audit": {"core", "store"}, "memory": {"core", "store"}, "workers": {"core", "telemetry"},
+    "identity": {"core", "store"}, "cache": {"core", "store"}, "audit": {"core", "store"}, "memory": {"core", "store"}, "workers": {"core", "telemetry"},
     "mcp": {"core", "store", "guard", "identity", "upstream"},  # upstream: the connection pool of its HTTP client
-    "policy": {"core", "store", "audit", "routing", "limits", "guard"},
+    "policy": {"core", "store", "audit", "routing", "limits", "guard", "cache"},  # issue 27: the cache section's rules
     "pipeline": DOMAIN | {"wire"},  # the client APIs' adapters decode into, and encode out of, its one path
     "admin": DOMAIN | {"store", "mcp"},  # issue 25: the MCP servers, tools and pins
 }

@@ -31,6 +31,7 @@ from .routing_api import RoutingAdmin
 from .policy_api import PolicyAdmin, freeze_gate
 from .guard_api import GuardAdmin
 from .mcp_api import McpAdmin
+from .cache_api import CacheAdmin
 from .bodies import decode as _decode
 from .openapi import accepts, document
 
@@ -152,7 +153,8 @@ class AdminApi:
                  flush_usage: Callable[[], Awaitable[bool]], routing: RoutingAdmin,
                  keyring: Keyring, limiter: Limiter, policy: PolicyAdmin | None = None, audit: AuditAdmin | None = None,
                  on_auth_failure: Callable[[str | None, str, str | None], Awaitable[None]] | None = None,
-                 guard: GuardAdmin | None = None, dashboard: Dashboard | None = None, mcp: McpAdmin | None = None) -> None:
+                 guard: GuardAdmin | None = None, dashboard: Dashboard | None = None, mcp: McpAdmin | None = None,
+                 cache: CacheAdmin | None = None) -> None:
         self._auth = auth
         self._ids = identities
         self._store = store
@@ -167,6 +169,7 @@ class AdminApi:
         self._on_auth_failure = on_auth_failure  # failed logins go to the audit log
         self._guard = guard
         self._mcp = mcp
+        self._cache = cache
 
     def endpoints(self) -> list[tuple[str, str, tuple[str, ...], Action]]:
         """(method, path, scopes needed, action): the control plane's whole surface."""
@@ -204,6 +207,7 @@ class AdminApi:
             *(getattr(self, "_policy", None) or PolicyAdmin.__new__(PolicyAdmin)).endpoints(),
             *(getattr(self, "_guard", None) or GuardAdmin(None, None)).endpoints(),  # issue 12
             *(getattr(self, "_mcp", None) or McpAdmin.__new__(McpAdmin)).endpoints(),  # issue 25
+            *(getattr(self, "_cache", None) or CacheAdmin.__new__(CacheAdmin)).endpoints(),  # issue 27
         ]
 
     def routes(self) -> list[tuple[str, str, Handler]]:

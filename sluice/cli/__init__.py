@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 
 from .params import tidy_help
-from . import (admin_cmds, audit_cmds, config_cmds, keys_cmds, mcp_cmds, policy_cmds, prompts_cmds, registry_cmds,
-               responses_cmds, routes_cmds, serve_cmds)
+from . import (admin_cmds, audit_cmds, cache_cmds, config_cmds, keys_cmds, mcp_cmds, policy_cmds, prompts_cmds,
+               registry_cmds, responses_cmds, routes_cmds, serve_cmds)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="sluice: a governed inference gateway.",
                   pretty_exceptions_enable=False)
@@ -24,6 +24,7 @@ app.add_typer(audit_cmds.app, name="audit")
 app.add_typer(prompts_cmds.app, name="prompts")  # issue 12: prompt capture retention
 app.add_typer(responses_cmds.app, name="responses")  # issue 24: stored responses' retention
 app.add_typer(mcp_cmds.app, name="mcp")  # issue 25: MCP servers, tools, pins
+app.add_typer(cache_cmds.app, name="cache")  # issue 27: purge the response cache
 
 
 def main() -> None:

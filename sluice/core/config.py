@@ -14,6 +14,7 @@ import msgspec
 import yaml
 
 from .audit_settings import Audit
+from .cache_config import CacheStorage
 from .env_refs import expand
 from .errors import ConfigError
 from .policy_settings import PolicySettings
@@ -191,6 +192,7 @@ class Config(_Strict):
     lifecycle: Lifecycle = msgspec.field(default_factory=Lifecycle)
     responses: Responses = msgspec.field(default_factory=Responses)  # issue 24: sluice.memory
     mcp: Mcp = msgspec.field(default_factory=Mcp)  # issue 25: sluice.mcp
+    cache: CacheStorage = msgspec.field(default_factory=CacheStorage)  # issue 27: where cached answers live
 
     @property
     def listeners(self) -> list[DataPlaneListener]:

@@ -101,7 +101,9 @@ class UsageRecord(msgspec.Struct, kw_only=True, gc=False):
     upstream_ms: float | None = None
     stream: bool = False
     # reserved: sent but unanswered (a timeout), so charged what its limits reserved
-    usage_source: Literal["upstream", "estimated", "reserved", "none"] = "none"
+    # cache: served from the response cache (issue 27), no upstream tokens; coalesced: the answer of an identical
+    # request in flight at the same time, no upstream tokens either
+    usage_source: Literal["upstream", "estimated", "reserved", "none", "cache", "coalesced"] = "none"
     error_code: str | None = None
     # cost and chargeback (issue 13): the caller's team, the route and model version that served
     # it, prompt tokens served from the upstream's cache, and the cost in integer nano-units of the

@@ -5,8 +5,10 @@ the record of who changed what in one transaction, then updates the in-memory re
 from __future__ import annotations
 
 import hmac
+import logging
 import re
 import uuid
+from collections.abc import Callable
 
 from ..core import clock
 from ..core.config import DeclaredIdentity, DeclaredTeam, Security
@@ -18,6 +20,8 @@ from . import keys
 from .declared import revoked, sync
 from .registry import CredentialRegistry
 from .roles import CONTROL_ROLES, scopes_of
+
+log = logging.getLogger("sluice.identity")
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _DAY = 86400.0
@@ -65,6 +69,8 @@ class IdentityService:
         self._store = store
         self._registry = registry
         self._hasher = hasher
+        # called with the ids of identities just disabled or offboarded (the response cache purges what they made)
+        self.on_retire: list[Callable[[list[str]], None]] = []
         self._security = security
 
     async def load(self) -> bool:
@@ -197,7 +203,15 @@ class IdentityService:
         keys_of = await self._retire(ident, writes)
         await self._store.apply(writes, self._event(actor, "identity.disable", identity_id, {}))
         self._registry.put_identity(ident, keys_of)
+        self._retired([ident.id])
         return ident
+
+    def _retired(self, ids: list[str]) -> None:
+        for hook in self.on_retire:
+            try:
+                hook(ids)
+            except Exception:  # a hook failing must not undo what the store already holds
+                log.exception("identity retirement hook failed")
 
     async def enable_identity(self, actor: Actor, identity_id: str) -> Identity:
         """Undo a disable: the identity and the keys its disabling revoked live again (keys revoked
@@ -263,6 +277,8 @@ class IdentityService:
         await self._store.apply(writes, self._event(actor, "owner.offboard", owner, result))
         for ident, keys_of in retired:
             self._registry.put_identity(ident, keys_of)
+        if retired:
+            self._retired([ident.id for ident, _ in retired])
         if reassign_to is not None:
             for ident in owned:
                 self._registry.put_identity(ident, await self._store.list_keys(ident.id))

@@ -1,7 +1,7 @@
 """The request path, in order, on one screen.
 
-    authenticate -> decode (validate) -> authorize -> route -> context window -> guard-in -> limit (reserve) -> admit (fair queue)
-        -> forward (upstream, SSE relay) -> settle limits -> account
+    authenticate -> decode (validate) -> authorize -> route -> context window -> guard-in -> cache (a hit answers here)
+        -> limit (reserve) -> admit (fair queue) -> forward (upstream, SSE relay) -> settle limits -> account
 
 Every API runs that one path: chat completions, legacy completions and embeddings in their own shape;
 the Anthropic Messages API (``messages``) and the OpenAI Responses API (``responses``, its stored
@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import msgspec
 
+from ..cache import CacheStore, MemoryStore
 from ..core.config import RequestLimits, Resilience
 from ..core.wire import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, chat_request_with
 from ..identity import CredentialRegistry, TokenService
@@ -28,6 +29,7 @@ from ..memory import ResponseMemory
 from ..routing import DecisionLog, RoutingState
 from ..telemetry import UsageLedger
 from ..telemetry.tracing import Tracer
+from .cached import Keeper, Lookup
 from .context import RequestContext
 from .endpoints import ListModels, ModelCall, Stage
 from .forward import Forward
@@ -48,7 +50,7 @@ class DataPlane:
         limiter: Limiter, prices: PriceTable, max_tokens_cap: int, admission: Admission,
         over_cap: str = "refuse", extra_params: dict[str, frozenset[str]] | None = None,
         resilience: Resilience | None = None, guard: Guard | None = None, tracer: Tracer | None = None,
-        memory: ResponseMemory | None = None,
+        memory: ResponseMemory | None = None, cache: CacheStore | None = None,
     ) -> None:
         authenticate = Authenticate(registry, tokens)
         authorize = Authorize()
@@ -57,6 +59,9 @@ class DataPlane:
         limit = Limit(limiter, prices, max_tokens_cap, clamp=over_cap == "clamp")
         admit = Admit(admission, max_tokens_cap)
         settle, account = Settle(limiter, prices), Account(ledger, prices)
+        store = cache if cache is not None else MemoryStore(64 * 1024 * 1024)
+        flights: dict = {}  # issue 27: the response cache, and the requests in flight that identical ones wait for
+        lookup, keeper = Lookup(store, limit, flights), Keeper(store, flights)
         size = {"max_bytes": limits.max_body_bytes, "max_depth": limits.max_json_depth}
 
         def finish(ctx: RequestContext) -> None:
@@ -72,9 +77,9 @@ class DataPlane:
 
         def model_call(name: str, path: str, decode: Stage, encode: Callable | None = None) -> ModelCall:
             stages = (authenticate, decode, authorize, route, window, *((guard,) if guard is not None else ()),
-                      limit, admit)
+                      lookup, limit, admit)
             return ModelCall(name, stages, Forward(path, finish, resilience), finish, authenticate=authenticate,
-                             tracer=tracer, encode=encode)
+                             tracer=tracer, encode=encode, keeper=keeper)
 
         self.chat_completions = model_call("chat.completions", "/chat/completions",
                                            Decode(ChatCompletionRequest, **size, extras=chat_extras))

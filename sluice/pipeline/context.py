@@ -28,6 +28,8 @@ class RequestContext:
         "_prompt",  # (request, target, tokens): the prompt counted once for this request and target
         "cache_creation_tokens",  # of the prompt, written to the upstream's cache (Anthropic's cache creation)
         "native",  # a Messages request's own form, for attempts on an `api: anthropic` upstream (pipeline.native)
+        "cache",  # issue 27: this request's dealings with the response cache (pipeline.cached.CacheState), or None
+        "flagged",  # guard-in found something (a detector fired, a tool was removed): the answer is not cached
     )
 
     def __init__(self, exchange: Exchange, endpoint: str) -> None:
@@ -44,6 +46,8 @@ class RequestContext:
         self.cached_tokens = 0  # of the prompt, served from the upstream's cache
         self.cache_creation_tokens = 0
         self.native: Any = None
+        self.cache: Any = None
+        self.flagged = False
         self.usage_source = "none"
         self.ttft_ms: float | None = None
         self.upstream_ms: float | None = None

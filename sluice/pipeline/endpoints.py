@@ -11,6 +11,7 @@ from ..core.exchange import Exchange, Reply, StreamReply
 from ..routing import RoutingState
 from ..telemetry.tracing import Tracer
 from ..wire import anthropic
+from .cached import Keeper, Served
 from .context import RequestContext
 from .forward import ROUTE_HEADER, Forward, is_stream
 
@@ -23,12 +24,13 @@ POLICY_HEADER = "x-sluice-policy"  # the policy version (and short hash) the req
 class ModelCall:
     """An endpoint that calls a model: chat completions (streaming or not) and embeddings."""
 
-    __slots__ = ("_name", "_stages", "_forward", "_account", "_authenticate", "_tracer", "_loop", "_encode")
+    __slots__ = ("_name", "_stages", "_forward", "_account", "_authenticate", "_tracer", "_loop", "_encode", "_keeper")
 
     def __init__(self, name: str, stages: Sequence[Stage], forward: Forward, account: Callable[[RequestContext], None],
                  *, authenticate: Stage, tracer: Tracer | None = None,
-                 encode: Encoder | None = None) -> None:
+                 encode: Encoder | None = None, keeper: Keeper | None = None) -> None:
         self._name = name
+        self._keeper = keeper  # what a cache miss answered is kept by it (issue 27); a hit is ``Served`` by a stage
         self._encode = encode  # another API's wire: the chat answer re-encoded in its shape (None: chat's own)
         self._stages = tuple(stages)
         assert self._stages[0] is authenticate  # the tracer decides once this first stage has run
@@ -49,16 +51,22 @@ class ModelCall:
         streaming = False
         tracer = self._tracer
         try:
-            if tracer is None or (sampling := tracer.sampling(exchange.headers)) is None:
-                for stage in self._stages:
-                    await stage(ctx)
-            else:  # may be traced: decided after the first stage, authenticate (a caller's flag needs an identity)
-                await tracer.run(self._name, sampling, self._stages, ctx)
-            if is_stream(ctx.request):
-                ctx.stream = streaming = True
-                reply: Reply | StreamReply = await self._forward.stream(ctx)
+            try:
+                if tracer is None or (sampling := tracer.sampling(exchange.headers)) is None:
+                    for stage in self._stages:
+                        await stage(ctx)
+                else:  # may be traced: decided after the first stage, authenticate (a caller's flag needs an identity)
+                    await tracer.run(self._name, sampling, self._stages, ctx)
+            except Served as hit:  # a cached answer: no upstream leg, accounted at once
+                reply: Reply | StreamReply = hit.reply
             else:
-                reply = await self._forward.complete(ctx)
+                if is_stream(ctx.request):
+                    ctx.stream = streaming = True
+                    reply = await self._forward.stream(ctx)
+                else:
+                    reply = await self._forward.complete(ctx)
+                if ctx.cache is not None:
+                    reply = self._keeper.keep(ctx, reply)  # type: ignore[union-attr]
             limit_headers = ctx.limit_headers
             if limit_headers:  # a fresh dict of this request's: extended, not copied
                 if reply.headers:
@@ -76,6 +84,8 @@ class ModelCall:
         except GatewayError as exc:
             ctx.status, ctx.error_code = exc.status, exc.code
             streaming = False
+            if ctx.cache is not None:  # requests waiting on this one's answer ask for their own
+                self._keeper.land(ctx.cache, None)  # type: ignore[union-attr]
             if ctx.limit_headers:
                 exc.headers = {**ctx.limit_headers, **(exc.headers or {})}
             if ctx.decision is not None:
@@ -87,6 +97,8 @@ class ModelCall:
             if ctx.error_code != "client_closed":  # the upstream leg has said why
                 ctx.status, ctx.error_code = 500, "internal_error"
             streaming = False
+            if ctx.cache is not None:
+                self._keeper.land(ctx.cache, None)  # type: ignore[union-attr]
             raise
         finally:
             # A stream is accounted when it ends; everything else right after its answer is

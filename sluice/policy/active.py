@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from ..cache import CacheRules, compile_section
 from ..core.config import WeightedTarget
 from ..core.errors import ConfigError
 from ..guard import GuardPolicy
@@ -25,10 +26,11 @@ HEADER = "x-sluice-policy"
 
 class ActivePolicy:
     """One compiled version: its number, hash, header value, document, limit rules, freeze flag and
-    guard rules (``guard`` is None when the version has no guardrail rule set, tool or expose grant: the fast path)."""
+    guard rules (``guard`` is None when the version has no guardrail rule set, tool or expose grant: the fast path)
+    and cache rules (``cache``: None when no rule set caches anything)."""
 
     __slots__ = ("version", "hash", "tag", "document", "canonical", "rules", "limits_active", "frozen", "table",
-                 "guard")
+                 "guard", "cache")
 
     def __init__(self, version: int, hash: str, document: PolicyDocument, canonical: bytes, rules: Any,
                  limits_active: bool, table: Any, guard: GuardPolicy | None = None) -> None:
@@ -42,6 +44,7 @@ class ActivePolicy:
         self.frozen = document.switches.frozen
         self.table = table
         self.guard = guard
+        self.cache: CacheRules | None = compile_section(document.cache)
 
 
 def effective_routing(routing: RoutingPolicy, switches: Switches) -> RoutingPolicy:

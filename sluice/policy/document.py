@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 import yaml
 
+from ..core.cache_config import CacheSection
 from ..core.config import LimitRule
 from ..core.guardrails import Guardrails, ToolSpec
 from ..core.mcp_config import McpPolicy
@@ -43,6 +44,7 @@ class PolicyDocument(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     guardrails: Guardrails = msgspec.field(default_factory=Guardrails)  # issue 11/12: the guard's rule sets
     tools: list[ToolSpec] = msgspec.field(default_factory=list)  # issue 11/12: the tool registry
     mcp: McpPolicy = msgspec.field(default_factory=McpPolicy)  # issue 25: MCP tool definitions pinned by operators
+    cache: CacheSection = msgspec.field(default_factory=CacheSection)  # issue 27: the response cache's rule sets
 
 
 SECTIONS: tuple[str, ...] = PolicyDocument.__struct_fields__

@@ -64,6 +64,11 @@ def pending_row(cid: str, actor: Author, base: int, reason: str, sections: list[
             "document": document, "decided_by": None, "decided_at": None, "decision_reason": None, "version": None}
 
 
+def global_cache(section: Any) -> list:
+    """The cache rule sets that share answers across every identity (``scope: global``), as plain data."""
+    return [msgspec.to_builtins(r) for r in section.rules if r.scope == "global"]
+
+
 def restores(row: dict) -> int | None:
     """The version a rollback change set restores; None for any other change set."""
     cid = row["id"]
@@ -155,6 +160,8 @@ class PolicyService:
                 # a version stored before guardrails and tools were policy sections takes them from the file
                 stored = msgspec.json.decode(row["document"])
                 adopt = {k: getattr(self._file, k) for k in GUARD_SECTIONS if k not in stored}
+                if "cache" not in stored and self._file.cache.rules:  # issue 27: a version stored before the section
+                    adopt["cache"] = self._file.cache
                 if "mcp" not in stored and self._file.mcp != PolicyDocument().mcp:  # issue 25: pins seeded once
                     adopt["mcp"] = self._file.mcp
                 elif "mcp" in stored:  # the grants and servers, once, into a section stored before they were in it
@@ -215,6 +222,9 @@ class PolicyService:
         touched when where its requests go can change: see ``touched_routes``)."""
         prod = set(self._settings.prod)
         hit = [s for s in sections if s in prod]
+        if "cache" in sections and "cache" not in prod and global_cache(after.cache) \
+                and global_cache(before.cache) != global_cache(after.cache):
+            hit.append("cache:global")  # an answer shared by every identity: as a prod section, a second operator
         if "routing" in sections:
             tagged = sorted(p[len("route:"):] for p in prod if p.startswith("route:"))
             hit += [f"route:{n}" for n in touched_routes(before.routing, after.routing, tagged)]

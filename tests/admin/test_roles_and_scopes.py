@@ -68,6 +68,7 @@ SURFACE: list[tuple[str, str, int, set[str]]] = [
     ("GET", "/admin/policy/versions/v-nope", 404, {O, A}),
     ("GET", "/admin/policy/changes", 200, {O, A}),
     ("POST", "/admin/policy/changes", 400, {O}),
+    ("POST", "/admin/cache/purge", 400, {O}),  # issue 27: names none of identity, team, model, route
     ("GET", "/admin/policy/changes/cs-nope", 404, {O, A}),
     ("POST", "/admin/policy/changes/cs-nope/approve", 400, {O}),
     ("POST", "/admin/policy/changes/cs-nope/reject", 400, {O}),

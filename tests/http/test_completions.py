@@ -17,7 +17,7 @@ import openai
 import pytest
 
 import sluice.sim
-from support import Gateway, LoopbackServer, QuietHandler, Sim, free_port, start_gateway
+from support import Gateway, LoopbackServer, QuietHandler, Sim, free_port, start_gateway, usage_rows
 
 SIM_TOKENIZER = str(Path(sluice.sim.__file__).with_name("tokenizer.json"))  # the gateway counts as the sim does
 SECRET = "ghp_16C7e42F292c6912E7710c838347Ae178B4a"  # a GitHub token's shape: the detectors mask it
@@ -63,16 +63,6 @@ def client(g: Gateway, who: str = "app") -> openai.OpenAI:
 
 def complete(g: Gateway, who: str = "app", **body: object) -> httpx.Response:
     return g.post("/v1/completions", g.keys[who], json={"model": "sim-small", **body})
-
-
-def usage_rows(g: Gateway, since: float, n: int) -> list[dict]:
-    """The usage records since ``since``, once ``n`` of them are written (the ledger writes in batches)."""
-    deadline = time.monotonic() + 10
-    while True:
-        rows = g.admin("GET", f"/admin/usage?since={since}&limit=1000").json()["data"]
-        if len(rows) >= n or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.1)
 
 
 def raw_stream(g: Gateway, who: str, **body: object) -> str:

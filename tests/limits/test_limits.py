@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 
 import httpx
 import pytest
-import redis
 
-from support import Sim, free_port, start_gateway
+from support import IN_CI, REDIS_URL, Sim, free_port, require_redis, start_gateway  # noqa: F401 (imported from here too)
 
-IN_CI = os.environ.get("CI") == "true"
-REDIS_URL = os.environ.get("SLUICE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 # "abc.abc.abc." is 7 prompt tokens for the sim (role + 6) and 7 for sluice's estimate (12 chars / 4 + 4 framing)
 EXACT = "abc.abc.abc."
-
-
-def require_redis() -> None:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping()
-    except redis.RedisError as exc:
-        if IN_CI:
-            pytest.fail(f"Redis is required in CI and unreachable: {exc}")
-        pytest.skip(f"Redis unreachable: {exc}")
 
 
 def limit_config(backend: str, **extra) -> dict:

@@ -49,7 +49,7 @@ def test_propose_from_a_file_dry_run_approve_by_a_second_operator_and_activate(s
         assert targets(g, key, 5) == {"chat@v1": 5}
         # GitOps: export, edit, propose the routing section back
         doc = exported(g)
-        assert set(doc) == {"routing", "limits", "switches", "guardrails", "tools", "mcp"}
+        assert set(doc) == {"routing", "limits", "switches", "guardrails", "tools", "mcp", "cache"}
         doc["routing"]["routes"][0]["targets"] = [{"target": "chat@v2", "weight": 100}]
         path = tmp_path / "routing.yaml"
         path.write_text(yaml.safe_dump({"routing": doc["routing"]}))

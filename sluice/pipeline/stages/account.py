@@ -49,7 +49,10 @@ class Account:
         served = ctx.exchange.listener
         if served is not None:
             rec.listener = served.name
-        if t is not None and t.price is not None and self._prices is not None:
+        cached = ctx.cache
+        if cached is not None and cached.outcome == "hit":  # a cached or coalesced answer (issue 27): the rule's charge
+            rec.cost_nanos = cached.rule.charge_nanos
+        elif t is not None and t.price is not None and self._prices is not None:
             # a registry version's own price, as limits settled it; the ledger's fold prices the rest
             rec.cost_nanos = self._prices.nanos(t.model, ctx.prompt_tokens, ctx.completion_tokens, ctx.cached_tokens, t.price,
                                                 ctx.cache_creation_tokens)

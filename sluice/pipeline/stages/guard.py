@@ -80,6 +80,8 @@ class Guard:
                                      lambda r: prompt_tokens(r, upstream_model, model))
         ctx.request = req
         rid = ctx.exchange.request_id
+        if verdict.kinds or verdict.removed_tools:
+            ctx.flagged = True
         if verdict.kinds:  # kinds only: the values never reach a log
             log.warning("guard: request %s carries %s (%s)", rid, ",".join(sorted(verdict.kinds)), rules.input_action)
         if verdict.removed_tools:

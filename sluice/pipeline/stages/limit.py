@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ...limits import INPUT, OUTPUT, Admission, Limiter, PriceTable, ask_for, bounded_output, output_tokens
+from ...cache.rules import NANOS
 from ..context import RequestContext
 
 
@@ -22,27 +23,38 @@ class Limit:
         self._requests_only = requests_only
 
     async def __call__(self, ctx: RequestContext) -> None:
-        limiter = self._limiter
         active = ctx.policy  # the limits of the version the request was routed under, not a newer one
-        rules = active.rules if active is not None else None
-        if not (active.limits_active if active is not None else limiter.active):
+        if not (active.limits_active if active is not None else self._limiter.active):
             return
-        req, target, p = ctx.request, ctx.target, ctx.principal
         if self._requests_only:
-            amounts: tuple[float, ...] = (1.0, 0.0, 0.0, 1.0, 0.0)
-        else:
-            tokens_in = ctx.prompt_estimate()
-            tokens_out = bounded_output(req, self._cap, self._clamp)
-            # the chosen version's price when it has one, else the model's
-            amounts = (1.0, tokens_in, tokens_out, 1.0, self._prices.cost(target.model, tokens_in, tokens_out, 0, target.price))  # type: ignore[union-attr]
+            await self._reserve(ctx, (1.0, 0.0, 0.0, 1.0, 0.0))
+            return
+        req, target = ctx.request, ctx.target
+        tokens_in = ctx.prompt_estimate()
+        tokens_out = bounded_output(req, self._cap, self._clamp)
+        # the chosen version's price when it has one, else the model's
+        amounts = (1.0, tokens_in, tokens_out, 1.0, self._prices.cost(target.model, tokens_in, tokens_out, 0, target.price))  # type: ignore[union-attr]
+        if await self._reserve(ctx, amounts):
+            ask_for(req, self._cap)
+
+    async def count_hit(self, ctx: RequestContext, tokens_in: float, tokens_out: float) -> None:
+        """A cached answer (issue 27): the request counts, its tokens only as the rule says; no upstream is asked."""
+        active = ctx.policy
+        if active.limits_active if active is not None else self._limiter.active:
+            await self._reserve(ctx, (1.0, tokens_in, tokens_out, 1.0, 0.0))
+
+    async def _reserve(self, ctx: RequestContext, amounts: tuple[float, ...]) -> bool:
+        """Reserve (requests, input, output, concurrency, money) in the request's limits; whether any applied."""
+        limiter = self._limiter
+        rules = ctx.policy.rules if ctx.policy is not None else None
+        target, p = ctx.target, ctx.principal
         if limiter.inline:
             ctx.reservation, ctx.limit_headers = limiter.reserve_now(
                 ctx.exchange.request_id, p.identity_id, p.team, target.model, target.upstream, amounts, rules)  # type: ignore[union-attr]
         else:
             ctx.reservation, ctx.limit_headers = await limiter.reserve(
                 ctx.exchange.request_id, p.identity_id, p.team, target.model, target.upstream, amounts, rules)  # type: ignore[union-attr]
-        if ctx.reservation is not None and not self._requests_only:
-            ask_for(req, self._cap)
+        return ctx.reservation is not None
 
 
 class Admit:
@@ -84,6 +96,10 @@ class Settle:
         if r is None:
             return
         ctx.reservation = None
+        hit = ctx.cache
+        if hit is not None and hit.outcome == "hit":  # issue 27: the rule's charge, the answer's tokens if it counts them
+            self._limiter.settle(r, *hit.counted(), hit.rule.charge_nanos / NANOS)
+            return
         t = ctx.target
         spend = self._prices.cost(t.model if t else "", ctx.prompt_tokens, ctx.completion_tokens, ctx.cached_tokens,
                                   t.price if t else None, ctx.cache_creation_tokens)
