@@ -46,6 +46,13 @@ class Listener(_Strict):
     tls: ListenerTls | None = None  # None: plain HTTP
 
 
+class ControlPlaneListener(Listener):
+    """The control plane's listener: port 8081 unless given, also when only its ``tls`` is (a ``control_plane:``
+    block without a port once took the data plane's 8080 and clashed with it)."""
+
+    port: Port = 8081
+
+
 class DataPlaneListener(Listener):
     """A data-plane listener, on sluice's own HTTP server (asyncio protocols and llhttp).
 
@@ -162,7 +169,7 @@ class Config(_Strict):
 
     # one listener, or a list of named ones (issue 28 item 3): ``listeners`` gives both as a list
     data_plane: DataPlaneListener | list[DataPlaneListener] = msgspec.field(default_factory=lambda: DataPlaneListener(port=8080))
-    control_plane: Listener = msgspec.field(default_factory=lambda: Listener(port=8081))
+    control_plane: ControlPlaneListener = msgspec.field(default_factory=ControlPlaneListener)
     upstreams: list[Upstream] = msgspec.field(default_factory=list)
     models: list[Model] = msgspec.field(default_factory=list)
     registry: list[RegisteredModel] = msgspec.field(default_factory=list)
