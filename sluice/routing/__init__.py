@@ -1,6 +1,7 @@
 """Where a request goes: the routing policy, route matching, target choice, breakers, explanations."""
 
 from .breaker import CircuitBreaker
+from .bulkhead import Bulkhead
 from .decisions import DecisionLog, explain
 from .egress import refused_url
 from .policy import PolicyError, RoutingPolicy, from_config
@@ -8,6 +9,6 @@ from .placement import Deployment, LeastOutstanding, Placement, PrefixAffinity, 
 from .state import RoutingState
 from .table import KILLED, CompiledRoute, Decision, NoTarget, RouteTable, Target
 
-__all__ = ["KILLED", "CircuitBreaker", "CompiledRoute", "Decision", "DecisionLog", "Deployment", "LeastOutstanding", "NoTarget",
+__all__ = ["KILLED", "Bulkhead", "CircuitBreaker", "CompiledRoute", "Decision", "DecisionLog", "Deployment", "LeastOutstanding", "NoTarget",
            "Placement", "PolicyError", "PrefixAffinity", "Replica", "RoundRobin", "RouteTable",
            "RoutingPolicy", "RoutingState", "Target", "build_placement", "explain", "from_config", "refused_url"]

@@ -54,10 +54,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ..core.config import PlacementSettings
+from .bulkhead import Bulkhead, unbounded
 
 BLOCK_CHARS = 64
 
-__all__ = ["Deployment", "LeastOutstanding", "Placement", "PlacementSettings", "PrefixAffinity", "Replica",
+__all__ = ["Bulkhead", "Deployment", "LeastOutstanding", "Placement", "PlacementSettings", "PrefixAffinity", "Replica",
            "RoundRobin", "build_placement", "conversation_text"]
 
 
@@ -288,9 +289,10 @@ class Deployment:
     fails is left to the breakers). It is swapped whole, so a pick sees one consistent tuple.
     """
 
-    __slots__ = ("name", "replicas", "live", "placement", "down")
+    __slots__ = ("name", "replicas", "live", "placement", "down", "bulkhead")
 
-    def __init__(self, name: str, replicas: Sequence[Replica], placement: Placement | None = None) -> None:
+    def __init__(self, name: str, replicas: Sequence[Replica], placement: Placement | None = None,
+                 bulkhead: Bulkhead | None = None) -> None:
         if not replicas:
             raise ValueError("a deployment needs at least one replica")
         self.name = name
@@ -298,6 +300,25 @@ class Deployment:
         self.live = self.replicas
         self.placement = placement or LeastOutstanding()
         self.down: frozenset[Replica] = frozenset()
+        self.bulkhead = bulkhead or unbounded()  # this upstream's own bound and line (routing.bulkhead)
+
+    def pick(self, prompt: str | Sequence[Any]) -> Replica | None:
+        """A live replica for this request, counted in flight on it and in the bulkhead; None when the
+        bulkhead is full or has a line: ``wait`` then. Every replica picked is given back with ``done``."""
+        if self.bulkhead.enter():
+            return self.placement.pick(self.live, prompt)
+        return None
+
+    async def wait(self, prompt: str | Sequence[Any]) -> Replica:
+        """``pick`` after a wait in the bulkhead's line; ``Unavailable`` (503 with Retry-After) if the line is full
+        or the wait outlasts its deadline."""
+        await self.bulkhead.wait()
+        return self.placement.pick(self.live, prompt)
+
+    def done(self, replica: Replica) -> None:
+        """The request picked onto ``replica`` has ended, however it ended."""
+        self.placement.done(replica)
+        self.bulkhead.leave()
 
     def eject(self, replica: Replica) -> None:
         """``replica`` failed a health check: no more picks, and what placement learned about it is stale."""

@@ -13,6 +13,7 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Pro
                                generate_latest)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .bulkheads import BulkheadCollector, Bulkheads
 from .families import CallerFamilies, Health
 from .tally import Tally
 
@@ -27,7 +28,8 @@ disable_created_metrics()  # the _created series double the output and nobody gr
 class Metrics:
     """The gateway's metric families, in a registry of their own."""
 
-    def __init__(self, *, max_identities: int = 200, health: Callable[[], Health] | None = None) -> None:
+    def __init__(self, *, max_identities: int = 200, health: Callable[[], Health] | None = None,
+                 bulkheads: Callable[[], Bulkheads] | None = None) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.requests = Counter("sluice_requests", "Data-plane requests by endpoint, model and status.",
                                 ["endpoint", "model", "status"], registry=r)
@@ -58,6 +60,8 @@ class Metrics:
         self._live = CollectorRegistry(auto_describe=True)
         self.callers = CallerFamilies(r, _LATENCY_BUCKETS, max_identities, health, live=self._live)
         ProcessCollector(registry=self._live)
+        if bulkheads is not None:
+            self._live.register(BulkheadCollector(bulkheads))
 
     def observe(self, records: Iterable[UsageRecord]) -> None:
         """Fold finished requests into the metric families (summed per series first: tally.py)."""
