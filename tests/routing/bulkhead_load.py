@@ -30,9 +30,13 @@ def start(tmp: Path) -> tuple[Gateway, Sim, Sim]:
     g = start_gateway(
         tmp, upstreams=[{"name": "a", "base_url": a.url + "/v1", "read_timeout": 60,
                          "max_in_flight": IN_FLIGHT, "max_queue": QUEUE, "queue_timeout": 120},
-                        {"name": "b", "base_url": b.url + "/v1"}],
+                        {"name": "b", "base_url": b.url + "/v1"},
+                        # A's sim again, behind a bulkhead of two places and a line of two (test_bulkheads)
+                        {"name": "c", "base_url": a.url + "/v1", "read_timeout": 2.5,
+                         "max_in_flight": 2, "max_queue": 2, "queue_timeout": 1}],
         models=[{"name": "model-a", "upstream": "a", "upstream_model": "sim-small"},
-                {"name": "model-b", "upstream": "b", "upstream_model": "sim-small"}],
+                {"name": "model-b", "upstream": "b", "upstream_model": "sim-small"},
+                {"name": "model-c", "upstream": "c", "upstream_model": "sim-small"}],
         identities=[{"name": "caller", "owner": "o", "models": ["*"]}],
         extra={"data_plane": {"shutdown_timeout": 1}},
     )
@@ -50,7 +54,7 @@ class Outcome:
     responses: tuple[int, str | None, Any] = (0, None, None)
 
 
-def _chat(model: str) -> dict:
+def chat(model: str) -> dict:
     return {"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": "hello there"}]}
 
 
@@ -62,7 +66,7 @@ async def _b_round(s: aiohttp.ClientSession, g: Gateway, n: int, concurrency: in
     async def worker() -> None:
         for _ in range(n // concurrency):
             t0 = time.perf_counter()
-            async with s.post(g.v1 + "/chat/completions", json=_chat("model-b"), headers=headers) as r:
+            async with s.post(g.v1 + "/chat/completions", json=chat("model-b"), headers=headers) as r:
                 await r.read()
                 if r.status != 200:
                     out.b_failed.append(r.status)
@@ -91,13 +95,13 @@ async def stall_and_measure(g: Gateway, a: Sim, *, rounds: int, per_round: int, 
 
         async def one_a() -> None:
             t0 = time.perf_counter()
-            async with flood.post(g.v1 + "/chat/completions", json=_chat("model-a"), headers=headers,
+            async with flood.post(g.v1 + "/chat/completions", json=chat("model-a"), headers=headers,
                                   timeout=aiohttp.ClientTimeout(total=300)) as r:
                 body = await r.json()
                 out.overflow.append((time.perf_counter() - t0, r.status, r.headers.get("Retry-After"), body))
 
         tasks = [asyncio.create_task(one_a()) for _ in range(IN_FLIGHT + QUEUE + OVERFLOW)]
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 45  # 600 requests read and placed: a few seconds even on a loaded machine
         while len(out.overflow) < OVERFLOW or gauge(g, "sluice_upstream_queued", "a") < QUEUE:
             if time.monotonic() > deadline:
                 break
@@ -106,7 +110,7 @@ async def stall_and_measure(g: Gateway, a: Sim, *, rounds: int, per_round: int, 
         out.loaded = [await _b_round(bs, g, per_round, concurrency, out) for _ in range(rounds)]
 
         async with bs.post(g.v1 + "/messages", headers={**headers, "anthropic-version": "2023-06-01"},
-                           json=_chat("model-a")) as r:
+                           json=chat("model-a")) as r:
             out.messages = (r.status, r.headers.get("retry-after"), await r.json())
         async with bs.post(g.v1 + "/responses", headers=headers,
                            json={"model": "model-a", "input": "hello", "max_output_tokens": 8}) as r:
