@@ -37,7 +37,7 @@ from .identity import (SYSTEM, CredentialRegistry, Federation, Hasher, IdentityS
 from .pipeline import DataPlane, RequestContext
 from .policy import LimitsSection, PendingApproval, PolicyDocument, PolicyService
 from .admin.policy_api import PolicyAdmin
-from .routing import Bulkhead, DecisionLog, Deployment, Replica, RoutingState, build_placement, from_config, refused_url
+from .routing import DecisionLog, Deployment, Replica, RoutingState, build_placement, bulkhead_for, bulkheads, from_config, refused_url
 from .admin.guard_api import GuardAdmin
 from .admin.mcp_api import McpAdmin
 from .guard import ToolApprovals
@@ -175,14 +175,12 @@ class Gateway:
                 await t.start()
                 self._all_transports.append(t)
                 replicas.append(Replica(f"{u.name}/{i}", url, t))
-            deployments[u.name] = Deployment(u.name, replicas, build_placement(u.placement, seed=u.name), Bulkhead(
-                u.in_flight_bound, u.max_queue, u.queue_timeout or u.pool_timeout))
+            deployments[u.name] = Deployment(u.name, replicas, build_placement(u.placement, seed=u.name), bulkhead_for(u))
 
         # a caller's sampled traceparent is honoured per identity within this gate (None: never)
         callers = gate(c.telemetry.tracing.caller_sampled_per_minute, "sampled traces")
         self.tracer = tracing.build(c.telemetry.tracing, callers.allows if callers else None)  # None: tracing off
-        metrics = Metrics(max_identities=c.telemetry.max_identities, health=self._target_health, bulkheads=lambda: [
-            (name, d.bulkhead.in_flight, d.bulkhead.queued, d.bulkhead.limit) for name, d in deployments.items()])
+        metrics = Metrics(max_identities=c.telemetry.max_identities, health=self._target_health, bulkheads=lambda: bulkheads(deployments))
         self.prices = prices = PriceTable(c.prices)
         fold = RecordFold(metrics, prices.nanos, masker=masker, log_requests=c.telemetry.request_log)
         self.ledger = ledger = UsageLedger(c.usage, metrics, store.write_usage, store.touch_keys, registry.take_last_used,

@@ -1,7 +1,7 @@
 """Where a request goes: the routing policy, route matching, target choice, breakers, explanations."""
 
 from .breaker import CircuitBreaker
-from .bulkhead import Bulkhead
+from .bulkhead import Bulkhead, bulkhead_for, bulkheads
 from .decisions import DecisionLog, explain
 from .egress import refused_url
 from .policy import PolicyError, RoutingPolicy, from_config
@@ -11,4 +11,4 @@ from .table import KILLED, CompiledRoute, Decision, NoTarget, RouteTable, Target
 
 __all__ = ["KILLED", "Bulkhead", "CircuitBreaker", "CompiledRoute", "Decision", "DecisionLog", "Deployment", "LeastOutstanding", "NoTarget",
            "Placement", "PolicyError", "PrefixAffinity", "Replica", "RoundRobin", "RouteTable",
-           "RoutingPolicy", "RoutingState", "Target", "build_placement", "explain", "from_config", "refused_url"]
+           "RoutingPolicy", "RoutingState", "Target", "build_placement", "bulkhead_for", "bulkheads", "explain", "from_config", "refused_url"]

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Mapping
+from typing import Any
 
+from ..core.config import Upstream
 from ..core.errors import Unavailable
 
 
@@ -80,3 +83,14 @@ def _busy(message: str) -> Unavailable:
 def unbounded() -> Bulkhead:
     """A bulkhead that never makes anyone wait (a deployment built without one: benches, unit tests)."""
     return Bulkhead(1 << 62)
+
+
+def bulkhead_for(u: Upstream) -> Bulkhead:
+    """The bulkhead an upstream's config asks for: ``max_in_flight`` (default every replica's pool full),
+    ``max_queue``, ``queue_timeout`` (default ``pool_timeout``)."""
+    return Bulkhead(u.in_flight_bound, u.max_queue, u.queue_timeout or u.pool_timeout)
+
+
+def bulkheads(deployments: Mapping[str, Any]) -> list[tuple[str, int, int, int]]:
+    """(upstream, in flight, queued, bound) of every deployment's bulkhead, for the metrics."""
+    return [(name, d.bulkhead.in_flight, d.bulkhead.queued, d.bulkhead.limit) for name, d in deployments.items()]

@@ -53,6 +53,7 @@ def test_a_stalled_upstream_with_500_queued_leaves_another_models_latency_and_an
     assert status == 503 and int(retry_after) >= 1 and body["error"]["code"] == "upstream_busy", out.responses
 
 
+@pytest.mark.timeout(300)  # the module's gateway may start here (up to 60 s on the loaded machine)
 def test_every_place_comes_back_whether_a_request_times_out_in_flight_misses_its_line_deadline_or_its_caller_leaves(two):
     g, a = two
     headers = {"Authorization": f"Bearer {g.keys['caller']}"}
@@ -84,3 +85,7 @@ def test_every_place_comes_back_whether_a_request_times_out_in_flight_misses_its
         a.clear_faults()
     r = httpx.post(g.v1 + "/chat/completions", json=chat("model-c"), headers=headers, timeout=30)
     assert r.status_code == 200, r.text
+    with httpx.stream("POST", g.v1 + "/chat/completions", json={**chat("model-c"), "stream": True}, headers=headers,
+                      timeout=30) as s:
+        assert s.status_code == 200 and b"[DONE]" in s.read()
+    assert gauge(g, "sluice_upstream_in_flight", "c") == 0.0  # a stream's place is back once it has ended
