@@ -22,22 +22,22 @@ from ..core.errors import Unavailable
 class Bulkhead:
     """At most ``limit`` requests in flight; up to ``max_queue`` more wait, each up to ``timeout`` seconds."""
 
-    __slots__ = ("limit", "in_flight", "max_queue", "timeout", "_waiters")
+    __slots__ = ("limit", "in_flight", "max_queue", "timeout", "waiters")
 
     def __init__(self, limit: int, max_queue: int = 0, timeout: float = 10.0) -> None:
         self.limit = limit
         self.in_flight = 0
         self.max_queue = max_queue
         self.timeout = timeout
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.waiters: deque[asyncio.Future[None]] = deque()  # oldest first; Deployment reads it on its fast path
 
     @property
     def queued(self) -> int:
-        return len(self._waiters)
+        return len(self.waiters)
 
     def enter(self) -> bool:
         """Take a place now if one is free and nobody waits for one (the common case); else False: ``wait``."""
-        if self.in_flight < self.limit and not self._waiters:
+        if self.in_flight < self.limit and not self.waiters:
             self.in_flight += 1
             return True
         return False
@@ -46,7 +46,7 @@ class Bulkhead:
         """Wait in line for a place; ``Unavailable`` (503) when the line is full or the wait outlasts ``timeout``."""
         if self.enter():
             return
-        waiters = self._waiters
+        waiters = self.waiters
         if len(waiters) >= self.max_queue:
             raise _busy("This model's upstream has too many requests waiting; retry later.")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -67,7 +67,7 @@ class Bulkhead:
 
     def leave(self) -> None:
         """Give a place back: to the oldest waiter, else free."""
-        waiters = self._waiters
+        waiters = self.waiters
         while waiters:
             fut = waiters.popleft()
             if not fut.done():

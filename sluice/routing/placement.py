@@ -305,7 +305,9 @@ class Deployment:
     def pick(self, prompt: str | Sequence[Any]) -> Replica | None:
         """A live replica for this request, counted in flight on it and in the bulkhead; None when the
         bulkhead is full or has a line: ``wait`` then. Every replica picked is given back with ``done``."""
-        if self.bulkhead.enter():
+        b = self.bulkhead  # Bulkhead.enter, inline: this runs per request
+        if b.in_flight < b.limit and not b.waiters:
+            b.in_flight += 1
             return self.placement.pick(self.live, prompt)
         return None
 
@@ -318,7 +320,11 @@ class Deployment:
     def done(self, replica: Replica) -> None:
         """The request picked onto ``replica`` has ended, however it ended."""
         self.placement.done(replica)
-        self.bulkhead.leave()
+        b = self.bulkhead
+        if b.waiters:
+            b.leave()
+        else:
+            b.in_flight -= 1  # Bulkhead.leave with nobody waiting, inline
 
     def eject(self, replica: Replica) -> None:
         """``replica`` failed a health check: no more picks, and what placement learned about it is stale."""
