@@ -36,7 +36,8 @@ from .identity import (SYSTEM, CredentialRegistry, Federation, Hasher, IdentityS
                        Served, TokenExchange, TokenService, gate)
 from .pipeline import DataPlane, RequestContext
 from .policy import LimitsSection, PendingApproval, PolicyDocument, PolicyService
-from .routing import DecisionLog, Deployment, Replica, RoutingState, Supply, build_placement, from_config, refused_url, run_checks
+from .routing import (DecisionLog, Deployment, Replica, RoutingState, Supply, build_placement, bulkhead_for, bulkheads,
+                      from_config, refused_url, run_checks)
 from .core.cache_config import CacheSection
 from .guard import ToolApprovals
 from .guard.policy import from_file as guard_from_file
@@ -173,14 +174,14 @@ class Gateway:
                 await t.start()
                 self._all_transports.append(t)
                 replicas.append(Replica(f"{u.name}/{i}", url, t))
-            deployments[u.name] = Deployment(u.name, replicas, build_placement(u.placement, seed=u.name))
+            deployments[u.name] = Deployment(u.name, replicas, build_placement(u.placement, seed=u.name), bulkhead_for(u))
 
         # a caller's sampled traceparent is honoured per identity within this gate (None: never)
         callers = gate(c.telemetry.tracing.caller_sampled_per_minute, "sampled traces")
         self.tracer = tracing.build(c.telemetry.tracing, callers.allows if callers else None)  # None: tracing off
         supply = Supply.from_config(c.upstreams, deployments, record=partial(identities.record, SYSTEM) if self.slot.control else None)
         metrics = Metrics(max_identities=c.telemetry.max_identities, health=self._target_health, supply=supply.metric_rows,
-                          listeners=any(lst.name is not None for lst in c.listeners))
+                          listeners=any(lst.name is not None for lst in c.listeners), bulkheads=lambda: bulkheads(deployments))
         self.prices = prices = PriceTable(c.prices)
         fold = RecordFold(metrics, prices.nanos, masker=masker, log_requests=c.telemetry.request_log)
         self.ledger = ledger = UsageLedger(c.usage, metrics, store.write_usage, store.touch_keys, registry.take_last_used,

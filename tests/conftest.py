@@ -21,6 +21,7 @@ ALONE = (
     "sim/test_sim_stream.py::test_tokens_are_paced_by_the_decode_delay",
     "limits/test_fair_admission.py",
     "limits/test_anomaly_throttling.py",
+    "routing/test_bulkheads.py",  # B's p99 with A stalled against B's p99 alone
     "routing/test_placement.py::test_a_decision_on_an_8000_character_prompt_costs_well_under_a_millisecond",
     "http/test_stream_writes.py::test_a_paced_stream_gets_its_head_and_first_token_through_sluice_within",
     # its slowest request against a bound (1.5 s): beside the parallel suite it once took 1.55 s

@@ -72,6 +72,14 @@ class Upstream(_Strict):
     client: Literal["auto", "aiohttp", "native"] = "auto"
     pool_timeout: Seconds = 10.0
     idle_timeout: Seconds = 30.0
+    # The bulkhead (routing.bulkhead): requests in flight to this upstream at once, over all its replicas
+    # (None: max_connections per replica), the line of requests waiting for one of those places, and
+    # how long one waits (None: pool_timeout). A full line, or a wait past its deadline, is a 503
+    # ``upstream_busy`` with Retry-After at once: a stalled backend holds no more than these of the
+    # gateway's connections and memory, whatever its callers send.
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] | None = None
+    max_queue: Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)] = 1024
+    queue_timeout: Seconds | None = None
     tls_ca_file: str | None = None
     # mTLS to this upstream: the client certificate chain and key (PEM) sluice presents to it
     tls_cert_file: str | None = None
@@ -97,6 +105,11 @@ class Upstream(_Strict):
     @property
     def base_urls(self) -> list[str]:
         return [self.base_url, *self.replicas]
+
+    @property
+    def in_flight_bound(self) -> int:
+        """Requests in flight to this upstream at once: ``max_in_flight``, or every replica's pool full."""
+        return self.max_in_flight or self.max_connections * (1 + len(self.replicas))
 
 
 class Capacity(_Strict):

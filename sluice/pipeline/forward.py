@@ -149,18 +149,21 @@ class Forward:
             while True:
                 target: Target = ctx.target  # type: ignore[assignment]
                 deployment = target.deployment
-                placement = deployment.placement  # type: ignore[union-attr]
-                replica = ctx.transport = placement.pick(deployment.live, prompt)  # type: ignore[union-attr]
+                assert deployment is not None  # a target on the data path always has one
                 tr = ctx.trace  # None unless this request is sampled for tracing
                 t0 = clock.monotonic()
+                replica = ctx.transport = deployment.pick(prompt)
                 try:
+                    if replica is None:  # the upstream's bulkhead is full: wait in its line, or a 503 at once
+                        replica = ctx.transport = await deployment.wait(prompt)
                     path, body, headers = self._leg(ctx, replica)
                     reply: UpstreamReply = await replica.transport.send(path, body, headers)
                     err: GatewayError | None = None if reply.status == 200 else _noted(from_status(reply), ctx, replica)
                 except GatewayError as exc:
                     err = exc
                 finally:
-                    placement.done(replica)
+                    if replica is not None:
+                        deployment.done(replica)
                 ms = (clock.monotonic() - t0) * 1000.0
                 if tr is not None:
                     tr.answered(reply.body) if err is None else tr.end_attempt(err.code or "error")
@@ -203,23 +206,30 @@ class Forward:
         while True:
             deployment = ctx.target.deployment  # type: ignore[union-attr]
             assert deployment is not None  # a target on the data path always has one
-            placement = deployment.placement
-            replica = ctx.transport = placement.pick(deployment.live, prompt)
             tr = ctx.trace
             t0 = clock.monotonic()
+            replica = ctx.transport = deployment.pick(prompt)
             try:
+                if replica is None:  # the upstream's bulkhead is full: wait in its line, or a 503 at once
+                    replica = ctx.transport = await deployment.wait(prompt)
                 path, body, headers = self._leg(ctx, replica)
                 opened = await replica.transport.open_stream(path, body, headers)
                 err = _noted(from_status(opened), ctx, replica) if isinstance(opened, UpstreamReply) else None
             except GatewayError as exc:
                 err = exc
+            except BaseException:  # the client left while the stream opened: its place goes back
+                if replica is not None:
+                    deployment.done(replica)
+                ctx.transport = None
+                raise
             ms = (clock.monotonic() - t0) * 1000.0
             if tr is not None and err is not None:
                 tr.end_attempt(err.code or "error")
             ctx.upstream_ms = ms
             if err is None:  # an Anthropic upstream's stream is read into the chat form as it arrives
                 return opened if ctx.native is None else ctx.native.stream(opened)  # type: ignore[return-value]
-            placement.done(replica)
+            if replica is not None:
+                deployment.done(replica)
             nxt = self._failed(ctx, err, ms)
             if nxt is None:
                 ctx.transport = None
@@ -301,11 +311,11 @@ class Forward:
                     exc = e
                 upstream.close()
                 _done(ctx)
+                ctx.transport = None  # given back: a cancel in the pause below must not give it back again
                 if ctx.trace is not None:
                     ctx.trace.end_attempt(exc.code or "error")
                 nxt = self._failed(ctx, exc, (clock.monotonic() - a0) * 1000.0)
                 if sent or nxt is None:
-                    ctx.transport = None
                     raise exc
                 await self._pause(ctx, nxt)
                 relay = SSERelay(strip_usage=strip_usage, rename=rename)
@@ -336,7 +346,7 @@ KEEPALIVE = b": keepalive\n\n"
 
 def _done(ctx: RequestContext) -> None:
     """The attempt on ``ctx.transport`` (the replica it was placed on) has ended."""
-    ctx.target.deployment.placement.done(ctx.transport)  # type: ignore[union-attr,arg-type]
+    ctx.target.deployment.done(ctx.transport)  # type: ignore[union-attr,arg-type]
 
 
 def _prompt(request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> str | Sequence[Any]:

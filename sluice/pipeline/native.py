@@ -195,12 +195,11 @@ async def count_natively(ctx: RequestContext, guard: Callable[[RequestContext], 
         await guard(ctx)
     out = anthropic.count_body(source, translated, ctx.request, model=target.upstream_model)
     _logged("count_tokens", out, source.model)
-    placement = deployment.placement
-    replica = placement.pick(deployment.live, ctx.request.messages)
+    replica = deployment.pick(ctx.request.messages) or await deployment.wait(ctx.request.messages)
     try:
         reply = await replica.transport.send("/messages/count_tokens", out.body, relayed_headers(ctx.exchange.headers))
     finally:
-        placement.done(replica)
+        deployment.done(replica)
     if reply.status != 200:
         raise from_status(reply)
     try:

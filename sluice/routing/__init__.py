@@ -1,6 +1,7 @@
 """Where a request goes: the routing policy, route matching, target choice, breakers, explanations."""
 
 from .breaker import CircuitBreaker
+from .bulkhead import Bulkhead, bulkhead_for, bulkheads
 from .decisions import DecisionLog, explain
 from .egress import refused_url
 from .health import run_checks
@@ -10,7 +11,7 @@ from .state import RoutingState
 from .supply import Supply
 from .table import KILLED, CompiledRoute, Decision, NoTarget, RouteTable, Target
 
-__all__ = ["KILLED", "CircuitBreaker", "CompiledRoute", "Decision", "DecisionLog", "Deployment", "LeastOutstanding", "NoTarget",
+__all__ = ["KILLED", "Bulkhead", "CircuitBreaker", "CompiledRoute", "Decision", "DecisionLog", "Deployment", "LeastOutstanding", "NoTarget",
            "Placement", "PolicyError", "PrefixAffinity", "Replica", "RoundRobin", "RouteTable",
-           "RoutingPolicy", "RoutingState", "Supply", "Target", "build_placement", "explain", "from_config", "refused_url",
-           "run_checks"]
+           "RoutingPolicy", "RoutingState", "Supply", "Target", "build_placement", "bulkhead_for", "bulkheads", "explain",
+           "from_config", "refused_url", "run_checks"]

@@ -54,10 +54,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ..core.config import PlacementSettings
+from .bulkhead import Bulkhead, unbounded
 
 BLOCK_CHARS = 64
 
-__all__ = ["Deployment", "LeastOutstanding", "Placement", "PlacementSettings", "PrefixAffinity", "Replica",
+__all__ = ["Bulkhead", "Deployment", "LeastOutstanding", "Placement", "PlacementSettings", "PrefixAffinity", "Replica",
            "RoundRobin", "build_placement", "conversation_text"]
 
 
@@ -289,10 +290,10 @@ class Deployment:
     A target whose digest some replicas do not serve sends through a view of it (``without``).
     """
 
-    __slots__ = ("name", "replicas", "live", "placement", "down", "barred", "_views")
+    __slots__ = ("name", "replicas", "live", "placement", "down", "barred", "_views", "bulkhead")
 
     def __init__(self, name: str, replicas: Sequence[Replica], placement: Placement | None = None,
-                 barred: frozenset[Replica] = frozenset()) -> None:
+                 barred: frozenset[Replica] = frozenset(), bulkhead: Bulkhead | None = None) -> None:
         if not replicas:
             raise ValueError("a deployment needs at least one replica")
         self.name = name
@@ -302,18 +303,44 @@ class Deployment:
         # replicas a view never picks (they serve other weights than the version's: routing.supply)
         self.barred = barred
         self._views: dict[frozenset[Replica], Deployment] = {}
+        self.bulkhead = bulkhead or unbounded()  # this upstream's own bound and line (routing.bulkhead)
         self._set_down(self.down)
 
     def without(self, barred: frozenset[Replica]) -> Deployment:
         """This deployment as one target sees it when ``barred`` serve other weights than that target's: the
-        same replicas, placement and health, never picking a barred one. Kept per set, updated by ``eject``."""
+        same replicas, placement, health and bulkhead, never picking a barred one. Kept per set, updated by
+        ``eject``."""
         if not barred:
             return self
         view = self._views.get(barred)
         if view is None:
-            view = self._views[barred] = Deployment(self.name, self.replicas, self.placement, barred)
+            view = self._views[barred] = Deployment(self.name, self.replicas, self.placement, barred, self.bulkhead)
         view._set_down(self.down)
         return view
+
+    def pick(self, prompt: str | Sequence[Any]) -> Replica | None:
+        """A live replica for this request, counted in flight on it and in the bulkhead; None when the
+        bulkhead is full or has a line: ``wait`` then. Every replica picked is given back with ``done``."""
+        b = self.bulkhead  # Bulkhead.enter, inline: this runs per request
+        if b.in_flight < b.limit and not b.waiters:
+            b.in_flight += 1
+            return self.placement.pick(self.live, prompt)
+        return None
+
+    async def wait(self, prompt: str | Sequence[Any]) -> Replica:
+        """``pick`` after a wait in the bulkhead's line; ``Unavailable`` (503 with Retry-After) if the line is full
+        or the wait outlasts its deadline."""
+        await self.bulkhead.wait()
+        return self.placement.pick(self.live, prompt)
+
+    def done(self, replica: Replica) -> None:
+        """The request picked onto ``replica`` has ended, however it ended."""
+        self.placement.done(replica)
+        b = self.bulkhead
+        if b.waiters:
+            b.leave()
+        else:
+            b.in_flight -= 1  # Bulkhead.leave with nobody waiting, inline
 
     def eject(self, replica: Replica) -> None:
         """``replica`` failed a health check: no more picks, and what placement learned about it is stale."""

@@ -13,6 +13,7 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Pro
                                generate_latest)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .bulkheads import BulkheadCollector, Bulkheads
 from .families import CallerFamilies, Health, Supply, SupplyCollector
 from .tally import Tally
 
@@ -28,7 +29,8 @@ class Metrics:
     """The gateway's metric families, in a registry of their own."""
 
     def __init__(self, *, max_identities: int = 200, health: Callable[[], Health] | None = None,
-                 supply: Callable[[], Supply] | None = None, listeners: bool = False) -> None:
+                 supply: Callable[[], Supply] | None = None, listeners: bool = False,
+                 bulkheads: Callable[[], Bulkheads] | None = None) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
         # named data-plane listeners (issue 28): requests are counted per listener too; one unnamed listener
         # keeps the family's labels as they always were
@@ -65,6 +67,8 @@ class Metrics:
         ProcessCollector(registry=self._live)
         if supply is not None:
             self._live.register(SupplyCollector(supply))
+        if bulkheads is not None:
+            self._live.register(BulkheadCollector(bulkheads))
 
     def observe(self, records: Iterable[UsageRecord]) -> None:
         """Fold finished requests into the metric families (summed per series first: tally.py)."""
