@@ -248,10 +248,12 @@ class SqlStore(Store):
         return _identity(row) if row else None
 
     @_guarded
-    async def list_identities(self, *, include_disabled: bool = False) -> list[Identity]:
+    async def list_identities(self, *, include_disabled: bool = False, source: str | None = None) -> list[Identity]:
         q = select(t.identities).order_by(t.identities.c.name)
         if not include_disabled:
             q = q.where(t.identities.c.disabled_at.is_(None))
+        if source is not None:
+            q = q.where(t.identities.c.source == source)
         async with self.engine.connect() as conn:
             return [_identity(r) for r in await conn.execute(q)]
 
@@ -263,10 +265,12 @@ class SqlStore(Store):
         return _key(row) if row else None
 
     @_guarded
-    async def list_keys(self, identity_id: str | None = None) -> list[ApiKey]:
+    async def list_keys(self, identity_id: str | None = None, *, source: str | None = None) -> list[ApiKey]:
         q = select(t.api_keys).order_by(t.api_keys.c.created_at)
         if identity_id is not None:
             q = q.where(t.api_keys.c.identity_id == identity_id)
+        if source is not None:
+            q = q.where(t.api_keys.c.source == source)
         async with self.engine.connect() as conn:
             return [_key(r) for r in await conn.execute(q)]
 
