@@ -107,8 +107,9 @@ class Upstream:
 class Gateway:
     """One ``sluice serve`` on CPU 0 with a config of its own in a directory of its own."""
 
-    def __init__(self, workdir: Path, cfg: dict) -> None:
+    def __init__(self, workdir: Path, cfg: dict, root: Path = ROOT) -> None:
         self.dir = workdir
+        self.root = root  # the checkout it runs (another one: an A/B of a change)
         self.port, self.control = free_port(), free_port()
         self.cfg = {"data_plane": {"host": "127.0.0.1", "port": self.port},
                     "control_plane": {"host": "127.0.0.1", "port": self.control},
@@ -125,7 +126,7 @@ class Gateway:
 
     def start(self, timeout: float = 600) -> None:
         (self.dir / "config.yaml").write_text(yaml.safe_dump(self.cfg))
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(self.root)}
         t0 = time.monotonic()
         self.proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "sluice", "serve", "--config",
                                       str(self.dir / "config.yaml")], env=env, cwd=self.dir,
@@ -299,7 +300,7 @@ def identities_rows(up: Upstream, sizes: list[int], n: int, tmp: Path) -> list[R
         seeded = asyncio.run(seed_identities(url, size))
         calls = [(key, chat("mock-model")) for _, key in callers(seeded)]
         cfg = {"upstreams": upstreams(up), "models": [{"name": "mock-model", "upstream": "mock"}]}
-        setups.append((size, work, cfg, calls, {"reload_s": asyncio.run(reload_seconds(url))}))
+        setups.append((size, work, cfg, calls, {"reload_s": asyncio.run(reload_seconds(url, 3 if size < 50_000 else 1))}))
     return side_by_side(setups, n, during=reload_stall)
 
 
@@ -321,7 +322,7 @@ def reload_stall(gw: Gateway, row: Row) -> None:
                 db.commit()
                 db.close()
             bumper = asyncio.ensure_future(bump())
-            end = time.monotonic() + max(3.0, 3 * row["reload_s"])
+            end = time.monotonic() + max(3.0, 1.5 * row["reload_s"] + 1.0)
             while time.monotonic() < end:
                 t0 = time.perf_counter()
                 r = await client.post(f"http://127.0.0.1:{gw.port}/v1/chat/completions", content=chat("mock-model"),
