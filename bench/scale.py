@@ -26,7 +26,6 @@ import random
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,8 @@ if not SHARED.exists():
     SHARED = Path("/work/shared/bench")
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "http"))
+sys.path.insert(0, str(ROOT / "bench"))
+from ttft import free_port  # noqa: E402  # the benches' free port
 
 PEPPER = "bench-scale-pepper-not-for-production-01"
 ROUNDS = 5
@@ -54,12 +55,6 @@ PROMPT = "Say hello in one short sentence."
 
 
 # ---------------------------------------------------------------- processes and what they cost
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def cpu_ns(pid: int) -> int:
     """On-CPU nanoseconds of every thread of a process (schedstat's first field)."""
@@ -636,8 +631,13 @@ def main() -> None:
     try:
         def run(name: str, fn: Any) -> None:
             t0 = time.monotonic()
-            results[name] = fn()
+            try:
+                results[name] = fn()
+            except (Exception, SystemExit) as exc:  # one row failing leaves the others' numbers
+                print(f"# {name}: failed: {exc}", file=sys.stderr, flush=True)
+                return
             print(f"# {name}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+            print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
 
         if "identities" in want:
             run("identities and keys", lambda: identities_rows(

@@ -36,7 +36,7 @@ class CountingStore(SqlStore):
 
 @pytest.fixture()
 async def store(store_url):
-    s = CountingStore(store_url)
+    s = CountingStore(store_url, timeout=60)  # a busy machine: the bound is the rows read, not the time
     await s.open()
     yield s
     await s.close()

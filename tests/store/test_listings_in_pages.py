@@ -25,7 +25,7 @@ class PageCounting(SqlStore):
 @pytest.fixture()
 async def store(store_url, monkeypatch):
     monkeypatch.setattr(sql, "_PAGE_ROWS", 7)
-    s = PageCounting(store_url)
+    s = PageCounting(store_url, timeout=60)  # a busy machine: the bound is the pages, not the time
     await s.open()
     yield s
     await s.close()
