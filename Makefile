@@ -7,7 +7,7 @@ RUNTIME := $(VENV)/.installed
 # only for what runs the tests or the benches; `make demo` needs the runtime alone
 STAMP  := $(VENV)/.installed-test
 
-.PHONY: install demo test test-stress bench ab soak profile instructions instructions-mcp bench-routing bench-mcp clean
+.PHONY: install demo test test-stress bench ab soak profile instructions instructions-mcp bench-routing bench-mcp bench-scale clean
 
 $(RUNTIME): pyproject.toml sluice/core/bytescan.c
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,12 @@ instructions: $(STAMP)
 instructions-mcp: $(STAMP)
 	CONFIG=bench/gateway-mcp.yaml BENCH_PORT=8090 MOCK_PORT=18020 MOCK_STREAM_PORT=18021 SIDES="chat:$(CURDIR):chat:plain mcp:$(CURDIR):mcp:plain mcp-pin:$(CURDIR):mcp:pinned" \
 	  PATH="$(CURDIR)/$(BIN):$$PATH" bench/instructions.sh
+
+# What sluice costs as identities, routes, limit rules, the policy, prompts and open streams grow (issue 29,
+# item 5): one table, bench/README.md "Costs as the work grows". Free ports only; about 30-60 min on 2 shared
+# cores (QUICK=1: the smaller sizes, no 100,000 identities or 9,000 streams).
+bench-scale: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/scale.py $(if $(QUICK),--quick)
 
 # Placement policies in front of 4 sim replicas (a couple of minutes; not part of `make test`).
 bench-routing: $(STAMP)

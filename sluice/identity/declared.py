@@ -98,12 +98,13 @@ async def _plan(store: Store, hasher: keys.Hasher, declared: list[DeclaredIdenti
                 change(Writes().put_key(key), "key.issue", kid, {"identity_id": ident.id, "plane": plane, "expires_at": None})
             elif prior != key:
                 change(Writes().put_key(key), "key.update", kid, _diff(prior, key))
-    for k in await store.list_keys():
-        if k.source == "config" and k.id not in wanted and k.revoked_at is None:
+    # only what the file put there: the store's other credentials (any number) are not the file's to reconcile
+    for k in await store.list_keys(source="config"):
+        if k.id not in wanted and k.revoked_at is None:
             change(Writes().revoke_key(k.id, now), "key.revoke", k.id, {"identity_id": k.identity_id, "reason": _GONE})
     names = {d.name for d in declared}
-    for gone in await store.list_identities():
-        if gone.source == "config" and gone.name not in names:
+    for gone in await store.list_identities(source="config"):
+        if gone.name not in names:
             gone.disabled_at = now
             change(Writes().put_identity(gone), "identity.disable", gone.id, {"reason": _GONE})
     return plan

@@ -41,6 +41,24 @@ def scopes_for(patterns: list[str]) -> Scopes:
     return got
 
 
+# One (roles, grants) pair per combination of roles, shared by every principal holding it: roles are a fixed
+# set, so these are a handful, where one pair per principal was two more sets per key for the registry to
+# build on every reload and the collector to walk (bench/scale.py, 100,000 identities).
+_ROLE_SETS: dict[tuple[str, ...], tuple[frozenset[str], frozenset[str]]] = {}
+_ROLE_SETS_MAX = 1024
+
+
+def roles_and_grants(roles: list[str]) -> tuple[frozenset[str], frozenset[str]]:
+    """The shared frozen roles and the control-plane scopes they grant."""
+    key = tuple(roles)
+    got = _ROLE_SETS.get(key)
+    if got is None:
+        got = (frozenset(roles), scopes_of(roles))
+        if len(_ROLE_SETS) < _ROLE_SETS_MAX:  # bounded even if a store held role names no release knows
+            _ROLE_SETS[key] = got
+    return got
+
+
 class Principal:
     """One credential resolved to its identity; built once per credential, shared by its requests."""
 
@@ -57,7 +75,6 @@ class Principal:
         self.key_id = key.id if key is not None else credential_id
         self.plane = key.plane if key is not None else "data"
         self.scopes = scopes_for(identity.models if models is None else models)
-        self.roles = frozenset(identity.roles)
-        self.grants = scopes_of(identity.roles)
+        self.roles, self.grants = roles_and_grants(identity.roles)
         ends = [t for t in (identity.expires_at, key.expires_at if key else None, expires_at) if t is not None]
         self.expires_at: float | None = min(ends) if ends else None

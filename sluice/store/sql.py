@@ -73,6 +73,7 @@ def _key(row: Any) -> ApiKey:
                   revoked_at=row.revoked_at, last_used_at=row.last_used_at, source=row.source, plane=row.plane)
 
 
+_PAGE_ROWS = 2000  # rows per read of a long listing (SqlStore._paged)
 _USAGE_FIELDS = tuple(f for f in UsageRecord.__struct_fields__)
 
 
@@ -247,13 +248,32 @@ class SqlStore(Store):
             row = (await conn.execute(select(t.identities).where(t.identities.c.name == name))).first()
         return _identity(row) if row else None
 
-    @_guarded
-    async def list_identities(self, *, include_disabled: bool = False) -> list[Identity]:
-        q = select(t.identities).order_by(t.identities.c.name)
+    async def list_identities(self, *, include_disabled: bool = False, source: str | None = None) -> list[Identity]:
+        q = select(t.identities)
         if not include_disabled:
             q = q.where(t.identities.c.disabled_at.is_(None))
+        if source is not None:
+            q = q.where(t.identities.c.source == source)
+        return await self._paged(q, t.identities.c.name, _identity)  # by name, as listed
+
+    @_guarded
+    async def _page(self, q: Any) -> list[Any]:
         async with self.engine.connect() as conn:
-            return [_identity(r) for r in await conn.execute(q)]
+            return list(await conn.execute(q))
+
+    async def _paged(self, q: Any, key: Any, convert: Callable[[Any], R]) -> list[R]:
+        """Every row of ``q`` in order of the unique column ``key``, read a page at a time, each page one store
+        call within the store's timeout: 100,000 identities are fifty short reads, not one that outlasts the
+        timeout (start-up failed, and every reload after it, at 100,000 on a busy machine: bench/scale.py),
+        and the loop serves requests between them."""
+        out: list[R] = []
+        after = None
+        while True:
+            page = await self._page((q if after is None else q.where(key > after)).order_by(key).limit(_PAGE_ROWS))
+            out += map(convert, page)
+            if len(page) < _PAGE_ROWS:
+                return out
+            after = getattr(page[-1], key.name)
 
     # credentials
     @_guarded
@@ -262,13 +282,15 @@ class SqlStore(Store):
             row = (await conn.execute(select(t.api_keys).where(t.api_keys.c.id == key_id))).first()
         return _key(row) if row else None
 
-    @_guarded
-    async def list_keys(self, identity_id: str | None = None) -> list[ApiKey]:
-        q = select(t.api_keys).order_by(t.api_keys.c.created_at)
+    async def list_keys(self, identity_id: str | None = None, *, source: str | None = None) -> list[ApiKey]:
+        q = select(t.api_keys)
         if identity_id is not None:
             q = q.where(t.api_keys.c.identity_id == identity_id)
-        async with self.engine.connect() as conn:
-            return [_key(r) for r in await conn.execute(q)]
+        if source is not None:
+            q = q.where(t.api_keys.c.source == source)
+        out = await self._paged(q, t.api_keys.c.id, _key)  # pages by the primary key, listed by age
+        out.sort(key=lambda k: k.created_at)
+        return out
 
     @_guarded
     async def revoke_key(self, key_id: str, at: float) -> bool:
