@@ -174,7 +174,7 @@ class Gateway:
                 await t.start()
                 self._all_transports.append(t)
                 replicas.append(Replica(f"{u.name}/{i}", url, t))
-            deployments[u.name] = Deployment(u.name, replicas, build_placement(u.placement, seed=u.name), bulkhead_for(u))
+            deployments[u.name] = Deployment(u.name, replicas, build_placement(u.placement, seed=u.name), bulkhead=bulkhead_for(u))
 
         # a caller's sampled traceparent is honoured per identity within this gate (None: never)
         callers = gate(c.telemetry.tracing.caller_sampled_per_minute, "sampled traces")

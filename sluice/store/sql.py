@@ -24,12 +24,12 @@ from . import schema as t
 from . import usage_reads
 from .base import Journal, Store, StoreUnavailable, Subscription, Writes
 from .migrate import MIGRATE_TIMEOUT_S, migrated
+from .pg_listen import CHANNEL, listen
 from .usage_rows import SqliteUsageRows, insert_sql, write_postgres, write_postgres_usage, write_sqlite_batch
 from .writes import signing_values, snapshot, write
 
 P = ParamSpec("P")
 R = TypeVar("R")
-CHANNEL = "sluice_identity"  # pg NOTIFY channel: an identity change was committed
 
 
 def engine_url(url: str) -> str:
@@ -226,15 +226,7 @@ class SqlStore(Store):
     async def subscribe(self, on_change: Callable[[], None]) -> Subscription | None:
         if self.dialect != "postgresql":
             return None
-        import asyncpg
-
-        dsn = "postgresql://" + self._url.split("://", 1)[1]
-        try:
-            conn = await asyncpg.connect(dsn, timeout=self._timeout)
-            await conn.add_listener(CHANNEL, lambda *_: on_change())
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
-            raise StoreUnavailable(f"store unavailable: {type(exc).__name__}") from None
-        return _PgSubscription(conn)
+        return await listen("postgresql://" + self._url.split("://", 1)[1], self._timeout, on_change)
 
     @_guarded
     async def get_identity(self, identity_id: str) -> Identity | None:
@@ -474,22 +466,6 @@ def _change_values(event: ChangeEvent) -> dict[str, Any]:
     values = msgspec.structs.asdict(event)
     values["detail"] = msgspec.json.encode(event.detail).decode()
     return values
-
-
-class _PgSubscription(Subscription):
-    """A dedicated asyncpg connection LISTENing on the identity channel."""
-
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
-
-    def alive(self) -> bool:
-        return not self._conn.is_closed()
-
-    async def close(self) -> None:
-        try:
-            await asyncio.wait_for(self._conn.close(), 2.0)
-        except Exception:  # closing a dead connection: nothing left to release
-            self._conn.terminate()
 
 
 class TableQueries:
