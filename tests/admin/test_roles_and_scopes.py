@@ -41,6 +41,7 @@ SURFACE: list[tuple[str, str, int, set[str]]] = [
     ("PUT", "/admin/routes/no-such-model", 400, {O}),
     ("GET", "/admin/routes/decisions/req-nope", 404, {O, A}),
     ("GET", "/admin/routing", 200, {O, A}),
+    ("GET", "/admin/registry/verify", 200, {O, A}),  # issue 28: every replica's digest against the approved one
     ("PUT", "/admin/routing/routes/no-such-route/weights", 400, {O}),
     ("POST", "/admin/routing/routes/no-such-route/rollback", 404, {O}),
     ("PUT", "/admin/registry/no-such-model/versions/v-nope/approval", 404, {O}),

@@ -289,3 +289,33 @@ def test_config_check_refuses_an_unreadable_client_ca_bundle_and_rules_on_the_co
         said = " ".join(bad.stderr.split())
         assert bad.returncode == 2 and message in said and where in said, (case, bad.stderr)
         assert "Traceback" not in bad.stderr
+
+
+def test_the_control_plane_takes_a_client_certificate_as_a_gate_in_front_of_its_keys(sim, tmp_path):
+    """``control_plane.tls.client_certs`` in ``require`` mode: a connection without a certificate of the
+    operators' CA never reaches the control plane, and one with it still needs a control-plane key."""
+    ca = TestCA(tmp_path)
+    server = ca.issue(cn="sluice", ip="127.0.0.1")
+    operator = ca.issue(cn="operator").client(ca.ca_file)
+    g = start_gateway(
+        tmp_path, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}], models=[{"name": "sim-small", "upstream": "sim"}],
+        identities=[{"name": "checkout", "owner": "payments@example.com", "models": ["sim-small"]}],
+        extra={"control_plane": {"tls": {"cert_file": str(server.cert_file), "key_file": str(server.key_file),
+                                         "watch_interval_s": 0,
+                                         "client_certs": {"mode": "require", "ca_files": [str(ca.ca_file)]}}}},
+        verify=operator)
+    try:
+        assert g.admin("GET", "/admin/identities").status_code == 200  # the certificate and a control-plane key
+        bare = httpx.get(g.admin_url + "/admin/identities", verify=operator, timeout=10)
+        assert bare.status_code == 401  # the certificate alone: a gate, not a credential
+        auth = {"Authorization": f"Bearer {g.admin_key}"}
+        (tmp_path / "other").mkdir()
+        stranger = TestCA(tmp_path / "other", name="other-ca").issue(cn="operator").client(ca.ca_file)
+        for who, ctx in (("no certificate", ssl.create_default_context(cafile=str(ca.ca_file))),
+                         ("a certificate of another CA", stranger)):
+            with pytest.raises(httpx.TransportError):  # refused in the handshake, the key never read
+                httpx.get(g.admin_url + "/admin/identities", headers=auth, verify=ctx, timeout=10).raise_for_status()
+        # the data plane, without client_certs, is untouched: its key is enough
+        assert g.post("/v1/chat/completions", g.keys["checkout"], json=CHAT).status_code == 200
+    finally:
+        g.stop()

@@ -37,3 +37,19 @@ async def drop_pg_database(url: str) -> None:
         await conn.close()
 
 
+
+
+async def scratch_store(kind: str, directory):
+    """An opened ``SqlStore`` (migrated) on a file under ``directory`` (``sqlite``) or a fresh database
+    (``postgres``), closed and the database dropped afterwards: ``async for store in scratch_store(...)``."""
+    from sluice.store.sql import SqlStore
+
+    url = f"sqlite:///{directory}/store.db" if kind == "sqlite" else await fresh_pg_database()
+    s = SqlStore(url)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+        if kind == "postgres":
+            await drop_pg_database(url)

@@ -69,9 +69,10 @@ async def test_an_expired_approval_is_neither_decided_nor_redeemed(records) -> N
     one, _ = records
     await one.create_approval(approval("apv-2", ttl=-1.0))
     assert not await one.decide("apv-2", True, "approver", time.time(), **change("tool_approval.approve", "apv-2"))
-    await one.create_approval(approval("apv-3", ttl=0.5))
+    # 5 s to decide it (0.5 s ran out between the two calls on a loaded machine), redeemed as of 10 s later
+    await one.create_approval(approval("apv-3", ttl=5.0))
     assert await one.decide("apv-3", True, "approver", time.time(), **change("tool_approval.approve", "apv-3"))
-    assert not await one.redeem("apv-3", "id-1", "a" * 64, time.time() + 1.0, **change("tool_approval.redeem", "apv-3"))
+    assert not await one.redeem("apv-3", "id-1", "a" * 64, time.time() + 10.0, **change("tool_approval.redeem", "apv-3"))
 
 
 async def test_each_decision_and_redemption_lands_with_its_change_record_audit_entry_and_tool_decision_or_not_at_all(

@@ -27,35 +27,22 @@ from sluice.store import usage_partitions
 from sluice.store.leases import Leases
 from sluice.store.sql import SqlStore
 from sluice.store.usage_retention import LEASE, UsageRetention
+from pg_databases import scratch_store
 
 DAY = 86_400
 TODAY = 20_411  # 19 Nov 2025, whole days since the epoch
 NOW = TODAY * DAY + 43_200.0  # its noon
 
 
-async def open_store(kind: str, tmp_path):
-    from pg_databases import drop_pg_database, fresh_pg_database
-
-    url = f"sqlite:///{tmp_path}/store.db" if kind == "sqlite" else await fresh_pg_database()
-    s = SqlStore(url)
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
-        if kind == "postgres":
-            await drop_pg_database(url)
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 async def store(request, tmp_path):
-    async for s in open_store(request.param, tmp_path):
+    async for s in scratch_store(request.param, tmp_path):
         yield s
 
 
 @pytest.fixture
 async def pg_store(tmp_path):
-    async for s in open_store("postgres", tmp_path):
+    async for s in scratch_store("postgres", tmp_path):
         yield s
 
 

@@ -27,18 +27,10 @@ _examples = itertools.count()
 
 @pytest.fixture(scope="module")
 async def store(request, tmp_path_factory):
-    from pg_databases import drop_pg_database, fresh_pg_database
+    from pg_databases import scratch_store
 
-    url = (f"sqlite:///{tmp_path_factory.mktemp('rollups')}/store.db" if request.param == "sqlite"
-           else await fresh_pg_database())
-    s = SqlStore(url)
-    await s.open()
-    try:
+    async for s in scratch_store(request.param, tmp_path_factory.mktemp("rollups")):
         yield s
-    finally:
-        await s.close()
-        if request.param == "postgres":
-            await drop_pg_database(url)
 
 
 def pytest_generate_tests(metafunc):
