@@ -8,7 +8,6 @@ import logging
 import os
 import secrets
 import signal
-import ssl
 import time
 from functools import partial
 from collections.abc import Awaitable, Callable
@@ -281,16 +280,16 @@ class Gateway:
         data_routes.append(OpenApiEndpoint(data_plane.authenticate, data_routes).route)  # documents every route above
         # one server per listener, all on the same routes; a named one hands its gate to every request it takes
         self.data = [NativeListener(lst.name or "data", lst, data_routes, max_body_bytes=limit,
-                                    access_log=c.logging.access_log, ssl_context=self._tls(lst.name or "data", lst, i),
+                                    access_log=c.logging.access_log, ssl_context=edge.server_tls(self, lst.name or "data", lst, i),
                                     served=None if lst.name is None else Served(lst.name, lst.serves))
                      for i, (lst, limit) in enumerate(zip(c.listeners, body_limits))]
-        for lst, data in zip(c.listeners, self.data):
-            data.peer_cert = edge.peer_certs(lst, federation, self.tls)
+        for i, (lst, data) in enumerate(zip(c.listeners, self.data)):
+            data.peer_cert = edge.peer_certs(lst, federation, self.tls, setting(c, i, "tls.client_certs"))
         if self.slot.control:
             self.control = Listener("control", c.control_plane.host, c.control_plane.port,
                                     admin.routes() + health + [("GET", "/metrics", metrics_handler)] + dashboard.public_routes(),
                                     max_body_bytes=1024 * 1024, access_log=c.logging.access_log,
-                                    ssl_context=self._tls("control", c.control_plane))
+                                    ssl_context=edge.server_tls(self, "control", c.control_plane))
             if self.tls and self.tls[-1].plane == "control" and c.control_plane.tls.client_certs is not None:  # type: ignore[union-attr]
                 self.control.peer_check = self.tls[-1].peer  # a gate only: control keys still authenticate
         for i, data in enumerate(self.data):
@@ -314,9 +313,6 @@ class Gateway:
                      where, self.control.host, self.control.port, len(c.models), len(registry))
         else:
             log.info("worker %d of %d: data plane on %s", self.slot.index, self.slot.count, where)
-
-    def _tls(self, plane: str, listener: cfgmod.Listener, index: int | None = None) -> ssl.SSLContext | None:
-        return edge.server_tls(self, plane, listener, index)
 
     @staticmethod
     def _guard_sections(c: Config) -> dict:

@@ -33,10 +33,11 @@ def server_tls(gw: Any, plane: str, listener: cfgmod.Listener, index: int | None
     return tls.context
 
 
-def peer_certs(listener: cfgmod.Listener, federation: Federation,
-               live: list[ServerTls]) -> Callable[[ssl.SSLObject | None], object] | None:
+def peer_certs(listener: cfgmod.Listener, federation: Federation, live: list[ServerTls],
+               where: str) -> Callable[[ssl.SSLObject | None], object] | None:
     """mTLS on a data-plane listener: what a connection's client certificate maps to (``identity.certs``),
-    by the listener's ``client_certs`` rules, then those of the federation issuers it names."""
+    by the listener's ``client_certs`` rules, then those of the federation issuers it names. ``where``: the
+    listener's ``client_certs`` setting, as an error names it (``data_plane[1].tls.client_certs``)."""
     cc = listener.tls.client_certs if listener.tls is not None else None
     if cc is None:
         return None
@@ -44,7 +45,7 @@ def peer_certs(listener: cfgmod.Listener, federation: Federation,
     for i, name in enumerate(cc.federation):
         more = federation.rules_of(name)
         if more is None:
-            raise ConfigError(f"no federation issuer is named {name!r} - at `$.data_plane.tls.client_certs.federation[{i}]`")
+            raise ConfigError(f"no federation issuer is named {name!r} - at `$.{where}.federation[{i}]`")
         rules += more
     tls = next(t for t in live if t.cfg is listener.tls)
     mapping = CertificateIdentities(rules) if rules else None  # none: a certificate only admits its caller

@@ -25,7 +25,7 @@ import yaml
 from local_issuer import LocalIssuer
 from sluice.identity import generate
 from store.pg_databases import drop_pg_database, fresh_pg_database
-from support import Gateway, start_gateway
+from support import Gateway, free_port, start_gateway
 from x509_ca import TestCA
 
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -319,3 +319,23 @@ def test_the_control_plane_takes_a_client_certificate_as_a_gate_in_front_of_its_
         assert g.post("/v1/chat/completions", g.keys["checkout"], json=CHAT).status_code == 200
     finally:
         g.stop()
+
+
+def test_a_listener_naming_an_unknown_federation_issuer_stops_the_start_at_its_own_setting(tmp_path):
+    """``client_certs.federation`` on the second of two named listeners: the error names that listener's setting."""
+    ca = TestCA(tmp_path)
+    server = ca.issue(cn="sluice", ip="127.0.0.1")
+    ports = [free_port(), free_port(), free_port()]
+    tls = {"cert_file": str(server.cert_file), "key_file": str(server.key_file),
+           "client_certs": {"ca_files": [str(ca.ca_file)], "federation": ["nobody"]}}
+    config = {"data_plane": [{"name": "public", "port": ports[0]}, {"name": "internal", "port": ports[1], "tls": tls}],
+              "control_plane": {"port": ports[2]}, "store": {"url": f"sqlite:///{tmp_path}/sluice.db"},
+              "security": {"pepper": "p" * 32}, "upstreams": [], "models": []}
+    path = tmp_path / "sluice.yaml"
+    path.write_text(yaml.safe_dump(config))
+    bad = subprocess.run([sys.executable, "-m", "sluice", "serve", "--config", str(path)],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    said = " ".join(bad.stderr.split())
+    assert bad.returncode != 0 and "no federation issuer is named 'nobody'" in said, bad.stderr
+    assert "$.data_plane[1].tls.client_certs.federation[0]" in said, bad.stderr
+    assert "Traceback" not in bad.stderr
