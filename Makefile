@@ -55,9 +55,9 @@ test-stress: $(STAMP)
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bench/run.sh
 
-# sluice's own CPU per MCP tools/call (bench/mcp_calls.py; PROFILE=1 adds a py-spy round)
+# sluice's own CPU per MCP tools/call (bench/mcp_calls.py; PROFILE=1 adds a py-spy round; WRK=1 drives it with wrk at c=16)
 bench-mcp: $(STAMP)
-	PYTHONPATH=$(CURDIR) $(BIN)/python bench/mcp_calls.py $(if $(PROFILE),--profile)
+	PYTHONPATH=$(CURDIR) $(BIN)/python bench/mcp_calls.py $(if $(PROFILE),--profile) $(if $(WRK),--wrk)
 
 ab: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bench/ab.sh

@@ -10,6 +10,9 @@ sluice's CPU µs per call. The same for N sequential chat completions, as the ma
 
     PYTHONPATH=. .venv/bin/python bench/mcp_calls.py [--calls 1000] [--rounds 5] [--profile]
 
+``--wrk`` drives both with the yardstick's wrk instead (``bench/mcp-call.lua``, c=16, 5 s rounds taking turns with
+``chat.lua`` on the same gateway), pinned to CPU 1: CPU per call under the load ``make ab`` measures chat at.
+
 ``--profile`` also samples sluice with py-spy during one extra sequential round (pin: off) and prints the
 top frames (``bench/spy-top.py``). Each process is pinned to its own CPU where there are two.
 """
@@ -157,6 +160,41 @@ async def chat_round(client: httpx.AsyncClient, url: str, key: str, calls: int) 
             raise RuntimeError(f"chat failed: {r.status_code} {r.text[:300]}")
 
 
+def wrk_round(pid: int, url: str, lua: Path, conc: int, seconds: int, env: dict[str, str]) -> tuple[float, float, int]:
+    """One wrk run (pinned to CPU 1, as the yardstick's ``load``): (sluice's CPU µs per request, req/s, failed)."""
+    before = cpu_s(pid)
+    out = subprocess.run([*pinned(1), "wrk", "-t1", f"-c{conc}", f"-d{seconds}s", "-s", str(lua), url],
+                         capture_output=True, text=True, env={**os.environ, **env}, check=True).stdout
+    used = cpu_s(pid) - before
+    done = int(next(line.split()[0] for line in out.splitlines() if "requests in" in line))
+    if not done:
+        raise RuntimeError(f"wrk completed no request against {url}:\n{out}")
+    bad = sum(int(line.split()[-1]) for line in out.splitlines() if line.startswith(("failed", "  Non-2xx")))
+    return used * 1e6 / done, done / seconds, bad
+
+
+async def wrk_rows(gw: Sluice, headers: dict[str, str], rounds: int, conc: int, seconds: int, chat: bool) -> None:
+    """tools/call and (``chat``) a chat completion on the same gateway, driven by wrk at ``conc`` in turns."""
+    sides = [("tools/call", gw.url + "/mcp/files", ROOT / "bench/mcp-call.lua",
+              {"BENCH_KEY": gw.key, "MCP_SESSION": headers["Mcp-Session-Id"], "MCP_TOOL": TOOL})]
+    if chat:
+        sides.append(("chat completion (sim)", gw.url + "/v1/chat/completions", ROOT.parent / "shared/bench/chat.lua",
+                      {"BENCH_KEY": gw.key, "BENCH_MODEL": "sim-small"}))
+    got: dict[str, list[tuple[float, float]]] = {name: [] for name, *_ in sides}
+    for name, url, lua, env in sides:  # warm-up
+        wrk_round(gw.proc.pid, url, lua, conc, 2, env)
+    for _ in range(rounds):
+        for name, url, lua, env in sides:
+            us, rps, bad = wrk_round(gw.proc.pid, url, lua, conc, seconds, env)
+            if bad:
+                raise RuntimeError(f"{name}: {bad} answers were not a success")
+            got[name].append((us, rps))
+    for name, rows in got.items():
+        cpu = [u for u, _ in rows]
+        print(f"{name + f', wrk c={conc}':<34} median {statistics.median(cpu):7.0f} µs/call   "
+              f"{statistics.median(r for _, r in rows):7.0f} req/s   rounds: {' '.join(f'{x:.0f}' for x in cpu)}", flush=True)
+
+
 async def measure(pid: int, rounds: int, calls: int, run) -> list[float]:
     """sluice's CPU µs per call, one figure per round (a warm-up round first, not counted)."""
     await run(min(calls, 200))
@@ -174,13 +212,17 @@ def show(label: str, per_round: list[float]) -> float:
     return med
 
 
-async def bench(gw: Sluice, calls: int, rounds: int, profile: Path | None, label: str) -> dict[str, float]:
+async def bench(gw: Sluice, calls: int, rounds: int, profile: Path | None, label: str, wrk: bool = False
+                ) -> dict[str, float]:
     url = gw.url + "/mcp/files"
     pid = gw.proc.pid
     out = {}
     limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
         headers = await mcp_session(client, url, gw.key)
+        if wrk:
+            await wrk_rows(gw, headers, rounds, 16, 5, chat=label == "pin: off")
+            return out
         out["seq"] = show(f"tools/call {label}, sequential", await measure(
             pid, rounds, calls, lambda n: mcp_round(client, url, headers, n, 1)))
         out["c8"] = show(f"tools/call {label}, c=8", await measure(
@@ -203,6 +245,7 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--no-chat", action="store_true")
+    ap.add_argument("--wrk", action="store_true", help="drive with wrk at c=16 (5 s rounds), as the chat yardstick")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="sluice-bench-mcp-"))
     port = free_port()
@@ -228,8 +271,8 @@ async def main() -> None:
             gw = Sluice(tmp, server_url, sim_url, mode, {TOOL: pin} if mode == "required" else {})
             gateways.append(gw)
             prof = tmp / "profile.txt" if args.profile and mode == "off" else None
-            await bench(gw, args.calls, args.rounds, prof, f"pin: {mode}")
-            if mode == "off" and not args.no_chat:
+            await bench(gw, args.calls, args.rounds, prof, f"pin: {mode}", args.wrk)
+            if mode == "off" and not args.no_chat and not args.wrk:
                 async with httpx.AsyncClient(timeout=30) as client:
                     show("chat completion (sim), sequential", await measure(
                         gw.proc.pid, args.rounds, args.calls, lambda n: chat_round(client, gw.url, gw.key, n)))
