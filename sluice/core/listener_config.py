@@ -61,6 +61,11 @@ def check_listeners(config: Config) -> None:
                 raise msgspec.ValidationError(
                     f"{lst.host}:{lst.port} is taken by {whose}; every listener needs an address of its own - at `{at}.port`")
         taken.append((lst.name or "data_plane", lst.host, lst.port))
+        cc = lst.tls.client_certs if lst.tls is not None else None
+        issuers = {f.name for f in config.federation}
+        for j, name in enumerate(cc.federation if cc is not None else ()):
+            if name not in issuers:  # as `serve` refuses it, so `sluice config check` says so too
+                raise msgspec.ValidationError(f"no federation issuer is named {name!r} - at `{at}.tls.client_certs.federation[{j}]`")
 
 
 def setting(config: Config, index: int, field: str) -> str:

@@ -321,8 +321,9 @@ def test_the_control_plane_takes_a_client_certificate_as_a_gate_in_front_of_its_
         g.stop()
 
 
-def test_a_listener_naming_an_unknown_federation_issuer_stops_the_start_at_its_own_setting(tmp_path):
-    """``client_certs.federation`` on the second of two named listeners: the error names that listener's setting."""
+def test_a_listener_naming_an_unknown_federation_issuer_stops_the_start_and_the_check_at_its_own_setting(tmp_path):
+    """``client_certs.federation`` on the second of two named listeners: ``serve`` and ``sluice config check``
+    both refuse it, and the error names that listener's setting."""
     ca = TestCA(tmp_path)
     server = ca.issue(cn="sluice", ip="127.0.0.1")
     ports = [free_port(), free_port(), free_port()]
@@ -333,9 +334,10 @@ def test_a_listener_naming_an_unknown_federation_issuer_stops_the_start_at_its_o
               "security": {"pepper": "p" * 32}, "upstreams": [], "models": []}
     path = tmp_path / "sluice.yaml"
     path.write_text(yaml.safe_dump(config))
-    bad = subprocess.run([sys.executable, "-m", "sluice", "serve", "--config", str(path)],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    said = " ".join(bad.stderr.split())
-    assert bad.returncode != 0 and "no federation issuer is named 'nobody'" in said, bad.stderr
-    assert "$.data_plane[1].tls.client_certs.federation[0]" in said, bad.stderr
-    assert "Traceback" not in bad.stderr
+    for command in (["serve", "--config", str(path)], ["config", "check", str(path)]):
+        bad = subprocess.run([sys.executable, "-m", "sluice", *command], capture_output=True, text=True, timeout=120,
+                             cwd=tmp_path)
+        said = " ".join(bad.stderr.split())
+        assert bad.returncode != 0 and "no federation issuer is named 'nobody'" in said, (command, bad.stderr)
+        assert "$.data_plane[1].tls.client_certs.federation[0]" in said, (command, bad.stderr)
+        assert "Traceback" not in bad.stderr
