@@ -1,7 +1,8 @@
 """Issue 29's acceptance at production volume: the usage readers over a month of rows on Postgres, and the
 ledger's writes while a day's partition is exported and dropped.
 
-    .venv/bin/python bench/usage_scale.py [--rows 1M|10M|100M] [--keep] [--reuse]
+    .venv/bin/python bench/usage_scale.py [--rows 1M|10M|100M] [--keep] [--reuse] [--batch 500]
+                                          [--skip readers,writes] [--json FILE]
 
 Makes a throwaway database (``sluice_hist`` beside SLUICE_PG_URL's, default the machine's ``test``), lets
 sluice migrate it, loads ``--rows`` rows over 30 days and their rollups on the server (``usage_load.py``),
@@ -13,7 +14,8 @@ as CSV and of one key, and the dashboard page (one server-rendered page: all its
 one request). Then the ledger's writer (``SqlStore.write_usage``, batches of 500 one after another as
 ``UsageLedger`` sends them, records made beforehand) for ``--write-s`` seconds alone and while
 ``UsageRetention.run`` exports the oldest day (in its child process, gzip JSON lines) and drops its
-partition: rows/s and the longest batch of each. Drops the database at the end unless ``--keep``.
+partition: rows/s, the longest batch, and CPU per row of this process and of the database's backends (read
+from /proc, so Postgres must run on this host for that column). Drops the database at the end unless ``--keep``.
 Thresholds (issue 29): summary < 200 ms median, dashboard < 500 ms, >= 20,000 rows/s during retention.
 """
 
