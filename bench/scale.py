@@ -630,7 +630,7 @@ def print_table(results: dict[str, list[Row]]) -> None:
                               f"  probe p50 {r['p50_ms']:6.2f} ms p99 {r['p99_ms']:7.2f} ms (idle p50 {r['idle_p50_ms']:.2f})"
                               f"  opened in {r['open_s']:.1f} s")
             elif name.startswith("usage history"):
-                line(name, s, f"summary {r['summary_ms']:6.1f} ms ({r['summary_worst']}, the slowest by=)"
+                line(name, s, f"summary {r['summary_ms']:6.1f} ms ({r['summary_worst']}, the slowest summary)"
                               f"  chargeback {r['chargeback_ms']:6.1f} ms  dashboard {r['dashboard_ms']:6.1f} ms"
                               f"  ledger {r['alone']:8,.0f} rows/s, {r['during']:8,.0f} while a day is exported and"
                               f" dropped (longest batch {r['pause_ms']:.0f} ms)  load {r['loadavg']}")
