@@ -14,9 +14,8 @@ as CSV and of one key, and the dashboard page (one server-rendered page: all its
 one request). Then the ledger's writer (``SqlStore.write_usage``, batches of 500 one after another as
 ``UsageLedger`` sends them, records made beforehand) for ``--write-s`` seconds alone and while
 ``UsageRetention.run`` (from 1 s before it starts to its end) exports the oldest day (in its child process,
-gzip JSON lines) and drops its
-partition: rows/s, the longest batch, and CPU per row of this process and of the database's backends (read
-from /proc, so Postgres must run on this host for that column). Drops the database at the end unless ``--keep``.
+gzip JSON lines) and drops its partition: rows/s, the longest batch, and CPU per row of this process and of
+the database's backends (read from /proc, so Postgres must run on this host for that column). Drops the database at the end unless ``--keep``.
 Thresholds (issue 29): summary < 200 ms median, dashboard < 500 ms, >= 20,000 rows/s during retention.
 """
 
