@@ -77,11 +77,12 @@ instructions-mcp: $(STAMP)
 	CONFIG=bench/gateway-mcp.yaml BENCH_PORT=8090 MOCK_PORT=18020 MOCK_STREAM_PORT=18021 SIDES="chat:$(CURDIR):chat:plain mcp:$(CURDIR):mcp:plain mcp-pin:$(CURDIR):mcp:pinned" \
 	  PATH="$(CURDIR)/$(BIN):$$PATH" bench/instructions.sh
 
-# What sluice costs as identities, routes, limit rules, the policy, prompts and open streams grow (issue 29,
-# item 5): one table, bench/README.md "Costs as the work grows". Free ports only; about 30-60 min on 2 shared
-# cores (QUICK=1: the smaller sizes, no 100,000 identities or 9,000 streams).
+# What sluice costs as identities, routes, limit rules, the policy, prompts, open streams and the usage history
+# grow (issue 29, item 5): one table, bench/README.md "Costs as the work grows". Free ports only; about 30-60 min
+# on 2 shared cores (QUICK=1: the smaller sizes, no 100,000 identities or 9,000 streams). The usage history
+# needs Postgres (SLUICE_PG_URL) and runs 1M rows; HISTORY=1M,10M adds sizes (10M: ~15 min to load here).
 bench-scale: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/scale.py $(if $(QUICK),--quick)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/scale.py $(if $(QUICK),--quick) $(if $(HISTORY),--history $(HISTORY))
 
 # Placement policies in front of 4 sim replicas (a couple of minutes; not part of `make test`).
 bench-routing: $(STAMP)

@@ -10,9 +10,12 @@ and the canned upstream (nginx, ../shared/bench) to CPU 1; every port is a free 
 with other sessions. Each size is a fresh gateway on a fresh SQLite store; the cost is the median of
 ROUNDS rounds of N requests, 16 in flight, after a warm-up.
 
-    .venv/bin/python bench/scale.py [--rows identities,routes,rules,policy,prompt,streams] [--quick]
+    .venv/bin/python bench/scale.py [--rows identities,routes,rules,policy,prompt,streams,history] [--quick]
+                                    [--history 1M,10M,100M]
 
-``--quick`` runs the smaller sizes only (no 100,000 identities, no 10,000 streams).
+``--quick`` runs the smaller sizes only (no 100,000 identities, no 10,000 streams). The usage history
+(bench/usage_scale.py: Postgres on SLUICE_PG_URL's server, a throwaway database) runs at 1M rows unless
+``--history`` names sizes: 10M loads in ~15 minutes on this machine, 100M in hours.
 """
 
 from __future__ import annotations
@@ -571,6 +574,27 @@ async def _streams_measure(gw: Gateway, key: str, size: int) -> Row:
             "idle_p50_ms": statistics.median(base)}
 
 
+def history_rows(sizes: list[str], tmp: Path) -> list[Row]:
+    """Usage history on Postgres (bench/usage_scale.py, one run per size: load, readers, writes): the slowest
+    summary ``by=``, chargeback, the dashboard page, and the ledger's rows/s alone and while a day's partition
+    is exported and dropped."""
+    rows = []
+    for size in sizes:
+        out = tmp / f"history-{size}.json"
+        subprocess.run([sys.executable, str(ROOT / "bench" / "usage_scale.py"), "--rows", size, "--json", str(out),
+                        "--db", f"sluice_scale_hist_{os.getpid()}"], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        got = json.loads(out.read_text())
+        med = {(kind, q): m for kind, q, _, m, _ in got["readers"]}
+        summary = {q: m for (kind, q), m in med.items() if kind == "summary"}
+        worst = max(summary, key=summary.get)
+        rows.append({"size": got["rows"], "summary_ms": summary[worst], "summary_worst": worst,
+                     "chargeback_ms": max(m for (kind, _), m in med.items() if kind == "chargeback"),
+                     "dashboard_ms": med[("dashboard", "page")], "alone": got["writes"]["alone"]["rows_s"],
+                     "during": got["writes"]["during"]["rows_s"], "pause_ms": got["writes"]["during"]["longest_ms"],
+                     "loadavg": got["loadavg"][-1]})
+    return rows
+
+
 # ---------------------------------------------------------------- the table
 
 def growth(rows: list[Row], field: str) -> str:
@@ -605,19 +629,25 @@ def print_table(results: dict[str, list[Row]]) -> None:
                 line(name, s, f"{r['kib_per_stream']:6.1f} KiB/stream  RSS {r['rss_mib']:7.1f} MiB  CPU {r['cpu_share'] * 100:5.1f}%"
                               f"  probe p50 {r['p50_ms']:6.2f} ms p99 {r['p99_ms']:7.2f} ms (idle p50 {r['idle_p50_ms']:.2f})"
                               f"  opened in {r['open_s']:.1f} s")
+            elif name.startswith("usage history"):
+                line(name, s, f"summary {r['summary_ms']:6.1f} ms ({r['summary_worst']}, the slowest summary)"
+                              f"  chargeback {r['chargeback_ms']:6.1f} ms  dashboard {r['dashboard_ms']:6.1f} ms"
+                              f"  ledger {r['alone']:8,.0f} rows/s, {r['during']:8,.0f} while a day is exported and"
+                              f" dropped (longest batch {r['pause_ms']:.0f} ms)  load {r['loadavg']}")
         if name == "identities and keys" and len(rows) > 1:
             per = (rows[-1]["rss_mib"] - rows[0]["rss_mib"]) * 1024 / (rows[-1]["size"] - rows[0]["size"])
             line("", "", f"RSS per identity (and its key): {per:.2f} KiB")
         if len(rows) > 1:
             key = {"identities and keys": "cpu_us", "policy document (routes + rules)": "activate_ms",
-                   "prompt size": "us_per_kib", "open streams": "kib_per_stream"}.get(name, "cpu_us")
+                   "prompt size": "us_per_kib", "open streams": "kib_per_stream",
+                   "usage history (Postgres rows)": "summary_ms"}.get(name, "cpu_us")
             line("", "", f"largest against smallest: {growth(rows, key)} ({key})")
-    line("usage history (Postgres rows)", "-", "measured by bench/usage_history.py (issue 29 items 1-3), not here")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", default="identities,routes,rules,policy,prompt,streams")
+    ap.add_argument("--rows", default="identities,routes,rules,policy,prompt,streams,history")
+    ap.add_argument("--history", default=None, help="usage-history sizes, e.g. 1M,10M,100M (default 1M; hours at 100M)")
     ap.add_argument("--quick", action="store_true", help="the smaller sizes only")
     ap.add_argument("-n", type=int, default=2000, help="requests per round")
     args = ap.parse_args()
@@ -653,6 +683,8 @@ def main() -> None:
             run("prompt size", lambda: prompt_rows(up, [1, 10, 100, 1024], args.n, tmp))
         if "streams" in want:
             run("open streams", lambda: streams_rows(up, [90, 900] if args.quick else [90, 900, 9000], tmp))
+        if "history" in want:  # a few minutes at 1M; 10M takes ~15 min and 100M hours to load here
+            run("usage history (Postgres rows)", lambda: history_rows((args.history or "1M").split(","), tmp))
     finally:
         up.stop()
         shutil.rmtree(tmp, ignore_errors=True)
