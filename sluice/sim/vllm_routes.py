@@ -51,8 +51,14 @@ class VllmRoutes(ReplicaBase):
                         400, f"This model's maximum context length is {MAX_MODEL_LEN} tokens. However, you requested "
                              f"{n} tokens in the input for embedding generation. Please reduce the length of the input.")
                 n_prompt += n
-            async with self.latency.slot():
-                await pause(self.latency.ttft(n_prompt))
+            latency = self.latency
+            async with latency.slot():
+                if not latency.serial_prefill:
+                    await pause(latency.ttft(n_prompt))
+                else:  # --prefill-concurrency: one GPU's compute, shared by requests as a batch's inputs share it
+                    await pause(latency.base_s)
+                    async with latency.prefill_slot():
+                        await pause(latency.prefill_s * n_prompt)
             stats.prompt_tokens += n_prompt
             as_base64 = req.encoding_format == "base64"
             data = []

@@ -232,7 +232,7 @@ def _split(body: bytes, members: Sequence[_Member]) -> list[BatchedReply] | None
     if usage is None:  # no usage reported: each caller's is estimated, as it would be alone
         counts, source = None, ""
     else:
-        counts, exact = shares(usage.prompt_tokens, [m.weight for m in members], [len(m.items) for m in members])
+        counts, exact = shares(max(0, usage.prompt_tokens), [m.weight for m in members], [len(m.items) for m in members])
         source = "batched" if exact else "apportioned"
     out: list[BatchedReply] = []
     at = 0

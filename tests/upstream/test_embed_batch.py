@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,3 +193,16 @@ def test_an_upstream_without_batching_sends_every_request_alone(rig):
     got = asyncio.run(crowd(g, "e-plain", inputs))
     assert calls(sim) - before == len(inputs)
     assert all(not isinstance(x, BaseException) for x in got)
+
+
+@pytest.mark.parametrize("upstream, needle", [
+    ("{name: u, base_url: 'http://127.0.0.1:9', api: anthropic, embeddings_batching: {}}", "needs api: openai"),
+    ("{name: u, base_url: 'http://127.0.0.1:9', embeddings_batching: {max_batch_inputs: 4096}}", "max_batch_inputs"),
+    ("{name: u, base_url: 'http://127.0.0.1:9', embeddings_batching: {window_ms: 2}}", "window_ms"),
+])
+def test_a_bad_embeddings_batching_setting_stops_the_config_check_naming_it(tmp_path, upstream, needle):
+    p = tmp_path / "c.yaml"
+    p.write_text(f"upstreams: [{upstream}]\n")
+    r = subprocess.run([sys.executable, "-m", "sluice", "config", "check", str(p)], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=60)
+    assert r.returncode != 0 and needle in (r.stdout + r.stderr).replace("\n", ""), r.stdout + r.stderr
