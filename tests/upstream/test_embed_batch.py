@@ -186,6 +186,28 @@ def test_a_caller_that_leaves_does_not_cut_the_batch_for_the_others(rig):
         assert vectors == want and tokens == want_tokens
 
 
+def test_an_upstream_failure_fails_only_the_callers_of_that_batch_each_with_its_own_error(rig):
+    g, sim = rig
+    inputs = [caller_input(i) for i in range(8)]
+    expected = alone(g, inputs)
+    sim.faults(error_status=503, error_count=1)  # the next upstream call fails, and only that one
+    try:
+        before = calls(sim)
+        failed = asyncio.run(crowd(g, "e-batch", inputs))
+        made = calls(sim) - before
+    finally:
+        sim.clear_faults()
+    assert made <= 2  # one batch, or two on a loaded machine: never each caller again alone (a 503 is the upstream's)
+    errors = [x for x in failed if isinstance(x, BaseException)]
+    assert errors and all(isinstance(e, openai.InternalServerError) and e.status_code == 503 for e in errors), failed
+    ids = [e.response.headers["x-request-id"] for e in errors]
+    assert len(set(ids)) == len(ids)  # each its own error, under its own request id
+    assert all(e.body["code"] == "upstream_unavailable" for e in errors)
+    got = asyncio.run(crowd(g, "e-batch", inputs))  # the next batch is not touched by it
+    for (vectors, tokens, _), (want, want_tokens, _) in zip(got, expected):
+        assert vectors == want and tokens == want_tokens
+
+
 def test_an_upstream_without_batching_sends_every_request_alone(rig):
     g, sim = rig
     inputs = [caller_input(i) for i in range(16)]
