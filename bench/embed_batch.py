@@ -6,7 +6,7 @@ token), two upstreams to that sim: ``batched`` (``embeddings_batching: {}``, the
 at c = 64 and at c = 1, the two sides alternating in rounds; the sim's own counter gives the upstream calls.
 Prints each round and the medians: calls per request, p50 and p99, and what batching added to the p50.
 
-    unshare -rn sh -c 'ip link set lo up && .venv/bin/python bench/embed_batch.py [--rounds 3] [--seconds 5]'
+    unshare -n sh -c 'ip link set lo up && .venv/bin/python bench/embed_batch.py [--rounds 3] [--seconds 5]'
 """
 
 from __future__ import annotations
