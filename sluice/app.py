@@ -53,6 +53,7 @@ from .telemetry import Metrics, UsageLedger, configure, tracing
 from .telemetry.fold import RecordFold
 from .telemetry.metrics import CONTENT_TYPE as METRICS_TYPE
 from .upstream import NativeTransport, OpenAITransport, Transport
+from .upstream.embed_batch import batchers as embed_batchers
 from .telemetry.spill import SpillFile
 from .workers import current_slot
 from . import edge
@@ -228,7 +229,7 @@ class Gateway:
                                max_tokens_cap=c.limits.max_tokens_cap, over_cap=c.limits.over_cap,
                                admission=Admission({m.name: m.capacity for m in c.models if m.capacity}),
                                extra_params={m: extra_params(p) for m, p in cfgmod.model_extra_params(c).items()},
-                               tracer=self.tracer, cache=cache,
+                               tracer=self.tracer, cache=cache, embed_batches=embed_batchers(c.upstreams, deployments),
                                memory=ResponseMemory(ResponseRecords(store), Vault(pepper), c.responses))  # type: ignore[arg-type]
         probes = Probes(self)
         health = [("GET", "/healthz", probes.healthz), ("GET", "/readyz", probes.readyz)]

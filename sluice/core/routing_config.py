@@ -47,6 +47,17 @@ class DigestProbe(_Strict):
     field: _FieldPath = "data[id={model}].digest"
 
 
+class EmbeddingsBatching(_Strict):
+    """Embeddings micro-batching on one upstream (``upstream.embed_batch``): concurrent embeddings requests for the
+    same upstream model and parameters, arriving within ``batch_window_ms`` of the first, go upstream as one call."""
+
+    batch_window_ms: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 2.0
+    # a batch goes as soon as it holds this many inputs (OpenAI takes 2,048 in one request) ...
+    max_batch_inputs: Annotated[int, msgspec.Meta(ge=1, le=2048)] = 2048
+    # ... or this many prompt tokens as the gateway counts them (OpenAI takes 300,000 in one request)
+    max_batch_tokens: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] = 300_000
+
+
 class Upstream(_Strict):
     """One model backend: OpenAI's wire protocol (vLLM, Ollama, llama.cpp, OpenAI), Anthropic's Messages API, or
     the OpenAI Responses API served by the backend itself (vLLM, OpenAI)."""
@@ -97,10 +108,15 @@ class Upstream(_Strict):
     # How a registry version's ``digest`` is checked on this upstream's replicas (routing.supply): ``ollama``
     # (the model's ``digest`` in ``GET /api/tags``) or a probe; None: versions here may not carry a digest.
     digest_probe: Literal["ollama"] | DigestProbe | None = None
+    # Embeddings micro-batching (issue 27); None (the default): every embeddings request goes upstream alone
+    embeddings_batching: EmbeddingsBatching | None = None
 
     def __post_init__(self) -> None:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise msgspec.ValidationError(f"upstream {self.name!r}: give both tls_cert_file and tls_key_file, or neither")
+        if self.embeddings_batching is not None and self.api != "openai":
+            raise msgspec.ValidationError(f"upstream {self.name!r}: embeddings_batching needs api: openai (the only "
+                                          "wire that carries embeddings)")
 
     @property
     def base_urls(self) -> list[str]:

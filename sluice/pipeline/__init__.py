@@ -16,7 +16,8 @@ every request however it ends (a cut stream settles what it produced).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import msgspec
 
@@ -29,6 +30,7 @@ from ..memory import ResponseMemory
 from ..routing import DecisionLog, RoutingState
 from ..telemetry import UsageLedger
 from ..telemetry.tracing import Tracer
+from ..upstream.embed_batch import EmbedBatcher
 from .cached import Keeper, Lookup
 from .context import RequestContext
 from .endpoints import ListModels, ModelCall, Stage
@@ -51,6 +53,7 @@ class DataPlane:
         over_cap: str = "refuse", extra_params: dict[str, frozenset[str]] | None = None,
         resilience: Resilience | None = None, guard: Guard | None = None, tracer: Tracer | None = None,
         memory: ResponseMemory | None = None, cache: CacheStore | None = None,
+        embed_batches: Mapping[Any, EmbedBatcher] | None = None,
     ) -> None:
         authenticate = Authenticate(registry, tokens)
         authorize = Authorize()
@@ -75,15 +78,17 @@ class DataPlane:
         decoders = {t: msgspec.json.Decoder(t) for t in wider.values()}
         chat_extras = {model: decoders[t] for model, t in chat_types.items()}
 
-        def model_call(name: str, path: str, decode: Stage, encode: Callable | None = None) -> ModelCall:
+        def model_call(name: str, path: str, decode: Stage, encode: Callable | None = None,
+                       batches: Mapping[Any, EmbedBatcher] | None = None) -> ModelCall:
             stages = (authenticate, decode, authorize, route, window, *((guard,) if guard is not None else ()),
                       lookup, limit, admit)
-            return ModelCall(name, stages, Forward(path, finish, resilience), finish, authenticate=authenticate,
+            return ModelCall(name, stages, Forward(path, finish, resilience, batches), finish, authenticate=authenticate,
                              tracer=tracer, encode=encode, keeper=keeper)
 
         self.chat_completions = model_call("chat.completions", "/chat/completions",
                                            Decode(ChatCompletionRequest, **size, extras=chat_extras))
-        self.embeddings = model_call("embeddings", "/embeddings", Decode(EmbeddingRequest, **size))
+        # embeddings: after every stage above, per caller, concurrent ones may share an upstream call (issue 27)
+        self.embeddings = model_call("embeddings", "/embeddings", Decode(EmbeddingRequest, **size), batches=embed_batches)
         # legacy completions, relayed to the upstream's own /completions; a model's extras widen them too
         legacy = {names: msgspec.json.Decoder(chat_request_with(names, CompletionRequest))
                   for names in {*(extra_params or {}).values()} if names}

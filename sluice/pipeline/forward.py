@@ -10,7 +10,7 @@ import asyncio
 import logging
 import random
 import re
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -26,6 +26,7 @@ from ..routing import Decision, Target
 from ..upstream import SSERelay, UpstreamReply, UpstreamStream, error_event
 from ..upstream.relay import renamed
 from ..limits import INPUT, OUTPUT
+from ..upstream.embed_batch import BatchedReply, EmbedBatcher
 from ..upstream.errors import from_status
 from ..upstream.usage import completion_chars, reported_usage
 from .context import RequestContext
@@ -89,10 +90,12 @@ class Forward:
     """Sends the decoded request to its target and shapes the reply; on a failure that is safe to
     repeat, tries again (a retry, then the route's fallbacks) within one attempt budget per request."""
 
-    __slots__ = ("_path", "_account", "_budget", "_backoff", "_backoff_max", "_keepalive", "_random")
+    __slots__ = ("_path", "_account", "_budget", "_backoff", "_backoff_max", "_keepalive", "_random", "_batches")
 
-    def __init__(self, path: str, account: Callable[[RequestContext], None], resilience: Resilience | None = None) -> None:
+    def __init__(self, path: str, account: Callable[[RequestContext], None], resilience: Resilience | None = None,
+                 batches: Mapping[Any, EmbedBatcher] | None = None) -> None:
         r = resilience or Resilience()
+        self._batches = batches or None  # embeddings micro-batching (issue 27): a batcher per replica's transport
         self._path = path
         self._account = account
         self._budget = r.max_attempts
@@ -157,7 +160,11 @@ class Forward:
                     if replica is None:  # the upstream's bulkhead is full: wait in its line, or a 503 at once
                         replica = ctx.transport = await deployment.wait(prompt)
                     path, body, headers = self._leg(ctx, replica)
-                    reply: UpstreamReply = await replica.transport.send(path, body, headers)
+                    batches = self._batches  # a traced request goes alone: its attempt is its own span
+                    if batches is None or headers is not None or (batcher := batches.get(replica.transport)) is None:
+                        reply: UpstreamReply = await replica.transport.send(path, body, headers)
+                    else:
+                        reply = await batcher.send(path, body, ctx.prompt_estimate())
                     err: GatewayError | None = None if reply.status == 200 else _noted(from_status(reply), ctx, replica)
                 except GatewayError as exc:
                     err = exc
@@ -187,6 +194,8 @@ class Forward:
             reply.body = ctx.native.whole(reply.body)
         usage = reported_usage(reply.body)
         _settle(ctx, usage, 0 if usage else estimate_tokens(completion_chars(reply.body)))
+        if type(reply) is BatchedReply and usage is not None:  # its share of a batch's usage (upstream.embed_batch)
+            ctx.usage_source = reply.source
         body = reply.body if ctx.guard is None else await ctx.guard.reply(reply.body)  # guard-out (issue 12)
         # the reply names the model as the caller did; which version served it is in x-sluice-route
         body = renamed(body, _encode(ctx.request.model))

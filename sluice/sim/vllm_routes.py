@@ -10,7 +10,7 @@ from sluice.core import clock
 
 from . import embeddings, tokens
 from .latency import pause
-from .replica import JSON, ReplicaBase, encode, json_reply
+from .replica import JSON, MAX_MODEL_LEN, ReplicaBase, encode, json_reply
 from .schema import EmbeddingData, EmbeddingRequest, EmbeddingResponse, Usage
 
 _embedding_decoder = msgspec.json.Decoder(EmbeddingRequest)
@@ -41,13 +41,24 @@ class VllmRoutes(ReplicaBase):
             keys: list[bytes] = []
             for item in items:
                 if isinstance(item, str):
-                    n_prompt += tokens.count(item)
                     keys.append(b"s" + item.encode())
+                    n = tokens.count(item)
                 else:
-                    n_prompt += len(item)
+                    n = len(item)
                     keys.append(b"t" + encode(item))
-            async with self.latency.slot():
-                await pause(self.latency.ttft(n_prompt))
+                if n > MAX_MODEL_LEN:  # as vLLM: each input is its own sequence and must fit the context
+                    return self._refuse(
+                        400, f"This model's maximum context length is {MAX_MODEL_LEN} tokens. However, you requested "
+                             f"{n} tokens in the input for embedding generation. Please reduce the length of the input.")
+                n_prompt += n
+            latency = self.latency
+            async with latency.slot():
+                if not latency.serial_prefill:
+                    await pause(latency.ttft(n_prompt))
+                else:  # --prefill-concurrency: one GPU's compute, shared by requests as a batch's inputs share it
+                    await pause(latency.base_s)
+                    async with latency.prefill_slot():
+                        await pause(latency.prefill_s * n_prompt)
             stats.prompt_tokens += n_prompt
             as_base64 = req.encoding_format == "base64"
             data = []

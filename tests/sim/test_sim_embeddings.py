@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import math
 import struct
+import time
 
 from sim_harness import RunningSim, StartSim
 
@@ -53,3 +55,21 @@ async def test_mixed_or_empty_inputs_and_unknown_models_are_refused(running: Run
     unknown = await running.http.post("/v1/embeddings", json={"model": "nope", "input": "a"})
     assert (mixed.status_code, empty.status_code, unknown.status_code) == (400, 400, 404)
     assert mixed.json()["object"] == "error" and unknown.json()["code"] == 404
+
+
+async def test_an_input_over_the_context_is_refused_as_vllm_refuses_it(running: RunningSim) -> None:
+    before = (await running.http.get("/sim/stats")).json()["prompt_tokens"]
+    for inp in [["fine", "word " * 32_769], [[1] * 32_769]]:  # texts, and token arrays: each input on its own
+        r = await running.http.post("/v1/embeddings", json={"model": "sim-embed", "input": inp})
+        assert r.status_code == 400 and "maximum context length is 32768 tokens" in r.json()["message"]
+        assert "32769 tokens in the input" in r.json()["message"]
+    ok = await running.http.post("/v1/embeddings", json={"model": "sim-embed", "input": [[1] * 32_768]})
+    assert ok.status_code == 200 and (await running.http.get("/sim/stats")).json()["prompt_tokens"] == before + 32_768
+
+
+async def test_serial_prefills_make_separate_calls_wait_as_a_batch_would(start_sim: StartSim) -> None:
+    sim = await start_sim(prefill_ms_per_token=2.0, prefill_concurrency=1)
+    body = {"model": "sim-embed", "input": [[1] * 50]}  # 100 ms of prefill each
+    t0 = time.monotonic()
+    await asyncio.gather(*(sim.http.post("/v1/embeddings", json=body) for _ in range(3)))
+    assert time.monotonic() - t0 >= 0.3  # one at a time, as one call of the three inputs takes
