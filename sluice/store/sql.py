@@ -214,10 +214,11 @@ class SqlStore(Store):
         ``entities`` changed are recorded under the new version (identity_changes.py)."""
         state = t.identity_state
         cond = (state.c.id == 1) if expect is None else (state.c.id == 1) & (state.c.version == expect)
-        version = (await conn.execute(update(state).where(cond).values(version=state.c.version + 1)
-                                      .returning(state.c.version))).scalar()
-        if version is None:  # raised inside the transaction: nothing of this apply is kept
+        done = await conn.execute(update(state).where(cond).values(version=state.c.version + 1))
+        if done.rowcount != 1:  # raised inside the transaction: nothing of this apply is kept
             raise Conflict("the stored state changed meanwhile; read it again", code="state_changed")
+        # read back under the row's lock (no RETURNING: SQLite before 3.35 has none)
+        version = (await conn.execute(select(state.c.version).where(state.c.id == 1))).scalar_one()
         await record(conn, version, entities, clock.now())
         if self.dialect == "postgresql":
             await conn.execute(text(f"NOTIFY {CHANNEL}"))
