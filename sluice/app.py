@@ -139,9 +139,9 @@ class Gateway:
         registry.failures = gate(c.identity.auth_failures_per_minute, "failed authentications from this address")
         identities = IdentityService(store, registry, hasher, c.security)
         await identities.sync_declared(c.identities, c.teams)
-        async def reload_state() -> bool:
+        async def reload_state(version: int) -> bool:
             # one store watcher: every identity or policy change bumps the same version (Store.apply)
-            loaded = await identities.load()
+            loaded = await identities.load(version)
             if self.policy is not None:
                 await self.policy.refresh()
             return loaded

@@ -1,8 +1,9 @@
 """In-memory credential index: what both planes consult on every request.
 
 Loaded from the store at start, updated at once by every control-plane change in the same
-process, and reloaded whole when another replica changes the store (see ``sync``), so a
-revoked key is refused with no database round-trip on the request path.
+process, and patched with what another replica changed in the store (reloaded whole when that
+cannot be told exactly; see ``sync``), so a revoked key is refused with no database round-trip
+on the request path.
 """
 
 from __future__ import annotations
@@ -59,6 +60,38 @@ class CredentialRegistry:
         self._by_name = {i.name: i for i in live.values()}
         return True
 
+    def patch(self, identities: dict[str, Identity | None], keys: list[ApiKey], key_ids: frozenset[str] | set[str], *,
+              generation: int) -> bool:
+        """Replace what the index holds of some identities and keys with their stored state, as ``load`` would:
+        ``identities``, every identity the changes named (None: no longer stored); ``keys``, every stored key
+        of those and every key the changes named; ``key_ids``, the keys the changes named (one no longer
+        stored is forgotten). A named key of an identity not named is built on the identity held, which no
+        change since has touched. False (nothing replaced) if this process changed the index since ``generation``."""
+        if generation != self.generation:
+            return False
+        for key_id in key_ids:
+            self._forget(key_id)
+        for key in keys:
+            self._forget(key.id)
+        for iid, ident in identities.items():
+            old = self._identities.pop(iid, None)
+            if old is not None and self._by_name.get(old.name) is old:
+                del self._by_name[old.name]
+            if ident is not None and ident.disabled_at is None:
+                self._identities[iid] = ident
+                self._by_name[ident.name] = ident
+        for key in keys:
+            ident = self._identities.get(key.identity_id)
+            if key.revoked_at is None and ident is not None:
+                self._by_hash[key.hash] = Principal(ident, key)
+                self._hash_of_key[key.id] = key.hash
+        return True
+
+    def _forget(self, key_id: str) -> None:
+        digest = self._hash_of_key.pop(key_id, None)
+        if digest is not None:
+            self._by_hash.pop(digest, None)
+
     def put_identity(self, identity: Identity, keys: list[ApiKey]) -> None:
         """An identity changed (scopes, roles, team): rebuild its principals."""
         self.generation += 1
@@ -87,9 +120,7 @@ class CredentialRegistry:
     def remove(self, key_id: str) -> None:
         """Forget a key (revoked)."""
         self.generation += 1
-        digest = self._hash_of_key.pop(key_id, None)
-        if digest is not None:
-            self._by_hash.pop(digest, None)
+        self._forget(key_id)
 
     def identity(self, identity_id: str) -> Identity | None:
         """A live (not disabled) identity by id."""

@@ -72,13 +72,29 @@ class IdentityService:
         # called with the ids of identities just disabled or offboarded (the response cache purges what they made)
         self.on_retire: list[Callable[[list[str]], None]] = []
         self._security = security
+        self._version: int | None = None  # the identity-state version the registry holds (``load``)
+        self.patches = self.whole_loads = 0
 
-    async def load(self) -> bool:
-        """Fill the registry with every live identity and key in the store; False if this process
-        changed the registry meanwhile (the caller loads again)."""
+    async def load(self, version: int | None = None) -> bool:
+        """Bring the registry to the store's identity-state ``version`` (read by the caller before this): patched
+        with what changed since the version it holds when the store can say exactly what that was, else filled
+        whole with every live identity and key. False if this process changed the registry meanwhile (the
+        caller loads again). Without ``version``, whole, and the next load whole too."""
         generation = self._registry.generation
-        return self._registry.load(await self._store.list_identities(), await self._store.list_keys(),
-                                   generation=generation)
+        held = self._version  # the registry is left as it was by an exception or a False below
+        if held is not None and version is not None and held <= version:
+            changes = await self._store.identity_changes(held, version)
+            if changes is not None:
+                idents, keys_of = await self._store.identity_rows(changes.identities, changes.keys)
+                if not self._registry.patch(idents, keys_of, changes.keys, generation=generation):
+                    return False
+                self._version, self.patches = version, self.patches + 1
+                return True
+        if not self._registry.load(await self._store.list_identities(), await self._store.list_keys(),
+                                   generation=generation):
+            return False
+        self._version, self.whole_loads = version, self.whole_loads + 1
+        return True
 
     async def sync_declared(self, declared: list[DeclaredIdentity], teams: list[DeclaredTeam] | None = None) -> int:
         """Make the store match the config file, each difference a change recorded by ``config`` (``declared``)."""

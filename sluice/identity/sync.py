@@ -3,8 +3,9 @@
 Every identity, key, role or team change bumps an identity-state version in the same
 transaction. On Postgres a NOTIFY after commit wakes every replica at once; every replica also
 reads the version every ``poll_interval_s`` (one primary-key read), so a missed message, or
-SQLite, still catches up. A changed version reloads the registry whole. Requests never wait on
-any of this: they read whatever registry is installed.
+SQLite, still catches up. A changed version patches the registry with what changed since the
+version it holds (reloaded whole when the store cannot say exactly what that was: the first
+load, history pruned). Requests never wait on any of this: they read whatever registry is installed.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ log = logging.getLogger("sluice.identity")
 class IdentitySync:
     """The background task that reloads the registry when the identity-state version moves."""
 
-    def __init__(self, store: Store, reload: Callable[[], Awaitable[bool]], cfg: IdentitySettings) -> None:
+    def __init__(self, store: Store, reload: Callable[[int], Awaitable[bool]], cfg: IdentitySettings) -> None:
         self._store = store
         self._reload = reload
         self._cfg = cfg
@@ -35,6 +36,7 @@ class IdentitySync:
         self._can_push = True
         self._task: asyncio.Task | None = None
         self._failing = False
+        self._reloading = False
         self.reloads = 0
 
     async def start(self) -> None:
@@ -50,8 +52,11 @@ class IdentitySync:
 
     @property
     def stale_for(self) -> float:
-        """Seconds since this replica last confirmed its registry matches the store."""
-        return clock.monotonic() - self._confirmed
+        """Seconds since this replica last confirmed its registry matches the store; during a reload, since it
+        last read a page of it (a whole reload of 100,000 identities outlasts ``max_staleness_s`` on a busy
+        machine, and is progressing, not stale, while its pages keep coming)."""
+        now = clock.monotonic()
+        return now - max(self._confirmed, self._store.paged_at) if self._reloading else now - self._confirmed
 
     @property
     def current(self) -> bool:
@@ -62,7 +67,12 @@ class IdentitySync:
         # the version is read before the data: a change landing in between reloads once more next time
         version = await self._store.identity_version()
         if version != self._version:
-            if not await self._reload():
+            self._reloading = True
+            try:
+                loaded = await self._reload(version)
+            finally:
+                self._reloading = False
+            if not loaded:
                 self._wake.set()  # this process changed the registry meanwhile: read again at once
                 return
             self._version = version

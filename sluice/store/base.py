@@ -132,6 +132,8 @@ class Store(abc.ABC):
     written in batches by a background writer.
     """
 
+    paged_at = 0.0  # monotonic time of the last page of a long listing read (a reload progressing)
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect, and create or migrate the schema to the newest version."""
@@ -167,6 +169,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def identity_version(self) -> int:
         """The identity-state version: one indexed read, polled by every replica."""
+
+    async def identity_changes(self, after: int, upto: int) -> Any:
+        """What versions ``after``+1 .. ``upto`` changed (``identity_changes.Changes``: the ids of identities,
+        keys and teams), or None when the store cannot say exactly: the caller reloads whole."""
+        return None
+
+    async def identity_rows(self, identity_ids: Iterable[str],
+                            key_ids: Iterable[str]) -> tuple[dict[str, Identity | None], list[ApiKey]]:
+        """Every identity named (None: no longer stored) with every stored key of it, and every key named."""
+        raise NotImplementedError
 
     async def subscribe(self, on_change: Callable[[], None]) -> Subscription | None:
         """Call ``on_change`` soon after any replica commits an identity change, or None when

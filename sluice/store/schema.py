@@ -143,6 +143,16 @@ identity_state = Table(
     Column("version", BigInteger, nullable=False),
 )
 
+# What each identity-state version changed (migration 0018; sluice/store/identity_changes.py): kind
+# identity, key, team, none (a policy version) or all (reload whole); pruned by age as versions are bumped.
+identity_changes = Table(
+    "identity_changes", metadata,
+    Column("version", BigInteger, primary_key=True, autoincrement=False),
+    Column("kind", String(16), primary_key=True),
+    Column("entity_id", String(256), primary_key=True),
+    Column("ts", Float, nullable=False, index=True),
+)
+
 routing_policy = Table(
     "routing_policy", metadata,
     Column("id", Integer, primary_key=True),  # always 1: one document

@@ -18,10 +18,12 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from ..core import clock
 from ..core.errors import Conflict
 from ..core.types import ApiKey, ChangeEvent, Identity, IdentityActivity, SigningKey, Team, UsageGroup, UsageRecord, UsageSummaryRow
 from . import schema as t
 from . import usage_reads
+from .identity_changes import ChangeReads, Changes, record, touched
 from .base import Journal, Store, StoreUnavailable, Subscription, Writes
 from .migrate import MIGRATE_TIMEOUT_S, migrated
 from .pg_listen import CHANNEL, listen
@@ -204,16 +206,20 @@ class SqlStore(Store):
                     await self.journal.append(conn, changes, state=(before, await snapshot(conn, writes)))  # type: ignore[union-attr]
             # approvals alone bump nothing (no replica caches them), unless a planned write must be checked
             if expect_version is not None or any(writes.bumps_version for writes, _ in batches):
-                await self._bump(conn, expect_version)
+                await self._bump(conn, touched(writes for writes, _ in batches), expect_version)
 
-    async def _bump(self, conn: Any, expect: int | None = None) -> None:
+    async def _bump(self, conn: Any, entities: set[tuple[str, str]], expect: int | None = None) -> None:
         """A new identity-state version; on Postgres the NOTIFY is delivered only if the transaction commits.
-        With ``expect``, only from that version (the row lock makes the check and the bump one step)."""
+        With ``expect``, only from that version (the row lock makes the check and the bump one step). The
+        ``entities`` changed are recorded under the new version (identity_changes.py)."""
         state = t.identity_state
         cond = (state.c.id == 1) if expect is None else (state.c.id == 1) & (state.c.version == expect)
         done = await conn.execute(update(state).where(cond).values(version=state.c.version + 1))
         if done.rowcount != 1:  # raised inside the transaction: nothing of this apply is kept
             raise Conflict("the stored state changed meanwhile; read it again", code="state_changed")
+        # read back under the row's lock (no RETURNING: SQLite before 3.35 has none)
+        version = (await conn.execute(select(state.c.version).where(state.c.id == 1))).scalar_one()
+        await record(conn, version, entities, clock.now())
         if self.dialect == "postgresql":
             await conn.execute(text(f"NOTIFY {CHANNEL}"))
 
@@ -222,6 +228,12 @@ class SqlStore(Store):
         async with self.engine.connect() as conn:
             q = select(t.identity_state.c.version).where(t.identity_state.c.id == 1)
             return int((await conn.execute(q)).scalar_one())
+
+    async def identity_changes(self, after: int, upto: int) -> Changes | None:
+        return await ChangeReads(self).changes(after, upto)
+
+    async def identity_rows(self, identity_ids: Iterable[str], key_ids: Iterable[str]) -> tuple[dict[str, Identity | None], list[ApiKey]]:
+        return await ChangeReads(self).rows(identity_ids, key_ids)
 
     async def subscribe(self, on_change: Callable[[], None]) -> Subscription | None:
         if self.dialect != "postgresql":
@@ -263,6 +275,7 @@ class SqlStore(Store):
         while True:
             page = await self._page((q if after is None else q.where(key > after)).order_by(key).limit(_PAGE_ROWS))
             out += map(convert, page)
+            self.paged_at = clock.monotonic()  # a long reload is progressing (IdentitySync.stale_for)
             if len(page) < _PAGE_ROWS:
                 return out
             after = getattr(page[-1], key.name)
@@ -290,7 +303,7 @@ class SqlStore(Store):
             found = (await conn.execute(select(t.api_keys.c.id).where(t.api_keys.c.id == key_id))).first()
             await conn.execute(update(t.api_keys).where(t.api_keys.c.id == key_id, t.api_keys.c.revoked_at.is_(None))
                                .values(revoked_at=at))
-            await self._bump(conn)
+            await self._bump(conn, {("key", key_id)})
         return found is not None
 
     @_guarded
