@@ -10,7 +10,7 @@ scan (557 buffers, 47 ms; days no longer written are all-visible once vacuumed).
 ``INCLUDE``, and its rollup tables are their own primary-key B-trees.
 
 Revision ID: 0019
-Revises: 0017
+Revises: 0018
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0019"
-down_revision = "0017"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 
