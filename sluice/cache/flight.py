@@ -16,10 +16,11 @@ client is cut by the listener's send timeout, and the others go on).
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
+
+from .wire import fresh_id
 
 _ID = re.compile(rb'"id"[ \t]*:[ \t]*("[^"\\]*")')  # the first event's top-level id (it comes first)
 _EMPTY_CHOICES = (b'"choices":[]', b'"choices": []')
@@ -168,7 +169,7 @@ class Flight:
 
 def fresh_chat_id() -> bytes:
     """A new chat completion id, as a JSON string."""
-    return b'"chatcmpl-' + os.urandom(12).hex().encode() + b'"'
+    return b'"' + fresh_id() + b'"'
 
 
 def _shaped(piece: bytes, leader_id: bytes | None, fresh_id: bytes | None, usage: bool,

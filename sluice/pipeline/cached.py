@@ -21,7 +21,8 @@ from typing import Any
 
 import msgspec
 
-from ..cache import CacheStore, Entry, cache_key, entry_decoder, events, from_stream, from_whole, scope_of, whole
+from ..cache import CacheStore, Entry, cache_key, from_stream, from_whole, scope_of
+from ..cache import wire
 from ..cache.entry import encode as encode_entry
 from ..cache.flight import Flight, Reader, fresh_chat_id
 from ..cache.rules import Rule
@@ -57,7 +58,7 @@ class CacheState:
         self.key = ""
         self.target: Any = None
         self.outcome = "bypass"
-        self.entry: Entry | None = None
+        self.entry: wire.Prepared | None = None  # the answer served (its wire bytes and token counts)
         self.flight: Flight | None = None  # this request's answer in flight: identical ones follow it
 
     def counted(self) -> tuple[int, int]:
@@ -128,7 +129,7 @@ class Lookup:
                 flights[key] = mine
             return
         try:
-            entry = entry_decoder.decode(data)
+            entry = wire.decoder.decode(data)
         except Exception:  # an entry this version cannot read (written by another): a miss, overwritten
             return
         state.outcome, state.entry = "hit", entry
@@ -210,13 +211,13 @@ def _wants_usage(req: ChatCompletionRequest) -> bool:
     return bool(req.stream_options and req.stream_options.include_usage)
 
 
-def _serve(ctx: RequestContext, entry: Entry) -> Reply | StreamReply:
+def _serve(ctx: RequestContext, entry: wire.Prepared) -> Reply | StreamReply:
     req = ctx.request
     headers = {HEADER: "hit", ROUTE_HEADER: ctx.decision.header(ctx.target)}  # type: ignore[union-attr]
     if not is_stream(req):
-        return Reply(200, whole(entry, req.model), headers=headers)
+        return Reply(200, wire.whole(entry, _encode(req.model)), headers=headers)
     ctx.stream = True
-    body = events(entry, req.model, bool(req.stream_options and req.stream_options.include_usage))
+    body = wire.events(entry, _encode(req.model), _wants_usage(req))
     ctx.ttft_ms = ctx.elapsed_ms()
     return StreamReply(_once(body), headers={**_SSE, **headers})
 
@@ -235,7 +236,7 @@ class Keeper:
         self._writes: set[asyncio.Task] = set()
         self._flights = flights
 
-    def land(self, state: CacheState, entry: Entry | None) -> None:
+    def land(self, state: CacheState, entry: wire.Prepared | None) -> None:
         """The leader's answer to the requests waiting on it (None: none they may be served; each asks itself)."""
         flight = state.flight
         if flight is not None:
@@ -295,21 +296,22 @@ class Keeper:
         reply.abandon = lambda: flight.leave(reader)  # the stream was never started: one reader fewer
         return reply
 
-    def _put(self, ctx: RequestContext, state: CacheState, entry: Entry | None) -> Entry | None:
-        """Store ``entry`` if its rule lets it be kept; the entry kept, or None."""
+    def _put(self, ctx: RequestContext, state: CacheState, entry: Entry | None) -> wire.Prepared | None:
+        """Store ``entry`` if its rule lets it be kept, encoded for serving; what was kept, or None."""
         rule = state.rule
         if entry is None or (not rule.tool_calls and entry.has_calls()):
             return None
-        data = encode_entry(entry)
-        if len(data) > rule.max_entry_bytes:
+        if len(encode_entry(entry)) > rule.max_entry_bytes:  # the entry's own size, as the rule states it
             return None
+        prepared = wire.prepare(entry)
+        data = wire.encode(prepared)
         p, t = ctx.principal, ctx.target
         tags = {"identity": p.identity_id, "team": p.team or "", "model": t.model,  # type: ignore[union-attr]
                 "route": ctx.decision.route.name}  # type: ignore[union-attr]
         task = asyncio.ensure_future(self._store.put(state.key, data, rule.ttl_s, tags))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
-        return entry
+        return prepared
 
 
 def _clean(ctx: RequestContext, state: CacheState) -> bool:
