@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Iterator
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -246,3 +247,38 @@ def test_past_its_buffer_a_stream_takes_no_new_follower_and_keeps_serving_those_
     lead, early, late = asyncio.run(go())
     assert chats(sim) - before == 2
     assert lead.done and early.done and late.done and len(lead.text) == TOKENS and lead.whole == early.whole == late.whole
+
+
+def test_messages_and_responses_streams_follow_a_leader_in_their_own_shape(rig):
+    g, sim = rig
+    before = chats(sim)
+
+    async def go() -> tuple[list[str], list]:
+        a = anthropic.AsyncAnthropic(base_url=g.url, api_key=g.keys["app"], max_retries=0)
+        o = openai.AsyncOpenAI(base_url=g.v1, api_key=g.keys["app"], max_retries=0)
+        ask = {"model": "sim-small", "max_tokens": TOKENS, "extra_body": {"temperature": 0},
+               "messages": [{"role": "user", "content": "Follow me, Claude."}]}
+
+        async def claude() -> tuple[str, str]:
+            async with a.messages.stream(**ask) as s:
+                return await s.get_final_text(), (await s.get_final_message()).id
+
+        async def responses() -> object:
+            events = [e async for e in await o.responses.create(
+                model="sim-small", input="Follow me, Responses.", temperature=0, store=False,
+                max_output_tokens=TOKENS, stream=True)]
+            return events[-1]
+
+        lead_m = asyncio.ensure_future(claude())
+        lead_r = asyncio.ensure_future(responses())
+        await asyncio.sleep(0.5)  # both leaders are streaming (~2 s each)
+        got_m = await asyncio.gather(lead_m, claude(), claude())
+        got_r = await asyncio.gather(lead_r, responses(), responses())
+        return got_m, got_r
+
+    got_m, got_r = asyncio.run(go())
+    assert chats(sim) - before == 2  # one upstream call per API's question
+    assert len({t for t, _ in got_m}) == 1 and got_m[0][0] and len({i for _, i in got_m}) == 3
+    assert all(e.type in ("response.completed", "response.incomplete") for e in got_r)
+    assert len({e.response.output_text for e in got_r}) == 1 and got_r[0].response.output_text
+    assert len({e.response.id for e in got_r}) == 3
