@@ -154,6 +154,8 @@ class Lookup:
                     return
         finally:
             flight.waiting -= 1
+            if reader is None:
+                flight.idle_check()  # the last one waiting left: nobody may need the upstream any longer
         state.outcome, state.entry = "hit", entry
         ctx.usage_source = "coalesced"
         try:
