@@ -18,13 +18,15 @@ import msgspec
 from msgspec import UNSET
 
 _encode = msgspec.json.Encoder(order="sorted").encode
+# the stored entry's format (2: sluice.cache.wire's msgpack): replicas of another format never read each other's
+FORMAT = "2"
 
 
 def cache_key(section: str, scope: str, target: Any, request: Any) -> str:
     """The hex digest naming one answer (``target``: the routing ``Target`` chosen for this request)."""
     canonical = _encode(msgspec.structs.replace(request, model=target.name, stream=UNSET, stream_options=UNSET))
     h = hashlib.blake2b(digest_size=20)
-    h.update(f"{section}\0{scope}\0{target.name}\0{target.upstream_model}\0{target.digest or ''}\0".encode())
+    h.update(f"{FORMAT}\0{section}\0{scope}\0{target.name}\0{target.upstream_model}\0{target.digest or ''}\0".encode())
     h.update(canonical)
     return h.hexdigest()
 

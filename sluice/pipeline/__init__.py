@@ -62,14 +62,15 @@ class DataPlane:
         limit = Limit(limiter, prices, max_tokens_cap, clamp=over_cap == "clamp")
         admit = Admit(admission, max_tokens_cap)
         settle, account = Settle(limiter, prices), Account(ledger, prices)
-        store = cache if cache is not None else MemoryStore(64 * 1024 * 1024)
-        flights: dict = {}  # issue 27: the response cache, and the requests in flight that identical ones wait for
-        lookup, keeper = Lookup(store, limit, flights), Keeper(store, flights)
         size = {"max_bytes": limits.max_body_bytes, "max_depth": limits.max_json_depth}
 
         def finish(ctx: RequestContext) -> None:
             settle(ctx)
             account(ctx)
+
+        store = cache if cache is not None else MemoryStore(64 * 1024 * 1024)
+        flights: dict = {}  # issue 27: the response cache, and the answers in flight that identical requests follow
+        lookup, keeper = Lookup(store, limit, flights, finish), Keeper(store, flights)
 
         # Models whose upstream takes extra parameters get a wider chat request type (one per set).
         wider: dict[frozenset[str], type[ChatCompletionRequest]] = {}

@@ -16,28 +16,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-from ..cache import CacheStore, Entry, cache_key, entry_decoder, events, from_stream, from_whole, scope_of, whole
+import msgspec
+
+from ..cache import CacheStore, Entry, cache_key, from_stream, from_whole, scope_of
+from ..cache import wire
 from ..cache.entry import encode as encode_entry
+from ..cache.flight import Flight, Reader, fresh_chat_id
 from ..cache.rules import Rule
+from ..core.errors import UpstreamError
 from ..core.exchange import Reply, StreamReply
 from ..core.wire import ChatCompletionRequest
+from ..upstream import error_event
 from .context import RequestContext
-from .forward import ROUTE_HEADER, is_stream
+from .forward import CLIENT_CLOSED, ROUTE_HEADER, is_stream
 from .stages.limit import Limit
 
 log = logging.getLogger("sluice.cache")
 HEADER = "x-sluice-cache"
+_encode = msgspec.json.encode
 _SSE = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class Served(Exception):
     """A cached answer: the rest of the path (limits' reservation, the upstream) is skipped."""
 
-    def __init__(self, reply: Reply | StreamReply) -> None:
+    def __init__(self, reply: Reply | StreamReply, accounted: bool = False) -> None:
         self.reply = reply
+        self.accounted = accounted  # a stream that follows a leader: settled and accounted when it ends
 
 
 class CacheState:
@@ -50,8 +58,8 @@ class CacheState:
         self.key = ""
         self.target: Any = None
         self.outcome = "bypass"
-        self.entry: Entry | None = None
-        self.flight: asyncio.Future | None = None  # this request leads identical ones in flight: they wait on it
+        self.entry: wire.Prepared | None = None  # the answer served (its wire bytes and token counts)
+        self.flight: Flight | None = None  # this request's answer in flight: identical ones follow it
 
     def counted(self) -> tuple[int, int]:
         """The tokens a hit counts in the limits: the answer's when its rule says so, else none."""
@@ -78,15 +86,18 @@ def _bypass(ctx: RequestContext, req: ChatCompletionRequest, rule: Rule) -> bool
 
 class Lookup:
     """Stage: the cache, between guard-in and limits. A miss while an identical request (same key: same scope)
-    is in flight on this process waits for that one's answer instead of asking the upstream again (request
-    coalescing, issue 27 item 3); it is served as a hit then, or goes upstream itself if that one failed."""
+    is in flight on this process is served by that one's upstream call (request coalescing, issue 27 item 3):
+    a stream that follows a streaming leader gets its events as they come; any other waits for the answer.
+    If the leader fails before its first event (or its answer is not one to serve), each waiter asks itself."""
 
-    __slots__ = ("_store", "_limit", "_flights")
+    __slots__ = ("_store", "_limit", "_flights", "_finish")
 
-    def __init__(self, store: CacheStore, limit: Limit, flights: dict[str, asyncio.Future]) -> None:
+    def __init__(self, store: CacheStore, limit: Limit, flights: dict[str, Flight],
+                 finish: Callable[[RequestContext], None]) -> None:
         self._store = store
         self._limit = limit
-        self._flights = flights  # key -> the answer (an Entry, or None) of the request in flight for it
+        self._flights = flights  # key -> the answer in flight for it
+        self._finish = finish  # settle and account: a coalesced stream is accounted when it ends
 
     async def __call__(self, ctx: RequestContext) -> None:
         active = ctx.policy
@@ -105,36 +116,110 @@ class Lookup:
         if _bypass(ctx, req, rule) or not store.available:
             return
         state.outcome, state.target = "miss", target
-        state.key = cache_key(rules.digest, scope_of(rule.scope, p.identity_id, p.team), target, req)  # type: ignore[union-attr]
-        data = await store.get(state.key)
-        source = "cache"
+        state.key = key = cache_key(rules.digest, scope_of(rule.scope, p.identity_id, p.team), target, req)  # type: ignore[union-attr]
+        data = await store.get(key)
         if data is None:
-            flight = self._flights.get(state.key)
-            if flight is None:  # the first: it goes upstream, and whoever asks the same meanwhile waits for it
-                self._flights[state.key] = state.flight = asyncio.get_running_loop().create_future()
-                return
-            got = await asyncio.shield(flight)  # a waiter that leaves cancels only its own wait
-            if got is None:  # the first one's answer could not be kept (an error, a cut): this one asks itself
-                return
-            entry, source = got, "coalesced"
-        else:
-            try:
-                entry = entry_decoder.decode(data)
-            except Exception:  # an entry this version cannot read (written by another): a miss, overwritten
-                return
+            flights = self._flights
+            flight = flights.get(key)
+            if flight is not None and flight.joinable:
+                await self._join(ctx, state, flight)  # raises Served, or returns: this one asks itself
+            state.flight = mine = Flight(is_stream(req), rule.max_entry_bytes * 8)  # events carry their envelope
+            now = flights.get(key)
+            if now is None or not now.joinable:  # the first (that may be joined): identical ones follow this one
+                flights[key] = mine
+            return
+        try:
+            entry = wire.decoder.decode(data)
+        except Exception:  # an entry this version cannot read (written by another): a miss, overwritten
+            return
         state.outcome, state.entry = "hit", entry
-        ctx.usage_source = source
+        ctx.usage_source = "cache"
         await self._limit.count_hit(ctx, *state.counted())
         raise Served(_serve(ctx, entry))
 
+    async def _join(self, ctx: RequestContext, state: CacheState, flight: Flight) -> None:
+        req = ctx.request
+        stream = is_stream(req)
+        flight.waiting += 1
+        reader = None
+        try:
+            if stream and flight.stream:  # event by event from the leader's first one
+                if not await asyncio.shield(flight.first) or not flight.joinable:
+                    return  # no event came (the leader failed first), or the stream outgrew the buffer
+                reader = flight.join()
+                entry = None
+            else:
+                entry = await asyncio.shield(flight.result)  # a waiter that leaves cancels only its own wait
+                if entry is None:  # the leader's answer could not be served (an error, a cut): this one asks itself
+                    return
+        finally:
+            flight.waiting -= 1
+            if reader is None:
+                flight.idle_check()  # the last one waiting left: nobody may need the upstream any longer
+        state.outcome, state.entry = "hit", entry
+        ctx.usage_source = "coalesced"
+        try:
+            await self._limit.count_hit(ctx, *state.counted())
+        except BaseException:
+            if reader is not None:
+                flight.leave(reader)
+            raise
+        if reader is None:
+            raise Served(_serve(ctx, entry))  # type: ignore[arg-type]
+        raise Served(self._follow(ctx, state, flight, reader), accounted=True)
 
-def _serve(ctx: RequestContext, entry: Entry) -> Reply | StreamReply:
+    def _follow(self, ctx: RequestContext, state: CacheState, flight: Flight, reader: Reader) -> StreamReply:
+        """A waiter's stream: the leader's events as they come, with its own id, model name and usage choice."""
+        req = ctx.request
+        ctx.stream = True
+        lead = flight.leader_model
+        mine = _encode(req.model)
+        chunks = self._fanout(ctx, state, flight, flight.read(
+            reader, fresh_id=fresh_chat_id(), usage=_wants_usage(req), broken=_BROKEN,
+            model=None if lead is None or lead == mine else (lead, mine)))
+
+        def abandon() -> None:  # the stream was never started: its clean-up is ours
+            flight.leave(reader)
+            ctx.status, ctx.error_code = CLIENT_CLOSED, "client_closed"
+            self._finish(ctx)
+        headers = {**_SSE, HEADER: "hit", ROUTE_HEADER: ctx.decision.header(ctx.target)}  # type: ignore[union-attr]
+        return StreamReply(chunks, headers=headers, abandon=abandon)
+
+    async def _fanout(self, ctx: RequestContext, state: CacheState, flight: Flight,
+                      events: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+        try:
+            async for piece in events:
+                if ctx.ttft_ms is None:
+                    ctx.ttft_ms = ctx.elapsed_ms()
+                yield piece
+            if flight.broken or flight.failed is not None:
+                ctx.status, ctx.error_code = flight.failed or (500, "internal_error")
+        except BaseException:
+            ctx.status, ctx.error_code = CLIENT_CLOSED, "client_closed"
+            raise
+        finally:
+            await events.aclose()
+            r = flight.result
+            if r.done() and not r.cancelled():
+                state.entry = r.result()  # what a rule that counts tokens settles
+            self._finish(ctx)
+
+
+_BROKEN = error_event(UpstreamError("The answer this request followed ended before it was complete.",
+                                   code="upstream_stream_cut"))
+
+
+def _wants_usage(req: ChatCompletionRequest) -> bool:
+    return bool(req.stream_options and req.stream_options.include_usage)
+
+
+def _serve(ctx: RequestContext, entry: wire.Prepared) -> Reply | StreamReply:
     req = ctx.request
     headers = {HEADER: "hit", ROUTE_HEADER: ctx.decision.header(ctx.target)}  # type: ignore[union-attr]
     if not is_stream(req):
-        return Reply(200, whole(entry, req.model), headers=headers)
+        return Reply(200, wire.whole(entry, _encode(req.model)), headers=headers)
     ctx.stream = True
-    body = events(entry, req.model, bool(req.stream_options and req.stream_options.include_usage))
+    body = wire.events(entry, _encode(req.model), _wants_usage(req))
     ctx.ttft_ms = ctx.elapsed_ms()
     return StreamReply(_once(body), headers={**_SSE, **headers})
 
@@ -148,19 +233,22 @@ class Keeper:
 
     __slots__ = ("_store", "_writes", "_flights")
 
-    def __init__(self, store: CacheStore, flights: dict[str, asyncio.Future]) -> None:
+    def __init__(self, store: CacheStore, flights: dict[str, Flight]) -> None:
         self._store = store
         self._writes: set[asyncio.Task] = set()
         self._flights = flights
 
-    def land(self, state: CacheState, entry: Entry | None) -> None:
+    def land(self, state: CacheState, entry: wire.Prepared | None) -> None:
         """The leader's answer to the requests waiting on it (None: none they may be served; each asks itself)."""
         flight = state.flight
         if flight is not None:
             state.flight = None
             if self._flights.get(state.key) is flight:
                 del self._flights[state.key]
-            flight.set_result(entry)
+            if not flight.first.done():
+                flight.first.set_result(False)
+            if not flight.result.done():
+                flight.result.set_result(entry)
 
     def keep(self, ctx: RequestContext, reply: Reply | StreamReply) -> Reply | StreamReply:
         state: CacheState = ctx.cache
@@ -170,55 +258,62 @@ class Keeper:
         if state.outcome != "miss":
             return reply
         if type(reply) is StreamReply:
-            reply.chunks = self._tee(ctx, state, reply.chunks)
-            abandon = reply.abandon
-
-            def abandoned() -> None:  # the stream was never started: nobody waits on it any longer
-                if abandon is not None:
-                    abandon()
-                self.land(state, None)
-            reply.abandon = abandoned
-        else:
-            self.land(state, self._put(ctx, state, from_whole(reply.body, ctx.prompt_tokens, ctx.completion_tokens))
-                      if _clean(ctx, state) else None)
+            flight = state.flight
+            if flight is None:
+                return reply
+            return self._lead(ctx, state, flight, reply)
+        self.land(state, self._put(ctx, state, from_whole(reply.body, ctx.prompt_tokens, ctx.completion_tokens))
+                  if _clean(ctx, state) else None)
         return reply
 
-    async def _tee(self, ctx: RequestContext, state: CacheState, inner: AsyncGenerator[bytes, None]
-                   ) -> AsyncGenerator[bytes, None]:
-        parts: list[bytes] | None = []
-        size, cap = 0, state.rule.max_entry_bytes * 8  # events carry their envelope: past this the entry is too big
-        entry = None
-        try:
-            async for chunk in inner:
-                if parts is not None:
-                    size += len(chunk)
-                    if size <= cap:
-                        parts.append(chunk)
-                    else:
-                        parts = None
-                yield chunk
-            await inner.aclose()  # the relay's own clean-up (settling, the usage record) has run
-            if parts is not None and _clean(ctx, state):  # the stream went out whole: its end was written
-                entry = self._put(ctx, state, from_stream(parts, ctx.prompt_tokens, ctx.completion_tokens))
-        finally:
-            await inner.aclose()
+    def _lead(self, ctx: RequestContext, state: CacheState, flight: Flight, reply: StreamReply) -> StreamReply:
+        """The leader's stream read by a pump of its own: its caller reads the flight like any waiter."""
+        req = ctx.request
+        flight.leader_model = _encode(req.model)
+        abandon = reply.abandon
+
+        def end(complete: bool) -> None:  # the upstream's stream is over: keep it if it may be kept, land it
+            entry = None
+            if ctx.status != 200:
+                flight.failed = (ctx.status, ctx.error_code)
+            elif complete and flight.joinable and _clean(ctx, state):  # whole, in the buffer, no detector fired
+                entry = self._put(ctx, state, from_stream(flight.chunks, ctx.prompt_tokens, ctx.completion_tokens))
             self.land(state, entry)
 
-    def _put(self, ctx: RequestContext, state: CacheState, entry: Entry | None) -> Entry | None:
-        """Store ``entry`` if its rule lets it be kept; the entry kept, or None."""
+        def idle() -> None:  # no caller reads it any longer: stop the upstream, as for a caller that leaves
+            pump = flight.pump
+            if pump is None or pump.done():
+                return
+            pump.cancel()
+            if not flight.started:  # the pump never ran: the relay never started, its clean-up is ours
+                if abandon is not None:
+                    abandon()
+                flight.ended = True
+                self.land(state, None)
+
+        flight.on_idle = idle
+        reader = flight.join()
+        flight.pump = asyncio.ensure_future(flight.run(reply.chunks, end))
+        reply.chunks = flight.read(reader, fresh_id=None, usage=_wants_usage(req), model=None, broken=_BROKEN)
+        reply.abandon = lambda: flight.leave(reader)  # the stream was never started: one reader fewer
+        return reply
+
+    def _put(self, ctx: RequestContext, state: CacheState, entry: Entry | None) -> wire.Prepared | None:
+        """Store ``entry`` if its rule lets it be kept, encoded for serving; what was kept, or None."""
         rule = state.rule
         if entry is None or (not rule.tool_calls and entry.has_calls()):
             return None
-        data = encode_entry(entry)
-        if len(data) > rule.max_entry_bytes:
+        if len(encode_entry(entry)) > rule.max_entry_bytes:  # the entry's own size, as the rule states it
             return None
+        prepared = wire.prepare(entry)
+        data = wire.encode(prepared)
         p, t = ctx.principal, ctx.target
         tags = {"identity": p.identity_id, "team": p.team or "", "model": t.model,  # type: ignore[union-attr]
                 "route": ctx.decision.route.name}  # type: ignore[union-attr]
         task = asyncio.ensure_future(self._store.put(state.key, data, rule.ttl_s, tags))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
-        return entry
+        return prepared
 
 
 def _clean(ctx: RequestContext, state: CacheState) -> bool:

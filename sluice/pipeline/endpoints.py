@@ -57,8 +57,9 @@ class ModelCall:
                         await stage(ctx)
                 else:  # may be traced: decided after the first stage, authenticate (a caller's flag needs an identity)
                     await tracer.run(self._name, sampling, self._stages, ctx)
-            except Served as hit:  # a cached answer: no upstream leg, accounted at once
+            except Served as hit:  # a cached answer: no upstream leg, accounted at once (a followed stream: at its end)
                 reply: Reply | StreamReply = hit.reply
+                streaming = hit.accounted
             else:
                 if is_stream(ctx.request):
                     ctx.stream = streaming = True

@@ -266,7 +266,9 @@ class Forward:
                 ctx.status, ctx.error_code = CLIENT_CLOSED, "client_closed"
                 self._account(ctx)
 
-        chunks = self._relay(ctx, current, t0, started, strip_usage=not wants_usage)
+        # a cached stream's usage event is kept for the requests that follow it (each takes it only if it asked)
+        keep_usage = wants_usage or (ctx.cache is not None and ctx.cache.flight is not None)
+        chunks = self._relay(ctx, current, t0, started, strip_usage=not keep_usage)
         headers = {**_SSE_HEADERS, ROUTE_HEADER: ctx.decision.header(ctx.target)}  # type: ignore[union-attr]
         return StreamReply(chunks, headers=headers, abandon=abandon)
 
