@@ -13,6 +13,7 @@ class BatchOwner:
 
     __slots__ = ("identity_id", "identity_name", "credential", "_identity", "_principal")
     name = None  # no key comes with it, so there is no other identity to compare with
+    priority = "batch"  # the fair queue of a model with a capacity serves every other request first
 
     def __init__(self, identity_id: str, identity_name: str, batch_id: str) -> None:
         self.identity_id = identity_id

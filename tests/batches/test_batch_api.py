@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from support import Gateway, Sim, start_gateway  # noqa: E402
 
 MODELS = [{"name": "sim-small", "upstream": "sim"}, {"name": "sim-embed", "upstream": "sim"},
-          {"name": "sim-other", "upstream": "sim"}]
+          {"name": "sim-other", "upstream": "sim"}, {"name": "sim-cap", "upstream": "sim", "upstream_model": "sim-small",
+                                                            "capacity": {"concurrency": 1}}]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Sim
     sim = Sim(tmp)
     g = start_gateway(
         tmp, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}], models=MODELS,
-        identities=[{"name": "app", "owner": "a@example.com", "models": ["sim-small", "sim-embed"]},
+        identities=[{"name": "app", "owner": "a@example.com", "models": ["sim-small", "sim-embed", "sim-cap"]},
                     {"name": "other", "owner": "b@example.com", "models": ["sim-small", "sim-embed"]}])
     yield g, sim
     g.stop()
@@ -227,3 +228,25 @@ def test_bad_uploads_are_clear_4xx_and_leave_nothing(rig) -> None:
     # the largest body a model call takes is still the listener's own
     r = httpx.post(g.v1 + "/chat/completions", headers=key, content=b"x" * (5 * 1024 * 1024), timeout=30)
     assert r.status_code == 413
+
+
+def test_batch_lines_yield_to_the_owners_interactive_calls_at_a_models_capacity(rig) -> None:
+    g, sim = rig
+    c = client(g)
+    sim.faults(delay_ms=300)
+    try:  # one call at a time to sim-cap: the batch's other lines wait in the fair queue, behind interactive ones
+        _, b = run_batch(c, [chat_line(i, model="sim-cap") for i in range(12)])
+        deadline = time.monotonic() + 30
+        while c.batches.retrieve(b.id).request_counts.completed < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        c.chat.completions.create(model="sim-cap", messages=[{"role": "user", "content": "now"}], max_tokens=2)
+        took = time.monotonic() - t0
+        pending = 12 - c.batches.retrieve(b.id).request_counts.completed
+        done = wait_done(c, b.id)
+    finally:
+        sim.clear_faults()
+    # at most the line in flight, then its own call (0.6 s); behind the batch's queued lines it would be >= 2.1 s
+    assert took < 1.2 and pending >= 3, (took, pending)
+    assert done.status == "completed" and done.request_counts.completed == 12
