@@ -1,9 +1,11 @@
 """A batch survives its replica (issue 27 item 5's acceptance): two gateways on one SQLite store, 1,000 lines
 (chat and embeddings) through the ``openai`` SDK, the replica running the chat batch killed with SIGKILL mid-batch,
-the other one resuming it once its lease runs out; every ``custom_id`` exactly once in the output and in usage."""
+the other one resuming it once its lease runs out; every ``custom_id`` exactly once in the output and in usage.
+The same on Postgres."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -11,11 +13,15 @@ import signal
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import asyncpg
 import openai
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from store.pg_databases import drop_pg_database, fresh_pg_database  # noqa: E402
 from support import Sim, start_gateway  # noqa: E402
 
 from sluice.identity import generate  # noqa: E402
@@ -27,11 +33,35 @@ def jsonl(lines: list[dict]) -> bytes:
     return b"".join(json.dumps(x).encode() + b"\n" for x in lines)
 
 
-def test_a_replica_killed_mid_batch_is_replaced_and_each_line_is_answered_and_charged_once(tmp_path: Path) -> None:
+def _reader(store: str, tmp_path: Path) -> tuple[str, Callable[[str, tuple], list[tuple]]]:
+    """The store's URL for the gateways, and a way for the test to read it."""
+    if store == "sqlite":
+        db = sqlite3.connect(tmp_path / "shared.db", timeout=30)
+        return f"sqlite:///{tmp_path}/shared.db", lambda sql, args: db.execute(sql, args).fetchall()
+    url = asyncio.run(fresh_pg_database())
+
+    def pg(sql: str, args: tuple) -> list[tuple]:
+        async def go() -> list[tuple]:
+            conn = await asyncpg.connect(url)
+            try:
+                n = iter(range(1, 10))
+                return [tuple(r) for r in await conn.fetch(
+                    "".join(f"${next(n)}" if ch == "?" else ch for ch in sql), *args)]
+            finally:
+                await conn.close()
+        return asyncio.run(go())
+    return url, pg
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_a_replica_killed_mid_batch_is_replaced_and_each_line_is_answered_and_charged_once(
+        tmp_path: Path, store: str) -> None:
     sim = Sim(tmp_path)
     sim.faults(delay_ms=15)  # long enough that the kill lands mid-batch
     key, admin = generate("dev"), generate("prod", kind="admin")
-    shared = {"store": {"url": f"sqlite:///{tmp_path}/shared.db"}}
+    url, query = _reader(store, tmp_path)
+    shared = {"store": {"url": url}}
     ident = [{"name": "app", "owner": "a@example.com", "models": ["sim-small", "sim-embed"], "keys": [key]}]
     gws = []
     try:
@@ -52,12 +82,11 @@ def test_a_replica_killed_mid_batch_is_replaced_and_each_line_is_answered_and_ch
             f = c.files.create(file=("in.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
             batches[endpoint] = c.batches.create(input_file_id=f.id, endpoint=endpoint,  # type: ignore[arg-type]
                                                  completion_window="24h").id
-        db = sqlite3.connect(tmp_path / "shared.db", timeout=30)
         chat_id = batches["/v1/chat/completions"]
         deadline = time.monotonic() + 60
         while True:  # mid-batch: some lines answered, most not
             done = c.batches.retrieve(chat_id).request_counts.completed
-            holder = db.execute("SELECT holder FROM leases WHERE name = ?", (f"batch:{chat_id}",)).fetchone()
+            holder = (query("SELECT holder FROM leases WHERE name = ?", (f"batch:{chat_id}",)) or [None])[0]
             if done >= 100 and holder:
                 break
             assert time.monotonic() < deadline, "the chat batch did not start"
@@ -83,7 +112,7 @@ def test_a_replica_killed_mid_batch_is_replaced_and_each_line_is_answered_and_ch
             rids = {o["response"]["request_id"] for o in out}
             deadline = time.monotonic() + 15
             while True:  # usage: one row per line, the one its answer names
-                rows = db.execute("SELECT request_id FROM usage WHERE request_id LIKE ?", (bid + "%",)).fetchall()
+                rows = query("SELECT request_id FROM usage WHERE request_id LIKE ?", (bid + "%",))
                 if len(rows) >= len(lines) or time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
@@ -92,3 +121,5 @@ def test_a_replica_killed_mid_batch_is_replaced_and_each_line_is_answered_and_ch
         for g in gws:
             g.stop()
         sim.stop()
+        if store == "postgres":
+            asyncio.run(drop_pg_database(url))
