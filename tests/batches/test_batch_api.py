@@ -250,3 +250,25 @@ def test_batch_lines_yield_to_the_owners_interactive_calls_at_a_models_capacity(
     # at most the line in flight, then its own call (0.6 s); behind the batch's queued lines it would be >= 2.1 s
     assert took < 1.2 and pending >= 3, (took, pending)
     assert done.status == "completed" and done.request_counts.completed == 12
+
+
+def test_a_batch_past_its_window_expires_with_its_unrun_lines_in_the_error_file(rig) -> None:
+    g, sim = rig
+    c = client(g)
+    sim.faults(delay_ms=150)
+    try:
+        _, b = run_batch(c, [chat_line(i) for i in range(60)])
+        deadline = time.monotonic() + 30
+        while c.batches.retrieve(b.id).request_counts.completed < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with sqlite3.connect(g.tmp / "sluice.db", timeout=30) as db:  # its 24 h are up (as the runner reads them)
+            db.execute("UPDATE batches SET expires_at = ? WHERE id = ?", (time.time() - 1, b.id))
+        done = wait_done(c, b.id)
+    finally:
+        sim.clear_faults()
+    assert done.status == "expired" and done.expired_at
+    out, err = outputs(c, done.output_file_id), outputs(c, done.error_file_id)
+    expired = [e for e in err if e["error"] and e["error"]["code"] == "batch_expired"]
+    assert expired and len(out) + len(err) == 60 and done.request_counts.failed == len(err)
+    assert {o["custom_id"] for o in out} | {e["custom_id"] for e in err} == {f"chat-{i}" for i in range(60)}
