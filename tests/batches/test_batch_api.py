@@ -272,3 +272,23 @@ def test_a_batch_past_its_window_expires_with_its_unrun_lines_in_the_error_file(
     expired = [e for e in err if e["error"] and e["error"]["code"] == "batch_expired"]
     assert expired and len(out) + len(err) == 60 and done.request_counts.failed == len(err)
     assert {o["custom_id"] for o in out} | {e["custom_id"] for e in err} == {f"chat-{i}" for i in range(60)}
+
+
+def test_a_chunked_upload_past_200_mb_is_refused_as_it_streams_and_leaves_nothing(rig) -> None:
+    g, _ = rig
+    n = _files(g)
+    piece = b"%x\r\n%s\r\n" % (1024 * 1024, b"x" * (1024 * 1024))
+    sent = 0
+    with socket.create_connection(("127.0.0.1", g.port), timeout=30) as s:
+        s.sendall(f"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {g.keys['app']}\r\n"
+                  "Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        try:
+            while sent < 300 * 1024 * 1024:
+                s.sendall(piece)
+                sent += 1024 * 1024
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        head = s.recv(65536).decode("latin-1")
+    assert head.startswith("HTTP/1.1 413"), head[:200]
+    assert sent < 260 * 1024 * 1024  # cut off soon after the limit, not read to the end
+    assert _files(g) == n
