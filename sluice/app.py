@@ -281,6 +281,7 @@ class Gateway:
         # issue 27: /v1/files and /v1/batches; every replica's runner resumes the batches in the store
         batches = Batches(store, data_plane, ledger, prices.nanos, max(body_limits), lambda ex: identify(ex, None))
         data_routes += batches.routes()
+        identities.on_retire.append(lambda ids: self._spawn(batches.retire(ids)))  # offboarding cancels their batches
         self._tasks.append(asyncio.get_running_loop().create_task(batches.runner.run(), name="batches"))
         data_routes.append(OpenApiEndpoint(data_plane.authenticate, data_routes).route)  # documents every route above
         # one server per listener, all on the same routes; a named one hands its gate to every request it takes

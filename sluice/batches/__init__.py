@@ -3,14 +3,19 @@ a file's lines through the data plane as their owner, resumed by any replica (fi
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
+
+from ..core import clock
 
 from .endpoints import Endpoints
 from .records import BatchRecords
 from .runner import Runner, request_id
 
 __all__ = ["Batches", "BatchRecords", "Endpoints", "Runner", "request_id"]
+
+log = logging.getLogger("sluice.batches")
 
 
 class Batches:
@@ -27,3 +32,11 @@ class Batches:
 
     def routes(self) -> list[tuple[str, str, object]]:
         return self.endpoints.routes()
+
+    async def retire(self, identity_ids: list[str]) -> None:
+        """Identities disabled or offboarded: their unfinished batches are cancelled (no new line starts)."""
+        try:
+            for batch_id in await self.runner.records.cancel_of(identity_ids, clock.now()):
+                self.runner.stop(batch_id)
+        except Exception as exc:  # the owner's lines fail authentication anyway; this only saves running them
+            log.warning("batches of retired identities not cancelled: %s", type(exc).__name__)

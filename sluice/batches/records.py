@@ -195,6 +195,18 @@ class BatchRecords(TableQueries):
             return done.rowcount == 1
 
     @_guarded
+    async def cancel_of(self, identity_ids: list[str], now: float) -> list[str]:
+        """Cancel every unfinished batch of these identities (they were disabled or offboarded): their ids."""
+        c = batches.c
+        mine = (c.identity_id.in_(identity_ids), c.status.in_(("validating", "in_progress")))
+        async with self.engine.begin() as conn:
+            ids = [r.id for r in await conn.execute(select(c.id).where(*mine))]
+            if ids:
+                await conn.execute(update(batches).where(c.id.in_(ids), *mine)
+                                   .values(status="cancelling", cancelling_at=now))
+            return ids
+
+    @_guarded
     async def counts(self, batch_id: str) -> dict[str, int]:
         """Lines per state (pending, ok, error)."""
         c = batch_lines.c

@@ -32,7 +32,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Sim
     g = start_gateway(
         tmp, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}], models=MODELS,
         identities=[{"name": "app", "owner": "a@example.com", "models": ["sim-small", "sim-embed", "sim-cap"]},
-                    {"name": "other", "owner": "b@example.com", "models": ["sim-small", "sim-embed"]}])
+                    {"name": "other", "owner": "b@example.com", "models": ["sim-small", "sim-embed"]},
+                    {"name": "leaver", "owner": "c@example.com", "models": ["sim-small"]}])
     yield g, sim
     g.stop()
     sim.stop()
@@ -292,3 +293,26 @@ def test_a_chunked_upload_past_200_mb_is_refused_as_it_streams_and_leaves_nothin
     assert head.startswith("HTTP/1.1 413"), head[:200]
     assert sent < 260 * 1024 * 1024  # cut off soon after the limit, not read to the end
     assert _files(g) == n
+
+
+def test_disabling_the_owner_cancels_its_unfinished_batch(rig) -> None:
+    g, sim = rig
+    c = client(g, "leaver")
+    sim.faults(delay_ms=150)
+    try:
+        _, b = run_batch(c, [chat_line(i) for i in range(60)])
+        deadline = time.monotonic() + 30
+        while c.batches.retrieve(b.id).request_counts.completed < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        ident = next(i for i in g.admin("GET", "/admin/identities").json()["data"] if i["name"] == "leaver")
+        assert g.admin("DELETE", f"/admin/identities/{ident['id']}").status_code == 200
+        with sqlite3.connect(g.tmp / "sluice.db", timeout=30) as db:
+            deadline = time.monotonic() + 30
+            while (row := db.execute("SELECT status, completed, failed FROM batches WHERE id = ?",
+                                     (b.id,)).fetchone())[0] != "cancelled":
+                assert time.monotonic() < deadline, row
+                time.sleep(0.1)
+    finally:
+        sim.clear_faults()
+    assert row[1] + row[2] < 60  # the lines not started never ran
