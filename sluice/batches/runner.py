@@ -166,6 +166,10 @@ class Runner:
             except GatewayError as exc:
                 reply = Reply(exc.status, exc.rendered if exc.rendered is not None else _encode(error_body(exc)))
                 retry = exc.retry_after
+            except Exception:  # a fault of ours on this line fails the line, not the batch (nor loops on it)
+                log.exception("batch %s: line %s failed inside the gateway", batch_id, idx)
+                reply, retry = Reply(500, _encode(error_body(GatewayError(
+                    "The server had an error processing this request.", code="internal_error")))), None
             else:
                 retry = None
             if isinstance(reply, StreamReply):  # refused at create; a cached stream answer is closed unread
