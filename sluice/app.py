@@ -46,6 +46,7 @@ from .pipeline.stages import Guard
 from .store.guard_records import GuardRecords
 from .store.response_records import ResponseRecords
 from .memory import ResponseMemory, Vault
+from .batches import Batches
 from .mcp import Fanout, McpEndpoints, Streams, Subscriptions, Upstreams
 from .mcp.assembly import McpParts
 from .store import Store, open_store, usage_retention
@@ -278,6 +279,11 @@ class Gateway:
 
         mcp_endpoints.append(McpEndpoints(identify, mcp, c.mcp, parts.streams, self.mcp_fanout))
         data_routes += mcp_endpoints[0].routes()
+        # issue 27: /v1/files and /v1/batches; every replica's runner resumes the batches in the store
+        batches = Batches(store, data_plane, ledger, prices.nanos, max(body_limits), lambda ex: identify(ex, None))
+        data_routes += batches.routes()
+        identities.on_retire.append(lambda ids: self._spawn(batches.retire(ids)))  # offboarding cancels their batches
+        self._tasks.append(asyncio.get_running_loop().create_task(batches.runner.run(), name="batches"))
         data_routes.append(OpenApiEndpoint(data_plane.authenticate, data_routes).route)  # documents every route above
         # one server per listener, all on the same routes; a named one hands its gate to every request it takes
         self.data = [NativeListener(lst.name or "data", lst, data_routes, max_body_bytes=limit,

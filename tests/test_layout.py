@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "sluice"
-DOMAIN = {"core", "identity", "limits", "routing", "guard", "policy", "audit", "upstream", "telemetry", "memory", "cache"}
+DOMAIN = {"core", "identity", "limits", "routing", "guard", "policy", "audit", "upstream", "telemetry", "memory", "cache", "batches"}
 # package -> the packages of ours it may import (DESIGN.md's table)
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
     "store": {"core"}, "sim": {"core"}, "telemetry": {"core"}, "upstream": {"core"}, "guard": {"core"},
     "routing": {"core"}, "limits": {"core"}, "http": {"core"}, "wire": {"core"},
-    "identity": {"core", "store"}, "cache": {"core", "store"}, "audit": {"core", "store"}, "memory": {"core", "store"}, "workers": {"core", "telemetry"},
+    "identity": {"core", "store"}, "cache": {"core", "store"}, "audit": {"core", "store"}, "memory": {"core", "store"}, "batches": {"core", "store", "identity"}, "workers": {"core", "telemetry"},
     "mcp": {"core", "store", "guard", "identity", "upstream"},  # upstream: the connection pool of its HTTP client
     "policy": {"core", "store", "audit", "routing", "limits", "guard", "cache"},  # issue 27: the cache section's rules
     "pipeline": DOMAIN | {"wire"},  # the client APIs' adapters decode into, and encode out of, its one path

@@ -198,8 +198,8 @@ class Connection(Writes):
             req.chunked = True
         elif cl is not None:
             req.length = int(cl)  # llhttp has already refused anything but digits
-            if req.length > server.max_body:
-                req.error = req.error or too_large(server.max_body)
+            if req.length > server.max_body and req.length > self._body_limit(req):
+                req.error = req.error or too_large(req.max_body)
         expect = _get(hdrs, "expect")
         if expect is not None:
             if expect.lower() == "100-continue":
@@ -222,7 +222,7 @@ class Connection(Writes):
         assert req is not None
         req.size += len(body)
         limit = self._server.max_body
-        if req.size > limit:
+        if req.size > limit and req.size > (limit := self._body_limit(req)):
             req.body.clear()
             raise Refuse(too_large(limit))
         pieces = req.body
@@ -234,6 +234,17 @@ class Connection(Writes):
             # Tiny chunks (a chunked body of one-byte chunks) gather in one buffer: a bytes object
             # each would cost 40 times the body's size in memory.
             pieces.append(bytearray(body))
+
+    def _body_limit(self, req: ParsedRequest) -> int:
+        """Past the listener's body limit: the larger one of the route the request is for (a batch file upload),
+        asked once per request; the listener's own for every other route."""
+        if not req.max_body:
+            try:
+                handler, _ = self._server.router.resolve(req.method, req.url.split(b"?", 1)[0].decode("latin-1"))
+            except GatewayError:
+                handler = None
+            req.max_body = max(self._server.max_body, getattr(handler, "max_body", 0))
+        return req.max_body
 
     def on_message_complete(self) -> None:
         req = self._current

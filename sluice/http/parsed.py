@@ -12,7 +12,7 @@ class ParsedRequest:
     """A request whose head has been parsed; its body may still be arriving."""
 
     __slots__ = ("method", "url", "headers", "body", "size", "complete", "waiter", "error", "keep_alive",
-                 "expect", "chunked", "length", "head", "http10")
+                 "expect", "chunked", "length", "head", "http10", "max_body")
 
     def __init__(self, method: str, url: bytes, headers: Headers, keep_alive: bool, http10: bool = False) -> None:
         self.method = method
@@ -29,6 +29,7 @@ class ParsedRequest:
         self.length = -1
         self.head = method == "HEAD"
         self.http10 = http10
+        self.max_body = 0  # its route's own body limit once it was asked for (past the listener's)
 
     def wake(self) -> None:
         waiter = self.waiter

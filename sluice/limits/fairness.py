@@ -4,7 +4,9 @@ When a model's configured concurrency is saturated, waiting requests are admitte
 has been served the fewest tokens (each identity's counter is lifted to the smallest active
 counter when it starts waiting, so idling earns no credit), not first come first served:
 one heavy caller cannot starve the others. The queue is bounded and every wait has a
-deadline; past them, 429 or 503. The bound is shared fairly too: a caller that finds the
+deadline; past them, 429 or 503. Requests of the ``batch`` class (Batch API lines) yield to all
+others: they take a free slot only when nobody waits, queue apart, and get a released slot only
+when no other request waits for it; they wait without a deadline (their batch's window is theirs). The bound is shared fairly too: a caller that finds the
 queue full takes the place of the newest waiter of the caller holding the most places, as
 long as that caller holds at least two more, so each caller can always queue up to its
 fair share (``queue`` divided by the callers waiting), whoever filled the queue first.
@@ -46,10 +48,32 @@ class FairGate:
         self._served: dict[str, float] = {}  # the virtual token counters
         self._waiting: dict[str, deque[tuple[asyncio.Future, float]]] = {}  # per caller, oldest first
         self._queued = 0
+        self._batch: deque[tuple[asyncio.Future, str, float]] = deque()  # batch-class waiters, oldest first
 
     @property
     def queued(self) -> int:
         return self._queued
+
+    async def acquire_batch(self, identity: str, estimate: float) -> Slot:
+        """A slot for a batch line: free now only if nobody waits, else after every other waiter."""
+        if self._in_flight < self._cap.concurrency and not self._queued and not self._batch:
+            self._in_flight += 1
+            self._served[identity] = self._served.get(identity, 0.0) + estimate
+            return Slot(self, identity, estimate)
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        entry = (fut, identity, estimate)
+        self._batch.append(entry)
+        try:
+            await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if _granted(fut):
+                self.release(identity, -estimate)  # admitted, but the line was stopped
+            else:
+                fut.cancel()
+                if entry in self._batch:
+                    self._batch.remove(entry)
+            raise
+        return Slot(self, identity, estimate)
 
     async def acquire(self, identity: str, estimate: float) -> Slot:
         if self._in_flight < self._cap.concurrency and not self._queued:
@@ -110,6 +134,11 @@ class FairGate:
     def release(self, identity: str, correction: float) -> None:
         self._served[identity] = self._served.get(identity, 0.0) + correction
         backlogged = list(self._waiting)  # only callers with someone waiting have a line
+        if not backlogged and self._batch:  # nobody else waits: the oldest batch line takes the slot
+            fut, who, estimate = self._batch.popleft()
+            self._served[who] = self._served.get(who, 0.0) + estimate
+            fut.set_result(None)
+            return
         if not backlogged:
             self._in_flight -= 1
             if len(self._served) > 10_000:
@@ -151,6 +180,8 @@ class Admission:
         self._gates = {name: gate if (gate := self._gates.get(name)) is not None and gate._cap == cap
                        else FairGate(cap) for name, cap in capacities.items()}
 
-    async def acquire(self, model: str, identity: str, estimate: float) -> Slot | None:
+    async def acquire(self, model: str, identity: str, estimate: float, batch: bool = False) -> Slot | None:
         gate = self._gates.get(model)
-        return None if gate is None else await gate.acquire(identity, estimate)
+        if gate is None:
+            return None
+        return await (gate.acquire_batch if batch else gate.acquire)(identity, estimate)

@@ -22,6 +22,7 @@ from ..core.wire import ChatCompletionRequest, CompletionRequest, EmbeddingReque
 from ..identity.exchange import ACCESS_TOKEN, GRANT, ID_TOKEN, JWT
 from ..wire.anthropic import CountTokensRequest, MessagesRequest
 from ..wire.responses import ResponsesRequest
+from ..batches.endpoints import CreateBatch
 from .context import RequestContext
 from .endpoints import Stage
 
@@ -244,6 +245,26 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/v1/responses/{response_id}/input_items"): Operation(
         "listInputItems", "The input items of a stored response of the caller's (`limit`, `order`, `after`).",
         {JSON_TYPE: _OBJECT}, (*_STORED, 400)),
+    ("POST", "/v1/files"): Operation(
+        "createFile", "Upload a batch input file (multipart: `purpose=batch`, `file`: JSONL, at most 200 MB).",
+        {JSON_TYPE: _OBJECT}, (*_AUTH, 400, 413, 415)),
+    ("GET", "/v1/files"): Operation("listFiles", "The caller's files (`limit`, `after`, `purpose`).",
+                                    {JSON_TYPE: _OBJECT}, (*_AUTH, 400)),
+    ("GET", "/v1/files/{file_id}"): Operation("retrieveFile", "A file of the caller's.", {JSON_TYPE: _OBJECT}, _STORED),
+    ("DELETE", "/v1/files/{file_id}"): Operation("deleteFile", "Delete a file of the caller's.", {JSON_TYPE: _OBJECT},
+                                                 _STORED),
+    ("GET", "/v1/files/{file_id}/content"): Operation(
+        "downloadFile", "The bytes of a file of the caller's.", {"application/octet-stream": {"type": "string"}},
+        _STORED),
+    ("POST", "/v1/batches"): Operation(
+        "createBatch", "Run an uploaded file's lines through the gateway as the caller, within 24 h.",
+        {JSON_TYPE: _OBJECT}, (*_AUTH, 400, 404, 413, 415), CreateBatch),
+    ("GET", "/v1/batches"): Operation("listBatches", "The caller's batches (`limit`, `after`).", {JSON_TYPE: _OBJECT},
+                                      (*_AUTH, 400)),
+    ("GET", "/v1/batches/{batch_id}"): Operation("retrieveBatch", "A batch of the caller's.", {JSON_TYPE: _OBJECT},
+                                                 _STORED),
+    ("POST", "/v1/batches/{batch_id}/cancel"): Operation(
+        "cancelBatch", "Stop a batch of the caller's from starting new lines.", {JSON_TYPE: _OBJECT}, _STORED),
     ("GET", "/v1/models"): Operation("listModels", "The models the caller may use.", {JSON_TYPE: ModelList}),
     ("POST", "/v1/token"): Operation(
         "exchangeToken", "Token exchange (RFC 8693); the credential is in the body.", {JSON_TYPE: AccessToken},

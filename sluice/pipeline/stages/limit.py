@@ -74,7 +74,9 @@ class Admit:
             estimate = r.amounts[INPUT] + r.amounts[OUTPUT]
         else:
             estimate = float(ctx.prompt_estimate() + output_tokens(ctx.request, self._cap))
-        ctx.slot = await self._admission.acquire(ctx.target.model, ctx.principal.identity_id, estimate)  # type: ignore[union-attr]
+        # a credential may carry a priority class: a batch line's (sluice.batches.BatchOwner) yields to the others
+        batch = getattr(ctx.exchange.peer_cert, "priority", None) == "batch"
+        ctx.slot = await self._admission.acquire(ctx.target.model, ctx.principal.identity_id, estimate, batch)  # type: ignore[union-attr]
 
 
 class Settle:
