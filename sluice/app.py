@@ -186,7 +186,8 @@ class Gateway:
         self.prices = prices = PriceTable(c.prices)
         fold = RecordFold(metrics, prices.nanos, masker=masker, log_requests=c.telemetry.request_log)
         self.ledger = ledger = UsageLedger(c.usage, metrics, store.write_usage, store.touch_keys, registry.take_last_used,
-                                           fold, spill=SpillFile(c.lifecycle.spill_dir), spill_after=c.lifecycle.spill_after)
+                                           fold, spill=SpillFile(c.lifecycle.spill_dir), spill_after=c.lifecycle.spill_after,
+                                           batch_size=cfgmod.usage_batch(c.usage, c.store.url))
         ledger.start()
         self._tasks.append(asyncio.get_running_loop().create_task(every(30.0, keyring.maintain), name="keyring"))
         self._tasks.append(asyncio.get_running_loop().create_task(self._watch_outage(registry), name="outage-grace"))

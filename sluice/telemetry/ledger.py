@@ -27,8 +27,9 @@ class UsageLedger:
 
     def __init__(self, cfg: Usage, metrics: Metrics, write: WriteUsage, touch: TouchKeys, take_last_used: TakeLastUsed,
                  fold: Callable[[list[UsageRecord]], None] | None = None,
-                 spill: SpillFile | None = None, spill_after: int = 50_000) -> None:
+                 spill: SpillFile | None = None, spill_after: int = 50_000, batch_size: int = 500) -> None:
         self._cfg = cfg
+        self._batch = batch_size  # records per write (``config.usage_batch``: by the store, unless configured)
         self._metrics = metrics
         self._fold = fold or metrics.observe  # price, observe, log (telemetry/fold.py)
         self._write = write
@@ -81,7 +82,7 @@ class UsageLedger:
             await self._fold_in_slices()
             try:
                 while self._unwritten:
-                    batch = self._unwritten[: self._cfg.batch_size]
+                    batch = self._unwritten[: self._batch]
                     await self._write(batch)
                     del self._unwritten[: len(batch)]
                     await asyncio.sleep(0)
@@ -133,8 +134,8 @@ class UsageLedger:
         assert spill is not None
         loop = asyncio.get_running_loop()
         records = await loop.run_in_executor(None, spill.read)
-        for i in range(0, len(records), self._cfg.batch_size):
-            await self._write(records[i: i + self._cfg.batch_size])
+        for i in range(0, len(records), self._batch):
+            await self._write(records[i: i + self._batch])
             await asyncio.sleep(0)
         await loop.run_in_executor(None, spill.clear)
         log.info("usage: wrote %d records from the spill file %s", len(records), spill.path.name)
