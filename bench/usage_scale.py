@@ -1,7 +1,7 @@
 """Issue 29's acceptance at production volume: the usage readers over a month of rows on Postgres, and the
 ledger's writes while a day's partition is exported and dropped.
 
-    .venv/bin/python bench/usage_scale.py [--rows 1M|10M|100M] [--keep] [--reuse] [--batch 500]
+    .venv/bin/python bench/usage_scale.py [--rows 1M|10M|100M] [--keep] [--reuse] [--batch 5000]
                                           [--skip readers,writes] [--json FILE]
 
 Makes a throwaway database (``sluice_hist`` beside SLUICE_PG_URL's, default the machine's ``test``), lets
@@ -11,7 +11,7 @@ checks one day's rollups against its raw rows, then against a real ``sluice serv
 every ``by=`` of the summary over the last 30 days (``since`` = now - 30 days, ends not on a minute, so
 the raw rows of the minute at each end are read too), the old per-identity-and-model summary, chargeback
 as CSV and of one key, and the dashboard page (one server-rendered page: all its data is read for that
-one request). Then the ledger's writer (``SqlStore.write_usage``, batches of 500 one after another as
+one request). Then the ledger's writer (``SqlStore.write_usage``, batches of 5,000 (``usage.batch_size``'s default on Postgres) one after another as
 ``UsageLedger`` sends them, records made beforehand) for ``--write-s`` seconds alone and while
 ``UsageRetention.run`` (from 1 s before it starts to its end) exports the oldest day (in its child process,
 gzip JSON lines) and drops its partition: rows/s, the longest batch, and CPU per row of this process and of
@@ -49,7 +49,7 @@ ADMIN = "sla_" + "a" * 36
 BYS = ("identity", "key", "team", "model", "route", "api", "day")
 SIZES = {"1M": 1_000_000, "10M": 10_000_000, "100M": 100_000_000}
 LIMITS = {"summary": 200.0, "chargeback": 200.0, "dashboard": 500.0}
-BATCHES = [500]  # rows per ledger batch: usage.batch_size's default (--batch)
+BATCHES = [5_000]  # rows per ledger batch: usage.batch_size's default on Postgres (--batch)
 
 
 def loadavg() -> str:
@@ -197,7 +197,7 @@ def main() -> None:
     ap.add_argument("--write-s", type=float, default=20.0)
     ap.add_argument("--skip", default="", help="comma-separated: readers, writes")
     ap.add_argument("--json", help="also write the results to this file (bench/scale.py's usage-history row)")
-    ap.add_argument("--batch", type=int, default=500, help="rows per ledger batch (usage.batch_size; default 500)")
+    ap.add_argument("--batch", type=int, default=5_000, help="rows per ledger batch (usage.batch_size; its default on Postgres: 5,000)")
     ap.add_argument("--jobs", type=int, default=2, help="loader connections (a day each at a time)")
     a = ap.parse_args()
     rows = SIZES.get(a.rows) or int(a.rows)

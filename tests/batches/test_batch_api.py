@@ -79,6 +79,16 @@ def run_batch(c: openai.OpenAI, lines: list[dict], endpoint: str = "/v1/chat/com
     return f, b
 
 
+def running(c: openai.OpenAI, lines: list[dict], answered: int, timeout: float = 30.0):
+    """A batch of ``lines`` started and under way: at least ``answered`` of them done (a slow sim keeps the rest)."""
+    _, b = run_batch(c, lines)
+    deadline = time.monotonic() + timeout
+    while c.batches.retrieve(b.id).request_counts.completed < answered:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return b
+
+
 def test_chat_lines_run_through_the_whole_flow_and_each_is_answered_once(rig) -> None:
     g, _ = rig
     c = client(g)
@@ -168,11 +178,7 @@ def test_cancel_stops_new_lines_and_keeps_what_was_answered(rig) -> None:
     c = client(g)
     sim.faults(delay_ms=150)
     try:
-        _, b = run_batch(c, [chat_line(i) for i in range(80)])
-        deadline = time.monotonic() + 30
-        while c.batches.retrieve(b.id).request_counts.completed < 8:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        b = running(c, [chat_line(i) for i in range(80)], 8)
         cancelling = c.batches.cancel(b.id)
         assert cancelling.status == "cancelling" and cancelling.cancelling_at
         at_cancel = cancelling.request_counts.completed
@@ -236,11 +242,7 @@ def test_batch_lines_yield_to_the_owners_interactive_calls_at_a_models_capacity(
     c = client(g)
     sim.faults(delay_ms=300)
     try:  # one call at a time to sim-cap: the batch's other lines wait in the fair queue, behind interactive ones
-        _, b = run_batch(c, [chat_line(i, model="sim-cap") for i in range(12)])
-        deadline = time.monotonic() + 30
-        while c.batches.retrieve(b.id).request_counts.completed < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        b = running(c, [chat_line(i, model="sim-cap") for i in range(12)], 1)
         t0 = time.monotonic()
         c.chat.completions.create(model="sim-cap", messages=[{"role": "user", "content": "now"}], max_tokens=2)
         took = time.monotonic() - t0
@@ -258,11 +260,7 @@ def test_a_batch_past_its_window_expires_with_its_unrun_lines_in_the_error_file(
     c = client(g)
     sim.faults(delay_ms=150)
     try:
-        _, b = run_batch(c, [chat_line(i) for i in range(60)])
-        deadline = time.monotonic() + 30
-        while c.batches.retrieve(b.id).request_counts.completed < 4:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        b = running(c, [chat_line(i) for i in range(60)], 4)
         with sqlite3.connect(g.tmp / "sluice.db", timeout=30) as db:  # its 24 h are up (as the runner reads them)
             db.execute("UPDATE batches SET expires_at = ? WHERE id = ?", (time.time() - 1, b.id))
         done = wait_done(c, b.id)
@@ -300,11 +298,7 @@ def test_disabling_the_owner_cancels_its_unfinished_batch(rig) -> None:
     c = client(g, "leaver")
     sim.faults(delay_ms=150)
     try:
-        _, b = run_batch(c, [chat_line(i) for i in range(60)])
-        deadline = time.monotonic() + 30
-        while c.batches.retrieve(b.id).request_counts.completed < 4:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        b = running(c, [chat_line(i) for i in range(60)], 4)
         ident = next(i for i in g.admin("GET", "/admin/identities").json()["data"] if i["name"] == "leaver")
         assert g.admin("DELETE", f"/admin/identities/{ident['id']}").status_code == 200
         with sqlite3.connect(g.tmp / "sluice.db", timeout=30) as db:
