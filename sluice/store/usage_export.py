@@ -190,6 +190,7 @@ def _child(argv: list[str]) -> int:
     from .sql import SqlStore
 
     out, upto = argv[0], int(argv[1]) if argv[1] else None
+    os.nice(10)  # background work: on a busy machine the gateway (its ledger's writer, its requests) comes first
 
     async def run() -> None:
         store = SqlStore(os.environ[_URL_ENV])
