@@ -78,6 +78,9 @@ def model_member(block: bytes) -> tuple[int, int, int] | None:
 def renamed(body: bytes, name: bytes) -> bytes:
     """A whole reply whose ``model`` is ``name`` (a JSON string): the caller's name for the model, not the
     upstream's. One search and, only when the names differ, one copy; never a decode."""
+    at = body.find(b'"model"')
+    if at < 0 or body.startswith(b":" + name, at + 7):  # none, or the upstream's own: no regex (the usual reply)
+        return body
     got = model_member(body)
     if got is None or body[got[1]:got[2]] == name:
         return body

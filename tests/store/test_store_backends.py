@@ -364,6 +364,26 @@ async def test_usage_rows_round_trip_every_field_and_a_replayed_batch_counts_onc
     assert sum(s.requests for s in await store.summarize_usage()) == 50
 
 
+async def test_unset_usage_fields_are_stored_as_null_and_flags_as_integers_on_sqlite(tmp_path: Path) -> None:
+    """The SQLite writer's adapters for None and bool (usage_rows.py: they skip sqlite3's costly adapter protocol)
+    bind what sqlite3 bound without them: NULL, never a text 'None'; 1 and 0."""
+    import sqlite3
+
+    s = SqlStore(f"sqlite:///{tmp_path}/store.db")
+    await s.open()
+    try:
+        await s.write_usage([UsageRecord(request_id=f"r{n}", ts=1.0 + n, identity_id=None, key_id=None, endpoint="e",
+                                         model=None, upstream=None, status=200, stream=bool(n)) for n in range(2)])
+        assert [r.model for r in await s.list_usage()] == [None, None]
+    finally:
+        await s.close()
+    db = sqlite3.connect(f"{tmp_path}/store.db")
+    got = db.execute("SELECT typeof(model), typeof(ttft_ms), typeof(listener), stream, typeof(stream) FROM usage "
+                     "ORDER BY request_id").fetchall()
+    db.close()
+    assert got == [("null", "null", "null", 0, "integer"), ("null", "null", "null", 1, "integer")]
+
+
 async def test_usage_rows_keep_being_written_past_two_to_the_31(pg_url: str) -> None:
     """A 32-bit row sequence would stop the ledger after 2,147,483,647 requests (migration 0011)."""
     s = SqlStore(pg_url)

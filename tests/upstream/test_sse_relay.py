@@ -117,6 +117,11 @@ def test_the_model_member_is_the_key_never_a_value_or_text_and_is_renamed_in_eve
     assert model_member(b'{"model": null}') is None and renamed(b'{"a":1}', b'"m"') == b'{"a":1}'
     same = b'{"model":"m","x":1}'
     assert renamed(same, b'"m"') is same  # the names agree: no copy
+    # the names agree only when the whole string does: a longer upstream name that starts with the caller's is renamed
+    assert renamed(b'{"model":"m-2","x":1}', b'"m"') == b'{"model":"m","x":1}'
+    assert renamed(b'{"model":"m\\"}', b'"m\\"') == b'{"model":"m\\"}'
+    assert renamed(b'{"object":"model","model":"m-2"}', b'"m"') == b'{"object":"model","model":"m"}'
+    assert renamed(b'{"model" : "m-2"}', b'"m"') == b'{"model" : "m"}'
     chunks = [event({"id": "c", "model": "upstream-name", "choices": [{"index": 0, "delta": {"content": f"model{i}"}}]})
               for i in range(4)]
     usage = event({"id": "c", "model": "upstream-name", "choices": [],
