@@ -292,7 +292,7 @@ class Gateway:
                                     served=None if lst.name is None else Served(lst.name, lst.serves))
                      for i, (lst, limit) in enumerate(zip(c.listeners, body_limits))]
         for i, (lst, data) in enumerate(zip(c.listeners, self.data)):
-            data.peer_cert = edge.peer_certs(lst, federation, self.tls, setting(c, i, "tls.client_certs"))
+            data.peer_cert = edge.peer_certs(lst, federation, self.tls)
         if self.slot.control:
             self.control = Listener("control", c.control_plane.host, c.control_plane.port,
                                     admin.routes() + health + [("GET", "/metrics", metrics_handler)] + dashboard.public_routes(),

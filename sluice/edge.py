@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 from .core import config as cfgmod
-from .core.errors import ConfigError
 from .core.listener_config import tls_refused
 from .http.tls import Refused, ServerTls, at_setting, check_plane
 from .identity import CertificateIdentities, Federation
@@ -33,20 +32,17 @@ def server_tls(gw: Any, plane: str, listener: cfgmod.Listener, index: int | None
     return tls.context
 
 
-def peer_certs(listener: cfgmod.Listener, federation: Federation, live: list[ServerTls],
-               where: str) -> Callable[[ssl.SSLObject | None], object] | None:
+def peer_certs(listener: cfgmod.Listener, federation: Federation, live: list[ServerTls]
+               ) -> Callable[[ssl.SSLObject | None], object] | None:
     """mTLS on a data-plane listener: what a connection's client certificate maps to (``identity.certs``),
-    by the listener's ``client_certs`` rules, then those of the federation issuers it names. ``where``: the
-    listener's ``client_certs`` setting, as an error names it (``data_plane[1].tls.client_certs``)."""
+    by the listener's ``client_certs`` rules, then those of the federation issuers it names (each one the config
+    declares: ``core.listener_config.check_listeners`` refuses a config naming another)."""
     cc = listener.tls.client_certs if listener.tls is not None else None
     if cc is None:
         return None
     rules = list(cc.rules)
-    for i, name in enumerate(cc.federation):
-        more = federation.rules_of(name)
-        if more is None:
-            raise ConfigError(f"no federation issuer is named {name!r} - at `$.{where}.federation[{i}]`")
-        rules += more
+    for name in cc.federation:
+        rules += federation.rules_of(name) or ()
     tls = next(t for t in live if t.cfg is listener.tls)
     mapping = CertificateIdentities(rules) if rules else None  # none: a certificate only admits its caller
 

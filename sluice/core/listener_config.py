@@ -45,6 +45,7 @@ def check_listeners(config: Config) -> None:
         raise msgspec.ValidationError("at least one listener is needed - at `$.data_plane`")
     names: set[str] = set()
     taken: list[tuple[str, str, int]] = [("control_plane", config.control_plane.host, config.control_plane.port)]
+    issuers = {f.name for f in config.federation}  # what a listener's client_certs.federation may name
     for i, lst in enumerate(listeners):
         at = f"$.data_plane[{i}]" if many else "$.data_plane"
         if many and lst.name is None:
@@ -62,7 +63,6 @@ def check_listeners(config: Config) -> None:
                     f"{lst.host}:{lst.port} is taken by {whose}; every listener needs an address of its own - at `{at}.port`")
         taken.append((lst.name or "data_plane", lst.host, lst.port))
         cc = lst.tls.client_certs if lst.tls is not None else None
-        issuers = {f.name for f in config.federation}
         for j, name in enumerate(cc.federation if cc is not None else ()):
             if name not in issuers:  # as `serve` refuses it, so `sluice config check` says so too
                 raise msgspec.ValidationError(f"no federation issuer is named {name!r} - at `{at}.tls.client_certs.federation[{j}]`")
