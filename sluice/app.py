@@ -27,7 +27,7 @@ from .core.mcp_config import McpPolicy
 from .core.errors import ConfigError, ListenError
 from .core.exchange import Exchange, Reply
 from .core.wire import extra_params
-from .core.lifecycle import every, ignore_stop_signals, raise_open_file_limit
+from .core.lifecycle import every, ignore_stop_signals, raise_open_file_limit, stop_task
 from .http import Listener, NativeListener
 from .http.tls import ServerTls
 from .limits import Admission, AnomalyGuard, Limiter, PriceTable, Throttle, build_backend, warm
@@ -408,9 +408,11 @@ class Gateway:
     async def stop(self) -> None:
         """Graceful: stop taking requests, finish those in flight, flush usage, close everything.
         Each step is timed; one that is slow is named in the log, so a stop that overran its grace says why."""
-        for task in self._tasks:
-            task.cancel()
+        tasks, self._tasks = self._tasks, []
         steps: list[tuple[str, Callable[[], Awaitable[object]] | None]] = [
+            # ended, not only cancelled, before what they use closes: a task cancelled mid-query whose connection
+            # was still closing when the store closed left the process hanging in asyncio's last cancel
+            ("background tasks", (lambda: asyncio.gather(*map(stop_task, tasks))) if tasks else None),
             ("identity sync", self.identity_sync.stop if self.identity_sync is not None else None),
             ("mcp streams", self.mcp_streams.close if self.mcp_streams is not None else None),  # before the drain
             ("data plane drain", (lambda: asyncio.gather(*(d.stop() for d in self.data))) if self.data else None),

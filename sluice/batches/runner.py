@@ -23,6 +23,7 @@ import msgspec
 from ..core import clock
 from ..core.errors import GatewayError, error_body
 from ..core.exchange import Exchange, Reply, StreamReply
+from ..core.lifecycle import stop_task
 from ..core.types import UsageRecord
 from ..store.leases import Leases
 from .owner import BatchOwner
@@ -83,9 +84,8 @@ class Runner:
                     await asyncio.wait_for(self.wake.wait(), self.poll_s)
                 except asyncio.TimeoutError:
                     pass
-        finally:
-            for task in list(self._driving.values()):
-                task.cancel()
+        finally:  # the batches driven here end before the runner does (the gateway closes the store after)
+            await asyncio.gather(*map(stop_task, list(self._driving.values())))
 
     def stop(self, batch_id: str) -> None:
         """A batch cancelled through this replica: if it runs here, no new line starts from now (another replica
