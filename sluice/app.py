@@ -125,6 +125,15 @@ class Gateway:
         return out
 
     async def start(self) -> None:
+        """Build everything and listen. A start that fails (a port taken) ends what it had begun before raising:
+        a background task left running then died mid-query as the loop closed (a traceback, or a hang)."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         c = self.config
         masker = configure(c.logging.level, c.logging.format, self.secrets())
         pepper = load_pepper(c.security)
@@ -449,11 +458,7 @@ async def serve_until_signalled(gateway: Gateway, config_path: str | None = None
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, gateway.reload, config_path)
-    try:
-        await gateway.start()
-    except BaseException:
-        await gateway.stop()
-        raise
+    await gateway.start()
     gateway.slot.announce_ready()
     try:
         await stop.wait()
