@@ -193,12 +193,18 @@ def test_a_hundred_identical_streams_through_the_sdk_make_one_upstream_call_and_
             return "".join([ch.choices[0].delta.content or "" async for ch in out if ch.choices])
 
         first = asyncio.ensure_future(one(0))
-        await asyncio.sleep(0.5)  # the first is streaming by now (its answer takes ~2 s)
+        await asyncio.sleep(0.3)  # the first is upstream by now, and stays in flight ~3 s more
         got = await asyncio.gather(first, *(one(i) for i in range(1, n)))
         await http.aclose()
         return got
 
-    texts = asyncio.run(go())
+    # The leader's first token is held 3 s, so the 99 others (new connections, under a loaded test run) all
+    # join it in flight; with only its ~2 s of decoding, a slow machine saw them come after it was stored.
+    sim.faults(first_token_delay_ms=3000)
+    try:
+        texts = asyncio.run(go())
+    finally:
+        sim.clear_faults()
     assert chats(sim) - before == 1  # the sim's own count: one upstream call for all of them
     assert len(texts) == n and len(set(texts)) == 1 and texts[0]
     rows = [r for r in usage_rows(g, since, n) if r["status"] == 200]
