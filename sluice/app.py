@@ -240,7 +240,7 @@ class Gateway:
                                max_tokens_cap=c.limits.max_tokens_cap, over_cap=c.limits.over_cap,
                                admission=Admission({m.name: m.capacity for m in c.models if m.capacity}),
                                extra_params={m: extra_params(p) for m, p in cfgmod.model_extra_params(c).items()},
-                               tracer=self.tracer, cache=cache, embed_batches=embed_batchers(c.upstreams, deployments),
+                               tracer=self.tracer, cache=cache, embed_batches=embed_batchers(c.upstreams, deployments, metrics.embeddings_call),
                                memory=ResponseMemory(ResponseRecords(store), Vault(pepper), c.responses))  # type: ignore[arg-type]
         probes = Probes(self)
         health = [("GET", "/healthz", probes.healthz), ("GET", "/readyz", probes.readyz)]

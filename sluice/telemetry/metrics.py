@@ -59,6 +59,10 @@ class Metrics:
         self.mcp_latency = Histogram("sluice_mcp_call_duration_seconds", "MCP tool calls' time in sluice and upstream, "
                                      "by server and decision.", ["server", "decision"], buckets=_LATENCY_BUCKETS, registry=r)
         self._mcp_children: dict[tuple[str, str, str], tuple] = {}
+        # embeddings micro-batching (issue 27): one observation per upstream call, of the requests it carried
+        self.embed_batches = Histogram("sluice_embeddings_batch_requests", "Embeddings requests per upstream call of a "
+                                       "batching upstream, by upstream (count: calls; sum: requests).", ["upstream"],
+                                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
         # by caller and route, spend, TPOT, limit decisions, breakers, process memory (issue 13)
         # Read at scrape time, not from counters: breaker state, upstream health, this process's memory.
         # Kept apart so that under --workers (multiprocess mode) the scrape still shows them.
@@ -117,6 +121,10 @@ class Metrics:
                 self._mcp_children[key] = c
         c[0].inc()
         c[1].observe(seconds)
+
+    def embeddings_call(self, upstream: str, requests: int) -> None:
+        """A batching upstream was called with ``requests`` callers' embeddings (1: one that went alone)."""
+        self.embed_batches.labels(upstream).observe(requests)
 
     def limit_event(self, kind: str, label: str) -> None:
         self.limit_events.labels(kind, label[:128]).inc()

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -93,10 +93,12 @@ class _Batch:
 class EmbedBatcher:
     """Gathers one replica's embeddings requests for ``batch_window_ms`` and sends each batch as one call."""
 
-    __slots__ = ("_transport", "_window", "_max_inputs", "_max_tokens", "_open", "_tasks")
+    __slots__ = ("_transport", "_window", "_max_inputs", "_max_tokens", "_open", "_tasks", "_calls")
 
-    def __init__(self, transport: Transport, settings: EmbeddingsBatching) -> None:
+    def __init__(self, transport: Transport, settings: EmbeddingsBatching,
+                 calls: Callable[[int], None] = lambda _n: None) -> None:
         self._transport = transport
+        self._calls = calls  # told of each upstream call and how many callers it carried (the metrics)
         self._window = settings.batch_window_ms / 1000.0
         self._max_inputs = settings.max_batch_inputs
         self._max_tokens = settings.max_batch_tokens
@@ -107,10 +109,12 @@ class EmbedBatcher:
         """This caller's answer, as ``Transport.send`` gives it: from a batch, or alone."""
         parsed = _parse(body)
         if parsed is None:
+            self._calls(1)
             return await self._transport.send(path, body)
         head, kind, items = parsed
         n = len(items)
         if n >= self._max_inputs or weight >= self._max_tokens:  # a batch by itself
+            self._calls(1)
             return await self._transport.send(path, body)
         key = (path, kind, _encode(head))
         batch = self._open.get(key)
@@ -148,6 +152,7 @@ class EmbedBatcher:
                 return
             body = _encode({**batch.head, "input": msgspec.Raw(b"[" + b",".join(i for m in members for i in m.items)
                                                                 + b"]")})
+            self._calls(len(members))
             try:
                 reply = await self._transport.send(batch.path, body)
             except GatewayError as exc:
@@ -176,6 +181,7 @@ class EmbedBatcher:
                 raise
 
     async def _alone(self, path: str, member: _Member) -> None:
+        self._calls(1)
         try:
             reply = await self._transport.send(path, member.body)
         except GatewayError as exc:
@@ -264,11 +270,14 @@ def shares(total: int, weights: Sequence[int], inputs: Sequence[int]) -> tuple[l
     return parts, False
 
 
-def batchers(upstreams: Sequence[Upstream], deployments: Mapping[str, Any]) -> dict[Transport, EmbedBatcher]:
-    """A batcher per replica of every upstream with ``embeddings_batching`` (empty: none batches)."""
+def batchers(upstreams: Sequence[Upstream], deployments: Mapping[str, Any],
+             calls: Callable[[str, int], None] = lambda _u, _n: None) -> dict[Transport, EmbedBatcher]:
+    """A batcher per replica of every upstream with ``embeddings_batching`` (empty: none batches); ``calls`` is
+    told of each call to it (the upstream's name, the callers it carried)."""
     out: dict[Transport, EmbedBatcher] = {}
     for u in upstreams:
         if u.embeddings_batching is not None:
             for replica in deployments[u.name].replicas:
-                out[replica.transport] = EmbedBatcher(replica.transport, u.embeddings_batching)
+                out[replica.transport] = EmbedBatcher(replica.transport, u.embeddings_batching,
+                                                      lambda n, name=u.name: calls(name, n))
     return out

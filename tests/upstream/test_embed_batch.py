@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import sluice.sim
 from support import Gateway, Sim, start_gateway, usage_rows
@@ -99,6 +100,24 @@ def test_sixty_four_callers_at_once_make_five_times_fewer_upstream_calls_each_ex
     sources = [rows[rid]["usage_source"] for _, _, rid in got]
     assert set(sources) <= {"batched", "upstream"} and sources.count("batched") >= C - made, sources
     assert sum(t for _, t, _ in got) == sim.stats()["prompt_tokens"] - tokens_before
+
+
+def batch_metric(g: Gateway) -> tuple[float, float]:
+    """``sluice_embeddings_batch_requests`` of the batching upstream: (upstream calls, callers they carried)."""
+    text = httpx.get(g.admin_url + "/metrics").text
+    got = {s.name: s.value for f in text_string_to_metric_families(text) if f.name == "sluice_embeddings_batch_requests"
+           for s in f.samples if s.labels.get("upstream") == "batched"}
+    return got.get("sluice_embeddings_batch_requests_count", 0.0), got.get("sluice_embeddings_batch_requests_sum", 0.0)
+
+
+def test_the_metrics_count_every_upstream_call_of_a_batching_upstream_and_the_callers_it_carried(rig):
+    g, sim = rig
+    (calls_before, carried_before), sim_before = batch_metric(g), calls(sim)
+    got = asyncio.run(crowd(g, "e-batch", [caller_input(i) for i in range(C)]))
+    assert not [e for e in got if isinstance(e, BaseException)]
+    made, carried = (a - b for a, b in zip(batch_metric(g), (calls_before, carried_before)))
+    assert made == calls(sim) - sim_before and made * 5 <= C  # one observation per upstream call, batched or alone
+    assert carried == C  # every caller counted once, in the call that carried it
 
 
 def test_token_arrays_are_batched_too_and_counted_exactly_without_a_tokenizer(rig):
