@@ -61,6 +61,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     asyncio.run(drop_pg_database(url))
 
 
+@pytest.mark.timeout(300)  # three gateways start in it
 def test_an_entry_stored_through_one_replica_is_a_semantic_hit_on_the_other(rig):
     a, b = rig["replica"](), rig["replica"]()
     system = f"Shared by replicas {uuid.uuid4().hex[:6]}."
