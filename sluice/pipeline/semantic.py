@@ -13,6 +13,7 @@ leaves the request a plain miss: it is answered by the model, never failed by th
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
@@ -97,7 +98,10 @@ class Semantic:
         """The unit vector of ``text`` by ``model``, asked as the caller; None when it could not be had."""
         ex = ctx.exchange
         body = _encode({"model": model, "input": text})
-        call = Exchange("POST", "/v1/embeddings", {}, {}, {}, body, ex.peer, ex.request_id + ".e",
+        rid = ex.request_id  # the embedding's usage row: the request's id and ``.e`` (ids are at most 64 characters)
+        if len(rid) > 62:
+            rid = rid[:50] + hashlib.blake2b(rid.encode(), digest_size=6).hexdigest()
+        call = Exchange("POST", "/v1/embeddings", {}, {}, {}, body, ex.peer, rid + ".e",
                         Caller(ctx.principal, getattr(ex.peer_cert, "priority", None)), ex.listener)
         try:
             reply = await self.handler(call)
