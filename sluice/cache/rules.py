@@ -33,8 +33,9 @@ class Rule:
         self.several = spec.several
         self.charge_nanos = round(spec.charge * NANOS)
         self.count_tokens = spec.count_tokens
-        # mode `semantic`: (embeddings model, threshold, most user turns); None: exact only (its path never reads more)
-        self.semantic = ((spec.embeddings_model, spec.threshold, spec.max_user_turns)
+        # mode `semantic`: (embeddings model, threshold, most user turns, the embedding's bound in seconds); None:
+        # exact only (its path never reads more)
+        self.semantic = ((spec.embeddings_model, spec.threshold, spec.max_user_turns, spec.embeddings_timeout_s)
                          if spec.mode == "semantic" else None)
 
 

@@ -140,6 +140,7 @@ class RedisVectors(MemoryVectors):
         self._last = "0-0"  # what this replica has read of the stream (0-0: nothing yet, read it whole)
         self._reading: asyncio.Future | None = None
         self._down_until = 0.0
+        self._logged = -60.0
 
     async def add(self, bucket: str, key: str, vec: np.ndarray, ttl_s: float) -> None:
         expires = time.time() + ttl_s
@@ -154,8 +155,12 @@ class RedisVectors(MemoryVectors):
             self._failed(exc)
 
     def _failed(self, exc: BaseException) -> None:
-        self._down_until = time.monotonic() + self._retry
-        log.warning("cache: redis unavailable for the semantic index (%s); it searches what it holds", type(exc).__name__)
+        now = time.monotonic()
+        self._down_until = now + self._retry
+        if now - self._logged >= 60.0:  # once a minute at most, as the entries' store logs it
+            self._logged = now
+            log.warning("cache: redis unavailable for the semantic index (%s); it searches what it holds",
+                        type(exc).__name__)
 
     async def search(self, bucket: str, vec: np.ndarray, threshold: float) -> str | None:
         await self.follow()

@@ -48,6 +48,8 @@ class CacheRule(_Strict):
     # to "turn off notifications" (cosine 0.957; precision 0.989); 0.96 served no near-miss (bench/README.md)
     threshold: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.96
     max_user_turns: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1  # longer conversations are looked up exactly only
+    # the embedding's bound: an embeddings upstream slower than this leaves a plain miss, never a held request
+    embeddings_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
 
     def __post_init__(self) -> None:
         if self.mode == "semantic" and self.embeddings_model is None:

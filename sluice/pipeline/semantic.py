@@ -13,6 +13,7 @@ leaves the request a plain miss: it is answered by the model, never failed by th
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from typing import Any
@@ -94,8 +95,9 @@ class Semantic:
     def __init__(self) -> None:
         self.handler: Any = None
 
-    async def embed(self, ctx: Any, model: str, text: str) -> np.ndarray | None:
-        """The unit vector of ``text`` by ``model``, asked as the caller; None when it could not be had."""
+    async def embed(self, ctx: Any, model: str, text: str, timeout_s: float = 1.0) -> np.ndarray | None:
+        """The unit vector of ``text`` by ``model``, asked as the caller within ``timeout_s``; None when it could not
+        be had (a call cut by the bound is recorded as a client that left: 499 ``client_closed``)."""
         ex = ctx.exchange
         body = _encode({"model": model, "input": text})
         rid = ex.request_id  # the embedding's usage row: the request's id and ``.e`` (ids are at most 64 characters)
@@ -104,9 +106,13 @@ class Semantic:
         call = Exchange("POST", "/v1/embeddings", {}, {}, {}, body, ex.peer, rid + ".e",
                         Caller(ctx.principal, getattr(ex.peer_cert, "priority", None)), ex.listener)
         try:
-            reply = await self.handler(call)
+            async with asyncio.timeout(timeout_s):
+                reply = await self.handler(call)
         except GatewayError as exc:
             log.debug("cache: the semantic lookup's embedding failed (%s); a plain miss", exc.code)
+            return None
+        except TimeoutError:
+            log.debug("cache: the semantic lookup's embedding took over %.1f s; a plain miss", timeout_s)
             return None
         if type(reply) is not Reply or reply.status != 200:
             return None
@@ -124,11 +130,11 @@ class Semantic:
         """A stored entry whose last user message is similar enough, or None (``state.semantic`` then holds the
         bucket and vector this request's own answer is indexed under, when it is kept)."""
         req = ctx.request
-        model, threshold, turns = state.rule.semantic
+        model, threshold, turns, timeout_s = state.rule.semantic
         text = last_user_text(req, turns)
         if text is None:
             return None
-        vec = await self.embed(ctx, model, text)
+        vec = await self.embed(ctx, model, text, timeout_s)
         if vec is None:
             return None
         bucket = bucket_of(section, scope, state.target, req)

@@ -2,7 +2,7 @@
 whose embeddings are a small real model (``--embedder wordllama``): a paraphrase hits and a near-miss does not; a
 different system prompt, earlier turn, model or temperature never hits; requests with tools never go semantic;
 another identity never hits; the embedding is the caller's own call (its usage row, its limits, its scopes); a
-dead embeddings upstream leaves a plain miss, served. Two replicas on Redis: tests/cache/test_semantic_redis.py;
+dead or silent embeddings upstream leaves a plain miss, served (a silent one within the rule's bound). Two replicas on Redis: tests/cache/test_semantic_redis.py;
 the labelled set: tests/cache/test_semantic_labelled.py."""
 
 from __future__ import annotations
@@ -18,16 +18,19 @@ from sluice.core.cache_config import CacheRule
 
 from cache.semantic_pairs import NEAR_MISSES, PARAPHRASES
 from support import Gateway, Sim, free_port, start_gateway, usage_rows
+from tcp_proxy import TcpProxy
 
 IDENTITIES = [
     {"name": "app", "owner": "a@example.com", "models": ["*"]},
     {"name": "other", "owner": "o@example.com", "models": ["*"]},
     {"name": "narrow", "owner": "n@example.com", "models": ["sim-small"]},  # may not call the embeddings model
 ]
-CHAT = ["sim-small", "sim-other", "sim-turns", "sim-lim", "sim-dead"]
+CHAT = ["sim-small", "sim-other", "sim-turns", "sim-lim", "sim-dead", "sim-silent"]
 SEMANTIC = {"mode": "semantic", "ttl_s": 60, "embeddings_model": "sim-embed"}
 RULES = [
     {**SEMANTIC, "name": "dead", "match": {"models": ["sim-dead"]}, "embeddings_model": "dead-embed"},
+    {**SEMANTIC, "name": "silent", "match": {"models": ["sim-silent"]}, "embeddings_model": "silent-embed",
+     "embeddings_timeout_s": 0.5},
     {**SEMANTIC, "name": "limited", "match": {"models": ["sim-lim"]}, "embeddings_model": "embed-one"},
     {**SEMANTIC, "name": "turns", "match": {"models": ["sim-turns"]}, "max_user_turns": 2},
     {**SEMANTIC, "name": "sem", "match": {"models": ["sim-small", "sim-other"]}, "sampled": True},
@@ -41,19 +44,25 @@ NEAR_MISS = "How do I reset my username?"
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Sim]]:
     tmp = tmp_path_factory.mktemp("semantic")
     sim = Sim(tmp, embedder="wordllama")
+    silent = TcpProxy(("127.0.0.1", sim.port))  # accepts and never answers: an embeddings upstream that hangs
+    silent.start()
+    silent.blackhole()
     g = start_gateway(
         tmp, upstreams=[{"name": "sim", "base_url": sim.url + "/v1", "read_timeout": 5},
-                        {"name": "dead", "base_url": f"http://127.0.0.1:{free_port()}/v1", "connect_timeout": 1}],
+                        {"name": "dead", "base_url": f"http://127.0.0.1:{free_port()}/v1", "connect_timeout": 1},
+                        {"name": "silent", "base_url": f"http://127.0.0.1:{silent.port}/v1", "read_timeout": 30}],
         models=[*({"name": m, "upstream": "sim", "upstream_model": "sim-small"} for m in CHAT),
                 {"name": "sim-embed", "upstream": "sim"},
                 {"name": "embed-one", "upstream": "sim", "upstream_model": "sim-embed"},
-                {"name": "dead-embed", "upstream": "dead", "upstream_model": "sim-embed"}],
+                {"name": "dead-embed", "upstream": "dead", "upstream_model": "sim-embed"},
+                {"name": "silent-embed", "upstream": "silent", "upstream_model": "sim-embed"}],
         identities=IDENTITIES,
         extra={"cache": {"rules": RULES}, "usage": {"flush_interval": 0.05},
                "limits": {"rules": [{"name": "one-embedding", "match": {"model": "embed-one"}, "requests_per_minute": 1}]}})
     yield g, sim
     g.stop()
     sim.stop()
+    silent.close()
 
 
 _CLIENTS: dict[tuple[str, str], openai.OpenAI] = {}
@@ -194,6 +203,20 @@ def test_a_dead_embeddings_upstream_leaves_a_plain_miss_that_is_served(rig):
         assert text
         time.sleep(0.15)
     assert header == "hit"  # the exact cache goes on without the semantic one
+
+
+def test_an_embeddings_upstream_that_never_answers_holds_no_request_past_the_rules_bound(rig):
+    g, _ = rig
+    system = fresh()
+    since = time.time() - 1
+    for q in PARAPHRASE:
+        t0 = time.monotonic()
+        header, text, rid = ask(g, q, system=system, model="sim-silent")
+        took = time.monotonic() - t0
+        assert header == "miss" and text and took < 5.0, (header, took)  # its upstream waits 30 s; the bound is 0.5 s
+        time.sleep(0.15)
+    row = {r["request_id"]: r for r in usage_rows(g, since, 4)}[rid + ".e"]
+    assert row["status"] == 499 and row["error_code"] == "client_closed"  # the embedding, cut by the bound
 
 
 @pytest.mark.timeout(400)
