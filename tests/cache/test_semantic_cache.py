@@ -107,6 +107,21 @@ def test_a_paraphrase_hits_and_a_near_miss_does_not(rig):
     assert sim.stats()["chat_requests"] == chats  # no model call
     header, text, _ = ask(g, NEAR_MISS, system=system)
     assert header == "miss" and sim.stats()["chat_requests"] == chats + 1
+    stream = client(g, "app").chat.completions.with_raw_response.create(
+        model="sim-small", messages=[{"role": "system", "content": system}, {"role": "user", "content": PARAPHRASE[1]}],
+        max_tokens=8, temperature=0, stream=True)
+    assert stream.headers["x-sluice-cache"] == "hit"  # in the caller's mode: a stream the SDK parses
+    assert "".join(c.choices[0].delta.content or "" for c in stream.parse() if c.choices) == first
+
+
+def test_a_purged_entry_is_no_candidate(rig):
+    g, _ = rig
+    system = fresh()
+    stored(g, PARAPHRASE[0], system=system, who="other")
+    who = next(i["id"] for i in g.admin("GET", "/admin/identities").json()["data"] if i["name"] == "other")
+    r = g.admin("POST", "/admin/cache/purge", json={"identity": who})
+    assert r.status_code == 200 and r.json()["purged"] >= 1, r.text
+    assert ask(g, PARAPHRASE[1], system=system, who="other")[0] == "miss"  # its vector is forgotten with it
 
 
 def test_a_different_system_prompt_earlier_turn_model_or_parameter_never_hits(rig):
