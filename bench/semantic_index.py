@@ -5,6 +5,7 @@ in n copies it all; the median hides that, the mean is O(1) per add).
 
     python bench/semantic_index.py            # numpy alone
     python bench/semantic_index.py --all      # with usearch and faiss-cpu installed beside it
+    python bench/semantic_index.py --all 100000   # only the sizes named
 
 Medians of single queries (one request asks one vector), microseconds, on this machine.
 """
@@ -63,7 +64,8 @@ def main() -> None:
     rng = np.random.default_rng(7)
     queries = unit(QUERIES, rng)
     print(f"{'n':>7} {'index':<16} {'query us (median)':>18} {'add one us':>11} {'recall@1':>9}")
-    for n in (1_000, 10_000, 100_000):
+    sizes = [int(a) for a in sys.argv[1:] if a.isdigit()] or [1_000, 10_000, 100_000]
+    for n in sizes:
         base = unit(n, rng)
         # a query near one stored vector (a paraphrase), so recall@1 says whether the index finds it
         near = base[rng.integers(0, n, QUERIES)] + 0.05 * queries
