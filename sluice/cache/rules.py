@@ -20,7 +20,7 @@ class Rule:
     """One compiled rule set."""
 
     __slots__ = ("name", "off", "ttl_s", "scope", "max_entry_bytes", "tool_calls", "sampled", "several", "charge_nanos",
-                 "count_tokens")
+                 "count_tokens", "semantic")
 
     def __init__(self, spec: CacheRule) -> None:
         self.name = spec.name
@@ -33,6 +33,10 @@ class Rule:
         self.several = spec.several
         self.charge_nanos = round(spec.charge * NANOS)
         self.count_tokens = spec.count_tokens
+        # mode `semantic`: (embeddings model, threshold, most user turns, the embedding's bound in seconds); None:
+        # exact only (its path never reads more)
+        self.semantic = ((spec.embeddings_model, spec.threshold, spec.max_user_turns, spec.embeddings_timeout_s)
+                         if spec.mode == "semantic" else None)
 
 
 class CacheRules:

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..core.cache_config import CacheStorage
+from .vectors import MemoryVectors, RedisVectors
 
 log = logging.getLogger("sluice.cache")
 TAGS = ("identity", "team", "model", "route")
@@ -26,6 +27,7 @@ TAGS = ("identity", "team", "model", "route")
 
 class CacheStore(Protocol):
     available: bool
+    vectors: MemoryVectors  # the semantic index of these entries (mode `semantic`; sluice.cache.vectors)
 
     async def get(self, key: str) -> bytes | None: ...
 
@@ -41,7 +43,8 @@ class MemoryStore:
 
     available = True
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, max_vectors: int = 100_000) -> None:
+        self.vectors = MemoryVectors(max_vectors)
         self._max = max_bytes
         self._used = 0
         self._entries: OrderedDict[str, tuple[float, bytes, dict[str, str]]] = OrderedDict()
@@ -82,6 +85,7 @@ class MemoryStore:
         return self._used
 
     async def close(self) -> None:
+        await self.vectors.close()
         self._entries.clear()
         self._used = 0
 
@@ -96,6 +100,7 @@ class RedisStore:
         self._prefix = settings.key_prefix
         self._redis = aioredis.from_url(settings.redis_url, socket_timeout=t, socket_connect_timeout=t,
                                         health_check_interval=30, max_connections=256)
+        self.vectors = RedisVectors(self._redis, self._prefix, settings.max_vectors, t, settings.redis_retry_s)
         self._down_until = 0.0
         self._logged = 0.0
 
@@ -169,4 +174,4 @@ async def purge_quietly(store: CacheStore, kind: str, value: str) -> None:
 def build_store(settings: CacheStorage) -> CacheStore:
     if settings.backend == "redis":
         return RedisStore(settings)
-    return MemoryStore(settings.max_bytes)
+    return MemoryStore(settings.max_bytes, settings.max_vectors)

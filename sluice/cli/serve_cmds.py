@@ -85,6 +85,7 @@ def sim(
     batch_slowdown: float = typer.Option(0.0, help="Decode step slowdown per other sequence in the batch."),
     kv_events: bool = typer.Option(False, help="Publish vLLM-shaped KV block events at /sim/kv_events."),
     digest: str = typer.Option(None, help="The weights digest every model reports in GET /v1/models."),
+    embedder: str = typer.Option("hash", help="Embeddings: hash (per input bytes) or wordllama (a small real model)."),
 ) -> None:
     """Run the simulated backend (vLLM-compatible wire) as its own process."""
     from ..sim import run as run_sim
@@ -94,7 +95,7 @@ def sim(
                            base_latency_ms=base_ms, max_concurrency=max_concurrency, models=model,
                            prefix_cache_blocks=cache_blocks, block_tokens=block_tokens,
                            prefill_concurrency=prefill_concurrency, decode_batch_slowdown=batch_slowdown,
-                           kv_events=kv_events, digest=digest))
+                           kv_events=kv_events, digest=digest, embedder=embedder))
 
 
 @contextmanager

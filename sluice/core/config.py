@@ -156,6 +156,9 @@ class Sim(_Strict):
     prefix_cache_blocks: Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)] = 4096
     block_tokens: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] = 16
     embedding_dimensions: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] = 64
+    # hash: a unit vector derived from the input's bytes (equal inputs alone are alike); wordllama: a small real
+    # embedding model shipped in its PyPI wheel (the semantic cache's tests; the `wordllama` test dependency)
+    embedder: Literal["hash", "wordllama"] = "hash"
     max_concurrency: Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)] = 0
     # Prefills run at once per replica (0 = unbounded); 1 models a GPU whose compute prefills one prompt at a time.
     prefill_concurrency: Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)] = 0

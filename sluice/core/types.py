@@ -104,9 +104,10 @@ class UsageRecord(msgspec.Struct, kw_only=True, gc=False):
     # cache: served from the response cache (issue 27), no upstream tokens; coalesced: the answer of an identical
     # request in flight at the same time, no upstream tokens either; batched: an embeddings request sent in one
     # upstream call with others (issue 27), charged its own count, which with theirs made the upstream's total;
-    # apportioned: the same, its count an estimate, charged its share of the upstream's total
+    # apportioned: the same, its count an estimate, charged its share of the upstream's total; semantic: served
+    # from the response cache by an entry whose last user message means the same (issue 27, item 2)
     usage_source: Literal["upstream", "estimated", "reserved", "none", "cache", "coalesced", "batched",
-                          "apportioned"] = "none"
+                          "apportioned", "semantic"] = "none"
     error_code: str | None = None
     # cost and chargeback (issue 13): the caller's team, the route and model version that served
     # it, prompt tokens served from the upstream's cache, and the cost in integer nano-units of the

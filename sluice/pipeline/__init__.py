@@ -90,6 +90,7 @@ class DataPlane:
                                            Decode(ChatCompletionRequest, **size, extras=chat_extras))
         # embeddings: after every stage above, per caller, concurrent ones may share an upstream call (issue 27)
         self.embeddings = model_call("embeddings", "/embeddings", Decode(EmbeddingRequest, **size), batches=embed_batches)
+        lookup.semantic.handler = self.embeddings  # a semantic rule embeds through it, in process, as the caller
         # legacy completions, relayed to the upstream's own /completions; a model's extras widen them too
         legacy = {names: msgspec.json.Decoder(chat_request_with(names, CompletionRequest))
                   for names in {*(extra_params or {}).values()} if names}

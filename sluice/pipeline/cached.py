@@ -32,6 +32,7 @@ from ..core.wire import ChatCompletionRequest
 from ..upstream import error_event
 from .context import RequestContext
 from .forward import CLIENT_CLOSED, ROUTE_HEADER, is_stream
+from .semantic import Semantic
 from .stages.limit import Limit
 
 log = logging.getLogger("sluice.cache")
@@ -51,7 +52,7 @@ class Served(Exception):
 class CacheState:
     """One request's dealings with the cache: its rule, key, the target it was looked up for, the outcome."""
 
-    __slots__ = ("rule", "key", "target", "outcome", "entry", "flight")
+    __slots__ = ("rule", "key", "target", "outcome", "entry", "flight", "semantic")
 
     def __init__(self, rule: Rule) -> None:
         self.rule = rule
@@ -60,6 +61,7 @@ class CacheState:
         self.outcome = "bypass"
         self.entry: wire.Prepared | None = None  # the answer served (its wire bytes and token counts)
         self.flight: Flight | None = None  # this request's answer in flight: identical ones follow it
+        self.semantic: tuple[str, Any] | None = None  # a semantic rule's (bucket, vector) its answer is indexed under
 
     def counted(self) -> tuple[int, int]:
         """The tokens a hit counts in the limits: the answer's when its rule says so, else none."""
@@ -90,10 +92,11 @@ class Lookup:
     a stream that follows a streaming leader gets its events as they come; any other waits for the answer.
     If the leader fails before its first event (or its answer is not one to serve), each waiter asks itself."""
 
-    __slots__ = ("_store", "_limit", "_flights", "_finish")
+    __slots__ = ("_store", "_limit", "_flights", "_finish", "semantic")
 
     def __init__(self, store: CacheStore, limit: Limit, flights: dict[str, Flight],
                  finish: Callable[[RequestContext], None]) -> None:
+        self.semantic = Semantic()  # mode `semantic`: an exact miss looks for a similar entry (pipeline.semantic)
         self._store = store
         self._limit = limit
         self._flights = flights  # key -> the answer in flight for it
@@ -116,8 +119,15 @@ class Lookup:
         if _bypass(ctx, req, rule) or not store.available:
             return
         state.outcome, state.target = "miss", target
-        state.key = key = cache_key(rules.digest, scope_of(rule.scope, p.identity_id, p.team), target, req)  # type: ignore[union-attr]
+        scope = scope_of(rule.scope, p.identity_id, p.team)  # type: ignore[union-attr]
+        state.key = key = cache_key(rules.digest, scope, target, req)
         data = await store.get(key)
+        how = "cache"
+        if data is None and rule.semantic is not None:
+            flight = self._flights.get(key)
+            if flight is None or not flight.joinable:  # an identical request in flight is followed, not embedded
+                data = await self.semantic.find(ctx, state, store, rules.digest, scope)
+                how = "semantic"
         if data is None:
             flights = self._flights
             flight = flights.get(key)
@@ -133,7 +143,7 @@ class Lookup:
         except Exception:  # an entry this version cannot read (written by another): a miss, overwritten
             return
         state.outcome, state.entry = "hit", entry
-        ctx.usage_source = "cache"
+        ctx.usage_source = how  # `semantic`: an entry found by its last user message's meaning
         await self._limit.count_hit(ctx, *state.counted())
         raise Served(_serve(ctx, entry))
 
@@ -313,7 +323,15 @@ class Keeper:
         task = asyncio.ensure_future(self._store.put(state.key, data, rule.ttl_s, tags))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
+        if state.semantic is not None:  # found by meaning too: its vector goes beside it, once it is stored
+            task = asyncio.ensure_future(self._index(task, state.semantic, state.key, rule.ttl_s))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
         return prepared
+
+    async def _index(self, stored: asyncio.Future, semantic: tuple[str, Any], key: str, ttl_s: float) -> None:
+        await stored
+        await self._store.vectors.add(semantic[0], key, semantic[1], ttl_s)
 
 
 def _clean(ctx: RequestContext, state: CacheState) -> bool:

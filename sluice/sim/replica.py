@@ -57,6 +57,10 @@ class ReplicaBase:
         self.latency = LatencyModel(settings)
         self.faults = Faults(settings.seed)
         self.stats = Stats()
+        self.embedder = None  # --embedder wordllama: its model, loaded once (sim.embeddings.WordLlamaVectors)
+        if settings.embedder == "wordllama":
+            from .embeddings import WordLlamaVectors
+            self.embedder = WordLlamaVectors()
         self.last_chat: dict[str, Any] = {}  # the output limits the last chat request asked for, and its body
         self.last_completion: dict[str, Any] = {}  # the prompt, suffix and body of the last legacy completion
         self.last_messages: dict[str, Any] = {}  # the anthropic-* headers of the last Messages request

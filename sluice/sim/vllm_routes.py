@@ -35,7 +35,8 @@ class VllmRoutes(ReplicaBase):
             injected = await self._apply_faults(request)
             if injected is not None:
                 return injected
-            dims = req.dimensions or self.settings.embedding_dimensions
+            model = self.embedder  # --embedder wordllama: its own 256 dimensions unless asked for others
+            dims = req.dimensions or (model.dimensions if model is not None else self.settings.embedding_dimensions)
             seed = self.settings.seed
             n_prompt = 0
             keys: list[bytes] = []
@@ -62,8 +63,10 @@ class VllmRoutes(ReplicaBase):
             stats.prompt_tokens += n_prompt
             as_base64 = req.encoding_format == "base64"
             data = []
+            texts = [item for item in items if isinstance(item, str)] if model is not None else []
+            meant = iter(model.vectors(texts, dims)) if texts else None
             for i, k in enumerate(keys):
-                vec = embeddings.vector(k, dims, seed)
+                vec = next(meant) if meant is not None and k[:1] == b"s" else embeddings.vector(k, dims, seed)
                 data.append(EmbeddingData(index=i, embedding=embeddings.to_base64(vec) if as_base64 else vec))
             body = EmbeddingResponse(
                 id=self._new_id("embd"),
