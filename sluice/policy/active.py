@@ -98,6 +98,10 @@ def compile_policy(version: int, hash: str, doc: PolicyDocument, canonical: byte
         if route.name in doc.switches.disabled_routes and not doc.switches.disabled_routes[route.name]:
             route.excluded = {t.name: KILLED for t in route.targets + route.fallbacks}
             route.targets, route.fallbacks, route.cumulative, route.total = (), (), (), 0
+    for rule in doc.cache.rules:  # a semantic rule's embeddings model is one the policy serves, or every lookup misses
+        if rule.mode == "semantic" and not table.reach(rule.embeddings_model):
+            raise PolicyInvalid(f"cache rule {rule.name!r}: embeddings_model {rule.embeddings_model!r} is not a model "
+                                "the policy serves")
     why = limiter.unshared(doc.limits.rules)
     if why is not None:
         raise PolicyInvalid(why)

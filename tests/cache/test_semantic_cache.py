@@ -265,3 +265,12 @@ def test_on_a_labelled_set_of_paraphrases_and_near_misses_precision_holds_at_the
               f"({tp} of {tp + len(fp)}), recall {recall:.3f}; near-misses served: {fp}\n"
               f"the same pairs' cosines at other thresholds: " + "; ".join(table))
     assert precision >= 0.99, fp
+
+
+def test_a_semantic_rule_naming_a_model_the_policy_does_not_serve_is_refused_naming_it(rig):
+    g, _ = rig
+    version = g.admin("GET", "/admin/policy").json()["version"]
+    bad = [*RULES, {**SEMANTIC, "name": "typo", "match": {"models": ["sim-other"]}, "embeddings_model": "sim-embedd"}]
+    r = g.admin("POST", "/admin/policy/changes", json={"sections": {"cache": {"rules": bad}}, "reason": "typo"})
+    assert r.status_code == 400 and "sim-embedd" in r.json()["error"]["message"], r.text
+    assert g.admin("GET", "/admin/policy").json()["version"] == version  # nothing changed
