@@ -14,6 +14,7 @@ from ..core.errors import InvalidRequest, NotFound
 from ..core.exchange import Exchange, Reply, StreamReply
 from .records import LIVE, BatchRecords
 from .upload import parse_form
+from .usage import summed
 from .validate import ENDPOINTS, MAX_FILE_BYTES, check_lines, check_upload
 
 Identify = Callable[[Exchange], Awaitable[Any]]  # the caller's principal as the data plane authenticates it, or 401
@@ -113,6 +114,9 @@ class Endpoints:
         if row["status"] in LIVE:  # counted from the lines while it runs
             n = await self.records.counts(row["id"])
             completed, failed = n.get("ok", 0), n.get("error", 0)
+            usage = summed(await self.records.answers(row["id"])) if completed or failed else summed(())
+        else:
+            usage = msgspec.json.decode(row["usage"]) if row.get("usage") else summed(await self.records.answers(row["id"]))
         at = {f"{s}_at": (int(row[f"{s}_at"]) if row.get(f"{s}_at") is not None else None)
               for s in ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")}
         return {"id": row["id"], "object": "batch", "endpoint": row["endpoint"],
@@ -120,7 +124,7 @@ class Endpoints:
                 "input_file_id": row["input_file_id"], "completion_window": row["completion_window"],
                 "status": row["status"], "output_file_id": row.get("output_file_id"), "error_file_id": row.get("error_file_id"),
                 "created_at": int(row["created_at"]), "expires_at": int(row["expires_at"]), **at,
-                "request_counts": {"total": total, "completed": completed, "failed": failed},
+                "request_counts": {"total": total, "completed": completed, "failed": failed}, "usage": usage,
                 "metadata": msgspec.json.decode(row["metadata"]) if row["metadata"] else None}
 
     async def _batch(self, ex: Exchange) -> dict[str, Any]:

@@ -27,7 +27,9 @@ batch_files = Table(
     Column("filename", String(512), nullable=False),
     Column("bytes", BigInteger, nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("expires_at", Float),  # migration 0021: NULL keeps the file; past it the file is gone (and purged)
     Index("ix_batch_files_identity", "identity_id", "created_at"),
+    Index("ix_batch_files_expires", "expires_at"),
 )
 batch_file_chunks = Table(
     "batch_file_chunks", t.metadata,
@@ -55,6 +57,7 @@ batches = Table(
     Column("failed", Integer, nullable=False),
     Column("errors", Text),
     Column("metadata", Text),
+    Column("usage", Text),  # migration 0021: the summed token usage, once finalized
     Index("ix_batches_identity", "identity_id", "created_at"),
     Index("ix_batches_status", "status"),
 )
@@ -240,6 +243,14 @@ class BatchRecords(TableQueries):
         async with self.engine.connect() as conn:
             rows = await conn.execute(select(c.state, c.custom_id, c.result).where(c.batch_id == batch_id).order_by(c.idx))
             return [(r.state, r.custom_id, r.result) for r in rows]
+
+    @_guarded
+    async def answers(self, batch_id: str) -> list[str]:
+        """The results of the lines answered so far (JSON), for the batch's summed usage while it runs."""
+        c = batch_lines.c
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(c.result).where(c.batch_id == batch_id, c.state != "pending"))
+            return [r.result for r in rows]
 
     @_guarded
     async def usage(self, batch_id: str) -> list[str]:

@@ -28,6 +28,7 @@ from ..core.types import UsageRecord
 from ..store.leases import Leases
 from .owner import BatchOwner
 from .records import BatchRecords
+from .usage import summed
 
 log = logging.getLogger("sluice.batches")
 
@@ -233,7 +234,8 @@ class Runner:
                                                          "message": "This line was not run before the batch expired."}
                              }).decode() for c in pending]
         files = []
-        fields: dict[str, Any] = {f"{status}_at": now, "completed": len(out), "failed": len(err)}
+        fields: dict[str, Any] = {f"{status}_at": now, "completed": len(out), "failed": len(err),
+                                  "usage": _encode(summed(r for _, _, r in rows if r)).decode()}
         for kind, lines in (("output", out), ("error", err)):
             if lines:
                 data = ("\n".join(lines) + "\n").encode()

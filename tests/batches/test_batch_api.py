@@ -310,3 +310,22 @@ def test_disabling_the_owner_cancels_its_unfinished_batch(rig) -> None:
     finally:
         sim.clear_faults()
     assert row[1] + row[2] < 60  # the lines not started never ran
+
+
+def test_the_batch_object_carries_the_summed_usage_of_its_lines_through_the_sdk(rig) -> None:
+    g, _ = rig
+    c = client(g)
+    _, b = run_batch(c, [chat_line(i) for i in range(12)])
+    assert b.usage is not None and b.usage.total_tokens == 0  # nothing answered yet
+    done = wait_done(c, b.id)
+    out = outputs(c, done.output_file_id)
+    bodies = [o["response"]["body"]["usage"] for o in out]
+    want_in, want_out = sum(u["prompt_tokens"] for u in bodies), sum(u["completion_tokens"] for u in bodies)
+    want_cached = sum((u.get("prompt_tokens_details") or {}).get("cached_tokens", 0) for u in bodies)
+    want_reasoning = sum((u.get("completion_tokens_details") or {}).get("reasoning_tokens", 0) for u in bodies)
+    for seen in (done, c.batches.retrieve(b.id), next(x for x in c.batches.list() if x.id == b.id)):
+        u = seen.usage
+        assert u is not None and want_in > 0 and want_out == 12 * 5
+        assert (u.input_tokens, u.output_tokens, u.total_tokens) == (want_in, want_out, want_in + want_out)
+        assert u.input_tokens_details.cached_tokens == want_cached
+        assert u.output_tokens_details.reasoning_tokens == want_reasoning
