@@ -54,8 +54,9 @@ class Runner:
 
     def __init__(self, records: BatchRecords, handlers: dict[str, Handler], taps: dict[str, Callable],
                  write_usage: Callable[[list[UsageRecord]], Awaitable[None]], price: Callable | None = None, *,
-                 concurrency: int = 8, poll_s: float = 1.0) -> None:
+                 concurrency: int = 8, poll_s: float = 1.0, retention_s: float = 30 * 86_400.0) -> None:
         self.records = records
+        self.retention_s = retention_s  # how long output and error files are kept
         self.leases = Leases(records._store)  # type: ignore[arg-type]
         self.handlers = handlers
         self.taps = taps
@@ -241,6 +242,7 @@ class Runner:
                 data = ("\n".join(lines) + "\n").encode()
                 fid = file_id(batch_id, kind)
                 files.append(({"id": fid, "identity_id": batch["identity_id"], "purpose": "batch_output",
-                               "filename": f"{batch_id}_{kind}.jsonl", "bytes": len(data), "created_at": now}, data))
+                               "filename": f"{batch_id}_{kind}.jsonl", "bytes": len(data), "created_at": now,
+                               "expires_at": now + self.retention_s}, data))
                 fields[f"{kind}_file_id"] = fid
         await self.records.finalize(batch_id, status, fields, files)
