@@ -26,7 +26,7 @@ from ..core.exchange import Exchange, Reply, StreamReply
 from ..core.lifecycle import stop_task
 from ..core.types import UsageRecord
 from ..store.leases import Leases
-from .owner import BatchOwner
+from .owner import BatchLine, BatchOwner
 from .records import BatchRecords
 from .usage import summed
 
@@ -158,13 +158,17 @@ class Runner:
     async def _line(self, batch_id: str, url: str, handler: Handler, owner: BatchOwner, idx: int, custom_id: str,
                     body: str, stop: asyncio.Event) -> None:
         rid = request_id(batch_id, custom_id)
+        line = BatchLine(owner, rid)  # every run of the line is charged as one against the owner's limits
         wait = 0.5
         while True:
             got: asyncio.Future[UsageRecord] = asyncio.get_running_loop().create_future()
             self.taps[rid] = lambda rec, f=got: f.done() or f.set_result(rec)
-            ex = Exchange("POST", url, {}, {}, _HEADERS, body.encode(), None, rid, owner, None)
+            ex = Exchange("POST", url, {}, {}, _HEADERS, body.encode(), None, rid, line, None)
             try:
                 reply = await handler(ex)
+            except asyncio.CancelledError:  # the replica stops mid-line: the line runs again, and its record then
+                self.taps[rid] = lambda rec: False  # is the line's one usage row, not this cut run's
+                raise
             except GatewayError as exc:
                 reply = Reply(exc.status, exc.rendered if exc.rendered is not None else _encode(error_body(exc)))
                 retry = exc.retry_after
