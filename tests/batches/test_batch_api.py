@@ -219,8 +219,9 @@ def test_bad_uploads_are_clear_4xx_and_leave_nothing(rig) -> None:
         c.files.create(file=("in.jsonl", io.BytesIO(good)), purpose="fine-tune")
     assert exc.value.body["param"] == "purpose"  # type: ignore[index]
     big = json.dumps({**chat_line(2), "pad": "x" * (10 * 1024 * 1024)}).encode()
-    _refused(httpx.post(g.v1 + "/files", headers=key, files={"file": ("in.jsonl", good + big + b"\n")},
+    _refused(httpx.post(g.v1 + "/files", headers=key, files={"file": ("in.jsonl", good * 5000 + big + b"\n")},
                         data={"purpose": "batch"}, timeout=60), 400, "line_too_large")
+    assert _unfinished_chunks(g) == 0  # the chunks written before the long line went with it
     _refused(httpx.post(g.v1 + "/files", headers=key, content=good, timeout=10), 415, "unsupported_media_type")
     _refused(httpx.post(g.v1 + "/files", headers=key, files={"file": ("in.jsonl", b"\n\n")}, data={"purpose": "batch"},
                         timeout=10), 400, "invalid_file")
@@ -278,11 +279,17 @@ def test_a_batch_past_its_window_expires_with_its_unrun_lines_in_the_error_file(
 def test_a_chunked_upload_past_200_mb_is_refused_as_it_streams_and_leaves_nothing(rig) -> None:
     g, _ = rig
     n = _files(g)
-    piece = b"%x\r\n%s\r\n" % (1024 * 1024, b"x" * (1024 * 1024))
+    # valid JSONL all the way (8 KiB lines, 1 MiB chunks): written to the store as it comes, until the limit
+    line = json.dumps({**chat_line(0), "pad": ""}).encode()
+    line = line[:-2] + b"z" * (8191 - len(line)) + b'"}\n'
+    piece = b"%x\r\n%s\r\n" % (1024 * 1024, line * 128)
+    head = (b"--b\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--b\r\n"
+            b"Content-Disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\n\r\n")
     sent = 0
     with socket.create_connection(("127.0.0.1", g.port), timeout=30) as s:
         s.sendall(f"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {g.keys['app']}\r\n"
-                  "Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+                  "Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+                  + b"%x\r\n%s\r\n" % (len(head), head))
         try:
             while sent < 300 * 1024 * 1024:
                 s.sendall(piece)
@@ -292,7 +299,7 @@ def test_a_chunked_upload_past_200_mb_is_refused_as_it_streams_and_leaves_nothin
         head = s.recv(65536).decode("latin-1")
     assert head.startswith("HTTP/1.1 413"), head[:200]
     assert sent < 260 * 1024 * 1024  # cut off soon after the limit, not read to the end
-    assert _files(g) == n
+    assert _files(g) == n and _unfinished_chunks(g) == 0  # the 200 MB of chunks it wrote went with it
 
 
 def test_disabling_the_owner_cancels_its_unfinished_batch(rig) -> None:
