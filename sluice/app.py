@@ -290,10 +290,14 @@ class Gateway:
         mcp_endpoints.append(McpEndpoints(identify, mcp, c.mcp, parts.streams, self.mcp_fanout))
         data_routes += mcp_endpoints[0].routes()
         # issue 27: /v1/files and /v1/batches; every replica's runner resumes the batches in the store
-        batches = Batches(store, data_plane, ledger, prices.nanos, max(body_limits), lambda ex: identify(ex, None))
+        batches = Batches(store, data_plane, ledger, prices.nanos, max(body_limits), lambda ex: identify(ex, None),
+                          retention_s=c.batches.file_retention_days * 86_400.0)
         data_routes += batches.routes()
-        identities.on_retire.append(lambda ids: self._spawn(batches.retire(ids)))  # offboarding cancels their batches
+        identities.on_retire.append(lambda ids: self._spawn(batches.retire(ids)))  # disabling cancels their batches
+        identities.on_offboard.append(lambda ids: self._spawn(batches.offboard(ids)))  # offboarding deletes their files
         self._tasks.append(asyncio.get_running_loop().create_task(batches.runner.run(), name="batches"))
+        self._tasks.append(asyncio.get_running_loop().create_task(every(c.batches.purge_interval, batches.purge.run),
+                                                                  name="batch-files-purge"))
         data_routes.append(OpenApiEndpoint(data_plane.authenticate, data_routes).route)  # documents every route above
         # one server per listener, all on the same routes; a named one hands its gate to every request it takes
         self.data = [NativeListener(lst.name or "data", lst, data_routes, max_body_bytes=limit,

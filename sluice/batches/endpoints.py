@@ -13,8 +13,9 @@ from ..core import clock
 from ..core.errors import InvalidRequest, NotFound
 from ..core.exchange import Exchange, Reply, StreamReply
 from .records import LIVE, BatchRecords
-from .upload import parse_form
-from .validate import ENDPOINTS, MAX_FILE_BYTES, check_lines, check_upload
+from .upload import Upload, file_object
+from .usage import summed
+from .validate import ENDPOINTS, check_lines
 
 Identify = Callable[[Exchange], Awaitable[Any]]  # the caller's principal as the data plane authenticates it, or 401
 WINDOW_S = 24 * 3600.0
@@ -31,12 +32,6 @@ class CreateBatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 _create = msgspec.json.Decoder(CreateBatch)
-
-
-def file_object(row: dict[str, Any]) -> dict[str, Any]:
-    return {"id": row["id"], "object": "file", "bytes": row["bytes"], "created_at": int(row["created_at"]),
-            "filename": row["filename"], "purpose": row["purpose"], "status": "processed", "expires_at": None,
-            "status_details": None}
 
 
 def _page(items: list[dict[str, Any]], limit: int) -> Reply:
@@ -57,8 +52,10 @@ class Endpoints:
     """The handlers of both resources, over the store's rows."""
 
     def __init__(self, identify: Identify, records: BatchRecords, max_line_bytes: int,
-                 wake: Callable[[], None] = lambda: None, stop: Callable[[str], None] = lambda _: None, handlers: frozenset[str] = frozenset(ENDPOINTS)) -> None:
+                 wake: Callable[[], None] = lambda: None, stop: Callable[[str], None] = lambda _: None,
+                 handlers: frozenset[str] = frozenset(ENDPOINTS), *, retention_s: float = 30 * 86_400.0) -> None:
         self._identify = identify
+        self.retention_s = retention_s
         self.records = records
         self.max_line_bytes = max_line_bytes
         self._wake = wake
@@ -113,6 +110,9 @@ class Endpoints:
         if row["status"] in LIVE:  # counted from the lines while it runs
             n = await self.records.counts(row["id"])
             completed, failed = n.get("ok", 0), n.get("error", 0)
+            usage = summed(await self.records.answers(row["id"])) if completed or failed else summed(())
+        else:
+            usage = msgspec.json.decode(row["usage"]) if row.get("usage") else summed(await self.records.answers(row["id"]))
         at = {f"{s}_at": (int(row[f"{s}_at"]) if row.get(f"{s}_at") is not None else None)
               for s in ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")}
         return {"id": row["id"], "object": "batch", "endpoint": row["endpoint"],
@@ -120,7 +120,7 @@ class Endpoints:
                 "input_file_id": row["input_file_id"], "completion_window": row["completion_window"],
                 "status": row["status"], "output_file_id": row.get("output_file_id"), "error_file_id": row.get("error_file_id"),
                 "created_at": int(row["created_at"]), "expires_at": int(row["expires_at"]), **at,
-                "request_counts": {"total": total, "completed": completed, "failed": failed},
+                "request_counts": {"total": total, "completed": completed, "failed": failed}, "usage": usage,
                 "metadata": msgspec.json.decode(row["metadata"]) if row["metadata"] else None}
 
     async def _batch(self, ex: Exchange) -> dict[str, Any]:
@@ -180,7 +180,8 @@ class Endpoints:
                            + b"\n" for e in errors)
             efid = f"file-error-{bid.removeprefix('batch_')}"
             files.append(({"id": efid, "identity_id": p.identity_id, "purpose": "batch_output",
-                           "filename": f"{bid}_error.jsonl", "bytes": len(err), "created_at": now}, err))
+                           "filename": f"{bid}_error.jsonl", "bytes": len(err), "created_at": now,
+                           "expires_at": now + self.retention_s}, err))
             row.update(status="failed", failed_at=now, total=0, error_file_id=efid, errors=msgspec.json.encode(
                 {"object": "list", "data": errors[:MAX_ERRORS_SHOWN]}).decode())
             rows = []
@@ -189,31 +190,3 @@ class Endpoints:
         await self.records.create(row, rows, files)
         self._wake()
         return Reply.json(await self._batch_object(row))
-
-
-class Upload:
-    """``POST /v1/files``: authenticated from the headers before the body is read; its own body limit (a batch
-    input file is larger than a model call's body); the file is checked whole, then kept in one transaction."""
-
-    max_body = MAX_FILE_BYTES + 64 * 1024  # the form's other parts and boundaries around the file
-
-    def __init__(self, endpoints: Endpoints) -> None:
-        self._e = endpoints
-
-    async def check_headers(self, ex: Exchange) -> None:
-        await self._e.owner(ex, "files")
-
-    async def __call__(self, ex: Exchange) -> Reply:
-        p = await self._e.owner(ex, "files")
-        form = parse_form(ex.headers.get("content-type"), ex.body)
-        purpose = form.fields.get("purpose")
-        if purpose != "batch":
-            raise InvalidRequest(f"purpose must be 'batch' (got {str(purpose)[:64]!r}): this gateway keeps batch input "
-                                 "files only.", param="purpose", code="invalid_purpose")
-        if form.data is None:
-            raise InvalidRequest("The form has no 'file' part.", param="file", code="missing_file")
-        check_upload(form.data, self._e.max_line_bytes)
-        row = {"id": f"file-{secrets.token_hex(12)}", "identity_id": p.identity_id, "purpose": "batch",
-               "filename": form.filename or "upload.jsonl", "bytes": len(form.data), "created_at": clock.now()}
-        await self._e.records.put_file(row, form.data)
-        return Reply.json(file_object(row))

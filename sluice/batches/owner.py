@@ -30,3 +30,19 @@ class BatchOwner:
             self._principal = Principal(identity, None, credential_id=self.credential)
             self._identity = identity
         return self._principal
+
+
+class BatchLine:
+    """One line's credential: its batch's owner, and the key that charges the line once against the owner's limits
+    however often it runs (a refusal upstream, a cut call, a replica that died mid-line)."""
+
+    __slots__ = ("owner", "charge_key")
+    name = None
+    priority = "batch"
+
+    def __init__(self, owner: BatchOwner, charge_key: str) -> None:
+        self.owner = owner
+        self.charge_key = charge_key
+
+    def authenticate(self, registry: CredentialRegistry) -> Principal:
+        return self.owner.authenticate(registry)

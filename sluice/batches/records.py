@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
+import secrets
 
 from sqlalchemy import (BigInteger, Column, Float, Index, Integer, LargeBinary, String, Table, Text, UniqueConstraint,
                         delete, func, select, update)
 
+from ..core import clock
 from ..store import schema as t
 from ..store.sql import TableQueries, _guarded
 
@@ -27,7 +29,9 @@ batch_files = Table(
     Column("filename", String(512), nullable=False),
     Column("bytes", BigInteger, nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("expires_at", Float),  # migration 0021: NULL keeps the file; past it the file is gone (and purged)
     Index("ix_batch_files_identity", "identity_id", "created_at"),
+    Index("ix_batch_files_expires", "expires_at"),
 )
 batch_file_chunks = Table(
     "batch_file_chunks", t.metadata,
@@ -55,6 +59,7 @@ batches = Table(
     Column("failed", Integer, nullable=False),
     Column("errors", Text),
     Column("metadata", Text),
+    Column("usage", Text),  # migration 0021: the summed token usage, once finalized
     Index("ix_batches_identity", "identity_id", "created_at"),
     Index("ix_batches_status", "status"),
 )
@@ -73,6 +78,29 @@ batch_lines = Table(
 )
 
 LIVE = ("validating", "in_progress", "finalizing", "cancelling")  # a runner still has work on these
+PURGE_BATCH = 100  # files per purge transaction: each a bounded delete, the store's writer gets in between
+
+
+def upload_id(now: float) -> str:
+    """A new upload's file id: its chunks are written before its row, and the time in the id lets the purge
+    tell an upload under way from one a dead replica left half-written."""
+    return f"file-{int(now):08x}{secrets.token_hex(8)}"
+
+
+def upload_started(file_id: str) -> float | None:
+    """When the upload of ``file_id`` began (``upload_id``), or None for an id of another form."""
+    core = file_id.removeprefix("file-")
+    if len(core) != 24 or not file_id.startswith("file-"):
+        return None
+    try:
+        return float(int(core[:8], 16))
+    except ValueError:
+        return None
+
+
+def _live(c: Any, now: float | None) -> Any:
+    """Not expired: a file past its ``expires_at`` is answered as a missing one until the purge takes it."""
+    return c.expires_at.is_(None) | (c.expires_at > (clock.now() if now is None else now))
 
 
 def _chunks(file_id: str, data: bytes) -> list[dict[str, Any]]:
@@ -97,14 +125,15 @@ class BatchRecords(TableQueries):
         """The file if it is this identity's, else None (another's looks exactly like none)."""
         c = batch_files.c
         async with self.engine.connect() as conn:
-            r = (await conn.execute(select(batch_files).where(c.id == file_id, c.identity_id == identity_id))).first()
+            r = (await conn.execute(select(batch_files).where(c.id == file_id, c.identity_id == identity_id,
+                                                              _live(c, None)))).first()
         return dict(r._mapping) if r else None
 
     @_guarded
     async def files(self, identity_id: str, limit: int, after: str | None, purpose: str | None) -> list[dict[str, Any]]:
         """This identity's files, newest first, after the cursor ``after`` (a file id)."""
         c = batch_files.c
-        q = select(batch_files).where(c.identity_id == identity_id)
+        q = select(batch_files).where(c.identity_id == identity_id, _live(c, None))
         if purpose:
             q = q.where(c.purpose == purpose)
         async with self.engine.connect() as conn:
@@ -140,6 +169,63 @@ class BatchRecords(TableQueries):
                 return False
             await conn.execute(delete(batch_file_chunks).where(batch_file_chunks.c.file_id == file_id))
             return True
+
+    @_guarded
+    async def put_chunk(self, file_id: str, seq: int, data: bytes) -> None:
+        """One chunk of an upload under way (its row comes with ``commit_upload``, so it is not yet a file)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(batch_file_chunks.insert().values(file_id=file_id, seq=seq, data=data))
+
+    @_guarded
+    async def commit_upload(self, row: dict[str, Any]) -> None:
+        """The file's row, once all its chunks are in: from now on it is a file."""
+        async with self.engine.begin() as conn:
+            await conn.execute(batch_files.insert().values(**row))
+
+    @_guarded
+    async def drop_chunks(self, file_id: str) -> None:
+        """The chunks of an upload that failed: nothing of it stays."""
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(batch_file_chunks).where(batch_file_chunks.c.file_id == file_id))
+
+    @_guarded
+    async def purge_expired(self, now: float) -> int:
+        """Delete up to ``PURGE_BATCH`` files past their ``expires_at`` (rows and chunks): how many went."""
+        c = batch_files.c
+        async with self.engine.begin() as conn:
+            ids = [r.id for r in await conn.execute(select(c.id).where(c.expires_at <= now).limit(PURGE_BATCH))]
+            if ids:
+                await conn.execute(delete(batch_file_chunks).where(batch_file_chunks.c.file_id.in_(ids)))
+                await conn.execute(delete(batch_files).where(c.id.in_(ids)))
+            return len(ids)
+
+    @_guarded
+    async def purge_abandoned(self, before: float) -> int:
+        """Delete the chunks of uploads begun before ``before`` that never became a file (a replica died mid-upload)."""
+        k = batch_file_chunks.c
+        async with self.engine.begin() as conn:
+            orphans = select(k.file_id).where(k.seq == 0, ~select(batch_files.c.id).where(
+                batch_files.c.id == k.file_id).exists())
+            ids = [r.file_id for r in await conn.execute(orphans)
+                   if (at := upload_started(r.file_id)) is not None and at < before]
+            if ids:
+                await conn.execute(delete(batch_file_chunks).where(k.file_id.in_(ids)))
+            return len(ids)
+
+    @_guarded
+    async def purge_identities(self, identity_ids: list[str]) -> int:
+        """Offboarding: every file of these identities (uploads, output and error files), their batches and
+        lines (the requests and answers they hold), in one transaction: how many files went."""
+        f, b = batch_files.c, batches.c
+        async with self.engine.begin() as conn:
+            mine = select(f.id).where(f.identity_id.in_(identity_ids))
+            n = len((await conn.execute(mine)).all())
+            await conn.execute(delete(batch_file_chunks).where(batch_file_chunks.c.file_id.in_(mine)))
+            await conn.execute(delete(batch_files).where(f.identity_id.in_(identity_ids)))
+            theirs = select(b.id).where(b.identity_id.in_(identity_ids))
+            await conn.execute(delete(batch_lines).where(batch_lines.c.batch_id.in_(theirs)))
+            await conn.execute(delete(batches).where(b.identity_id.in_(identity_ids)))
+            return n
 
     # -- batches ----------------------------------------------------------------------------
 
@@ -240,6 +326,14 @@ class BatchRecords(TableQueries):
         async with self.engine.connect() as conn:
             rows = await conn.execute(select(c.state, c.custom_id, c.result).where(c.batch_id == batch_id).order_by(c.idx))
             return [(r.state, r.custom_id, r.result) for r in rows]
+
+    @_guarded
+    async def answers(self, batch_id: str) -> list[str]:
+        """The results of the lines answered so far (JSON), for the batch's summed usage while it runs."""
+        c = batch_lines.c
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(c.result).where(c.batch_id == batch_id, c.state != "pending"))
+            return [r.result for r in rows]
 
     @_guarded
     async def usage(self, batch_id: str) -> list[str]:

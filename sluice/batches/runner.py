@@ -26,8 +26,9 @@ from ..core.exchange import Exchange, Reply, StreamReply
 from ..core.lifecycle import stop_task
 from ..core.types import UsageRecord
 from ..store.leases import Leases
-from .owner import BatchOwner
+from .owner import BatchLine, BatchOwner
 from .records import BatchRecords
+from .usage import summed
 
 log = logging.getLogger("sluice.batches")
 
@@ -53,8 +54,9 @@ class Runner:
 
     def __init__(self, records: BatchRecords, handlers: dict[str, Handler], taps: dict[str, Callable],
                  write_usage: Callable[[list[UsageRecord]], Awaitable[None]], price: Callable | None = None, *,
-                 concurrency: int = 8, poll_s: float = 1.0) -> None:
+                 concurrency: int = 8, poll_s: float = 1.0, retention_s: float = 30 * 86_400.0) -> None:
         self.records = records
+        self.retention_s = retention_s  # how long output and error files are kept
         self.leases = Leases(records._store)  # type: ignore[arg-type]
         self.handlers = handlers
         self.taps = taps
@@ -156,13 +158,17 @@ class Runner:
     async def _line(self, batch_id: str, url: str, handler: Handler, owner: BatchOwner, idx: int, custom_id: str,
                     body: str, stop: asyncio.Event) -> None:
         rid = request_id(batch_id, custom_id)
+        line = BatchLine(owner, rid)  # every run of the line is charged as one against the owner's limits
         wait = 0.5
         while True:
             got: asyncio.Future[UsageRecord] = asyncio.get_running_loop().create_future()
             self.taps[rid] = lambda rec, f=got: f.done() or f.set_result(rec)
-            ex = Exchange("POST", url, {}, {}, _HEADERS, body.encode(), None, rid, owner, None)
+            ex = Exchange("POST", url, {}, {}, _HEADERS, body.encode(), None, rid, line, None)
             try:
                 reply = await handler(ex)
+            except asyncio.CancelledError:  # the replica stops mid-line: the line runs again, and its record then
+                self.taps[rid] = lambda rec: False  # is the line's one usage row, not this cut run's
+                raise
             except GatewayError as exc:
                 reply = Reply(exc.status, exc.rendered if exc.rendered is not None else _encode(error_body(exc)))
                 retry = exc.retry_after
@@ -233,12 +239,14 @@ class Runner:
                                                          "message": "This line was not run before the batch expired."}
                              }).decode() for c in pending]
         files = []
-        fields: dict[str, Any] = {f"{status}_at": now, "completed": len(out), "failed": len(err)}
+        fields: dict[str, Any] = {f"{status}_at": now, "completed": len(out), "failed": len(err),
+                                  "usage": _encode(summed(r for _, _, r in rows if r)).decode()}
         for kind, lines in (("output", out), ("error", err)):
             if lines:
                 data = ("\n".join(lines) + "\n").encode()
                 fid = file_id(batch_id, kind)
                 files.append(({"id": fid, "identity_id": batch["identity_id"], "purpose": "batch_output",
-                               "filename": f"{batch_id}_{kind}.jsonl", "bytes": len(data), "created_at": now}, data))
+                               "filename": f"{batch_id}_{kind}.jsonl", "bytes": len(data), "created_at": now,
+                               "expires_at": now + self.retention_s}, data))
                 fields[f"{kind}_file_id"] = fid
         await self.records.finalize(batch_id, status, fields, files)

@@ -23,21 +23,64 @@ def lines_of(data: bytes) -> list[tuple[int, bytes]]:
     return [(n, line) for n, line in enumerate(data.split(b"\n"), 1) if line.strip()]
 
 
-def check_upload(data: bytes, max_line_bytes: int) -> int:
-    """The number of requests in a batch input file, or a 400 naming the first line that is not one."""
-    if len(data) > MAX_FILE_BYTES:
-        raise InvalidRequest(f"The file exceeds {MAX_FILE_BYTES} bytes.", code="file_too_large", param="file")
-    lines = lines_of(data)
-    if not lines:
-        raise InvalidRequest("The file holds no requests: a batch input file is JSONL, one request per line.",
-                             code="invalid_file", param="file")
-    if len(lines) > MAX_LINES:
-        raise InvalidRequest(f"The file holds {len(lines)} requests; a batch takes at most {MAX_LINES}.",
-                             code="too_many_requests", param="file")
-    for n, line in lines:
-        if len(line) > max_line_bytes:
-            raise InvalidRequest(f"Line {n} is {len(line)} bytes; a request line may be at most {max_line_bytes}.",
-                                 code="line_too_large", param="file")
+class UploadCheck:
+    """A batch input file checked as its bytes arrive (``feed``, then ``end``): JSONL, every line a JSON object,
+    at most ``max_line_bytes`` each, at most ``MAX_LINES`` and ``MAX_FILE_BYTES``; a 400 naming the first line
+    that is not, as soon as it is seen (a line too long before it is whole). What makes a line a request this
+    batch may run (its ``custom_id``, url, stream, model) is checked at create, where a bad line fails the batch
+    with an error file naming every one, as OpenAI does."""
+
+    __slots__ = ("max_line_bytes", "size", "count", "_n", "_rest")
+
+    def __init__(self, max_line_bytes: int) -> None:
+        self.max_line_bytes = max_line_bytes
+        self.size = 0  # bytes fed
+        self.count = 0  # requests seen
+        self._n = 0  # lines ended so far (blank ones too): the next line is number _n + 1
+        self._rest = bytearray()  # the line still arriving
+
+    def feed(self, piece: bytes) -> None:
+        self.size += len(piece)
+        if self.size > MAX_FILE_BYTES:
+            raise InvalidRequest(f"The file exceeds {MAX_FILE_BYTES} bytes.", code="file_too_large", param="file")
+        at = 0
+        while (nl := piece.find(b"\n", at)) >= 0:
+            if self._rest:
+                self._rest += piece[at:nl]
+                line, self._rest = bytes(self._rest), bytearray()
+            else:
+                line = piece[at:nl]
+            self._line(line)
+            at = nl + 1
+        self._rest += piece[at:]
+        if len(self._rest) > self.max_line_bytes:
+            self._too_long(self._n + 1, len(self._rest), False)
+
+    def end(self) -> int:
+        """The file is whole: the number of requests it holds, or the 400 of an empty one."""
+        if self._rest:
+            line, self._rest = bytes(self._rest), bytearray()
+            self._line(line)
+        if not self.count:
+            raise InvalidRequest("The file holds no requests: a batch input file is JSONL, one request per line.",
+                                 code="invalid_file", param="file")
+        return self.count
+
+    def _too_long(self, n: int, size: int, whole: bool) -> None:
+        raise InvalidRequest(f"Line {n} is {'' if whole else 'at least '}{size} bytes; a request "
+                             f"line may be at most {self.max_line_bytes}.", code="line_too_large", param="file")
+
+    def _line(self, line: bytes) -> None:
+        self._n += 1
+        n = self._n
+        if not line.strip():
+            return
+        if len(line) > self.max_line_bytes:
+            self._too_long(n, len(line), True)
+        self.count += 1
+        if self.count > MAX_LINES:
+            raise InvalidRequest(f"The file holds more than {MAX_LINES} requests; a batch takes at most {MAX_LINES}.",
+                                 code="too_many_requests", param="file")
         try:
             obj = _decode(line)
         except msgspec.DecodeError:
@@ -45,7 +88,13 @@ def check_upload(data: bytes, max_line_bytes: int) -> int:
                                  code="invalid_jsonl", param="file") from None
         if not isinstance(obj, dict):
             raise InvalidRequest(f"Line {n} is not a JSON object.", code="invalid_jsonl", param="file")
-    return len(lines)
+
+
+def check_upload(data: bytes, max_line_bytes: int) -> int:
+    """The number of requests in a batch input file, or a 400 naming the first line that is not one."""
+    check = UploadCheck(max_line_bytes)
+    check.feed(data)
+    return check.end()
 
 
 def check_lines(data: bytes, endpoint: str, allows: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -179,6 +179,15 @@ class Responses(_Strict):
     max_chain: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000  # links a previous_response_id may reach back
 
 
+class BatchFiles(_Strict):
+    """The Batch API's files (issue 27): an uploaded file without ``expires_after``, and every output and error
+    file, expires ``file_retention_days`` after it was written (OpenAI's default for batch files); one replica
+    at a time purges the expired ones every ``purge_interval``."""
+
+    file_retention_days: Annotated[float, msgspec.Meta(gt=0, le=3650)] = 30.0
+    purge_interval: Seconds = 3600.0
+
+
 class Config(_Strict):
     """The whole gateway configuration."""
 
@@ -215,6 +224,7 @@ class Config(_Strict):
     responses: Responses = msgspec.field(default_factory=Responses)  # issue 24: sluice.memory
     mcp: Mcp = msgspec.field(default_factory=Mcp)  # issue 25: sluice.mcp
     cache: CacheStorage = msgspec.field(default_factory=CacheStorage)  # issue 27: where cached answers live
+    batches: BatchFiles = msgspec.field(default_factory=BatchFiles)  # issue 27: batch files' expiry
 
     @property
     def listeners(self) -> list[DataPlaneListener]:

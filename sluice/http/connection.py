@@ -10,8 +10,8 @@ created per request cost ~4% of a plain request's CPU). What bounds memory:
 - reading pauses while a second request waits behind the one being answered, and a
   response is not started while the transport's write buffer is above its high-water mark,
   so a client that sends but never reads cannot grow our buffers;
-- a streamed reply waits for the client to drain before asking its producer for more,
-  which in turn stops reading the upstream.
+- a streamed reply waits for the client to drain before asking its producer for more (which stops
+  reading the upstream); a streamed body (``stream_body``: a file upload) pauses reading past ``STREAM_HIGH``.
 
 Timeouts (idle keep-alive, request head, request body, and a send that makes no progress) are
 deadlines checked by the server's one ticker, so a request costs no timer of its own.
@@ -44,6 +44,7 @@ log = logging.getLogger("sluice.http")
 
 _NO_QUERY: dict[str, str] = {}
 _SMALL_PIECE = 4096  # body pieces under this are gathered into one buffer (on_body)
+STREAM_HIGH = 1024 * 1024  # bytes of a streamed body waiting for its route before reading pauses
 SHED_LINGER = 1.0  # seconds a connection refused for being over the bound may take to read its 503
 # Headers' own get and `in` lower-case the name for callers; the parser's names are lower-cased already
 _get = dict.get
@@ -226,6 +227,12 @@ class Connection(Writes):
             req.body.clear()
             raise Refuse(too_large(limit))
         pieces = req.body
+        if req.stream:
+            pieces.append(body)
+            if req.size - req.taken > STREAM_HIGH:
+                self._pause_reading()  # the route takes what waits, then reading resumes
+            req.wake()
+            return
         if not pieces or len(body) >= _SMALL_PIECE:
             pieces.append(body)  # the common case: the body in one or a few reads, joined once at the end
         elif type(pieces[-1]) is bytearray:
@@ -368,10 +375,14 @@ class Connection(Writes):
             text = unquote(text)
         try:
             handler, params = server.router.resolve(req.method, text)
-            body = b"".join(req.body) if req.body else b""
-            req.body = []
-            reply = await handler(Exchange(req.method, text, params, query, req.headers, body, self._peer, rid, self._cert,
-                                           server.served))
+            if req.stream:
+                reply = await self._streamed(req, handler, Exchange(
+                    req.method, text, params, query, req.headers, b"", self._peer, rid, self._cert, server.served))
+            else:
+                body = b"".join(req.body) if req.body else b""
+                req.body = []
+                reply = await handler(Exchange(req.method, text, params, query, req.headers, body, self._peer, rid,
+                                               self._cert, server.served))
         except GatewayError as exc:
             reply = error_reply(exc)
         except asyncio.CancelledError:
@@ -414,14 +425,53 @@ class Connection(Writes):
                                                  self._cert, server.served))
                 except GatewayError as exc:
                     return exc
+            if getattr(handler, "stream_body", None) is not None and not req.complete:
+                req.stream = True  # the route reads the body as it comes (``_streamed``)
         if req.expect and not self._lost and not req.complete:
             self._transport.write(CONTINUE)  # type: ignore[union-attr]
-        if not req.complete:
+        if not req.complete and not req.stream:
             req.waiter = self._loop.create_future()
             self._resume_reading()
             await req.waiter
             req.waiter = None
         return None
+
+    async def _streamed(self, req: ParsedRequest, handler: object, ex: Exchange) -> object:
+        """A route that reads its body as it arrives; answered once the body is read to its end (what it did not
+        take is dropped, so a client still sending reads the answer, not a reset), or with the body's refusal."""
+        pieces = self._body_pieces(req)
+        try:
+            reply = await handler.stream_body(ex, pieces)  # type: ignore[attr-defined]
+        except Exception as exc:
+            if not isinstance(exc, GatewayError):
+                log.error("unhandled error on %s %s: %s", req.method, ex.path[:200], type(exc).__name__)
+            reply = error_reply(exc if isinstance(exc, GatewayError) else GatewayError(
+                "The server had an error processing your request.", code="internal_error"))
+        try:
+            async for _ in pieces:  # what it did not take, dropped piece by piece
+                pass
+        except GatewayError as exc:
+            return error_reply(self._in_route_shape(req, exc))
+        return reply
+
+    async def _body_pieces(self, req: ParsedRequest):  # type: ignore[no-untyped-def]
+        """The pieces of a streamed body as they arrive; raises its refusal (too large, timed out, cut)."""
+        while True:
+            if req.body:
+                pieces, req.body, req.taken = req.body, [], req.size
+                self._resume_reading()
+                self.deadline = self._loop.time() + self._server.body_timeout  # a body that makes progress
+                for piece in pieces:
+                    yield bytes(piece)
+            elif req.error is not None:
+                raise req.error
+            elif req.complete:
+                return
+            elif self._lost:
+                raise InvalidRequest("The request ended before it was complete.", code="bad_http_request")
+            else:
+                req.waiter = self._loop.create_future()
+                await req.waiter
 
     # -- the server's hooks --------------------------------------------------------------
 

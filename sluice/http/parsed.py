@@ -12,7 +12,7 @@ class ParsedRequest:
     """A request whose head has been parsed; its body may still be arriving."""
 
     __slots__ = ("method", "url", "headers", "body", "size", "complete", "waiter", "error", "keep_alive",
-                 "expect", "chunked", "length", "head", "http10", "max_body")
+                 "expect", "chunked", "length", "head", "http10", "max_body", "stream", "taken")
 
     def __init__(self, method: str, url: bytes, headers: Headers, keep_alive: bool, http10: bool = False) -> None:
         self.method = method
@@ -30,6 +30,8 @@ class ParsedRequest:
         self.head = method == "HEAD"
         self.http10 = http10
         self.max_body = 0  # its route's own body limit once it was asked for (past the listener's)
+        self.stream = False  # its body is handed to the route's ``stream_body`` as it arrives (a file upload)
+        self.taken = 0  # bytes of a streamed body the route has taken so far
 
     def wake(self) -> None:
         waiter = self.waiter

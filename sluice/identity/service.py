@@ -71,6 +71,8 @@ class IdentityService:
         self._hasher = hasher
         # called with the ids of identities just disabled or offboarded (the response cache purges what they made)
         self.on_retire: list[Callable[[list[str]], None]] = []
+        # identities whose owner was offboarded (not reassigned): what they kept elsewhere goes (batch files)
+        self.on_offboard: list[Callable[[list[str]], None]] = []
         self._security = security
         self._version: int | None = None  # the identity-state version the registry holds (``load``)
         self.patches = self.whole_loads = 0
@@ -222,8 +224,8 @@ class IdentityService:
         self._retired([ident.id])
         return ident
 
-    def _retired(self, ids: list[str]) -> None:
-        for hook in self.on_retire:
+    def _retired(self, ids: list[str], hooks: list[Callable[[list[str]], None]] | None = None) -> None:
+        for hook in self.on_retire if hooks is None else hooks:
             try:
                 hook(ids)
             except Exception:  # a hook failing must not undo what the store already holds
@@ -295,6 +297,7 @@ class IdentityService:
             self._registry.put_identity(ident, keys_of)
         if retired:
             self._retired([ident.id for ident, _ in retired])
+            self._retired([ident.id for ident, _ in retired], self.on_offboard)
         if reassign_to is not None:
             for ident in owned:
                 self._registry.put_identity(ident, await self._store.list_keys(ident.id))

@@ -24,6 +24,13 @@ class LimitBackend(abc.ABC):
     async def settle(self, request_id: str, plan: Plan, deltas: Sequence[float]) -> None:
         """After the call: give back (negative delta) or take more (positive) per measure; end leases."""
 
+    async def charged(self, key: str) -> list[float] | None:
+        """What the counters hold for the work named ``key`` (a batch line, however often it runs), or None."""
+        return None
+
+    async def charge(self, key: str, amounts: Sequence[float]) -> None:
+        """Remember what the counters hold for ``key`` (for a day: a line is retried within its batch's window)."""
+
     async def ping(self) -> None:
         """Raise ``BackendUnavailable`` when the counters cannot be reached (in process: never)."""
 

@@ -15,7 +15,7 @@ from ..core.config import LimitRule, Limits
 from ..core.errors import RateLimited, Unavailable
 from .anomaly import AnomalyGuard
 from .backend import BackendUnavailable, LimitBackend
-from .checks import INPUT, OUTPUT, SPEND, Amounts, Verdict
+from .checks import CONCURRENCY, INPUT, OUTPUT, SPEND, Amounts, Verdict
 from .plan import Plan
 from .memory import MemoryBackend
 from .rules import RuleSet
@@ -37,10 +37,26 @@ def _amount(measure: int, value: float) -> str:
 class Reservation:
     """What one request holds until it settles."""
 
-    __slots__ = ("request_id", "plan", "amounts", "backend")
+    __slots__ = ("request_id", "plan", "amounts", "backend", "once")
 
     def __init__(self, request_id: str, plan: Plan, amounts: Amounts, backend: LimitBackend) -> None:
         self.request_id, self.plan, self.amounts, self.backend = request_id, plan, amounts, backend
+        self.once: str | None = None  # the key of work charged once however often it runs (``Limiter.reserve``)
+
+
+def _beyond(amounts: Amounts, held: list[float] | None) -> Amounts:
+    """What work already charged ``held`` takes more: its request is counted, its tokens and money only past
+    what is held (a concurrency slot is its own, as every attempt in flight holds one)."""
+    if held is None:
+        return amounts
+    return (0.0, max(0.0, amounts[INPUT] - held[INPUT]), max(0.0, amounts[OUTPUT] - held[OUTPUT]),
+            amounts[CONCURRENCY], max(0.0, amounts[SPEND] - held[SPEND]))
+
+
+def _holding(held: list[float] | None, taken: Amounts) -> list[float]:
+    if held is None:
+        return list(taken)
+    return [held[i] + taken[i] if i != CONCURRENCY else 0.0 for i in range(5)]
 
 
 def rate_headers(plan: Plan, v: Verdict) -> dict[str, str]:
@@ -112,31 +128,48 @@ class Limiter:
         return rules.plan(identity, team, model, route)
 
     def reserve_now(self, request_id: str, identity: str, team: str | None, model: str, route: str,
-                    amounts: Amounts, rules: RuleSet | None = None) -> tuple[Reservation | None, dict[str, str] | None]:
+                    amounts: Amounts, rules: RuleSet | None = None,
+                    once: str | None = None) -> tuple[Reservation | None, dict[str, str] | None]:
         """``reserve`` on the in-process backend, without a coroutine: nothing here waits.
 
         ``rules``: the rule set of the policy version the request was routed under (default: the newest)."""
         plan = self._plan(identity, team, model, route, rules)
         if plan is None:
             return None, None
-        memory = self._memory
-        got = memory.admit_now(request_id, plan, amounts, self.rules.ttl)  # type: ignore[union-attr]
+        memory: MemoryBackend = self._memory  # type: ignore[assignment]
+        if once is not None:
+            held = memory.charges.get(once)
+            amounts = _beyond(amounts, held)
+        got = memory.admit_now(request_id, plan, amounts, self.rules.ttl)
         if type(got) is dict:  # admitted, with its headers: the common case, on every request
-            return Reservation(request_id, plan, amounts, memory), got  # type: ignore[arg-type]
+            r = Reservation(request_id, plan, amounts, memory)
+            if once is not None:
+                r.once = once
+                memory.charge_now(once, _holding(held, amounts))
+            return r, got  # type: ignore[return-value]
         return self._decided(request_id, plan, amounts, got, memory)  # type: ignore[arg-type]
 
     async def reserve(self, request_id: str, identity: str, team: str | None, model: str, route: str,
-                      amounts: Amounts, rules: RuleSet | None = None) -> tuple[Reservation | None, dict[str, str] | None]:
+                      amounts: Amounts, rules: RuleSet | None = None,
+                      once: str | None = None) -> tuple[Reservation | None, dict[str, str] | None]:
         """Take the request's reservation in every counter it touches, or refuse it with 429.
 
-        ``amounts``: what the request may cost, one number per measure (``checks.MEASURES``).
+        ``amounts``: what the request may cost, one number per measure (``checks.MEASURES``). ``once``: the key
+        of work that may run more than once and is charged once (a batch line run again after a cut or a
+        refusal upstream): its request is counted once, and what it holds is that of its last run, not the sum.
         """
         plan = self._plan(identity, team, model, route, rules)
         if plan is None:
             return None, None
         backend = self._backend
         try:
+            held = None
+            if once is not None:
+                held = await backend.charged(once)
+                amounts = _beyond(amounts, held)
             verdict = await backend.acquire(request_id, plan, amounts, self.rules.ttl)
+            if once is not None and verdict.ok:
+                await backend.charge(once, _holding(held, amounts))
             if self._down:
                 self._down = False
                 log.warning("limit backend reachable again")
@@ -150,7 +183,9 @@ class Limiter:
                                   code="limiter_unavailable", retry_after=1.0) from None
             backend = self._fallback
             verdict = backend.acquire_now(request_id, plan, amounts, self.rules.ttl)
-        return self._decided(request_id, plan, amounts, verdict, backend)
+        r, headers = self._decided(request_id, plan, amounts, verdict, backend)
+        r.once = once
+        return r, headers
 
     def _decided(self, request_id: str, plan: Plan, amounts: Amounts, verdict: Verdict,
                  backend: LimitBackend) -> tuple[Reservation, dict[str, str]]:
@@ -194,17 +229,28 @@ class Limiter:
     def settle(self, reservation: Reservation, input_tokens: float, output_tokens: float, spend: float) -> None:
         """Return the difference between reserved and used: at once in memory, off the request path on Redis."""
         held = reservation.amounts
-        deltas = (0.0, input_tokens - held[INPUT], output_tokens - held[OUTPUT], 0.0, spend - held[SPEND])
         backend = reservation.backend
+        once = reservation.once
+        if once is not None and (backend is self._memory or backend is self._fallback):
+            held = backend.charges.get(once) or held  # type: ignore[union-attr]  # the last run's, if another ran since
+            backend.charge_now(once, (1.0, input_tokens, output_tokens, 0.0, spend))  # type: ignore[union-attr]
+        deltas = (0.0, input_tokens - held[INPUT], output_tokens - held[OUTPUT], 0.0, spend - held[SPEND])
         if backend is self._memory or backend is self._fallback:
             backend.settle_now(reservation.request_id, reservation.plan, deltas)  # type: ignore[union-attr]
             return
+        if once is not None:
+            deltas = (input_tokens, output_tokens, spend)  # against what the store holds when it settles
         task = asyncio.get_running_loop().create_task(self._settle(reservation, deltas))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
     async def _settle(self, r: Reservation, deltas: tuple[float, ...]) -> None:
         try:
+            if r.once is not None:  # deltas: what was used; the counters hold the key's last charge
+                used = deltas
+                held = await r.backend.charged(r.once) or list(r.amounts)
+                await r.backend.charge(r.once, (1.0, used[0], used[1], 0.0, used[2]))
+                deltas = (0.0, used[0] - held[INPUT], used[1] - held[OUTPUT], 0.0, used[2] - held[SPEND])
             await r.backend.settle(r.request_id, r.plan, deltas)
         except BackendUnavailable as exc:
             self._on_event("settle_failed", str(exc))

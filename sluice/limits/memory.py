@@ -58,6 +58,7 @@ _TAKE, _GIVE, _ADMIT = 2, 3, 4  # where a plan's memo holds its compiled calls
 # unique across backends, so a plan's memo from one backend (a fail-open fallback, say) is
 # never taken for another's
 _generations = itertools.count(1)
+MAX_CHARGES = 200_000  # keys of work charged once however often it runs (batch lines) kept in memory
 
 
 class MemoryBackend(LimitBackend):
@@ -65,6 +66,7 @@ class MemoryBackend(LimitBackend):
 
     def __init__(self) -> None:
         self._cells: dict[str, _Bucket | _Leases | _Sum] = {}
+        self.charges: dict[str, list[float]] = {}  # ``charge``: per key of work run more than once (a batch line)
         self._generation = next(_generations)
         self._ops = 0
 
@@ -141,6 +143,19 @@ class MemoryBackend(LimitBackend):
 
     async def settle(self, request_id: str, plan: Plan, deltas: Sequence[float]) -> None:
         self.settle_now(request_id, plan, deltas)
+
+    async def charged(self, key: str) -> list[float] | None:
+        return self.charges.get(key)
+
+    async def charge(self, key: str, amounts: Sequence[float]) -> None:
+        self.charge_now(key, amounts)
+
+    def charge_now(self, key: str, amounts: Sequence[float]) -> None:
+        charges = self.charges
+        charges.pop(key, None)
+        charges[key] = list(amounts)
+        if len(charges) > MAX_CHARGES:  # the oldest go first: a line is retried soon or not at all
+            del charges[next(iter(charges))]
 
     def settle_now(self, request_id: str, plan: Plan, deltas: Sequence[float]) -> None:
         """``settle`` without a coroutine: nothing here waits, so the request path need not either."""

@@ -119,6 +119,7 @@ return 1
 
 
 _WINDOWS = ("minute", "lease", "day", "month")
+CHARGE_TTL_S = 2 * 86_400  # a batch line is retried within its batch's 24 h window
 
 
 def _numbers(values: Sequence[float]) -> str:
@@ -158,6 +159,21 @@ class RedisBackend(LimitBackend):
         try:
             async with asyncio.timeout(self._timeout * 2):
                 await self._settle(keys=plan.keys, args=(request_id, _spec(plan), _numbers(deltas)))
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise BackendUnavailable(type(exc).__name__) from None
+
+    async def charged(self, key: str) -> list[float] | None:
+        try:
+            async with asyncio.timeout(self._timeout * 2):
+                raw = await self._redis.get(key)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise BackendUnavailable(type(exc).__name__) from None
+        return [float(x) for x in raw.split()] if raw else None
+
+    async def charge(self, key: str, amounts: Sequence[float]) -> None:
+        try:
+            async with asyncio.timeout(self._timeout * 2):
+                await self._redis.set(key, _numbers(amounts), ex=CHARGE_TTL_S)
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             raise BackendUnavailable(type(exc).__name__) from None
 

@@ -42,16 +42,17 @@ class UsageLedger:
         self.healthy = True
         self._spill = spill  # where records go past ``spill_after`` while the store is down
         self._spill_after = spill_after
-        # request id -> who wants that request's record as it is made (a batch line keeps it with its result)
-        self.taps: dict[str, Callable[[UsageRecord], None]] = {}
+        # request id -> who wants that request's record as it is made (a batch line keeps it with its result);
+        # a tap that answers False keeps the record from the ledger (a batch line's run cut by a shutdown)
+        self.taps: dict[str, Callable[[UsageRecord], bool | None]] = {}
 
     def record(self, rec: UsageRecord) -> None:
         """Called once per request; costs one list append (and a test of an empty dict)."""
-        self._unobserved.append(rec)
         if self.taps:
             tap = self.taps.pop(rec.request_id, None)
-            if tap is not None:
-                tap(rec)
+            if tap is not None and tap(rec) is False:
+                return
+        self._unobserved.append(rec)
 
     def fold_metrics(self) -> None:
         """Observe pending records in the metrics, then queue them for the store."""

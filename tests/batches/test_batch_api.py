@@ -33,7 +33,9 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, Sim
         tmp, upstreams=[{"name": "sim", "base_url": sim.url + "/v1"}], models=MODELS,
         identities=[{"name": "app", "owner": "a@example.com", "models": ["sim-small", "sim-embed", "sim-cap"]},
                     {"name": "other", "owner": "b@example.com", "models": ["sim-small", "sim-embed"]},
-                    {"name": "leaver", "owner": "c@example.com", "models": ["sim-small"]}])
+                    {"name": "leaver", "owner": "c@example.com", "models": ["sim-small"]},
+                    {"name": "gone", "owner": "d@example.com", "models": ["sim-small"]}],
+        extra={"batches": {"file_retention_days": 2, "purge_interval": 0.3}})
     yield g, sim
     g.stop()
     sim.stop()
@@ -217,8 +219,9 @@ def test_bad_uploads_are_clear_4xx_and_leave_nothing(rig) -> None:
         c.files.create(file=("in.jsonl", io.BytesIO(good)), purpose="fine-tune")
     assert exc.value.body["param"] == "purpose"  # type: ignore[index]
     big = json.dumps({**chat_line(2), "pad": "x" * (10 * 1024 * 1024)}).encode()
-    _refused(httpx.post(g.v1 + "/files", headers=key, files={"file": ("in.jsonl", good + big + b"\n")},
+    _refused(httpx.post(g.v1 + "/files", headers=key, files={"file": ("in.jsonl", good * 5000 + big + b"\n")},
                         data={"purpose": "batch"}, timeout=60), 400, "line_too_large")
+    assert _unfinished_chunks(g) == 0  # the chunks written before the long line went with it
     _refused(httpx.post(g.v1 + "/files", headers=key, content=good, timeout=10), 415, "unsupported_media_type")
     _refused(httpx.post(g.v1 + "/files", headers=key, files={"file": ("in.jsonl", b"\n\n")}, data={"purpose": "batch"},
                         timeout=10), 400, "invalid_file")
@@ -276,11 +279,17 @@ def test_a_batch_past_its_window_expires_with_its_unrun_lines_in_the_error_file(
 def test_a_chunked_upload_past_200_mb_is_refused_as_it_streams_and_leaves_nothing(rig) -> None:
     g, _ = rig
     n = _files(g)
-    piece = b"%x\r\n%s\r\n" % (1024 * 1024, b"x" * (1024 * 1024))
+    # valid JSONL all the way (8 KiB lines, 1 MiB chunks): written to the store as it comes, until the limit
+    line = json.dumps({**chat_line(0), "pad": ""}).encode()
+    line = line[:-2] + b"z" * (8191 - len(line)) + b'"}\n'
+    piece = b"%x\r\n%s\r\n" % (1024 * 1024, line * 128)
+    head = (b"--b\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--b\r\n"
+            b"Content-Disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\n\r\n")
     sent = 0
     with socket.create_connection(("127.0.0.1", g.port), timeout=30) as s:
         s.sendall(f"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {g.keys['app']}\r\n"
-                  "Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+                  "Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+                  + b"%x\r\n%s\r\n" % (len(head), head))
         try:
             while sent < 300 * 1024 * 1024:
                 s.sendall(piece)
@@ -290,7 +299,7 @@ def test_a_chunked_upload_past_200_mb_is_refused_as_it_streams_and_leaves_nothin
         head = s.recv(65536).decode("latin-1")
     assert head.startswith("HTTP/1.1 413"), head[:200]
     assert sent < 260 * 1024 * 1024  # cut off soon after the limit, not read to the end
-    assert _files(g) == n
+    assert _files(g) == n and _unfinished_chunks(g) == 0  # the 200 MB of chunks it wrote went with it
 
 
 def test_disabling_the_owner_cancels_its_unfinished_batch(rig) -> None:
@@ -310,3 +319,108 @@ def test_disabling_the_owner_cancels_its_unfinished_batch(rig) -> None:
     finally:
         sim.clear_faults()
     assert row[1] + row[2] < 60  # the lines not started never ran
+
+
+def test_the_batch_object_carries_the_summed_usage_of_its_lines_through_the_sdk(rig) -> None:
+    g, _ = rig
+    c = client(g)
+    _, b = run_batch(c, [chat_line(i) for i in range(12)])
+    assert b.usage is not None and b.usage.total_tokens == 0  # nothing answered yet
+    done = wait_done(c, b.id)
+    out = outputs(c, done.output_file_id)
+    bodies = [o["response"]["body"]["usage"] for o in out]
+    want_in, want_out = sum(u["prompt_tokens"] for u in bodies), sum(u["completion_tokens"] for u in bodies)
+    want_cached = sum((u.get("prompt_tokens_details") or {}).get("cached_tokens", 0) for u in bodies)
+    want_reasoning = sum((u.get("completion_tokens_details") or {}).get("reasoning_tokens", 0) for u in bodies)
+    for seen in (done, c.batches.retrieve(b.id), next(x for x in c.batches.list() if x.id == b.id)):
+        u = seen.usage
+        assert u is not None and want_in > 0 and want_out == 12 * 5
+        assert (u.input_tokens, u.output_tokens, u.total_tokens) == (want_in, want_out, want_in + want_out)
+        assert u.input_tokens_details.cached_tokens == want_cached
+        assert u.output_tokens_details.reasoning_tokens == want_reasoning
+
+
+def _db(g: Gateway, sql: str, *args) -> list[tuple]:
+    with sqlite3.connect(g.tmp / "sluice.db", timeout=30) as db:
+        return db.execute(sql, args).fetchall()
+
+
+def _unfinished_chunks(g: Gateway) -> int:
+    return _db(g, "SELECT count(*) FROM batch_file_chunks WHERE file_id NOT IN (SELECT id FROM batch_files)")[0][0]
+
+
+def test_an_upload_is_written_to_the_store_as_it_arrives_and_a_cut_one_leaves_nothing(rig) -> None:
+    g, _ = rig
+    n = _files(g)
+    head = (b"--b\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--b\r\n"
+            b"Content-Disposition: form-data; name=\"file\"; filename=\"in.jsonl\"\r\n\r\n")
+    line = json.dumps({**chat_line(0), "pad": "y" * 1000}).encode() + b"\n"
+    with socket.create_connection(("127.0.0.1", g.port), timeout=30) as s:
+        s.sendall(f"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {g.keys['app']}\r\n"
+                  f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {100 * 1024 * 1024}\r\n\r\n".encode()
+                  + head)
+        for _ in range(12 * 1024):  # 12 MB of the declared 100: the chunks written so far are in the store
+            s.sendall(line)
+        deadline = time.monotonic() + 20
+        while _unfinished_chunks(g) < 8:
+            assert time.monotonic() < deadline, "the upload's chunks did not reach the store while it arrived"
+            time.sleep(0.05)
+        assert _files(g) == n  # no file yet: its row comes last
+    deadline = time.monotonic() + 20  # the client left mid-upload: what it wrote goes
+    while _unfinished_chunks(g):
+        assert time.monotonic() < deadline, "a cut upload left its chunks"
+        time.sleep(0.05)
+    assert _files(g) == n
+
+
+def test_files_expire_as_expires_after_says_and_output_files_after_the_configured_retention(rig) -> None:
+    g, _ = rig
+    c = client(g)
+    f = c.files.create(file=("in.jsonl", io.BytesIO(jsonl([chat_line(1)]))), purpose="batch",
+                       expires_after={"anchor": "created_at", "seconds": 3600})
+    assert f.expires_at == f.created_at + 3600 and c.files.retrieve(f.id).expires_at == f.expires_at
+    for bad in ({"anchor": "last_active_at", "seconds": 3600}, {"anchor": "created_at", "seconds": 60}):
+        with pytest.raises(openai.BadRequestError) as exc:
+            c.files.create(file=("in.jsonl", io.BytesIO(jsonl([chat_line(1)]))), purpose="batch",
+                           expires_after=bad)  # type: ignore[arg-type]
+        assert exc.value.body["param"].startswith("expires_after")  # type: ignore[index]
+    plain = c.files.create(file=("in.jsonl", io.BytesIO(jsonl([chat_line(1)]))), purpose="batch")
+    assert plain.expires_at == plain.created_at + 2 * 86400  # batches.file_retention_days, as OpenAI's 30 days
+    _, b = run_batch(c, [chat_line(i) for i in range(3)])
+    done = wait_done(c, b.id)
+    out = c.files.retrieve(done.output_file_id)  # type: ignore[arg-type]
+    assert out.expires_at is not None and abs(out.expires_at - (done.completed_at + 2 * 86400)) <= 1  # type: ignore[operator]
+    # past its expiry a file is a missing one at once, and the purge (one replica, under a lease) deletes it
+    _db(g, "UPDATE batch_files SET expires_at = ? WHERE id IN (?, ?)", time.time() - 1, f.id, out.id)
+    for gone in (f.id, out.id):
+        with pytest.raises(openai.NotFoundError):
+            c.files.retrieve(gone)
+        with pytest.raises(openai.NotFoundError):
+            c.files.content(gone)
+        assert gone not in [x.id for x in c.files.list()]
+    deadline = time.monotonic() + 20
+    while _db(g, "SELECT count(*) FROM batch_file_chunks WHERE file_id IN (?, ?)", f.id, out.id)[0][0] or _db(
+            g, "SELECT count(*) FROM batch_files WHERE id IN (?, ?)", f.id, out.id)[0][0]:
+        assert time.monotonic() < deadline, "expired files were not purged"
+        time.sleep(0.1)
+    assert c.files.retrieve(plain.id).id == plain.id  # the others stay
+
+
+def test_offboarding_an_owner_deletes_its_identities_files_and_batches(rig) -> None:
+    g, _ = rig
+    c = client(g, "gone")
+    f, b = run_batch(c, [chat_line(i) for i in range(3)])
+    done = wait_done(c, b.id)
+    kept = client(g).files.create(file=("in.jsonl", io.BytesIO(jsonl([chat_line(1)]))), purpose="batch")
+    ident = next(i for i in g.admin("GET", "/admin/identities").json()["data"] if i["name"] == "gone")
+    assert _db(g, "SELECT count(*) FROM batch_files WHERE identity_id = ?", ident["id"])[0][0] == 2  # input, output
+    assert g.admin("POST", "/admin/owners/d@example.com/offboard", json={}).status_code == 200
+    deadline = time.monotonic() + 20
+    while _db(g, "SELECT count(*) FROM batch_files WHERE identity_id = ?", ident["id"])[0][0]:
+        assert time.monotonic() < deadline, "the offboarded identity's files stayed"
+        time.sleep(0.1)
+    assert not _db(g, "SELECT count(*) FROM batch_file_chunks WHERE file_id IN (?, ?)", f.id,
+                   done.output_file_id)[0][0]
+    assert not _db(g, "SELECT count(*) FROM batches WHERE identity_id = ?", ident["id"])[0][0]
+    assert not _db(g, "SELECT count(*) FROM batch_lines WHERE batch_id = ?", b.id)[0][0]
+    assert client(g).files.retrieve(kept.id).id == kept.id  # another owner's stay

@@ -47,13 +47,15 @@ class Limit:
         """Reserve (requests, input, output, concurrency, money) in the request's limits; whether any applied."""
         limiter = self._limiter
         rules = ctx.policy.rules if ctx.policy is not None else None
-        target, p = ctx.target, ctx.principal
+        target, p, ex = ctx.target, ctx.principal, ctx.exchange
+        cert = ex.peer_cert  # a batch line's (``BatchLine``) is charged once however often it runs
+        once = None if cert is None else getattr(cert, "charge_key", None)  # no failed getattr on every request
         if limiter.inline:
             ctx.reservation, ctx.limit_headers = limiter.reserve_now(
-                ctx.exchange.request_id, p.identity_id, p.team, target.model, target.upstream, amounts, rules)  # type: ignore[union-attr]
+                ex.request_id, p.identity_id, p.team, target.model, target.upstream, amounts, rules, once)  # type: ignore[union-attr]
         else:
             ctx.reservation, ctx.limit_headers = await limiter.reserve(
-                ctx.exchange.request_id, p.identity_id, p.team, target.model, target.upstream, amounts, rules)  # type: ignore[union-attr]
+                ex.request_id, p.identity_id, p.team, target.model, target.upstream, amounts, rules, once)  # type: ignore[union-attr]
         return ctx.reservation is not None
 
 
