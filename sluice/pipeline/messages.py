@@ -92,7 +92,8 @@ class CountTokens:
         ctx = RequestContext(exchange, "messages.count_tokens")
         try:
             for stage in self._stages:
-                await stage(ctx)
+                if (waiting := stage(ctx)) is not None:
+                    await waiting
             counted = await count_natively(ctx, self._guard) or Reply.json({"input_tokens": ctx.prompt_estimate()})
             if ctx.limit_headers:
                 counted.headers = {**ctx.limit_headers, **(counted.headers or {})}
