@@ -47,7 +47,7 @@ class ModelCall:
 
     async def check_headers(self, exchange: Exchange) -> None:
         """Authenticate from the headers alone; the listener asks this before it reads a large body."""
-        await self._authenticate(RequestContext(exchange, self._name))
+        self._authenticate(RequestContext(exchange, self._name))
 
     async def __call__(self, exchange: Exchange) -> Reply | StreamReply:
         ctx = RequestContext(exchange, self._name)
@@ -130,7 +130,7 @@ class ListModels:
     async def __call__(self, exchange: Exchange) -> Reply:
         ctx = RequestContext(exchange, "models")
         try:
-            await self._authenticate(ctx)
+            self._authenticate(ctx)
         except GatewayError as exc:
             if exchange.headers.get("anthropic-version") is None:
                 raise

@@ -84,7 +84,7 @@ class CountTokens:
 
     async def check_headers(self, exchange: Exchange) -> None:
         try:
-            await self._stages[0](RequestContext(exchange, "messages.count_tokens"))
+            self._stages[0](RequestContext(exchange, "messages.count_tokens"))  # authenticate: never waits
         except GatewayError as exc:
             raise _rendered(exc) from None
 

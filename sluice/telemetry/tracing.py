@@ -149,7 +149,7 @@ class Tracer:
         authenticate = stages[0]
         start = _now()
         try:
-            await authenticate(ctx)
+            authenticate(ctx)  # never waits (pipeline.stages.authenticate)
         except BaseException as exc:
             if chosen:
                 ctx.trace = trace = RequestTrace(self, name, None, start)
