@@ -284,7 +284,7 @@ class Gateway:
         # issue 25: /mcp/{server}, authenticated as the model calls are, governed by the same tool registry
         async def identify(ex: Exchange, audience: str):
             ctx = RequestContext(ex, "mcp")
-            await data_plane.authenticate(ctx, audience)  # a token must be this endpoint's (RFC 8707)
+            data_plane.authenticate(ctx, audience)  # a token must be this endpoint's (RFC 8707)
             return ctx.principal
 
         mcp_endpoints.append(McpEndpoints(identify, mcp, c.mcp, parts.streams, self.mcp_fanout))

@@ -39,7 +39,7 @@ class ApprovalEndpoints:
 
     async def _who(self, exchange: Exchange) -> Principal:
         ctx = RequestContext(exchange, "tool-approvals")
-        await self._authenticate(ctx)
+        self._authenticate(ctx)
         return ctx.principal  # type: ignore[return-value]
 
     async def get(self, exchange: Exchange) -> Reply:

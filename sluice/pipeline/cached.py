@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -102,14 +102,17 @@ class Lookup:
         self._flights = flights  # key -> the answer in flight for it
         self._finish = finish  # settle and account: a coalesced stream is accounted when it ends
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def __call__(self, ctx: RequestContext) -> Awaitable[None] | None:
+        """None at once when the policy version has no cache rules (the usual case: no coroutine is made), or
+        the request is not one that is cached; else the look-up to await."""
         active = ctx.policy
         rules = active.cache if active is not None else None
-        if rules is None:
-            return
+        if rules is None or not isinstance(ctx.request, ChatCompletionRequest):
+            return None  # chat, Messages and Responses are cached; legacy completions and embeddings are not
+        return self._look_up(ctx, rules)
+
+    async def _look_up(self, ctx: RequestContext, rules: Any) -> None:
         req = ctx.request
-        if not isinstance(req, ChatCompletionRequest):
-            return  # chat, Messages and Responses are cached; legacy completions and embeddings are not
         p, target = ctx.principal, ctx.target
         rule = rules.rule_for(p.identity_name, p.team, req.model, ctx.decision.route.name)  # type: ignore[union-attr]
         if rule is None:

@@ -159,7 +159,10 @@ class Forward:
                 try:
                     if replica is None:  # the upstream's bulkhead is full: wait in its line, or a 503 at once
                         replica = ctx.transport = await deployment.wait(prompt)
-                    path, body, headers = self._leg(ctx, replica)
+                    if tr is None and ctx.native is None and replica.transport.api == "openai":  # _leg's usual case
+                        path, body, headers = self._path, self._upstream_body(ctx), None
+                    else:
+                        path, body, headers = self._leg(ctx, replica)
                     batches = self._batches  # a traced request goes alone: its attempt is its own span
                     if batches is None or headers is not None or (batcher := batches.get(replica.transport)) is None:
                         reply: UpstreamReply = await replica.transport.send(path, body, headers)

@@ -84,7 +84,7 @@ class CountTokens:
 
     async def check_headers(self, exchange: Exchange) -> None:
         try:
-            await self._stages[0](RequestContext(exchange, "messages.count_tokens"))
+            self._stages[0](RequestContext(exchange, "messages.count_tokens"))  # authenticate: never waits
         except GatewayError as exc:
             raise _rendered(exc) from None
 
@@ -92,7 +92,8 @@ class CountTokens:
         ctx = RequestContext(exchange, "messages.count_tokens")
         try:
             for stage in self._stages:
-                await stage(ctx)
+                if (waiting := stage(ctx)) is not None:
+                    await waiting
             counted = await count_natively(ctx, self._guard) or Reply.json({"input_tokens": ctx.prompt_estimate()})
             if ctx.limit_headers:
                 counted.headers = {**ctx.limit_headers, **(counted.headers or {})}

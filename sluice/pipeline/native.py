@@ -192,7 +192,7 @@ async def count_natively(ctx: RequestContext, guard: Callable[[RequestContext], 
         return None
     translated = ctx.request
     if guard is not None:
-        await guard(ctx)
+        guard(ctx)  # the input guard never waits
     out = anthropic.count_body(source, translated, ctx.request, model=target.upstream_model)
     _logged("count_tokens", out, source.model)
     replica = deployment.pick(ctx.request.messages) or await deployment.wait(ctx.request.messages)

@@ -376,5 +376,5 @@ class OpenApiEndpoint:
         self._body = msgspec.json.encode(document([*routes, self.route]))  # once: the routes are fixed at start
 
     async def __call__(self, exchange: Exchange) -> Reply:
-        await self._authenticate(RequestContext(exchange, "openapi"))
+        self._authenticate(RequestContext(exchange, "openapi"))
         return Reply(200, self._body)

@@ -137,7 +137,7 @@ class StoredResponses:
 
     async def _who(self, exchange: Exchange) -> str:
         ctx = RequestContext(exchange, "responses")
-        await self._authenticate(ctx)
+        self._authenticate(ctx)
         return ctx.principal.identity_id  # type: ignore[union-attr]
 
     async def _load(self, exchange: Exchange) -> Any:

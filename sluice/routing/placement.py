@@ -105,7 +105,7 @@ class LeastOutstanding:
 
     def pick(self, replicas: Sequence[Replica], prompt: str | Sequence[Any] = "") -> Replica:
         """The least loaded replica, counted in flight on it now."""
-        chosen = _least_loaded(replicas, self._turn)
+        chosen = replicas[0] if len(replicas) == 1 else _least_loaded(replicas, self._turn)  # one: no call
         self._turn += 1
         chosen.in_flight += 1
         return chosen

@@ -25,6 +25,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -40,6 +41,7 @@ _SKIP_REPEATS = "ON CONFLICT (request_id) DO NOTHING"
 SQLITE_INSERT = f"INSERT INTO usage ({_COLUMNS}) VALUES ({', '.join('?' * len(FIELDS))}) {_SKIP_REPEATS}"
 
 astuple = msgspec.structs.astuple
+_REQUEST_ID = attrgetter("request_id")
 _PG_TYPES = {"String": "text", "Text": "text", "Float": "float8", "Integer": "int4", "BigInteger": "int8", "Boolean": "bool"}
 # Postgres: the batch as one array per column (a repeat is skipped). The table is partitioned by ``ts``
 # (migration 0016), so its unique key holds ``ts`` too: a replayed record keeps its time.
@@ -69,6 +71,8 @@ sqlite3.register_adapter(bool, int)
 
 def unique(records: list[UsageRecord]) -> list[UsageRecord]:
     """The batch without a second record of one request id (the first is the one the insert keeps)."""
+    if len(set(map(_REQUEST_ID, records))) == len(records):  # the usual batch, in C
+        return records
     seen: set[str] = set()
     out = []
     for r in records:
@@ -90,10 +94,11 @@ def write_sqlite_batch(query: Callable[[str, tuple], list], executemany: Callabl
     if changes is not None:
         query("SAVEPOINT usage_rows", ())
         before = changes()
-        executemany(SQLITE_INSERT, [astuple(r) for r in fresh])
+        rows = list(map(astuple, fresh))
+        executemany(SQLITE_INSERT, rows)
         if changes() - before == len(fresh):
             query("RELEASE usage_rows", ())
-            _upsert_rollups(executemany, fresh)
+            _upsert_rollups(executemany, rows)
             return
         query("ROLLBACK TO usage_rows", ())
         query("RELEASE usage_rows", ())
@@ -105,12 +110,14 @@ def write_sqlite_batch(query: Callable[[str, tuple], list], executemany: Callabl
         fresh = [r for r in fresh if r.request_id not in stored]
     if not fresh:
         return
-    executemany(SQLITE_INSERT, [astuple(r) for r in fresh])
-    _upsert_rollups(executemany, fresh)
+    rows = list(map(astuple, fresh))
+    executemany(SQLITE_INSERT, rows)
+    _upsert_rollups(executemany, rows)
 
 
-def _upsert_rollups(executemany: Callable[[str, list], object], fresh: list[UsageRecord]) -> None:
-    for table, params in rollups.per_grain(fresh):
+def _upsert_rollups(executemany: Callable[[str, list], object], rows: list[tuple]) -> None:
+    """The rollups of the rows just inserted (each the tuple the INSERT bound: ``rollups.fold`` reads those)."""
+    for table, params in rollups.per_grain(rows):
         executemany(ROLLUP_SQLITE[table], params)
 
 

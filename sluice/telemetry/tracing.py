@@ -149,7 +149,7 @@ class Tracer:
         authenticate = stages[0]
         start = _now()
         try:
-            await authenticate(ctx)
+            authenticate(ctx)  # never waits (pipeline.stages.authenticate)
         except BaseException as exc:
             if chosen:
                 ctx.trace = trace = RequestTrace(self, name, None, start)
@@ -162,7 +162,8 @@ class Tracer:
             await trace.run(stages[1:], ctx)
         else:
             for stage in stages[1:]:
-                await stage(ctx)
+                if (waiting := stage(ctx)) is not None:  # None: done at once (pipeline.endpoints.Stage)
+                    await waiting
 
     def child(self, trace_id: int) -> Any:
         """The context of a new span of this trace (sampled: it exists only because it is)."""
@@ -234,7 +235,8 @@ class RequestTrace:
         t0 = _now()
         for stage in stages:
             try:
-                await stage(ctx)
+                if (waiting := stage(ctx)) is not None:
+                    await waiting
             except BaseException as exc:
                 self.stage(stage, t0, _now(), exc)
                 raise

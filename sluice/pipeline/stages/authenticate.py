@@ -20,9 +20,10 @@ class Authenticate:
         self._registry = registry
         self._tokens = tokens
 
-    async def __call__(self, ctx: RequestContext, audience: str | None = None) -> None:
+    def __call__(self, ctx: RequestContext, audience: str | None = None) -> None:
         """``audience``: what an access token must have been minted for (default: the gateway's own audience);
-        an MCP endpoint passes its canonical URI (RFC 8707). Keys carry no audience."""
+        an MCP endpoint passes its canonical URI (RFC 8707). Keys carry no audience. Never waits (the registry
+        is in memory): a plain call, not a coroutine, so the stage loops have nothing to await for it."""
         failures = self._registry.failures
         fn = self._authenticate if audience is None else partial(self._authenticate, audience=audience)
         if failures is None:

@@ -19,7 +19,7 @@ class Authorize:
 
     __slots__ = ()
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def __call__(self, ctx: RequestContext) -> None:
         model = ctx.request.model
         if not ctx.principal.scopes.allows(model):  # type: ignore[union-attr]
             raise model_not_found(model)

@@ -89,7 +89,7 @@ class Decode:
         self._max_depth = max_depth
         self._extras = extras or None
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def __call__(self, ctx: RequestContext) -> None:
         body = checked_body(ctx, self._max_bytes, self._max_depth)
         try:
             ctx.request = self._decoder.decode(body)

@@ -53,7 +53,7 @@ class Guard:
         self._approvals = approvals
         self._capture = capture
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def __call__(self, ctx: RequestContext) -> None:  # never waits: a plain call (pipeline.endpoints.Stage)
         req = ctx.request
         if type(req) is not ChatCompletionRequest and not isinstance(req, ChatCompletionRequest):
             if isinstance(req, CompletionRequest):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from ...limits import INPUT, OUTPUT, Admission, Limiter, PriceTable, ask_for, bounded_output, output_tokens
 from ...cache.rules import NANOS
+from ...core.exchange import Exchange
 from ..context import RequestContext
 
 
@@ -22,20 +25,28 @@ class Limit:
         self._clamp = clamp
         self._requests_only = requests_only
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def __call__(self, ctx: RequestContext) -> Awaitable[None] | None:
+        """None when done at once (no limits, or the in-process limiter); else the reservation to await."""
         active = ctx.policy  # the limits of the version the request was routed under, not a newer one
         if not (active.limits_active if active is not None else self._limiter.active):
-            return
+            return None
         if self._requests_only:
-            await self._reserve(ctx, (1.0, 0.0, 0.0, 1.0, 0.0))
-            return
-        req, target = ctx.request, ctx.target
-        tokens_in = ctx.prompt_estimate()
-        tokens_out = bounded_output(req, self._cap, self._clamp)
-        # the chosen version's price when it has one, else the model's
-        amounts = (1.0, tokens_in, tokens_out, 1.0, self._prices.cost(target.model, tokens_in, tokens_out, 0, target.price))  # type: ignore[union-attr]
-        if await self._reserve(ctx, amounts):
-            ask_for(req, self._cap)
+            amounts: tuple[float, ...] = (1.0, 0.0, 0.0, 1.0, 0.0)
+        else:
+            req, target = ctx.request, ctx.target
+            tokens_in = ctx.prompt_estimate()
+            tokens_out = bounded_output(req, self._cap, self._clamp)
+            # the chosen version's price when it has one, else the model's
+            amounts = (1.0, tokens_in, tokens_out, 1.0, self._prices.cost(target.model, tokens_in, tokens_out, 0, target.price))  # type: ignore[union-attr]
+        if self._limiter.inline:
+            if self._reserve_now(ctx, amounts) and not self._requests_only:
+                ask_for(ctx.request, self._cap)
+            return None
+        return self._reserve_and_ask(ctx, amounts)
+
+    async def _reserve_and_ask(self, ctx: RequestContext, amounts: tuple[float, ...]) -> None:
+        if await self._reserve(ctx, amounts) and not self._requests_only:
+            ask_for(ctx.request, self._cap)
 
     async def count_hit(self, ctx: RequestContext, tokens_in: float, tokens_out: float) -> None:
         """A cached answer (issue 27): the request counts, its tokens only as the rule says; no upstream is asked."""
@@ -43,20 +54,30 @@ class Limit:
         if active.limits_active if active is not None else self._limiter.active:
             await self._reserve(ctx, (1.0, tokens_in, tokens_out, 1.0, 0.0))
 
+    def _reserve_now(self, ctx: RequestContext, amounts: tuple[float, ...]) -> bool:
+        """``_reserve`` on the in-process limiter, which answers without waiting."""
+        rules = ctx.policy.rules if ctx.policy is not None else None
+        target, p, ex = ctx.target, ctx.principal, ctx.exchange
+        ctx.reservation, ctx.limit_headers = self._limiter.reserve_now(
+            ex.request_id, p.identity_id, p.team, target.model, target.upstream, amounts, rules, _once(ex))  # type: ignore[union-attr]
+        return ctx.reservation is not None
+
     async def _reserve(self, ctx: RequestContext, amounts: tuple[float, ...]) -> bool:
         """Reserve (requests, input, output, concurrency, money) in the request's limits; whether any applied."""
         limiter = self._limiter
+        if limiter.inline:
+            return self._reserve_now(ctx, amounts)
         rules = ctx.policy.rules if ctx.policy is not None else None
         target, p, ex = ctx.target, ctx.principal, ctx.exchange
-        cert = ex.peer_cert  # a batch line's (``BatchLine``) is charged once however often it runs
-        once = None if cert is None else getattr(cert, "charge_key", None)  # no failed getattr on every request
-        if limiter.inline:
-            ctx.reservation, ctx.limit_headers = limiter.reserve_now(
-                ex.request_id, p.identity_id, p.team, target.model, target.upstream, amounts, rules, once)  # type: ignore[union-attr]
-        else:
-            ctx.reservation, ctx.limit_headers = await limiter.reserve(
-                ex.request_id, p.identity_id, p.team, target.model, target.upstream, amounts, rules, once)  # type: ignore[union-attr]
+        ctx.reservation, ctx.limit_headers = await limiter.reserve(
+            ex.request_id, p.identity_id, p.team, target.model, target.upstream, amounts, rules, _once(ex))  # type: ignore[union-attr]
         return ctx.reservation is not None
+
+
+def _once(ex: Exchange) -> str | None:
+    """The key a batch line (``BatchLine``, in the credential's place) is charged once under, however often it runs."""
+    cert = ex.peer_cert
+    return None if cert is None else getattr(cert, "charge_key", None)  # no failed getattr on every request
 
 
 class Admit:
@@ -68,9 +89,11 @@ class Admit:
         self._admission = admission
         self._cap = cap
 
-    async def __call__(self, ctx: RequestContext) -> None:
-        if not self._admission:
-            return
+    def __call__(self, ctx: RequestContext) -> Awaitable[None] | None:
+        """None at once for models that share no capacity; else the wait for a slot."""
+        return None if not self._admission else self._acquire(ctx)
+
+    async def _acquire(self, ctx: RequestContext) -> None:
         r = ctx.reservation
         if r is not None:
             estimate = r.amounts[INPUT] + r.amounts[OUTPUT]

@@ -22,7 +22,7 @@ class Route:
         self._state = state
         self._log = log
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def __call__(self, ctx: RequestContext) -> None:
         model = ctx.request.model
         table = self._state.table  # one table, one policy version, for the whole request
         ctx.policy = getattr(table, "active", None)

@@ -17,7 +17,7 @@ class ContextWindow:
 
     __slots__ = ()
 
-    async def __call__(self, ctx: RequestContext) -> None:
+    def __call__(self, ctx: RequestContext) -> None:
         decision = ctx.decision
         if not decision.route.windowed:  # type: ignore[union-attr]
             return

@@ -52,6 +52,8 @@ def upgrade() -> None:
 
 def _backfill(conn: sa.engine.Connection) -> None:
     """The rollups of every row already written, folded as the ledger's writer folds a batch."""
+    import msgspec
+
     from sluice.core.types import UsageRecord
     from sluice.store import rollups
 
@@ -68,7 +70,7 @@ def _backfill(conn: sa.engine.Connection) -> None:
             return
         after = got[-1][0]
         records = [UsageRecord(**{f: (bool(v) if f == "stream" else v) for f, v in zip(fields, row[1:])}) for row in got]
-        for table, params in rollups.per_grain(records):
+        for table, params in rollups.per_grain([msgspec.structs.astuple(r) for r in records]):
             conn.execute(upserts[table], [dict(zip(rollups.COLUMNS, p)) for p in params])
 
 
