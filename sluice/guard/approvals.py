@@ -34,7 +34,10 @@ MASK = Detector()
 # The longest canonical arguments an approver is shown, and so the longest that can be approved:
 # 16,384 characters is several screens of JSON, more than any tool call a person can check by eye.
 SHOWN_CHARS = 16_384
-RECORD_AFTER_S = 0.05  # decision rows wait this long to be written together (``ToolApprovals.record``)
+# decision rows wait this long to be written together (``ToolApprovals.record``): the usage ledger's flush interval, so an
+# MCP tools/call's row (one per call) costs what a chat request's usage row does; at 50 ms a gateway at a few hundred
+# calls a second wrote a transaction of a handful of rows twenty times a second (bench/README.md, MCP, step 5)
+RECORD_AFTER_S = 0.25
 RECORD_BATCH = 500
 _PUBLIC = ("id", "status", "tool", "model", "created_at", "expires_at", "decided_at", "used_at", "args_sha256",
            "args_masked", "args_chars", "request_id")

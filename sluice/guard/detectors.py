@@ -256,8 +256,9 @@ class Detector:
                     lo, hi = max(g.start() - before, 0), g.end() + after
                     for kind, pattern in kinds:
                         hits.extend((m.start(), _PRIORITY[kind], m.end(), kind) for m in pattern.finditer(text, lo, hi))
-        # a long unbroken run is rare in prose: str.split in C is the cheapest way to rule it out
-        if self._entropy is not None and max(map(len, text.split()), default=0) >= 32:
+        # a long unbroken run is rare in prose: str.split in C is the cheapest way to rule it out (and a text shorter
+        # than the run a match needs, such as a key or a short tool result, needs no split at all)
+        if self._entropy is not None and len(text) >= 32 and max(map(len, text.split()), default=0) >= 32:
             hits.extend((m.start(), _PRIORITY["high_entropy"], m.end(), "high_entropy")
                         for m in self._entropy.finditer(text))
         if not hits:
