@@ -114,13 +114,6 @@ class BatchRecords(TableQueries):
     # -- files ------------------------------------------------------------------------------
 
     @_guarded
-    async def put_file(self, row: dict[str, Any], data: bytes) -> None:
-        """The file's row and all its chunks in one transaction: a failed upload leaves nothing."""
-        async with self.engine.begin() as conn:
-            await conn.execute(batch_files.insert().values(**row))
-            await conn.execute(batch_file_chunks.insert(), _chunks(row["id"], data))
-
-    @_guarded
     async def file(self, file_id: str, identity_id: str) -> dict[str, Any] | None:
         """The file if it is this identity's, else None (another's looks exactly like none)."""
         c = batch_files.c

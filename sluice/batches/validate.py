@@ -90,13 +90,6 @@ class UploadCheck:
             raise InvalidRequest(f"Line {n} is not a JSON object.", code="invalid_jsonl", param="file")
 
 
-def check_upload(data: bytes, max_line_bytes: int) -> int:
-    """The number of requests in a batch input file, or a 400 naming the first line that is not one."""
-    check = UploadCheck(max_line_bytes)
-    check.feed(data)
-    return check.end()
-
-
 def check_lines(data: bytes, endpoint: str, allows: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The lines as rows to run (idx, custom_id, body), and the errors that fail the batch (each naming its line).
     ``allows(model)``: whether the owner may call that model."""
