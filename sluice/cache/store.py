@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..core.cache_config import CacheStorage
+from .outage import Outage
 from .vectors import MemoryVectors, RedisVectors
 
 log = logging.getLogger("sluice.cache")
@@ -96,25 +97,17 @@ class RedisStore:
     def __init__(self, settings: CacheStorage) -> None:
         t = settings.redis_timeout_s
         self._timeout = t
-        self._retry = settings.redis_retry_s
         self._prefix = settings.key_prefix
         self._redis = aioredis.from_url(settings.redis_url, socket_timeout=t, socket_connect_timeout=t,
                                         health_check_interval=30, max_connections=256)
         self.vectors = RedisVectors(self._redis, self._prefix, settings.max_vectors, t, settings.redis_retry_s)
-        self._down_until = 0.0
-        self._logged = 0.0
+        self._outage = Outage(settings.redis_retry_s, "cache: redis unavailable (%s); requests bypass the cache for "
+                                                      "%.1f s at a time")
+        self._failed = self._outage.failed
 
     @property
     def available(self) -> bool:
-        return self._down_until <= time.monotonic()
-
-    def _failed(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        self._down_until = now + self._retry
-        if now - self._logged >= 60.0:  # once a minute at most: a dead Redis would flood the log
-            self._logged = now
-            log.warning("cache: redis unavailable (%s); requests bypass the cache for %.1f s at a time",
-                        type(exc).__name__, self._retry)
+        return self._outage.up
 
     async def get(self, key: str) -> bytes | None:
         if not self.available:

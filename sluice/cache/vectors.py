@@ -19,14 +19,13 @@ A Redis that fails leaves the index as it was (searches go on over what it holds
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import OrderedDict
 
 import numpy as np
 from redis.exceptions import RedisError
 
-log = logging.getLogger("sluice.cache")
+from .outage import Outage
 
 
 class _Bucket:
@@ -136,16 +135,16 @@ class RedisVectors(MemoryVectors):
         self._redis = redis
         self._stream = prefix + "vec"
         self._timeout = timeout_s
-        self._retry = retry_s
         self._last = "0-0"  # what this replica has read of the stream (0-0: nothing yet, read it whole)
         self._reading: asyncio.Future | None = None
-        self._down_until = 0.0
-        self._logged = -60.0
+        self._outage = Outage(retry_s, "cache: redis unavailable for the semantic index (%s); it searches what it "
+                                       "holds for %.1f s at a time")
+        self._failed = self._outage.failed
 
     async def add(self, bucket: str, key: str, vec: np.ndarray, ttl_s: float) -> None:
         expires = time.time() + ttl_s
         self._put(bucket, key, vec, expires)
-        if self._down_until > time.monotonic():
+        if not self._outage.up:
             return
         try:
             async with asyncio.timeout(self._timeout * 2):
@@ -154,14 +153,6 @@ class RedisVectors(MemoryVectors):
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             self._failed(exc)
 
-    def _failed(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        self._down_until = now + self._retry
-        if now - self._logged >= 60.0:  # once a minute at most, as the entries' store logs it
-            self._logged = now
-            log.warning("cache: redis unavailable for the semantic index (%s); it searches what it holds",
-                        type(exc).__name__)
-
     async def search(self, bucket: str, vec: np.ndarray, threshold: float) -> str | None:
         await self.follow()
         return await super().search(bucket, vec, threshold)
@@ -169,7 +160,7 @@ class RedisVectors(MemoryVectors):
     async def follow(self) -> None:
         """Read what the stream gained since the last read (the whole stream the first time); one read at a time,
         the searches that come meanwhile wait for it."""
-        if self._down_until > time.monotonic():
+        if not self._outage.up:
             return
         reading = self._reading
         if reading is None or reading.done():
